@@ -1,0 +1,112 @@
+import { parseArgs } from "node:util";
+import { errorMessage } from "../core/errors.ts";
+import { versionLine } from "../version.ts";
+import { configCommand, DEFAULT_CONFIG } from "./config-command.ts";
+import { demoCommand } from "./demo-command.ts";
+import { EXIT, type Host, UsageError } from "./host.ts";
+import { runCommand } from "./run-command.ts";
+
+const HELP: Record<string, string> = {
+  main: `Usage: outpost <command> [options]
+
+Commands:
+  run [--config PATH]        run the agent in the foreground (what systemd starts)
+  demo                       embedded broker + agent + live view, nothing to install
+  config validate PATH       check a config file; exit 78 and one line per problem if invalid
+  config schema              print the JSON Schema of the config
+  config print [PATH]        print the effective config (file + OUTPOST_* environment), secrets redacted
+
+Options:
+  --version                  print "outpost <semver> (<commit>) node <version> linux-<arch>"
+  -h, --help                 help for outpost or for a command
+
+Exit codes: 0 clean stop, 64 usage error, 78 invalid configuration, 1 anything else.`,
+  run: `Usage: outpost run [--config PATH] [--log-format json|pretty]
+
+Runs the agent until SIGTERM or SIGINT, then drains: stops intake, flushes the outbox, publishes
+"offline", disconnects. A second signal, or a drain longer than shutdown.deadline, exits 1.
+
+  --config PATH          config file (YAML or JSON); default ${DEFAULT_CONFIG}, which may be absent
+  --log-format FORMAT    json (default, for journald) or pretty (for a terminal)
+
+Every config key can be set from the environment: OUTPOST_MQTT__URL=mqtts://broker:8883
+(double underscore = nesting, SNAKE_CASE = camelCase).`,
+  demo: `Usage: outpost demo [--port N] [--interval DURATION]
+
+Starts an embedded MQTT broker (aedes, MQTT 3.1.1) on localhost, the agent connected to it, and a live
+view of its status and telemetry. Ctrl-C stops everything.
+
+  --port N               broker port (default: a free one)
+  --interval DURATION    telemetry interval (default 1s)`,
+  config: `Usage: outpost config validate PATH | config schema | config print [PATH]
+
+  validate PATH   exit 0 if valid; otherwise exit 78 with one line per problem: key path, expected, found
+  schema          the JSON Schema (draft 2020-12) of the config file
+  print [PATH]    the effective config with defaults, environment overrides and secrets redacted`,
+};
+
+/** Runs one command line; returns the process exit code. */
+export async function cli(argv: string[], host: Host): Promise<number> {
+  try {
+    return await dispatch(argv, host);
+  } catch (err) {
+    if (err instanceof UsageError || (err as { code?: string }).code?.startsWith("ERR_PARSE_ARGS")) {
+      host.stderr.write(`outpost: ${errorMessage(err)}\nRun 'outpost --help' for usage.\n`);
+      return EXIT.USAGE;
+    }
+    host.stderr.write(`outpost: ${errorMessage(err)}\n`);
+    return EXIT.FAILURE;
+  }
+}
+
+async function dispatch(argv: string[], host: Host): Promise<number> {
+  const [command, ...rest] = argv;
+  const help = rest.includes("--help") || rest.includes("-h");
+  const print = (text: string) => {
+    host.stdout.write(`${text}\n`);
+    return EXIT.OK;
+  };
+  switch (command) {
+    case undefined:
+      host.stderr.write(`${HELP.main}\n`);
+      return EXIT.USAGE;
+    case "--help":
+    case "-h":
+    case "help":
+      return print(HELP.main ?? "");
+    case "--version":
+    case "version":
+      return print(versionLine());
+    case "run": {
+      if (help) return print(HELP.run ?? "");
+      const { values } = parseArgs({
+        args: rest,
+        options: { config: { type: "string", short: "c" }, "log-format": { type: "string" } },
+        allowPositionals: false,
+      });
+      const format = values["log-format"];
+      if (format !== undefined && format !== "json" && format !== "pretty") {
+        throw new UsageError(`--log-format must be json or pretty, not ${format}`);
+      }
+      return runCommand(host, { config: values.config, logFormat: format });
+    }
+    case "demo": {
+      if (help) return print(HELP.demo ?? "");
+      const { values } = parseArgs({
+        args: rest,
+        options: { port: { type: "string" }, interval: { type: "string" } },
+        allowPositionals: false,
+      });
+      const port = values.port === undefined ? undefined : Number(values.port);
+      if (port !== undefined && !(Number.isInteger(port) && port >= 0 && port < 65536)) {
+        throw new UsageError(`--port must be a port number, not ${values.port}`);
+      }
+      return demoCommand(host, { port, interval: values.interval });
+    }
+    case "config":
+      if (help) return print(HELP.config ?? "");
+      return configCommand(host, rest);
+    default:
+      throw new UsageError(`unknown command ${command}`);
+  }
+}

@@ -1,0 +1,56 @@
+import { stringify } from "yaml";
+import { type ConfigProblem, formatProblems, type LoadedConfig, loadConfig, redact } from "../config/load.ts";
+import { configJsonSchema } from "../config/schema.ts";
+import { isOutpostError } from "../core/errors.ts";
+import { EXIT, type Host, UsageError } from "./host.ts";
+
+export const DEFAULT_CONFIG = "/etc/outpost/config.yaml";
+
+/**
+ * Loads the configuration for a command, or prints every problem (one line each) and returns the
+ * EX_CONFIG exit code. An explicit path must exist; the default path may be absent.
+ */
+export function loadOrReport(host: Host, path: string | undefined): LoadedConfig | number {
+  try {
+    return loadConfig({
+      path: path ?? DEFAULT_CONFIG,
+      required: path !== undefined,
+      env: host.env,
+      hostname: host.hostname,
+    });
+  } catch (err) {
+    if (isOutpostError(err, "CONFIG_INVALID")) {
+      host.stderr.write(`outpost: invalid configuration\n`);
+      for (const line of formatProblems(err.details as ConfigProblem[])) host.stderr.write(`  ${line}\n`);
+      return EXIT.CONFIG;
+    }
+    throw err;
+  }
+}
+
+export function configCommand(host: Host, args: string[]): number {
+  const [sub, ...rest] = args;
+  if (rest.length > 1) throw new UsageError(`config ${sub ?? ""}: too many arguments`);
+  switch (sub) {
+    case "validate": {
+      const path = rest[0];
+      if (path === undefined) throw new UsageError("config validate: missing PATH");
+      const loaded = loadOrReport(host, path);
+      if (typeof loaded === "number") return loaded;
+      host.stdout.write(`${path}: valid (device ${loaded.config.device.id}, hash ${loaded.hash.slice(0, 12)})\n`);
+      return EXIT.OK;
+    }
+    case "schema":
+      if (rest.length > 0) throw new UsageError("config schema: takes no arguments");
+      host.stdout.write(`${JSON.stringify(configJsonSchema(), null, 2)}\n`);
+      return EXIT.OK;
+    case "print": {
+      const loaded = loadOrReport(host, rest[0]);
+      if (typeof loaded === "number") return loaded;
+      host.stdout.write(stringify(redact(loaded.config)));
+      return EXIT.OK;
+    }
+    default:
+      throw new UsageError(sub === undefined ? "config: missing subcommand" : `config: unknown subcommand ${sub}`);
+  }
+}

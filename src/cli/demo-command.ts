@@ -1,0 +1,104 @@
+import { closeSync, mkdtempSync, openSync, rmSync } from "node:fs";
+import { type AddressInfo, createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Aedes } from "aedes";
+import mqtt from "mqtt";
+import { Agent } from "../agent.ts";
+import { loadConfig } from "../config/load.ts";
+import { systemClock } from "../core/clock.ts";
+import { errorMessage } from "../core/errors.ts";
+import { createLogger } from "../core/logger.ts";
+import { EXIT, type Host } from "./host.ts";
+import { type DeviceView, renderPanel, telemetryLine } from "./view.ts";
+
+export interface DemoOptions {
+  port?: number;
+  interval?: string;
+}
+
+/**
+ * `outpost demo`: an embedded broker (aedes, MQTT 3.1.1) on a free localhost port, the agent connected to
+ * it, and a live view of what the device publishes. Needs nothing installed.
+ */
+export async function demoCommand(host: Host, options: DemoOptions): Promise<number> {
+  const broker = await Aedes.createBroker();
+  const server = createServer(broker.handle);
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(options.port ?? 0, "127.0.0.1", () => resolve());
+  });
+  const port = (server.address() as AddressInfo).port;
+  const stateDir = mkdtempSync(join(tmpdir(), "outpost-demo-"));
+  const logFile = join(stateDir, "agent.log");
+  const logFd = openSync(logFile, "a");
+
+  // The demo's config goes through the same loader as `run`, so the environment can still override it.
+  const loaded = loadConfig({
+    hostname: host.hostname,
+    env: {
+      OUTPOST_MQTT__URL: `mqtt://127.0.0.1:${port}`,
+      OUTPOST_TELEMETRY__INTERVAL: options.interval ?? "1s",
+      OUTPOST_STATE__DIR: stateDir,
+      ...host.env,
+    },
+  });
+  const { config } = loaded;
+  const { logger, flush } = createLogger({ level: config.log.level, format: "json", fd: logFd });
+  const agent = new Agent({ config, configHash: loaded.hash, logger, clock: systemClock });
+
+  const tty = host.stdout.isTTY === true;
+  const devices = new Map<string, DeviceView>();
+  const prefix = config.mqtt.topicPrefix;
+  const header = [
+    `outpost demo: embedded broker on mqtt://127.0.0.1:${port} (MQTT 3.1.1), agent log ${logFile}`,
+    `watch it from another terminal: mosquitto_sub -p ${port} -t '${prefix}/#' -v      Ctrl-C stops`,
+  ];
+  if (!tty) host.stdout.write(`${header.join("\n")}\n`);
+
+  const viewer = mqtt.connect({ host: "127.0.0.1", port, protocolVersion: 4, reconnectPeriod: 1000 });
+  viewer.on("error", (err) => logger.warn({ err: errorMessage(err) }, "demo viewer error"));
+  viewer.on("connect", () => {
+    viewer.subscribe([`${prefix}/+/status`, `${prefix}/+/telemetry`], { qos: 0 });
+  });
+  viewer.on("message", (topic, payload) => {
+    try {
+      const parts = topic.slice(prefix.length + 1).split("/");
+      const [id, kind] = parts;
+      if (!id || !kind) return;
+      const device = devices.get(id) ?? { id, received: 0 };
+      devices.set(id, device);
+      const body = JSON.parse(payload.toString()) as Record<string, unknown>;
+      device.received += 1;
+      if (kind === "status") {
+        device.status = body;
+        if (!tty) host.stdout.write(`status ${id} ${String(body.state)}\n`);
+      } else {
+        device.telemetry = body;
+        if (!tty) host.stdout.write(`telemetry ${telemetryLine(device)}\n`);
+      }
+      if (tty) host.stdout.write(`\x1b[2J\x1b[H${renderPanel([...devices.values()], header)}\n`);
+    } catch (err) {
+      logger.warn({ err: errorMessage(err), topic }, "demo viewer could not show a message");
+    }
+  });
+
+  let code: number = EXIT.OK;
+  try {
+    await agent.start();
+    await host.stopRequested;
+    await agent.stop(2000);
+  } catch (err) {
+    host.stderr.write(`outpost demo: ${errorMessage(err)}\n`);
+    code = EXIT.FAILURE;
+  } finally {
+    await viewer.endAsync(true);
+    await new Promise<void>((resolve) => broker.close(() => resolve()));
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    flush();
+    closeSync(logFd);
+    rmSync(stateDir, { recursive: true, force: true });
+    host.stdout.write("outpost demo: stopped\n");
+  }
+  return code;
+}

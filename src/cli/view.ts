@@ -1,0 +1,71 @@
+/** Terminal rendering of what a device publishes; shared by `demo` and, later, `ctl watch`. */
+
+export interface DeviceView {
+  id: string;
+  status?: Record<string, unknown>;
+  telemetry?: Record<string, unknown>;
+  received: number;
+}
+
+const MiB = 1024 * 1024;
+
+function num(value: unknown): number | undefined {
+  return typeof value === "number" && Number.isFinite(value) ? value : undefined;
+}
+
+function obj(value: unknown): Record<string, unknown> {
+  return value !== null && typeof value === "object" ? (value as Record<string, unknown>) : {};
+}
+
+function fmt(value: number | undefined, unit = "", digits = 1): string {
+  return value === undefined ? "-" : `${value.toFixed(digits)}${unit}`;
+}
+
+/** One line summarising the latest telemetry; what a non-terminal sees once per message. */
+export function telemetryLine(device: DeviceView): string {
+  const t = obj(device.telemetry);
+  const m = obj(t.metrics);
+  const cpu = obj(m.cpu);
+  const mem = obj(m.memory);
+  const temp = obj(m.temperature);
+  const used = num(mem.used);
+  return [
+    `${device.id}`,
+    `seq=${num(t.seq) ?? "-"}`,
+    `cpu=${fmt(num(cpu.load), "%")}`,
+    `mem=${used === undefined ? "-" : `${(used / MiB).toFixed(0)}MiB`}`,
+    `temp=${fmt(num(temp.cpu), "C")}`,
+  ].join(" ");
+}
+
+/** A full-screen panel for a terminal. */
+export function renderPanel(devices: DeviceView[], header: string[]): string {
+  const lines = [...header, ""];
+  for (const device of devices) {
+    const s = obj(device.status);
+    const t = obj(device.telemetry);
+    const m = obj(t.metrics);
+    const cpu = obj(m.cpu);
+    const mem = obj(m.memory);
+    const disk = obj(m.disk);
+    const load = obj(m.load);
+    const up = obj(m.uptime);
+    const errors = Object.keys(obj(t.errors));
+    lines.push(`device ${device.id}  [${String(s.state ?? "unknown")}]  version ${String(s.version ?? "-")}`);
+    lines.push(
+      `  session   ${String(t.session ?? s.session ?? "-")}  seq ${num(t.seq) ?? "-"}  messages ${device.received}`,
+    );
+    const cores = Array.isArray(cpu.cores) ? (cpu.cores as unknown[]).map((c) => fmt(num(c), "", 0)).join(" ") : "-";
+    lines.push(`  cpu       ${fmt(num(cpu.load), "%")}   cores ${cores}`);
+    const total = num(mem.total);
+    const used = num(mem.used);
+    lines.push(
+      `  memory    ${used === undefined ? "-" : (used / MiB).toFixed(0)} / ${total === undefined ? "-" : (total / MiB).toFixed(0)} MiB`,
+    );
+    lines.push(`  disk /    ${fmt(num(disk.usePercent), "%")}   load ${fmt(num(load["1m"]), "", 2)}`);
+    lines.push(`  temp      ${fmt(num(obj(m.temperature).cpu), " C")}   uptime ${num(up.seconds) ?? "-"} s`);
+    if (errors.length > 0) lines.push(`  collector errors: ${errors.join(", ")}`);
+    lines.push("");
+  }
+  return lines.join("\n");
+}

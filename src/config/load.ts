@@ -1,0 +1,337 @@
+import { createHash } from "node:crypto";
+import { accessSync, constants, readFileSync } from "node:fs";
+import { parseDocument } from "yaml";
+import type { z } from "zod";
+import { OutpostError } from "../core/errors.ts";
+import { type Config, configSchema, SECRET_KEYS } from "./schema.ts";
+
+/** One thing wrong with a configuration: where, what was expected, what was found, and from which source. */
+export interface ConfigProblem {
+  path: string;
+  expected: string;
+  found: string;
+  source?: string;
+}
+
+export interface LoadOptions {
+  /** Config file (YAML or JSON). */
+  path?: string;
+  /** When false, a missing file means "defaults and environment only". */
+  required?: boolean;
+  env?: Readonly<Record<string, string | undefined>>;
+  hostname: string;
+}
+
+export interface LoadedConfig {
+  config: Config;
+  /** sha256 of the effective config with secrets redacted, so that it can be published. */
+  hash: string;
+  file?: string;
+  envKeys: string[];
+}
+
+export const ENV_PREFIX = "OUTPOST_";
+const MAX_FOUND = 80;
+
+/** Loads, merges (file, then environment) and validates a configuration. Throws CONFIG_INVALID. */
+export function loadConfig(options: LoadOptions): LoadedConfig {
+  const problems: ConfigProblem[] = [];
+  let raw: Record<string, unknown> = {};
+  let file: string | undefined;
+
+  if (options.path !== undefined) {
+    const text = readText(options.path, options.required ?? true, problems);
+    if (text !== undefined) {
+      file = options.path;
+      const parsed = parseYaml(text, options.path, problems);
+      if (parsed !== undefined) raw = parsed;
+    }
+  }
+
+  const envSources = new Map<string, string>();
+  applyEnv(raw, options.env ?? {}, envSources, problems);
+
+  const result = configSchema.safeParse(raw, { reportInput: true });
+  if (!result.success) {
+    for (const issue of result.error.issues) problems.push(...describeIssue(issue, raw, envSources, file));
+  }
+  if (!result.success || problems.length > 0) throw invalid(problems);
+
+  const parsed = result.data;
+  const deviceId = parsed.device.id ?? sanitizeHostname(options.hostname);
+  const config: Config = { ...parsed, device: { ...parsed.device, id: deviceId } };
+  resolveFiles(config, problems, envSources, file);
+  if (problems.length > 0) throw invalid(problems);
+
+  return { config, hash: hashConfig(config), file, envKeys: [...envSources.values()] };
+}
+
+/** One line per problem: `mqtt.url: expected ..., found "..." (from OUTPOST_MQTT__URL)`. */
+export function formatProblems(problems: readonly ConfigProblem[]): string[] {
+  return problems.map((p) => `${p.path}: ${p.expected}, found ${p.found}${p.source ? ` (${p.source})` : ""}`);
+}
+
+/** A deep copy with every secret replaced, safe to print or publish. */
+export function redact<T>(value: T): T {
+  if (Array.isArray(value)) return value.map((v) => redact(v)) as T;
+  if (value !== null && typeof value === "object") {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value))
+      out[k] = SECRET_KEYS.has(k) && v !== undefined ? "<redacted>" : redact(v);
+    return out as T;
+  }
+  return value;
+}
+
+export function hashConfig(config: Config): string {
+  return createHash("sha256")
+    .update(canonicalJson(redact(config)))
+    .digest("hex");
+}
+
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
+  if (value !== null && typeof value === "object") {
+    const entries = Object.entries(value)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(",")}}`;
+  }
+  return JSON.stringify(value);
+}
+
+function invalid(problems: ConfigProblem[]): OutpostError {
+  return new OutpostError("CONFIG_INVALID", `invalid configuration:\n${formatProblems(problems).join("\n")}`, {
+    details: problems,
+  });
+}
+
+function readText(path: string, required: boolean, problems: ConfigProblem[]): string | undefined {
+  try {
+    return readFileSync(path, "utf8");
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "ENOENT" && !required) return undefined;
+    problems.push({ path: "(file)", expected: "a readable config file", found: `${code ?? "an error"} for ${path}` });
+    return undefined;
+  }
+}
+
+function parseYaml(text: string, path: string, problems: ConfigProblem[]): Record<string, unknown> | undefined {
+  // YAML 1.2 is a superset of JSON, so one parser takes both formats.
+  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    for (const e of doc.errors) {
+      const line = e.linePos?.[0];
+      problems.push({
+        path: "(file)",
+        expected: "valid YAML or JSON",
+        found: `${e.code}${line ? ` at line ${line.line} column ${line.col}` : ""}`,
+        source: path,
+      });
+    }
+    return undefined;
+  }
+  const value: unknown = doc.toJS();
+  if (value === null || value === undefined) return {};
+  if (typeof value !== "object" || Array.isArray(value)) {
+    problems.push({ path: "(file)", expected: "a mapping of sections", found: render(value), source: path });
+    return undefined;
+  }
+  return value as Record<string, unknown>;
+}
+
+type SchemaNode = z.core.$ZodType;
+
+/** Walks the schema through wrappers (default, optional, ...) to the node that holds a value. */
+function unwrap(node: SchemaNode): SchemaNode {
+  let current = node;
+  for (;;) {
+    const def = current._zod.def as { type: string; innerType?: SchemaNode; in?: SchemaNode };
+    if (def.innerType && ["default", "prefault", "optional", "nullable", "readonly", "catch"].includes(def.type)) {
+      current = def.innerType;
+    } else if (def.type === "pipe" && def.in) {
+      current = def.in;
+    } else {
+      return current;
+    }
+  }
+}
+
+function childOf(node: SchemaNode, key: string): SchemaNode | undefined {
+  const def = unwrap(node)._zod.def as { type: string; shape?: Record<string, SchemaNode> };
+  if (def.type !== "object" || !def.shape) return undefined;
+  return Object.hasOwn(def.shape, key) ? def.shape[key] : undefined;
+}
+
+function knownKeys(node: SchemaNode): string[] {
+  const def = unwrap(node)._zod.def as { shape?: Record<string, SchemaNode> };
+  return Object.keys(def.shape ?? {});
+}
+
+function snakeToCamel(segment: string): string {
+  return segment.toLowerCase().replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+}
+
+/** Converts an environment string to what the schema node expects, leaving validation to the schema. */
+function coerce(node: SchemaNode, text: string): unknown {
+  const def = unwrap(node)._zod.def as { type: string; values?: unknown[]; options?: SchemaNode[] };
+  const kinds = def.type === "union" ? (def.options ?? []).map((o) => unwrap(o)._zod.def.type) : [def.type];
+  const literalNumbers = def.type === "union" && kinds.every((k) => k === "literal");
+  if (kinds.includes("number") || literalNumbers) {
+    const n = Number(text);
+    return text.trim() !== "" && Number.isFinite(n) ? n : text;
+  }
+  if (kinds.includes("boolean")) {
+    if (text === "true") return true;
+    if (text === "false") return false;
+    return text;
+  }
+  if (kinds.includes("array") || kinds.includes("object")) {
+    const doc = parseDocument(text);
+    return doc.errors.length === 0 ? doc.toJS() : text;
+  }
+  return text;
+}
+
+function applyEnv(
+  raw: Record<string, unknown>,
+  env: Readonly<Record<string, string | undefined>>,
+  sources: Map<string, string>,
+  problems: ConfigProblem[],
+): void {
+  const names = Object.keys(env)
+    .filter((name) => name.startsWith(ENV_PREFIX) && name.includes("__"))
+    .sort();
+  for (const name of names) {
+    const text = env[name];
+    if (text === undefined) continue;
+    const segments = name.slice(ENV_PREFIX.length).split("__").map(snakeToCamel);
+    let node: SchemaNode | undefined = configSchema;
+    let target: Record<string, unknown> = raw;
+    const walked: string[] = [];
+    for (const [i, segment] of segments.entries()) {
+      const parent: SchemaNode = node;
+      node = childOf(parent, segment);
+      if (node === undefined) {
+        problems.push({
+          path: [...walked, segment].join("."),
+          expected: `expected one of the known keys (${knownKeys(parent).join(", ")})`,
+          found: "an unknown key",
+          source: `from ${name}`,
+        });
+        break;
+      }
+      walked.push(segment);
+      if (i === segments.length - 1) {
+        target[segment] = coerce(node, text);
+        sources.set(walked.join("."), name);
+      } else {
+        const next = target[segment];
+        if (next === null || typeof next !== "object" || Array.isArray(next)) target[segment] = {};
+        target = target[segment] as Record<string, unknown>;
+      }
+    }
+  }
+}
+
+function describeIssue(
+  issue: z.core.$ZodIssue,
+  raw: Record<string, unknown>,
+  envSources: Map<string, string>,
+  file: string | undefined,
+): ConfigProblem[] {
+  const base = issue.path.map(String);
+  const sourceOf = (path: string[]) => {
+    const env = envSources.get(path.join("."));
+    return env ? `from ${env}` : file ? `in ${file}` : undefined;
+  };
+  if (issue.code === "unrecognized_keys") {
+    let parentNode: SchemaNode | undefined = configSchema;
+    for (const seg of base) parentNode = parentNode ? childOf(parentNode, seg) : undefined;
+    const known = parentNode ? knownKeys(parentNode).join(", ") : "";
+    return issue.keys.map((key) => {
+      const path = [...base, key];
+      return {
+        path: path.join("."),
+        expected: `expected one of the known keys (${known})`,
+        found: `an unknown key with value ${render(valueAt(raw, path))}`,
+        source: sourceOf(path),
+      };
+    });
+  }
+  const found = "input" in issue ? render(issue.input) : render(valueAt(raw, base));
+  let expected = issue.message.replace(/^Invalid input:\s*/, "");
+  if (issue.code === "invalid_type") expected = `expected ${issue.expected}`;
+  if (!expected.startsWith("expected")) expected = `expected ${expected.charAt(0).toLowerCase()}${expected.slice(1)}`;
+  return [{ path: base.length ? base.join(".") : "(root)", expected, found, source: sourceOf(base) }];
+}
+
+function valueAt(raw: unknown, path: string[]): unknown {
+  let current = raw;
+  for (const seg of path) {
+    if (current === null || typeof current !== "object") return undefined;
+    current = (current as Record<string, unknown>)[seg];
+  }
+  return current;
+}
+
+function render(value: unknown): string {
+  if (value === undefined) return "nothing";
+  const text = typeof value === "string" ? JSON.stringify(value) : `${typeOf(value)} ${JSON.stringify(value)}`;
+  return text.length > MAX_FOUND ? `${text.slice(0, MAX_FOUND - 1)}…` : text;
+}
+
+function typeOf(value: unknown): string {
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "array";
+  return typeof value;
+}
+
+function sanitizeHostname(hostname: string): string {
+  const cleaned = hostname
+    .replace(/[^A-Za-z0-9._-]/g, "-")
+    .replace(/^[^A-Za-z0-9]+/, "")
+    .slice(0, 64);
+  return cleaned.length > 0 ? cleaned : "outpost-device";
+}
+
+/** Reads the password file and checks that TLS files can be read, so a typo fails now and not at connect. */
+function resolveFiles(
+  config: Config,
+  problems: ConfigProblem[],
+  envSources: Map<string, string>,
+  file: string | undefined,
+): void {
+  const source = (key: string) => {
+    const env = envSources.get(`mqtt.${key}`);
+    return env ? `from ${env}` : file ? `in ${file}` : undefined;
+  };
+  const { mqtt } = config;
+  if (mqtt.passwordFile !== undefined) {
+    try {
+      mqtt.password = readFileSync(mqtt.passwordFile, "utf8").replace(/\r?\n$/, "");
+    } catch (err) {
+      problems.push({
+        path: "mqtt.passwordFile",
+        expected: "a readable file holding the MQTT password",
+        found: `${(err as NodeJS.ErrnoException).code ?? "an error"} for ${mqtt.passwordFile}`,
+        source: source("passwordFile"),
+      });
+    }
+  }
+  for (const key of ["ca", "cert", "key"] as const) {
+    const path = mqtt[key];
+    if (path === undefined) continue;
+    try {
+      accessSync(path, constants.R_OK);
+    } catch (err) {
+      problems.push({
+        path: `mqtt.${key}`,
+        expected: "a readable PEM file",
+        found: `${(err as NodeJS.ErrnoException).code ?? "an error"} for ${path}`,
+        source: source(key),
+      });
+    }
+  }
+}

@@ -1,0 +1,110 @@
+import { z } from "zod";
+import { parseDuration } from "./duration.ts";
+
+/** A duration string with bounds, kept as text in the config so that it prints back as written. */
+function duration(def: string, minMs: number, maxMs: number) {
+  return z
+    .string()
+    .refine((s) => parseDuration(s) !== undefined, {
+      message: 'expected a duration like "500ms", "10s", "5m", "1h"',
+    })
+    .refine(
+      (s) => {
+        const ms = parseDuration(s);
+        return ms === undefined || (ms >= minMs && ms <= maxMs);
+      },
+      { message: `expected a duration between ${minMs}ms and ${maxMs}ms` },
+    )
+    .default(def);
+}
+
+// Topic-safe and filename-safe: it appears in MQTT topics and in paths under state.dir.
+const DEVICE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const TOPIC_PREFIX = /^[^#+\s]+[^/#+\s]$|^[^#+/\s]$/;
+
+export const trustedKeySchema = z.strictObject({
+  name: z.string().min(1),
+  key: z.string().min(1),
+  allow: z.array(z.string().min(1)).default(["*"]),
+});
+
+export const configSchema = z.strictObject({
+  device: z
+    .strictObject({
+      id: z
+        .string()
+        .regex(DEVICE_ID, "expected 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter or digit")
+        .optional(),
+    })
+    .prefault({}),
+  mqtt: z
+    .strictObject({
+      url: z
+        .string()
+        .refine((s) => /^mqtts?:\/\/[^/]+/.test(s), { message: "expected an mqtt:// or mqtts:// URL" })
+        .default("mqtt://127.0.0.1:1883"),
+      protocolVersion: z
+        .union([z.literal(5), z.literal(4)], {
+          message: "expected 5 (MQTT 5, falls back to 3.1.1) or 4 (MQTT 3.1.1 only)",
+        })
+        .default(5),
+      topicPrefix: z
+        .string()
+        .regex(TOPIC_PREFIX, "expected a topic prefix without wildcards, spaces or a trailing /")
+        .default("outpost/v1"),
+      clientId: z.string().min(1).max(128).optional(),
+      username: z.string().optional(),
+      password: z.string().optional(),
+      passwordFile: z.string().optional(),
+      ca: z.string().optional(),
+      cert: z.string().optional(),
+      key: z.string().optional(),
+      rejectUnauthorized: z.boolean().default(true),
+      keepalive: duration("30s", 5_000, 3_600_000),
+      connectTimeout: duration("10s", 500, 120_000),
+      reconnectMin: duration("1s", 10, 600_000),
+      reconnectMax: duration("60s", 100, 3_600_000),
+    })
+    .refine((m) => m.password === undefined || m.passwordFile === undefined, {
+      message: "expected at most one of password and passwordFile",
+      path: ["passwordFile"],
+    })
+    .refine((m) => (m.cert === undefined) === (m.key === undefined), {
+      message: "expected cert and key together (client certificate authentication)",
+      path: ["key"],
+    })
+    .prefault({}),
+  telemetry: z
+    .strictObject({
+      interval: duration("10s", 100, 86_400_000),
+      collectorTimeout: duration("2s", 50, 60_000),
+    })
+    .prefault({}),
+  state: z.strictObject({ dir: z.string().min(1).default("/var/lib/outpost") }).prefault({}),
+  log: z
+    .strictObject({
+      level: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+      format: z.enum(["json", "pretty"]).default("json"),
+    })
+    .prefault({}),
+  commands: z
+    .strictObject({
+      trustedKeys: z.array(trustedKeySchema).default([]),
+      allowUnsigned: z.boolean().default(false),
+    })
+    .prefault({}),
+  shutdown: z.strictObject({ deadline: duration("10s", 100, 600_000) }).prefault({}),
+});
+
+export type ConfigInput = z.input<typeof configSchema>;
+export type ParsedConfig = z.output<typeof configSchema>;
+
+/** The effective configuration: schema defaults applied, the device id resolved, secrets read. */
+export type Config = ParsedConfig & { device: { id: string } };
+
+/** Keys whose values never leave the process in clear. */
+export const SECRET_KEYS = new Set(["password"]);
+
+export function configJsonSchema(): unknown {
+  return z.toJSONSchema(configSchema, { io: "input", unrepresentable: "any" });
+}

@@ -1,0 +1,30 @@
+/** What every long-lived part of the agent implements. */
+export interface Component {
+  readonly name: string;
+  /** Starts the component; resolves once it is ready. Long loops run in the background until `signal` aborts. */
+  start(signal: AbortSignal): Promise<void>;
+  /** Stops the component and releases its resources; safe to call more than once. */
+  stop(): Promise<void>;
+}
+
+/** Makes an async stop function idempotent: every caller awaits the same single run. */
+export function once(fn: () => Promise<void>): () => Promise<void> {
+  let running: Promise<void> | undefined;
+  return () => {
+    running ??= fn();
+    return running;
+  };
+}
+
+/** Races a promise against a deadline; rejects with `onTimeout()` when the deadline passes first. */
+export async function withDeadline<T>(promise: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(onTimeout()), ms);
+  });
+  try {
+    return await Promise.race([promise, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

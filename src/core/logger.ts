@@ -1,0 +1,45 @@
+import { type DestinationStream, type LevelWithSilent, type Logger, pino } from "pino";
+import pretty from "pino-pretty";
+
+export type { Logger };
+export type LogFormat = "json" | "pretty";
+
+export interface LoggerOptions {
+  level: LevelWithSilent;
+  format: LogFormat;
+  /** File descriptor to write to; stdout by default so that journald picks the lines up. */
+  fd?: number;
+  colorize?: boolean;
+}
+
+/**
+ * pino writing synchronously-enough JSON lines to a file descriptor. No `pino.transport()`: it starts a
+ * worker from a file path, which does not exist inside the single executable.
+ */
+export function createLogger(options: LoggerOptions): { logger: Logger; flush: () => void } {
+  const fd = options.fd ?? 1;
+  let stream: DestinationStream & { flushSync?: () => void };
+  if (options.format === "pretty") {
+    stream = pretty({ destination: fd, sync: true, colorize: options.colorize === true });
+  } else {
+    stream = pino.destination({ dest: fd, sync: false, minLength: 0 });
+  }
+  const logger = pino(
+    {
+      level: options.level,
+      base: undefined,
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+    },
+    stream,
+  );
+  const flush = () => {
+    try {
+      stream.flushSync?.();
+    } catch {
+      // Flushing a closed or non-blocking descriptor can throw EAGAIN; losing the tail of a log is better
+      // than failing a shutdown.
+    }
+  };
+  return { logger, flush };
+}

@@ -1,0 +1,39 @@
+// The only module that touches the process: arguments, environment, signals and exit.
+import { hostname } from "node:os";
+import { cli } from "./cli/cli.ts";
+import type { Host } from "./cli/host.ts";
+
+let firstSignal: ((name: string) => void) | undefined;
+const stopRequested = new Promise<string>((resolve) => {
+  firstSignal = resolve;
+});
+let signals = 0;
+const onSignal = (name: NodeJS.Signals) => {
+  signals += 1;
+  if (signals === 1) {
+    firstSignal?.(name);
+    return;
+  }
+  process.stderr.write(`outpost: second ${name}, exiting now\n`);
+  process.exit(1);
+};
+process.on("SIGTERM", onSignal);
+process.on("SIGINT", onSignal);
+// Reload arrives with the hot-reload work; until then a SIGHUP must not kill the agent.
+process.on("SIGHUP", () => process.stderr.write("outpost: SIGHUP ignored (reload not supported yet)\n"));
+
+const host: Host = {
+  env: process.env,
+  hostname: hostname(),
+  stdout: process.stdout,
+  stderr: process.stderr,
+  stopRequested,
+};
+
+cli(process.argv.slice(2), host).then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    process.stderr.write(`outpost: ${String(err)}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,250 @@
+import { EventEmitter } from "node:events";
+import { readFileSync } from "node:fs";
+import type { Socket } from "node:net";
+import mqtt, { type IClientOptions, type IClientPublishOptions, type MqttClient } from "mqtt";
+import { Backoff } from "../core/backoff.ts";
+import { sleep } from "../core/clock.ts";
+import { errorMessage, OutpostError } from "../core/errors.ts";
+import { type Component, once, withDeadline } from "../core/lifecycle.ts";
+import type { Logger } from "../core/logger.ts";
+
+export type ProtocolVersion = 4 | 5;
+
+export interface LinkMessage {
+  topic: string;
+  payload: string | Buffer;
+  retain: boolean;
+  qos: 0 | 1;
+}
+
+export interface LinkOptions {
+  url: string;
+  protocolVersion: ProtocolVersion;
+  clientId: string;
+  username?: string;
+  password?: string;
+  /** Paths of PEM files; read at each connect so that rotated certificates are picked up. */
+  ca?: string;
+  cert?: string;
+  key?: string;
+  rejectUnauthorized: boolean;
+  keepaliveMs: number;
+  connectTimeoutMs: number;
+  reconnectMinMs: number;
+  reconnectMaxMs: number;
+  /** The will, registered at each connect: what the broker says for us when we vanish. */
+  will: () => LinkMessage;
+  /** Published (retained) after each successful connect, before anything else. */
+  birth: () => LinkMessage;
+  /** Published (retained) on a clean stop, before the disconnect. */
+  farewell: () => LinkMessage;
+  logger: Logger;
+  random?: () => number;
+}
+
+export interface LinkEvents {
+  connected: [{ protocolVersion: ProtocolVersion }];
+  disconnected: [];
+}
+
+/** MQTT 5 "unsupported protocol version" and MQTT 3.1.1 "unacceptable protocol version". */
+const PROTOCOL_REFUSED = new Set([0x84, 1]);
+
+/**
+ * One MQTT connection to the broker, kept up by our own loop: exponential backoff with full jitter
+ * (MQTT.js's own reconnect is a fixed interval), MQTT 5 with a fallback to 3.1.1, a retained birth on
+ * every connect, a will that says "lost", and TCP_NODELAY on every socket.
+ */
+export class MqttLink extends EventEmitter<LinkEvents> implements Component {
+  readonly name = "mqtt";
+  private client: MqttClient | undefined;
+  private loop: Promise<void> | undefined;
+  private readonly controller = new AbortController();
+  private readonly options: LinkOptions;
+  private readonly log: Logger;
+  private protocol: ProtocolVersion;
+  private fellBack = false;
+  private connectCount = 0;
+
+  constructor(options: LinkOptions) {
+    super();
+    this.options = options;
+    this.log = options.logger;
+    this.protocol = options.protocolVersion;
+  }
+
+  get connected(): boolean {
+    return this.client?.connected === true;
+  }
+
+  get protocolVersion(): ProtocolVersion {
+    return this.protocol;
+  }
+
+  get connects(): number {
+    return this.connectCount;
+  }
+
+  async start(signal: AbortSignal): Promise<void> {
+    signal.addEventListener("abort", () => this.controller.abort(), { once: true });
+    this.loop = this.run(this.controller.signal).catch((err: unknown) => {
+      this.log.error({ err }, "mqtt loop failed");
+    });
+  }
+
+  /** Publishes on the current connection; rejects with MQTT_OFFLINE when there is none. */
+  async publish(topic: string, payload: string | Buffer, options: IClientPublishOptions = {}): Promise<void> {
+    const client = this.client;
+    if (!client?.connected) throw new OutpostError("MQTT_OFFLINE", "not connected to the broker");
+    await client.publishAsync(topic, payload, options);
+  }
+
+  readonly stop = once(async () => {
+    const client = this.client;
+    if (client?.connected) {
+      const farewell = this.options.farewell();
+      try {
+        await withTimeout(
+          client.publishAsync(farewell.topic, farewell.payload, { qos: farewell.qos, retain: farewell.retain }),
+          2000,
+        );
+      } catch (err) {
+        this.log.warn({ err: errorMessage(err) }, "could not publish the offline status");
+      }
+    }
+    this.controller.abort();
+    if (client) await withTimeout(client.endAsync(false), 2000).catch(() => client.end(true));
+    await this.loop;
+  });
+
+  private async run(signal: AbortSignal): Promise<void> {
+    const backoff = new Backoff({
+      baseMs: this.options.reconnectMinMs,
+      capMs: this.options.reconnectMaxMs,
+      random: this.options.random,
+    });
+    while (!signal.aborted) {
+      let client: MqttClient | undefined;
+      try {
+        client = await this.connectOnce(signal);
+      } catch (err) {
+        if (signal.aborted) break;
+        const code = (err as { code?: number }).code;
+        if (this.protocol === 5 && code !== undefined && PROTOCOL_REFUSED.has(code)) {
+          this.log.warn("broker refused MQTT 5; falling back to MQTT 3.1.1");
+          this.protocol = 4;
+          this.fellBack = true;
+          continue;
+        }
+        const delay = backoff.next();
+        this.log.warn({ err: errorMessage(err), retryInMs: delay, attempt: backoff.attempts }, "mqtt connect failed");
+        await sleep(delay, signal);
+        continue;
+      }
+      backoff.reset();
+      this.client = client;
+      this.connectCount += 1;
+      const closed = new Promise<void>((resolve) => client?.once("close", () => resolve()));
+      try {
+        await this.afterConnect(client);
+      } catch (err) {
+        this.log.warn({ err: errorMessage(err) }, "birth publish failed");
+      }
+      await Promise.race([closed, abortPromise(signal)]);
+      if (signal.aborted) break;
+      this.client = undefined;
+      // Pending QoS 1 callbacks of this connection fail now, so that their owners can send again on the next.
+      client.end(true);
+      this.log.warn("mqtt connection lost");
+      this.emit("disconnected");
+      await sleep(backoff.next(), signal);
+    }
+  }
+
+  private async afterConnect(client: MqttClient): Promise<void> {
+    const socket = client.stream as Partial<Socket> | undefined;
+    socket?.setNoDelay?.(true);
+    const birth = this.options.birth();
+    this.log.info(
+      { url: redactUrl(this.options.url), protocolVersion: this.protocol, fellBack: this.fellBack },
+      "mqtt connected",
+    );
+    await client.publishAsync(birth.topic, birth.payload, { qos: birth.qos, retain: birth.retain });
+    this.emit("connected", { protocolVersion: this.protocol });
+  }
+
+  private connectOnce(signal: AbortSignal): Promise<MqttClient> {
+    const o = this.options;
+    const url = new URL(o.url);
+    const secure = url.protocol === "mqtts:";
+    const will = o.will();
+    const options: IClientOptions = {
+      protocol: secure ? "mqtts" : "mqtt",
+      host: url.hostname.replace(/^\[|\]$/g, ""),
+      port: url.port ? Number(url.port) : secure ? 8883 : 1883,
+      protocolVersion: this.protocol,
+      clientId: o.clientId,
+      username: o.username ?? (url.username ? decodeURIComponent(url.username) : undefined),
+      password: o.password ?? (url.password ? decodeURIComponent(url.password) : undefined),
+      keepalive: Math.max(1, Math.round(o.keepaliveMs / 1000)),
+      connectTimeout: o.connectTimeoutMs,
+      reconnectPeriod: 0,
+      clean: true,
+      resubscribe: false,
+      queueQoSZero: false,
+      messageIdProvider: new mqtt.UniqueMessageIdProvider(),
+      will: { topic: will.topic, payload: Buffer.from(will.payload), qos: will.qos, retain: will.retain },
+      rejectUnauthorized: o.rejectUnauthorized,
+      ...(o.ca ? { ca: readFileSync(o.ca) } : {}),
+      ...(o.cert ? { cert: readFileSync(o.cert) } : {}),
+      ...(o.key ? { key: readFileSync(o.key) } : {}),
+    };
+    return new Promise((resolve, reject) => {
+      const client = mqtt.connect(options);
+      const cleanup = () => {
+        client.off("connect", onConnect);
+        client.off("error", onError);
+        client.off("close", onClose);
+        signal.removeEventListener("abort", onAbort);
+      };
+      const onConnect = () => {
+        cleanup();
+        // Errors after the connect are reported by "close"; keep a listener so none is unhandled.
+        client.on("error", (err) => this.log.warn({ err: errorMessage(err) }, "mqtt error"));
+        resolve(client);
+      };
+      const onError = (err: Error) => {
+        cleanup();
+        client.end(true);
+        reject(err);
+      };
+      const onClose = () => onError(new OutpostError("MQTT_CLOSED", "connection closed before CONNACK"));
+      const onAbort = () => onError(new OutpostError("ABORTED", "stopping"));
+      client.on("connect", onConnect);
+      client.on("error", onError);
+      client.on("close", onClose);
+      signal.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+}
+
+function abortPromise(signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) resolve();
+    else signal.addEventListener("abort", () => resolve(), { once: true });
+  });
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  return withDeadline(promise, ms, () => new OutpostError("TIMEOUT", `timed out after ${ms}ms`));
+}
+
+export function redactUrl(text: string): string {
+  try {
+    const url = new URL(text);
+    if (url.password) url.password = "redacted";
+    return url.toString();
+  } catch {
+    return text;
+  }
+}

@@ -1,0 +1,105 @@
+import { sleep } from "../core/clock.ts";
+import { errorMessage } from "../core/errors.ts";
+import { type Component, once } from "../core/lifecycle.ts";
+import type { Logger } from "../core/logger.ts";
+import type { Collector } from "./collectors.ts";
+
+export interface Sample {
+  metrics: Record<string, unknown>;
+  /** Collectors that failed, timed out or were still busy, with the reason. */
+  errors: Record<string, string>;
+}
+
+export interface TelemetryOptions {
+  collectors: Collector[];
+  intervalMs: () => number;
+  timeoutMs: () => number;
+  /** Where a sample goes: the outbox, through the composition root. */
+  publish: (sample: Sample) => void;
+  /** Extra metrics from other components (outbox counters, ...), read at each cycle. */
+  extra?: () => Record<string, unknown>;
+  logger: Logger;
+}
+
+/**
+ * Polls every collector in parallel once per interval. A collector that fails or runs past the timeout is
+ * reported as such and never delays the others; one still running from an earlier cycle is not started again.
+ */
+export class Telemetry implements Component {
+  readonly name = "telemetry";
+  private readonly options: TelemetryOptions;
+  private readonly busy = new Set<string>();
+  private readonly controller = new AbortController();
+  private loop: Promise<void> | undefined;
+  private cycles = 0;
+
+  constructor(options: TelemetryOptions) {
+    this.options = options;
+  }
+
+  get count(): number {
+    return this.cycles;
+  }
+
+  async start(signal: AbortSignal): Promise<void> {
+    signal.addEventListener("abort", () => this.controller.abort(), { once: true });
+    this.loop = this.run(this.controller.signal);
+  }
+
+  readonly stop = once(async () => {
+    this.controller.abort();
+    await this.loop;
+  });
+
+  async sample(): Promise<Sample> {
+    const timeout = this.options.timeoutMs();
+    const metrics: Record<string, unknown> = {};
+    const errors: Record<string, string> = {};
+    await Promise.all(
+      this.options.collectors.map(async (collector) => {
+        if (this.busy.has(collector.name)) {
+          errors[collector.name] = "busy: the previous collection has not finished";
+          return;
+        }
+        this.busy.add(collector.name);
+        const work = collector.collect().finally(() => this.busy.delete(collector.name));
+        let timer: NodeJS.Timeout | undefined;
+        const expired = new Promise<"timeout">((resolve) => {
+          timer = setTimeout(() => resolve("timeout"), timeout);
+        });
+        try {
+          const value = await Promise.race([work, expired]);
+          if (value === "timeout") {
+            errors[collector.name] = `timeout after ${timeout}ms`;
+            // Keep the late result from surfacing as an unhandled rejection.
+            work.catch(() => {});
+          } else if (value !== null && value !== undefined) {
+            metrics[collector.name] = value;
+          }
+        } catch (err) {
+          errors[collector.name] = errorMessage(err);
+        } finally {
+          clearTimeout(timer);
+        }
+      }),
+    );
+    if (this.options.extra) Object.assign(metrics, this.options.extra());
+    return { metrics, errors };
+  }
+
+  private async run(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      const started = performance.now();
+      try {
+        const sample = await this.sample();
+        if (signal.aborted) break;
+        this.options.publish(sample);
+        this.cycles += 1;
+      } catch (err) {
+        this.options.logger.error({ err }, "telemetry cycle failed");
+      }
+      const elapsed = performance.now() - started;
+      await sleep(Math.max(0, this.options.intervalMs() - elapsed), signal);
+    }
+  }
+}

@@ -95,6 +95,7 @@ export class Telemetry implements Component {
         if (signal.aborted) break;
         this.options.publish(sample);
         this.cycles += 1;
+        this.options.logger.debug({ cycle: this.cycles }, "telemetry sampled");
       } catch (err) {
         this.options.logger.error({ err }, "telemetry cycle failed");
       }

@@ -1,0 +1,88 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { freePort } from "./ports.ts";
+
+export interface BrokerOptions {
+  /** Extra lines for mosquitto.conf, after a plain-TCP listener. */
+  extra?: string[];
+  /** Replaces the default listener block entirely (for TLS listeners). */
+  listener?: (port: number) => string[];
+}
+
+/** A real mosquitto in the foreground on a free loopback port, one per test file. */
+export class Mosquitto {
+  readonly port: number;
+  readonly dir: string;
+  private child: ChildProcess | undefined;
+  private readonly conf: string;
+  log = "";
+
+  private constructor(port: number, dir: string, conf: string) {
+    this.port = port;
+    this.dir = dir;
+    this.conf = conf;
+  }
+
+  static async start(options: BrokerOptions = {}): Promise<Mosquitto> {
+    const port = await freePort();
+    const dir = mkdtempSync(join(tmpdir(), "outpost-mosquitto-"));
+    const lines = [
+      ...(options.listener ? options.listener(port) : [`listener ${port} 127.0.0.1`, "allow_anonymous true"]),
+      "set_tcp_nodelay true",
+      "log_dest stderr",
+      "log_type error",
+      "log_type warning",
+      "log_type notice",
+      "log_type information",
+      `persistence_location ${dir}/`,
+      ...(process.getuid?.() === 0 ? ["user root"] : []),
+      ...(options.extra ?? []),
+    ];
+    const conf = join(dir, "mosquitto.conf");
+    writeFileSync(conf, `${lines.join("\n")}\n`);
+    const broker = new Mosquitto(port, dir, conf);
+    await broker.resume();
+    return broker;
+  }
+
+  get url(): string {
+    return `mqtt://127.0.0.1:${this.port}`;
+  }
+
+  /** Starts (again) on the same port and configuration; resolves once it listens. */
+  resume(): Promise<void> {
+    const child = spawn("mosquitto", ["-c", this.conf], { stdio: ["ignore", "ignore", "pipe"] });
+    this.child = child;
+    return new Promise((resolve, reject) => {
+      const onData = (chunk: Buffer) => {
+        this.log += chunk.toString();
+        if (/mosquitto version [\d.]+ running/.test(this.log.slice(-2000))) {
+          child.stderr?.off("data", onData);
+          child.stderr?.on("data", (c: Buffer) => {
+            this.log += c.toString();
+          });
+          resolve();
+        }
+      };
+      child.stderr?.on("data", onData);
+      child.once("exit", (code) => reject(new Error(`mosquitto exited with ${code}: ${this.log}`)));
+    });
+  }
+
+  /** Stops the broker (SIGTERM, or SIGKILL for a crash) and waits until it is gone. */
+  async halt(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+    const child = this.child;
+    this.child = undefined;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+    child.kill(signal);
+    await exited;
+  }
+
+  async stop(): Promise<void> {
+    await this.halt();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}

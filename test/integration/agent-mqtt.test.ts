@@ -1,0 +1,155 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
+import { Mosquitto } from "../helpers/mosquitto.ts";
+import { type Received, Watch } from "../helpers/mqtt-watch.ts";
+
+const PREFIX = "outpost/v1";
+
+function config(port: number, id: string, mqtt: Record<string, unknown> = {}) {
+  return {
+    device: { id },
+    mqtt: { url: `mqtt://127.0.0.1:${port}`, reconnectMin: "50ms", reconnectMax: "500ms", keepalive: "5s", ...mqtt },
+    telemetry: { interval: "200ms" },
+  };
+}
+
+const isStatus = (id: string, state: string, session?: string) => (m: Received) =>
+  m.topic === `${PREFIX}/${id}/status` && m.json.state === state && (session === undefined || m.json.session === session);
+
+function assertConsecutive(messages: Received[]): void {
+  const seqs = messages.map((m) => m.json.seq as number);
+  assert.ok(seqs.length > 0, "no telemetry");
+  assert.deepEqual(
+    seqs,
+    seqs.map((_, i) => (seqs[0] as number) + i),
+    `seq has gaps or repeats: ${seqs.join(",")}`,
+  );
+}
+
+describe("agent against a real mosquitto", () => {
+  let broker: Mosquitto;
+  let watch: Watch;
+
+  before(async () => {
+    broker = await Mosquitto.start();
+    watch = await Watch.open(broker.port, [`${PREFIX}/#`]);
+  });
+  after(async () => {
+    await watch.close();
+    await broker.stop();
+  });
+
+  it("announces online (retained), sends telemetry with consecutive seq, and says offline on SIGTERM", async () => {
+    const agent = AgentProcess.run(sourceCommand(), config(broker.port, "dev-basic"));
+    try {
+      const online = await watch.waitFor(isStatus("dev-basic", "online"), 15_000, "online status");
+      const session = online.json.session as string;
+      assert.match(session, /^[0-9a-f-]{36}$/);
+      assert.equal(online.json.protocolVersion, 5);
+
+      // A consumer that connects later still learns the state from the retained message.
+      const late = await Watch.open(broker.port, [`${PREFIX}/dev-basic/status`]);
+      const retained = await late.waitFor(() => true, 5000, "retained status");
+      await late.close();
+      assert.equal(retained.retain, true);
+      assert.equal(retained.json.state, "online");
+
+      await watch.waitFor(() => watch.telemetry(session).length >= 3, 10_000, "three telemetry messages");
+      const telemetry = watch.telemetry(session);
+      assertConsecutive(telemetry);
+      const first = telemetry[0]?.json ?? {};
+      assert.equal(first.seq, 1);
+      for (const key of ["ts", "mono"]) assert.equal(typeof first[key], "number", key);
+      assert.equal(typeof first.clockSynced, "boolean");
+      const metrics = first.metrics as Record<string, unknown>;
+      for (const key of ["memory", "disk", "network", "uptime", "load", "outbox"]) assert.ok(key in metrics, key);
+      const later = telemetry[2]?.json.metrics as { cpu?: { load: number; cores: number[] } };
+      assert.equal(typeof later.cpu?.load, "number");
+      assert.ok(Array.isArray(later.cpu?.cores) && later.cpu.cores.length > 0);
+
+      const exit = await agent.stop("SIGTERM");
+      assert.deepEqual(exit, { code: 0, signal: null });
+      await watch.waitFor(isStatus("dev-basic", "offline", session), 5000, "offline status");
+      const after = await Watch.open(broker.port, [`${PREFIX}/dev-basic/status`]);
+      const final = await after.waitFor(() => true, 5000, "retained status after stop");
+      await after.close();
+      assert.equal(final.json.state, "offline");
+      assert.ok(!watch.items.some(isStatus("dev-basic", "lost", session)), "a clean stop must not fire the will");
+    } finally {
+      await agent.cleanup();
+    }
+  });
+
+  it("leaves a retained lost status (the will) when killed with SIGKILL", async () => {
+    const agent = AgentProcess.run(sourceCommand(), config(broker.port, "dev-kill"));
+    try {
+      const online = await watch.waitFor(isStatus("dev-kill", "online"), 15_000, "online status");
+      const exit = await agent.stop("SIGKILL");
+      assert.equal(exit.signal, "SIGKILL");
+      const lost = await watch.waitFor(isStatus("dev-kill", "lost", online.json.session as string), 15_000, "lost");
+      assert.equal(lost.json.session, online.json.session);
+      const late = await Watch.open(broker.port, [`${PREFIX}/dev-kill/status`]);
+      const retained = await late.waitFor(() => true, 5000, "retained status");
+      await late.close();
+      assert.equal(retained.json.state, "lost");
+    } finally {
+      await agent.cleanup();
+    }
+  });
+
+  it("reconnects after the broker restarts, announces online again, and loses no telemetry", async () => {
+    // A broker of its own, with persistence, and a subscriber with a persistent session: every message the
+    // agent gets acknowledged reaches the subscriber, so any gap would be the agent's.
+    const own = await Mosquitto.start({ extra: ["persistence true"] });
+    const sub = await Watch.open(own.port, [`${PREFIX}/#`], {
+      clean: false,
+      clientId: "watch-restart",
+      properties: { sessionExpiryInterval: 3600 },
+    });
+    const cfg = { ...config(own.port, "dev-restart"), log: { level: "debug" } };
+    const agent = AgentProcess.run(sourceCommand(), cfg);
+    try {
+      const online = await sub.waitFor(isStatus("dev-restart", "online"), 15_000, "online status");
+      const session = online.json.session as string;
+      await sub.waitFor(() => sub.telemetry(session).length >= 2, 10_000, "telemetry before the outage");
+      await own.halt();
+      await agent.waitForLog("mqtt connection lost");
+      const lostAt = agent.stdout.items.length;
+      // Two telemetry cycles while the broker is down: they must be queued, not lost.
+      await agent.stdout.waitFor(
+        () => agent.stdout.items.slice(lostAt).filter((l) => l.includes('"msg":"telemetry sampled"')).length >= 2,
+        10_000,
+        "telemetry during the outage",
+      );
+      const producedBeforeResume = Math.max(...agent.logs().filter((l) => l.msg === "telemetry sampled").map((l) => l.cycle as number));
+      await own.resume();
+      const again = await sub.waitForNext(isStatus("dev-restart", "online", session), 15_000, "online again");
+      assert.equal(again.json.session, session);
+      await sub.waitFor(
+        (m) => m.json.session === session && (m.json.seq as number) > producedBeforeResume,
+        10_000,
+        "telemetry produced after the restart",
+      );
+      assert.deepEqual(await agent.stop("SIGTERM"), { code: 0, signal: null });
+      assertConsecutive(sub.telemetry(session));
+    } finally {
+      await agent.cleanup();
+      await sub.close();
+      await own.stop();
+    }
+  });
+
+  it("speaks MQTT 3.1.1 when configured to", async () => {
+    const agent = AgentProcess.run(sourceCommand(), config(broker.port, "dev-v311", { protocolVersion: 4 }));
+    try {
+      const online = await watch.waitFor(isStatus("dev-v311", "online"), 15_000, "online status");
+      assert.equal(online.json.protocolVersion, 4);
+      await watch.waitFor((m) => m.topic.endsWith("dev-v311/telemetry"), 10_000, "telemetry over 3.1.1");
+      assert.deepEqual(await agent.stop("SIGTERM"), { code: 0, signal: null });
+      await watch.waitFor(isStatus("dev-v311", "offline"), 5000, "offline status");
+    } finally {
+      await agent.cleanup();
+    }
+  });
+});

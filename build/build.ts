@@ -59,7 +59,9 @@ async function bundle(outfile: string): Promise<void> {
   const text = readFileSync(outfile, "utf8");
   if (text.includes(root as string)) throw new Error(`bundle leaks the checkout path ${root}`);
   const inputs = Object.keys(result.metafile.inputs).length;
-  process.stdout.write(`bundle: ${relative(root, outfile)} ${(text.length / 1024).toFixed(0)} KiB from ${inputs} files\n`);
+  process.stdout.write(
+    `bundle: ${relative(root, outfile)} ${(text.length / 1024).toFixed(0)} KiB from ${inputs} files\n`,
+  );
 }
 
 /** Lays the verified runtime out the way pkg's SEA downloader leaves it, so pkg finds it "already downloaded". */
@@ -104,8 +106,20 @@ async function main(): Promise<void> {
     rmSync(output, { force: true });
     execFileSync(
       process.execPath,
-      [join(root, "node_modules", "@yao-pkg", "pkg", "lib-es5", "bin.js"), entry, "--sea", "--targets", target.pkgTarget, "--output", output],
-      { cwd: STAGE, stdio: ["ignore", "ignore", "inherit"], env: { ...process.env, HOME: home, PKG_CACHE_PATH: join(home, ".pkg-cache") } },
+      [
+        join(root, "node_modules", "@yao-pkg", "pkg", "lib-es5", "bin.js"),
+        entry,
+        "--sea",
+        "--targets",
+        target.pkgTarget,
+        "--output",
+        output,
+      ],
+      {
+        cwd: STAGE,
+        stdio: ["ignore", "ignore", "inherit"],
+        env: { ...process.env, HOME: home, PKG_CACHE_PATH: join(home, ".pkg-cache") },
+      },
     );
     if (!existsSync(output)) throw new Error(`pkg produced no ${output}`);
     chmodSync(output, 0o755);

@@ -112,22 +112,26 @@ function readText(path: string, required: boolean, problems: ConfigProblem[]): s
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === "ENOENT" && !required) return undefined;
-    problems.push({ path: "(file)", expected: "a readable config file", found: `${code ?? "an error"} for ${path}` });
+    problems.push({
+      path: "(file)",
+      expected: "expected a readable config file",
+      found: `${code ?? "an error"} for ${path}`,
+    });
     return undefined;
   }
 }
 
 function parseYaml(text: string, path: string, problems: ConfigProblem[]): Record<string, unknown> | undefined {
   // YAML 1.2 is a superset of JSON, so one parser takes both formats.
-  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (doc.errors.length > 0) {
     for (const e of doc.errors) {
       const line = e.linePos?.[0];
       problems.push({
         path: "(file)",
-        expected: "valid YAML or JSON",
+        expected: "expected valid YAML or JSON",
         found: `${e.code}${line ? ` at line ${line.line} column ${line.col}` : ""}`,
-        source: path,
+        source: `in ${path}`,
       });
     }
     return undefined;
@@ -135,7 +139,12 @@ function parseYaml(text: string, path: string, problems: ConfigProblem[]): Recor
   const value: unknown = doc.toJS();
   if (value === null || value === undefined) return {};
   if (typeof value !== "object" || Array.isArray(value)) {
-    problems.push({ path: "(file)", expected: "a mapping of sections", found: render(value), source: path });
+    problems.push({
+      path: "(file)",
+      expected: "expected a mapping of sections",
+      found: render(value),
+      source: `in ${path}`,
+    });
     return undefined;
   }
   return value as Record<string, unknown>;
@@ -261,7 +270,7 @@ function describeIssue(
     });
   }
   const found = "input" in issue ? render(issue.input) : render(valueAt(raw, base));
-  let expected = issue.message.replace(/^Invalid input:\s*/, "");
+  let expected = issue.message.replace(/^Invalid (input|option):\s*/i, "");
   if (issue.code === "invalid_type") expected = `expected ${issue.expected}`;
   if (!expected.startsWith("expected")) expected = `expected ${expected.charAt(0).toLowerCase()}${expected.slice(1)}`;
   return [{ path: base.length ? base.join(".") : "(root)", expected, found, source: sourceOf(base) }];
@@ -314,7 +323,7 @@ function resolveFiles(
     } catch (err) {
       problems.push({
         path: "mqtt.passwordFile",
-        expected: "a readable file holding the MQTT password",
+        expected: "expected a readable file holding the MQTT password",
         found: `${(err as NodeJS.ErrnoException).code ?? "an error"} for ${mqtt.passwordFile}`,
         source: source("passwordFile"),
       });
@@ -328,7 +337,7 @@ function resolveFiles(
     } catch (err) {
       problems.push({
         path: `mqtt.${key}`,
-        expected: "a readable PEM file",
+        expected: "expected a readable PEM file",
         found: `${(err as NodeJS.ErrnoException).code ?? "an error"} for ${path}`,
         source: source(key),
       });

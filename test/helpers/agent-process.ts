@@ -8,6 +8,11 @@ import { Collected } from "./wait.ts";
 export const ROOT = resolve(import.meta.dirname, "..", "..");
 export const MAIN = join(ROOT, "src", "main.ts");
 
+const running = new Set<ChildProcess>();
+process.on("exit", () => {
+  for (const child of running) child.kill("SIGKILL");
+});
+
 export interface Exit {
   code: number | null;
   signal: NodeJS.Signals | null;
@@ -34,6 +39,8 @@ export class AgentProcess {
       stdio: ["ignore", "pipe", "pipe"],
       env: { PATH: process.env.PATH ?? "", HOME: this.dir, ...options.env },
     });
+    running.add(this.child);
+    this.child.once("exit", () => running.delete(this.child));
     split(this.child.stdout, this.stdout);
     split(this.child.stderr, this.stderr);
     this.exited = new Promise((resolve) => {

@@ -4,6 +4,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { freePort } from "./ports.ts";
 
+// A failed test must not leave brokers behind or keep the test process alive.
+const running = new Set<ChildProcess>();
+process.on("exit", () => {
+  for (const child of running) child.kill("SIGKILL");
+});
+
 export interface BrokerOptions {
   /** Extra lines for mosquitto.conf, after a plain-TCP listener. */
   extra?: string[];
@@ -55,11 +61,15 @@ export class Mosquitto {
   resume(): Promise<void> {
     const child = spawn("mosquitto", ["-c", this.conf], { stdio: ["ignore", "ignore", "pipe"] });
     this.child = child;
+    running.add(child);
+    child.once("exit", () => running.delete(child));
+    child.unref();
     return new Promise((resolve, reject) => {
       const onData = (chunk: Buffer) => {
         this.log += chunk.toString();
         if (/mosquitto version [\d.]+ running/.test(this.log.slice(-2000))) {
           child.stderr?.off("data", onData);
+          (child.stderr as unknown as { unref?: () => void } | null)?.unref?.();
           child.stderr?.on("data", (c: Buffer) => {
             this.log += c.toString();
           });

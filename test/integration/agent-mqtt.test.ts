@@ -15,7 +15,9 @@ function config(port: number, id: string, mqtt: Record<string, unknown> = {}) {
 }
 
 const isStatus = (id: string, state: string, session?: string) => (m: Received) =>
-  m.topic === `${PREFIX}/${id}/status` && m.json.state === state && (session === undefined || m.json.session === session);
+  m.topic === `${PREFIX}/${id}/status` &&
+  m.json.state === state &&
+  (session === undefined || m.json.session === session);
 
 function assertConsecutive(messages: Received[]): void {
   const seqs = messages.map((m) => m.json.seq as number);
@@ -122,7 +124,12 @@ describe("agent against a real mosquitto", () => {
         10_000,
         "telemetry during the outage",
       );
-      const producedBeforeResume = Math.max(...agent.logs().filter((l) => l.msg === "telemetry sampled").map((l) => l.cycle as number));
+      const producedBeforeResume = Math.max(
+        ...agent
+          .logs()
+          .filter((l) => l.msg === "telemetry sampled")
+          .map((l) => l.cycle as number),
+      );
       await own.resume();
       const again = await sub.waitForNext(isStatus("dev-restart", "online", session), 15_000, "online again");
       assert.equal(again.json.session, session);

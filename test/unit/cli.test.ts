@@ -1,0 +1,103 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { PassThrough } from "node:stream";
+import { after, before, describe, it } from "node:test";
+import { cli } from "../../src/cli/cli.ts";
+import type { Host } from "../../src/cli/host.ts";
+
+async function run(argv: string[], env: Record<string, string> = {}) {
+  const stdout = new PassThrough();
+  const stderr = new PassThrough();
+  let out = "";
+  let err = "";
+  stdout.on("data", (c: Buffer) => {
+    out += c.toString();
+  });
+  stderr.on("data", (c: Buffer) => {
+    err += c.toString();
+  });
+  const host: Host = { env, hostname: "test-host", stdout, stderr, stopRequested: new Promise(() => {}) };
+  const code = await cli(argv, host);
+  return { code, out, err };
+}
+
+let dir: string;
+before(() => {
+  dir = mkdtempSync(join(tmpdir(), "outpost-cli-"));
+});
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+describe("command line", () => {
+  it("prints the version line of the contract", async () => {
+    const { code, out } = await run(["--version"]);
+    assert.equal(code, 0);
+    assert.match(out, /^outpost \d+\.\d+\.\d+ \([0-9a-z]+\) node v24\.\d+\.\d+ linux-(x64|arm64)\n$/);
+  });
+
+  it("exits 64 on usage errors", async () => {
+    assert.equal((await run([])).code, 64);
+    const unknown = await run(["frobnicate"]);
+    assert.equal(unknown.code, 64);
+    assert.match(unknown.err, /unknown command frobnicate/);
+    assert.equal((await run(["run", "--bogus"])).code, 64);
+    assert.equal((await run(["run", "--log-format", "xml"])).code, 64);
+    assert.equal((await run(["config"])).code, 64);
+    assert.equal((await run(["config", "validate"])).code, 64);
+    assert.equal((await run(["demo", "--port", "99999"])).code, 64);
+  });
+
+  it("has help for each command", async () => {
+    for (const argv of [["--help"], ["run", "--help"], ["demo", "--help"], ["config", "--help"]]) {
+      const { code, out } = await run(argv);
+      assert.equal(code, 0, argv.join(" "));
+      assert.match(out, /^Usage: outpost/);
+    }
+  });
+
+  it("validates a config: exit 0 when good, 78 with one line per problem when bad", async () => {
+    const good = join(dir, "good.yaml");
+    writeFileSync(good, "device:\n  id: pi-7\n");
+    const ok = await run(["config", "validate", good]);
+    assert.equal(ok.code, 0);
+    assert.match(ok.out, /valid \(device pi-7/);
+
+    const bad = join(dir, "bad.yaml");
+    writeFileSync(bad, "mqtt:\n  url: ftp://x\n  keepalive: 1s\n");
+    const res = await run(["config", "validate", bad]);
+    assert.equal(res.code, 78);
+    const lines = res.err.trim().split("\n").slice(1);
+    assert.equal(lines.length, 2);
+    assert.match(
+      lines[0] ?? "",
+      /^ {2}mqtt\.url: expected an mqtt:\/\/ or mqtts:\/\/ URL, found "ftp:\/\/x" \(in .*bad\.yaml\)$/,
+    );
+    assert.match(lines[1] ?? "", /^ {2}mqtt\.keepalive: expected a duration between 5000ms and 3600000ms, found "1s"/);
+    assert.equal((await run(["run", "--config", bad])).code, 78);
+    assert.equal((await run(["config", "validate", join(dir, "missing.yaml")])).code, 78);
+  });
+
+  it("prints the JSON Schema and the effective config with secrets redacted", async () => {
+    const schema = await run(["config", "schema"]);
+    assert.equal(schema.code, 0);
+    const parsed = JSON.parse(schema.out) as { properties: Record<string, unknown> };
+    assert.deepEqual(Object.keys(parsed.properties), [
+      "device",
+      "mqtt",
+      "telemetry",
+      "state",
+      "log",
+      "commands",
+      "shutdown",
+    ]);
+
+    const printed = await run(["config", "print", join(dir, "absent.yaml")], { OUTPOST_MQTT__PASSWORD: "hunter2" });
+    assert.equal(printed.code, 78, "an explicit path must exist");
+    const effective = await run(["config", "print"], { OUTPOST_MQTT__PASSWORD: "hunter2", OUTPOST_DEVICE__ID: "x1" });
+    assert.equal(effective.code, 0);
+    assert.match(effective.out, /password: <redacted>/);
+    assert.match(effective.out, /id: x1/);
+    assert.ok(!effective.out.includes("hunter2"));
+  });
+});

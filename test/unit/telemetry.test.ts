@@ -1,0 +1,106 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { pino } from "pino";
+import type { Collector } from "../../src/telemetry/collectors.ts";
+import { systemCollectors } from "../../src/telemetry/collectors.ts";
+import { type Sample, Telemetry } from "../../src/telemetry/telemetry.ts";
+
+const logger = pino({ level: "silent" });
+
+function telemetry(collectors: Collector[], timeoutMs = 100, publish: (s: Sample) => void = () => {}) {
+  return new Telemetry({ collectors, intervalMs: () => 10, timeoutMs: () => timeoutMs, publish, logger });
+}
+
+describe("telemetry sampling", () => {
+  it("reports a failing and a hanging collector without losing the others", async () => {
+    let release: (() => void) | undefined;
+    const hanging = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const t = telemetry(
+      [
+        { name: "good", collect: async () => ({ value: 1 }) },
+        {
+          name: "broken",
+          collect: async () => {
+            throw new Error("sensor unplugged");
+          },
+        },
+        {
+          name: "slow",
+          collect: async () => {
+            await hanging;
+            return { value: 2 };
+          },
+        },
+        { name: "absent", collect: async () => null },
+      ],
+      30,
+    );
+    const started = performance.now();
+    const first = await t.sample();
+    assert.ok(performance.now() - started < 1000, "the slow collector held up the sample");
+    assert.deepEqual(first.metrics, { good: { value: 1 } });
+    assert.deepEqual(first.errors, { broken: "sensor unplugged", slow: "timeout after 30ms" });
+
+    // Still running from the last cycle: not started a second time, reported as busy.
+    const second = await t.sample();
+    assert.match(second.errors.slow ?? "", /^busy/);
+    release?.();
+    await hanging;
+    await new Promise((resolve) => setImmediate(resolve));
+    const third = await t.sample();
+    assert.deepEqual(third.metrics.slow, { value: 2 });
+  });
+
+  it("adds the extra metrics of other components", async () => {
+    const t = new Telemetry({
+      collectors: [],
+      intervalMs: () => 10,
+      timeoutMs: () => 10,
+      publish: () => {},
+      extra: () => ({ outbox: { queued: 3 } }),
+      logger,
+    });
+    assert.deepEqual((await t.sample()).metrics, { outbox: { queued: 3 } });
+  });
+
+  it("publishes once per interval until stopped", async () => {
+    const samples: Sample[] = [];
+    let enough: (() => void) | undefined;
+    const done = new Promise<void>((resolve) => {
+      enough = resolve;
+    });
+    const t = telemetry([{ name: "n", collect: async () => ({ n: samples.length }) }], 100, (s) => {
+      samples.push(s);
+      if (samples.length === 3) enough?.();
+    });
+    const controller = new AbortController();
+    await t.start(controller.signal);
+    await done;
+    await t.stop();
+    await t.stop();
+    const count = samples.length;
+    assert.ok(count >= 3);
+    assert.deepEqual(
+      samples.slice(0, 3).map((s) => s.metrics.n),
+      [{ n: 0 }, { n: 1 }, { n: 2 }],
+    );
+    assert.equal(t.count, count);
+  });
+
+  it("collects real metrics from this machine", async () => {
+    const t = telemetry(systemCollectors(), 5000);
+    await t.sample();
+    const { metrics, errors } = await t.sample();
+    assert.deepEqual(errors, {});
+    const memory = metrics.memory as { total: number; used: number };
+    assert.ok(memory.total > 0 && memory.used > 0 && memory.used <= memory.total);
+    const cpu = metrics.cpu as { load: number; cores: number[] };
+    assert.ok(cpu.load >= 0 && cpu.load <= 100);
+    assert.ok(cpu.cores.length >= 1);
+    assert.ok((metrics.disk as { size: number }).size > 0);
+    assert.ok((metrics.uptime as { seconds: number }).seconds > 0);
+    assert.ok("lo" in (metrics.network as Record<string, unknown>));
+  });
+});

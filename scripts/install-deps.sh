@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that the build and the tests need, if any is missing:
+#   build: binutils (strip) and binutils-aarch64-linux-gnu (strip for arm64), xz-utils
+#   tests: mosquitto (the broker, mosquitto_passwd), openssl (test CA), qemu-user and the arm64 runtime
+#          libraries (to run the arm64 binary), python3-paho-mqtt (an independent MQTT peer)
+# As root it runs apt-get; otherwise it prints the command to run and fails.
+set -euo pipefail
+
+declare -A need=(
+  [mosquitto]=/usr/sbin/mosquitto
+  [mosquitto-clients]=/usr/bin/mosquitto_sub
+  [openssl]=/usr/bin/openssl
+  [xz-utils]=/usr/bin/xz
+  [binutils]=/usr/bin/strip
+  [binutils-aarch64-linux-gnu]=/usr/bin/aarch64-linux-gnu-strip
+  [qemu-user]=/usr/bin/qemu-aarch64
+  [libc6-arm64-cross]=/usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1
+  [libstdc++6-arm64-cross]=/usr/aarch64-linux-gnu/lib/libstdc++.so.6
+  [libgcc-s1-arm64-cross]=/usr/aarch64-linux-gnu/lib/libgcc_s.so.1
+  [python3-paho-mqtt]=/usr/lib/python3/dist-packages/paho
+)
+
+missing=()
+for pkg in "${!need[@]}"; do
+  [ -e "${need[$pkg]}" ] || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+  echo "outpost: missing packages: ${missing[*]}" >&2
+  echo "install them with: sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+echo "outpost: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -39,7 +39,9 @@ describe("built binaries", () => {
   });
 
   it("SHA256SUMS matches the binaries", () => {
-    const sums = readFileSync(join(ROOT, "dist", "SHA256SUMS"), "utf8").trim().split("\n");
+    const sums = readFileSync(join(ROOT, "dist", "SHA256SUMS"), "utf8")
+      .trim()
+      .split("\n");
     assert.equal(sums.length, 2);
     const check = execFileSync("sha256sum", ["--check", "SHA256SUMS"], { cwd: join(ROOT, "dist"), encoding: "utf8" });
     assert.match(check, /outpost-linux-x64: OK/);
@@ -62,7 +64,10 @@ describe("built binaries", () => {
         const p = new AgentProcess(target.command, ["config", "validate", path]);
         const exit = await p.exited;
         assert.equal(exit.code, 78);
-        assert.ok(p.stderr.items.some((l) => l.includes("telemetry.interval: expected a duration")), p.stderr.items.join("\n"));
+        assert.ok(
+          p.stderr.items.some((l) => l.includes("telemetry.interval: expected a duration")),
+          p.stderr.items.join("\n"),
+        );
       });
 
       it("reports telemetry to mosquitto and stops on SIGTERM with exit 0 and offline retained", async () => {

@@ -122,6 +122,11 @@ async function idle(broker: Mosquitto, watch: Watch): Promise<void> {
   const id = "bench-idle";
   const agent = AgentProcess.run([BIN], { device: { id }, mqtt: { url: broker.url }, telemetry: { interval: "1s" } });
   const bare = spawn(NODE, ["-e", "setInterval(() => {}, 1000)"], { stdio: "ignore" });
+  const plain = AgentProcess.run([NODE, "/tmp/outpost-build/outpost.cjs"], {
+    device: { id: "bench-plain" },
+    mqtt: { url: broker.url },
+    telemetry: { interval: "1s" },
+  });
   try {
     await watch.waitFor((m) => m.topic === `outpost/v1/${id}/telemetry`, 30_000, "first telemetry");
     const pid = agent.child.pid ?? 0;
@@ -138,6 +143,13 @@ async function idle(broker: Mosquitto, watch: Watch): Promise<void> {
       unit: "MiB",
       note: "bare = node -e setInterval 1 s",
     });
+    rows.push({
+      metric: "same, the same bundle on plain node (no SEA)",
+      outpost: rssMiB(plain.child.pid ?? 0),
+      bare: rssMiB(barePid),
+      unit: "MiB",
+      note: "the single-executable wrapper's share of the RSS",
+    });
     const per100 = ((cpuSeconds(pid) - cpu0) / cycles) * 100;
     const barePer100 = ((cpuSeconds(barePid) - bareCpu0) / cycles) * 100;
     rows.push({
@@ -149,6 +161,7 @@ async function idle(broker: Mosquitto, watch: Watch): Promise<void> {
     });
   } finally {
     bare.kill("SIGKILL");
+    await plain.cleanup();
     await agent.stop("SIGTERM");
     await agent.cleanup();
   }

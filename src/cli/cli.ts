@@ -2,7 +2,6 @@ import { parseArgs } from "node:util";
 import { errorMessage } from "../core/errors.ts";
 import { versionLine } from "../version.ts";
 import { configCommand, DEFAULT_CONFIG } from "./config-command.ts";
-import { demoCommand } from "./demo-command.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 import { runCommand } from "./run-command.ts";
 
@@ -101,6 +100,8 @@ async function dispatch(argv: string[], host: Host): Promise<number> {
       if (port !== undefined && !(Number.isInteger(port) && port >= 0 && port < 65536)) {
         throw new UsageError(`--port must be a port number, not ${values.port}`);
       }
+      // The embedded broker is loaded only for the demo: `run` on a device never pays for it.
+      const { demoCommand } = await import("./demo-command.ts");
       return demoCommand(host, { port, interval: values.interval });
     }
     case "config":

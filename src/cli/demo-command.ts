@@ -44,7 +44,7 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
     },
   });
   const { config } = loaded;
-  const { logger, flush } = createLogger({ level: config.log.level, format: "json", fd: logFd });
+  const { logger, flush } = await createLogger({ level: config.log.level, format: "json", fd: logFd });
   const agent = new Agent({ config, configHash: loaded.hash, logger, clock: systemClock });
 
   const tty = host.stdout.isTTY === true;

@@ -17,7 +17,7 @@ export async function runCommand(host: Host, options: RunOptions): Promise<numbe
   const loaded = loadOrReport(host, options.config);
   if (typeof loaded === "number") return loaded;
   const { config } = loaded;
-  const { logger, flush } = createLogger({
+  const { logger, flush } = await createLogger({
     level: config.log.level,
     format: options.logFormat ?? config.log.format,
     colorize: host.stdout.isTTY === true,

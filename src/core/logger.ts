@@ -1,5 +1,4 @@
 import { type DestinationStream, type LevelWithSilent, type Logger, pino } from "pino";
-import pretty from "pino-pretty";
 
 export type { Logger };
 export type LogFormat = "json" | "pretty";
@@ -16,10 +15,12 @@ export interface LoggerOptions {
  * pino writing synchronously-enough JSON lines to a file descriptor. No `pino.transport()`: it starts a
  * worker from a file path, which does not exist inside the single executable.
  */
-export function createLogger(options: LoggerOptions): { logger: Logger; flush: () => void } {
+export async function createLogger(options: LoggerOptions): Promise<{ logger: Logger; flush: () => void }> {
   const fd = options.fd ?? 1;
   let stream: DestinationStream & { flushSync?: () => void };
   if (options.format === "pretty") {
+    // Loaded only when asked for: it costs memory that a service logging JSON to journald never needs.
+    const { default: pretty } = await import("pino-pretty");
     stream = pretty({ destination: fd, sync: true, colorize: options.colorize === true });
   } else {
     stream = pino.destination({ dest: fd, sync: false, minLength: 0 });

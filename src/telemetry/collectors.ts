@@ -1,5 +1,8 @@
-import { loadavg } from "node:os";
+import { readdir, readFile, statfs } from "node:fs/promises";
+import { loadavg, uptime } from "node:os";
+import { join } from "node:path";
 import si from "systeminformation";
+import { busyPercent, parseNetDev, parseProcStat } from "./procfs.ts";
 
 /** One named source of metrics. It may fail or hang; the telemetry loop contains both. */
 export interface Collector {
@@ -12,17 +15,36 @@ const round = (n: number, digits = 1) => {
   return Math.round(n * f) / f;
 };
 
-/** The default collectors, all through systeminformation, each cheap enough to run every second. */
-export function systemCollectors(): Collector[] {
+export interface CollectorOptions {
+  /** Where procfs and sysfs are mounted; fixture trees can stand in for a board. */
+  procRoot?: string;
+  sysRoot?: string;
+  /** The filesystem whose usage is reported. */
+  rootFs?: string;
+}
+
+/**
+ * The default collectors, each cheap enough to run every second on a Pi: systeminformation where it reads
+ * in-process (memory), direct reads of /proc and /sys where it would spawn processes on every call.
+ */
+export function systemCollectors(options: CollectorOptions = {}): Collector[] {
+  const procRoot = options.procRoot ?? "/proc";
+  const sysRoot = options.sysRoot ?? "/sys";
+  let previous: ReturnType<typeof parseProcStat>;
+  const rootFs = options.rootFs ?? "/";
   return [
     {
       name: "cpu",
       async collect() {
-        const load = await si.currentLoad();
-        return {
-          load: round(load.currentLoad),
-          cores: load.cpus.map((c) => round(c.load)),
+        // /proc/stat read in-process: si.currentLoad() spawns a shell, cat and grep on every call.
+        const stat = parseProcStat(await readFile(join(procRoot, "stat"), "utf8"));
+        if (!stat) throw new Error("no cpu line in /proc/stat");
+        const result = {
+          load: round(busyPercent(previous?.all, stat.all)),
+          cores: stat.cores.map((core, i) => round(busyPercent(previous?.cores[i], core))),
         };
+        previous = stat;
+        return result;
       },
     },
     {
@@ -41,32 +63,29 @@ export function systemCollectors(): Collector[] {
     {
       name: "disk",
       async collect() {
-        const all = await si.fsSize();
-        const root = all.find((fs) => fs.mount === "/") ?? all[0];
-        if (!root) return null;
-        return { mount: root.mount, size: root.size, used: root.used, usePercent: round(root.use) };
+        // statfs(2) instead of si.fsSize(), which spawns df on every call.
+        const st = await statfs(rootFs);
+        const size = st.blocks * st.bsize;
+        const used = (st.blocks - st.bfree) * st.bsize;
+        // Like df: the share of what non-root users can use.
+        const usable = used + st.bavail * st.bsize;
+        return { mount: rootFs, size, used, usePercent: usable > 0 ? round((used / usable) * 100) : 0 };
       },
     },
     {
       name: "temperature",
-      async collect() {
-        const t = await si.cpuTemperature();
-        // systeminformation reports null or -1 when the board has no sensor.
-        return typeof t.main === "number" && t.main > -1 ? { cpu: t.main } : null;
-      },
+      // Thermal zones from sysfs instead of si.cpuTemperature(), which spawns a shell and cat per sensor.
+      collect: () => thermalZones(join(sysRoot, "class", "thermal")),
     },
     {
       name: "network",
-      async collect() {
-        const stats = await si.networkStats("*");
-        return Object.fromEntries(stats.map((s) => [s.iface, { rxBytes: s.rx_bytes, txBytes: s.tx_bytes }]));
-      },
+      // /proc/net/dev instead of si.networkStats(), which spawns cat per interface and ip.
+      collect: async () => parseNetDev(await readFile(join(procRoot, "net", "dev"), "utf8")),
     },
     {
       name: "uptime",
-      async collect() {
-        return { seconds: Math.round(si.time().uptime) };
-      },
+      // os.uptime() instead of si.time(), which spawns date for the time zone.
+      collect: async () => ({ seconds: Math.round(uptime()) }),
     },
     {
       name: "load",
@@ -76,4 +95,41 @@ export function systemCollectors(): Collector[] {
       },
     },
   ];
+}
+
+/** Zone types that are the CPU (or SoC) on the boards we run on: Pi, Jetson, x86. */
+const CPU_ZONE = /^(cpu|soc|x86_pkg_temp|cpu-thermal|cpu_thermal|CPU-therm|acpitz)/i;
+
+/**
+ * Every thermal zone in °C, and `cpu`: the hottest CPU-like zone (or the first zone). Null when the board
+ * has none, so that the metric is absent rather than zero.
+ */
+export async function thermalZones(dir: string): Promise<Record<string, unknown> | null> {
+  let entries: string[];
+  try {
+    entries = (await readdir(dir)).filter((e) => e.startsWith("thermal_zone")).sort();
+  } catch {
+    return null;
+  }
+  const zones: Record<string, number> = {};
+  let cpu: number | undefined;
+  let first: number | undefined;
+  for (const entry of entries) {
+    try {
+      const [type, temp] = await Promise.all([
+        readFile(join(dir, entry, "type"), "utf8"),
+        readFile(join(dir, entry, "temp"), "utf8"),
+      ]);
+      const celsius = round(Number(temp.trim()) / 1000);
+      if (!Number.isFinite(celsius)) continue;
+      const name = type.trim() || entry;
+      zones[name] = celsius;
+      first ??= celsius;
+      if (CPU_ZONE.test(name)) cpu = Math.max(cpu ?? celsius, celsius);
+    } catch {
+      // A zone can vanish or refuse reads (disabled sensors return EINVAL); the others still count.
+    }
+  }
+  const main = cpu ?? first;
+  return main === undefined ? null : { cpu: main, zones };
 }

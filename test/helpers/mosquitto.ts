@@ -87,6 +87,8 @@ export class Mosquitto {
     this.child = undefined;
     if (!child || child.exitCode !== null || child.signalCode !== null) return;
     const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+    // Unreferenced while it runs (see resume); waiting for its exit must keep this process alive.
+    child.ref();
     child.kill(signal);
     await exited;
   }

@@ -92,7 +92,7 @@ export class Agent {
       collectors: options.collectors ?? systemCollectors(),
       intervalMs: () => durationMs(config.telemetry.interval),
       timeoutMs: () => durationMs(config.telemetry.collectorTimeout),
-      extra: () => ({ outbox: this.outbox.stats() }),
+      extra: () => ({ outbox: this.outbox.stats(), agent: agentMetrics() }),
       publish: (sample) => {
         const body: Record<string, unknown> = { metrics: sample.metrics };
         if (Object.keys(sample.errors).length > 0) body.errors = sample.errors;
@@ -142,4 +142,16 @@ export class Agent {
     }
     logger.info({ sent: this.outbox.stats().sent }, "agent stopped");
   }
+}
+
+/** The agent's own footprint, so that a fleet shows which devices it costs too much on. */
+function agentMetrics(): Record<string, number> {
+  const mem = process.memoryUsage();
+  const cpu = process.cpuUsage();
+  return {
+    rss: mem.rss,
+    heapUsed: mem.heapUsed,
+    cpuUserMs: Math.round(cpu.user / 1000),
+    cpuSystemMs: Math.round(cpu.system / 1000),
+  };
 }

@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { durationMs } from "./config/duration.ts";
 import type { Config } from "./config/schema.ts";
+import { sizeBytes } from "./config/size.ts";
 import type { Clock } from "./core/clock.ts";
 import { OutpostError } from "./core/errors.ts";
 import { type Component, withDeadline } from "./core/lifecycle.ts";
@@ -86,6 +87,14 @@ export class Agent {
       session: this.session,
       clockSynced,
       logger: logger.child({ component: "outbox" }),
+      dir: config.state.dir,
+      alarmTopic: topics.alarm("outbox-storage"),
+      maxBytes: sizeBytes(config.outbox.maxBytes),
+      ttlMs: durationMs(config.outbox.ttl),
+      commitIntervalMs: durationMs(config.outbox.commitInterval),
+      commitMessages: config.outbox.commitMessages,
+      window: config.outbox.window,
+      maxPacketSize: config.outbox.maxPacketSize,
     });
 
     this.telemetry = new Telemetry({

@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { parseDuration } from "./duration.ts";
+import { parseSize } from "./size.ts";
 
 /** A duration string with bounds, kept as text in the config so that it prints back as written. */
 function duration(def: string, minMs: number, maxMs: number) {
@@ -15,6 +16,15 @@ function duration(def: string, minMs: number, maxMs: number) {
       },
       { message: `expected a duration between ${minMs}ms and ${maxMs}ms` },
     )
+    .default(def);
+}
+
+/** A size string like "64MiB", kept as text. */
+function size(def: string, minBytes: number) {
+  return z
+    .string()
+    .refine((s) => parseSize(s) !== undefined, { message: 'expected a size like "512KiB", "64MiB", "1GiB"' })
+    .refine((s) => (parseSize(s) ?? minBytes) >= minBytes, { message: `expected at least ${minBytes} bytes` })
     .default(def);
 }
 
@@ -78,6 +88,16 @@ export const configSchema = z.strictObject({
     .strictObject({
       interval: duration("10s", 100, 86_400_000),
       collectorTimeout: duration("2s", 50, 60_000),
+    })
+    .prefault({}),
+  outbox: z
+    .strictObject({
+      maxBytes: size("64MiB", 64 * 1024),
+      ttl: duration("7d", 60_000, 365 * 86_400_000),
+      commitInterval: duration("1s", 10, 60_000),
+      commitMessages: z.number().int().min(1).max(100_000).default(1000),
+      window: z.number().int().min(1).max(65_535).default(64),
+      maxPacketSize: z.number().int().min(128).optional(),
     })
     .prefault({}),
   state: z.strictObject({ dir: z.string().min(1).default("/var/lib/outpost") }).prefault({}),

@@ -1,7 +1,13 @@
 import { EventEmitter } from "node:events";
 import { readFileSync } from "node:fs";
 import type { Socket } from "node:net";
-import mqtt, { type IClientOptions, type IClientPublishOptions, type MqttClient } from "mqtt";
+import mqtt, {
+  type IClientOptions,
+  type IClientPublishOptions,
+  type IConnackPacket,
+  type IPublishPacket,
+  type MqttClient,
+} from "mqtt";
 import { Backoff } from "../core/backoff.ts";
 import { sleep } from "../core/clock.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
@@ -45,6 +51,12 @@ export interface LinkOptions {
 export interface LinkEvents {
   connected: [{ protocolVersion: ProtocolVersion }];
   disconnected: [];
+  message: [topic: string, payload: Buffer, packet: IPublishPacket];
+}
+
+export interface BrokerLimits {
+  receiveMaximum?: number;
+  maximumPacketSize?: number;
 }
 
 /** MQTT 5 "unsupported protocol version" and MQTT 3.1.1 "unacceptable protocol version". */
@@ -65,6 +77,8 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
   private protocol: ProtocolVersion;
   private fellBack = false;
   private connectCount = 0;
+  private brokerLimits: BrokerLimits = {};
+  private readonly subscriptions: string[] = [];
 
   constructor(options: LinkOptions) {
     super();
@@ -83,6 +97,19 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
 
   get connects(): number {
     return this.connectCount;
+  }
+
+  /** What the broker announced in its last CONNACK (MQTT 5 only). */
+  limits(): BrokerLimits {
+    return this.brokerLimits;
+  }
+
+  /**
+   * Topics to subscribe (QoS 1) on every connect, before "connected" is emitted: commands are listened to
+   * before any backlog is replayed. Messages arrive as "message" events.
+   */
+  subscribe(topic: string): void {
+    this.subscriptions.push(topic);
   }
 
   async start(signal: AbortSignal): Promise<void> {
@@ -164,6 +191,12 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
   private async afterConnect(client: MqttClient): Promise<void> {
     const socket = client.stream as Partial<Socket> | undefined;
     socket?.setNoDelay?.(true);
+    client.on("message", (topic, payload, packet) => this.emit("message", topic, payload, packet));
+    if (this.subscriptions.length > 0) {
+      const granted = await client.subscribeAsync(this.subscriptions, { qos: 1 });
+      const refused = granted.filter((g) => g.qos >= 0x80).map((g) => g.topic);
+      if (refused.length > 0) this.log.error({ topics: refused }, "broker refused subscriptions");
+    }
     const birth = this.options.birth();
     this.log.info(
       { url: redactUrl(this.options.url), protocolVersion: this.protocol, fellBack: this.fellBack },
@@ -207,8 +240,12 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
         client.off("close", onClose);
         signal.removeEventListener("abort", onAbort);
       };
-      const onConnect = () => {
+      const onConnect = (connack: IConnackPacket) => {
         cleanup();
+        this.brokerLimits = {
+          receiveMaximum: connack.properties?.receiveMaximum,
+          maximumPacketSize: connack.properties?.maximumPacketSize,
+        };
         // Errors after the connect are reported by "close"; keep a listener so none is unhandled.
         client.on("error", (err) => this.log.warn({ err: errorMessage(err) }, "mqtt error"));
         resolve(client);

@@ -1,12 +1,15 @@
 import { EventEmitter } from "node:events";
+import { join } from "node:path";
 import { type Clock, sleep } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
 import { type Component, once } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
+import { OutboxStore } from "./store.ts";
 
 /** Delivery classes, most important first: when the outbox is full the last ones go first. */
 export const PRIORITIES = ["alarm", "result", "event", "telemetry"] as const;
 export type Priority = (typeof PRIORITIES)[number];
+const CLASSES = PRIORITIES.length;
 
 export interface Envelope {
   session: string;
@@ -16,17 +19,32 @@ export interface Envelope {
   clockSynced: boolean;
 }
 
+/** MQTT 5 publish properties that a reply needs. */
+export interface ReplyProperties {
+  responseTopic?: string;
+  correlationData?: Buffer;
+}
+
 export interface OutboxMessage {
   topic: string;
   priority: Priority;
   /** The message body; the envelope fields are added to it. */
   body: Record<string, unknown>;
+  properties?: ReplyProperties;
+}
+
+export interface TransportLimits {
+  /** The broker's Receive Maximum (MQTT 5 CONNACK): QoS 1 messages it accepts in flight. */
+  receiveMaximum?: number;
+  /** The broker's Maximum Packet Size (MQTT 5 CONNACK). */
+  maximumPacketSize?: number;
 }
 
 /** What the outbox needs from the MQTT link. */
 export interface Transport {
   readonly connected: boolean;
-  publish(topic: string, payload: string, options: { qos: 1 }): Promise<void>;
+  publish(topic: string, payload: string, options: { qos: 1; properties?: ReplyProperties }): Promise<void>;
+  limits(): TransportLimits;
   on(event: "connected", listener: () => void): unknown;
   off(event: "connected", listener: () => void): unknown;
 }
@@ -37,88 +55,182 @@ export interface OutboxOptions {
   session: string;
   clockSynced: () => boolean;
   logger: Logger;
-  /** Messages held at most; beyond it the lowest class, oldest first, is dropped. */
-  maxMessages?: number;
-  /** QoS 1 publishes awaiting PUBACK at once. */
+  /** Directory of outbox.db; without it the outbox keeps messages in memory only. */
+  dir?: string;
+  /** Topic for the outbox's own alarm (storage trouble). */
+  alarmTopic?: string;
+  /** Bytes held at most (stored and in memory); beyond it the lowest class, oldest first, is dropped. */
+  maxBytes?: number;
+  /** Age after which an undelivered message is dropped. */
+  ttlMs?: number;
+  /** How often messages not yet acknowledged are written (one fsync per write). */
+  commitIntervalMs?: number;
+  /** ... or as soon as this many are waiting. */
+  commitMessages?: number;
+  /** QoS 1 publishes awaiting PUBACK at once (also bounded by the broker's Receive Maximum). */
   window?: number;
+  /** A packet size limit for brokers that do not announce one (MQTT 3.1.1). */
+  maxPacketSize?: number;
 }
 
-interface Pending {
+interface Entry {
+  /** Row id once stored. */
+  id?: number;
+  session: string;
   seq: number;
+  priority: number;
   topic: string;
-  priority: Priority;
   payload: string;
+  props: string | null;
+  bytes: number;
+  created: number;
+  attempts: number;
 }
+
+export type DropReason = "overflow" | "expired";
 
 export interface OutboxStats {
+  /** Messages not yet acknowledged (stored, in memory, in flight). */
   queued: number;
+  /** Bytes of those messages (topic and payload). */
+  bytes: number;
+  stored: number;
+  inflight: number;
   sent: number;
-  dropped: Record<Priority, number>;
+  deadLettered: number;
+  dropped: Record<Priority, Record<DropReason, number>>;
+  /** True while the database cannot be written: messages are then kept in memory only. */
+  degraded: boolean;
+  /** Commits that were fsynced since start. */
+  fsyncs: number;
 }
 
+/** MQTT 5 reason codes in a PUBACK that may clear up by themselves; any other refusal is final. */
+const TRANSIENT_REFUSALS = new Set([0x97 /* quota exceeded */, 0x89 /* server busy */]);
+const FETCH = 512;
+
 /**
- * Stamps every outgoing message with the session envelope and delivers it with QoS 1, keeping it until
- * the broker acknowledges it. This first version holds messages in memory; the durable store of the
- * outbox issue replaces the queue, not this interface.
+ * Store-and-forward for every outgoing message. `send` stamps the envelope and never blocks. Messages are
+ * published from memory at once; those not acknowledged by the next commit (every commitInterval or
+ * commitMessages) are written to SQLite in one fsynced transaction, and a stored message is deleted only
+ * after its PUBACK. So a message acknowledged quickly never touches the flash, and a crash loses at most
+ * what was produced since the last commit.
  */
-export class Outbox extends EventEmitter implements Component {
+export class Outbox
+  extends EventEmitter<{ drained: []; committed: [{ lastSeq: number; stored: number }] }>
+  implements Component
+{
   readonly name = "outbox";
-  private readonly queues = new Map<Priority, Pending[]>(PRIORITIES.map((p) => [p, []]));
-  private readonly options: OutboxOptions;
-  private readonly maxMessages: number;
-  private readonly window: number;
+  private readonly o: Required<Omit<OutboxOptions, "dir" | "alarmTopic" | "maxPacketSize">> &
+    Pick<OutboxOptions, "dir" | "alarmTopic" | "maxPacketSize">;
+  private store: OutboxStore | undefined;
   private seq = 0;
-  private size = 0;
-  private sentCount = 0;
-  private readonly dropped: Record<Priority, number> = { alarm: 0, result: 0, event: 0, telemetry: 0 };
-  private wake: (() => void) | undefined;
-  private loop: Promise<void> | undefined;
+  /** Not stored yet, not in flight, per class, in seq order. */
+  private readonly fresh: Entry[][] = Array.from({ length: CLASSES }, () => []);
+  /** Not stored yet and in flight. */
+  private readonly freshInflight = new Set<Entry>();
+  /** Stored, fetched, not in flight, per class, in id order. */
+  private readonly buffers: Entry[][] = Array.from({ length: CLASSES }, () => []);
+  private readonly cursors = new Array<number>(CLASSES).fill(0);
+  /** Whether every stored row of a class above its cursor has been fetched. */
+  private readonly fetchedAll = new Array<boolean>(CLASSES).fill(false);
+  /** Stored rows in flight: a refill must not send them a second time. */
+  private readonly inflightIds = new Set<number>();
+  private readonly storedCount = new Array<number>(CLASSES).fill(0);
+  private storedBytes = 0;
+  private freshBytes = 0;
+  private inflight = 0;
+  private rewind = false;
+  private acked: number[] = [];
+  private deleteScheduled = false;
+  private commitScheduled = false;
+  private sent = 0;
+  private deadLettered = 0;
+  private degraded = false;
+  private lastCommittedSeq = 0;
+  private lastExpiry = Number.NEGATIVE_INFINITY;
+  private readonly dropped = Object.fromEntries(PRIORITIES.map((p) => [p, { overflow: 0, expired: 0 }])) as Record<
+    Priority,
+    Record<DropReason, number>
+  >;
   private readonly controller = new AbortController();
+  private loop: Promise<void> | undefined;
+  private started = false;
 
   constructor(options: OutboxOptions) {
     super();
-    this.options = options;
-    this.maxMessages = options.maxMessages ?? 10_000;
-    this.window = options.window ?? 20;
+    this.o = {
+      maxBytes: 64 * 1024 * 1024,
+      ttlMs: 7 * 86_400_000,
+      commitIntervalMs: 1000,
+      commitMessages: 1000,
+      window: 64,
+      ...options,
+    };
   }
 
   /** Accepts a message without ever blocking the producer; returns its envelope. */
   send(message: OutboxMessage): Envelope {
-    const { clock } = this.options;
+    const { clock } = this.o;
     this.seq += 1;
     const envelope: Envelope = {
-      session: this.options.session,
+      session: this.o.session,
       seq: this.seq,
       ts: clock.now(),
       mono: Math.round(clock.mono()),
-      clockSynced: this.options.clockSynced(),
+      clockSynced: this.o.clockSynced(),
     };
     const payload = JSON.stringify({ ...envelope, ...message.body });
-    this.queueOf(message.priority).push({
+    const props = message.properties ? encodeProps(message.properties) : null;
+    const entry: Entry = {
+      session: envelope.session,
       seq: envelope.seq,
+      priority: PRIORITIES.indexOf(message.priority),
       topic: message.topic,
-      priority: message.priority,
       payload,
-    });
-    this.size += 1;
-    if (this.size > this.maxMessages) this.dropOne();
-    this.wake?.();
+      props,
+      bytes: Buffer.byteLength(payload) + Buffer.byteLength(message.topic),
+      created: envelope.ts,
+      attempts: 0,
+    };
+    this.fresh[entry.priority]?.push(entry);
+    this.freshBytes += entry.bytes;
+    if (this.store === undefined) {
+      // Without a database, memory is all there is: hold the bound now.
+      while (this.freshBytes > this.o.maxBytes && this.dropFresh("overflow")) {}
+    } else if (this.freshCount() >= this.o.commitMessages || this.total() > this.o.maxBytes) {
+      this.scheduleCommit();
+    }
+    this.pump();
     return envelope;
   }
 
   stats(): OutboxStats {
-    return { queued: this.size, sent: this.sentCount, dropped: { ...this.dropped } };
+    return {
+      queued: this.queued(),
+      bytes: this.total(),
+      stored: this.storedCount.reduce((a, b) => a + b, 0),
+      inflight: this.inflight,
+      sent: this.sent,
+      deadLettered: this.deadLettered,
+      dropped: structuredClone(this.dropped),
+      degraded: this.degraded,
+      fsyncs: this.store?.fsyncCommits ?? 0,
+    };
   }
 
   async start(signal: AbortSignal): Promise<void> {
     signal.addEventListener("abort", () => this.controller.abort(), { once: true });
-    this.options.transport.on("connected", this.onConnected);
+    this.openStore();
+    this.started = true;
+    this.o.transport.on("connected", this.onConnected);
     this.loop = this.run(this.controller.signal);
+    this.pump();
   }
 
   /** Resolves once everything queued so far is acknowledged, or when `signal` aborts. */
   async flush(signal: AbortSignal): Promise<void> {
-    while (this.size > 0 && !signal.aborted && !this.controller.signal.aborted) {
+    while (this.queued() > 0 && !signal.aborted && !this.controller.signal.aborted) {
       await new Promise<void>((resolve) => {
         const done = () => {
           this.off("drained", done);
@@ -131,83 +243,377 @@ export class Outbox extends EventEmitter implements Component {
     }
   }
 
+  /** Writes everything not yet acknowledged and closes the database: a clean stop loses nothing. */
   readonly stop = once(async () => {
     this.controller.abort();
-    this.wake?.();
-    this.options.transport.off("connected", this.onConnected);
+    this.o.transport.off("connected", this.onConnected);
     await this.loop;
+    this.commit();
+    this.store?.close();
+    this.store = undefined;
   });
 
-  private readonly onConnected = () => this.wake?.();
-
-  private queueOf(priority: Priority): Pending[] {
-    const queue = this.queues.get(priority);
-    if (!queue) throw new Error(`unknown priority ${priority}`);
-    return queue;
+  /** Writes what is waiting now: the commit that the interval or the message count would trigger. */
+  commit(): void {
+    const now = this.o.clock.now();
+    if (!this.store && this.o.dir !== undefined) this.openStore();
+    const store = this.store;
+    this.expireFresh(now);
+    if (!store) return;
+    try {
+      this.deleteAcked();
+      for (const row of store.expire(now - this.o.ttlMs, [...this.inflightIds]))
+        this.forgetStored(row.id, row.priority, row.bytes, "expired");
+      const waiting = [...this.freshInflight, ...this.fresh.flat()];
+      if (waiting.length > 0) {
+        const ids = store.insert(waiting.map((e) => ({ ...e, id: undefined })));
+        for (const [i, e] of waiting.entries()) {
+          e.id = ids[i];
+          if (e.id !== undefined && this.freshInflight.has(e)) this.inflightIds.add(e.id);
+          this.fetchedAll[e.priority] = false;
+          this.storedCount[e.priority] = (this.storedCount[e.priority] ?? 0) + 1;
+          this.storedBytes += e.bytes;
+          this.lastCommittedSeq = Math.max(this.lastCommittedSeq, e.seq);
+        }
+        this.freshInflight.clear();
+        for (const queue of this.fresh) queue.length = 0;
+        this.freshBytes = 0;
+      }
+      while (this.total() > this.o.maxBytes && this.dropStored()) {}
+      if (this.degraded) this.setDegraded(false);
+      if (waiting.length > 0) {
+        this.emit("committed", { lastSeq: this.lastCommittedSeq, stored: waiting.length });
+        this.o.logger.debug({ lastSeq: this.lastCommittedSeq, stored: waiting.length }, "outbox committed");
+      }
+    } catch (err) {
+      this.storageFailed(err);
+    }
+    this.pump();
   }
 
-  private dropOne(): void {
-    for (let i = PRIORITIES.length - 1; i >= 0; i--) {
-      const priority = PRIORITIES[i] as Priority;
-      const queue = this.queueOf(priority);
-      if (queue.length > 0) {
-        queue.shift();
-        this.size -= 1;
-        this.dropped[priority] += 1;
-        return;
+  private readonly onConnected = () => this.pump();
+
+  private openStore(): void {
+    if (this.o.dir === undefined) return;
+    let store: OutboxStore | undefined;
+    try {
+      store = new OutboxStore(join(this.o.dir, "outbox.db"));
+      const totals = store.totals();
+      this.storedBytes = 0;
+      for (let p = 0; p < CLASSES; p++) {
+        const t = totals.get(p);
+        this.storedCount[p] = t?.count ?? 0;
+        this.storedBytes += t?.bytes ?? 0;
+        this.cursors[p] = 0;
+        this.fetchedAll[p] = false;
+        this.buffers[p] = [];
       }
+      this.store = store;
+      const backlog = this.storedCount.reduce((a, b) => a + b, 0);
+      if (backlog > 0) this.o.logger.info({ backlog, bytes: this.storedBytes }, "outbox: resuming stored messages");
+    } catch (err) {
+      store?.close();
+      this.storageFailed(err);
     }
   }
 
-  /** The next batch in priority order, oldest first within a class. */
-  private nextBatch(): Pending[] {
-    const batch: Pending[] = [];
-    for (const priority of PRIORITIES) {
-      for (const item of this.queueOf(priority)) {
-        if (batch.length >= this.window) return batch;
-        batch.push(item);
-      }
+  private storageFailed(err: unknown): void {
+    this.o.logger.error({ err: errorMessage(err) }, "outbox storage failed; keeping messages in memory");
+    this.store?.close();
+    this.store = undefined;
+    // Rows we knew of stay in the file; they come back when it opens again.
+    for (let p = 0; p < CLASSES; p++) {
+      this.storedCount[p] = 0;
+      this.buffers[p] = [];
     }
-    return batch;
+    this.storedBytes = 0;
+    this.acked = [];
+    if (!this.degraded) this.setDegraded(true, errorMessage(err));
   }
 
-  private remove(item: Pending): void {
-    const queue = this.queueOf(item.priority);
-    const index = queue.indexOf(item);
-    // Gone already when the overflow policy dropped it while it was in flight.
-    if (index >= 0) {
-      queue.splice(index, 1);
-      this.size -= 1;
+  private setDegraded(active: boolean, reason?: string): void {
+    this.degraded = active;
+    if (!active) this.o.logger.info("outbox storage recovered");
+    if (this.o.alarmTopic && this.started) {
+      this.send({
+        topic: this.o.alarmTopic,
+        priority: "alarm",
+        body: { alarm: "outbox-storage", active, ...(reason ? { reason } : {}) },
+      });
     }
   }
 
   private async run(signal: AbortSignal): Promise<void> {
-    const { transport, logger } = this.options;
     while (!signal.aborted) {
-      const batch = transport.connected ? this.nextBatch() : [];
-      if (batch.length === 0) {
-        if (this.size === 0) this.emit("drained");
-        await new Promise<void>((resolve) => {
-          this.wake = resolve;
-        });
-        this.wake = undefined;
-        continue;
-      }
-      const results = await Promise.allSettled(batch.map((m) => transport.publish(m.topic, m.payload, { qos: 1 })));
-      let failed = 0;
-      for (const [i, result] of results.entries()) {
-        const item = batch[i];
-        if (!item) continue;
-        if (result.status === "fulfilled") {
-          this.remove(item);
-          this.sentCount += 1;
-        } else {
-          failed += 1;
-          logger.debug({ err: errorMessage(result.reason), seq: item.seq }, "publish failed; will retry");
-        }
-      }
-      // Failures mean the connection went away; wait for the next one instead of spinning.
-      if (failed > 0 && transport.connected) await sleep(100, signal);
+      await sleep(this.o.commitIntervalMs, signal);
+      if (!signal.aborted) this.commit();
     }
   }
+
+  private scheduleCommit(): void {
+    if (this.commitScheduled) return;
+    this.commitScheduled = true;
+    setImmediate(() => {
+      this.commitScheduled = false;
+      this.commit();
+    });
+  }
+
+  private windowSize(): number {
+    const max = this.o.transport.limits().receiveMaximum;
+    return Math.max(1, Math.min(this.o.window, max ?? Number.POSITIVE_INFINITY));
+  }
+
+  /** Fills the in-flight window from the most important class down. */
+  private pump(): void {
+    if (!this.started || this.controller.signal.aborted) return;
+    const { transport } = this.o;
+    if (this.rewind) {
+      if (this.inflight > 0) return;
+      // A connection died with messages in flight: read the stored ones again from the start.
+      for (let p = 0; p < CLASSES; p++) {
+        this.buffers[p] = [];
+        this.cursors[p] = 0;
+        this.fetchedAll[p] = false;
+      }
+      this.rewind = false;
+    }
+    const window = this.windowSize();
+    while (transport.connected && this.inflight < window) {
+      const entry = this.next();
+      if (!entry) break;
+      this.publish(entry);
+    }
+    if (this.queued() === 0) this.emit("drained");
+  }
+
+  private next(): Entry | undefined {
+    for (let p = 0; p < CLASSES; p++) {
+      if (this.buffers[p]?.length === 0 && this.store && !this.fetchedAll[p] && (this.storedCount[p] ?? 0) > 0) {
+        this.refill(p);
+      }
+      const stored = this.buffers[p]?.shift();
+      if (stored) return stored;
+      const fresh = this.fresh[p]?.shift();
+      if (fresh) {
+        this.freshInflight.add(fresh);
+        return fresh;
+      }
+    }
+    return undefined;
+  }
+
+  private refill(p: number): void {
+    const store = this.store;
+    if (!store) return;
+    try {
+      // Acknowledged rows still waiting for their delete must not come back.
+      this.deleteAcked();
+      const rows = store.fetch(p, this.cursors[p] ?? 0, FETCH);
+      this.fetchedAll[p] = rows.length < FETCH;
+      this.cursors[p] = Number(rows.at(-1)?.id ?? this.cursors[p] ?? 0);
+      this.buffers[p] = rows
+        .filter((r) => !this.inflightIds.has(Number(r.id)))
+        .map((r) => ({ ...r, id: Number(r.id), attempts: 1 }));
+    } catch (err) {
+      this.storageFailed(err);
+    }
+  }
+
+  private publish(entry: Entry): void {
+    const limit = this.o.transport.limits().maximumPacketSize ?? this.o.maxPacketSize;
+    if (limit !== undefined && packetSize(entry) > limit) {
+      this.deadLetter(entry, `PACKET_TOO_LARGE: ${packetSize(entry)} bytes, broker maximum ${limit}`);
+      return;
+    }
+    entry.attempts += 1;
+    this.inflight += 1;
+    if (entry.id !== undefined) this.inflightIds.add(entry.id);
+    // A message sent from the backlog, or sent again, says so: consumers can tell live from replayed data.
+    const payload =
+      entry.attempts > 1 || entry.id !== undefined ? `{"replayed":true,${entry.payload.slice(1)}` : entry.payload;
+    const properties = entry.props ? decodeProps(entry.props) : undefined;
+    this.o.transport.publish(entry.topic, payload, { qos: 1, properties }).then(
+      () => this.acknowledged(entry),
+      (err: unknown) => this.failed(entry, err),
+    );
+  }
+
+  private acknowledged(entry: Entry): void {
+    this.inflight -= 1;
+    if (entry.id !== undefined) this.inflightIds.delete(entry.id);
+    this.sent += 1;
+    if (entry.id !== undefined) {
+      this.acked.push(entry.id);
+      this.storedCount[entry.priority] = (this.storedCount[entry.priority] ?? 1) - 1;
+      this.storedBytes -= entry.bytes;
+      this.scheduleDelete();
+    } else {
+      this.freshInflight.delete(entry);
+      this.freshBytes -= entry.bytes;
+    }
+    this.pump();
+  }
+
+  private failed(entry: Entry, err: unknown): void {
+    this.inflight -= 1;
+    if (entry.id !== undefined) this.inflightIds.delete(entry.id);
+    const code = (err as { code?: unknown }).code;
+    if (typeof code === "number" && code >= 0x80 && !TRANSIENT_REFUSALS.has(code)) {
+      this.deadLetter(entry, `BROKER_REFUSED: ${errorMessage(err)} (reason code 0x${code.toString(16)})`);
+      this.pump();
+      return;
+    }
+    if (entry.id === undefined) {
+      // Back in front of its class, in seq order, for the next connection.
+      this.freshInflight.delete(entry);
+      const queue = this.fresh[entry.priority] ?? [];
+      const at = queue.findIndex((e) => e.seq > entry.seq);
+      queue.splice(at < 0 ? queue.length : at, 0, entry);
+    } else {
+      this.rewind = true;
+    }
+    this.o.logger.debug({ err: errorMessage(err), seq: entry.seq }, "publish failed; will retry");
+    this.pump();
+  }
+
+  private deadLetter(entry: Entry, reason: string): void {
+    this.deadLettered += 1;
+    this.o.logger.warn(
+      { seq: entry.seq, session: entry.session, topic: entry.topic, bytes: entry.bytes, reason },
+      "message dead-lettered",
+    );
+    if (entry.id !== undefined) {
+      this.storedCount[entry.priority] = (this.storedCount[entry.priority] ?? 1) - 1;
+      this.storedBytes -= entry.bytes;
+    } else {
+      this.freshInflight.delete(entry);
+      this.freshBytes -= entry.bytes;
+    }
+    try {
+      this.store?.deadLetter(entry, reason, this.o.clock.now());
+    } catch (err) {
+      this.storageFailed(err);
+    }
+  }
+
+  private scheduleDelete(): void {
+    if (this.acked.length >= FETCH) {
+      this.deleteAcked();
+      return;
+    }
+    if (this.deleteScheduled) return;
+    this.deleteScheduled = true;
+    setImmediate(() => {
+      this.deleteScheduled = false;
+      this.deleteAcked();
+    });
+  }
+
+  private deleteAcked(): void {
+    if (this.acked.length === 0 || !this.store) return;
+    const ids = this.acked;
+    this.acked = [];
+    try {
+      this.store.remove(ids);
+    } catch (err) {
+      this.storageFailed(err);
+    }
+  }
+
+  private forgetStored(id: number, priority: number, bytes: number, reason: DropReason): void {
+    this.storedCount[priority] = (this.storedCount[priority] ?? 1) - 1;
+    this.storedBytes -= bytes;
+    const buffer = this.buffers[priority];
+    if (buffer) {
+      const at = buffer.findIndex((e) => e.id === id);
+      if (at >= 0) buffer.splice(at, 1);
+    }
+    const name = PRIORITIES[priority];
+    if (name) this.dropped[name][reason] += 1;
+  }
+
+  /** Drops stored messages of the lowest class that has any; false when none is left. */
+  private dropStored(): boolean {
+    const store = this.store;
+    if (!store) return false;
+    for (let p = CLASSES - 1; p >= 0; p--) {
+      if ((this.storedCount[p] ?? 0) === 0) continue;
+      const excess = this.total() - this.o.maxBytes;
+      const average =
+        this.storedBytes /
+        Math.max(
+          1,
+          this.storedCount.reduce((a, b) => a + b, 0),
+        );
+      const count = Math.max(1, Math.min(FETCH, Math.ceil(excess / Math.max(1, average))));
+      for (const row of store.dropOldest(p, count, [...this.inflightIds]))
+        this.forgetStored(row.id, p, row.bytes, "overflow");
+      return true;
+    }
+    return this.dropFresh("overflow");
+  }
+
+  /** Drops the oldest in-memory message of the lowest class that has one. */
+  private dropFresh(reason: DropReason): boolean {
+    for (let p = CLASSES - 1; p >= 0; p--) {
+      const entry = this.fresh[p]?.shift();
+      if (!entry) continue;
+      this.freshBytes -= entry.bytes;
+      const name = PRIORITIES[p];
+      if (name) this.dropped[name][reason] += 1;
+      return true;
+    }
+    return false;
+  }
+
+  private expireFresh(now: number): void {
+    const before = now - this.o.ttlMs;
+    for (let p = 0; p < CLASSES; p++) {
+      const queue = this.fresh[p] ?? [];
+      while (queue.length > 0 && (queue[0]?.created ?? now) < before) {
+        const entry = queue.shift();
+        if (!entry) break;
+        this.freshBytes -= entry.bytes;
+        const name = PRIORITIES[p];
+        if (name) this.dropped[name].expired += 1;
+      }
+    }
+  }
+
+  private freshCount(): number {
+    let n = this.freshInflight.size;
+    for (const queue of this.fresh) n += queue.length;
+    return n;
+  }
+
+  private queued(): number {
+    return this.freshCount() + this.storedCount.reduce((a, b) => a + b, 0);
+  }
+
+  private total(): number {
+    return this.storedBytes + this.freshBytes;
+  }
+}
+
+/** The size of the PUBLISH packet as the broker counts it (MQTT 5, packet id, property length). */
+function packetSize(entry: Entry): number {
+  const topic = Buffer.byteLength(entry.topic);
+  const payload = Buffer.byteLength(entry.payload) + 18; // room for the replayed flag
+  const props = entry.props ? Buffer.byteLength(entry.props) : 0;
+  const remaining = 2 + topic + 2 + 1 + props + payload;
+  const lengthBytes = remaining < 128 ? 1 : remaining < 16_384 ? 2 : remaining < 2_097_152 ? 3 : 4;
+  return 1 + lengthBytes + remaining;
+}
+
+function encodeProps(p: ReplyProperties): string {
+  return JSON.stringify({ responseTopic: p.responseTopic, correlationData: p.correlationData?.toString("base64") });
+}
+
+function decodeProps(text: string): ReplyProperties {
+  const raw = JSON.parse(text) as { responseTopic?: string; correlationData?: string };
+  return {
+    ...(raw.responseTopic ? { responseTopic: raw.responseTopic } : {}),
+    ...(raw.correlationData ? { correlationData: Buffer.from(raw.correlationData, "base64") } : {}),
+  };
 }

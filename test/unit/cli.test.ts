@@ -86,6 +86,7 @@ describe("command line", () => {
       "device",
       "mqtt",
       "telemetry",
+      "outbox",
       "state",
       "log",
       "commands",

@@ -1,59 +1,70 @@
 import assert from "node:assert/strict";
 import { EventEmitter } from "node:events";
-import { describe, it } from "node:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
 import { pino } from "pino";
 import { ManualClock } from "../../src/core/clock.ts";
-import { Outbox, type Transport } from "../../src/outbox/outbox.ts";
+import { Outbox, type OutboxOptions, type Transport, type TransportLimits } from "../../src/outbox/outbox.ts";
 
 const logger = pino({ level: "silent" });
 
-/** An in-memory stand-in for the link: records publishes and can go up and down. */
+/** An in-memory stand-in for the link: records publishes, can go up and down, and can refuse. */
 class MemoryTransport extends EventEmitter implements Transport {
   connected = false;
   readonly published: { topic: string; body: Record<string, unknown> }[] = [];
   failNext = 0;
+  refuse: ((topic: string) => number | undefined) | undefined;
+  brokerLimits: TransportLimits = {};
+
+  limits(): TransportLimits {
+    return this.brokerLimits;
+  }
 
   async publish(topic: string, payload: string): Promise<void> {
     if (!this.connected || this.failNext > 0) {
       this.failNext = Math.max(0, this.failNext - 1);
       throw new Error("offline");
     }
+    const code = this.refuse?.(topic);
+    if (code !== undefined) throw Object.assign(new Error("Publish error: Not authorized"), { code });
     this.published.push({ topic, body: JSON.parse(payload) as Record<string, unknown> });
-    this.emit("published");
   }
 
   up(): void {
     this.connected = true;
     this.emit("connected");
   }
-
-  until(count: number): Promise<void> {
-    return new Promise((resolve) => {
-      const check = () => {
-        if (this.published.length >= count) {
-          this.off("published", check);
-          resolve();
-        }
-      };
-      this.on("published", check);
-      check();
-    });
-  }
 }
 
-function outbox(transport: MemoryTransport, maxMessages = 100) {
+let dir: string;
+before(() => {
+  dir = mkdtempSync(join(tmpdir(), "outpost-outbox-"));
+});
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+function outbox(transport: MemoryTransport, options: Partial<OutboxOptions> = {}) {
   return new Outbox({
     transport,
     clock: new ManualClock(1_700_000_000_000),
     session: "s-1",
     clockSynced: () => true,
     logger,
-    maxMessages,
     window: 4,
+    commitIntervalMs: 60_000,
+    ...options,
   });
 }
 
-describe("outbox (in memory)", () => {
+const noDrops = {
+  alarm: { overflow: 0, expired: 0 },
+  result: { overflow: 0, expired: 0 },
+  event: { overflow: 0, expired: 0 },
+  telemetry: { overflow: 0, expired: 0 },
+};
+
+describe("outbox", () => {
   it("stamps one seq across all topics with the session envelope", () => {
     const o = outbox(new MemoryTransport());
     const a = o.send({ topic: "t/telemetry", priority: "telemetry", body: { x: 1 } });
@@ -76,44 +87,138 @@ describe("outbox (in memory)", () => {
       transport.published.map((p) => p.body.seq),
       [6, 7, 1, 2, 3, 4, 5],
     );
-    assert.deepEqual(o.stats(), { queued: 0, sent: 7, dropped: { alarm: 0, result: 0, event: 0, telemetry: 0 } });
+    assert.equal(o.stats().queued, 0);
+    assert.equal(o.stats().sent, 7);
     await o.stop();
   });
 
-  it("retries a publish that failed instead of losing it", async () => {
+  it("retries a publish that failed instead of losing it, and marks it replayed", async () => {
     const transport = new MemoryTransport();
     const o = outbox(transport);
     await o.start(new AbortController().signal);
     transport.failNext = 1;
     transport.up();
     o.send({ topic: "t/telemetry", priority: "telemetry", body: {} });
-    await transport.until(1);
+    await o.flush(AbortSignal.timeout(5000));
     assert.equal(transport.published[0]?.body.seq, 1);
+    assert.equal(transport.published[0]?.body.replayed, true);
     await o.stop();
   });
 
-  it("when full, drops the lowest class oldest first and counts it", () => {
-    const o = outbox(new MemoryTransport(), 3);
-    o.send({ topic: "a", priority: "alarm", body: {} });
-    o.send({ topic: "t", priority: "telemetry", body: {} });
-    o.send({ topic: "t", priority: "telemetry", body: {} });
-    o.send({ topic: "e", priority: "event", body: {} });
-    o.send({ topic: "r", priority: "result", body: {} });
-    assert.deepEqual(o.stats().dropped, { alarm: 0, result: 0, event: 0, telemetry: 2 });
-    o.send({ topic: "a", priority: "alarm", body: {} });
-    assert.deepEqual(o.stats().dropped, { alarm: 0, result: 0, event: 1, telemetry: 2 });
-    assert.equal(o.stats().queued, 3);
+  it("without a database, holds the byte bound by dropping the lowest class oldest first", () => {
+    const body = { pad: "x".repeat(60) };
+    const probe = outbox(new MemoryTransport());
+    probe.send({ topic: "a", priority: "alarm", body });
+    const size = probe.stats().bytes;
+    // Room for three and a half messages of this size.
+    const o = outbox(new MemoryTransport(), { maxBytes: Math.floor(size * 3.5) });
+    o.send({ topic: "a", priority: "alarm", body });
+    o.send({ topic: "t", priority: "telemetry", body });
+    o.send({ topic: "t", priority: "telemetry", body });
+    o.send({ topic: "e", priority: "event", body });
+    assert.equal(o.stats().dropped.telemetry.overflow, 1);
+    o.send({ topic: "r", priority: "result", body });
+    o.send({ topic: "a", priority: "alarm", body });
+    const { dropped, queued } = o.stats();
+    assert.deepEqual(dropped, {
+      ...noDrops,
+      telemetry: { overflow: 2, expired: 0 },
+      event: { overflow: 1, expired: 0 },
+    });
+    assert.equal(queued, 3);
   });
 
-  it("flush resolves once everything is acknowledged", async () => {
+  it("never writes a message that was acknowledged before the commit", async () => {
     const transport = new MemoryTransport();
-    const o = outbox(transport);
+    const o = outbox(transport, { dir: join(dir, "fast") });
     await o.start(new AbortController().signal);
-    for (let i = 0; i < 10; i++) o.send({ topic: "t", priority: "telemetry", body: {} });
+    transport.up();
+    for (let i = 0; i < 50; i++) o.send({ topic: "t", priority: "telemetry", body: {} });
+    await o.flush(AbortSignal.timeout(5000));
+    o.commit();
+    assert.equal(o.stats().fsyncs, 0);
+    assert.equal(o.stats().stored, 0);
+    await o.stop();
+  });
+
+  it("keeps committed messages across a restart and replays them with their original session and seq", async () => {
+    const path = join(dir, "restart");
+    const first = new MemoryTransport();
+    const a = outbox(first, { dir: path });
+    await a.start(new AbortController().signal);
+    for (let i = 0; i < 10; i++) a.send({ topic: "t", priority: "telemetry", body: { i } });
+    a.send({ topic: "alarm", priority: "alarm", body: {} });
+    a.commit();
+    assert.equal(a.stats().stored, 11);
+    assert.equal(a.stats().fsyncs, 1);
+    await a.stop();
+
+    const second = new MemoryTransport();
+    const b = outbox(second, { dir: path, session: "s-2" });
+    await b.start(new AbortController().signal);
+    assert.equal(b.stats().queued, 11);
+    b.send({ topic: "t", priority: "telemetry", body: { live: true } });
+    second.up();
+    await b.flush(AbortSignal.timeout(5000));
+    const seen = second.published.map((p) => `${p.body.session}/${p.body.seq}/${p.body.replayed ?? false}`);
+    assert.deepEqual(seen, [
+      "s-1/11/true",
+      ...Array.from({ length: 10 }, (_, i) => `s-1/${i + 1}/true`),
+      "s-2/1/false",
+    ]);
+    await b.stop();
+    const c = outbox(new MemoryTransport(), { dir: path });
+    await c.start(new AbortController().signal);
+    assert.equal(c.stats().queued, 0, "acknowledged rows are deleted");
+    await c.stop();
+  });
+
+  it("with a database, drops the lowest class oldest first when over maxBytes and counts it", async () => {
+    const o = outbox(new MemoryTransport(), { dir: join(dir, "full"), maxBytes: 2000 });
+    await o.start(new AbortController().signal);
+    const body = { pad: "x".repeat(100) };
+    for (let i = 0; i < 10; i++) o.send({ topic: "t", priority: "telemetry", body });
+    for (let i = 0; i < 5; i++) o.send({ topic: "a", priority: "alarm", body });
+    o.commit();
+    const { dropped, stored } = o.stats();
+    assert.ok(dropped.telemetry.overflow >= 3, JSON.stringify(dropped));
+    assert.equal(dropped.alarm.overflow, 0);
+    assert.equal(stored, 15 - dropped.telemetry.overflow);
+    await o.stop();
+  });
+
+  it("drops messages older than the ttl", async () => {
+    const clock = new ManualClock(1_700_000_000_000);
+    const o = outbox(new MemoryTransport(), { dir: join(dir, "ttl"), clock, ttlMs: 3_600_000 });
+    await o.start(new AbortController().signal);
+    o.send({ topic: "e", priority: "event", body: {} });
+    o.commit();
+    clock.advance(3_600_001);
+    o.send({ topic: "e", priority: "event", body: {} });
+    o.commit();
+    assert.equal(o.stats().dropped.event.expired, 1);
+    assert.equal(o.stats().queued, 1);
+    await o.stop();
+  });
+
+  it("dead-letters a message too big for the broker or refused by it, and the rest keep flowing", async () => {
+    const transport = new MemoryTransport();
+    transport.brokerLimits = { maximumPacketSize: 300 };
+    transport.refuse = (topic) => (topic === "forbidden" ? 0x87 : undefined);
+    const o = outbox(transport, { dir: join(dir, "dead") });
+    await o.start(new AbortController().signal);
+    o.send({ topic: "t", priority: "telemetry", body: { n: 1 } });
+    o.send({ topic: "t", priority: "telemetry", body: { pad: "x".repeat(400) } });
+    o.send({ topic: "forbidden", priority: "event", body: {} });
+    o.send({ topic: "t", priority: "telemetry", body: { n: 2 } });
     transport.up();
     await o.flush(AbortSignal.timeout(5000));
+    assert.deepEqual(
+      transport.published.map((p) => p.body.seq),
+      [1, 4],
+    );
+    assert.equal(o.stats().deadLettered, 2);
     assert.equal(o.stats().queued, 0);
-    assert.equal(transport.published.length, 10);
     await o.stop();
   });
 });

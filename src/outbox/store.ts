@@ -1,0 +1,222 @@
+import { mkdirSync } from "node:fs";
+import { dirname } from "node:path";
+import { DatabaseSync, type StatementSync } from "node:sqlite";
+import { OutpostError } from "../core/errors.ts";
+
+/** One stored message: what the outbox needs to send it again after a restart. */
+export interface StoredMessage {
+  id: number;
+  session: string;
+  seq: number;
+  priority: number;
+  topic: string;
+  payload: string;
+  /** JSON of MQTT 5 publish properties (response topic, correlation data), if any. */
+  props: string | null;
+  bytes: number;
+  created: number;
+}
+
+export type NewMessage = Omit<StoredMessage, "id">;
+
+export interface Dropped {
+  priority: number;
+  bytes: number;
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS messages (
+  id       INTEGER PRIMARY KEY,
+  session  TEXT    NOT NULL,
+  seq      INTEGER NOT NULL,
+  priority INTEGER NOT NULL,
+  topic    TEXT    NOT NULL,
+  payload  TEXT    NOT NULL,
+  props    TEXT,
+  bytes    INTEGER NOT NULL,
+  created  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_priority ON messages (priority, id);
+CREATE INDEX IF NOT EXISTS messages_by_created ON messages (created);
+CREATE TABLE IF NOT EXISTS dead_letters (
+  id       INTEGER PRIMARY KEY,
+  session  TEXT    NOT NULL,
+  seq      INTEGER NOT NULL,
+  topic    TEXT    NOT NULL,
+  payload  TEXT    NOT NULL,
+  bytes    INTEGER NOT NULL,
+  reason   TEXT    NOT NULL,
+  created  INTEGER NOT NULL,
+  dead_at  INTEGER NOT NULL
+);
+`;
+
+/** Dead letters kept for inspection; older ones make room. */
+const DEAD_LETTER_LIMIT = 1000;
+
+/**
+ * The outbox's durable half: SQLite in WAL mode through node:sqlite (no native addon, any arch).
+ * Inserts are committed with synchronous=FULL (an fsync of the WAL: they are the durability promise);
+ * deletes of acknowledged messages with synchronous=NORMAL (no fsync: losing one to a power cut only
+ * means a duplicate, and the OS keeps them across a crash of the process).
+ */
+export class OutboxStore {
+  private readonly db: DatabaseSync;
+  private readonly stmts: {
+    insert: StatementSync;
+    remove: StatementSync;
+    fetch: StatementSync;
+    dropOldest: StatementSync;
+    expire: StatementSync;
+    deadFromRow: StatementSync;
+    deadInsert: StatementSync;
+    deadTrim: StatementSync;
+    deadCount: StatementSync;
+    totals: StatementSync;
+  };
+  private synchronous: "FULL" | "NORMAL" | undefined;
+  fsyncCommits = 0;
+
+  constructor(path: string) {
+    try {
+      mkdirSync(dirname(path), { recursive: true });
+      this.db = new DatabaseSync(path);
+      this.db.exec("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 1000;");
+      this.db.exec(SCHEMA);
+    } catch (err) {
+      throw storageError(err, `cannot open the outbox database ${path}`);
+    }
+    const db = this.db;
+    this.stmts = {
+      insert: db.prepare(
+        "INSERT INTO messages (session, seq, priority, topic, payload, props, bytes, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+      ),
+      remove: db.prepare("DELETE FROM messages WHERE id = ?"),
+      fetch: db.prepare("SELECT * FROM messages WHERE priority = ? AND id > ? ORDER BY id LIMIT ?"),
+      dropOldest: db.prepare(
+        "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE priority = ? AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?) RETURNING id, bytes",
+      ),
+      expire: db.prepare(
+        "DELETE FROM messages WHERE created < ? AND id NOT IN (SELECT value FROM json_each(?)) RETURNING id, priority, bytes",
+      ),
+      deadFromRow: db.prepare(
+        "INSERT INTO dead_letters (session, seq, topic, payload, bytes, reason, created, dead_at) SELECT session, seq, topic, payload, bytes, ?, created, ? FROM messages WHERE id = ?",
+      ),
+      deadInsert: db.prepare(
+        "INSERT INTO dead_letters (session, seq, topic, payload, bytes, reason, created, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+      ),
+      deadTrim: db.prepare("DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - ?"),
+      deadCount: db.prepare("SELECT count(*) AS n FROM dead_letters"),
+      totals: db.prepare(
+        "SELECT priority, count(*) AS n, coalesce(sum(bytes), 0) AS bytes FROM messages GROUP BY priority",
+      ),
+    };
+  }
+
+  /** Inserts in one fsynced transaction; returns the new row ids in order. */
+  insert(messages: readonly NewMessage[]): number[] {
+    return this.transaction("FULL", () =>
+      messages.map((m) => {
+        const r = this.stmts.insert.run(m.session, m.seq, m.priority, m.topic, m.payload, m.props, m.bytes, m.created);
+        return Number(r.lastInsertRowid);
+      }),
+    );
+  }
+
+  /** Deletes acknowledged rows without an fsync. */
+  remove(ids: readonly number[]): void {
+    if (ids.length === 0) return;
+    this.transaction("NORMAL", () => {
+      for (const id of ids) this.stmts.remove.run(id);
+    });
+  }
+
+  /** Up to `limit` rows of one class with id above `afterId`, oldest first. */
+  fetch(priority: number, afterId: number, limit: number): StoredMessage[] {
+    try {
+      return this.stmts.fetch.all(priority, afterId, limit) as unknown as StoredMessage[];
+    } catch (err) {
+      throw storageError(err, "cannot read the outbox");
+    }
+  }
+
+  /** Deletes the `count` oldest rows of a class, except those in flight; returns what went. */
+  dropOldest(priority: number, count: number, keep: readonly number[]): { id: number; bytes: number }[] {
+    return this.transaction(
+      "NORMAL",
+      () =>
+        this.stmts.dropOldest.all(priority, JSON.stringify(keep), count) as unknown as { id: number; bytes: number }[],
+    );
+  }
+
+  /** Deletes rows created before `before` (epoch ms), except those in flight. */
+  expire(before: number, keep: readonly number[]): { id: number; priority: number; bytes: number }[] {
+    return this.transaction(
+      "NORMAL",
+      () =>
+        this.stmts.expire.all(before, JSON.stringify(keep)) as unknown as {
+          id: number;
+          priority: number;
+          bytes: number;
+        }[],
+    );
+  }
+
+  /** Moves a stored row, or records an unstored message, to the dead letters. */
+  deadLetter(message: { id?: number } & Omit<NewMessage, "priority" | "props">, reason: string, now: number): void {
+    this.transaction("FULL", () => {
+      if (message.id !== undefined) {
+        this.stmts.deadFromRow.run(reason, now, message.id);
+        this.stmts.remove.run(message.id);
+      } else {
+        const m = message;
+        this.stmts.deadInsert.run(m.session, m.seq, m.topic, m.payload, m.bytes, reason, m.created, now);
+      }
+      this.stmts.deadTrim.run(DEAD_LETTER_LIMIT);
+    });
+  }
+
+  deadLetters(): number {
+    return Number((this.stmts.deadCount.get() as { n: number }).n);
+  }
+
+  /** Count and bytes per class: what a restart finds. */
+  totals(): Map<number, { count: number; bytes: number }> {
+    const rows = this.stmts.totals.all() as unknown as { priority: number; n: number; bytes: number }[];
+    return new Map(rows.map((r) => [r.priority, { count: Number(r.n), bytes: Number(r.bytes) }]));
+  }
+
+  close(): void {
+    try {
+      this.db.close();
+    } catch {
+      // already closed
+    }
+  }
+
+  private transaction<T>(synchronous: "FULL" | "NORMAL", fn: () => T): T {
+    try {
+      if (this.synchronous !== synchronous) {
+        this.db.exec(`PRAGMA synchronous = ${synchronous}`);
+        this.synchronous = synchronous;
+      }
+      this.db.exec("BEGIN IMMEDIATE");
+      try {
+        const result = fn();
+        this.db.exec("COMMIT");
+        if (synchronous === "FULL") this.fsyncCommits += 1;
+        return result;
+      } catch (err) {
+        if (this.db.isTransaction) this.db.exec("ROLLBACK");
+        throw err;
+      }
+    } catch (err) {
+      throw storageError(err, "outbox write failed");
+    }
+  }
+}
+
+function storageError(err: unknown, message: string): OutpostError {
+  const detail = err instanceof Error ? err.message : String(err);
+  return new OutpostError("OUTBOX_STORAGE", `${message}: ${detail}`, { cause: err });
+}

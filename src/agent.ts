@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import { Commands } from "./commands/commands.ts";
 import { durationMs } from "./config/duration.ts";
 import type { Config } from "./config/schema.ts";
 import { sizeBytes } from "./config/size.ts";
@@ -32,6 +33,7 @@ export class Agent {
   readonly link: MqttLink;
   readonly outbox: Outbox;
   readonly telemetry: Telemetry;
+  readonly commands: Commands;
   private readonly options: AgentOptions;
   private readonly controller = new AbortController();
   private readonly started: Component[] = [];
@@ -97,6 +99,18 @@ export class Agent {
       maxPacketSize: config.outbox.maxPacketSize,
     });
 
+    this.commands = new Commands({
+      source: this.link,
+      commandPrefix: `${config.mqtt.topicPrefix}/${config.device.id}/cmd`,
+      reply: (reply) => this.outbox.send({ ...reply, priority: "result" }),
+      allowUnsigned: () => config.commands.allowUnsigned,
+      clock,
+      logger: logger.child({ component: "commands" }),
+    });
+    if (config.commands.allowUnsigned) {
+      logger.warn("commands.allowUnsigned is true: anyone who can publish on the broker can command this device");
+    }
+
     this.telemetry = new Telemetry({
       collectors: options.collectors ?? systemCollectors(),
       intervalMs: () => durationMs(config.telemetry.interval),
@@ -117,7 +131,8 @@ export class Agent {
       { device: config.device.id, session: this.session, version: VERSION, url: config.mqtt.url },
       "agent starting",
     );
-    for (const component of [this.link, this.outbox, this.telemetry]) {
+    // The outbox opens its store and the command topics are registered before the link connects.
+    for (const component of [this.outbox, this.commands, this.link, this.telemetry]) {
       await component.start(this.controller.signal);
       this.started.push(component);
     }
@@ -135,21 +150,27 @@ export class Agent {
   private async doStop(flushMs: number): Promise<void> {
     const { logger } = this.options;
     logger.info("agent stopping");
-    await this.telemetry.stop();
+    const stop = async (component: Component) => {
+      if (!this.started.includes(component)) return;
+      await withDeadline(
+        component.stop(),
+        flushMs,
+        () => new OutpostError("STOP_TIMEOUT", `${component.name} did not stop`),
+      );
+    };
+    // Stop intake first, so that the flush has an end.
+    await stop(this.commands);
+    await stop(this.telemetry);
     if (this.link.connected) {
       const flushSignal = AbortSignal.timeout(flushMs);
       await this.outbox.flush(flushSignal);
       if (flushSignal.aborted) logger.warn({ queued: this.outbox.stats().queued }, "outbox not flushed in time");
     }
     this.controller.abort();
-    for (const component of [...this.started].reverse()) {
-      await withDeadline(
-        component.stop(),
-        flushMs,
-        () => new OutpostError("STOP_TIMEOUT", `${component.name} did not stop`),
-      );
-    }
-    logger.info({ sent: this.outbox.stats().sent }, "agent stopped");
+    // The link publishes "offline" and disconnects; then the outbox writes whatever is left.
+    await stop(this.link);
+    await stop(this.outbox);
+    logger.info({ sent: this.outbox.stats().sent, stored: this.outbox.stats().stored }, "agent stopped");
   }
 }
 

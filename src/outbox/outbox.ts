@@ -262,8 +262,13 @@ export class Outbox
     if (!store) return;
     try {
       this.deleteAcked();
-      for (const row of store.expire(now - this.o.ttlMs, [...this.inflightIds]))
-        this.forgetStored(row.id, row.priority, row.bytes, "expired");
+      // Expiry scans by age: once a minute is plenty for a TTL of hours or days.
+      if (now - this.lastExpiry >= 60_000 || now < this.lastExpiry) {
+        this.lastExpiry = now;
+        for (const row of store.expire(now - this.o.ttlMs, [...this.inflightIds])) {
+          this.forgetStored(row.id, row.priority, row.bytes, "expired");
+        }
+      }
       const waiting = [...this.freshInflight, ...this.fresh.flat()];
       if (waiting.length > 0) {
         const ids = store.insert(waiting.map((e) => ({ ...e, id: undefined })));

@@ -49,10 +49,16 @@ export class AgentProcess {
   }
 
   /** Starts `outpost run` with a config file made from `config`. */
-  static run(command: string[], config: Record<string, unknown>, env: Record<string, string> = {}): AgentProcess {
-    const dir = mkdtempSync(join(tmpdir(), "outpost-agent-"));
+  static run(
+    command: string[],
+    config: Record<string, unknown>,
+    env: Record<string, string> = {},
+    reuseDir?: string,
+  ): AgentProcess {
+    // Reusing a directory keeps state.dir, so a restarted agent finds its outbox.
+    const dir = reuseDir ?? mkdtempSync(join(tmpdir(), "outpost-agent-"));
     const path = join(dir, "config.yaml");
-    const withState = { ...config, state: { dir: join(dir, "state") } };
+    const withState = { state: { dir: join(dir, "state") }, ...config };
     writeFileSync(path, stringify(withState));
     return new AgentProcess(command, ["run", "--config", path], { env, dir });
   }

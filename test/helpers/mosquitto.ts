@@ -11,6 +11,8 @@ process.on("exit", () => {
 });
 
 export interface BrokerOptions {
+  /** A port chosen beforehand (for an agent that must start before its broker). */
+  port?: number;
   /** Extra lines for mosquitto.conf, after a plain-TCP listener. */
   extra?: string[];
   /** Replaces the default listener block entirely (for TLS listeners). */
@@ -32,7 +34,7 @@ export class Mosquitto {
   }
 
   static async start(options: BrokerOptions = {}): Promise<Mosquitto> {
-    const port = await freePort();
+    const port = options.port ?? (await freePort());
     const dir = mkdtempSync(join(tmpdir(), "outpost-mosquitto-"));
     const lines = [
       ...(options.listener ? options.listener(port) : [`listener ${port} 127.0.0.1`, "allow_anonymous true"]),

@@ -1,0 +1,61 @@
+import { type AddressInfo, createConnection, createServer, type Server, type Socket } from "node:net";
+
+/**
+ * A TCP proxy on loopback for fault injection. `blackhole()` makes it a silent partition: connections stay
+ * open and new ones are accepted, but no byte gets through in either direction, like a dead uplink whose
+ * TCP never resets. `heal()` drops the held connections (NAT state is gone) and forwards again.
+ */
+export class FaultProxy {
+  private readonly server: Server;
+  private readonly pairs = new Set<[Socket, Socket]>();
+  private holes = false;
+  port = 0;
+
+  private constructor(targetPort: number) {
+    this.server = createServer((client) => {
+      const upstream = createConnection({ host: "127.0.0.1", port: targetPort });
+      const pair: [Socket, Socket] = [client, upstream];
+      this.pairs.add(pair);
+      const forward = (from: Socket, to: Socket) =>
+        from.on("data", (chunk) => {
+          if (!this.holes && !to.destroyed) to.write(chunk);
+        });
+      forward(client, upstream);
+      forward(upstream, client);
+      const close = () => {
+        this.pairs.delete(pair);
+        client.destroy();
+        upstream.destroy();
+      };
+      client.on("close", close);
+      upstream.on("close", close);
+      client.on("error", close);
+      upstream.on("error", close);
+    });
+  }
+
+  static async start(targetPort: number): Promise<FaultProxy> {
+    const proxy = new FaultProxy(targetPort);
+    await new Promise<void>((resolve) => proxy.server.listen(0, "127.0.0.1", () => resolve()));
+    proxy.port = (proxy.server.address() as AddressInfo).port;
+    return proxy;
+  }
+
+  blackhole(): void {
+    this.holes = true;
+  }
+
+  heal(): void {
+    for (const [a, b] of this.pairs) {
+      a.destroy();
+      b.destroy();
+    }
+    this.pairs.clear();
+    this.holes = false;
+  }
+
+  async close(): Promise<void> {
+    this.heal();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}

@@ -86,7 +86,7 @@ export const configSchema = z.strictObject({
     .prefault({}),
   telemetry: z
     .strictObject({
-      interval: duration("10s", 100, 86_400_000),
+      interval: duration("10s", 10, 86_400_000),
       collectorTimeout: duration("2s", 50, 60_000),
     })
     .prefault({}),

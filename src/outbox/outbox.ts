@@ -147,6 +147,7 @@ export class Outbox
   private sent = 0;
   private deadLettered = 0;
   private degraded = false;
+  private degradedReason: string | undefined;
   private lastCommittedSeq = 0;
   private lastExpiry = Number.NEGATIVE_INFINITY;
   private readonly dropped = Object.fromEntries(PRIORITIES.map((p) => [p, { overflow: 0, expired: 0 }])) as Record<
@@ -223,6 +224,8 @@ export class Outbox
     signal.addEventListener("abort", () => this.controller.abort(), { once: true });
     this.openStore();
     this.started = true;
+    // A store that could not open at start is reported now that messages can be sent.
+    if (this.degraded) this.raiseStorageAlarm();
     this.o.transport.on("connected", this.onConnected);
     this.loop = this.run(this.controller.signal);
     this.pump();
@@ -323,7 +326,9 @@ export class Outbox
   }
 
   private storageFailed(err: unknown): void {
-    this.o.logger.error({ err: errorMessage(err) }, "outbox storage failed; keeping messages in memory");
+    // Logged once per episode: a full disk retried every second must not fill the journal too.
+    if (!this.degraded) this.o.logger.error({ err: errorMessage(err) }, "outbox storage failed; keeping messages in memory");
+    else this.o.logger.debug({ err: errorMessage(err) }, "outbox storage still failing");
     this.store?.close();
     this.store = undefined;
     // Rows we knew of stay in the file; they come back when it opens again.
@@ -338,14 +343,19 @@ export class Outbox
 
   private setDegraded(active: boolean, reason?: string): void {
     this.degraded = active;
+    this.degradedReason = reason;
     if (!active) this.o.logger.info("outbox storage recovered");
-    if (this.o.alarmTopic && this.started) {
-      this.send({
-        topic: this.o.alarmTopic,
-        priority: "alarm",
-        body: { alarm: "outbox-storage", active, ...(reason ? { reason } : {}) },
-      });
-    }
+    if (this.started) this.raiseStorageAlarm();
+  }
+
+  private raiseStorageAlarm(): void {
+    if (!this.o.alarmTopic) return;
+    const reason = this.degradedReason;
+    this.send({
+      topic: this.o.alarmTopic,
+      priority: "alarm",
+      body: { alarm: "outbox-storage", active: this.degraded, ...(reason ? { reason } : {}) },
+    });
   }
 
   private async run(signal: AbortSignal): Promise<void> {

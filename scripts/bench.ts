@@ -5,15 +5,28 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync }
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import mqtt from "mqtt";
+import { pino } from "pino";
+import { systemClock } from "../src/core/clock.ts";
+import { MqttLink } from "../src/mqtt/link.ts";
+import { Outbox } from "../src/outbox/outbox.ts";
 import { AgentProcess, ROOT } from "../test/helpers/agent-process.ts";
 import { Mosquitto } from "../test/helpers/mosquitto.ts";
 import { Watch } from "../test/helpers/mqtt-watch.ts";
 
 const { values } = parseArgs({
-  options: { idle: { type: "string", default: "60" }, runs: { type: "string", default: "5" } },
+  options: {
+    idle: { type: "string", default: "60" },
+    runs: { type: "string", default: "5" },
+    backlog: { type: "string", default: "100000" },
+    only: { type: "string", default: "sizes,startup,idle,outbox" },
+  },
 });
 const IDLE_SECONDS = Number(values.idle);
 const RUNS = Number(values.runs);
+const BACKLOG = Number(values.backlog);
+const ONLY = new Set(values.only.split(","));
+const WINDOW = 20; // mosquitto's default receive maximum, which the outbox honours
 const BIN = join(ROOT, "dist", "outpost-linux-x64");
 const NODE = process.execPath;
 const MiB = 1024 * 1024;
@@ -167,6 +180,145 @@ async function idle(broker: Mosquitto, watch: Watch): Promise<void> {
   }
 }
 
+function link(port: number): MqttLink {
+  const status = () => ({ topic: "bench/status", payload: "{}", qos: 1 as const, retain: true });
+  return new MqttLink({
+    url: `mqtt://127.0.0.1:${port}`,
+    protocolVersion: 5,
+    clientId: "bench-outbox",
+    rejectUnauthorized: true,
+    keepaliveMs: 30_000,
+    connectTimeoutMs: 5000,
+    reconnectMinMs: 50,
+    reconnectMaxMs: 500,
+    will: status,
+    birth: status,
+    farewell: status,
+    logger: pino({ level: "silent" }),
+  });
+}
+
+const body = (i: number) => ({ metrics: { cpu: { load: 12.5, cores: [10, 15] }, i } });
+
+/** The bare MQTT.js baseline: QoS 1 publishes with a sliding window of WINDOW in flight. */
+async function bareDrain(port: number, payloads: string[]): Promise<number> {
+  const client = await mqtt.connectAsync({ host: "127.0.0.1", port, protocolVersion: 5, clientId: "bench-bare" });
+  (client.stream as { setNoDelay?: (v: boolean) => void }).setNoDelay?.(true);
+  const started = performance.now();
+  await new Promise<void>((resolve, reject) => {
+    let next = 0;
+    let done = 0;
+    let inflight = 0;
+    const launch = () => {
+      while (inflight < WINDOW && next < payloads.length) {
+        inflight += 1;
+        const payload = payloads[next++] ?? "";
+        client.publishAsync("bench/bare", payload, { qos: 1 }).then(() => {
+          inflight -= 1;
+          done += 1;
+          if (done === payloads.length) resolve();
+          else launch();
+        }, reject);
+      }
+    };
+    launch();
+  });
+  const ms = performance.now() - started;
+  await client.endAsync();
+  return ms;
+}
+
+async function outboxRows(broker: Mosquitto): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), "outpost-bench-outbox-"));
+  try {
+    // Durable write cost: messages produced while offline, then one commit, as the commit loop does.
+    const transport = link(broker.port + 1); // nothing listens there: offline
+    const outbox = new Outbox({
+      transport,
+      clock: systemClock,
+      session: "bench",
+      clockSynced: () => true,
+      logger: pino({ level: "silent" }),
+      dir,
+    });
+    await outbox.start(new AbortController().signal);
+    const started = performance.now();
+    for (let i = 0; i < BACKLOG; i++) outbox.send({ topic: "bench/outbox", priority: "telemetry", body: body(i) });
+    outbox.commit();
+    const writeUs = ((performance.now() - started) * 1000) / BACKLOG;
+    rows.push({
+      metric: "durable write cost per message (send + batched commit)",
+      outpost: writeUs,
+      unit: "µs",
+      note: `${BACKLOG} messages, one transaction`,
+    });
+    await outbox.stop();
+
+    // fsyncs at default settings while backlogged: one commit per second at most.
+    const live = new Outbox({
+      transport,
+      clock: systemClock,
+      session: "bench-live",
+      clockSynced: () => true,
+      logger: pino({ level: "silent" }),
+      dir: join(dir, "live"),
+    });
+    await live.start(new AbortController().signal);
+    const t0 = performance.now();
+    while (performance.now() - t0 < 5000) {
+      for (let i = 0; i < 10; i++) live.send({ topic: "bench/outbox", priority: "telemetry", body: body(i) });
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    const fsyncRate = live.stats().fsyncs / ((performance.now() - t0) / 1000);
+    rows.push({
+      metric: "fsyncs per second, offline at 1,000 msg/s, default commit",
+      outpost: fsyncRate,
+      unit: "1/s",
+      note: "commitInterval 1s",
+    });
+    await live.stop();
+
+    // Drain: the stored backlog against the bare loop with the same window and payloads.
+    const payloads = Array.from({ length: BACKLOG }, (_, i) =>
+      JSON.stringify({ session: "bare", seq: i + 1, ts: Date.now(), mono: i, clockSynced: true, ...body(i) }),
+    );
+    const bareMs = await bareDrain(broker.port, payloads);
+    const online = link(broker.port);
+    const drain = new Outbox({
+      transport: online,
+      clock: systemClock,
+      session: "bench-drain",
+      clockSynced: () => true,
+      logger: pino({ level: "silent" }),
+      dir,
+      window: WINDOW,
+    });
+    await drain.start(new AbortController().signal);
+    const queued = drain.stats().queued;
+    const d0 = performance.now();
+    await online.start(new AbortController().signal);
+    await drain.flush(AbortSignal.timeout(600_000));
+    const drainMs = performance.now() - d0;
+    await online.stop();
+    await drain.stop();
+    rows.push({
+      metric: "backlog drain rate against mosquitto",
+      outpost: queued / (drainMs / 1000),
+      bare: BACKLOG / (bareMs / 1000),
+      unit: "msg/s",
+      note: `window ${WINDOW}; bare = MQTT.js QoS 1 sliding window; target >= 0.80x`,
+    });
+    rows.push({
+      metric: `time to drain ${queued} backlogged messages`,
+      outpost: drainMs / 1000,
+      bare: bareMs / 1000,
+      unit: "s",
+    });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 function print(): void {
   const header = ["metric", "outpost", "bare node", "ratio", "unit", "note"];
   const table = rows.map((r) => [
@@ -188,9 +340,10 @@ async function main(): Promise<void> {
   const watch = await Watch.open(broker.port, ["outpost/v1/#"]);
   const scratch = mkdtempSync(join(tmpdir(), "outpost-bench-"));
   try {
-    sizes();
-    await startup(broker, watch);
-    await idle(broker, watch);
+    if (ONLY.has("sizes")) sizes();
+    if (ONLY.has("startup")) await startup(broker, watch);
+    if (ONLY.has("idle")) await idle(broker, watch);
+    if (ONLY.has("outbox")) await outboxRows(broker);
   } finally {
     await watch.close();
     await broker.stop();

@@ -108,6 +108,7 @@ export interface OutboxStats {
 /** MQTT 5 reason codes in a PUBACK that may clear up by themselves; any other refusal is final. */
 const TRANSIENT_REFUSALS = new Set([0x97 /* quota exceeded */, 0x89 /* server busy */]);
 const FETCH = 512;
+const DELETE_SPACING_MS = 10;
 
 /**
  * Store-and-forward for every outgoing message. `send` stamps the envelope and never blocks. Messages are
@@ -143,6 +144,7 @@ export class Outbox
   private rewind = false;
   private acked: number[] = [];
   private deleteScheduled = false;
+  private lastDelete = Number.NEGATIVE_INFINITY;
   private commitScheduled = false;
   private sent = 0;
   private deadLettered = 0;
@@ -327,7 +329,8 @@ export class Outbox
 
   private storageFailed(err: unknown): void {
     // Logged once per episode: a full disk retried every second must not fill the journal too.
-    if (!this.degraded) this.o.logger.error({ err: errorMessage(err) }, "outbox storage failed; keeping messages in memory");
+    if (!this.degraded)
+      this.o.logger.error({ err: errorMessage(err) }, "outbox storage failed; keeping messages in memory");
     else this.o.logger.debug({ err: errorMessage(err) }, "outbox storage still failing");
     this.store?.close();
     this.store = undefined;
@@ -513,20 +516,27 @@ export class Outbox
   }
 
   private scheduleDelete(): void {
-    if (this.acked.length >= FETCH) {
+    if (this.acked.length >= 4 * FETCH) {
       this.deleteAcked();
       return;
     }
     if (this.deleteScheduled) return;
     this.deleteScheduled = true;
-    setImmediate(() => {
+    // At most one delete transaction per DELETE_SPACING_MS: while a backlog drains, acks arrive a few per
+    // event-loop turn and a transaction each would halve the drain rate. A crash can then repeat the
+    // in-flight window plus these few milliseconds of acknowledged messages.
+    const wait = Math.max(0, this.lastDelete + DELETE_SPACING_MS - performance.now());
+    const run = () => {
       this.deleteScheduled = false;
       this.deleteAcked();
-    });
+    };
+    if (wait === 0) setImmediate(run);
+    else setTimeout(run, wait);
   }
 
   private deleteAcked(): void {
     if (this.acked.length === 0 || !this.store) return;
+    this.lastDelete = performance.now();
     const ids = this.acked;
     this.acked = [];
     try {

@@ -65,6 +65,7 @@ export class OutboxStore {
   private readonly stmts: {
     insert: StatementSync;
     remove: StatementSync;
+    removeRange: StatementSync;
     fetch: StatementSync;
     dropOldest: StatementSync;
     expire: StatementSync;
@@ -81,7 +82,10 @@ export class OutboxStore {
     try {
       mkdirSync(dirname(path), { recursive: true });
       this.db = new DatabaseSync(path);
-      this.db.exec("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 1000;");
+      // A larger auto-checkpoint means fewer checkpoints, each of which syncs: kinder to flash, faster to drain.
+      this.db.exec(
+        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 1000; PRAGMA wal_autocheckpoint = 4000; PRAGMA journal_size_limit = 16777216;",
+      );
       this.db.exec(SCHEMA);
     } catch (err) {
       throw storageError(err, `cannot open the outbox database ${path}`);
@@ -92,6 +96,7 @@ export class OutboxStore {
         "INSERT INTO messages (session, seq, priority, topic, payload, props, bytes, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
       ),
       remove: db.prepare("DELETE FROM messages WHERE id = ?"),
+      removeRange: db.prepare("DELETE FROM messages WHERE id BETWEEN ? AND ?"),
       fetch: db.prepare("SELECT * FROM messages WHERE priority = ? AND id > ? ORDER BY id LIMIT ?"),
       dropOldest: db.prepare(
         "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE priority = ? AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?) RETURNING id, bytes",
@@ -126,8 +131,24 @@ export class OutboxStore {
   /** Deletes acknowledged rows without an fsync. */
   remove(ids: readonly number[]): void {
     if (ids.length === 0) return;
+    // Acknowledgements come mostly in id order: delete runs of consecutive ids with one statement each.
+    const sorted = [...ids].sort((a, b) => a - b);
     this.transaction("NORMAL", () => {
-      for (const id of ids) this.stmts.remove.run(id);
+      let start = sorted[0] ?? 0;
+      let end = start;
+      for (let i = 1; i <= sorted.length; i++) {
+        const id = sorted[i];
+        if (id === end + 1) {
+          end = id;
+          continue;
+        }
+        if (start === end) this.stmts.remove.run(start);
+        else this.stmts.removeRange.run(start, end);
+        if (id !== undefined) {
+          start = id;
+          end = id;
+        }
+      }
     });
   }
 

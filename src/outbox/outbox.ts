@@ -4,7 +4,7 @@ import { type Clock, sleep } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
 import { type Component, once } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
-import { OutboxStore } from "./store.ts";
+import { OutboxStore, type StoredMessage } from "./store.ts";
 
 /** Delivery classes, most important first: when the outbox is full the last ones go first. */
 export const PRIORITIES = ["alarm", "result", "event", "telemetry"] as const;
@@ -73,19 +73,8 @@ export interface OutboxOptions {
   maxPacketSize?: number;
 }
 
-interface Entry {
-  /** Row id once stored. */
-  id?: number;
-  session: string;
-  seq: number;
-  priority: number;
-  topic: string;
-  payload: string;
-  props: string | null;
-  bytes: number;
-  created: number;
-  attempts: number;
-}
+/** A message in the outbox: a stored row, or one not stored yet (no id). */
+type Entry = Omit<StoredMessage, "id"> & { id?: number; attempts: number };
 
 export type DropReason = "overflow" | "expired";
 

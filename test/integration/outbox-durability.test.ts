@@ -171,6 +171,37 @@ describe("durable outbox against a real mosquitto", () => {
     }
   });
 
+  it("loses nothing on a clean stop while the broker is unreachable", async () => {
+    const port = await freePort();
+    const cfg = {
+      device: { id: "dev-clean" },
+      mqtt: { url: `mqtt://127.0.0.1:${port}`, ...fast },
+      telemetry: { interval: "50ms" },
+      log: { level: "debug" },
+    };
+    const first = AgentProcess.run(sourceCommand(), cfg);
+    let second: AgentProcess | undefined;
+    let broker: Mosquitto | undefined;
+    let watch: Watch | undefined;
+    try {
+      await first.stdout.waitFor(() => lastSampled(first) >= 20, 30_000, "20 samples");
+      // Well inside the commit interval: these exist only in memory until the stop writes them.
+      assert.deepEqual(await first.stop("SIGTERM"), { code: 0, signal: null });
+      const produced = lastSampled(first);
+      const session = (first.logs().find((l) => l.msg === "agent starting")?.session as string) ?? "";
+      broker = await Mosquitto.start({ port });
+      watch = await Watch.open(port, [`${PREFIX}/dev-clean/telemetry`]);
+      second = AgentProcess.run(sourceCommand(), cfg, {}, first.dir);
+      await watch.waitFor(() => seqs(watch?.items ?? [], session).length >= produced, 30_000, "the stored messages");
+      assertComplete(seqs(watch.items, session), produced);
+    } finally {
+      await second?.cleanup();
+      await first.cleanup();
+      await watch?.close();
+      await broker?.stop();
+    }
+  });
+
   it("queues 70,000 messages while offline and delivers all 70,000", async () => {
     const port = await freePort();
     const dir = mkdtempSync(join(tmpdir(), "outpost-70k-"));

@@ -150,6 +150,8 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
       capMs: this.options.reconnectMaxMs,
       random: this.options.random,
     });
+    // One promise for the whole loop: a listener per connection would pile up on a flapping link.
+    const aborted = abortPromise(signal);
     while (!signal.aborted) {
       let client: MqttClient | undefined;
       try {
@@ -177,7 +179,7 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
       } catch (err) {
         this.log.warn({ err: errorMessage(err) }, "birth publish failed");
       }
-      await Promise.race([closed, abortPromise(signal)]);
+      await Promise.race([closed, aborted]);
       if (signal.aborted) break;
       this.client = undefined;
       // Pending QoS 1 callbacks of this connection fail now, so that their owners can send again on the next.

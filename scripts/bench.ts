@@ -8,9 +8,9 @@ import { parseArgs } from "node:util";
 import mqtt from "mqtt";
 import { pino } from "pino";
 import { systemClock } from "../src/core/clock.ts";
-import { MqttLink } from "../src/mqtt/link.ts";
 import { Outbox } from "../src/outbox/outbox.ts";
 import { AgentProcess, ROOT } from "../test/helpers/agent-process.ts";
+import { testLink } from "../test/helpers/link.ts";
 import { Mosquitto } from "../test/helpers/mosquitto.ts";
 import { Watch } from "../test/helpers/mqtt-watch.ts";
 
@@ -180,24 +180,6 @@ async function idle(broker: Mosquitto, watch: Watch): Promise<void> {
   }
 }
 
-function link(port: number): MqttLink {
-  const status = () => ({ topic: "bench/status", payload: "{}", qos: 1 as const, retain: true });
-  return new MqttLink({
-    url: `mqtt://127.0.0.1:${port}`,
-    protocolVersion: 5,
-    clientId: "bench-outbox",
-    rejectUnauthorized: true,
-    keepaliveMs: 30_000,
-    connectTimeoutMs: 5000,
-    reconnectMinMs: 50,
-    reconnectMaxMs: 500,
-    will: status,
-    birth: status,
-    farewell: status,
-    logger: pino({ level: "silent" }),
-  });
-}
-
 const body = (i: number) => ({ metrics: { cpu: { load: 12.5, cores: [10, 15] }, i } });
 
 /** The bare MQTT.js baseline: QoS 1 publishes with a sliding window of WINDOW in flight. */
@@ -232,7 +214,7 @@ async function outboxRows(broker: Mosquitto): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), "outpost-bench-outbox-"));
   try {
     // Durable write cost: messages produced while offline, then one commit, as the commit loop does.
-    const transport = link(broker.port + 1); // nothing listens there: offline
+    const transport = testLink(broker.port + 1, 5, "bench-offline"); // nothing listens there: offline
     const outbox = new Outbox({
       transport,
       clock: systemClock,
@@ -283,7 +265,7 @@ async function outboxRows(broker: Mosquitto): Promise<void> {
       JSON.stringify({ session: "bare", seq: i + 1, ts: Date.now(), mono: i, clockSynced: true, ...body(i) }),
     );
     const bareMs = await bareDrain(broker.port, payloads);
-    const online = link(broker.port);
+    const online = testLink(broker.port, 5, "bench-outbox");
     const drain = new Outbox({
       transport: online,
       clock: systemClock,

@@ -8,9 +8,9 @@ import { describe, it } from "node:test";
 import { setTimeout as delay } from "node:timers/promises";
 import { pino } from "pino";
 import { systemClock } from "../../src/core/clock.ts";
-import { MqttLink, type ProtocolVersion } from "../../src/mqtt/link.ts";
 import { Outbox } from "../../src/outbox/outbox.ts";
 import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
+import { testLink } from "../helpers/link.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { type Received, Watch } from "../helpers/mqtt-watch.ts";
 import { freePort } from "../helpers/ports.ts";
@@ -49,6 +49,29 @@ function lastSampled(agent: AgentProcess): number {
       .filter((l) => l.msg === "telemetry sampled")
       .map((l) => l.cycle as number),
   );
+}
+
+function sessionOf(agent: AgentProcess): string {
+  return (agent.logs().find((l) => l.msg === "agent starting")?.session as string) ?? "";
+}
+
+/**
+ * Starts the broker that was missing, restarts the agent on the same state directory, and checks that
+ * seq 1..upTo of `session` all arrive. Returns everything the subscriber saw.
+ */
+async function resumeAndCheck(port: number, cfg: Record<string, unknown>, dir: string, session: string, upTo: number) {
+  const broker = await Mosquitto.start({ port, extra: ["max_queued_messages 0"] });
+  const watch = await Watch.open(port, [`${PREFIX}/#`]);
+  const agent = AgentProcess.run(sourceCommand(), cfg, {}, dir);
+  try {
+    await watch.waitFor(() => seqs(watch.items, session).length >= upTo, 30_000, "the stored backlog");
+    assertComplete(seqs(watch.items, session), upTo);
+    return [...watch.items];
+  } finally {
+    await agent.cleanup();
+    await watch.close();
+    await broker.stop();
+  }
 }
 
 describe("durable outbox against a real mosquitto", () => {
@@ -134,9 +157,6 @@ describe("durable outbox against a real mosquitto", () => {
     };
     // No broker yet: everything backs up in the outbox.
     const first = AgentProcess.run(sourceCommand(), cfg);
-    let second: AgentProcess | undefined;
-    let broker: Mosquitto | undefined;
-    let watch: Watch | undefined;
     try {
       const line = await first.stdout.waitFor(
         (l) => l.includes('"msg":"outbox committed"') && (JSON.parse(l).lastSeq as number) >= 100,
@@ -152,22 +172,15 @@ describe("durable outbox against a real mosquitto", () => {
           .map((l) => l.lastSeq as number),
       );
       assert.ok(committed >= (JSON.parse(line).lastSeq as number));
-      const session = (first.logs().find((l) => l.msg === "agent starting")?.session as string) ?? "";
-
-      broker = await Mosquitto.start({ port, extra: ["max_queued_messages 0"] });
-      watch = await Watch.open(broker.port, [`${PREFIX}/#`]);
-      second = AgentProcess.run(sourceCommand(), cfg, {}, first.dir);
-      await watch.waitFor(() => seqs(watch?.items ?? [], session).length >= committed, 30_000, "the committed backlog");
-      const seen = seqs(watch.items, session);
-      assertComplete(seen, committed);
-      const copies = watch.items.filter((m) => m.json.session === session).length - seen.length;
+      const session = sessionOf(first);
+      const items = (await resumeAndCheck(port, cfg, first.dir, session, committed)).filter(
+        (m) => m.json.session === session,
+      );
+      const copies = items.length - seqs(items, session).length;
       assert.ok(copies <= 64, `${copies} duplicates: more than the in-flight window`);
-      assert.ok(watch.items.filter((m) => m.json.session === session).every((m) => m.json.replayed === true));
+      assert.ok(items.every((m) => m.json.replayed === true));
     } finally {
-      await second?.cleanup();
       await first.cleanup();
-      await watch?.close();
-      await broker?.stop();
     }
   });
 
@@ -180,32 +193,20 @@ describe("durable outbox against a real mosquitto", () => {
       log: { level: "debug" },
     };
     const first = AgentProcess.run(sourceCommand(), cfg);
-    let second: AgentProcess | undefined;
-    let broker: Mosquitto | undefined;
-    let watch: Watch | undefined;
     try {
       await first.stdout.waitFor(() => lastSampled(first) >= 20, 30_000, "20 samples");
       // Well inside the commit interval: these exist only in memory until the stop writes them.
       assert.deepEqual(await first.stop("SIGTERM"), { code: 0, signal: null });
-      const produced = lastSampled(first);
-      const session = (first.logs().find((l) => l.msg === "agent starting")?.session as string) ?? "";
-      broker = await Mosquitto.start({ port });
-      watch = await Watch.open(port, [`${PREFIX}/dev-clean/telemetry`]);
-      second = AgentProcess.run(sourceCommand(), cfg, {}, first.dir);
-      await watch.waitFor(() => seqs(watch?.items ?? [], session).length >= produced, 30_000, "the stored messages");
-      assertComplete(seqs(watch.items, session), produced);
+      await resumeAndCheck(port, cfg, first.dir, sessionOf(first), lastSampled(first));
     } finally {
-      await second?.cleanup();
       await first.cleanup();
-      await watch?.close();
-      await broker?.stop();
     }
   });
 
   it("queues 70,000 messages while offline and delivers all 70,000", async () => {
     const port = await freePort();
     const dir = mkdtempSync(join(tmpdir(), "outpost-70k-"));
-    const link = linkTo(port, 5);
+    const link = testLink(port, 5);
     const outbox = new Outbox({
       transport: link,
       clock: systemClock,
@@ -243,7 +244,7 @@ describe("durable outbox against a real mosquitto", () => {
     it(`dead-letters one oversized message among 100 without a reconnect loop (MQTT ${protocolVersion === 5 ? "5" : "3.1.1"})`, async () => {
       const broker = await Mosquitto.start({ extra: ["max_packet_size 2048"] });
       const dir = mkdtempSync(join(tmpdir(), "outpost-poison-"));
-      const link = linkTo(broker.port, protocolVersion);
+      const link = testLink(broker.port, protocolVersion);
       // MQTT 3.1.1 brokers announce no limit: the configured one stands in.
       const outbox = new Outbox({
         transport: link,
@@ -289,7 +290,7 @@ describe("durable outbox against a real mosquitto", () => {
     // A backlog left by an earlier run: 50,000 stored messages in the agent's state directory.
     const dir = mkdtempSync(join(tmpdir(), "outpost-agent-"));
     const seed = new Outbox({
-      transport: linkTo(port, 5),
+      transport: testLink(port, 5),
       clock: systemClock,
       session: "earlier",
       clockSynced: () => true,
@@ -402,21 +403,3 @@ describe("durable outbox against a real mosquitto", () => {
     }
   });
 });
-
-function linkTo(port: number, protocolVersion: ProtocolVersion): MqttLink {
-  const status = () => ({ topic: `${PREFIX}/test/status`, payload: "{}", qos: 1 as const, retain: true });
-  return new MqttLink({
-    url: `mqtt://127.0.0.1:${port}`,
-    protocolVersion,
-    clientId: `outbox-test-${port}-${protocolVersion}`,
-    rejectUnauthorized: true,
-    keepaliveMs: 5000,
-    connectTimeoutMs: 2000,
-    reconnectMinMs: 50,
-    reconnectMaxMs: 500,
-    will: status,
-    birth: status,
-    farewell: status,
-    logger: silent,
-  });
-}

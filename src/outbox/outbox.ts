@@ -419,9 +419,14 @@ export class Outbox
       const rows = store.fetch(p, this.cursors[p] ?? 0, FETCH);
       this.fetchedAll[p] = rows.length < FETCH;
       this.cursors[p] = Number(rows.at(-1)?.id ?? this.cursors[p] ?? 0);
-      this.buffers[p] = rows
-        .filter((r) => !this.inflightIds.has(Number(r.id)))
-        .map((r) => ({ ...r, id: Number(r.id), attempts: 1 }));
+      // Rows become entries in place: this runs once for every message of a backlog.
+      const buffer: Entry[] = [];
+      for (const row of rows as Entry[]) {
+        if (this.inflightIds.has(row.id as number)) continue;
+        row.attempts = 1;
+        buffer.push(row);
+      }
+      this.buffers[p] = buffer;
     } catch (err) {
       this.storageFailed(err);
     }

@@ -97,7 +97,9 @@ export class OutboxStore {
       ),
       remove: db.prepare("DELETE FROM messages WHERE id = ?"),
       removeRange: db.prepare("DELETE FROM messages WHERE id BETWEEN ? AND ?"),
-      fetch: db.prepare("SELECT * FROM messages WHERE priority = ? AND id > ? ORDER BY id LIMIT ?"),
+      fetch: db.prepare(
+        "SELECT id, session, seq, priority, topic, payload, props, bytes, created FROM messages WHERE priority = ? AND id > ? ORDER BY id LIMIT ?",
+      ),
       dropOldest: db.prepare(
         "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE priority = ? AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?) RETURNING id, bytes",
       ),
@@ -132,7 +134,7 @@ export class OutboxStore {
   remove(ids: readonly number[]): void {
     if (ids.length === 0) return;
     // Acknowledgements come mostly in id order: delete runs of consecutive ids with one statement each.
-    const sorted = [...ids].sort((a, b) => a - b);
+    const sorted = isSorted(ids) ? ids : [...ids].sort((a, b) => a - b);
     this.transaction("NORMAL", () => {
       let start = sorted[0] ?? 0;
       let end = start;
@@ -240,4 +242,9 @@ export class OutboxStore {
 function storageError(err: unknown, message: string): OutpostError {
   const detail = err instanceof Error ? err.message : String(err);
   return new OutpostError("OUTBOX_STORAGE", `${message}: ${detail}`, { cause: err });
+}
+
+function isSorted(ids: readonly number[]): boolean {
+  for (let i = 1; i < ids.length; i++) if ((ids[i] ?? 0) < (ids[i - 1] ?? 0)) return false;
+  return true;
 }

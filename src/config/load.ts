@@ -251,10 +251,7 @@ function describeIssue(
   file: string | undefined,
 ): ConfigProblem[] {
   const base = issue.path.map(String);
-  const sourceOf = (path: string[]) => {
-    const env = envSources.get(path.join("."));
-    return env ? `from ${env}` : file ? `in ${file}` : undefined;
-  };
+  const sourceOf = (path: string[]) => sourceFor(path.join("."), envSources, file);
   if (issue.code === "unrecognized_keys") {
     let parentNode: SchemaNode | undefined = configSchema;
     for (const seg of base) parentNode = parentNode ? childOf(parentNode, seg) : undefined;
@@ -274,6 +271,12 @@ function describeIssue(
   if (issue.code === "invalid_type") expected = `expected ${issue.expected}`;
   if (!expected.startsWith("expected")) expected = `expected ${expected.charAt(0).toLowerCase()}${expected.slice(1)}`;
   return [{ path: base.length ? base.join(".") : "(root)", expected, found, source: sourceOf(base) }];
+}
+
+/** Where a key's value came from: the environment variable that set it, or the file. */
+function sourceFor(path: string, envSources: Map<string, string>, file: string | undefined): string | undefined {
+  const env = envSources.get(path);
+  return env ? `from ${env}` : file ? `in ${file}` : undefined;
 }
 
 function valueAt(raw: unknown, path: string[]): unknown {
@@ -312,10 +315,7 @@ function resolveFiles(
   envSources: Map<string, string>,
   file: string | undefined,
 ): void {
-  const source = (key: string) => {
-    const env = envSources.get(`mqtt.${key}`);
-    return env ? `from ${env}` : file ? `in ${file}` : undefined;
-  };
+  const source = (key: string) => sourceFor(`mqtt.${key}`, envSources, file);
   const { mqtt } = config;
   if (mqtt.passwordFile !== undefined) {
     try {

@@ -106,10 +106,7 @@ const DELETE_SPACING_MS = 10;
  * after its PUBACK. So a message acknowledged quickly never touches the flash, and a crash loses at most
  * what was produced since the last commit.
  */
-export class Outbox
-  extends EventEmitter<{ drained: []; committed: [{ lastSeq: number; stored: number }] }>
-  implements Component
-{
+export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
   readonly name = "outbox";
   private readonly o: Required<Omit<OutboxOptions, "dir" | "alarmTopic" | "maxPacketSize">> &
     Pick<OutboxOptions, "dir" | "alarmTopic" | "maxPacketSize">;
@@ -201,7 +198,7 @@ export class Outbox
     return {
       queued: this.queued(),
       bytes: this.total(),
-      stored: this.storedCount.reduce((a, b) => a + b, 0),
+      stored: this.storedTotal(),
       inflight: this.inflight,
       sent: this.sent,
       deadLettered: this.deadLettered,
@@ -260,12 +257,12 @@ export class Outbox
       if (now - this.lastExpiry >= 60_000 || now < this.lastExpiry) {
         this.lastExpiry = now;
         for (const row of store.expire(now - this.o.ttlMs, [...this.inflightIds])) {
-          this.forgetStored(row.id, row.priority, row.bytes, "expired");
+          this.forgetStored(row, "expired");
         }
       }
       const waiting = [...this.freshInflight, ...this.fresh.flat()];
       if (waiting.length > 0) {
-        const ids = store.insert(waiting.map((e) => ({ ...e, id: undefined })));
+        const ids = store.insert(waiting);
         for (const [i, e] of waiting.entries()) {
           e.id = ids[i];
           if (e.id !== undefined && this.freshInflight.has(e)) this.inflightIds.add(e.id);
@@ -281,7 +278,6 @@ export class Outbox
       while (this.total() > this.o.maxBytes && this.dropStored()) {}
       if (this.degraded) this.setDegraded(false);
       if (waiting.length > 0) {
-        this.emit("committed", { lastSeq: this.lastCommittedSeq, stored: waiting.length });
         this.o.logger.debug({ lastSeq: this.lastCommittedSeq, stored: waiting.length }, "outbox committed");
       }
     } catch (err) {
@@ -308,7 +304,7 @@ export class Outbox
         this.buffers[p] = [];
       }
       this.store = store;
-      const backlog = this.storedCount.reduce((a, b) => a + b, 0);
+      const backlog = this.storedTotal();
       if (backlog > 0) this.o.logger.info({ backlog, bytes: this.storedBytes }, "outbox: resuming stored messages");
     } catch (err) {
       store?.close();
@@ -434,8 +430,9 @@ export class Outbox
 
   private publish(entry: Entry): void {
     const limit = this.o.transport.limits().maximumPacketSize ?? this.o.maxPacketSize;
-    if (limit !== undefined && packetSize(entry) > limit) {
-      this.deadLetter(entry, `PACKET_TOO_LARGE: ${packetSize(entry)} bytes, broker maximum ${limit}`);
+    const size = limit === undefined ? 0 : packetSize(entry);
+    if (limit !== undefined && size > limit) {
+      this.deadLetter(entry, `PACKET_TOO_LARGE: ${size} bytes, broker maximum ${limit}`);
       return;
     }
     entry.attempts += 1;
@@ -455,14 +452,10 @@ export class Outbox
     this.inflight -= 1;
     if (entry.id !== undefined) this.inflightIds.delete(entry.id);
     this.sent += 1;
+    this.release(entry);
     if (entry.id !== undefined) {
       this.acked.push(entry.id);
-      this.storedCount[entry.priority] = (this.storedCount[entry.priority] ?? 1) - 1;
-      this.storedBytes -= entry.bytes;
       this.scheduleDelete();
-    } else {
-      this.freshInflight.delete(entry);
-      this.freshBytes -= entry.bytes;
     }
     this.pump();
   }
@@ -495,13 +488,7 @@ export class Outbox
       { seq: entry.seq, session: entry.session, topic: entry.topic, bytes: entry.bytes, reason },
       "message dead-lettered",
     );
-    if (entry.id !== undefined) {
-      this.storedCount[entry.priority] = (this.storedCount[entry.priority] ?? 1) - 1;
-      this.storedBytes -= entry.bytes;
-    } else {
-      this.freshInflight.delete(entry);
-      this.freshBytes -= entry.bytes;
-    }
+    this.release(entry);
     try {
       this.store?.deadLetter(entry, reason, this.o.clock.now());
     } catch (err) {
@@ -540,16 +527,33 @@ export class Outbox
     }
   }
 
-  private forgetStored(id: number, priority: number, bytes: number, reason: DropReason): void {
-    this.storedCount[priority] = (this.storedCount[priority] ?? 1) - 1;
-    this.storedBytes -= bytes;
-    const buffer = this.buffers[priority];
-    if (buffer) {
-      const at = buffer.findIndex((e) => e.id === id);
-      if (at >= 0) buffer.splice(at, 1);
+  /**
+   * Takes a message that leaves the outbox out of the counts. Floored at zero: after a storage failure the
+   * counts restart from nothing while stored messages may still be in flight.
+   */
+  private release(entry: { id?: number; priority: number; bytes: number }): void {
+    if (entry.id !== undefined) {
+      this.storedCount[entry.priority] = Math.max(0, (this.storedCount[entry.priority] ?? 0) - 1);
+      this.storedBytes = Math.max(0, this.storedBytes - entry.bytes);
+    } else {
+      this.freshInflight.delete(entry as Entry);
+      this.freshBytes -= entry.bytes;
     }
+  }
+
+  private countDrop(priority: number, reason: DropReason): void {
     const name = PRIORITIES[priority];
     if (name) this.dropped[name][reason] += 1;
+  }
+
+  private forgetStored(row: { id: number; priority: number; bytes: number }, reason: DropReason): void {
+    this.release(row);
+    const buffer = this.buffers[row.priority];
+    if (buffer) {
+      const at = buffer.findIndex((e) => e.id === row.id);
+      if (at >= 0) buffer.splice(at, 1);
+    }
+    this.countDrop(row.priority, reason);
   }
 
   /** Drops stored messages of the lowest class that has any; false when none is left. */
@@ -559,15 +563,11 @@ export class Outbox
     for (let p = CLASSES - 1; p >= 0; p--) {
       if ((this.storedCount[p] ?? 0) === 0) continue;
       const excess = this.total() - this.o.maxBytes;
-      const average =
-        this.storedBytes /
-        Math.max(
-          1,
-          this.storedCount.reduce((a, b) => a + b, 0),
-        );
+      const average = this.storedBytes / Math.max(1, this.storedTotal());
       const count = Math.max(1, Math.min(FETCH, Math.ceil(excess / Math.max(1, average))));
-      for (const row of store.dropOldest(p, count, [...this.inflightIds]))
-        this.forgetStored(row.id, p, row.bytes, "overflow");
+      for (const row of store.dropOldest(p, count, [...this.inflightIds])) {
+        this.forgetStored({ ...row, priority: p }, "overflow");
+      }
       return true;
     }
     return this.dropFresh("overflow");
@@ -579,8 +579,7 @@ export class Outbox
       const entry = this.fresh[p]?.shift();
       if (!entry) continue;
       this.freshBytes -= entry.bytes;
-      const name = PRIORITIES[p];
-      if (name) this.dropped[name][reason] += 1;
+      this.countDrop(p, reason);
       return true;
     }
     return false;
@@ -594,8 +593,7 @@ export class Outbox
         const entry = queue.shift();
         if (!entry) break;
         this.freshBytes -= entry.bytes;
-        const name = PRIORITIES[p];
-        if (name) this.dropped[name].expired += 1;
+        this.countDrop(p, "expired");
       }
     }
   }
@@ -607,7 +605,13 @@ export class Outbox
   }
 
   private queued(): number {
-    return this.freshCount() + this.storedCount.reduce((a, b) => a + b, 0);
+    return this.freshCount() + this.storedTotal();
+  }
+
+  private storedTotal(): number {
+    let n = 0;
+    for (const count of this.storedCount) n += count;
+    return n;
   }
 
   private total(): number {
@@ -617,10 +621,9 @@ export class Outbox
 
 /** The size of the PUBLISH packet as the broker counts it (MQTT 5, packet id, property length). */
 function packetSize(entry: Entry): number {
-  const topic = Buffer.byteLength(entry.topic);
-  const payload = Buffer.byteLength(entry.payload) + 18; // room for the replayed flag
+  // entry.bytes is topic + payload; 18 is room for the replayed flag.
   const props = entry.props ? Buffer.byteLength(entry.props) : 0;
-  const remaining = 2 + topic + 2 + 1 + props + payload;
+  const remaining = 2 + 2 + 1 + props + entry.bytes + 18;
   const lengthBytes = remaining < 128 ? 1 : remaining < 16_384 ? 2 : remaining < 2_097_152 ? 3 : 4;
   return 1 + lengthBytes + remaining;
 }

@@ -1,9 +1,13 @@
 import { randomUUID } from "node:crypto";
-import { Commands } from "./commands/commands.ts";
+import { uptime } from "node:os";
+import { type BuiltinHost, builtinCommands, type LogLevel } from "./commands/builtins.ts";
+import { type CommandPolicy, Commands } from "./commands/commands.ts";
+import { ReplayGuard } from "./commands/replay.ts";
 import { durationMs } from "./config/duration.ts";
-import type { Config } from "./config/schema.ts";
+import { formatProblems, redact } from "./config/load.ts";
 import { sizeBytes } from "./config/size.ts";
-import type { Clock } from "./core/clock.ts";
+import type { ConfigStore, Snapshot } from "./config/store.ts";
+import { type Clock, sleep } from "./core/clock.ts";
 import type { Component } from "./core/lifecycle.ts";
 import type { Logger } from "./core/logger.ts";
 import { type LinkMessage, MqttLink } from "./mqtt/link.ts";
@@ -15,9 +19,10 @@ import { Telemetry } from "./telemetry/telemetry.ts";
 import { VERSION } from "./version.ts";
 
 export interface AgentOptions {
-  config: Config;
-  configHash: string;
+  settings: ConfigStore;
   logger: Logger;
+  /** Changes the level of the logger and all its children (log.level, config reload). */
+  setLogLevel?: (level: LogLevel) => void;
   clock: Clock;
   collectors?: Collector[];
   clockSynced?: () => boolean;
@@ -33,14 +38,28 @@ export class Agent {
   readonly outbox: Outbox;
   readonly telemetry: Telemetry;
   readonly commands: Commands;
+  /** Resolves when the `restart` command asks the process to stop and be started again. */
+  readonly restartRequested: Promise<void>;
+  private requestRestart: () => void = () => {};
+  private readonly replay: ReplayGuard;
   private readonly options: AgentOptions;
   private readonly controller = new AbortController();
   private readonly started: Component[] = [];
   private stopping: Promise<void> | undefined;
+  private readonly startedAt: number;
+  private readonly statusMessage: (state: "online" | "offline" | "lost") => LinkMessage;
 
   constructor(options: AgentOptions) {
     this.options = options;
-    const { config, logger, clock } = options;
+    const { settings, logger, clock } = options;
+    // Restart-only parts (device, mqtt, outbox, state) are built from the snapshot at start; the rest reads
+    // `settings.current()` each time it needs a value, so a reload reaches it without a restart.
+    const { config } = settings.current();
+    const live = () => settings.current().config;
+    this.startedAt = clock.mono();
+    this.restartRequested = new Promise((resolve) => {
+      this.requestRestart = resolve;
+    });
     const topics = deviceTopics(config.mqtt.topicPrefix, config.device.id);
     const clockSynced = options.clockSynced ?? clockSyncProbe();
 
@@ -58,10 +77,12 @@ export class Agent {
         device: config.device.id,
         arch: process.arch,
         protocolVersion: this.link.protocolVersion,
-        configHash: options.configHash,
+        configVersion: settings.current().version,
+        configHash: settings.current().hash,
       }),
     });
 
+    this.statusMessage = status;
     this.link = new MqttLink({
       url: config.mqtt.url,
       protocolVersion: config.mqtt.protocolVersion,
@@ -98,22 +119,45 @@ export class Agent {
       maxPacketSize: config.outbox.maxPacketSize,
     });
 
+    this.replay = new ReplayGuard({
+      dir: config.state.dir,
+      logger: logger.child({ component: "commands" }),
+      now: clock.now(),
+    });
+    const policies = new WeakMap<Snapshot, CommandPolicy>();
+    const policy = () => {
+      const snapshot = settings.current();
+      let p = policies.get(snapshot);
+      if (!p) {
+        const c = snapshot.config.commands;
+        p = {
+          trustedKeys: c.trustedKeys,
+          allowUnsigned: c.allowUnsigned,
+          skewMs: durationMs(c.clockSkew),
+          maxValidityMs: durationMs(c.maxValidity),
+        };
+        policies.set(snapshot, p);
+      }
+      return p;
+    };
     this.commands = new Commands({
       source: this.link,
-      commandPrefix: `${config.mqtt.topicPrefix}/${config.device.id}/cmd`,
-      reply: (reply) => this.outbox.send({ ...reply, priority: "result" }),
-      allowUnsigned: () => config.commands.allowUnsigned,
+      topicPrefix: config.mqtt.topicPrefix,
+      deviceId: config.device.id,
+      groups: config.device.groups,
+      reply: (reply) => this.outbox.send({ ...reply, body: { ...reply.body }, priority: "result" }),
+      policy,
+      definitions: builtinCommands(this.builtinHost()),
+      replay: this.replay,
       clock,
       logger: logger.child({ component: "commands" }),
     });
-    if (config.commands.allowUnsigned) {
-      logger.warn("commands.allowUnsigned is true: anyone who can publish on the broker can command this device");
-    }
+    warnIfUnsigned(config.commands.allowUnsigned, logger);
 
     this.telemetry = new Telemetry({
       collectors: options.collectors ?? systemCollectors(),
-      intervalMs: () => durationMs(config.telemetry.interval),
-      timeoutMs: () => durationMs(config.telemetry.collectorTimeout),
+      intervalMs: () => durationMs(live().telemetry.interval),
+      timeoutMs: () => durationMs(live().telemetry.collectorTimeout),
       extra: () => ({ outbox: this.outbox.stats(), agent: agentMetrics() }),
       publish: (sample) => {
         const body: Record<string, unknown> = { metrics: sample.metrics };
@@ -122,10 +166,88 @@ export class Agent {
       },
       logger: logger.child({ component: "telemetry" }),
     });
+
+    settings.on("change", (next, previous) => this.adapt(next, previous));
+  }
+
+  /** Brings the running components to a new configuration snapshot (the hot-reloadable keys). */
+  private adapt(next: Snapshot, previous: Snapshot): void {
+    const { logger } = this.options;
+    try {
+      const [a, b] = [previous.config, next.config];
+      if (a.log.level !== b.log.level) this.options.setLogLevel?.(b.log.level);
+      if (a.telemetry.interval !== b.telemetry.interval) this.telemetry.wake();
+      if (a.commands.allowUnsigned !== b.commands.allowUnsigned) warnIfUnsigned(b.commands.allowUnsigned, logger);
+      // The retained status carries the config version and hash: republish it so the fleet view is current.
+      if (this.link.connected) {
+        const status = this.statusMessage("online");
+        this.link.publish(status.topic, status.payload, { qos: 1, retain: true }).catch((err: unknown) => {
+          logger.warn({ err }, "could not republish status after a config change");
+        });
+      }
+    } catch (err) {
+      logger.error({ err }, "could not adapt to the new configuration");
+    }
+  }
+
+  /** What the built-in commands may do to the rest of the agent. */
+  private builtinHost(): BuiltinHost {
+    const { settings, clock, logger } = this.options;
+    return {
+      describe: () => {
+        const snapshot = settings.current();
+        return {
+          device: snapshot.config.device.id,
+          groups: snapshot.config.device.groups,
+          version: VERSION,
+          node: process.version,
+          platform: process.platform,
+          arch: process.arch,
+          session: this.session,
+          protocolVersion: this.link.protocolVersion,
+          capabilities: { commands: this.commands.commandNames, signedCommands: true, outbox: "sqlite" },
+          config: {
+            version: snapshot.version,
+            hash: snapshot.hash,
+            restartRequired: settings.restartRequired(),
+          },
+          uptime: { agentMs: Math.round(clock.mono() - this.startedAt), systemS: Math.round(uptime()) },
+        };
+      },
+      telemetryNow: async () => {
+        const sample = await this.telemetry.sample();
+        return { metrics: sample.metrics, ...(Object.keys(sample.errors).length ? { errors: sample.errors } : {}) };
+      },
+      configGet: () => {
+        const snapshot = settings.current();
+        return { version: snapshot.version, hash: snapshot.hash, config: redact(snapshot.config) };
+      },
+      configSet: (patch) => {
+        const result = settings.patch(patch);
+        if (!result.ok) {
+          // An invalid patch is a bad parameter of this command: name the path inside it.
+          const invalid = result.code === "CONFIG_INVALID";
+          const problems = result.problems.map((p) => (invalid ? { ...p, path: `params.patch.${p.path}` } : p));
+          return { ok: false, code: invalid ? "BAD_PARAMS" : result.code, problems: formatProblems(problems) };
+        }
+        const { snapshot, changed, restartRequired } = result;
+        return { ok: true, version: snapshot.version, hash: snapshot.hash, changed, restartRequired };
+      },
+      setLogLevel: (level) => {
+        const previous = logger.level;
+        this.options.setLogLevel?.(level);
+        return { previous, level };
+      },
+      restart: (delayMs) => {
+        logger.warn({ delayMs }, "restart requested by command");
+        void sleep(delayMs).then(() => this.requestRestart());
+      },
+    };
   }
 
   async start(): Promise<void> {
-    const { logger, config } = this.options;
+    const { logger, settings } = this.options;
+    const { config } = settings.current();
     logger.info(
       { device: config.device.id, session: this.session, version: VERSION, url: config.mqtt.url },
       "agent starting",
@@ -173,7 +295,14 @@ export class Agent {
     // The link publishes "offline" and disconnects; then the outbox deletes late acks and closes.
     await stop(this.link);
     await stop(this.outbox);
+    this.replay.close();
     logger.info({ sent: this.outbox.stats().sent, stored: this.outbox.stats().stored }, "agent stopped");
+  }
+}
+
+function warnIfUnsigned(allowUnsigned: boolean, logger: Logger): void {
+  if (allowUnsigned) {
+    logger.warn("commands.allowUnsigned is true: anyone who can publish on the broker can command this device");
   }
 }
 

@@ -19,8 +19,11 @@ const onSignal = (name: NodeJS.Signals) => {
 };
 process.on("SIGTERM", onSignal);
 process.on("SIGINT", onSignal);
-// Reload arrives with the hot-reload work; until then a SIGHUP must not kill the agent.
-process.on("SIGHUP", () => process.stderr.write("outpost: SIGHUP ignored (reload not supported yet)\n"));
+// SIGHUP reloads the configuration in `run`; with no listener it must still not kill the process.
+const hangupListeners = new Set<() => void>();
+process.on("SIGHUP", () => {
+  for (const listener of hangupListeners) listener();
+});
 
 const host: Host = {
   env: process.env,
@@ -28,6 +31,10 @@ const host: Host = {
   stdout: process.stdout,
   stderr: process.stderr,
   stopRequested,
+  onHangup: (listener) => {
+    hangupListeners.add(listener);
+    return () => hangupListeners.delete(listener);
+  },
 };
 
 cli(process.argv.slice(2), host).then(

@@ -2,6 +2,7 @@ import { parseArgs } from "node:util";
 import { errorMessage } from "../core/errors.ts";
 import { versionLine } from "../version.ts";
 import { configCommand, DEFAULT_CONFIG } from "./config-command.ts";
+import { CTL_HELP, ctlCommand, KEYGEN_HELP, keygenCommand } from "./ctl-command.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 import { runCommand } from "./run-command.ts";
 
@@ -14,16 +15,21 @@ Commands:
   config validate PATH       check a config file; exit 78 and one line per problem if invalid
   config schema              print the JSON Schema of the config
   config print [PATH]        print the effective config (file + OUTPOST_* environment), secrets redacted
+  keygen --out PREFIX        ed25519 operator key pair: PREFIX.key (private), PREFIX.pub (for trustedKeys)
+  ctl devices|watch|call     the operator side: list devices, watch telemetry, call signed commands
 
 Options:
   --version                  print "outpost <semver> (<commit>) node <version> linux-<arch>"
   -h, --help                 help for outpost or for a command
 
-Exit codes: 0 clean stop, 64 usage error, 78 invalid configuration, 1 anything else.`,
+Exit codes: 0 clean stop, 64 usage error, 75 stopped by the restart command, 78 invalid configuration,
+1 anything else.`,
   run: `Usage: outpost run [--config PATH] [--log-format json|pretty]
 
 Runs the agent until SIGTERM or SIGINT, then drains: stops intake, flushes the outbox, publishes
-"offline", disconnects. A second signal, or a drain longer than shutdown.deadline, exits 1.
+"offline", disconnects. A second signal, or a drain longer than shutdown.deadline, exits 1. After the
+restart command it drains the same way and exits 75, for systemd to start it again.
+SIGHUP or a change of the config file reloads the configuration (invalid: the old one is kept).
 
   --config PATH          config file (YAML or JSON); default ${DEFAULT_CONFIG}, which may be absent
   --log-format FORMAT    json (default, for journald) or pretty (for a terminal)
@@ -107,6 +113,12 @@ async function dispatch(argv: string[], host: Host): Promise<number> {
     case "config":
       if (help) return print(HELP.config ?? "");
       return configCommand(host, rest);
+    case "keygen":
+      if (help) return print(KEYGEN_HELP);
+      return keygenCommand(host, rest);
+    case "ctl":
+      if (help) return print(CTL_HELP);
+      return ctlCommand(host, rest);
     default:
       throw new UsageError(`unknown command ${command}`);
   }

@@ -1,6 +1,7 @@
 import { stringify } from "yaml";
 import { type ConfigProblem, formatProblems, type LoadedConfig, loadConfig, redact } from "../config/load.ts";
 import { configJsonSchema } from "../config/schema.ts";
+import { ConfigStore } from "../config/store.ts";
 import { isOutpostError } from "../core/errors.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 
@@ -11,13 +12,28 @@ export const DEFAULT_CONFIG = "/etc/outpost/config.yaml";
  * EX_CONFIG exit code. An explicit path must exist; the default path may be absent.
  */
 export function loadOrReport(host: Host, path: string | undefined): LoadedConfig | number {
+  return reportProblems(host, () =>
+    loadConfig({ path: path ?? DEFAULT_CONFIG, required: path !== undefined, env: host.env, hostname: host.hostname }),
+  );
+}
+
+/** The agent's live configuration (file, remote overrides, environment), or the EX_CONFIG exit code. */
+export function openSettings(host: Host, path: string | undefined): ConfigStore | number {
+  return reportProblems(
+    host,
+    () =>
+      new ConfigStore({
+        path: path ?? DEFAULT_CONFIG,
+        required: path !== undefined,
+        env: host.env,
+        hostname: host.hostname,
+      }),
+  );
+}
+
+function reportProblems<T>(host: Host, load: () => T): T | number {
   try {
-    return loadConfig({
-      path: path ?? DEFAULT_CONFIG,
-      required: path !== undefined,
-      env: host.env,
-      hostname: host.hostname,
-    });
+    return load();
   } catch (err) {
     if (isOutpostError(err, "CONFIG_INVALID")) {
       host.stderr.write(`outpost: invalid configuration\n`);

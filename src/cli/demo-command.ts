@@ -1,16 +1,17 @@
-import { closeSync, mkdtempSync, openSync, rmSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs";
 import { type AddressInfo, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Aedes } from "aedes";
 import mqtt from "mqtt";
 import { Agent } from "../agent.ts";
-import { loadConfig } from "../config/load.ts";
+import { generateKeys } from "../commands/keys.ts";
+import { ConfigStore } from "../config/store.ts";
 import { systemClock } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
 import { createLogger } from "../core/logger.ts";
 import { EXIT, type Host } from "./host.ts";
-import { type DeviceView, renderPanel, telemetryLine } from "./view.ts";
+import { applyMessage, type DeviceView, renderPanel, telemetryLine } from "./view.ts";
 
 export interface DemoOptions {
   port?: number;
@@ -33,19 +34,25 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
   const logFile = join(stateDir, "agent.log");
   const logFd = openSync(logFile, "a");
 
+  // A throw-away operator key, so that signed commands can be tried at once with `outpost ctl call`.
+  const keys = generateKeys();
+  const keyFile = join(stateDir, "demo.key");
+  writeFileSync(keyFile, keys.privatePem, { mode: 0o600 });
+
   // The demo's config goes through the same loader as `run`, so the environment can still override it.
-  const loaded = loadConfig({
+  const settings = new ConfigStore({
     hostname: host.hostname,
     env: {
       OUTPOST_MQTT__URL: `mqtt://127.0.0.1:${port}`,
       OUTPOST_TELEMETRY__INTERVAL: options.interval ?? "1s",
       OUTPOST_STATE__DIR: stateDir,
+      OUTPOST_COMMANDS__TRUSTED_KEYS: JSON.stringify([{ name: "demo", key: keys.publicText }]),
       ...host.env,
     },
   });
-  const { config } = loaded;
-  const { logger, flush } = await createLogger({ level: config.log.level, format: "json", fd: logFd });
-  const agent = new Agent({ config, configHash: loaded.hash, logger, clock: systemClock });
+  const { config } = settings.current();
+  const { logger, flush, setLevel } = await createLogger({ level: config.log.level, format: "json", fd: logFd });
+  const agent = new Agent({ settings, logger, setLogLevel: setLevel, clock: systemClock });
 
   const tty = host.stdout.isTTY === true;
   const devices = new Map<string, DeviceView>();
@@ -53,6 +60,7 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
   const header = [
     `outpost demo: embedded broker on mqtt://127.0.0.1:${port} (MQTT 3.1.1), agent log ${logFile}`,
     `watch it from another terminal: mosquitto_sub -p ${port} -t '${prefix}/#' -v      Ctrl-C stops`,
+    `command it: outpost ctl call --broker mqtt://127.0.0.1:${port} --key ${keyFile} ${config.device.id} describe`,
   ];
   if (!tty) host.stdout.write(`${header.join("\n")}\n`);
 
@@ -63,21 +71,12 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
   });
   viewer.on("message", (topic, payload) => {
     try {
-      const parts = topic.slice(prefix.length + 1).split("/");
-      const [id, kind] = parts;
-      if (!id || !kind) return;
-      const device = devices.get(id) ?? { id, received: 0 };
-      devices.set(id, device);
-      const body = JSON.parse(payload.toString()) as Record<string, unknown>;
-      device.received += 1;
-      if (kind === "status") {
-        device.status = body;
-        if (!tty) host.stdout.write(`status ${id} ${String(body.state)}\n`);
-      } else {
-        device.telemetry = body;
-        if (!tty) host.stdout.write(`telemetry ${telemetryLine(device)}\n`);
-      }
+      const seen = applyMessage(devices, prefix, topic, payload);
+      if (!seen) return;
       if (tty) host.stdout.write(`\x1b[2J\x1b[H${renderPanel([...devices.values()], header)}\n`);
+      else if (seen.kind === "status")
+        host.stdout.write(`status ${seen.device.id} ${String(seen.device.status?.state)}\n`);
+      else host.stdout.write(`telemetry ${telemetryLine(seen.device)}\n`);
     } catch (err) {
       logger.warn({ err: errorMessage(err), topic }, "demo viewer could not show a message");
     }

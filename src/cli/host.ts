@@ -6,8 +6,11 @@ export interface Host {
   stderr: NodeJS.WritableStream;
   /** Resolves with the signal name when the first stop signal (SIGTERM, SIGINT) arrives. */
   stopRequested: Promise<string>;
+  /** Calls `listener` on each SIGHUP (reload the configuration); returns the way to stop listening. */
+  onHangup(listener: () => void): () => void;
 }
 
-export const EXIT = { OK: 0, FAILURE: 1, USAGE: 64, CONFIG: 78 } as const;
+/** 75 (EX_TEMPFAIL) after the `restart` command: non-zero, so that systemd's Restart=on-failure starts us again. */
+export const EXIT = { OK: 0, FAILURE: 1, USAGE: 64, RESTART: 75, CONFIG: 78 } as const;
 
 export class UsageError extends Error {}

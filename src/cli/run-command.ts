@@ -1,10 +1,11 @@
 import { Agent } from "../agent.ts";
 import { durationMs } from "../config/duration.ts";
+import { formatProblems } from "../config/load.ts";
 import { systemClock } from "../core/clock.ts";
 import { OutpostError } from "../core/errors.ts";
 import { withDeadline } from "../core/lifecycle.ts";
 import { createLogger, type LogFormat } from "../core/logger.ts";
-import { loadOrReport } from "./config-command.ts";
+import { openSettings } from "./config-command.ts";
 import { EXIT, type Host } from "./host.ts";
 
 export interface RunOptions {
@@ -12,32 +13,48 @@ export interface RunOptions {
   logFormat?: LogFormat;
 }
 
-/** `outpost run`: the agent in the foreground until a stop signal, then a drain under the deadline. */
+/**
+ * `outpost run`: the agent in the foreground until a stop signal (exit 0) or the `restart` command (exit 75),
+ * then a drain under the deadline. SIGHUP and changes of the config file reload the configuration.
+ */
 export async function runCommand(host: Host, options: RunOptions): Promise<number> {
-  const loaded = loadOrReport(host, options.config);
-  if (typeof loaded === "number") return loaded;
-  const { config } = loaded;
-  const { logger, flush } = await createLogger({
+  const settings = openSettings(host, options.config);
+  if (typeof settings === "number") return settings;
+  const { config } = settings.current();
+  const { logger, flush, setLevel } = await createLogger({
     level: config.log.level,
     format: options.logFormat ?? config.log.format,
     colorize: host.stdout.isTTY === true,
   });
-  const agent = new Agent({ config, configHash: loaded.hash, logger, clock: systemClock });
+  settings.useLogger(logger.child({ component: "config" }));
+  if (settings.overrideProblems.length > 0) {
+    logger.error(
+      { problems: formatProblems(settings.overrideProblems) },
+      "stored config.set overrides are invalid and ignored",
+    );
+  }
+  const agent = new Agent({ settings, logger, setLogLevel: setLevel, clock: systemClock });
+  const watching = new AbortController();
+  const unhook = host.onHangup(() => settings.reload("SIGHUP"));
   try {
     await agent.start();
-    const signal = await host.stopRequested;
-    logger.info({ signal }, "stop requested");
-    const deadline = durationMs(config.shutdown.deadline);
+    void settings.watchFile(watching.signal);
+    const reason = await Promise.race([host.stopRequested, agent.restartRequested.then(() => "restart")]);
+    logger.info({ reason }, "stop requested");
+    watching.abort();
+    const { deadline } = settings.current().config.shutdown;
     await withDeadline(
-      agent.stop(Math.floor(deadline / 2)),
-      deadline,
-      () => new OutpostError("SHUTDOWN_DEADLINE", `shutdown took longer than ${config.shutdown.deadline}`),
+      agent.stop(Math.floor(durationMs(deadline) / 2)),
+      durationMs(deadline),
+      () => new OutpostError("SHUTDOWN_DEADLINE", `shutdown took longer than ${deadline}`),
     );
-    return EXIT.OK;
+    return reason === "restart" ? EXIT.RESTART : EXIT.OK;
   } catch (err) {
     logger.fatal({ err }, "agent failed");
     return EXIT.FAILURE;
   } finally {
+    watching.abort();
+    unhook();
     flush();
   }
 }

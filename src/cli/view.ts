@@ -1,4 +1,4 @@
-/** Terminal rendering of what a device publishes; shared by `demo` and, later, `ctl watch`. */
+/** Terminal rendering of what a device publishes; shared by `demo` and `ctl watch`. */
 
 export interface DeviceView {
   id: string;
@@ -68,4 +68,26 @@ export function renderPanel(devices: DeviceView[], header: string[]): string {
     lines.push("");
   }
   return lines.join("\n");
+}
+
+/**
+ * Files a `P/D/status` or `P/D/telemetry` message under its device; returns what it was, or undefined for
+ * anything else. Throws on a payload that is not JSON.
+ */
+export function applyMessage(
+  devices: Map<string, DeviceView>,
+  prefix: string,
+  topic: string,
+  payload: Buffer,
+): { device: DeviceView; kind: "status" | "telemetry" } | undefined {
+  if (!topic.startsWith(`${prefix}/`)) return undefined;
+  const [id, kind, ...rest] = topic.slice(prefix.length + 1).split("/");
+  if (!id || (kind !== "status" && kind !== "telemetry") || rest.length > 0) return undefined;
+  const body = JSON.parse(payload.toString()) as Record<string, unknown>;
+  const device = devices.get(id) ?? { id, received: 0 };
+  devices.set(id, device);
+  device.received += 1;
+  if (kind === "status") device.status = body;
+  else device.telemetry = body;
+  return { device, kind };
 }

@@ -1,9 +1,21 @@
+import type { KeyObject } from "node:crypto";
 import type { IPublishPacket } from "mqtt";
-import { z } from "zod";
+import type { z } from "zod";
 import type { Clock } from "../core/clock.ts";
-import { errorMessage } from "../core/errors.ts";
+import { errorMessage, isOutpostError } from "../core/errors.ts";
 import { type Component, once } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
+import {
+  COMMAND_NAME,
+  type CommandRequest,
+  type ReplyBody,
+  requestSchema,
+  signedEnvelopeSchema,
+  unsignedSchema,
+  verifyEnvelope,
+} from "./envelope.ts";
+import { parsePublicKey } from "./keys.ts";
+import type { ReplayGuard } from "./replay.ts";
 
 /** What the command handler needs from the MQTT link. */
 export interface CommandSource {
@@ -14,107 +26,353 @@ export interface CommandSource {
 
 export interface Reply {
   topic: string;
-  body: Record<string, unknown>;
+  body: ReplyBody;
   properties?: { correlationData?: Buffer };
+}
+
+export interface TrustedKey {
+  name: string;
+  key: string;
+  allow: readonly string[];
+}
+
+/** The part of the configuration the handler reads for every request; it may change between two requests. */
+export interface CommandPolicy {
+  trustedKeys: readonly TrustedKey[];
+  allowUnsigned: boolean;
+  /** How far a request's issuedAt may lie in the future, and its expiresAt in the past. */
+  skewMs: number;
+  /** The longest expiresAt - issuedAt accepted; it bounds how long ids and nonces are remembered. */
+  maxValidityMs: number;
+}
+
+export interface RunContext {
+  /** Publishes an `executing` reply with this progress. */
+  progress(progress: unknown): void;
+  signal: AbortSignal;
+}
+
+export interface CommandDefinition {
+  name: string;
+  params: z.ZodType;
+  run(params: unknown, context: RunContext): unknown;
 }
 
 export interface CommandsOptions {
   source: CommandSource;
-  /** Topic prefix of this device's commands, `P/D/cmd`. */
-  commandPrefix: string;
-  /** Sends a reply through the outbox (class "result"). */
+  topicPrefix: string;
+  deviceId: string;
+  groups: readonly string[];
   reply: (reply: Reply) => void;
-  allowUnsigned: () => boolean;
+  policy: () => CommandPolicy;
+  definitions: readonly CommandDefinition[];
+  replay: ReplayGuard;
   clock: Clock;
   logger: Logger;
+  maxConcurrent?: number;
 }
 
-const requestSchema = z.object({
-  id: z.string().min(1).max(128),
-  params: z.unknown().optional(),
-  signature: z.unknown().optional(),
-});
+/** Codes of the refusals; each one is answered with `failed` and nothing runs. */
+export const REJECTIONS = [
+  "BAD_REQUEST",
+  "COMMAND_UNSIGNED",
+  "KEY_UNKNOWN",
+  "SIGNATURE_INVALID",
+  "WRONG_DEVICE",
+  "COMMAND_EXPIRED",
+  "COMMAND_NOT_YET_VALID",
+  "KEY_NOT_ALLOWED",
+  "NONCE_REPLAYED",
+  "REQUEST_REPLAYED",
+  "UNKNOWN_COMMAND",
+  "BAD_PARAMS",
+  "BUSY",
+] as const;
+export type Rejection = (typeof REJECTIONS)[number];
 
-const NAME = /^[a-z][a-z0-9.-]{0,63}$/;
+class Refused extends Error {
+  readonly code: Rejection;
+  readonly id: string | undefined;
+  constructor(code: Rejection, message: string, id?: string) {
+    super(message);
+    this.code = code;
+    this.id = id;
+  }
+}
+
+interface Route {
+  name: string;
+  /** The device's own fallback reply topic, `P/D/cmd/<name>/reply`. */
+  replyTopic: string;
+}
+
+interface Accepted {
+  id: string;
+  definition: CommandDefinition;
+  params: unknown;
+  key?: string;
+}
 
 /**
- * Receives requests on `P/D/cmd/<name>` and answers each one, on the MQTT 5 response topic with its
- * correlation data, or on `P/D/cmd/<name>/reply`. This first version verifies no signatures: it refuses
- * every request with COMMAND_UNSIGNED unless `commands.allowUnsigned` is set, and then knows only `ping`.
+ * Receives requests on `P/D/cmd/<name>` (and `P/_group/<G>/cmd/<name>` for each group of the device),
+ * checks them (signature, key, target, time, replay, params) and runs the allowed ones. Replies go out through
+ * the outbox, on the MQTT 5 response topic with its correlation data or on `P/D/cmd/<name>/reply`.
  */
 export class Commands implements Component {
   readonly name = "commands";
   private readonly o: CommandsOptions;
-  handled = 0;
+  private readonly definitions: Map<string, CommandDefinition>;
+  private readonly prefixes: string[];
+  private readonly controller = new AbortController();
+  private readonly running = new Set<Promise<void>>();
+  private keyCache: { keys: readonly TrustedKey[]; parsed: Map<string, { entry: TrustedKey; raw: string }> } = {
+    keys: [],
+    parsed: new Map(),
+  };
+  /** Counters by outcome, for tests and telemetry. */
+  readonly counts = { received: 0, executed: 0, refused: 0 };
 
   constructor(options: CommandsOptions) {
     this.o = options;
+    this.definitions = new Map(options.definitions.map((d) => [d.name, d]));
+    const p = options.topicPrefix;
+    this.prefixes = [`${p}/${options.deviceId}/cmd/`, ...options.groups.map((g) => `${p}/_group/${g}/cmd/`)];
   }
 
-  async start(_signal: AbortSignal): Promise<void> {
-    this.o.source.subscribe(`${this.o.commandPrefix}/+`);
+  get commandNames(): string[] {
+    return [...this.definitions.keys()];
+  }
+
+  async start(signal: AbortSignal): Promise<void> {
+    signal.addEventListener("abort", () => this.controller.abort(), { once: true });
+    for (const prefix of this.prefixes) this.o.source.subscribe(`${prefix}+`);
     this.o.source.on("message", this.onMessage);
   }
 
+  /** Stops intake and waits for the commands that are running. */
   readonly stop = once(async () => {
     this.o.source.off("message", this.onMessage);
+    await Promise.allSettled([...this.running]);
   });
 
-  private readonly onMessage = (topic: string, payload: Buffer, packet: IPublishPacket): void => {
-    if (!topic.startsWith(`${this.o.commandPrefix}/`)) return;
-    const name = topic.slice(this.o.commandPrefix.length + 1);
+  readonly onMessage = (topic: string, payload: Buffer, packet: IPublishPacket): void => {
+    const prefix = this.prefixes.find((p) => topic.startsWith(p));
+    if (prefix === undefined) return;
+    const name = topic.slice(prefix.length);
+    const route = { name, replyTopic: `${this.prefixes[0]}${name}/reply` };
     try {
-      this.handle(name, payload, packet);
+      this.handle(route, payload, packet);
     } catch (err) {
       this.o.logger.error({ err: errorMessage(err), topic }, "command handling failed");
     }
   };
 
-  private handle(name: string, payload: Buffer, packet: IPublishPacket): void {
-    this.handled += 1;
+  private handle(route: Route, payload: Buffer, packet: IPublishPacket): void {
+    this.counts.received += 1;
     const props = packet.properties;
-    const replyTo = props?.responseTopic ?? `${this.o.commandPrefix}/${name}/reply`;
-    const send = (id: string | undefined, body: Record<string, unknown>) =>
+    // A reply goes only to a topic under our prefix: a request must not make the device publish elsewhere.
+    const responseTopic =
+      props?.responseTopic?.startsWith(`${this.o.topicPrefix}/`) === true ? props.responseTopic : route.replyTopic;
+    const send = (body: Omit<ReplyBody, "command" | "device">) =>
       this.o.reply({
-        topic: replyTo,
-        body: { id, command: name, ...body },
+        topic: responseTopic,
+        body: { ...body, command: route.name, device: this.o.deviceId },
         ...(props?.correlationData ? { properties: { correlationData: props.correlationData } } : {}),
       });
-    const fail = (id: string | undefined, code: string, message: string) => {
-      this.o.logger.warn({ command: name, id, code }, "command refused");
-      send(id, { state: "failed", error: { code, message } });
-    };
 
+    let accepted: Accepted;
+    try {
+      accepted = this.admit(route, payload);
+    } catch (err) {
+      if (!(err instanceof Refused)) throw err;
+      this.counts.refused += 1;
+      this.o.logger.warn({ command: route.name, id: err.id, code: err.code, reason: err.message }, "command refused");
+      send({ id: err.id, state: "failed", error: { code: err.code, message: err.message } });
+      return;
+    }
+
+    const { id, definition, params } = accepted;
+    this.o.logger.info({ command: route.name, id, key: accepted.key }, "command accepted");
+    send({ id, state: "accepted" });
+    const task = this.execute(definition, params, (body) => send({ id, ...body })).finally(() =>
+      this.running.delete(task),
+    );
+    this.running.add(task);
+  }
+
+  private async execute(
+    definition: CommandDefinition,
+    params: unknown,
+    send: (body: Omit<ReplyBody, "command" | "device" | "id">) => void,
+  ): Promise<void> {
+    this.counts.executed += 1;
+    try {
+      const result = await definition.run(params, {
+        progress: (progress) => send({ state: "executing", progress }),
+        signal: this.controller.signal,
+      });
+      send({ state: "succeeded", result: result ?? null });
+    } catch (err) {
+      const code = isOutpostError(err) ? err.code : "COMMAND_FAILED";
+      this.o.logger.warn({ command: definition.name, code, err: errorMessage(err) }, "command failed");
+      send({ state: "failed", error: { code, message: errorMessage(err) } });
+    }
+  }
+
+  /** Every check a request must pass, in order; throws Refused with the first that fails. */
+  private admit(route: Route, payload: Buffer): Accepted {
+    const policy = this.o.policy();
+    const now = this.o.clock.now();
+    if (!COMMAND_NAME.test(route.name)) {
+      throw new Refused("UNKNOWN_COMMAND", `no command ${JSON.stringify(route.name.slice(0, 64))}`);
+    }
     let raw: unknown;
     try {
       raw = JSON.parse(payload.toString("utf8"));
     } catch {
-      fail(undefined, "BAD_REQUEST", "the request is not JSON");
-      return;
+      throw new Refused("BAD_REQUEST", "the request is not JSON");
     }
-    const parsed = requestSchema.safeParse(raw);
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0];
-      fail(undefined, "BAD_REQUEST", `${issue?.path.join(".") || "(request)"}: ${issue?.message ?? "invalid"}`);
-      return;
+    const looksSigned = raw !== null && typeof raw === "object" && ("sig" in raw || "payload" in raw);
+    let id: string;
+    let params: unknown;
+    let key: string | undefined;
+    if (looksSigned) {
+      const request = this.verified(raw, policy, route, now);
+      ({ id, params } = request);
+      key = request.keyName;
+      const expires = request.expiresAt + policy.skewMs;
+      const replayed = this.o.replay.check(id, request.nonce, now);
+      if (replayed)
+        throw new Refused(replayed, `request ${replayed === "NONCE_REPLAYED" ? "nonce" : "id"} seen before`, id);
+      const definition = this.definition(route.name, params, id);
+      this.o.replay.remember(id, request.nonce, expires);
+      return { id, definition, params: definition.params.parse(params), key };
     }
-    const { id } = parsed.data;
-    if (!NAME.test(name)) {
-      fail(id, "UNKNOWN_COMMAND", `no command ${JSON.stringify(name)}`);
-      return;
+    if (!policy.allowUnsigned) {
+      const maybeId = (raw as { id?: unknown } | null)?.id;
+      throw new Refused(
+        "COMMAND_UNSIGNED",
+        "unsigned commands are refused (commands.allowUnsigned is false)",
+        typeof maybeId === "string" ? maybeId.slice(0, 128) : undefined,
+      );
     }
-    if (parsed.data.signature !== undefined) {
-      fail(id, "SIGNATURE_UNSUPPORTED", "this version does not verify signed commands yet");
-      return;
-    }
-    if (!this.o.allowUnsigned()) {
-      fail(id, "COMMAND_UNSIGNED", "unsigned commands are refused (commands.allowUnsigned is false)");
-      return;
-    }
-    if (name === "ping") {
-      send(id, { state: "succeeded", result: { pong: true, ts: this.o.clock.now() } });
-      return;
-    }
-    fail(id, "UNKNOWN_COMMAND", `no command ${JSON.stringify(name)}`);
+    const parsed = unsignedSchema.safeParse(raw);
+    if (!parsed.success) throw new Refused("BAD_REQUEST", describe(parsed.error));
+    ({ id, params } = parsed.data);
+    if (this.o.replay.check(id, undefined, now)) throw new Refused("REQUEST_REPLAYED", "request id seen before", id);
+    const definition = this.definition(route.name, params, id);
+    this.o.replay.remember(id, undefined, now + policy.maxValidityMs);
+    return { id, definition, params: definition.params.parse(params) };
   }
+
+  private definition(name: string, params: unknown, id: string): CommandDefinition {
+    const definition = this.definitions.get(name);
+    if (!definition) throw new Refused("UNKNOWN_COMMAND", `no command ${JSON.stringify(name)}`, id);
+    const checked = definition.params.safeParse(params);
+    if (!checked.success) throw new Refused("BAD_PARAMS", describe(checked.error, "params"), id);
+    if (this.running.size >= (this.o.maxConcurrent ?? 4)) {
+      throw new Refused("BUSY", "too many commands running; try again", id);
+    }
+    return definition;
+  }
+
+  private verified(
+    raw: unknown,
+    policy: CommandPolicy,
+    route: Route,
+    now: number,
+  ): CommandRequest & { keyName: string } {
+    const envelope = signedEnvelopeSchema.safeParse(raw);
+    if (!envelope.success) throw new Refused("BAD_REQUEST", describe(envelope.error));
+    const { payload } = envelope.data;
+    // The id is read before the signature is checked only to label the reply; nothing else is trusted yet.
+    const claimedId = peekId(payload);
+    const trusted = this.trustedKey(envelope.data.key, policy);
+    if (!trusted)
+      throw new Refused("KEY_UNKNOWN", "the request is signed by a key this device does not trust", claimedId);
+    if (!verifyEnvelope(envelope.data, trusted.publicKey)) {
+      throw new Refused("SIGNATURE_INVALID", "the signature does not match the payload and key", claimedId);
+    }
+    let body: unknown;
+    try {
+      body = JSON.parse(payload);
+    } catch {
+      throw new Refused("BAD_REQUEST", "the signed payload is not JSON", claimedId);
+    }
+    const parsed = requestSchema.safeParse(body);
+    if (!parsed.success) throw new Refused("BAD_REQUEST", describe(parsed.error), claimedId);
+    const request = parsed.data;
+    const { id } = request;
+    if (request.command !== route.name) {
+      throw new Refused("BAD_REQUEST", `signed for ${request.command}, published on the ${route.name} topic`, id);
+    }
+    const forUs =
+      request.device === this.o.deviceId || (request.group !== undefined && this.o.groups.includes(request.group));
+    if (!forUs) {
+      const target = request.device ?? `group ${request.group}`;
+      throw new Refused("WRONG_DEVICE", `signed for ${target}, not for this device`, id);
+    }
+    if (request.expiresAt - request.issuedAt > policy.maxValidityMs) {
+      throw new Refused("BAD_REQUEST", `valid for longer than commands.maxValidity (${policy.maxValidityMs}ms)`, id);
+    }
+    if (request.issuedAt > now + policy.skewMs) {
+      throw new Refused("COMMAND_NOT_YET_VALID", `issued ${request.issuedAt - now}ms in the future`, id);
+    }
+    if (request.expiresAt + policy.skewMs < now) {
+      throw new Refused("COMMAND_EXPIRED", `expired ${now - request.expiresAt}ms ago`, id);
+    }
+    if (!allows(trusted.entry.allow, request.command)) {
+      throw new Refused("KEY_NOT_ALLOWED", `key ${trusted.entry.name} may not run ${request.command}`, id);
+    }
+    return { ...request, keyName: trusted.entry.name };
+  }
+
+  private trustedKey(text: string, policy: CommandPolicy): { entry: TrustedKey; publicKey: KeyObject } | undefined {
+    if (this.keyCache.keys !== policy.trustedKeys) this.keyCache = { keys: policy.trustedKeys, parsed: new Map() };
+    let offered: KeyObject;
+    try {
+      offered = parsePublicKey(text);
+    } catch {
+      return undefined;
+    }
+    const raw = rawKey(offered);
+    for (const entry of policy.trustedKeys) {
+      let known = this.keyCache.parsed.get(entry.key);
+      if (!known) {
+        try {
+          known = { entry, raw: rawKey(parsePublicKey(entry.key)) };
+        } catch {
+          continue;
+        }
+        this.keyCache.parsed.set(entry.key, known);
+      }
+      if (known.raw === raw) return { entry, publicKey: offered };
+    }
+    return undefined;
+  }
+}
+
+function rawKey(key: KeyObject): string {
+  return String(key.export({ format: "jwk" }).x);
+}
+
+/** `*` allows everything, `config.*` a family, anything else one command. */
+export function allows(patterns: readonly string[], command: string): boolean {
+  return patterns.some((p) => p === "*" || p === command || (p.endsWith(".*") && command.startsWith(p.slice(0, -1))));
+}
+
+function peekId(payload: string): string | undefined {
+  try {
+    const id = (JSON.parse(payload) as { id?: unknown } | null)?.id;
+    return typeof id === "string" ? id.slice(0, 128) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The first problem of a zod error as `path: message`, the path naming the key. */
+function describe(error: z.ZodError, root?: string): string {
+  const issue = error.issues[0];
+  const path = [...(root ? [root] : []), ...(issue?.path.map(String) ?? [])].join(".") || "(request)";
+  return `${path}: ${issue?.message ?? "invalid"}`;
 }

@@ -20,6 +20,8 @@ export interface LoadOptions {
   required?: boolean;
   env?: Readonly<Record<string, string | undefined>>;
   hostname: string;
+  /** Remote changes (`config.set`), merged over the file and under the environment. */
+  overrides?: { values: Record<string, unknown>; source: string };
 }
 
 export interface LoadedConfig {
@@ -48,22 +50,28 @@ export function loadConfig(options: LoadOptions): LoadedConfig {
     }
   }
 
-  const envSources = new Map<string, string>();
-  applyEnv(raw, options.env ?? {}, envSources, problems);
+  // Key path -> where its value came from, for the problem lines ("from OUTPOST_X", "in overrides.json").
+  const sources = new Map<string, string>();
+  if (options.overrides) {
+    raw = mergePatch(raw, options.overrides.values) as Record<string, unknown>;
+    for (const path of leafPaths(options.overrides.values)) sources.set(path, `in ${options.overrides.source}`);
+  }
+  const envKeys: string[] = [];
+  applyEnv(raw, options.env ?? {}, sources, envKeys, problems);
 
   const result = configSchema.safeParse(raw, { reportInput: true });
   if (!result.success) {
-    for (const issue of result.error.issues) problems.push(...describeIssue(issue, raw, envSources, file));
+    for (const issue of result.error.issues) problems.push(...describeIssue(issue, raw, sources, file));
   }
   if (!result.success || problems.length > 0) throw invalid(problems);
 
   const parsed = result.data;
   const deviceId = parsed.device.id ?? sanitizeHostname(options.hostname);
   const config: Config = { ...parsed, device: { ...parsed.device, id: deviceId } };
-  resolveFiles(config, problems, envSources, file);
+  resolveFiles(config, problems, sources, file);
   if (problems.length > 0) throw invalid(problems);
 
-  return { config, hash: hashConfig(config), file, envKeys: [...envSources.values()] };
+  return { config, hash: hashConfig(config), file, envKeys };
 }
 
 /** One line per problem: `mqtt.url: expected ..., found "..." (from OUTPOST_MQTT__URL)`. */
@@ -207,6 +215,7 @@ function applyEnv(
   raw: Record<string, unknown>,
   env: Readonly<Record<string, string | undefined>>,
   sources: Map<string, string>,
+  envKeys: string[],
   problems: ConfigProblem[],
 ): void {
   const names = Object.keys(env)
@@ -234,7 +243,8 @@ function applyEnv(
       walked.push(segment);
       if (i === segments.length - 1) {
         target[segment] = coerce(node, text);
-        sources.set(walked.join("."), name);
+        sources.set(walked.join("."), `from ${name}`);
+        envKeys.push(name);
       } else {
         const next = target[segment];
         if (next === null || typeof next !== "object" || Array.isArray(next)) target[segment] = {};
@@ -247,11 +257,11 @@ function applyEnv(
 function describeIssue(
   issue: z.core.$ZodIssue,
   raw: Record<string, unknown>,
-  envSources: Map<string, string>,
+  sources: Map<string, string>,
   file: string | undefined,
 ): ConfigProblem[] {
   const base = issue.path.map(String);
-  const sourceOf = (path: string[]) => sourceFor(path.join("."), envSources, file);
+  const sourceOf = (path: string[]) => sourceFor(path.join("."), sources, file);
   if (issue.code === "unrecognized_keys") {
     let parentNode: SchemaNode | undefined = configSchema;
     for (const seg of base) parentNode = parentNode ? childOf(parentNode, seg) : undefined;
@@ -273,10 +283,38 @@ function describeIssue(
   return [{ path: base.length ? base.join(".") : "(root)", expected, found, source: sourceOf(base) }];
 }
 
-/** Where a key's value came from: the environment variable that set it, or the file. */
-function sourceFor(path: string, envSources: Map<string, string>, file: string | undefined): string | undefined {
-  const env = envSources.get(path);
-  return env ? `from ${env}` : file ? `in ${file}` : undefined;
+/** Where a key's value came from: the environment variable or override that set it, or the file. */
+function sourceFor(path: string, sources: Map<string, string>, file: string | undefined): string | undefined {
+  return sources.get(path) ?? (file ? `in ${file}` : undefined);
+}
+
+/**
+ * RFC 7396 JSON merge patch: objects merge key by key, `null` removes a key, anything else replaces.
+ * Returns a new value; neither argument is changed.
+ */
+export function mergePatch(target: unknown, patch: unknown): unknown {
+  if (!isPlainObject(patch)) return patch;
+  const out: Record<string, unknown> = isPlainObject(target) ? { ...target } : {};
+  for (const [key, value] of Object.entries(patch)) {
+    if (value === null) delete out[key];
+    else out[key] = mergePatch(out[key], value);
+  }
+  return out;
+}
+
+/** The dotted paths of every leaf of a plain object (arrays count as leaves). */
+export function leafPaths(value: unknown, prefix = ""): string[] {
+  if (!isPlainObject(value)) return prefix ? [prefix] : [];
+  const paths: string[] = [];
+  for (const [key, child] of Object.entries(value)) {
+    const path = prefix ? `${prefix}.${key}` : key;
+    paths.push(...(isPlainObject(child) ? leafPaths(child, path) : [path]));
+  }
+  return paths;
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
 }
 
 function valueAt(raw: unknown, path: string[]): unknown {
@@ -312,10 +350,10 @@ function sanitizeHostname(hostname: string): string {
 function resolveFiles(
   config: Config,
   problems: ConfigProblem[],
-  envSources: Map<string, string>,
+  sources: Map<string, string>,
   file: string | undefined,
 ): void {
-  const source = (key: string) => sourceFor(`mqtt.${key}`, envSources, file);
+  const source = (key: string) => sourceFor(`mqtt.${key}`, sources, file);
   const { mqtt } = config;
   if (mqtt.passwordFile !== undefined) {
     try {

@@ -32,10 +32,19 @@ function size(def: string, minBytes: number) {
 const DEVICE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const TOPIC_PREFIX = /^[^#+\s]+[^/#+\s]$|^[^#+/\s]$/;
 
+// What `outpost keygen` writes to PREFIX.pub ("ed25519:" + base64 of 32 bytes), bare base64, or SPKI PEM.
+const PUBLIC_KEY = /^(ed25519:)?[A-Za-z0-9+/]{43}=$|^-----BEGIN PUBLIC KEY-----[\s\S]+-----END PUBLIC KEY-----\s*$/;
+const GROUP = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
 export const trustedKeySchema = z.strictObject({
   name: z.string().min(1),
-  key: z.string().min(1),
-  allow: z.array(z.string().min(1)).default(["*"]),
+  key: z
+    .string()
+    .trim()
+    .regex(PUBLIC_KEY, 'expected an ed25519 public key: the contents of a .pub file ("ed25519:" and base64)'),
+  allow: z
+    .array(z.string().regex(/^(\*|[a-z][a-z0-9.-]*(\.\*)?)$/, 'expected a command name, "family.*" or "*"'))
+    .default(["*"]),
 });
 
 export const configSchema = z.strictObject({
@@ -45,6 +54,9 @@ export const configSchema = z.strictObject({
         .string()
         .regex(DEVICE_ID, "expected 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter or digit")
         .optional(),
+      groups: z
+        .array(z.string().regex(GROUP, "expected a group name of A-Z a-z 0-9 . _ - starting with a letter or digit"))
+        .default([]),
     })
     .prefault({}),
   mqtt: z
@@ -111,6 +123,8 @@ export const configSchema = z.strictObject({
     .strictObject({
       trustedKeys: z.array(trustedKeySchema).default([]),
       allowUnsigned: z.boolean().default(false),
+      clockSkew: duration("30s", 0, 3_600_000),
+      maxValidity: duration("10m", 1_000, 86_400_000),
     })
     .prefault({}),
   shutdown: z.strictObject({ deadline: duration("10s", 100, 600_000) }).prefault({}),

@@ -15,7 +15,9 @@ export interface LoggerOptions {
  * pino writing synchronously-enough JSON lines to a file descriptor. No `pino.transport()`: it starts a
  * worker from a file path, which does not exist inside the single executable.
  */
-export async function createLogger(options: LoggerOptions): Promise<{ logger: Logger; flush: () => void }> {
+export async function createLogger(
+  options: LoggerOptions,
+): Promise<{ logger: Logger; flush: () => void; setLevel: (level: LevelWithSilent) => void }> {
   const fd = options.fd ?? 1;
   let stream: DestinationStream & { flushSync?: () => void };
   if (options.format === "pretty") {
@@ -25,9 +27,14 @@ export async function createLogger(options: LoggerOptions): Promise<{ logger: Lo
   } else {
     stream = pino.destination({ dest: fd, sync: false, minLength: 0 });
   }
+  // pino children copy the level when they are made; a level change must reach every one of them.
+  const children = new Set<WeakRef<Logger>>();
   const logger = pino(
     {
       level: options.level,
+      onChild: (child) => {
+        children.add(new WeakRef(child));
+      },
       base: undefined,
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
@@ -42,5 +49,13 @@ export async function createLogger(options: LoggerOptions): Promise<{ logger: Lo
       // than failing a shutdown.
     }
   };
-  return { logger, flush };
+  const setLevel = (level: LevelWithSilent) => {
+    logger.level = level;
+    for (const ref of children) {
+      const child = ref.deref();
+      if (child) child.level = level;
+      else children.delete(ref);
+    }
+  };
+  return { logger, flush, setLevel };
 }

@@ -32,6 +32,8 @@ export class Telemetry implements Component {
   private readonly controller = new AbortController();
   private loop: Promise<void> | undefined;
   private cycles = 0;
+  /** Aborted to cut the current wait short: a stop, or a new interval that must apply now. */
+  private nap = new AbortController();
 
   constructor(options: TelemetryOptions) {
     this.options = options;
@@ -43,6 +45,7 @@ export class Telemetry implements Component {
 
   async start(signal: AbortSignal): Promise<void> {
     signal.addEventListener("abort", () => this.controller.abort(), { once: true });
+    this.controller.signal.addEventListener("abort", () => this.nap.abort(), { once: true });
     this.loop = this.run(this.controller.signal);
   }
 
@@ -50,6 +53,11 @@ export class Telemetry implements Component {
     this.controller.abort();
     await this.loop;
   });
+
+  /** Ends the current wait, so that a changed interval takes effect at once rather than after the old one. */
+  wake(): void {
+    this.nap.abort();
+  }
 
   async sample(): Promise<Sample> {
     const timeout = this.options.timeoutMs();
@@ -100,7 +108,9 @@ export class Telemetry implements Component {
         this.options.logger.error({ err }, "telemetry cycle failed");
       }
       const elapsed = performance.now() - started;
-      await sleep(Math.max(0, this.options.intervalMs() - elapsed), signal);
+      if (signal.aborted) break;
+      this.nap = new AbortController();
+      await sleep(Math.max(0, this.options.intervalMs() - elapsed), this.nap.signal);
     }
   }
 }

@@ -18,7 +18,14 @@ async function run(argv: string[], env: Record<string, string> = {}) {
   stderr.on("data", (c: Buffer) => {
     err += c.toString();
   });
-  const host: Host = { env, hostname: "test-host", stdout, stderr, stopRequested: new Promise(() => {}) };
+  const host: Host = {
+    env,
+    hostname: "test-host",
+    stdout,
+    stderr,
+    stopRequested: new Promise(() => {}),
+    onHangup: () => () => {},
+  };
   const code = await cli(argv, host);
   return { code, out, err };
 }

@@ -84,7 +84,7 @@ describe("config loading", () => {
         OUTPOST_MQTT__PROTOCOL_VERSION: "4",
         OUTPOST_MQTT__REJECT_UNAUTHORIZED: "false",
         OUTPOST_DEVICE__ID: "0042",
-        OUTPOST_COMMANDS__TRUSTED_KEYS: '[{"name":"ops","key":"abc"}]',
+        OUTPOST_COMMANDS__TRUSTED_KEYS: '[{"name":"ops","key":"ed25519:Rl6eNbDXSwIiFJulSYcetsCof3kimBw+GEW74coW54M="}]',
         OUTPOST_NODE: "ignored: not a config key (no double underscore)",
         HOME: "/root",
       },
@@ -93,7 +93,9 @@ describe("config loading", () => {
     assert.equal(config.mqtt.protocolVersion, 4);
     assert.equal(config.mqtt.rejectUnauthorized, false);
     assert.equal(config.device.id, "0042", "a numeric-looking id stays a string");
-    assert.deepEqual(config.commands.trustedKeys, [{ name: "ops", key: "abc", allow: ["*"] }]);
+    assert.deepEqual(config.commands.trustedKeys, [
+      { name: "ops", key: "ed25519:Rl6eNbDXSwIiFJulSYcetsCof3kimBw+GEW74coW54M=", allow: ["*"] },
+    ]);
     assert.equal(envKeys.length, 5);
   });
 

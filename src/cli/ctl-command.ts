@@ -1,0 +1,310 @@
+import { createPublicKey } from "node:crypto";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import type { MqttClient } from "mqtt";
+import type { ReplyBody } from "../commands/envelope.ts";
+import { generateKeys, parsePrivateKey, publicKeyText } from "../commands/keys.ts";
+import { parseDuration } from "../config/duration.ts";
+import { errorMessage } from "../core/errors.ts";
+import { type BrokerOptions, Caller, connectBroker, type Signer } from "./ctl-client.ts";
+import { EXIT, type Host, UsageError } from "./host.ts";
+import { applyMessage, type DeviceView, renderPanel, telemetryLine } from "./view.ts";
+
+export const CTL_HELP = `Usage: outpost ctl <devices|watch|call> [options]
+
+  devices                         devices from their retained status: id, state, version, last seen
+  watch [DEVICE...]               live telemetry of all (or the named) devices until Ctrl-C
+  call DEVICE COMMAND             sign a request, publish it, print the reply; exit 0 on success
+       [--params JSON] [--key FILE] [--timeout 10s] [--group] [--expect N] [--validity 1m]
+       --group: DEVICE names a group (device.groups); replies are collected from every member
+       until --timeout, or until --expect N devices have answered
+
+Broker (each flag also from the environment):
+  --broker URL          OUTPOST_CTL_BROKER     mqtt://host:1883 or mqtts://host:8883 (default mqtt://127.0.0.1:1883)
+  --username NAME       OUTPOST_CTL_USERNAME
+  --password-file FILE  OUTPOST_CTL_PASSWORD   (the variable holds the password itself)
+  --ca FILE, --cert FILE, --tls-key FILE       TLS trust and client certificate
+  --prefix TOPIC        OUTPOST_CTL_PREFIX     topic prefix (default outpost/v1)
+  --key FILE            OUTPOST_CTL_KEY        operator private key from 'outpost keygen'
+  --json                machine-readable output (one JSON document per line)
+
+Exit codes: 0 success, 1 the command failed or no reply in time (the error code is printed), 64 usage.`;
+
+export const KEYGEN_HELP = `Usage: outpost keygen --out PREFIX [--force]
+
+Writes an ed25519 key pair: PREFIX.key (private, mode 0600; keep it with the operator) and PREFIX.pub
+(one line, "ed25519:<base64>"; put it in commands.trustedKeys[].key on the devices).`;
+
+const BROKER_FLAGS = {
+  broker: { type: "string" },
+  username: { type: "string" },
+  "password-file": { type: "string" },
+  ca: { type: "string" },
+  cert: { type: "string" },
+  "tls-key": { type: "string" },
+  prefix: { type: "string" },
+  json: { type: "boolean" },
+} as const;
+
+export function keygenCommand(host: Host, args: string[]): number {
+  const { values } = parseArgs({
+    args,
+    options: { out: { type: "string" }, force: { type: "boolean" } },
+    allowPositionals: false,
+  });
+  if (!values.out) throw new UsageError("keygen: missing --out PREFIX");
+  const files = [`${values.out}.key`, `${values.out}.pub`];
+  const existing = files.filter((f) => existsSync(f));
+  if (existing.length > 0 && !values.force) {
+    throw new UsageError(`keygen: ${existing.join(" and ")} exist (--force overwrites)`);
+  }
+  const keys = generateKeys();
+  writeFileSync(files[0] ?? "", keys.privatePem, { mode: 0o600, flag: values.force ? "w" : "wx" });
+  writeFileSync(files[1] ?? "", `${keys.publicText}\n`, { mode: 0o644, flag: values.force ? "w" : "wx" });
+  host.stdout.write(`${files[0]} (private, keep it secret)\n${files[1]}: ${keys.publicText}\n`);
+  host.stdout.write(
+    `trust it on a device:\n  commands:\n    trustedKeys:\n      - { name: ops, key: "${keys.publicText}", allow: ["*"] }\n`,
+  );
+  return EXIT.OK;
+}
+
+export async function ctlCommand(host: Host, args: string[]): Promise<number> {
+  const [sub, ...rest] = args;
+  switch (sub) {
+    case "devices":
+      return devices(host, rest);
+    case "watch":
+      return watch(host, rest);
+    case "call":
+      return call(host, rest);
+    default:
+      throw new UsageError(sub === undefined ? "ctl: missing subcommand" : `ctl: unknown subcommand ${sub}`);
+  }
+}
+
+type BrokerValues = {
+  [K in keyof typeof BROKER_FLAGS]?: (typeof BROKER_FLAGS)[K]["type"] extends "boolean" ? boolean : string;
+};
+
+function brokerOptions(host: Host, v: BrokerValues): BrokerOptions & { prefix: string } {
+  const url = v.broker ?? host.env.OUTPOST_CTL_BROKER ?? "mqtt://127.0.0.1:1883";
+  if (!/^mqtts?:\/\/[^/]+/.test(url)) throw new UsageError(`--broker must be an mqtt:// or mqtts:// URL, not ${url}`);
+  const passwordFile = v["password-file"];
+  const password = passwordFile
+    ? readFileSync(passwordFile, "utf8").replace(/\r?\n$/, "")
+    : host.env.OUTPOST_CTL_PASSWORD;
+  return {
+    url,
+    username: v.username ?? host.env.OUTPOST_CTL_USERNAME,
+    password,
+    ca: v.ca,
+    cert: v.cert,
+    key: v["tls-key"],
+    prefix: v.prefix ?? host.env.OUTPOST_CTL_PREFIX ?? "outpost/v1",
+  };
+}
+
+function durationFlag(name: string, text: string | undefined, fallback: number): number {
+  if (text === undefined) return fallback;
+  const ms = parseDuration(text);
+  if (ms === undefined || ms <= 0) throw new UsageError(`--${name} must be a duration like 10s, not ${text}`);
+  return ms;
+}
+
+async function withClient<T>(o: BrokerOptions, use: (client: MqttClient) => Promise<T>): Promise<T> {
+  const client = await connectBroker(o);
+  try {
+    return await use(client);
+  } finally {
+    await client.endAsync();
+  }
+}
+
+async function devices(host: Host, args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: { ...BROKER_FLAGS, wait: { type: "string" } },
+    allowPositionals: false,
+  });
+  const o = brokerOptions(host, values);
+  const waitMs = durationFlag("wait", values.wait, 1000);
+  const seen = new Map<string, DeviceView>();
+  await withClient(o, async (client) => {
+    client.on("message", (topic, payload) => {
+      try {
+        applyMessage(seen, o.prefix, topic, payload);
+      } catch {
+        // A status that is not JSON is not one of ours; leave it out.
+      }
+    });
+    // Retained statuses arrive right after the subscription; `--wait` bounds how long stragglers may take.
+    await client.subscribeAsync(`${o.prefix}/+/status`, { qos: 1 });
+    await new Promise((resolve) => setTimeout(resolve, waitMs));
+  });
+  const rows = [...seen.values()]
+    .filter((d) => d.status !== undefined)
+    .sort((a, b) => a.id.localeCompare(b.id))
+    .map((d) => {
+      const s = d.status ?? {};
+      const ts = typeof s.ts === "number" ? s.ts : undefined;
+      return {
+        id: d.id,
+        state: String(s.state ?? "unknown"),
+        version: String(s.version ?? "-"),
+        lastSeen: ts === undefined ? "-" : new Date(ts).toISOString(),
+        ago: ts === undefined ? "-" : ago(Date.now() - ts),
+      };
+    });
+  if (values.json) {
+    for (const row of rows) host.stdout.write(`${JSON.stringify(row)}\n`);
+    return EXIT.OK;
+  }
+  const table = [
+    ["DEVICE", "STATE", "VERSION", "LAST SEEN"],
+    ...rows.map((r) => [r.id, r.state, r.version, `${r.lastSeen} (${r.ago})`]),
+  ];
+  const widths = [0, 1, 2].map((i) => Math.max(...table.map((row) => (row[i] ?? "").length)));
+  for (const row of table) {
+    host.stdout.write(`${row.map((cell, i) => (i < 3 ? cell.padEnd(widths[i] ?? 0) : cell)).join("  ")}\n`);
+  }
+  if (rows.length === 0) host.stderr.write(`outpost: no device status under ${o.prefix}/+/status\n`);
+  return EXIT.OK;
+}
+
+function ago(ms: number): string {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 120) return `${s}s ago`;
+  if (s < 7200) return `${Math.round(s / 60)}m ago`;
+  return `${Math.round(s / 3600)}h ago`;
+}
+
+async function watch(host: Host, args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: { ...BROKER_FLAGS, count: { type: "string" } },
+    allowPositionals: true,
+  });
+  const o = brokerOptions(host, values);
+  const count = values.count === undefined ? undefined : Number(values.count);
+  if (count !== undefined && !(Number.isInteger(count) && count > 0))
+    throw new UsageError("--count must be a positive integer");
+  const targets = positionals.length > 0 ? positionals : ["+"];
+  const tty = host.stdout.isTTY === true && !values.json;
+  const seen = new Map<string, DeviceView>();
+  const header = [`outpost ctl watch ${o.url} (${o.prefix})      Ctrl-C stops`];
+  await withClient(o, async (client) => {
+    let telemetry = 0;
+    let finish: () => void = () => {};
+    const finished = new Promise<void>((resolve) => {
+      finish = resolve;
+    });
+    client.on("message", (topic, payload) => {
+      try {
+        const got = applyMessage(seen, o.prefix, topic, payload);
+        if (!got) return;
+        if (values.json)
+          host.stdout.write(
+            `${JSON.stringify({ device: got.device.id, kind: got.kind, body: got.kind === "status" ? got.device.status : got.device.telemetry })}\n`,
+          );
+        else if (tty) host.stdout.write(`\x1b[2J\x1b[H${renderPanel([...seen.values()], header)}\n`);
+        else if (got.kind === "status")
+          host.stdout.write(`status ${got.device.id} ${String(got.device.status?.state)}\n`);
+        else host.stdout.write(`telemetry ${telemetryLine(got.device)}\n`);
+        if (got.kind === "telemetry") telemetry += 1;
+        if (count !== undefined && telemetry >= count) finish();
+      } catch (err) {
+        host.stderr.write(`outpost: ${topic}: ${errorMessage(err)}\n`);
+      }
+    });
+    client.on("close", () => finish());
+    await client.subscribeAsync(
+      targets.flatMap((d) => [`${o.prefix}/${d}/status`, `${o.prefix}/${d}/telemetry`]),
+      { qos: 0 },
+    );
+    await Promise.race([finished, host.stopRequested]);
+  });
+  return EXIT.OK;
+}
+
+async function call(host: Host, args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: {
+      ...BROKER_FLAGS,
+      key: { type: "string" },
+      params: { type: "string" },
+      timeout: { type: "string" },
+      validity: { type: "string" },
+      group: { type: "boolean" },
+      expect: { type: "string" },
+      unsigned: { type: "boolean" },
+    },
+    allowPositionals: true,
+  });
+  const [target, command, ...extra] = positionals;
+  if (target === undefined || command === undefined || extra.length > 0) {
+    throw new UsageError("ctl call: expected DEVICE COMMAND");
+  }
+  let params: unknown;
+  if (values.params !== undefined) {
+    try {
+      params = JSON.parse(values.params);
+    } catch {
+      throw new UsageError(`--params must be JSON, not ${values.params}`);
+    }
+  }
+  const expect = values.expect === undefined ? undefined : Number(values.expect);
+  if (expect !== undefined && !(Number.isInteger(expect) && expect > 0))
+    throw new UsageError("--expect must be a positive integer");
+  const timeoutMs = durationFlag("timeout", values.timeout, 10_000);
+  const validityMs = durationFlag("validity", values.validity, 60_000);
+  const keyFile = values.key ?? host.env.OUTPOST_CTL_KEY;
+  let signer: Signer | undefined;
+  if (!values.unsigned) {
+    if (keyFile === undefined) throw new UsageError("ctl call: --key FILE (or OUTPOST_CTL_KEY) is needed to sign");
+    const privateKey = parsePrivateKey(readFileSync(keyFile, "utf8"));
+    signer = { privateKey, publicText: publicKeyText(createPublicKey(privateKey)) };
+  }
+  const o = brokerOptions(host, values);
+  const print = (reply: ReplyBody) => {
+    if (values.json) host.stdout.write(`${JSON.stringify(reply)}\n`);
+    else if (reply.state === "executing") {
+      host.stderr.write(
+        `${reply.device}: ${reply.state}${reply.progress === undefined ? "" : ` ${JSON.stringify(reply.progress)}`}\n`,
+      );
+    }
+  };
+  const result = await withClient(o, (client) =>
+    new Caller(client, o.prefix, signer).call({
+      command,
+      params,
+      ...(values.group ? { group: target } : { device: target }),
+      timeoutMs,
+      validityMs,
+      expect,
+      unsigned: values.unsigned === true,
+      onReply: print,
+    }),
+  );
+  let ok = result.finals.length > 0;
+  for (const reply of result.finals) {
+    if (reply.state === "succeeded") {
+      if (!values.json) {
+        const text = JSON.stringify(reply.result, null, values.group ? undefined : 2);
+        host.stdout.write(values.group ? `${reply.device}  succeeded  ${text}\n` : `${text}\n`);
+      }
+    } else {
+      ok = false;
+      host.stderr.write(`outpost: ${reply.device}: ${reply.error?.code ?? "FAILED"}: ${reply.error?.message ?? ""}\n`);
+    }
+  }
+  if (result.finals.length === 0) {
+    host.stderr.write(
+      `outpost: TIMEOUT: no reply from ${values.group ? "group " : ""}${target} within ${timeoutMs}ms\n`,
+    );
+  } else if (values.group && result.timedOut && expect !== undefined) {
+    ok = false;
+    host.stderr.write(`outpost: TIMEOUT: ${result.finals.length} of ${expect} devices answered\n`);
+  }
+  return ok ? EXIT.OK : EXIT.FAILURE;
+}

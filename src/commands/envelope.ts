@@ -1,0 +1,104 @@
+import { type KeyObject, randomBytes, randomUUID, sign, verify } from "node:crypto";
+import { z } from "zod";
+
+/**
+ * The wire format of a command request, shared by the device (verifying) and `outpost ctl` (signing).
+ *
+ * A signed request is `{"payload": "<request JSON text>", "key": "ed25519:<base64>", "sig": "<base64>"}`.
+ * The signature is ed25519 over the bytes `SIGNING_CONTEXT` followed by the UTF-8 bytes of `payload`
+ * exactly as carried: no re-serialisation, so any language can sign and verify without a canonical JSON.
+ */
+export const SIGNING_CONTEXT = "outpost-command-v1\n";
+
+/** Command names: what follows `P/D/cmd/`. */
+export const COMMAND_NAME = /^[a-z][a-z0-9.-]{0,63}$/;
+export const GROUP_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const MAX_PAYLOAD = 64 * 1024;
+
+/** What the operator signs. Exactly one of `device` and `group` says who must execute it. */
+export const requestSchema = z
+  .strictObject({
+    id: z.string().min(1).max(128),
+    command: z.string().regex(COMMAND_NAME, "expected a command name"),
+    params: z.unknown().optional(),
+    device: z.string().min(1).max(64).optional(),
+    group: z.string().regex(GROUP_NAME, "expected a group name").optional(),
+    issuedAt: z.number().int().nonnegative(),
+    expiresAt: z.number().int().nonnegative(),
+    nonce: z.string().min(16).max(128),
+  })
+  .refine((r) => (r.device === undefined) !== (r.group === undefined), {
+    message: "expected exactly one of device and group",
+    path: ["device"],
+  });
+
+export type CommandRequest = z.output<typeof requestSchema>;
+
+export const signedEnvelopeSchema = z.strictObject({
+  payload: z.string().min(2).max(MAX_PAYLOAD),
+  key: z.string().min(1).max(512),
+  sig: z.string().min(1).max(256),
+});
+
+export type SignedEnvelope = z.output<typeof signedEnvelopeSchema>;
+
+/** An unsigned request (only with `commands.allowUnsigned`): the id, and params if any. */
+export const unsignedSchema = z.strictObject({
+  id: z.string().min(1).max(128),
+  params: z.unknown().optional(),
+});
+
+export function signedBytes(payload: string): Buffer {
+  return Buffer.concat([Buffer.from(SIGNING_CONTEXT, "utf8"), Buffer.from(payload, "utf8")]);
+}
+
+export function signPayload(payload: string, privateKey: KeyObject, publicText: string): SignedEnvelope {
+  return { payload, key: publicText, sig: sign(null, signedBytes(payload), privateKey).toString("base64") };
+}
+
+export function verifyEnvelope(envelope: SignedEnvelope, publicKey: KeyObject): boolean {
+  const sig = Buffer.from(envelope.sig, "base64");
+  if (sig.length !== 64) return false;
+  try {
+    return verify(null, signedBytes(envelope.payload), publicKey, sig);
+  } catch {
+    return false;
+  }
+}
+
+export interface NewRequest {
+  command: string;
+  params?: unknown;
+  device?: string;
+  group?: string;
+  now: number;
+  validityMs: number;
+  id?: string;
+}
+
+export function newRequest(r: NewRequest): CommandRequest {
+  return {
+    id: r.id ?? randomUUID(),
+    command: r.command,
+    ...(r.params === undefined ? {} : { params: r.params }),
+    ...(r.device === undefined ? {} : { device: r.device }),
+    ...(r.group === undefined ? {} : { group: r.group }),
+    issuedAt: r.now,
+    expiresAt: r.now + r.validityMs,
+    nonce: randomBytes(16).toString("hex"),
+  };
+}
+
+/** The replies a device sends for one request: `accepted`, any `executing`, then `succeeded` or `failed`. */
+export type ReplyState = "accepted" | "executing" | "succeeded" | "failed";
+export const FINAL_STATES: ReadonlySet<string> = new Set(["succeeded", "failed"]);
+
+export interface ReplyBody {
+  id?: string;
+  command: string;
+  device: string;
+  state: ReplyState;
+  result?: unknown;
+  progress?: unknown;
+  error?: { code: string; message: string };
+}

@@ -2,7 +2,8 @@
 # Installs the Debian packages that the build and the tests need, if any is missing:
 #   build: binutils (strip) and binutils-aarch64-linux-gnu (strip for arm64), xz-utils
 #   tests: mosquitto (the broker, mosquitto_passwd), openssl (test CA), qemu-user and the arm64 runtime
-#          libraries (to run the arm64 binary), python3-paho-mqtt (an independent MQTT peer)
+#          libraries (to run the arm64 binary), python3-paho-mqtt and python3-cryptography (an independent
+#          operator that signs commands)
 # As root it runs apt-get; otherwise it prints the command to run and fails.
 set -euo pipefail
 
@@ -18,6 +19,7 @@ declare -A need=(
   [libstdc++6-arm64-cross]=/usr/aarch64-linux-gnu/lib/libstdc++.so.6
   [libgcc-s1-arm64-cross]=/usr/aarch64-linux-gnu/lib/libgcc_s.so.1
   [python3-paho-mqtt]=/usr/lib/python3/dist-packages/paho
+  [python3-cryptography]=/usr/lib/python3/dist-packages/cryptography
 )
 
 missing=()

@@ -236,7 +236,7 @@ describe("envelope and keys", () => {
     for (const text of [ops.publicText, ops.publicText.slice("ed25519:".length), pem]) {
       assert.equal(parsePublicKey(text).asymmetricKeyType, "ed25519");
     }
-    for (const text of ["ed25519:abc", "", "ed25519:" + "A".repeat(60)]) {
+    for (const text of ["ed25519:abc", "", `ed25519:${"A".repeat(60)}`]) {
       assert.throws(() => parsePublicKey(text), { code: "KEY_INVALID" });
     }
   });

@@ -1,0 +1,117 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { stringify } from "yaml";
+import { ConfigStore, type Snapshot } from "../../src/config/store.ts";
+
+function setup(config: Record<string, unknown> = {}) {
+  const dir = mkdtempSync(join(tmpdir(), "outpost-store-"));
+  const path = join(dir, "config.yaml");
+  const write = (c: Record<string, unknown>) =>
+    writeFileSync(path, stringify({ device: { id: "d1" }, state: { dir: join(dir, "state") }, ...c }));
+  write(config);
+  const open = (env: Record<string, string> = {}) => new ConfigStore({ path, env, hostname: "h" });
+  return { dir, path, write, open };
+}
+
+test("a valid file change becomes the next immutable snapshot; listeners see old and new", () => {
+  const s = setup({ telemetry: { interval: "10s" } });
+  const store = s.open();
+  const seen: [Snapshot, Snapshot][] = [];
+  store.on("change", (next, previous) => seen.push([next, previous]));
+  const first = store.current();
+  s.write({ telemetry: { interval: "2s" }, log: { level: "debug" } });
+  const result = store.reload("test");
+  assert.equal(result.ok, true);
+  assert.deepEqual(result.ok && result.changed, ["log.level", "telemetry.interval"]);
+  assert.equal(store.current().version, 2);
+  assert.equal(store.current().config.telemetry.interval, "2s");
+  assert.equal(first.config.telemetry.interval, "10s", "the old snapshot is unchanged");
+  assert.ok(Object.isFrozen(store.current().config.telemetry));
+  assert.equal(seen.length, 1);
+  assert.equal(seen[0]?.[1], first);
+});
+
+test("an invalid change keeps the current snapshot and reports every problem with its source", () => {
+  const s = setup();
+  const store = s.open();
+  const before = store.current();
+  s.write({ telemetry: { interval: "soon" }, bogus: 1 });
+  const result = store.reload("test");
+  assert.equal(result.ok, false);
+  assert.deepEqual(!result.ok && result.problems.map((p) => p.path).sort(), ["bogus", "telemetry.interval"]);
+  assert.ok(!result.ok && result.problems.every((p) => p.source === `in ${s.path}`));
+  assert.equal(store.current(), before);
+});
+
+test("an unchanged reload is not a new version", () => {
+  const s = setup();
+  const store = s.open();
+  assert.equal(store.reload("test").ok, true);
+  assert.equal(store.current().version, 1);
+});
+
+test("config.set merges a patch, stores it, and survives a restart; null removes a key", () => {
+  const s = setup({ telemetry: { interval: "10s" } });
+  const store = s.open();
+  const result = store.patch({ telemetry: { interval: "3s" }, outbox: { window: 8 } });
+  assert.equal(result.ok, true);
+  assert.deepEqual(result.ok && result.restartRequired, ["outbox.window"]);
+  const stored = JSON.parse(readFileSync(join(s.dir, "state", "config-overrides.json"), "utf8"));
+  assert.deepEqual(stored, { telemetry: { interval: "3s" }, outbox: { window: 8 } });
+
+  const restarted = s.open();
+  assert.equal(restarted.current().config.telemetry.interval, "3s");
+  assert.deepEqual(restarted.restartRequired(), []);
+  restarted.patch({ telemetry: { interval: null } });
+  assert.equal(restarted.current().config.telemetry.interval, "10s", "back to the file's value");
+});
+
+test("the environment wins over config.set, which wins over the file", () => {
+  const s = setup({ telemetry: { interval: "10s", collectorTimeout: "1s" } });
+  const store = s.open({ OUTPOST_TELEMETRY__INTERVAL: "7s" });
+  store.patch({ telemetry: { interval: "3s", collectorTimeout: "3s" } });
+  assert.equal(store.current().config.telemetry.interval, "7s");
+  assert.equal(store.current().config.telemetry.collectorTimeout, "3s");
+});
+
+test("config.set refuses local-only keys and invalid values, naming the path and storing nothing", () => {
+  const s = setup();
+  const store = s.open();
+  for (const patch of [{ mqtt: { url: "mqtt://elsewhere:1883" } }, { state: { dir: "/tmp" } }, { telemetry: { interval: 5 } }]) {
+    const result = store.patch(patch as Record<string, unknown>);
+    assert.equal(result.ok, false);
+    assert.match(result.ok ? "" : (result.problems[0]?.path ?? ""), /^(mqtt\.url|state\.dir|telemetry\.interval)$/);
+  }
+  assert.equal(store.current().version, 1);
+  assert.throws(() => readFileSync(join(s.dir, "state", "config-overrides.json")));
+});
+
+test("a SIGHUP reload and a config.set in the same turn both land, one version each, none half-applied", async () => {
+  const s = setup({ log: { level: "info" } });
+  const store = s.open();
+  const versions: number[] = [];
+  store.on("change", (next) => versions.push(next.version));
+  s.write({ log: { level: "debug" } });
+  // Both started together, as a signal handler and a message handler would be.
+  await Promise.all([
+    Promise.resolve().then(() => store.reload("SIGHUP")),
+    Promise.resolve().then(() => store.patch({ telemetry: { interval: "4s" } })),
+  ]);
+  const { config, version } = store.current();
+  assert.equal(config.log.level, "debug");
+  assert.equal(config.telemetry.interval, "4s");
+  assert.equal(version, 3);
+  assert.deepEqual(versions, [2, 3]);
+});
+
+test("stored overrides that no longer validate are ignored at start, and reported", () => {
+  const s = setup();
+  s.open().patch({ telemetry: { interval: "3s" } });
+  writeFileSync(join(s.dir, "state", "config-overrides.json"), JSON.stringify({ telemetry: { interval: "never" } }));
+  const store = s.open();
+  assert.equal(store.current().config.telemetry.interval, "10s");
+  assert.equal(store.overrideProblems[0]?.path, "telemetry.interval");
+});

@@ -1,0 +1,160 @@
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { AgentProcess, ROOT } from "../helpers/agent-process.ts";
+import { Mosquitto } from "../helpers/mosquitto.ts";
+import { type Received, Watch } from "../helpers/mqtt-watch.ts";
+
+const PREFIX = "outpost/v1";
+const BIN = join(ROOT, "dist", "outpost-linux-x64");
+
+interface Ran {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the built binary to completion. */
+function outpost(args: string[], env: Record<string, string> = {}): Promise<Ran> {
+  return new Promise((resolve) => {
+    execFile(BIN, args, { env: { PATH: process.env.PATH ?? "", ...env }, timeout: 30_000 }, (err, stdout, stderr) => {
+      const code = err ? ((err as { code?: unknown }).code as number) : 0;
+      resolve({ code: typeof code === "number" ? code : 1, stdout, stderr });
+    });
+  });
+}
+
+const online = (id: string) => (m: Received) => m.topic === `${PREFIX}/${id}/status` && m.json.state === "online";
+
+describe("outpost ctl and keygen, the built x64 binary against a real mosquitto", () => {
+  let broker: Mosquitto;
+  let watch: Watch;
+  let dir: string;
+  let agent: AgentProcess;
+  let call: (device: string, command: string, params?: unknown, extra?: string[]) => Promise<Ran>;
+
+  before(async () => {
+    assert.ok(existsSync(BIN), `${BIN} is missing: run npm run build first`);
+    broker = await Mosquitto.start();
+    watch = await Watch.open(broker.port, [`${PREFIX}/#`]);
+    dir = mkdtempSync(join(tmpdir(), "outpost-ctl-"));
+    const keygen = await outpost(["keygen", "--out", join(dir, "ops")]);
+    assert.equal(keygen.code, 0, keygen.stderr);
+    const pub = readFileSync(join(dir, "ops.pub"), "utf8").trim();
+    agent = AgentProcess.run([BIN], {
+      device: { id: "dev-e2e" },
+      mqtt: { url: `mqtt://127.0.0.1:${broker.port}` },
+      telemetry: { interval: "500ms" },
+      commands: { trustedKeys: [{ name: "ops", key: pub, allow: ["*"] }] },
+    });
+    await watch.waitFor(online("dev-e2e"), 20_000, "dev-e2e online");
+    // Broker and key from the environment, as an operator's shell profile would set them.
+    const env = { OUTPOST_CTL_BROKER: `mqtt://127.0.0.1:${broker.port}`, OUTPOST_CTL_KEY: join(dir, "ops.key") };
+    call = (device, command, params, extra = []) =>
+      outpost(["ctl", "call", device, command, ...(params === undefined ? [] : ["--params", JSON.stringify(params)]), ...extra], env);
+  });
+  after(async () => {
+    await agent.cleanup();
+    await watch.close();
+    await broker.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("keygen writes a private key only its owner can read and a one-line public key", () => {
+    assert.equal(statSync(join(dir, "ops.key")).mode & 0o777, 0o600);
+    assert.match(readFileSync(join(dir, "ops.pub"), "utf8"), /^ed25519:[A-Za-z0-9+/]{43}=\n$/);
+  });
+
+  it("ping", async () => {
+    const r = await call("dev-e2e", "ping");
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout), { pong: true });
+  });
+
+  it("describe", async () => {
+    const r = await call("dev-e2e", "describe");
+    assert.equal(r.code, 0, r.stderr);
+    const d = JSON.parse(r.stdout);
+    assert.equal(d.device, "dev-e2e");
+    assert.equal(d.arch, "x64");
+    assert.match(d.version, /^\d+\.\d+\.\d+/);
+    assert.ok(d.capabilities.commands.includes("restart"));
+    assert.equal(d.config.version, 1);
+    assert.match(d.config.hash, /^[0-9a-f]{64}$/);
+    assert.ok(d.uptime.agentMs > 0);
+  });
+
+  it("telemetry.now", async () => {
+    const r = await call("dev-e2e", "telemetry.now");
+    assert.equal(r.code, 0, r.stderr);
+    const t = JSON.parse(r.stdout);
+    assert.equal(typeof t.metrics.cpu.load, "number");
+    assert.equal(typeof t.metrics.memory.total, "number");
+  });
+
+  it("config.get, with and without a path", async () => {
+    const all = await call("dev-e2e", "config.get");
+    assert.equal(all.code, 0, all.stderr);
+    assert.equal(JSON.parse(all.stdout).config.device.id, "dev-e2e");
+    const one = await call("dev-e2e", "config.get", { path: "telemetry.interval" });
+    assert.equal(JSON.parse(one.stdout).value, "500ms");
+  });
+
+  it("config.set applies, reports restart-only keys, and refuses bad params naming the path", async () => {
+    const r = await call("dev-e2e", "config.set", { patch: { telemetry: { interval: "2s" }, outbox: { window: 16 } } });
+    assert.equal(r.code, 0, r.stderr);
+    const set = JSON.parse(r.stdout);
+    assert.deepEqual(set.changed, ["outbox.window", "telemetry.interval"]);
+    assert.deepEqual(set.restartRequired, ["outbox.window"]);
+    const bad = await call("dev-e2e", "config.set", { patch: { telemetry: { interval: "fast" } } });
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /dev-e2e: BAD_PARAMS: params\.patch\.telemetry\.interval: expected a duration/);
+    const after = await call("dev-e2e", "config.get", { path: "telemetry.interval" });
+    assert.equal(JSON.parse(after.stdout).value, "2s");
+  });
+
+  it("log.level, and BAD_PARAMS for a level that does not exist", async () => {
+    const r = await call("dev-e2e", "log.level", { level: "debug" });
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout), { previous: "info", level: "debug" });
+    await agent.waitForLog("telemetry sampled", 10_000);
+    const bad = await call("dev-e2e", "log.level", { level: "loud" });
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /BAD_PARAMS: params\.level/);
+  });
+
+  it("an unknown command and a missing device fail with their code and exit 1", async () => {
+    const unknown = await call("dev-e2e", "self-destruct");
+    assert.equal(unknown.code, 1);
+    assert.match(unknown.stderr, /UNKNOWN_COMMAND/);
+    const nobody = await call("dev-nobody", "ping", undefined, ["--timeout", "500ms"]);
+    assert.equal(nobody.code, 1);
+    assert.match(nobody.stderr, /TIMEOUT: no reply from dev-nobody/);
+  });
+
+  it("ctl devices lists the device from its retained status; ctl watch shows its telemetry", async () => {
+    const env = { OUTPOST_CTL_BROKER: `mqtt://127.0.0.1:${broker.port}` };
+    const list = await outpost(["ctl", "devices", "--json", "--wait", "300ms"], env);
+    assert.equal(list.code, 0, list.stderr);
+    const rows = list.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    assert.deepEqual(
+      rows.map((r) => [r.id, r.state]),
+      [["dev-e2e", "online"]],
+    );
+    const watched = await outpost(["ctl", "watch", "dev-e2e", "--count", "2"], env);
+    assert.equal(watched.code, 0, watched.stderr);
+    assert.match(watched.stdout, /telemetry dev-e2e seq=\d+ cpu=/);
+  });
+
+  it("restart: the reply arrives, the agent drains and exits 75 for systemd to start it again", async () => {
+    const r = await call("dev-e2e", "restart", { delay: 0 });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(JSON.parse(r.stdout).restarting, true);
+    const exit = await agent.exited;
+    assert.equal(exit.code, 75);
+    assert.ok(watch.items.some((m) => m.topic === `${PREFIX}/dev-e2e/status` && m.json.state === "offline"));
+  });
+});

@@ -2,30 +2,37 @@
 // same run as the same figure for a bare Node process, so the agent's overhead reads as a ratio.
 import { execFileSync, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import type { Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import mqtt from "mqtt";
 import { pino } from "pino";
+import { verifyEnvelope } from "../src/commands/envelope.ts";
+import { parsePublicKey } from "../src/commands/keys.ts";
 import { systemClock } from "../src/core/clock.ts";
 import { Outbox } from "../src/outbox/outbox.ts";
 import { AgentProcess, ROOT } from "../test/helpers/agent-process.ts";
+import { harness, request, sign } from "../test/helpers/commands.ts";
 import { testLink } from "../test/helpers/link.ts";
 import { Mosquitto } from "../test/helpers/mosquitto.ts";
 import { Watch } from "../test/helpers/mqtt-watch.ts";
+import { Operator } from "../test/helpers/operator.ts";
 
 const { values } = parseArgs({
   options: {
     idle: { type: "string", default: "60" },
     runs: { type: "string", default: "5" },
     backlog: { type: "string", default: "100000" },
-    only: { type: "string", default: "sizes,startup,idle,outbox" },
+    only: { type: "string", default: "sizes,startup,idle,outbox,commands" },
+    calls: { type: "string", default: "1000" },
   },
 });
 const IDLE_SECONDS = Number(values.idle);
 const RUNS = Number(values.runs);
 const BACKLOG = Number(values.backlog);
 const ONLY = new Set(values.only.split(","));
+const CALLS = Number(values.calls);
 const WINDOW = 20; // mosquitto's default receive maximum, which the outbox honours
 const BIN = join(ROOT, "dist", "outpost-linux-x64");
 const NODE = process.execPath;
@@ -301,6 +308,100 @@ async function outboxRows(broker: Mosquitto): Promise<void> {
   }
 }
 
+function percentile(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? Number.NaN;
+}
+
+/**
+ * Command round trip through mosquitto: the built agent answering signed pings from an in-process operator,
+ * against a bare MQTT.js responder that echoes each request on its response topic (no signature, no outbox,
+ * no replay record). Then the device-side cost per command, in-process.
+ */
+async function commandRows(broker: Mosquitto, watch: Watch): Promise<void> {
+  const operator = await Operator.open(broker.port);
+  const agent = AgentProcess.run([BIN], {
+    device: { id: "bench-cmd" },
+    mqtt: { url: `mqtt://127.0.0.1:${broker.port}` },
+    telemetry: { interval: "10s" },
+    log: { level: "warn" },
+    commands: { trustedKeys: [{ name: "bench", key: operator.key.publicText, allow: ["*"] }] },
+  });
+  const echo = await mqtt.connectAsync({ host: "127.0.0.1", port: broker.port, protocolVersion: 5 });
+  (echo.stream as Partial<Socket>).setNoDelay?.(true);
+  try {
+    await watch.waitFor(
+      (m) => m.topic === "outpost/v1/bench-cmd/status" && m.json.state === "online",
+      20_000,
+      "online",
+    );
+    const agentMs: number[] = [];
+    for (let i = 0; i < CALLS + 50; i++) {
+      const t0 = performance.now();
+      const result = await operator.call("bench-cmd", "ping");
+      if (result.finals[0]?.state !== "succeeded") throw new Error(`ping ${i} failed`);
+      if (i >= 50) agentMs.push(performance.now() - t0);
+    }
+
+    echo.on("message", (_topic, payload, packet) => {
+      const p = packet.properties;
+      if (!p?.responseTopic) return;
+      const envelope = JSON.parse(payload.toString()) as { payload: string };
+      const id = (JSON.parse(envelope.payload) as { id: string }).id;
+      const body = JSON.stringify({ id, device: "bench-echo", state: "succeeded", result: { pong: true } });
+      echo.publish(p.responseTopic, body, { qos: 1, properties: { correlationData: p.correlationData } });
+    });
+    await echo.subscribeAsync("outpost/v1/bench-echo/cmd/+", { qos: 1 });
+    const bareMs: number[] = [];
+    for (let i = 0; i < CALLS + 50; i++) {
+      const t0 = performance.now();
+      const result = await operator.call("bench-echo", "ping");
+      if (result.finals[0]?.state !== "succeeded") throw new Error(`echo ${i} failed`);
+      if (i >= 50) bareMs.push(performance.now() - t0);
+    }
+    for (const p of [50, 99]) {
+      rows.push({
+        metric: `command round trip p${p} (ping, ${CALLS} calls)`,
+        outpost: percentile(agentMs, p),
+        bare: percentile(bareMs, p),
+        unit: "ms",
+        note: "signed request, accepted + succeeded replies via the outbox; bare = MQTT.js echo",
+      });
+    }
+  } finally {
+    await echo.endAsync(true);
+    await agent.cleanup();
+    await operator.close();
+  }
+
+  const h = harness();
+  const envelope = sign(h.ops, request({ command: "probe" }, Date.now()));
+  const key = parsePublicKey(h.ops.publicText);
+  const n = 5000;
+  let t0 = performance.now();
+  for (let i = 0; i < n; i++) verifyEnvelope(envelope, key);
+  rows.push({
+    metric: "ed25519 signature verification",
+    outpost: ((performance.now() - t0) * 1000) / n,
+    unit: "us/command",
+  });
+
+  h.clock.advance(0);
+  const signed = Array.from({ length: 1000 }, () =>
+    Buffer.from(JSON.stringify(sign(h.ops, request({ command: "probe" }, h.clock.now())))),
+  );
+  t0 = performance.now();
+  for (const payload of signed) h.bus.emit("message", "outpost/v1/dev-1/cmd/probe", payload, {});
+  await h.settle();
+  rows.push({
+    metric: "device-side handling of one signed command",
+    outpost: ((performance.now() - t0) * 1000) / signed.length,
+    unit: "us/command",
+    note: "parse, key lookup, verify, checks, fsynced replay record, run, two replies",
+  });
+  h.replay.close();
+}
+
 function print(): void {
   const header = ["metric", "outpost", "bare node", "ratio", "unit", "note"];
   const table = rows.map((r) => [
@@ -326,6 +427,7 @@ async function main(): Promise<void> {
     if (ONLY.has("startup")) await startup(broker, watch);
     if (ONLY.has("idle")) await idle(broker, watch);
     if (ONLY.has("outbox")) await outboxRows(broker);
+    if (ONLY.has("commands")) await commandRows(broker, watch);
   } finally {
     await watch.close();
     await broker.stop();

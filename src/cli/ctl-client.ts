@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
+import type { Socket } from "node:net";
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
 import { type CommandRequest, FINAL_STATES, newRequest, type ReplyBody, signPayload } from "../commands/envelope.ts";
 import { OutpostError } from "../core/errors.ts";
@@ -36,15 +37,17 @@ export async function connectBroker(o: BrokerOptions): Promise<MqttClient> {
     ...(o.cert ? { cert: readFileSync(o.cert) } : {}),
     ...(o.key ? { key: readFileSync(o.key) } : {}),
   };
+  let client: MqttClient;
   try {
-    return await mqtt.connectAsync({ ...base, protocolVersion: o.protocolVersion ?? 5 });
+    client = await mqtt.connectAsync({ ...base, protocolVersion: o.protocolVersion ?? 5 });
   } catch (err) {
     const code = (err as { code?: unknown }).code;
-    if (o.protocolVersion === undefined && typeof code === "number" && PROTOCOL_REFUSED.has(code)) {
-      return await mqtt.connectAsync({ ...base, protocolVersion: 4 });
-    }
-    throw err;
+    if (!(o.protocolVersion === undefined && typeof code === "number" && PROTOCOL_REFUSED.has(code))) throw err;
+    client = await mqtt.connectAsync({ ...base, protocolVersion: 4 });
   }
+  // MQTT.js leaves Nagle on: every request/reply would wait about 40 ms for a delayed ACK.
+  (client.stream as Partial<Socket> | undefined)?.setNoDelay?.(true);
+  return client;
 }
 
 export interface Signer {

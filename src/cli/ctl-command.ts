@@ -192,6 +192,7 @@ async function watch(host: Host, args: string[]): Promise<number> {
   const tty = host.stdout.isTTY === true && !values.json;
   const seen = new Map<string, DeviceView>();
   const header = [`outpost ctl watch ${o.url} (${o.prefix})      Ctrl-C stops`];
+  let lost = false;
   await withClient(o, async (client) => {
     let telemetry = 0;
     let finish: () => void = () => {};
@@ -216,13 +217,22 @@ async function watch(host: Host, args: string[]): Promise<number> {
         host.stderr.write(`outpost: ${topic}: ${errorMessage(err)}\n`);
       }
     });
-    client.on("close", () => finish());
+    let ended = false;
+    client.on("close", () => {
+      lost = !ended;
+      finish();
+    });
     await client.subscribeAsync(
       targets.flatMap((d) => [`${o.prefix}/${d}/status`, `${o.prefix}/${d}/telemetry`]),
       { qos: 0 },
     );
     await Promise.race([finished, host.stopRequested]);
+    ended = true;
   });
+  if (lost) {
+    host.stderr.write(`outpost: the connection to ${o.url} was closed\n`);
+    return EXIT.FAILURE;
+  }
   return EXIT.OK;
 }
 

@@ -29,7 +29,7 @@ export function builtinCommands(host: BuiltinHost): CommandDefinition[] {
     name: string,
     params: S,
     run: (params: z.output<S>) => unknown,
-  ): CommandDefinition => ({ name, params, run: (p) => run(params.parse(p)) });
+  ): CommandDefinition => ({ name, params, run: (p) => run(p as z.output<S>) });
 
   return [
     define("ping", noParams, () => ({ pong: true })),

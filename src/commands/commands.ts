@@ -55,6 +55,7 @@ export interface RunContext {
 export interface CommandDefinition {
   name: string;
   params: z.ZodType;
+  /** Runs with params already checked against `params`; the value returned is the result. */
   run(params: unknown, context: RunContext): unknown;
 }
 
@@ -89,6 +90,8 @@ export const REJECTIONS = [
   "BUSY",
 ] as const;
 export type Rejection = (typeof REJECTIONS)[number];
+
+const MAX_REMEMBERED = 100_000;
 
 class Refused extends Error {
   readonly code: Rejection;
@@ -152,6 +155,8 @@ export class Commands implements Component {
   /** Stops intake and waits for the commands that are running. */
   readonly stop = once(async () => {
     this.o.source.off("message", this.onMessage);
+    // Running commands see their signal abort; the drain waits for them (bounded by shutdown.deadline).
+    this.controller.abort();
     await Promise.allSettled([...this.running]);
   });
 
@@ -244,9 +249,9 @@ export class Commands implements Component {
       const replayed = this.o.replay.check(id, request.nonce, now);
       if (replayed)
         throw new Refused(replayed, `request ${replayed === "NONCE_REPLAYED" ? "nonce" : "id"} seen before`, id);
-      const definition = this.definition(route.name, params, id);
+      const checked = this.definition(route.name, params, id);
       this.o.replay.remember(id, request.nonce, expires);
-      return { id, definition, params: definition.params.parse(params), key };
+      return { id, ...checked, key };
     }
     if (!policy.allowUnsigned) {
       const maybeId = (raw as { id?: unknown } | null)?.id;
@@ -260,12 +265,13 @@ export class Commands implements Component {
     if (!parsed.success) throw new Refused("BAD_REQUEST", describe(parsed.error));
     ({ id, params } = parsed.data);
     if (this.o.replay.check(id, undefined, now)) throw new Refused("REQUEST_REPLAYED", "request id seen before", id);
-    const definition = this.definition(route.name, params, id);
+    const checked = this.definition(route.name, params, id);
     this.o.replay.remember(id, undefined, now + policy.maxValidityMs);
-    return { id, definition, params: definition.params.parse(params) };
+    return { id, ...checked };
   }
 
-  private definition(name: string, params: unknown, id: string): CommandDefinition {
+  /** The command and its checked params, if it may run now. */
+  private definition(name: string, params: unknown, id: string): { definition: CommandDefinition; params: unknown } {
     const definition = this.definitions.get(name);
     if (!definition) throw new Refused("UNKNOWN_COMMAND", `no command ${JSON.stringify(name)}`, id);
     const checked = definition.params.safeParse(params);
@@ -273,7 +279,12 @@ export class Commands implements Component {
     if (this.running.size >= (this.o.maxConcurrent ?? 4)) {
       throw new Refused("BUSY", "too many commands running; try again", id);
     }
-    return definition;
+    // Entries leave only when their request expires: a flood of accepted requests must not grow memory
+    // without end.
+    if (this.o.replay.size >= MAX_REMEMBERED) {
+      throw new Refused("BUSY", "too many recent requests to remember; try again later", id);
+    }
+    return { definition, params: checked.data };
   }
 
   private verified(

@@ -54,7 +54,17 @@ describe("outpost ctl and keygen, the built x64 binary against a real mosquitto"
     // Broker and key from the environment, as an operator's shell profile would set them.
     const env = { OUTPOST_CTL_BROKER: `mqtt://127.0.0.1:${broker.port}`, OUTPOST_CTL_KEY: join(dir, "ops.key") };
     call = (device, command, params, extra = []) =>
-      outpost(["ctl", "call", device, command, ...(params === undefined ? [] : ["--params", JSON.stringify(params)]), ...extra], env);
+      outpost(
+        [
+          "ctl",
+          "call",
+          device,
+          command,
+          ...(params === undefined ? [] : ["--params", JSON.stringify(params)]),
+          ...extra,
+        ],
+        env,
+      );
   });
   after(async () => {
     await agent.cleanup();
@@ -139,7 +149,10 @@ describe("outpost ctl and keygen, the built x64 binary against a real mosquitto"
     const env = { OUTPOST_CTL_BROKER: `mqtt://127.0.0.1:${broker.port}` };
     const list = await outpost(["ctl", "devices", "--json", "--wait", "300ms"], env);
     assert.equal(list.code, 0, list.stderr);
-    const rows = list.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    const rows = list.stdout
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
     assert.deepEqual(
       rows.map((r) => [r.id, r.state]),
       [["dev-e2e", "online"]],

@@ -1,6 +1,6 @@
-import { connectBroker, Caller, type CallOptions, type CallResult } from "../../src/cli/ctl-client.ts";
 import type { MqttClient } from "mqtt";
-import { operatorKey, type OperatorKey } from "./commands.ts";
+import { Caller, type CallOptions, type CallResult, connectBroker } from "../../src/cli/ctl-client.ts";
+import { type OperatorKey, operatorKey } from "./commands.ts";
 
 export const PREFIX = "outpost/v1";
 

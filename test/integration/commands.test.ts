@@ -79,13 +79,26 @@ describe("remote commands against a real mosquitto", () => {
   it("refuses a valid signature over changed params, unsigned, other-device and not-allowed requests", async () => {
     const before = await interval();
     const envelope = signPayload(
-      JSON.stringify(request({ command: "config.set", device: "dev-cmd", params: { patch: { telemetry: { interval: "9s" } } } }, Date.now())),
+      JSON.stringify(
+        request(
+          { command: "config.set", device: "dev-cmd", params: { patch: { telemetry: { interval: "9s" } } } },
+          Date.now(),
+        ),
+      ),
       ops.privateKey,
       ops.publicText,
     );
     const cases: [string, string, string][] = [
-      ["config.set", JSON.stringify({ ...envelope, payload: envelope.payload.replace('"9s"', '"8s"') }), "SIGNATURE_INVALID"],
-      ["config.set", JSON.stringify({ id: "plain", params: { patch: { telemetry: { interval: "8s" } } } }), "COMMAND_UNSIGNED"],
+      [
+        "config.set",
+        JSON.stringify({ ...envelope, payload: envelope.payload.replace('"9s"', '"8s"') }),
+        "SIGNATURE_INVALID",
+      ],
+      [
+        "config.set",
+        JSON.stringify({ id: "plain", params: { patch: { telemetry: { interval: "8s" } } } }),
+        "COMMAND_UNSIGNED",
+      ],
       [
         "config.set",
         JSON.stringify(
@@ -101,7 +114,12 @@ describe("remote commands against a real mosquitto", () => {
         "config.set",
         JSON.stringify(
           signPayload(
-            JSON.stringify(request({ command: "config.set", device: "dev-cmd", params: { patch: { telemetry: { interval: "8s" } } } }, Date.now())),
+            JSON.stringify(
+              request(
+                { command: "config.set", device: "dev-cmd", params: { patch: { telemetry: { interval: "8s" } } } },
+                Date.now(),
+              ),
+            ),
             viewer.privateKey,
             viewer.publicText,
           ),
@@ -141,9 +159,15 @@ describe("remote commands against a real mosquitto", () => {
       [peer, "127.0.0.1", String(broker.port), PREFIX, "dev-cmd", "describe", keyFile, ops.publicText],
       { timeout: 30_000 },
     );
-    const replies = stdout.trim().split("\n").map((line) => JSON.parse(line) as Record<string, unknown>);
-    assert.deepEqual(replies.map((r) => r.state), ["accepted", "succeeded"]);
-    assert.equal((replies[1]?.result as { device: string }).device, "dev-cmd");
+    const replies = stdout
+      .trim()
+      .split("\n")
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
+    assert.deepEqual(
+      replies.map((r) => r.state),
+      ["accepted", "succeeded"],
+    );
+    assert.equal((replies[1]?.result as { device?: string } | undefined)?.device, "dev-cmd");
   });
 });
 
@@ -167,7 +191,8 @@ describe("hot reload", () => {
     const base = config(broker.port, "dev-hot", { telemetry: { interval: "1s" } });
     const agent = AgentProcess.run(sourceCommand(), base);
     const file = join(agent.dir, "config.yaml");
-    const write = (c: Record<string, unknown>) => writeFileSync(file, stringify({ state: { dir: join(agent.dir, "state") }, ...c }));
+    const write = (c: Record<string, unknown>) =>
+      writeFileSync(file, stringify({ state: { dir: join(agent.dir, "state") }, ...c }));
     try {
       const status = await watch.waitFor(online("dev-hot"), 15_000, "online");
       const session = status.json.session as string;
@@ -191,7 +216,12 @@ describe("hot reload", () => {
       const refusal = JSON.parse(await agent.waitForLog("configuration change refused; keeping the current one"));
       assert.match(String(refusal.problems), /telemetry\.interval: expected a duration/);
       const kept = (await operator.final("dev-hot", "config.get", { path: "telemetry.interval" })).result;
-      assert.deepEqual(kept, { version: 2, hash: (kept as { hash: string }).hash, path: "telemetry.interval", value: "100ms" });
+      assert.deepEqual(kept, {
+        version: 2,
+        hash: (kept as { hash: string }).hash,
+        path: "telemetry.interval",
+        value: "100ms",
+      });
       assert.equal(watch.items.filter(online("dev-hot")).at(-1)?.json.session, session, "never restarted");
     } finally {
       await agent.cleanup();
@@ -224,7 +254,9 @@ describe("hot reload", () => {
       const applied = agent.logs().filter((l) => l.msg === "configuration applied");
       assert.equal(got.version, 1 + applied.length);
       assert.deepEqual(applied.at(-1)?.version, got.version);
-      const described = (await operator.final("dev-race", "describe")).result as { config: { version: number; hash: string } };
+      const described = (await operator.final("dev-race", "describe")).result as {
+        config: { version: number; hash: string };
+      };
       assert.deepEqual(described.config, { version: got.version, hash: got.hash, restartRequired: [] });
       const status = await watch.waitFor(
         (m) => online("dev-race")(m) && m.json.configVersion === got.version,

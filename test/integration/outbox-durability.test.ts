@@ -286,7 +286,12 @@ describe("durable outbox against a real mosquitto", () => {
   }
 
   it("answers a command before a 50,000-message backlog has drained", async () => {
-    const port = await freePort();
+    // The broker and the test's subscribers are up before the agent may connect: it dials through a proxy that
+    // holds every connection until the backlog is loaded, so no message can beat the subscriptions.
+    const broker = await Mosquitto.start({ extra: ["max_queued_messages 0"] });
+    const proxy = await FaultProxy.start(broker.port);
+    proxy.blackhole();
+    const port = proxy.port;
     // A backlog left by an earlier run: 50,000 stored messages in the agent's state directory.
     const dir = mkdtempSync(join(tmpdir(), "outpost-agent-"));
     const seed = new Outbox({
@@ -313,21 +318,19 @@ describe("durable outbox against a real mosquitto", () => {
       {},
       dir,
     );
-    let broker: Mosquitto | undefined;
-    let watch: Watch | undefined;
-    let caller: Watch | undefined;
-    const backlog = () => watch?.items.length ?? 0;
+    const watch = await Watch.open(broker.port, [`${PREFIX}/dev-busy/events/test-backlog`]);
+    const replyTopic = `${PREFIX}/_ctl/test/reply`;
+    const caller = await Watch.open(broker.port, [replyTopic]);
+    const backlog = () => watch.items.length;
     try {
       await agent.waitForLog("outbox: resuming stored messages", 30_000);
-      broker = await Mosquitto.start({ port, extra: ["max_queued_messages 0"] });
-      watch = await Watch.open(port, [`${PREFIX}/dev-busy/events/test-backlog`]);
-      caller = await Watch.open(port, ["replies/ping"]);
+      proxy.heal();
       await watch.waitFor(() => true, 30_000, "the backlog starts arriving");
       await caller.client.publishAsync(`${PREFIX}/dev-busy/cmd/ping`, JSON.stringify({ id: "p-1" }), {
         qos: 1,
-        properties: { responseTopic: "replies/ping", correlationData: Buffer.from("corr-1") },
+        properties: { responseTopic: replyTopic, correlationData: Buffer.from("corr-1") },
       });
-      const reply = await caller.waitFor((m) => m.topic === "replies/ping", 30_000, "the ping reply");
+      const reply = await caller.waitFor((m) => m.json.state === "succeeded", 30_000, "the ping reply");
       const backlogAtReply = backlog();
       assert.equal(reply.json.state, "succeeded");
       assert.equal(reply.json.id, "p-1");
@@ -335,9 +338,10 @@ describe("durable outbox against a real mosquitto", () => {
       await watch.waitFor(() => backlog() >= 50_000, 120_000, "the rest of the backlog");
     } finally {
       await agent.cleanup();
-      await caller?.close();
-      await watch?.close();
-      await broker?.stop();
+      await caller.close();
+      await watch.close();
+      await proxy.close();
+      await broker.stop();
     }
   });
 

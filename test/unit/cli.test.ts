@@ -53,10 +53,37 @@ describe("command line", () => {
     assert.equal((await run(["config"])).code, 64);
     assert.equal((await run(["config", "validate"])).code, 64);
     assert.equal((await run(["demo", "--port", "99999"])).code, 64);
+    assert.equal((await run(["keygen"])).code, 64);
+    assert.equal((await run(["ctl"])).code, 64);
+    assert.equal((await run(["ctl", "call", "dev-1"])).code, 64);
+    const noKey = await run(["ctl", "call", "dev-1", "ping"]);
+    assert.equal(noKey.code, 64);
+    assert.match(noKey.err, /--key FILE \(or OUTPOST_CTL_KEY\) is needed to sign/);
+    assert.equal((await run(["ctl", "call", "dev-1", "ping", "--unsigned", "--params", "{x"])).code, 64);
+    assert.equal((await run(["ctl", "call", "dev-1", "ping", "--unsigned", "--timeout", "soon"])).code, 64);
+    assert.equal((await run(["ctl", "devices", "--broker", "http://x"])).code, 64);
+  });
+
+  it("keygen writes a key pair once and refuses to overwrite it without --force", async () => {
+    const prefix = join(dir, "ops");
+    const first = await run(["keygen", "--out", prefix]);
+    assert.equal(first.code, 0, first.err);
+    assert.match(first.out, /ops\.pub: ed25519:[A-Za-z0-9+/]{43}=/);
+    const again = await run(["keygen", "--out", prefix]);
+    assert.equal(again.code, 64);
+    assert.match(again.err, /exist \(--force overwrites\)/);
+    assert.equal((await run(["keygen", "--out", prefix, "--force"])).code, 0);
   });
 
   it("has help for each command", async () => {
-    for (const argv of [["--help"], ["run", "--help"], ["demo", "--help"], ["config", "--help"]]) {
+    for (const argv of [
+      ["--help"],
+      ["run", "--help"],
+      ["demo", "--help"],
+      ["config", "--help"],
+      ["ctl", "--help"],
+      ["keygen", "--help"],
+    ]) {
       const { code, out } = await run(argv);
       assert.equal(code, 0, argv.join(" "));
       assert.match(out, /^Usage: outpost/);

@@ -80,7 +80,11 @@ test("the environment wins over config.set, which wins over the file", () => {
 test("config.set refuses local-only keys and invalid values, naming the path and storing nothing", () => {
   const s = setup();
   const store = s.open();
-  for (const patch of [{ mqtt: { url: "mqtt://elsewhere:1883" } }, { state: { dir: "/tmp" } }, { telemetry: { interval: 5 } }]) {
+  for (const patch of [
+    { mqtt: { url: "mqtt://elsewhere:1883" } },
+    { state: { dir: "/tmp" } },
+    { telemetry: { interval: 5 } },
+  ]) {
     const result = store.patch(patch as Record<string, unknown>);
     assert.equal(result.ok, false);
     assert.match(result.ok ? "" : (result.problems[0]?.path ?? ""), /^(mqtt\.url|state\.dir|telemetry\.interval)$/);

@@ -4,7 +4,7 @@ import { type Clock, sleep } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
 import { type Component, once } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
-import { OutboxStore, type StoredMessage } from "./store.ts";
+import { OutboxStore, replayed, type StoredMessage } from "./store.ts";
 
 /** Delivery classes, most important first: when the outbox is full the last ones go first. */
 export const PRIORITIES = ["alarm", "result", "event", "telemetry"] as const;
@@ -43,7 +43,13 @@ export interface TransportLimits {
 /** What the outbox needs from the MQTT link. */
 export interface Transport {
   readonly connected: boolean;
-  publish(topic: string, payload: string, options: { qos: 1; properties?: ReplyProperties }): Promise<void>;
+  /** Publishes; `done` runs on a later tick, with an error unless the broker acknowledged (PUBACK). */
+  send(
+    topic: string,
+    payload: string,
+    options: { qos: 1; properties?: ReplyProperties },
+    done: (err?: Error) => void,
+  ): void;
   limits(): TransportLimits;
   on(event: "connected", listener: () => void): unknown;
   off(event: "connected", listener: () => void): unknown;
@@ -73,8 +79,16 @@ export interface OutboxOptions {
   maxPacketSize?: number;
 }
 
-/** A message in the outbox: a stored row, or one not stored yet (no id). */
-type Entry = Omit<StoredMessage, "id"> & { id?: number; attempts: number };
+/** A message in the outbox: a stored row (session and created stay in the database), or one not stored yet. */
+type Entry = Omit<StoredMessage, "id" | "session" | "created"> & {
+  id?: number;
+  session?: string;
+  created?: number;
+  attempts: number;
+};
+
+/** A message produced by this process: everything is known until it is stored. */
+type FreshEntry = Entry & { session: string; created: number };
 
 export type DropReason = "overflow" | "expired";
 
@@ -171,7 +185,7 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
     };
     const payload = JSON.stringify({ ...envelope, ...message.body });
     const props = message.properties ? encodeProps(message.properties) : null;
-    const entry: Entry = {
+    const entry: FreshEntry = {
       session: envelope.session,
       seq: envelope.seq,
       priority: PRIORITIES.indexOf(message.priority),
@@ -256,11 +270,11 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
       // Expiry scans by age: once a minute is plenty for a TTL of hours or days.
       if (now - this.lastExpiry >= 60_000 || now < this.lastExpiry) {
         this.lastExpiry = now;
-        for (const row of store.expire(now - this.o.ttlMs, [...this.inflightIds])) {
+        for (const row of store.expire(now - this.o.ttlMs, [...this.inflightIds], CLASSES)) {
           this.forgetStored(row, "expired");
         }
       }
-      const waiting = [...this.freshInflight, ...this.fresh.flat()];
+      const waiting = [...this.freshInflight, ...this.fresh.flat()] as FreshEntry[];
       if (waiting.length > 0) {
         const ids = store.insert(waiting);
         for (const [i, e] of waiting.entries()) {
@@ -417,8 +431,8 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
       this.cursors[p] = Number(rows.at(-1)?.id ?? this.cursors[p] ?? 0);
       // Rows become entries in place: this runs once for every message of a backlog.
       const buffer: Entry[] = [];
-      for (const row of rows as Entry[]) {
-        if (this.inflightIds.has(row.id as number)) continue;
+      for (const row of rows as (Entry & { id: number })[]) {
+        if (this.inflightIds.has(row.id)) continue;
         row.attempts = 1;
         buffer.push(row);
       }
@@ -438,14 +452,13 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
     entry.attempts += 1;
     this.inflight += 1;
     if (entry.id !== undefined) this.inflightIds.add(entry.id);
-    // A message sent from the backlog, or sent again, says so: consumers can tell live from replayed data.
-    const payload =
-      entry.attempts > 1 || entry.id !== undefined ? `{"replayed":true,${entry.payload.slice(1)}` : entry.payload;
+    // A message sent again says so: consumers can tell live from replayed data. Stored ones carry the flag.
+    const payload = entry.attempts > 1 || entry.id !== undefined ? replayed(entry.payload) : entry.payload;
     const properties = entry.props ? decodeProps(entry.props) : undefined;
-    this.o.transport.publish(entry.topic, payload, { qos: 1, properties }).then(
-      () => this.acknowledged(entry),
-      (err: unknown) => this.failed(entry, err),
-    );
+    this.o.transport.send(entry.topic, payload, { qos: 1, properties }, (err) => {
+      if (err) this.failed(entry, err);
+      else this.acknowledged(entry);
+    });
   }
 
   private acknowledged(entry: Entry): void {

@@ -19,6 +19,16 @@ export interface StoredMessage {
 
 export type NewMessage = Omit<StoredMessage, "id">;
 
+/** A stored message read back for a resend: what publishing it needs. */
+export type FetchedMessage = Pick<StoredMessage, "id" | "seq" | "priority" | "topic" | "payload" | "props" | "bytes">;
+
+const REPLAYED = '{"replayed":true,';
+
+/** The payload as a replay: `{"replayed":true,` in front of the envelope's other fields. */
+export function replayed(payload: string): string {
+  return payload.startsWith(REPLAYED) ? payload : `${REPLAYED}${payload.slice(1)}`;
+}
+
 export interface Dropped {
   priority: number;
   bytes: number;
@@ -37,7 +47,8 @@ CREATE TABLE IF NOT EXISTS messages (
   created  INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_by_priority ON messages (priority, id);
-CREATE INDEX IF NOT EXISTS messages_by_created ON messages (created);
+-- Expiry walks each class in id order (ids follow time); an index on created cost every insert and delete.
+DROP INDEX IF EXISTS messages_by_created;
 CREATE TABLE IF NOT EXISTS dead_letters (
   id       INTEGER PRIMARY KEY,
   session  TEXT    NOT NULL,
@@ -97,14 +108,17 @@ export class OutboxStore {
       ),
       remove: db.prepare("DELETE FROM messages WHERE id = ?"),
       removeRange: db.prepare("DELETE FROM messages WHERE id BETWEEN ? AND ?"),
+      // Only what a resend needs, as arrays: building a named object per row cost more than reading it.
       fetch: db.prepare(
-        "SELECT id, session, seq, priority, topic, payload, props, bytes, created FROM messages WHERE priority = ? AND id > ? ORDER BY id LIMIT ?",
+        "SELECT id, seq, topic, payload, props, bytes FROM messages WHERE priority = ? AND id > ? ORDER BY id LIMIT ?",
       ),
       dropOldest: db.prepare(
         "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE priority = ? AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?) RETURNING id, bytes",
       ),
+      // The rows of a class before its first unexpired one: a prefix in id order, found without an index on
+      // created. (After the clock jumps back, a row waits until the rows before it have expired too.)
       expire: db.prepare(
-        "DELETE FROM messages WHERE created < ? AND id NOT IN (SELECT value FROM json_each(?)) RETURNING id, priority, bytes",
+        "DELETE FROM messages WHERE priority = ?1 AND id < coalesce((SELECT id FROM messages WHERE priority = ?1 AND created >= ?2 ORDER BY id LIMIT 1), 9223372036854775807) AND id NOT IN (SELECT value FROM json_each(?3)) RETURNING id, priority, bytes",
       ),
       deadFromRow: db.prepare(
         "INSERT INTO dead_letters (session, seq, topic, payload, bytes, reason, created, dead_at) SELECT session, seq, topic, payload, bytes, ?, created, ? FROM messages WHERE id = ?",
@@ -118,13 +132,18 @@ export class OutboxStore {
         "SELECT priority, count(*) AS n, coalesce(sum(bytes), 0) AS bytes FROM messages GROUP BY priority",
       ),
     };
+    this.stmts.fetch.setReturnArrays(true);
   }
 
-  /** Inserts in one fsynced transaction; returns the new row ids in order. */
+  /**
+   * Inserts in one fsynced transaction; returns the new row ids in order. A stored message is only ever sent
+   * again as a replay, so its payload is stored with the `replayed` flag already in it.
+   */
   insert(messages: readonly NewMessage[]): number[] {
     return this.transaction("FULL", () =>
       messages.map((m) => {
-        const r = this.stmts.insert.run(m.session, m.seq, m.priority, m.topic, m.payload, m.props, m.bytes, m.created);
+        const payload = replayed(m.payload);
+        const r = this.stmts.insert.run(m.session, m.seq, m.priority, m.topic, payload, m.props, m.bytes, m.created);
         return Number(r.lastInsertRowid);
       }),
     );
@@ -154,13 +173,24 @@ export class OutboxStore {
     });
   }
 
-  /** Up to `limit` rows of one class with id above `afterId`, oldest first. */
-  fetch(priority: number, afterId: number, limit: number): StoredMessage[] {
+  /** Up to `limit` rows of one class with id above `afterId`, oldest first, payloads flagged `replayed`. */
+  fetch(priority: number, afterId: number, limit: number): FetchedMessage[] {
+    let rows: unknown[][];
     try {
-      return this.stmts.fetch.all(priority, afterId, limit) as unknown as StoredMessage[];
+      rows = this.stmts.fetch.all(priority, afterId, limit) as unknown as unknown[][];
     } catch (err) {
       throw storageError(err, "cannot read the outbox");
     }
+    return rows.map(([id, seq, topic, payload, props, bytes]) => ({
+      id: Number(id),
+      seq: Number(seq),
+      priority,
+      topic: String(topic),
+      // Rows written before payloads were stored flagged get the flag now.
+      payload: replayed(String(payload)),
+      props: props === null ? null : String(props),
+      bytes: Number(bytes),
+    }));
   }
 
   /** Deletes the `count` oldest rows of a class, except those in flight; returns what went. */
@@ -173,27 +203,36 @@ export class OutboxStore {
   }
 
   /** Deletes rows created before `before` (epoch ms), except those in flight. */
-  expire(before: number, keep: readonly number[]): { id: number; priority: number; bytes: number }[] {
-    return this.transaction(
-      "NORMAL",
-      () =>
-        this.stmts.expire.all(before, JSON.stringify(keep)) as unknown as {
-          id: number;
-          priority: number;
-          bytes: number;
-        }[],
-    );
+  expire(before: number, keep: readonly number[], classes: number): { id: number; priority: number; bytes: number }[] {
+    const kept = JSON.stringify(keep);
+    return this.transaction("NORMAL", () => {
+      const gone: { id: number; priority: number; bytes: number }[] = [];
+      for (let p = 0; p < classes; p++) {
+        gone.push(
+          ...(this.stmts.expire.all(p, before, kept) as unknown as { id: number; priority: number; bytes: number }[]),
+        );
+      }
+      return gone;
+    });
   }
 
   /** Moves a stored row, or records an unstored message, to the dead letters. */
-  deadLetter(message: { id?: number } & Omit<NewMessage, "priority" | "props">, reason: string, now: number): void {
+  deadLetter(
+    message: Pick<StoredMessage, "seq" | "topic" | "payload" | "bytes"> & {
+      id?: number;
+      session?: string;
+      created?: number;
+    },
+    reason: string,
+    now: number,
+  ): void {
     this.transaction("FULL", () => {
       if (message.id !== undefined) {
         this.stmts.deadFromRow.run(reason, now, message.id);
         this.stmts.remove.run(message.id);
       } else {
         const m = message;
-        this.stmts.deadInsert.run(m.session, m.seq, m.topic, m.payload, m.bytes, reason, m.created, now);
+        this.stmts.deadInsert.run(m.session ?? "", m.seq, m.topic, m.payload, m.bytes, reason, m.created ?? now, now);
       }
       this.stmts.deadTrim.run(DEAD_LETTER_LIMIT);
     });

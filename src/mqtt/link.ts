@@ -126,6 +126,21 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
     await client.publishAsync(topic, payload, options);
   }
 
+  /**
+   * The callback form of `publish`, for the outbox's hot path: no promise per message. `done` is always
+   * called asynchronously, with an error if the message was not acknowledged.
+   */
+  send(topic: string, payload: string, options: IClientPublishOptions, done: (err?: Error) => void): void {
+    const client = this.client;
+    if (!client?.connected) {
+      process.nextTick(done, new OutpostError("MQTT_OFFLINE", "not connected to the broker"));
+      return;
+    }
+    // Deferred to a microtask, as a promise would be: the acks of one incoming chunk are all handled before
+    // the next publishes are written, so those go out together in one write.
+    client.publish(topic, payload, options, (err) => queueMicrotask(() => done(err ?? undefined)));
+  }
+
   readonly stop = once(async () => {
     const client = this.client;
     if (client?.connected) {

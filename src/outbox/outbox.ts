@@ -43,7 +43,13 @@ export interface TransportLimits {
 /** What the outbox needs from the MQTT link. */
 export interface Transport {
   readonly connected: boolean;
-  publish(topic: string, payload: string, options: { qos: 1; properties?: ReplyProperties }): Promise<void>;
+  /** Publishes; `done` runs asynchronously, with an error unless the broker acknowledged (PUBACK). */
+  send(
+    topic: string,
+    payload: string,
+    options: { qos: 1; properties?: ReplyProperties },
+    done: (err?: Error) => void,
+  ): void;
   limits(): TransportLimits;
   on(event: "connected", listener: () => void): unknown;
   off(event: "connected", listener: () => void): unknown;
@@ -449,10 +455,10 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
     // A message sent again says so: consumers can tell live from replayed data. Stored ones carry the flag.
     const payload = entry.attempts > 1 || entry.id !== undefined ? replayed(entry.payload) : entry.payload;
     const properties = entry.props ? decodeProps(entry.props) : undefined;
-    this.o.transport.publish(entry.topic, payload, { qos: 1, properties }).then(
-      () => this.acknowledged(entry),
-      (err: unknown) => this.failed(entry, err),
-    );
+    this.o.transport.send(entry.topic, payload, { qos: 1, properties }, (err) => {
+      if (err) this.failed(entry, err);
+      else this.acknowledged(entry);
+    });
   }
 
   private acknowledged(entry: Entry): void {

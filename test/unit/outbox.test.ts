@@ -32,6 +32,10 @@ class MemoryTransport extends EventEmitter implements Transport {
     this.published.push({ topic, body: JSON.parse(payload) as Record<string, unknown> });
   }
 
+  send(topic: string, payload: string, _options: unknown, done: (err?: Error) => void): void {
+    this.publish(topic, payload).then(() => done(), done);
+  }
+
   up(): void {
     this.connected = true;
     this.emit("connected");

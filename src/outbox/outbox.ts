@@ -112,6 +112,7 @@ export interface OutboxStats {
 const TRANSIENT_REFUSALS = new Set([0x97 /* quota exceeded */, 0x89 /* server busy */]);
 const FETCH = 512;
 const DELETE_SPACING_MS = 10;
+const PURGE_ROWS = 4096;
 
 /**
  * Store-and-forward for every outgoing message. `send` stamps the envelope and never blocks. Messages are
@@ -135,14 +136,20 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
   private readonly cursors = new Array<number>(CLASSES).fill(0);
   /** Whether every stored row of a class above its cursor has been fetched. */
   private readonly fetchedAll = new Array<boolean>(CLASSES).fill(false);
-  /** Stored rows in flight: a refill must not send them a second time. */
-  private readonly inflightIds = new Set<number>();
+  /** Stored rows in flight, with their class: a refill must not send them a second time. */
+  private readonly inflightIds = new Map<number, number>();
+  /** Per class: every stored row with an id up to this one is acknowledged (durable, in the marks table). */
+  private readonly marks = new Array<number>(CLASSES).fill(0);
+  /** Per class: rows at or below the mark still in the table, deleted in bulk once there are enough. */
+  private readonly unpurged = new Array<number>(CLASSES).fill(0);
   private readonly storedCount = new Array<number>(CLASSES).fill(0);
   private storedBytes = 0;
   private freshBytes = 0;
   private inflight = 0;
   private rewind = false;
-  private acked: number[] = [];
+  /** Acknowledged stored ids per class, not yet recorded. */
+  private acked: number[][] = Array.from({ length: CLASSES }, () => []);
+  private ackedCount = 0;
   private deleteScheduled = false;
   private lastDelete = Number.NEGATIVE_INFINITY;
   private commitScheduled = false;
@@ -270,7 +277,7 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
       // Expiry scans by age: once a minute is plenty for a TTL of hours or days.
       if (now - this.lastExpiry >= 60_000 || now < this.lastExpiry) {
         this.lastExpiry = now;
-        for (const row of store.expire(now - this.o.ttlMs, [...this.inflightIds], CLASSES)) {
+        for (const row of store.expire(now - this.o.ttlMs, [...this.inflightIds.keys()], this.marks)) {
           this.forgetStored(row, "expired");
         }
       }
@@ -279,7 +286,7 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
         const ids = store.insert(waiting);
         for (const [i, e] of waiting.entries()) {
           e.id = ids[i];
-          if (e.id !== undefined && this.freshInflight.has(e)) this.inflightIds.add(e.id);
+          if (e.id !== undefined && this.freshInflight.has(e)) this.inflightIds.set(e.id, e.priority);
           this.fetchedAll[e.priority] = false;
           this.storedCount[e.priority] = (this.storedCount[e.priority] ?? 0) + 1;
           this.storedBytes += e.bytes;
@@ -308,6 +315,7 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
     try {
       store = new OutboxStore(join(this.o.dir, "outbox.db"));
       const totals = store.totals();
+      const marks = store.marks();
       this.storedBytes = 0;
       for (let p = 0; p < CLASSES; p++) {
         const t = totals.get(p);
@@ -316,6 +324,11 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
         this.cursors[p] = 0;
         this.fetchedAll[p] = false;
         this.buffers[p] = [];
+        const mark = marks.get(p) ?? 0;
+        this.marks[p] = mark;
+        // Rows left below a mark by an earlier run: gone in all but storage.
+        if (mark > 0) store.purge(p, mark);
+        this.unpurged[p] = 0;
       }
       this.store = store;
       const backlog = this.storedTotal();
@@ -339,7 +352,8 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
       this.buffers[p] = [];
     }
     this.storedBytes = 0;
-    this.acked = [];
+    this.acked = Array.from({ length: CLASSES }, () => []);
+    this.ackedCount = 0;
     if (!this.degraded) this.setDegraded(true, errorMessage(err));
   }
 
@@ -424,9 +438,11 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
     const store = this.store;
     if (!store) return;
     try {
-      // Acknowledged rows still waiting for their delete must not come back.
-      this.deleteAcked();
-      const rows = store.fetch(p, this.cursors[p] ?? 0, FETCH);
+      const after = Math.max(this.cursors[p] ?? 0, this.marks[p] ?? 0);
+      // Acknowledged rows beyond the cursor (stored while in flight) still waiting for their delete must not
+      // come back.
+      if (this.acked[p]?.some((id) => id > after)) this.deleteAcked();
+      const rows = store.fetch(p, after, FETCH);
       this.fetchedAll[p] = rows.length < FETCH;
       this.cursors[p] = Number(rows.at(-1)?.id ?? this.cursors[p] ?? 0);
       // Rows become entries in place: this runs once for every message of a backlog.
@@ -451,7 +467,7 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
     }
     entry.attempts += 1;
     this.inflight += 1;
-    if (entry.id !== undefined) this.inflightIds.add(entry.id);
+    if (entry.id !== undefined) this.inflightIds.set(entry.id, entry.priority);
     // A message sent again says so: consumers can tell live from replayed data. Stored ones carry the flag.
     const payload = entry.attempts > 1 || entry.id !== undefined ? replayed(entry.payload) : entry.payload;
     const properties = entry.props ? decodeProps(entry.props) : undefined;
@@ -467,7 +483,8 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
     this.sent += 1;
     this.release(entry);
     if (entry.id !== undefined) {
-      this.acked.push(entry.id);
+      this.acked[entry.priority]?.push(entry.id);
+      this.ackedCount += 1;
       this.scheduleDelete();
     }
     this.pump();
@@ -510,15 +527,15 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
   }
 
   private scheduleDelete(): void {
-    if (this.acked.length >= 4 * FETCH) {
+    if (this.ackedCount >= 4 * FETCH) {
       this.deleteAcked();
       return;
     }
     if (this.deleteScheduled) return;
     this.deleteScheduled = true;
-    // At most one delete transaction per DELETE_SPACING_MS: while a backlog drains, acks arrive a few per
-    // event-loop turn and a transaction each would halve the drain rate. A crash can then repeat the
-    // in-flight window plus these few milliseconds of acknowledged messages.
+    // At most one transaction per DELETE_SPACING_MS: while a backlog drains, acks arrive a few per event-loop
+    // turn and a transaction each would halve the drain rate. A crash can then repeat the in-flight window
+    // plus these few milliseconds of acknowledged messages.
     const wait = Math.max(0, this.lastDelete + DELETE_SPACING_MS - performance.now());
     const run = () => {
       this.deleteScheduled = false;
@@ -528,16 +545,57 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
     else setTimeout(run, wait);
   }
 
+  /**
+   * Records the acknowledgements: per class, the mark moves up to just below the oldest stored row not yet
+   * acknowledged (one small update instead of a delete per message); acknowledged rows above it (stored while
+   * in flight, or acknowledged out of order) are deleted one by one. Rows below a mark are deleted in bulk.
+   */
   private deleteAcked(): void {
-    if (this.acked.length === 0 || !this.store) return;
+    const store = this.store;
+    if (this.ackedCount === 0 || !store) return;
     this.lastDelete = performance.now();
-    const ids = this.acked;
-    this.acked = [];
+    const marks = new Map<number, number>();
+    const single: number[] = [];
+    const covered = new Array<number>(CLASSES).fill(0);
+    for (let p = 0; p < CLASSES; p++) {
+      const ids = this.acked[p] ?? [];
+      if (ids.length === 0) continue;
+      this.acked[p] = [];
+      // While a failed send waits for its rewind, the rows after it are not all acknowledged: no mark moves.
+      const mark = Math.max(this.marks[p] ?? 0, this.rewind ? 0 : this.watermark(p));
+      if (mark > (this.marks[p] ?? 0)) marks.set(p, mark);
+      for (const id of ids) {
+        if (id > mark) single.push(id);
+        else covered[p] = (covered[p] ?? 0) + 1;
+      }
+    }
+    this.ackedCount = 0;
     try {
-      this.store.remove(ids);
+      store.acknowledge(marks, single);
+      for (const [p, mark] of marks) this.marks[p] = mark;
+      for (let p = 0; p < CLASSES; p++) {
+        this.unpurged[p] = (this.unpurged[p] ?? 0) + (covered[p] ?? 0);
+        const unpurged = this.unpurged[p] ?? 0;
+        if (unpurged >= PURGE_ROWS || (unpurged > 0 && (this.storedCount[p] ?? 0) === 0)) {
+          store.purge(p, this.marks[p] ?? 0);
+          this.unpurged[p] = 0;
+        }
+      }
     } catch (err) {
       this.storageFailed(err);
     }
+  }
+
+  /**
+   * The highest id up to which every stored row of a class is acknowledged or gone: below the cursor (all
+   * fetched), below the first buffered row and below every stored row in flight.
+   */
+  private watermark(p: number): number {
+    let mark = this.cursors[p] ?? 0;
+    const buffered = this.buffers[p]?.[0]?.id;
+    if (buffered !== undefined) mark = Math.min(mark, buffered - 1);
+    for (const [id, priority] of this.inflightIds) if (priority === p) mark = Math.min(mark, id - 1);
+    return mark;
   }
 
   /**
@@ -578,7 +636,7 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
       const excess = this.total() - this.o.maxBytes;
       const average = this.storedBytes / Math.max(1, this.storedTotal());
       const count = Math.max(1, Math.min(FETCH, Math.ceil(excess / Math.max(1, average))));
-      for (const row of store.dropOldest(p, count, [...this.inflightIds])) {
+      for (const row of store.dropOldest(p, count, [...this.inflightIds.keys()], this.marks[p] ?? 0)) {
         this.forgetStored({ ...row, priority: p }, "overflow");
       }
       return true;

@@ -49,6 +49,12 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_by_priority ON messages (priority, id);
 -- Expiry walks each class in id order (ids follow time); an index on created cost every insert and delete.
 DROP INDEX IF EXISTS messages_by_created;
+-- Per class, the id up to which every row is acknowledged: rows at or below it are gone in all but storage,
+-- and are deleted in bulk later. One small update instead of a delete per message while a backlog drains.
+CREATE TABLE IF NOT EXISTS marks (
+  priority INTEGER PRIMARY KEY,
+  acked    INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
   id       INTEGER PRIMARY KEY,
   session  TEXT    NOT NULL,
@@ -77,6 +83,9 @@ export class OutboxStore {
     insert: StatementSync;
     remove: StatementSync;
     removeRange: StatementSync;
+    mark: StatementSync;
+    marks: StatementSync;
+    purge: StatementSync;
     fetch: StatementSync;
     dropOldest: StatementSync;
     expire: StatementSync;
@@ -108,17 +117,22 @@ export class OutboxStore {
       ),
       remove: db.prepare("DELETE FROM messages WHERE id = ?"),
       removeRange: db.prepare("DELETE FROM messages WHERE id BETWEEN ? AND ?"),
+      mark: db.prepare(
+        "INSERT INTO marks (priority, acked) VALUES (?, ?) ON CONFLICT (priority) DO UPDATE SET acked = excluded.acked",
+      ),
+      marks: db.prepare("SELECT priority, acked FROM marks"),
+      purge: db.prepare("DELETE FROM messages WHERE priority = ? AND id <= ?"),
       // Only what a resend needs, as arrays: building a named object per row cost more than reading it.
       fetch: db.prepare(
         "SELECT id, seq, topic, payload, props, bytes FROM messages WHERE priority = ? AND id > ? ORDER BY id LIMIT ?",
       ),
       dropOldest: db.prepare(
-        "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE priority = ? AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?) RETURNING id, bytes",
+        "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE priority = ? AND id > ? AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?) RETURNING id, bytes",
       ),
       // The rows of a class before its first unexpired one: a prefix in id order, found without an index on
       // created. (After the clock jumps back, a row waits until the rows before it have expired too.)
       expire: db.prepare(
-        "DELETE FROM messages WHERE priority = ?1 AND id < coalesce((SELECT id FROM messages WHERE priority = ?1 AND created >= ?2 ORDER BY id LIMIT 1), 9223372036854775807) AND id NOT IN (SELECT value FROM json_each(?3)) RETURNING id, priority, bytes",
+        "DELETE FROM messages WHERE priority = ?1 AND id > ?4 AND id < coalesce((SELECT id FROM messages WHERE priority = ?1 AND id > ?4 AND created >= ?2 ORDER BY id LIMIT 1), 9223372036854775807) AND id NOT IN (SELECT value FROM json_each(?3)) RETURNING id, priority, bytes",
       ),
       deadFromRow: db.prepare(
         "INSERT INTO dead_letters (session, seq, topic, payload, bytes, reason, created, dead_at) SELECT session, seq, topic, payload, bytes, ?, created, ? FROM messages WHERE id = ?",
@@ -129,7 +143,7 @@ export class OutboxStore {
       deadTrim: db.prepare("DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - ?"),
       deadCount: db.prepare("SELECT count(*) AS n FROM dead_letters"),
       totals: db.prepare(
-        "SELECT priority, count(*) AS n, coalesce(sum(bytes), 0) AS bytes FROM messages GROUP BY priority",
+        "SELECT m.priority AS priority, count(*) AS n, coalesce(sum(m.bytes), 0) AS bytes FROM messages m LEFT JOIN marks k ON k.priority = m.priority WHERE m.id > coalesce(k.acked, 0) GROUP BY m.priority",
       ),
     };
     this.stmts.fetch.setReturnArrays(true);
@@ -149,12 +163,40 @@ export class OutboxStore {
     );
   }
 
+  /** The acknowledged-through mark of each class that has one. */
+  marks(): Map<number, number> {
+    const rows = this.stmts.marks.all() as unknown as { priority: number; acked: number }[];
+    return new Map(rows.map((r) => [Number(r.priority), Number(r.acked)]));
+  }
+
+  /**
+   * Records acknowledgements without an fsync: new marks (every row of the class up to the mark is
+   * acknowledged) and single rows outside the marks, deleted at once.
+   */
+  acknowledge(marks: ReadonlyMap<number, number>, ids: readonly number[]): void {
+    if (marks.size === 0 && ids.length === 0) return;
+    this.transaction("NORMAL", () => {
+      for (const [priority, acked] of marks) this.stmts.mark.run(priority, acked);
+      this.removeIds(ids);
+    });
+  }
+
+  /** Deletes the rows of a class at or below its mark, in one statement. */
+  purge(priority: number, upTo: number): void {
+    this.transaction("NORMAL", () => this.stmts.purge.run(priority, upTo));
+  }
+
   /** Deletes acknowledged rows without an fsync. */
   remove(ids: readonly number[]): void {
     if (ids.length === 0) return;
+    this.transaction("NORMAL", () => this.removeIds(ids));
+  }
+
+  private removeIds(ids: readonly number[]): void {
+    if (ids.length === 0) return;
     // Acknowledgements come mostly in id order: delete runs of consecutive ids with one statement each.
     const sorted = isSorted(ids) ? ids : [...ids].sort((a, b) => a - b);
-    this.transaction("NORMAL", () => {
+    {
       let start = sorted[0] ?? 0;
       let end = start;
       for (let i = 1; i <= sorted.length; i++) {
@@ -170,7 +212,7 @@ export class OutboxStore {
           end = id;
         }
       }
-    });
+    }
   }
 
   /** Up to `limit` rows of one class with id above `afterId`, oldest first, payloads flagged `replayed`. */
@@ -193,24 +235,28 @@ export class OutboxStore {
     }));
   }
 
-  /** Deletes the `count` oldest rows of a class, except those in flight; returns what went. */
-  dropOldest(priority: number, count: number, keep: readonly number[]): { id: number; bytes: number }[] {
-    return this.transaction(
-      "NORMAL",
-      () =>
-        this.stmts.dropOldest.all(priority, JSON.stringify(keep), count) as unknown as { id: number; bytes: number }[],
-    );
+  /** Deletes the `count` oldest rows of a class above its mark, except those in flight; returns what went. */
+  dropOldest(priority: number, count: number, keep: readonly number[], mark: number): { id: number; bytes: number }[] {
+    const rows = () => this.stmts.dropOldest.all(priority, mark, JSON.stringify(keep), count);
+    return this.transaction("NORMAL", rows) as unknown as { id: number; bytes: number }[];
   }
 
-  /** Deletes rows created before `before` (epoch ms), except those in flight. */
-  expire(before: number, keep: readonly number[], classes: number): { id: number; priority: number; bytes: number }[] {
+  /** Deletes rows created before `before` (epoch ms) above each class's mark, except those in flight. */
+  expire(
+    before: number,
+    keep: readonly number[],
+    marks: readonly number[],
+  ): { id: number; priority: number; bytes: number }[] {
     const kept = JSON.stringify(keep);
     return this.transaction("NORMAL", () => {
       const gone: { id: number; priority: number; bytes: number }[] = [];
-      for (let p = 0; p < classes; p++) {
-        gone.push(
-          ...(this.stmts.expire.all(p, before, kept) as unknown as { id: number; priority: number; bytes: number }[]),
-        );
+      for (const [p, mark] of marks.entries()) {
+        const rows = this.stmts.expire.all(p, before, kept, mark) as unknown as {
+          id: number;
+          priority: number;
+          bytes: number;
+        }[];
+        gone.push(...rows);
       }
       return gone;
     });

@@ -22,7 +22,16 @@ class MemoryTransport extends EventEmitter implements Transport {
     return this.brokerLimits;
   }
 
+  /** Publishes after this many successful ones never complete (a broker that stopped answering). */
+  holdAfter = Number.POSITIVE_INFINITY;
+  /** The publish with this 0-based call number fails once. */
+  failCall = -1;
+  private calls = 0;
+
   async publish(topic: string, payload: string): Promise<void> {
+    const call = this.calls++;
+    if (call === this.failCall) throw new Error("connection reset");
+    if (this.published.length >= this.holdAfter) return new Promise(() => {});
     if (!this.connected || this.failNext > 0) {
       this.failNext = Math.max(0, this.failNext - 1);
       throw new Error("offline");
@@ -39,6 +48,36 @@ class MemoryTransport extends EventEmitter implements Transport {
   up(): void {
     this.connected = true;
     this.emit("connected");
+  }
+}
+
+/** Publishes that complete only when the test says so, to order acks and failures exactly. */
+class ManualTransport extends EventEmitter implements Transport {
+  connected = false;
+  readonly pending: { seq: number; ack: () => void; fail: () => void }[] = [];
+  readonly delivered: number[] = [];
+
+  limits(): TransportLimits {
+    return {};
+  }
+
+  send(_topic: string, payload: string, _options: unknown, done: (err?: Error) => void): void {
+    const seq = (JSON.parse(payload) as { seq: number }).seq;
+    this.pending.push({
+      seq,
+      ack: () => {
+        this.delivered.push(seq);
+        done();
+      },
+      fail: () => done(new Error("connection reset")),
+    });
+  }
+
+  take(seq: number) {
+    const at = this.pending.findIndex((p) => p.seq === seq);
+    const [publish] = this.pending.splice(at, 1);
+    if (!publish) throw new Error(`seq ${seq} is not in flight`);
+    return publish;
   }
 }
 
@@ -175,6 +214,88 @@ describe("outbox", () => {
     await c.start(new AbortController().signal);
     assert.equal(c.stats().queued, 0, "acknowledged rows are deleted");
     await c.stop();
+  });
+
+  it("records acknowledgements while draining: after a restart only the unacknowledged are sent again", async () => {
+    const path = join(dir, "marks");
+    const first = new MemoryTransport();
+    first.holdAfter = 5000;
+    const a = outbox(first, { dir: path, window: 20 });
+    await a.start(new AbortController().signal);
+    for (let i = 0; i < 6000; i++) a.send({ topic: "t", priority: "telemetry", body: { i } });
+    a.commit();
+    first.up();
+    while (first.published.length < 5000) await new Promise((resolve) => setImmediate(resolve));
+    await a.stop();
+
+    const second = new MemoryTransport();
+    const b = outbox(second, { dir: path, session: "s-2", window: 20 });
+    await b.start(new AbortController().signal);
+    assert.equal(b.stats().queued, 1000, "the 5,000 acknowledged are not counted again");
+    second.up();
+    await b.flush(AbortSignal.timeout(10_000));
+    const seqs = second.published.map((p) => p.body.seq as number);
+    assert.deepEqual(
+      seqs,
+      Array.from({ length: 1000 }, (_, i) => 5001 + i),
+    );
+    await b.stop();
+    const c = outbox(new MemoryTransport(), { dir: path });
+    await c.start(new AbortController().signal);
+    assert.equal(c.stats().queued, 0);
+    await c.stop();
+  });
+
+  it("a stored message whose send fails is sent again with what follows it, nothing lost", async () => {
+    const transport = new MemoryTransport();
+    transport.failCall = 30;
+    const o = outbox(transport, { dir: join(dir, "rewind"), window: 8 });
+    await o.start(new AbortController().signal);
+    for (let i = 0; i < 200; i++) o.send({ topic: "t", priority: "event", body: { i } });
+    o.commit();
+    transport.up();
+    await o.flush(AbortSignal.timeout(10_000));
+    const seqs = transport.published.map((p) => p.body.seq as number);
+    assert.deepEqual(
+      [...new Set(seqs)].sort((x, y) => x - y),
+      Array.from({ length: 200 }, (_, i) => i + 1),
+    );
+    assert.ok(seqs.length - 200 <= 8, `${seqs.length - 200} duplicates, more than the window`);
+    await o.stop();
+    const again = outbox(new MemoryTransport(), { dir: join(dir, "rewind") });
+    await again.start(new AbortController().signal);
+    assert.equal(again.stats().queued, 0);
+    await again.stop();
+  });
+
+  it("acknowledgements after a failed send do not move the mark past it", async () => {
+    const transport = new ManualTransport();
+    const o = outbox(transport as unknown as MemoryTransport, { dir: join(dir, "failed-mark"), window: 4 });
+    await o.start(new AbortController().signal);
+    for (let i = 0; i < 20; i++) o.send({ topic: "t", priority: "event", body: { i } });
+    o.commit();
+    transport.connected = true;
+    transport.emit("connected");
+    assert.deepEqual(
+      transport.pending.map((p) => p.seq),
+      [1, 2, 3, 4],
+    );
+    transport.take(1).fail();
+    transport.take(2).ack();
+    transport.take(3).ack();
+    o.commit(); // records the acknowledgements now, while 1 waits to be sent again
+    transport.take(4).ack();
+    while (o.stats().queued > 0) {
+      const next = transport.pending[0];
+      if (!next) throw new Error(`stuck with ${o.stats().queued} queued`);
+      transport.take(next.seq).ack();
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    assert.deepEqual(
+      [...new Set(transport.delivered)].sort((a, b) => a - b),
+      Array.from({ length: 20 }, (_, i) => i + 1),
+    );
+    await o.stop();
   });
 
   it("with a database, drops the lowest class oldest first when over maxBytes and counts it", async () => {

@@ -4,6 +4,7 @@ import { type Clock, sleep } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
 import { type Component, once } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
+import { Queue } from "./queue.ts";
 import { OutboxStore, replayed, type StoredMessage } from "./store.ts";
 
 /** Delivery classes, most important first: when the outbox is full the last ones go first. */
@@ -128,7 +129,7 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
   private store: OutboxStore | undefined;
   private seq = 0;
   /** Not stored yet, not in flight, per class, in seq order. */
-  private readonly fresh: Entry[][] = Array.from({ length: CLASSES }, () => []);
+  private readonly fresh: Queue<Entry>[] = Array.from({ length: CLASSES }, () => new Queue<Entry>());
   /** Not stored yet and in flight. */
   private readonly freshInflight = new Set<Entry>();
   /** Stored, fetched, not in flight, per class, in id order. */
@@ -281,7 +282,7 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
           this.forgetStored(row, "expired");
         }
       }
-      const waiting = [...this.freshInflight, ...this.fresh.flat()] as FreshEntry[];
+      const waiting = [...this.freshInflight, ...this.fresh.flatMap((q) => q.toArray())] as FreshEntry[];
       if (waiting.length > 0) {
         const ids = store.insert(waiting);
         for (const [i, e] of waiting.entries()) {
@@ -293,7 +294,7 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
           this.lastCommittedSeq = Math.max(this.lastCommittedSeq, e.seq);
         }
         this.freshInflight.clear();
-        for (const queue of this.fresh) queue.length = 0;
+        for (const queue of this.fresh) queue.clear();
         this.freshBytes = 0;
       }
       while (this.total() > this.o.maxBytes && this.dropStored()) {}
@@ -502,9 +503,7 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
     if (entry.id === undefined) {
       // Back in front of its class, in seq order, for the next connection.
       this.freshInflight.delete(entry);
-      const queue = this.fresh[entry.priority] ?? [];
-      const at = queue.findIndex((e) => e.seq > entry.seq);
-      queue.splice(at < 0 ? queue.length : at, 0, entry);
+      this.fresh[entry.priority]?.insertBefore(entry, (e) => e.seq > entry.seq);
     } else {
       this.rewind = true;
     }
@@ -659,8 +658,8 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
   private expireFresh(now: number): void {
     const before = now - this.o.ttlMs;
     for (let p = 0; p < CLASSES; p++) {
-      const queue = this.fresh[p] ?? [];
-      while (queue.length > 0 && (queue[0]?.created ?? now) < before) {
+      const queue = this.fresh[p];
+      while (queue && queue.length > 0 && (queue.peek()?.created ?? now) < before) {
         const entry = queue.shift();
         if (!entry) break;
         this.freshBytes -= entry.bytes;

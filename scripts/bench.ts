@@ -356,13 +356,18 @@ async function commandRows(broker: Mosquitto, watch: Watch): Promise<void> {
       20_000,
       "online",
     );
-    const agentMs: number[] = [];
-    for (let i = 0; i < CALLS + 50; i++) {
-      const t0 = performance.now();
-      const result = await operator.call("bench-cmd", "ping");
-      if (result.finals[0]?.state !== "succeeded") throw new Error(`ping ${i} failed`);
-      if (i >= 50) agentMs.push(performance.now() - t0);
-    }
+    // One ping at a time; the first 50 warm up.
+    const pings = async (device: string) => {
+      const ms: number[] = [];
+      for (let i = 0; i < CALLS + 50; i++) {
+        const t0 = performance.now();
+        const result = await operator.call(device, "ping");
+        if (result.finals[0]?.state !== "succeeded") throw new Error(`ping ${i} to ${device} failed`);
+        if (i >= 50) ms.push(performance.now() - t0);
+      }
+      return ms;
+    };
+    const agentMs = await pings("bench-cmd");
 
     echo.on("message", (_topic, payload, packet) => {
       const p = packet.properties;
@@ -373,13 +378,7 @@ async function commandRows(broker: Mosquitto, watch: Watch): Promise<void> {
       echo.publish(p.responseTopic, body, { qos: 1, properties: { correlationData: p.correlationData } });
     });
     await echo.subscribeAsync("outpost/v1/bench-echo/cmd/+", { qos: 1 });
-    const bareMs: number[] = [];
-    for (let i = 0; i < CALLS + 50; i++) {
-      const t0 = performance.now();
-      const result = await operator.call("bench-echo", "ping");
-      if (result.finals[0]?.state !== "succeeded") throw new Error(`echo ${i} failed`);
-      if (i >= 50) bareMs.push(performance.now() - t0);
-    }
+    const bareMs = await pings("bench-echo");
     for (const p of [50, 99]) {
       rows.push({
         metric: `command round trip p${p} (ping, ${CALLS} calls)`,

@@ -33,18 +33,7 @@ export function publicKeyText(key: KeyObject): string {
  */
 export function parsePublicKey(text: string): KeyObject {
   const trimmed = text.trim();
-  if (trimmed.startsWith("-----BEGIN")) {
-    let key: KeyObject;
-    try {
-      key = createPublicKey(trimmed);
-    } catch (err) {
-      throw new OutpostError("KEY_INVALID", "not a readable PEM public key", { cause: err });
-    }
-    if (key.asymmetricKeyType !== "ed25519") {
-      throw new OutpostError("KEY_INVALID", `expected an ed25519 key, found ${key.asymmetricKeyType}`);
-    }
-    return key;
-  }
+  if (trimmed.startsWith("-----BEGIN")) return ed25519(() => createPublicKey(trimmed), "public");
   const b64 = trimmed.startsWith(PUBLIC_KEY_PREFIX) ? trimmed.slice(PUBLIC_KEY_PREFIX.length) : trimmed;
   const raw = /^[A-Za-z0-9+/]+={0,2}$/.test(b64) ? Buffer.from(b64, "base64") : Buffer.alloc(0);
   if (raw.length !== 32) {
@@ -55,11 +44,15 @@ export function parsePublicKey(text: string): KeyObject {
 
 /** Reads a PKCS#8 PEM ed25519 private key (what `outpost keygen` writes). */
 export function parsePrivateKey(pem: string): KeyObject {
+  return ed25519(() => createPrivateKey(pem), "private");
+}
+
+function ed25519(read: () => KeyObject, kind: "public" | "private"): KeyObject {
   let key: KeyObject;
   try {
-    key = createPrivateKey(pem);
+    key = read();
   } catch (err) {
-    throw new OutpostError("KEY_INVALID", "not a readable PEM private key", { cause: err });
+    throw new OutpostError("KEY_INVALID", `not a readable PEM ${kind} key`, { cause: err });
   }
   if (key.asymmetricKeyType !== "ed25519") {
     throw new OutpostError("KEY_INVALID", `expected an ed25519 key, found ${key.asymmetricKeyType}`);

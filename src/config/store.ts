@@ -142,7 +142,7 @@ export class ConfigStore extends EventEmitter<{ change: [next: Snapshot, previou
 
   /**
    * Reloads when the config file changes. Watches the directory, since editors and config managers replace
-   * the file by renaming; a burst of events within `settleMs` is one reload. Runs until the signal aborts.
+   * the file by renaming; each change is read `settleMs` after its event. Runs until the signal aborts.
    */
   async watchFile(signal: AbortSignal, settleMs = 200): Promise<void> {
     const file = this.options.path;
@@ -155,18 +155,18 @@ export class ConfigStore extends EventEmitter<{ change: [next: Snapshot, previou
       return;
     }
     const name = basename(file);
-    let pending = false;
     try {
       for await (const event of events) {
         if (event.filename !== null && String(event.filename) !== name) continue;
-        if (pending) continue;
-        pending = true;
+        // Let the writer finish; the events queued meanwhile reload again, which is a no-op when unchanged.
         await sleep(settleMs, signal);
-        pending = false;
         if (!signal.aborted) this.reload("file changed");
       }
     } catch (err) {
-      if (!signal.aborted) this.log?.warn({ err, file }, "config file watch ended; reload with SIGHUP");
+      if (signal.aborted) return;
+      // No config directory (defaults and environment only): nothing to watch, and nothing wrong.
+      const absent = (err as NodeJS.ErrnoException).code === "ENOENT";
+      this.log?.[absent ? "debug" : "warn"]({ err, file }, "config file not watched; reload with SIGHUP");
     }
   }
 

@@ -45,7 +45,7 @@ describe("outpost ctl and keygen, the built x64 binary against a real mosquitto"
     assert.equal(keygen.code, 0, keygen.stderr);
     const pub = readFileSync(join(dir, "ops.pub"), "utf8").trim();
     agent = AgentProcess.run([BIN], {
-      device: { id: "dev-e2e" },
+      device: { id: "dev-e2e", groups: ["e2e-line"] },
       mqtt: { url: `mqtt://127.0.0.1:${broker.port}` },
       telemetry: { interval: "500ms" },
       commands: { trustedKeys: [{ name: "ops", key: pub, allow: ["*"] }] },
@@ -134,6 +134,12 @@ describe("outpost ctl and keygen, the built x64 binary against a real mosquitto"
     const bad = await call("dev-e2e", "log.level", { level: "loud" });
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /BAD_PARAMS: params\.level/);
+  });
+
+  it("a group call: published once to the group, each member's answer on its own line", async () => {
+    const r = await call("e2e-line", "ping", undefined, ["--group", "--expect", "1"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'dev-e2e  succeeded  {"pong":true}\n');
   });
 
   it("an unknown command and a missing device fail with their code and exit 1", async () => {

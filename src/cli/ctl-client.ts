@@ -4,6 +4,7 @@ import type { Socket } from "node:net";
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
 import { type CommandRequest, FINAL_STATES, newRequest, type ReplyBody, signPayload } from "../commands/envelope.ts";
 import { OutpostError } from "../core/errors.ts";
+import { PROTOCOL_REFUSED } from "../mqtt/link.ts";
 
 export interface BrokerOptions {
   url: string;
@@ -15,9 +16,6 @@ export interface BrokerOptions {
   protocolVersion?: 4 | 5;
   connectTimeoutMs?: number;
 }
-
-/** MQTT 5 "unsupported protocol version" and MQTT 3.1.1 "unacceptable protocol version". */
-const PROTOCOL_REFUSED = new Set([0x84, 1]);
 
 /** One operator connection: MQTT 5 if the broker speaks it, otherwise 3.1.1 (the demo's aedes). */
 export async function connectBroker(o: BrokerOptions): Promise<MqttClient> {

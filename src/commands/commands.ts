@@ -295,21 +295,23 @@ export class Commands implements Component {
   ): CommandRequest & { keyName: string } {
     const envelope = signedEnvelopeSchema.safeParse(raw);
     if (!envelope.success) throw new Refused("BAD_REQUEST", describe(envelope.error));
-    const { payload } = envelope.data;
-    // The id is read before the signature is checked only to label the reply; nothing else is trusted yet.
-    const claimedId = peekId(payload);
+    // Parsed once, before the signature is checked: until then only its id is used, to label the reply.
+    let body: unknown;
+    let parseError = false;
+    try {
+      body = JSON.parse(envelope.data.payload);
+    } catch {
+      parseError = true;
+    }
+    const maybeId = (body as { id?: unknown } | null | undefined)?.id;
+    const claimedId = typeof maybeId === "string" ? maybeId.slice(0, 128) : undefined;
     const trusted = this.trustedKey(envelope.data.key, policy);
     if (!trusted)
       throw new Refused("KEY_UNKNOWN", "the request is signed by a key this device does not trust", claimedId);
     if (!verifyEnvelope(envelope.data, trusted.publicKey)) {
       throw new Refused("SIGNATURE_INVALID", "the signature does not match the payload and key", claimedId);
     }
-    let body: unknown;
-    try {
-      body = JSON.parse(payload);
-    } catch {
-      throw new Refused("BAD_REQUEST", "the signed payload is not JSON", claimedId);
-    }
+    if (parseError) throw new Refused("BAD_REQUEST", "the signed payload is not JSON", claimedId);
     const parsed = requestSchema.safeParse(body);
     if (!parsed.success) throw new Refused("BAD_REQUEST", describe(parsed.error), claimedId);
     const request = parsed.data;
@@ -370,15 +372,6 @@ function rawKey(key: KeyObject): string {
 /** `*` allows everything, `config.*` a family, anything else one command. */
 export function allows(patterns: readonly string[], command: string): boolean {
   return patterns.some((p) => p === "*" || p === command || (p.endsWith(".*") && command.startsWith(p.slice(0, -1))));
-}
-
-function peekId(payload: string): string | undefined {
-  try {
-    const id = (JSON.parse(payload) as { id?: unknown } | null)?.id;
-    return typeof id === "string" ? id.slice(0, 128) : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 /** The first problem of a zod error as `path: message`, the path naming the key. */

@@ -60,7 +60,7 @@ export interface BrokerLimits {
 }
 
 /** MQTT 5 "unsupported protocol version" and MQTT 3.1.1 "unacceptable protocol version". */
-const PROTOCOL_REFUSED = new Set([0x84, 1]);
+export const PROTOCOL_REFUSED: ReadonlySet<number> = new Set([0x84, 1]);
 
 /**
  * One MQTT connection to the broker, kept up by our own loop: exponential backoff with full jitter

@@ -8,7 +8,7 @@ import { parseDuration } from "../config/duration.ts";
 import { errorMessage } from "../core/errors.ts";
 import { type BrokerOptions, Caller, connectBroker, type Signer } from "./ctl-client.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
-import { applyMessage, type DeviceView, renderPanel, telemetryLine } from "./view.ts";
+import { applyMessage, type DeviceView, viewUpdate } from "./view.ts";
 
 export const CTL_HELP = `Usage: outpost ctl <devices|watch|call> [options]
 
@@ -207,10 +207,7 @@ async function watch(host: Host, args: string[]): Promise<number> {
           host.stdout.write(
             `${JSON.stringify({ device: got.device.id, kind: got.kind, body: got.kind === "status" ? got.device.status : got.device.telemetry })}\n`,
           );
-        else if (tty) host.stdout.write(`\x1b[2J\x1b[H${renderPanel([...seen.values()], header)}\n`);
-        else if (got.kind === "status")
-          host.stdout.write(`status ${got.device.id} ${String(got.device.status?.state)}\n`);
-        else host.stdout.write(`telemetry ${telemetryLine(got.device)}\n`);
+        else host.stdout.write(viewUpdate(seen, got, tty, header));
         if (got.kind === "telemetry") telemetry += 1;
         if (count !== undefined && telemetry >= count) finish();
       } catch (err) {

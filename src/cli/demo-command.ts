@@ -11,7 +11,7 @@ import { systemClock } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
 import { createLogger } from "../core/logger.ts";
 import { EXIT, type Host } from "./host.ts";
-import { applyMessage, type DeviceView, renderPanel, telemetryLine } from "./view.ts";
+import { applyMessage, type DeviceView, viewUpdate } from "./view.ts";
 
 export interface DemoOptions {
   port?: number;
@@ -73,10 +73,7 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
     try {
       const seen = applyMessage(devices, prefix, topic, payload);
       if (!seen) return;
-      if (tty) host.stdout.write(`\x1b[2J\x1b[H${renderPanel([...devices.values()], header)}\n`);
-      else if (seen.kind === "status")
-        host.stdout.write(`status ${seen.device.id} ${String(seen.device.status?.state)}\n`);
-      else host.stdout.write(`telemetry ${telemetryLine(seen.device)}\n`);
+      host.stdout.write(viewUpdate(devices, seen, tty, header));
     } catch (err) {
       logger.warn({ err: errorMessage(err), topic }, "demo viewer could not show a message");
     }

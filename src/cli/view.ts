@@ -91,3 +91,15 @@ export function applyMessage(
   else device.telemetry = body;
   return { device, kind };
 }
+
+/** What a terminal shows for one message: the whole panel redrawn, or one line where there is no terminal. */
+export function viewUpdate(
+  devices: Map<string, DeviceView>,
+  seen: { device: DeviceView; kind: "status" | "telemetry" },
+  tty: boolean,
+  header: string[],
+): string {
+  if (tty) return `\x1b[2J\x1b[H${renderPanel([...devices.values()], header)}\n`;
+  if (seen.kind === "status") return `status ${seen.device.id} ${String(seen.device.status?.state)}\n`;
+  return `telemetry ${telemetryLine(seen.device)}\n`;
+}

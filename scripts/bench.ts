@@ -11,6 +11,7 @@ import { pino } from "pino";
 import { verifyEnvelope } from "../src/commands/envelope.ts";
 import { parsePublicKey } from "../src/commands/keys.ts";
 import { systemClock } from "../src/core/clock.ts";
+import type { MqttLink } from "../src/mqtt/link.ts";
 import { Outbox } from "../src/outbox/outbox.ts";
 import { AgentProcess, ROOT } from "../test/helpers/agent-process.ts";
 import { harness, request, sign } from "../test/helpers/commands.ts";
@@ -219,19 +220,19 @@ async function bareDrain(port: number, payloads: string[]): Promise<number> {
   return ms;
 }
 
+/** An outbox with the defaults and silent logs, as each outbox row needs one. */
+function quietOutbox(transport: MqttLink, session: string, dir: string, window?: number): Outbox {
+  const logger = pino({ level: "silent" });
+  const options = { transport, clock: systemClock, session, clockSynced: () => true, logger, dir };
+  return new Outbox(window === undefined ? options : { ...options, window });
+}
+
 async function outboxRows(broker: Mosquitto): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), "outpost-bench-outbox-"));
   try {
     // Durable write cost: messages produced while offline, then one commit, as the commit loop does.
     const transport = testLink(broker.port + 1, 5, "bench-offline"); // nothing listens there: offline
-    const outbox = new Outbox({
-      transport,
-      clock: systemClock,
-      session: "bench",
-      clockSynced: () => true,
-      logger: pino({ level: "silent" }),
-      dir,
-    });
+    const outbox = quietOutbox(transport, "bench", dir);
     await outbox.start(new AbortController().signal);
     const started = performance.now();
     for (let i = 0; i < BACKLOG; i++) outbox.send({ topic: "bench/outbox", priority: "telemetry", body: body(i) });
@@ -246,14 +247,7 @@ async function outboxRows(broker: Mosquitto): Promise<void> {
     await outbox.stop();
 
     // fsyncs at default settings while backlogged: one commit per second at most.
-    const live = new Outbox({
-      transport,
-      clock: systemClock,
-      session: "bench-live",
-      clockSynced: () => true,
-      logger: pino({ level: "silent" }),
-      dir: join(dir, "live"),
-    });
+    const live = quietOutbox(transport, "bench-live", join(dir, "live"));
     await live.start(new AbortController().signal);
     const t0 = performance.now();
     while (performance.now() - t0 < 5000) {
@@ -278,29 +272,14 @@ async function outboxRows(broker: Mosquitto): Promise<void> {
     const drainMs: number[] = [];
     for (let run = 0; run < DRAINS; run++) {
       const drainDir = join(dir, `drain-${run}`);
-      const writer = new Outbox({
-        transport,
-        clock: systemClock,
-        session: `bench-${run}`,
-        clockSynced: () => true,
-        logger: pino({ level: "silent" }),
-        dir: drainDir,
-      });
+      const writer = quietOutbox(transport, `bench-${run}`, drainDir);
       await writer.start(new AbortController().signal);
       for (let i = 0; i < BACKLOG; i++) writer.send({ topic: "bench/outbox", priority: "telemetry", body: body(i) });
       await writer.stop();
 
       bareMs.push(await bareDrain(broker.port, payloads));
       const online = testLink(broker.port, 5, "bench-outbox");
-      const drain = new Outbox({
-        transport: online,
-        clock: systemClock,
-        session: "bench-drain",
-        clockSynced: () => true,
-        logger: pino({ level: "silent" }),
-        dir: drainDir,
-        window: WINDOW,
-      });
+      const drain = quietOutbox(online, "bench-drain", drainDir, WINDOW);
       await drain.start(new AbortController().signal);
       if (drain.stats().queued !== BACKLOG) throw new Error(`backlog of ${drain.stats().queued}, not ${BACKLOG}`);
       const d0 = performance.now();

@@ -325,15 +325,22 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
         this.cursors[p] = 0;
         this.fetchedAll[p] = false;
         this.buffers[p] = [];
-        const mark = marks.get(p) ?? 0;
-        this.marks[p] = mark;
-        // Rows left below a mark by an earlier run: gone in all but storage.
-        if (mark > 0) store.purge(p, mark);
+        this.marks[p] = marks.get(p) ?? 0;
         this.unpurged[p] = 0;
       }
       this.store = store;
+      const { rescued, purged } = store.report;
+      if (rescued > 0) {
+        this.o.logger.error(
+          { rescued },
+          "outbox: stored messages were hidden below an acknowledged mark (a defect of versions before 0.2); sending them again",
+        );
+      }
       const backlog = this.storedTotal();
-      if (backlog > 0) this.o.logger.info({ backlog, bytes: this.storedBytes }, "outbox: resuming stored messages");
+      // While degraded the store is reopened every commit: say it once, when storage works again.
+      const log = this.degraded ? this.o.logger.debug.bind(this.o.logger) : this.o.logger.info.bind(this.o.logger);
+      if (backlog > 0 || purged > 0)
+        log({ backlog, bytes: this.storedBytes, purged }, "outbox: resuming stored messages");
     } catch (err) {
       store?.close();
       this.storageFailed(err);

@@ -55,6 +55,12 @@ CREATE TABLE IF NOT EXISTS marks (
   priority INTEGER PRIMARY KEY,
   acked    INTEGER NOT NULL
 );
+-- The highest message id ever assigned. Ids are never reused: a row must never land at or below a class's mark,
+-- where it would be taken for acknowledged and never fetched (rowid reuse after the table was emptied did that).
+CREATE TABLE IF NOT EXISTS meta (
+  key   TEXT PRIMARY KEY,
+  value INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
   id       INTEGER PRIMARY KEY,
   session  TEXT    NOT NULL,
@@ -67,6 +73,17 @@ CREATE TABLE IF NOT EXISTS dead_letters (
   dead_at  INTEGER NOT NULL
 );
 `;
+
+/** PRAGMA user_version of a database whose ids come from the high-water mark. */
+const SCHEMA_VERSION = 2;
+
+/** What opening the database found that the outbox must report. */
+export interface OpenReport {
+  /** Rows at or below their class's mark in a database from before SCHEMA_VERSION: sent again, not deleted. */
+  rescued: number;
+  /** Acknowledged rows below the marks deleted at open (normal after a stop during a drain). */
+  purged: number;
+}
 
 /** Dead letters kept for inspection; older ones make room. */
 const DEAD_LETTER_LIMIT = 1000;
@@ -81,6 +98,7 @@ export class OutboxStore {
   private readonly db: DatabaseSync;
   private readonly stmts: {
     insert: StatementSync;
+    highWater: StatementSync;
     remove: StatementSync;
     removeRange: StatementSync;
     mark: StatementSync;
@@ -96,9 +114,15 @@ export class OutboxStore {
     totals: StatementSync;
   };
   private synchronous: "FULL" | "NORMAL" | undefined;
+  /** The highest id ever assigned in this database (persisted in meta): the next insert goes above it. */
+  private highWater = 0;
+  /** The marks as last written, to check every new id against. */
+  private readonly markCache = new Map<number, number>();
   fsyncCommits = 0;
+  readonly report: OpenReport = { rescued: 0, purged: 0 };
 
-  constructor(path: string) {
+  /** `minId`: ids start above it (a database recreated while in-flight acks of the old one may still arrive). */
+  constructor(path: string, minId = 0) {
     try {
       mkdirSync(dirname(path), { recursive: true });
       this.db = new DatabaseSync(path);
@@ -113,7 +137,10 @@ export class OutboxStore {
     const db = this.db;
     this.stmts = {
       insert: db.prepare(
-        "INSERT INTO messages (session, seq, priority, topic, payload, props, bytes, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO messages (id, session, seq, priority, topic, payload, props, bytes, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+      ),
+      highWater: db.prepare(
+        "INSERT INTO meta (key, value) VALUES ('high_water', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
       ),
       remove: db.prepare("DELETE FROM messages WHERE id = ?"),
       removeRange: db.prepare("DELETE FROM messages WHERE id BETWEEN ? AND ?"),
@@ -147,6 +174,48 @@ export class OutboxStore {
       ),
     };
     this.stmts.fetch.setReturnArrays(true);
+    try {
+      this.prepareIds(minId);
+    } catch (err) {
+      this.close();
+      throw storageError(err, `cannot open the outbox database ${path}`);
+    }
+  }
+
+  /**
+   * Finds the high-water mark, upgrades a database from before it, and deletes the acknowledged rows below the
+   * marks. Before SCHEMA_VERSION, ids were reused once the table had been emptied, so a row at or below its
+   * class's mark may never have been sent: such rows are sent again (duplicates at worst) instead of deleted.
+   */
+  private prepareIds(minId: number): void {
+    const db = this.db;
+    const scalar = (sql: string) => Number(Object.values(db.prepare(sql).get() ?? {})[0] ?? 0);
+    const version = scalar("PRAGMA user_version");
+    const marks = this.marks();
+    this.highWater = Math.max(
+      minId,
+      scalar("SELECT value FROM meta WHERE key = 'high_water'"),
+      scalar("SELECT max(id) FROM messages"),
+      ...marks.values(),
+    );
+    // No fsync: if this is lost, the next open does it again.
+    this.transaction("NORMAL", () => {
+      if (version < SCHEMA_VERSION) {
+        for (const [priority, mark] of marks) {
+          const below = db.prepare("SELECT count(*) AS n FROM messages WHERE priority = ? AND id <= ?");
+          const n = Number((below.get(priority, mark) as { n: number }).n);
+          if (n > 0) db.prepare("DELETE FROM marks WHERE priority = ?").run(priority);
+          this.report.rescued += n;
+        }
+        db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
+      } else {
+        for (const [priority, mark] of marks) {
+          this.report.purged += Number(this.stmts.purge.run(priority, mark).changes);
+        }
+      }
+      this.stmts.highWater.run(this.highWater);
+    });
+    for (const [priority, mark] of this.marks()) this.markCache.set(priority, mark);
   }
 
   /**
@@ -154,13 +223,29 @@ export class OutboxStore {
    * again as a replay, so its payload is stored with the `replayed` flag already in it.
    */
   insert(messages: readonly NewMessage[]): number[] {
-    return this.transaction("FULL", () =>
-      messages.map((m) => {
+    let next = this.highWater;
+    const ids = this.transaction("FULL", () => {
+      const ids = messages.map((m) => {
+        next += 1;
+        // Cannot happen while ids only grow; if it ever does, refuse rather than store an unfetchable row.
+        const mark = this.markCache.get(m.priority) ?? 0;
+        if (next <= mark) {
+          throw new OutpostError("OUTBOX_INVARIANT", `new id ${next} is not above the acknowledged mark ${mark}`);
+        }
         const payload = replayed(m.payload);
-        const r = this.stmts.insert.run(m.session, m.seq, m.priority, m.topic, payload, m.props, m.bytes, m.created);
-        return Number(r.lastInsertRowid);
-      }),
-    );
+        this.stmts.insert.run(next, m.session, m.seq, m.priority, m.topic, payload, m.props, m.bytes, m.created);
+        return next;
+      });
+      this.stmts.highWater.run(next);
+      return ids;
+    });
+    this.highWater = next;
+    return ids;
+  }
+
+  /** The highest id assigned so far. */
+  get maxId(): number {
+    return this.highWater;
   }
 
   /** The acknowledged-through mark of each class that has one. */
@@ -179,6 +264,7 @@ export class OutboxStore {
       for (const [priority, acked] of marks) this.stmts.mark.run(priority, acked);
       this.removeIds(ids);
     });
+    for (const [priority, acked] of marks) this.markCache.set(priority, acked);
   }
 
   /** Deletes the rows of a class at or below its mark, in one statement. */

@@ -1,0 +1,115 @@
+// Regression tests for issue 8 (hardening), items 1 and 11. Each one failed on bbb3be8, the commit before the fix.
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { DatabaseSync } from "node:sqlite";
+import { after, before, describe, it } from "node:test";
+import { pino } from "pino";
+import { ManualClock } from "../../src/core/clock.ts";
+import { Outbox, type OutboxOptions } from "../../src/outbox/outbox.ts";
+import { MemoryTransport } from "../helpers/transports.ts";
+
+const logger = pino({ level: "silent" });
+
+let dir: string;
+before(() => {
+  dir = mkdtempSync(join(tmpdir(), "outpost-outbox-faults-"));
+});
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+function outbox(transport: MemoryTransport, options: Partial<OutboxOptions> = {}) {
+  return new Outbox({
+    transport,
+    clock: new ManualClock(1_700_000_000_000),
+    session: "s-1",
+    clockSynced: () => true,
+    logger,
+    window: 4,
+    commitIntervalMs: 60_000,
+    ...options,
+  });
+}
+
+/** One outage: `count` messages produced offline and committed, then the link comes back and drains them. */
+async function outage(o: Outbox, transport: MemoryTransport, count: number): Promise<void> {
+  transport.connected = false;
+  for (let i = 0; i < count; i++) o.send({ topic: "t/telemetry", priority: "telemetry", body: { i } });
+  o.commit();
+  assert.equal(o.stats().stored, count, "the outage's messages are stored");
+  transport.up();
+  await o.flush(AbortSignal.timeout(5000));
+  // Records the acknowledgements now (moves the mark, purges the emptied table) instead of 10 ms later.
+  o.commit();
+}
+
+function delivered(transport: MemoryTransport): number[] {
+  return [...new Set(transport.published.map((p) => p.body.seq as number))].sort((a, b) => a - b);
+}
+
+const oneTo = (n: number) => Array.from({ length: n }, (_, i) => i + 1);
+
+describe("outbox ids and database faults", () => {
+  it("three outages in one session, the backlog drained between: every message arrives", async () => {
+    const transport = new MemoryTransport();
+    const o = outbox(transport, { dir: join(dir, "three-outages") });
+    await o.start(new AbortController().signal);
+    for (let n = 0; n < 3; n++) await outage(o, transport, 8);
+    assert.deepEqual(delivered(transport), oneTo(24));
+    assert.equal(o.stats().queued, 0);
+    await o.stop();
+  });
+
+  it("an emptied table across restarts never reuses an id at or below an acknowledged mark", async () => {
+    const path = join(dir, "restarts");
+    const sessions: string[] = [];
+    for (let n = 0; n < 3; n++) {
+      const transport = new MemoryTransport();
+      const session = `s-${n}`;
+      sessions.push(session);
+      const o = outbox(transport, { dir: path, session });
+      await o.start(new AbortController().signal);
+      await outage(o, transport, 5);
+      assert.deepEqual(delivered(transport), oneTo(5), `session ${n}`);
+      await o.stop();
+    }
+    // And after a stop with everything stored but nothing drained, the next start finds all of it.
+    const a = outbox(new MemoryTransport(), { dir: path, session: "s-a" });
+    await a.start(new AbortController().signal);
+    for (let i = 0; i < 7; i++) a.send({ topic: "t", priority: "telemetry", body: {} });
+    await a.stop();
+    const b = outbox(new MemoryTransport(), { dir: path, session: "s-b" });
+    await b.start(new AbortController().signal);
+    assert.equal(b.stats().queued, 7);
+    await b.stop();
+  });
+
+  it("a database from before the fix: rows hidden below a mark are sent again, not deleted", async () => {
+    const path = join(dir, "legacy");
+    // The schema and state that bbb3be8 left behind: the table emptied, then three rows reusing ids 1-3 under
+    // a mark of 10.
+    const first = outbox(new MemoryTransport(), { dir: path });
+    await first.start(new AbortController().signal);
+    await first.stop();
+    const db = new DatabaseSync(join(path, "outbox.db"));
+    db.exec("PRAGMA user_version = 0; DROP TABLE meta; INSERT INTO marks (priority, acked) VALUES (3, 10)");
+    const insert = db.prepare(
+      "INSERT INTO messages (id, session, seq, priority, topic, payload, props, bytes, created) VALUES (?, 'old', ?, 3, 't', ?, NULL, 10, 1700000000000)",
+    );
+    for (const id of [1, 2, 3]) insert.run(id, 100 + id, JSON.stringify({ session: "old", seq: 100 + id }));
+    db.close();
+    const transport = new MemoryTransport();
+    const o = outbox(transport, { dir: path, session: "new" });
+    await o.start(new AbortController().signal);
+    assert.equal(o.stats().queued, 3);
+    o.send({ topic: "t", priority: "telemetry", body: {} });
+    o.commit();
+    transport.up();
+    await o.flush(AbortSignal.timeout(5000));
+    assert.deepEqual(
+      transport.published.map((p) => `${p.body.session}/${p.body.seq}`),
+      ["old/101", "old/102", "old/103", "new/1"],
+    );
+    await o.stop();
+  });
+});

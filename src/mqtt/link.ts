@@ -114,9 +114,7 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
 
   async start(signal: AbortSignal): Promise<void> {
     signal.addEventListener("abort", () => this.controller.abort(), { once: true });
-    this.loop = this.run(this.controller.signal).catch((err: unknown) => {
-      this.log.error({ err }, "mqtt loop failed");
-    });
+    this.loop = this.run(this.controller.signal);
   }
 
   /** Publishes on the current connection; rejects with MQTT_OFFLINE when there is none. */
@@ -162,65 +160,93 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
   private async run(signal: AbortSignal): Promise<void> {
     const backoff = new Backoff({
       baseMs: this.options.reconnectMinMs,
-      capMs: this.options.reconnectMaxMs,
+      capMs: Math.max(this.options.reconnectMinMs, this.options.reconnectMaxMs),
       random: this.options.random,
     });
     // One promise for the whole loop: a listener per connection would pile up on a flapping link.
     const aborted = abortPromise(signal);
     while (!signal.aborted) {
-      let client: MqttClient | undefined;
       try {
-        client = await this.connectOnce(signal);
+        await this.connection(signal, backoff, aborted);
       } catch (err) {
-        if (signal.aborted) break;
-        const code = (err as { code?: number }).code;
-        if (this.protocol === 5 && code !== undefined && PROTOCOL_REFUSED.has(code)) {
-          this.log.warn("broker refused MQTT 5; falling back to MQTT 3.1.1");
-          this.protocol = 4;
-          this.fellBack = true;
-          continue;
-        }
+        // Nothing may end this loop while the agent runs: a bug here must cost one attempt, not the link.
         const delay = backoff.next();
-        this.log.warn({ err: errorMessage(err), retryInMs: delay, attempt: backoff.attempts }, "mqtt connect failed");
+        this.log.error({ err, retryInMs: delay }, "mqtt connect loop failed; trying again");
         await sleep(delay, signal);
-        continue;
       }
-      backoff.reset();
-      this.client = client;
-      this.connectCount += 1;
-      const closed = new Promise<void>((resolve) => client?.once("close", () => resolve()));
-      try {
-        await this.afterConnect(client);
-      } catch (err) {
-        this.log.warn({ err: errorMessage(err) }, "birth publish failed");
+    }
+  }
+
+  /** One connection from attempt to loss, then the wait before the next attempt. */
+  private async connection(signal: AbortSignal, backoff: Backoff, aborted: Promise<void>): Promise<void> {
+    let client: MqttClient;
+    try {
+      client = await this.connectOnce(signal);
+    } catch (err) {
+      if (signal.aborted) return;
+      const code = (err as { code?: number }).code;
+      if (this.protocol === 5 && code !== undefined && PROTOCOL_REFUSED.has(code)) {
+        this.log.warn("broker refused MQTT 5; falling back to MQTT 3.1.1");
+        this.protocol = 4;
+        this.fellBack = true;
+        return;
       }
-      await Promise.race([closed, aborted]);
-      if (signal.aborted) break;
-      this.client = undefined;
-      // Pending QoS 1 callbacks of this connection fail now, so that their owners can send again on the next.
-      client.end(true);
-      this.log.warn("mqtt connection lost");
-      this.emit("disconnected");
-      await sleep(backoff.next(), signal);
+      const delay = backoff.next();
+      this.log.warn({ err: errorMessage(err), retryInMs: delay, attempt: backoff.attempts }, "mqtt connect failed");
+      await sleep(delay, signal);
+      return;
+    }
+    backoff.reset();
+    this.client = client;
+    this.connectCount += 1;
+    const closed = new Promise<void>((resolve) => client.once("close", () => resolve()));
+    // Nothing awaited here may outlive the connection: a subscribe or publish whose connection dies is never
+    // answered (MQTT.js fails it only in end(true), below), so each wait also ends when the connection closes.
+    try {
+      await Promise.race([this.afterConnect(client), closed, aborted]);
+    } catch (err) {
+      this.log.warn({ err: errorMessage(err) }, "mqtt set-up after connect failed");
+    }
+    await Promise.race([closed, aborted]);
+    if (signal.aborted) return;
+    this.client = undefined;
+    // Pending QoS 1 callbacks of this connection fail now, so that their owners can send again on the next.
+    client.end(true);
+    this.log.warn("mqtt connection lost");
+    this.safeEmit("disconnected");
+    await sleep(backoff.next(), signal);
+  }
+
+  /** Emits to listeners that must not be able to break the link: a throwing listener is logged. */
+  private safeEmit<K extends keyof LinkEvents>(event: K, ...args: LinkEvents[K]): void {
+    try {
+      (this.emit as (event: K, ...args: LinkEvents[K]) => boolean)(event, ...args);
+    } catch (err) {
+      this.log.error({ err, event }, "a listener of the mqtt link failed");
     }
   }
 
   private async afterConnect(client: MqttClient): Promise<void> {
     const socket = client.stream as Partial<Socket> | undefined;
     socket?.setNoDelay?.(true);
-    client.on("message", (topic, payload, packet) => this.emit("message", topic, payload, packet));
+    client.on("message", (topic, payload, packet) => this.safeEmit("message", topic, payload, packet));
     if (this.subscriptions.length > 0) {
       const granted = await client.subscribeAsync(this.subscriptions, { qos: 1 });
       const refused = granted.filter((g) => g.qos >= 0x80).map((g) => g.topic);
       if (refused.length > 0) this.log.error({ topics: refused }, "broker refused subscriptions");
     }
+    if (this.client !== client || !client.connected) return;
     const birth = this.options.birth();
     this.log.info(
       { url: redactUrl(this.options.url), protocolVersion: this.protocol, fellBack: this.fellBack },
       "mqtt connected",
     );
-    await client.publishAsync(birth.topic, birth.payload, { qos: birth.qos, retain: birth.retain });
-    this.emit("connected", { protocolVersion: this.protocol });
+    // Written before anything the "connected" listeners send, so the status comes first on the wire; its PUBACK
+    // is not awaited, since a connection that dies before it must lead straight to the next attempt.
+    client.publish(birth.topic, birth.payload, { qos: birth.qos, retain: birth.retain }, (err) => {
+      if (err) this.log.warn({ err: errorMessage(err) }, "online status not acknowledged");
+    });
+    this.safeEmit("connected", { protocolVersion: this.protocol });
   }
 
   private connectOnce(signal: AbortSignal): Promise<MqttClient> {

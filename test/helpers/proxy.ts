@@ -9,6 +9,8 @@ export class FaultProxy {
   private readonly server: Server;
   private readonly pairs = new Set<[Socket, Socket]>();
   private holes = false;
+  /** Connections still to cut when the client sends its first PUBLISH (before it reaches the broker). */
+  private cutsOnPublish = 0;
   port = 0;
 
   private constructor(targetPort: number) {
@@ -18,8 +20,17 @@ export class FaultProxy {
       this.pairs.add(pair);
       const forward = (from: Socket, to: Socket) =>
         from.on("data", (chunk) => {
-          if (!this.holes && !to.destroyed) to.write(chunk);
+          if (!this.holes && !to.destroyed && !from.destroyed) to.write(chunk);
         });
+      let cut = false;
+      client.on("data", (chunk: Buffer) => {
+        // The birth is the first packet of its write (it follows the SUBACK): its type is in the first byte.
+        if (cut || this.cutsOnPublish === 0 || chunk[0] === undefined || chunk[0] >> 4 !== 3) return;
+        cut = true;
+        this.cutsOnPublish -= 1;
+        client.destroy();
+        upstream.destroy();
+      });
       forward(client, upstream);
       forward(upstream, client);
       const close = () => {
@@ -39,6 +50,11 @@ export class FaultProxy {
     await new Promise<void>((resolve) => proxy.server.listen(0, "127.0.0.1", () => resolve()));
     proxy.port = (proxy.server.address() as AddressInfo).port;
     return proxy;
+  }
+
+  /** The next `count` connections are cut as the client sends its first PUBLISH, which never arrives. */
+  cutOnFirstPublish(count = 1): void {
+    this.cutsOnPublish = count;
   }
 
   blackhole(): void {

@@ -1,0 +1,72 @@
+// Regression tests for issue 8 (hardening), item 2: the connect loop must never end while the agent runs.
+// Both failed on bbb3be8: the first hung in the birth publish for good, the second ended the loop.
+import assert from "node:assert/strict";
+import { once } from "node:events";
+import { after, before, describe, it } from "node:test";
+import type { MqttLink } from "../../src/mqtt/link.ts";
+import { testLink } from "../helpers/link.ts";
+import { Mosquitto } from "../helpers/mosquitto.ts";
+import { FaultProxy } from "../helpers/proxy.ts";
+
+let broker: Mosquitto;
+before(async () => {
+  broker = await Mosquitto.start();
+});
+after(() => broker.stop());
+
+async function connected(link: MqttLink, what: string): Promise<void> {
+  await once(link, "connected", { signal: AbortSignal.timeout(10_000) }).catch(() => {
+    throw new Error(`no connect within 10 s: ${what}`);
+  });
+}
+
+describe("mqtt link connect loop", () => {
+  it("reconnects when the connection drops before the PUBACK of its online status, three times", async () => {
+    const proxy = await FaultProxy.start(broker.port);
+    const link = testLink(proxy.port, 5, "link-birth-cut");
+    const controller = new AbortController();
+    try {
+      proxy.cutOnFirstPublish(3);
+      let connects = 0;
+      const fourth = new Promise<void>((resolve) => {
+        link.on("connected", () => {
+          connects += 1;
+          if (connects === 4) resolve();
+        });
+      });
+      await link.start(controller.signal);
+      await Promise.race([
+        fourth,
+        new Promise((_, reject) => setTimeout(() => reject(new Error(`${connects} connects in 10 s`)), 10_000)),
+      ]);
+      assert.equal(link.connected, true);
+    } finally {
+      controller.abort();
+      await link.stop();
+      await proxy.close();
+    }
+  });
+
+  it("keeps reconnecting after a listener of its events throws", async () => {
+    const proxy = await FaultProxy.start(broker.port);
+    const link = testLink(proxy.port, 5, "link-throwing-listener");
+    const controller = new AbortController();
+    try {
+      await link.start(controller.signal);
+      await connected(link, "the first connection");
+      for (let n = 0; n < 3; n++) {
+        link.once("disconnected", () => {
+          throw new RangeError(`a broken listener (${n})`);
+        });
+        const again = connected(link, `reconnect ${n + 1}`);
+        proxy.heal(); // drops the connection
+        await again;
+      }
+      assert.equal(link.connected, true);
+    } finally {
+      controller.abort();
+      await link.stop();
+      await proxy.close();
+    }
+  });
+});

@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { uptime } from "node:os";
 import { type BuiltinHost, builtinCommands, type LogLevel } from "./commands/builtins.ts";
-import { type CommandPolicy, Commands } from "./commands/commands.ts";
+import { allows, type CommandPolicy, Commands, grantsTrust } from "./commands/commands.ts";
 import { ReplayGuard } from "./commands/replay.ts";
 import { durationMs } from "./config/duration.ts";
 import { formatProblems, redact } from "./config/load.ts";
@@ -79,6 +79,8 @@ export class Agent {
         protocolVersion: this.link.protocolVersion,
         configVersion: settings.current().version,
         configHash: settings.current().hash,
+        // "unavailable": commands that change state are refused until state.dir can be written.
+        replayStore: this.replay.durable ? "ok" : "unavailable",
       }),
     });
 
@@ -158,7 +160,7 @@ export class Agent {
       collectors: options.collectors ?? systemCollectors(),
       intervalMs: () => durationMs(live().telemetry.interval),
       timeoutMs: () => durationMs(live().telemetry.collectorTimeout),
-      extra: () => ({ outbox: this.outbox.stats(), agent: agentMetrics() }),
+      extra: () => ({ outbox: this.outbox.stats(), commands: { ...this.commands.counts }, agent: agentMetrics() }),
       publish: (sample) => {
         const body: Record<string, unknown> = { metrics: sample.metrics };
         if (Object.keys(sample.errors).length > 0) body.errors = sample.errors;
@@ -168,6 +170,34 @@ export class Agent {
     });
 
     settings.on("change", (next, previous) => this.adapt(next, previous));
+    this.replay.onDurabilityChange((durable) => {
+      logger[durable ? "info" : "error"](
+        durable ? "command replay store writable again" : "command replay store failed; refusing state changes",
+      );
+      this.replayAlarm(durable);
+      this.republishStatus();
+    });
+  }
+
+  private replayAlarm(durable: boolean): void {
+    const { config } = this.options.settings.current();
+    this.outbox.send({
+      topic: deviceTopics(config.mqtt.topicPrefix, config.device.id).alarm("replay-store"),
+      priority: "alarm",
+      body: {
+        alarm: "replay-store",
+        active: !durable,
+        ...(durable ? {} : { reason: "command replay records cannot be stored: state-changing commands are refused" }),
+      },
+    });
+  }
+
+  private republishStatus(): void {
+    if (!this.link.connected) return;
+    const status = this.statusMessage("online");
+    this.link.publish(status.topic, status.payload, { qos: 1, retain: true }).catch((err: unknown) => {
+      this.options.logger.warn({ err }, "could not republish the status");
+    });
   }
 
   /** Brings the running components to a new configuration snapshot (the hot-reloadable keys). */
@@ -179,12 +209,7 @@ export class Agent {
       if (a.telemetry.interval !== b.telemetry.interval) this.telemetry.wake();
       if (a.commands.allowUnsigned !== b.commands.allowUnsigned) warnIfUnsigned(b.commands.allowUnsigned, logger);
       // The retained status carries the config version and hash: republish it so the fleet view is current.
-      if (this.link.connected) {
-        const status = this.statusMessage("online");
-        this.link.publish(status.topic, status.payload, { qos: 1, retain: true }).catch((err: unknown) => {
-          logger.warn({ err }, "could not republish status after a config change");
-        });
-      }
+      this.republishStatus();
     } catch (err) {
       logger.error({ err }, "could not adapt to the new configuration");
     }
@@ -206,6 +231,7 @@ export class Agent {
           session: this.session,
           protocolVersion: this.link.protocolVersion,
           capabilities: { commands: this.commands.commandNames, signedCommands: true, outbox: "sqlite" },
+          commands: { replayStore: this.replay.durable ? "ok" : "unavailable", ...this.commands.counts },
           config: {
             version: snapshot.version,
             hash: snapshot.hash,
@@ -222,8 +248,24 @@ export class Agent {
         const snapshot = settings.current();
         return { version: snapshot.version, hash: snapshot.hash, config: redact(snapshot.config) };
       },
-      configSet: (patch) => {
-        const result = settings.patch(patch);
+      configSet: (patch, caller) => {
+        const result = settings.patch(patch, {
+          trust: caller !== undefined && grantsTrust(caller.allow),
+          // A remote change must never lock the operators out for good: some key must keep config.set.
+          guard: (next) =>
+            next.commands.trustedKeys.some((k) => allows(k.allow, "config.set"))
+              ? undefined
+              : {
+                  code: "CONFIG_LOCKOUT",
+                  problems: [
+                    {
+                      path: "commands.trustedKeys",
+                      expected: "expected at least one key allowed to run config.set",
+                      found: "none left",
+                    },
+                  ],
+                },
+        });
         if (!result.ok) {
           // An invalid patch is a bad parameter of this command: name the path inside it.
           const invalid = result.code === "CONFIG_INVALID";
@@ -256,6 +298,22 @@ export class Agent {
     for (const component of [this.outbox, this.commands, this.link, this.telemetry]) {
       await component.start(this.controller.signal);
       this.started.push(component);
+    }
+    if (!this.replay.durable) this.replayAlarm(false);
+    const dropped = settings.droppedOverrides;
+    if (dropped.length > 0) {
+      // Only a tampered or pre-0.2 device has these: say so where the fleet is watched, not only in the journal.
+      logger.error({ dropped }, "stored config overrides of local-only or trust keys were dropped");
+      this.outbox.send({
+        topic: deviceTopics(config.mqtt.topicPrefix, config.device.id).alarm("config-overrides"),
+        priority: "alarm",
+        body: {
+          alarm: "config-overrides",
+          active: true,
+          dropped,
+          reason: "remote overrides of protected keys dropped",
+        },
+      });
     }
   }
 

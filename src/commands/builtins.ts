@@ -1,6 +1,6 @@
 import { z } from "zod";
 import { OutpostError } from "../core/errors.ts";
-import type { CommandDefinition } from "./commands.ts";
+import type { Caller, CommandDefinition } from "./commands.ts";
 
 export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -15,7 +15,8 @@ export interface BuiltinHost {
   describe(): Record<string, unknown>;
   telemetryNow(): Promise<Record<string, unknown>>;
   configGet(): { version: number; hash: string; config: unknown };
-  configSet(patch: Record<string, unknown>): ConfigChange;
+  /** `caller`: the key that signed the request, which decides whether trust keys may change. */
+  configSet(patch: Record<string, unknown>, caller: Caller | undefined): ConfigChange;
   setLogLevel(level: LogLevel): { previous: string; level: string };
   /** Asks the agent to stop cleanly and exit with the restart code, after `delayMs`. */
   restart(delayMs: number): void;
@@ -28,14 +29,17 @@ export function builtinCommands(host: BuiltinHost): CommandDefinition[] {
   const define = <S extends z.ZodType>(
     name: string,
     params: S,
-    run: (params: z.output<S>) => unknown,
-  ): CommandDefinition => ({ name, params, run: (p) => run(p as z.output<S>) });
+    run: (params: z.output<S>, caller: Caller | undefined) => unknown,
+    changesState = true,
+  ): CommandDefinition => ({ name, params, changesState, run: (p, context) => run(p as z.output<S>, context.caller) });
+  const read = <S extends z.ZodType>(name: string, params: S, run: (params: z.output<S>) => unknown) =>
+    define(name, params, run, false);
 
   return [
-    define("ping", noParams, () => ({ pong: true })),
-    define("describe", noParams, () => host.describe()),
-    define("telemetry.now", noParams, () => host.telemetryNow()),
-    define("config.get", z.strictObject({ path: z.string().min(1).optional() }).nullish(), (params) => {
+    read("ping", noParams, () => ({ pong: true })),
+    read("describe", noParams, () => host.describe()),
+    read("telemetry.now", noParams, () => host.telemetryNow()),
+    read("config.get", z.strictObject({ path: z.string().min(1).optional() }).nullish(), (params) => {
       const snapshot = host.configGet();
       const path = params?.path;
       if (path === undefined) return snapshot;
@@ -52,8 +56,8 @@ export function builtinCommands(host: BuiltinHost): CommandDefinition[] {
       z.strictObject({
         patch: z.record(z.string(), z.unknown(), { message: "expected a JSON merge patch (an object)" }),
       }),
-      (params) => {
-        const change = host.configSet(params.patch);
+      (params, caller) => {
+        const change = host.configSet(params.patch, caller);
         if (!change.ok) {
           throw new OutpostError(change.code, change.problems.join("; "), { details: change.problems });
         }

@@ -5,6 +5,7 @@ import type { Clock } from "../core/clock.ts";
 import { errorMessage, isOutpostError } from "../core/errors.ts";
 import { type Component, once } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
+import { TokenBucket } from "../core/rate-limit.ts";
 import {
   COMMAND_NAME,
   type CommandRequest,
@@ -46,15 +47,29 @@ export interface CommandPolicy {
   maxValidityMs: number;
 }
 
+/** Who sent a request: the trusted key that signed it (absent for an unsigned request). */
+export interface Caller {
+  key: string;
+  allow: readonly string[];
+}
+
 export interface RunContext {
   /** Publishes an `executing` reply with this progress. */
   progress(progress: unknown): void;
   signal: AbortSignal;
+  caller?: Caller;
 }
 
 export interface CommandDefinition {
   name: string;
   params: z.ZodType;
+  /**
+   * False for a command that only reads: it may run while replay records cannot be stored. Anything else is
+   * refused then (fail closed), so the default is true.
+   */
+  changesState?: boolean;
+  /** The largest request (the whole MQTT payload) accepted for this command; DEFAULT_MAX_REQUEST otherwise. */
+  maxRequestBytes?: number;
   /** Runs with params already checked against `params`; the value returned is the result. */
   run(params: unknown, context: RunContext): unknown;
 }
@@ -70,7 +85,10 @@ export interface CommandsOptions {
   replay: ReplayGuard;
   clock: Clock;
   logger: Logger;
+  /** Commands running at once (default 4) ... */
   maxConcurrent?: number;
+  /** ... and accepted ones waiting for a slot (default 64); BUSY only beyond both. */
+  maxQueued?: number;
 }
 
 /** Codes of the refusals; each one is answered with `failed` and nothing runs. */
@@ -88,14 +106,23 @@ export const REJECTIONS = [
   "UNKNOWN_COMMAND",
   "BAD_PARAMS",
   "BUSY",
+  "REQUEST_TOO_LARGE",
+  "REPLAY_STORE_UNAVAILABLE",
 ] as const;
 export type Rejection = (typeof REJECTIONS)[number];
 
 const MAX_REMEMBERED = 100_000;
+/** The request size every command accepts; one that takes more (task inputs, update chunks) says so. */
+export const DEFAULT_MAX_REQUEST = 64 * 1024;
+/** Refusals answered and logged: a burst of this many, then this many per second; the rest are only counted. */
+const REFUSAL_BURST = 20;
+const REFUSALS_PER_SECOND = 2;
 
 class Refused extends Error {
   readonly code: Rejection;
   readonly id: string | undefined;
+  /** Whether the request was authenticated (a valid signature, or unsigned while that is allowed). */
+  authenticated = false;
   constructor(code: Rejection, message: string, id?: string) {
     super(message);
     this.code = code;
@@ -113,8 +140,10 @@ interface Accepted {
   id: string;
   definition: CommandDefinition;
   params: unknown;
-  key?: string;
+  caller?: Caller;
 }
+
+type Send = (body: Omit<ReplyBody, "command" | "device" | "id">) => void;
 
 /**
  * Receives requests on `P/D/cmd/<name>` (and `P/_group/<G>/cmd/<name>` for each group of the device),
@@ -128,15 +157,24 @@ export class Commands implements Component {
   private readonly prefixes: string[];
   private readonly controller = new AbortController();
   private readonly running = new Set<Promise<void>>();
+  /** Accepted requests waiting for a slot, oldest first. */
+  private readonly queue: { accepted: Accepted; send: Send }[] = [];
+  private readonly refusals: TokenBucket;
+  private unreported = 0;
   private keyCache: { keys: readonly TrustedKey[]; parsed: Map<string, { entry: TrustedKey; raw: string }> } = {
     keys: [],
     parsed: new Map(),
   };
-  /** Counters by outcome, for tests and telemetry. */
-  readonly counts = { received: 0, executed: 0, refused: 0 };
+  /** Counters by outcome, for tests and telemetry; `suppressed` refusals were neither answered nor logged. */
+  readonly counts = { received: 0, executed: 0, refused: 0, suppressed: 0 };
 
   constructor(options: CommandsOptions) {
     this.o = options;
+    this.refusals = new TokenBucket({
+      capacity: REFUSAL_BURST,
+      perSecond: REFUSALS_PER_SECOND,
+      mono: () => options.clock.mono(),
+    });
     this.definitions = new Map(options.definitions.map((d) => [d.name, d]));
     const p = options.topicPrefix;
     this.prefixes = [`${p}/${options.deviceId}/cmd/`, ...options.groups.map((g) => `${p}/_group/${g}/cmd/`)];
@@ -152,9 +190,12 @@ export class Commands implements Component {
     this.o.source.on("message", this.onMessage);
   }
 
-  /** Stops intake and waits for the commands that are running. */
+  /** Stops intake, answers the queued requests that will not run, and waits for the commands that are running. */
   readonly stop = once(async () => {
     this.o.source.off("message", this.onMessage);
+    for (const { send } of this.queue.splice(0)) {
+      send({ state: "failed", error: { code: "COMMAND_ABORTED", message: "the agent stopped before it ran" } });
+    }
     // Running commands see their signal abort; the drain waits for them (bounded by shutdown.deadline).
     this.controller.abort();
     await Promise.allSettled([...this.running]);
@@ -175,46 +216,71 @@ export class Commands implements Component {
   private handle(route: Route, payload: Buffer, packet: IPublishPacket): void {
     this.counts.received += 1;
     const props = packet.properties;
-    // A reply goes only to a topic under our prefix: a request must not make the device publish elsewhere.
-    const responseTopic =
-      props?.responseTopic?.startsWith(`${this.o.topicPrefix}/`) === true ? props.responseTopic : route.replyTopic;
-    const send = (body: Omit<ReplyBody, "command" | "device">) =>
+    // Replies go only to the operators' namespace P/_ctl/...: a request must not make the device publish on
+    // another device's topics, a group's command topic or its own command topic.
+    const ctlTopic = ctlResponseTopic(props?.responseTopic, this.o.topicPrefix);
+    const reply = (topic: string | undefined, body: Omit<ReplyBody, "command" | "device">) => {
+      if (topic === undefined) return;
       this.o.reply({
-        topic: responseTopic,
+        topic,
         body: { ...body, command: route.name, device: this.o.deviceId },
         ...(props?.correlationData ? { properties: { correlationData: props.correlationData } } : {}),
       });
+    };
 
     let accepted: Accepted;
     try {
       accepted = this.admit(route, payload);
     } catch (err) {
       if (!(err instanceof Refused)) throw err;
-      this.counts.refused += 1;
-      this.o.logger.warn({ command: route.name, id: err.id, code: err.code, reason: err.message }, "command refused");
-      send({ id: err.id, state: "failed", error: { code: err.code, message: err.message } });
+      this.refused(err, route, (body) => reply(err.authenticated ? (ctlTopic ?? route.replyTopic) : ctlTopic, body));
       return;
     }
 
-    const { id, definition, params } = accepted;
-    this.o.logger.info({ command: route.name, id, key: accepted.key }, "command accepted");
-    send({ id, state: "accepted" });
-    const task = this.execute(definition, params, (body) => send({ id, ...body })).finally(() =>
-      this.running.delete(task),
+    const { id } = accepted;
+    const send: Send = (body) => reply(ctlTopic ?? route.replyTopic, { id, ...body });
+    this.o.logger.info({ command: route.name, id, key: accepted.caller?.key }, "command accepted");
+    send({ state: "accepted" });
+    if (this.running.size < (this.o.maxConcurrent ?? 4)) this.execute(accepted, send);
+    else this.queue.push({ accepted, send });
+  }
+
+  /**
+   * Counts a refusal; answers and logs it only while the refusal budget lasts, so that a flood of garbage
+   * costs neither the journal nor the uplink (the count of the rest rides on the next line that is logged).
+   */
+  private refused(err: Refused, route: Route, answer: (body: Omit<ReplyBody, "command" | "device">) => void): void {
+    this.counts.refused += 1;
+    if (!this.refusals.take()) {
+      this.counts.suppressed += 1;
+      this.unreported += 1;
+      return;
+    }
+    const suppressed = this.unreported > 0 ? { suppressed: this.unreported } : {};
+    this.unreported = 0;
+    this.o.logger.warn(
+      { command: route.name, id: err.id, code: err.code, reason: err.message, ...suppressed },
+      "command refused",
     );
+    answer({ id: err.id, state: "failed", error: { code: err.code, message: err.message } });
+  }
+
+  private execute(accepted: Accepted, send: Send): void {
+    const task = this.run(accepted, send).finally(() => {
+      this.running.delete(task);
+      const next = this.controller.signal.aborted ? undefined : this.queue.shift();
+      if (next) this.execute(next.accepted, next.send);
+    });
     this.running.add(task);
   }
 
-  private async execute(
-    definition: CommandDefinition,
-    params: unknown,
-    send: (body: Omit<ReplyBody, "command" | "device" | "id">) => void,
-  ): Promise<void> {
+  private async run({ definition, params, caller }: Accepted, send: Send): Promise<void> {
     this.counts.executed += 1;
     try {
       const result = await definition.run(params, {
         progress: (progress) => send({ state: "executing", progress }),
         signal: this.controller.signal,
+        ...(caller ? { caller } : {}),
       });
       send({ state: "succeeded", result: result ?? null });
     } catch (err) {
@@ -226,10 +292,31 @@ export class Commands implements Component {
 
   /** Every check a request must pass, in order; throws Refused with the first that fails. */
   private admit(route: Route, payload: Buffer): Accepted {
+    let authenticated = false;
+    try {
+      return this.checks(route, payload, () => {
+        authenticated = true;
+      });
+    } catch (err) {
+      if (err instanceof Refused) err.authenticated = authenticated;
+      throw err;
+    }
+  }
+
+  /** `authenticated` is called once the sender is known to be allowed to ask at all. */
+  private checks(route: Route, payload: Buffer, authenticated: () => void): Accepted {
     const policy = this.o.policy();
     const now = this.o.clock.now();
     if (!COMMAND_NAME.test(route.name)) {
       throw new Refused("UNKNOWN_COMMAND", `no command ${JSON.stringify(route.name.slice(0, 64))}`);
+    }
+    // Before anything is parsed: an unauthenticated sender must not make the device spend memory on a request.
+    const cap = this.definitions.get(route.name)?.maxRequestBytes ?? DEFAULT_MAX_REQUEST;
+    if (payload.length > cap) {
+      throw new Refused(
+        "REQUEST_TOO_LARGE",
+        `the request has ${payload.length} bytes; ${route.name} takes at most ${cap}`,
+      );
     }
     let raw: unknown;
     try {
@@ -240,18 +327,16 @@ export class Commands implements Component {
     const looksSigned = raw !== null && typeof raw === "object" && ("sig" in raw || "payload" in raw);
     let id: string;
     let params: unknown;
-    let key: string | undefined;
     if (looksSigned) {
-      const request = this.verified(raw, policy, route, now);
+      const request = this.verified(raw, policy, route, now, authenticated);
       ({ id, params } = request);
-      key = request.keyName;
       const expires = request.expiresAt + policy.skewMs;
       const replayed = this.o.replay.check(id, request.nonce, now);
       if (replayed)
         throw new Refused(replayed, `request ${replayed === "NONCE_REPLAYED" ? "nonce" : "id"} seen before`, id);
       const checked = this.definition(route.name, params, id);
-      this.o.replay.remember(id, request.nonce, expires);
-      return { id, ...checked, key };
+      this.remember(checked.definition, id, request.nonce, expires, now);
+      return { id, ...checked, caller: request.caller };
     }
     if (!policy.allowUnsigned) {
       const maybeId = (raw as { id?: unknown } | null)?.id;
@@ -261,13 +346,31 @@ export class Commands implements Component {
         typeof maybeId === "string" ? maybeId.slice(0, 128) : undefined,
       );
     }
+    authenticated();
     const parsed = unsignedSchema.safeParse(raw);
     if (!parsed.success) throw new Refused("BAD_REQUEST", describe(parsed.error));
     ({ id, params } = parsed.data);
     if (this.o.replay.check(id, undefined, now)) throw new Refused("REQUEST_REPLAYED", "request id seen before", id);
     const checked = this.definition(route.name, params, id);
-    this.o.replay.remember(id, undefined, now + policy.maxValidityMs);
+    this.remember(checked.definition, id, undefined, now + policy.maxValidityMs, now);
     return { id, ...checked };
+  }
+
+  /**
+   * Records the request before it runs. A command that changes state runs only once that record is on disk:
+   * otherwise a captured copy could run it again after every restart (fail closed).
+   */
+  private remember(definition: CommandDefinition, id: string, nonce: string | undefined, expires: number, now: number) {
+    try {
+      this.o.replay.remember(id, nonce, expires, now);
+    } catch (err) {
+      if (definition.changesState === false) return;
+      throw new Refused(
+        "REPLAY_STORE_UNAVAILABLE",
+        `${errorMessage(err)}: commands that change state are refused until state.dir can be written`,
+        id,
+      );
+    }
   }
 
   /** The command and its checked params, if it may run now. */
@@ -276,8 +379,16 @@ export class Commands implements Component {
     if (!definition) throw new Refused("UNKNOWN_COMMAND", `no command ${JSON.stringify(name)}`, id);
     const checked = definition.params.safeParse(params);
     if (!checked.success) throw new Refused("BAD_PARAMS", describe(checked.error, "params"), id);
-    if (this.running.size >= (this.o.maxConcurrent ?? 4)) {
-      throw new Refused("BUSY", "too many commands running; try again", id);
+    if (definition.changesState !== false && !this.o.replay.durable) {
+      throw new Refused(
+        "REPLAY_STORE_UNAVAILABLE",
+        "command replay records cannot be stored: commands that change state are refused until state.dir can be written",
+        id,
+      );
+    }
+    const slots = (this.o.maxConcurrent ?? 4) + (this.o.maxQueued ?? 64);
+    if (this.running.size + this.queue.length >= slots) {
+      throw new Refused("BUSY", "too many commands running and waiting; try again", id);
     }
     // Entries leave only when their request expires: a flood of accepted requests must not grow memory
     // without end.
@@ -292,7 +403,8 @@ export class Commands implements Component {
     policy: CommandPolicy,
     route: Route,
     now: number,
-  ): CommandRequest & { keyName: string } {
+    authenticated: () => void,
+  ): CommandRequest & { caller: Caller } {
     const envelope = signedEnvelopeSchema.safeParse(raw);
     if (!envelope.success) throw new Refused("BAD_REQUEST", describe(envelope.error));
     // Parsed once, before the signature is checked: until then only its id is used, to label the reply.
@@ -311,6 +423,7 @@ export class Commands implements Component {
     if (!verifyEnvelope(envelope.data, trusted.publicKey)) {
       throw new Refused("SIGNATURE_INVALID", "the signature does not match the payload and key", claimedId);
     }
+    authenticated();
     if (parseError) throw new Refused("BAD_REQUEST", "the signed payload is not JSON", claimedId);
     const parsed = requestSchema.safeParse(body);
     if (!parsed.success) throw new Refused("BAD_REQUEST", describe(parsed.error), claimedId);
@@ -337,7 +450,7 @@ export class Commands implements Component {
     if (!allows(trusted.entry.allow, request.command)) {
       throw new Refused("KEY_NOT_ALLOWED", `key ${trusted.entry.name} may not run ${request.command}`, id);
     }
-    return { ...request, keyName: trusted.entry.name };
+    return { ...request, caller: { key: trusted.entry.name, allow: trusted.entry.allow } };
   }
 
   private trustedKey(text: string, policy: CommandPolicy): { entry: TrustedKey; publicKey: KeyObject } | undefined {
@@ -367,6 +480,20 @@ export class Commands implements Component {
 
 function rawKey(key: KeyObject): string {
   return String(key.export({ format: "jwk" }).x);
+}
+
+/** The response topic if it lies in the operators' namespace `P/_ctl/` (and names no wildcard). */
+function ctlResponseTopic(topic: string | undefined, prefix: string): string | undefined {
+  if (topic === undefined || !topic.startsWith(`${prefix}/_ctl/`)) return undefined;
+  return topic.includes("+") || topic.includes("#") || topic.includes("\0") ? undefined : topic;
+}
+
+/**
+ * Whether an allow list grants changing who is trusted (`commands.trustedKeys`): only `trust.*` or
+ * `trust.commands` named explicitly; `*` does not imply it.
+ */
+export function grantsTrust(patterns: readonly string[]): boolean {
+  return patterns.includes("trust.*") || patterns.includes("trust.commands");
 }
 
 /** `*` allows everything, `config.*` a family, anything else one command. */

@@ -32,9 +32,36 @@ export type ApplyResult =
 export const RESTART_KEYS = ["device", "mqtt", "outbox", "state", "log.format"];
 /**
  * Keys `config.set` may not change: a typo there would leave the device unreachable (mqtt) or lose its
- * state (state.dir, device.id) with nobody on site to fix it. They change in the file on the device.
+ * state (state.dir, device.id) with nobody on site to fix it, and the command policy would let a key
+ * widen itself (allowUnsigned, or a skew and validity long enough to replay). They change in the file.
  */
-export const LOCAL_ONLY_KEYS = ["device", "mqtt", "state"];
+export const LOCAL_ONLY_KEYS = [
+  "device",
+  "mqtt",
+  "state",
+  "commands.allowUnsigned",
+  "commands.clockSkew",
+  "commands.maxValidity",
+];
+/**
+ * Keys that decide who may command the device: changed remotely only by a key whose allow list names
+ * `trust.*` explicitly (never implied by `*` or `config.*`).
+ */
+export const TRUST_KEYS = ["commands.trustedKeys"];
+
+/** A refusal of a remote change beyond validation: who may make it, or what it would leave behind. */
+export interface PatchRefusal {
+  code: string;
+  problems: ConfigProblem[];
+}
+
+export interface PatchOptions {
+  reason?: string;
+  /** The change comes from a key allowed to change TRUST_KEYS. */
+  trust?: boolean;
+  /** Checks a configuration whose trust keys changed (for example: some key can still run config.set). */
+  guard?: (next: Config) => PatchRefusal | undefined;
+}
 
 export const OVERRIDES_FILE = "config-overrides.json";
 
@@ -43,6 +70,9 @@ export interface StoreOptions extends Omit<LoadOptions, "overrides"> {
 }
 
 const under = (path: string, keys: readonly string[]) => keys.some((k) => path === k || path.startsWith(`${k}.`));
+
+/** The overrides file: `{"format": 2, "values": {...}}`. A plain object is the format before trust keys. */
+const OVERRIDES_FORMAT = 2;
 
 /**
  * The agent's configuration: the file, then the remote overrides of `config.set` (kept in
@@ -54,6 +84,11 @@ export class ConfigStore extends EventEmitter<{ change: [next: Snapshot, previou
   readonly booted: Snapshot;
   /** Set when the stored overrides no longer validate: they are ignored until fixed or replaced. */
   readonly overrideProblems: ConfigProblem[] = [];
+  /**
+   * Stored overrides of keys that may not (or, before trust keys existed, could wrongly) be set remotely,
+   * dropped at start: a device that was tampered with must not stay tampered. The agent reports them.
+   */
+  readonly droppedOverrides: string[] = [];
   private snapshot: Snapshot;
   private overrides: Record<string, unknown> = {};
   private readonly overridesPath: string;
@@ -69,6 +104,13 @@ export class ConfigStore extends EventEmitter<{ change: [next: Snapshot, previou
     this.overridesPath = join(base.config.state.dir, OVERRIDES_FILE);
     let loaded: LoadedConfig = base;
     const stored = this.readOverrides();
+    if (stored !== undefined && this.droppedOverrides.length > 0) {
+      try {
+        this.store(stored);
+      } catch {
+        // Dropped from memory all the same; the next config.set writes the file again.
+      }
+    }
     if (stored !== undefined) {
       try {
         loaded = this.load(stored);
@@ -108,8 +150,9 @@ export class ConfigStore extends EventEmitter<{ change: [next: Snapshot, previou
     return this.swap(loaded, reason);
   }
 
-  /** Applies a JSON merge patch from `config.set`; stores it only when the whole result is valid. */
-  patch(patch: Record<string, unknown>, reason = "config.set"): ApplyResult {
+  /** Applies a JSON merge patch from `config.set`; stores it only when the whole result is valid and allowed. */
+  patch(patch: Record<string, unknown>, options: PatchOptions = {}): ApplyResult {
+    const reason = options.reason ?? "config.set";
     const local = leafPaths(patch).filter((p) => under(p, LOCAL_ONLY_KEYS));
     if (local.length > 0) {
       const problems = local.map((path) => ({
@@ -126,8 +169,20 @@ export class ConfigStore extends EventEmitter<{ change: [next: Snapshot, previou
     } catch (err) {
       return this.refused(err, reason);
     }
+    // Judged on the effective change, so that removing a section (`null`) counts like setting its keys.
+    const trustChanged = diffPaths(this.snapshot.config, loaded.config).filter((p) => under(p, TRUST_KEYS));
+    if (trustChanged.length > 0 && options.trust !== true) {
+      const problems = trustChanged.map((path) => ({
+        path,
+        expected: 'expected a change by a key whose allow list names "trust.*"',
+        found: "a key without it",
+      }));
+      return this.rejected({ code: "KEY_NOT_ALLOWED", problems }, reason);
+    }
+    const refusal = trustChanged.length > 0 ? options.guard?.(loaded.config) : undefined;
+    if (refusal) return this.rejected(refusal, reason);
     try {
-      writeAtomically(this.overridesPath, `${JSON.stringify(next, null, 2)}\n`);
+      this.store(next);
     } catch (err) {
       this.log?.error({ err, reason }, "could not store the config change; nothing applied");
       return {
@@ -192,6 +247,18 @@ export class ConfigStore extends EventEmitter<{ change: [next: Snapshot, previou
     return { ok: true, snapshot: this.snapshot, changed, restartRequired };
   }
 
+  private rejected(refusal: PatchRefusal, reason: string): ApplyResult {
+    this.log?.warn(
+      { reason, version: this.snapshot.version, code: refusal.code, problems: formatProblems(refusal.problems) },
+      "configuration change refused; keeping the current one",
+    );
+    return { ok: false, ...refusal };
+  }
+
+  private store(values: Record<string, unknown>): void {
+    writeAtomically(this.overridesPath, `${JSON.stringify({ format: OVERRIDES_FORMAT, values }, null, 2)}\n`);
+  }
+
   private refused(err: unknown, reason: string): ApplyResult {
     if (!isOutpostError(err, "CONFIG_INVALID")) throw err;
     const problems = err.details as ConfigProblem[];
@@ -200,6 +267,18 @@ export class ConfigStore extends EventEmitter<{ change: [next: Snapshot, previou
       "configuration change refused; keeping the current one",
     );
     return { ok: false, code: "CONFIG_INVALID", problems };
+  }
+
+  /** The overrides without the given keys; what was removed goes to droppedOverrides. */
+  private without(values: Record<string, unknown>, keys: readonly string[]): Record<string, unknown> {
+    let kept = values;
+    for (const path of leafPaths(values)) {
+      const key = keys.find((k) => path === k || path.startsWith(`${k}.`));
+      if (key === undefined || this.droppedOverrides.includes(key)) continue;
+      this.droppedOverrides.push(key);
+      kept = mergePatch(kept, pathPatch(key)) as Record<string, unknown>;
+    }
+    return withoutEmpty(kept);
   }
 
   private readOverrides(): Record<string, unknown> | undefined {
@@ -211,7 +290,13 @@ export class ConfigStore extends EventEmitter<{ change: [next: Snapshot, previou
     }
     try {
       const value: unknown = JSON.parse(text);
-      if (value !== null && typeof value === "object" && !Array.isArray(value)) return value as Record<string, unknown>;
+      if (isObject(value)) {
+        const current = value.format === OVERRIDES_FORMAT && isObject(value.values);
+        const values = current ? (value.values as Record<string, unknown>) : value;
+        // Local-only keys never belong here; before format 2 any config.* key could also set the trust keys.
+        const forbidden = current ? LOCAL_ONLY_KEYS : [...LOCAL_ONLY_KEYS, ...TRUST_KEYS];
+        return this.without(values, forbidden);
+      }
     } catch {
       // Reported below like any other unusable override.
     }
@@ -225,8 +310,29 @@ export class ConfigStore extends EventEmitter<{ change: [next: Snapshot, previou
   }
 }
 
+function isObject(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
 function invalid(problems: ConfigProblem[]): OutpostError {
   return new OutpostError("CONFIG_INVALID", formatProblems(problems).join("\n"), { details: problems });
+}
+
+/** A copy without the objects left empty by a removal. */
+function withoutEmpty(value: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [key, child] of Object.entries(value)) {
+    const kept = isObject(child) ? withoutEmpty(child) : child;
+    if (!isObject(kept) || Object.keys(kept).length > 0) out[key] = kept;
+  }
+  return out;
+}
+
+/** A merge patch that removes one dotted path. */
+function pathPatch(path: string): Record<string, unknown> {
+  const keys = path.split(".");
+  const last = keys.pop() as string;
+  return keys.reduceRight<Record<string, unknown>>((inner, key) => ({ [key]: inner }), { [last]: null });
 }
 
 /** Dotted paths whose values differ (secrets compared redacted, arrays as whole values). */

@@ -43,11 +43,27 @@ class Bus extends EventEmitter {
  * A command handler with a real replay store in a temp dir, a manual clock and two probe commands whose
  * effects are counted: what the tests assert on, besides the replies.
  */
-export function harness(options: { policy?: Partial<CommandPolicy>; dir?: string; groups?: string[] } = {}) {
+/** Where `ctl` asks for its replies: the only response topics a device answers on. */
+export const CTL_REPLY = `${PREFIX}/_ctl/test/reply`;
+
+export function harness(
+  options: {
+    policy?: Partial<CommandPolicy>;
+    dir?: string;
+    groups?: string[];
+    /** The MQTT 5 response topic of every delivered request that names no packet of its own. */
+    responseTopic?: string;
+  } = {},
+) {
   const ops = operatorKey();
   const clock = new ManualClock(T0);
   const dir = options.dir ?? mkdtempSync(join(tmpdir(), "outpost-cmd-"));
-  const logger = pino({ level: "silent" });
+  // Every log line the handler writes, parsed: tests count them.
+  const logs: Record<string, unknown>[] = [];
+  const logger = pino(
+    { level: "info" },
+    { write: (line: string) => logs.push(JSON.parse(line) as Record<string, unknown>) },
+  );
   const bus = new Bus();
   const replies: Reply[] = [];
   const effects: unknown[] = [];
@@ -67,6 +83,23 @@ export function harness(options: { policy?: Partial<CommandPolicy>; dir?: string
       effects.push("slow");
       return "finished";
     },
+  };
+  /** Reads only: may run while replay records cannot be stored. */
+  const look: CommandDefinition = {
+    name: "look",
+    params: z.undefined(),
+    changesState: false,
+    run: () => {
+      effects.push("look");
+      return "seen";
+    },
+  };
+  /** Runs until the test releases it. */
+  const gates: (() => void)[] = [];
+  const block: CommandDefinition = {
+    name: "block",
+    params: z.undefined(),
+    run: () => new Promise<void>((resolve) => gates.push(resolve)).then(() => effects.push("block")),
   };
   const boom: CommandDefinition = {
     name: "boom",
@@ -90,18 +123,24 @@ export function harness(options: { policy?: Partial<CommandPolicy>; dir?: string
     groups: options.groups ?? [],
     reply: (r) => replies.push(r),
     policy: () => policy,
-    definitions: [probe, slow, boom],
+    definitions: [probe, slow, look, block, boom],
     replay,
     clock,
     logger,
   });
   // start() registers the listener before its first await.
   void commands.start(new AbortController().signal);
-  const deliver = (name: string, body: unknown, packet: Partial<IPublishPacket> = {}, topic?: string) => {
+  const defaultPacket: Partial<IPublishPacket> = options.responseTopic
+    ? { properties: { responseTopic: options.responseTopic } }
+    : {};
+  const deliver = (name: string, body: unknown, packet: Partial<IPublishPacket> = defaultPacket, topic?: string) => {
     const payload = Buffer.from(typeof body === "string" ? body : JSON.stringify(body));
     bus.emit("message", topic ?? `${PREFIX}/${DEVICE}/cmd/${name}`, payload, packet as IPublishPacket);
   };
   /** Replies are sent synchronously for refusals; a run finishes on a later turn. */
   const settle = () => new Promise((resolve) => setImmediate(resolve));
-  return { ops, clock, dir, bus, replies, effects, policy, replay, commands, deliver, settle };
+  const release = () => {
+    for (const gate of gates.splice(0)) gate();
+  };
+  return { ops, clock, dir, bus, replies, effects, logs, policy, replay, commands, deliver, settle, release };
 }

@@ -4,6 +4,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
+import mqtt from "mqtt";
 import { stringify } from "yaml";
 import { signPayload } from "../../src/commands/envelope.ts";
 import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
@@ -15,6 +16,8 @@ import { Operator, PREFIX } from "../helpers/operator.ts";
 const run = promisify(execFile);
 const ops = operatorKey();
 const viewer = operatorKey();
+const configurer = operatorKey();
+const CTL = `${PREFIX}/_ctl/integration/reply`;
 
 function config(port: number, id: string, more: Record<string, unknown> = {}) {
   return {
@@ -25,10 +28,24 @@ function config(port: number, id: string, more: Record<string, unknown> = {}) {
       trustedKeys: [
         { name: "ops", key: ops.publicText, allow: ["*"] },
         { name: "viewer", key: viewer.publicText, allow: ["ping", "describe", "config.get"] },
+        { name: "configurer", key: configurer.publicText, allow: ["ping", "config.*"] },
       ],
     },
     ...more,
   };
+}
+
+/** Publishes `count` unsigned requests as fast as the broker takes them (QoS 0, one connection). */
+async function mqttFlood(port: number, topic: string, count: number, responseTopic: string): Promise<void> {
+  const client = await mqtt.connectAsync({ host: "127.0.0.1", port, protocolVersion: 5 });
+  try {
+    for (let i = 0; i < count; i++) {
+      client.publish(topic, JSON.stringify({ id: `flood-${i}` }), { qos: 0, properties: { responseTopic } });
+    }
+    await client.publishAsync(topic, JSON.stringify({ id: "flood-last" }), { qos: 1, properties: { responseTopic } });
+  } finally {
+    await client.endAsync();
+  }
 }
 
 const online = (id: string) => (m: Received) => m.topic === `${PREFIX}/${id}/status` && m.json.state === "online";
@@ -128,11 +145,77 @@ describe("remote commands against a real mosquitto", () => {
       ],
     ];
     for (const [name, payload, code] of cases) {
-      const reply = watch.waitForNext((m) => m.topic === `${PREFIX}/dev-cmd/cmd/${name}/reply`, 5000, code);
-      await watch.client.publishAsync(`${PREFIX}/dev-cmd/cmd/${name}`, payload, { qos: 1 });
+      // Unauthenticated refusals are answered only on a ctl response topic (issue 8).
+      const reply = watch.waitForNext((m) => m.topic === CTL && m.json.error !== undefined, 5000, code);
+      await watch.client.publishAsync(`${PREFIX}/dev-cmd/cmd/${name}`, payload, {
+        qos: 1,
+        properties: { responseTopic: CTL },
+      });
       assert.equal(((await reply).json.error as { code: string }).code, code);
     }
     assert.deepEqual(await interval(), before, "no request changed the config");
+  });
+
+  // Issue 8, item 3: on bbb3be8 the configurer key set allowUnsigned (then an unsigned restart ran) and gave
+  // itself "*"; both were stored.
+  it("a key allowed only ping and config.* cannot widen itself or open the device to unsigned commands", async () => {
+    const before = await interval();
+    const self = await Operator.open(broker.port, configurer);
+    try {
+      const unsigned = await self.final("dev-cmd", "config.set", { patch: { commands: { allowUnsigned: true } } });
+      assert.equal(unsigned.state, "failed");
+      assert.equal(unsigned.error?.code, "BAD_PARAMS");
+      const widen = { name: "configurer", key: configurer.publicText, allow: ["*"] };
+      const trust = await self.final("dev-cmd", "config.set", { patch: { commands: { trustedKeys: [widen] } } });
+      assert.equal(trust.error?.code, "KEY_NOT_ALLOWED");
+      // "*" does not imply trust either.
+      const byOps = await operator.final("dev-cmd", "config.set", { patch: { commands: { trustedKeys: [widen] } } });
+      assert.equal(byOps.error?.code, "KEY_NOT_ALLOWED");
+      const reply = watch.waitForNext((m) => m.topic === CTL && m.json.id === "unsigned-restart", 5000, "refusal");
+      await watch.client.publishAsync(`${PREFIX}/dev-cmd/cmd/restart`, JSON.stringify({ id: "unsigned-restart" }), {
+        qos: 1,
+        properties: { responseTopic: CTL },
+      });
+      assert.equal(((await reply).json.error as { code: string }).code, "COMMAND_UNSIGNED");
+      const config = (await operator.final("dev-cmd", "config.get", { path: "commands" })).result as {
+        value: { allowUnsigned: boolean; trustedKeys: { name: string; allow: string[] }[] };
+      };
+      assert.equal(config.value.allowUnsigned, false);
+      assert.deepEqual(config.value.trustedKeys.find((k) => k.name === "configurer")?.allow, ["ping", "config.*"]);
+      assert.deepEqual(await interval(), before);
+      assert.equal(agent.child.exitCode, null, "still running");
+    } finally {
+      await self.close();
+    }
+  });
+
+  // Issue 8, items 6 and 7: on bbb3be8 10,000 unsigned requests gave 10,000 warn lines and 10,000 replies.
+  it("10,000 unsigned requests: bounded replies and log lines, counted in telemetry, no seq missing", async () => {
+    const status = await watch.waitFor(online("dev-cmd"), 1000, "status");
+    const session = status.json.session as string;
+    const linesBefore = agent.logs().filter((l) => l.msg === "command refused").length;
+    const repliesBefore = watch.items.filter((m) => m.topic === CTL).length;
+    const flood = mqttFlood(broker.port, `${PREFIX}/dev-cmd/cmd/ping`, 10_000, CTL);
+    await flood;
+    // Telemetry that reports every refusal comes after the flood was handled.
+    const counted = await watch.waitForNext(
+      (m) =>
+        m.topic === `${PREFIX}/dev-cmd/telemetry` &&
+        ((m.json.metrics as { commands?: { refused: number } }).commands?.refused ?? 0) >= 10_000,
+      20_000,
+      "telemetry counting the refusals",
+    );
+    const counts = (counted.json.metrics as { commands: { refused: number; suppressed: number } }).commands;
+    const lines = agent.logs().filter((l) => l.msg === "command refused").length - linesBefore;
+    const replies = watch.items.filter((m) => m.topic === CTL).length - repliesBefore;
+    assert.ok(lines <= 60, `${lines} log lines`);
+    assert.ok(replies <= 60, `${replies} replies`);
+    assert.ok(counts.suppressed >= 10_000 - 60, `${counts.suppressed} suppressed`);
+    const mine = watch.items.filter((m) => m.json.session === session && typeof m.json.seq === "number");
+    const seqs = new Set(mine.map((m) => m.json.seq as number));
+    const top = Math.max(...seqs);
+    const missing = Array.from({ length: top }, (_, i) => i + 1).filter((n) => !seqs.has(n));
+    assert.deepEqual(missing, [], "every seq of the session arrived");
   });
 
   it("a group call is published once and answered by every member", async () => {

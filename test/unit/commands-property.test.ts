@@ -4,7 +4,7 @@ import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import fc from "fast-check";
 import { REJECTIONS } from "../../src/commands/commands.ts";
-import { harness, request, sign } from "../helpers/commands.ts";
+import { CTL_REPLY, harness, request, sign } from "../helpers/commands.ts";
 
 setFlagsFromString("--expose-gc");
 const gc = runInNewContext("gc") as () => void;
@@ -32,20 +32,23 @@ const junk = fc.oneof(
 );
 
 test("random and mutated envelopes: never a crash, always an error code, nothing runs, memory bounded", () => {
-  const h = harness();
+  // Unauthenticated refusals are answered only on a ctl response topic, and only within the refusal budget:
+  // the clock moves on by the budget's refill time before each request.
+  const h = harness({ responseTopic: CTL_REPLY });
   const validCodes = new Set<string>(REJECTIONS);
   let heapAfterWarmup = 0;
   let runs = 0;
   fc.assert(
     fc.property(fc.oneof(mutatedEnvelope, junk), fc.constantFrom(...NAMES), (input, name) => {
       h.replies.length = 0;
+      h.clock.advance(500);
       let payload: Buffer;
       if (input.kind === "bytes") {
         payload = Buffer.from(input.bytes);
       } else if (input.kind === "json") {
         payload = Buffer.from(JSON.stringify(input.value) ?? "null");
       } else {
-        const original = sign(h.ops, request({ command: "probe", params: input.params }));
+        const original = sign(h.ops, request({ command: "probe", params: input.params }, h.clock.now()));
         const envelope: Record<string, unknown> = { ...original };
         const text = original[input.field];
         const i = input.at % Math.max(1, text.length);
@@ -59,7 +62,8 @@ test("random and mutated envelopes: never a crash, always an error code, nothing
         fc.pre(JSON.stringify(envelope) !== JSON.stringify(original));
         payload = Buffer.from(JSON.stringify(envelope));
       }
-      assert.doesNotThrow(() => h.bus.emit("message", `outpost/v1/dev-1/cmd/${name}`, payload, {} as never));
+      const packet = { properties: { responseTopic: CTL_REPLY } } as never;
+      assert.doesNotThrow(() => h.bus.emit("message", `outpost/v1/dev-1/cmd/${name}`, payload, packet));
       // Wrong names (with a slash, upper case, too long) still reach a handler in these tests, since the
       // bus does not match topics: every one must still get exactly one answer.
       assert.equal(h.replies.length, 1, "exactly one reply");

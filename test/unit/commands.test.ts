@@ -5,7 +5,7 @@ import { allows } from "../../src/commands/commands.ts";
 import { signedBytes, verifyEnvelope } from "../../src/commands/envelope.ts";
 import { parsePublicKey } from "../../src/commands/keys.ts";
 import { ReplayGuard } from "../../src/commands/replay.ts";
-import { DEVICE, harness, operatorKey, PREFIX, request, sign, T0 } from "../helpers/commands.ts";
+import { CTL_REPLY, DEVICE, harness, operatorKey, PREFIX, request, sign, T0 } from "../helpers/commands.ts";
 
 const states = (h: ReturnType<typeof harness>) => h.replies.map((r) => r.body.state);
 const lastError = (h: ReturnType<typeof harness>) => h.replies.at(-1)?.body.error?.code;
@@ -137,7 +137,8 @@ describe("signed commands", () => {
   ];
   for (const [name, act, code] of cases) {
     test(`refused with ${code}: ${name}`, async () => {
-      const h = harness();
+      // Refusals of requests not yet authenticated are answered only on a ctl response topic (issue 8).
+      const h = harness({ responseTopic: CTL_REPLY });
       act(h);
       await h.settle();
       assert.deepEqual(states(h), ["failed"]);

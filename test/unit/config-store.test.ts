@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -60,7 +60,7 @@ test("config.set merges a patch, stores it, and survives a restart; null removes
   assert.equal(result.ok, true);
   assert.deepEqual(result.ok && result.restartRequired, ["outbox.window"]);
   const stored = JSON.parse(readFileSync(join(s.dir, "state", "config-overrides.json"), "utf8"));
-  assert.deepEqual(stored, { telemetry: { interval: "3s" }, outbox: { window: 8 } });
+  assert.deepEqual(stored, { format: 2, values: { telemetry: { interval: "3s" }, outbox: { window: 8 } } });
 
   const restarted = s.open();
   assert.equal(restarted.current().config.telemetry.interval, "3s");
@@ -118,4 +118,79 @@ test("stored overrides that no longer validate are ignored at start, and reporte
   const store = s.open();
   assert.equal(store.current().config.telemetry.interval, "10s");
   assert.equal(store.overrideProblems[0]?.path, "telemetry.interval");
+});
+
+// Issue 8, item 3: on bbb3be8 a key allowed only config.* could set allowUnsigned or rewrite the trusted keys,
+// and both were stored for good.
+const KEY_A = `ed25519:${Buffer.alloc(32, 1).toString("base64")}`;
+const KEY_B = `ed25519:${Buffer.alloc(32, 2).toString("base64")}`;
+const keys = { commands: { trustedKeys: [{ name: "ops", key: KEY_A, allow: ["ping", "config.*"] }] } };
+
+test("the command policy cannot be changed remotely: allowUnsigned, clockSkew, maxValidity", () => {
+  const s = setup(keys);
+  const store = s.open();
+  for (const patch of [
+    { commands: { allowUnsigned: true } },
+    { commands: { clockSkew: "1h" } },
+    { commands: { maxValidity: "1d" } },
+  ]) {
+    const result = store.patch(patch);
+    assert.equal(result.ok, false, JSON.stringify(patch));
+    assert.equal(store.current().version, 1);
+  }
+  assert.equal(store.current().config.commands.allowUnsigned, false);
+});
+
+test("trusted keys change remotely only with trust, and never down to no key that can run config.set", () => {
+  const s = setup(keys);
+  const store = s.open();
+  const widened = { commands: { trustedKeys: [{ name: "ops", key: KEY_A, allow: ["*"] }] } };
+  const refused = store.patch(widened);
+  assert.deepEqual(!refused.ok && [refused.code, refused.problems.map((p) => p.path)], [
+    "KEY_NOT_ALLOWED",
+    ["commands.trustedKeys"],
+  ]);
+  assert.deepEqual(store.patch(widened, { trust: false }).ok, false);
+
+  const lockout = { code: "CONFIG_LOCKOUT", problems: [] };
+  const guard = (next: { commands: { trustedKeys: { allow: string[] }[] } }) =>
+    next.commands.trustedKeys.some((k) => k.allow.includes("*") || k.allow.includes("config.*")) ? undefined : lockout;
+  const empty = store.patch({ commands: { trustedKeys: [] } }, { trust: true, guard });
+  assert.equal(!empty.ok && empty.code, "CONFIG_LOCKOUT");
+  assert.equal(store.current().version, 1);
+
+  const added = {
+    commands: { trustedKeys: [...keys.commands.trustedKeys, { name: "b", key: KEY_B, allow: ["ping"] }] },
+  };
+  assert.equal(store.patch(added, { trust: true, guard }).ok, true);
+  assert.equal(store.current().config.commands.trustedKeys.length, 2);
+  // Removing the override again (a null) is a change of trust too.
+  assert.equal(store.patch({ commands: null }).ok, false);
+  assert.equal(store.patch({ commands: null }, { trust: true, guard }).ok, true);
+  assert.equal(store.current().config.commands.trustedKeys.length, 1);
+});
+
+test("stored overrides of the command policy or trust from before the fix are dropped at start", () => {
+  const s = setup(keys);
+  const overrides = join(s.dir, "state", "config-overrides.json");
+  mkdirSync(join(s.dir, "state"), { recursive: true });
+  const tampered = {
+    telemetry: { interval: "3s" },
+    commands: { allowUnsigned: true, trustedKeys: [{ name: "x", key: KEY_B, allow: ["*"] }] },
+  };
+  writeFileSync(overrides, JSON.stringify(tampered));
+  const store = s.open();
+  assert.deepEqual(store.droppedOverrides, ["commands.allowUnsigned", "commands.trustedKeys"]);
+  assert.equal(store.current().config.commands.allowUnsigned, false);
+  assert.deepEqual(
+    store.current().config.commands.trustedKeys.map((k) => k.name),
+    ["ops"],
+  );
+  assert.equal(store.current().config.telemetry.interval, "3s", "the harmless override stays");
+  // Rewritten without them: the next start finds nothing to drop.
+  assert.deepEqual(JSON.parse(readFileSync(overrides, "utf8")), {
+    format: 2,
+    values: { telemetry: { interval: "3s" } },
+  });
+  assert.deepEqual(s.open().droppedOverrides, []);
 });

@@ -99,6 +99,7 @@ export class Agent {
       connectTimeoutMs: durationMs(config.mqtt.connectTimeout),
       reconnectMinMs: durationMs(config.mqtt.reconnectMin),
       reconnectMaxMs: durationMs(config.mqtt.reconnectMax),
+      maxPacketSize: sizeBytes(config.mqtt.maxPacketSize),
       will: () => status("lost"),
       birth: () => status("online"),
       farewell: () => status("offline"),

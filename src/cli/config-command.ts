@@ -1,5 +1,12 @@
 import { stringify } from "yaml";
-import { type ConfigProblem, formatProblems, type LoadedConfig, loadConfig, redact } from "../config/load.ts";
+import {
+  type ConfigProblem,
+  formatProblems,
+  type LoadedConfig,
+  loadConfig,
+  redact,
+  unknownEnvVars,
+} from "../config/load.ts";
 import { configJsonSchema } from "../config/schema.ts";
 import { ConfigStore } from "../config/store.ts";
 import { isOutpostError } from "../core/errors.ts";
@@ -32,6 +39,11 @@ export function openSettings(host: Host, path: string | undefined): ConfigStore 
 }
 
 function reportProblems<T>(host: Host, load: () => T): T | number {
+  for (const name of unknownEnvVars(host.env)) {
+    host.stderr.write(
+      `outpost: warning: ${name} names no config key and is ignored (nesting takes a double underscore)\n`,
+    );
+  }
   try {
     return load();
   } catch (err) {

@@ -377,6 +377,9 @@ export class Commands implements Component {
   private definition(name: string, params: unknown, id: string): { definition: CommandDefinition; params: unknown } {
     const definition = this.definitions.get(name);
     if (!definition) throw new Refused("UNKNOWN_COMMAND", `no command ${JSON.stringify(name)}`, id);
+    // Checked before any schema: zod's records assign such a key, which changes the prototype and loses it.
+    const unsafe = prototypeKey(params, "params");
+    if (unsafe) throw new Refused("BAD_PARAMS", `${unsafe}: expected a plain key, not one that names a prototype`, id);
     const checked = definition.params.safeParse(params);
     if (!checked.success) throw new Refused("BAD_PARAMS", describe(checked.error, "params"), id);
     if (definition.changesState !== false && !this.o.replay.durable) {
@@ -480,6 +483,20 @@ export class Commands implements Component {
 
 function rawKey(key: KeyObject): string {
   return String(key.export({ format: "jwk" }).x);
+}
+
+const PROTOTYPE_KEYS = new Set(["__proto__", "constructor", "prototype"]);
+
+/** The path of the first key in a JSON value that names a prototype, if any. */
+function prototypeKey(value: unknown, path: string): string | undefined {
+  if (value === null || typeof value !== "object") return undefined;
+  for (const [key, child] of Object.entries(value)) {
+    const at = `${path}.${key}`;
+    if (!Array.isArray(value) && PROTOTYPE_KEYS.has(key)) return at;
+    const found = prototypeKey(child, at);
+    if (found) return found;
+  }
+  return undefined;
 }
 
 /** The response topic if it lies in the operators' namespace `P/_ctl/` (and names no wildcard). */

@@ -30,6 +30,10 @@ export const requestSchema = z
   .refine((r) => (r.device === undefined) !== (r.group === undefined), {
     message: "expected exactly one of device and group",
     path: ["device"],
+  })
+  .refine((r) => r.expiresAt >= r.issuedAt, {
+    message: "expected expiresAt at or after issuedAt",
+    path: ["expiresAt"],
   });
 
 export type CommandRequest = z.output<typeof requestSchema>;

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { accessSync, constants, readFileSync } from "node:fs";
+import { accessSync, constants, readFileSync, statSync } from "node:fs";
 import { parseDocument } from "yaml";
 import type { z } from "zod";
 import { OutpostError } from "../core/errors.ts";
@@ -34,6 +34,20 @@ export interface LoadedConfig {
 
 export const ENV_PREFIX = "OUTPOST_";
 const MAX_FOUND = 80;
+/** A config file is a few KiB; a cap keeps a huge one from freezing the agent before validation can say so. */
+export const MAX_CONFIG_BYTES = 1024 * 1024;
+/** Variables of the project's own tools, not config keys. */
+const OWN_VARIABLES = [/^OUTPOST_NODE$/, /^OUTPOST_CTL_/];
+
+/**
+ * OUTPOST_ variables that cannot be config keys (no double underscore) and are not the tools' own: most
+ * often a single underscore where nesting needs two. Worth a warning, since they are otherwise ignored.
+ */
+export function unknownEnvVars(env: Readonly<Record<string, string | undefined>>): string[] {
+  return Object.keys(env)
+    .filter((n) => n.startsWith(ENV_PREFIX) && !n.includes("__") && !OWN_VARIABLES.some((own) => own.test(n)))
+    .sort();
+}
 
 /** Loads, merges (file, then environment) and validates a configuration. Throws CONFIG_INVALID. */
 export function loadConfig(options: LoadOptions): LoadedConfig {
@@ -116,6 +130,15 @@ function invalid(problems: ConfigProblem[]): OutpostError {
 
 function readText(path: string, required: boolean, problems: ConfigProblem[]): string | undefined {
   try {
+    const { size } = statSync(path);
+    if (size > MAX_CONFIG_BYTES) {
+      problems.push({
+        path: "(file)",
+        expected: "expected a config file of at most 1 MiB",
+        found: `${(size / 1024 / 1024).toFixed(1)} MiB in ${path}`,
+      });
+      return undefined;
+    }
     return readFileSync(path, "utf8");
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;

@@ -20,13 +20,22 @@ function duration(def: string, minMs: number, maxMs: number) {
 }
 
 /** A size string like "64MiB", kept as text. */
-function size(def: string, minBytes: number) {
+function size(def: string, minBytes: number, maxBytes: number) {
   return z
     .string()
     .refine((s) => parseSize(s) !== undefined, { message: 'expected a size like "512KiB", "64MiB", "1GiB"' })
-    .refine((s) => (parseSize(s) ?? minBytes) >= minBytes, { message: `expected at least ${minBytes} bytes` })
+    .refine(
+      (s) => {
+        const bytes = parseSize(s);
+        return bytes === undefined || (bytes >= minBytes && bytes <= maxBytes);
+      },
+      { message: `expected a size of at least ${minBytes} bytes and at most ${maxBytes} bytes` },
+    )
     .default(def);
 }
+
+/** Lists in the file are short; a cap keeps a corrupt or hostile file from taking the memory. */
+const MAX_LIST = 64;
 
 // Topic-safe and filename-safe: it appears in MQTT topics and in paths under state.dir.
 const DEVICE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -44,6 +53,7 @@ export const trustedKeySchema = z.strictObject({
     .regex(PUBLIC_KEY, 'expected an ed25519 public key: the contents of a .pub file ("ed25519:" and base64)'),
   allow: z
     .array(z.string().regex(/^(\*|[a-z][a-z0-9.-]*(\.\*)?)$/, 'expected a command name, "family.*" or "*"'))
+    .max(MAX_LIST, { message: `expected at most ${MAX_LIST} items` })
     .default(["*"]),
 });
 
@@ -56,6 +66,7 @@ export const configSchema = z.strictObject({
         .optional(),
       groups: z
         .array(z.string().regex(GROUP, "expected a group name of A-Z a-z 0-9 . _ - starting with a letter or digit"))
+        .max(MAX_LIST, { message: `expected at most ${MAX_LIST} items` })
         .default([]),
     })
     .prefault({}),
@@ -86,6 +97,13 @@ export const configSchema = z.strictObject({
       connectTimeout: duration("10s", 500, 120_000),
       reconnectMin: duration("1s", 10, 600_000),
       reconnectMax: duration("60s", 100, 3_600_000),
+      // Announced in CONNECT (MQTT 5) and enforced on the socket: a larger incoming packet drops the connection
+      // before it is buffered. Task inputs and update chunks must fit under it.
+      maxPacketSize: size("2MiB", 16 * 1024, 128 * 1024 * 1024),
+    })
+    .refine((m) => (parseDuration(m.reconnectMax) ?? 0) >= (parseDuration(m.reconnectMin) ?? 0), {
+      message: "expected a duration at least mqtt.reconnectMin",
+      path: ["reconnectMax"],
     })
     .refine((m) => m.password === undefined || m.passwordFile === undefined, {
       message: "expected at most one of password and passwordFile",
@@ -98,13 +116,13 @@ export const configSchema = z.strictObject({
     .prefault({}),
   telemetry: z
     .strictObject({
-      interval: duration("10s", 10, 86_400_000),
+      interval: duration("10s", 50, 86_400_000),
       collectorTimeout: duration("2s", 50, 60_000),
     })
     .prefault({}),
   outbox: z
     .strictObject({
-      maxBytes: size("64MiB", 64 * 1024),
+      maxBytes: size("64MiB", 64 * 1024, 64 * 1024 ** 3),
       ttl: duration("7d", 60_000, 365 * 86_400_000),
       commitInterval: duration("1s", 10, 60_000),
       commitMessages: z.number().int().min(1).max(100_000).default(1000),
@@ -121,7 +139,10 @@ export const configSchema = z.strictObject({
     .prefault({}),
   commands: z
     .strictObject({
-      trustedKeys: z.array(trustedKeySchema).default([]),
+      trustedKeys: z
+        .array(trustedKeySchema)
+        .max(MAX_LIST, { message: `expected at most ${MAX_LIST} items` })
+        .default([]),
       allowUnsigned: z.boolean().default(false),
       clockSkew: duration("30s", 0, 3_600_000),
       maxValidity: duration("10m", 1_000, 86_400_000),

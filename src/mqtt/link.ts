@@ -13,6 +13,7 @@ import { sleep } from "../core/clock.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
 import { type Component, once, withDeadline } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
+import { packetGuard } from "./packet-guard.ts";
 
 export type ProtocolVersion = 4 | 5;
 
@@ -38,6 +39,11 @@ export interface LinkOptions {
   connectTimeoutMs: number;
   reconnectMinMs: number;
   reconnectMaxMs: number;
+  /**
+   * The largest packet accepted from the broker: announced in CONNECT (MQTT 5, so the broker drops larger
+   * messages for us) and enforced on the socket before a packet is buffered (a larger one drops the connection).
+   */
+  maxPacketSize?: number;
   /** The will, registered at each connect: what the broker says for us when we vanish. */
   will: () => LinkMessage;
   /** Published (retained) after each successful connect, before anything else. */
@@ -78,6 +84,8 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
   private fellBack = false;
   private connectCount = 0;
   private brokerLimits: BrokerLimits = {};
+  /** Set when the last connection was dropped for an oversized packet: the backoff then keeps growing. */
+  private droppedOversized = false;
   private readonly subscriptions: string[] = [];
 
   constructor(options: LinkOptions) {
@@ -196,7 +204,10 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
       await sleep(delay, signal);
       return;
     }
-    backoff.reset();
+    // A broker that sends the same oversized packet after every connect (a retained message, a persistent
+    // session on 3.1.1) must not get a reconnect per second: the backoff grows instead of starting over.
+    if (!this.droppedOversized) backoff.reset();
+    this.droppedOversized = false;
     this.client = client;
     this.connectCount += 1;
     const closed = new Promise<void>((resolve) => client.once("close", () => resolve()));
@@ -259,6 +270,7 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
       host: url.hostname.replace(/^\[|\]$/g, ""),
       port: url.port ? Number(url.port) : secure ? 8883 : 1883,
       protocolVersion: this.protocol,
+      ...(this.protocol === 5 && o.maxPacketSize ? { properties: { maximumPacketSize: o.maxPacketSize } } : {}),
       clientId: o.clientId,
       username: o.username ?? (url.username ? decodeURIComponent(url.username) : undefined),
       password: o.password ?? (url.password ? decodeURIComponent(url.password) : undefined),
@@ -280,6 +292,22 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
     };
     return new Promise((resolve, reject) => {
       const client = mqtt.connect(options);
+      const limit = o.maxPacketSize;
+      const stream = client.stream as (NodeJS.ReadableStream & { destroy(): void }) | undefined;
+      if (limit !== undefined && stream) {
+        // Ahead of MQTT.js's own reader, so that an oversized packet is refused before it is buffered.
+        stream.prependListener(
+          "data",
+          packetGuard(limit, (size, topic) => {
+            this.droppedOversized = true;
+            this.log.warn(
+              { size, limit, topic },
+              "the broker sent a packet larger than mqtt.maxPacketSize; dropping the connection",
+            );
+            stream.destroy();
+          }),
+        );
+      }
       const cleanup = () => {
         client.off("connect", onConnect);
         client.off("error", onError);

@@ -157,3 +157,19 @@ describe("commands: fail closed without durable replay records (item 5)", () => 
     assert.equal(first.effects.length, 1);
   });
 });
+
+describe("commands: params (item 9)", () => {
+  // bbb3be8 answered a __proto__ patch with ok:true and changed:[].
+  test("a key that would reach an object's prototype is refused with BAD_PARAMS naming it", async () => {
+    const h = harness();
+    for (const params of ['{"__proto__":{"n":1}}', '{"n":1,"constructor":{"prototype":{"x":1}}}']) {
+      const req = { ...request({ command: "probe" }), params: JSON.parse(params) as unknown };
+      h.deliver("probe", sign(h.ops, req));
+    }
+    await h.settle();
+    assert.deepEqual(codes(h), ["BAD_PARAMS", "BAD_PARAMS"]);
+    assert.match(h.replies[0]?.body.error?.message ?? "", /^params\.__proto__: /);
+    assert.match(h.replies[1]?.body.error?.message ?? "", /^params\.constructor: /);
+    assert.deepEqual(h.effects, []);
+  });
+});

@@ -65,6 +65,15 @@ export interface BrokerLimits {
   maximumPacketSize?: number;
 }
 
+/** MQTT 5 DISCONNECT reason: another connection with the same client id took the session. */
+const SESSION_TAKEN_OVER = 0x8e;
+/** After a takeover, wait at least this long: two agents with one id must not take turns every second. */
+const TAKEOVER_MIN_MS = 30_000;
+/** A connection that lasted this long resets the backoff. */
+const STABLE_MS = 10_000;
+/** Connections in a row closed before STABLE_MS that make a takeover the likely cause. */
+const SUSPECT_AFTER = 5;
+
 /** MQTT 5 "unsupported protocol version" and MQTT 3.1.1 "unacceptable protocol version". */
 export const PROTOCOL_REFUSED: ReadonlySet<number> = new Set([0x84, 1]);
 
@@ -84,8 +93,9 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
   private fellBack = false;
   private connectCount = 0;
   private brokerLimits: BrokerLimits = {};
-  /** Set when the last connection was dropped for an oversized packet: the backoff then keeps growing. */
-  private droppedOversized = false;
+  private takeoverCount = 0;
+  /** Connections in a row that the broker closed soon after accepting them. */
+  private shortLived = 0;
   private readonly subscriptions: string[] = [];
 
   constructor(options: LinkOptions) {
@@ -105,6 +115,15 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
 
   get connects(): number {
     return this.connectCount;
+  }
+
+  /**
+   * How often another client with our client id took the session over: announced (MQTT 5 reason 0x8E) or
+   * suspected (the broker closed SUSPECT_AFTER connections in a row right after accepting them, which is
+   * what mosquitto 2.0 and MQTT 3.1.1 brokers do on a takeover).
+   */
+  get takeovers(): number {
+    return this.takeoverCount;
   }
 
   /** What the broker announced in its last CONNACK (MQTT 5 only). */
@@ -204,12 +223,13 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
       await sleep(delay, signal);
       return;
     }
-    // A broker that sends the same oversized packet after every connect (a retained message, a persistent
-    // session on 3.1.1) must not get a reconnect per second: the backoff grows instead of starting over.
-    if (!this.droppedOversized) backoff.reset();
-    this.droppedOversized = false;
     this.client = client;
     this.connectCount += 1;
+    const connectedAt = performance.now();
+    let takenOver = false;
+    client.on("disconnect", (packet) => {
+      if (packet.reasonCode === SESSION_TAKEN_OVER) takenOver = true;
+    });
     const closed = new Promise<void>((resolve) => client.once("close", () => resolve()));
     // Nothing awaited here may outlive the connection: a subscribe or publish whose connection dies is never
     // answered (MQTT.js fails it only in end(true), below), so each wait also ends when the connection closes.
@@ -223,8 +243,30 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
     this.client = undefined;
     // Pending QoS 1 callbacks of this connection fail now, so that their owners can send again on the next.
     client.end(true);
-    this.log.warn("mqtt connection lost");
     this.safeEmit("disconnected");
+    // Only a connection that lasted starts the backoff over: one dropped at once (an oversized retained
+    // message, a broker that refuses us after CONNACK, a duplicate client id on 3.1.1) must not be retried
+    // every second for ever.
+    if (performance.now() - connectedAt >= STABLE_MS) {
+      backoff.reset();
+      this.shortLived = 0;
+    } else {
+      this.shortLived += 1;
+    }
+    if (takenOver || this.shortLived >= SUSPECT_AFTER) {
+      this.takeoverCount += 1;
+      this.shortLived = 0;
+      const delay = Math.max(TAKEOVER_MIN_MS, backoff.next());
+      this.log.error(
+        { clientId: this.options.clientId, retryInMs: delay, announced: takenOver, takeovers: this.takeoverCount },
+        takenOver
+          ? "another client connected with this client id and took over the session: is a second agent running with the same device id?"
+          : `the broker closed ${SUSPECT_AFTER} connections in a row right after accepting them: is a second agent running with the same client id?`,
+      );
+      await sleep(delay, signal);
+      return;
+    }
+    this.log.warn("mqtt connection lost");
     await sleep(backoff.next(), signal);
   }
 
@@ -299,7 +341,6 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
         stream.prependListener(
           "data",
           packetGuard(limit, (size, topic) => {
-            this.droppedOversized = true;
             this.log.warn(
               { size, limit, topic },
               "the broker sent a packet larger than mqtt.maxPacketSize; dropping the connection",

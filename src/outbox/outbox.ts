@@ -1,11 +1,12 @@
 import { EventEmitter } from "node:events";
+import { renameSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { type Clock, sleep } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
 import { type Component, once } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
 import { Queue } from "./queue.ts";
-import { OutboxStore, replayed, type StoredMessage } from "./store.ts";
+import { isCorrupt, OutboxStore, replayed, type StoredMessage } from "./store.ts";
 
 /** Delivery classes, most important first: when the outbox is full the last ones go first. */
 export const PRIORITIES = ["alarm", "result", "event", "telemetry"] as const;
@@ -158,6 +159,10 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
   private deadLettered = 0;
   private degraded = false;
   private degradedReason: string | undefined;
+  /** The database file's identity when opened: a different one (or none) means it was deleted or replaced. */
+  private fileId: string | undefined;
+  /** An alarm raised without losing storage (a corrupt file moved aside), cleared by the next good commit. */
+  private clearAlarmOnCommit = false;
   private lastCommittedSeq = 0;
   private lastExpiry = Number.NEGATIVE_INFINITY;
   private readonly dropped = Object.fromEntries(PRIORITIES.map((p) => [p, { overflow: 0, expired: 0 }])) as Record<
@@ -234,8 +239,8 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
     signal.addEventListener("abort", () => this.controller.abort(), { once: true });
     this.openStore();
     this.started = true;
-    // A store that could not open at start is reported now that messages can be sent.
-    if (this.degraded) this.raiseStorageAlarm();
+    // A store that could not open at start (or was moved aside) is reported now that messages can be sent.
+    if (this.degraded || this.clearAlarmOnCommit) this.raiseStorageAlarm(true);
     this.o.transport.on("connected", this.onConnected);
     this.loop = this.run(this.controller.signal);
     this.pump();
@@ -269,6 +274,7 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
   /** Writes what is waiting now: the commit that the interval or the message count would trigger. */
   commit(): void {
     const now = this.o.clock.now();
+    if (this.store && this.fileReplaced()) this.recreateStore();
     if (!this.store && this.o.dir !== undefined) this.openStore();
     const store = this.store;
     this.expireFresh(now);
@@ -299,6 +305,11 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
       }
       while (this.total() > this.o.maxBytes && this.dropStored()) {}
       if (this.degraded) this.setDegraded(false);
+      else if (this.clearAlarmOnCommit) {
+        this.clearAlarmOnCommit = false;
+        this.o.logger.info("outbox storage working again");
+        this.raiseStorageAlarm();
+      }
       if (waiting.length > 0) {
         this.o.logger.debug({ lastSeq: this.lastCommittedSeq, stored: waiting.length }, "outbox committed");
       }
@@ -310,11 +321,17 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
 
   private readonly onConnected = () => this.pump();
 
+  private path(): string {
+    return join(this.o.dir ?? ".", "outbox.db");
+  }
+
   private openStore(): void {
     if (this.o.dir === undefined) return;
     let store: OutboxStore | undefined;
+    const path = this.path();
     try {
-      store = new OutboxStore(join(this.o.dir, "outbox.db"));
+      store = this.openOrMoveAside(path);
+      this.fileId = fileId(path);
       const totals = store.totals();
       const marks = store.marks();
       this.storedBytes = 0;
@@ -347,6 +364,62 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
     }
   }
 
+  /**
+   * Opens the database; a corrupt one is renamed to `outbox.db.corrupt-<time>` (kept for inspection) and a
+   * fresh one started, with the storage alarm naming the moved file until the fresh database has committed.
+   */
+  private openOrMoveAside(path: string, minId = 0): OutboxStore {
+    try {
+      return new OutboxStore(path, minId);
+    } catch (err) {
+      if (!isCorrupt(err)) throw err;
+      const moved = `${path}.corrupt-${new Date(this.o.clock.now()).toISOString().replace(/[:.]/g, "-")}`;
+      renameSync(path, moved);
+      for (const suffix of ["-wal", "-shm"]) rmSync(`${path}${suffix}`, { force: true });
+      this.o.logger.error(
+        { err: errorMessage(err), moved },
+        "outbox database corrupt; moved aside, starting a fresh one",
+      );
+      this.degradedReason = `corrupt database moved to ${moved}`;
+      this.clearAlarmOnCommit = true;
+      if (this.started) this.raiseStorageAlarm(true);
+      return new OutboxStore(path, minId);
+    }
+  }
+
+  /** Whether the file under the path is no longer the one the store has open (deleted, or replaced). */
+  private fileReplaced(): boolean {
+    return fileId(this.path()) !== this.fileId;
+  }
+
+  /**
+   * The database file was deleted or replaced under the open store: SQLite would go on writing into the
+   * unlinked file, and a crash would lose it all. Copies every unacknowledged row into a new file at the path
+   * (ids above the old ones, so that late acknowledgements of the old rows cannot touch the new), then resends
+   * from there: at worst duplicates, flagged replayed.
+   */
+  private recreateStore(): void {
+    const old = this.store;
+    if (!old) return;
+    const path = this.path();
+    this.o.logger.error({ path }, "outbox database deleted or replaced while running; recreating it");
+    try {
+      const rows = old.pending();
+      const fresh = this.openOrMoveAside(path, old.maxId);
+      if (rows.length > 0) fresh.insert(rows);
+      fresh.close();
+    } catch (err) {
+      this.storageFailed(err);
+      return;
+    }
+    old.close();
+    this.store = undefined;
+    this.inflightIds.clear();
+    this.acked = Array.from({ length: CLASSES }, () => []);
+    this.ackedCount = 0;
+    this.openStore();
+  }
+
   private storageFailed(err: unknown): void {
     // Logged once per episode: a full disk retried every second must not fill the journal too.
     if (!this.degraded)
@@ -372,13 +445,13 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
     if (this.started) this.raiseStorageAlarm();
   }
 
-  private raiseStorageAlarm(): void {
+  private raiseStorageAlarm(active = this.degraded): void {
     if (!this.o.alarmTopic) return;
-    const reason = this.degradedReason;
+    const reason = active ? this.degradedReason : undefined;
     this.send({
       topic: this.o.alarmTopic,
       priority: "alarm",
-      body: { alarm: "outbox-storage", active: this.degraded, ...(reason ? { reason } : {}) },
+      body: { alarm: "outbox-storage", active, ...(reason ? { reason } : {}) },
     });
   }
 
@@ -693,6 +766,16 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
 
   private total(): number {
     return this.storedBytes + this.freshBytes;
+  }
+}
+
+/** Device and inode of a file, or undefined when there is none. */
+function fileId(path: string): string | undefined {
+  try {
+    const st = statSync(path);
+    return `${st.dev}:${st.ino}`;
+  } catch {
+    return undefined;
   }
 }
 

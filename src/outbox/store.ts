@@ -374,6 +374,16 @@ export class OutboxStore {
     return Number((this.stmts.deadCount.get() as { n: number }).n);
   }
 
+  /** Every row not yet acknowledged, oldest first per class: what a recreated database must hold again. */
+  pending(): NewMessage[] {
+    const rows = this.db
+      .prepare(
+        "SELECT m.session, m.seq, m.priority, m.topic, m.payload, m.props, m.bytes, m.created FROM messages m LEFT JOIN marks k ON k.priority = m.priority WHERE m.id > coalesce(k.acked, 0) ORDER BY m.id",
+      )
+      .all() as unknown as NewMessage[];
+    return rows.map((r) => ({ ...r, seq: Number(r.seq), priority: Number(r.priority), bytes: Number(r.bytes) }));
+  }
+
   /** Count and bytes per class: what a restart finds. */
   totals(): Map<number, { count: number; bytes: number }> {
     const rows = this.stmts.totals.all() as unknown as { priority: number; n: number; bytes: number }[];
@@ -408,6 +418,15 @@ export class OutboxStore {
       throw storageError(err, "outbox write failed");
     }
   }
+}
+
+/** SQLITE_CORRUPT and SQLITE_NOTADB: the file cannot be used again and should be moved aside. */
+export function isCorrupt(err: unknown): boolean {
+  for (let e: unknown = err; e instanceof Error; e = e.cause) {
+    const code = (e as { errcode?: unknown }).errcode;
+    if (typeof code === "number" && [11, 26].includes(code & 0xff)) return true;
+  }
+  return false;
 }
 
 function storageError(err: unknown, message: string): OutpostError {

@@ -69,4 +69,30 @@ describe("mqtt link connect loop", () => {
       await proxy.close();
     }
   });
+
+  // Item 12: on bbb3be8 two agents with one client id took the session from each other about every second,
+  // forever, and the log said only "connection lost".
+  // mosquitto 2.0 closes the older connection without a DISCONNECT 0x8E: the link recognises the pattern.
+  it("two links with one client id back off instead of taking turns every second", async (t) => {
+    const links = [testLink(broker.port, 5, "same-id"), testLink(broker.port, 5, "same-id")];
+    const controller = new AbortController();
+    try {
+      for (const link of links) {
+        await link.start(controller.signal);
+        await connected(link, "its first connection");
+      }
+      await new Promise((resolve) => setTimeout(resolve, 5000));
+      const connects = links.reduce((n, link) => n + link.connects, 0);
+      t.diagnostic(`${connects} connects in 5 s`);
+      assert.ok(connects <= 14, `${connects} connects in 5 s`);
+      assert.equal(links.filter((link) => link.connected).length, 1, "one of them holds the session");
+      assert.ok(
+        links.some((link) => link.takeovers > 0),
+        "the takeover is recognised",
+      );
+    } finally {
+      controller.abort();
+      await Promise.all(links.map((link) => link.stop()));
+    }
+  });
 });

@@ -160,7 +160,7 @@ describe("durable outbox against a real mosquitto", () => {
     const cfg = {
       device: { id: "dev-crash" },
       mqtt: { url: `mqtt://127.0.0.1:${port}`, ...fast },
-      telemetry: { interval: "20ms" },
+      telemetry: { interval: "50ms" },
       outbox: { commitInterval: "200ms" },
       log: { level: "debug" },
     };

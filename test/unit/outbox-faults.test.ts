@@ -1,6 +1,6 @@
 // Regression tests for issue 8 (hardening), items 1 and 11. Each one failed on bbb3be8, the commit before the fix.
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
@@ -110,6 +110,53 @@ describe("outbox ids and database faults", () => {
       transport.published.map((p) => `${p.body.session}/${p.body.seq}`),
       ["old/101", "old/102", "old/103", "new/1"],
     );
+    await o.stop();
+  });
+
+  // Item 11: on bbb3be8 a corrupt outbox.db left the agent memory-only for good, with the bad file in place.
+  it("a corrupt database is moved aside, a fresh one started, the alarm names the moved file and clears", async () => {
+    const path = join(dir, "corrupt");
+    mkdirSync(path, { recursive: true });
+    writeFileSync(join(path, "outbox.db"), Buffer.alloc(8192, 0x5a));
+    const transport = new MemoryTransport();
+    const o = outbox(transport, { dir: path, alarmTopic: "t/alarms/outbox-storage" });
+    await o.start(new AbortController().signal);
+    const moved = readdirSync(path).filter((f) => f.startsWith("outbox.db.corrupt-"));
+    assert.equal(moved.length, 1, readdirSync(path).join(", "));
+    assert.equal(o.stats().degraded, false);
+    o.send({ topic: "t/telemetry", priority: "telemetry", body: {} });
+    o.commit();
+    assert.equal(o.stats().stored, 2, "the alarm and the message are stored in the fresh database");
+    transport.up();
+    await o.flush(AbortSignal.timeout(5000));
+    const alarms = transport.published.filter((p) => p.topic === "t/alarms/outbox-storage").map((p) => p.body);
+    assert.equal(alarms[0]?.active, true);
+    assert.match(String(alarms[0]?.reason), new RegExp(moved[0] as string));
+    assert.equal(alarms.at(-1)?.active, false, "cleared once the fresh database committed");
+    await o.stop();
+  });
+
+  // Item 11: on bbb3be8 writes went on into the deleted file (degraded: false) and a restart found nothing.
+  it("a database deleted while running is noticed, recreated, and keeps every message", async () => {
+    const path = join(dir, "deleted");
+    const o = outbox(new MemoryTransport(), { dir: path });
+    await o.start(new AbortController().signal);
+    for (let round = 0; round < 3; round++) {
+      for (let i = 0; i < 5; i++) o.send({ topic: "t/telemetry", priority: "telemetry", body: { round, i } });
+      o.commit();
+      for (const f of ["outbox.db", "outbox.db-wal", "outbox.db-shm"]) rmSync(join(path, f), { force: true });
+      o.commit();
+      assert.ok(existsSync(join(path, "outbox.db")), `recreated after deletion ${round + 1}`);
+    }
+    // A crash now (no stop): the next process finds all fifteen.
+    const transport = new MemoryTransport();
+    const next = outbox(transport, { dir: path, session: "s-2" });
+    await next.start(new AbortController().signal);
+    assert.equal(next.stats().queued, 15);
+    transport.up();
+    await next.flush(AbortSignal.timeout(5000));
+    assert.deepEqual(delivered(transport), oneTo(15));
+    await next.stop();
     await o.stop();
   });
 });

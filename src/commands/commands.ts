@@ -1,7 +1,7 @@
 import type { KeyObject } from "node:crypto";
 import type { IPublishPacket } from "mqtt";
 import type { z } from "zod";
-import type { Clock } from "../core/clock.ts";
+import { type Clock, sleep } from "../core/clock.ts";
 import { errorMessage, isOutpostError } from "../core/errors.ts";
 import { type Component, once } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
@@ -112,6 +112,7 @@ export const REJECTIONS = [
 export type Rejection = (typeof REJECTIONS)[number];
 
 const MAX_REMEMBERED = 100_000;
+const REPLAY_RETRY_MS = 10_000;
 /** The request size every command accepts; one that takes more (task inputs, update chunks) says so. */
 export const DEFAULT_MAX_REQUEST = 64 * 1024;
 /** Refusals answered and logged: a burst of this many, then this many per second; the rest are only counted. */
@@ -188,6 +189,15 @@ export class Commands implements Component {
     signal.addEventListener("abort", () => this.controller.abort(), { once: true });
     for (const prefix of this.prefixes) this.o.source.subscribe(`${prefix}+`);
     this.o.source.on("message", this.onMessage);
+    void this.retryReplayStore(this.controller.signal);
+  }
+
+  /** Retries an unusable replay store now and then, so that its alarm clears without waiting for a command. */
+  private async retryReplayStore(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      await sleep(REPLAY_RETRY_MS, signal, { unref: true });
+      if (!signal.aborted) this.o.replay.ensureDurable(this.o.clock.now());
+    }
   }
 
   /** Stops intake, answers the queued requests that will not run, and waits for the commands that are running. */
@@ -382,7 +392,7 @@ export class Commands implements Component {
     if (unsafe) throw new Refused("BAD_PARAMS", `${unsafe}: expected a plain key, not one that names a prototype`, id);
     const checked = definition.params.safeParse(params);
     if (!checked.success) throw new Refused("BAD_PARAMS", describe(checked.error, "params"), id);
-    if (definition.changesState !== false && !this.o.replay.durable) {
+    if (definition.changesState !== false && !this.o.replay.ensureDurable(this.o.clock.now())) {
       throw new Refused(
         "REPLAY_STORE_UNAVAILABLE",
         "command replay records cannot be stored: commands that change state are refused until state.dir can be written",

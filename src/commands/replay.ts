@@ -42,6 +42,19 @@ export class ReplayGuard {
     return this.db !== undefined && !this.writeFailed;
   }
 
+  /** `durable`, after trying to open the database again if it is not and the last try is REOPEN_MS old. */
+  ensureDurable(now: number): boolean {
+    if (this.durable) return true;
+    const before = this.durable;
+    if (now - this.lastOpenAttempt >= REOPEN_MS) {
+      this.db?.close();
+      this.db = undefined;
+      this.open(now);
+    }
+    this.notify(before);
+    return this.durable;
+  }
+
   /** Calls `listener` whenever `durable` changes. */
   onDurabilityChange(listener: (durable: boolean) => void): void {
     this.listeners.add(listener);
@@ -66,7 +79,7 @@ export class ReplayGuard {
     const keys = nonce === undefined ? [`i:${id}`] : [`i:${id}`, `n:${nonce}`];
     for (const key of keys) this.seen.set(key, expires);
     const before = this.durable;
-    if (!this.db && this.dir !== undefined && now - this.lastOpenAttempt >= REOPEN_MS) this.open(now);
+    if (!this.db && now - this.lastOpenAttempt >= REOPEN_MS) this.open(now);
     const db = this.db;
     if (!db || !this.insert) {
       this.notify(before);
@@ -80,6 +93,7 @@ export class ReplayGuard {
     } catch (err) {
       if (db.isOpen && db.isTransaction) db.exec("ROLLBACK");
       this.writeFailed = true;
+      this.lastOpenAttempt = now;
       this.notify(before);
       throw new OutpostError("REPLAY_STORE_UNAVAILABLE", `command replay record not stored: ${errorMessage(err)}`, {
         cause: err,

@@ -38,9 +38,10 @@ export class ManualClock implements Clock {
 
 /**
  * Resolves after `ms`, or as soon as `signal` aborts (resolving, not rejecting: loops check
- * `signal.aborted` themselves, and a stop is not an error).
+ * `signal.aborted` themselves, and a stop is not an error). `unref`: the wait alone does not keep the
+ * process alive (for housekeeping loops).
  */
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+export function sleep(ms: number, signal?: AbortSignal, options: { unref?: boolean } = {}): Promise<void> {
   return new Promise((resolve) => {
     if (signal?.aborted) {
       resolve();
@@ -52,6 +53,7 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
       resolve();
     };
     const timer = setTimeout(done, ms);
+    if (options.unref) timer.unref();
     signal?.addEventListener("abort", done, { once: true });
   });
 }

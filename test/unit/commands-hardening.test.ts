@@ -1,7 +1,7 @@
 // Regression tests for issue 8 (hardening), items 5, 6, 7 and 10. Each failed on bbb3be8, the commit before
 // the fix (see the note of each test).
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
@@ -137,6 +137,23 @@ describe("commands: fail closed without durable replay records (item 5)", () => 
     await h.settle();
     assert.deepEqual(codes(h), ["REPLAY_STORE_UNAVAILABLE", "accepted", "succeeded"]);
     assert.deepEqual(h.effects, ["look"]);
+  });
+
+  test("the store is retried: once it can be written again, state-changing commands run and listeners hear it", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "outpost-cmd-retry-"));
+    mkdirSync(join(dir, "commands.db"));
+    const h = harness({ dir });
+    const heard: boolean[] = [];
+    h.replay.onDurabilityChange((durable) => heard.push(durable));
+    h.deliver("probe", sign(h.ops, request({ command: "probe" })));
+    await h.settle();
+    rmSync(join(dir, "commands.db"), { recursive: true });
+    h.clock.advance(10_000);
+    h.deliver("probe", sign(h.ops, request({ command: "probe" }, h.clock.now())));
+    await h.settle();
+    assert.deepEqual(codes(h), ["REPLAY_STORE_UNAVAILABLE", "accepted", "succeeded"]);
+    assert.equal(h.replay.durable, true);
+    assert.deepEqual(heard, [true]);
   });
 
   test("a restart request captured and re-published after every restart runs at most once", async () => {

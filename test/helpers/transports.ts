@@ -1,5 +1,7 @@
 import { EventEmitter } from "node:events";
-import type { Transport, TransportLimits } from "../../src/outbox/outbox.ts";
+import { pino } from "pino";
+import { ManualClock } from "../../src/core/clock.ts";
+import { Outbox, type OutboxOptions, type Transport, type TransportLimits } from "../../src/outbox/outbox.ts";
 
 /** An in-memory stand-in for the link: records publishes, can go up and down, and can refuse. */
 export class MemoryTransport extends EventEmitter implements Transport {
@@ -70,4 +72,18 @@ export class ManualTransport extends EventEmitter implements Transport {
     if (!publish) throw new Error(`seq ${seq} is not in flight`);
     return publish;
   }
+}
+
+/** An outbox on a transport fake: small window, a manual clock, commits only when the test calls commit(). */
+export function testOutbox(transport: MemoryTransport, options: Partial<OutboxOptions> = {}): Outbox {
+  return new Outbox({
+    transport,
+    clock: new ManualClock(1_700_000_000_000),
+    session: "s-1",
+    clockSynced: () => true,
+    logger: pino({ level: "silent" }),
+    window: 4,
+    commitIntervalMs: 60_000,
+    ...options,
+  });
 }

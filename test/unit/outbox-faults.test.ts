@@ -5,12 +5,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { after, before, describe, it } from "node:test";
-import { pino } from "pino";
-import { ManualClock } from "../../src/core/clock.ts";
-import { Outbox, type OutboxOptions } from "../../src/outbox/outbox.ts";
-import { MemoryTransport } from "../helpers/transports.ts";
-
-const logger = pino({ level: "silent" });
+import type { Outbox } from "../../src/outbox/outbox.ts";
+import { MemoryTransport, testOutbox } from "../helpers/transports.ts";
 
 let dir: string;
 before(() => {
@@ -18,18 +14,7 @@ before(() => {
 });
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-function outbox(transport: MemoryTransport, options: Partial<OutboxOptions> = {}) {
-  return new Outbox({
-    transport,
-    clock: new ManualClock(1_700_000_000_000),
-    session: "s-1",
-    clockSynced: () => true,
-    logger,
-    window: 4,
-    commitIntervalMs: 60_000,
-    ...options,
-  });
-}
+const outbox = testOutbox;
 
 /** One outage: `count` messages produced offline and committed, then the link comes back and drains them. */
 async function outage(o: Outbox, transport: MemoryTransport, count: number): Promise<void> {

@@ -3,12 +3,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { pino } from "pino";
 import { ManualClock } from "../../src/core/clock.ts";
-import { Outbox, type OutboxOptions } from "../../src/outbox/outbox.ts";
-import { ManualTransport, MemoryTransport } from "../helpers/transports.ts";
-
-const logger = pino({ level: "silent" });
+import { ManualTransport, MemoryTransport, testOutbox } from "../helpers/transports.ts";
 
 let dir: string;
 before(() => {
@@ -16,18 +12,7 @@ before(() => {
 });
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-function outbox(transport: MemoryTransport, options: Partial<OutboxOptions> = {}) {
-  return new Outbox({
-    transport,
-    clock: new ManualClock(1_700_000_000_000),
-    session: "s-1",
-    clockSynced: () => true,
-    logger,
-    window: 4,
-    commitIntervalMs: 60_000,
-    ...options,
-  });
-}
+const outbox = testOutbox;
 
 const noDrops = {
   alarm: { overflow: 0, expired: 0 },

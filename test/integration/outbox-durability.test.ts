@@ -155,7 +155,7 @@ describe("durable outbox against a real mosquitto", () => {
     }
   });
 
-  it("delivers every committed message after a SIGKILL and a restart; duplicates carry their session and seq", async () => {
+  it("delivers every committed message after three SIGKILLs and restarts; duplicates carry their session and seq", async () => {
     const port = await freePort();
     const cfg = {
       device: { id: "dev-crash" },
@@ -164,32 +164,47 @@ describe("durable outbox against a real mosquitto", () => {
       outbox: { commitInterval: "200ms" },
       log: { level: "debug" },
     };
-    // No broker yet: everything backs up in the outbox.
-    const first = AgentProcess.run(sourceCommand(), cfg);
+    const dir = mkdtempSync(join(tmpdir(), "outpost-crash-"));
+    // No broker yet: everything backs up in the outbox, across three crashes.
+    const crashed: { session: string; committed: number }[] = [];
     try {
-      const line = await first.stdout.waitFor(
-        (l) => l.includes('"msg":"outbox committed"') && (JSON.parse(l).lastSeq as number) >= 100,
-        30_000,
-        "a commit of 100 messages",
-      );
-      await first.stop("SIGKILL");
-      // The last commit the agent announced before it was killed (it may have made more).
-      const committed = Math.max(
-        ...first
-          .logs()
-          .filter((l) => l.msg === "outbox committed")
-          .map((l) => l.lastSeq as number),
-      );
-      assert.ok(committed >= (JSON.parse(line).lastSeq as number));
-      const session = sessionOf(first);
-      const items = (await resumeAndCheck(port, cfg, first.dir, session, committed)).filter(
-        (m) => m.json.session === session,
-      );
-      const copies = items.length - seqs(items, session).length;
-      assert.ok(copies <= 64, `${copies} duplicates: more than the in-flight window`);
-      assert.ok(items.every((m) => m.json.replayed === true));
+      for (let crash = 0; crash < 3; crash++) {
+        const agent = AgentProcess.run(sourceCommand(), cfg, {}, dir);
+        const line = await agent.stdout.waitFor(
+          (l) => l.includes('"msg":"outbox committed"') && (JSON.parse(l).lastSeq as number) >= 100,
+          30_000,
+          "a commit of 100 messages",
+        );
+        await agent.stop("SIGKILL");
+        // The last commit the agent announced before it was killed (it may have made more).
+        const committed = Math.max(
+          ...agent
+            .logs()
+            .filter((l) => l.msg === "outbox committed")
+            .map((l) => l.lastSeq as number),
+        );
+        assert.ok(committed >= (JSON.parse(line).lastSeq as number));
+        crashed.push({ session: sessionOf(agent), committed });
+      }
+      const broker = await Mosquitto.start({ port, extra: ["max_queued_messages 0"] });
+      const watch = await Watch.open(port, [`${PREFIX}/#`]);
+      const agent = AgentProcess.run(sourceCommand(), cfg, {}, dir);
+      try {
+        for (const { session, committed } of crashed) {
+          await watch.waitFor(() => seqs(watch.items, session).length >= committed, 30_000, `session ${session}`);
+          assertComplete(seqs(watch.items, session), committed);
+          const items = watch.items.filter((m) => m.json.session === session);
+          const copies = items.length - seqs(items, session).length;
+          assert.ok(copies <= 64, `${copies} duplicates: more than the in-flight window`);
+          assert.ok(items.every((m) => m.json.replayed === true));
+        }
+      } finally {
+        await agent.stop("SIGKILL");
+        await watch.close();
+        await broker.stop();
+      }
     } finally {
-      await first.cleanup();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

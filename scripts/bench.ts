@@ -192,11 +192,18 @@ async function idle(broker: Mosquitto, watch: Watch): Promise<void> {
 
 const body = (i: number) => ({ metrics: { cpu: { load: 12.5, cores: [10, 15] }, i } });
 
+/** CPU time of this process (user + system) in µs. */
+const cpuUs = () => {
+  const { user, system } = process.cpuUsage();
+  return user + system;
+};
+
 /** The bare MQTT.js baseline: QoS 1 publishes with a sliding window of WINDOW in flight. */
-async function bareDrain(port: number, payloads: string[]): Promise<number> {
+async function bareDrain(port: number, payloads: string[], cpu: number[]): Promise<number> {
   const client = await mqtt.connectAsync({ host: "127.0.0.1", port, protocolVersion: 5, clientId: "bench-bare" });
   (client.stream as { setNoDelay?: (v: boolean) => void }).setNoDelay?.(true);
   const started = performance.now();
+  const cpu0 = cpuUs();
   await new Promise<void>((resolve, reject) => {
     let next = 0;
     let done = 0;
@@ -216,6 +223,7 @@ async function bareDrain(port: number, payloads: string[]): Promise<number> {
     launch();
   });
   const ms = performance.now() - started;
+  cpu.push((cpuUs() - cpu0) / payloads.length);
   await client.endAsync();
   return ms;
 }
@@ -270,6 +278,8 @@ async function outboxRows(broker: Mosquitto): Promise<void> {
     );
     const bareMs: number[] = [];
     const drainMs: number[] = [];
+    const bareCpu: number[] = [];
+    const drainCpu: number[] = [];
     for (let run = 0; run < DRAINS; run++) {
       const drainDir = join(dir, `drain-${run}`);
       const writer = quietOutbox(transport, `bench-${run}`, drainDir);
@@ -277,15 +287,17 @@ async function outboxRows(broker: Mosquitto): Promise<void> {
       for (let i = 0; i < BACKLOG; i++) writer.send({ topic: "bench/outbox", priority: "telemetry", body: body(i) });
       await writer.stop();
 
-      bareMs.push(await bareDrain(broker.port, payloads));
+      bareMs.push(await bareDrain(broker.port, payloads, bareCpu));
       const online = testLink(broker.port, 5, "bench-outbox");
       const drain = quietOutbox(online, "bench-drain", drainDir, WINDOW);
       await drain.start(new AbortController().signal);
       if (drain.stats().queued !== BACKLOG) throw new Error(`backlog of ${drain.stats().queued}, not ${BACKLOG}`);
       const d0 = performance.now();
+      const c0 = cpuUs();
       await online.start(new AbortController().signal);
       await drain.flush(AbortSignal.timeout(600_000));
       drainMs.push(performance.now() - d0);
+      drainCpu.push((cpuUs() - c0) / BACKLOG);
       await online.stop();
       await drain.stop();
     }
@@ -296,6 +308,13 @@ async function outboxRows(broker: Mosquitto): Promise<void> {
       bare: BACKLOG / (median(bareMs) / 1000),
       unit: "msg/s",
       note: `window ${WINDOW}; median of ${DRAINS} pairs (ratios ${ratios.map((r) => r.toFixed(2)).join(" ")}); target >= 0.80x`,
+    });
+    rows.push({
+      metric: "CPU of this process per drained message",
+      outpost: median(drainCpu),
+      bare: median(bareCpu),
+      unit: "µs",
+      note: `median of ${DRAINS}; outbox ${drainCpu.map((c) => c.toFixed(1)).join(" ")}`,
     });
     rows.push({
       metric: `time to drain ${BACKLOG} backlogged messages`,

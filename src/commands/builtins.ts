@@ -1,4 +1,5 @@
 import { z } from "zod";
+import type { Code } from "../core/codes.ts";
 import { OutpostError } from "../core/errors.ts";
 import type { Caller, CommandDefinition } from "./commands.ts";
 
@@ -8,7 +9,7 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 /** The outcome of a config change, as the config store reports it. */
 export type ConfigChange =
   | { ok: true; version: number; hash: string; changed: string[]; restartRequired: string[] }
-  | { ok: false; code: string; problems: string[] };
+  | { ok: false; code: Code; problems: string[] };
 
 /** What the built-in commands need from the rest of the agent; the composition root provides it. */
 export interface BuiltinHost {

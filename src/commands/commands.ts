@@ -2,6 +2,7 @@ import type { KeyObject } from "node:crypto";
 import type { IPublishPacket } from "mqtt";
 import type { z } from "zod";
 import { type Clock, sleep } from "../core/clock.ts";
+import type { Code } from "../core/codes.ts";
 import { errorMessage, isOutpostError } from "../core/errors.ts";
 import { type Component, once } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
@@ -108,7 +109,7 @@ export const REJECTIONS = [
   "BUSY",
   "REQUEST_TOO_LARGE",
   "REPLAY_STORE_UNAVAILABLE",
-] as const;
+] as const satisfies readonly Code[];
 export type Rejection = (typeof REJECTIONS)[number];
 
 const MAX_REMEMBERED = 100_000;

@@ -3,6 +3,7 @@ import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, wr
 import { watch } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { sleep } from "../core/clock.ts";
+import type { Code } from "../core/codes.ts";
 import { isOutpostError, OutpostError } from "../core/errors.ts";
 import type { Logger } from "../core/logger.ts";
 import {
@@ -26,7 +27,7 @@ export interface Snapshot {
 
 export type ApplyResult =
   | { ok: true; snapshot: Snapshot; changed: string[]; restartRequired: string[] }
-  | { ok: false; code: string; problems: ConfigProblem[] };
+  | { ok: false; code: Code; problems: ConfigProblem[] };
 
 /** Keys that components read once at start: a new value is stored, and used after the next restart. */
 export const RESTART_KEYS = ["device", "mqtt", "outbox", "state", "log.format"];
@@ -51,7 +52,7 @@ export const TRUST_KEYS = ["commands.trustedKeys"];
 
 /** A refusal of a remote change beyond validation: who may make it, or what it would leave behind. */
 export interface PatchRefusal {
-  code: string;
+  code: Code;
   problems: ConfigProblem[];
 }
 

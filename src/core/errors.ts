@@ -1,9 +1,11 @@
-/** The one error class of the agent. `code` is stable and machine-readable; `message` is for humans. */
+import type { Code } from "./codes.ts";
+
+/** The agent's error class. `code` is stable, machine-readable and declared in codes.ts; `message` is for humans. */
 export class OutpostError extends Error {
-  readonly code: string;
+  readonly code: Code;
   readonly details: unknown;
 
-  constructor(code: string, message: string, options: { cause?: unknown; details?: unknown } = {}) {
+  constructor(code: Code, message: string, options: { cause?: unknown; details?: unknown } = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = "OutpostError";
     this.code = code;
@@ -11,7 +13,7 @@ export class OutpostError extends Error {
   }
 }
 
-export function isOutpostError(err: unknown, code?: string): err is OutpostError {
+export function isOutpostError(err: unknown, code?: Code): err is OutpostError {
   return err instanceof OutpostError && (code === undefined || err.code === code);
 }
 

@@ -10,6 +10,7 @@ import { type CommandRequest, newRequest, type SignedEnvelope, signPayload } fro
 import { generateKeys, parsePrivateKey } from "../../src/commands/keys.ts";
 import { ReplayGuard } from "../../src/commands/replay.ts";
 import { ManualClock } from "../../src/core/clock.ts";
+import type { Code } from "../../src/core/codes.ts";
 import { OutpostError } from "../../src/core/errors.ts";
 
 export const PREFIX = "outpost/v1";
@@ -105,7 +106,8 @@ export function harness(
     name: "boom",
     params: z.undefined(),
     run: () => {
-      throw new OutpostError("DISK_FULL", "no space left");
+      // A code of a capability the registry does not know: what the handler passes on is whatever code it gets.
+      throw new OutpostError("DISK_FULL" as Code, "no space left");
     },
   };
   const policy: CommandPolicy = {

@@ -152,7 +152,7 @@ test("trusted keys change remotely only with trust, and never down to no key tha
   ]);
   assert.deepEqual(store.patch(widened, { trust: false }).ok, false);
 
-  const lockout = { code: "CONFIG_LOCKOUT", problems: [] };
+  const lockout = { code: "CONFIG_LOCKOUT" as const, problems: [] };
   const guard = (next: { commands: { trustedKeys: { allow: string[] }[] } }) =>
     next.commands.trustedKeys.some((k) => k.allow.includes("*") || k.allow.includes("config.*")) ? undefined : lockout;
   const empty = store.patch({ commands: { trustedKeys: [] } }, { trust: true, guard });

@@ -1,0 +1,63 @@
+/**
+ * Every error code of the agent, declared once with its meaning. Codes marked `wire` go out in command
+ * replies (and `docs/mqtt-api.md#error-codes` is generated from this table: `npm run docs:codes`); the others
+ * appear only in logs and exit messages. `OutpostError` takes only codes declared here.
+ */
+export const CODES = {
+  // Command refusals: a `failed` reply, nothing ran.
+  BAD_REQUEST: {
+    wire: true,
+    meaning: "not JSON, a field missing or malformed, signed for another command's topic, or valid too long",
+  },
+  REQUEST_TOO_LARGE: { wire: true, meaning: "the request is larger than the command accepts (checked before parsing)" },
+  COMMAND_UNSIGNED: { wire: true, meaning: "no signature, and commands.allowUnsigned is false" },
+  KEY_UNKNOWN: { wire: true, meaning: "signed by a key that is not in commands.trustedKeys" },
+  SIGNATURE_INVALID: { wire: true, meaning: "the signature does not verify over the signed bytes" },
+  WRONG_DEVICE: { wire: true, meaning: "signed for another device, or for a group this device is not in" },
+  COMMAND_NOT_YET_VALID: { wire: true, meaning: "issuedAt is later than now plus commands.clockSkew" },
+  COMMAND_EXPIRED: { wire: true, meaning: "expiresAt plus commands.clockSkew has passed" },
+  KEY_NOT_ALLOWED: {
+    wire: true,
+    meaning: "the key's allow list does not have the command, or a trust change without trust.*",
+  },
+  NONCE_REPLAYED: { wire: true, meaning: "the nonce was accepted before: a captured request published again" },
+  REQUEST_REPLAYED: { wire: true, meaning: "the request id was accepted before" },
+  UNKNOWN_COMMAND: { wire: true, meaning: "no such command" },
+  BAD_PARAMS: { wire: true, meaning: "params do not fit the command; the message names the path" },
+  BUSY: { wire: true, meaning: "the running and waiting slots are all taken; try again" },
+  REPLAY_STORE_UNAVAILABLE: {
+    wire: true,
+    meaning: "replay records cannot be stored, so commands that change state are refused (fail closed)",
+  },
+  // Outcomes of accepted commands.
+  COMMAND_FAILED: { wire: true, meaning: "the command threw an error without a code of its own" },
+  COMMAND_ABORTED: { wire: true, meaning: "the agent stopped before the accepted command ran" },
+  CONFIG_KEY_UNKNOWN: { wire: true, meaning: "config.get: no such key" },
+  CONFIG_LOCKOUT: { wire: true, meaning: "config.set: the change would leave no key that can run config.set" },
+  CONFIG_NOT_STORED: { wire: true, meaning: "config.set: the change could not be written to state.dir" },
+  RESTART_FAILED: { wire: true, meaning: "restart: the agent did not come back as the same device" },
+  // Local: logs, exit messages, the operator's own tools.
+  CONFIG_INVALID: { wire: false, meaning: "the configuration does not validate; every problem is listed" },
+  KEY_INVALID: { wire: false, meaning: "a key file or key text cannot be read as an ed25519 key" },
+  KEY_MISSING: { wire: false, meaning: "no key was given where one is needed" },
+  MQTT_OFFLINE: { wire: false, meaning: "not connected to the broker" },
+  MQTT_CLOSED: { wire: false, meaning: "the connection closed before CONNACK" },
+  ABORTED: { wire: false, meaning: "stopping" },
+  TIMEOUT: { wire: false, meaning: "no answer within the time allowed" },
+  OUTBOX_STORAGE: { wire: false, meaning: "the outbox database cannot be opened or written" },
+  OUTBOX_INVARIANT: { wire: false, meaning: "a new outbox row would not be above its class's acknowledged mark" },
+  SHUTDOWN_DEADLINE: { wire: false, meaning: "the drain took longer than shutdown.deadline" },
+} as const satisfies Record<string, { wire: boolean; meaning: string }>;
+
+export type Code = keyof typeof CODES;
+
+/** The codes that go out in replies, as a Markdown table (what docs/mqtt-api.md carries). */
+export function codesTable(): string {
+  const rows = Object.entries(CODES)
+    .filter(([, c]) => c.wire)
+    .map(([code, c]) => [`\`${code}\``, c.meaning]);
+  // Columns padded as the formatter (Biome) writes Markdown tables, so that formatting changes nothing.
+  const widths = [0, 1].map((i) => Math.max(i === 0 ? 4 : 7, ...rows.map((r) => (r[i] ?? "").length)));
+  const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join(" | ")} |`;
+  return [line(["code", "meaning"]), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)].join("\n");
+}

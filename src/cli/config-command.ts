@@ -7,9 +7,9 @@ import {
   redact,
   unknownEnvVars,
 } from "../config/load.ts";
-import { configJsonSchema } from "../config/schema.ts";
 import { ConfigStore } from "../config/store.ts";
 import { isOutpostError } from "../core/errors.ts";
+import { configJsonSchema } from "../schema.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 
 export const DEFAULT_CONFIG = "/etc/outpost/config.yaml";

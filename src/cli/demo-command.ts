@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Aedes } from "aedes";
 import mqtt from "mqtt";
-import { Agent } from "../agent.ts";
+import { createAgent } from "../agent.ts";
 import { generateKeys } from "../commands/keys.ts";
 import { ConfigStore } from "../config/store.ts";
 import { systemClock } from "../core/clock.ts";
@@ -52,7 +52,7 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
   });
   const { config } = settings.current();
   const { logger, flush, setLevel } = await createLogger({ level: config.log.level, format: "json", fd: logFd });
-  const agent = new Agent({ settings, logger, setLogLevel: setLevel, clock: systemClock });
+  const agent = createAgent({ settings, logger, setLogLevel: setLevel, clock: systemClock });
 
   const tty = host.stdout.isTTY === true;
   const devices = new Map<string, DeviceView>();

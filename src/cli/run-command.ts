@@ -1,4 +1,4 @@
-import { Agent } from "../agent.ts";
+import { createAgent } from "../agent.ts";
 import { durationMs } from "../config/duration.ts";
 import { formatProblems, unknownEnvVars } from "../config/load.ts";
 import { systemClock } from "../core/clock.ts";
@@ -40,7 +40,7 @@ export async function runCommand(host: Host, options: RunOptions): Promise<numbe
       "OUTPOST_ variables that name no config key are ignored (nesting takes a double underscore: OUTPOST_TELEMETRY__INTERVAL)",
     );
   }
-  const agent = new Agent({ settings, logger, setLogLevel: setLevel, clock: systemClock });
+  const agent = createAgent({ settings, logger, setLogLevel: setLevel, clock: systemClock });
   const watching = new AbortController();
   const unhook = host.onHangup(() => settings.reload("SIGHUP"));
   try {

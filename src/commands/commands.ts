@@ -54,11 +54,22 @@ export interface Caller {
   allow: readonly string[];
 }
 
+/** Where the final reply to a request goes, for a later process to send it (restart, update). */
+export interface PendingReply {
+  id: string;
+  command: string;
+  topic: string;
+  /** Base64 of the MQTT 5 correlation data, if the request had any. */
+  correlationData?: string;
+}
+
 export interface RunContext {
   /** Publishes an `executing` reply with this progress. */
   progress(progress: unknown): void;
   signal: AbortSignal;
   caller?: Caller;
+  /** The final reply will not come from this run: returns where it must go, for whoever sends it later. */
+  defer(): PendingReply;
 }
 
 export interface CommandDefinition {
@@ -82,7 +93,8 @@ export interface CommandsOptions {
   groups: readonly string[];
   reply: (reply: Reply) => void;
   policy: () => CommandPolicy;
-  definitions: readonly CommandDefinition[];
+  /** Commands known from the start; modules add theirs with `register`. */
+  definitions?: readonly CommandDefinition[];
   replay: ReplayGuard;
   clock: Clock;
   logger: Logger;
@@ -147,6 +159,11 @@ interface Accepted {
 
 type Send = (body: Omit<ReplyBody, "command" | "device" | "id">) => void;
 
+interface Routing {
+  topic: string;
+  correlationData?: Buffer;
+}
+
 /**
  * Receives requests on `P/D/cmd/<name>` (and `P/_group/<G>/cmd/<name>` for each group of the device),
  * checks them (signature, key, target, time, replay, params) and runs the allowed ones. Replies go out through
@@ -160,7 +177,7 @@ export class Commands implements Component {
   private readonly controller = new AbortController();
   private readonly running = new Set<Promise<void>>();
   /** Accepted requests waiting for a slot, oldest first. */
-  private readonly queue: { accepted: Accepted; send: Send }[] = [];
+  private readonly queue: { accepted: Accepted; send: Send; routing: Routing }[] = [];
   private readonly refusals: TokenBucket;
   private unreported = 0;
   private keyCache: { keys: readonly TrustedKey[]; parsed: Map<string, { entry: TrustedKey; raw: string }> } = {
@@ -177,13 +194,31 @@ export class Commands implements Component {
       perSecond: REFUSALS_PER_SECOND,
       mono: () => options.clock.mono(),
     });
-    this.definitions = new Map(options.definitions.map((d) => [d.name, d]));
+    this.definitions = new Map((options.definitions ?? []).map((d) => [d.name, d]));
     const p = options.topicPrefix;
     this.prefixes = [`${p}/${options.deviceId}/cmd/`, ...options.groups.map((g) => `${p}/_group/${g}/cmd/`)];
   }
 
   get commandNames(): string[] {
     return [...this.definitions.keys()];
+  }
+
+  /** Adds commands (a module's); a name may be defined once. */
+  register(definitions: readonly CommandDefinition[]): void {
+    for (const d of definitions) {
+      if (this.definitions.has(d.name)) throw new Error(`command ${d.name} is defined twice`);
+      this.definitions.set(d.name, d);
+    }
+  }
+
+  /** Sends the final reply of a request whose run deferred it (from a later process). */
+  finish(pending: PendingReply, body: Omit<ReplyBody, "command" | "device" | "id">): void {
+    const correlationData = pending.correlationData ? Buffer.from(pending.correlationData, "base64") : undefined;
+    this.o.reply({
+      topic: pending.topic,
+      body: { ...body, id: pending.id, command: pending.command, device: this.o.deviceId },
+      ...(correlationData ? { properties: { correlationData } } : {}),
+    });
   }
 
   async start(signal: AbortSignal): Promise<void> {
@@ -201,12 +236,17 @@ export class Commands implements Component {
     }
   }
 
-  /** Stops intake, answers the queued requests that will not run, and waits for the commands that are running. */
-  readonly stop = once(async () => {
+  /** Stops intake and answers the queued requests that will not run; running commands go on. */
+  quiesce(): void {
     this.o.source.off("message", this.onMessage);
     for (const { send } of this.queue.splice(0)) {
       send({ state: "failed", error: { code: "COMMAND_ABORTED", message: "the agent stopped before it ran" } });
     }
+  }
+
+  /** Stops intake, and waits for the commands that are running. */
+  readonly stop = once(async () => {
+    this.quiesce();
     // Running commands see their signal abort; the drain waits for them (bounded by shutdown.deadline).
     this.controller.abort();
     await Promise.allSettled([...this.running]);
@@ -249,11 +289,15 @@ export class Commands implements Component {
     }
 
     const { id } = accepted;
-    const send: Send = (body) => reply(ctlTopic ?? route.replyTopic, { id, ...body });
+    const routing: Routing = {
+      topic: ctlTopic ?? route.replyTopic,
+      ...(props?.correlationData ? { correlationData: props.correlationData } : {}),
+    };
+    const send: Send = (body) => reply(routing.topic, { id, ...body });
     this.o.logger.info({ command: route.name, id, key: accepted.caller?.key }, "command accepted");
     send({ state: "accepted" });
-    if (this.running.size < (this.o.maxConcurrent ?? 4)) this.execute(accepted, send);
-    else this.queue.push({ accepted, send });
+    if (this.running.size < (this.o.maxConcurrent ?? 4)) this.execute(accepted, send, routing);
+    else this.queue.push({ accepted, send, routing });
   }
 
   /**
@@ -276,24 +320,35 @@ export class Commands implements Component {
     answer({ id: err.id, state: "failed", error: { code: err.code, message: err.message } });
   }
 
-  private execute(accepted: Accepted, send: Send): void {
-    const task = this.run(accepted, send).finally(() => {
+  private execute(accepted: Accepted, send: Send, routing: Routing): void {
+    const task = this.run(accepted, send, routing).finally(() => {
       this.running.delete(task);
       const next = this.controller.signal.aborted ? undefined : this.queue.shift();
-      if (next) this.execute(next.accepted, next.send);
+      if (next) this.execute(next.accepted, next.send, next.routing);
     });
     this.running.add(task);
   }
 
-  private async run({ definition, params, caller }: Accepted, send: Send): Promise<void> {
+  private async run({ id, definition, params, caller }: Accepted, send: Send, routing: Routing): Promise<void> {
     this.counts.executed += 1;
+    let deferred = false;
     try {
       const result = await definition.run(params, {
         progress: (progress) => send({ state: "executing", progress }),
         signal: this.controller.signal,
         ...(caller ? { caller } : {}),
+        defer: () => {
+          deferred = true;
+          const correlationData = routing.correlationData?.toString("base64");
+          return {
+            id,
+            command: definition.name,
+            topic: routing.topic,
+            ...(correlationData ? { correlationData } : {}),
+          };
+        },
       });
-      send({ state: "succeeded", result: result ?? null });
+      if (!deferred) send({ state: "succeeded", result: result ?? null });
     } catch (err) {
       const code = isOutpostError(err) ? err.code : "COMMAND_FAILED";
       this.o.logger.warn({ command: definition.name, code, err: errorMessage(err) }, "command failed");

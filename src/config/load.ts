@@ -3,15 +3,14 @@ import { accessSync, constants, readFileSync, statSync } from "node:fs";
 import { parseDocument } from "yaml";
 import type { z } from "zod";
 import { OutpostError } from "../core/errors.ts";
-import { type Config, configSchema, SECRET_KEYS } from "./schema.ts";
+import { type Config, configSchema } from "../schema.ts";
+import { redact } from "./redact.ts";
 
-/** One thing wrong with a configuration: where, what was expected, what was found, and from which source. */
-export interface ConfigProblem {
-  path: string;
-  expected: string;
-  found: string;
-  source?: string;
-}
+export { redact };
+
+import { type ConfigProblem, formatProblems } from "./problems.ts";
+
+export { type ConfigProblem, formatProblems };
 
 export interface LoadOptions {
   /** Config file (YAML or JSON). */
@@ -86,23 +85,6 @@ export function loadConfig(options: LoadOptions): LoadedConfig {
   if (problems.length > 0) throw invalid(problems);
 
   return { config, hash: hashConfig(config), file, envKeys };
-}
-
-/** One line per problem: `mqtt.url: expected ..., found "..." (from OUTPOST_MQTT__URL)`. */
-export function formatProblems(problems: readonly ConfigProblem[]): string[] {
-  return problems.map((p) => `${p.path}: ${p.expected}, found ${p.found}${p.source ? ` (${p.source})` : ""}`);
-}
-
-/** A deep copy with every secret replaced, safe to print or publish. */
-export function redact<T>(value: T): T {
-  if (Array.isArray(value)) return value.map((v) => redact(v)) as T;
-  if (value !== null && typeof value === "object") {
-    const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value))
-      out[k] = SECRET_KEYS.has(k) && v !== undefined ? "<redacted>" : redact(v);
-    return out as T;
-  }
-  return value;
 }
 
 export function hashConfig(config: Config): string {

@@ -3,7 +3,7 @@ import { parseDuration } from "./duration.ts";
 import { parseSize } from "./size.ts";
 
 /** A duration string with bounds, kept as text in the config so that it prints back as written. */
-function duration(def: string, minMs: number, maxMs: number) {
+export function duration(def: string, minMs: number, maxMs: number) {
   return z
     .string()
     .refine((s) => parseDuration(s) !== undefined, {
@@ -20,7 +20,7 @@ function duration(def: string, minMs: number, maxMs: number) {
 }
 
 /** A size string like "64MiB", kept as text. */
-function size(def: string, minBytes: number, maxBytes: number) {
+export function size(def: string, minBytes: number, maxBytes: number) {
   return z
     .string()
     .refine((s) => parseSize(s) !== undefined, { message: 'expected a size like "512KiB", "64MiB", "1GiB"' })
@@ -35,7 +35,7 @@ function size(def: string, minBytes: number, maxBytes: number) {
 }
 
 /** Lists in the file are short; a cap keeps a corrupt or hostile file from taking the memory. */
-const MAX_LIST = 64;
+export const MAX_LIST = 64;
 
 // Topic-safe and filename-safe: it appears in MQTT topics and in paths under state.dir.
 const DEVICE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -57,7 +57,12 @@ export const trustedKeySchema = z.strictObject({
     .default(["*"]),
 });
 
-export const configSchema = z.strictObject({
+/**
+ * The kernel's sections of the configuration: who the device is and where it connects (`kernelHead`), and
+ * how it keeps state and takes commands (`kernelTail`). Each module adds its own section (`Module.config`);
+ * `src/schema.ts` puts them between the two, so a config file reads in that order.
+ */
+export const kernelHead = {
   device: z
     .strictObject({
       id: z
@@ -114,12 +119,9 @@ export const configSchema = z.strictObject({
       path: ["key"],
     })
     .prefault({}),
-  telemetry: z
-    .strictObject({
-      interval: duration("10s", 50, 86_400_000),
-      collectorTimeout: duration("2s", 50, 60_000),
-    })
-    .prefault({}),
+};
+
+export const kernelTail = {
   outbox: z
     .strictObject({
       maxBytes: size("64MiB", 64 * 1024, 64 * 1024 ** 3),
@@ -149,17 +151,28 @@ export const configSchema = z.strictObject({
     })
     .prefault({}),
   shutdown: z.strictObject({ deadline: duration("10s", 100, 600_000) }).prefault({}),
-});
+};
 
-export type ConfigInput = z.input<typeof configSchema>;
-export type ParsedConfig = z.output<typeof configSchema>;
-
-/** The effective configuration: schema defaults applied, the device id resolved, secrets read. */
-export type Config = ParsedConfig & { device: { id: string } };
+/** Kernel keys that components read once at start: a new value is stored, and used after the next restart. */
+export const KERNEL_RESTART_ONLY = ["device", "mqtt", "outbox", "state", "log.format"];
+/**
+ * Kernel keys `config.set` may not change: a typo there would leave the device unreachable (mqtt) or lose its
+ * state (state.dir, device.id) with nobody on site to fix it, and the command policy would let a key
+ * widen itself (allowUnsigned, or a skew and validity long enough to replay). They change in the file.
+ */
+export const KERNEL_LOCAL_ONLY = [
+  "device",
+  "mqtt",
+  "state",
+  "commands.allowUnsigned",
+  "commands.clockSkew",
+  "commands.maxValidity",
+];
+/**
+ * Keys that decide who may command the device: changed remotely only by a key whose allow list names
+ * `trust.*` explicitly (never implied by `*` or `config.*`).
+ */
+export const TRUST_KEYS = ["commands.trustedKeys"];
 
 /** Keys whose values never leave the process in clear. */
 export const SECRET_KEYS = new Set(["password"]);
-
-export function configJsonSchema(): unknown {
-  return z.toJSONSchema(configSchema, { io: "input", unrepresentable: "any" });
-}

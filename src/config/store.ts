@@ -1,11 +1,13 @@
 import { EventEmitter } from "node:events";
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { watch } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { sleep } from "../core/clock.ts";
 import type { Code } from "../core/codes.ts";
 import { isOutpostError, OutpostError } from "../core/errors.ts";
+import { writeFileAtomically } from "../core/files.ts";
 import type { Logger } from "../core/logger.ts";
+import { type Config, LOCAL_ONLY_KEYS, RESTART_KEYS } from "../schema.ts";
 import {
   type ConfigProblem,
   formatProblems,
@@ -16,7 +18,7 @@ import {
   mergePatch,
   redact,
 } from "./load.ts";
-import type { Config } from "./schema.ts";
+import { TRUST_KEYS } from "./schema.ts";
 
 /** One immutable, validated configuration. A new version replaces it whole; nothing is ever half-applied. */
 export interface Snapshot {
@@ -28,27 +30,6 @@ export interface Snapshot {
 export type ApplyResult =
   | { ok: true; snapshot: Snapshot; changed: string[]; restartRequired: string[] }
   | { ok: false; code: Code; problems: ConfigProblem[] };
-
-/** Keys that components read once at start: a new value is stored, and used after the next restart. */
-export const RESTART_KEYS = ["device", "mqtt", "outbox", "state", "log.format"];
-/**
- * Keys `config.set` may not change: a typo there would leave the device unreachable (mqtt) or lose its
- * state (state.dir, device.id) with nobody on site to fix it, and the command policy would let a key
- * widen itself (allowUnsigned, or a skew and validity long enough to replay). They change in the file.
- */
-export const LOCAL_ONLY_KEYS = [
-  "device",
-  "mqtt",
-  "state",
-  "commands.allowUnsigned",
-  "commands.clockSkew",
-  "commands.maxValidity",
-];
-/**
- * Keys that decide who may command the device: changed remotely only by a key whose allow list names
- * `trust.*` explicitly (never implied by `*` or `config.*`).
- */
-export const TRUST_KEYS = ["commands.trustedKeys"];
 
 /** A refusal of a remote change beyond validation: who may make it, or what it would leave behind. */
 export interface PatchRefusal {
@@ -257,7 +238,7 @@ export class ConfigStore extends EventEmitter<{ change: [next: Snapshot, previou
   }
 
   private store(values: Record<string, unknown>): void {
-    writeAtomically(this.overridesPath, `${JSON.stringify({ format: OVERRIDES_FORMAT, values }, null, 2)}\n`);
+    writeFileAtomically(this.overridesPath, `${JSON.stringify({ format: OVERRIDES_FORMAT, values }, null, 2)}\n`);
   }
 
   private refused(err: unknown, reason: string): ApplyResult {
@@ -362,23 +343,4 @@ function freeze<T>(value: T): T {
     for (const child of Object.values(value)) freeze(child);
   }
   return value;
-}
-
-function writeAtomically(path: string, text: string): void {
-  mkdirSync(dirname(path), { recursive: true });
-  const tmp = `${path}.tmp`;
-  writeFileSync(tmp, text, { mode: 0o600 });
-  const fd = openSync(tmp, "r");
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, path);
-  const dir = openSync(dirname(path), "r");
-  try {
-    fsyncSync(dir);
-  } finally {
-    closeSync(dir);
-  }
 }

@@ -126,6 +126,11 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
     return this.takeoverCount;
   }
 
+  /** The status the link publishes after each connect, as it would be now. */
+  birthMessage(): LinkMessage {
+    return this.options.birth();
+  }
+
   /** What the broker announced in its last CONNACK (MQTT 5 only). */
   limits(): BrokerLimits {
     return this.brokerLimits;

@@ -79,6 +79,8 @@ export interface OutboxOptions {
   window?: number;
   /** A packet size limit for brokers that do not announce one (MQTT 3.1.1). */
   maxPacketSize?: number;
+  /** Beaten at every turn of the commit loop: a loop that stops beating is wedged. */
+  heartbeat?: { beat(): void };
 }
 
 /** A message in the outbox: a stored row (session and created stay in the database), or one not stored yet. */
@@ -125,8 +127,8 @@ const PURGE_ROWS = 4096;
  */
 export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
   readonly name = "outbox";
-  private readonly o: Required<Omit<OutboxOptions, "dir" | "alarmTopic" | "maxPacketSize">> &
-    Pick<OutboxOptions, "dir" | "alarmTopic" | "maxPacketSize">;
+  private readonly o: Required<Omit<OutboxOptions, "dir" | "alarmTopic" | "maxPacketSize" | "heartbeat">> &
+    Pick<OutboxOptions, "dir" | "alarmTopic" | "maxPacketSize" | "heartbeat">;
   private store: OutboxStore | undefined;
   private seq = 0;
   /** Not stored yet, not in flight, per class, in seq order. */
@@ -457,6 +459,7 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
 
   private async run(signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
+      this.o.heartbeat?.beat();
       await sleep(this.o.commitIntervalMs, signal);
       if (!signal.aborted) this.commit();
     }

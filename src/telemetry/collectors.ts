@@ -2,13 +2,10 @@ import { readdir, readFile, statfs } from "node:fs/promises";
 import { loadavg, uptime } from "node:os";
 import { join } from "node:path";
 import si from "systeminformation";
+import type { Collector } from "../kernel/module.ts";
 import { busyPercent, parseNetDev, parseProcStat } from "./procfs.ts";
 
-/** One named source of metrics. It may fail or hang; the telemetry loop contains both. */
-export interface Collector {
-  name: string;
-  collect(): Promise<unknown>;
-}
+export type { Collector };
 
 const round = (n: number, digits = 1) => {
   const f = 10 ** digits;

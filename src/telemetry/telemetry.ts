@@ -2,7 +2,8 @@ import { sleep } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
 import { type Component, once } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
-import type { Collector } from "./collectors.ts";
+import type { Heartbeat } from "../kernel/health.ts";
+import type { Collector } from "../kernel/module.ts";
 
 export interface Sample {
   metrics: Record<string, unknown>;
@@ -11,7 +12,8 @@ export interface Sample {
 }
 
 export interface TelemetryOptions {
-  collectors: Collector[];
+  /** The collectors, or where to find them at each cycle (modules contribute them). */
+  collectors: readonly Collector[] | (() => readonly Collector[]);
   intervalMs: () => number;
   timeoutMs: () => number;
   /** Where a sample goes: the outbox, through the composition root. */
@@ -19,6 +21,8 @@ export interface TelemetryOptions {
   /** Extra metrics from other components (outbox counters, ...), read at each cycle. */
   extra?: () => Record<string, unknown>;
   logger: Logger;
+  /** Beaten at every cycle: a loop that stops beating is wedged. */
+  heartbeat?: Heartbeat;
 }
 
 /**
@@ -32,6 +36,7 @@ export class Telemetry implements Component {
   private readonly controller = new AbortController();
   private loop: Promise<void> | undefined;
   private cycles = 0;
+  private lastSampleAt: number | undefined;
   /** Aborted to cut the current wait short: a stop, or a new interval that must apply now. */
   private nap = new AbortController();
 
@@ -41,6 +46,11 @@ export class Telemetry implements Component {
 
   get count(): number {
     return this.cycles;
+  }
+
+  /** performance.now() of the last published sample, if any. */
+  get lastSample(): number | undefined {
+    return this.lastSampleAt;
   }
 
   async start(signal: AbortSignal): Promise<void> {
@@ -63,8 +73,9 @@ export class Telemetry implements Component {
     const timeout = this.options.timeoutMs();
     const metrics: Record<string, unknown> = {};
     const errors: Record<string, string> = {};
+    const { collectors } = this.options;
     await Promise.all(
-      this.options.collectors.map(async (collector) => {
+      (typeof collectors === "function" ? collectors() : collectors).map(async (collector) => {
         if (this.busy.has(collector.name)) {
           errors[collector.name] = "busy: the previous collection has not finished";
           return;
@@ -98,11 +109,13 @@ export class Telemetry implements Component {
   private async run(signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
       const started = performance.now();
+      this.options.heartbeat?.beat();
       try {
         const sample = await this.sample();
         if (signal.aborted) break;
         this.options.publish(sample);
         this.cycles += 1;
+        this.lastSampleAt = performance.now();
         this.options.logger.debug({ cycle: this.cycles }, "telemetry sampled");
       } catch (err) {
         this.options.logger.error({ err }, "telemetry cycle failed");

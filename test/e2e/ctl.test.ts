@@ -34,6 +34,7 @@ describe("outpost ctl and keygen, the built x64 binary against a real mosquitto"
   let watch: Watch;
   let dir: string;
   let agent: AgentProcess;
+  let config: Record<string, unknown>;
   let call: (device: string, command: string, params?: unknown, extra?: string[]) => Promise<Ran>;
 
   before(async () => {
@@ -44,12 +45,13 @@ describe("outpost ctl and keygen, the built x64 binary against a real mosquitto"
     const keygen = await outpost(["keygen", "--out", join(dir, "ops")]);
     assert.equal(keygen.code, 0, keygen.stderr);
     const pub = readFileSync(join(dir, "ops.pub"), "utf8").trim();
-    agent = AgentProcess.run([BIN], {
+    config = {
       device: { id: "dev-e2e", groups: ["e2e-line"] },
       mqtt: { url: `mqtt://127.0.0.1:${broker.port}` },
       telemetry: { interval: "500ms" },
       commands: { trustedKeys: [{ name: "ops", key: pub, allow: ["*"] }] },
-    });
+    };
+    agent = AgentProcess.run([BIN], config);
     await watch.waitFor(online("dev-e2e"), 20_000, "dev-e2e online");
     // Broker and key from the environment, as an operator's shell profile would set them.
     const env = { OUTPOST_CTL_BROKER: `mqtt://127.0.0.1:${broker.port}`, OUTPOST_CTL_KEY: join(dir, "ops.key") };
@@ -168,12 +170,20 @@ describe("outpost ctl and keygen, the built x64 binary against a real mosquitto"
     assert.match(watched.stdout, /telemetry dev-e2e seq=\d+ cpu=/);
   });
 
-  it("restart: the reply arrives, the agent drains and exits 75 for systemd to start it again", async () => {
-    const r = await call("dev-e2e", "restart", { delay: 0 });
-    assert.equal(r.code, 0, r.stderr);
-    assert.equal(JSON.parse(r.stdout).restarting, true);
+  // Issue 9 item 7: the final reply is the real outcome, sent by the process that came back (here the test
+  // starts it again, as systemd's Restart=on-failure would).
+  it("restart: the agent drains and exits 75; ctl gets succeeded once the agent is back", async () => {
+    const calling = call("dev-e2e", "restart", { delay: 0 }, ["--timeout", "30s"]);
     const exit = await agent.exited;
     assert.equal(exit.code, 75);
-    assert.ok(watch.items.some((m) => m.topic === `${PREFIX}/dev-e2e/status` && m.json.state === "offline"));
+    const offline = watch.items.find((m) => m.topic === `${PREFIX}/dev-e2e/status` && m.json.state === "offline");
+    assert.ok(offline, "offline published before the exit");
+    agent = AgentProcess.run([BIN], config, {}, agent.dir);
+    const r = await calling;
+    assert.equal(r.code, 0, r.stderr);
+    const result = JSON.parse(r.stdout) as { restarted: boolean; previousSession: string; session: string };
+    assert.equal(result.restarted, true);
+    assert.equal(result.previousSession, offline.json.session);
+    assert.notEqual(result.session, result.previousSession);
   });
 });

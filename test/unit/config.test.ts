@@ -4,8 +4,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { type ConfigProblem, formatProblems, loadConfig, redact } from "../../src/config/load.ts";
-import { configJsonSchema } from "../../src/config/schema.ts";
 import { isOutpostError } from "../../src/core/errors.ts";
+import { configJsonSchema } from "../../src/schema.ts";
 
 let dir: string;
 before(() => {

@@ -1,0 +1,471 @@
+import { randomUUID } from "node:crypto";
+import { readFileSync, rmSync } from "node:fs";
+import { uptime } from "node:os";
+import { join } from "node:path";
+import type { LevelWithSilent } from "pino";
+import { Gauge, Registry } from "prom-client";
+import { type CommandPolicy, Commands, type PendingReply } from "../commands/commands.ts";
+import { ReplayGuard } from "../commands/replay.ts";
+import { durationMs } from "../config/duration.ts";
+import { sizeBytes } from "../config/size.ts";
+import type { ConfigStore, Snapshot } from "../config/store.ts";
+import { type Clock, sleep } from "../core/clock.ts";
+import { errorMessage } from "../core/errors.ts";
+import { writeFileAtomically } from "../core/files.ts";
+import type { Component } from "../core/lifecycle.ts";
+import type { Logger } from "../core/logger.ts";
+import { MqttLink } from "../mqtt/link.ts";
+import { type DeviceTopics, deviceTopics } from "../mqtt/topics.ts";
+import { Outbox } from "../outbox/outbox.ts";
+import type { Config } from "../schema.ts";
+import { clockSyncProbe } from "../system/clock-sync.ts";
+import { VERSION } from "../version.ts";
+import { Health, type HealthReport } from "./health.ts";
+import type { Collector, Module, ModuleContext, ModuleParts, Verdict } from "./module.ts";
+import { RetainedState } from "./retained.ts";
+import { statusMessage } from "./status.ts";
+
+export interface KernelOptions {
+  settings: ConfigStore;
+  logger: Logger;
+  /** Changes the level of the logger and all its children. */
+  setLogLevel?: (level: LevelWithSilent) => void;
+  clock: Clock;
+  clockSynced?: () => boolean;
+  modules: readonly Module[];
+  /** Told each step of start and stop as it happens, in order (tests assert the order). */
+  trace?: (step: string) => void;
+}
+
+/** The final reply of a `restart`, kept in state.dir until the next process has sent it. */
+const PENDING_FILE = "pending-replies.json";
+
+/**
+ * The durable core, built in a fixed order (config store, MQTT link, outbox, replay guard, command router),
+ * and the modules built on it. Start: outbox, command intake, link, then each module's components in list
+ * order. Stop: quiesce intake (commands, then modules in reverse), drain modules in reverse, flush the outbox,
+ * publish `offline` and disconnect, stop module components in reverse, close the outbox.
+ */
+export class Kernel {
+  readonly session = randomUUID();
+  readonly link: MqttLink;
+  readonly outbox: Outbox;
+  readonly replay: ReplayGuard;
+  readonly commands: Commands;
+  readonly retained: RetainedState;
+  readonly metrics = new Registry();
+  readonly health: Health;
+  readonly topics: DeviceTopics;
+  /** Resolves when the `restart` command asks the process to stop and be started again. */
+  readonly restartRequested: Promise<void>;
+  private requestRestart: () => void = () => {};
+  private readonly o: KernelOptions;
+  private readonly modules: { module: Module; parts: ModuleParts }[] = [];
+  private readonly controller = new AbortController();
+  private readonly started: Component[] = [];
+  private stopping: Promise<void> | undefined;
+  private readonly startedAt: number;
+
+  constructor(options: KernelOptions) {
+    this.o = options;
+    const { settings, logger, clock } = options;
+    // Restart-only parts (device, mqtt, outbox, state) are built from the snapshot at start; the rest reads
+    // `settings.current()` each time it needs a value, so a reload reaches it without a restart.
+    const { config } = settings.current();
+    this.startedAt = clock.mono();
+    this.restartRequested = new Promise((resolve) => {
+      this.requestRestart = resolve;
+    });
+    this.topics = deviceTopics(config.mqtt.topicPrefix, config.device.id);
+    this.health = new Health(() => clock.mono());
+    const clockSynced = options.clockSynced ?? clockSyncProbe();
+    const status = (state: "online" | "offline" | "lost") =>
+      statusMessage(state, {
+        topic: this.topics.status,
+        session: this.session,
+        clock,
+        clockSynced,
+        config: settings.current(),
+        protocolVersion: this.link.protocolVersion,
+        replayStore: this.replay.durable,
+      });
+
+    this.link = new MqttLink({
+      ...linkOptions(config),
+      will: () => status("lost"),
+      birth: () => status("online"),
+      farewell: () => status("offline"),
+      logger: logger.child({ component: "mqtt" }),
+    });
+    const outboxLog = logger.child({ component: "outbox" });
+    const commit = durationMs(config.outbox.commitInterval);
+    this.outbox = new Outbox({
+      transport: this.link,
+      clock,
+      session: this.session,
+      clockSynced,
+      logger: outboxLog,
+      dir: config.state.dir,
+      alarmTopic: this.topics.alarm("outbox-storage"),
+      maxBytes: sizeBytes(config.outbox.maxBytes),
+      ttlMs: durationMs(config.outbox.ttl),
+      commitIntervalMs: commit,
+      commitMessages: config.outbox.commitMessages,
+      window: config.outbox.window,
+      maxPacketSize: config.outbox.maxPacketSize,
+      heartbeat: this.health.heartbeat("outbox.commits", () => 3 * commit + 5000),
+    });
+    const commandLog = logger.child({ component: "commands" });
+    this.replay = new ReplayGuard({ dir: config.state.dir, logger: commandLog, now: clock.now() });
+    this.commands = new Commands({
+      source: this.link,
+      topicPrefix: config.mqtt.topicPrefix,
+      deviceId: config.device.id,
+      groups: config.device.groups,
+      reply: (reply) => this.outbox.send({ ...reply, body: { ...reply.body }, priority: "result" }),
+      policy: commandPolicy(settings),
+      replay: this.replay,
+      clock,
+      logger: commandLog,
+    });
+    this.retained = new RetainedState(this.link, logger.child({ component: "retained" }));
+    this.registerMetrics();
+    for (const module of options.modules) {
+      const parts = module.create(this.context(module));
+      this.commands.register(parts.commands ?? []);
+      this.modules.push({ module, parts });
+    }
+    warnIfUnsigned(config.commands.allowUnsigned, logger);
+    settings.on("change", (next, previous) => this.adapt(next, previous));
+    this.replay.onDurabilityChange((durable) => {
+      logger[durable ? "info" : "error"](
+        durable ? "command replay store writable again" : "command replay store failed; refusing state changes",
+      );
+      this.replayAlarm(durable);
+      this.republishStatus();
+    });
+  }
+
+  async start(): Promise<void> {
+    const { logger, settings } = this.o;
+    const { config } = settings.current();
+    logger.info(
+      { device: config.device.id, session: this.session, version: VERSION, url: config.mqtt.url },
+      "agent starting",
+    );
+    const signal = this.controller.signal;
+    // The outbox opens its store and the command topics are registered before the link connects.
+    const components = [
+      this.outbox,
+      this.commands,
+      this.link,
+      ...this.modules.flatMap((m) => m.parts.components ?? []),
+    ];
+    for (const component of components) {
+      this.trace(`start:${component.name}`);
+      await component.start(signal);
+      this.started.push(component);
+    }
+    void this.housekeeping(signal);
+    if (!this.replay.durable) this.replayAlarm(false);
+    this.reportDroppedOverrides();
+    this.sendPendingReplies();
+  }
+
+  /**
+   * Drains and stops everything, in the documented order. Waits for the outbox to flush for at most `flushMs`,
+   * and only while the broker is reachable: an unreachable broker must not hold up a stop.
+   */
+  stop(flushMs = 5000): Promise<void> {
+    this.stopping ??= this.doStop(flushMs);
+    return this.stopping;
+  }
+
+  describe(): Record<string, unknown> {
+    const snapshot = this.o.settings.current();
+    const modules = Object.fromEntries(
+      this.modules.map(({ module, parts }) => [module.name, parts.describe?.() ?? {}]),
+    );
+    return {
+      device: snapshot.config.device.id,
+      groups: snapshot.config.device.groups,
+      version: VERSION,
+      node: process.version,
+      platform: process.platform,
+      arch: process.arch,
+      session: this.session,
+      protocolVersion: this.link.protocolVersion,
+      capabilities: {
+        commands: this.commands.commandNames,
+        modules: this.modules.map((m) => m.module.name),
+        signedCommands: true,
+        outbox: "sqlite",
+      },
+      commands: { replayStore: this.replay.durable ? "ok" : "unavailable", ...this.commands.counts },
+      config: { version: snapshot.version, hash: snapshot.hash, restartRequired: this.o.settings.restartRequired() },
+      uptime: { agentMs: Math.round(this.o.clock.mono() - this.startedAt), systemS: Math.round(uptime()) },
+      health: { alive: this.health.alive(), healthy: this.healthy() },
+      modules,
+    };
+  }
+
+  /** Alive, connected, storage writable, replay records durable, and every module's own verdict. */
+  healthy(): HealthReport {
+    const verdicts: [string, Verdict][] = [
+      ["mqtt", this.link.connected ? { ok: true } : { ok: false, reason: "not connected to the broker" }],
+      ["outbox", this.outbox.stats().degraded ? { ok: false, reason: "storage not writable" } : { ok: true }],
+      ["commands", this.replay.durable ? { ok: true } : { ok: false, reason: "replay records cannot be stored" }],
+    ];
+    for (const { module, parts } of this.modules) if (parts.health) verdicts.push([module.name, parts.health()]);
+    return this.health.healthy(verdicts);
+  }
+
+  private context(module: Module): ModuleContext {
+    const { settings, clock, logger } = this.o;
+    return {
+      config: () => settings.current().config,
+      settings,
+      clock,
+      logger: logger.child({ component: module.name }),
+      session: this.session,
+      topics: this.topics,
+      send: (message) => this.outbox.send(message),
+      retained: this.retained,
+      metrics: this.metrics,
+      heartbeat: (name, boundMs) => this.health.heartbeat(`${module.name}.${name}`, boundMs),
+      collectors: () => [...this.kernelCollectors, ...this.modules.flatMap((m) => m.parts.collectors ?? [])],
+      describe: () => this.describe(),
+      restart: (delayMs, reply) => this.restart(delayMs, reply),
+      setLogLevel: (level) => {
+        const previous = logger.level;
+        this.o.setLogLevel?.(level);
+        return { previous, level };
+      },
+    };
+  }
+
+  /** The kernel's own figures in every telemetry sample. */
+  private readonly kernelCollectors: Collector[] = [
+    { name: "outbox", collect: async () => this.outbox.stats() },
+    { name: "commands", collect: async () => ({ ...this.commands.counts }) },
+    { name: "agent", collect: async () => agentMetrics() },
+  ];
+
+  private registerMetrics(): void {
+    const registers = [this.metrics];
+    const gauge = (name: string, help: string, read: () => number) =>
+      new Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          this.set(read());
+        },
+      });
+    gauge("outpost_outbox_queued", "Messages not yet acknowledged by the broker", () => this.outbox.stats().queued);
+    gauge("outpost_outbox_bytes", "Bytes of the messages not yet acknowledged", () => this.outbox.stats().bytes);
+    gauge("outpost_outbox_sent", "Messages acknowledged by the broker since start", () => this.outbox.stats().sent);
+    gauge("outpost_mqtt_connected", "1 while connected to the broker", () => (this.link.connected ? 1 : 0));
+    gauge("outpost_mqtt_connects", "Connections made since start", () => this.link.connects);
+    gauge("outpost_commands_refused", "Command requests refused since start", () => this.commands.counts.refused);
+    gauge(
+      "outpost_config_version",
+      "Configuration version (applied changes + 1)",
+      () => this.o.settings.current().version,
+    );
+    gauge("outpost_event_loop_delay_ms", "Worst event-loop delay of the last window", () =>
+      this.health.eventLoopDelayMs(),
+    );
+  }
+
+  private async doStop(flushMs: number): Promise<void> {
+    const { logger } = this.o;
+    logger.info("agent stopping");
+    const reversed = [...this.modules].reverse();
+    // Each step is bounded by its component and the whole drain by shutdown.deadline in the caller; a failing
+    // step must not keep the ones after it from running.
+    const step = async (name: string, fn: () => unknown) => {
+      this.trace(name);
+      try {
+        await fn();
+      } catch (err) {
+        logger.error({ err, step: name }, "stop step failed");
+      }
+    };
+    await step("quiesce:commands", () => this.commands.quiesce());
+    for (const { module, parts } of reversed) await step(`quiesce:${module.name}`, () => parts.quiesce?.());
+    const drain = AbortSignal.timeout(flushMs);
+    await step("drain:commands", () => this.commands.stop());
+    for (const { module, parts } of reversed) await step(`drain:${module.name}`, () => parts.drain?.(drain));
+    await step("flush:outbox", async () => {
+      if (!this.link.connected) return;
+      const flushSignal = AbortSignal.timeout(flushMs);
+      await this.outbox.flush(flushSignal);
+      if (flushSignal.aborted) logger.warn({ queued: this.outbox.stats().queued }, "outbox not flushed in time");
+    });
+    // What is still unacknowledged goes to disk before anything else can hang.
+    await step("commit:outbox", () => this.outbox.commit());
+    this.controller.abort();
+    // The link publishes "offline" and disconnects; then module components, then the outbox closes.
+    await step("offline+disconnect:mqtt", () => this.link.stop());
+    for (const component of [...this.started].reverse()) {
+      if (component === this.link || component === this.outbox || component === this.commands) continue;
+      await step(`stop:${component.name}`, () => component.stop());
+    }
+    await step("stop:outbox", () => this.outbox.stop());
+    this.replay.close();
+    this.retained.close();
+    this.health.close();
+    logger.info({ sent: this.outbox.stats().sent, stored: this.outbox.stats().stored }, "agent stopped");
+  }
+
+  /** Brings the kernel and the modules to a new configuration snapshot (the hot-reloadable keys). */
+  private adapt(next: Snapshot, previous: Snapshot): void {
+    const { logger } = this.o;
+    const [a, b] = [previous.config, next.config];
+    try {
+      if (a.log.level !== b.log.level) this.o.setLogLevel?.(b.log.level);
+      if (a.commands.allowUnsigned !== b.commands.allowUnsigned) warnIfUnsigned(b.commands.allowUnsigned, logger);
+      // The retained status carries the config version and hash: republish it so the fleet view is current.
+      this.republishStatus();
+    } catch (err) {
+      logger.error({ err }, "could not adapt to the new configuration");
+    }
+    for (const { module, parts } of this.modules) {
+      try {
+        parts.onConfigChange?.(b, a);
+      } catch (err) {
+        logger.error({ err, module: module.name }, "a module could not adapt to the new configuration");
+      }
+    }
+  }
+
+  private restart(delayMs: number, reply?: PendingReply): void {
+    if (reply) {
+      // Persisted before acting: the next process answers the request with the real outcome.
+      const record = { reply, session: this.session, ts: this.o.clock.now() };
+      try {
+        writeFileAtomically(this.pendingPath(), `${JSON.stringify(record)}\n`);
+      } catch (err) {
+        this.o.logger.error({ err: errorMessage(err) }, "could not keep the restart request; no final reply will come");
+      }
+    }
+    void sleep(delayMs).then(() => this.requestRestart());
+  }
+
+  private sendPendingReplies(): void {
+    let record: { reply: PendingReply; session: string };
+    try {
+      record = JSON.parse(readFileSync(this.pendingPath(), "utf8")) as typeof record;
+    } catch {
+      return;
+    }
+    rmSync(this.pendingPath(), { force: true });
+    const result = { restarted: true, previousSession: record.session, session: this.session, version: VERSION };
+    this.commands.finish(record.reply, { state: "succeeded", result });
+    this.o.logger.info({ id: record.reply.id }, "restart completed; final reply sent");
+  }
+
+  private pendingPath(): string {
+    return join(this.o.settings.booted.config.state.dir, PENDING_FILE);
+  }
+
+  private reportDroppedOverrides(): void {
+    const dropped = this.o.settings.droppedOverrides;
+    if (dropped.length === 0) return;
+    // Only a tampered or pre-0.2 device has these: say so where the fleet is watched, not only in the journal.
+    this.o.logger.error({ dropped }, "stored config overrides of local-only or trust keys were dropped");
+    this.outbox.send({
+      topic: this.topics.alarm("config-overrides"),
+      priority: "alarm",
+      body: { alarm: "config-overrides", active: true, dropped, reason: "remote overrides of protected keys dropped" },
+    });
+  }
+
+  private replayAlarm(durable: boolean): void {
+    const reason = "command replay records cannot be stored: state-changing commands are refused";
+    this.outbox.send({
+      topic: this.topics.alarm("replay-store"),
+      priority: "alarm",
+      body: { alarm: "replay-store", active: !durable, ...(durable ? {} : { reason }) },
+    });
+  }
+
+  private republishStatus(): void {
+    if (!this.link.connected) return;
+    const status = this.link.birthMessage();
+    this.link.publish(status.topic, status.payload, { qos: 1, retain: true }).catch((err: unknown) => {
+      this.o.logger.warn({ err }, "could not republish the status");
+    });
+  }
+
+  /** Rolls the event-loop delay window; a housekeeping wait must not keep the process alive on its own. */
+  private async housekeeping(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      await sleep(5000, signal, { unref: true });
+      this.health.roll();
+    }
+  }
+
+  private trace(step: string): void {
+    this.o.trace?.(step);
+  }
+}
+
+function linkOptions(config: Config) {
+  const m = config.mqtt;
+  return {
+    url: m.url,
+    protocolVersion: m.protocolVersion,
+    clientId: m.clientId ?? `outpost-${config.device.id}`,
+    username: m.username,
+    password: m.password,
+    ca: m.ca,
+    cert: m.cert,
+    key: m.key,
+    rejectUnauthorized: m.rejectUnauthorized,
+    keepaliveMs: durationMs(m.keepalive),
+    connectTimeoutMs: durationMs(m.connectTimeout),
+    reconnectMinMs: durationMs(m.reconnectMin),
+    reconnectMaxMs: durationMs(m.reconnectMax),
+    maxPacketSize: sizeBytes(m.maxPacketSize),
+  };
+}
+
+/** The command policy of the current snapshot, built once per snapshot. */
+function commandPolicy(settings: ConfigStore): () => CommandPolicy {
+  const policies = new WeakMap<Snapshot, CommandPolicy>();
+  return () => {
+    const snapshot = settings.current();
+    let p = policies.get(snapshot);
+    if (!p) {
+      const c = snapshot.config.commands;
+      p = {
+        trustedKeys: c.trustedKeys,
+        allowUnsigned: c.allowUnsigned,
+        skewMs: durationMs(c.clockSkew),
+        maxValidityMs: durationMs(c.maxValidity),
+      };
+      policies.set(snapshot, p);
+    }
+    return p;
+  };
+}
+
+function warnIfUnsigned(allowUnsigned: boolean, logger: Logger): void {
+  if (allowUnsigned) {
+    logger.warn("commands.allowUnsigned is true: anyone who can publish on the broker can command this device");
+  }
+}
+
+/** The agent's own footprint, so that a fleet shows which devices it costs too much on. */
+function agentMetrics(): Record<string, number> {
+  const mem = process.memoryUsage();
+  const cpu = process.cpuUsage();
+  return {
+    rss: mem.rss,
+    heapUsed: mem.heapUsed,
+    cpuUserMs: Math.round(cpu.user / 1000),
+    cpuSystemMs: Math.round(cpu.system / 1000),
+  };
+}

@@ -1,0 +1,90 @@
+import type { LevelWithSilent } from "pino";
+import type { Registry } from "prom-client";
+import type { z } from "zod";
+import type { CommandDefinition, PendingReply } from "../commands/commands.ts";
+import type { ConfigStore } from "../config/store.ts";
+import type { Clock } from "../core/clock.ts";
+import type { Component } from "../core/lifecycle.ts";
+import type { Logger } from "../core/logger.ts";
+import type { DeviceTopics } from "../mqtt/topics.ts";
+import type { Envelope, OutboxMessage } from "../outbox/outbox.ts";
+import type { Config } from "../schema.ts";
+import type { Heartbeat } from "./health.ts";
+import type { RetainedState } from "./retained.ts";
+
+/** One named source of telemetry. It may fail or hang; the telemetry loop contains both. */
+export interface Collector {
+  name: string;
+  collect(): Promise<unknown>;
+}
+
+/** A module's verdict on itself: `reason` says what is wrong when `ok` is false. */
+export interface Verdict {
+  ok: boolean;
+  reason?: string;
+}
+
+/** A module's section of the configuration file, and how its keys may change. */
+export interface ConfigSection {
+  /** The top-level key, e.g. `telemetry`. */
+  key: string;
+  schema: z.ZodType;
+  /** Dotted paths read once at start: a change is stored and used after the next restart. */
+  restartOnly?: readonly string[];
+  /** Dotted paths `config.set` may never change. */
+  localOnly?: readonly string[];
+}
+
+/** What the kernel offers every module. Modules reach each other only through what they contribute. */
+export interface ModuleContext {
+  /** The live configuration: read it each time a value is needed, so that a reload reaches the module. */
+  config(): Config;
+  settings: ConfigStore;
+  clock: Clock;
+  /** A child logger with `component` set to the module's name. */
+  logger: Logger;
+  session: string;
+  topics: DeviceTopics;
+  /** Stamps and queues a message in the outbox (never blocks). */
+  send(message: OutboxMessage): Envelope;
+  /** "Latest value wins" retained topics, republished on every connect. */
+  retained: RetainedState;
+  /** One prom-client registry for the whole agent: register counters, gauges and histograms here. */
+  metrics: Registry;
+  /** A loop that beats less often than `boundMs()` makes the agent not alive (wedged). */
+  heartbeat(name: string, boundMs: () => number): Heartbeat;
+  /** Every module's collectors, gathered by the kernel (for the telemetry module). */
+  collectors(): readonly Collector[];
+  /** The kernel's own view: device, session, health, modules (for describe). */
+  describe(): Record<string, unknown>;
+  /** Asks the agent to stop cleanly and exit to be started again; `reply` is answered by the next start. */
+  restart(delayMs: number, reply?: PendingReply): void;
+  /** Changes the level of every logger. */
+  setLogLevel(level: LevelWithSilent): { previous: string; level: string };
+}
+
+/** What a module contributes; every part is optional. */
+export interface ModuleParts {
+  /** Started in order after the kernel, stopped in reverse. */
+  components?: Component[];
+  commands?: CommandDefinition[];
+  collectors?: Collector[];
+  /** The module's section of `describe`. */
+  describe?(): unknown;
+  /** Whether the module is healthy (kernel health also needs it to be alive). */
+  health?(): Verdict;
+  /** Reacts to a new configuration snapshot (the hot-reloadable keys). */
+  onConfigChange?(next: Config, previous: Config): void;
+  /** Stops taking work (first stop step, in reverse module order). */
+  quiesce?(): Promise<void> | void;
+  /** Finishes work in hand within the shutdown deadline (second step, in reverse module order). */
+  drain?(signal: AbortSignal): Promise<void>;
+}
+
+/** A capability: a folder with one of these, listed once in `src/modules.ts`. */
+export interface Module<S extends ConfigSection | undefined = ConfigSection | undefined> {
+  name: string;
+  /** The module's own section of the configuration, if it has one. */
+  config?: S;
+  create(context: ModuleContext): ModuleParts;
+}

@@ -1,0 +1,61 @@
+import { errorMessage } from "../core/errors.ts";
+import type { Logger } from "../core/logger.ts";
+
+/** What retained state needs from the MQTT link. */
+export interface RetainedLink {
+  readonly connected: boolean;
+  publish(topic: string, payload: string, options: { qos: 1; retain: true }): Promise<void>;
+  on(event: "connected", listener: () => void): unknown;
+  off(event: "connected", listener: () => void): unknown;
+}
+
+/**
+ * "Latest value wins" for retained topics (update progress, alarm states, discovery configs). Unlike the
+ * outbox, nothing is queued: only the newest value of each topic is kept, published at once when connected
+ * and again after every connect (after the birth), so a backlog can never replay an old state over a new one.
+ * `clear` publishes the empty retained message that removes a topic from the broker.
+ */
+export class RetainedState {
+  private readonly latest = new Map<string, string>();
+  private readonly link: RetainedLink;
+  private readonly logger: Logger;
+
+  constructor(link: RetainedLink, logger: Logger) {
+    this.link = link;
+    this.logger = logger;
+    link.on("connected", this.republish);
+  }
+
+  set(topic: string, value: Record<string, unknown>): void {
+    const payload = JSON.stringify(value);
+    if (this.latest.get(topic) === payload) return;
+    this.latest.set(topic, payload);
+    this.publish(topic, payload);
+  }
+
+  clear(topic: string): void {
+    this.latest.delete(topic);
+    this.publish(topic, "");
+  }
+
+  /** The topics held now and their values. */
+  snapshot(): Record<string, unknown> {
+    return Object.fromEntries([...this.latest].map(([topic, payload]) => [topic, JSON.parse(payload)]));
+  }
+
+  close(): void {
+    this.link.off("connected", this.republish);
+  }
+
+  private readonly republish = (): void => {
+    for (const [topic, payload] of this.latest) this.publish(topic, payload);
+  };
+
+  private publish(topic: string, payload: string): void {
+    if (!this.link.connected) return;
+    this.link.publish(topic, payload, { qos: 1, retain: true }).catch((err: unknown) => {
+      // The next connect publishes the latest value again.
+      this.logger.debug({ err: errorMessage(err), topic }, "retained state not published; will on reconnect");
+    });
+  }
+}

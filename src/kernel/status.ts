@@ -1,0 +1,39 @@
+import type { Snapshot } from "../config/store.ts";
+import type { Clock } from "../core/clock.ts";
+import type { LinkMessage, ProtocolVersion } from "../mqtt/link.ts";
+import { VERSION } from "../version.ts";
+
+export interface StatusInputs {
+  topic: string;
+  session: string;
+  clock: Clock;
+  clockSynced: () => boolean;
+  config: Snapshot;
+  protocolVersion: ProtocolVersion;
+  /** Whether command replay records can be stored. */
+  replayStore: boolean;
+}
+
+/** The retained `P/D/status` message: the birth (`online`), the will (`lost`) and the farewell (`offline`). */
+export function statusMessage(state: "online" | "offline" | "lost", s: StatusInputs): LinkMessage {
+  return {
+    topic: s.topic,
+    qos: 1,
+    retain: true,
+    payload: JSON.stringify({
+      state,
+      session: s.session,
+      version: VERSION,
+      ts: s.clock.now(),
+      mono: Math.round(s.clock.mono()),
+      clockSynced: s.clockSynced(),
+      device: s.config.config.device.id,
+      arch: process.arch,
+      protocolVersion: s.protocolVersion,
+      configVersion: s.config.version,
+      configHash: s.config.hash,
+      // "unavailable": commands that change state are refused until state.dir can be written.
+      replayStore: s.replayStore ? "ok" : "unavailable",
+    }),
+  };
+}

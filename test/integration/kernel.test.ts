@@ -1,0 +1,236 @@
+// Issue 9: the kernel with the real modules and a throwaway one, in-process, against a real mosquitto.
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { pino } from "pino";
+import { stringify } from "yaml";
+import { z } from "zod";
+import { createAgent } from "../../src/agent.ts";
+import { ConfigStore } from "../../src/config/store.ts";
+import { systemClock } from "../../src/core/clock.ts";
+import type { Kernel } from "../../src/kernel/kernel.ts";
+import type { Module } from "../../src/kernel/module.ts";
+import { MODULES } from "../../src/modules.ts";
+import { operatorKey } from "../helpers/commands.ts";
+import { Mosquitto } from "../helpers/mosquitto.ts";
+import { Watch } from "../helpers/mqtt-watch.ts";
+import { Operator, PREFIX } from "../helpers/operator.ts";
+
+const ops = operatorKey();
+
+/** A capability made up for the test: one component, one command, one collector, and a record of its calls. */
+function probeModule(calls: string[], wedge = false): Module<undefined> {
+  return {
+    name: "probe",
+    create(ctx) {
+      let started = false;
+      const beat = ctx.heartbeat("loop", () => 200);
+      return {
+        components: [
+          {
+            name: "probe-component",
+            start: async () => {
+              started = true;
+              calls.push("component started");
+            },
+            stop: async () => {
+              calls.push("component stopped");
+            },
+          },
+        ],
+        commands: [
+          {
+            name: "probe.echo",
+            params: z.strictObject({ text: z.string() }),
+            run: (params) => ({ echo: (params as { text: string }).text, started }),
+          },
+        ],
+        collectors: [
+          {
+            name: "probe",
+            collect: async () => {
+              if (!wedge) beat.beat();
+              return { answer: 42 };
+            },
+          },
+        ],
+        describe: () => ({ started }),
+        quiesce: () => {
+          calls.push("quiesce:probe (module)");
+        },
+        drain: async () => {
+          calls.push("drain:probe (module)");
+        },
+      };
+    },
+  };
+}
+
+describe("kernel and modules", () => {
+  let broker: Mosquitto;
+  let watch: Watch;
+  let operator: Operator;
+  const dirs: string[] = [];
+  before(async () => {
+    broker = await Mosquitto.start();
+    watch = await Watch.open(broker.port, [`${PREFIX}/#`]);
+    operator = await Operator.open(broker.port, ops);
+  });
+  after(async () => {
+    await operator.close();
+    await watch.close();
+    await broker.stop();
+    for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+  });
+
+  function agent(id: string, modules: readonly Module[], trace?: (step: string) => void): Kernel {
+    const dir = mkdtempSync(join(tmpdir(), "outpost-kernel-"));
+    dirs.push(dir);
+    const path = join(dir, "config.yaml");
+    const config = {
+      device: { id },
+      mqtt: { url: broker.url, reconnectMin: "50ms", reconnectMax: "500ms" },
+      telemetry: { interval: "200ms" },
+      state: { dir: join(dir, "state") },
+      commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
+    };
+    writeFileSync(path, stringify(config));
+    const settings = new ConfigStore({ path, env: {}, hostname: "h" });
+    return createAgent({ settings, logger: pino({ level: "silent" }), clock: systemClock, modules, ...{ trace } });
+  }
+
+  it("a throwaway module's component, command and collector all work, with no change to the kernel", async () => {
+    const calls: string[] = [];
+    const kernel = agent("dev-probe", [...MODULES, probeModule(calls)]);
+    try {
+      await kernel.start();
+      assert.deepEqual(calls, ["component started"]);
+      await watch.waitFor(
+        (m) => m.topic === `${PREFIX}/dev-probe/status` && m.json.state === "online",
+        10_000,
+        "online",
+      );
+      const reply = await operator.final("dev-probe", "probe.echo", { text: "hi" });
+      assert.deepEqual(reply.result, { echo: "hi", started: true });
+      const sample = await watch.waitFor(
+        (m) =>
+          m.topic === `${PREFIX}/dev-probe/telemetry` && (m.json.metrics as { probe?: unknown }).probe !== undefined,
+        10_000,
+        "telemetry with the probe's metrics",
+      );
+      assert.deepEqual((sample.json.metrics as { probe: unknown }).probe, { answer: 42 });
+      const described = (await operator.final("dev-probe", "describe")).result as Record<string, unknown>;
+      assert.deepEqual((described.modules as Record<string, unknown>).probe, { started: true });
+      assert.deepEqual((described.capabilities as { modules: string[] }).modules, ["builtins", "telemetry", "probe"]);
+      assert.deepEqual(described.health, { alive: { ok: true, reasons: [] }, healthy: { ok: true, reasons: [] } });
+    } finally {
+      await kernel.stop();
+    }
+  });
+
+  it("stops in the documented order: quiesce, drain, flush, offline + disconnect, stop in reverse", async () => {
+    const steps: string[] = [];
+    const kernel = agent("dev-order", [...MODULES, probeModule(steps)], (step) => steps.push(step));
+    await kernel.start();
+    await watch.waitFor((m) => m.topic === `${PREFIX}/dev-order/telemetry`, 10_000, "telemetry");
+    steps.length = 0;
+    await kernel.stop();
+    assert.deepEqual(steps, [
+      "quiesce:commands",
+      "quiesce:probe",
+      "quiesce:probe (module)",
+      "quiesce:telemetry",
+      "quiesce:builtins",
+      "drain:commands",
+      "drain:probe",
+      "drain:probe (module)",
+      "drain:telemetry",
+      "drain:builtins",
+      "flush:outbox",
+      "commit:outbox",
+      "offline+disconnect:mqtt",
+      "stop:probe-component",
+      "component stopped",
+      "stop:telemetry",
+      "stop:outbox",
+    ]);
+    // On the wire: no telemetry after the offline status.
+    const mine = watch.items.filter((m) => m.topic.startsWith(`${PREFIX}/dev-order/`));
+    const offline = mine.findIndex((m) => m.json.state === "offline");
+    assert.ok(offline >= 0, "offline published");
+    assert.deepEqual(
+      mine.slice(offline + 1).map((m) => m.topic),
+      [],
+    );
+  });
+
+  it("alive and healthy: a broker outage is not healthy but alive; a wedged loop is not alive", async () => {
+    const kernel = agent("dev-health", [...MODULES, probeModule([], true)]);
+    try {
+      await kernel.start();
+      await watch.waitFor((m) => m.topic === `${PREFIX}/dev-health/telemetry`, 10_000, "telemetry");
+      // The probe's loop never beats: 200 ms later it counts as wedged.
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      const alive = kernel.health.alive();
+      assert.equal(alive.ok, false);
+      assert.match(alive.reasons.join(), /probe\.loop wedged/);
+    } finally {
+      await kernel.stop();
+    }
+    const healthy = agent("dev-health-2", MODULES);
+    try {
+      await healthy.start();
+      await watch.waitFor((m) => m.topic === `${PREFIX}/dev-health-2/telemetry`, 10_000, "telemetry");
+      assert.deepEqual(healthy.healthy(), { ok: true, reasons: [] });
+      const lost = new Promise((resolve) => healthy.link.once("disconnected", () => resolve(undefined)));
+      await broker.halt();
+      await lost;
+      assert.equal(healthy.health.alive().ok, true, "a device whose broker is down is alive");
+      assert.deepEqual(healthy.healthy().reasons, ["mqtt: not connected to the broker"]);
+    } finally {
+      await broker.resume();
+      await healthy.stop();
+    }
+  });
+
+  it("retained state: latest value wins, republished after a reconnect, cleared by an empty message", async () => {
+    const kernel = agent("dev-retained", MODULES);
+    const topic = `${PREFIX}/dev-retained/update`;
+    try {
+      await kernel.start();
+      await watch.waitFor((m) => m.topic === `${PREFIX}/dev-retained/telemetry`, 10_000, "telemetry");
+      kernel.retained.set(topic, { step: 1 });
+      await watch.waitFor((m) => m.topic === topic && m.json.step === 1, 5000, "step 1");
+      const lost = new Promise((resolve) => kernel.link.once("disconnected", () => resolve(undefined)));
+      await broker.halt();
+      await lost;
+      kernel.retained.set(topic, { step: 2 });
+      kernel.retained.set(topic, { step: 3 });
+      await broker.resume();
+      await watch.waitFor((m) => m.topic === topic && m.json.step === 3, 10_000, "step 3 republished on connect");
+      // A subscriber that comes later gets the retained value from the broker: the latest, and only that.
+      const late = await Watch.open(broker.port, [topic]);
+      try {
+        const seen = await late.waitFor((m) => m.json.step === 3, 10_000, "step 3 after the reconnect");
+        assert.equal(seen.retain, true);
+        assert.deepEqual(
+          late.items.map((m) => m.json.step),
+          [3],
+          "step 2 was never sent",
+        );
+      } finally {
+        await late.close();
+      }
+      kernel.retained.clear(topic);
+      await watch.waitFor((m) => m.topic === topic && m.text === "", 5000, "the empty retained message");
+      const after = await Watch.open(broker.port, [topic]);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      assert.deepEqual(after.items, [], "nothing retained any more");
+      await after.close();
+    } finally {
+      await kernel.stop();
+    }
+  });
+});

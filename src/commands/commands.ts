@@ -1,90 +1,32 @@
-import type { KeyObject } from "node:crypto";
 import type { IPublishPacket } from "mqtt";
-import type { z } from "zod";
 import { type Clock, sleep } from "../core/clock.ts";
-import type { Code } from "../core/codes.ts";
 import { errorMessage, isOutpostError } from "../core/errors.ts";
 import { type Component, once } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
 import { TokenBucket } from "../core/rate-limit.ts";
-import {
-  COMMAND_NAME,
-  type CommandRequest,
-  type ReplyBody,
-  requestSchema,
-  signedEnvelopeSchema,
-  unsignedSchema,
-  verifyEnvelope,
-} from "./envelope.ts";
-import { parsePublicKey } from "./keys.ts";
+import { COMMAND_NAME, type ReplyBody, unsignedSchema } from "./envelope.ts";
 import type { ReplayGuard } from "./replay.ts";
+import { ctlResponseTopic, DEFAULT_MAX_REQUEST, describe, prototypeKey, Refused } from "./rules.ts";
+import type {
+  Caller,
+  CommandDefinition,
+  CommandPolicy,
+  CommandSource,
+  PendingReply,
+  Reply,
+  RunContext,
+  TrustedKey,
+} from "./types.ts";
+import { Verifier } from "./verify.ts";
 
-/** What the command handler needs from the MQTT link. */
-export interface CommandSource {
-  subscribe(topic: string): void;
-  on(event: "message", listener: (topic: string, payload: Buffer, packet: IPublishPacket) => void): unknown;
-  off(event: "message", listener: (topic: string, payload: Buffer, packet: IPublishPacket) => void): unknown;
-}
+export { allows, DEFAULT_MAX_REQUEST, grantsTrust, REJECTIONS, type Rejection } from "./rules.ts";
+export type { Caller, CommandDefinition, CommandPolicy, CommandSource, PendingReply, Reply, RunContext, TrustedKey };
 
-export interface Reply {
-  topic: string;
-  body: ReplyBody;
-  properties?: { correlationData?: Buffer };
-}
-
-export interface TrustedKey {
-  name: string;
-  key: string;
-  allow: readonly string[];
-}
-
-/** The part of the configuration the handler reads for every request; it may change between two requests. */
-export interface CommandPolicy {
-  trustedKeys: readonly TrustedKey[];
-  allowUnsigned: boolean;
-  /** How far a request's issuedAt may lie in the future, and its expiresAt in the past. */
-  skewMs: number;
-  /** The longest expiresAt - issuedAt accepted; it bounds how long ids and nonces are remembered. */
-  maxValidityMs: number;
-}
-
-/** Who sent a request: the trusted key that signed it (absent for an unsigned request). */
-export interface Caller {
-  key: string;
-  allow: readonly string[];
-}
-
-/** Where the final reply to a request goes, for a later process to send it (restart, update). */
-export interface PendingReply {
-  id: string;
-  command: string;
-  topic: string;
-  /** Base64 of the MQTT 5 correlation data, if the request had any. */
-  correlationData?: string;
-}
-
-export interface RunContext {
-  /** Publishes an `executing` reply with this progress. */
-  progress(progress: unknown): void;
-  signal: AbortSignal;
-  caller?: Caller;
-  /** The final reply will not come from this run: returns where it must go, for whoever sends it later. */
-  defer(): PendingReply;
-}
-
-export interface CommandDefinition {
-  name: string;
-  params: z.ZodType;
-  /**
-   * False for a command that only reads: it may run while replay records cannot be stored. Anything else is
-   * refused then (fail closed), so the default is true.
-   */
-  changesState?: boolean;
-  /** The largest request (the whole MQTT payload) accepted for this command; DEFAULT_MAX_REQUEST otherwise. */
-  maxRequestBytes?: number;
-  /** Runs with params already checked against `params`; the value returned is the result. */
-  run(params: unknown, context: RunContext): unknown;
-}
+const MAX_REMEMBERED = 100_000;
+const REPLAY_RETRY_MS = 10_000;
+/** Refusals answered and logged: a burst of this many, then this many per second; the rest are only counted. */
+const REFUSAL_BURST = 20;
+const REFUSALS_PER_SECOND = 2;
 
 export interface CommandsOptions {
   source: CommandSource;
@@ -102,46 +44,6 @@ export interface CommandsOptions {
   maxConcurrent?: number;
   /** ... and accepted ones waiting for a slot (default 64); BUSY only beyond both. */
   maxQueued?: number;
-}
-
-/** Codes of the refusals; each one is answered with `failed` and nothing runs. */
-export const REJECTIONS = [
-  "BAD_REQUEST",
-  "COMMAND_UNSIGNED",
-  "KEY_UNKNOWN",
-  "SIGNATURE_INVALID",
-  "WRONG_DEVICE",
-  "COMMAND_EXPIRED",
-  "COMMAND_NOT_YET_VALID",
-  "KEY_NOT_ALLOWED",
-  "NONCE_REPLAYED",
-  "REQUEST_REPLAYED",
-  "UNKNOWN_COMMAND",
-  "BAD_PARAMS",
-  "BUSY",
-  "REQUEST_TOO_LARGE",
-  "REPLAY_STORE_UNAVAILABLE",
-] as const satisfies readonly Code[];
-export type Rejection = (typeof REJECTIONS)[number];
-
-const MAX_REMEMBERED = 100_000;
-const REPLAY_RETRY_MS = 10_000;
-/** The request size every command accepts; one that takes more (task inputs, update chunks) says so. */
-export const DEFAULT_MAX_REQUEST = 64 * 1024;
-/** Refusals answered and logged: a burst of this many, then this many per second; the rest are only counted. */
-const REFUSAL_BURST = 20;
-const REFUSALS_PER_SECOND = 2;
-
-class Refused extends Error {
-  readonly code: Rejection;
-  readonly id: string | undefined;
-  /** Whether the request was authenticated (a valid signature, or unsigned while that is allowed). */
-  authenticated = false;
-  constructor(code: Rejection, message: string, id?: string) {
-    super(message);
-    this.code = code;
-    this.id = id;
-  }
 }
 
 interface Route {
@@ -180,10 +82,7 @@ export class Commands implements Component {
   private readonly queue: { accepted: Accepted; send: Send; routing: Routing }[] = [];
   private readonly refusals: TokenBucket;
   private unreported = 0;
-  private keyCache: { keys: readonly TrustedKey[]; parsed: Map<string, { entry: TrustedKey; raw: string }> } = {
-    keys: [],
-    parsed: new Map(),
-  };
+  private readonly verifier: Verifier;
   /** Counters by outcome, for tests and telemetry; `suppressed` refusals were neither answered nor logged. */
   readonly counts = { received: 0, executed: 0, refused: 0, suppressed: 0 };
 
@@ -195,6 +94,7 @@ export class Commands implements Component {
       mono: () => options.clock.mono(),
     });
     this.definitions = new Map((options.definitions ?? []).map((d) => [d.name, d]));
+    this.verifier = new Verifier(options.deviceId, options.groups);
     const p = options.topicPrefix;
     this.prefixes = [`${p}/${options.deviceId}/cmd/`, ...options.groups.map((g) => `${p}/_group/${g}/cmd/`)];
   }
@@ -394,7 +294,7 @@ export class Commands implements Component {
     let id: string;
     let params: unknown;
     if (looksSigned) {
-      const request = this.verified(raw, policy, route, now, authenticated);
+      const request = this.verifier.verify(raw, policy, route, now, authenticated);
       ({ id, params } = request);
       const expires = request.expiresAt + policy.skewMs;
       const replayed = this.o.replay.check(id, request.nonce, now);
@@ -466,127 +366,4 @@ export class Commands implements Component {
     }
     return { definition, params: checked.data };
   }
-
-  private verified(
-    raw: unknown,
-    policy: CommandPolicy,
-    route: Route,
-    now: number,
-    authenticated: () => void,
-  ): CommandRequest & { caller: Caller } {
-    const envelope = signedEnvelopeSchema.safeParse(raw);
-    if (!envelope.success) throw new Refused("BAD_REQUEST", describe(envelope.error));
-    // Parsed once, before the signature is checked: until then only its id is used, to label the reply.
-    let body: unknown;
-    let parseError = false;
-    try {
-      body = JSON.parse(envelope.data.payload);
-    } catch {
-      parseError = true;
-    }
-    const maybeId = (body as { id?: unknown } | null | undefined)?.id;
-    const claimedId = typeof maybeId === "string" ? maybeId.slice(0, 128) : undefined;
-    const trusted = this.trustedKey(envelope.data.key, policy);
-    if (!trusted)
-      throw new Refused("KEY_UNKNOWN", "the request is signed by a key this device does not trust", claimedId);
-    if (!verifyEnvelope(envelope.data, trusted.publicKey)) {
-      throw new Refused("SIGNATURE_INVALID", "the signature does not match the payload and key", claimedId);
-    }
-    authenticated();
-    if (parseError) throw new Refused("BAD_REQUEST", "the signed payload is not JSON", claimedId);
-    const parsed = requestSchema.safeParse(body);
-    if (!parsed.success) throw new Refused("BAD_REQUEST", describe(parsed.error), claimedId);
-    const request = parsed.data;
-    const { id } = request;
-    if (request.command !== route.name) {
-      throw new Refused("BAD_REQUEST", `signed for ${request.command}, published on the ${route.name} topic`, id);
-    }
-    const forUs =
-      request.device === this.o.deviceId || (request.group !== undefined && this.o.groups.includes(request.group));
-    if (!forUs) {
-      const target = request.device ?? `group ${request.group}`;
-      throw new Refused("WRONG_DEVICE", `signed for ${target}, not for this device`, id);
-    }
-    if (request.expiresAt - request.issuedAt > policy.maxValidityMs) {
-      throw new Refused("BAD_REQUEST", `valid for longer than commands.maxValidity (${policy.maxValidityMs}ms)`, id);
-    }
-    if (request.issuedAt > now + policy.skewMs) {
-      throw new Refused("COMMAND_NOT_YET_VALID", `issued ${request.issuedAt - now}ms in the future`, id);
-    }
-    if (request.expiresAt + policy.skewMs < now) {
-      throw new Refused("COMMAND_EXPIRED", `expired ${now - request.expiresAt}ms ago`, id);
-    }
-    if (!allows(trusted.entry.allow, request.command)) {
-      throw new Refused("KEY_NOT_ALLOWED", `key ${trusted.entry.name} may not run ${request.command}`, id);
-    }
-    return { ...request, caller: { key: trusted.entry.name, allow: trusted.entry.allow } };
-  }
-
-  private trustedKey(text: string, policy: CommandPolicy): { entry: TrustedKey; publicKey: KeyObject } | undefined {
-    if (this.keyCache.keys !== policy.trustedKeys) this.keyCache = { keys: policy.trustedKeys, parsed: new Map() };
-    let offered: KeyObject;
-    try {
-      offered = parsePublicKey(text);
-    } catch {
-      return undefined;
-    }
-    const raw = rawKey(offered);
-    for (const entry of policy.trustedKeys) {
-      let known = this.keyCache.parsed.get(entry.key);
-      if (!known) {
-        try {
-          known = { entry, raw: rawKey(parsePublicKey(entry.key)) };
-        } catch {
-          continue;
-        }
-        this.keyCache.parsed.set(entry.key, known);
-      }
-      if (known.raw === raw) return { entry, publicKey: offered };
-    }
-    return undefined;
-  }
-}
-
-function rawKey(key: KeyObject): string {
-  return String(key.export({ format: "jwk" }).x);
-}
-
-const PROTOTYPE_KEYS = new Set(["__proto__", "constructor", "prototype"]);
-
-/** The path of the first key in a JSON value that names a prototype, if any. */
-function prototypeKey(value: unknown, path: string): string | undefined {
-  if (value === null || typeof value !== "object") return undefined;
-  for (const [key, child] of Object.entries(value)) {
-    const at = `${path}.${key}`;
-    if (!Array.isArray(value) && PROTOTYPE_KEYS.has(key)) return at;
-    const found = prototypeKey(child, at);
-    if (found) return found;
-  }
-  return undefined;
-}
-
-/** The response topic if it lies in the operators' namespace `P/_ctl/` (and names no wildcard). */
-function ctlResponseTopic(topic: string | undefined, prefix: string): string | undefined {
-  if (topic === undefined || !topic.startsWith(`${prefix}/_ctl/`)) return undefined;
-  return topic.includes("+") || topic.includes("#") || topic.includes("\0") ? undefined : topic;
-}
-
-/**
- * Whether an allow list grants changing who is trusted (`commands.trustedKeys`): only `trust.*` or
- * `trust.commands` named explicitly; `*` does not imply it.
- */
-export function grantsTrust(patterns: readonly string[]): boolean {
-  return patterns.includes("trust.*") || patterns.includes("trust.commands");
-}
-
-/** `*` allows everything, `config.*` a family, anything else one command. */
-export function allows(patterns: readonly string[], command: string): boolean {
-  return patterns.some((p) => p === "*" || p === command || (p.endsWith(".*") && command.startsWith(p.slice(0, -1))));
-}
-
-/** The first problem of a zod error as `path: message`, the path naming the key. */
-function describe(error: z.ZodError, root?: string): string {
-  const issue = error.issues[0];
-  const path = [...(root ? [root] : []), ...(issue?.path.map(String) ?? [])].join(".") || "(request)";
-  return `${path}: ${issue?.message ?? "invalid"}`;
 }

@@ -3,8 +3,8 @@ import { readFileSync, rmSync } from "node:fs";
 import { uptime } from "node:os";
 import { join } from "node:path";
 import type { LevelWithSilent } from "pino";
-import { Gauge, Registry } from "prom-client";
-import { type CommandPolicy, Commands, type PendingReply } from "../commands/commands.ts";
+import { Registry } from "prom-client";
+import { Commands, type PendingReply } from "../commands/commands.ts";
 import { ReplayGuard } from "../commands/replay.ts";
 import { durationMs } from "../config/duration.ts";
 import { sizeBytes } from "../config/size.ts";
@@ -17,13 +17,13 @@ import type { Logger } from "../core/logger.ts";
 import { MqttLink } from "../mqtt/link.ts";
 import { type DeviceTopics, deviceTopics } from "../mqtt/topics.ts";
 import { Outbox } from "../outbox/outbox.ts";
-import type { Config } from "../schema.ts";
 import { clockSyncProbe } from "../system/clock-sync.ts";
 import { VERSION } from "../version.ts";
 import { Health, type HealthReport } from "./health.ts";
 import type { Collector, Module, ModuleContext, ModuleParts, Verdict } from "./module.ts";
 import { RetainedState } from "./retained.ts";
 import { statusMessage } from "./status.ts";
+import { agentMetrics, commandPolicy, linkOptions, registerKernelMetrics, warnIfUnsigned } from "./wiring.ts";
 
 export interface KernelOptions {
   settings: ConfigStore;
@@ -129,7 +129,14 @@ export class Kernel {
       logger: commandLog,
     });
     this.retained = new RetainedState(this.link, logger.child({ component: "retained" }));
-    this.registerMetrics();
+    registerKernelMetrics(this.metrics, {
+      outbox: () => this.outbox.stats(),
+      connected: () => this.link.connected,
+      connects: () => this.link.connects,
+      refused: () => this.commands.counts.refused,
+      configVersion: () => settings.current().version,
+      eventLoopDelayMs: () => this.health.eventLoopDelayMs(),
+    });
     for (const module of options.modules) {
       const parts = module.create(this.context(module));
       this.commands.register(parts.commands ?? []);
@@ -250,33 +257,6 @@ export class Kernel {
     { name: "commands", collect: async () => ({ ...this.commands.counts }) },
     { name: "agent", collect: async () => agentMetrics() },
   ];
-
-  private registerMetrics(): void {
-    const registers = [this.metrics];
-    const gauge = (name: string, help: string, read: () => number) =>
-      new Gauge({
-        name,
-        help,
-        registers,
-        collect() {
-          this.set(read());
-        },
-      });
-    gauge("outpost_outbox_queued", "Messages not yet acknowledged by the broker", () => this.outbox.stats().queued);
-    gauge("outpost_outbox_bytes", "Bytes of the messages not yet acknowledged", () => this.outbox.stats().bytes);
-    gauge("outpost_outbox_sent", "Messages acknowledged by the broker since start", () => this.outbox.stats().sent);
-    gauge("outpost_mqtt_connected", "1 while connected to the broker", () => (this.link.connected ? 1 : 0));
-    gauge("outpost_mqtt_connects", "Connections made since start", () => this.link.connects);
-    gauge("outpost_commands_refused", "Command requests refused since start", () => this.commands.counts.refused);
-    gauge(
-      "outpost_config_version",
-      "Configuration version (applied changes + 1)",
-      () => this.o.settings.current().version,
-    );
-    gauge("outpost_event_loop_delay_ms", "Worst event-loop delay of the last window", () =>
-      this.health.eventLoopDelayMs(),
-    );
-  }
 
   private async doStop(flushMs: number): Promise<void> {
     const { logger } = this.o;
@@ -410,62 +390,4 @@ export class Kernel {
   private trace(step: string): void {
     this.o.trace?.(step);
   }
-}
-
-function linkOptions(config: Config) {
-  const m = config.mqtt;
-  return {
-    url: m.url,
-    protocolVersion: m.protocolVersion,
-    clientId: m.clientId ?? `outpost-${config.device.id}`,
-    username: m.username,
-    password: m.password,
-    ca: m.ca,
-    cert: m.cert,
-    key: m.key,
-    rejectUnauthorized: m.rejectUnauthorized,
-    keepaliveMs: durationMs(m.keepalive),
-    connectTimeoutMs: durationMs(m.connectTimeout),
-    reconnectMinMs: durationMs(m.reconnectMin),
-    reconnectMaxMs: durationMs(m.reconnectMax),
-    maxPacketSize: sizeBytes(m.maxPacketSize),
-  };
-}
-
-/** The command policy of the current snapshot, built once per snapshot. */
-function commandPolicy(settings: ConfigStore): () => CommandPolicy {
-  const policies = new WeakMap<Snapshot, CommandPolicy>();
-  return () => {
-    const snapshot = settings.current();
-    let p = policies.get(snapshot);
-    if (!p) {
-      const c = snapshot.config.commands;
-      p = {
-        trustedKeys: c.trustedKeys,
-        allowUnsigned: c.allowUnsigned,
-        skewMs: durationMs(c.clockSkew),
-        maxValidityMs: durationMs(c.maxValidity),
-      };
-      policies.set(snapshot, p);
-    }
-    return p;
-  };
-}
-
-function warnIfUnsigned(allowUnsigned: boolean, logger: Logger): void {
-  if (allowUnsigned) {
-    logger.warn("commands.allowUnsigned is true: anyone who can publish on the broker can command this device");
-  }
-}
-
-/** The agent's own footprint, so that a fleet shows which devices it costs too much on. */
-function agentMetrics(): Record<string, number> {
-  const mem = process.memoryUsage();
-  const cpu = process.cpuUsage();
-  return {
-    rss: mem.rss,
-    heapUsed: mem.heapUsed,
-    cpuUserMs: Math.round(cpu.user / 1000),
-    cpuSystemMs: Math.round(cpu.system / 1000),
-  };
 }

@@ -1,0 +1,78 @@
+import type { z } from "zod";
+import type { Code } from "../core/codes.ts";
+
+/** Codes of the refusals; each one is answered with `failed` and nothing runs. */
+export const REJECTIONS = [
+  "BAD_REQUEST",
+  "COMMAND_UNSIGNED",
+  "KEY_UNKNOWN",
+  "SIGNATURE_INVALID",
+  "WRONG_DEVICE",
+  "COMMAND_EXPIRED",
+  "COMMAND_NOT_YET_VALID",
+  "KEY_NOT_ALLOWED",
+  "NONCE_REPLAYED",
+  "REQUEST_REPLAYED",
+  "UNKNOWN_COMMAND",
+  "BAD_PARAMS",
+  "BUSY",
+  "REQUEST_TOO_LARGE",
+  "REPLAY_STORE_UNAVAILABLE",
+] as const satisfies readonly Code[];
+export type Rejection = (typeof REJECTIONS)[number];
+
+/** The request size every command accepts; one that takes more (task inputs, update chunks) says so. */
+export const DEFAULT_MAX_REQUEST = 64 * 1024;
+
+/** A refusal: answered with `failed` and its code, and nothing runs. */
+export class Refused extends Error {
+  readonly code: Rejection;
+  readonly id: string | undefined;
+  /** Whether the request was authenticated (a valid signature, or unsigned while that is allowed). */
+  authenticated = false;
+  constructor(code: Rejection, message: string, id?: string) {
+    super(message);
+    this.code = code;
+    this.id = id;
+  }
+}
+
+const PROTOTYPE_KEYS = new Set(["__proto__", "constructor", "prototype"]);
+
+/** The path of the first key in a JSON value that names a prototype, if any. */
+export function prototypeKey(value: unknown, path: string): string | undefined {
+  if (value === null || typeof value !== "object") return undefined;
+  for (const [key, child] of Object.entries(value)) {
+    const at = `${path}.${key}`;
+    if (!Array.isArray(value) && PROTOTYPE_KEYS.has(key)) return at;
+    const found = prototypeKey(child, at);
+    if (found) return found;
+  }
+  return undefined;
+}
+
+/** The response topic if it lies in the operators' namespace `P/_ctl/` (and names no wildcard). */
+export function ctlResponseTopic(topic: string | undefined, prefix: string): string | undefined {
+  if (topic === undefined || !topic.startsWith(`${prefix}/_ctl/`)) return undefined;
+  return topic.includes("+") || topic.includes("#") || topic.includes("\0") ? undefined : topic;
+}
+
+/**
+ * Whether an allow list grants changing who is trusted (`commands.trustedKeys`): only `trust.*` or
+ * `trust.commands` named explicitly; `*` does not imply it.
+ */
+export function grantsTrust(patterns: readonly string[]): boolean {
+  return patterns.includes("trust.*") || patterns.includes("trust.commands");
+}
+
+/** `*` allows everything, `config.*` a family, anything else one command. */
+export function allows(patterns: readonly string[], command: string): boolean {
+  return patterns.some((p) => p === "*" || p === command || (p.endsWith(".*") && command.startsWith(p.slice(0, -1))));
+}
+
+/** The first problem of a zod error as `path: message`, the path naming the key. */
+export function describe(error: z.ZodError, root?: string): string {
+  const issue = error.issues[0];
+  const path = [...(root ? [root] : []), ...(issue?.path.map(String) ?? [])].join(".") || "(request)";
+  return `${path}: ${issue?.message ?? "invalid"}`;
+}

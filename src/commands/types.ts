@@ -1,0 +1,70 @@
+import type { IPublishPacket } from "mqtt";
+import type { z } from "zod";
+import type { ReplyBody } from "./envelope.ts";
+
+/** What the command handler needs from the MQTT link. */
+export interface CommandSource {
+  subscribe(topic: string): void;
+  on(event: "message", listener: (topic: string, payload: Buffer, packet: IPublishPacket) => void): unknown;
+  off(event: "message", listener: (topic: string, payload: Buffer, packet: IPublishPacket) => void): unknown;
+}
+
+export interface Reply {
+  topic: string;
+  body: ReplyBody;
+  properties?: { correlationData?: Buffer };
+}
+
+export interface TrustedKey {
+  name: string;
+  key: string;
+  allow: readonly string[];
+}
+
+/** The part of the configuration the handler reads for every request; it may change between two requests. */
+export interface CommandPolicy {
+  trustedKeys: readonly TrustedKey[];
+  allowUnsigned: boolean;
+  /** How far a request's issuedAt may lie in the future, and its expiresAt in the past. */
+  skewMs: number;
+  /** The longest expiresAt - issuedAt accepted; it bounds how long ids and nonces are remembered. */
+  maxValidityMs: number;
+}
+
+/** Who sent a request: the trusted key that signed it (absent for an unsigned request). */
+export interface Caller {
+  key: string;
+  allow: readonly string[];
+}
+
+/** Where the final reply to a request goes, for a later process to send it (restart, update). */
+export interface PendingReply {
+  id: string;
+  command: string;
+  topic: string;
+  /** Base64 of the MQTT 5 correlation data, if the request had any. */
+  correlationData?: string;
+}
+
+export interface RunContext {
+  /** Publishes an `executing` reply with this progress. */
+  progress(progress: unknown): void;
+  signal: AbortSignal;
+  caller?: Caller;
+  /** The final reply will not come from this run: returns where it must go, for whoever sends it later. */
+  defer(): PendingReply;
+}
+
+export interface CommandDefinition {
+  name: string;
+  params: z.ZodType;
+  /**
+   * False for a command that only reads: it may run while replay records cannot be stored. Anything else is
+   * refused then (fail closed), so the default is true.
+   */
+  changesState?: boolean;
+  /** The largest request (the whole MQTT payload) accepted for this command; DEFAULT_MAX_REQUEST otherwise. */
+  maxRequestBytes?: number;
+  /** Runs with params already checked against `params`; the value returned is the result. */
+  run(params: unknown, context: RunContext): unknown;
+}

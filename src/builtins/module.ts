@@ -4,10 +4,8 @@ import { formatProblems } from "../config/problems.ts";
 import { redact } from "../config/redact.ts";
 import type { ConfigStore } from "../config/store.ts";
 import { OutpostError } from "../core/errors.ts";
+import { LOG_LEVELS } from "../core/logger.ts";
 import type { Module } from "../kernel/module.ts";
-
-export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
-export type LogLevel = (typeof LOG_LEVELS)[number];
 
 // Optional and nullable wrap the object (no union), so a problem inside it is reported at its own path.
 const noParams = z.strictObject({}).nullish();

@@ -1,46 +1,28 @@
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
 import type { Socket } from "node:net";
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
 import { type CommandRequest, FINAL_STATES, newRequest, type ReplyBody, signPayload } from "../commands/envelope.ts";
 import { OutpostError } from "../core/errors.ts";
-import { PROTOCOL_REFUSED } from "../mqtt/link.ts";
+import { type BrokerEndpoint, endpointOptions, refusedMqtt5 } from "../mqtt/options.ts";
+import { ctlReplyTopic, deviceTopics, groupCommandPrefix } from "../mqtt/topics.ts";
 
-export interface BrokerOptions {
-  url: string;
-  username?: string;
-  password?: string;
-  ca?: string;
-  cert?: string;
-  key?: string;
+export interface BrokerOptions extends BrokerEndpoint {
   protocolVersion?: 4 | 5;
-  connectTimeoutMs?: number;
 }
 
 /** One operator connection: MQTT 5 if the broker speaks it, otherwise 3.1.1 (the demo's aedes). */
 export async function connectBroker(o: BrokerOptions): Promise<MqttClient> {
-  const url = new URL(o.url);
-  const secure = url.protocol === "mqtts:";
   const base: IClientOptions = {
-    protocol: secure ? "mqtts" : "mqtt",
-    host: url.hostname,
-    port: Number(url.port || (secure ? 8883 : 1883)),
+    ...endpointOptions(o),
     clientId: `outpost-ctl-${randomBytes(6).toString("hex")}`,
     clean: true,
     reconnectPeriod: 0,
-    connectTimeout: o.connectTimeoutMs ?? 10_000,
-    ...(o.username === undefined ? {} : { username: o.username }),
-    ...(o.password === undefined ? {} : { password: o.password }),
-    ...(o.ca ? { ca: readFileSync(o.ca) } : {}),
-    ...(o.cert ? { cert: readFileSync(o.cert) } : {}),
-    ...(o.key ? { key: readFileSync(o.key) } : {}),
   };
   let client: MqttClient;
   try {
     client = await mqtt.connectAsync({ ...base, protocolVersion: o.protocolVersion ?? 5 });
   } catch (err) {
-    const code = (err as { code?: unknown }).code;
-    if (!(o.protocolVersion === undefined && typeof code === "number" && PROTOCOL_REFUSED.has(code))) throw err;
+    if (!(o.protocolVersion === undefined && refusedMqtt5(5, err))) throw err;
     client = await mqtt.connectAsync({ ...base, protocolVersion: 4 });
   }
   // MQTT.js leaves Nagle on: every request/reply would wait about 40 ms for a delayed ACK.
@@ -91,7 +73,7 @@ export class Caller {
     this.client = client;
     this.prefix = prefix;
     this.signer = signer;
-    this.responseTopic = `${prefix}/_ctl/${randomBytes(8).toString("hex")}/reply`;
+    this.responseTopic = ctlReplyTopic(prefix, randomBytes(8).toString("hex"));
     client.on("message", (_topic, payload) => {
       let body: ReplyBody;
       try {
@@ -120,11 +102,11 @@ export class Caller {
       validityMs: o.validityMs,
     });
     const target = o.device ?? "+";
-    await this.listen([this.responseTopic, `${this.prefix}/${target}/cmd/${o.command}/reply`]);
+    await this.listen([this.responseTopic, deviceTopics(this.prefix, target).commandReply(o.command)]);
     const topic =
       o.group === undefined
-        ? `${this.prefix}/${o.device}/cmd/${o.command}`
-        : `${this.prefix}/_group/${o.group}/cmd/${o.command}`;
+        ? deviceTopics(this.prefix, target).command(o.command)
+        : `${groupCommandPrefix(this.prefix, o.group)}${o.command}`;
     let payload: string;
     if (o.unsigned) {
       payload = JSON.stringify({ id: request.id, ...(o.params === undefined ? {} : { params: o.params }) });

@@ -6,6 +6,9 @@ import type { ReplyBody } from "../commands/envelope.ts";
 import { generateKeys, parsePrivateKey, publicKeyText } from "../commands/keys.ts";
 import { parseDuration } from "../config/duration.ts";
 import { errorMessage } from "../core/errors.ts";
+import { BROKER_URL } from "../core/patterns.ts";
+import { readPasswordFile } from "../mqtt/options.ts";
+import { allDevices, deviceTopics } from "../mqtt/topics.ts";
 import { type BrokerOptions, Caller, connectBroker, type Signer } from "./ctl-client.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 import { applyMessage, type DeviceView, viewUpdate } from "./view.ts";
@@ -88,11 +91,9 @@ type BrokerValues = {
 
 function brokerOptions(host: Host, v: BrokerValues): BrokerOptions & { prefix: string } {
   const url = v.broker ?? host.env.OUTPOST_CTL_BROKER ?? "mqtt://127.0.0.1:1883";
-  if (!/^mqtts?:\/\/[^/]+/.test(url)) throw new UsageError(`--broker must be an mqtt:// or mqtts:// URL, not ${url}`);
+  if (!BROKER_URL.test(url)) throw new UsageError(`--broker must be an mqtt:// or mqtts:// URL, not ${url}`);
   const passwordFile = v["password-file"];
-  const password = passwordFile
-    ? readFileSync(passwordFile, "utf8").replace(/\r?\n$/, "")
-    : host.env.OUTPOST_CTL_PASSWORD;
+  const password = passwordFile ? readPasswordFile(passwordFile) : host.env.OUTPOST_CTL_PASSWORD;
   return {
     url,
     username: v.username ?? host.env.OUTPOST_CTL_USERNAME,
@@ -138,7 +139,7 @@ async function devices(host: Host, args: string[]): Promise<number> {
       }
     });
     // Retained statuses arrive right after the subscription; `--wait` bounds how long stragglers may take.
-    await client.subscribeAsync(`${o.prefix}/+/status`, { qos: 1 });
+    await client.subscribeAsync(allDevices(o.prefix, "status"), { qos: 1 });
     await new Promise((resolve) => setTimeout(resolve, waitMs));
   });
   const rows = [...seen.values()]
@@ -167,7 +168,7 @@ async function devices(host: Host, args: string[]): Promise<number> {
   for (const row of table) {
     host.stdout.write(`${row.map((cell, i) => (i < 3 ? cell.padEnd(widths[i] ?? 0) : cell)).join("  ")}\n`);
   }
-  if (rows.length === 0) host.stderr.write(`outpost: no device status under ${o.prefix}/+/status\n`);
+  if (rows.length === 0) host.stderr.write(`outpost: no device status under ${allDevices(o.prefix, "status")}\n`);
   return EXIT.OK;
 }
 
@@ -220,7 +221,7 @@ async function watch(host: Host, args: string[]): Promise<number> {
       finish();
     });
     await client.subscribeAsync(
-      targets.flatMap((d) => [`${o.prefix}/${d}/status`, `${o.prefix}/${d}/telemetry`]),
+      targets.flatMap((d) => [deviceTopics(o.prefix, d).status, deviceTopics(o.prefix, d).telemetry]),
       { qos: 0 },
     );
     await Promise.race([finished, host.stopRequested]);

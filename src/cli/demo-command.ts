@@ -10,6 +10,7 @@ import { ConfigStore } from "../config/store.ts";
 import { systemClock } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
 import { createLogger } from "../core/logger.ts";
+import { allDevices } from "../mqtt/topics.ts";
 import { EXIT, type Host } from "./host.ts";
 import { applyMessage, type DeviceView, viewUpdate } from "./view.ts";
 
@@ -67,7 +68,7 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
   const viewer = mqtt.connect({ host: "127.0.0.1", port, protocolVersion: 4, reconnectPeriod: 1000 });
   viewer.on("error", (err) => logger.warn({ err: errorMessage(err) }, "demo viewer error"));
   viewer.on("connect", () => {
-    viewer.subscribe([`${prefix}/+/status`, `${prefix}/+/telemetry`], { qos: 0 });
+    viewer.subscribe([allDevices(prefix, "status"), allDevices(prefix, "telemetry")], { qos: 0 });
   });
   viewer.on("message", (topic, payload) => {
     try {

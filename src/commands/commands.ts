@@ -1,9 +1,10 @@
 import type { IPublishPacket } from "mqtt";
 import { type Clock, sleep } from "../core/clock.ts";
 import { errorMessage, isOutpostError } from "../core/errors.ts";
-import { type Component, once } from "../core/lifecycle.ts";
+import { type Component, followAbort, once } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
 import { TokenBucket } from "../core/rate-limit.ts";
+import { deviceTopics, groupCommandPrefix } from "../mqtt/topics.ts";
 import { COMMAND_NAME, type ReplyBody, unsignedSchema } from "./envelope.ts";
 import type { ReplayGuard } from "./replay.ts";
 import { ctlResponseTopic, DEFAULT_MAX_REQUEST, describe, prototypeKey, Refused } from "./rules.ts";
@@ -96,7 +97,10 @@ export class Commands implements Component {
     this.definitions = new Map((options.definitions ?? []).map((d) => [d.name, d]));
     this.verifier = new Verifier(options.deviceId, options.groups);
     const p = options.topicPrefix;
-    this.prefixes = [`${p}/${options.deviceId}/cmd/`, ...options.groups.map((g) => `${p}/_group/${g}/cmd/`)];
+    this.prefixes = [
+      deviceTopics(p, options.deviceId).commandPrefix,
+      ...options.groups.map((g) => groupCommandPrefix(p, g)),
+    ];
   }
 
   get commandNames(): string[] {
@@ -122,7 +126,7 @@ export class Commands implements Component {
   }
 
   async start(signal: AbortSignal): Promise<void> {
-    signal.addEventListener("abort", () => this.controller.abort(), { once: true });
+    followAbort(signal, this.controller);
     for (const prefix of this.prefixes) this.o.source.subscribe(`${prefix}+`);
     this.o.source.on("message", this.onMessage);
     void this.retryReplayStore(this.controller.signal);

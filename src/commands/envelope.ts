@@ -1,5 +1,6 @@
 import { type KeyObject, randomBytes, randomUUID, sign, verify } from "node:crypto";
 import { z } from "zod";
+import { GROUP_NAME } from "../core/patterns.ts";
 
 /**
  * The wire format of a command request, shared by the device (verifying) and `outpost ctl` (signing).
@@ -12,7 +13,6 @@ export const SIGNING_CONTEXT = "outpost-command-v1\n";
 
 /** Command names: what follows `P/D/cmd/`. */
 export const COMMAND_NAME = /^[a-z][a-z0-9.-]{0,63}$/;
-export const GROUP_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const MAX_PAYLOAD = 64 * 1024;
 
 /** What the operator signs. Exactly one of `device` and `group` says who must execute it. */

@@ -1,5 +1,6 @@
 import type { z } from "zod";
 import type { Code } from "../core/codes.ts";
+import { ctlNamespace } from "../mqtt/topics.ts";
 
 /** Codes of the refusals; each one is answered with `failed` and nothing runs. */
 export const REJECTIONS = [
@@ -53,7 +54,7 @@ export function prototypeKey(value: unknown, path: string): string | undefined {
 
 /** The response topic if it lies in the operators' namespace `P/_ctl/` (and names no wildcard). */
 export function ctlResponseTopic(topic: string | undefined, prefix: string): string | undefined {
-  if (topic === undefined || !topic.startsWith(`${prefix}/_ctl/`)) return undefined;
+  if (topic === undefined || !topic.startsWith(ctlNamespace(prefix))) return undefined;
   return topic.includes("+") || topic.includes("#") || topic.includes("\0") ? undefined : topic;
 }
 

@@ -3,6 +3,7 @@ import { accessSync, constants, readFileSync, statSync } from "node:fs";
 import { parseDocument } from "yaml";
 import type { z } from "zod";
 import { OutpostError } from "../core/errors.ts";
+import { readPasswordFile } from "../mqtt/options.ts";
 import { type Config, configSchema } from "../schema.ts";
 import { redact } from "./redact.ts";
 
@@ -362,7 +363,7 @@ function resolveFiles(
   const { mqtt } = config;
   if (mqtt.passwordFile !== undefined) {
     try {
-      mqtt.password = readFileSync(mqtt.passwordFile, "utf8").replace(/\r?\n$/, "");
+      mqtt.password = readPasswordFile(mqtt.passwordFile);
     } catch (err) {
       problems.push({
         path: "mqtt.passwordFile",

@@ -1,4 +1,6 @@
 import { z } from "zod";
+import { LOG_LEVELS } from "../core/logger.ts";
+import { BROKER_URL, DEVICE_ID, GROUP_NAME } from "../core/patterns.ts";
 import { parseDuration } from "./duration.ts";
 import { parseSize } from "./size.ts";
 
@@ -37,13 +39,10 @@ export function size(def: string, minBytes: number, maxBytes: number) {
 /** Lists in the file are short; a cap keeps a corrupt or hostile file from taking the memory. */
 export const MAX_LIST = 64;
 
-// Topic-safe and filename-safe: it appears in MQTT topics and in paths under state.dir.
-const DEVICE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const TOPIC_PREFIX = /^[^#+\s]+[^/#+\s]$|^[^#+/\s]$/;
 
 // What `outpost keygen` writes to PREFIX.pub ("ed25519:" + base64 of 32 bytes), bare base64, or SPKI PEM.
 const PUBLIC_KEY = /^(ed25519:)?[A-Za-z0-9+/]{43}=$|^-----BEGIN PUBLIC KEY-----[\s\S]+-----END PUBLIC KEY-----\s*$/;
-const GROUP = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 export const trustedKeySchema = z.strictObject({
   name: z.string().min(1),
@@ -70,7 +69,9 @@ export const kernelHead = {
         .regex(DEVICE_ID, "expected 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter or digit")
         .optional(),
       groups: z
-        .array(z.string().regex(GROUP, "expected a group name of A-Z a-z 0-9 . _ - starting with a letter or digit"))
+        .array(
+          z.string().regex(GROUP_NAME, "expected a group name of A-Z a-z 0-9 . _ - starting with a letter or digit"),
+        )
         .max(MAX_LIST, { message: `expected at most ${MAX_LIST} items` })
         .default([]),
     })
@@ -79,7 +80,7 @@ export const kernelHead = {
     .strictObject({
       url: z
         .string()
-        .refine((s) => /^mqtts?:\/\/[^/]+/.test(s), { message: "expected an mqtt:// or mqtts:// URL" })
+        .refine((s) => BROKER_URL.test(s), { message: "expected an mqtt:// or mqtts:// URL" })
         .default("mqtt://127.0.0.1:1883"),
       protocolVersion: z
         .union([z.literal(5), z.literal(4)], {
@@ -135,7 +136,7 @@ export const kernelTail = {
   state: z.strictObject({ dir: z.string().min(1).default("/var/lib/outpost") }).prefault({}),
   log: z
     .strictObject({
-      level: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+      level: z.enum(LOG_LEVELS).default("info"),
       format: z.enum(["json", "pretty"]).default("json"),
     })
     .prefault({}),

@@ -7,6 +7,12 @@ export interface Component {
   stop(): Promise<void>;
 }
 
+/** Aborts `controller` when `signal` aborts (at once if it already has): a component's own stop follows the agent's. */
+export function followAbort(signal: AbortSignal, controller: AbortController): void {
+  if (signal.aborted) controller.abort();
+  else signal.addEventListener("abort", () => controller.abort(), { once: true });
+}
+
 /** Makes an async stop function idempotent: every caller awaits the same single run. */
 export function once(fn: () => Promise<void>): () => Promise<void> {
   let running: Promise<void> | undefined;

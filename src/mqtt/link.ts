@@ -1,5 +1,4 @@
 import { EventEmitter } from "node:events";
-import { readFileSync } from "node:fs";
 import type { Socket } from "node:net";
 import mqtt, {
   type IClientOptions,
@@ -11,8 +10,9 @@ import mqtt, {
 import { Backoff } from "../core/backoff.ts";
 import { sleep } from "../core/clock.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
-import { type Component, once, withDeadline } from "../core/lifecycle.ts";
+import { type Component, followAbort, once, withDeadline } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
+import { type BrokerEndpoint, endpointOptions, refusedMqtt5 } from "./options.ts";
 import { packetGuard } from "./packet-guard.ts";
 
 export type ProtocolVersion = 4 | 5;
@@ -24,16 +24,9 @@ export interface LinkMessage {
   qos: 0 | 1;
 }
 
-export interface LinkOptions {
-  url: string;
+export interface LinkOptions extends BrokerEndpoint {
   protocolVersion: ProtocolVersion;
   clientId: string;
-  username?: string;
-  password?: string;
-  /** Paths of PEM files; read at each connect so that rotated certificates are picked up. */
-  ca?: string;
-  cert?: string;
-  key?: string;
   rejectUnauthorized: boolean;
   keepaliveMs: number;
   connectTimeoutMs: number;
@@ -73,9 +66,6 @@ const TAKEOVER_MIN_MS = 30_000;
 const STABLE_MS = 10_000;
 /** Connections in a row closed before STABLE_MS that make a takeover the likely cause. */
 const SUSPECT_AFTER = 5;
-
-/** MQTT 5 "unsupported protocol version" and MQTT 3.1.1 "unacceptable protocol version". */
-export const PROTOCOL_REFUSED: ReadonlySet<number> = new Set([0x84, 1]);
 
 /**
  * One MQTT connection to the broker, kept up by our own loop: exponential backoff with full jitter
@@ -145,7 +135,7 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
   }
 
   async start(signal: AbortSignal): Promise<void> {
-    signal.addEventListener("abort", () => this.controller.abort(), { once: true });
+    followAbort(signal, this.controller);
     this.loop = this.run(this.controller.signal);
   }
 
@@ -216,8 +206,7 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
       client = await this.connectOnce(signal);
     } catch (err) {
       if (signal.aborted) return;
-      const code = (err as { code?: number }).code;
-      if (this.protocol === 5 && code !== undefined && PROTOCOL_REFUSED.has(code)) {
+      if (refusedMqtt5(this.protocol, err)) {
         this.log.warn("broker refused MQTT 5; falling back to MQTT 3.1.1");
         this.protocol = 4;
         this.fellBack = true;
@@ -309,20 +298,13 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
 
   private connectOnce(signal: AbortSignal): Promise<MqttClient> {
     const o = this.options;
-    const url = new URL(o.url);
-    const secure = url.protocol === "mqtts:";
     const will = o.will();
     const options: IClientOptions = {
-      protocol: secure ? "mqtts" : "mqtt",
-      host: url.hostname.replace(/^\[|\]$/g, ""),
-      port: url.port ? Number(url.port) : secure ? 8883 : 1883,
+      ...endpointOptions(o),
       protocolVersion: this.protocol,
       ...(this.protocol === 5 && o.maxPacketSize ? { properties: { maximumPacketSize: o.maxPacketSize } } : {}),
       clientId: o.clientId,
-      username: o.username ?? (url.username ? decodeURIComponent(url.username) : undefined),
-      password: o.password ?? (url.password ? decodeURIComponent(url.password) : undefined),
       keepalive: Math.max(1, Math.round(o.keepaliveMs / 1000)),
-      connectTimeout: o.connectTimeoutMs,
       reconnectPeriod: 0,
       clean: true,
       resubscribe: false,
@@ -332,10 +314,6 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
       // CPU per message while a backlog drains. Our own logs say what matters.
       log: () => {},
       will: { topic: will.topic, payload: Buffer.from(will.payload), qos: will.qos, retain: will.retain },
-      rejectUnauthorized: o.rejectUnauthorized,
-      ...(o.ca ? { ca: readFileSync(o.ca) } : {}),
-      ...(o.cert ? { cert: readFileSync(o.cert) } : {}),
-      ...(o.key ? { key: readFileSync(o.key) } : {}),
     };
     return new Promise((resolve, reject) => {
       const client = mqtt.connect(options);

@@ -1,4 +1,4 @@
-/** Topic names of the contract in DESIGN.md (P = prefix, D = device id). */
+/** Topic names of the contract (shared/DESIGN.md, section MQTT topics; P = prefix, D = device id). */
 export interface DeviceTopics {
   status: string;
   telemetry: string;
@@ -8,8 +8,8 @@ export interface DeviceTopics {
   result(task: string): string;
   command(name: string): string;
   commandReply(name: string): string;
-  /** Subscription filter for every command of this device. */
-  commands: string;
+  /** What follows this is a command name: `P/D/cmd/`. */
+  commandPrefix: string;
 }
 
 export function deviceTopics(prefix: string, deviceId: string): DeviceTopics {
@@ -23,6 +23,26 @@ export function deviceTopics(prefix: string, deviceId: string): DeviceTopics {
     result: (task) => `${base}/results/${task}`,
     command: (name) => `${base}/cmd/${name}`,
     commandReply: (name) => `${base}/cmd/${name}/reply`,
-    commands: `${base}/cmd/#`,
+    commandPrefix: `${base}/cmd/`,
   };
+}
+
+/** What follows this is a command name sent to every member of a group: `P/_group/G/cmd/`. */
+export function groupCommandPrefix(prefix: string, group: string): string {
+  return `${prefix}/_group/${group}/cmd/`;
+}
+
+/** The operators' namespace: the only response topics a device answers on (device ids cannot start with `_`). */
+export function ctlNamespace(prefix: string): string {
+  return `${prefix}/_ctl/`;
+}
+
+/** A response topic for one operator client. */
+export function ctlReplyTopic(prefix: string, client: string): string {
+  return `${ctlNamespace(prefix)}${client}/reply`;
+}
+
+/** Filters over every device: `P/+/status`, `P/+/telemetry`. */
+export function allDevices(prefix: string, leaf: "status" | "telemetry"): string {
+  return `${prefix}/+/${leaf}`;
 }

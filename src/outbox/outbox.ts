@@ -2,7 +2,7 @@ import { EventEmitter } from "node:events";
 import { join } from "node:path";
 import { sleep } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
-import { type Component, once } from "../core/lifecycle.ts";
+import { type Component, followAbort, once } from "../core/lifecycle.ts";
 import { Acknowledgements, FETCH } from "./acks.ts";
 import { Ledger } from "./classes.ts";
 import { Retention } from "./retention.ts";
@@ -119,7 +119,7 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
   }
 
   async start(signal: AbortSignal): Promise<void> {
-    signal.addEventListener("abort", () => this.controller.abort(), { once: true });
+    followAbort(signal, this.controller);
     this.openStore();
     this.started = true;
     // A store that could not open at start (or was moved aside) is reported now that messages can be sent.

@@ -29,11 +29,6 @@ export function replayed(payload: string): string {
   return payload.startsWith(REPLAYED) ? payload : `${REPLAYED}${payload.slice(1)}`;
 }
 
-export interface Dropped {
-  priority: number;
-  bytes: number;
-}
-
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS messages (
   id       INTEGER PRIMARY KEY,
@@ -110,7 +105,6 @@ export class OutboxStore {
     deadFromRow: StatementSync;
     deadInsert: StatementSync;
     deadTrim: StatementSync;
-    deadCount: StatementSync;
     totals: StatementSync;
   };
   private synchronous: "FULL" | "NORMAL" | undefined;
@@ -168,7 +162,6 @@ export class OutboxStore {
         "INSERT INTO dead_letters (session, seq, topic, payload, bytes, reason, created, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
       ),
       deadTrim: db.prepare("DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - ?"),
-      deadCount: db.prepare("SELECT count(*) AS n FROM dead_letters"),
       totals: db.prepare(
         "SELECT m.priority AS priority, count(*) AS n, coalesce(sum(m.bytes), 0) AS bytes FROM messages m LEFT JOIN marks k ON k.priority = m.priority WHERE m.id > coalesce(k.acked, 0) GROUP BY m.priority",
       ),
@@ -272,12 +265,6 @@ export class OutboxStore {
     this.transaction("NORMAL", () => this.stmts.purge.run(priority, upTo));
   }
 
-  /** Deletes acknowledged rows without an fsync. */
-  remove(ids: readonly number[]): void {
-    if (ids.length === 0) return;
-    this.transaction("NORMAL", () => this.removeIds(ids));
-  }
-
   private removeIds(ids: readonly number[]): void {
     if (ids.length === 0) return;
     // Acknowledgements come mostly in id order: delete runs of consecutive ids with one statement each.
@@ -368,10 +355,6 @@ export class OutboxStore {
       }
       this.stmts.deadTrim.run(DEAD_LETTER_LIMIT);
     });
-  }
-
-  deadLetters(): number {
-    return Number((this.stmts.deadCount.get() as { n: number }).n);
   }
 
   /** Every row not yet acknowledged, oldest first per class: what a recreated database must hold again. */

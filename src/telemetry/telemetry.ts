@@ -1,6 +1,6 @@
 import { sleep } from "../core/clock.ts";
-import { errorMessage } from "../core/errors.ts";
-import { type Component, once } from "../core/lifecycle.ts";
+import { errorMessage, OutpostError } from "../core/errors.ts";
+import { type Component, followAbort, once, withDeadline } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
 import type { Heartbeat } from "../kernel/health.ts";
 import type { Collector } from "../kernel/module.ts";
@@ -16,7 +16,7 @@ export interface TelemetryOptions {
   collectors: readonly Collector[] | (() => readonly Collector[]);
   intervalMs: () => number;
   timeoutMs: () => number;
-  /** Where a sample goes: the outbox, through the composition root. */
+  /** Where a sample goes: the outbox, through the telemetry module. */
   publish: (sample: Sample) => void;
   /** Extra metrics from other components (outbox counters, ...), read at each cycle. */
   extra?: () => Record<string, unknown>;
@@ -54,7 +54,7 @@ export class Telemetry implements Component {
   }
 
   async start(signal: AbortSignal): Promise<void> {
-    signal.addEventListener("abort", () => this.controller.abort(), { once: true });
+    followAbort(signal, this.controller);
     this.controller.signal.addEventListener("abort", () => this.nap.abort(), { once: true });
     this.loop = this.run(this.controller.signal);
   }
@@ -82,23 +82,17 @@ export class Telemetry implements Component {
         }
         this.busy.add(collector.name);
         const work = collector.collect().finally(() => this.busy.delete(collector.name));
-        let timer: NodeJS.Timeout | undefined;
-        const expired = new Promise<"timeout">((resolve) => {
-          timer = setTimeout(() => resolve("timeout"), timeout);
-        });
+        // A late result or failure must not surface as an unhandled rejection.
+        work.catch(() => {});
         try {
-          const value = await Promise.race([work, expired]);
-          if (value === "timeout") {
-            errors[collector.name] = `timeout after ${timeout}ms`;
-            // Keep the late result from surfacing as an unhandled rejection.
-            work.catch(() => {});
-          } else if (value !== null && value !== undefined) {
-            metrics[collector.name] = value;
-          }
+          const value = await withDeadline(
+            work,
+            timeout,
+            () => new OutpostError("TIMEOUT", `timeout after ${timeout}ms`),
+          );
+          if (value !== null && value !== undefined) metrics[collector.name] = value;
         } catch (err) {
           errors[collector.name] = errorMessage(err);
-        } finally {
-          clearTimeout(timer);
         }
       }),
     );

@@ -5,10 +5,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { AgentProcess, ROOT } from "../helpers/agent-process.ts";
+import { PREFIX } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { type Received, Watch } from "../helpers/mqtt-watch.ts";
 
-const PREFIX = "outpost/v1";
 const BIN = join(ROOT, "dist", "outpost-linux-x64");
 
 interface Ran {

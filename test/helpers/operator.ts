@@ -1,8 +1,8 @@
 import type { MqttClient } from "mqtt";
 import { Caller, type CallOptions, type CallResult, connectBroker } from "../../src/cli/ctl-client.ts";
-import { type OperatorKey, operatorKey } from "./commands.ts";
+import { type OperatorKey, operatorKey, PREFIX } from "./commands.ts";
 
-export const PREFIX = "outpost/v1";
+export { PREFIX };
 
 /** The operator side in-process: the same Caller that `outpost ctl call` uses, on one connection. */
 export class Operator {

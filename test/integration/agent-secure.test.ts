@@ -7,11 +7,10 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Aedes } from "aedes";
 import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
+import { PREFIX } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { Watch } from "../helpers/mqtt-watch.ts";
 import { freePort } from "../helpers/ports.ts";
-
-const PREFIX = "outpost/v1";
 
 function openssl(dir: string, args: string[]): void {
   execFileSync("openssl", args, { cwd: dir, stdio: ["ignore", "ignore", "pipe"] });

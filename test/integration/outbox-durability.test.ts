@@ -10,13 +10,13 @@ import { pino } from "pino";
 import { systemClock } from "../../src/core/clock.ts";
 import { Outbox } from "../../src/outbox/outbox.ts";
 import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
+import { PREFIX } from "../helpers/commands.ts";
 import { testLink } from "../helpers/link.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { type Received, Watch } from "../helpers/mqtt-watch.ts";
 import { freePort } from "../helpers/ports.ts";
 import { FaultProxy } from "../helpers/proxy.ts";
 
-const PREFIX = "outpost/v1";
 const OUTAGE_MS = 10_000;
 const OUTAGES = 3;
 const silent = pino({ level: "silent" });

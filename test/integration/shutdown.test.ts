@@ -1,11 +1,10 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
+import { PREFIX } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { Watch } from "../helpers/mqtt-watch.ts";
 import { FaultProxy } from "../helpers/proxy.ts";
-
-const PREFIX = "outpost/v1";
 
 describe("shutdown and logging", () => {
   let broker: Mosquitto;

@@ -28,7 +28,9 @@ export class Health {
 
   constructor(mono: () => number) {
     this.mono = mono;
-    this.loop = monitorEventLoopDelay({ resolution: 20 });
+    // One sample a second: a finer resolution is a timer wakeup per sample, and an idle agent on a Pi must
+    // cost almost nothing; a stall of seconds shows at this resolution all the same.
+    this.loop = monitorEventLoopDelay({ resolution: 1000 });
     this.loop.enable();
   }
 

@@ -106,6 +106,11 @@ export const kernelHead = {
       // Announced in CONNECT (MQTT 5) and enforced on the socket: a larger incoming packet drops the connection
       // before it is buffered. Task inputs and update chunks must fit under it.
       maxPacketSize: size("2MiB", 16 * 1024, 128 * 1024 * 1024),
+      // MQTT 5: the broker keeps the session (and the requests sent to it) this long while the device is away,
+      // so a command sent during a short outage still arrives; "0s" means a clean session.
+      sessionExpiry: duration("1h", 0, 7 * 86_400_000),
+      // MQTT 3.1.1 sessions never expire: brokers would pile up group commands for dead devices. Off by default.
+      persistentSession311: z.boolean().default(false),
     })
     .refine((m) => (parseDuration(m.reconnectMax) ?? 0) >= (parseDuration(m.reconnectMin) ?? 0), {
       message: "expected a duration at least mqtt.reconnectMin",

@@ -57,6 +57,8 @@ export function linkOptions(config: Config) {
     reconnectMinMs: durationMs(m.reconnectMin),
     reconnectMaxMs: durationMs(m.reconnectMax),
     maxPacketSize: sizeBytes(m.maxPacketSize),
+    sessionExpiryS: Math.round(durationMs(m.sessionExpiry) / 1000),
+    persistentSession311: m.persistentSession311,
   };
 }
 

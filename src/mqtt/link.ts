@@ -37,6 +37,10 @@ export interface LinkOptions extends BrokerEndpoint {
    * messages for us) and enforced on the socket before a packet is buffered (a larger one drops the connection).
    */
   maxPacketSize?: number;
+  /** MQTT 5 session expiry in seconds (0: clean session). */
+  sessionExpiryS?: number;
+  /** Keep the session on MQTT 3.1.1 (it never expires there). */
+  persistentSession311?: boolean;
   /** The will, registered at each connect: what the broker says for us when we vanish. */
   will: () => LinkMessage;
   /** Published (retained) after each successful connect, before anything else. */
@@ -84,6 +88,7 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
   private connectCount = 0;
   private brokerLimits: BrokerLimits = {};
   private takeoverCount = 0;
+  private ready = false;
   /** Connections in a row that the broker closed soon after accepting them. */
   private shortLived = 0;
   private readonly subscriptions: string[] = [];
@@ -95,8 +100,12 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
     this.protocol = options.protocolVersion;
   }
 
+  /**
+   * Connected and set up: subscriptions answered and the `online` status written. Until then nothing else may
+   * be published, so that the status comes first in every session and no backlog overtakes it.
+   */
   get connected(): boolean {
-    return this.client?.connected === true;
+    return this.ready && this.client?.connected === true;
   }
 
   get protocolVersion(): ProtocolVersion {
@@ -142,7 +151,7 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
   /** Publishes on the current connection; rejects with MQTT_OFFLINE when there is none. */
   async publish(topic: string, payload: string | Buffer, options: IClientPublishOptions = {}): Promise<void> {
     const client = this.client;
-    if (!client?.connected) throw new OutpostError("MQTT_OFFLINE", "not connected to the broker");
+    if (!client || !this.connected) throw new OutpostError("MQTT_OFFLINE", "not connected to the broker");
     await client.publishAsync(topic, payload, options);
   }
 
@@ -152,7 +161,7 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
    */
   send(topic: string, payload: string, options: IClientPublishOptions, done: (err?: Error) => void): void {
     const client = this.client;
-    if (!client?.connected) {
+    if (!client || !this.connected) {
       process.nextTick(done, new OutpostError("MQTT_OFFLINE", "not connected to the broker"));
       return;
     }
@@ -217,6 +226,7 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
       await sleep(delay, signal);
       return;
     }
+    this.ready = false;
     this.client = client;
     this.connectCount += 1;
     const connectedAt = performance.now();
@@ -234,6 +244,7 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
     }
     await Promise.race([closed, aborted]);
     if (signal.aborted) return;
+    this.ready = false;
     this.client = undefined;
     // Pending QoS 1 callbacks of this connection fail now, so that their owners can send again on the next.
     client.end(true);
@@ -276,7 +287,6 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
   private async afterConnect(client: MqttClient): Promise<void> {
     const socket = client.stream as Partial<Socket> | undefined;
     socket?.setNoDelay?.(true);
-    client.on("message", (topic, payload, packet) => this.safeEmit("message", topic, payload, packet));
     if (this.subscriptions.length > 0) {
       const granted = await client.subscribeAsync(this.subscriptions, { qos: 1 });
       const refused = granted.filter((g) => g.qos >= 0x80).map((g) => g.topic);
@@ -293,6 +303,7 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
     client.publish(birth.topic, birth.payload, { qos: birth.qos, retain: birth.retain }, (err) => {
       if (err) this.log.warn({ err: errorMessage(err) }, "online status not acknowledged");
     });
+    this.ready = true;
     this.safeEmit("connected", { protocolVersion: this.protocol });
   }
 
@@ -302,11 +313,20 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
     const options: IClientOptions = {
       ...endpointOptions(o),
       protocolVersion: this.protocol,
-      ...(this.protocol === 5 && o.maxPacketSize ? { properties: { maximumPacketSize: o.maxPacketSize } } : {}),
+      ...(this.protocol === 5
+        ? {
+            properties: {
+              ...(o.maxPacketSize ? { maximumPacketSize: o.maxPacketSize } : {}),
+              ...(o.sessionExpiryS ? { sessionExpiryInterval: o.sessionExpiryS } : {}),
+            },
+          }
+        : {}),
       clientId: o.clientId,
       keepalive: Math.max(1, Math.round(o.keepaliveMs / 1000)),
       reconnectPeriod: 0,
-      clean: true,
+      // Requests queued by the broker while the device was away arrive after the reconnect and are then judged
+      // by their own expiry and replay checks.
+      clean: this.protocol === 5 ? (o.sessionExpiryS ?? 0) === 0 : o.persistentSession311 !== true,
       resubscribe: false,
       queueQoSZero: false,
       messageIdProvider: new mqtt.UniqueMessageIdProvider(),
@@ -317,6 +337,9 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
     };
     return new Promise((resolve, reject) => {
       const client = mqtt.connect(options);
+      // Before the connection is up: a persistent session delivers queued requests right after CONNACK, and
+      // MQTT.js acknowledges a message whether or not anyone listens.
+      client.on("message", (topic, payload, packet) => this.safeEmit("message", topic, payload, packet));
       const limit = o.maxPacketSize;
       const stream = client.stream as (NodeJS.ReadableStream & { destroy(): void }) | undefined;
       if (limit !== undefined && stream) {

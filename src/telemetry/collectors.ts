@@ -3,6 +3,7 @@ import { loadavg, uptime } from "node:os";
 import { join } from "node:path";
 import si from "systeminformation";
 import type { Collector } from "../kernel/module.ts";
+import { SKIPPED_INTERFACES } from "./config.ts";
 import { busyPercent, parseNetDev, parseProcStat } from "./procfs.ts";
 
 export type { Collector };
@@ -18,6 +19,17 @@ export interface CollectorOptions {
   sysRoot?: string;
   /** The filesystem whose usage is reported. */
   rootFs?: string;
+  /** Interface names not reported (`name` or `prefix*`), read at each sample. */
+  skipInterfaces?: () => readonly string[];
+}
+
+/** Usual uplinks (PPP, cellular modems, WireGuard): always reported, whatever the skip list says. */
+const UPLINKS = /^(ppp|wwan|wg)/;
+
+/** Whether an interface is reported: not matched by the skip list, or an uplink. */
+export function reportedInterface(name: string, skip: readonly string[]): boolean {
+  if (UPLINKS.test(name)) return true;
+  return !skip.some((p) => (p.endsWith("*") ? name.startsWith(p.slice(0, -1)) : name === p));
 }
 
 /**
@@ -77,7 +89,11 @@ export function systemCollectors(options: CollectorOptions = {}): Collector[] {
     {
       name: "network",
       // /proc/net/dev instead of si.networkStats(), which spawns cat per interface and ip.
-      collect: async () => parseNetDev(await readFile(join(procRoot, "net", "dev"), "utf8")),
+      async collect() {
+        const all = parseNetDev(await readFile(join(procRoot, "net", "dev"), "utf8"));
+        const skip = options.skipInterfaces?.() ?? SKIPPED_INTERFACES;
+        return Object.fromEntries(Object.entries(all).filter(([name]) => reportedInterface(name, skip)));
+      },
     },
     {
       name: "uptime",

@@ -31,7 +31,7 @@ export const telemetryModule: Module<typeof telemetrySection> = {
     });
     return {
       components: [telemetry],
-      collectors: systemCollectors(),
+      collectors: systemCollectors({ skipInterfaces: () => settings().skipInterfaces }),
       commands: [
         {
           name: "telemetry.now",

@@ -19,6 +19,13 @@ const NET_DEV = `Inter-|   Receive                                              
  face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
     lo:    3940      40    0    0    0     0          0         0     3940      40    0    0    0     0       0          0
   eth0: 310774899  212345    0    0    0     0          0         0   548400    6000    0    0    0     0       0          0
+  ifb0:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0
+veth1a2b:   1000      10    0    0    0     0          0         0     1000      10    0    0    0     0       0          0
+docker0:    2000      20    0    0    0     0          0         0     2000      20    0    0    0     0       0          0
+br-3f00:    3000      30    0    0    0     0          0         0     3000      30    0    0    0     0       0          0
+  ppp0:   77777     700    0    0    0     0          0         0    88888     800    0    0    0     0       0          0
+ wwan0:    1234      12    0    0    0     0          0         0     4321      43    0    0    0     0       0          0
+   wg0:     555       5    0    0    0     0          0         0      666       6    0    0    0     0       0          0
 `;
 
 let root: string;
@@ -50,10 +57,9 @@ describe("procfs parsers", () => {
   });
 
   it("reads byte counters per interface from /proc/net/dev", () => {
-    assert.deepEqual(parseNetDev(NET_DEV), {
-      lo: { rxBytes: 3940, txBytes: 3940 },
-      eth0: { rxBytes: 310774899, txBytes: 548400 },
-    });
+    assert.deepEqual(parseNetDev(NET_DEV).lo, { rxBytes: 3940, txBytes: 3940 });
+    assert.deepEqual(parseNetDev(NET_DEV).eth0, { rxBytes: 310774899, txBytes: 548400 });
+    assert.equal(Object.keys(parseNetDev(NET_DEV)).length, 9);
   });
 
   it("reads a Raspberry Pi's cpu-thermal zone", async () => {
@@ -91,7 +97,18 @@ describe("procfs parsers", () => {
     assert.deepEqual(await cpu.collect(), { load: 20, cores: [20, 20] });
     writeFileSync(join(proc, "stat"), STAT_2);
     assert.deepEqual(await cpu.collect(), { load: 50, cores: [100, 0] });
-    assert.deepEqual(await collectors.get("network")?.collect(), parseNetDev(NET_DEV));
+    // Issue 10 item 12: loopback, virtual and bridge interfaces are skipped by default (bbb3be8 listed lo and
+    // ifb0); the usual uplinks (ppp, wwan, wg) are never hidden, even by a pattern that would match them.
+    assert.deepEqual(Object.keys((await collectors.get("network")?.collect()) as object), [
+      "eth0",
+      "ppp0",
+      "wwan0",
+      "wg0",
+    ]);
+    const all = new Map(
+      systemCollectors({ procRoot: proc, sysRoot: sys, skipInterfaces: () => ["*"] }).map((c) => [c.name, c]),
+    );
+    assert.deepEqual(Object.keys((await all.get("network")?.collect()) as object), ["ppp0", "wwan0", "wg0"]);
     assert.deepEqual(await collectors.get("temperature")?.collect(), { cpu: 51.5, zones: { "cpu-thermal": 51.5 } });
   });
 });

@@ -1,11 +1,13 @@
 import { createPublicKey } from "node:crypto";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname } from "node:path";
 import { parseArgs } from "node:util";
 import type { MqttClient } from "mqtt";
 import type { ReplyBody } from "../commands/envelope.ts";
 import { generateKeys, parsePrivateKey, publicKeyText } from "../commands/keys.ts";
 import { parseDuration } from "../config/duration.ts";
 import { errorMessage } from "../core/errors.ts";
+import { writeFileAtomically } from "../core/files.ts";
 import { BROKER_URL } from "../core/patterns.ts";
 import { readPasswordFile } from "../mqtt/options.ts";
 import { allDevices, deviceTopics } from "../mqtt/topics.ts";
@@ -62,8 +64,11 @@ export function keygenCommand(host: Host, args: string[]): number {
     throw new UsageError(`keygen: ${existing.join(" and ")} exist (--force overwrites)`);
   }
   const keys = generateKeys();
-  writeFileSync(files[0] ?? "", keys.privatePem, { mode: 0o600, flag: values.force ? "w" : "wx" });
-  writeFileSync(files[1] ?? "", `${keys.publicText}\n`, { mode: 0o644, flag: values.force ? "w" : "wx" });
+  // ~/.outpost on a fresh machine: the README's first step must not fail on a missing directory.
+  mkdirSync(dirname(values.out), { recursive: true, mode: 0o700 });
+  // A new file created with the mode, renamed over the old one: an existing file would keep its own mode.
+  writeFileAtomically(files[0] ?? "", keys.privatePem, 0o600);
+  writeFileAtomically(files[1] ?? "", `${keys.publicText}\n`, 0o644);
   host.stdout.write(`${files[0]} (private, keep it secret)\n${files[1]}: ${keys.publicText}\n`);
   host.stdout.write(
     `trust it on a device:\n  commands:\n    trustedKeys:\n      - { name: ops, key: "${keys.publicText}", allow: ["*"] }\n`,

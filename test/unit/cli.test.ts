@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
@@ -62,6 +62,24 @@ describe("command line", () => {
     assert.equal((await run(["ctl", "call", "dev-1", "ping", "--unsigned", "--params", "{x"])).code, 64);
     assert.equal((await run(["ctl", "call", "dev-1", "ping", "--unsigned", "--timeout", "soon"])).code, 64);
     assert.equal((await run(["ctl", "devices", "--broker", "http://x"])).code, 64);
+  });
+
+  // Issue 10 items 1 and 2: on bbb3be8 --force kept the old file's mode (a 0644 private key stayed 0644), and a
+  // missing directory (~/.outpost on a fresh machine) failed with ENOENT.
+  it("keygen --force writes a private key only its owner can read, whatever mode the old file had", async () => {
+    const prefix = join(dir, "forced");
+    assert.equal((await run(["keygen", "--out", prefix])).code, 0);
+    chmodSync(`${prefix}.key`, 0o644);
+    assert.equal((await run(["keygen", "--out", prefix, "--force"])).code, 0);
+    assert.equal(statSync(`${prefix}.key`).mode & 0o777, 0o600);
+  });
+
+  it("keygen creates the directory of --out (mode 0700) when it does not exist", async () => {
+    const prefix = join(dir, "fresh-home", ".outpost", "ops");
+    const result = await run(["keygen", "--out", prefix]);
+    assert.equal(result.code, 0, result.err);
+    assert.equal(statSync(join(dir, "fresh-home", ".outpost")).mode & 0o777, 0o700);
+    assert.equal(statSync(`${prefix}.key`).mode & 0o777, 0o600);
   });
 
   it("keygen writes a key pair once and refuses to overwrite it without --force", async () => {

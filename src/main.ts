@@ -25,8 +25,11 @@ process.on("SIGHUP", () => {
   for (const listener of hangupListeners) listener();
 });
 
+// From a checkout (src/main.ts on the pinned Node) the way back in is npm; a built binary is its own path.
+const fromSource = process.argv[1]?.endsWith("main.ts") === true;
 const host: Host = {
   env: process.env,
+  invocation: fromSource ? "npm run -s outpost --" : process.execPath,
   hostname: hostname(),
   stdout: process.stdout,
   stderr: process.stderr,

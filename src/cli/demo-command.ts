@@ -6,12 +6,13 @@ import { Aedes } from "aedes";
 import mqtt from "mqtt";
 import { createAgent } from "../agent.ts";
 import { generateKeys } from "../commands/keys.ts";
+import { parseDuration } from "../config/duration.ts";
 import { ConfigStore } from "../config/store.ts";
 import { systemClock } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
 import { createLogger } from "../core/logger.ts";
 import { allDevices } from "../mqtt/topics.ts";
-import { EXIT, type Host } from "./host.ts";
+import { EXIT, type Host, UsageError } from "./host.ts";
 import { applyMessage, type DeviceView, viewUpdate } from "./view.ts";
 
 export interface DemoOptions {
@@ -24,6 +25,11 @@ export interface DemoOptions {
  * it, and a live view of what the device publishes. Needs nothing installed.
  */
 export async function demoCommand(host: Host, options: DemoOptions): Promise<number> {
+  // Checked before anything is started or written: a typo in a flag must leave nothing behind.
+  const interval = options.interval ?? "1s";
+  if (parseDuration(interval) === undefined) {
+    throw new UsageError(`demo: --interval expects a duration like 500ms or 2s, not ${JSON.stringify(interval)}`);
+  }
   const broker = await Aedes.createBroker();
   const server = createServer(broker.handle);
   await new Promise<void>((resolve, reject) => {
@@ -45,7 +51,9 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
     hostname: host.hostname,
     env: {
       OUTPOST_MQTT__URL: `mqtt://127.0.0.1:${port}`,
-      OUTPOST_TELEMETRY__INTERVAL: options.interval ?? "1s",
+      // The embedded broker (aedes) speaks 3.1.1 only: no fallback warning about our own broker.
+      OUTPOST_MQTT__PROTOCOL_VERSION: "4",
+      OUTPOST_TELEMETRY__INTERVAL: interval,
       OUTPOST_STATE__DIR: stateDir,
       OUTPOST_COMMANDS__TRUSTED_KEYS: JSON.stringify([{ name: "demo", key: keys.publicText }]),
       ...host.env,
@@ -61,7 +69,7 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
   const header = [
     `outpost demo: embedded broker on mqtt://127.0.0.1:${port} (MQTT 3.1.1), agent log ${logFile}`,
     `watch it from another terminal: mosquitto_sub -p ${port} -t '${prefix}/#' -v      Ctrl-C stops`,
-    `command it: outpost ctl call --broker mqtt://127.0.0.1:${port} --key ${keyFile} ${config.device.id} describe`,
+    `command it: ${host.invocation ?? "outpost"} ctl call --broker mqtt://127.0.0.1:${port} --key ${keyFile} ${config.device.id} describe`,
   ];
   if (!tty) host.stdout.write(`${header.join("\n")}\n`);
 
@@ -83,7 +91,13 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
   let code: number = EXIT.OK;
   try {
     await agent.start();
-    await host.stopRequested;
+    // Closing the terminal (SIGHUP) stops the demo like Ctrl-C: offline published, temp dir removed, exit 0.
+    let unhook = () => {};
+    const hangup = new Promise<void>((resolve) => {
+      unhook = host.onHangup(resolve);
+    });
+    await Promise.race([host.stopRequested, hangup]);
+    unhook();
     await agent.stop(2000);
   } catch (err) {
     host.stderr.write(`outpost demo: ${errorMessage(err)}\n`);

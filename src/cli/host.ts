@@ -8,6 +8,8 @@ export interface Host {
   stopRequested: Promise<string>;
   /** Calls `listener` on each SIGHUP (reload the configuration); returns the way to stop listening. */
   onHangup(listener: () => void): () => void;
+  /** How a person runs this program again where it was started (the binary's path, or npm from a checkout). */
+  invocation?: string;
 }
 
 /** 75 (EX_TEMPFAIL) after the `restart` command: non-zero, so that systemd's Restart=on-failure starts us again. */

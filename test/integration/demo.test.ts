@@ -1,6 +1,13 @@
 import assert from "node:assert/strict";
+import { execFile, spawn } from "node:child_process";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname } from "node:path";
 import { it } from "node:test";
-import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
+import { promisify } from "node:util";
+import { AgentProcess, ROOT, sourceCommand } from "../helpers/agent-process.ts";
+
+const run = promisify(execFile);
 
 it("demo runs an embedded broker, the agent and a live view, and stops cleanly on Ctrl-C", async () => {
   const demo = new AgentProcess(sourceCommand(), ["demo", "--interval", "300ms"], {
@@ -19,5 +26,73 @@ it("demo runs an embedded broker, the agent and a live view, and stops cleanly o
     assert.ok(demo.stdout.items.includes("outpost demo: stopped"));
   } finally {
     await demo.cleanup();
+  }
+});
+
+// Issue 10 item 7: on bbb3be8 closing the terminal (SIGHUP) exited 1 and left /tmp/outpost-demo-* behind, the
+// agent warned that the demo's own broker refused MQTT 5, and the printed ctl line did not work from a checkout.
+it("demo: SIGHUP stops it like Ctrl-C; the ctl line it prints works; no MQTT 5 warning", async () => {
+  const demo = new AgentProcess(sourceCommand(), ["demo", "--interval", "300ms"], {
+    env: { OUTPOST_DEVICE__ID: "demo-hup", PATH: process.env.PATH ?? "" },
+  });
+  try {
+    await demo.stdout.waitFor((l) => l.startsWith("status demo-hup online"), 20_000, "online in the view");
+    const header = demo.stdout.items.find((l) => l.startsWith("outpost demo: embedded broker")) ?? "";
+    const log = /agent log (\S+)/.exec(header)?.[1] ?? "";
+    assert.ok(existsSync(log), header);
+    assert.ok(!readFileSync(log, "utf8").includes("refused MQTT 5"), "no fallback warning");
+    const hint = demo.stdout.items.find((l) => l.startsWith("command it: ")) ?? "";
+    const [cmd, ...args] = hint.slice("command it: ".length).split(" ");
+    assert.equal(cmd, "npm", hint);
+    const called = await run(cmd ?? "", args, { cwd: ROOT, env: { ...process.env, OUTPOST_CTL_BROKER: "" } });
+    assert.match(called.stdout, /"device": "demo-hup"/);
+    const exit = await demo.stop("SIGHUP");
+    assert.deepEqual(exit, { code: 0, signal: null });
+    assert.ok(demo.stdout.items.some((l) => l.startsWith("status demo-hup offline")));
+    assert.ok(!existsSync(dirname(log)), "the demo's temp dir is removed");
+  } finally {
+    await demo.cleanup();
+  }
+});
+
+it("demo --interval soon is a usage error naming the flag, and leaves nothing behind", async () => {
+  const before = readdirSync(tmpdir()).filter((f) => f.startsWith("outpost-demo-")).length;
+  const demo = new AgentProcess(sourceCommand(), ["demo", "--interval", "soon"]);
+  try {
+    const exit = await demo.exited;
+    assert.equal(exit.code, 64);
+    assert.match(demo.stderr.items.join("\n"), /--interval/);
+    const after = readdirSync(tmpdir()).filter((f) => f.startsWith("outpost-demo-")).length;
+    assert.equal(after, before);
+  } finally {
+    await demo.cleanup();
+  }
+});
+
+// Issue 10 item 7: on bbb3be8 `npm start` returned 130 after Ctrl-C although the demo stopped cleanly (the
+// shell between npm and the demo re-raised the SIGINT it had received).
+it("npm start: Ctrl-C to the terminal's process group stops the demo and npm exits 0", async () => {
+  const npm = spawn("npm", ["start"], {
+    cwd: ROOT,
+    detached: true,
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, OUTPOST_DEVICE__ID: "demo-npm" },
+  });
+  let out = "";
+  npm.stdout.on("data", (c: Buffer) => {
+    out += c.toString();
+  });
+  const exited = new Promise<number | null>((resolve) => npm.once("exit", (code) => resolve(code)));
+  try {
+    const started = Date.now();
+    while (!out.includes("status demo-npm online") && Date.now() - started < 30_000) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    assert.ok(out.includes("status demo-npm online"), out);
+    process.kill(-(npm.pid as number), "SIGINT");
+    assert.equal(await exited, 0);
+    assert.ok(out.includes("outpost demo: stopped"));
+  } finally {
+    if (npm.exitCode === null) process.kill(-(npm.pid as number), "SIGKILL");
   }
 });

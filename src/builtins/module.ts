@@ -54,7 +54,7 @@ export const builtinsModule: Module<undefined> = {
           z.strictObject({
             patch: z.record(z.string(), z.unknown(), { message: "expected a JSON merge patch (an object)" }),
           }),
-          (params, caller) => configSet(ctx.settings, params.patch, caller),
+          (params, caller, context) => configSet(ctx.settings, params.patch, caller, context.id),
         ),
         define("log.level", z.strictObject({ level: z.enum(LOG_LEVELS) }), (params) => ctx.setLogLevel(params.level)),
         define(
@@ -75,8 +75,9 @@ export const builtinsModule: Module<undefined> = {
 };
 
 /** Applies a config.set patch with the trust rules; a refusal becomes the command's error. */
-function configSet(settings: ConfigStore, patch: Record<string, unknown>, caller: Caller | undefined) {
+function configSet(settings: ConfigStore, patch: Record<string, unknown>, caller: Caller | undefined, id: string) {
   const result = settings.patch(patch, {
+    reason: `config.set request ${id} (${caller ? `key ${caller.key}` : "unsigned"})`,
     trust: caller !== undefined && grantsTrust(caller.allow),
     // A remote change must never lock the operators out for good: some key must keep config.set.
     guard: (next) =>

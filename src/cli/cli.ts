@@ -14,7 +14,9 @@ Commands:
   demo                       embedded broker + agent + live view, nothing to install
   config validate PATH       check a config file; exit 78 and one line per problem if invalid
   config schema              print the JSON Schema of the config
-  config print [PATH]        print the effective config (file + OUTPOST_* environment), secrets redacted
+  config print [PATH] [--sources]
+                             the effective config (file + config.set overrides + environment), secrets
+                             redacted; --sources: one line per key with where its value comes from
   keygen --out PREFIX        ed25519 operator key pair: PREFIX.key (private), PREFIX.pub (for trustedKeys)
   ctl devices|watch|call     the operator side: list devices, watch telemetry, call signed commands
 
@@ -47,7 +49,9 @@ view of its status and telemetry. Ctrl-C stops everything.
 
   validate PATH   exit 0 if valid; otherwise exit 78 with one line per problem: key path, expected, found
   schema          the JSON Schema (draft 2020-12) of the config file
-  print [PATH]    the effective config with defaults, environment overrides and secrets redacted`,
+  print [PATH] [--sources]
+                  the effective config: defaults, the file, the overrides config.set stored in state.dir,
+                  the environment; secrets redacted. --sources prints one line per key with its origin`,
 };
 
 /** Runs one command line; returns the process exit code. */

@@ -3,6 +3,7 @@ import {
   type ConfigProblem,
   formatProblems,
   type LoadedConfig,
+  leafPaths,
   loadConfig,
   redact,
   unknownEnvVars,
@@ -57,7 +58,9 @@ function reportProblems<T>(host: Host, load: () => T): T | number {
 }
 
 export function configCommand(host: Host, args: string[]): number {
-  const [sub, ...rest] = args;
+  const [sub, ...all] = args;
+  const sources = sub === "print" && all.includes("--sources");
+  const rest = all.filter((a) => !(sub === "print" && a === "--sources"));
   if (rest.length > 1) throw new UsageError(`config ${sub ?? ""}: too many arguments`);
   switch (sub) {
     case "validate": {
@@ -73,9 +76,19 @@ export function configCommand(host: Host, args: string[]): number {
       host.stdout.write(`${JSON.stringify(configJsonSchema(), null, 2)}\n`);
       return EXIT.OK;
     case "print": {
-      const loaded = loadOrReport(host, rest[0]);
-      if (typeof loaded === "number") return loaded;
-      host.stdout.write(stringify(redact(loaded.config)));
+      // What the agent would use: the file, the overrides config.set stored in state.dir, the environment.
+      const settings = openSettings(host, rest[0]);
+      if (typeof settings === "number") return settings;
+      const config = redact(settings.current().config);
+      if (!sources) {
+        host.stdout.write(stringify(config));
+        return EXIT.OK;
+      }
+      const origins = settings.origins();
+      for (const path of leafPaths(config)) {
+        const value = path.split(".").reduce<unknown>((node, key) => (node as Record<string, unknown>)[key], config);
+        host.stdout.write(`${path} = ${JSON.stringify(value)}  # ${origins.get(path) ?? "default"}\n`);
+      }
       return EXIT.OK;
     }
     default:

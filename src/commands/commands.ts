@@ -238,6 +238,7 @@ export class Commands implements Component {
     let deferred = false;
     try {
       const result = await definition.run(params, {
+        id,
         progress: (progress) => send({ state: "executing", progress }),
         signal: this.controller.signal,
         ...(caller ? { caller } : {}),

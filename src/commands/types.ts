@@ -47,6 +47,8 @@ export interface PendingReply {
 }
 
 export interface RunContext {
+  /** The request's id (for logs and messages). */
+  id: string;
   /** Publishes an `executing` reply with this progress. */
   progress(progress: unknown): void;
   signal: AbortSignal;

@@ -22,6 +22,11 @@ export interface LoadOptions {
   hostname: string;
   /** Remote changes (`config.set`), merged over the file and under the environment. */
   overrides?: { values: Record<string, unknown>; source: string };
+  /**
+   * The change being tried (`config.set`), already merged into `overrides`: problems at its paths name its
+   * source (the request) instead of the overrides file.
+   */
+  patch?: { values: Record<string, unknown>; source: string };
 }
 
 export interface LoadedConfig {
@@ -30,6 +35,8 @@ export interface LoadedConfig {
   hash: string;
   file?: string;
   envKeys: string[];
+  /** Where each value came from, by dotted path: `in FILE`, `in OVERRIDES`, `from OUTPOST_X`; absent = default. */
+  origins: Map<string, string>;
 }
 
 export const ENV_PREFIX = "OUTPOST_";
@@ -66,9 +73,13 @@ export function loadConfig(options: LoadOptions): LoadedConfig {
 
   // Key path -> where its value came from, for the problem lines ("from OUTPOST_X", "in overrides.json").
   const sources = new Map<string, string>();
+  const fileLeaves = file ? leafPaths(raw) : [];
   if (options.overrides) {
     raw = mergePatch(raw, options.overrides.values) as Record<string, unknown>;
     for (const path of leafPaths(options.overrides.values)) sources.set(path, `in ${options.overrides.source}`);
+  }
+  if (options.patch) {
+    for (const path of leafPaths(options.patch.values)) sources.set(path, `in ${options.patch.source}`);
   }
   const envKeys: string[] = [];
   applyEnv(raw, options.env ?? {}, sources, envKeys, problems);
@@ -85,7 +96,9 @@ export function loadConfig(options: LoadOptions): LoadedConfig {
   resolveFiles(config, problems, sources, file);
   if (problems.length > 0) throw invalid(problems);
 
-  return { config, hash: hashConfig(config), file, envKeys };
+  const origins = new Map<string, string>(fileLeaves.map((p) => [p, `in ${file}`]));
+  for (const [path, source] of sources) origins.set(path, source);
+  return { config, hash: hashConfig(config), file, envKeys, origins };
 }
 
 export function hashConfig(config: Config): string {
@@ -291,7 +304,9 @@ function describeIssue(
 
 /** Where a key's value came from: the environment variable or override that set it, or the file. */
 function sourceFor(path: string, sources: Map<string, string>, file: string | undefined): string | undefined {
-  return sources.get(path) ?? (file ? `in ${file}` : undefined);
+  // A whole section can be wrong (a misspelt section name): its keys' source is the section's.
+  const within = () => [...sources].find(([key]) => key.startsWith(`${path}.`))?.[1];
+  return sources.get(path) ?? within() ?? (file ? `in ${file}` : undefined);
 }
 
 /**

@@ -47,7 +47,7 @@ export interface PatchOptions {
 
 export const OVERRIDES_FILE = "config-overrides.json";
 
-export interface StoreOptions extends Omit<LoadOptions, "overrides"> {
+export interface StoreOptions extends Omit<LoadOptions, "overrides" | "patch"> {
   logger?: Logger;
 }
 
@@ -76,6 +76,7 @@ export class ConfigStore extends EventEmitter<{ change: [next: Snapshot, previou
   private readonly overridesPath: string;
   private readonly options: StoreOptions;
   private log: Logger | undefined;
+  private lastOrigins: ReadonlyMap<string, string> = new Map();
 
   /** Loads the configuration; throws CONFIG_INVALID when the file or environment is invalid. */
   constructor(options: StoreOptions) {
@@ -147,9 +148,10 @@ export class ConfigStore extends EventEmitter<{ change: [next: Snapshot, previou
     const next = mergePatch(this.overrides, patch) as Record<string, unknown>;
     let loaded: LoadedConfig;
     try {
-      loaded = this.load(next);
+      loaded = this.load(next, { values: patch, source: reason });
     } catch (err) {
-      return this.refused(err, reason);
+      // The sender's mistake, not the device's: a warning.
+      return this.refused(err, reason, "warn");
     }
     // Judged on the effective change, so that removing a section (`null`) counts like setting its keys.
     const trustChanged = diffPaths(this.snapshot.config, loaded.config).filter((p) => under(p, TRUST_KEYS));
@@ -207,12 +209,20 @@ export class ConfigStore extends EventEmitter<{ change: [next: Snapshot, previou
     }
   }
 
-  private load(overrides: Record<string, unknown>): LoadedConfig {
+  private load(overrides: Record<string, unknown>, patch?: LoadOptions["patch"]): LoadedConfig {
     const keys = Object.keys(overrides);
-    return loadConfig({
+    const loaded = loadConfig({
       ...this.options,
       ...(keys.length > 0 ? { overrides: { values: overrides, source: this.overridesPath } } : {}),
+      ...(patch ? { patch } : {}),
     });
+    if (!patch) this.lastOrigins = loaded.origins;
+    return loaded;
+  }
+
+  /** Where each value of the configuration last loaded from the file came from (absent: the default). */
+  origins(): ReadonlyMap<string, string> {
+    return this.lastOrigins;
   }
 
   private swap(loaded: LoadedConfig, reason: string): ApplyResult {
@@ -241,10 +251,10 @@ export class ConfigStore extends EventEmitter<{ change: [next: Snapshot, previou
     writeFileAtomically(this.overridesPath, `${JSON.stringify({ format: OVERRIDES_FORMAT, values }, null, 2)}\n`);
   }
 
-  private refused(err: unknown, reason: string): ApplyResult {
+  private refused(err: unknown, reason: string, level: "error" | "warn" = "error"): ApplyResult {
     if (!isOutpostError(err, "CONFIG_INVALID")) throw err;
     const problems = err.details as ConfigProblem[];
-    this.log?.error(
+    this.log?.[level](
       { reason, version: this.snapshot.version, problems: formatProblems(problems) },
       "configuration change refused; keeping the current one",
     );

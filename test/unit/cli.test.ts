@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { chmodSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
@@ -80,6 +80,32 @@ describe("command line", () => {
     assert.equal(result.code, 0, result.err);
     assert.equal(statSync(join(dir, "fresh-home", ".outpost")).mode & 0o777, 0o700);
     assert.equal(statSync(`${prefix}.key`).mode & 0o777, 0o600);
+  });
+
+  // Issue 10 item 3: on bbb3be8 config print showed the file's value, not the one a config.set override (kept in
+  // state.dir) made the agent use.
+  it("config print shows what the agent uses (file, saved overrides, environment), --sources says where from", async () => {
+    const state = join(dir, "print-state");
+    const path = join(dir, "print.yaml");
+    writeFileSync(path, `telemetry:\n  interval: 10s\nstate:\n  dir: ${state}\n`);
+    mkdirSync(state, { recursive: true });
+    writeFileSync(
+      join(state, "config-overrides.json"),
+      JSON.stringify({ format: 2, values: { telemetry: { interval: "3s" } } }),
+    );
+    const env = { OUTPOST_LOG__LEVEL: "debug" };
+    const printed = await run(["config", "print", path], env);
+    assert.equal(printed.code, 0, printed.err);
+    assert.match(printed.out, /interval: 3s/);
+    assert.match(printed.out, /level: debug/);
+    const sourced = await run(["config", "print", path, "--sources"], env);
+    assert.equal(sourced.code, 0, sourced.err);
+    const lines = sourced.out.split("\n");
+    const line = (key: string) => lines.find((l) => l.startsWith(`${key} = `));
+    assert.equal(line("telemetry.interval"), `telemetry.interval = "3s"  # in ${join(state, "config-overrides.json")}`);
+    assert.equal(line("log.level"), 'log.level = "debug"  # from OUTPOST_LOG__LEVEL');
+    assert.equal(line("state.dir"), `state.dir = ${JSON.stringify(state)}  # in ${path}`);
+    assert.equal(line("outbox.window"), "outbox.window = 64  # default");
   });
 
   it("keygen writes a key pair once and refuses to overwrite it without --force", async () => {

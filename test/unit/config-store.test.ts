@@ -3,6 +3,7 @@ import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
+import { pino } from "pino";
 import { stringify } from "yaml";
 import { ConfigStore, type Snapshot } from "../../src/config/store.ts";
 
@@ -193,4 +194,26 @@ test("stored overrides of the command policy or trust from before the fix are dr
     values: { telemetry: { interval: "3s" } },
   });
   assert.deepEqual(s.open().droppedOverrides, []);
+});
+
+// Issue 10 item 4: on bbb3be8 a bad config.set value was blamed on config-overrides.json and a typo'd section on
+// the config file, and both were logged at error level.
+test("a refused config.set names the request as the source, and is a warning", () => {
+  const s = setup();
+  const lines: Record<string, unknown>[] = [];
+  const store = new ConfigStore({
+    path: s.path,
+    env: {},
+    hostname: "h",
+    logger: pino({ level: "info" }, { write: (l: string) => lines.push(JSON.parse(l)) }),
+  });
+  const reason = "config.set request r-1 (key ops)";
+  const bad = store.patch({ telemetry: { interval: "fast" } }, { reason });
+  assert.deepEqual(!bad.ok && bad.problems.map((p) => [p.path, p.source]), [["telemetry.interval", `in ${reason}`]]);
+  const typo = store.patch({ telemetryy: { interval: "5s" } }, { reason });
+  assert.deepEqual(!typo.ok && typo.problems.map((p) => [p.path, p.source]), [["telemetryy", `in ${reason}`]]);
+  assert.deepEqual(
+    lines.filter((l) => l.msg === "configuration change refused; keeping the current one").map((l) => l.level),
+    [40, 40],
+  );
 });

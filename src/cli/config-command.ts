@@ -8,6 +8,7 @@ import {
   redact,
   unknownEnvVars,
 } from "../config/load.ts";
+import { stateDirProblem } from "../config/state-dir.ts";
 import { ConfigStore } from "../config/store.ts";
 import { isOutpostError } from "../core/errors.ts";
 import { configJsonSchema } from "../schema.ts";
@@ -68,6 +69,9 @@ export function configCommand(host: Host, args: string[]): number {
       if (path === undefined) throw new UsageError("config validate: missing PATH");
       const loaded = loadOrReport(host, path);
       if (typeof loaded === "number") return loaded;
+      // Only a warning: validating as a normal user a file meant for the service user is fine.
+      const stateProblem = stateDirProblem(loaded.config.state.dir, { create: false });
+      if (stateProblem) host.stderr.write(`outpost: warning: ${stateProblem}\n`);
       host.stdout.write(`${path}: valid (device ${loaded.config.device.id}, hash ${loaded.hash.slice(0, 12)})\n`);
       return EXIT.OK;
     }

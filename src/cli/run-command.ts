@@ -1,6 +1,7 @@
 import { createAgent } from "../agent.ts";
 import { durationMs } from "../config/duration.ts";
 import { formatProblems, unknownEnvVars } from "../config/load.ts";
+import { stateDirProblem } from "../config/state-dir.ts";
 import { systemClock } from "../core/clock.ts";
 import { OutpostError } from "../core/errors.ts";
 import { withDeadline } from "../core/lifecycle.ts";
@@ -21,6 +22,12 @@ export async function runCommand(host: Host, options: RunOptions): Promise<numbe
   const settings = openSettings(host, options.config);
   if (typeof settings === "number") return settings;
   const { config } = settings.current();
+  // Without its state directory the agent would run without durability: say what to do, in one line.
+  const stateProblem = stateDirProblem(config.state.dir, { create: true });
+  if (stateProblem) {
+    host.stderr.write(`outpost: ${stateProblem}\n`);
+    return EXIT.CONFIG;
+  }
   const { logger, flush, setLevel } = await createLogger({
     level: config.log.level,
     format: options.logFormat ?? config.log.format,

@@ -108,6 +108,20 @@ describe("command line", () => {
     assert.equal(line("outbox.window"), "outbox.window = 64  # default");
   });
 
+  // Issue 10 item 8: on bbb3be8 `outpost run` as a normal user failed on /var/lib/outpost with a stack trace.
+  it("run refuses an unusable state.dir in one line saying what to do; validate only warns", async () => {
+    const path = join(dir, "bad-state.yaml");
+    writeFileSync(path, "state:\n  dir: /dev/null/state\nmqtt:\n  url: mqtt://127.0.0.1:1\n");
+    const ran = await run(["run", "--config", path]);
+    assert.equal(ran.code, 78);
+    const lines = ran.err.trim().split("\n");
+    assert.equal(lines.length, 1, ran.err);
+    assert.match(lines[0] ?? "", /state\.dir \/dev\/null\/state .*ENOTDIR.*--config.*OUTPOST_STATE__DIR.*service user/);
+    const validated = await run(["config", "validate", path]);
+    assert.equal(validated.code, 0);
+    assert.match(validated.err, /warning: state\.dir \/dev\/null\/state/);
+  });
+
   it("keygen writes a key pair once and refuses to overwrite it without --force", async () => {
     const prefix = join(dir, "ops");
     const first = await run(["keygen", "--out", prefix]);

@@ -17,12 +17,16 @@ import { applyMessage, type DeviceView, viewUpdate } from "./view.ts";
 
 export const CTL_HELP = `Usage: outpost ctl <devices|watch|call> [options]
 
-  devices                         devices from their retained status: id, state, version, last seen
+  devices                         devices from their retained status: id, state, version, and last seen
+                                  (the latest status or telemetry seen while listening, --wait 1s)
   watch [DEVICE...]               live telemetry of all (or the named) devices until Ctrl-C
   call DEVICE COMMAND             sign a request, publish it, print the reply; exit 0 on success
-       [--params JSON] [--key FILE] [--timeout 10s] [--group] [--expect N] [--validity 1m]
+       [--params JSON] [--key FILE] [--timeout 10s] [--group] [--expect N] [--validity 1m] [--wait]
        --group: DEVICE names a group (device.groups); replies are collected from every member
        until --timeout, or until --expect N devices have answered
+       a device with no retained status fails at once; --wait sends anyway and waits --timeout
+
+Flags go anywhere, before or after the subcommand.
 
 Broker (each flag also from the environment):
   --broker URL          OUTPOST_CTL_BROKER     mqtt://host:1883 or mqtts://host:8883 (default mqtt://127.0.0.1:1883)
@@ -77,7 +81,15 @@ export function keygenCommand(host: Host, args: string[]): number {
 }
 
 export async function ctlCommand(host: Host, args: string[]): Promise<number> {
-  const [sub, ...rest] = args;
+  // Global flags may come before the subcommand (`ctl --broker X call ...`), as with git and kubectl.
+  let at = 0;
+  while (at < args.length && args[at]?.startsWith("--")) {
+    const name = (args[at] ?? "").slice(2).split("=")[0] ?? "";
+    const flag = (BROKER_FLAGS as Record<string, { type: string }>)[name];
+    at += flag?.type === "string" && !(args[at] ?? "").includes("=") ? 2 : 1;
+  }
+  const sub = args[at];
+  const rest = [...args.slice(0, at), ...args.slice(at + 1)];
   switch (sub) {
     case "devices":
       return devices(host, rest);
@@ -117,6 +129,48 @@ function durationFlag(name: string, text: string | undefined, fallback: number):
   return ms;
 }
 
+/** How long retained messages may take to arrive after a subscription. */
+const RETAINED_WAIT_MS = 1000;
+
+/** Whether a retained message is held on `topic` (it arrives right after the subscription). */
+async function retainedStatus(client: MqttClient, topic: string): Promise<boolean> {
+  let found = false;
+  const seen = (t: string, payload: Buffer) => {
+    if (t === topic && payload.length > 0) found = true;
+  };
+  client.on("message", seen);
+  try {
+    await client.subscribeAsync(topic, { qos: 1 });
+    const until = Date.now() + RETAINED_WAIT_MS;
+    while (!found && Date.now() < until) await new Promise((resolve) => setTimeout(resolve, 25));
+    await client.unsubscribeAsync(topic);
+    return found;
+  } finally {
+    client.off("message", seen);
+  }
+}
+
+/** The operator's private key, with a message that names the file and the fix when it is not one. */
+function readPrivateKey(file: string) {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (err) {
+    throw new UsageError(`--key ${file}: ${errorMessage(err)}`);
+  }
+  if (text.startsWith("ed25519:") || text.includes("BEGIN PUBLIC KEY")) {
+    const privateFile = file.endsWith(".pub") ? `${file.slice(0, -4)}.key` : "the .key file";
+    throw new UsageError(
+      `--key ${file} is a public key: --key takes the private key that 'outpost keygen' wrote beside it (${privateFile})`,
+    );
+  }
+  try {
+    return parsePrivateKey(text);
+  } catch (err) {
+    throw new UsageError(`--key ${file}: ${errorMessage(err)} (expected the .key file that 'outpost keygen' wrote)`);
+  }
+}
+
 async function withClient<T>(o: BrokerOptions, use: (client: MqttClient) => Promise<T>): Promise<T> {
   const client = await connectBroker(o);
   try {
@@ -143,8 +197,9 @@ async function devices(host: Host, args: string[]): Promise<number> {
         // A status that is not JSON is not one of ours; leave it out.
       }
     });
-    // Retained statuses arrive right after the subscription; `--wait` bounds how long stragglers may take.
-    await client.subscribeAsync(allDevices(o.prefix, "status"), { qos: 1 });
+    // Retained statuses arrive right after the subscription; `--wait` bounds how long stragglers may take. Telemetry
+    // seen meanwhile makes LAST SEEN the latest message from the device, not the time of its last status.
+    await client.subscribeAsync([allDevices(o.prefix, "status"), allDevices(o.prefix, "telemetry")], { qos: 1 });
     await new Promise((resolve) => setTimeout(resolve, waitMs));
   });
   const rows = [...seen.values()]
@@ -152,7 +207,9 @@ async function devices(host: Host, args: string[]): Promise<number> {
     .sort((a, b) => a.id.localeCompare(b.id))
     .map((d) => {
       const s = d.status ?? {};
-      const ts = typeof s.ts === "number" ? s.ts : undefined;
+      const t = d.telemetry ?? {};
+      const times = [s.ts, t.ts].filter((x): x is number => typeof x === "number");
+      const ts = times.length > 0 ? Math.max(...times) : undefined;
       return {
         id: d.id,
         state: String(s.state ?? "unknown"),
@@ -229,7 +286,18 @@ async function watch(host: Host, args: string[]): Promise<number> {
       targets.flatMap((d) => [deviceTopics(o.prefix, d).status, deviceTopics(o.prefix, d).telemetry]),
       { qos: 0 },
     );
+    // Retained statuses come right after the subscription: a named device without one is probably a typo.
+    const notice = setTimeout(() => {
+      for (const d of targets) {
+        if (d !== "+" && !seen.get(d)?.status) {
+          host.stderr.write(
+            `outpost: no device ${d} has a retained status under ${deviceTopics(o.prefix, d).status}; waiting\n`,
+          );
+        }
+      }
+    }, RETAINED_WAIT_MS);
     await Promise.race([finished, host.stopRequested]);
+    clearTimeout(notice);
     ended = true;
   });
   if (lost) {
@@ -251,6 +319,7 @@ async function call(host: Host, args: string[]): Promise<number> {
       group: { type: "boolean" },
       expect: { type: "string" },
       unsigned: { type: "boolean" },
+      wait: { type: "boolean" },
     },
     allowPositionals: true,
   });
@@ -275,7 +344,7 @@ async function call(host: Host, args: string[]): Promise<number> {
   let signer: Signer | undefined;
   if (!values.unsigned) {
     if (keyFile === undefined) throw new UsageError("ctl call: --key FILE (or OUTPOST_CTL_KEY) is needed to sign");
-    const privateKey = parsePrivateKey(readFileSync(keyFile, "utf8"));
+    const privateKey = readPrivateKey(keyFile);
     signer = { privateKey, publicText: publicKeyText(createPublicKey(privateKey)) };
   }
   const o = brokerOptions(host, values);
@@ -287,6 +356,16 @@ async function call(host: Host, args: string[]): Promise<number> {
       );
     }
   };
+  if (!values.group && !values.wait) {
+    // A device that never connected has no retained status: say so now rather than after the whole timeout.
+    const known = await withClient(o, (client) => retainedStatus(client, deviceTopics(o.prefix, target).status));
+    if (!known) {
+      host.stderr.write(
+        `outpost: no device ${target} has a retained status under ${deviceTopics(o.prefix, target).status} (is the id right? --wait sends anyway)\n`,
+      );
+      return EXIT.FAILURE;
+    }
+  }
   const result = await withClient(o, (client) =>
     new Caller(client, o.prefix, signer).call({
       command,

@@ -148,9 +148,13 @@ describe("outpost ctl and keygen, the built x64 binary against a real mosquitto"
     const unknown = await call("dev-e2e", "self-destruct");
     assert.equal(unknown.code, 1);
     assert.match(unknown.stderr, /UNKNOWN_COMMAND/);
-    const nobody = await call("dev-nobody", "ping", undefined, ["--timeout", "500ms"]);
+    // Issue 10: a device that never connected is named at once (it used to wait out the timeout).
+    const nobody = await call("dev-nobody", "ping", undefined, ["--timeout", "20s"]);
     assert.equal(nobody.code, 1);
-    assert.match(nobody.stderr, /TIMEOUT: no reply from dev-nobody/);
+    assert.match(nobody.stderr, /no device dev-nobody has a retained status/);
+    const waited = await call("dev-nobody", "ping", undefined, ["--timeout", "500ms", "--wait"]);
+    assert.equal(waited.code, 1);
+    assert.match(waited.stderr, /TIMEOUT: no reply from dev-nobody/);
   });
 
   it("ctl devices lists the device from its retained status; ctl watch shows its telemetry", async () => {

@@ -1,0 +1,109 @@
+// Issue 10 item 10: ctl's rough edges, through the same cli() the binary runs, against a real mosquitto.
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { PassThrough } from "node:stream";
+import { after, before, describe, it } from "node:test";
+import { cli } from "../../src/cli/cli.ts";
+import type { Host } from "../../src/cli/host.ts";
+import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
+import { PREFIX } from "../helpers/commands.ts";
+import { Mosquitto } from "../helpers/mosquitto.ts";
+import { type Received, Watch } from "../helpers/mqtt-watch.ts";
+
+async function run(argv: string[], env: Record<string, string> = {}, stopAfterMs?: number) {
+  const stdout = new PassThrough();
+  const stderr = new PassThrough();
+  let out = "";
+  let err = "";
+  stdout.on("data", (c: Buffer) => {
+    out += c.toString();
+  });
+  stderr.on("data", (c: Buffer) => {
+    err += c.toString();
+  });
+  // Ctrl-C after stopAfterMs, for the commands that run until stopped.
+  const stopRequested = new Promise<string>((resolve) => {
+    if (stopAfterMs !== undefined) setTimeout(() => resolve("SIGINT"), stopAfterMs);
+  });
+  const host: Host = { env, hostname: "h", stdout, stderr, stopRequested, onHangup: () => () => {} };
+  const started = performance.now();
+  const code = await cli(argv, host);
+  return { code, out, err, ms: performance.now() - started };
+}
+
+describe("ctl", () => {
+  let broker: Mosquitto;
+  let agent: AgentProcess;
+  let dir: string;
+  let key: string;
+  before(async () => {
+    broker = await Mosquitto.start();
+    dir = mkdtempSync(join(tmpdir(), "outpost-ctl-cli-"));
+    const made = await run(["keygen", "--out", join(dir, "ops")]);
+    assert.equal(made.code, 0);
+    key = join(dir, "ops.key");
+    const pub = /ed25519:\S+/.exec(made.out)?.[0] ?? "";
+    const watch = await Watch.open(broker.port, [`${PREFIX}/+/status`]);
+    agent = AgentProcess.run(sourceCommand(), {
+      device: { id: "dev-ctl" },
+      mqtt: { url: broker.url },
+      telemetry: { interval: "300ms" },
+      commands: { trustedKeys: [{ name: "ops", key: pub, allow: ["*"] }] },
+    });
+    await watch.waitFor((m: Received) => m.json.state === "online", 15_000, "online");
+    await watch.close();
+  });
+  after(async () => {
+    await agent.cleanup();
+    await broker.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("global flags work before the subcommand, as with git and kubectl", async () => {
+    const r = await run(["ctl", "--broker", broker.url, "call", "--key", key, "dev-ctl", "ping"]);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /"pong": true/);
+  });
+
+  it("a call to a device with no retained status fails at once, unless --wait is given", async () => {
+    const r = await run(["ctl", "call", "--broker", broker.url, "--key", key, "--timeout", "20s", "nosuch", "ping"]);
+    assert.equal(r.code, 1);
+    assert.match(r.err, /no device nosuch has a retained status/);
+    assert.ok(r.ms < 5000, `${Math.round(r.ms)} ms`);
+    const waited = await run([
+      "ctl",
+      "call",
+      "--broker",
+      broker.url,
+      "--key",
+      key,
+      "--timeout",
+      "1s",
+      "--wait",
+      "nosuch",
+      "ping",
+    ]);
+    assert.match(waited.err, /TIMEOUT/);
+  });
+
+  it("ctl watch of a device with no retained status says so", async () => {
+    const r = await run(["ctl", "watch", "--broker", broker.url, "nosuch"], {}, 2500);
+    assert.match(r.err, /no device nosuch has a retained status/);
+  });
+
+  it("--key with the .pub file names the file and the fix", async () => {
+    const r = await run(["ctl", "call", "--broker", broker.url, "--key", join(dir, "ops.pub"), "dev-ctl", "ping"]);
+    assert.equal(r.code, 64);
+    assert.match(r.err, /ops\.pub.*public key.*ops\.key/);
+  });
+
+  it("ctl devices: LAST SEEN is the latest message seen from the device, not only its status", async () => {
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    const r = await run(["ctl", "devices", "--broker", broker.url, "--json", "--wait", "700ms"]);
+    const row = JSON.parse(r.out.trim().split("\n")[0] ?? "{}") as { lastSeen: string };
+    const age = Date.now() - Date.parse(row.lastSeen);
+    assert.ok(age < 1500, `last seen ${age} ms ago, though telemetry comes every 300 ms`);
+  });
+});

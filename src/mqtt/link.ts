@@ -247,7 +247,10 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
     this.ready = false;
     this.client = undefined;
     // Pending QoS 1 callbacks of this connection fail now, so that their owners can send again on the next.
+    // MQTT.js does that in end(true) only for a clean session; with a persistent one it keeps them to resend on
+    // this client object, which is never used again: fail them here.
     client.end(true);
+    failPending(client);
     this.safeEmit("disconnected");
     // Only a connection that lasted starts the backoff over: one dropped at once (an oversized retained
     // message, a broker that refuses us after CONNACK, a duplicate client id on 3.1.1) must not be retried
@@ -384,6 +387,12 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
       signal.addEventListener("abort", onAbort, { once: true });
     });
   }
+}
+
+/** Fails every publish of `client` still waiting for its acknowledgement (MQTT.js 5.16's own `_flush`). */
+function failPending(client: MqttClient): void {
+  const flush = (client as unknown as { _flush?: () => void })._flush;
+  if (typeof flush === "function") flush.call(client);
 }
 
 function abortPromise(signal: AbortSignal): Promise<void> {

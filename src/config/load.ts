@@ -6,6 +6,7 @@ import { OutpostError } from "../core/errors.ts";
 import { readPasswordFile } from "../mqtt/options.ts";
 import { type Config, configSchema } from "../schema.ts";
 import { redact } from "./redact.ts";
+import { SECRET_KEYS } from "./schema.ts";
 
 export { redact };
 
@@ -153,11 +154,12 @@ function parseYaml(text: string, path: string, problems: ConfigProblem[]): Recor
   const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (doc.errors.length > 0) {
     for (const e of doc.errors) {
-      const line = e.linePos?.[0];
+      const at = errorLine(text, e.pos[0], e.message) ?? e.linePos?.[0];
+      const what = e.message.split(/ at line \d+/)[0]?.split("\n")[0] ?? e.code;
       problems.push({
         path: "(file)",
         expected: "expected valid YAML or JSON",
-        found: `${e.code}${line ? ` at line ${line.line} column ${line.col}` : ""}`,
+        found: `${what}${at ? ` at line ${at.line} column ${at.col}` : ""}`,
         source: `in ${path}`,
       });
     }
@@ -175,6 +177,28 @@ function parseYaml(text: string, path: string, problems: ConfigProblem[]): Recor
     return undefined;
   }
   return value as Record<string, unknown>;
+}
+
+/**
+ * Where a YAML error really is. The parser notices an unclosed `[` or `{` only where the collection should have
+ * ended (often lines later): point at the bracket that was never closed instead.
+ */
+function errorLine(text: string, offset: number, message: string): { line: number; col: number } | undefined {
+  const open = /^Flow sequence/.test(message) ? "[" : /^Flow mapping/.test(message) ? "{" : undefined;
+  if (!open) return undefined;
+  const close = open === "[" ? "]" : "}";
+  let depth = 0;
+  for (let i = Math.min(offset, text.length) - 1; i >= 0; i--) {
+    if (text[i] === close) depth += 1;
+    else if (text[i] === open) {
+      if (depth === 0) {
+        const before = text.slice(0, i);
+        return { line: before.split("\n").length, col: i - before.lastIndexOf("\n") };
+      }
+      depth -= 1;
+    }
+  }
+  return undefined;
 }
 
 type SchemaNode = z.core.$ZodType;
@@ -295,11 +319,50 @@ function describeIssue(
       };
     });
   }
-  const found = "input" in issue ? render(issue.input) : render(valueAt(raw, base));
-  let expected = issue.message.replace(/^Invalid (input|option):\s*/i, "");
-  if (issue.code === "invalid_type") expected = `expected ${issue.expected}`;
-  if (!expected.startsWith("expected")) expected = `expected ${expected.charAt(0).toLowerCase()}${expected.slice(1)}`;
-  return [{ path: base.length ? base.join(".") : "(root)", expected, found, source: sourceOf(base) }];
+  // The value at the problem's path: a rule over a whole section reports at one key, never the section.
+  const found = render(valueAt(raw, base), base);
+  return [
+    { path: base.length ? base.join(".") : "(root)", expected: expectation(issue), found, source: sourceOf(base) },
+  ];
+}
+
+const TYPE_WORDS: Record<string, string> = {
+  string: "text",
+  number: "a number",
+  int: "a whole number",
+  boolean: "true or false",
+  array: "a list, like [a, b]",
+  object: "a section of keys",
+};
+
+/** What to write instead, for every kind of issue the schema can produce. */
+function expectation(issue: z.core.$ZodIssue): string {
+  const own = issue.message.startsWith("expected") ? issue.message : undefined;
+  switch (issue.code) {
+    case "invalid_type":
+      return own ?? `expected ${TYPE_WORDS[issue.expected] ?? issue.expected}`;
+    case "too_small":
+    case "too_big": {
+      const bound = issue.code === "too_small" ? issue.minimum : issue.maximum;
+      const edge =
+        issue.code === "too_small"
+          ? issue.inclusive
+            ? "at least"
+            : "more than"
+          : issue.inclusive
+            ? "at most"
+            : "less than";
+      if (issue.origin === "array") return own ?? `expected ${edge} ${bound} items`;
+      if (issue.origin === "string") return own ?? `expected ${edge} ${bound} characters`;
+      return own ?? `expected a number of ${edge} ${bound}`;
+    }
+    case "invalid_value":
+      return own ?? `expected one of ${issue.values.map((v) => String(v)).join(", ")}`;
+    default: {
+      const text = issue.message.replace(/^Invalid (input|option):\s*/i, "");
+      return text.startsWith("expected") ? text : `expected ${text.charAt(0).toLowerCase()}${text.slice(1)}`;
+    }
+  }
 }
 
 /** Where a key's value came from: the environment variable or override that set it, or the file. */
@@ -347,9 +410,12 @@ function valueAt(raw: unknown, path: string[]): unknown {
   return current;
 }
 
-function render(value: unknown): string {
+/** A value as a problem line shows it: never a whole section, never a secret. */
+function render(value: unknown, path: readonly string[] = []): string {
   if (value === undefined) return "nothing";
-  const text = typeof value === "string" ? JSON.stringify(value) : `${typeOf(value)} ${JSON.stringify(value)}`;
+  if (SECRET_KEYS.has(path.at(-1) ?? "")) return "<redacted>";
+  if (value !== null && typeof value === "object" && !Array.isArray(value)) return "a section";
+  const text = typeof value === "string" || Array.isArray(value) ? JSON.stringify(value) : String(value);
   return text.length > MAX_FOUND ? `${text.slice(0, MAX_FOUND - 1)}…` : text;
 }
 

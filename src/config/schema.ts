@@ -7,7 +7,7 @@ import { parseSize } from "./size.ts";
 /** A duration string with bounds, kept as text in the config so that it prints back as written. */
 export function duration(def: string, minMs: number, maxMs: number) {
   return z
-    .string()
+    .string({ error: 'expected a duration in quotes, like "10s" or "500ms" (a bare number has no unit)' })
     .refine((s) => parseDuration(s) !== undefined, {
       message: 'expected a duration like "500ms", "10s", "5m", "1h"',
     })
@@ -24,7 +24,7 @@ export function duration(def: string, minMs: number, maxMs: number) {
 /** A size string like "64MiB", kept as text. */
 export function size(def: string, minBytes: number, maxBytes: number) {
   return z
-    .string()
+    .string({ error: 'expected a size in quotes, like "64MiB" (a bare number has no unit)' })
     .refine((s) => parseSize(s) !== undefined, { message: 'expected a size like "512KiB", "64MiB", "1GiB"' })
     .refine(
       (s) => {

@@ -419,12 +419,6 @@ function render(value: unknown, path: readonly string[] = []): string {
   return text.length > MAX_FOUND ? `${text.slice(0, MAX_FOUND - 1)}…` : text;
 }
 
-function typeOf(value: unknown): string {
-  if (value === null) return "null";
-  if (Array.isArray(value)) return "array";
-  return typeof value;
-}
-
 function sanitizeHostname(hostname: string): string {
   const cleaned = hostname
     .replace(/[^A-Za-z0-9._-]/g, "-")

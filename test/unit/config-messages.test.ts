@@ -39,7 +39,10 @@ it("numbers, whole numbers, lists, enums and durations say what to write", () =>
   assert.match(found.get("outbox.window") ?? "", /expected a number of at least 1, found -3/);
   assert.match(found.get("outbox.commitMessages") ?? "", /expected a whole number, found 1\.5/);
   assert.match(found.get("telemetry.interval") ?? "", /expected a duration in quotes, like "10s".*found 10/);
-  assert.match(found.get("log.level") ?? "", /expected one of fatal, error, warn, info, debug, trace, silent, found "loud"/);
+  assert.match(
+    found.get("log.level") ?? "",
+    /expected one of fatal, error, warn, info, debug, trace, silent, found "loud"/,
+  );
   assert.match(found.get("device.groups") ?? "", /expected a list, like \[a, b\], found "line-3"/);
   assert.match(found.get("commands.allowUnsigned") ?? "", /expected true or false, found "yes"/);
   for (const line of found.values()) assert.doesNotMatch(line, /too small|too big|>=|expected int\b|expected string\b/);

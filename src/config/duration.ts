@@ -1,5 +1,7 @@
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-const PATTERN = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/;
+/** What a duration looks like; also the `pattern` of every duration in the JSON Schema. */
+export const DURATION_PATTERN = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/;
+const PATTERN = DURATION_PATTERN;
 
 /** Parses "500ms", "10s", "1.5m", "2h", "1d" into milliseconds; returns undefined for anything else. */
 export function parseDuration(text: string): number | undefined {

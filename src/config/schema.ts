@@ -1,31 +1,30 @@
 import { z } from "zod";
 import { LOG_LEVELS } from "../core/logger.ts";
 import { BROKER_URL, DEVICE_ID, GROUP_NAME } from "../core/patterns.ts";
-import { parseDuration } from "./duration.ts";
-import { parseSize } from "./size.ts";
+import { DURATION_PATTERN, formatDuration, parseDuration } from "./duration.ts";
+import { parseSize, SIZE_PATTERN } from "./size.ts";
 
 /** A duration string with bounds, kept as text in the config so that it prints back as written. */
 export function duration(def: string, minMs: number, maxMs: number) {
   return z
     .string({ error: 'expected a duration in quotes, like "10s" or "500ms" (a bare number has no unit)' })
-    .refine((s) => parseDuration(s) !== undefined, {
-      message: 'expected a duration like "500ms", "10s", "5m", "1h"',
-    })
+    .regex(DURATION_PATTERN, 'expected a duration like "500ms", "10s", "5m", "1h"')
     .refine(
       (s) => {
         const ms = parseDuration(s);
         return ms === undefined || (ms >= minMs && ms <= maxMs);
       },
-      { message: `expected a duration between ${minMs}ms and ${maxMs}ms` },
+      { message: `expected a duration between ${formatDuration(minMs)} and ${formatDuration(maxMs)}` },
     )
-    .default(def);
+    .default(def)
+    .describe(`a duration: a number and ms, s, m, h or d, from ${formatDuration(minMs)} to ${formatDuration(maxMs)}`);
 }
 
 /** A size string like "64MiB", kept as text. */
 export function size(def: string, minBytes: number, maxBytes: number) {
   return z
     .string({ error: 'expected a size in quotes, like "64MiB" (a bare number has no unit)' })
-    .refine((s) => parseSize(s) !== undefined, { message: 'expected a size like "512KiB", "64MiB", "1GiB"' })
+    .regex(SIZE_PATTERN, 'expected a size like "512KiB", "64MiB", "1GiB"')
     .refine(
       (s) => {
         const bytes = parseSize(s);
@@ -33,7 +32,8 @@ export function size(def: string, minBytes: number, maxBytes: number) {
       },
       { message: `expected a size of at least ${minBytes} bytes and at most ${maxBytes} bytes` },
     )
-    .default(def);
+    .default(def)
+    .describe(`a size: a number and B, KiB, MiB, GiB (or KB, MB, GB), from ${minBytes} to ${maxBytes} bytes`);
 }
 
 /** Lists in the file are short; a cap keeps a corrupt or hostile file from taking the memory. */
@@ -80,7 +80,8 @@ export const kernelHead = {
     .strictObject({
       url: z
         .string()
-        .refine((s) => BROKER_URL.test(s), { message: "expected an mqtt:// or mqtts:// URL" })
+        .regex(BROKER_URL, "expected an mqtt:// or mqtts:// URL")
+        .describe("the broker: mqtt://host[:port] or mqtts://host[:port] (TLS)")
         .default("mqtt://127.0.0.1:1883"),
       protocolVersion: z
         .union([z.literal(5), z.literal(4)], {

@@ -7,7 +7,9 @@ const UNITS: Record<string, number> = {
   MB: 1000 ** 2,
   GB: 1000 ** 3,
 };
-const PATTERN = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB)$/;
+/** What a size looks like; also the `pattern` of every size in the JSON Schema. */
+export const SIZE_PATTERN = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB)$/;
+const PATTERN = SIZE_PATTERN;
 
 /** Parses "512KiB", "64MiB", "1GB" into bytes; returns undefined for anything else. */
 export function parseSize(text: string): number | undefined {

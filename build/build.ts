@@ -3,7 +3,17 @@
 // and are laid into pkg's download cache so that pkg never reaches for nodejs.org.
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { parseArgs } from "node:util";
 import * as esbuild from "esbuild";
@@ -19,8 +29,6 @@ interface Target {
 }
 
 const TARGETS = ["linux-x64", "linux-arm64"];
-// pkg stores the entry's absolute path in the blob: a fixed path keeps builds identical across checkouts.
-const STAGE = "/tmp/outpost-build";
 
 const { values } = parseArgs({
   options: {
@@ -86,9 +94,18 @@ function sha256(path: string): string {
 
 async function main(): Promise<void> {
   const started = performance.now();
-  rmSync(STAGE, { recursive: true, force: true });
-  mkdirSync(STAGE, { recursive: true });
-  const entry = join(STAGE, "outpost.cjs");
+  // A private staging directory per build: two builds on one host never collide. The path stays out of the
+  // binaries (build/patches: pkg names the entry by its base name), so builds are byte-identical all the same.
+  const stage = mkdtempSync(join(tmpdir(), "outpost-build-"));
+  try {
+    await build(stage, started);
+  } finally {
+    rmSync(stage, { recursive: true, force: true });
+  }
+}
+
+async function build(stage: string, started: number): Promise<void> {
+  const entry = join(stage, "outpost.cjs");
   await bundle(entry);
 
   // A private HOME for pkg: its cache lives under the project, not in the user's home.
@@ -116,9 +133,10 @@ async function main(): Promise<void> {
         output,
       ],
       {
-        cwd: STAGE,
+        cwd: stage,
         stdio: ["ignore", "ignore", "inherit"],
-        env: { ...process.env, HOME: home, PKG_CACHE_PATH: join(home, ".pkg-cache") },
+        // PKG_SEA_RELATIVE_MAIN: our patch to pkg (build/patches), which keeps the staging path out of the blob.
+        env: { ...process.env, HOME: home, PKG_CACHE_PATH: join(home, ".pkg-cache"), PKG_SEA_RELATIVE_MAIN: "1" },
       },
     );
     if (!existsSync(output)) throw new Error(`pkg produced no ${output}`);

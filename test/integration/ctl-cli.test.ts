@@ -3,35 +3,14 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { PassThrough } from "node:stream";
 import { after, before, describe, it } from "node:test";
-import { cli } from "../../src/cli/cli.ts";
-import type { Host } from "../../src/cli/host.ts";
 import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
+import { runCli } from "../helpers/cli.ts";
 import { PREFIX } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { type Received, Watch } from "../helpers/mqtt-watch.ts";
 
-async function run(argv: string[], env: Record<string, string> = {}, stopAfterMs?: number) {
-  const stdout = new PassThrough();
-  const stderr = new PassThrough();
-  let out = "";
-  let err = "";
-  stdout.on("data", (c: Buffer) => {
-    out += c.toString();
-  });
-  stderr.on("data", (c: Buffer) => {
-    err += c.toString();
-  });
-  // Ctrl-C after stopAfterMs, for the commands that run until stopped.
-  const stopRequested = new Promise<string>((resolve) => {
-    if (stopAfterMs !== undefined) setTimeout(() => resolve("SIGINT"), stopAfterMs);
-  });
-  const host: Host = { env, hostname: "h", stdout, stderr, stopRequested, onHangup: () => () => {} };
-  const started = performance.now();
-  const code = await cli(argv, host);
-  return { code, out, err, ms: performance.now() - started };
-}
+const run = runCli;
 
 describe("ctl", () => {
   let broker: Mosquitto;

@@ -2,33 +2,10 @@ import assert from "node:assert/strict";
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { PassThrough } from "node:stream";
 import { after, before, describe, it } from "node:test";
-import { cli } from "../../src/cli/cli.ts";
-import type { Host } from "../../src/cli/host.ts";
+import { runCli } from "../helpers/cli.ts";
 
-async function run(argv: string[], env: Record<string, string> = {}) {
-  const stdout = new PassThrough();
-  const stderr = new PassThrough();
-  let out = "";
-  let err = "";
-  stdout.on("data", (c: Buffer) => {
-    out += c.toString();
-  });
-  stderr.on("data", (c: Buffer) => {
-    err += c.toString();
-  });
-  const host: Host = {
-    env,
-    hostname: "test-host",
-    stdout,
-    stderr,
-    stopRequested: new Promise(() => {}),
-    onHangup: () => () => {},
-  };
-  const code = await cli(argv, host);
-  return { code, out, err };
-}
+const run = runCli;
 
 let dir: string;
 before(() => {

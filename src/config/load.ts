@@ -6,11 +6,10 @@ import { OutpostError } from "../core/errors.ts";
 import { readPasswordFile } from "../mqtt/options.ts";
 import { type Config, configSchema } from "../schema.ts";
 import { redact } from "./redact.ts";
-import { SECRET_KEYS } from "./schema.ts";
 
 export { redact };
 
-import { type ConfigProblem, formatProblems } from "./problems.ts";
+import { type ConfigProblem, errorLine, expectation, formatProblems, render } from "./problems.ts";
 
 export { type ConfigProblem, formatProblems };
 
@@ -41,7 +40,6 @@ export interface LoadedConfig {
 }
 
 export const ENV_PREFIX = "OUTPOST_";
-const MAX_FOUND = 80;
 /** A config file is a few KiB; a cap keeps a huge one from freezing the agent before validation can say so. */
 export const MAX_CONFIG_BYTES = 1024 * 1024;
 /** Variables of the project's own tools, not config keys. */
@@ -179,28 +177,6 @@ function parseYaml(text: string, path: string, problems: ConfigProblem[]): Recor
   return value as Record<string, unknown>;
 }
 
-/**
- * Where a YAML error really is. The parser notices an unclosed `[` or `{` only where the collection should have
- * ended (often lines later): point at the bracket that was never closed instead.
- */
-function errorLine(text: string, offset: number, message: string): { line: number; col: number } | undefined {
-  const open = /^Flow sequence/.test(message) ? "[" : /^Flow mapping/.test(message) ? "{" : undefined;
-  if (!open) return undefined;
-  const close = open === "[" ? "]" : "}";
-  let depth = 0;
-  for (let i = Math.min(offset, text.length) - 1; i >= 0; i--) {
-    if (text[i] === close) depth += 1;
-    else if (text[i] === open) {
-      if (depth === 0) {
-        const before = text.slice(0, i);
-        return { line: before.split("\n").length, col: i - before.lastIndexOf("\n") };
-      }
-      depth -= 1;
-    }
-  }
-  return undefined;
-}
-
 type SchemaNode = z.core.$ZodType;
 
 /** Walks the schema through wrappers (default, optional, ...) to the node that holds a value. */
@@ -326,45 +302,6 @@ function describeIssue(
   ];
 }
 
-const TYPE_WORDS: Record<string, string> = {
-  string: "text",
-  number: "a number",
-  int: "a whole number",
-  boolean: "true or false",
-  array: "a list, like [a, b]",
-  object: "a section of keys",
-};
-
-/** What to write instead, for every kind of issue the schema can produce. */
-function expectation(issue: z.core.$ZodIssue): string {
-  const own = issue.message.startsWith("expected") ? issue.message : undefined;
-  switch (issue.code) {
-    case "invalid_type":
-      return own ?? `expected ${TYPE_WORDS[issue.expected] ?? issue.expected}`;
-    case "too_small":
-    case "too_big": {
-      const bound = issue.code === "too_small" ? issue.minimum : issue.maximum;
-      const edge =
-        issue.code === "too_small"
-          ? issue.inclusive
-            ? "at least"
-            : "more than"
-          : issue.inclusive
-            ? "at most"
-            : "less than";
-      if (issue.origin === "array") return own ?? `expected ${edge} ${bound} items`;
-      if (issue.origin === "string") return own ?? `expected ${edge} ${bound} characters`;
-      return own ?? `expected a number of ${edge} ${bound}`;
-    }
-    case "invalid_value":
-      return own ?? `expected one of ${issue.values.map((v) => String(v)).join(", ")}`;
-    default: {
-      const text = issue.message.replace(/^Invalid (input|option):\s*/i, "");
-      return text.startsWith("expected") ? text : `expected ${text.charAt(0).toLowerCase()}${text.slice(1)}`;
-    }
-  }
-}
-
 /** Where a key's value came from: the environment variable or override that set it, or the file. */
 function sourceFor(path: string, sources: Map<string, string>, file: string | undefined): string | undefined {
   // A whole section can be wrong (a misspelt section name): its keys' source is the section's.
@@ -408,15 +345,6 @@ function valueAt(raw: unknown, path: string[]): unknown {
     current = (current as Record<string, unknown>)[seg];
   }
   return current;
-}
-
-/** A value as a problem line shows it: never a whole section, never a secret. */
-function render(value: unknown, path: readonly string[] = []): string {
-  if (value === undefined) return "nothing";
-  if (SECRET_KEYS.has(path.at(-1) ?? "")) return "<redacted>";
-  if (value !== null && typeof value === "object" && !Array.isArray(value)) return "a section";
-  const text = typeof value === "string" || Array.isArray(value) ? JSON.stringify(value) : String(value);
-  return text.length > MAX_FOUND ? `${text.slice(0, MAX_FOUND - 1)}…` : text;
 }
 
 function sanitizeHostname(hostname: string): string {

@@ -1,6 +1,6 @@
 import { createAgent } from "../agent.ts";
 import { durationMs } from "../config/duration.ts";
-import { formatProblems, unknownEnvVars } from "../config/load.ts";
+import { formatProblems } from "../config/load.ts";
 import { stateDirProblem } from "../config/state-dir.ts";
 import { systemClock } from "../core/clock.ts";
 import { OutpostError } from "../core/errors.ts";
@@ -38,13 +38,6 @@ export async function runCommand(host: Host, options: RunOptions): Promise<numbe
     logger.error(
       { problems: formatProblems(settings.overrideProblems) },
       "stored config.set overrides are invalid and ignored",
-    );
-  }
-  const unknown = unknownEnvVars(host.env);
-  if (unknown.length > 0) {
-    logger.warn(
-      { variables: unknown },
-      "OUTPOST_ variables that name no config key are ignored (nesting takes a double underscore: OUTPOST_TELEMETRY__INTERVAL)",
     );
   }
   const agent = createAgent({ settings, logger, setLogLevel: setLevel, clock: systemClock });

@@ -78,8 +78,9 @@ export class ReplayGuard {
   remember(id: string, nonce: string | undefined, expires: number, now: number): void {
     const keys = nonce === undefined ? [`i:${id}`] : [`i:${id}`, `n:${nonce}`];
     for (const key of keys) this.seen.set(key, expires);
+    // One way to retry an unusable store, the same as before a state-changing command is admitted.
+    this.ensureDurable(now);
     const before = this.durable;
-    if (!this.db && now - this.lastOpenAttempt >= REOPEN_MS) this.open(now);
     const db = this.db;
     if (!db || !this.insert) {
       this.notify(before);

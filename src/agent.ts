@@ -1,22 +1,9 @@
-import type { LevelWithSilent } from "pino";
-import type { ConfigStore } from "./config/store.ts";
-import type { Clock } from "./core/clock.ts";
-import type { Logger } from "./core/logger.ts";
-import { Kernel } from "./kernel/kernel.ts";
+import { Kernel, type KernelOptions } from "./kernel/kernel.ts";
 import type { Module } from "./kernel/module.ts";
 import { MODULES } from "./modules.ts";
 
-export interface AgentOptions {
-  settings: ConfigStore;
-  logger: Logger;
-  /** Changes the level of the logger and all its children (log.level, config reload). */
-  setLogLevel?: (level: LevelWithSilent) => void;
-  clock: Clock;
-  clockSynced?: () => boolean;
-  /** The capabilities; `MODULES` unless a test adds its own. */
-  modules?: readonly Module[];
-  trace?: (step: string) => void;
-}
+/** The kernel's options; the modules are `MODULES` unless a test adds its own. */
+export type AgentOptions = Omit<KernelOptions, "modules"> & { modules?: readonly Module[] };
 
 /**
  * The composition root: the kernel (config store, MQTT link, outbox, replay guard, command router) with the

@@ -134,18 +134,22 @@ const RETAINED_WAIT_MS = 1000;
 
 /** Whether a retained message is held on `topic` (it arrives right after the subscription). */
 async function retainedStatus(client: MqttClient, topic: string): Promise<boolean> {
-  let found = false;
-  const seen = (t: string, payload: Buffer) => {
-    if (t === topic && payload.length > 0) found = true;
-  };
+  let seen: (t: string, payload: Buffer) => void = () => {};
+  let timer: NodeJS.Timeout | undefined;
+  const found = new Promise<boolean>((resolve) => {
+    seen = (t, payload) => {
+      if (t === topic && payload.length > 0) resolve(true);
+    };
+    timer = setTimeout(() => resolve(false), RETAINED_WAIT_MS);
+  });
   client.on("message", seen);
   try {
     await client.subscribeAsync(topic, { qos: 1 });
-    const until = Date.now() + RETAINED_WAIT_MS;
-    while (!found && Date.now() < until) await new Promise((resolve) => setTimeout(resolve, 25));
+    const known = await found;
     await client.unsubscribeAsync(topic);
-    return found;
+    return known;
   } finally {
+    clearTimeout(timer);
     client.off("message", seen);
   }
 }

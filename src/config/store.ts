@@ -154,7 +154,8 @@ export class ConfigStore extends EventEmitter<{ change: [next: Snapshot, previou
       return this.refused(err, reason, "warn");
     }
     // Judged on the effective change, so that removing a section (`null`) counts like setting its keys.
-    const trustChanged = diffPaths(this.snapshot.config, loaded.config).filter((p) => under(p, TRUST_KEYS));
+    const changed = diffPaths(this.snapshot.config, loaded.config);
+    const trustChanged = changed.filter((p) => under(p, TRUST_KEYS));
     if (trustChanged.length > 0 && options.trust !== true) {
       const problems = trustChanged.map((path) => ({
         path,
@@ -176,7 +177,7 @@ export class ConfigStore extends EventEmitter<{ change: [next: Snapshot, previou
       };
     }
     this.overrides = next;
-    return this.swap(loaded, reason);
+    return this.swap(loaded, reason, changed);
   }
 
   /**
@@ -225,16 +226,17 @@ export class ConfigStore extends EventEmitter<{ change: [next: Snapshot, previou
     return this.lastOrigins;
   }
 
-  private swap(loaded: LoadedConfig, reason: string): ApplyResult {
+  /** `changed`: the paths that differ from the current snapshot, when the caller has already computed them. */
+  private swap(
+    loaded: LoadedConfig,
+    reason: string,
+    changed = diffPaths(this.snapshot.config, loaded.config),
+  ): ApplyResult {
     const previous = this.snapshot;
-    const changed = diffPaths(previous.config, loaded.config);
     if (changed.length === 0) return { ok: true, snapshot: previous, changed, restartRequired: this.restartRequired() };
     this.snapshot = freeze({ version: previous.version + 1, config: loaded.config, hash: loaded.hash });
-    this.log?.info(
-      { reason, version: this.snapshot.version, changed, restartRequired: this.restartRequired() },
-      "configuration applied",
-    );
     const restartRequired = this.restartRequired();
+    this.log?.info({ reason, version: this.snapshot.version, changed, restartRequired }, "configuration applied");
     this.emit("change", this.snapshot, previous);
     return { ok: true, snapshot: this.snapshot, changed, restartRequired };
   }

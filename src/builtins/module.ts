@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { allows, type Caller, type CommandDefinition, grantsTrust } from "../commands/commands.ts";
+import { allows, type Caller, type CommandDefinition, grantsTrust, type RunContext } from "../commands/commands.ts";
 import { formatProblems } from "../config/problems.ts";
 import { redact } from "../config/redact.ts";
 import type { ConfigStore } from "../config/store.ts";
@@ -17,18 +17,9 @@ export const builtinsModule: Module<undefined> = {
     const define = <S extends z.ZodType>(
       name: string,
       params: S,
-      run: (
-        params: z.output<S>,
-        caller: Caller | undefined,
-        context: Parameters<CommandDefinition["run"]>[1],
-      ) => unknown,
+      run: (params: z.output<S>, context: RunContext) => unknown,
       changesState = true,
-    ): CommandDefinition => ({
-      name,
-      params,
-      changesState,
-      run: (p, context) => run(p as z.output<S>, context.caller, context),
-    });
+    ): CommandDefinition => ({ name, params, changesState, run: (p, context) => run(p as z.output<S>, context) });
     const read = <S extends z.ZodType>(name: string, params: S, run: (params: z.output<S>) => unknown) =>
       define(name, params, run, false);
 
@@ -54,13 +45,13 @@ export const builtinsModule: Module<undefined> = {
           z.strictObject({
             patch: z.record(z.string(), z.unknown(), { message: "expected a JSON merge patch (an object)" }),
           }),
-          (params, caller, context) => configSet(ctx.settings, params.patch, caller, context.id),
+          (params, context) => configSet(ctx.settings, params.patch, context.caller, context.id),
         ),
         define("log.level", z.strictObject({ level: z.enum(LOG_LEVELS) }), (params) => ctx.setLogLevel(params.level)),
         define(
           "restart",
           z.strictObject({ delay: z.number().int().min(0).max(600_000).optional() }).nullish(),
-          (params, _caller, context) => {
+          (params, context) => {
             const delayMs = params?.delay ?? 500;
             ctx.logger.warn({ delayMs }, "restart requested by command");
             // The final reply comes from the next process, once it is up (the restart outcome).

@@ -19,10 +19,12 @@ import { parseArgs } from "node:util";
 import * as esbuild from "esbuild";
 // @ts-expect-error plain JavaScript helper shared with the bootstrap scripts
 import { ensureRuntime, loadTarget, root } from "../scripts/runtime.mjs";
+import { compileSdNotify } from "./native.ts";
 
 interface Target {
   name: string;
   arch: string;
+  cc: string;
   node: { version: string };
   pkgTarget: string;
   strip: string;
@@ -49,7 +51,7 @@ function git(args: string[]): string {
   }
 }
 
-async function bundle(outfile: string): Promise<void> {
+async function bundle(outfile: string, sdNotify: Record<string, string>): Promise<void> {
   const result = await esbuild.build({
     absWorkingDir: root,
     entryPoints: ["src/main.ts"],
@@ -61,7 +63,10 @@ async function bundle(outfile: string): Promise<void> {
     minifySyntax: true,
     legalComments: "none",
     logLevel: "warning",
-    define: { __OUTPOST_COMMIT__: JSON.stringify(git(["rev-parse", "--short=12", "HEAD"])) },
+    define: {
+      __OUTPOST_COMMIT__: JSON.stringify(git(["rev-parse", "--short=12", "HEAD"])),
+      __OUTPOST_SD_NOTIFY__: JSON.stringify(sdNotify),
+    },
     metafile: true,
   });
   const text = readFileSync(outfile, "utf8");
@@ -106,7 +111,14 @@ async function main(): Promise<void> {
 
 async function build(stage: string, started: number): Promise<void> {
   const entry = join(stage, "outpost.cjs");
-  await bundle(entry);
+  // One bundle for every target, so it carries the addon of every arch (about 80 KiB): a binary is the same
+  // whichever targets a build was asked for.
+  const native = compileSdNotify(
+    root,
+    stage,
+    TARGETS.map((name) => loadTarget(name) as Target),
+  );
+  await bundle(entry, native);
 
   // A private HOME for pkg: its cache lives under the project, not in the user's home.
   const home = join(root, ".cache", "pkg-home");

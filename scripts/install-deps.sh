@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that the build and the tests need, if any is missing:
-#   build: binutils (strip) and binutils-aarch64-linux-gnu (strip for arm64), xz-utils
+#   build: binutils (strip) and binutils-aarch64-linux-gnu (strip for arm64), xz-utils, gcc and
+#          gcc-aarch64-linux-gnu with libc6-dev-arm64-cross (the sd_notify addon, build/native)
 #   tests: mosquitto (the broker, mosquitto_passwd), openssl (test CA), qemu-user and the arm64 runtime
 #          libraries (to run the arm64 binary), python3-paho-mqtt and python3-cryptography (an independent
-#          operator that signs commands)
+#          operator that signs commands), systemd (booted in a private namespace by the service tests),
+#          openssh-server (the sshd that scripts/deploy.sh is tested against)
 # As root it runs apt-get; otherwise it prints the command to run and fails.
 set -euo pipefail
 
@@ -13,6 +15,12 @@ declare -A need=(
   [openssl]=/usr/bin/openssl
   [xz-utils]=/usr/bin/xz
   [binutils]=/usr/bin/strip
+  [gcc]=/usr/bin/gcc
+  [gcc-aarch64-linux-gnu]=/usr/bin/aarch64-linux-gnu-gcc
+  [libc6-dev-arm64-cross]=/usr/aarch64-linux-gnu/include/stdio.h
+  [systemd]=/lib/systemd/systemd
+  [openssh-server]=/usr/sbin/sshd
+  [openssh-client]=/usr/bin/ssh
   [binutils-aarch64-linux-gnu]=/usr/bin/aarch64-linux-gnu-strip
   [qemu-user]=/usr/bin/qemu-aarch64
   [libc6-arm64-cross]=/usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1

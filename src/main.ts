@@ -30,6 +30,8 @@ const fromSource = process.argv[1]?.endsWith("main.ts") === true;
 const host: Host = {
   env: process.env,
   invocation: fromSource ? "npm run -s outpost --" : process.execPath,
+  ...(fromSource ? {} : { executable: process.execPath }),
+  uid: process.getuid?.(),
   hostname: hostname(),
   stdout: process.stdout,
   stderr: process.stderr,

@@ -1,8 +1,10 @@
 import { builtinsModule } from "./builtins/module.ts";
+import { serviceModule } from "./service/module.ts";
 import { telemetryModule } from "./telemetry/module.ts";
 
 /**
  * Every capability of the agent, in start order (stopped in reverse). A new capability is a folder with a
  * `Module` and one line here; nothing registers itself, so the bundler sees every import.
  */
-export const MODULES = [builtinsModule, telemetryModule] as const;
+// service is last: it tells systemd READY once the others have started, and STOPPING first when stopping.
+export const MODULES = [builtinsModule, telemetryModule, serviceModule] as const;

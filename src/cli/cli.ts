@@ -19,6 +19,8 @@ Commands:
                              redacted; --sources: one line per key with where its value comes from
   keygen --out PREFIX        ed25519 operator key pair: PREFIX.key (private), PREFIX.pub (for trustedKeys)
   ctl devices|watch|call     the operator side: list devices, watch telemetry, call signed commands
+  install [--config FILE]    as root: service user, release layout, hardened systemd unit; started
+  uninstall [--purge]        remove the service and binaries (--purge: config and state too)
 
 Options:
   --version                  print "outpost <semver> (<commit>) node <version> linux-<arch>"
@@ -123,6 +125,12 @@ async function dispatch(argv: string[], host: Host): Promise<number> {
     case "ctl":
       if (help) return print(CTL_HELP);
       return ctlCommand(host, rest);
+    case "install":
+    case "uninstall": {
+      const { INSTALL_HELP, installCommand } = await import("./install-command.ts");
+      if (help) return print(INSTALL_HELP);
+      return installCommand(host, command, rest);
+    }
     default:
       throw new UsageError(`unknown command ${command}`);
   }

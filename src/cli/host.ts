@@ -8,6 +8,10 @@ export interface Host {
   stopRequested: Promise<string>;
   /** Calls `listener` on each SIGHUP (reload the configuration); returns the way to stop listening. */
   onHangup(listener: () => void): () => void;
+  /** The single executable's own path; undefined when running from source (install copies this file). */
+  executable?: string;
+  /** The effective user id (install refuses without root). */
+  uid?: number;
   /** How a person runs this program again where it was started (the binary's path, or npm from a checkout). */
   invocation?: string;
 }

@@ -40,7 +40,7 @@ export async function runCommand(host: Host, options: RunOptions): Promise<numbe
       "stored config.set overrides are invalid and ignored",
     );
   }
-  const agent = createAgent({ settings, logger, setLogLevel: setLevel, clock: systemClock });
+  const agent = createAgent({ settings, logger, setLogLevel: setLevel, clock: systemClock, env: host.env });
   const watching = new AbortController();
   const unhook = host.onHangup(() => settings.reload("SIGHUP"));
   try {

@@ -61,7 +61,11 @@ const OVERRIDES_FORMAT = 2;
  * `state.dir/config-overrides.json`), then the environment. `reload()` and `patch()` are synchronous from
  * reading to swapping, so two of them (a SIGHUP during a `config.set`) can never interleave.
  */
-export class ConfigStore extends EventEmitter<{ change: [next: Snapshot, previous: Snapshot] }> {
+/** `change` after a new snapshot is in; `reload` around a reload of the file ("start", then "end"). */
+export class ConfigStore extends EventEmitter<{
+  change: [next: Snapshot, previous: Snapshot];
+  reload: [phase: "start" | "end"];
+}> {
   /** The configuration the process started with: what restart-only keys are still using. */
   readonly booted: Snapshot;
   /** Set when the stored overrides no longer validate: they are ignored until fixed or replaced. */
@@ -124,13 +128,18 @@ export class ConfigStore extends EventEmitter<{ change: [next: Snapshot, previou
 
   /** Reads the file, overrides and environment again; keeps the current snapshot if anything is invalid. */
   reload(reason: string): ApplyResult {
-    let loaded: LoadedConfig;
+    this.emit("reload", "start");
     try {
-      loaded = this.load(this.overrides);
-    } catch (err) {
-      return this.refused(err, reason);
+      let loaded: LoadedConfig;
+      try {
+        loaded = this.load(this.overrides);
+      } catch (err) {
+        return this.refused(err, reason);
+      }
+      return this.swap(loaded, reason);
+    } finally {
+      this.emit("reload", "end");
     }
-    return this.swap(loaded, reason);
   }
 
   /** Applies a JSON merge patch from `config.set`; stores it only when the whole result is valid and allowed. */

@@ -47,6 +47,8 @@ export const CODES = {
   OUTBOX_STORAGE: { wire: false, meaning: "the outbox database cannot be opened or written" },
   OUTBOX_INVARIANT: { wire: false, meaning: "a new outbox row would not be above its class's acknowledged mark" },
   SHUTDOWN_DEADLINE: { wire: false, meaning: "the drain took longer than shutdown.deadline" },
+  INSTALL_REFUSED: { wire: false, meaning: "install/uninstall: not root, or not a systemd host" },
+  INSTALL_WRONG_ARCH: { wire: false, meaning: "install: the binary is for another architecture than the machine" },
 } as const satisfies Record<string, { wire: boolean; meaning: string }>;
 
 export type Code = keyof typeof CODES;

@@ -2,7 +2,7 @@ import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeFil
 import { dirname } from "node:path";
 
 /** Writes a file so that a crash leaves the old content or the new, never a mix: temp file, fsync, rename. */
-export function writeFileAtomically(path: string, text: string, mode = 0o600): void {
+export function writeFileAtomically(path: string, text: string | Uint8Array, mode = 0o600): void {
   mkdirSync(dirname(path), { recursive: true });
   const tmp = `${path}.tmp`;
   // Created afresh, so that it gets `mode` (an existing file keeps its own).

@@ -33,6 +33,8 @@ export interface KernelOptions {
   clock: Clock;
   clockSynced?: () => boolean;
   modules: readonly Module[];
+  /** The process environment (main.ts reads it; modules get it from their context). */
+  env?: Readonly<Record<string, string | undefined>>;
   /** Told each step of start and stop as it happens, in order (tests assert the order). */
   trace?: (step: string) => void;
 }
@@ -243,6 +245,12 @@ export class Kernel {
       collectors: () => [...this.kernelCollectors, ...this.modules.flatMap((m) => m.parts.collectors ?? [])],
       describe: () => this.describe(),
       restart: (delayMs, reply) => this.restart(delayMs, reply),
+      env: this.o.env ?? {},
+      vitals: () => ({
+        alive: this.health.alive(),
+        connected: this.link.connected,
+        queued: this.outbox.stats().queued,
+      }),
       setLogLevel: (level) => {
         const previous = logger.level;
         this.o.setLogLevel?.(level);

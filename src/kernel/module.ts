@@ -9,7 +9,7 @@ import type { Logger } from "../core/logger.ts";
 import type { DeviceTopics } from "../mqtt/topics.ts";
 import type { Envelope, OutboxMessage } from "../outbox/outbox.ts";
 import type { Config } from "../schema.ts";
-import type { Heartbeat } from "./health.ts";
+import type { HealthReport, Heartbeat } from "./health.ts";
 import type { RetainedState } from "./retained.ts";
 
 /** One named source of telemetry. It may fail or hang; the telemetry loop contains both. */
@@ -61,6 +61,19 @@ export interface ModuleContext {
   restart(delayMs: number, reply?: PendingReply): void;
   /** Changes the level of every logger. */
   setLogLevel(level: LevelWithSilent): { previous: string; level: string };
+  /** The process environment as main.ts handed it over (modules never read `process.env`). */
+  env: Readonly<Record<string, string | undefined>>;
+  /** The kernel's pulse, cheap enough for every watchdog ping. */
+  vitals(): Vitals;
+}
+
+export interface Vitals {
+  /** The event loop turns and no loop is wedged: what a watchdog should be told. */
+  alive: HealthReport;
+  /** Connected to the broker, subscriptions and birth message done. */
+  connected: boolean;
+  /** Messages waiting in the outbox. */
+  queued: number;
 }
 
 /** What a module contributes; every part is optional. */

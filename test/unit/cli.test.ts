@@ -155,6 +155,7 @@ describe("command line", () => {
       "device",
       "mqtt",
       "telemetry",
+      "service",
       "outbox",
       "state",
       "log",

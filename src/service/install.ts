@@ -1,0 +1,251 @@
+import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import {
+  chmodSync,
+  closeSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readlinkSync,
+  readSync,
+  renameSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+} from "node:fs";
+import { dirname, join } from "node:path";
+import { OutpostError } from "../core/errors.ts";
+import { writeFileAtomically } from "../core/files.ts";
+import { LAYOUT, sysusersText, tmpfilesText, type UnitOptions, unitText } from "./unit.ts";
+
+/** One thing install wants on disk, at a path inside the target root. */
+type Entry =
+  | { kind: "dir"; path: string; mode: number }
+  | { kind: "file"; path: string; mode: number; content: Buffer | string; keep?: boolean }
+  | { kind: "link"; path: string; target: string };
+
+export interface InstallOptions {
+  /** The target tree: "/" for the machine itself, else a directory (tests, image builders). */
+  root: string;
+  /** The binary to install (the running executable). */
+  binary: string;
+  version: string;
+  /** A config file to install as /etc/outpost/config.yaml (already validated). Absent: keep, or the example. */
+  config?: string;
+  unit: UnitOptions;
+}
+
+export interface Change {
+  path: string;
+  action: "created" | "updated" | "unchanged" | "removed" | "replaced";
+  note?: string;
+}
+
+const ELF_MACHINE: Record<number, string> = { 62: "x86_64", 183: "aarch64" };
+
+/** The ELF machine of a file ("x86_64", "aarch64", or the number), or undefined when it is not ELF. */
+export function elfMachine(path: string): string | undefined {
+  const head = Buffer.alloc(20);
+  const fd = openSync(path, "r");
+  try {
+    readSync(fd, head, 0, 20, 0);
+  } finally {
+    closeSync(fd);
+  }
+  if (head.readUInt32BE(0) !== 0x7f454c46) return undefined;
+  const machine = head.readUInt16LE(18);
+  return ELF_MACHINE[machine] ?? `machine ${machine}`;
+}
+
+/** `<version>-<first 12 hex of sha256>`: two builds of one version never share a directory. */
+export function releaseName(binary: string, version: string): string {
+  const sha = createHash("sha256").update(readFileSync(binary)).digest("hex");
+  return `${version}-${sha.slice(0, 12)}`;
+}
+
+/** Refuses a binary built for another architecture than the target's own programs (/bin/sh). */
+export function checkArchitecture(root: string, binary: string): void {
+  const ours = elfMachine(binary);
+  let theirs: string | undefined;
+  try {
+    theirs = elfMachine(join(root, "bin/sh"));
+  } catch {
+    return; // an empty tree (tests, a fresh image): nothing to compare with
+  }
+  if (ours !== undefined && theirs !== undefined && ours !== theirs) {
+    throw new OutpostError(
+      "INSTALL_WRONG_ARCH",
+      `this binary is for ${ours} but ${root === "/" ? "this machine" : root} runs ${theirs}: copy outpost-linux-${theirs === "aarch64" ? "arm64" : "x64"} instead`,
+    );
+  }
+}
+
+/** Everything install wants, in the order it is written (a release before the links that name it). */
+export function installPlan(o: InstallOptions, exampleConfig: string, tmpfilesExtra: readonly string[]): Entry[] {
+  const release = releaseName(o.binary, o.version);
+  const releaseDir = `${LAYOUT.releases}/${release}`;
+  const current = `releases/${release}`;
+  let before: string | undefined;
+  try {
+    before = readlinkSync(join(o.root, LAYOUT.current));
+  } catch {
+    before = undefined;
+  }
+  // The release being replaced stays one step back, for a manual or automatic return to it.
+  const previous: Entry[] =
+    before !== undefined && before !== current ? [{ kind: "link", path: LAYOUT.previous, target: before }] : [];
+  return [
+    { kind: "dir", path: LAYOUT.opt, mode: 0o755 },
+    { kind: "dir", path: LAYOUT.releases, mode: 0o755 },
+    { kind: "dir", path: releaseDir, mode: 0o755 },
+    { kind: "file", path: `${releaseDir}/outpost`, mode: 0o755, content: readFileSync(o.binary) },
+    ...previous,
+    { kind: "link", path: LAYOUT.current, target: current },
+    { kind: "link", path: LAYOUT.bin, target: `${LAYOUT.current}/outpost` },
+    { kind: "dir", path: LAYOUT.etc, mode: 0o750 },
+    o.config === undefined
+      ? { kind: "file", path: LAYOUT.config, mode: 0o640, content: exampleConfig, keep: true }
+      : { kind: "file", path: LAYOUT.config, mode: 0o640, content: readFileSync(o.config) },
+    { kind: "dir", path: LAYOUT.state, mode: 0o750 },
+    { kind: "file", path: LAYOUT.sysusers, mode: 0o644, content: sysusersText() },
+    { kind: "file", path: LAYOUT.tmpfiles, mode: 0o644, content: tmpfilesText(tmpfilesExtra) },
+    { kind: "file", path: LAYOUT.unit, mode: 0o644, content: unitText(o.unit) },
+    { kind: "link", path: LAYOUT.wants, target: LAYOUT.unit },
+  ];
+}
+
+/**
+ * tmpfiles lines that let the service user read the files the config names: each one others cannot read
+ * gets group outpost and group read. Returns the lines and what to tell the operator.
+ */
+export function secretAccess(root: string, paths: readonly string[]): { lines: string[]; notes: string[] } {
+  const lines: string[] = [];
+  const notes: string[] = [];
+  const gid = groupId(root, LAYOUT.user);
+  for (const path of paths) {
+    let st: { mode: number; gid: number };
+    try {
+      st = statSync(join(root, path));
+    } catch {
+      notes.push(`${path}: named by the config but missing`);
+      continue;
+    }
+    const mode = st.mode & 0o7777;
+    if ((mode & 0o004) !== 0) continue;
+    // The line stays once the access is given, so that a second install finds the same tmpfiles.d file.
+    const wanted = mode | 0o040;
+    lines.push(`z ${path} ${wanted.toString(8).padStart(4, "0")} - ${LAYOUT.user} -`);
+    if (st.gid === gid && (mode & 0o040) !== 0) continue;
+    notes.push(`${path}: group set to ${LAYOUT.user}, mode ${wanted.toString(8)} (the service user reads it)`);
+  }
+  return { lines, notes };
+}
+
+/** A group's id from the tree's own /etc/group (not this machine's, under --root). */
+function groupId(root: string, name: string): number | undefined {
+  try {
+    const line = readFileSync(join(root, "etc/group"), "utf8")
+      .split("\n")
+      .find((l) => l.startsWith(`${name}:`));
+    const gid = Number(line?.split(":")[2]);
+    return Number.isInteger(gid) ? gid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Writes what differs, leaves the rest untouched; a second run reports every path unchanged. */
+export function apply(root: string, plan: readonly Entry[]): Change[] {
+  const changes: Change[] = [];
+  for (const entry of plan) {
+    const path = join(root, entry.path);
+    const existing = lstatOrUndefined(path);
+    if (entry.kind === "dir") {
+      if (existing?.isDirectory()) {
+        if ((existing.mode & 0o7777) === entry.mode) changes.push({ path: entry.path, action: "unchanged" });
+        else {
+          chmodSync(path, entry.mode);
+          changes.push({ path: entry.path, action: "updated", note: `mode ${entry.mode.toString(8)}` });
+        }
+        continue;
+      }
+      if (existing) rmSync(path, { recursive: true, force: true });
+      // Parents the plan does not name (/var/lib in an empty tree) get the usual 0755, not the entry's mode.
+      mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
+      mkdirSync(path, { mode: entry.mode });
+      chmodSync(path, entry.mode);
+      changes.push({ path: entry.path, action: existing ? "replaced" : "created" });
+      continue;
+    }
+    if (entry.kind === "link") {
+      if (existing?.isSymbolicLink() && readlinkSync(path) === entry.target) {
+        changes.push({ path: entry.path, action: "unchanged" });
+        continue;
+      }
+      // A new link beside the old path, renamed over it: there is never a moment without one.
+      mkdirSync(dirname(path), { recursive: true });
+      const tmp = `${path}.new`;
+      rmSync(tmp, { force: true });
+      symlinkSync(entry.target, tmp);
+      const note = existing && !existing.isSymbolicLink() ? "a plain file was here" : undefined;
+      if (existing?.isDirectory()) rmSync(path, { recursive: true, force: true });
+      renameSync(tmp, path);
+      changes.push({ path: entry.path, action: existing ? "replaced" : "created", ...(note ? { note } : {}) });
+      continue;
+    }
+    const content = typeof entry.content === "string" ? Buffer.from(entry.content) : entry.content;
+    if (existing?.isFile()) {
+      const same = existing.size === content.length && readFileSync(path).equals(content);
+      if (same || entry.keep) {
+        if ((existing.mode & 0o7777) !== entry.mode && !entry.keep) {
+          chmodSync(path, entry.mode);
+          changes.push({ path: entry.path, action: "updated", note: `mode ${entry.mode.toString(8)}` });
+        } else
+          changes.push({ path: entry.path, action: "unchanged", ...(entry.keep && !same ? { note: "kept" } : {}) });
+        continue;
+      }
+    }
+    if (existing && !existing.isFile()) rmSync(path, { recursive: true, force: true });
+    writeFileAtomically(path, content, entry.mode);
+    changes.push({ path: entry.path, action: existing ? "updated" : "created" });
+  }
+  return changes;
+}
+
+/** What uninstall removes; `purge` adds config and state. */
+export function uninstallPaths(purge: boolean): string[] {
+  const paths: string[] = [LAYOUT.wants, LAYOUT.unit, LAYOUT.bin, LAYOUT.opt, LAYOUT.sysusers, LAYOUT.tmpfiles];
+  if (purge) paths.push(LAYOUT.etc, LAYOUT.state);
+  return paths;
+}
+
+export function remove(root: string, paths: readonly string[]): Change[] {
+  const changes: Change[] = [];
+  for (const p of paths) {
+    const path = join(root, p);
+    const existing = lstatOrUndefined(path);
+    if (!existing) continue;
+    // /usr/local/bin/outpost is ours only as the link install made; a file someone put there stays.
+    if (p === LAYOUT.bin && !existing.isSymbolicLink()) {
+      changes.push({ path: p, action: "unchanged", note: "not a link made by install: left alone" });
+      continue;
+    }
+    rmSync(path, { recursive: true, force: true });
+    changes.push({ path: p, action: "removed" });
+  }
+  return changes;
+}
+
+/** Runs a systemd tool on the machine itself (never with --root); its output goes to the operator. */
+export function systemTool(command: string, args: readonly string[]): void {
+  execFileSync(command, args, { stdio: ["ignore", "inherit", "inherit"] });
+}
+
+function lstatOrUndefined(path: string) {
+  try {
+    return lstatSync(path);
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,144 @@
+import { z } from "zod";
+import { durationMs } from "../config/duration.ts";
+import { sleep } from "../core/clock.ts";
+import type { Module, ModuleContext } from "../kernel/module.ts";
+import { serviceSection } from "./config.ts";
+import { Notifier } from "./sd-notify.ts";
+
+/** STATUS= is refreshed this often even without a watchdog. */
+const STATUS_EVERY_MS = 10_000;
+/** How often the wait for READY looks at the link. */
+const READY_POLL_MS = 100;
+
+/**
+ * systemd integration (Type=notify): READY=1 once connected or after `service.readyTimeout`, a STATUS= line
+ * for `systemctl status`, RELOADING=1/READY=1 around a reload, STOPPING=1 when the stop begins, and
+ * WATCHDOG=1 every WatchdogSec/2 only while the kernel says the agent is alive (event loop turning, no loop
+ * wedged). Outside systemd (no NOTIFY_SOCKET) it does nothing.
+ */
+export const serviceModule: Module<typeof serviceSection> = {
+  name: "service",
+  config: serviceSection,
+  create(ctx) {
+    const notifier = new Notifier(ctx.env.NOTIFY_SOCKET, { stateDir: ctx.config().state.dir, logger: ctx.logger });
+    const watchdogMs = watchdogInterval(ctx.env);
+    let ready = false;
+    let stopping = false;
+    let lastStatus = "";
+    const status = () => {
+      const text = statusLine(ctx);
+      if (text !== lastStatus) {
+        lastStatus = text;
+        notifier.send({ STATUS: text });
+      }
+    };
+    ctx.settings.on("reload", (phase) => {
+      if (!ready || stopping) return;
+      if (phase === "start") {
+        notifier.send({ RELOADING: "1", MONOTONIC_USEC: monotonicUsec() });
+        return;
+      }
+      lastStatus = statusLine(ctx);
+      notifier.send({ READY: "1", STATUS: lastStatus });
+    });
+
+    let wedgedLogged = false;
+    const run = async (signal: AbortSignal) => {
+      const deadline = ctx.clock.mono() + durationMs(ctx.config().service.readyTimeout);
+      while (!signal.aborted && !ctx.vitals().connected && ctx.clock.mono() < deadline) {
+        await sleep(READY_POLL_MS, signal);
+      }
+      if (signal.aborted) return;
+      ready = true;
+      lastStatus = statusLine(ctx);
+      notifier.send({ READY: "1", STATUS: lastStatus, MAINPID: String(process.pid) });
+      ctx.logger.info({ mechanism: notifier.mechanism, watchdogMs: watchdogMs ?? null }, "systemd told ready");
+      while (!signal.aborted) {
+        const { alive } = ctx.vitals();
+        if (watchdogMs !== undefined) {
+          if (alive.ok) {
+            notifier.send({ WATCHDOG: "1" });
+            wedgedLogged = false;
+          } else if (!wedgedLogged) {
+            // No ping: systemd ends the process after WatchdogSec and Restart= starts it again.
+            wedgedLogged = true;
+            ctx.logger.error({ reasons: alive.reasons }, "not alive: watchdog pings withheld");
+          }
+        }
+        status();
+        await sleep(watchdogMs === undefined ? STATUS_EVERY_MS : Math.min(watchdogMs, STATUS_EVERY_MS), signal);
+      }
+    };
+
+    const controller = new AbortController();
+    const commands = ctx.config().service.debugCommands
+      ? [
+          {
+            name: "debug.block",
+            params: z.strictObject({ ms: z.number().int().min(1).max(600_000) }),
+            changesState: false,
+            // Blocks the event loop itself (not a timer): what a wedged native call or a busy loop would do.
+            run: (params: unknown) => {
+              const { ms } = params as { ms: number };
+              Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+              return { blockedMs: ms };
+            },
+          },
+        ]
+      : [];
+    return {
+      components: notifier.enabled
+        ? [
+            {
+              name: "service.notify",
+              start: async (signal) => {
+                signal.addEventListener("abort", () => controller.abort(), { once: true });
+                void run(controller.signal).catch((err: unknown) => ctx.logger.error({ err }, "sd_notify loop failed"));
+              },
+              stop: async () => controller.abort(),
+            },
+          ]
+        : [],
+      commands,
+      describe: () => ({ systemd: notifier.mechanism, watchdogMs: watchdogMs ?? null, ready }),
+      quiesce: () => {
+        if (stopping) return;
+        stopping = true;
+        notifier.send({ STOPPING: "1", STATUS: "stopping: draining the outbox" });
+      },
+    };
+  },
+};
+
+/** Half of WatchdogSec, when the watchdog is on and meant for this process. */
+export function watchdogInterval(env: Readonly<Record<string, string | undefined>>): number | undefined {
+  const usec = Number(env.WATCHDOG_USEC);
+  if (!Number.isFinite(usec) || usec <= 0) return undefined;
+  if (env.WATCHDOG_PID !== undefined && Number(env.WATCHDOG_PID) !== process.pid) return undefined;
+  return Math.max(100, Math.floor(usec / 2000));
+}
+
+function statusLine(ctx: ModuleContext): string {
+  const { connected, queued, alive } = ctx.vitals();
+  const telemetry = (ctx.describe().modules as Record<string, { samples?: number }> | undefined)?.telemetry;
+  const parts = [
+    connected ? `connected to ${brokerHost(ctx.config().mqtt.url)}` : "offline: broker not reachable, messages kept",
+    `outbox ${queued} queued`,
+  ];
+  if (telemetry?.samples !== undefined) parts.push(`${telemetry.samples} telemetry samples`);
+  if (!alive.ok) parts.push(`NOT ALIVE: ${alive.reasons.join("; ")}`);
+  return parts.join(", ");
+}
+
+/** host:port only: a URL may carry credentials, and STATUS is world-readable. */
+function brokerHost(url: string): string {
+  try {
+    return new URL(url).host;
+  } catch {
+    return "the broker";
+  }
+}
+
+function monotonicUsec(): string {
+  return String(process.hrtime.bigint() / 1000n);
+}

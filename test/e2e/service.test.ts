@@ -1,0 +1,249 @@
+// Issue 12: the built binary installed as a systemd service, under a real systemd (PID 1 of a private
+// namespace, test/helpers/systemd.ts), one boot for the whole file.
+import assert from "node:assert/strict";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { ROOT } from "../helpers/agent-process.ts";
+import { operatorKey } from "../helpers/commands.ts";
+import { Mosquitto } from "../helpers/mosquitto.ts";
+import { type Received, Watch } from "../helpers/mqtt-watch.ts";
+import { Operator, PREFIX } from "../helpers/operator.ts";
+import { makePki } from "../helpers/pki.ts";
+import { freePort } from "../helpers/ports.ts";
+import { Systemd, TEST_HOSTS } from "../helpers/systemd.ts";
+
+const BIN = join(ROOT, "dist", "outpost-linux-x64");
+const DEVICE = "dev-systemd";
+const WATCHDOG_SEC = 4;
+
+const status = (state: string, session?: string) => (m: Received) =>
+  m.topic === `${PREFIX}/${DEVICE}/status` &&
+  m.json.state === state &&
+  (session === undefined || m.json.session === session);
+
+describe("the agent as a systemd service (real systemd, built x64 binary)", () => {
+  let sd: Systemd;
+  let broker: Mosquitto;
+  let watch: Watch;
+  let operator: Operator;
+  // Visible from inside the namespace, which has its own /tmp.
+  let dir: string;
+  let config: Record<string, unknown>;
+  let session: string;
+
+  before(async () => {
+    assert.ok(existsSync(BIN), `${BIN} is missing: run npm run build first`);
+    mkdirSync(join(ROOT, ".cache"), { recursive: true });
+    dir = mkdtempSync(join(ROOT, ".cache", "service-test-"));
+    makePki(dir, { names: TEST_HOSTS });
+    const tlsPort = await freePort();
+    broker = await Mosquitto.start({
+      listener: (port) => [
+        `listener ${port} 127.0.0.1`,
+        "allow_anonymous true",
+        `listener ${tlsPort} 127.0.0.1`,
+        `certfile ${join(dir, "server.pem")}`,
+        `keyfile ${join(dir, "server.key")}`,
+      ],
+    });
+    watch = await Watch.open(broker.port, [`${PREFIX}/${DEVICE}/#`]);
+    const key = operatorKey();
+    operator = await Operator.open(broker.port, key);
+    // The broker by host name over TLS, its CA in /etc/outpost readable by root only until install says so.
+    config = {
+      device: { id: DEVICE },
+      mqtt: { url: `mqtts://${TEST_HOSTS[0]}:${tlsPort}`, ca: "/etc/outpost/ca.pem", reconnectMax: "1s" },
+      telemetry: { interval: "1s" },
+      commands: { trustedKeys: [{ name: "ops", key: key.publicText, allow: ["*"] }] },
+      service: { debugCommands: true },
+    };
+    writeFileSync(join(dir, "config.json"), JSON.stringify(config));
+    sd = await Systemd.boot();
+    const ca = await sd.sh(`install -D -m 0600 -o root -g root ${join(dir, "ca.pem")} /etc/outpost/ca.pem`);
+    assert.equal(ca.code, 0, ca.stderr);
+  });
+
+  after(async () => {
+    await sd?.shutdown();
+    await operator?.close();
+    await watch?.close();
+    await broker?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("upgrades a device set up by hand (README's old unit, running as root) to the installed service", async () => {
+    // The old way: a plain binary in /usr/local/bin, the unit from the README, state made by root.
+    const oldUnit = [
+      "[Unit]",
+      "Description=Outpost edge agent",
+      "[Service]",
+      "ExecStart=/usr/local/bin/outpost run --config /etc/outpost/config.yaml",
+      "ExecReload=/bin/kill -HUP $MAINPID",
+      "Environment=NODE_OPTIONS=",
+      "Restart=on-failure",
+      "RestartPreventExitStatus=78",
+      "[Install]",
+      "WantedBy=multi-user.target",
+    ].join("\\n");
+    const setup = await sd.sh(
+      [
+        `install -m 0755 ${BIN} /usr/local/bin/outpost`,
+        `install -m 0644 ${join(dir, "config.json")} /etc/outpost/config.yaml`,
+        `printf '${oldUnit}\\n' > /etc/systemd/system/outpost.service`,
+        "systemctl daemon-reload",
+        "systemctl start outpost",
+      ].join(" && "),
+    );
+    assert.equal(setup.code, 0, setup.stderr);
+    const old = await watch.waitFor(status("online"), 20_000, "online under the old unit");
+    assert.equal(await sd.show("outpost", "User"), "");
+    await watch.waitFor(
+      (m) => m.topic.endsWith("/telemetry") && m.json.session === old.json.session,
+      10_000,
+      "telemetry",
+    );
+    const rootOwned = await sd.sh("stat -c '%U' /var/lib/outpost/outbox.db");
+    assert.equal(rootOwned.stdout.trim(), "root");
+
+    const args = [BIN, "install", "--config", join(dir, "config.json"), "--watchdog-sec", String(WATCHDOG_SEC)];
+    const run = await sd.exec(args, 120_000);
+    assert.equal(run.code, 0, run.stderr + (await sd.journal("outpost")));
+    assert.match(run.stdout, /^replaced +\/usr\/local\/bin\/outpost +\(a plain file was here\)$/m);
+    assert.match(run.stdout, /^note +\/etc\/outpost\/ca\.pem: group set to outpost, mode 640/m);
+    // Restarted into the new unit, as the service user, on the state the old one left.
+    const next = await watch.waitFor(
+      (m) => status("online")(m) && m.json.session !== old.json.session,
+      20_000,
+      "online under the installed unit",
+    );
+    assert.equal(await sd.show("outpost", "User"), "outpost");
+    const facts = await sd.sh(
+      "stat -c '%U:%G %a' /etc/outpost/ca.pem /etc/outpost/config.yaml /var/lib/outpost /var/lib/outpost/outbox.db && readlink /usr/local/bin/outpost && systemctl is-enabled outpost",
+    );
+    assert.deepEqual(facts.stdout.trim().split("\n"), [
+      "root:outpost 640",
+      "root:outpost 640",
+      "outpost:outpost 750",
+      "outpost:outpost 644",
+      "/opt/outpost/current/outpost",
+      "enabled",
+    ]);
+    const verify = await sd.exec(["systemd-analyze", "verify", "/etc/systemd/system/outpost.service"]);
+    assert.equal(verify.code, 0, verify.stderr);
+    assert.equal(verify.stderr.trim(), "");
+    // A second install changes nothing, and leaves the running agent alone.
+    const again = await sd.exec(args, 60_000);
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(again.stdout, "nothing to change\n");
+    const same = await operator.final(DEVICE, "describe");
+    assert.equal((same.result as { session: string }).session, next.json.session);
+    assert.equal((await sd.exec(["systemctl", "stop", "outpost"], 60_000)).code, 0);
+  });
+
+  it("systemctl start returns only after READY: the agent is online by then, and STATUS says so", async () => {
+    const started = await sd.exec(["systemctl", "start", "outpost"], 120_000);
+    assert.equal(started.code, 0, started.stderr + (await sd.journal("outpost")));
+    // READY goes out in one datagram with the first STATUS, once connected: "connected" proves the wait.
+    assert.equal(await sd.show("outpost", "ActiveState"), "active");
+    assert.match(
+      await sd.show("outpost", "StatusText"),
+      new RegExp(`^connected to ${TEST_HOSTS[0]}:\\d+, outbox \\d+ queued`),
+    );
+    assert.equal(await sd.show("outpost", "User"), "outpost");
+    session = ((await operator.final(DEVICE, "describe")).result as { session: string }).session;
+    await watch.waitFor(status("online", session), 5000, "online status");
+  });
+
+  it("under the hardening: telemetry flows over TLS, signed commands run, sd_notify goes through the addon", async () => {
+    await watch.waitFor((m) => m.topic.endsWith("/telemetry") && m.json.session === session, 10_000, "telemetry");
+    const reply = await operator.final(DEVICE, "describe");
+    assert.equal(reply.state, "succeeded", JSON.stringify(reply));
+    const described = reply.result as { modules: { service: { systemd: string; watchdogMs: number } } };
+    assert.equal(described.modules.service.systemd, "addon");
+    assert.equal(described.modules.service.watchdogMs, (WATCHDOG_SEC * 1000) / 2);
+    // The outbox and replay records live in the one writable place.
+    const files = await sd.sh("ls /var/lib/outpost");
+    assert.match(files.stdout, /outbox/);
+  });
+
+  it("systemctl reload applies a changed config file without a restart", async () => {
+    const interval = async () =>
+      ((await operator.final(DEVICE, "config.get", { path: "telemetry.interval" })).result as { value: unknown }).value;
+    assert.equal(await interval(), "1s");
+    writeFileSync(join(dir, "config.json"), JSON.stringify({ ...config, telemetry: { interval: "2s" } }));
+    const copy = await sd.sh(`install -m 0640 -g outpost ${join(dir, "config.json")} /etc/outpost/config.yaml`);
+    assert.equal(copy.code, 0, copy.stderr);
+    const reloaded = await sd.exec(["systemctl", "reload", "outpost"]);
+    assert.equal(reloaded.code, 0, reloaded.stderr);
+    assert.equal(await interval(), "2s");
+    assert.equal(await sd.show("outpost", "ActiveState"), "active");
+    assert.equal(await sd.show("outpost", "NRestarts"), "0");
+    const same = await operator.final(DEVICE, "describe");
+    assert.equal((same.result as { session: string }).session, session, "reload must not restart the agent");
+  });
+
+  it("a wedged event loop is killed by the watchdog and the service is started again", async () => {
+    const mainPid = await sd.show("outpost", "MainPID");
+    // The reply never comes: the loop is blocked for longer than WatchdogSec.
+    void operator.call(DEVICE, "debug.block", { ms: 600_000 }, { timeoutMs: 2000 }).catch(() => {});
+    const next = await watch.waitForNext(
+      (m) => status("online")(m) && m.json.session !== session,
+      WATCHDOG_SEC * 1000 + 30_000,
+      "online again after the watchdog",
+    );
+    assert.notEqual(await sd.show("outpost", "MainPID"), mainPid);
+    assert.equal(await sd.show("outpost", "NRestarts"), "1");
+    const journal = await sd.sh("journalctl --no-pager -o cat -u outpost | grep -i watchdog");
+    assert.match(journal.stdout, /[Ww]atchdog timeout/);
+    session = next.json.session as string;
+  });
+
+  it("systemctl stop publishes offline", async () => {
+    const stopped = await sd.exec(["systemctl", "stop", "outpost"], 60_000);
+    assert.equal(stopped.code, 0, stopped.stderr);
+    await watch.waitFor(status("offline", session), 5000, "offline status");
+    assert.equal(await sd.show("outpost", "ActiveState"), "inactive");
+  });
+
+  it("with the broker unreachable, READY comes after service.readyTimeout and the agent works offline", async () => {
+    const dead = await freePort();
+    const offline = { ...config, mqtt: { url: `mqtt://127.0.0.1:${dead}` }, service: { readyTimeout: "2s" } };
+    writeFileSync(join(dir, "offline.json"), JSON.stringify(offline));
+    const copy = await sd.sh(`install -m 0640 -g outpost ${join(dir, "offline.json")} /etc/outpost/config.yaml`);
+    assert.equal(copy.code, 0, copy.stderr);
+    const t0 = performance.now();
+    const started = await sd.exec(["systemctl", "start", "outpost"], 60_000);
+    const ms = performance.now() - t0;
+    assert.equal(started.code, 0, started.stderr);
+    assert.ok(ms >= 2000, `start returned after ${Math.round(ms)} ms, before the ready timeout`);
+    assert.match(
+      await sd.show("outpost", "StatusText"),
+      /^offline: broker not reachable, messages kept, outbox \d+ queued/,
+    );
+    assert.equal((await sd.exec(["systemctl", "stop", "outpost"], 60_000)).code, 0);
+  });
+
+  it("exit 78 (invalid configuration) is not restarted", async () => {
+    const bad = await sd.sh(`echo 'telemetry: { interval: fast }' > /etc/outpost/config.yaml`);
+    assert.equal(bad.code, 0, bad.stderr);
+    const started = await sd.exec(["systemctl", "start", "outpost"], 60_000);
+    assert.notEqual(started.code, 0);
+    assert.equal(await sd.show("outpost", "ExecMainStatus"), "78");
+    // Not "auto-restart": systemd gave up at once, as RestartPreventExitStatus=78 says.
+    assert.equal(await sd.show("outpost", "SubState"), "failed");
+    assert.match(await sd.journal("outpost"), /telemetry\.interval/);
+  });
+
+  it("uninstall --purge removes the unit, the binaries, the config and the state", async () => {
+    const run = await sd.exec([BIN, "uninstall", "--purge"]);
+    assert.equal(run.code, 0, run.stderr);
+    const left = await sd.sh(
+      "ls -d /etc/systemd/system/outpost.service /opt/outpost /usr/local/bin/outpost /etc/outpost /var/lib/outpost 2>/dev/null | wc -l",
+    );
+    assert.equal(left.stdout.trim(), "0");
+    const again = await sd.exec([BIN, "uninstall", "--purge"]);
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(again.stdout, /nothing to change/);
+  });
+});

@@ -1,7 +1,8 @@
 // Issue 12: the built binary installed as a systemd service, under a real systemd (PID 1 of a private
 // namespace, test/helpers/systemd.ts), one boot for the whole file.
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { execFile } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { ROOT } from "../helpers/agent-process.ts";
@@ -31,6 +32,8 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
   let dir: string;
   let config: Record<string, unknown>;
   let session: string;
+  /** A host path as the namespace sees it. */
+  const inside = (...parts: string[]) => sd.path(join(...parts));
 
   before(async () => {
     assert.ok(existsSync(BIN), `${BIN} is missing: run npm run build first`);
@@ -59,8 +62,8 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
       service: { debugCommands: true },
     };
     writeFileSync(join(dir, "config.json"), JSON.stringify(config));
-    sd = await Systemd.boot();
-    const ca = await sd.sh(`install -D -m 0600 -o root -g root ${join(dir, "ca.pem")} /etc/outpost/ca.pem`);
+    sd = await Systemd.boot(ROOT);
+    const ca = await sd.sh(`install -D -m 0600 -o root -g root ${inside(dir, "ca.pem")} /etc/outpost/ca.pem`);
     assert.equal(ca.code, 0, ca.stderr);
   });
 
@@ -88,8 +91,8 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
     ].join("\\n");
     const setup = await sd.sh(
       [
-        `install -m 0755 ${BIN} /usr/local/bin/outpost`,
-        `install -m 0644 ${join(dir, "config.json")} /etc/outpost/config.yaml`,
+        `install -m 0755 ${inside(BIN)} /usr/local/bin/outpost`,
+        `install -m 0644 ${inside(dir, "config.json")} /etc/outpost/config.yaml`,
         `printf '${oldUnit}\\n' > /etc/systemd/system/outpost.service`,
         "systemctl daemon-reload",
         "systemctl start outpost",
@@ -106,7 +109,14 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
     const rootOwned = await sd.sh("stat -c '%U' /var/lib/outpost/outbox.db");
     assert.equal(rootOwned.stdout.trim(), "root");
 
-    const args = [BIN, "install", "--config", join(dir, "config.json"), "--watchdog-sec", String(WATCHDOG_SEC)];
+    const args = [
+      inside(BIN),
+      "install",
+      "--config",
+      inside(dir, "config.json"),
+      "--watchdog-sec",
+      String(WATCHDOG_SEC),
+    ];
     const run = await sd.exec(args, 120_000);
     assert.equal(run.code, 0, run.stderr + (await sd.journal("outpost")));
     assert.match(run.stdout, /^replaced +\/usr\/local\/bin\/outpost +\(a plain file was here\)$/m);
@@ -172,7 +182,7 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
       ((await operator.final(DEVICE, "config.get", { path: "telemetry.interval" })).result as { value: unknown }).value;
     assert.equal(await interval(), "1s");
     writeFileSync(join(dir, "config.json"), JSON.stringify({ ...config, telemetry: { interval: "2s" } }));
-    const copy = await sd.sh(`install -m 0640 -g outpost ${join(dir, "config.json")} /etc/outpost/config.yaml`);
+    const copy = await sd.sh(`install -m 0640 -g outpost ${inside(dir, "config.json")} /etc/outpost/config.yaml`);
     assert.equal(copy.code, 0, copy.stderr);
     const reloaded = await sd.exec(["systemctl", "reload", "outpost"]);
     assert.equal(reloaded.code, 0, reloaded.stderr);
@@ -210,7 +220,7 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
     const dead = await freePort();
     const offline = { ...config, mqtt: { url: `mqtt://127.0.0.1:${dead}` }, service: { readyTimeout: "2s" } };
     writeFileSync(join(dir, "offline.json"), JSON.stringify(offline));
-    const copy = await sd.sh(`install -m 0640 -g outpost ${join(dir, "offline.json")} /etc/outpost/config.yaml`);
+    const copy = await sd.sh(`install -m 0640 -g outpost ${inside(dir, "offline.json")} /etc/outpost/config.yaml`);
     assert.equal(copy.code, 0, copy.stderr);
     const t0 = performance.now();
     const started = await sd.exec(["systemctl", "start", "outpost"], 60_000);
@@ -236,14 +246,143 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
   });
 
   it("uninstall --purge removes the unit, the binaries, the config and the state", async () => {
-    const run = await sd.exec([BIN, "uninstall", "--purge"]);
+    const run = await sd.exec([inside(BIN), "uninstall", "--purge"]);
     assert.equal(run.code, 0, run.stderr);
     const left = await sd.sh(
       "ls -d /etc/systemd/system/outpost.service /opt/outpost /usr/local/bin/outpost /etc/outpost /var/lib/outpost 2>/dev/null | wc -l",
     );
     assert.equal(left.stdout.trim(), "0");
-    const again = await sd.exec([BIN, "uninstall", "--purge"]);
+    const again = await sd.exec([inside(BIN), "uninstall", "--purge"]);
     assert.equal(again.code, 0, again.stderr);
     assert.match(again.stdout, /nothing to change/);
+  });
+
+  describe("scripts/deploy.sh over a real sshd inside the namespace", () => {
+    const DEPLOY = join(ROOT, "scripts", "deploy.sh");
+    let ssh: string[];
+    let ports: { x64: number; arm64: number };
+
+    before(async () => {
+      const keys = await sd.sh(
+        [
+          `ssh-keygen -q -t ed25519 -N '' -f ${inside(dir, "id")}`,
+          `ssh-keygen -q -t ed25519 -N '' -f ${inside(dir, "hostkey")}`,
+          `cp ${inside(dir, "id.pub")} ${inside(dir, "authorized_keys")}`,
+          `mkdir -p ${inside(dir, "shim")}`,
+          // The arm64 path on an x86 machine: this side says it is aarch64.
+          `printf '#!/bin/sh\\necho aarch64\\n' > ${inside(dir, "shim", "uname")}`,
+          `chmod 0755 ${inside(dir, "shim", "uname")}`,
+        ].join(" && "),
+      );
+      assert.equal(keys.code, 0, keys.stderr);
+      ports = { x64: await freePort(), arm64: await freePort() };
+      for (const [name, port] of Object.entries(ports)) {
+        const conf = [
+          `Port ${port}`,
+          "ListenAddress 127.0.0.1",
+          `HostKey ${inside(dir, "hostkey")}`,
+          `AuthorizedKeysFile ${inside(dir, "authorized_keys")}`,
+          "PermitRootLogin prohibit-password",
+          "PasswordAuthentication no",
+          "KbdInteractiveAuthentication no",
+          "UsePAM no",
+          "StrictModes no",
+          "PidFile none",
+          "Subsystem sftp internal-sftp",
+          ...(name === "arm64" ? [`SetEnv PATH=${inside(dir, "shim")}:/usr/sbin:/usr/bin:/sbin:/bin`] : []),
+        ];
+        writeFileSync(join(dir, `sshd-${name}.conf`), `${conf.join("\n")}\n`);
+        // Debian's sshd tells systemd when it listens: systemd-run returns once it does.
+        const started = await sd.exec([
+          "systemd-run",
+          `--unit=test-sshd-${name}`,
+          "-p",
+          "Type=notify",
+          "-p",
+          "RuntimeDirectory=sshd",
+          "/usr/sbin/sshd",
+          "-D",
+          "-e",
+          "-f",
+          inside(dir, `sshd-${name}.conf`),
+        ]);
+        assert.equal(started.code, 0, started.stderr);
+      }
+      ssh = [
+        "-i",
+        join(dir, "id"),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+      ];
+    });
+
+    const deploy = (port: number, extra: string[] = []) =>
+      new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+        execFile(
+          "bash",
+          [DEPLOY, "-p", String(port), ...ssh, ...extra, "root@127.0.0.1"],
+          { timeout: 180_000 },
+          (err, stdout, stderr) => {
+            resolve({ code: err ? (typeof err.code === "number" ? err.code : 1) : 0, stdout, stderr });
+          },
+        );
+      });
+    const sums = () =>
+      Object.fromEntries(
+        readFileSync(join(ROOT, "dist", "SHA256SUMS"), "utf8")
+          .trim()
+          .split("\n")
+          .map((l) => l.split(/\s+/).reverse()),
+      ) as Record<string, string>;
+
+    it("x86_64: copies the x64 binary, verifies it on the host, installs and starts the service", async () => {
+      // The device after the purge above: only the CA the operator put in place.
+      const ca = await sd.sh(`install -D -m 0600 ${inside(dir, "ca.pem")} /etc/outpost/ca.pem`);
+      assert.equal(ca.code, 0, ca.stderr);
+      writeFileSync(join(dir, "config.json"), JSON.stringify(config));
+      const run = await deploy(ports.x64, ["--config", join(dir, "config.json")]);
+      assert.equal(run.code, 0, run.stdout + run.stderr);
+      assert.match(
+        run.stdout,
+        new RegExp(
+          `^root@127\\.0\\.0\\.1: x86_64, copying outpost-linux-x64 \\(${sums()["outpost-linux-x64"]}\\)$`,
+          "m",
+        ),
+      );
+      assert.match(run.stdout, /^root@127\.0\.0\.1: installed$/m);
+      assert.equal(await sd.show("outpost", "ActiveState"), "active");
+      const described = await operator.final(DEVICE, "describe");
+      assert.equal(described.state, "succeeded");
+      // The temporary copy is gone.
+      assert.equal((await sd.sh("ls /tmp | grep -c outpost-deploy || true")).stdout.trim(), "0");
+    });
+
+    it("aarch64 (uname shim): picks the arm64 binary and verifies it there; an x86 host cannot run it", async () => {
+      const run = await deploy(ports.arm64);
+      assert.match(
+        run.stdout,
+        new RegExp(`: aarch64, copying outpost-linux-arm64 \\(${sums()["outpost-linux-arm64"]}\\)$`, "m"),
+      );
+      assert.doesNotMatch(run.stderr, /sha256 mismatch/);
+      assert.equal(run.code, 1);
+      assert.match(run.stderr, /install failed/);
+    });
+
+    it("a binary that does not match SHA256SUMS is not installed", async () => {
+      const fake = mkdtempSync(join(dir, "dist-"));
+      for (const f of ["outpost-linux-x64", "outpost-linux-arm64"]) {
+        writeFileSync(join(fake, f), "not the agent\n");
+      }
+      writeFileSync(join(fake, "SHA256SUMS"), readFileSync(join(ROOT, "dist", "SHA256SUMS")));
+      const before = await sd.show("outpost", "MainPID");
+      const run = await deploy(ports.x64, ["--dist", fake]);
+      assert.equal(run.code, 1);
+      assert.match(run.stderr, /sha256 mismatch: not installed/);
+      assert.equal(await sd.show("outpost", "MainPID"), before, "the running service was touched");
+    });
   });
 });

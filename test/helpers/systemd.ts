@@ -21,7 +21,15 @@ export class Systemd {
     this.pid = pid;
   }
 
-  static async boot(): Promise<Systemd> {
+  /** Where `share` appears inside the namespace. */
+  static readonly SHARE = "/run/share";
+  private share = "";
+
+  /**
+   * Boots systemd. `share` (the checkout) is bound at /run/share inside, and reached through `path()`: the
+   * checkout may sit under /tmp, which inside is a fresh tmpfs (systemd's boot would empty the host's).
+   */
+  static async boot(share: string): Promise<Systemd> {
     const overlays = ["etc", "var/lib", "usr/local", "opt"]
       .map((d) => {
         const n = d.replace("/", "_");
@@ -35,6 +43,7 @@ export class Systemd {
       "set -e",
       "mount --make-rprivate /",
       "mount -t tmpfs tmpfs /run",
+      `mkdir -p ${Systemd.SHARE} && mount --bind '${share}' ${Systemd.SHARE}`,
       overlays,
       "mount -t tmpfs tmpfs /tmp",
       "mount -t tmpfs tmpfs /var/tmp",
@@ -67,6 +76,7 @@ export class Systemd {
       throw new Error(`systemd did not start: ${stderr}`);
     }
     const systemd = new Systemd(child, pid);
+    systemd.share = share;
     // Waits for the boot itself to finish (systemd's own answer); "offline" until its bus socket exists.
     let state = { stdout: "offline" };
     for (let i = 0; i < 400 && /offline|^$/.test(state.stdout.trim()); i++) {
@@ -78,6 +88,12 @@ export class Systemd {
       throw new Error(`systemd did not boot: ${state.stdout} ${stderr}`);
     }
     return systemd;
+  }
+
+  /** A host path under `share`, as seen inside the namespace. */
+  path(hostPath: string): string {
+    if (hostPath !== this.share && !hostPath.startsWith(`${this.share}/`)) throw new Error(`${hostPath} is not shared`);
+    return Systemd.SHARE + hostPath.slice(this.share.length);
   }
 
   /** Runs a command inside the namespace; never throws on a non-zero exit (tests assert it). */

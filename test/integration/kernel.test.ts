@@ -123,7 +123,12 @@ describe("kernel and modules", () => {
       assert.deepEqual((sample.json.metrics as { probe: unknown }).probe, { answer: 42 });
       const described = (await operator.final("dev-probe", "describe")).result as Record<string, unknown>;
       assert.deepEqual((described.modules as Record<string, unknown>).probe, { started: true });
-      assert.deepEqual((described.capabilities as { modules: string[] }).modules, ["builtins", "telemetry", "probe"]);
+      assert.deepEqual((described.capabilities as { modules: string[] }).modules, [
+        "builtins",
+        "telemetry",
+        "service",
+        "probe",
+      ]);
       assert.deepEqual(described.health, { alive: { ok: true, reasons: [] }, healthy: { ok: true, reasons: [] } });
     } finally {
       await kernel.stop();
@@ -141,11 +146,13 @@ describe("kernel and modules", () => {
       "quiesce:commands",
       "quiesce:probe",
       "quiesce:probe (module)",
+      "quiesce:service",
       "quiesce:telemetry",
       "quiesce:builtins",
       "drain:commands",
       "drain:probe",
       "drain:probe (module)",
+      "drain:service",
       "drain:telemetry",
       "drain:builtins",
       "flush:outbox",

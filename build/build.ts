@@ -37,11 +37,19 @@ const { values } = parseArgs({
     target: { type: "string", multiple: true },
     "no-strip": { type: "boolean" },
     out: { type: "string" },
+    // Node/V8 flags baked into the binary (the SEA's execArgv), space-separated; for measuring other choices.
+    "exec-argv": { type: "string" },
   },
 });
 const targets = (values.target ?? TARGETS) as string[];
 const dist = values.out ?? join(root as string, "dist");
 const strip = values["no-strip"] !== true;
+/**
+ * Flags every start of the binary runs with (docs/benchmarks.md#footprint has the measurements behind them).
+ * execArgvExtension "none": NODE_OPTIONS in the environment cannot change them.
+ */
+const EXEC_ARGV = ["--max-semi-space-size=1"];
+const execArgv = values["exec-argv"] === undefined ? EXEC_ARGV : values["exec-argv"].split(" ").filter(Boolean);
 
 function git(args: string[]): string {
   try {
@@ -128,6 +136,8 @@ async function build(stage: string, started: number): Promise<void> {
   for (const target of all) primePkgCache(home, target);
 
   mkdirSync(dist, { recursive: true });
+  const seaConfig = join(stage, "sea-config.json");
+  writeFileSync(seaConfig, JSON.stringify({ execArgv, execArgvExtension: "none" }));
   const sums: string[] = [];
   for (const name of targets) {
     const target = loadTarget(name) as Target;
@@ -147,8 +157,15 @@ async function build(stage: string, started: number): Promise<void> {
       {
         cwd: stage,
         stdio: ["ignore", "ignore", "inherit"],
-        // PKG_SEA_RELATIVE_MAIN: our patch to pkg (build/patches), which keeps the staging path out of the blob.
-        env: { ...process.env, HOME: home, PKG_CACHE_PATH: join(home, ".pkg-cache"), PKG_SEA_RELATIVE_MAIN: "1" },
+        // PKG_SEA_RELATIVE_MAIN and PKG_SEA_CONFIG: our patch to pkg (build/patches), which keeps the staging path
+        // out of the blob and passes sea-config fields (execArgv) that simple SEA mode would drop.
+        env: {
+          ...process.env,
+          HOME: home,
+          PKG_CACHE_PATH: join(home, ".pkg-cache"),
+          PKG_SEA_RELATIVE_MAIN: "1",
+          PKG_SEA_CONFIG: seaConfig,
+        },
       },
     );
     if (!existsSync(output)) throw new Error(`pkg produced no ${output}`);

@@ -1,11 +1,20 @@
 // npm run bench: prints a table and writes bench/results.json. Every figure for the agent is measured in the
 // same run as the same figure for a bare Node process, so the agent's overhead reads as a ratio.
-import { execFileSync, spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { execFile, execFileSync, spawn } from "node:child_process";
+import {
+  chmodSync,
+  copyFileSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import type { Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { parseArgs } from "node:util";
+import { parseArgs, promisify } from "node:util";
 import mqtt from "mqtt";
 import { pino } from "pino";
 import { verifyEnvelope } from "../src/commands/envelope.ts";
@@ -26,7 +35,9 @@ const { values } = parseArgs({
     runs: { type: "string", default: "5" },
     backlog: { type: "string", default: "100000" },
     drains: { type: "string", default: "5" },
-    only: { type: "string", default: "sizes,startup,idle,outbox,commands" },
+    only: { type: "string", default: "sizes,startup,footprint,idle,notify,outbox,commands" },
+    // Another build of the agent to measure (e.g. one made with build.ts --exec-argv=...).
+    bin: { type: "string" },
     calls: { type: "string", default: "1000" },
   },
 });
@@ -37,7 +48,7 @@ const DRAINS = Number(values.drains);
 const ONLY = new Set(values.only.split(","));
 const CALLS = Number(values.calls);
 const WINDOW = 20; // mosquitto's default receive maximum, which the outbox honours
-const BIN = join(ROOT, "dist", "outpost-linux-x64");
+const BIN = values.bin ?? join(ROOT, "dist", "outpost-linux-x64");
 const NODE = process.execPath;
 const MiB = 1024 * 1024;
 const TICKS = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim());
@@ -55,12 +66,6 @@ function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const mid = Math.floor(s.length / 2);
   return s.length % 2 ? (s[mid] ?? 0) : ((s[mid - 1] ?? 0) + (s[mid] ?? 0)) / 2;
-}
-
-function rssMiB(pid: number): number {
-  const status = readFileSync(`/proc/${pid}/status`, "utf8");
-  const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? Number.NaN);
-  return kb / 1024;
 }
 
 function cpuSeconds(pid: number): number {
@@ -141,15 +146,54 @@ async function startup(broker: Mosquitto, watch: Watch): Promise<void> {
   });
 }
 
+/** RSS and PSS (anonymous and file-backed) of a process, in MiB, from smaps_rollup. */
+function memory(pid: number): { rss: number; pss: number; anon: number; file: number } {
+  const text = readFileSync(`/proc/${pid}/smaps_rollup`, "utf8");
+  const kb = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+)`, "m").exec(text)?.[1] ?? Number.NaN) / 1024;
+  return { rss: kb("Rss"), pss: kb("Pss"), anon: kb("Pss_Anon"), file: kb("Pss_File") };
+}
+
+/**
+ * Idle memory of the shipped binary at the default 10 s telemetry, and of a bare Node idling, each measured
+ * alone (two processes mapping one file would halve each other's PSS).
+ */
+async function footprint(broker: Mosquitto, watch: Watch): Promise<void> {
+  const id = "bench-footprint";
+  const agent = AgentProcess.run([BIN], { device: { id }, mqtt: { url: broker.url }, telemetry: { interval: "10s" } });
+  let mine: ReturnType<typeof memory>;
+  try {
+    await watch.waitFor((m) => m.topic === `outpost/v1/${id}/telemetry`, 30_000, "first telemetry");
+    await new Promise((resolve) => setTimeout(resolve, IDLE_SECONDS * 1000));
+    mine = memory(agent.child.pid ?? 0);
+  } finally {
+    await agent.stop("SIGTERM");
+    await agent.cleanup();
+  }
+  // A copy of node: the bench itself runs on the same file, whose pages would otherwise count half.
+  const dir = mkdtempSync(join(tmpdir(), "outpost-bench-node-"));
+  const node = join(dir, "node");
+  copyFileSync(NODE, node);
+  chmodSync(node, 0o755);
+  const bare = spawn(node, ["-e", "setInterval(() => {}, 10000)"], { stdio: "ignore" });
+  let theirs: ReturnType<typeof memory>;
+  try {
+    await new Promise((resolve) => setTimeout(resolve, IDLE_SECONDS * 1000));
+    theirs = memory(bare.pid ?? 0);
+  } finally {
+    bare.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const note = `after ${IDLE_SECONDS} s, 10 s telemetry, each alone; bare = node -e setInterval`;
+  rows.push({ metric: "idle RSS", outpost: mine.rss, bare: theirs.rss, unit: "MiB", note });
+  rows.push({ metric: "idle PSS", outpost: mine.pss, bare: theirs.pss, unit: "MiB", note: "proportional set size" });
+  rows.push({ metric: "  of which anonymous", outpost: mine.anon, bare: theirs.anon, unit: "MiB" });
+  rows.push({ metric: "  of which file-backed", outpost: mine.file, bare: theirs.file, unit: "MiB" });
+}
+
 async function idle(broker: Mosquitto, watch: Watch): Promise<void> {
   const id = "bench-idle";
   const agent = AgentProcess.run([BIN], { device: { id }, mqtt: { url: broker.url }, telemetry: { interval: "1s" } });
   const bare = spawn(NODE, ["-e", "setInterval(() => {}, 1000)"], { stdio: "ignore" });
-  const plain = AgentProcess.run([NODE, "/tmp/outpost-build/outpost.cjs"], {
-    device: { id: "bench-plain" },
-    mqtt: { url: broker.url },
-    telemetry: { interval: "1s" },
-  });
   try {
     await watch.waitFor((m) => m.topic === `outpost/v1/${id}/telemetry`, 30_000, "first telemetry");
     const pid = agent.child.pid ?? 0;
@@ -159,24 +203,10 @@ async function idle(broker: Mosquitto, watch: Watch): Promise<void> {
     const count0 = watch.telemetry().filter((m) => m.topic.includes(id)).length;
     await new Promise((resolve) => setTimeout(resolve, IDLE_SECONDS * 1000));
     const cycles = watch.telemetry().filter((m) => m.topic.includes(id)).length - count0;
-    rows.push({
-      metric: `idle RSS after ${IDLE_SECONDS} s, 1 s telemetry`,
-      outpost: rssMiB(pid),
-      bare: rssMiB(barePid),
-      unit: "MiB",
-      note: "bare = node -e setInterval 1 s",
-    });
-    rows.push({
-      metric: "same, the same bundle on plain node (no SEA)",
-      outpost: rssMiB(plain.child.pid ?? 0),
-      bare: rssMiB(barePid),
-      unit: "MiB",
-      note: "the single-executable wrapper's share of the RSS",
-    });
     const per100 = ((cpuSeconds(pid) - cpu0) / cycles) * 100;
     const barePer100 = ((cpuSeconds(barePid) - bareCpu0) / cycles) * 100;
     rows.push({
-      metric: "CPU per 100 telemetry cycles",
+      metric: "CPU per 100 telemetry cycles (1 s)",
       outpost: per100,
       bare: barePer100,
       unit: "s",
@@ -184,9 +214,55 @@ async function idle(broker: Mosquitto, watch: Watch): Promise<void> {
     });
   } finally {
     bare.kill("SIGKILL");
-    await plain.cleanup();
     await agent.stop("SIGTERM");
     await agent.cleanup();
+  }
+}
+
+/** Cost of one sd_notify datagram: through the addon (build/native) on the pinned Node, and by spawning systemd-notify. */
+async function notifyRows(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), "outpost-bench-notify-"));
+  const socket = join(dir, "notify.sock");
+  const receiver = spawn("python3", [join(ROOT, "test", "fixtures", "notify-receiver.py"), socket], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  try {
+    await new Promise<void>((resolve) => receiver.stdout.once("data", () => resolve()));
+    // Keep reading what it prints: a full pipe would stop it, and then the socket.
+    receiver.stdout.resume();
+    const script = `
+      const m = { exports: {} };
+      process.dlopen(m, process.argv[2]);
+      const n = 20000;
+      const t = process.hrtime.bigint();
+      for (let i = 0; i < n; i++) m.exports.notify(process.argv[1], "WATCHDOG=1");
+      console.log(Number(process.hrtime.bigint() - t) / n / 1000);`;
+    const addon = join(dir, "sd-notify.node");
+    execFileSync(process.env.CC ?? "gcc", [
+      "-O2",
+      "-fPIC",
+      "-shared",
+      "-o",
+      addon,
+      join(ROOT, "build", "native", "sd-notify.c"),
+    ]);
+    // Asynchronous from here: this process must go on reading the receiver's output while the senders run.
+    const run = promisify(execFile);
+    const addonUs = Number((await run(NODE, ["-e", script, socket, addon])).stdout.trim());
+    const n = 50;
+    const t = performance.now();
+    for (let i = 0; i < n; i++) await run("systemd-notify", ["WATCHDOG=1"], { env: { NOTIFY_SOCKET: socket } });
+    const spawnMs = (performance.now() - t) / n;
+    rows.push({ metric: "sd_notify ping, addon", outpost: addonUs, unit: "µs", note: "20,000 datagrams, one process" });
+    rows.push({
+      metric: "sd_notify ping, systemd-notify spawn",
+      outpost: spawnMs * 1000,
+      unit: "µs",
+      note: "the fallback, 50 spawns",
+    });
+  } finally {
+    receiver.kill();
+    rmSync(dir, { recursive: true, force: true });
   }
 }
 
@@ -443,7 +519,9 @@ async function main(): Promise<void> {
   try {
     if (ONLY.has("sizes")) sizes();
     if (ONLY.has("startup")) await startup(broker, watch);
+    if (ONLY.has("footprint")) await footprint(broker, watch);
     if (ONLY.has("idle")) await idle(broker, watch);
+    if (ONLY.has("notify")) await notifyRows();
     if (ONLY.has("outbox")) await outboxRows(broker);
     if (ONLY.has("commands")) await commandRows(broker, watch);
   } finally {

@@ -5,6 +5,8 @@
  * (Jetson L4T 35 ships 245) systemd attributes a datagram to a unit by the sender's PID, and a helper that has
  * already exited when the message is read is attributed to nothing: READY or a watchdog ping is dropped.
  * Sent from here, the sender is the service's main PID, so even NotifyAccess=main accepts it.
+ * MSG_DONTWAIT: if the receiver stops reading, the datagram is dropped (EAGAIN, reported to the caller) rather
+ * than blocking the event loop; a lost ping is systemd's to judge, a blocked agent is not.
  *
  * The few Node-API declarations are written out below instead of taken from node_api.h: the ABI is stable
  * (Node-API 8, Node >= 12.22) and the build then needs only a C compiler per target, no Node headers.
@@ -68,7 +70,7 @@ static napi_value notify(napi_env env, napi_callback_info info) {
     } else {
       ssize_t sent;
       do {
-        sent = sendto(fd, message, message_len, MSG_NOSIGNAL, (struct sockaddr *)&addr, addr_len);
+        sent = sendto(fd, message, message_len, MSG_NOSIGNAL | MSG_DONTWAIT, (struct sockaddr *)&addr, addr_len);
       } while (sent < 0 && errno == EINTR);
       if (sent < 0) rc = -errno;
       close(fd);

@@ -2,7 +2,6 @@ import { parseArgs } from "node:util";
 import { errorMessage } from "../core/errors.ts";
 import { versionLine } from "../version.ts";
 import { configCommand, DEFAULT_CONFIG } from "./config-command.ts";
-import { CTL_HELP, ctlCommand, KEYGEN_HELP, keygenCommand } from "./ctl-command.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 import { runCommand } from "./run-command.ts";
 
@@ -119,12 +118,17 @@ async function dispatch(argv: string[], host: Host): Promise<number> {
     case "config":
       if (help) return print(HELP.config ?? "");
       return configCommand(host, rest);
-    case "keygen":
+    // The operator's commands are loaded only when used: `run` on a device never pays for them.
+    case "keygen": {
+      const { KEYGEN_HELP, keygenCommand } = await import("./ctl-command.ts");
       if (help) return print(KEYGEN_HELP);
       return keygenCommand(host, rest);
-    case "ctl":
+    }
+    case "ctl": {
+      const { CTL_HELP, ctlCommand } = await import("./ctl-command.ts");
       if (help) return print(CTL_HELP);
       return ctlCommand(host, rest);
+    }
     case "install":
     case "uninstall": {
       const { INSTALL_HELP, installCommand } = await import("./install-command.ts");

@@ -1,6 +1,7 @@
 // Issue 9: the kernel with the real modules and a throwaway one, in-process, against a real mosquitto.
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -13,6 +14,7 @@ import { systemClock } from "../../src/core/clock.ts";
 import type { Kernel } from "../../src/kernel/kernel.ts";
 import type { Module } from "../../src/kernel/module.ts";
 import { MODULES } from "../../src/modules.ts";
+import { resourcesModule } from "../../src/resources/module.ts";
 import { operatorKey } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { Watch } from "../helpers/mqtt-watch.ts";
@@ -85,7 +87,12 @@ describe("kernel and modules", () => {
     for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
   });
 
-  function agent(id: string, modules: readonly Module[], trace?: (step: string) => void): Kernel {
+  function agent(
+    id: string,
+    modules: readonly Module[],
+    trace?: (step: string) => void,
+    extra: Record<string, unknown> = {},
+  ): Kernel {
     const dir = mkdtempSync(join(tmpdir(), "outpost-kernel-"));
     dirs.push(dir);
     const path = join(dir, "config.yaml");
@@ -95,6 +102,7 @@ describe("kernel and modules", () => {
       telemetry: { interval: "200ms" },
       state: { dir: join(dir, "state") },
       commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
+      ...extra,
     };
     writeFileSync(path, stringify(config));
     const settings = new ConfigStore({ path, env: {}, hostname: "h" });
@@ -126,6 +134,7 @@ describe("kernel and modules", () => {
       assert.deepEqual((described.capabilities as { modules: string[] }).modules, [
         "builtins",
         "telemetry",
+        "resources",
         "service",
         "probe",
       ]);
@@ -147,12 +156,14 @@ describe("kernel and modules", () => {
       "quiesce:probe",
       "quiesce:probe (module)",
       "quiesce:service",
+      "quiesce:resources",
       "quiesce:telemetry",
       "quiesce:builtins",
       "drain:commands",
       "drain:probe",
       "drain:probe (module)",
       "drain:service",
+      "drain:resources",
       "drain:telemetry",
       "drain:builtins",
       "flush:outbox",
@@ -160,6 +171,7 @@ describe("kernel and modules", () => {
       "offline+disconnect:mqtt",
       "stop:probe-component",
       "component stopped",
+      "stop:resources.watch",
       "stop:telemetry",
       "stop:outbox",
     ]);
@@ -237,6 +249,30 @@ describe("kernel and modules", () => {
       assert.deepEqual(after.items, [], "nothing retained any more");
       await after.close();
     } finally {
+      await kernel.stop();
+    }
+  });
+
+  it("handles that pile up raise the resource-growth alarm, and it clears once they stop", async () => {
+    // Leaks for real, in this process (the agent's): a listening server every half second.
+    const leaked: Server[] = [];
+    const leak = setInterval(() => leaked.push(createServer().listen(0, "127.0.0.1")), 500);
+    const kernel = agent("dev-leak", [resourcesModule], undefined, {
+      resources: { interval: "1s", windowSamples: 2, windows: 2, handleGrowth: 2 },
+    });
+    const alarm = (active: boolean) => (m: { topic: string; json: Record<string, unknown> }) =>
+      m.topic === `${PREFIX}/dev-leak/alarms/resource-growth` && m.json.active === active;
+    try {
+      await kernel.start();
+      const raised = await watch.waitFor(alarm(true), 20_000, "resource-growth alarm");
+      assert.deepEqual(raised.json.growing, ["handles"]);
+      const floors = raised.json.floors as { handles: { from: number; to: number } };
+      assert.ok(floors.handles.to - floors.handles.from >= 2, JSON.stringify(floors));
+      clearInterval(leak);
+      await watch.waitFor(alarm(false), 20_000, "alarm cleared");
+    } finally {
+      clearInterval(leak);
+      for (const server of leaked) server.close();
       await kernel.stop();
     }
   });

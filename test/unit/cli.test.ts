@@ -155,6 +155,7 @@ describe("command line", () => {
       "device",
       "mqtt",
       "telemetry",
+      "resources",
       "service",
       "outbox",
       "state",

@@ -1,0 +1,137 @@
+// npm run soak -- --minutes N: the built agent under load for N minutes, against mosquitto restarted every
+// --restart-every minutes, with telemetry every 100 ms and signed commands at --rate per second. Prints RSS,
+// heap and handles (the agent's own resources collector) after a warm-up and at the end, and writes
+// bench/soak.json. Growth is the end minus the warm sample; the goal is under 3 MiB of RSS over an hour.
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { AgentProcess, ROOT } from "../test/helpers/agent-process.ts";
+import { operatorKey } from "../test/helpers/commands.ts";
+import { Mosquitto } from "../test/helpers/mosquitto.ts";
+import { Watch } from "../test/helpers/mqtt-watch.ts";
+import { Operator } from "../test/helpers/operator.ts";
+
+const { values } = parseArgs({
+  options: {
+    minutes: { type: "string", default: "10" },
+    warmup: { type: "string", default: "2" },
+    rate: { type: "string", default: "5" },
+    "restart-every": { type: "string", default: "2" },
+    bin: { type: "string" },
+  },
+});
+const MINUTES = Number(values.minutes);
+const WARMUP = Math.min(Number(values.warmup), MINUTES / 2);
+const RATE = Number(values.rate);
+const RESTART_EVERY = Number(values["restart-every"]);
+const BIN = values.bin ?? join(ROOT, "dist", "outpost-linux-x64");
+const ID = "soak";
+
+interface Reading {
+  minute: number;
+  rssMiB: number;
+  heapMiB: number;
+  handles: number;
+  telemetry: number;
+  commands: number;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function rssMiB(pid: number): number {
+  const kb = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]);
+  return kb / 1024;
+}
+
+async function main(): Promise<void> {
+  const key = operatorKey();
+  const broker = await Mosquitto.start({ extra: ["persistence true"] });
+  const watch = await Watch.open(broker.port, [`outpost/v1/${ID}/telemetry`]);
+  const agent = AgentProcess.run([BIN], {
+    device: { id: ID },
+    mqtt: { url: broker.url, reconnectMin: "100ms", reconnectMax: "1s" },
+    telemetry: { interval: "100ms" },
+    resources: { interval: "5s" },
+    commands: { trustedKeys: [{ name: "ops", key: key.publicText, allow: ["*"] }] },
+    log: { level: "warn" },
+  });
+  let operator = await Operator.open(broker.port, key);
+  const started = performance.now();
+  const minute = () => (performance.now() - started) / 60_000;
+  let commands = 0;
+  let failures = 0;
+  let stopping = false;
+  const readings: Reading[] = [];
+
+  // Signed commands at RATE per second, answered or not (the broker may be down).
+  const caller = (async () => {
+    while (!stopping) {
+      const t = performance.now();
+      const call = operator
+        .call(ID, commands % 2 ? "ping" : "describe", undefined, { timeoutMs: 5000 })
+        .then((r) => (r.finals.length ? undefined : failures++))
+        .catch(() => failures++);
+      commands += 1;
+      await Promise.race([call, sleep(1000 / RATE)]);
+      await sleep(Math.max(0, 1000 / RATE - (performance.now() - t)));
+    }
+  })();
+
+  const read = (): Reading => {
+    const last = watch.telemetry().at(-1);
+    const resources = (last?.json.metrics as { resources?: { heapUsed: number; handles: number } } | undefined)
+      ?.resources;
+    return {
+      minute: Math.round(minute() * 10) / 10,
+      rssMiB: rssMiB(agent.child.pid ?? 0),
+      heapMiB: (resources?.heapUsed ?? Number.NaN) / 1024 / 1024,
+      handles: resources?.handles ?? Number.NaN,
+      telemetry: watch.telemetry().length,
+      commands,
+    };
+  };
+
+  let nextRestart = RESTART_EVERY;
+  let warm: Reading | undefined;
+  try {
+    while (minute() < MINUTES) {
+      await sleep(5000);
+      if (!warm && minute() >= WARMUP) {
+        warm = read();
+        process.stdout.write(`warm  ${JSON.stringify(warm)}\n`);
+      }
+      if (minute() >= nextRestart) {
+        nextRestart += RESTART_EVERY;
+        await broker.halt();
+        await sleep(3000);
+        await broker.resume();
+        await operator.close().catch(() => {});
+        operator = await Operator.open(broker.port, key);
+      }
+      if (Math.floor(minute()) !== Math.floor(readings.at(-1)?.minute ?? -1)) readings.push(read());
+    }
+    const end = read();
+    stopping = true;
+    await caller;
+    const growth = warm
+      ? { rssMiB: end.rssMiB - warm.rssMiB, heapMiB: end.heapMiB - warm.heapMiB, handles: end.handles - warm.handles }
+      : undefined;
+    process.stdout.write(
+      `end   ${JSON.stringify(end)}\ngrowth ${JSON.stringify(growth)} (commands unanswered: ${failures})\n`,
+    );
+    mkdirSync(join(ROOT, "bench"), { recursive: true });
+    writeFileSync(
+      join(ROOT, "bench", "soak.json"),
+      `${JSON.stringify({ date: new Date().toISOString(), minutes: MINUTES, rate: RATE, warm, end, growth, failures, readings }, null, 2)}\n`,
+    );
+  } finally {
+    stopping = true;
+    await agent.stop("SIGTERM").catch(() => {});
+    await agent.cleanup();
+    await operator.close().catch(() => {});
+    await watch.close();
+    await broker.stop();
+  }
+}
+
+await main();

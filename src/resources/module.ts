@@ -1,0 +1,101 @@
+import { z } from "zod";
+import { durationMs } from "../config/duration.ts";
+import { duration, size } from "../config/schema.ts";
+import { sizeBytes } from "../config/size.ts";
+import { sleep } from "../core/clock.ts";
+import type { Module } from "../kernel/module.ts";
+import { GrowthDetector, type Resource, type ResourceSample } from "./growth.ts";
+
+const resourcesSection = {
+  key: "resources",
+  schema: z
+    .strictObject({
+      interval: duration("60s", 1000, 3_600_000),
+      // 10 samples a window, 6 rising windows: an hour of growth at the default interval.
+      windowSamples: z.number().int().min(2).max(1000).default(10),
+      windows: z.number().int().min(2).max(100).default(6),
+      rssGrowth: size("16MiB", 1024 * 1024, 1024 * 1024 * 1024),
+      heapGrowth: size("8MiB", 1024 * 1024, 1024 * 1024 * 1024),
+      handleGrowth: z.number().int().min(1).max(100_000).default(100),
+    })
+    .prefault({}),
+  restartOnly: [
+    "resources.interval",
+    "resources.windowSamples",
+    "resources.windows",
+    "resources.rssGrowth",
+    "resources.heapGrowth",
+    "resources.handleGrowth",
+  ],
+} as const;
+
+/** Worker threads the agent runs; the tasks module reports its pool here when it arrives. */
+const workers = () => 0;
+
+function sample(): ResourceSample {
+  const { rss, heapUsed } = process.memoryUsage();
+  // Timers excluded: they come and go with every wait; sockets, files and handles that leak do not.
+  const handles = process.getActiveResourcesInfo().filter((r) => r !== "Timeout" && r !== "Immediate").length;
+  return { rss, heapUsed, handles, workers: workers() };
+}
+
+/**
+ * Leak watch: samples RSS, heap, active handles and workers every `resources.interval`; growth sustained over
+ * `windows` windows raises `P/D/alarms/resource-growth` (active), and the first window that stops rising
+ * clears it. The latest sample is in every telemetry message and in describe.
+ */
+export const resourcesModule: Module<typeof resourcesSection> = {
+  name: "resources",
+  config: resourcesSection,
+  create(ctx) {
+    const settings = ctx.config().resources;
+    const detector = new GrowthDetector({
+      windowSamples: settings.windowSamples,
+      windows: settings.windows,
+      minGrowth: {
+        rss: sizeBytes(settings.rssGrowth),
+        heapUsed: sizeBytes(settings.heapGrowth),
+        handles: settings.handleGrowth,
+      },
+    });
+    let last = sample();
+    let active: Resource[] = [];
+    const controller = new AbortController();
+    const heartbeat = ctx.heartbeat("loop", () => 3 * durationMs(settings.interval) + 5000);
+    const run = async (signal: AbortSignal) => {
+      while (!signal.aborted) {
+        last = sample();
+        heartbeat.beat();
+        const verdict = detector.add(last);
+        if (verdict) {
+          const changed = verdict.growing.join() !== active.join();
+          if (changed && (verdict.growing.length > 0 || active.length > 0)) {
+            active = verdict.growing;
+            ctx.send({
+              topic: ctx.topics.alarm("resource-growth"),
+              priority: "alarm",
+              body: { alarm: "resource-growth", active: active.length > 0, growing: active, floors: verdict.floors },
+            });
+            const log = active.length > 0 ? ctx.logger.warn.bind(ctx.logger) : ctx.logger.info.bind(ctx.logger);
+            log({ growing: active, floors: verdict.floors }, "resource growth alarm");
+          }
+        }
+        await sleep(durationMs(settings.interval), signal, { unref: true });
+      }
+    };
+    return {
+      components: [
+        {
+          name: "resources.watch",
+          start: async (signal) => {
+            signal.addEventListener("abort", () => controller.abort(), { once: true });
+            void run(controller.signal).catch((err: unknown) => ctx.logger.error({ err }, "resource watch failed"));
+          },
+          stop: async () => controller.abort(),
+        },
+      ],
+      collectors: [{ name: "resources", collect: async () => ({ ...last, growing: active }) }],
+      describe: () => ({ ...last, growing: active }),
+    };
+  },
+};

@@ -121,6 +121,21 @@ describe("outpost install --root and uninstall (built x64 binary)", () => {
     assert.deepEqual(snapshot(root), tree, "the second install touched something");
   });
 
+  it("writes a unit that systemd-analyze verifies and rates at an exposure of 2.0 or below", async () => {
+    const root = join(dir, "analyzed");
+    assert.equal((await run([BIN, "install", "--root", root])).code, 0);
+    const unit = join(root, "etc/systemd/system/outpost.service");
+    const security = await run(["systemd-analyze", "security", "--offline=true", `--root=${root}`, "outpost.service"]);
+    assert.equal(security.code, 0, security.stderr);
+    const exposure = Number(/Overall exposure level for outpost\.service: ([\d.]+)/.exec(security.stdout)?.[1]);
+    assert.ok(exposure <= 2.0, `exposure ${exposure}:\n${security.stdout}`);
+    // verify checks that ExecStart exists: point it at a program this machine has, the rest unchanged.
+    writeFileSync(unit, readFileSync(unit, "utf8").replace(/^ExecStart=\S+/m, "ExecStart=/bin/true"));
+    const verify = await run(["systemd-analyze", "verify", unit]);
+    assert.equal(verify.code, 0, verify.stderr);
+    assert.equal(verify.stderr.trim(), "");
+  });
+
   it("upgrades a tree set up by hand from the README's old unit", async () => {
     const root = join(dir, "by-hand");
     mkdirSync(join(root, "usr/local/bin"), { recursive: true });

@@ -59,9 +59,9 @@ const OVERRIDES_FORMAT = 2;
 /**
  * The agent's configuration: the file, then the remote overrides of `config.set` (kept in
  * `state.dir/config-overrides.json`), then the environment. `reload()` and `patch()` are synchronous from
- * reading to swapping, so two of them (a SIGHUP during a `config.set`) can never interleave.
+ * reading to swapping, so two of them (a SIGHUP during a `config.set`) can never interleave. Events: `change`
+ * after a new snapshot is in; `reload` around a reload of the file ("start", then "end", whatever the outcome).
  */
-/** `change` after a new snapshot is in; `reload` around a reload of the file ("start", then "end"). */
 export class ConfigStore extends EventEmitter<{
   change: [next: Snapshot, previous: Snapshot];
   reload: [phase: "start" | "end"];

@@ -74,9 +74,11 @@ export function checkArchitecture(root: string, binary: string): void {
     return; // an empty tree (tests, a fresh image): nothing to compare with
   }
   if (ours !== undefined && theirs !== undefined && ours !== theirs) {
+    const build = { x86_64: "outpost-linux-x64", aarch64: "outpost-linux-arm64" }[theirs];
+    const hint = build ? `copy ${build} instead` : "there is no build for it";
     throw new OutpostError(
       "INSTALL_WRONG_ARCH",
-      `this binary is for ${ours} but ${root === "/" ? "this machine" : root} runs ${theirs}: copy outpost-linux-${theirs === "aarch64" ? "arm64" : "x64"} instead`,
+      `this binary is for ${ours} but ${root === "/" ? "this machine" : root} runs ${theirs}: ${hint}`,
     );
   }
 }

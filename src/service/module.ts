@@ -43,9 +43,27 @@ export const serviceModule: Module<typeof serviceSection> = {
     });
 
     let wedgedLogged = false;
+    let lastPing = Number.NEGATIVE_INFINITY;
+    /** WATCHDOG=1 when one is due and the agent is alive; none while it is not. */
+    const ping = () => {
+      // Half the interval as the "recent enough" bound: a timer that fires a hair early must not skip a ping.
+      if (watchdogMs === undefined || ctx.clock.mono() - lastPing < watchdogMs / 2) return;
+      const { alive } = ctx.vitals();
+      if (alive.ok) {
+        notifier.send({ WATCHDOG: "1" });
+        lastPing = ctx.clock.mono();
+        wedgedLogged = false;
+      } else if (!wedgedLogged) {
+        // No ping: systemd ends the process after WatchdogSec and Restart= starts it again.
+        wedgedLogged = true;
+        ctx.logger.error({ reasons: alive.reasons }, "not alive: watchdog pings withheld");
+      }
+    };
     const run = async (signal: AbortSignal) => {
       const deadline = ctx.clock.mono() + durationMs(ctx.config().service.readyTimeout);
       while (!signal.aborted && !ctx.vitals().connected && ctx.clock.mono() < deadline) {
+        // Waiting for the broker is being alive: pinging here costs nothing if systemd only counts after READY.
+        ping();
         await sleep(READY_POLL_MS, signal);
       }
       if (signal.aborted) return;
@@ -54,17 +72,7 @@ export const serviceModule: Module<typeof serviceSection> = {
       notifier.send({ READY: "1", STATUS: lastStatus, MAINPID: String(process.pid) });
       ctx.logger.info({ mechanism: notifier.mechanism, watchdogMs: watchdogMs ?? null }, "systemd told ready");
       while (!signal.aborted) {
-        const { alive } = ctx.vitals();
-        if (watchdogMs !== undefined) {
-          if (alive.ok) {
-            notifier.send({ WATCHDOG: "1" });
-            wedgedLogged = false;
-          } else if (!wedgedLogged) {
-            // No ping: systemd ends the process after WatchdogSec and Restart= starts it again.
-            wedgedLogged = true;
-            ctx.logger.error({ reasons: alive.reasons }, "not alive: watchdog pings withheld");
-          }
-        }
+        ping();
         status();
         await sleep(watchdogMs === undefined ? STATUS_EVERY_MS : Math.min(watchdogMs, STATUS_EVERY_MS), signal);
       }

@@ -11,10 +11,15 @@ export interface Received {
 /** An independent MQTT subscriber that records everything on some topics. */
 export class Watch extends Collected<Received> {
   readonly client: MqttClient;
+  /** Connections after the first: a clean-session watcher that reconnected may have missed messages. */
+  reconnects = 0;
 
   private constructor(client: MqttClient) {
     super();
     this.client = client;
+    client.on("connect", () => {
+      this.reconnects += 1;
+    });
     client.on("message", (topic, payload, packet) => {
       const text = payload.toString();
       let json: Record<string, unknown> = {};

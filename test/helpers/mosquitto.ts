@@ -66,10 +66,12 @@ export class Mosquitto {
     running.add(child);
     child.once("exit", () => running.delete(child));
     child.unref();
+    // Only this start's output counts: the log keeps the "running" line of the previous one.
+    const from = this.log.length;
     return new Promise((resolve, reject) => {
       const onData = (chunk: Buffer) => {
         this.log += chunk.toString();
-        if (/mosquitto version [\d.]+ running/.test(this.log.slice(-2000))) {
+        if (/mosquitto version [\d.]+ running/.test(this.log.slice(from))) {
           child.stderr?.off("data", onData);
           (child.stderr as unknown as { unref?: () => void } | null)?.unref?.();
           child.stderr?.on("data", (c: Buffer) => {

@@ -2,7 +2,9 @@ import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { parse } from "yaml";
-import { OutpostError } from "../core/errors.ts";
+import { loadConfig } from "../config/load.ts";
+import { type ConfigProblem, formatProblems } from "../config/problems.ts";
+import { isOutpostError, OutpostError } from "../core/errors.ts";
 import {
   apply,
   type Change,
@@ -15,7 +17,6 @@ import {
 } from "../service/install.ts";
 import { LAYOUT, UNIT_DEFAULTS } from "../service/unit.ts";
 import { VERSION } from "../version.ts";
-import { loadOrReport } from "./config-command.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 
 export const INSTALL_HELP = `Usage: sudo outpost install [--config FILE] [--root DIR] [--no-start]
@@ -107,8 +108,12 @@ export async function installCommand(host: Host, verb: "install" | "uninstall", 
 
   // A config given is checked before anything is written; the one that will be used names the secrets.
   if (values.config !== undefined) {
-    const checked = loadOrReport(host, values.config);
-    if (typeof checked === "number") return checked;
+    const problems = configProblems(values.config, host.hostname, system);
+    if (problems.length > 0) {
+      host.stderr.write(`outpost: invalid configuration, nothing installed\n`);
+      for (const line of formatProblems(problems)) host.stderr.write(`  ${line}\n`);
+      return EXIT.CONFIG;
+    }
   }
   const configPath = values.config ?? join(root, LAYOUT.config);
   const secrets = existsSync(configPath) ? namedFiles(configPath) : [];
@@ -128,6 +133,24 @@ export async function installCommand(host: Host, verb: "install" | "uninstall", 
   systemTool("systemctl", ["daemon-reload"]);
   if (values["no-start"] !== true) systemTool("systemctl", [changed ? "restart" : "start", "outpost.service"]);
   return EXIT.OK;
+}
+
+/** Files the agent reads at start, which under --root live in the tree, not on this machine. */
+const FILE_KEYS = new Set(["mqtt.passwordFile", "mqtt.ca", "mqtt.cert", "mqtt.key"]);
+
+/**
+ * What is wrong with the config to be installed, as the agent will read it (no environment: the unit sets
+ * none). Under --root a missing password, CA or key file is the tree's business, not a problem here.
+ */
+function configProblems(path: string, hostname: string, system: boolean): ConfigProblem[] {
+  try {
+    loadConfig({ path, required: true, env: {}, hostname });
+    return [];
+  } catch (err) {
+    if (!isOutpostError(err, "CONFIG_INVALID")) throw err;
+    const problems = err.details as ConfigProblem[];
+    return system ? problems : problems.filter((p) => !FILE_KEYS.has(p.path));
+  }
 }
 
 /**

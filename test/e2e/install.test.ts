@@ -189,6 +189,21 @@ describe("outpost install --root and uninstall (built x64 binary)", () => {
     assert.match(purge.stdout, /^removed +\/var\/lib\/outpost$/m);
   });
 
+  it("checks --config before writing: an invalid one exits 78 naming the key; under --root, files the config names need not exist here", async () => {
+    const bad = join(dir, "bad.yaml");
+    writeFileSync(bad, "telemetry: { interval: soon }\n");
+    const root = join(dir, "configs");
+    const refused = await run([BIN, "install", "--root", root, "--config", bad]);
+    assert.equal(refused.code, 78);
+    assert.match(refused.stderr, /nothing installed\n {2}telemetry\.interval: expected a duration/);
+    assert.equal(existsSync(root), false);
+    const image = join(dir, "image.yaml");
+    writeFileSync(image, "mqtt: { url: mqtts://broker:8883, passwordFile: /etc/outpost/in-the-image-only }\n");
+    const accepted = await run([BIN, "install", "--root", root, "--config", image]);
+    assert.equal(accepted.code, 0, accepted.stderr);
+    assert.match(accepted.stdout, /^note +\/etc\/outpost\/in-the-image-only: named by the config but missing$/m);
+  });
+
   it("refuses without root, without systemd, and for another architecture, and writes nothing", async () => {
     const notRoot = await run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", BIN, "install"]);
     assert.equal(notRoot.code, 1);

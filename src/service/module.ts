@@ -128,12 +128,14 @@ export function watchdogInterval(env: Readonly<Record<string, string | undefined
 
 function statusLine(ctx: ModuleContext): string {
   const { connected, queued, alive } = ctx.vitals();
-  const telemetry = (ctx.describe().modules as Record<string, { samples?: number }> | undefined)?.telemetry;
+  const modules = ctx.describe().modules as Record<string, { lastSampleAgeMs?: number | null }> | undefined;
+  const age = modules?.telemetry?.lastSampleAgeMs;
   const parts = [
     connected ? `connected to ${brokerHost(ctx.config().mqtt.url)}` : "offline: broker not reachable, messages kept",
     `outbox ${queued} queued`,
   ];
-  if (telemetry?.samples !== undefined) parts.push(`${telemetry.samples} telemetry samples`);
+  if (age === null) parts.push("no telemetry yet");
+  else if (age !== undefined) parts.push(`last telemetry ${Math.round(age / 1000)}s ago`);
   if (!alive.ok) parts.push(`NOT ALIVE: ${alive.reasons.join("; ")}`);
   return parts.join(", ");
 }

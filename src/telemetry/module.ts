@@ -44,7 +44,11 @@ export const telemetryModule: Module<typeof telemetrySection> = {
           },
         },
       ],
-      describe: () => ({ interval: settings().interval, samples: telemetry.count }),
+      describe: () => {
+        const last = telemetry.lastSample;
+        const lastSampleAgeMs = last === undefined ? null : Math.round(performance.now() - last);
+        return { interval: settings().interval, samples: telemetry.count, lastSampleAgeMs };
+      },
       health: () => {
         const last = telemetry.lastSample;
         const bound = 2 * interval() + timeout() + 1000;

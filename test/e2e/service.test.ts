@@ -158,7 +158,9 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
     assert.equal(await sd.show("outpost", "ActiveState"), "active");
     assert.match(
       await sd.show("outpost", "StatusText"),
-      new RegExp(`^connected to ${TEST_HOSTS[0]}:\\d+, outbox \\d+ queued`),
+      new RegExp(
+        `^connected to ${TEST_HOSTS[0]}:\\d+, outbox \\d+ queued, (last telemetry \\d+s ago|no telemetry yet)$`,
+      ),
     );
     assert.equal(await sd.show("outpost", "User"), "outpost");
     session = ((await operator.final(DEVICE, "describe")).result as { session: string }).session;

@@ -20,7 +20,8 @@ export const serviceModule: Module<typeof serviceSection> = {
   name: "service",
   config: serviceSection,
   create(ctx) {
-    const notifier = new Notifier(ctx.env.NOTIFY_SOCKET, { stateDir: ctx.config().state.dir, logger: ctx.logger });
+    const socket = ctx.env.NOTIFY_SOCKET || undefined;
+    const notifier = new Notifier(socket, { stateDir: ctx.config().state.dir, logger: ctx.logger });
     const watchdogMs = watchdogInterval(ctx.env);
     let ready = false;
     let stopping = false;

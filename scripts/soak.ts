@@ -30,6 +30,9 @@ const ID = "soak";
 interface Reading {
   minute: number;
   rssMiB: number;
+  /** RSS split: a leak grows the anonymous part; file-backed pages grow as more of the binary is touched. */
+  anonMiB: number;
+  fileMiB: number;
   heapMiB: number;
   handles: number;
   telemetry: number;
@@ -38,9 +41,10 @@ interface Reading {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-function rssMiB(pid: number): number {
-  const kb = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]);
-  return kb / 1024;
+function memory(pid: number): { rssMiB: number; anonMiB: number; fileMiB: number } {
+  const text = readFileSync(`/proc/${pid}/smaps_rollup`, "utf8");
+  const mib = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+)`, "m").exec(text)?.[1]) / 1024;
+  return { rssMiB: mib("Rss"), anonMiB: mib("Pss_Anon"), fileMiB: mib("Pss_File") };
 }
 
 async function main(): Promise<void> {
@@ -83,7 +87,7 @@ async function main(): Promise<void> {
       ?.resources;
     return {
       minute: Math.round(minute() * 10) / 10,
-      rssMiB: rssMiB(agent.child.pid ?? 0),
+      ...memory(agent.child.pid ?? 0),
       heapMiB: (resources?.heapUsed ?? Number.NaN) / 1024 / 1024,
       handles: resources?.handles ?? Number.NaN,
       telemetry: watch.telemetry().length,
@@ -114,7 +118,12 @@ async function main(): Promise<void> {
     stopping = true;
     await caller;
     const growth = warm
-      ? { rssMiB: end.rssMiB - warm.rssMiB, heapMiB: end.heapMiB - warm.heapMiB, handles: end.handles - warm.handles }
+      ? {
+          rssMiB: end.rssMiB - warm.rssMiB,
+          anonMiB: end.anonMiB - warm.anonMiB,
+          heapMiB: end.heapMiB - warm.heapMiB,
+          handles: end.handles - warm.handles,
+        }
       : undefined;
     process.stdout.write(
       `end   ${JSON.stringify(end)}\ngrowth ${JSON.stringify(growth)} (commands unanswered: ${failures})\n`,

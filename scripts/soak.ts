@@ -14,7 +14,7 @@ import { Operator } from "../test/helpers/operator.ts";
 const { values } = parseArgs({
   options: {
     minutes: { type: "string", default: "10" },
-    warmup: { type: "string", default: "2" },
+    warmup: { type: "string", default: "30" },
     rate: { type: "string", default: "5" },
     "restart-every": { type: "string", default: "2" },
     bin: { type: "string" },

@@ -13,6 +13,26 @@ export function followAbort(signal: AbortSignal, controller: AbortController): v
   else signal.addEventListener("abort", () => controller.abort(), { once: true });
 }
 
+/**
+ * A component that is one background loop: `run(signal)` starts at start and is aborted by stop or by the
+ * agent's signal; a failure of the loop goes to `onError` (a loop must never crash the process).
+ */
+export function loopComponent(
+  name: string,
+  run: (signal: AbortSignal) => Promise<void>,
+  onError: (err: unknown) => void,
+): Component {
+  const controller = new AbortController();
+  return {
+    name,
+    start: async (signal) => {
+      followAbort(signal, controller);
+      void run(controller.signal).catch(onError);
+    },
+    stop: async () => controller.abort(),
+  };
+}
+
 /** Makes an async stop function idempotent: every caller awaits the same single run. */
 export function once(fn: () => Promise<void>): () => Promise<void> {
   let running: Promise<void> | undefined;

@@ -3,6 +3,7 @@ import { durationMs } from "../config/duration.ts";
 import { duration, size } from "../config/schema.ts";
 import { sizeBytes } from "../config/size.ts";
 import { sleep } from "../core/clock.ts";
+import { loopComponent } from "../core/lifecycle.ts";
 import type { Module } from "../kernel/module.ts";
 import { GrowthDetector, type Resource, type ResourceSample } from "./growth.ts";
 
@@ -60,7 +61,6 @@ export const resourcesModule: Module<typeof resourcesSection> = {
     });
     let last = sample();
     let active: Resource[] = [];
-    const controller = new AbortController();
     const heartbeat = ctx.heartbeat("loop", () => 3 * durationMs(settings.interval) + 5000);
     const run = async (signal: AbortSignal) => {
       while (!signal.aborted) {
@@ -84,16 +84,7 @@ export const resourcesModule: Module<typeof resourcesSection> = {
       }
     };
     return {
-      components: [
-        {
-          name: "resources.watch",
-          start: async (signal) => {
-            signal.addEventListener("abort", () => controller.abort(), { once: true });
-            void run(controller.signal).catch((err: unknown) => ctx.logger.error({ err }, "resource watch failed"));
-          },
-          stop: async () => controller.abort(),
-        },
-      ],
+      components: [loopComponent("resources.watch", run, (err) => ctx.logger.error({ err }, "resource watch failed"))],
       collectors: [{ name: "resources", collect: async () => ({ ...last, growing: active }) }],
       describe: () => ({ ...last, growing: active }),
     };

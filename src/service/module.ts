@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { durationMs } from "../config/duration.ts";
 import { sleep } from "../core/clock.ts";
+import { loopComponent } from "../core/lifecycle.ts";
 import type { Module, ModuleContext } from "../kernel/module.ts";
 import { serviceSection } from "./config.ts";
 import { Notifier } from "./sd-notify.ts";
@@ -79,7 +80,6 @@ export const serviceModule: Module<typeof serviceSection> = {
       }
     };
 
-    const controller = new AbortController();
     const commands = ctx.config().service.debugCommands
       ? [
           {
@@ -97,16 +97,7 @@ export const serviceModule: Module<typeof serviceSection> = {
       : [];
     return {
       components: notifier.enabled
-        ? [
-            {
-              name: "service.notify",
-              start: async (signal) => {
-                signal.addEventListener("abort", () => controller.abort(), { once: true });
-                void run(controller.signal).catch((err: unknown) => ctx.logger.error({ err }, "sd_notify loop failed"));
-              },
-              stop: async () => controller.abort(),
-            },
-          ]
+        ? [loopComponent("service.notify", run, (err) => ctx.logger.error({ err }, "sd_notify loop failed"))]
         : [],
       commands,
       describe: () => ({ systemd: notifier.mechanism, watchdogMs: watchdogMs ?? null, ready }),

@@ -25,6 +25,7 @@ import { Outbox } from "../src/outbox/outbox.ts";
 import { AgentProcess, ROOT } from "../test/helpers/agent-process.ts";
 import { harness, request, sign } from "../test/helpers/commands.ts";
 import { testLink } from "../test/helpers/link.ts";
+import { processMemory } from "../test/helpers/memory.ts";
 import { Mosquitto } from "../test/helpers/mosquitto.ts";
 import { Watch } from "../test/helpers/mqtt-watch.ts";
 import { Operator } from "../test/helpers/operator.ts";
@@ -146,13 +147,6 @@ async function startup(broker: Mosquitto, watch: Watch): Promise<void> {
   });
 }
 
-/** RSS and PSS (anonymous and file-backed) of a process, in MiB, from smaps_rollup. */
-function memory(pid: number): { rss: number; pss: number; anon: number; file: number } {
-  const text = readFileSync(`/proc/${pid}/smaps_rollup`, "utf8");
-  const kb = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+)`, "m").exec(text)?.[1] ?? Number.NaN) / 1024;
-  return { rss: kb("Rss"), pss: kb("Pss"), anon: kb("Pss_Anon"), file: kb("Pss_File") };
-}
-
 /**
  * Idle memory of the shipped binary at the default 10 s telemetry, and of a bare Node idling, each measured
  * alone (two processes mapping one file would halve each other's PSS).
@@ -164,11 +158,11 @@ async function footprint(broker: Mosquitto, watch: Watch): Promise<void> {
   const cold = (file: string) => execFileSync("dd", [`if=${file}`, "iflag=nocache", "count=0", "status=none"]);
   cold(BIN);
   const agent = AgentProcess.run([BIN], { device: { id }, mqtt: { url: broker.url }, telemetry: { interval: "10s" } });
-  let mine: ReturnType<typeof memory>;
+  let mine: ReturnType<typeof processMemory>;
   try {
     await watch.waitFor((m) => m.topic === `outpost/v1/${id}/telemetry`, 30_000, "first telemetry");
     await new Promise((resolve) => setTimeout(resolve, IDLE_SECONDS * 1000));
-    mine = memory(agent.child.pid ?? 0);
+    mine = processMemory(agent.child.pid ?? 0);
   } finally {
     await agent.stop("SIGTERM");
     await agent.cleanup();
@@ -180,10 +174,10 @@ async function footprint(broker: Mosquitto, watch: Watch): Promise<void> {
   chmodSync(node, 0o755);
   cold(node);
   const bare = spawn(node, ["-e", "setInterval(() => {}, 10000)"], { stdio: "ignore" });
-  let theirs: ReturnType<typeof memory>;
+  let theirs: ReturnType<typeof processMemory>;
   try {
     await new Promise((resolve) => setTimeout(resolve, IDLE_SECONDS * 1000));
-    theirs = memory(bare.pid ?? 0);
+    theirs = processMemory(bare.pid ?? 0);
   } finally {
     bare.kill("SIGKILL");
     rmSync(dir, { recursive: true, force: true });

@@ -2,11 +2,12 @@
 // --restart-every minutes, with telemetry every 100 ms and signed commands at --rate per second. Prints RSS,
 // heap and handles (the agent's own resources collector) after a warm-up and at the end, and writes
 // bench/soak.json. Growth is the end minus the warm sample; the goal is under 3 MiB of RSS over an hour.
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { AgentProcess, ROOT } from "../test/helpers/agent-process.ts";
 import { operatorKey } from "../test/helpers/commands.ts";
+import { processMemory } from "../test/helpers/memory.ts";
 import { Mosquitto } from "../test/helpers/mosquitto.ts";
 import { Watch } from "../test/helpers/mqtt-watch.ts";
 import { Operator } from "../test/helpers/operator.ts";
@@ -39,13 +40,8 @@ interface Reading {
   commands: number;
 }
 
+const mib = ({ rss, anon, file }: ReturnType<typeof processMemory>) => ({ rssMiB: rss, anonMiB: anon, fileMiB: file });
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-function memory(pid: number): { rssMiB: number; anonMiB: number; fileMiB: number } {
-  const text = readFileSync(`/proc/${pid}/smaps_rollup`, "utf8");
-  const mib = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+)`, "m").exec(text)?.[1]) / 1024;
-  return { rssMiB: mib("Rss"), anonMiB: mib("Pss_Anon"), fileMiB: mib("Pss_File") };
-}
 
 async function main(): Promise<void> {
   const key = operatorKey();
@@ -87,7 +83,7 @@ async function main(): Promise<void> {
       ?.resources;
     return {
       minute: Math.round(minute() * 10) / 10,
-      ...memory(agent.child.pid ?? 0),
+      ...mib(processMemory(agent.child.pid ?? 0)),
       heapMiB: (resources?.heapUsed ?? Number.NaN) / 1024 / 1024,
       handles: resources?.handles ?? Number.NaN,
       telemetry: watch.telemetry().length,

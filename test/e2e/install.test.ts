@@ -1,6 +1,5 @@
 // Issue 12 item 1: `install --root DIR` file by file, twice; the upgrade of a device set up by hand; refusals.
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
   copyFileSync,
@@ -18,19 +17,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { ROOT } from "../helpers/agent-process.ts";
+import { run as runProgram } from "../helpers/run.ts";
 
 const BIN = join(ROOT, "dist", "outpost-linux-x64");
 const ARM = join(ROOT, "dist", "outpost-linux-arm64");
 
-function run(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const [cmd = "", ...args] = argv;
-    execFile(cmd, args, { timeout: 120_000 }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+const run = (argv: string[]) => runProgram(argv, { timeoutMs: 120_000 });
 
 /** Every path under `dir` with its type, mode, link target or content hash, and mtime. */
 function snapshot(dir: string): Map<string, string> {

@@ -1,7 +1,6 @@
 // Issue 12: the built binary installed as a systemd service, under a real systemd (PID 1 of a private
 // namespace, test/helpers/systemd.ts), one boot for the whole file.
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -12,6 +11,7 @@ import { type Received, Watch } from "../helpers/mqtt-watch.ts";
 import { Operator, PREFIX } from "../helpers/operator.ts";
 import { makePki } from "../helpers/pki.ts";
 import { freePort } from "../helpers/ports.ts";
+import { run } from "../helpers/run.ts";
 import { Systemd, TEST_HOSTS } from "../helpers/systemd.ts";
 
 const BIN = join(ROOT, "dist", "outpost-linux-x64");
@@ -323,16 +323,7 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
     });
 
     const deploy = (port: number, extra: string[] = []) =>
-      new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
-        execFile(
-          "bash",
-          [DEPLOY, "-p", String(port), ...ssh, ...extra, "root@127.0.0.1"],
-          { timeout: 180_000 },
-          (err, stdout, stderr) => {
-            resolve({ code: err ? (typeof err.code === "number" ? err.code : 1) : 0, stdout, stderr });
-          },
-        );
-      });
+      run(["bash", DEPLOY, "-p", String(port), ...ssh, ...extra, "root@127.0.0.1"], { timeoutMs: 180_000 });
     const sums = () =>
       Object.fromEntries(
         readFileSync(join(ROOT, "dist", "SHA256SUMS"), "utf8")

@@ -1,7 +1,5 @@
-import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { promisify } from "node:util";
-
-const run = promisify(execFile);
+import { type ChildProcess, spawn } from "node:child_process";
+import { type Ran, run } from "./run.ts";
 
 /** Host names the namespace's /etc/hosts resolves to 127.0.0.1 (a broker reached by name, over TLS). */
 export const TEST_HOSTS = ["broker.outpost.test"];
@@ -66,7 +64,7 @@ export class Systemd {
     // PID 1 of the namespace is unshare's only child.
     let pid: number | undefined;
     for (let i = 0; i < 200 && pid === undefined; i++) {
-      const { stdout } = await run("pgrep", ["-P", String(unsharePid)]).catch(() => ({ stdout: "" }));
+      const { stdout } = await run(["pgrep", "-P", String(unsharePid)]);
       const found = Number(stdout.trim().split("\n")[0]);
       if (found > 0) pid = found;
       else await new Promise((r) => setTimeout(r, 25));
@@ -97,18 +95,8 @@ export class Systemd {
   }
 
   /** Runs a command inside the namespace; never throws on a non-zero exit (tests assert it). */
-  async exec(argv: string[], timeoutMs = 30_000): Promise<{ code: number; stdout: string; stderr: string }> {
-    return new Promise((resolve) => {
-      execFile(
-        "nsenter",
-        ["-t", String(this.pid), "-m", "-p", "--", ...argv],
-        { timeout: timeoutMs, maxBuffer: 16 * 1024 * 1024 },
-        (err, stdout, stderr) => {
-          const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;
-          resolve({ code, stdout, stderr });
-        },
-      );
-    });
+  exec(argv: string[], timeoutMs = 30_000): Promise<Ran> {
+    return run(["nsenter", "-t", String(this.pid), "-m", "-p", "--", ...argv], { timeoutMs });
   }
 
   sh(script: string, timeoutMs?: number) {

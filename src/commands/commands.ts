@@ -86,6 +86,8 @@ export class Commands implements Component {
   private readonly verifier: Verifier;
   /** Counters by outcome, for tests and telemetry; `suppressed` refusals were neither answered nor logged. */
   readonly counts = { received: 0, executed: 0, refused: 0, suppressed: 0 };
+  /** Told each executed command's outcome and duration (the kernel's latency histogram). */
+  observe: ((command: string, state: "succeeded" | "failed", seconds: number) => void) | undefined;
 
   constructor(options: CommandsOptions) {
     this.o = options;
@@ -235,6 +237,9 @@ export class Commands implements Component {
 
   private async run({ id, definition, params, caller }: Accepted, send: Send, routing: Routing): Promise<void> {
     this.counts.executed += 1;
+    const started = performance.now();
+    const done = (state: "succeeded" | "failed") =>
+      this.observe?.(definition.name, state, (performance.now() - started) / 1000);
     let deferred = false;
     try {
       const result = await definition.run(params, {
@@ -254,10 +259,12 @@ export class Commands implements Component {
         },
       });
       if (!deferred) send({ state: "succeeded", result: result ?? null });
+      done("succeeded");
     } catch (err) {
       const code = isOutpostError(err) ? err.code : "COMMAND_FAILED";
       this.o.logger.warn({ command: definition.name, code, err: errorMessage(err) }, "command failed");
       send({ state: "failed", error: { code, message: errorMessage(err) } });
+      done("failed");
     }
   }
 

@@ -19,7 +19,9 @@ import { type DeviceTopics, deviceTopics } from "../mqtt/topics.ts";
 import { Outbox } from "../outbox/outbox.ts";
 import { clockSyncProbe } from "../system/clock-sync.ts";
 import { VERSION } from "../version.ts";
+import { Alarms } from "./alarms.ts";
 import { Health, type HealthReport } from "./health.ts";
+import { LatestValues } from "./latest.ts";
 import type { Collector, Module, ModuleContext, ModuleParts, Verdict } from "./module.ts";
 import { RetainedState } from "./retained.ts";
 import { statusMessage } from "./status.ts";
@@ -55,6 +57,8 @@ export class Kernel {
   readonly replay: ReplayGuard;
   readonly commands: Commands;
   readonly retained: RetainedState;
+  readonly alarms: Alarms;
+  readonly latest: LatestValues;
   readonly metrics = new Registry();
   readonly health: Health;
   readonly topics: DeviceTopics;
@@ -90,6 +94,7 @@ export class Kernel {
         config: settings.current(),
         protocolVersion: this.link.protocolVersion,
         replayStore: this.replay.durable,
+        extra: () => this.statusExtras(),
       });
 
     this.link = new MqttLink({
@@ -109,6 +114,7 @@ export class Kernel {
       logger: outboxLog,
       dir: config.state.dir,
       alarmTopic: this.topics.alarm("outbox-storage"),
+      onAlarm: (body) => this.alarms.retain("outbox-storage", body),
       maxBytes: sizeBytes(config.outbox.maxBytes),
       ttlMs: durationMs(config.outbox.ttl),
       commitIntervalMs: commit,
@@ -131,11 +137,13 @@ export class Kernel {
       logger: commandLog,
     });
     this.retained = new RetainedState(this.link, logger.child({ component: "retained" }));
-    registerKernelMetrics(this.metrics, {
+    this.alarms = new Alarms({ send: (m) => this.outbox.send(m), retained: this.retained, topics: this.topics, clock });
+    this.latest = new LatestValues((err) => logger.error({ err }, "a listener of the latest values failed"));
+    this.commands.observe = registerKernelMetrics(this.metrics, {
       outbox: () => this.outbox.stats(),
       connected: () => this.link.connected,
       connects: () => this.link.connects,
-      refused: () => this.commands.counts.refused,
+      commands: () => this.commands.counts,
       configVersion: () => settings.current().version,
       eventLoopDelayMs: () => this.health.eventLoopDelayMs(),
     });
@@ -214,6 +222,7 @@ export class Kernel {
       config: { version: snapshot.version, hash: snapshot.hash, restartRequired: this.o.settings.restartRequired() },
       uptime: { agentMs: Math.round(this.o.clock.mono() - this.startedAt), systemS: Math.round(uptime()) },
       health: { alive: this.health.alive(), healthy: this.healthy() },
+      alarms: this.alarms.active(),
       modules,
     };
   }
@@ -240,6 +249,9 @@ export class Kernel {
       topics: this.topics,
       send: (message) => this.outbox.send(message),
       retained: this.retained,
+      alarm: (type, body) => this.alarms.raise(type, body),
+      latest: this.latest,
+      health: () => this.healthy(),
       metrics: this.metrics,
       heartbeat: (name, boundMs) => this.health.heartbeat(`${module.name}.${name}`, boundMs),
       collectors: () => [...this.kernelCollectors, ...this.modules.flatMap((m) => m.parts.collectors ?? [])],
@@ -363,20 +375,29 @@ export class Kernel {
     if (dropped.length === 0) return;
     // Only a tampered or pre-0.2 device has these: say so where the fleet is watched, not only in the journal.
     this.o.logger.error({ dropped }, "stored config overrides of local-only or trust keys were dropped");
-    this.outbox.send({
-      topic: this.topics.alarm("config-overrides"),
-      priority: "alarm",
-      body: { alarm: "config-overrides", active: true, dropped, reason: "remote overrides of protected keys dropped" },
+    this.alarms.raise("config-overrides", {
+      active: true,
+      dropped,
+      reason: "remote overrides of protected keys dropped",
     });
   }
 
   private replayAlarm(durable: boolean): void {
     const reason = "command replay records cannot be stored: state-changing commands are refused";
-    this.outbox.send({
-      topic: this.topics.alarm("replay-store"),
-      priority: "alarm",
-      body: { alarm: "replay-store", active: !durable, ...(durable ? {} : { reason }) },
-    });
+    this.alarms.raise("replay-store", { active: !durable, ...(durable ? {} : { reason }) });
+  }
+
+  /** What the modules add to the status message; a module that fails here must not cost the birth. */
+  private statusExtras(): Record<string, unknown> {
+    const extra: Record<string, unknown> = {};
+    for (const { module, parts } of this.modules) {
+      try {
+        Object.assign(extra, parts.status?.());
+      } catch (err) {
+        this.o.logger.error({ err, module: module.name }, "a module's status fields failed");
+      }
+    }
+    return extra;
   }
 
   private republishStatus(): void {

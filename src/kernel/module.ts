@@ -10,12 +10,28 @@ import type { DeviceTopics } from "../mqtt/topics.ts";
 import type { Envelope, OutboxMessage } from "../outbox/outbox.ts";
 import type { Config } from "../schema.ts";
 import type { HealthReport, Heartbeat } from "./health.ts";
+import type { LatestValues } from "./latest.ts";
 import type { RetainedState } from "./retained.ts";
 
 /** One named source of telemetry. It may fail or hang; the telemetry loop contains both. */
 export interface Collector {
   name: string;
+  /** The collector's metrics; null or undefined for none; a `WithErrors` when some of them could not be read. */
   collect(): Promise<unknown>;
+}
+
+/**
+ * A collector's result when part of it could not be read: the metrics that could, and per missing metric
+ * (`<collector>.<metric>`) why not. The sample carries both; the metric is absent, never zero.
+ */
+export class WithErrors {
+  readonly value: Record<string, unknown>;
+  readonly errors: Record<string, string>;
+
+  constructor(value: Record<string, unknown>, errors: Record<string, string>) {
+    this.value = value;
+    this.errors = errors;
+  }
 }
 
 /** A module's verdict on itself: `reason` says what is wrong when `ok` is false. */
@@ -49,6 +65,16 @@ export interface ModuleContext {
   send(message: OutboxMessage): Envelope;
   /** "Latest value wins" retained topics, republished on every connect. */
   retained: RetainedState;
+  /**
+   * Raises (`active: true`) or clears an alarm: an event on `P/D/alarms/<type>` through the outbox (the
+   * history, never lost) and the retained state `P/D/alarms/<type>/state` (what a dashboard started later
+   * sees). Repeating the same body sends nothing.
+   */
+  alarm(type: string, body: { active: boolean } & Record<string, unknown>): void;
+  /** The device's latest figures (the telemetry module writes them; /metrics and Home Assistant read them). */
+  latest: LatestValues;
+  /** The kernel's health: alive, connected, storage and replay records, every module's verdict. */
+  health(): HealthReport;
   /** One prom-client registry for the whole agent: register counters, gauges and histograms here. */
   metrics: Registry;
   /** A loop that beats less often than `boundMs()` makes the agent not alive (wedged). */
@@ -84,6 +110,8 @@ export interface ModuleParts {
   collectors?: Collector[];
   /** The module's section of `describe`. */
   describe?(): unknown;
+  /** Fields added to the retained status message (`P/D/status`), read when it is built. */
+  status?(): Record<string, unknown>;
   /** Whether the module is healthy (kernel health also needs it to be alive). */
   health?(): Verdict;
   /** Reacts to a new configuration snapshot (the hot-reloadable keys). */

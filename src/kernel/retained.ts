@@ -33,14 +33,21 @@ export class RetainedState {
     this.publish(topic, payload);
   }
 
+  /**
+   * Removes a topic from the broker. The empty message is kept like a value, so that a clear made while
+   * disconnected still reaches the broker on the next connect (and again after each, which costs nothing).
+   */
   clear(topic: string): void {
-    this.latest.delete(topic);
+    if (this.latest.get(topic) === "") return;
+    this.latest.set(topic, "");
     this.publish(topic, "");
   }
 
-  /** The topics held now and their values. */
+  /** The topics held now and their values (cleared ones left out). */
   snapshot(): Record<string, unknown> {
-    return Object.fromEntries([...this.latest].map(([topic, payload]) => [topic, JSON.parse(payload)]));
+    return Object.fromEntries(
+      [...this.latest].filter(([, payload]) => payload !== "").map(([topic, payload]) => [topic, JSON.parse(payload)]),
+    );
   }
 
   close(): void {

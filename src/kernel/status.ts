@@ -12,6 +12,8 @@ export interface StatusInputs {
   protocolVersion: ProtocolVersion;
   /** Whether command replay records can be stored. */
   replayStore: boolean;
+  /** The modules' fields (the board, say). */
+  extra?: () => Record<string, unknown>;
 }
 
 /** The retained `P/D/status` message: the birth (`online`), the will (`lost`) and the farewell (`offline`). */
@@ -21,6 +23,7 @@ export function statusMessage(state: "online" | "offline" | "lost", s: StatusInp
     qos: 1,
     retain: true,
     payload: JSON.stringify({
+      ...s.extra?.(),
       state,
       session: s.session,
       version: VERSION,

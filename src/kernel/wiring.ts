@@ -1,5 +1,5 @@
 import type { Registry } from "prom-client";
-import { Gauge } from "prom-client";
+import { Counter, Gauge, Histogram } from "prom-client";
 import type { CommandPolicy } from "../commands/commands.ts";
 import { durationMs } from "../config/duration.ts";
 import { sizeBytes } from "../config/size.ts";
@@ -8,18 +8,44 @@ import type { Logger } from "../core/logger.ts";
 import type { OutboxStats } from "../outbox/outbox.ts";
 import type { Config } from "../schema.ts";
 
-/** What the kernel's gauges read. */
+/** What the kernel's metrics read. */
 export interface KernelFigures {
   outbox(): OutboxStats;
   connected(): boolean;
   connects(): number;
-  refused(): number;
+  commands(): { received: number; executed: number; refused: number; suppressed: number };
   configVersion(): number;
   eventLoopDelayMs(): number;
 }
 
-/** The kernel's own metrics in the one registry (read when scraped). */
-export function registerKernelMetrics(registry: Registry, f: KernelFigures): void {
+/** A counter whose value is read from elsewhere when scraped (prom-client counters only count up by inc). */
+function readCounter(
+  registers: Registry[],
+  name: string,
+  help: string,
+  labelNames: string[],
+  read: () => [Record<string, string>, number][],
+) {
+  return new Counter({
+    name,
+    help,
+    labelNames,
+    registers,
+    collect() {
+      this.reset();
+      for (const [labels, value] of read()) this.inc(labels, value);
+    },
+  });
+}
+
+/**
+ * The kernel's own metrics in the one registry, read when scraped. Returns the observer of command durations
+ * (the router calls it as each command ends).
+ */
+export function registerKernelMetrics(
+  registry: Registry,
+  f: KernelFigures,
+): (command: string, state: "succeeded" | "failed", seconds: number) => void {
   const registers = [registry];
   const gauge = (name: string, help: string, read: () => number) =>
     new Gauge({
@@ -30,14 +56,65 @@ export function registerKernelMetrics(registry: Registry, f: KernelFigures): voi
         this.set(read());
       },
     });
-  gauge("outpost_outbox_queued", "Messages not yet acknowledged by the broker", () => f.outbox().queued);
-  gauge("outpost_outbox_bytes", "Bytes of the messages not yet acknowledged", () => f.outbox().bytes);
-  gauge("outpost_outbox_sent", "Messages acknowledged by the broker since start", () => f.outbox().sent);
+  gauge("outpost_outbox_queued_messages", "Messages not yet acknowledged by the broker", () => f.outbox().queued);
+  gauge("outpost_outbox_queued_bytes", "Bytes of the messages not yet acknowledged", () => f.outbox().bytes);
+  readCounter(
+    registers,
+    "outpost_outbox_sent_messages_total",
+    "Messages acknowledged by the broker since start",
+    [],
+    () => [[{}, f.outbox().sent]],
+  );
+  readCounter(
+    registers,
+    "outpost_outbox_dropped_messages_total",
+    "Messages dropped by policy since start, by class and reason",
+    ["class", "reason"],
+    () =>
+      Object.entries(f.outbox().dropped).flatMap(([priority, reasons]) =>
+        Object.entries(reasons).map(([reason, n]): [Record<string, string>, number] => [
+          { class: priority, reason },
+          n,
+        ]),
+      ),
+  );
+  gauge("outpost_outbox_degraded", "1 while the outbox database cannot be written", () =>
+    f.outbox().degraded ? 1 : 0,
+  );
   gauge("outpost_mqtt_connected", "1 while connected to the broker", () => (f.connected() ? 1 : 0));
-  gauge("outpost_mqtt_connects", "Connections made since start", () => f.connects());
-  gauge("outpost_commands_refused", "Command requests refused since start", () => f.refused());
+  readCounter(
+    registers,
+    "outpost_mqtt_connects_total",
+    "Connections made since start (the first and every reconnect)",
+    [],
+    () => [[{}, f.connects()]],
+  );
+  readCounter(registers, "outpost_commands_total", "Command requests since start, by outcome", ["outcome"], () =>
+    Object.entries(f.commands()).map(([outcome, n]): [Record<string, string>, number] => [{ outcome }, n]),
+  );
+  const durations = new Histogram({
+    name: "outpost_command_duration_seconds",
+    help: "Time from start to the final reply of executed commands",
+    labelNames: ["command", "state"],
+    buckets: [0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10, 60],
+    registers,
+  });
   gauge("outpost_config_version", "Configuration version (applied changes + 1)", () => f.configVersion());
-  gauge("outpost_event_loop_delay_ms", "Worst event-loop delay of the last window", () => f.eventLoopDelayMs());
+  gauge(
+    "outpost_event_loop_delay_seconds",
+    "Worst event-loop delay of the last window",
+    () => f.eventLoopDelayMs() / 1000,
+  );
+  gauge("outpost_resident_memory_bytes", "Resident set size of the agent", () => process.memoryUsage.rss());
+  gauge("outpost_heap_used_bytes", "JavaScript heap in use", () => process.memoryUsage().heapUsed);
+  readCounter(registers, "outpost_cpu_seconds_total", "CPU time used by the agent, by mode", ["mode"], () => {
+    const cpu = process.cpuUsage();
+    return [
+      [{ mode: "user" }, cpu.user / 1e6],
+      [{ mode: "system" }, cpu.system / 1e6],
+    ];
+  });
+  return (command, state, seconds) => durations.observe({ command, state }, seconds);
 }
 
 export function linkOptions(config: Config) {

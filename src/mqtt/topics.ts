@@ -2,6 +2,8 @@
 export interface DeviceTopics {
   status: string;
   telemetry: string;
+  /** Retained merged latest values (Home Assistant's sensors read it). */
+  state: string;
   update: string;
   event(type: string): string;
   alarm(type: string): string;
@@ -17,6 +19,7 @@ export function deviceTopics(prefix: string, deviceId: string): DeviceTopics {
   return {
     status: `${base}/status`,
     telemetry: `${base}/telemetry`,
+    state: `${base}/state`,
     update: `${base}/update`,
     event: (type) => `${base}/events/${type}`,
     alarm: (type) => `${base}/alarms/${type}`,

@@ -34,8 +34,8 @@ export * from "./types.ts";
  */
 export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
   readonly name = "outbox";
-  private readonly o: Required<Omit<OutboxOptions, "dir" | "alarmTopic" | "maxPacketSize" | "heartbeat">> &
-    Pick<OutboxOptions, "dir" | "alarmTopic" | "maxPacketSize" | "heartbeat">;
+  private readonly o: Required<Omit<OutboxOptions, "dir" | "alarmTopic" | "onAlarm" | "maxPacketSize" | "heartbeat">> &
+    Pick<OutboxOptions, "dir" | "alarmTopic" | "onAlarm" | "maxPacketSize" | "heartbeat">;
   private store: OutboxStore | undefined;
   private seq = 0;
   private readonly ledger = new Ledger();
@@ -299,6 +299,7 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
       priority: "alarm",
       body: { alarm: "outbox-storage", active, ...(reason ? { reason } : {}) },
     });
+    this.o.onAlarm?.({ active, ...(reason ? { reason } : {}) });
   }
 
   private async run(signal: AbortSignal): Promise<void> {

@@ -61,6 +61,8 @@ export interface OutboxOptions {
   dir?: string;
   /** Topic for the outbox's own alarm (storage trouble). */
   alarmTopic?: string;
+  /** Told each storage alarm as it is sent (the kernel keeps it as a retained alarm state too). */
+  onAlarm?: (body: { active: boolean; reason?: string }) => void;
   /** Bytes held at most (stored and in memory); beyond it the lowest class, oldest first, is dropped. */
   maxBytes?: number;
   /** Age after which an undelivered message is dropped. */

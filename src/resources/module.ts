@@ -71,11 +71,7 @@ export const resourcesModule: Module<typeof resourcesSection> = {
           const changed = verdict.growing.join() !== active.join();
           if (changed && (verdict.growing.length > 0 || active.length > 0)) {
             active = verdict.growing;
-            ctx.send({
-              topic: ctx.topics.alarm("resource-growth"),
-              priority: "alarm",
-              body: { alarm: "resource-growth", active: active.length > 0, growing: active, floors: verdict.floors },
-            });
+            ctx.alarm("resource-growth", { active: active.length > 0, growing: active, floors: verdict.floors });
             const log = active.length > 0 ? ctx.logger.warn.bind(ctx.logger) : ctx.logger.info.bind(ctx.logger);
             log({ growing: active, floors: verdict.floors }, "resource growth alarm");
           }

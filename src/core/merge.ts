@@ -1,0 +1,52 @@
+/** Metrics as nested objects: walking them into leaves, and merging a partial sample into a full one. */
+
+export type Leaf = { segments: string[]; value: unknown };
+
+export function isObject(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+export function leaves(metrics: Record<string, unknown>, prefix: string[] = [], out: Leaf[] = []): Leaf[] {
+  for (const [key, value] of Object.entries(metrics)) {
+    const segments = [...prefix, key];
+    if (isObject(value)) leaves(value, segments, out);
+    else out.push({ segments, value });
+  }
+  return out;
+}
+
+/** Keys that would reach an object's prototype: a payload from the broker must not set them. */
+const UNSAFE = new Set(["__proto__", "constructor", "prototype"]);
+
+export function put(target: Record<string, unknown>, segments: readonly string[], value: unknown): void {
+  if (segments.some((s) => UNSAFE.has(s))) return;
+  let node = target;
+  for (const key of segments.slice(0, -1)) {
+    const child = node[key];
+    if (isObject(child)) node = child;
+    else {
+      const created: Record<string, unknown> = {};
+      node[key] = created;
+      node = created;
+    }
+  }
+  const last = segments[segments.length - 1];
+  if (last !== undefined) node[last] = value;
+}
+
+/**
+ * What a consumer does with a report: a full sample replaces the state, a partial one is merged into it
+ * (objects key by key, anything else replaced). `errors`, when present, replaces the errors.
+ */
+export function mergeReport(
+  state: { metrics: Record<string, unknown>; errors: Record<string, string> } | undefined,
+  report: { full?: unknown; metrics?: unknown; errors?: unknown },
+): { metrics: Record<string, unknown>; errors: Record<string, string> } {
+  const metrics = isObject(report.metrics) ? report.metrics : {};
+  const errors = isObject(report.errors) ? (report.errors as Record<string, string>) : undefined;
+  // A message without `full` comes from an agent before change-aware reporting: every sample was full.
+  if (report.full !== false || !state) return { metrics: structuredClone(metrics), errors: errors ?? {} };
+  const merged = structuredClone(state.metrics);
+  for (const leaf of leaves(metrics)) put(merged, leaf.segments, leaf.value);
+  return { metrics: merged, errors: errors ?? state.errors };
+}

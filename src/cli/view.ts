@@ -1,9 +1,13 @@
 /** Terminal rendering of what a device publishes; shared by `demo` and `ctl watch`. */
 
+import { mergeReport } from "../core/merge.ts";
+
 export interface DeviceView {
   id: string;
   status?: Record<string, unknown>;
+  /** The latest telemetry message, with `metrics` and `errors` merged from the full and partial samples so far. */
   telemetry?: Record<string, unknown>;
+  merged?: { metrics: Record<string, unknown>; errors: Record<string, string> };
   received: number;
 }
 
@@ -38,6 +42,31 @@ export function telemetryLine(device: DeviceView): string {
   ].join(" ");
 }
 
+/** What a Pi or a Jetson adds: the firmware's flags by name, GPU and power rails. */
+function boardLines(m: Record<string, unknown>, board: Record<string, unknown>): string[] {
+  const lines: string[] = [];
+  if (typeof board.model === "string") lines.push(`  board     ${board.model}`);
+  const pi = obj(m.pi);
+  if (Object.keys(pi).length > 0) {
+    const named = (flags: Record<string, unknown>) => Object.keys(flags).filter((k) => flags[k] === true);
+    const now = named(obj(pi.now));
+    const since = named(obj(pi.sinceBoot));
+    lines.push(
+      `  pi        now ${now.length ? now.join(", ") : "ok"}   since boot ${since.length ? since.join(", ") : "ok"}   arm ${fmt(num(pi.armClockMHz), " MHz", 0)}`,
+    );
+  }
+  const jetson = obj(m.jetson);
+  if (Object.keys(jetson).length > 0) {
+    const gpu = obj(jetson.gpu);
+    const rails = Object.entries(obj(jetson.rails)).map(([name, r]) => `${name} ${fmt(num(obj(r).watts), " W")}`);
+    lines.push(
+      `  gpu       ${fmt(num(gpu.loadPercent), "%")} at ${fmt(num(gpu.clockMHz), " MHz", 0)}   mode ${String(obj(jetson.powerMode).name ?? "-")}`,
+    );
+    if (rails.length > 0) lines.push(`  power     ${rails.join("   ")}`);
+  }
+  return lines;
+}
+
 /** A full-screen panel for a terminal. */
 export function renderPanel(devices: DeviceView[], header: string[]): string {
   const lines = [...header, ""];
@@ -64,6 +93,7 @@ export function renderPanel(devices: DeviceView[], header: string[]): string {
     );
     lines.push(`  disk /    ${fmt(num(disk.usePercent), "%")}   load ${fmt(num(load["1m"]), "", 2)}`);
     lines.push(`  temp      ${fmt(num(obj(m.temperature).cpu), " C")}   uptime ${num(up.seconds) ?? "-"} s`);
+    lines.push(...boardLines(m, obj(s.board)));
     if (errors.length > 0) lines.push(`  collector errors: ${errors.join(", ")}`);
     lines.push("");
   }
@@ -88,7 +118,12 @@ export function applyMessage(
   devices.set(id, device);
   device.received += 1;
   if (kind === "status") device.status = body;
-  else device.telemetry = body;
+  else {
+    // Between full samples a device sends only what moved: merged, the view shows every current value.
+    const merged = mergeReport(device.merged, body);
+    device.merged = merged;
+    device.telemetry = { ...body, metrics: merged.metrics, errors: merged.errors };
+  }
   return { device, kind };
 }
 

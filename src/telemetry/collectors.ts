@@ -1,10 +1,9 @@
 import { readdir, readFile, statfs } from "node:fs/promises";
-import { loadavg, uptime } from "node:os";
 import { join } from "node:path";
 import si from "systeminformation";
-import type { Collector } from "../kernel/module.ts";
+import { type Collector, WithErrors } from "../kernel/module.ts";
 import { SKIPPED_INTERFACES } from "./config.ts";
-import { busyPercent, parseNetDev, parseProcStat } from "./procfs.ts";
+import { busyPercent, parseMeminfo, parseNetDev, parseProcStat } from "./procfs.ts";
 
 export type { Collector };
 
@@ -59,7 +58,9 @@ export function systemCollectors(options: CollectorOptions = {}): Collector[] {
     {
       name: "memory",
       async collect() {
-        const m = await si.mem();
+        // systeminformation reads the host's /proc only; a fixture tree's meminfo is parsed the same way.
+        const m =
+          procRoot === "/proc" ? await si.mem() : parseMeminfo(await readFile(join(procRoot, "meminfo"), "utf8"));
         return {
           total: m.total,
           used: m.active,
@@ -97,13 +98,16 @@ export function systemCollectors(options: CollectorOptions = {}): Collector[] {
     },
     {
       name: "uptime",
-      // os.uptime() instead of si.time(), which spawns date for the time zone.
-      collect: async () => ({ seconds: Math.round(uptime()) }),
+      // /proc/uptime instead of si.time(), which spawns date for the time zone.
+      async collect() {
+        const seconds = Number((await readFile(join(procRoot, "uptime"), "utf8")).split(/\s+/)[0]);
+        return { seconds: Math.round(seconds) };
+      },
     },
     {
       name: "load",
       async collect() {
-        const [one, five, fifteen] = loadavg();
+        const [one, five, fifteen] = (await readFile(join(procRoot, "loadavg"), "utf8")).split(/\s+/).map(Number);
         return { "1m": one, "5m": five, "15m": fifteen };
       },
     },
@@ -117,7 +121,7 @@ const CPU_ZONE = /^(cpu|soc|x86_pkg_temp|cpu-thermal|cpu_thermal|CPU-therm|acpit
  * Every thermal zone in °C, and `cpu`: the hottest CPU-like zone (or the first zone). Null when the board
  * has none, so that the metric is absent rather than zero.
  */
-export async function thermalZones(dir: string): Promise<Record<string, unknown> | null> {
+export async function thermalZones(dir: string): Promise<Record<string, unknown> | WithErrors | null> {
   let entries: string[];
   try {
     entries = (await readdir(dir)).filter((e) => e.startsWith("thermal_zone")).sort();
@@ -125,6 +129,7 @@ export async function thermalZones(dir: string): Promise<Record<string, unknown>
     return null;
   }
   const zones: Record<string, number> = {};
+  const errors: Record<string, string> = {};
   let cpu: number | undefined;
   let first: number | undefined;
   for (const entry of entries) {
@@ -134,15 +139,21 @@ export async function thermalZones(dir: string): Promise<Record<string, unknown>
         readFile(join(dir, entry, "temp"), "utf8"),
       ]);
       const celsius = round(Number(temp.trim()) / 1000);
-      if (!Number.isFinite(celsius)) continue;
+      if (!Number.isFinite(celsius)) {
+        errors[`temperature.${entry}`] =
+          `not a number in /sys/class/thermal/${entry}/temp: ${JSON.stringify(temp.trim().slice(0, 20))}`;
+        continue;
+      }
       const name = type.trim() || entry;
       zones[name] = celsius;
       first ??= celsius;
       if (CPU_ZONE.test(name)) cpu = Math.max(cpu ?? celsius, celsius);
-    } catch {
-      // A zone can vanish or refuse reads (disabled sensors return EINVAL); the others still count.
+    } catch (err) {
+      // A zone can vanish or refuse reads (disabled sensors return EINVAL): it is left out, the others count.
+      errors[`temperature.${entry}`] = `${(err as NodeJS.ErrnoException).code ?? "error"}: /sys/class/thermal/${entry}`;
     }
   }
   const main = cpu ?? first;
-  return main === undefined ? null : { cpu: main, zones };
+  const value = main === undefined ? null : { cpu: main, zones };
+  return Object.keys(errors).length > 0 ? new WithErrors(value ?? {}, errors) : value;
 }

@@ -1,37 +1,128 @@
+import { Gauge } from "prom-client";
 import { z } from "zod";
 import { durationMs } from "../config/duration.ts";
-import type { Module } from "../kernel/module.ts";
+import { type Collector, type Module, WithErrors } from "../kernel/module.ts";
+import { type Board, detectBoard } from "./boards/detect.ts";
+import { jetsonMetrics } from "./boards/jetson.ts";
+import { piMetrics } from "./boards/pi.ts";
 import { systemCollectors } from "./collectors.ts";
-import { telemetrySection } from "./config.ts";
+import { DEFAULT_DEADBANDS, telemetrySection } from "./config.ts";
+import { ChangeFilter, type ChangePolicy } from "./deadband.ts";
+import { diskIoCollector, filesystemOf, RunLedger, wear } from "./storage.ts";
+import { Reads, type Roots } from "./sysfs.ts";
 import { Telemetry } from "./telemetry.ts";
 
+/** A collector whose metrics are read file by file, each failure kept as a reason rather than failing all. */
+export function readsCollector(
+  name: string,
+  roots: Roots,
+  read: (reads: Reads) => Promise<Record<string, unknown> | null>,
+): Collector {
+  return {
+    name,
+    async collect() {
+      const reads = new Reads(name, roots);
+      const value = await read(reads);
+      if (Object.keys(reads.errors).length === 0) return value;
+      return new WithErrors(value ?? {}, reads.errors);
+    },
+  };
+}
+
+/** The collectors of the board the agent runs on (none for a board without its own). */
+export function boardCollectors(board: Board, roots: Roots): Collector[] {
+  if (board.kind === "raspberry-pi") return [readsCollector("pi", roots, (r) => piMetrics(roots, r))];
+  if (board.kind === "jetson") return [readsCollector("jetson", roots, (r) => jetsonMetrics(roots, r))];
+  return [];
+}
+
 /**
- * Telemetry: samples every module's collectors (the device's own from /proc and /sys among them) once per
- * `telemetry.interval` and publishes them on `P/D/telemetry`; `telemetry.now` takes a sample on request.
+ * Telemetry: samples every module's collectors (the device's own from /proc and /sys, the board's, storage)
+ * once per `telemetry.interval` and publishes on `P/D/telemetry` a full sample every `telemetry.fullInterval`
+ * and, between them, only the metrics that moved past their deadband. `telemetry.now` takes a full sample.
  */
 export const telemetryModule: Module<typeof telemetrySection> = {
   name: "telemetry",
   config: telemetrySection,
   create(ctx) {
     const settings = () => ctx.config().telemetry;
+    const booted = settings();
+    const roots: Roots = { proc: booted.procRoot, sys: booted.sysRoot, host: booted.hostRoot };
+    const board = detectBoard(roots);
+    new Gauge({
+      name: "outpost_board_info",
+      help: "The board the agent runs on (the value is always 1)",
+      labelNames: ["kind", "model"],
+      registers: [ctx.metrics],
+    }).set({ kind: board.kind, model: board.model }, 1);
+    const stateDir = ctx.config().state.dir;
     const interval = () => durationMs(settings().interval);
     const timeout = () => durationMs(settings().collectorTimeout);
+    const filter = new ChangeFilter();
+    const counts = { full: 0, partial: 0, quiet: 0 };
+    const policy = (): ChangePolicy => ({
+      deadbands: { ...DEFAULT_DEADBANDS, ...settings().deadbands },
+      fullOnly: settings().fullOnly,
+      fullIntervalMs: durationMs(settings().fullInterval),
+      intervalMs: interval(),
+    });
+    let runs: RunLedger | undefined;
     const telemetry = new Telemetry({
       collectors: () => ctx.collectors(),
       intervalMs: interval,
       timeoutMs: timeout,
       publish: (sample) => {
-        const body: Record<string, unknown> = { metrics: sample.metrics };
-        if (Object.keys(sample.errors).length > 0) body.errors = sample.errors;
-        ctx.send({ topic: ctx.topics.telemetry, priority: "telemetry", body });
+        const report = filter.decide(sample.metrics, sample.errors, ctx.clock.mono(), policy());
+        ctx.latest.update(sample, report);
+        boardAlarms(sample.metrics);
+        if (!report) {
+          counts.quiet += 1;
+          return;
+        }
+        counts[report.full ? "full" : "partial"] += 1;
+        ctx.send({ topic: ctx.topics.telemetry, priority: "telemetry", body: { ...report } });
       },
       logger: ctx.logger,
       // A cycle may take the collector timeout on top of the interval; three of those is a wedged loop.
       heartbeat: ctx.heartbeat("loop", () => 3 * (interval() + timeout()) + 5000),
     });
+    // Under-voltage and throttling are what a Pi's owner most needs to hear of: alarms, not just figures.
+    const boardAlarms = (metrics: Record<string, unknown>) => {
+      const now = (metrics.pi as { now?: { underVoltage?: boolean; throttled?: boolean } } | undefined)?.now;
+      if (now?.underVoltage !== undefined) {
+        ctx.alarm("under-voltage", {
+          active: now.underVoltage,
+          ...(now.underVoltage ? { reason: "the supply voltage is below 4.63 V" } : {}),
+        });
+      }
+      if (now?.throttled !== undefined) ctx.alarm("throttled", { active: now.throttled });
+    };
+    const collectors: Collector[] = [
+      ...systemCollectors({
+        procRoot: roots.proc,
+        sysRoot: roots.sys,
+        skipInterfaces: () => settings().skipInterfaces,
+      }),
+      ...boardCollectors(board, roots),
+      { name: "diskio", collect: diskIoCollector(roots, () => ctx.clock.mono()) },
+      { name: "statefs", collect: () => filesystemOf(stateDir) },
+      readsCollector("wear", roots, (r) => wear(roots, r)),
+      { name: "restarts", collect: async () => (runs ? { starts: runs.starts, unclean: runs.unclean } : null) },
+    ];
     return {
-      components: [telemetry],
-      collectors: systemCollectors({ skipInterfaces: () => settings().skipInterfaces }),
+      components: [
+        {
+          name: "run-ledger",
+          start: async () => {
+            runs = new RunLedger(stateDir);
+            if (runs.previousUnclean)
+              ctx.logger.warn({ starts: runs.starts, unclean: runs.unclean }, "the previous run did not stop cleanly");
+          },
+          stop: async () => runs?.stopped(),
+        },
+        telemetry,
+      ],
+      collectors,
       commands: [
         {
           name: "telemetry.now",
@@ -40,14 +131,24 @@ export const telemetryModule: Module<typeof telemetrySection> = {
           run: async () => {
             const sample = await telemetry.sample();
             const errors = Object.keys(sample.errors).length ? { errors: sample.errors } : {};
-            return { metrics: sample.metrics, ...errors };
+            return { full: true, metrics: sample.metrics, ...errors };
           },
         },
       ],
+      status: () => ({ board: { kind: board.kind, model: board.model } }),
       describe: () => {
         const last = telemetry.lastSample;
         const lastSampleAgeMs = last === undefined ? null : Math.round(performance.now() - last);
-        return { interval: settings().interval, samples: telemetry.count, lastSampleAgeMs };
+        const { interval: every, fullInterval } = settings();
+        return {
+          interval: every,
+          fullInterval,
+          samples: telemetry.count,
+          reports: { ...counts },
+          lastSampleAgeMs,
+          board,
+          roots,
+        };
       },
       health: () => {
         const last = telemetry.lastSample;
@@ -57,8 +158,15 @@ export const telemetryModule: Module<typeof telemetrySection> = {
         return age <= bound ? { ok: true } : { ok: false, reason: `last sample ${Math.round(age)}ms ago` };
       },
       onConfigChange: (next, previous) => {
+        const [a, b] = [previous.telemetry, next.telemetry];
         // Ends the current wait, so that a new interval applies at once rather than after the old one.
-        if (next.telemetry.interval !== previous.telemetry.interval) telemetry.wake();
+        if (b.interval !== a.interval) telemetry.wake();
+        // New deadbands or a new full interval start from a full sample.
+        if (
+          JSON.stringify([a.deadbands, a.fullOnly, a.fullInterval]) !==
+          JSON.stringify([b.deadbands, b.fullOnly, b.fullInterval])
+        )
+          filter.reset();
       },
       quiesce: () => telemetry.stop(),
     };

@@ -44,3 +44,23 @@ export function parseNetDev(text: string): Record<string, { rxBytes: number; txB
   }
   return out;
 }
+
+/** /proc/meminfo as systeminformation's `mem()` reports it (bytes; `active` = total - available). */
+export function parseMeminfo(text: string): {
+  total: number;
+  active: number;
+  available: number;
+  swaptotal: number;
+  swapused: number;
+} {
+  const kib = (key: string) => {
+    const match = new RegExp(`^${key}:\\s+(\\d+)`, "m").exec(text);
+    return match ? Number(match[1]) * 1024 : undefined;
+  };
+  const total = kib("MemTotal") ?? 0;
+  const free = kib("MemFree") ?? 0;
+  const buffcache = (kib("Buffers") ?? 0) + (kib("Cached") ?? 0) + (kib("SReclaimable") ?? 0);
+  const available = kib("MemAvailable") || free + buffcache;
+  const swaptotal = kib("SwapTotal") ?? 0;
+  return { total, active: total - available, available, swaptotal, swapused: swaptotal - (kib("SwapFree") ?? 0) };
+}

@@ -3,7 +3,7 @@ import { errorMessage, OutpostError } from "../core/errors.ts";
 import { type Component, followAbort, once, withDeadline } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
 import type { Heartbeat } from "../kernel/health.ts";
-import type { Collector } from "../kernel/module.ts";
+import { type Collector, WithErrors } from "../kernel/module.ts";
 
 export interface Sample {
   metrics: Record<string, unknown>;
@@ -90,7 +90,10 @@ export class Telemetry implements Component {
             timeout,
             () => new OutpostError("TIMEOUT", `timeout after ${timeout}ms`),
           );
-          if (value !== null && value !== undefined) metrics[collector.name] = value;
+          if (value instanceof WithErrors) {
+            if (Object.keys(value.value).length > 0) metrics[collector.name] = value.value;
+            Object.assign(errors, value.errors);
+          } else if (value !== null && value !== undefined) metrics[collector.name] = value;
         } catch (err) {
           errors[collector.name] = errorMessage(err);
         }

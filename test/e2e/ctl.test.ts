@@ -37,7 +37,7 @@ describe("outpost ctl and keygen, the built x64 binary against a real mosquitto"
     config = {
       device: { id: "dev-e2e", groups: ["e2e-line"] },
       mqtt: { url: `mqtt://127.0.0.1:${broker.port}` },
-      telemetry: { interval: "500ms" },
+      telemetry: { interval: "500ms", fullInterval: "50ms" },
       commands: { trustedKeys: [{ name: "ops", key: pub, allow: ["*"] }] },
     };
     agent = AgentProcess.run([BIN], config);
@@ -105,7 +105,9 @@ describe("outpost ctl and keygen, the built x64 binary against a real mosquitto"
   });
 
   it("config.set applies, reports restart-only keys, and refuses bad params naming the path", async () => {
-    const r = await call("dev-e2e", "config.set", { patch: { telemetry: { interval: "2s" }, outbox: { window: 16 } } });
+    const r = await call("dev-e2e", "config.set", {
+      patch: { telemetry: { interval: "2s", fullInterval: "50ms" }, outbox: { window: 16 } },
+    });
     assert.equal(r.code, 0, r.stderr);
     const set = JSON.parse(r.stdout);
     assert.deepEqual(set.changed, ["outbox.window", "telemetry.interval"]);

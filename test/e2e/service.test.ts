@@ -57,7 +57,7 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
     config = {
       device: { id: DEVICE },
       mqtt: { url: `mqtts://${TEST_HOSTS[0]}:${tlsPort}`, ca: "/etc/outpost/ca.pem", reconnectMax: "1s" },
-      telemetry: { interval: "1s" },
+      telemetry: { interval: "1s", fullInterval: "50ms" },
       commands: { trustedKeys: [{ name: "ops", key: key.publicText, allow: ["*"] }] },
       service: { debugCommands: true },
     };
@@ -183,7 +183,10 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
     const interval = async () =>
       ((await operator.final(DEVICE, "config.get", { path: "telemetry.interval" })).result as { value: unknown }).value;
     assert.equal(await interval(), "1s");
-    writeFileSync(join(dir, "config.json"), JSON.stringify({ ...config, telemetry: { interval: "2s" } }));
+    writeFileSync(
+      join(dir, "config.json"),
+      JSON.stringify({ ...config, telemetry: { interval: "2s", fullInterval: "50ms" } }),
+    );
     const copy = await sd.sh(`install -m 0640 -g outpost ${inside(dir, "config.json")} /etc/outpost/config.yaml`);
     assert.equal(copy.code, 0, copy.stderr);
     const reloaded = await sd.exec(["systemctl", "reload", "outpost"]);

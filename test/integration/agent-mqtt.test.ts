@@ -9,7 +9,7 @@ function config(port: number, id: string, mqtt: Record<string, unknown> = {}) {
   return {
     device: { id },
     mqtt: { url: `mqtt://127.0.0.1:${port}`, reconnectMin: "50ms", reconnectMax: "500ms", keepalive: "5s", ...mqtt },
-    telemetry: { interval: "200ms" },
+    telemetry: { interval: "200ms", fullInterval: "50ms" },
   };
 }
 

@@ -44,7 +44,7 @@ describe("secured links", () => {
     const good = AgentProcess.run(sourceCommand(), {
       device: { id: "dev-tls" },
       mqtt: { url: `mqtts://127.0.0.1:${broker.port}`, ...tls, ...base },
-      telemetry: { interval: "200ms" },
+      telemetry: { interval: "200ms", fullInterval: "50ms" },
     });
     // Same broker, but the agent does not trust its CA: it must not connect.
     const untrusting = AgentProcess.run(sourceCommand(), {
@@ -108,7 +108,7 @@ describe("secured links", () => {
     const agent = AgentProcess.run(sourceCommand(), {
       device: { id: "dev-fallback" },
       mqtt: { url: `mqtt://127.0.0.1:${port}`, protocolVersion: 5, ...base },
-      telemetry: { interval: "200ms" },
+      telemetry: { interval: "200ms", fullInterval: "50ms" },
     });
     try {
       const online = await watch.waitFor((m) => m.topic === `${PREFIX}/dev-fallback/status`, 15_000, "online");

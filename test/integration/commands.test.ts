@@ -23,7 +23,7 @@ function config(port: number, id: string, more: Record<string, unknown> = {}) {
   return {
     device: { id, groups: ["line-3"] },
     mqtt: { url: `mqtt://127.0.0.1:${port}`, reconnectMin: "50ms", reconnectMax: "500ms" },
-    telemetry: { interval: "1s" },
+    telemetry: { interval: "1s", fullInterval: "50ms" },
     commands: {
       trustedKeys: [
         { name: "ops", key: ops.publicText, allow: ["*"] },
@@ -78,11 +78,13 @@ describe("remote commands against a real mosquitto", () => {
   };
 
   it("refuses a request captured off the wire and re-published, and executes nothing", async () => {
-    const first = await operator.final("dev-cmd", "config.set", { patch: { telemetry: { interval: "2s" } } });
+    const first = await operator.final("dev-cmd", "config.set", {
+      patch: { telemetry: { interval: "2s", fullInterval: "50ms" } },
+    });
     assert.equal(first.state, "succeeded");
     const captured = watch.items.findLast((m) => m.topic === `${PREFIX}/dev-cmd/cmd/config.set`);
     assert.ok(captured, "the request was seen on the wire");
-    await operator.final("dev-cmd", "config.set", { patch: { telemetry: { interval: "3s" } } });
+    await operator.final("dev-cmd", "config.set", { patch: { telemetry: { interval: "3s", fullInterval: "50ms" } } });
     const before = await interval();
 
     const reply = watch.waitForNext((m) => m.topic === `${PREFIX}/dev-cmd/cmd/config.set/reply`, 5000, "reply");
@@ -98,7 +100,11 @@ describe("remote commands against a real mosquitto", () => {
     const envelope = signPayload(
       JSON.stringify(
         request(
-          { command: "config.set", device: "dev-cmd", params: { patch: { telemetry: { interval: "9s" } } } },
+          {
+            command: "config.set",
+            device: "dev-cmd",
+            params: { patch: { telemetry: { interval: "9s", fullInterval: "50ms" } } },
+          },
           Date.now(),
         ),
       ),
@@ -113,7 +119,7 @@ describe("remote commands against a real mosquitto", () => {
       ],
       [
         "config.set",
-        JSON.stringify({ id: "plain", params: { patch: { telemetry: { interval: "8s" } } } }),
+        JSON.stringify({ id: "plain", params: { patch: { telemetry: { interval: "8s", fullInterval: "50ms" } } } }),
         "COMMAND_UNSIGNED",
       ],
       [
@@ -133,7 +139,11 @@ describe("remote commands against a real mosquitto", () => {
           signPayload(
             JSON.stringify(
               request(
-                { command: "config.set", device: "dev-cmd", params: { patch: { telemetry: { interval: "8s" } } } },
+                {
+                  command: "config.set",
+                  device: "dev-cmd",
+                  params: { patch: { telemetry: { interval: "8s", fullInterval: "50ms" } } },
+                },
                 Date.now(),
               ),
             ),
@@ -271,7 +281,7 @@ describe("hot reload", () => {
   });
 
   it("applies a file change without a restart, keeps the old config on an invalid one", async () => {
-    const base = config(broker.port, "dev-hot", { telemetry: { interval: "1s" } });
+    const base = config(broker.port, "dev-hot", { telemetry: { interval: "1s", fullInterval: "50ms" } });
     const agent = AgentProcess.run(sourceCommand(), base);
     const file = join(agent.dir, "config.yaml");
     const write = (c: Record<string, unknown>) =>
@@ -284,7 +294,7 @@ describe("hot reload", () => {
       assert.ok(Math.min(...slow) >= 900, `1s interval, gaps ${slow.join(",")}`);
 
       // The file watcher picks the change up: no signal, no restart (same session).
-      write({ ...base, telemetry: { interval: "100ms" } });
+      write({ ...base, telemetry: { interval: "100ms", fullInterval: "50ms" } });
       await agent.waitForLog("configuration applied");
       const from = watch.telemetry(session).length;
       await watch.waitFor(() => watch.telemetry(session).length >= from + 6, 10_000, "six at 100ms");
@@ -319,7 +329,7 @@ describe("hot reload", () => {
       await watch.waitFor(online("dev-race"), 15_000, "online");
       writeFileSync(file, stringify({ state: { dir: join(agent.dir, "state") }, ...base, log: { level: "debug" } }));
       const [set] = await Promise.all([
-        operator.final("dev-race", "config.set", { patch: { telemetry: { interval: "300ms" } } }),
+        operator.final("dev-race", "config.set", { patch: { telemetry: { interval: "300ms", fullInterval: "50ms" } } }),
         Promise.resolve().then(() => agent.child.kill("SIGHUP")),
       ]);
       assert.equal(set.state, "succeeded");

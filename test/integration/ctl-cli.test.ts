@@ -28,7 +28,7 @@ describe("ctl", () => {
     agent = AgentProcess.run(sourceCommand(), {
       device: { id: "dev-ctl" },
       mqtt: { url: broker.url },
-      telemetry: { interval: "300ms" },
+      telemetry: { interval: "300ms", fullInterval: "50ms" },
       commands: { trustedKeys: [{ name: "ops", key: pub, allow: ["*"] }] },
     });
     await watch.waitFor((m: Received) => m.json.state === "online", 15_000, "online");

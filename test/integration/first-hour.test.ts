@@ -33,7 +33,7 @@ describe("first hour", () => {
     const agent = AgentProcess.run(sourceCommand(), {
       device: { id: "dev-offline" },
       mqtt: { url: `mqtt://127.0.0.1:${proxy.port}`, reconnectMin: "200ms", reconnectMax: "500ms" },
-      telemetry: { interval: "1s" },
+      telemetry: { interval: "1s", fullInterval: "50ms" },
       // A second of skew, so that a request valid for one second has expired after the five-second outage.
       commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }], clockSkew: "1s" },
     });
@@ -67,7 +67,7 @@ describe("first hour", () => {
     const agent = AgentProcess.run(sourceCommand(), {
       device: { id: "dev-birth" },
       mqtt: { url: `mqtt://127.0.0.1:${proxy.port}`, reconnectMin: "100ms", reconnectMax: "200ms" },
-      telemetry: { interval: "50ms" },
+      telemetry: { interval: "50ms", fullInterval: "50ms" },
     });
     try {
       await agent.waitForLog("agent starting");

@@ -41,7 +41,7 @@ describe("hardening: a whole agent against a real mosquitto", () => {
       const agent = AgentProcess.run(sourceCommand(), {
         device: { id },
         mqtt: { url: broker.url, protocolVersion, reconnectMin: "50ms", reconnectMax: "500ms" },
-        telemetry: { interval: "1s" },
+        telemetry: { interval: "1s", fullInterval: "50ms" },
         commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
       });
       const operator = await Operator.open(broker.port, ops);

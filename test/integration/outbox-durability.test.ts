@@ -84,7 +84,7 @@ describe("durable outbox against a real mosquitto", () => {
     const agent = AgentProcess.run(sourceCommand(), {
       device: { id: "dev-outage" },
       mqtt: { url: broker.url, ...fast },
-      telemetry: { interval: "50ms" },
+      telemetry: { interval: "50ms", fullInterval: "50ms" },
       log: { level: "debug" },
     });
     try {
@@ -124,7 +124,7 @@ describe("durable outbox against a real mosquitto", () => {
     const agent = AgentProcess.run(sourceCommand(), {
       device: { id: "dev-partition" },
       mqtt: { url: `mqtt://127.0.0.1:${proxy.port}`, ...fast },
-      telemetry: { interval: "50ms" },
+      telemetry: { interval: "50ms", fullInterval: "50ms" },
       log: { level: "debug" },
     });
     try {
@@ -160,7 +160,7 @@ describe("durable outbox against a real mosquitto", () => {
     const cfg = {
       device: { id: "dev-crash" },
       mqtt: { url: `mqtt://127.0.0.1:${port}`, ...fast },
-      telemetry: { interval: "50ms" },
+      telemetry: { interval: "50ms", fullInterval: "50ms" },
       outbox: { commitInterval: "200ms" },
       log: { level: "debug" },
     };
@@ -213,7 +213,7 @@ describe("durable outbox against a real mosquitto", () => {
     const cfg = {
       device: { id: "dev-clean" },
       mqtt: { url: `mqtt://127.0.0.1:${port}`, ...fast },
-      telemetry: { interval: "50ms" },
+      telemetry: { interval: "50ms", fullInterval: "50ms" },
       log: { level: "debug" },
     };
     const first = AgentProcess.run(sourceCommand(), cfg);
@@ -340,7 +340,7 @@ describe("durable outbox against a real mosquitto", () => {
       {
         device: { id: "dev-busy" },
         mqtt: { url: `mqtt://127.0.0.1:${port}`, ...fast },
-        telemetry: { interval: "1h" },
+        telemetry: { interval: "1h", fullInterval: "50ms" },
         commands: { allowUnsigned: true },
         outbox: { window: 20 },
       },
@@ -394,7 +394,7 @@ describe("durable outbox against a real mosquitto", () => {
     const agent = AgentProcess.run(sourceCommand(), {
       device: { id: "dev-full" },
       mqtt: { url: broker.url, ...fast },
-      telemetry: { interval: "100ms" },
+      telemetry: { interval: "100ms", fullInterval: "50ms" },
       state: { dir: join(mnt, "state") },
       outbox: { commitInterval: "100ms" },
     });

@@ -3,6 +3,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { WithErrors } from "../../src/kernel/module.ts";
 import { systemCollectors, thermalZones } from "../../src/telemetry/collectors.ts";
 import { busyPercent, parseNetDev, parseProcStat } from "../../src/telemetry/procfs.ts";
 
@@ -75,10 +76,17 @@ describe("procfs parsers", () => {
     zone(dir, 2, "SOC0-therm", "48500");
     zone(dir, 3, "PMIC-Die", "not a number");
     mkdirSync(join(dir, "thermal_zone4"));
-    assert.deepEqual(await thermalZones(dir), {
-      cpu: 48.5,
-      zones: { "CPU-therm": 47, "GPU-therm": 45.5, "SOC0-therm": 48.5 },
-    });
+    // The unreadable zones are left out and named, with the reason, in the sample's errors.
+    assert.deepEqual(
+      await thermalZones(dir),
+      new WithErrors(
+        { cpu: 48.5, zones: { "CPU-therm": 47, "GPU-therm": 45.5, "SOC0-therm": 48.5 } },
+        {
+          "temperature.thermal_zone3": 'not a number in /sys/class/thermal/thermal_zone3/temp: "not a number"',
+          "temperature.thermal_zone4": "ENOENT: /sys/class/thermal/thermal_zone4",
+        },
+      ),
+    );
   });
 
   it("reports no temperature on a board without thermal zones", async () => {

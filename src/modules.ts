@@ -1,4 +1,6 @@
 import { builtinsModule } from "./builtins/module.ts";
+import { homeassistantModule } from "./homeassistant/module.ts";
+import { observabilityModule } from "./observability/module.ts";
 import { resourcesModule } from "./resources/module.ts";
 import { serviceModule } from "./service/module.ts";
 import { telemetryModule } from "./telemetry/module.ts";
@@ -8,4 +10,11 @@ import { telemetryModule } from "./telemetry/module.ts";
  * `Module` and one line here; nothing registers itself, so the bundler sees every import.
  */
 // service is last: it tells systemd READY once the others have started, and STOPPING first when stopping.
-export const MODULES = [builtinsModule, telemetryModule, resourcesModule, serviceModule] as const;
+export const MODULES = [
+  builtinsModule,
+  telemetryModule,
+  resourcesModule,
+  observabilityModule,
+  homeassistantModule,
+  serviceModule,
+] as const;

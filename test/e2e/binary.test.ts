@@ -8,13 +8,25 @@ import { AgentProcess, ROOT } from "../helpers/agent-process.ts";
 import { PREFIX } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { Watch } from "../helpers/mqtt-watch.ts";
+import { freePort } from "../helpers/ports.ts";
+import { run } from "../helpers/run.ts";
 
 const targets = [
-  { name: "linux-x64", command: [join(ROOT, "dist", "outpost-linux-x64")], timeout: 20_000 },
+  {
+    name: "linux-x64",
+    command: [join(ROOT, "dist", "outpost-linux-x64")],
+    timeout: 20_000,
+    board: { fixture: "jetson-orin-nano", kind: "jetson", metric: 'outpost_power_rail_watts{rail="VDD_IN"} 6.593' },
+  },
   {
     name: "linux-arm64",
     command: ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", join(ROOT, "dist", "outpost-linux-arm64")],
     timeout: 90_000,
+    board: {
+      fixture: "pi4",
+      kind: "raspberry-pi",
+      metric: 'outpost_pi_throttle_flag{flag="underVoltage",when="now"} 1',
+    },
   },
 ];
 
@@ -75,7 +87,7 @@ describe("built binaries", () => {
         const agent = AgentProcess.run(target.command, {
           device: { id },
           mqtt: { url: broker.url, reconnectMin: "100ms", reconnectMax: "1s" },
-          telemetry: { interval: "500ms", collectorTimeout: "5s" },
+          telemetry: { interval: "500ms", fullInterval: "50ms", collectorTimeout: "5s" },
         });
         try {
           const online = await watch.waitFor(
@@ -97,6 +109,66 @@ describe("built binaries", () => {
           await late.close();
           assert.equal(retained.json.state, "offline");
           assert.equal(retained.json.session, online.json.session);
+        } finally {
+          await agent.cleanup();
+        }
+      });
+
+      it(`reads a ${target.board.fixture} fixture tree; serves /metrics (promtool-clean) and /healthz; Home Assistant discovery`, async () => {
+        const id = `e2e-board-${target.name}`;
+        const fixture = join(ROOT, "test", "fixtures", "boards", target.board.fixture);
+        const port = await freePort();
+        const agent = AgentProcess.run(target.command, {
+          device: { id },
+          mqtt: { url: broker.url, reconnectMin: "100ms", reconnectMax: "1s" },
+          telemetry: {
+            interval: "1s",
+            collectorTimeout: "5s",
+            procRoot: join(fixture, "proc"),
+            sysRoot: join(fixture, "sys"),
+            hostRoot: join(fixture, "host"),
+          },
+          http: { listen: `127.0.0.1:${port}` },
+          homeassistant: { discovery: true },
+        });
+        try {
+          const online = await watch.waitFor(
+            (m) => m.topic === `${PREFIX}/${id}/status` && m.json.state === "online",
+            target.timeout,
+            "online",
+          );
+          assert.equal((online.json.board as { kind: string }).kind, target.board.kind);
+          const sample = await watch.waitFor(
+            (m) => m.topic === `${PREFIX}/${id}/telemetry`,
+            target.timeout,
+            "telemetry",
+          );
+          assert.equal(sample.json.full, true);
+          assert.ok(
+            target.board.kind === "jetson"
+              ? "jetson" in (sample.json.metrics as object)
+              : "pi" in (sample.json.metrics as object),
+          );
+          const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+          assert.ok(text.includes(`\n${target.board.metric}\n`), `missing ${target.board.metric}`);
+          const file = join(dir, `metrics-${target.name}.txt`);
+          writeFileSync(file, text);
+          const lint = await run(["sh", "-c", `promtool check metrics < ${file}`]);
+          assert.deepEqual([lint.code, lint.stdout + lint.stderr], [0, ""]);
+          const health = await fetch(`http://127.0.0.1:${port}/healthz`);
+          assert.deepEqual([health.status, await health.json()], [200, { ok: true, reasons: [] }]);
+          // Retained discovery configs name the board's model as the device's.
+          const ha = await Watch.open(broker.port, [`homeassistant/+/outpost_${id}/+/config`]);
+          try {
+            const config = await ha.waitFor((m) => m.topic.endsWith("/online/config"), target.timeout, "discovery");
+            assert.equal(
+              (config.json.device as { model: string }).model,
+              (online.json.board as { model: string }).model,
+            );
+          } finally {
+            await ha.close();
+          }
+          assert.deepEqual(await agent.stop("SIGTERM"), { code: 0, signal: null });
         } finally {
           await agent.cleanup();
         }

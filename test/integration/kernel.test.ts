@@ -99,7 +99,7 @@ describe("kernel and modules", () => {
     const config = {
       device: { id },
       mqtt: { url: broker.url, reconnectMin: "50ms", reconnectMax: "500ms" },
-      telemetry: { interval: "200ms" },
+      telemetry: { interval: "200ms", fullInterval: "50ms" },
       state: { dir: join(dir, "state") },
       commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
       ...extra,
@@ -135,6 +135,8 @@ describe("kernel and modules", () => {
         "builtins",
         "telemetry",
         "resources",
+        "observability",
+        "homeassistant",
         "service",
         "probe",
       ]);
@@ -156,6 +158,8 @@ describe("kernel and modules", () => {
       "quiesce:probe",
       "quiesce:probe (module)",
       "quiesce:service",
+      "quiesce:homeassistant",
+      "quiesce:observability",
       "quiesce:resources",
       "quiesce:telemetry",
       "quiesce:builtins",
@@ -163,6 +167,8 @@ describe("kernel and modules", () => {
       "drain:probe",
       "drain:probe (module)",
       "drain:service",
+      "drain:homeassistant",
+      "drain:observability",
       "drain:resources",
       "drain:telemetry",
       "drain:builtins",
@@ -173,6 +179,7 @@ describe("kernel and modules", () => {
       "component stopped",
       "stop:resources.watch",
       "stop:telemetry",
+      "stop:run-ledger",
       "stop:outbox",
     ]);
     // On the wire: no telemetry after the offline status.

@@ -156,6 +156,8 @@ describe("command line", () => {
       "mqtt",
       "telemetry",
       "resources",
+      "http",
+      "homeassistant",
       "service",
       "outbox",
       "state",

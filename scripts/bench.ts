@@ -29,6 +29,7 @@ import { processMemory } from "../test/helpers/memory.ts";
 import { Mosquitto } from "../test/helpers/mosquitto.ts";
 import { Watch } from "../test/helpers/mqtt-watch.ts";
 import { Operator } from "../test/helpers/operator.ts";
+import { boardRows } from "./bench-board.ts";
 
 const { values } = parseArgs({
   options: {
@@ -36,7 +37,7 @@ const { values } = parseArgs({
     runs: { type: "string", default: "5" },
     backlog: { type: "string", default: "100000" },
     drains: { type: "string", default: "5" },
-    only: { type: "string", default: "sizes,startup,footprint,idle,notify,outbox,commands" },
+    only: { type: "string", default: "sizes,startup,footprint,idle,notify,outbox,commands,board" },
     // Another build of the agent to measure (e.g. one made with build.ts --exec-argv=...).
     bin: { type: "string" },
     calls: { type: "string", default: "1000" },
@@ -523,6 +524,7 @@ async function main(): Promise<void> {
     if (ONLY.has("notify")) await notifyRows();
     if (ONLY.has("outbox")) await outboxRows(broker);
     if (ONLY.has("commands")) await commandRows(broker, watch);
+    if (ONLY.has("board")) await boardRows(rows, { bin: BIN, broker, watch, cpuOf: cpuSeconds, seconds: IDLE_SECONDS });
   } finally {
     await watch.close();
     await broker.stop();

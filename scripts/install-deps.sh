@@ -5,7 +5,8 @@
 #   tests: mosquitto (the broker, mosquitto_passwd), openssl (test CA), qemu-user and the arm64 runtime
 #          libraries (to run the arm64 binary), python3-paho-mqtt and python3-cryptography (an independent
 #          operator that signs commands), systemd (booted in a private namespace by the service tests),
-#          openssh-server (the sshd that scripts/deploy.sh is tested against)
+#          openssh-server (the sshd that scripts/deploy.sh is tested against), prometheus (promtool checks
+#          /metrics, and a real Prometheus scrapes it), prometheus-node-exporter (what npm run bench compares to)
 # As root it runs apt-get; otherwise it prints the command to run and fails.
 set -euo pipefail
 
@@ -28,6 +29,8 @@ declare -A need=(
   [libgcc-s1-arm64-cross]=/usr/aarch64-linux-gnu/lib/libgcc_s.so.1
   [python3-paho-mqtt]=/usr/lib/python3/dist-packages/paho
   [python3-cryptography]=/usr/lib/python3/dist-packages/cryptography
+  [prometheus]=/usr/bin/promtool
+  [prometheus-node-exporter]=/usr/bin/prometheus-node-exporter
 )
 
 missing=()

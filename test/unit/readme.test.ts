@@ -22,3 +22,16 @@ test("the README lists exactly the Debian packages scripts/install-deps.sh insta
   assert.ok(listed, "the README has the marked package list");
   assert.deepEqual(listed.trim().split(/\s+/).sort(), installed);
 });
+
+test("the README's configuration example is valid and has every section of the schema", async () => {
+  const { parse } = await import("yaml");
+  const { configSchema } = await import("../../src/schema.ts");
+  const section = readme.slice(readme.indexOf("## Configuration"));
+  const block = /```yaml\n([\s\S]*?)```/.exec(section)?.[1];
+  assert.ok(block, "the Configuration section has a YAML example");
+  // The one placeholder: a key the reader pastes in.
+  const example = parse(block.replace('"ed25519:..."', `"ed25519:${"A".repeat(43)}="`)) as Record<string, unknown>;
+  const result = configSchema.safeParse(example);
+  assert.ok(result.success, JSON.stringify(result.error?.issues));
+  assert.deepEqual(Object.keys(example).sort(), Object.keys(configSchema.shape).sort());
+});

@@ -233,12 +233,14 @@ export const DEVICE_FAMILIES: Family[] = [
     help: "Jetson CPU clock per online core",
     type: "gauge",
     labels: ["cpu"],
-    read: (m) => {
-      const c = at(m, "jetson.cpuClockMHz");
-      return Array.isArray(c)
-        ? c.flatMap((v, i): Series => (num(v) === undefined ? [] : [[{ cpu: String(i) }, (v as number) * 1e6]]))
-        : [];
-    },
+    // cpu="0", "1", ... as in outpost_cpu_busy_ratio (the payload keys them cpu0, cpu1, ...).
+    read: (m) =>
+      each(
+        "jetson.cpuClockMHz",
+        "cpu",
+        undefined,
+        1e6,
+      )(m).map(([l, v]) => [{ cpu: (l.cpu ?? "").replace(/^cpu/, "") }, v]),
   },
   {
     name: "outpost_power_rail_volts",
@@ -277,9 +279,14 @@ export const DEVICE_FAMILIES: Family[] = [
 /** Registers the device families, each filled from `latest()` when scraped (absent metrics: no series). */
 export function registerDeviceMetrics(registry: Registry, latest: () => Record<string, unknown> | undefined): void {
   for (const family of DEVICE_FAMILIES) {
-    const fill = (set: (labels: Labels, value: number) => void) => {
+    // prom-client gives a family without labels a series of 0 after reset(): removed again when the device
+    // has no such metric, so that an absent figure reads as absent, never as zero.
+    const fill = (metric: { remove(): void }, set: (labels: Labels, value: number) => void) => {
       const m = latest();
-      if (m) for (const [labels, value] of family.read(m)) set(labels, value);
+      const series = m ? family.read(m) : [];
+      // Scaling by 0.01 or 1e6 leaves float noise (1.8 * 0.01 = 0.018000000000000002): 12 digits are plenty.
+      for (const [labels, value] of series) set(labels, Number(value.toPrecision(12)));
+      if (series.length === 0 && family.labels.length === 0) metric.remove();
     };
     const common = { name: family.name, help: family.help, labelNames: family.labels, registers: [registry] };
     if (family.type === "counter") {
@@ -287,7 +294,7 @@ export function registerDeviceMetrics(registry: Registry, latest: () => Record<s
         ...common,
         collect() {
           this.reset();
-          fill((labels, value) => this.inc(labels, value));
+          fill(this, (labels, value) => this.inc(labels, value));
         },
       });
     } else {
@@ -295,7 +302,7 @@ export function registerDeviceMetrics(registry: Registry, latest: () => Record<s
         ...common,
         collect() {
           this.reset();
-          fill((labels, value) => this.set(labels, value));
+          fill(this, (labels, value) => this.set(labels, value));
         },
       });
     }

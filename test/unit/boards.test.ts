@@ -112,7 +112,7 @@ describe("board detection and collectors (fixture trees)", () => {
     });
     assert.deepEqual(s.metrics.jetson, {
       gpu: { loadPercent: 27.6, clockMHz: 624.8 },
-      cpuClockMHz: [1510, 1510, 1510, 1510, 730, 730],
+      cpuClockMHz: { cpu0: 1510, cpu1: 1510, cpu2: 1510, cpu3: 1510, cpu4: 730, cpu5: 730 },
       rails: {
         VDD_IN: { volts: 5.056, amperes: 1.304, watts: 6.593 },
         VDD_CPU_GPU_CV: { volts: 5.048, amperes: 0.416, watts: 2.1 },

@@ -12,7 +12,11 @@ const send = (devices: Map<string, DeviceView>, topic: string, body: unknown) =>
 describe("terminal view", () => {
   it("merges partial samples into the last full one", () => {
     const devices = new Map<string, DeviceView>();
-    send(devices, "pi-1/status", { state: "online", version: "0.1.0", board: { kind: "raspberry-pi", model: "Raspberry Pi 4 Model B Rev 1.4" } });
+    send(devices, "pi-1/status", {
+      state: "online",
+      version: "0.1.0",
+      board: { kind: "raspberry-pi", model: "Raspberry Pi 4 Model B Rev 1.4" },
+    });
     send(devices, "pi-1/telemetry", {
       seq: 1,
       full: true,

@@ -75,15 +75,16 @@ export async function jetsonMetrics(roots: Roots, reads: Reads): Promise<Record<
 
   const cpus = (await list(join(roots.sys, "devices", "system", "cpu"))).filter((e) => /^cpu\d+$/.test(e));
   cpus.sort((a, b) => Number(a.slice(3)) - Number(b.slice(3)));
-  const clocks: number[] = [];
+  // Keyed by core: nvpmodel modes switch cores off, so a position in a list would not name one.
+  const clocks: Record<string, number> = {};
   for (const cpu of cpus) {
     const path = join(roots.sys, "devices", "system", "cpu", cpu, "cpufreq", "scaling_cur_freq");
     // An offline core (nvpmodel modes switch cores off) has no cpufreq: it is left out, not an error.
     if (!(await list(join(roots.sys, "devices", "system", "cpu", cpu, "cpufreq"))).length) continue;
     const mhz = await reads.number(`cpuClockMHz.${cpu}`, path, 1000, 0);
-    if (mhz !== undefined) clocks.push(mhz);
+    if (mhz !== undefined) clocks[cpu] = mhz;
   }
-  if (clocks.length > 0) out.cpuClockMHz = clocks;
+  if (Object.keys(clocks).length > 0) out.cpuClockMHz = clocks;
 
   const emc = await reads.number(
     "emcClockMHz",

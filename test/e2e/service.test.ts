@@ -168,7 +168,16 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
   });
 
   it("under the hardening: telemetry flows over TLS, signed commands run, sd_notify goes through the addon", async () => {
-    await watch.waitFor((m) => m.topic.endsWith("/telemetry") && m.json.session === session, 10_000, "telemetry");
+    const sample = await watch.waitFor(
+      (m) => m.topic.endsWith("/telemetry") && m.json.session === session,
+      10_000,
+      "telemetry",
+    );
+    // The board and storage collectors read what they need under ProtectSystem=strict and PrivateUsers.
+    const metrics = sample.json.metrics as { statefs?: { path: string }; restarts?: { starts: number } };
+    assert.equal(metrics.statefs?.path, "/var/lib/outpost");
+    assert.ok((metrics.restarts?.starts ?? 0) >= 1);
+    assert.equal(sample.json.errors, undefined, JSON.stringify(sample.json.errors));
     const reply = await operator.final(DEVICE, "describe");
     assert.equal(reply.state, "succeeded", JSON.stringify(reply));
     const described = reply.result as { modules: { service: { systemd: string; watchdogMs: number } } };

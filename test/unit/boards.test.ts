@@ -5,25 +5,18 @@ import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { pino } from "pino";
-import { detectBoard, parseTegraRelease } from "../../src/telemetry/boards/detect.ts";
+import { parseTegraRelease } from "../../src/telemetry/boards/detect.ts";
 import { parseNvpmodelConf } from "../../src/telemetry/boards/jetson.ts";
 import { decodeThrottled } from "../../src/telemetry/boards/pi.ts";
-import { systemCollectors } from "../../src/telemetry/collectors.ts";
-import { boardCollectors, readsCollector } from "../../src/telemetry/module.ts";
+import { readsCollector } from "../../src/telemetry/module.ts";
 import { diskRates, parseDiskstats, RunLedger, wear } from "../../src/telemetry/storage.ts";
-import type { Roots } from "../../src/telemetry/sysfs.ts";
-import { Telemetry } from "../../src/telemetry/telemetry.ts";
+import { BOARD_FIXTURES, fixtureSample } from "../helpers/boards.ts";
 
-const FIXTURES = join(import.meta.dirname, "..", "fixtures", "boards");
+const FIXTURES = BOARD_FIXTURES;
 const temps: string[] = [];
 after(() => {
   for (const dir of temps) rmSync(dir, { recursive: true, force: true });
 });
-
-function roots(base: string): Roots {
-  return { proc: join(base, "proc"), sys: join(base, "sys"), host: join(base, "host") };
-}
 
 /** A writable copy of a fixture, to break files in. */
 function copy(name: string): string {
@@ -35,20 +28,9 @@ function copy(name: string): string {
 
 /** One sample of the collectors that read the fixture (not `disk`: that is a statfs of a real mount). */
 async function sample(base: string) {
-  const r = roots(base);
-  const board = detectBoard(r);
-  const telemetry = new Telemetry({
-    collectors: [
-      ...systemCollectors({ procRoot: r.proc, sysRoot: r.sys }).filter((c) => c.name !== "disk"),
-      ...boardCollectors(board, r),
-      readsCollector("wear", r, (reads) => wear(r, reads)),
-    ],
-    intervalMs: () => 1000,
-    timeoutMs: () => 5000,
-    publish: () => {},
-    logger: pino({ level: "silent" }),
-  });
-  return { board, ...(await telemetry.sample()) };
+  const s = await fixtureSample(base, (r) => [readsCollector("wear", r, (reads) => wear(r, reads))]);
+  delete s.metrics.disk;
+  return s;
 }
 
 const GENERIC_4 = {

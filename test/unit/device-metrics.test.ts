@@ -1,29 +1,12 @@
 // Issue 14, item 7: the device's figures as Prometheus families, from a Jetson fixture sample.
 import assert from "node:assert/strict";
-import { join } from "node:path";
 import { it } from "node:test";
-import { pino } from "pino";
 import { Registry } from "prom-client";
 import { registerDeviceMetrics } from "../../src/observability/device-metrics.ts";
-import { detectBoard } from "../../src/telemetry/boards/detect.ts";
-import { systemCollectors } from "../../src/telemetry/collectors.ts";
-import { boardCollectors } from "../../src/telemetry/module.ts";
-import { Telemetry } from "../../src/telemetry/telemetry.ts";
+import { fixtureSample } from "../helpers/boards.ts";
 
 it("a Jetson sample becomes base-unit families with labels; absent metrics make no series", async () => {
-  const base = join(import.meta.dirname, "..", "fixtures", "boards", "jetson-orin-nano");
-  const roots = { proc: join(base, "proc"), sys: join(base, "sys"), host: join(base, "host") };
-  const telemetry = new Telemetry({
-    collectors: [
-      ...systemCollectors({ procRoot: roots.proc, sysRoot: roots.sys }),
-      ...boardCollectors(detectBoard(roots), roots),
-    ],
-    intervalMs: () => 1000,
-    timeoutMs: () => 5000,
-    publish: () => {},
-    logger: pino({ level: "silent" }),
-  });
-  const { metrics } = await telemetry.sample();
+  const { metrics } = await fixtureSample("jetson-orin-nano");
   const registry = new Registry();
   let latest: Record<string, unknown> | undefined;
   registerDeviceMetrics(registry, () => latest);

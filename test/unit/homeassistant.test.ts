@@ -5,15 +5,10 @@
 //   [B] https://www.home-assistant.io/integrations/binary_sensor.mqtt/
 //   [C] https://www.home-assistant.io/integrations/sensor/#device-class (units per device class)
 import assert from "node:assert/strict";
-import { join } from "node:path";
 import { describe, it } from "node:test";
 import Ajv2020 from "ajv/dist/2020.js";
-import { pino } from "pino";
 import { discoveryConfigs, nodeId } from "../../src/homeassistant/discovery.ts";
-import { detectBoard } from "../../src/telemetry/boards/detect.ts";
-import { systemCollectors } from "../../src/telemetry/collectors.ts";
-import { boardCollectors } from "../../src/telemetry/module.ts";
-import { Telemetry } from "../../src/telemetry/telemetry.ts";
+import { fixtureSample } from "../helpers/boards.ts";
 
 const ajv = new Ajv2020.default({ allErrors: true, strict: false });
 
@@ -186,20 +181,6 @@ const schema = {
 };
 const validate = ajv.compile(schema);
 
-async function fixtureMetrics(name: string) {
-  const base = join(import.meta.dirname, "..", "fixtures", "boards", name);
-  const roots = { proc: join(base, "proc"), sys: join(base, "sys"), host: join(base, "host") };
-  const board = detectBoard(roots);
-  const t = new Telemetry({
-    collectors: [...systemCollectors({ procRoot: roots.proc, sysRoot: roots.sys }), ...boardCollectors(board, roots)],
-    intervalMs: () => 1000,
-    timeoutMs: () => 5000,
-    publish: () => {},
-    logger: pino({ level: "silent" }),
-  });
-  return { board, metrics: (await t.sample()).metrics };
-}
-
 function configsFor(deviceId: string, board: { kind: string; model: string }, metrics: Record<string, unknown>) {
   return discoveryConfigs(
     {
@@ -215,43 +196,16 @@ function configsFor(deviceId: string, board: { kind: string; model: string }, me
 }
 
 describe("Home Assistant discovery payloads", () => {
+  const common = ["online", "cpu_load", "memory_used", "disk_used", "temperature", "load_1m", "uptime"];
   for (const [name, expected] of [
-    [
-      "pi4",
-      [
-        "online",
-        "cpu_load",
-        "memory_used",
-        "disk_used",
-        "temperature",
-        "load_1m",
-        "uptime",
-        "under_voltage",
-        "throttled",
-        "arm_clock",
-      ],
-    ],
+    ["pi4", [...common, "under_voltage", "throttled", "arm_clock"]],
     [
       "jetson-orin-nano",
-      [
-        "online",
-        "cpu_load",
-        "memory_used",
-        "disk_used",
-        "temperature",
-        "load_1m",
-        "uptime",
-        "gpu_load",
-        "gpu_clock",
-        "power_mode",
-        "power_vdd_in",
-        "power_vdd_cpu_gpu_cv",
-        "power_vdd_soc",
-      ],
+      [...common, "gpu_load", "gpu_clock", "power_mode", "power_vdd_in", "power_vdd_cpu_gpu_cv", "power_vdd_soc"],
     ],
   ] as const) {
     it(`every config for a ${name} follows the documented rules`, async () => {
-      const { board, metrics } = await fixtureMetrics(name);
+      const { board, metrics } = await fixtureSample(name);
       const configs = configsFor("line-3.cam", board, metrics);
       const objects = [...configs.keys()].map((t) => t.split("/")[3]);
       assert.deepEqual(new Set(objects), new Set(expected));
@@ -294,7 +248,7 @@ describe("Home Assistant discovery payloads", () => {
   });
 
   it("templates address keys that are not identifiers with brackets", async () => {
-    const { board, metrics } = await fixtureMetrics("pi4");
+    const { board, metrics } = await fixtureSample("pi4");
     const load = configsFor("d", board, metrics).get("homeassistant/sensor/outpost_d/load_1m/config");
     assert.equal(load?.value_template, "{{ value_json.metrics.load['1m'] }}");
     const mem = configsFor("d", board, metrics).get("homeassistant/sensor/outpost_d/memory_used/config");

@@ -4,6 +4,9 @@
 //   [S] https://www.home-assistant.io/integrations/sensor.mqtt/
 //   [B] https://www.home-assistant.io/integrations/binary_sensor.mqtt/
 //   [C] https://www.home-assistant.io/integrations/sensor/#device-class (units per device class)
+// Home Assistant cannot run here and its site cannot be fetched: the quotes are the pages' wording as of 2025;
+// those this machine's stored copies of the pages contain (state_topic's, the discovery topic format, "checked
+// like an entry in your configuration.yaml") were checked against them.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import Ajv2020 from "ajv/dist/2020.js";

@@ -1,16 +1,19 @@
 // npm run soak -- --minutes N: the built agent under load for N minutes, against mosquitto restarted every
-// --restart-every minutes, with telemetry every 100 ms and signed commands at --rate per second. Prints RSS,
+// --restart-every minutes, with telemetry every 100 ms (deadbands on, full samples every 5 s), /metrics scraped
+// every second, Home Assistant discovery on, and signed commands at --rate per second. Prints RSS,
 // heap and handles (the agent's own resources collector) after a warm-up and at the end, and writes
 // bench/soak.json. Growth is the end minus the warm sample; the goal is under 3 MiB of RSS over an hour.
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { mergeReport } from "../src/core/merge.ts";
 import { AgentProcess, ROOT } from "../test/helpers/agent-process.ts";
 import { operatorKey } from "../test/helpers/commands.ts";
 import { processMemory } from "../test/helpers/memory.ts";
 import { Mosquitto } from "../test/helpers/mosquitto.ts";
 import { Watch } from "../test/helpers/mqtt-watch.ts";
 import { Operator } from "../test/helpers/operator.ts";
+import { freePort } from "../test/helpers/ports.ts";
 
 const { values } = parseArgs({
   options: {
@@ -46,12 +49,15 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 async function main(): Promise<void> {
   const key = operatorKey();
   const broker = await Mosquitto.start({ extra: ["persistence true"] });
+  const httpPort = await freePort();
   const watch = await Watch.open(broker.port, [`outpost/v1/${ID}/telemetry`]);
   const agent = AgentProcess.run([BIN], {
     device: { id: ID },
     mqtt: { url: broker.url, reconnectMin: "100ms", reconnectMax: "1s" },
-    telemetry: { interval: "100ms" },
+    telemetry: { interval: "100ms", fullInterval: "5s" },
     resources: { interval: "5s" },
+    http: { listen: `127.0.0.1:${httpPort}` },
+    homeassistant: { discovery: true },
     commands: { trustedKeys: [{ name: "ops", key: key.publicText, allow: ["*"] }] },
     log: { level: "warn" },
   });
@@ -77,10 +83,26 @@ async function main(): Promise<void> {
     }
   })();
 
+  // Prometheus's part: a scrape a second, whatever the broker is doing.
+  let scrapes = 0;
+  const scraper = (async () => {
+    while (!stopping) {
+      await fetch(`http://127.0.0.1:${httpPort}/metrics`)
+        .then((r) => r.text())
+        .then(() => scrapes++)
+        .catch(() => {});
+      await sleep(1000);
+    }
+  })();
+
+  // Telemetry between full samples carries only what moved: the reading merges, as a consumer does.
+  let merged: ReturnType<typeof mergeReport> | undefined;
+  let mergedUpTo = 0;
   const read = (): Reading => {
-    const last = watch.telemetry().at(-1);
-    const resources = (last?.json.metrics as { resources?: { heapUsed: number; handles: number } } | undefined)
-      ?.resources;
+    const all = watch.telemetry();
+    for (const m of all.slice(mergedUpTo)) merged = mergeReport(merged, m.json);
+    mergedUpTo = all.length;
+    const resources = merged?.metrics.resources as { heapUsed: number; handles: number } | undefined;
     return {
       minute: Math.round(minute() * 10) / 10,
       ...mib(processMemory(agent.child.pid ?? 0)),
@@ -113,6 +135,7 @@ async function main(): Promise<void> {
     const end = read();
     stopping = true;
     await caller;
+    await scraper;
     const growth = warm
       ? {
           rssMiB: end.rssMiB - warm.rssMiB,
@@ -122,7 +145,7 @@ async function main(): Promise<void> {
         }
       : undefined;
     process.stdout.write(
-      `end   ${JSON.stringify(end)}\ngrowth ${JSON.stringify(growth)} (commands unanswered: ${failures})\n`,
+      `end   ${JSON.stringify(end)}\ngrowth ${JSON.stringify(growth)} (commands unanswered: ${failures}, scrapes: ${scrapes})\n`,
     );
     mkdirSync(join(ROOT, "bench"), { recursive: true });
     writeFileSync(

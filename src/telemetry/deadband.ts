@@ -67,7 +67,7 @@ function moved(previous: unknown, next: unknown, band: number): boolean {
 export class ChangeFilter {
   private readonly sent = new Map<string, unknown>();
   private lastFullAt: number | undefined;
-  private sentErrors = "{}";
+  private sentErrors = "[]";
 
   /** Forces the next sample to be full (after a reconnect or a config change, say). */
   reset(): void {
@@ -80,7 +80,8 @@ export class ChangeFilter {
     now: number,
     policy: ChangePolicy,
   ): Report | undefined {
-    const errorsText = JSON.stringify(errors);
+    // Sorted: collectors finish in any order, and the same errors must compare equal.
+    const errorsText = JSON.stringify(Object.entries(errors).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
     const all = leaves(metrics);
     if (this.lastFullAt === undefined || now - this.lastFullAt + policy.intervalMs / 2 >= policy.fullIntervalMs) {
       this.lastFullAt = now;

@@ -71,6 +71,10 @@ describe("change-aware reporting", () => {
       errors: { "pi.throttled": "EACCES" },
     });
     assert.equal(f.decide(device(), { "pi.throttled": "EACCES" }, 2000, policy), undefined);
+    // The same errors in another order (collectors finish in any order) are no change.
+    f.decide(device(), { a: "1", b: "2", "pi.throttled": "EACCES" }, 2100, policy);
+    assert.equal(f.decide(device(), { b: "2", "pi.throttled": "EACCES", a: "1" }, 2200, policy), undefined);
+    f.decide(device(), { "pi.throttled": "EACCES" }, 2300, policy);
     assert.deepEqual(f.decide(device(), {}, 3000, policy), { full: false, metrics: {}, errors: {} });
   });
 

@@ -30,6 +30,7 @@ import { Mosquitto } from "../test/helpers/mosquitto.ts";
 import { Watch } from "../test/helpers/mqtt-watch.ts";
 import { Operator } from "../test/helpers/operator.ts";
 import { boardRows } from "./bench-board.ts";
+import { poolRows } from "./bench-pool.ts";
 
 const { values } = parseArgs({
   options: {
@@ -37,7 +38,7 @@ const { values } = parseArgs({
     runs: { type: "string", default: "5" },
     backlog: { type: "string", default: "100000" },
     drains: { type: "string", default: "5" },
-    only: { type: "string", default: "sizes,startup,footprint,idle,notify,outbox,commands,board" },
+    only: { type: "string", default: "sizes,startup,footprint,idle,notify,outbox,commands,board,pool" },
     // Another build of the agent to measure (e.g. one made with build.ts --exec-argv=...).
     bin: { type: "string" },
     calls: { type: "string", default: "1000" },
@@ -524,6 +525,7 @@ async function main(): Promise<void> {
     if (ONLY.has("notify")) await notifyRows();
     if (ONLY.has("outbox")) await outboxRows(broker);
     if (ONLY.has("commands")) await commandRows(broker, watch);
+    if (ONLY.has("pool")) await poolRows(rows);
     if (ONLY.has("board")) await boardRows(rows, { bin: BIN, broker, watch, cpuOf: cpuSeconds, seconds: IDLE_SECONDS });
   } finally {
     await watch.close();

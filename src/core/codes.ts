@@ -36,6 +36,16 @@ export const CODES = {
   CONFIG_LOCKOUT: { wire: true, meaning: "config.set: the change would leave no key that can run config.set" },
   CONFIG_NOT_STORED: { wire: true, meaning: "config.set: the change could not be written to state.dir" },
   RESTART_FAILED: { wire: true, meaning: "restart: the agent did not come back as the same device" },
+  // Tasks in the worker pool (issue 11; the pool is built, the tasks module that uses it is not yet).
+  QUEUE_FULL: { wire: true, meaning: "the task queue is full: refused at once, nothing queued; try again" },
+  CIRCUIT_OPEN: { wire: true, meaning: "this task type failed too often in a row; refused until a probe succeeds" },
+  TASK_TIMEOUT: { wire: true, meaning: "the task ran past its timeout; its worker was replaced" },
+  TASK_CRASHED: { wire: true, meaning: "the task's worker threw outside the task; the worker was replaced" },
+  TASK_OUT_OF_MEMORY: { wire: true, meaning: "the task's worker passed its heap limit; the worker was replaced" },
+  TASK_EXITED: { wire: true, meaning: "the task's worker exited (process.exit); the worker was replaced" },
+  TASK_FAILED: { wire: true, meaning: "the task threw an error" },
+  TASK_ABORTED: { wire: true, meaning: "the task was cancelled before it finished" },
+  POOL_CLOSED: { wire: true, meaning: "the agent is stopping: the task was not run" },
   // Local: logs, exit messages, the operator's own tools.
   CONFIG_INVALID: { wire: false, meaning: "the configuration does not validate; every problem is listed" },
   KEY_INVALID: { wire: false, meaning: "a key file or key text cannot be read as an ed25519 key" },

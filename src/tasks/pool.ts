@@ -1,0 +1,306 @@
+import { type ResourceLimits, Worker } from "node:worker_threads";
+import type { Code } from "../core/codes.ts";
+import { errorMessage, OutpostError } from "../core/errors.ts";
+import type { Logger } from "../core/logger.ts";
+
+/**
+ * What a worker receives and answers. The worker's source (a bundle, run with `eval: true` as inside the single
+ * executable, where a worker cannot be started from a file) handles `{ id, type, input }` and posts back
+ * `{ id, ok: true, value }` or `{ id, ok: false, error: { message, code? } }`.
+ */
+export interface TaskRequest {
+  id: number;
+  type: string;
+  input: unknown;
+}
+export type TaskReply =
+  | { id: number; ok: true; value: unknown }
+  | { id: number; ok: false; error: { message: string; code?: string } };
+
+export interface PoolOptions {
+  source: string;
+  /** Workers at most; created on demand, so a pool that never runs a task starts none. */
+  size: number;
+  /** Tasks waiting for a worker at most; beyond, `QUEUE_FULL` at once. */
+  maxQueue: number;
+  resourceLimits?: ResourceLimits;
+  /** Consecutive failures of one task type that open its breaker, and how long it stays open. */
+  breaker: { failures: number; openMs: number };
+  /** How long a worker being replaced may take to terminate before it is abandoned (a hang in native code). */
+  terminateGraceMs?: number;
+  now?: () => number;
+  logger: Logger;
+}
+
+export interface RunOptions {
+  timeoutMs: number;
+  signal?: AbortSignal;
+}
+
+export interface TaskResult {
+  value: unknown;
+  /** Time in the queue, then in a worker. */
+  queueMs: number;
+  runMs: number;
+}
+
+interface Job {
+  id: number;
+  type: string;
+  input: unknown;
+  options: RunOptions;
+  queuedAt: number;
+  resolve(result: TaskResult): void;
+  reject(err: OutpostError): void;
+  onAbort?: () => void;
+}
+
+interface Slot {
+  worker: Worker;
+  job: Job | undefined;
+  startedAt: number;
+  timer: NodeJS.Timeout | undefined;
+  /** Set once the slot is being replaced: later events of its worker are ignored. */
+  gone: boolean;
+}
+
+interface Breaker {
+  failures: number;
+  openUntil: number | undefined;
+  probing: boolean;
+}
+
+/**
+ * A fixed-size pool of worker threads with a bounded queue. A worker that crashes, exits, passes its heap limit
+ * or runs past a task's timeout fails only that task, with its own code, and is replaced. `resourceLimits` cap
+ * only the JavaScript heap: a worker stuck in native code cannot be terminated; after `terminateGraceMs` it is
+ * abandoned (counted in `stats().abandoned`, which makes the pool unhealthy) and a new one takes its place.
+ */
+export class WorkerPool {
+  private readonly o: Required<Omit<PoolOptions, "resourceLimits">> & Pick<PoolOptions, "resourceLimits">;
+  private readonly slots = new Set<Slot>();
+  private readonly queue: Job[] = [];
+  private readonly breakers = new Map<string, Breaker>();
+  private nextId = 1;
+  private closed = false;
+  private counts = { completed: 0, failed: 0, replaced: 0, abandoned: 0, refused: 0 };
+
+  constructor(options: PoolOptions) {
+    this.o = { terminateGraceMs: 2000, now: () => performance.now(), ...options };
+  }
+
+  /** Runs a task; rejects at once with `QUEUE_FULL`, `CIRCUIT_OPEN` or `POOL_CLOSED` when it cannot be taken. */
+  run(type: string, input: unknown, options: RunOptions): Promise<TaskResult> {
+    if (this.closed) return this.refuse("POOL_CLOSED", "the pool is closing");
+    if (options.signal?.aborted) return this.refuse("TASK_ABORTED", "cancelled before it was queued");
+    const breaker = this.breakerOf(type);
+    if (breaker.openUntil !== undefined) {
+      if (this.o.now() < breaker.openUntil || breaker.probing) {
+        return this.refuse("CIRCUIT_OPEN", `${type} failed ${breaker.failures} times in a row`);
+      }
+      breaker.probing = true; // half-open: this one task decides
+    }
+    const busy = [...this.slots].filter((s) => s.job).length;
+    if (busy >= this.o.size && this.queue.length >= this.o.maxQueue) {
+      if (breaker.probing) breaker.probing = false;
+      return this.refuse("QUEUE_FULL", `${this.queue.length} tasks waiting`);
+    }
+    return new Promise((resolve, reject) => {
+      const job: Job = { id: this.nextId++, type, input, options, queuedAt: this.o.now(), resolve, reject };
+      if (options.signal) {
+        job.onAbort = () => this.abort(job);
+        options.signal.addEventListener("abort", job.onAbort, { once: true });
+      }
+      this.queue.push(job);
+      this.dispatch();
+    });
+  }
+
+  stats() {
+    const slots = [...this.slots];
+    const breakers = Object.fromEntries(
+      [...this.breakers].map(([type, b]) => [
+        type,
+        b.openUntil === undefined ? "closed" : b.probing || this.o.now() >= b.openUntil ? "half-open" : "open",
+      ]),
+    );
+    return {
+      workers: slots.length,
+      busy: slots.filter((s) => s.job).length,
+      queued: this.queue.length,
+      ...this.counts,
+      breakers,
+    };
+  }
+
+  /**
+   * Stops taking tasks and lets the running and queued ones finish until `signal` aborts; then fails what is
+   * left with `POOL_CLOSED` and terminates every worker.
+   */
+  async close(signal: AbortSignal): Promise<void> {
+    this.closed = true;
+    await new Promise<void>((resolve) => {
+      const check = () => {
+        if (this.queue.length === 0 && ![...this.slots].some((s) => s.job)) finish();
+      };
+      const finish = () => {
+        signal.removeEventListener("abort", finish);
+        this.idleWaiters.delete(check);
+        resolve();
+      };
+      if (signal.aborted) return finish();
+      signal.addEventListener("abort", finish, { once: true });
+      this.idleWaiters.add(check);
+      check();
+    });
+    for (const job of this.queue.splice(0)) this.settle(job, new OutpostError("POOL_CLOSED", "the agent stopped"));
+    await Promise.all(
+      [...this.slots].map((slot) => {
+        if (slot.job) this.settle(slot.job, new OutpostError("POOL_CLOSED", "the agent stopped while it ran"));
+        return this.retire(slot, false);
+      }),
+    );
+  }
+
+  private readonly idleWaiters = new Set<() => void>();
+
+  private refuse(code: Code, message: string): Promise<never> {
+    this.counts.refused += 1;
+    return Promise.reject(new OutpostError(code, message));
+  }
+
+  private breakerOf(type: string): Breaker {
+    let b = this.breakers.get(type);
+    if (!b) {
+      b = { failures: 0, openUntil: undefined, probing: false };
+      this.breakers.set(type, b);
+    }
+    return b;
+  }
+
+  private dispatch(): void {
+    while (this.queue.length > 0) {
+      let slot = [...this.slots].find((s) => !s.job && !s.gone);
+      if (!slot && this.slots.size < this.o.size) slot = this.spawn();
+      if (!slot) return;
+      const job = this.queue.shift() as Job;
+      slot.job = job;
+      slot.startedAt = this.o.now();
+      slot.timer = setTimeout(
+        () => this.fail(slot as Slot, "TASK_TIMEOUT", `ran past ${job.options.timeoutMs}ms`),
+        job.options.timeoutMs,
+      );
+      const request: TaskRequest = { id: job.id, type: job.type, input: job.input };
+      slot.worker.postMessage(request);
+    }
+    for (const waiter of this.idleWaiters) waiter();
+  }
+
+  private spawn(): Slot {
+    const worker = new Worker(this.o.source, {
+      eval: true,
+      ...(this.o.resourceLimits ? { resourceLimits: this.o.resourceLimits } : {}),
+      // The worker's output would otherwise interleave with the agent's JSON log lines.
+      stdout: true,
+      stderr: true,
+    });
+    worker.stdout.resume();
+    worker.stderr.on("data", (chunk: Buffer) => {
+      this.o.logger.warn({ output: chunk.toString().slice(0, 500) }, "a task worker wrote to stderr");
+    });
+    const slot: Slot = { worker, job: undefined, startedAt: 0, timer: undefined, gone: false };
+    worker.on("message", (reply: TaskReply) => this.reply(slot, reply));
+    worker.on("error", (err: Error & { code?: string }) => {
+      const oom = err.code === "ERR_WORKER_OUT_OF_MEMORY";
+      this.fail(slot, oom ? "TASK_OUT_OF_MEMORY" : "TASK_CRASHED", errorMessage(err));
+    });
+    worker.on("exit", (code) => this.fail(slot, "TASK_EXITED", `worker exited with code ${code}`));
+    this.slots.add(slot);
+    return slot;
+  }
+
+  private reply(slot: Slot, reply: TaskReply): void {
+    const job = slot.job;
+    if (slot.gone || !job || reply.id !== job.id) return;
+    clearTimeout(slot.timer);
+    slot.job = undefined;
+    if (reply.ok) {
+      this.counts.completed += 1;
+      const b = this.breakerOf(job.type);
+      b.failures = 0;
+      b.openUntil = undefined;
+      b.probing = false;
+      job.options.signal?.removeEventListener("abort", job.onAbort ?? (() => {}));
+      const now = this.o.now();
+      job.resolve({ value: reply.value, queueMs: slot.startedAt - job.queuedAt, runMs: now - slot.startedAt });
+    } else {
+      this.settle(job, new OutpostError("TASK_FAILED", reply.error.message, { details: reply.error.code }));
+    }
+    this.dispatch();
+  }
+
+  /** The worker failed under its task (or idle): the task fails with `code`, the worker is replaced. */
+  private fail(slot: Slot, code: Code, message: string): void {
+    if (slot.gone) return;
+    const job = slot.job;
+    clearTimeout(slot.timer);
+    slot.job = undefined;
+    if (job) this.settle(job, new OutpostError(code, message));
+    if (!this.closed) this.o.logger.warn({ code, message, type: job?.type }, "task worker replaced");
+    void this.retire(slot, true);
+    this.dispatch();
+  }
+
+  private abort(job: Job): void {
+    const queued = this.queue.indexOf(job);
+    if (queued >= 0) {
+      this.queue.splice(queued, 1);
+      this.settle(job, new OutpostError("TASK_ABORTED", "cancelled while queued"), false);
+      this.dispatch();
+      return;
+    }
+    const slot = [...this.slots].find((s) => s.job === job);
+    if (slot) {
+      // Nothing but terminating stops code that is running: the worker goes, a new one takes its place.
+      clearTimeout(slot.timer);
+      slot.job = undefined;
+      this.settle(job, new OutpostError("TASK_ABORTED", "cancelled while running"), false);
+      void this.retire(slot, true);
+      this.dispatch();
+    }
+  }
+
+  /** Rejects a task; a failure counts against its type's breaker (a cancellation or a stop does not). */
+  private settle(job: Job, err: OutpostError, counts = err.code !== "POOL_CLOSED"): void {
+    job.options.signal?.removeEventListener("abort", job.onAbort ?? (() => {}));
+    if (counts) {
+      this.counts.failed += 1;
+      const b = this.breakerOf(job.type);
+      b.failures += 1;
+      b.probing = false;
+      if (b.failures >= this.o.breaker.failures) b.openUntil = this.o.now() + this.o.breaker.openMs;
+    }
+    job.reject(err);
+  }
+
+  /** Terminates a worker; one that does not end within the grace period is abandoned, never waited for. */
+  private async retire(slot: Slot, replaced: boolean): Promise<void> {
+    if (slot.gone) return;
+    slot.gone = true;
+    this.slots.delete(slot);
+    if (replaced) this.counts.replaced += 1;
+    let timer: NodeJS.Timeout | undefined;
+    const ended = await Promise.race([
+      slot.worker.terminate().then(() => true),
+      new Promise<false>((resolve) => {
+        timer = setTimeout(() => resolve(false), this.o.terminateGraceMs);
+      }),
+    ]);
+    clearTimeout(timer);
+    if (!ended) {
+      this.counts.abandoned += 1;
+      slot.worker.unref();
+      this.o.logger.error("a task worker did not end when terminated (stuck in native code): abandoned");
+    }
+  }
+}

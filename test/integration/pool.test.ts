@@ -1,0 +1,202 @@
+// Issue 11, item 1: the worker pool with real worker threads. Each fault is injected more than once, with the
+// pool back at full size and other tasks completing between.
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { pino } from "pino";
+import { isOutpostError } from "../../src/core/errors.ts";
+import { type PoolOptions, WorkerPool } from "../../src/tasks/pool.ts";
+import { ROOT } from "../helpers/agent-process.ts";
+
+/** A worker speaking the pool's protocol, with one task type per way a task can go wrong. */
+const SOURCE = `
+const { parentPort } = require("node:worker_threads");
+const handlers = {
+  echo: (x) => x,
+  sleep: (ms) => new Promise((r) => setTimeout(() => r(ms), ms)),
+  throws: () => { throw Object.assign(new Error("bad input"), { code: "E_INPUT" }); },
+  loop: () => { for (;;) {} },
+  alloc: () => { const keep = []; for (;;) keep.push(new Array(1e5).fill(Math.random())); },
+  exit: () => process.exit(3),
+  crash: () => { setImmediate(() => { throw new Error("thrown outside the task"); }); return new Promise(() => {}); },
+  native: ({ addon, seconds }) => { require(addon).block(seconds); return "woke"; },
+};
+parentPort.on("message", async ({ id, type, input }) => {
+  try {
+    parentPort.postMessage({ id, ok: true, value: await handlers[type](input) });
+  } catch (e) {
+    parentPort.postMessage({ id, ok: false, error: { message: String(e && e.message), code: e && e.code } });
+  }
+});
+`;
+
+const silent = pino({ level: "silent" });
+
+function pool(over: Partial<PoolOptions> = {}): WorkerPool {
+  return new WorkerPool({
+    source: SOURCE,
+    size: 2,
+    maxQueue: 8,
+    resourceLimits: { maxOldGenerationSizeMb: 32, maxYoungGenerationSizeMb: 8 },
+    breaker: { failures: 1000, openMs: 1000 },
+    logger: silent,
+    ...over,
+  });
+}
+
+async function code(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return "ok";
+  } catch (err) {
+    return isOutpostError(err) ? err.code : `not an OutpostError: ${String(err)}`;
+  }
+}
+
+describe("worker pool", () => {
+  let dir: string;
+  let addon: string;
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), "outpost-pool-"));
+    addon = join(dir, "block.node");
+    execFileSync("gcc", ["-O2", "-fPIC", "-shared", "-o", addon, join(ROOT, "test", "fixtures", "native", "block.c")]);
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("starts no worker until a task comes, then at most `size`; reports queue and run time", async () => {
+    const p = pool();
+    assert.equal(p.stats().workers, 0);
+    const results = await Promise.all([1, 2, 3, 4, 5].map((i) => p.run("echo", { i }, { timeoutMs: 5000 })));
+    assert.deepEqual(
+      results.map((r) => r.value),
+      [1, 2, 3, 4, 5].map((i) => ({ i })),
+    );
+    assert.equal(p.stats().workers, 2);
+    assert.ok(results.every((r) => r.queueMs >= 0 && r.runMs >= 0));
+    await p.close(AbortSignal.timeout(5000));
+    assert.equal(p.stats().workers, 0);
+  });
+
+  it("a task that throws, loops, passes its heap limit, exits or crashes fails alone with its code, three times over", async () => {
+    const p = pool();
+    for (let round = 0; round < 3; round++) {
+      const neighbours = [p.run("sleep", 50, { timeoutMs: 10_000 }), p.run("echo", round, { timeoutMs: 10_000 })];
+      assert.equal(await code(p.run("throws", null, { timeoutMs: 5000 })), "TASK_FAILED");
+      assert.equal(await code(p.run("loop", null, { timeoutMs: 300 })), "TASK_TIMEOUT");
+      assert.equal(await code(p.run("alloc", null, { timeoutMs: 20_000 })), "TASK_OUT_OF_MEMORY");
+      assert.equal(await code(p.run("exit", null, { timeoutMs: 5000 })), "TASK_EXITED");
+      assert.equal(await code(p.run("crash", null, { timeoutMs: 5000 })), "TASK_CRASHED");
+      assert.deepEqual(
+        (await Promise.all(neighbours)).map((r) => r.value),
+        [50, round],
+      );
+      // Back to full size, and working.
+      await Promise.all([p.run("echo", 1, { timeoutMs: 5000 }), p.run("sleep", 20, { timeoutMs: 5000 })]);
+      assert.equal(p.stats().workers, 2);
+    }
+    const s = p.stats();
+    assert.equal(s.replaced, 12, "loop, alloc, exit and crash replace their worker; a task that throws does not");
+    assert.equal(s.abandoned, 0);
+    await p.close(AbortSignal.timeout(5000));
+  });
+
+  it("a task stuck in native code cannot be terminated: its worker is abandoned and counted, a new one serves", async () => {
+    const p = pool({ size: 1, terminateGraceMs: 200 });
+    const stuck = p.run("native", { addon, seconds: 3 }, { timeoutMs: 300 });
+    assert.equal(await code(stuck), "TASK_TIMEOUT");
+    assert.deepEqual((await p.run("echo", "after", { timeoutMs: 5000 })).value, "after");
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(p.stats().abandoned, 1);
+    await p.close(AbortSignal.timeout(5000));
+  });
+
+  it("a flood: QUEUE_FULL at once beyond the queue, every accepted task completes, memory stays bounded", async () => {
+    const p = pool({ size: 2, maxQueue: 16 });
+    const before = process.memoryUsage().heapUsed;
+    const started = performance.now();
+    const all = Array.from({ length: 5000 }, (_, i) =>
+      code(p.run("sleep", 5, { timeoutMs: 10_000 })).then((c) => [i, c]),
+    );
+    // The refusals settle at once: they do not wait behind the queue.
+    const refused = await Promise.race([
+      Promise.all(all.slice(18)).then((r) => r.every(([, c]) => c === "QUEUE_FULL")),
+      new Promise((r) => setTimeout(() => r("slow"), 1000)),
+    ]);
+    assert.equal(refused, true);
+    assert.ok(performance.now() - started < 1000);
+    const codes = await Promise.all(all);
+    assert.deepEqual(
+      codes.slice(0, 18).map(([, c]) => c),
+      Array(18).fill("ok"),
+    );
+    assert.ok(process.memoryUsage().heapUsed - before < 64 * 1024 * 1024);
+    await p.close(AbortSignal.timeout(5000));
+  });
+
+  it("cancellation through AbortSignal: queued and running tasks, the running one's worker replaced", async () => {
+    const p = pool({ size: 1 });
+    const running = new AbortController();
+    const queued = new AbortController();
+    const a = p.run("sleep", 10_000, { timeoutMs: 20_000, signal: running.signal });
+    const b = p.run("sleep", 10_000, { timeoutMs: 20_000, signal: queued.signal });
+    queued.abort();
+    assert.equal(await code(b), "TASK_ABORTED");
+    running.abort();
+    assert.equal(await code(a), "TASK_ABORTED");
+    assert.equal((await p.run("echo", 7, { timeoutMs: 5000 })).value, 7);
+    assert.equal(await code(p.run("echo", 1, { timeoutMs: 5000, signal: AbortSignal.abort() })), "TASK_ABORTED");
+    assert.equal(p.stats().replaced, 1);
+    await p.close(AbortSignal.timeout(5000));
+  });
+
+  it("a type that fails N times in a row opens its breaker; a probe after openMs closes it, or opens it again", async () => {
+    let now = 0;
+    const p = pool({ breaker: { failures: 3, openMs: 1000 }, now: () => now });
+    for (let i = 0; i < 3; i++) assert.equal(await code(p.run("throws", null, { timeoutMs: 5000 })), "TASK_FAILED");
+    assert.equal(await code(p.run("throws", null, { timeoutMs: 5000 })), "CIRCUIT_OPEN");
+    assert.deepEqual(p.stats().breakers, { throws: "open" });
+    // Other types are not affected.
+    assert.equal((await p.run("echo", 1, { timeoutMs: 5000 })).value, 1);
+    now = 1000;
+    // Half-open: one probe; it fails, so the breaker opens again.
+    assert.equal(await code(p.run("throws", null, { timeoutMs: 5000 })), "TASK_FAILED");
+    assert.equal(await code(p.run("throws", null, { timeoutMs: 5000 })), "CIRCUIT_OPEN");
+    now = 2000;
+    // While a probe runs, others of its type are refused.
+    const probe = code(p.run("throws", null, { timeoutMs: 5000 }));
+    assert.equal(await code(p.run("throws", null, { timeoutMs: 5000 })), "CIRCUIT_OPEN");
+    assert.equal(await probe, "TASK_FAILED");
+    // A probe that succeeds closes the breaker.
+    now = 3000;
+    const sleeper = pool({ breaker: { failures: 1, openMs: 1000 }, now: () => now });
+    assert.equal(await code(sleeper.run("sleep", 50, { timeoutMs: 1 })), "TASK_TIMEOUT");
+    assert.equal(await code(sleeper.run("sleep", 1, { timeoutMs: 5000 })), "CIRCUIT_OPEN");
+    now = 4000;
+    assert.equal((await sleeper.run("sleep", 1, { timeoutMs: 5000 })).value, 1);
+    assert.deepEqual(sleeper.stats().breakers, { sleep: "closed" });
+    await p.close(AbortSignal.timeout(5000));
+    await sleeper.close(AbortSignal.timeout(5000));
+  });
+
+  it("close: takes nothing new, lets work finish within the deadline, then fails the rest with POOL_CLOSED", async () => {
+    const p = pool({ size: 1 });
+    const quick = p.run("sleep", 100, { timeoutMs: 5000 });
+    const queued = p.run("sleep", 100, { timeoutMs: 5000 });
+    const closing = p.close(AbortSignal.timeout(5000));
+    assert.equal(await code(p.run("echo", 1, { timeoutMs: 5000 })), "POOL_CLOSED");
+    await closing;
+    assert.deepEqual([await code(quick), await code(queued)], ["ok", "ok"]);
+
+    const q = pool({ size: 1 });
+    const hung = code(q.run("loop", null, { timeoutMs: 60_000 }));
+    const waiting = code(q.run("echo", 1, { timeoutMs: 60_000 }));
+    const t = performance.now();
+    await q.close(AbortSignal.timeout(300));
+    assert.ok(performance.now() - t < 3000, "the deadline bounds the drain");
+    assert.deepEqual([await hung, await waiting], ["POOL_CLOSED", "POOL_CLOSED"]);
+    assert.equal(q.stats().workers, 0);
+  });
+});

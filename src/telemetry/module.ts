@@ -31,8 +31,8 @@ export function readsCollector(
 
 /** The collectors of the board the agent runs on (none for a board without its own). */
 export function boardCollectors(board: Board, roots: Roots): Collector[] {
-  if (board.kind === "raspberry-pi") return [readsCollector("pi", roots, (r) => piMetrics(roots, r))];
-  if (board.kind === "jetson") return [readsCollector("jetson", roots, (r) => jetsonMetrics(roots, r))];
+  if (board.kind === "raspberry-pi") return [readsCollector("pi", roots, piMetrics(roots))];
+  if (board.kind === "jetson") return [readsCollector("jetson", roots, jetsonMetrics(roots))];
   return [];
 }
 

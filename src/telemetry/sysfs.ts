@@ -79,3 +79,17 @@ export async function list(dir: string): Promise<string[]> {
     return [];
   }
 }
+
+/**
+ * A lookup of where a node lives (a directory scan), remembered for `ttlMs`: board collectors run every sample,
+ * and scanning /sys/devices/platform (a hundred entries on a Pi) each time would cost more than the reads.
+ * What was not found is looked for again after `ttlMs` too.
+ */
+export function remembered<T>(find: () => Promise<T>, ttlMs = 60_000, now = () => performance.now()): () => Promise<T> {
+  let cached: { value: T; at: number } | undefined;
+  return async () => {
+    if (cached && now() - cached.at < ttlMs) return cached.value;
+    cached = { value: await find(), at: now() };
+    return cached.value;
+  };
+}

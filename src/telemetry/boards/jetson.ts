@@ -1,6 +1,6 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { list, type Reads, type Roots } from "../sysfs.ts";
+import { list, type Reads, type Roots, remembered } from "../sysfs.ts";
 
 /** devfreq node names of the integrated GPU: Orin (ga10b; `gpu` from JetPack 6), Xavier (gv11b), TX2, Nano. */
 const GPU_DEVFREQ = /^(17000000\.(gpu|ga10b|gv11b)|57000000\.gpu|gpu\.0|.*\.(ga10b|gv11b|gp10b|gm20b))$/;
@@ -27,31 +27,40 @@ async function labelled(dir: string, entry: string): Promise<string | undefined>
  * /sys/bus/i2c/drivers/ina3221/<bus>-<addr>/hwmon/hwmonN): per channel `inN_label`, `inN_input` (mV) and
  * `currN_input` (mA). The driver has no power node: power is their product.
  */
-async function rails(roots: Roots, reads: Reads): Promise<Record<string, unknown> | undefined> {
+interface Channel {
+  dir: string;
+  n: string;
+  label: string;
+}
+
+/** The INA3221 channels with a label, but not the summing one (`sum of shunt voltages`: no voltage of its own). */
+async function channels(roots: Roots): Promise<Channel[]> {
   const driver = join(roots.sys, "bus", "i2c", "drivers", "ina3221");
-  const out: Record<string, { volts: number; amperes: number; watts: number }> = {};
-  let found = false;
+  const out: Channel[] = [];
   for (const device of await list(driver)) {
     for (const hw of await list(join(driver, device, "hwmon"))) {
       const dir = join(driver, device, "hwmon", hw);
       for (const entry of await list(dir)) {
-        const match = /^in(\d+)_label$/.exec(entry);
-        if (!match) continue;
-        const label = await labelled(dir, entry);
-        // The summing channel (`sum of shunt voltages`) has no voltage of its own.
-        if (!label || /sum of shunt/i.test(label)) continue;
-        found = true;
-        const n = match[1];
-        const mv = await reads.number(`rails.${label}`, join(dir, `in${n}_input`));
-        const ma = await reads.number(`rails.${label}`, join(dir, `curr${n}_input`));
-        if (mv === undefined || ma === undefined) continue;
-        const volts = mv / 1000;
-        const amperes = ma / 1000;
-        out[label] = { volts, amperes, watts: Math.round(volts * amperes * 1000) / 1000 };
+        const n = /^in(\d+)_label$/.exec(entry)?.[1];
+        const label = n === undefined ? undefined : await labelled(dir, entry);
+        if (n !== undefined && label && !/sum of shunt/i.test(label)) out.push({ dir, n, label });
       }
     }
   }
-  if (!found) reads.fail("rails", "no INA3221 channel under /sys/bus/i2c/drivers/ina3221");
+  return out;
+}
+
+async function rails(found: Channel[], reads: Reads): Promise<Record<string, unknown> | undefined> {
+  const out: Record<string, { volts: number; amperes: number; watts: number }> = {};
+  for (const { dir, n, label } of found) {
+    const mv = await reads.number(`rails.${label}`, join(dir, `in${n}_input`));
+    const ma = await reads.number(`rails.${label}`, join(dir, `curr${n}_input`));
+    if (mv === undefined || ma === undefined) continue;
+    const volts = mv / 1000;
+    const amperes = ma / 1000;
+    out[label] = { volts, amperes, watts: Math.round(volts * amperes * 1000) / 1000 };
+  }
+  if (found.length === 0) reads.fail("rails", "no INA3221 channel under /sys/bus/i2c/drivers/ina3221");
   return Object.keys(out).length > 0 ? out : undefined;
 }
 
@@ -61,10 +70,26 @@ async function rails(roots: Roots, reads: Reads): Promise<Record<string, unknown
  * `errors`), INA3221 power rails, and the nvpmodel power mode (/var/lib/nvpmodel/status and the names in
  * /etc/nvpmodel.conf). Thermal zones are the temperature collector's.
  */
-export async function jetsonMetrics(roots: Roots, reads: Reads): Promise<Record<string, unknown>> {
+export function jetsonMetrics(roots: Roots): (reads: Reads) => Promise<Record<string, unknown>> {
+  const devfreq = join(roots.sys, "class", "devfreq");
+  const where = remembered(async () => ({
+    gpu: (await list(devfreq)).find((name) => GPU_DEVFREQ.test(name)),
+    channels: await channels(roots),
+  }));
+  return async (reads) => {
+    const found = await where();
+    return jetsonFigures(roots, reads, found.gpu, found.channels);
+  };
+}
+
+async function jetsonFigures(
+  roots: Roots,
+  reads: Reads,
+  gpu: string | undefined,
+  found: Channel[],
+): Promise<Record<string, unknown>> {
   const out: Record<string, unknown> = {};
   const devfreq = join(roots.sys, "class", "devfreq");
-  const gpu = (await list(devfreq)).find((name) => GPU_DEVFREQ.test(name));
   if (gpu) {
     const load = await reads.number("gpu.loadPercent", join(devfreq, gpu, "device", "load"), 10, 1);
     const hz = await reads.number("gpu.clockMHz", join(devfreq, gpu, "cur_freq"), 1e6, 1);
@@ -100,7 +125,7 @@ export async function jetsonMetrics(roots: Roots, reads: Reads): Promise<Record<
       `${reads.errors["jetson.emcClockMHz"]} (the EMC clock is only in debugfs, which only root can read)`,
     );
 
-  const power = await rails(roots, reads);
+  const power = await rails(found, reads);
   if (power) out.rails = power;
 
   const status = await reads.text("powerMode", join(roots.host, "var", "lib", "nvpmodel", "status"));

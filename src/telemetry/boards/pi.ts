@@ -1,6 +1,6 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { list, type Reads, type Roots } from "../sysfs.ts";
+import { list, type Reads, type Roots, remembered } from "../sysfs.ts";
 
 /** The firmware's throttling word (`vcgencmd get_throttled`): bit 0-3 now, bit 16-19 since boot. */
 const FLAGS = [
@@ -53,10 +53,21 @@ async function voltHwmon(sys: string): Promise<string | undefined> {
  * and the ARM clock (cpufreq). The SoC temperature is the `cpu-thermal` zone of the temperature collector.
  * The core voltage is not in sysfs: only the firmware mailbox (/dev/vcio, group `video`) has it.
  */
-export async function piMetrics(roots: Roots, reads: Reads): Promise<Record<string, unknown>> {
+export function piMetrics(roots: Roots): (reads: Reads) => Promise<Record<string, unknown>> {
+  const where = remembered(async () => ({ file: await throttledFile(roots.sys), hwmon: await voltHwmon(roots.sys) }));
+  return async (reads) => {
+    const { file, hwmon } = await where();
+    return piFigures(roots, reads, file, hwmon);
+  };
+}
+
+async function piFigures(
+  roots: Roots,
+  reads: Reads,
+  file: string | undefined,
+  hwmon: string | undefined,
+): Promise<Record<string, unknown>> {
   const out: Record<string, unknown> = {};
-  const file = await throttledFile(roots.sys);
-  const hwmon = await voltHwmon(roots.sys);
   if (file) {
     const text = await reads.text("throttled", file);
     if (text !== undefined) {

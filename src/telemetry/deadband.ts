@@ -60,6 +60,22 @@ function moved(previous: unknown, next: unknown, band: number): boolean {
   return JSON.stringify(previous) !== JSON.stringify(next);
 }
 
+type Rules = { bands: [string[], number][]; fullOnly: [string[], true][] };
+const compiledRules = new WeakMap<ChangePolicy, Rules>();
+
+/** A policy's rules split into segments, once per policy object. */
+function compiled(policy: ChangePolicy): Rules {
+  let rules = compiledRules.get(policy);
+  if (!rules) {
+    rules = {
+      bands: Object.entries(policy.deadbands).map(([rule, band]): [string[], number] => [rule.split("."), band]),
+      fullOnly: policy.fullOnly.map((rule): [string[], true] => [rule.split("."), true]),
+    };
+    compiledRules.set(policy, rules);
+  }
+  return rules;
+}
+
 /**
  * Decides, sample by sample, what goes out: a full sample at the first call and every `fullIntervalMs`, in
  * between only what moved past its deadband since it was last sent, and nothing when nothing did.
@@ -90,8 +106,7 @@ export class ChangeFilter {
       this.sentErrors = errorsText;
       return { full: true, metrics, ...(Object.keys(errors).length > 0 ? { errors } : {}) };
     }
-    const bands = Object.entries(policy.deadbands).map(([rule, band]): [string[], number] => [rule.split("."), band]);
-    const fullOnly = policy.fullOnly.map((rule): [string[], true] => [rule.split("."), true]);
+    const { bands, fullOnly } = compiled(policy);
     const partial: Record<string, unknown> = {};
     let changed = false;
     for (const leaf of all) {

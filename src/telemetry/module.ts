@@ -36,6 +36,27 @@ export function boardCollectors(board: Board, roots: Roots): Collector[] {
   return [];
 }
 
+/** The device's collectors: the generic ones, the board's, disk I/O, the state.dir file system and wear. */
+export function deviceCollectors(o: {
+  roots: Roots;
+  board: Board;
+  stateDir: string;
+  now: () => number;
+  skipInterfaces?: () => readonly string[];
+}): Collector[] {
+  return [
+    ...systemCollectors({
+      procRoot: o.roots.proc,
+      sysRoot: o.roots.sys,
+      ...(o.skipInterfaces ? { skipInterfaces: o.skipInterfaces } : {}),
+    }),
+    ...boardCollectors(o.board, o.roots),
+    { name: "diskio", collect: diskIoCollector(o.roots, o.now) },
+    { name: "statefs", collect: () => filesystemOf(o.stateDir) },
+    readsCollector("wear", o.roots, (r) => wear(o.roots, r)),
+  ];
+}
+
 /**
  * Telemetry: samples every module's collectors (the device's own from /proc and /sys, the board's, storage)
  * once per `telemetry.interval` and publishes on `P/D/telemetry` a full sample every `telemetry.fullInterval`
@@ -60,12 +81,22 @@ export const telemetryModule: Module<typeof telemetrySection> = {
     const timeout = () => durationMs(settings().collectorTimeout);
     const filter = new ChangeFilter();
     const counts = { full: 0, partial: 0, quiet: 0 };
-    const policy = (): ChangePolicy => ({
-      deadbands: { ...DEFAULT_DEADBANDS, ...settings().deadbands },
-      fullOnly: settings().fullOnly,
-      fullIntervalMs: durationMs(settings().fullInterval),
-      intervalMs: interval(),
-    });
+    // One policy per configuration snapshot, not one per sample: the filter compiles its rules once per policy.
+    const policies = new WeakMap<object, ChangePolicy>();
+    const policy = (): ChangePolicy => {
+      const t = settings();
+      let p = policies.get(t);
+      if (!p) {
+        p = {
+          deadbands: { ...DEFAULT_DEADBANDS, ...t.deadbands },
+          fullOnly: t.fullOnly,
+          fullIntervalMs: durationMs(t.fullInterval),
+          intervalMs: durationMs(t.interval),
+        };
+        policies.set(t, p);
+      }
+      return p;
+    };
     let runs: RunLedger | undefined;
     const telemetry = new Telemetry({
       collectors: () => ctx.collectors(),
@@ -98,15 +129,13 @@ export const telemetryModule: Module<typeof telemetrySection> = {
       if (now?.throttled !== undefined) ctx.alarm("throttled", { active: now.throttled });
     };
     const collectors: Collector[] = [
-      ...systemCollectors({
-        procRoot: roots.proc,
-        sysRoot: roots.sys,
+      ...deviceCollectors({
+        roots,
+        board,
+        stateDir,
+        now: () => ctx.clock.mono(),
         skipInterfaces: () => settings().skipInterfaces,
       }),
-      ...boardCollectors(board, roots),
-      { name: "diskio", collect: diskIoCollector(roots, () => ctx.clock.mono()) },
-      { name: "statefs", collect: () => filesystemOf(stateDir) },
-      readsCollector("wear", roots, (r) => wear(roots, r)),
       { name: "restarts", collect: async () => (runs ? { starts: runs.starts, unclean: runs.unclean } : null) },
     ];
     return {

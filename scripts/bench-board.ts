@@ -7,9 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
 import { detectBoard } from "../src/telemetry/boards/detect.ts";
-import { systemCollectors } from "../src/telemetry/collectors.ts";
-import { boardCollectors, readsCollector } from "../src/telemetry/module.ts";
-import { diskIoCollector, filesystemOf, wear } from "../src/telemetry/storage.ts";
+import { deviceCollectors } from "../src/telemetry/module.ts";
 import { HOST_ROOTS, type Roots } from "../src/telemetry/sysfs.ts";
 import { Telemetry } from "../src/telemetry/telemetry.ts";
 import { AgentProcess, ROOT } from "../test/helpers/agent-process.ts";
@@ -27,22 +25,15 @@ export interface BenchRow {
 
 type CpuOf = (pid: number) => number;
 
-/** The default collector set of the telemetry module, reading `roots`. */
-function defaultCollectors(roots: Roots, stateDir: string) {
-  const board = detectBoard(roots);
-  return [
-    ...systemCollectors({ procRoot: roots.proc, sysRoot: roots.sys }),
-    ...boardCollectors(board, roots),
-    { name: "diskio", collect: diskIoCollector(roots, () => performance.now()) },
-    { name: "statefs", collect: () => filesystemOf(stateDir) },
-    readsCollector("wear", roots, (r) => wear(roots, r)),
-  ];
-}
-
 /** CPU milliseconds per sample of the default collectors, in this process (the pinned Node: the binary's V8). */
 async function sampleCost(roots: Roots, samples: number): Promise<number> {
   const telemetry = new Telemetry({
-    collectors: defaultCollectors(roots, tmpdir()),
+    collectors: deviceCollectors({
+      roots,
+      board: detectBoard(roots),
+      stateDir: tmpdir(),
+      now: () => performance.now(),
+    }),
     intervalMs: () => 1000,
     timeoutMs: () => 5000,
     publish: () => {},

@@ -7,7 +7,6 @@ export interface DeviceView {
   status?: Record<string, unknown>;
   /** The latest telemetry message, with `metrics` and `errors` merged from the full and partial samples so far. */
   telemetry?: Record<string, unknown>;
-  merged?: { metrics: Record<string, unknown>; errors: Record<string, string> };
   received: number;
 }
 
@@ -120,8 +119,9 @@ export function applyMessage(
   if (kind === "status") device.status = body;
   else {
     // Between full samples a device sends only what moved: merged, the view shows every current value.
-    const merged = mergeReport(device.merged, body);
-    device.merged = merged;
+    const held = device.telemetry;
+    const before = held && { metrics: obj(held.metrics), errors: obj(held.errors) as Record<string, string> };
+    const merged = mergeReport(before, body);
     device.telemetry = { ...body, metrics: merged.metrics, errors: merged.errors };
   }
   return { device, kind };

@@ -6,6 +6,16 @@ export function isObject(value: unknown): value is Record<string, unknown> {
   return value !== null && typeof value === "object" && !Array.isArray(value);
 }
 
+/** The value at a dotted path (`jetson.gpu.clockMHz`), or undefined where the path leaves the objects. */
+export function valueAt(metrics: unknown, path: string): unknown {
+  let node = metrics;
+  for (const key of path.split(".")) {
+    if (node === null || typeof node !== "object") return undefined;
+    node = (node as Record<string, unknown>)[key];
+  }
+  return node;
+}
+
 export function leaves(metrics: Record<string, unknown>, prefix: string[] = [], out: Leaf[] = []): Leaf[] {
   for (const [key, value] of Object.entries(metrics)) {
     const segments = [...prefix, key];

@@ -5,6 +5,8 @@
  * is available while its retained status says `online`.
  */
 
+import { valueAt } from "../core/merge.ts";
+
 export interface DiscoveryInputs {
   prefix: string;
   deviceId: string;
@@ -188,15 +190,6 @@ function railEntities(metrics: Record<string, unknown>): Entity[] {
   }));
 }
 
-function has(metrics: Record<string, unknown>, path: string): boolean {
-  let node: unknown = metrics;
-  for (const key of path.split(".")) {
-    if (node === null || typeof node !== "object") return false;
-    node = (node as Record<string, unknown>)[key];
-  }
-  return node !== undefined && node !== null;
-}
-
 /** HA's node_id and object_id allow `[a-zA-Z0-9_-]` only. */
 export function nodeId(deviceId: string): string {
   return `outpost_${deviceId.replace(/[^a-zA-Z0-9_-]/g, "_")}`;
@@ -236,7 +229,7 @@ export function discoveryConfigs(
     origin,
   });
   for (const e of [...ENTITIES, ...railEntities(metrics)]) {
-    if (!has(metrics, e.path)) continue;
+    if (valueAt(metrics, e.path) == null) continue;
     const value = `value_json.metrics${access(e.path)}`;
     const template =
       e.component === "binary_sensor"

@@ -1,5 +1,5 @@
 import type { Registry } from "prom-client";
-import { Counter, Gauge, Histogram } from "prom-client";
+import { Gauge, Histogram } from "prom-client";
 import type { CommandPolicy } from "../commands/commands.ts";
 import { durationMs } from "../config/duration.ts";
 import { sizeBytes } from "../config/size.ts";
@@ -7,6 +7,7 @@ import type { ConfigStore, Snapshot } from "../config/store.ts";
 import type { Logger } from "../core/logger.ts";
 import type { OutboxStats } from "../outbox/outbox.ts";
 import type { Config } from "../schema.ts";
+import { type Series, scrapedFamily } from "./scraped.ts";
 
 /** What the kernel's metrics read. */
 export interface KernelFigures {
@@ -18,24 +19,9 @@ export interface KernelFigures {
   eventLoopDelayMs(): number;
 }
 
-/** A counter whose value is read from elsewhere when scraped (prom-client counters only count up by inc). */
-function readCounter(
-  registers: Registry[],
-  name: string,
-  help: string,
-  labelNames: string[],
-  read: () => [Record<string, string>, number][],
-) {
-  return new Counter({
-    name,
-    help,
-    labelNames,
-    registers,
-    collect() {
-      this.reset();
-      for (const [labels, value] of read()) this.inc(labels, value);
-    },
-  });
+/** A counter whose value is read from elsewhere when scraped. */
+function readCounter(registry: Registry, name: string, help: string, labels: string[], read: () => Series): void {
+  scrapedFamily({ registry, type: "counter", name, help, labels, read });
 }
 
 /**
@@ -59,14 +45,14 @@ export function registerKernelMetrics(
   gauge("outpost_outbox_queued_messages", "Messages not yet acknowledged by the broker", () => f.outbox().queued);
   gauge("outpost_outbox_queued_bytes", "Bytes of the messages not yet acknowledged", () => f.outbox().bytes);
   readCounter(
-    registers,
+    registry,
     "outpost_outbox_sent_messages_total",
     "Messages acknowledged by the broker since start",
     [],
     () => [[{}, f.outbox().sent]],
   );
   readCounter(
-    registers,
+    registry,
     "outpost_outbox_dropped_messages_total",
     "Messages dropped by policy since start, by class and reason",
     ["class", "reason"],
@@ -83,13 +69,13 @@ export function registerKernelMetrics(
   );
   gauge("outpost_mqtt_connected", "1 while connected to the broker", () => (f.connected() ? 1 : 0));
   readCounter(
-    registers,
+    registry,
     "outpost_mqtt_connects_total",
     "Connections made since start (the first and every reconnect)",
     [],
     () => [[{}, f.connects()]],
   );
-  readCounter(registers, "outpost_commands_total", "Command requests since start, by outcome", ["outcome"], () =>
+  readCounter(registry, "outpost_commands_total", "Command requests since start, by outcome", ["outcome"], () =>
     Object.entries(f.commands()).map(([outcome, n]): [Record<string, string>, number] => [{ outcome }, n]),
   );
   const durations = new Histogram({
@@ -107,7 +93,7 @@ export function registerKernelMetrics(
   );
   gauge("outpost_resident_memory_bytes", "Resident set size of the agent", () => process.memoryUsage.rss());
   gauge("outpost_heap_used_bytes", "JavaScript heap in use", () => process.memoryUsage().heapUsed);
-  readCounter(registers, "outpost_cpu_seconds_total", "CPU time used by the agent, by mode", ["mode"], () => {
+  readCounter(registry, "outpost_cpu_seconds_total", "CPU time used by the agent, by mode", ["mode"], () => {
     const cpu = process.cpuUsage();
     return [
       [{ mode: "user" }, cpu.user / 1e6],

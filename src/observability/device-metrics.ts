@@ -1,7 +1,8 @@
-import { Counter, Gauge, type Registry } from "prom-client";
+import type { Registry } from "prom-client";
+import { valueAt as at } from "../core/merge.ts";
+import { type Series, scrapedFamily } from "../kernel/scraped.ts";
 
 type Labels = Record<string, string>;
-type Series = [Labels, number][];
 
 interface Family {
   name: string;
@@ -9,15 +10,6 @@ interface Family {
   type: "gauge" | "counter";
   labels: string[];
   read(m: Record<string, unknown>): Series;
-}
-
-function at(m: unknown, path: string): unknown {
-  let node = m;
-  for (const key of path.split(".")) {
-    if (node === null || typeof node !== "object") return undefined;
-    node = (node as Record<string, unknown>)[key];
-  }
-  return node;
 }
 
 const num = (v: unknown) => (typeof v === "number" && Number.isFinite(v) ? v : undefined);
@@ -279,32 +271,19 @@ export const DEVICE_FAMILIES: Family[] = [
 /** Registers the device families, each filled from `latest()` when scraped (absent metrics: no series). */
 export function registerDeviceMetrics(registry: Registry, latest: () => Record<string, unknown> | undefined): void {
   for (const family of DEVICE_FAMILIES) {
-    // prom-client gives a family without labels a series of 0 after reset(): removed again when the device
-    // has no such metric, so that an absent figure reads as absent, never as zero.
-    const fill = (metric: { remove(): void }, set: (labels: Labels, value: number) => void) => {
-      const m = latest();
-      const series = m ? family.read(m) : [];
-      // Scaling by 0.01 or 1e6 leaves float noise (1.8 * 0.01 = 0.018000000000000002): 12 digits are plenty.
-      for (const [labels, value] of series) set(labels, Number(value.toPrecision(12)));
-      if (series.length === 0 && family.labels.length === 0) metric.remove();
-    };
-    const common = { name: family.name, help: family.help, labelNames: family.labels, registers: [registry] };
-    if (family.type === "counter") {
-      new Counter({
-        ...common,
-        collect() {
-          this.reset();
-          fill(this, (labels, value) => this.inc(labels, value));
-        },
-      });
-    } else {
-      new Gauge({
-        ...common,
-        collect() {
-          this.reset();
-          fill(this, (labels, value) => this.set(labels, value));
-        },
-      });
-    }
+    scrapedFamily({
+      registry,
+      type: family.type,
+      name: family.name,
+      help: family.help,
+      labels: family.labels,
+      read: () => {
+        const m = latest();
+        // Scaling by 0.01 or 1e6 leaves float noise (1.8 * 0.01 = 0.018000000000000002): 12 digits are plenty.
+        return m
+          ? family.read(m).map(([labels, value]): [Labels, number] => [labels, Number(value.toPrecision(12))])
+          : [];
+      },
+    });
   }
 }

@@ -71,6 +71,15 @@ export class Reads {
   }
 }
 
+/** A small file's trimmed text, or undefined when it cannot be read (for finding nodes, not for metrics). */
+export async function readTrimmed(path: string): Promise<string | undefined> {
+  try {
+    return (await readFile(path, "utf8")).trim();
+  } catch {
+    return undefined;
+  }
+}
+
 /** The entries of a directory, sorted; empty when it does not exist or cannot be listed. */
 export async function list(dir: string): Promise<string[]> {
   try {

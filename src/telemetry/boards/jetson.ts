@@ -1,6 +1,5 @@
-import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { list, type Reads, type Roots, remembered } from "../sysfs.ts";
+import { list, type Reads, type Roots, readTrimmed, remembered } from "../sysfs.ts";
 
 /** devfreq node names of the integrated GPU: Orin (ga10b; `gpu` from JetPack 6), Xavier (gv11b), TX2, Nano. */
 const GPU_DEVFREQ = /^(17000000\.(gpu|ga10b|gv11b)|57000000\.gpu|gpu\.0|.*\.(ga10b|gv11b|gp10b|gm20b))$/;
@@ -12,14 +11,6 @@ export function parseNvpmodelConf(text: string): Map<number, string> {
     names.set(Number(match[1]), match[2] ?? "");
   }
   return names;
-}
-
-async function labelled(dir: string, entry: string): Promise<string | undefined> {
-  try {
-    return (await readFile(join(dir, entry), "utf8")).trim();
-  } catch {
-    return undefined;
-  }
 }
 
 /**
@@ -42,7 +33,7 @@ async function channels(roots: Roots): Promise<Channel[]> {
       const dir = join(driver, device, "hwmon", hw);
       for (const entry of await list(dir)) {
         const n = /^in(\d+)_label$/.exec(entry)?.[1];
-        const label = n === undefined ? undefined : await labelled(dir, entry);
+        const label = n === undefined ? undefined : await readTrimmed(join(dir, entry));
         if (n !== undefined && label && !/sum of shunt/i.test(label)) out.push({ dir, n, label });
       }
     }

@@ -1,6 +1,5 @@
-import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { list, type Reads, type Roots, remembered } from "../sysfs.ts";
+import { list, type Reads, type Roots, readTrimmed, remembered } from "../sysfs.ts";
 
 /** The firmware's throttling word (`vcgencmd get_throttled`): bit 0-3 now, bit 16-19 since boot. */
 const FLAGS = [
@@ -38,11 +37,7 @@ async function throttledFile(sys: string): Promise<string | undefined> {
 async function voltHwmon(sys: string): Promise<string | undefined> {
   const dir = join(sys, "class", "hwmon");
   for (const entry of await list(dir)) {
-    try {
-      if ((await readFile(join(dir, entry, "name"), "utf8")).trim() === "rpi_volt") return join(dir, entry);
-    } catch {
-      // a hwmon without a name file is not the one
-    }
+    if ((await readTrimmed(join(dir, entry, "name"))) === "rpi_volt") return join(dir, entry);
   }
   return undefined;
 }

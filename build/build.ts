@@ -9,13 +9,16 @@ import {
   existsSync,
   mkdirSync,
   mkdtempSync,
+  readdirSync,
   readFileSync,
+  renameSync,
   rmSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { parseArgs } from "node:util";
+import { constants as zlibConstants, zstdCompressSync } from "node:zlib";
 import * as esbuild from "esbuild";
 // @ts-expect-error plain JavaScript helper shared with the bootstrap scripts
 import { ensureRuntime, loadTarget, root } from "../scripts/runtime.mjs";
@@ -59,10 +62,32 @@ function git(args: string[]): string {
   }
 }
 
-async function bundle(outfile: string, sdNotify: Record<string, string>): Promise<void> {
+/**
+ * The bundle's copy of onnxruntime-node takes its native binding from the global the task worker sets after
+ * `process.dlopen` of the extracted file (src/tasks/worker.ts): inside the binary there is no file to require.
+ */
+const ortBinding: esbuild.Plugin = {
+  name: "ort-binding",
+  setup(b) {
+    b.onLoad({ filter: /onnxruntime-node[\\/]dist[\\/]binding\.js$/ }, (args) => {
+      const source = readFileSync(args.path, "utf8");
+      const call =
+        /require\(`\.\.\/bin\/napi-v6\/\$\{process\.platform\}\/\$\{process\.arch\}\/onnxruntime_binding\.node`\)/;
+      if (!call.test(source)) throw new Error(`${args.path}: the binding's require changed; update build/build.ts`);
+      return { contents: source.replace(call, "globalThis.__outpostOrtBinding"), loader: "js" };
+    });
+  },
+};
+
+async function bundle(
+  entry: string,
+  outfile: string,
+  define: Record<string, string>,
+  plugins: esbuild.Plugin[] = [],
+): Promise<void> {
   const result = await esbuild.build({
     absWorkingDir: root,
-    entryPoints: ["src/main.ts"],
+    entryPoints: [entry],
     outfile,
     bundle: true,
     platform: "node",
@@ -71,10 +96,9 @@ async function bundle(outfile: string, sdNotify: Record<string, string>): Promis
     minifySyntax: true,
     legalComments: "none",
     logLevel: "warning",
-    define: {
-      __OUTPOST_COMMIT__: JSON.stringify(git(["rev-parse", "--short=12", "HEAD"])),
-      __OUTPOST_SD_NOTIFY__: JSON.stringify(sdNotify),
-    },
+    // Used only from a checkout (src/tasks/runtime.ts), where the worker is started from its file.
+    define: { "import.meta.dirname": '""', ...define },
+    plugins,
     metafile: true,
   });
   const text = readFileSync(outfile, "utf8");
@@ -99,6 +123,48 @@ function primePkgCache(home: string, target: Target): void {
   // Stripping the base binary saves about 20 MiB; it has to happen before the blob is injected.
   if (strip) execFileSync(target.strip, ["--strip-all", node]);
   writeFileSync(`${node}.ok`, "");
+}
+
+/**
+ * onnxruntime-node's two linux files for the target's arch, concatenated and zstd-compressed (level 19: 46 MiB
+ * become 13 on x64), with a manifest the agent extracts them by (src/tasks/runtime.ts). Compressing takes about
+ * 40 s, so the result is kept in `.cache/assets`, named by the input's sha256 (zstd is deterministic).
+ */
+function nativeAssets(stage: string, target: Target): Record<string, string> {
+  const dir = join(root, "node_modules", "onnxruntime-node", "bin", "napi-v6", "linux", target.arch);
+  const names = ["onnxruntime_binding.node", "libonnxruntime.so.1"];
+  const files = names.map((name) => {
+    const bytes = readFileSync(join(dir, name));
+    return { name, bytes, size: bytes.length, sha256: createHash("sha256").update(bytes).digest("hex") };
+  });
+  const raw = Buffer.concat(files.map((f) => f.bytes));
+  const whole = createHash("sha256").update(raw).digest("hex");
+  const cache = join(root, ".cache", "assets");
+  const packed = join(cache, `${whole}.zst19`);
+  if (!existsSync(packed)) {
+    mkdirSync(cache, { recursive: true });
+    const level = { [zlibConstants.ZSTD_c_compressionLevel]: 19 };
+    writeFileSync(`${packed}.tmp`, zstdCompressSync(raw, { params: level }));
+    renameSync(`${packed}.tmp`, packed);
+  }
+  const manifest = join(stage, `ort-native-${target.arch}.json`);
+  writeFileSync(
+    manifest,
+    JSON.stringify({
+      sha256: whole,
+      files: files.map(({ name, size, sha256 }) => ({ name, size, sha256 })),
+      binding: "onnxruntime_binding.node",
+    }),
+  );
+  return { "ort-native.zst": packed, "ort-native.json": manifest };
+}
+
+/** The demo's model and sample images (`outpost demo` runs them), under `demo/`. */
+function demoAssets(): Record<string, string> {
+  const demo = join(root, "src", "tasks", "demo");
+  const assets: Record<string, string> = { "demo/parts.onnx": join(demo, "parts.onnx") };
+  for (const f of readdirSync(join(demo, "samples")).sort()) assets[`demo/samples/${f}`] = join(demo, "samples", f);
+  return assets;
 }
 
 function sha256(path: string): string {
@@ -126,7 +192,13 @@ async function build(stage: string, started: number): Promise<void> {
     stage,
     TARGETS.map((name) => loadTarget(name) as Target),
   );
-  await bundle(entry, native);
+  await bundle("src/main.ts", entry, {
+    __OUTPOST_COMMIT__: JSON.stringify(git(["rev-parse", "--short=12", "HEAD"])),
+    __OUTPOST_SD_NOTIFY__: JSON.stringify(native),
+  });
+  // The task worker is its own bundle, started from source (a worker cannot start from a file in the binary).
+  const worker = join(stage, "task-worker.js");
+  await bundle("src/tasks/worker.ts", worker, {}, [ortBinding]);
 
   // A private HOME for pkg: its cache lives under the project, not in the user's home.
   const home = join(root, ".cache", "pkg-home");
@@ -136,11 +208,13 @@ async function build(stage: string, started: number): Promise<void> {
   for (const target of all) primePkgCache(home, target);
 
   mkdirSync(dist, { recursive: true });
-  const seaConfig = join(stage, "sea-config.json");
-  writeFileSync(seaConfig, JSON.stringify({ execArgv, execArgvExtension: "none" }));
   const sums: string[] = [];
   for (const name of targets) {
     const target = loadTarget(name) as Target;
+    // Per target: the assets differ by arch (the native inference runtime).
+    const seaConfig = join(stage, `sea-config-${name}.json`);
+    const assets = { ...nativeAssets(stage, target), ...demoAssets(), "task-worker.js": worker };
+    writeFileSync(seaConfig, JSON.stringify({ execArgv, execArgvExtension: "none", assets }));
     const output = join(dist, `outpost-${name}`);
     rmSync(output, { force: true });
     execFileSync(

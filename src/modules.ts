@@ -3,6 +3,7 @@ import { homeassistantModule } from "./homeassistant/module.ts";
 import { observabilityModule } from "./observability/module.ts";
 import { resourcesModule } from "./resources/module.ts";
 import { serviceModule } from "./service/module.ts";
+import { tasksModule } from "./tasks/module.ts";
 import { telemetryModule } from "./telemetry/module.ts";
 
 /**
@@ -14,6 +15,7 @@ export const MODULES = [
   builtinsModule,
   telemetryModule,
   resourcesModule,
+  tasksModule,
   observabilityModule,
   homeassistantModule,
   serviceModule,

@@ -46,6 +46,16 @@ export const CODES = {
   TASK_FAILED: { wire: true, meaning: "the task threw an error" },
   TASK_ABORTED: { wire: true, meaning: "the task was cancelled before it finished" },
   POOL_CLOSED: { wire: true, meaning: "the agent is stopping: the task was not run" },
+  TASK_UNKNOWN: { wire: true, meaning: "no task of that name is configured" },
+  TASK_INPUT_INVALID: {
+    wire: true,
+    meaning: "the input does not fit the task: a tensor's name, type or shape, or an image that does not decode",
+  },
+  TASK_MODEL_INVALID: { wire: true, meaning: "the model file is missing, unreadable or not a model the runtime loads" },
+  TASK_RUNTIME_UNAVAILABLE: {
+    wire: true,
+    meaning: "no inference runtime could be loaded (the runtime directory is not writable, or the library fails)",
+  },
   // Local: logs, exit messages, the operator's own tools.
   CONFIG_INVALID: { wire: false, meaning: "the configuration does not validate; every problem is listed" },
   KEY_INVALID: { wire: false, meaning: "a key file or key text cannot be read as an ed25519 key" },

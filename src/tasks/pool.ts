@@ -17,8 +17,15 @@ export type TaskReply =
   | { id: number; ok: true; value: unknown }
   | { id: number; ok: false; error: { message: string; code?: string } };
 
+/** Codes a worker may answer with that reach the caller as they are; any other failure is `TASK_FAILED`. */
+const WORKER_CODES = new Map<string, Code>(
+  (["TASK_INPUT_INVALID", "TASK_MODEL_INVALID", "TASK_RUNTIME_UNAVAILABLE", "TASK_FAILED"] as const).map((c) => [c, c]),
+);
+
 export interface PoolOptions {
   source: string;
+  /** Handed to every worker as `workerData`. */
+  workerData?: unknown;
   /** Workers at most; created on demand, so a pool that never runs a task starts none. */
   size: number;
   /** Tasks waiting for a worker at most; beyond, `QUEUE_FULL` at once. */
@@ -77,7 +84,8 @@ interface Breaker {
  * abandoned (counted in `stats().abandoned`, which makes the pool unhealthy) and a new one takes its place.
  */
 export class WorkerPool {
-  private readonly o: Required<Omit<PoolOptions, "resourceLimits">> & Pick<PoolOptions, "resourceLimits">;
+  private readonly o: Required<Omit<PoolOptions, "resourceLimits" | "workerData">> &
+    Pick<PoolOptions, "resourceLimits" | "workerData">;
   private readonly slots = new Set<Slot>();
   private readonly queue: Job[] = [];
   private readonly breakers = new Map<string, Breaker>();
@@ -199,6 +207,7 @@ export class WorkerPool {
   private spawn(): Slot {
     const worker = new Worker(this.o.source, {
       eval: true,
+      workerData: this.o.workerData,
       ...(this.o.resourceLimits ? { resourceLimits: this.o.resourceLimits } : {}),
       // The worker's output would otherwise interleave with the agent's JSON log lines.
       stdout: true,
@@ -234,7 +243,12 @@ export class WorkerPool {
       const now = this.o.now();
       job.resolve({ value: reply.value, queueMs: slot.startedAt - job.queuedAt, runMs: now - slot.startedAt });
     } else {
-      this.settle(job, new OutpostError("TASK_FAILED", reply.error.message, { details: reply.error.code }));
+      const own = WORKER_CODES.get(reply.error.code ?? "");
+      const err = own
+        ? new OutpostError(own, reply.error.message)
+        : new OutpostError("TASK_FAILED", reply.error.message, { details: reply.error.code });
+      // A bad input is the caller's fault, not the task's: it must not open the breaker for everyone else.
+      this.settle(job, err, own !== "TASK_INPUT_INVALID");
     }
     this.dispatch();
   }
@@ -273,11 +287,12 @@ export class WorkerPool {
   /** Rejects a task; a failure counts against its type's breaker (a cancellation or a stop does not). */
   private settle(job: Job, err: OutpostError, counts = err.code !== "POOL_CLOSED"): void {
     job.options.signal?.removeEventListener("abort", job.onAbort ?? (() => {}));
+    const b = this.breakerOf(job.type);
+    // A probe that ends without a verdict (cancelled, a bad input) lets the next task probe instead.
+    b.probing = false;
     if (counts) {
       this.counts.failed += 1;
-      const b = this.breakerOf(job.type);
       b.failures += 1;
-      b.probing = false;
       if (b.failures >= this.o.breaker.failures) b.openUntil = this.o.now() + this.o.breaker.openMs;
     }
     job.reject(err);

@@ -32,6 +32,8 @@ it("two clean builds at once, from other checkout paths, give byte-identical bin
       execFileSync("git", ["checkout", "--quiet", head], { cwd: checkout });
       cpSync(join(ROOT, "node_modules"), join(checkout, "node_modules"), { recursive: true, verbatimSymlinks: true });
       cpSync(join(ROOT, ".cache", "runtime"), join(checkout, ".cache", "runtime"), { recursive: true });
+      // The compressed inference runtime (about 40 s of zstd -19 per arch), named by its input's sha256.
+      cpSync(join(ROOT, ".cache", "assets"), join(checkout, ".cache", "assets"), { recursive: true });
     }
     await Promise.all(
       checkouts.map((checkout) => run(process.execPath, [join(checkout, "build", "build.ts")], { cwd: checkout })),

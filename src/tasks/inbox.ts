@@ -1,0 +1,162 @@
+import { mkdirSync } from "node:fs";
+import { readdir, readFile, rename, stat } from "node:fs/promises";
+import { join } from "node:path";
+import { sleep } from "../core/clock.ts";
+import { errorMessage, isOutpostError } from "../core/errors.ts";
+import { writeFileAtomically } from "../core/files.ts";
+import type { Logger } from "../core/logger.ts";
+import type { TaskResult } from "./runner.ts";
+
+export interface InboxOptions {
+  task: string;
+  dir: string;
+  settleMs: number;
+  pollMs: number;
+  /** Images processed at once (the pool's size: more would only wait in its queue). */
+  parallel: number;
+  evaluate(file: string, image: Uint8Array): Promise<TaskResult>;
+  publish(result: TaskResult): void;
+  logger: Logger;
+}
+
+const RESULT = ".result.json";
+
+/**
+ * A watched folder: a camera drops images into `inbox/`; each is processed exactly once and ends in `done/`
+ * (a verdict) or `failed/` (no verdict: the image does not decode, the model fails) beside a `.json` result.
+ *
+ * Exactly once, across crashes: an image is claimed by renaming it into `work/`; its result is written to
+ * `work/<name>.result.json` (fsynced) before it is published; then the image moves, then its result. A start
+ * finds in `work/` either an image without a result (run it again: nothing was published) or a stored result
+ * (publish that same result again, same trace id, and finish the moves): never a second, different result.
+ */
+export class Inbox {
+  private readonly o: InboxOptions;
+  private readonly seen = new Map<string, { size: number; mtimeMs: number; since: number }>();
+  private readonly inFlight = new Set<Promise<void>>();
+  readonly counts = { done: 0, failed: 0, recovered: 0 };
+
+  constructor(options: InboxOptions) {
+    this.o = options;
+    for (const sub of ["inbox", "work", "done", "failed"]) mkdirSync(join(options.dir, sub), { recursive: true });
+  }
+
+  private path(sub: string, name = ""): string {
+    return join(this.o.dir, sub, name);
+  }
+
+  async run(signal: AbortSignal): Promise<void> {
+    await this.recover(signal);
+    while (!signal.aborted) {
+      try {
+        await this.tick(signal);
+      } catch (err) {
+        this.o.logger.warn({ err: errorMessage(err), dir: this.o.dir }, "watched folder: a pass failed");
+      }
+      await sleep(this.o.pollMs, signal);
+    }
+    // Images in hand finish (the pool drains them within the shutdown deadline) or stay in work/ for the next start.
+    await Promise.allSettled(this.inFlight);
+  }
+
+  /** What a crash left in work/: results to publish again and move, images to run again. */
+  private async recover(signal: AbortSignal): Promise<void> {
+    const names = (await readdir(this.path("work"))).sort();
+    const results = new Set(names.filter((n) => n.endsWith(RESULT)));
+    for (const r of results) {
+      const image = r.slice(0, -RESULT.length);
+      const result = JSON.parse(await readFile(this.path("work", r), "utf8")) as TaskResult;
+      this.o.publish(result);
+      this.counts.recovered += 1;
+      await this.finish(image, result, names.includes(image));
+    }
+    for (const name of names) {
+      if (signal.aborted) return;
+      if (name.endsWith(RESULT) || results.has(`${name}${RESULT}`) || name.startsWith(".")) continue;
+      await this.process(name, signal);
+    }
+  }
+
+  private async tick(signal: AbortSignal): Promise<void> {
+    const names = (await readdir(this.path("inbox"))).filter((n) => !n.startsWith(".")).sort();
+    const now = performance.now();
+    const present = new Set(names);
+    for (const name of this.seen.keys()) if (!present.has(name)) this.seen.delete(name);
+    for (const name of names) {
+      if (signal.aborted) return;
+      if (!(await this.settled(name, now))) continue;
+      // Claimed by a rename: the camera's file is ours from here on, whatever crashes.
+      try {
+        await rename(this.path("inbox", name), this.path("work", name));
+      } catch {
+        continue; // gone meanwhile
+      }
+      this.seen.delete(name);
+      while (this.inFlight.size >= this.o.parallel && !signal.aborted) await Promise.race(this.inFlight);
+      const job = this.process(name, signal).finally(() => this.inFlight.delete(job));
+      this.inFlight.add(job);
+    }
+  }
+
+  /** Counted once renamed in (settle 0), or once its size and mtime have held still for `settleMs`. */
+  private async settled(name: string, now: number): Promise<boolean> {
+    if (this.o.settleMs === 0) return true;
+    let s: { size: number; mtimeMs: number };
+    try {
+      s = await stat(this.path("inbox", name));
+    } catch {
+      return false;
+    }
+    const prev = this.seen.get(name);
+    if (!prev || prev.size !== s.size || prev.mtimeMs !== s.mtimeMs) {
+      this.seen.set(name, { size: s.size, mtimeMs: s.mtimeMs, since: now });
+      return false;
+    }
+    return now - prev.since >= this.o.settleMs;
+  }
+
+  private async process(name: string, signal: AbortSignal): Promise<void> {
+    let image: Uint8Array;
+    try {
+      image = await readFile(this.path("work", name));
+    } catch (err) {
+      this.o.logger.warn({ file: name, err: errorMessage(err) }, "watched folder: cannot read a claimed image");
+      return;
+    }
+    let result: TaskResult;
+    try {
+      result = await this.o.evaluate(name, image);
+    } catch (err) {
+      // Refused or cancelled (queue full, breaker open, stopping): it stays in work/ and runs at the next start.
+      if (!signal.aborted) {
+        this.o.logger.warn({ file: name, code: isOutpostError(err) ? err.code : undefined }, "image not run yet");
+      }
+      return;
+    }
+    writeFileAtomically(this.path("work", `${name}${RESULT}`), `${JSON.stringify(result)}\n`, 0o644);
+    this.o.publish(result);
+    await this.finish(name, result, true);
+  }
+
+  private async finish(name: string, result: TaskResult, imagePresent: boolean): Promise<void> {
+    const to = result.ok ? "done" : "failed";
+    const target = await this.freeName(to, name);
+    // Image first, then its result: a crash between leaves the result in work/, which the next start publishes
+    // again and moves; never an image in work/ whose result already left.
+    if (imagePresent) await rename(this.path("work", name), this.path(to, target));
+    await rename(this.path("work", `${name}${RESULT}`), this.path(to, `${target}.json`));
+    this.counts[result.ok ? "done" : "failed"] += 1;
+  }
+
+  /** The camera may reuse a name: an earlier image of that name is never overwritten. */
+  private async freeName(sub: string, name: string): Promise<string> {
+    for (let i = 0; ; i++) {
+      const candidate = i === 0 ? name : `${name}.${i}`;
+      try {
+        await stat(this.path(sub, `${candidate}.json`));
+      } catch {
+        return candidate;
+      }
+    }
+  }
+}

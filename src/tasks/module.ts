@@ -1,0 +1,146 @@
+import { z } from "zod";
+import type { CommandDefinition } from "../commands/commands.ts";
+import { durationMs } from "../config/duration.ts";
+import { sleep } from "../core/clock.ts";
+import { errorMessage, OutpostError } from "../core/errors.ts";
+import { type Component, loopComponent } from "../core/lifecycle.ts";
+import { valueAt } from "../core/merge.ts";
+import type { Module } from "../kernel/module.ts";
+import { tasksSection } from "./config.ts";
+import { Inbox } from "./inbox.ts";
+import { TaskRunner } from "./runner.ts";
+import { wireFeeds } from "./tensor-wire.ts";
+import { ThresholdRule } from "./threshold.ts";
+
+/** The largest `task.run` request: an image or tensors, base64 (the broker's and the link's packet caps apply too). */
+const MAX_TASK_REQUEST = 8 * 1024 * 1024;
+
+const runParams = z.strictObject({
+  task: z.string().min(1),
+  input: z
+    .strictObject({
+      feeds: wireFeeds.optional(),
+      image: z.base64("expected the image's bytes as base64").optional(),
+    })
+    .refine((i) => (i.feeds === undefined) !== (i.image === undefined), {
+      message: "expected either feeds (named tensors) or image (base64), not both",
+    }),
+});
+
+/**
+ * Inference and quality checks in worker threads (docs/tasks.md): `task.run`, watched folders and threshold
+ * rules over telemetry; every outcome goes out on `P/D/results/<task>` through the outbox.
+ */
+export const tasksModule: Module<typeof tasksSection> = {
+  name: "tasks",
+  config: tasksSection,
+  create(ctx) {
+    const config = ctx.config().tasks;
+    const runner = new TaskRunner({
+      config,
+      stateDir: ctx.config().state.dir,
+      logger: ctx.logger,
+      send: (m) => ctx.send(m),
+      resultTopic: (task) => ctx.topics.result(task),
+    });
+
+    const watchers: Component[] = [];
+    for (const [name, def] of Object.entries(config.define)) {
+      if ((def.type !== "classify-image" && def.type !== "checks") || !def.watch) continue;
+      const inbox = new Inbox({
+        task: name,
+        dir: def.watch.dir,
+        settleMs: durationMs(def.watch.settle),
+        pollMs: durationMs(def.watch.poll),
+        parallel: runner.size(),
+        evaluate: (file, image) => runner.evaluate(name, { image, file }, { source: "watch" }),
+        publish: (result) => runner.publish(result),
+        logger: ctx.logger.child({ task: name }),
+      });
+      watchers.push(
+        loopComponent(
+          `tasks.watch.${name}`,
+          (signal) => inbox.run(signal),
+          (err) => ctx.logger.error({ err: errorMessage(err), task: name }, "watched folder stopped"),
+        ),
+      );
+    }
+
+    const rules = Object.entries(config.define).flatMap(([name, def]) =>
+      def.type === "threshold"
+        ? [
+            {
+              name,
+              metric: def.metric,
+              rule: new ThresholdRule({
+                metric: def.metric,
+                above: def.above,
+                below: def.below,
+                forMs: durationMs(def.for),
+                hysteresis: def.hysteresis,
+              }),
+            },
+          ]
+        : [],
+    );
+    const components: Component[] = [...watchers];
+    if (rules.length > 0) {
+      // Evaluated at the telemetry's pace on the latest sample (not only on reported changes: a value inside
+      // its deadband must still count towards "for 30 s").
+      components.push(
+        loopComponent(
+          "tasks.thresholds",
+          async (signal) => {
+            while (!signal.aborted) {
+              const metrics = ctx.latest.sampled()?.metrics;
+              if (metrics) {
+                for (const { name, metric, rule } of rules) {
+                  const change = rule.observe(valueAt(metrics, metric), ctx.clock.mono());
+                  if (change) ctx.alarm(name, change);
+                }
+              }
+              await sleep(durationMs(ctx.config().telemetry.interval), signal);
+            }
+          },
+          (err) => ctx.logger.error({ err: errorMessage(err) }, "threshold rules stopped"),
+        ),
+      );
+    }
+
+    const commands: CommandDefinition[] = [
+      {
+        name: "task.run",
+        params: runParams,
+        maxRequestBytes: MAX_TASK_REQUEST,
+        run: async (params, context) => {
+          const p = params as z.output<typeof runParams>;
+          const input = p.input.feeds
+            ? { feeds: p.input.feeds }
+            : { image: Buffer.from(p.input.image ?? "", "base64") };
+          const result = await runner.run(p.task, input, {
+            trace: context.id,
+            signal: context.signal,
+            source: "command",
+          });
+          const error = result.error as { code?: string; message?: string } | undefined;
+          if (!result.ok && error?.code) {
+            throw new OutpostError(error.code as never, error.message ?? "the task failed", { details: result });
+          }
+          return result;
+        },
+      },
+      { name: "task.list", params: z.strictObject({}).nullish(), changesState: false, run: () => runner.list() },
+    ];
+
+    return {
+      components,
+      commands,
+      describe: () => runner.list(),
+      health: () => runner.health(),
+      quiesce: async () => {
+        for (const w of watchers) await w.stop();
+      },
+      drain: (signal) => runner.close(signal),
+    };
+  },
+};

@@ -1,0 +1,359 @@
+import { createHash, randomUUID } from "node:crypto";
+import { availableParallelism } from "node:os";
+import { join } from "node:path";
+import { durationMs as durationOf } from "../config/duration.ts";
+import { errorMessage, isOutpostError, OutpostError } from "../core/errors.ts";
+import type { Logger } from "../core/logger.ts";
+import type { OutboxMessage } from "../outbox/types.ts";
+import type { ClassifyDefinition, TaskDefinition, TasksConfig } from "./config.ts";
+import { WorkerPool } from "./pool.ts";
+import { nativeBinding, workerSource } from "./runtime.ts";
+import { fromWire, toWire, type WireTensor } from "./tensor-wire.ts";
+import type { Tensor } from "./tensors.ts";
+import type { InferOutput, ModelInfo, WorkerInput, WorkerSetup } from "./worker.ts";
+
+/** What a task is given: tensors (onnx), or an image's bytes (classify-image, checks). */
+export type TaskInput = { feeds: Record<string, WireTensor> } | { image: Uint8Array; file?: string };
+
+export interface RunRequest {
+  /** Ties the result, its message and every log line together: the command's request id, or a new one. */
+  trace?: string;
+  signal?: AbortSignal;
+  /** Where the input came from, for the result (`command`, `watch`). */
+  source: string;
+}
+
+/** A task's outcome, as published on `P/D/results/<task>` and returned to `task.run`. */
+export type TaskResult = Record<string, unknown> & { task: string; trace: string; ok: boolean };
+
+export interface RunnerOptions {
+  config: TasksConfig;
+  stateDir: string;
+  logger: Logger;
+  send(message: OutboxMessage & { topic: string }): void;
+  resultTopic(task: string): string;
+}
+
+const RUNTIME = "native";
+
+/** Codes by which a task was not run at all: refused, cancelled or without a runtime. Try again later. */
+export const REFUSALS: ReadonlySet<string> = new Set([
+  "QUEUE_FULL",
+  "CIRCUIT_OPEN",
+  "POOL_CLOSED",
+  "TASK_ABORTED",
+  "TASK_RUNTIME_UNAVAILABLE",
+]);
+
+/**
+ * Runs the configured tasks in the worker pool and publishes every outcome through the outbox. The pool (and
+ * the native runtime's extraction) is created on the first task, so an agent with no inference task starts no
+ * worker and writes nothing.
+ */
+export class TaskRunner {
+  private readonly o: RunnerOptions;
+  private pool: Promise<WorkerPool> | undefined;
+  private poolReady: WorkerPool | undefined;
+  private runtimeNote = "not loaded yet (loaded on the first task)";
+  private readonly models = new Map<string, ModelInfo>();
+  private readonly counts = new Map<string, { ok: number; failed: number; pass: number; fail: number }>();
+
+  constructor(options: RunnerOptions) {
+    this.o = options;
+  }
+
+  get definitions(): Readonly<Record<string, TaskDefinition>> {
+    return this.o.config.define;
+  }
+
+  private definition(name: string): TaskDefinition {
+    const def = Object.hasOwn(this.o.config.define, name) ? this.o.config.define[name] : undefined;
+    if (!def) throw new OutpostError("TASK_UNKNOWN", `no task ${JSON.stringify(name)} is configured`);
+    return def;
+  }
+
+  /** Workers at most: tasks run at once. */
+  size(): number {
+    return this.workers();
+  }
+
+  private workers(): number {
+    return this.o.config.workers ?? Math.max(1, availableParallelism() - 1);
+  }
+
+  private getPool(): Promise<WorkerPool> {
+    this.pool ??= (async () => {
+      const dir = this.o.config.runtimeDir ?? join(this.o.stateDir, "runtime");
+      const native = await nativeBinding(dir);
+      this.runtimeNote = native
+        ? `onnxruntime-node from the binary, ${native.extracted ? "extracted now" : "already extracted"} to ${dir}`
+        : "onnxruntime-node from node_modules (running from a checkout)";
+      this.o.logger.info({ runtime: RUNTIME, note: this.runtimeNote }, "inference runtime ready");
+      const setup: WorkerSetup = { intraOpThreads: 1, ...(native ? { binding: native.binding } : {}) };
+      const pool = new WorkerPool({
+        source: workerSource(),
+        workerData: setup,
+        size: this.workers(),
+        maxQueue: this.o.config.queue,
+        resourceLimits: { maxOldGenerationSizeMb: this.o.config.workerHeapMb },
+        breaker: { failures: this.o.config.breaker.failures, openMs: durationOf(this.o.config.breaker.open) },
+        logger: this.o.logger,
+      });
+      this.poolReady = pool;
+      return pool;
+    })();
+    // A runtime that cannot be extracted now may be later (the directory fixed): the next task tries again.
+    this.pool.catch(() => {
+      this.pool = undefined;
+    });
+    return this.pool;
+  }
+
+  /** Runs a task, publishes its result (success or failure) and returns it; never throws for a task's failure. */
+  async run(name: string, input: TaskInput, request: RunRequest): Promise<TaskResult> {
+    const result = await this.evaluate(name, input, request);
+    this.publish(result);
+    return result;
+  }
+
+  /** Publishes a result through the outbox (again, for a result stored before a crash: same body, same trace). */
+  publish(result: TaskResult): void {
+    this.o.send({ topic: this.o.resultTopic(result.task), priority: "result", body: result });
+  }
+
+  /** Runs a task and returns its result without publishing it. */
+  async evaluate(name: string, input: TaskInput, request: RunRequest): Promise<TaskResult> {
+    const trace = request.trace ?? randomUUID();
+    const log = this.o.logger.child({ task: name, trace });
+    const def = this.definition(name);
+    const started = performance.now();
+    let result: TaskResult;
+    try {
+      const body = await this.execute(name, def, input, request.signal, log);
+      result = { task: name, trace, ok: true, source: request.source, ...inputFacts(input), ...body };
+    } catch (err) {
+      // Nothing ran: the caller is told (and may try again); there is no outcome to publish.
+      if (isOutpostError(err) && REFUSALS.has(err.code)) throw err;
+      const code = isOutpostError(err) ? err.code : "TASK_FAILED";
+      result = {
+        task: name,
+        trace,
+        ok: false,
+        source: request.source,
+        ...inputFacts(input),
+        error: { code, message: errorMessage(err) },
+      };
+    }
+    result.totalMs = round(performance.now() - started);
+    this.count(name, result);
+    log.info(
+      { ok: result.ok, verdict: result.verdict, error: result.error, totalMs: result.totalMs },
+      result.ok ? "task done" : "task failed",
+    );
+    return result;
+  }
+
+  private async execute(
+    name: string,
+    def: TaskDefinition,
+    input: TaskInput,
+    signal: AbortSignal | undefined,
+    log: Logger,
+  ): Promise<Record<string, unknown>> {
+    switch (def.type) {
+      case "onnx": {
+        if (!("feeds" in input)) throw new OutpostError("TASK_INPUT_INVALID", `${name} takes tensors (input.feeds)`);
+        const feeds: Record<string, Tensor> = {};
+        for (const [k, t] of Object.entries(input.feeds)) feeds[k] = fromWire(k, t);
+        const r = await this.infer(name, def.model, { op: "infer", model: { path: def.model }, feeds }, def, signal);
+        return {
+          ...r.facts,
+          outputs: Object.fromEntries(Object.entries(r.out.outputs).map(([k, t]) => [k, toWire(t)])),
+        };
+      }
+      case "classify-image": {
+        if (!("image" in input)) throw new OutpostError("TASK_INPUT_INVALID", `${name} takes an image (input.image)`);
+        return this.classify(name, def, input.image, signal);
+      }
+      case "checks": {
+        if (!("image" in input)) throw new OutpostError("TASK_INPUT_INVALID", `${name} takes an image (input.image)`);
+        return this.checks(def.checks, input.image, signal, log);
+      }
+      case "threshold":
+        throw new OutpostError("TASK_INPUT_INVALID", `${name} is a threshold rule over telemetry: it takes no input`);
+    }
+  }
+
+  private async infer(
+    name: string,
+    modelPath: string,
+    input: WorkerInput,
+    def: { timeout: string },
+    signal: AbortSignal | undefined,
+  ): Promise<{ out: InferOutput; facts: Record<string, unknown> }> {
+    const pool = await this.getPool();
+    const r = await pool.run(name, input, {
+      timeoutMs: durationOf(def.timeout),
+      ...(signal ? { signal } : {}),
+    });
+    const out = r.value as InferOutput;
+    this.models.set(modelPath, out.model);
+    return {
+      out,
+      facts: {
+        model: { path: modelPath, sha256: out.model.sha256 },
+        runtime: RUNTIME,
+        queueMs: round(r.queueMs),
+        runMs: round(r.runMs),
+        inferMs: round(out.inferMs),
+      },
+    };
+  }
+
+  private async classify(
+    name: string,
+    def: ClassifyDefinition,
+    image: Uint8Array,
+    signal: AbortSignal | undefined,
+  ): Promise<Record<string, unknown>> {
+    const r = await this.infer(
+      name,
+      def.model,
+      { op: "classify", model: { path: def.model }, image, input: def.input },
+      def,
+      signal,
+    );
+    const output = def.output ?? r.out.model.outputs[0]?.name ?? "";
+    const t = r.out.outputs[output];
+    if (!t) throw new OutpostError("TASK_MODEL_INVALID", `the model has no output ${output}`);
+    const values = Array.from(t.data as Float32Array);
+    if (values.length !== def.labels.length) {
+      throw new OutpostError(
+        "TASK_MODEL_INVALID",
+        `output ${output} has ${values.length} scores for ${def.labels.length} labels`,
+      );
+    }
+    let top = 0;
+    for (let i = 1; i < values.length; i++) if ((values[i] ?? 0) > (values[top] ?? 0)) top = i;
+    const label = def.labels[top] ?? "";
+    const score = values[top] ?? 0;
+    const pass = def.pass.labels.includes(label) && score >= def.pass.minScore;
+    return {
+      ...r.facts,
+      verdict: pass ? "pass" : "fail",
+      label,
+      score: round6(score),
+      scores: Object.fromEntries(def.labels.map((l, i) => [l, round6(values[i] ?? 0)])),
+    };
+  }
+
+  /**
+   * Runs every check on the same image at once. The first to fail (a fail verdict or an error) aborts the
+   * others through their AbortSignal, and the verdict names it; pass needs every check to pass.
+   */
+  private async checks(
+    names: readonly string[],
+    image: Uint8Array,
+    signal: AbortSignal | undefined,
+    log: Logger,
+  ): Promise<Record<string, unknown>> {
+    const group = new AbortController();
+    const onAbort = () => group.abort();
+    signal?.addEventListener("abort", onAbort, { once: true });
+    const outcomes: Record<string, unknown> = {};
+    let failed: { check: string; reason: string } | undefined;
+    try {
+      await Promise.all(
+        names.map(async (check) => {
+          const def = this.definition(check) as ClassifyDefinition;
+          try {
+            const r = await this.classify(check, def, image, group.signal);
+            outcomes[check] = { verdict: r.verdict, label: r.label, score: r.score, runMs: r.runMs };
+            if (r.verdict === "fail" && !failed) {
+              failed = { check, reason: `${String(r.label)} (${String(r.score)})` };
+              group.abort();
+            }
+          } catch (err) {
+            const code = isOutpostError(err) ? err.code : "TASK_FAILED";
+            if (code === "TASK_ABORTED" && failed) {
+              outcomes[check] = { cancelled: true };
+              return;
+            }
+            outcomes[check] = { error: { code, message: errorMessage(err) } };
+            if (!failed) {
+              failed = { check, reason: code };
+              group.abort();
+            }
+          }
+        }),
+      );
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+    }
+    if (failed) log.info({ failedCheck: failed.check }, "a check failed; the others were cancelled");
+    return {
+      runtime: RUNTIME,
+      verdict: failed ? "fail" : "pass",
+      ...(failed ? { failedCheck: failed.check, reason: failed.reason } : {}),
+      checks: outcomes,
+    };
+  }
+
+  private count(name: string, result: TaskResult): void {
+    let c = this.counts.get(name);
+    if (!c) {
+      c = { ok: 0, failed: 0, pass: 0, fail: 0 };
+      this.counts.set(name, c);
+    }
+    if (result.ok) c.ok += 1;
+    else c.failed += 1;
+    if (result.verdict === "pass") c.pass += 1;
+    if (result.verdict === "fail") c.fail += 1;
+  }
+
+  /** For `task.list` and describe: each task, its runtime, model, counts, queue depth and breaker. */
+  list(): Record<string, unknown> {
+    const stats = this.poolReady?.stats();
+    const breakers: Record<string, string> = stats?.breakers ?? {};
+    return {
+      runtime: { kind: RUNTIME, note: this.runtimeNote },
+      pool: stats
+        ? { started: true, size: this.workers(), ...stats, breakers: undefined }
+        : { started: false, size: this.workers() },
+      tasks: Object.fromEntries(
+        Object.entries(this.o.config.define).map(([name, def]) => [
+          name,
+          {
+            type: def.type,
+            ...("model" in def ? { model: def.model, sha256: this.models.get(def.model)?.sha256 ?? null } : {}),
+            ...("watch" in def && def.watch ? { watch: def.watch.dir } : {}),
+            counts: this.counts.get(name) ?? { ok: 0, failed: 0, pass: 0, fail: 0 },
+            breaker: breakers[name] ?? "closed",
+          },
+        ]),
+      ),
+    };
+  }
+
+  /** A worker abandoned in native code makes the module unhealthy (an update in trial then rolls back). */
+  health(): { ok: boolean; reason?: string } {
+    const abandoned = this.poolReady?.stats().abandoned ?? 0;
+    return abandoned > 0
+      ? { ok: false, reason: `${abandoned} task worker(s) stuck in native code were abandoned` }
+      : { ok: true };
+  }
+
+  async close(signal: AbortSignal): Promise<void> {
+    const pool = this.poolReady;
+    if (pool) await pool.close(signal);
+  }
+}
+
+function inputFacts(input: TaskInput): Record<string, unknown> {
+  if (!("image" in input)) return {};
+  const sha256 = createHash("sha256").update(input.image).digest("hex");
+  return { input: { sha256, bytes: input.image.byteLength, ...(input.file ? { file: input.file } : {}) } };
+}
+
+const round = (ms: number) => Math.round(ms * 1000) / 1000;
+const round6 = (v: number) => Math.round(v * 1e6) / 1e6;

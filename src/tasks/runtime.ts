@@ -1,0 +1,115 @@
+import { createHash, randomBytes } from "node:crypto";
+import { closeSync, fsyncSync, openSync } from "node:fs";
+import { mkdir, open, rename, rm, stat } from "node:fs/promises";
+import { join } from "node:path";
+import * as sea from "node:sea";
+import { pathToFileURL } from "node:url";
+import { promisify } from "node:util";
+import { zstdDecompress } from "node:zlib";
+import { errorMessage, OutpostError } from "../core/errors.ts";
+
+/**
+ * The native inference runtime as the build stores it in the binary (build/build.ts): the files of
+ * onnxruntime-node for one arch, concatenated and zstd-compressed (asset `ort-native.zst`), described by this
+ * manifest (asset `ort-native.json`).
+ */
+export interface NativeManifest {
+  /** sha256 of the concatenated files, uncompressed: the name of the directory they are extracted to. */
+  sha256: string;
+  files: { name: string; size: number; sha256: string }[];
+  /** The file `process.dlopen` loads; the others sit beside it (its RUNPATH is `$ORIGIN`). */
+  binding: string;
+}
+
+export const NATIVE_ASSET = "ort-native.zst";
+export const NATIVE_MANIFEST_ASSET = "ort-native.json";
+export const WORKER_ASSET = "task-worker.js";
+
+/** Running as the single executable (the assets exist), or from a checkout (node_modules and the source). */
+export const inBinary = (): boolean => sea.isSea();
+
+/** The source a task worker starts from: the bundled worker inside the binary, an import of worker.ts otherwise. */
+export function workerSource(): string {
+  if (inBinary()) return sea.getAsset(WORKER_ASSET, "utf8");
+  return `import(${JSON.stringify(pathToFileURL(join(import.meta.dirname, "worker.ts")).href)})`;
+}
+
+function fsyncPath(path: string): void {
+  const fd = openSync(path, "r");
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+async function complete(dir: string, manifest: NativeManifest): Promise<boolean> {
+  try {
+    for (const f of manifest.files) if ((await stat(join(dir, f.name))).size !== f.size) return false;
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Makes the native runtime loadable from `runtimeDir/<sha256>/` and returns the binding's path. The first start
+ * decompresses, verifies every file's sha256, writes them under a temporary name, fsyncs and renames the
+ * directory into place, so a crash leaves either nothing or a complete copy; a later start only checks the file
+ * sizes. `data` is read only when extraction is needed.
+ */
+export async function extractNative(
+  runtimeDir: string,
+  manifest: NativeManifest,
+  data: () => Uint8Array | ArrayBuffer,
+): Promise<{ binding: string; extracted: boolean }> {
+  const final = join(runtimeDir, manifest.sha256);
+  const binding = join(final, manifest.binding);
+  if (await complete(final, manifest)) return { binding, extracted: false };
+  const tmp = join(runtimeDir, `.${manifest.sha256.slice(0, 12)}-${randomBytes(4).toString("hex")}.tmp`);
+  try {
+    await mkdir(runtimeDir, { recursive: true, mode: 0o755 });
+    const raw = await promisify(zstdDecompress)(new Uint8Array(data() as ArrayBuffer));
+    const whole = createHash("sha256").update(raw).digest("hex");
+    if (whole !== manifest.sha256) throw new Error(`the stored runtime is damaged (sha256 ${whole})`);
+    await mkdir(tmp, { mode: 0o755 });
+    let offset = 0;
+    for (const f of manifest.files) {
+      const bytes = raw.subarray(offset, offset + f.size);
+      offset += f.size;
+      if (createHash("sha256").update(bytes).digest("hex") !== f.sha256) throw new Error(`${f.name} is damaged`);
+      const handle = await open(join(tmp, f.name), "wx", 0o755);
+      try {
+        await handle.writeFile(bytes);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+    }
+    fsyncPath(tmp);
+    // A stale or partial copy (sizes wrong) goes; another process that got there first wins the rename.
+    await rm(final, { recursive: true, force: true });
+    try {
+      await rename(tmp, final);
+    } catch (err) {
+      if (!(await complete(final, manifest))) throw err;
+    }
+    fsyncPath(runtimeDir);
+    return { binding, extracted: true };
+  } catch (err) {
+    throw new OutpostError(
+      "TASK_RUNTIME_UNAVAILABLE",
+      `the native runtime cannot be extracted to ${runtimeDir}: ${errorMessage(err)}`,
+      { cause: err },
+    );
+  } finally {
+    await rm(tmp, { recursive: true, force: true }).catch(() => undefined);
+  }
+}
+
+/** Inside the binary: extracts the stored runtime (once) and returns its binding; from a checkout: undefined. */
+export async function nativeBinding(runtimeDir: string): Promise<{ binding: string; extracted: boolean } | undefined> {
+  if (!inBinary()) return undefined;
+  const manifest = JSON.parse(sea.getAsset(NATIVE_MANIFEST_ASSET, "utf8")) as NativeManifest;
+  return extractNative(runtimeDir, manifest, () => sea.getRawAsset(NATIVE_ASSET));
+}

@@ -1,0 +1,165 @@
+// The task worker: runs in a worker thread, answers the pool's `{ id, type, input }` with `{ id, ok, value }`.
+// Inside the single executable it is a separate esbuild bundle started from source; from a checkout, the pool
+// imports this file. It loads the inference runtime on first use and keeps one session per model file.
+import { createHash } from "node:crypto";
+import { readFile } from "node:fs/promises";
+import { parentPort, workerData } from "node:worker_threads";
+import type { InferenceSession, Tensor as OrtTensor } from "onnxruntime-common";
+import { errorMessage, isOutpostError, OutpostError } from "../core/errors.ts";
+import { type ImageInput, imageTensor } from "./image.ts";
+import { checkFeeds, type InputSpec, type Tensor, type TensorData, type TensorType } from "./tensors.ts";
+
+export interface WorkerSetup {
+  /** Absolute path of the extracted `onnxruntime_binding.node` (inside the binary); absent: node_modules. */
+  binding?: string;
+  intraOpThreads: number;
+}
+
+export interface ModelRef {
+  path: string;
+}
+
+/** What the worker is asked to do; the pool's task `type` is the task's name (its breaker), not this. */
+export type WorkerInput =
+  | { op: "describe"; model: ModelRef }
+  | { op: "infer"; model: ModelRef; feeds: Record<string, Tensor>; outputs?: string[] }
+  | { op: "classify"; model: ModelRef; image: Uint8Array; input: ImageInput; inputName?: string };
+
+export interface ModelInfo {
+  sha256: string;
+  inputs: InputSpec[];
+  outputs: InputSpec[];
+}
+
+export interface InferOutput {
+  model: ModelInfo;
+  outputs: Record<string, Tensor>;
+  /** Time spent in the runtime's run() alone, ms. */
+  inferMs: number;
+}
+
+type Ort = typeof import("onnxruntime-node");
+
+const setup = (workerData ?? { intraOpThreads: 1 }) as WorkerSetup;
+let ort: Promise<Ort> | undefined;
+const sessions = new Map<string, Promise<{ session: InferenceSession; info: ModelInfo }>>();
+
+function runtime(): Promise<Ort> {
+  ort ??= (async () => {
+    try {
+      if (setup.binding) {
+        // The bundle's copy of onnxruntime-node takes its binding from here (build/build.ts rewrites its require).
+        const binding = { exports: {} as unknown };
+        process.dlopen(binding, setup.binding);
+        (globalThis as { __outpostOrtBinding?: unknown }).__outpostOrtBinding = binding.exports;
+      }
+      return await import("onnxruntime-node");
+    } catch (err) {
+      throw new OutpostError("TASK_RUNTIME_UNAVAILABLE", `onnxruntime-node does not load: ${errorMessage(err)}`, {
+        cause: err,
+      });
+    }
+  })();
+  return ort;
+}
+
+function specs(metadata: readonly InferenceSession.ValueMetadata[]): InputSpec[] {
+  return metadata.map((m) =>
+    m.isTensor
+      ? { name: m.name, type: m.type, shape: m.shape.map((d) => (typeof d === "number" ? d : String(d))) }
+      : { name: m.name, type: "non-tensor", shape: [] },
+  );
+}
+
+function load(model: ModelRef): Promise<{ session: InferenceSession; info: ModelInfo }> {
+  let entry = sessions.get(model.path);
+  if (!entry) {
+    entry = (async () => {
+      const { InferenceSession } = await runtime();
+      let bytes: Buffer;
+      try {
+        bytes = await readFile(model.path);
+      } catch (err) {
+        throw new OutpostError("TASK_MODEL_INVALID", `model ${model.path}: ${errorMessage(err)}`, { cause: err });
+      }
+      try {
+        const session = await InferenceSession.create(bytes, {
+          // One thread per session: the pool's workers are the parallelism. No spinning: an idle spinning
+          // session burns tens of ms of CPU per second (DESIGN.md, Inference).
+          intraOpNumThreads: setup.intraOpThreads,
+          interOpNumThreads: 1,
+          executionMode: "sequential",
+          graphOptimizationLevel: "all",
+          extra: { session: { intra_op: { allow_spinning: "0" }, inter_op: { allow_spinning: "0" } } },
+        });
+        const sha256 = createHash("sha256").update(bytes).digest("hex");
+        return {
+          session,
+          info: { sha256, inputs: specs(session.inputMetadata), outputs: specs(session.outputMetadata) },
+        };
+      } catch (err) {
+        throw new OutpostError("TASK_MODEL_INVALID", `model ${model.path} does not load: ${errorMessage(err)}`, {
+          cause: err,
+        });
+      }
+    })();
+    sessions.set(model.path, entry);
+    // A failed load is not kept: the file may be fixed (or the model updated) before the next task.
+    entry.catch(() => sessions.delete(model.path));
+  }
+  return entry;
+}
+
+async function infer(
+  model: ModelRef,
+  feeds: Record<string, Tensor>,
+  outputs: string[] | undefined,
+): Promise<InferOutput> {
+  const ortModule = await runtime();
+  const { session, info } = await load(model);
+  checkFeeds(info.inputs, feeds);
+  const ortFeeds: Record<string, OrtTensor> = {};
+  for (const [name, t] of Object.entries(feeds)) {
+    ortFeeds[name] = new ortModule.Tensor(t.type, t.data as Float32Array, t.dims);
+  }
+  const started = performance.now();
+  let result: InferenceSession.ReturnType;
+  try {
+    result = outputs ? await session.run(ortFeeds, outputs) : await session.run(ortFeeds);
+  } catch (err) {
+    throw new OutpostError("TASK_FAILED", `inference failed: ${errorMessage(err)}`, { cause: err });
+  }
+  const inferMs = performance.now() - started;
+  const out: Record<string, Tensor> = {};
+  for (const [name, t] of Object.entries(result)) {
+    out[name] = { type: t.type as TensorType, dims: [...t.dims], data: t.data as TensorData };
+  }
+  return { model: info, outputs: out, inferMs };
+}
+
+async function handle(input: WorkerInput): Promise<unknown> {
+  switch (input.op) {
+    case "describe":
+      return (await load(input.model)).info;
+    case "infer":
+      return infer(input.model, input.feeds, input.outputs);
+    case "classify": {
+      const { info } = await load(input.model);
+      const name = input.inputName ?? info.inputs[0]?.name;
+      if (name === undefined) throw new OutpostError("TASK_MODEL_INVALID", "the model has no input");
+      return infer(input.model, { [name]: imageTensor(input.image, input.input) }, undefined);
+    }
+  }
+}
+
+parentPort?.on("message", async ({ id, input }: { id: number; input: WorkerInput }) => {
+  try {
+    parentPort?.postMessage({ id, ok: true, value: await handle(input) });
+  } catch (err) {
+    parentPort?.postMessage({
+      id,
+      ok: false,
+      error: { message: errorMessage(err), code: isOutpostError(err) ? err.code : undefined },
+    });
+  }
+});

@@ -1,0 +1,174 @@
+// Issue 11: inference tasks in the agent, from source, with real worker threads, onnxruntime-node and mosquitto.
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
+import { operatorKey } from "../helpers/commands.ts";
+import { Mosquitto } from "../helpers/mosquitto.ts";
+import { type Received, Watch } from "../helpers/mqtt-watch.ts";
+import { Operator, PREFIX } from "../helpers/operator.ts";
+import { assertClose, demoTasks, FIXTURES, MODEL, sample } from "../helpers/parts-model.ts";
+
+const ops = operatorKey();
+const ID = "dev-tasks";
+
+const online = (m: Received) => m.topic === `${PREFIX}/${ID}/status` && m.json.state === "online";
+
+describe("tasks: inference in worker threads", () => {
+  let broker: Mosquitto;
+  let watch: Watch;
+  let operator: Operator;
+  let agent: AgentProcess;
+  let dir: string;
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), "outpost-tasks-"));
+    const notOnnx = join(dir, "not-a-model.onnx");
+    writeFileSync(notOnnx, "this is not an ONNX file\n");
+    broker = await Mosquitto.start();
+    watch = await Watch.open(broker.port, [`${PREFIX}/#`]);
+    operator = await Operator.open(broker.port, ops);
+    agent = AgentProcess.run(sourceCommand(), {
+      device: { id: ID },
+      mqtt: { url: broker.url, reconnectMin: "50ms", reconnectMax: "500ms" },
+      commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
+      tasks: {
+        workers: 1,
+        define: demoTasks({
+          missing: { type: "onnx", model: join(dir, "absent.onnx") },
+          garbage: { type: "onnx", model: notOnnx },
+          both: { type: "checks", checks: ["strict", "inspect"] },
+        }),
+      },
+    });
+    await watch.waitFor(online, 15_000, "online");
+  });
+  after(async () => {
+    if (process.env.DEBUG_TASKS)
+      for (const l of agent.stdout.items) if (!l.includes('"level":30')) console.log(l.slice(0, 400));
+    await agent.cleanup();
+    await operator.close();
+    await watch.close();
+    await broker.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const run = (task: string, input: unknown) => operator.final(ID, "task.run", { task, input });
+  const image = (name: string) => ({ image: sample(name).toString("base64") });
+
+  it("an agent with tasks configured starts no worker until the first task", async () => {
+    const reply = await operator.final(ID, "task.list");
+    assert.equal(reply.state, "succeeded");
+    const list = reply.result as { pool: { started: boolean }; tasks: Record<string, { type: string }> };
+    assert.equal(list.pool.started, false);
+    assert.deepEqual(Object.keys(list.tasks).sort(), ["both", "garbage", "inspect", "missing", "parts", "strict"]);
+  });
+
+  it("the tensor task matches Python's onnxruntime within 1e-4, with model, runtime and trace in the result", async () => {
+    for (const fixture of FIXTURES.tensors) {
+      const reply = await run("parts", { feeds: fixture.inputs });
+      assert.equal(reply.state, "succeeded", JSON.stringify(reply.error));
+      const result = reply.result as Record<string, unknown>;
+      const scores = (result.outputs as Record<string, { dims: number[]; data: number[] }>).scores;
+      const expected = fixture.outputs.scores;
+      assert.deepEqual(scores?.dims, expected?.dims);
+      assertClose(scores?.data ?? [], expected?.data ?? [], fixture.name);
+      assert.equal(result.runtime, "native");
+      assert.match(String((result.model as { sha256: string }).sha256), /^[0-9a-f]{64}$/);
+      assert.equal(result.trace, reply.id, "the trace is the request's id");
+      const published = await watch.waitFor(
+        (m) => m.topic === `${PREFIX}/${ID}/results/parts` && m.json.trace === reply.id,
+        10_000,
+        "the result on results/parts",
+      );
+      assert.ok(typeof published.json.seq === "number" && typeof published.json.queueMs === "number");
+    }
+  });
+
+  it("classify-image: each sample's scores within 1e-4, its label and verdict", async () => {
+    for (const s of FIXTURES.samples) {
+      const reply = await run("inspect", image(s.sample));
+      assert.equal(reply.state, "succeeded", JSON.stringify(reply.error));
+      const r = reply.result as { label: string; verdict: string; scores: Record<string, number> };
+      assert.equal(r.label, s.label, s.sample);
+      assert.equal(r.verdict, s.label === "good" ? "pass" : "fail", s.sample);
+      assertClose(
+        FIXTURES.labels.map((l) => r.scores[l] ?? Number.NaN),
+        s.scores,
+        s.sample,
+      );
+    }
+  });
+
+  it("bad inputs get their codes, change nothing, and the agent and other tasks go on", async () => {
+    const tensor = FIXTURES.tensors[0]?.inputs.image;
+    assert.ok(tensor);
+    const cases: [string, string, unknown, RegExp][] = [
+      [
+        "inspect",
+        "TASK_INPUT_INVALID",
+        { image: Buffer.from([0xff, 0xd8, 0xff, 0xe0, 1, 2, 3]).toString("base64") },
+        /decode/,
+      ],
+      ["inspect", "TASK_INPUT_INVALID", { image: Buffer.from("GIF89a....").toString("base64") }, /not a PNG or JPEG/],
+      [
+        "parts",
+        "TASK_INPUT_INVALID",
+        { feeds: { image: { type: "float32", dims: [1, 1, 32, 32], data: Array(1024).fill(0) } } },
+        /expected float32 \[batch,1,64,64\], found float32 \[1,1,32,32\]/,
+      ],
+      [
+        "parts",
+        "TASK_INPUT_INVALID",
+        { feeds: { image: { type: "int32", dims: [1, 1, 64, 64], data: Array(4096).fill(0) } } },
+        /expected float32/,
+      ],
+      ["parts", "TASK_INPUT_INVALID", { feeds: { pixels: tensor } }, /no input pixels/],
+      ["parts", "TASK_INPUT_INVALID", { feeds: { image: { ...tensor, dims: [2, 1, 64, 64] } } }, /need 32768 bytes/],
+      ["parts", "TASK_INPUT_INVALID", { image: "aGVsbG8=" }, /takes tensors/],
+      ["missing", "TASK_MODEL_INVALID", { feeds: { image: tensor } }, /ENOENT/],
+      ["garbage", "TASK_MODEL_INVALID", { feeds: { image: tensor } }, /does not load/],
+      ["nosuch", "TASK_UNKNOWN", { feeds: {} }, /no task "nosuch"/],
+    ];
+    for (const [task, code, input, message] of cases) {
+      const reply = await run(task, input);
+      assert.equal(reply.state, "failed", `${task} ${JSON.stringify(input).slice(0, 80)}`);
+      assert.equal(reply.error?.code, code, reply.error?.message);
+      assert.match(reply.error?.message ?? "", message);
+    }
+    const params = await operator.final(ID, "task.run", { task: "parts", input: { feeds: {}, image: "" } });
+    assert.equal(params.error?.code, "BAD_PARAMS");
+    assert.match(params.error?.message ?? "", /params\.input: expected either feeds \(named tensors\) or image/);
+    // Bad inputs are the caller's fault: they do not open the task's breaker.
+    const good = await run("inspect", image("good-1.png"));
+    assert.equal(good.state, "succeeded");
+    assert.equal((good.result as { verdict: string }).verdict, "pass");
+    const list = (await operator.final(ID, "task.list")).result as {
+      pool: { started: boolean; workers: number };
+      tasks: Record<string, { breaker: string; counts: Record<string, number>; sha256: string | null }>;
+    };
+    assert.equal(list.pool.started, true);
+    assert.equal(list.tasks.inspect?.breaker, "closed");
+    assert.equal(list.tasks.parts?.sha256, FIXTURES.tensors.length > 0 ? list.tasks.inspect?.sha256 : null);
+    assert.equal(list.tasks.missing?.counts.failed, 1);
+    assert.ok(MODEL.endsWith("parts.onnx"));
+  });
+
+  it("checks: the first failing check cancels the others and the verdict names it", async () => {
+    // One worker: strict runs first and fails on a scratched part, so inspect is still queued when the group's
+    // signal aborts it.
+    const reply = await run("both", image("scratch-2.png"));
+    assert.equal(reply.state, "succeeded", JSON.stringify(reply.error));
+    const r = reply.result as { verdict: string; failedCheck: string; checks: Record<string, unknown> };
+    assert.equal(r.verdict, "fail");
+    assert.equal(r.failedCheck, "strict");
+    assert.deepEqual(r.checks.inspect, { cancelled: true });
+    const pass = await run("both", image("good-1.png"));
+    const p = pass.result as { verdict: string; checks: Record<string, { verdict: string }> };
+    assert.equal(p.verdict, "pass");
+    assert.equal(p.checks.strict?.verdict, "pass");
+    assert.equal(p.checks.inspect?.verdict, "pass");
+  });
+});

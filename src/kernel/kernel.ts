@@ -248,6 +248,7 @@ export class Kernel {
       session: this.session,
       topics: this.topics,
       send: (message) => this.outbox.send(message),
+      commit: () => this.outbox.commit(),
       retained: this.retained,
       alarm: (type, body) => this.alarms.raise(type, body),
       latest: this.latest,

@@ -63,6 +63,12 @@ export interface ModuleContext {
   topics: DeviceTopics;
   /** Stamps and queues a message in the outbox (never blocks). */
   send(message: OutboxMessage): Envelope;
+  /**
+   * Writes every message sent so far and not yet acknowledged to storage, fsynced: for a module that must not
+   * forget that it sent something (a watched folder's results) before it moves on. It costs an fsync; most
+   * messages wait for the outbox's own commit instead.
+   */
+  commit(): void;
   /** "Latest value wins" retained topics, republished on every connect. */
   retained: RetainedState;
   /**

@@ -27,7 +27,7 @@ const watch = z
     // An image counts once it has been renamed into inbox/ (the camera writes elsewhere, then renames), or once
     // its size and modification time have not changed for this long.
     settle: duration("2s", 0, 600_000),
-    poll: duration("1s", 50, 600_000),
+    poll: duration("1s", 10, 600_000),
   })
   .optional();
 
@@ -126,7 +126,8 @@ export const tasksSection = {
       }
     })
     .prefault({}),
-  restartOnly: ["runtime", "runtimeDir", "workers", "workerHeapMb", "define"],
+  // Read once when the module is built (the pool, the watchers, the rules): a change applies at the next start.
+  restartOnly: [""],
 } as const;
 
 export type TasksConfig = z.output<typeof tasksSection.schema>;

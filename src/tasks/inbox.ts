@@ -16,6 +16,8 @@ export interface InboxOptions {
   parallel: number;
   evaluate(file: string, image: Uint8Array): Promise<TaskResult>;
   publish(result: TaskResult): void;
+  /** Writes what was published to the outbox's storage: a result must not be forgotten once its image moves. */
+  commit(): void;
   logger: Logger;
 }
 
@@ -26,7 +28,8 @@ const RESULT = ".result.json";
  * (a verdict) or `failed/` (no verdict: the image does not decode, the model fails) beside a `.json` result.
  *
  * Exactly once, across crashes: an image is claimed by renaming it into `work/`; its result is written to
- * `work/<name>.result.json` (fsynced) before it is published; then the image moves, then its result. A start
+ * `work/<name>.result.json` (fsynced) before it is published, the outbox commits it to its own storage, then
+ * the image moves, then its result. A start
  * finds in `work/` either an image without a result (run it again: nothing was published) or a stored result
  * (publish that same result again, same trace id, and finish the moves): never a second, different result.
  */
@@ -34,6 +37,8 @@ export class Inbox {
   private readonly o: InboxOptions;
   private readonly seen = new Map<string, { size: number; mtimeMs: number; since: number }>();
   private readonly inFlight = new Set<Promise<void>>();
+  /** Claimed images that were refused (queue full, breaker open): tried again at every poll. */
+  private readonly retry = new Set<string>();
   readonly counts = { done: 0, failed: 0, recovered: 0 };
 
   constructor(options: InboxOptions) {
@@ -67,6 +72,7 @@ export class Inbox {
       const image = r.slice(0, -RESULT.length);
       const result = JSON.parse(await readFile(this.path("work", r), "utf8")) as TaskResult;
       this.o.publish(result);
+      this.o.commit();
       this.counts.recovered += 1;
       await this.finish(image, result, names.includes(image));
     }
@@ -78,6 +84,11 @@ export class Inbox {
   }
 
   private async tick(signal: AbortSignal): Promise<void> {
+    for (const name of [...this.retry]) {
+      if (signal.aborted) return;
+      this.retry.delete(name);
+      await this.start(name, signal);
+    }
     const names = (await readdir(this.path("inbox"))).filter((n) => !n.startsWith(".")).sort();
     const now = performance.now();
     const present = new Set(names);
@@ -92,10 +103,15 @@ export class Inbox {
         continue; // gone meanwhile
       }
       this.seen.delete(name);
-      while (this.inFlight.size >= this.o.parallel && !signal.aborted) await Promise.race(this.inFlight);
-      const job = this.process(name, signal).finally(() => this.inFlight.delete(job));
-      this.inFlight.add(job);
+      await this.start(name, signal);
     }
+  }
+
+  /** Processes a claimed image once a slot is free (at most `parallel` at once). */
+  private async start(name: string, signal: AbortSignal): Promise<void> {
+    while (this.inFlight.size >= this.o.parallel && !signal.aborted) await Promise.race(this.inFlight);
+    const job = this.process(name, signal).finally(() => this.inFlight.delete(job));
+    this.inFlight.add(job);
   }
 
   /** Counted once renamed in (settle 0), or once its size and mtime have held still for `settleMs`. */
@@ -127,14 +143,17 @@ export class Inbox {
     try {
       result = await this.o.evaluate(name, image);
     } catch (err) {
-      // Refused or cancelled (queue full, breaker open, stopping): it stays in work/ and runs at the next start.
+      // Refused or cancelled (queue full, breaker open, stopping): it stays in work/, tried again at the next
+      // poll, or at the next start.
       if (!signal.aborted) {
+        this.retry.add(name);
         this.o.logger.warn({ file: name, code: isOutpostError(err) ? err.code : undefined }, "image not run yet");
       }
       return;
     }
     writeFileAtomically(this.path("work", `${name}${RESULT}`), `${JSON.stringify(result)}\n`, 0o644);
     this.o.publish(result);
+    this.o.commit();
     await this.finish(name, result, true);
   }
 

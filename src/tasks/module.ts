@@ -55,6 +55,7 @@ export const tasksModule: Module<typeof tasksSection> = {
         parallel: runner.size(),
         evaluate: (file, image) => runner.evaluate(name, { image, file }, { source: "watch" }),
         publish: (result) => runner.publish(result),
+        commit: () => ctx.commit(),
         logger: ctx.logger.child({ task: name }),
       });
       watchers.push(

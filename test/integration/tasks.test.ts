@@ -1,9 +1,11 @@
 // Issue 11: inference tasks in the agent, from source, with real worker threads, onnxruntime-node and mosquitto.
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { PNG } from "pngjs";
 import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
 import { operatorKey } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
@@ -34,12 +36,14 @@ describe("tasks: inference in worker threads", () => {
       device: { id: ID },
       mqtt: { url: broker.url, reconnectMin: "50ms", reconnectMax: "500ms" },
       commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
+      telemetry: { interval: "200ms" },
       tasks: {
         workers: 1,
         define: demoTasks({
           missing: { type: "onnx", model: join(dir, "absent.onnx") },
           garbage: { type: "onnx", model: notOnnx },
           both: { type: "checks", checks: ["strict", "inspect"] },
+          "up-at-all": { type: "threshold", metric: "uptime.seconds", above: 0, for: "0s" },
         }),
       },
     });
@@ -63,7 +67,30 @@ describe("tasks: inference in worker threads", () => {
     assert.equal(reply.state, "succeeded");
     const list = reply.result as { pool: { started: boolean }; tasks: Record<string, { type: string }> };
     assert.equal(list.pool.started, false);
-    assert.deepEqual(Object.keys(list.tasks).sort(), ["both", "garbage", "inspect", "missing", "parts", "strict"]);
+    assert.deepEqual(Object.keys(list.tasks).sort(), [
+      "both",
+      "garbage",
+      "inspect",
+      "missing",
+      "parts",
+      "strict",
+      "up-at-all",
+    ]);
+  });
+
+  it("a threshold rule over telemetry raises its alarm: an event and a retained state", async () => {
+    const event = await watch.waitFor((m) => m.topic === `${PREFIX}/${ID}/alarms/up-at-all`, 15_000, "alarm event");
+    assert.equal(event.json.active, true);
+    assert.equal(event.json.metric, "uptime.seconds");
+    assert.equal(event.json.limit, "above 0");
+    const late = await Watch.open(broker.port, [`${PREFIX}/${ID}/alarms/up-at-all/state`]);
+    try {
+      const state = await late.waitFor(() => true, 5000, "retained alarm state");
+      assert.equal(state.retain, true);
+      assert.equal(state.json.active, true);
+    } finally {
+      await late.close();
+    }
   });
 
   it("the tensor task matches Python's onnxruntime within 1e-4, with model, runtime and trace in the result", async () => {
@@ -170,5 +197,113 @@ describe("tasks: inference in worker threads", () => {
     assert.equal(p.verdict, "pass");
     assert.equal(p.checks.strict?.verdict, "pass");
     assert.equal(p.checks.inspect?.verdict, "pass");
+  });
+});
+
+/** Readable names of the images (not the result files) in one of the folder's subdirectories. */
+function images(dir: string, sub: string): string[] {
+  return readdirSync(join(dir, sub)).filter((n) => !n.endsWith(".json") && !n.startsWith("."));
+}
+
+/** `count` distinct PNGs (one pixel differs), every tenth one truncated so that it cannot decode. */
+function camera(count: number): { name: string; bytes: Buffer }[] {
+  const base = PNG.sync.read(sample("good-1.png"));
+  return Array.from({ length: count }, (_, i) => {
+    const png = new PNG({ width: base.width, height: base.height });
+    base.data.copy(png.data);
+    png.data[(i % 4096) * 4] = (i * 7) % 256;
+    png.data[((i + 100) % 4096) * 4] = i >> 8;
+    const bytes = PNG.sync.write(png);
+    const broken = Buffer.concat([bytes.subarray(0, 60), Buffer.from(`cut ${i}`)]);
+    return { name: `frame-${String(i).padStart(4, "0")}.png`, bytes: i % 10 === 9 ? broken : bytes };
+  });
+}
+
+describe("tasks: a watched folder across SIGKILLs", () => {
+  it("200 images, the agent killed twice: each ends once in done/ or failed/, one distinct result per image", async () => {
+    const broker = await Mosquitto.start();
+    const watch = await Watch.open(broker.port, [`${PREFIX}/+/results/#`]);
+    const home = mkdtempSync(join(tmpdir(), "outpost-watch-"));
+    const folder = join(home, "camera");
+    const id = "dev-watch";
+    const config = {
+      device: { id },
+      mqtt: { url: broker.url, reconnectMin: "50ms", reconnectMax: "500ms" },
+      tasks: {
+        workers: 1,
+        define: demoTasks({
+          inspect: { ...(demoTasks().inspect as object), watch: { dir: folder, settle: "0s", poll: "20ms" } },
+        }),
+      },
+    };
+    const frames = camera(200);
+    assert.equal(new Set(frames.map((f) => createHash("sha256").update(f.bytes).digest("hex"))).size, 200);
+    const processed = () => images(folder, "done").length + images(folder, "failed").length;
+    const until = async (what: string, ok: () => boolean) => {
+      const deadline = Date.now() + 60_000;
+      while (!ok()) {
+        if (agent.child.exitCode !== null) throw new Error(`the agent exited: ${agent.stderr.items.join("\n")}`);
+        if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    };
+    let agent = AgentProcess.run(sourceCommand(), config, {}, home);
+    try {
+      await until("the folder", () => existsSync(join(folder, "inbox")));
+      // The camera: writes each frame beside the inbox, then renames it in (what settle 0s relies on).
+      const dropping = (async () => {
+        for (const f of frames) {
+          writeFileSync(join(folder, `.${f.name}`), f.bytes);
+          renameSync(join(folder, `.${f.name}`), join(folder, "inbox", f.name));
+          await new Promise((r) => setTimeout(r, 4));
+        }
+      })();
+      for (const killAt of [40, 110]) {
+        await until(`${killAt} processed`, () => processed() >= killAt);
+        await agent.stop("SIGKILL");
+        agent = AgentProcess.run(sourceCommand(), config, {}, home);
+      }
+      await dropping;
+      await until("all 200 processed", () => processed() === 200);
+      assert.deepEqual(images(folder, "inbox"), []);
+      assert.deepEqual(readdirSync(join(folder, "work")), []);
+      const done = images(folder, "done");
+      const failed = images(folder, "failed");
+      assert.deepEqual([...done, ...failed].sort(), frames.map((f) => f.name).sort(), "each image exactly once");
+      assert.equal(failed.length, 20, "the truncated frames");
+      // Exactly one distinct result per image at the broker: a copy (QoS 1, or republished after a crash)
+      // carries the same image hash and trace.
+      const hashes = new Map(frames.map((f) => [createHash("sha256").update(f.bytes).digest("hex"), f.name]));
+      const seen = () => new Set(watch.items.map((m) => (m.json.input as { sha256: string }).sha256));
+      await watch
+        .waitFor(() => seen().size >= 200, 30_000, "a result for every image")
+        .catch((err: Error) => {
+          const missing = [...hashes].filter(([sha]) => !seen().has(sha)).map(([, name]) => name);
+          throw new Error(`${err.message}: ${seen().size} arrived; missing ${missing.join(", ")}`);
+        });
+      const traces = new Map<string, Set<string>>();
+      for (const m of watch.items) {
+        const sha = (m.json.input as { sha256: string }).sha256;
+        assert.ok(hashes.has(sha), "a result for an image that was dropped");
+        const set = traces.get(sha) ?? new Set();
+        set.add(String(m.json.trace));
+        traces.set(sha, set);
+      }
+      assert.equal(traces.size, 200);
+      for (const [sha, set] of traces) assert.equal(set.size, 1, `${hashes.get(sha)}: ${[...set].join(", ")}`);
+      // The result file beside each image carries the same trace as the message.
+      for (const name of done) {
+        const stored = JSON.parse(readFileSync(join(folder, "done", `${name}.json`), "utf8")) as { trace: string };
+        const sha = createHash("sha256")
+          .update(readFileSync(join(folder, "done", name)))
+          .digest("hex");
+        assert.ok(traces.get(sha)?.has(stored.trace), name);
+      }
+    } finally {
+      await agent.cleanup();
+      await watch.close();
+      await broker.stop();
+      rmSync(home, { recursive: true, force: true });
+    }
   });
 });

@@ -156,6 +156,7 @@ describe("command line", () => {
       "mqtt",
       "telemetry",
       "resources",
+      "tasks",
       "http",
       "homeassistant",
       "service",

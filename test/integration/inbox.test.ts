@@ -1,0 +1,153 @@
+// Issue 11, item 4: the watched folder's crash states, each laid out on disk as a crash would leave it.
+import assert from "node:assert/strict";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, it } from "node:test";
+import { pino } from "pino";
+import { OutpostError } from "../../src/core/errors.ts";
+import { Inbox } from "../../src/tasks/inbox.ts";
+import type { TaskResult } from "../../src/tasks/runner.ts";
+
+describe("watched folder", () => {
+  let dir: string;
+  let evaluated: string[];
+  let published: TaskResult[];
+  let events: string[];
+  let refuse: boolean;
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), "outpost-inbox-"));
+    evaluated = [];
+    published = [];
+    events = [];
+    refuse = false;
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  function inbox(settleMs = 0): Inbox {
+    return new Inbox({
+      task: "inspect",
+      dir,
+      settleMs,
+      pollMs: 10,
+      parallel: 2,
+      evaluate: async (file, image) => {
+        if (refuse) throw new OutpostError("QUEUE_FULL", "full");
+        evaluated.push(file);
+        const ok = image.toString() !== "corrupt";
+        return { task: "inspect", trace: `trace-${file}`, ok, ...(ok ? { verdict: "pass" } : {}) };
+      },
+      publish: (r) => {
+        published.push(r);
+        events.push(`publish ${r.trace} work:${existsSync(join(dir, "work", r.trace.slice(6)))}`);
+      },
+      commit: () => events.push("commit"),
+      logger: pino({ level: "silent" }),
+    });
+  }
+
+  /** Runs the inbox until `done` holds, then stops it the way the agent does. */
+  async function runUntil(box: Inbox, done: () => boolean): Promise<void> {
+    const controller = new AbortController();
+    const running = box.run(controller.signal);
+    const deadline = Date.now() + 10_000;
+    while (!done()) {
+      if (Date.now() > deadline) throw new Error("timed out");
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    controller.abort();
+    await running;
+  }
+
+  const list = (sub: string) => readdirSync(join(dir, sub)).sort();
+
+  it("publishes and commits each result while the image is still in work/, then moves it", async () => {
+    const box = inbox();
+    writeFileSync(join(dir, "inbox", "a.png"), "image a");
+    writeFileSync(join(dir, "inbox", "b.png"), "corrupt");
+    await runUntil(box, () => box.counts.done + box.counts.failed === 2);
+    assert.deepEqual(list("done"), ["a.png", "a.png.json"]);
+    assert.deepEqual(list("failed"), ["b.png", "b.png.json"]);
+    assert.deepEqual(list("work"), []);
+    assert.deepEqual(events.filter((e) => e.startsWith("publish")).sort(), [
+      "publish trace-a.png work:true",
+      "publish trace-b.png work:true",
+    ]);
+    assert.equal(events.filter((e) => e === "commit").length, 2);
+    assert.equal(JSON.parse(readFileSync(join(dir, "done", "a.png.json"), "utf8")).trace, "trace-a.png");
+  });
+
+  it("after a crash: runs a claimed image again, republishes a stored result, finishes a half-done move", async () => {
+    mkdirSync(join(dir, "work"), { recursive: true });
+    mkdirSync(join(dir, "done"), { recursive: true });
+    const stored = (name: string) => ({ task: "inspect", trace: `stored-${name}`, ok: true, verdict: "pass" });
+    // Claimed, crashed before its result was written: nothing went out, so it runs again.
+    writeFileSync(join(dir, "work", "claimed.png"), "x");
+    // Result written (maybe published), crashed before the move: the same result goes out again.
+    writeFileSync(join(dir, "work", "written.png"), "x");
+    writeFileSync(join(dir, "work", "written.png.result.json"), JSON.stringify(stored("written.png")));
+    // Image moved, crashed before its result followed.
+    writeFileSync(join(dir, "done", "moved.png"), "x");
+    writeFileSync(join(dir, "work", "moved.png.result.json"), JSON.stringify(stored("moved.png")));
+    const box = inbox();
+    await runUntil(box, () => box.counts.done === 3);
+    assert.deepEqual(evaluated, ["claimed.png"], "only the image without a result runs");
+    assert.deepEqual(published.map((r) => r.trace).sort(), [
+      "stored-moved.png",
+      "stored-written.png",
+      "trace-claimed.png",
+    ]);
+    assert.equal(box.counts.recovered, 2);
+    assert.deepEqual(list("work"), []);
+    assert.deepEqual(list("done"), [
+      "claimed.png",
+      "claimed.png.json",
+      "moved.png",
+      "moved.png.json",
+      "written.png",
+      "written.png.json",
+    ]);
+  });
+
+  it("a refused image stays in work/ without a result, and runs once the task takes work again", async () => {
+    refuse = true;
+    const box = inbox();
+    const controller = new AbortController();
+    const running = box.run(controller.signal);
+    writeFileSync(join(dir, "inbox", "later.png"), "x");
+    const deadline = Date.now() + 5000;
+    while (list("work").length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, 50)); // a few polls, each refused
+    assert.deepEqual(list("work"), ["later.png"]);
+    assert.deepEqual(published, []);
+    refuse = false;
+    while (box.counts.done < 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    controller.abort();
+    await running;
+    assert.deepEqual(list("done"), ["later.png", "later.png.json"]);
+    assert.deepEqual(evaluated, ["later.png"]);
+  });
+
+  it("an image written in place counts once its size has held still for settle; a reused name is kept apart", async () => {
+    const box = inbox(150);
+    const controller = new AbortController();
+    const running = box.run(controller.signal);
+    const file = join(dir, "inbox", "slow.png");
+    writeFileSync(file, "part 1");
+    for (let i = 2; i <= 4; i++) {
+      await new Promise((r) => setTimeout(r, 60));
+      writeFileSync(file, `part 1..${i}`);
+      assert.deepEqual(evaluated, [], `taken while still being written (write ${i})`);
+    }
+    const deadline = Date.now() + 5000;
+    while (box.counts.done < 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    assert.deepEqual(evaluated, ["slow.png"]);
+    writeFileSync(file, "a second image of the same name");
+    while (box.counts.done < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    controller.abort();
+    await running;
+    assert.deepEqual(list("done"), ["slow.png", "slow.png.1", "slow.png.1.json", "slow.png.json"]);
+    assert.equal(readFileSync(join(dir, "done", "slow.png.1"), "utf8"), "a second image of the same name");
+  });
+});

@@ -35,6 +35,7 @@ const host: Host = {
   hostname: hostname(),
   stdout: process.stdout,
   stderr: process.stderr,
+  stdin: process.stdin,
   stopRequested,
   onHangup: (listener) => {
     hangupListeners.add(listener);

@@ -21,7 +21,7 @@ export const CTL_HELP = `Usage: outpost ctl <devices|watch|call> [options]
                                   (the latest status or telemetry seen while listening, --wait 1s)
   watch [DEVICE...]               live telemetry of all (or the named) devices until Ctrl-C
   call DEVICE COMMAND             sign a request, publish it, print the reply; exit 0 on success
-       [--params JSON] [--key FILE] [--timeout 10s] [--group] [--expect N] [--validity 1m] [--wait]
+       [--params JSON|@FILE|-] [--key FILE] [--timeout 10s] [--group] [--expect N] [--validity 1m] [--wait]
        --group: DEVICE names a group (device.groups); replies are collected from every member
        until --timeout, or until --expect N devices have answered
        a device with no retained status fails at once; --wait sends anyway and waits --timeout
@@ -311,6 +311,34 @@ async function watch(host: Host, args: string[]): Promise<number> {
   return EXIT.OK;
 }
 
+/**
+ * `--params JSON`, `--params @FILE` or `--params -` (standard input): tensors and images are larger than one
+ * shell argument may be (128 KiB on Linux).
+ */
+async function readParams(host: Host, flag: string): Promise<unknown> {
+  let text = flag;
+  let from = "--params";
+  if (flag === "-") {
+    if (!host.stdin) throw new UsageError("--params -: no standard input");
+    const chunks: Buffer[] = [];
+    for await (const chunk of host.stdin) chunks.push(Buffer.from(chunk as Buffer));
+    text = Buffer.concat(chunks).toString("utf8");
+    from = "--params - (standard input)";
+  } else if (flag.startsWith("@")) {
+    try {
+      text = readFileSync(flag.slice(1), "utf8");
+    } catch (err) {
+      throw new UsageError(`--params ${flag}: ${errorMessage(err)}`);
+    }
+    from = `--params ${flag}`;
+  }
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new UsageError(`${from} must be JSON, not ${text.slice(0, 80)}`);
+  }
+}
+
 async function call(host: Host, args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
@@ -331,14 +359,7 @@ async function call(host: Host, args: string[]): Promise<number> {
   if (target === undefined || command === undefined || extra.length > 0) {
     throw new UsageError("ctl call: expected DEVICE COMMAND");
   }
-  let params: unknown;
-  if (values.params !== undefined) {
-    try {
-      params = JSON.parse(values.params);
-    } catch {
-      throw new UsageError(`--params must be JSON, not ${values.params}`);
-    }
-  }
+  const params = values.params === undefined ? undefined : await readParams(host, values.params);
   const expect = values.expect === undefined ? undefined : Number(values.expect);
   if (expect !== undefined && !(Number.isInteger(expect) && expect > 0))
     throw new UsageError("--expect must be a positive integer");

@@ -4,6 +4,8 @@ export interface Host {
   hostname: string;
   stdout: NodeJS.WritableStream & { isTTY?: boolean; columns?: number };
   stderr: NodeJS.WritableStream;
+  /** Standard input, read to its end (`--params -`). */
+  stdin?: NodeJS.ReadableStream;
   /** Resolves with the signal name when the first stop signal (SIGTERM, SIGINT) arrives. */
   stopRequested: Promise<string>;
   /** Calls `listener` on each SIGHUP (reload the configuration); returns the way to stop listening. */

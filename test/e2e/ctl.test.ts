@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -7,13 +7,14 @@ import { AgentProcess, ROOT } from "../helpers/agent-process.ts";
 import { PREFIX } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { type Received, Watch } from "../helpers/mqtt-watch.ts";
+import { demoTasks } from "../helpers/parts-model.ts";
 import { type Ran, run } from "../helpers/run.ts";
 
 const BIN = join(ROOT, "dist", "outpost-linux-x64");
 
 /** Runs the built binary to completion. */
-function outpost(args: string[], env: Record<string, string> = {}): Promise<Ran> {
-  return run([BIN, ...args], { env: { PATH: process.env.PATH ?? "", ...env } });
+function outpost(args: string[], env: Record<string, string> = {}, input?: string): Promise<Ran> {
+  return run([BIN, ...args], { env: { PATH: process.env.PATH ?? "", ...env }, ...(input ? { input } : {}) });
 }
 
 const online = (id: string) => (m: Received) => m.topic === `${PREFIX}/${id}/status` && m.json.state === "online";
@@ -39,6 +40,7 @@ describe("outpost ctl and keygen, the built x64 binary against a real mosquitto"
       mqtt: { url: `mqtt://127.0.0.1:${broker.port}` },
       telemetry: { interval: "500ms", fullInterval: "50ms" },
       commands: { trustedKeys: [{ name: "ops", key: pub, allow: ["*"] }] },
+      tasks: { workers: 1, define: { parts: demoTasks().parts } },
     };
     agent = AgentProcess.run([BIN], config);
     await watch.waitFor(online("dev-e2e"), 20_000, "dev-e2e online");
@@ -67,6 +69,48 @@ describe("outpost ctl and keygen, the built x64 binary against a real mosquitto"
   it("keygen writes a private key only its owner can read and a one-line public key", () => {
     assert.equal(statSync(join(dir, "ops.key")).mode & 0o777, 0o600);
     assert.match(readFileSync(join(dir, "ops.pub"), "utf8"), /^ed25519:[A-Za-z0-9+/]{43}=\n$/);
+  });
+
+  it("task.run with tensors larger than one shell argument: --params @FILE and --params -", async () => {
+    // 40 images of 64x64 float32: 874 KB of JSON, far past the 128 KiB a single argument may have.
+    const values = new Float32Array(40 * 64 * 64).map((_, i) => (i % 97) / 97);
+    const params = {
+      task: "parts",
+      input: {
+        feeds: {
+          image: { type: "float32", dims: [40, 1, 64, 64], base64: Buffer.from(values.buffer).toString("base64") },
+        },
+      },
+    };
+    const text = JSON.stringify(params);
+    assert.ok(text.length > 128 * 1024);
+    const file = join(dir, "params.json");
+    writeFileSync(file, text);
+    const env = { OUTPOST_CTL_BROKER: `mqtt://127.0.0.1:${broker.port}`, OUTPOST_CTL_KEY: join(dir, "ops.key") };
+    const fromFile = await outpost(
+      ["ctl", "call", "dev-e2e", "task.run", "--params", `@${file}`, "--timeout", "30s"],
+      env,
+    );
+    assert.equal(fromFile.code, 0, fromFile.stderr);
+    const a = JSON.parse(fromFile.stdout) as { outputs: { scores: { dims: number[] } } };
+    assert.deepEqual(a.outputs.scores.dims, [40, 3]);
+    const fromStdin = await outpost(
+      ["ctl", "call", "dev-e2e", "task.run", "--params", "-", "--timeout", "30s"],
+      env,
+      text,
+    );
+    assert.equal(fromStdin.code, 0, fromStdin.stderr);
+    assert.deepEqual(
+      (JSON.parse(fromStdin.stdout) as typeof a).outputs.scores,
+      a.outputs.scores,
+      "the same tensors give the same scores",
+    );
+    const missing = await outpost(
+      ["ctl", "call", "dev-e2e", "task.run", "--params", `@${join(dir, "nope.json")}`],
+      env,
+    );
+    assert.equal(missing.code, 64);
+    assert.match(missing.stderr, /--params @.*nope\.json: ENOENT/);
   });
 
   it("ping", async () => {

@@ -10,10 +10,13 @@ export interface Ran {
  * Runs a program to completion and never throws on a non-zero exit (tests assert the code); a timeout or a
  * signal counts as code 1.
  */
-export function run(argv: string[], options: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Ran> {
+export function run(
+  argv: string[],
+  options: { timeoutMs?: number; env?: NodeJS.ProcessEnv; input?: string } = {},
+): Promise<Ran> {
   const [cmd = "", ...args] = argv;
   return new Promise((resolve) => {
-    execFile(
+    const child = execFile(
       cmd,
       args,
       {
@@ -26,5 +29,6 @@ export function run(argv: string[], options: { timeoutMs?: number; env?: NodeJS.
         resolve({ code, stdout, stderr });
       },
     );
+    if (options.input !== undefined) child.stdin?.end(options.input);
   });
 }

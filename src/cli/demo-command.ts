@@ -1,4 +1,4 @@
-import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdtempSync, openSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { type AddressInfo, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -8,10 +8,11 @@ import { createAgent } from "../agent.ts";
 import { generateKeys } from "../commands/keys.ts";
 import { parseDuration } from "../config/duration.ts";
 import { ConfigStore } from "../config/store.ts";
-import { systemClock } from "../core/clock.ts";
+import { sleep, systemClock } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
 import { createLogger } from "../core/logger.ts";
 import { allDevices } from "../mqtt/topics.ts";
+import { demoFiles, demoTask } from "../tasks/demo.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 import { applyMessage, type DeviceView, viewUpdate } from "./view.ts";
 
@@ -46,6 +47,12 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
   const keyFile = join(stateDir, "demo.key");
   writeFileSync(keyFile, keys.privatePem, { mode: 0o600 });
 
+  // The shipped model inspects the sample images a pretend camera drops into a watched folder.
+  const demo = demoFiles();
+  const model = join(stateDir, "parts.onnx");
+  writeFileSync(model, demo.model);
+  const camera = join(stateDir, "camera");
+
   // The demo's config goes through the same loader as `run`, so the environment can still override it.
   const settings = new ConfigStore({
     hostname: host.hostname,
@@ -56,6 +63,8 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
       OUTPOST_TELEMETRY__INTERVAL: interval,
       OUTPOST_STATE__DIR: stateDir,
       OUTPOST_COMMANDS__TRUSTED_KEYS: JSON.stringify([{ name: "demo", key: keys.publicText }]),
+      OUTPOST_TASKS__WORKERS: "1",
+      OUTPOST_TASKS__DEFINE: JSON.stringify({ inspect: demoTask(model, camera) }),
       ...host.env,
     },
   });
@@ -76,7 +85,9 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
   const viewer = mqtt.connect({ host: "127.0.0.1", port, protocolVersion: 4, reconnectPeriod: 1000 });
   viewer.on("error", (err) => logger.warn({ err: errorMessage(err) }, "demo viewer error"));
   viewer.on("connect", () => {
-    viewer.subscribe([allDevices(prefix, "status"), allDevices(prefix, "telemetry")], { qos: 0 });
+    viewer.subscribe([allDevices(prefix, "status"), allDevices(prefix, "telemetry"), `${prefix}/+/results/+`], {
+      qos: 0,
+    });
   });
   viewer.on("message", (topic, payload) => {
     try {
@@ -88,9 +99,11 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
     }
   });
 
+  const cameraStop = new AbortController();
   let code: number = EXIT.OK;
   try {
     await agent.start();
+    const dropping = dropSamples(camera, demo.samples, cameraStop.signal);
     // Closing the terminal (SIGHUP) stops the demo like Ctrl-C: offline published, temp dir removed, exit 0.
     let unhook = () => {};
     const hangup = new Promise<void>((resolve) => {
@@ -98,6 +111,8 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
     });
     await Promise.race([host.stopRequested, hangup]);
     unhook();
+    cameraStop.abort();
+    await dropping;
     await agent.stop(2000);
   } catch (err) {
     host.stderr.write(`outpost demo: ${errorMessage(err)}\n`);
@@ -112,4 +127,21 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
     host.stdout.write("outpost demo: stopped\n");
   }
   return code;
+}
+
+/** A pretend camera: one sample image every 2 s, written beside the inbox and renamed in, as a camera should. */
+async function dropSamples(folder: string, samples: { name: string; bytes: Uint8Array }[], signal: AbortSignal) {
+  for (let i = 0; !signal.aborted; i++) {
+    const sample = samples[i % samples.length];
+    try {
+      if (sample && existsSync(join(folder, "inbox"))) {
+        const name = `${String(i).padStart(5, "0")}-${sample.name}`;
+        writeFileSync(join(folder, `.${name}`), sample.bytes);
+        renameSync(join(folder, `.${name}`), join(folder, "inbox", name));
+      }
+    } catch {
+      // A demo's camera: a frame that cannot be written is skipped.
+    }
+    await sleep(i === 0 ? 300 : 2000, signal);
+  }
 }

@@ -7,7 +7,29 @@ export interface DeviceView {
   status?: Record<string, unknown>;
   /** The latest telemetry message, with `metrics` and `errors` merged from the full and partial samples so far. */
   telemetry?: Record<string, unknown>;
+  /** The latest task results, newest last. */
+  results?: Record<string, unknown>[];
   received: number;
+}
+
+const RESULTS_SHOWN = 6;
+
+/** One task result: task, file, verdict, label and score, or the error's code. */
+export function resultLine(r: Record<string, unknown>): string {
+  const input = obj(r.input);
+  const source = typeof input.file === "string" ? input.file : String(input.sha256 ?? "-").slice(0, 12);
+  const what = [String(r.task ?? "-"), source];
+  if (r.ok !== true) return [...what, "error", String(obj(r.error).code ?? "-")].join(" ");
+  const ms = num(r.runMs);
+  return [
+    ...what,
+    String(r.verdict ?? "done").toUpperCase(),
+    String(r.label ?? (r.failedCheck ? `failed ${String(r.failedCheck)}` : "")),
+    r.score === undefined ? "" : fmt(num(r.score), "", 3),
+    ms === undefined ? "" : `${fmt(ms, " ms", 2)}`,
+  ]
+    .filter(Boolean)
+    .join(" ");
 }
 
 const MiB = 1024 * 1024;
@@ -94,6 +116,7 @@ export function renderPanel(devices: DeviceView[], header: string[]): string {
     lines.push(`  temp      ${fmt(num(obj(m.temperature).cpu), " C")}   uptime ${num(up.seconds) ?? "-"} s`);
     lines.push(...boardLines(m, obj(s.board)));
     if (errors.length > 0) lines.push(`  collector errors: ${errors.join(", ")}`);
+    for (const r of device.results ?? []) lines.push(`  result    ${resultLine(r)}`);
     lines.push("");
   }
   return lines.join("\n");
@@ -108,14 +131,20 @@ export function applyMessage(
   prefix: string,
   topic: string,
   payload: Buffer,
-): { device: DeviceView; kind: "status" | "telemetry" } | undefined {
+): Seen | undefined {
   if (!topic.startsWith(`${prefix}/`)) return undefined;
   const [id, kind, ...rest] = topic.slice(prefix.length + 1).split("/");
-  if (!id || (kind !== "status" && kind !== "telemetry") || rest.length > 0) return undefined;
+  const known =
+    ((kind === "status" || kind === "telemetry") && rest.length === 0) || (kind === "results" && rest.length === 1);
+  if (!id || !known) return undefined;
   const body = JSON.parse(payload.toString()) as Record<string, unknown>;
   const device = devices.get(id) ?? { id, received: 0 };
   devices.set(id, device);
   device.received += 1;
+  if (kind === "results") {
+    device.results = [...(device.results ?? []), body].slice(-RESULTS_SHOWN);
+    return { device, kind: "result" };
+  }
   if (kind === "status") device.status = body;
   else {
     // Between full samples a device sends only what moved: merged, the view shows every current value.
@@ -124,17 +153,15 @@ export function applyMessage(
     const merged = mergeReport(before, body);
     device.telemetry = { ...body, metrics: merged.metrics, errors: merged.errors };
   }
-  return { device, kind };
+  return { device, kind: kind === "status" ? "status" : "telemetry" };
 }
 
+type Seen = { device: DeviceView; kind: "status" | "telemetry" | "result" };
+
 /** What a terminal shows for one message: the whole panel redrawn, or one line where there is no terminal. */
-export function viewUpdate(
-  devices: Map<string, DeviceView>,
-  seen: { device: DeviceView; kind: "status" | "telemetry" },
-  tty: boolean,
-  header: string[],
-): string {
+export function viewUpdate(devices: Map<string, DeviceView>, seen: Seen, tty: boolean, header: string[]): string {
   if (tty) return `\x1b[2J\x1b[H${renderPanel([...devices.values()], header)}\n`;
   if (seen.kind === "status") return `status ${seen.device.id} ${String(seen.device.status?.state)}\n`;
+  if (seen.kind === "result") return `result ${seen.device.id} ${resultLine(seen.device.results?.at(-1) ?? {})}\n`;
   return `telemetry ${telemetryLine(seen.device)}\n`;
 }

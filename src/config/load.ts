@@ -223,7 +223,7 @@ function coerce(node: SchemaNode, text: string): unknown {
     if (text === "false") return false;
     return text;
   }
-  if (kinds.includes("array") || kinds.includes("object")) {
+  if (kinds.includes("array") || kinds.includes("object") || kinds.includes("record")) {
     const doc = parseDocument(text);
     return doc.errors.length === 0 ? doc.toJS() : text;
   }

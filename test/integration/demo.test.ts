@@ -17,6 +17,9 @@ it("demo runs an embedded broker, the agent and a live view, and stops cleanly o
     await demo.stdout.waitFor((l) => l.startsWith("status demo-box online"), 20_000, "online in the view");
     const line = await demo.stdout.waitFor((l) => l.startsWith("telemetry demo-box seq=2 "), 20_000, "telemetry");
     assert.match(line, /cpu=\d+(\.\d)?% mem=\d+MiB/);
+    // The shipped model inspects the sample images a pretend camera drops into its watched folder.
+    const first = await demo.stdout.waitFor((l) => l.startsWith("result demo-box "), 20_000, "a verdict");
+    assert.match(first, /^result demo-box inspect 00000-chip-1\.png FAIL chip 1\.000 [\d.]+ ms$/);
     const exit = await demo.stop("SIGINT");
     assert.deepEqual(exit, { code: 0, signal: null });
     assert.ok(

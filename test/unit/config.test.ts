@@ -99,6 +99,18 @@ describe("config loading", () => {
     assert.equal(envKeys.length, 5);
   });
 
+  it("takes a map from the environment as JSON or YAML (deadbands, task definitions)", () => {
+    const { config } = loadConfig({
+      hostname: "h",
+      env: {
+        OUTPOST_TELEMETRY__DEADBANDS: '{"temperature": 2}',
+        OUTPOST_TASKS__DEFINE: "{ hot: { type: threshold, metric: temperature.cpu, above: 80 } }",
+      },
+    });
+    assert.equal(config.telemetry.deadbands.temperature, 2);
+    assert.equal(config.tasks.define.hot?.type, "threshold");
+  });
+
   it("names every bad key with what was expected, what was found and where", () => {
     const path = file(
       "bad.yaml",

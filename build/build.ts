@@ -18,7 +18,7 @@ import {
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { parseArgs } from "node:util";
-import { constants as zlibConstants, zstdCompressSync } from "node:zlib";
+import { brotliCompressSync, constants as zlibConstants, zstdCompressSync } from "node:zlib";
 import * as esbuild from "esbuild";
 // @ts-expect-error plain JavaScript helper shared with the bootstrap scripts
 import { ensureRuntime, loadTarget, root } from "../scripts/runtime.mjs";
@@ -159,6 +159,27 @@ function nativeAssets(stage: string, target: Target): Record<string, string> {
   return { "ort-native.zst": packed, "ort-native.json": manifest };
 }
 
+/**
+ * onnxruntime-web's SIMD WebAssembly (14 MiB), brotli 11 (2.2 MiB; zstd 19 gives 2.4): the fallback runtime,
+ * the same for every arch. About 40 s to compress, so cached like the native runtime.
+ */
+function wasmAsset(): Record<string, string> {
+  const raw = readFileSync(join(root, "node_modules", "onnxruntime-web", "dist", "ort-wasm-simd-threaded.wasm"));
+  const cache = join(root, ".cache", "assets");
+  const packed = join(cache, `${createHash("sha256").update(raw).digest("hex")}.br11`);
+  if (!existsSync(packed)) {
+    mkdirSync(cache, { recursive: true });
+    const params = {
+      [zlibConstants.BROTLI_PARAM_QUALITY]: 11,
+      [zlibConstants.BROTLI_PARAM_LGWIN]: 24,
+      [zlibConstants.BROTLI_PARAM_SIZE_HINT]: raw.length,
+    };
+    writeFileSync(`${packed}.tmp`, brotliCompressSync(raw, { params }));
+    renameSync(`${packed}.tmp`, packed);
+  }
+  return { "ort-wasm.br": packed };
+}
+
 /** The demo's model and sample images (`outpost demo` runs them), under `demo/`. */
 function demoAssets(): Record<string, string> {
   const demo = join(root, "src", "tasks", "demo");
@@ -213,7 +234,7 @@ async function build(stage: string, started: number): Promise<void> {
     const target = loadTarget(name) as Target;
     // Per target: the assets differ by arch (the native inference runtime).
     const seaConfig = join(stage, `sea-config-${name}.json`);
-    const assets = { ...nativeAssets(stage, target), ...demoAssets(), "task-worker.js": worker };
+    const assets = { ...nativeAssets(stage, target), ...wasmAsset(), ...demoAssets(), "task-worker.js": worker };
     writeFileSync(seaConfig, JSON.stringify({ execArgv, execArgvExtension: "none", assets }));
     const output = join(dist, `outpost-${name}`);
     rmSync(output, { force: true });

@@ -86,8 +86,8 @@ export const tasksSection = {
   key: "tasks",
   schema: z
     .strictObject({
-      // auto: the native runtime (onnxruntime-node). The WASM fallback is not built yet (docs/tasks.md).
-      runtime: z.enum(["auto", "native"]).default("auto"),
+      // auto: onnxruntime-node, or onnxruntime-web (WASM) when the native one cannot be extracted or loaded.
+      runtime: z.enum(["auto", "native", "wasm"]).default("auto"),
       /** Where the binary's native runtime is extracted; default `<state.dir>/runtime`. Must allow exec. */
       runtimeDir: z.string().min(1).nullable().default(null),
       /** Worker threads at most; default: cores - 1, at least 1. */

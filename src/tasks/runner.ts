@@ -7,7 +7,7 @@ import type { Logger } from "../core/logger.ts";
 import type { OutboxMessage } from "../outbox/types.ts";
 import type { ClassifyDefinition, TaskDefinition, TasksConfig } from "./config.ts";
 import { WorkerPool } from "./pool.ts";
-import { nativeBinding, workerSource } from "./runtime.ts";
+import { chooseRuntime, workerSource } from "./runtime.ts";
 import { fromWire, toWire, type WireTensor } from "./tensor-wire.ts";
 import type { Tensor } from "./tensors.ts";
 import type { InferOutput, ModelInfo, WorkerInput, WorkerSetup } from "./worker.ts";
@@ -34,8 +34,6 @@ export interface RunnerOptions {
   resultTopic(task: string): string;
 }
 
-const RUNTIME = "native";
-
 /** Codes by which a task was not run at all: refused, cancelled or without a runtime. Try again later. */
 export const REFUSALS: ReadonlySet<string> = new Set([
   "QUEUE_FULL",
@@ -55,6 +53,7 @@ export class TaskRunner {
   private pool: Promise<WorkerPool> | undefined;
   private poolReady: WorkerPool | undefined;
   private runtimeNote = "not loaded yet (loaded on the first task)";
+  private runtimeKind: "native" | "wasm" | undefined;
   private readonly models = new Map<string, ModelInfo>();
   private readonly counts = new Map<string, { ok: number; failed: number; pass: number; fail: number }>();
 
@@ -84,12 +83,11 @@ export class TaskRunner {
   private getPool(): Promise<WorkerPool> {
     this.pool ??= (async () => {
       const dir = this.o.config.runtimeDir ?? join(this.o.stateDir, "runtime");
-      const native = await nativeBinding(dir);
-      this.runtimeNote = native
-        ? `onnxruntime-node from the binary, ${native.extracted ? "extracted now" : "already extracted"} to ${dir}`
-        : "onnxruntime-node from node_modules (running from a checkout)";
-      this.o.logger.info({ runtime: RUNTIME, note: this.runtimeNote }, "inference runtime ready");
-      const setup: WorkerSetup = { intraOpThreads: 1, ...(native ? { binding: native.binding } : {}) };
+      const choice = await chooseRuntime(this.o.config.runtime, dir);
+      this.runtimeKind = choice.setup.runtime;
+      this.runtimeNote = choice.note;
+      this.o.logger.info({ runtime: this.runtimeKind, note: this.runtimeNote }, "inference runtime ready");
+      const setup: WorkerSetup = { intraOpThreads: 1, ...choice.setup };
       const pool = new WorkerPool({
         source: workerSource(),
         workerData: setup,
@@ -202,7 +200,7 @@ export class TaskRunner {
       out,
       facts: {
         model: { path: modelPath, sha256: out.model.sha256 },
-        runtime: RUNTIME,
+        runtime: this.runtimeKind,
         queueMs: round(r.queueMs),
         runMs: round(r.runMs),
         inferMs: round(out.inferMs),
@@ -292,7 +290,7 @@ export class TaskRunner {
     }
     if (failed) log.info({ failedCheck: failed.check }, "a check failed; the others were cancelled");
     return {
-      runtime: RUNTIME,
+      runtime: this.runtimeKind,
       verdict: failed ? "fail" : "pass",
       ...(failed ? { failedCheck: failed.check, reason: failed.reason } : {}),
       checks: outcomes,
@@ -316,7 +314,7 @@ export class TaskRunner {
     const stats = this.poolReady?.stats();
     const breakers: Record<string, string> = stats?.breakers ?? {};
     return {
-      runtime: { kind: RUNTIME, note: this.runtimeNote },
+      runtime: { kind: this.runtimeKind ?? null, wanted: this.o.config.runtime, note: this.runtimeNote },
       pool: stats
         ? { started: true, size: this.workers(), ...stats, breakers: undefined }
         : { started: false, size: this.workers() },

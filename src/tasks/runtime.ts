@@ -7,6 +7,8 @@ import { pathToFileURL } from "node:url";
 import { promisify } from "node:util";
 import { zstdDecompress } from "node:zlib";
 import { errorMessage, OutpostError } from "../core/errors.ts";
+import { NATIVE_ASSET, NATIVE_MANIFEST_ASSET, WORKER_ASSET } from "./runtime-assets.ts";
+import type { WorkerSetup } from "./worker.ts";
 
 /**
  * The native inference runtime as the build stores it in the binary (build/build.ts): the files of
@@ -20,10 +22,6 @@ export interface NativeManifest {
   /** The file `process.dlopen` loads; the others sit beside it (its RUNPATH is `$ORIGIN`). */
   binding: string;
 }
-
-export const NATIVE_ASSET = "ort-native.zst";
-export const NATIVE_MANIFEST_ASSET = "ort-native.json";
-export const WORKER_ASSET = "task-worker.js";
 
 /** Running as the single executable (the assets exist), or from a checkout (node_modules and the source). */
 export const inBinary = (): boolean => sea.isSea();
@@ -112,4 +110,45 @@ export async function nativeBinding(runtimeDir: string): Promise<{ binding: stri
   if (!inBinary()) return undefined;
   const manifest = JSON.parse(sea.getAsset(NATIVE_MANIFEST_ASSET, "utf8")) as NativeManifest;
   return extractNative(runtimeDir, manifest, () => sea.getRawAsset(NATIVE_ASSET));
+}
+
+export type RuntimeChoice = "auto" | "native" | "wasm";
+
+/**
+ * Which runtime the workers load, and why. `auto` takes the native one when it can be extracted and loaded
+ * here (a failed `process.dlopen`: an old glibc, a `noexec` runtime directory), the WASM one otherwise;
+ * `native` fails with TASK_RUNTIME_UNAVAILABLE instead of falling back.
+ */
+export async function chooseRuntime(
+  want: RuntimeChoice,
+  runtimeDir: string,
+): Promise<{ setup: Omit<WorkerSetup, "intraOpThreads">; note: string }> {
+  let why = "tasks.runtime is wasm";
+  if (want !== "wasm") {
+    try {
+      const native = await nativeBinding(runtimeDir);
+      if (!native) return { setup: { runtime: "native" }, note: "onnxruntime-node from node_modules (a checkout)" };
+      try {
+        // Loaded once here to learn whether it can be: the library is mapped once per process, so the
+        // workers' own loads cost little more.
+        process.dlopen({ exports: {} }, native.binding);
+      } catch (err) {
+        throw new OutpostError("TASK_RUNTIME_UNAVAILABLE", `onnxruntime-node does not load: ${errorMessage(err)}`, {
+          cause: err,
+        });
+      }
+      const how = native.extracted ? "extracted now" : "already extracted";
+      return {
+        setup: { runtime: "native", binding: native.binding },
+        note: `onnxruntime-node from the binary, ${how} to ${runtimeDir}`,
+      };
+    } catch (err) {
+      if (want === "native") throw err;
+      why = `native unavailable: ${errorMessage(err)}`;
+    }
+  }
+  const wasm = inBinary()
+    ? "asset"
+    : join(import.meta.dirname, "..", "..", "node_modules", "onnxruntime-web", "dist", "ort-wasm-simd-threaded.wasm");
+  return { setup: { runtime: "wasm", wasm }, note: `onnxruntime-web (wasm, one thread per worker): ${why}` };
 }

@@ -4,14 +4,19 @@
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { parentPort, workerData } from "node:worker_threads";
+import { brotliDecompressSync } from "node:zlib";
 import type { InferenceSession, Tensor as OrtTensor } from "onnxruntime-common";
 import { errorMessage, isOutpostError, OutpostError } from "../core/errors.ts";
 import { type ImageInput, imageTensor } from "./image.ts";
+import { WASM_ASSET } from "./runtime-assets.ts";
 import { checkFeeds, type InputSpec, type Tensor, type TensorData, type TensorType } from "./tensors.ts";
 
 export interface WorkerSetup {
-  /** Absolute path of the extracted `onnxruntime_binding.node` (inside the binary); absent: node_modules. */
+  runtime: "native" | "wasm";
+  /** native: the extracted `onnxruntime_binding.node` (inside the binary); absent: from node_modules. */
   binding?: string;
+  /** wasm: the `.wasm` file's path (a checkout), or `asset` (the binary's compressed copy). */
+  wasm?: string;
   intraOpThreads: number;
 }
 
@@ -40,13 +45,31 @@ export interface InferOutput {
 
 type Ort = typeof import("onnxruntime-node");
 
-const setup = (workerData ?? { intraOpThreads: 1 }) as WorkerSetup;
+const setup = (workerData ?? { runtime: "native", intraOpThreads: 1 }) as WorkerSetup;
 let ort: Promise<Ort> | undefined;
 const sessions = new Map<string, Promise<{ session: InferenceSession; info: ModelInfo }>>();
+
+/** onnxruntime-web's WASM build, single-threaded in this worker, from bytes we hand it (nothing fetched). */
+async function wasmRuntime(): Promise<Ort> {
+  const web = await import("onnxruntime-web/wasm");
+  let binary: Uint8Array;
+  if (setup.wasm === "asset") {
+    const sea = await import("node:sea");
+    binary = brotliDecompressSync(new Uint8Array(sea.getRawAsset(WASM_ASSET)));
+  } else {
+    binary = await readFile(setup.wasm ?? "");
+  }
+  web.env.wasm.wasmBinary = binary;
+  // More than one thread would start web workers of its own; the pool is the parallelism.
+  web.env.wasm.numThreads = 1;
+  web.env.wasm.proxy = false;
+  return web as unknown as Ort;
+}
 
 function runtime(): Promise<Ort> {
   ort ??= (async () => {
     try {
+      if (setup.runtime === "wasm") return await wasmRuntime();
       if (setup.binding) {
         // The bundle's copy of onnxruntime-node takes its binding from here (build/build.ts rewrites its require).
         const binding = { exports: {} as unknown };
@@ -55,7 +78,8 @@ function runtime(): Promise<Ort> {
       }
       return await import("onnxruntime-node");
     } catch (err) {
-      throw new OutpostError("TASK_RUNTIME_UNAVAILABLE", `onnxruntime-node does not load: ${errorMessage(err)}`, {
+      const which = setup.runtime === "wasm" ? "onnxruntime-web (wasm)" : "onnxruntime-node";
+      throw new OutpostError("TASK_RUNTIME_UNAVAILABLE", `${which} does not load: ${errorMessage(err)}`, {
         cause: err,
       });
     }
@@ -83,15 +107,20 @@ function load(model: ModelRef): Promise<{ session: InferenceSession; info: Model
         throw new OutpostError("TASK_MODEL_INVALID", `model ${model.path}: ${errorMessage(err)}`, { cause: err });
       }
       try {
-        const session = await InferenceSession.create(bytes, {
-          // One thread per session: the pool's workers are the parallelism. No spinning: an idle spinning
-          // session burns tens of ms of CPU per second (DESIGN.md, Inference).
-          intraOpNumThreads: setup.intraOpThreads,
-          interOpNumThreads: 1,
-          executionMode: "sequential",
-          graphOptimizationLevel: "all",
-          extra: { session: { intra_op: { allow_spinning: "0" }, inter_op: { allow_spinning: "0" } } },
-        });
+        const session = await InferenceSession.create(
+          bytes,
+          setup.runtime === "wasm"
+            ? { executionProviders: ["wasm"], graphOptimizationLevel: "all" }
+            : {
+                // One thread per session: the pool's workers are the parallelism. No spinning: an idle spinning
+                // session burns tens of ms of CPU per second (DESIGN.md, Inference).
+                intraOpNumThreads: setup.intraOpThreads,
+                interOpNumThreads: 1,
+                executionMode: "sequential",
+                graphOptimizationLevel: "all",
+                extra: { session: { intra_op: { allow_spinning: "0" }, inter_op: { allow_spinning: "0" } } },
+              },
+        );
         const sha256 = createHash("sha256").update(bytes).digest("hex");
         return {
           session,

@@ -42,14 +42,38 @@ describe("inference inside the built binaries", () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  function start(target: (typeof targets)[number], id: string, runtimeDir: string, stateDir?: string) {
+  function start(target: (typeof targets)[number], id: string, runtimeDir: string, runtime = "auto") {
     return AgentProcess.run(target.command, {
       device: { id },
       mqtt: { url: broker.url, reconnectMin: "100ms", reconnectMax: "1s" },
       commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
-      ...(stateDir ? { state: { dir: stateDir } } : {}),
-      tasks: { workers: 1, runtimeDir, define: demoTasks() },
+      tasks: { workers: 1, runtime, runtimeDir, define: demoTasks() },
     });
+  }
+
+  const online = (id: string, timeout: number) =>
+    watch.waitForNext((m) => m.topic === `${PREFIX}/${id}/status` && m.json.state === "online", timeout, "online");
+
+  /** The batch fixture, and the samples (x64) or two of them (arm64 under qemu is slow); returns the runtime. */
+  async function fixtures(target: (typeof targets)[number], id: string): Promise<string> {
+    const fixture = FIXTURES.tensors[0];
+    assert.ok(fixture);
+    const reply = await call(id, "parts", { feeds: fixture.inputs }, target.timeout);
+    assert.equal(reply.state, "succeeded", JSON.stringify(reply.error));
+    const r = reply.result as { runtime: string; outputs: Record<string, { data: number[] }> };
+    assertClose(r.outputs.scores?.data ?? [], fixture.outputs.scores?.data ?? [], `${target.name} ${r.runtime} batch`);
+    const samples = target.name === "linux-x64" ? FIXTURES.samples : FIXTURES.samples.slice(0, 2);
+    for (const s of samples) {
+      const c = await call(id, "inspect", { image: sample(s.sample).toString("base64") }, target.timeout);
+      const v = c.result as { label: string; scores: Record<string, number> };
+      assert.equal(v.label, s.label, s.sample);
+      assertClose(
+        FIXTURES.labels.map((l) => v.scores[l] ?? Number.NaN),
+        s.scores,
+        `${target.name} ${r.runtime} ${s.sample}`,
+      );
+    }
+    return r.runtime;
   }
 
   const call = (id: string, task: string, input: unknown, timeoutMs: number) =>
@@ -66,29 +90,8 @@ describe("inference inside the built binaries", () => {
       for (const round of [1, 2]) {
         const agent = start(target, id, runtimeDir);
         try {
-          await watch.waitForNext(
-            (m) => m.topic === `${PREFIX}/${id}/status` && m.json.state === "online",
-            target.timeout,
-            "online",
-          );
-          const fixture = FIXTURES.tensors[0];
-          assert.ok(fixture);
-          const reply = await call(id, "parts", { feeds: fixture.inputs }, target.timeout);
-          assert.equal(reply.state, "succeeded", JSON.stringify(reply.error));
-          const r = reply.result as { runtime: string; outputs: Record<string, { data: number[] }> };
-          assert.equal(r.runtime, "native");
-          assertClose(r.outputs.scores?.data ?? [], fixture.outputs.scores?.data ?? [], `${target.name} batch`);
-          const samples = target.name === "linux-x64" ? FIXTURES.samples : FIXTURES.samples.slice(0, 2);
-          for (const s of samples) {
-            const c = await call(id, "inspect", { image: sample(s.sample).toString("base64") }, target.timeout);
-            const v = c.result as { label: string; scores: Record<string, number> };
-            assert.equal(v.label, s.label, s.sample);
-            assertClose(
-              FIXTURES.labels.map((l) => v.scores[l] ?? Number.NaN),
-              s.scores,
-              `${target.name} ${s.sample}`,
-            );
-          }
+          await online(id, target.timeout);
+          assert.equal(await fixtures(target, id), "native");
           const ready = agent.logs().find((l) => l.msg === "inference runtime ready");
           assert.match(
             String(ready?.note),
@@ -107,20 +110,50 @@ describe("inference inside the built binaries", () => {
     });
   }
 
-  it("linux-x64: a runtime directory that is not writable: TASK_RUNTIME_UNAVAILABLE, the agent stays up", async (t) => {
+  for (const target of targets) {
+    it(`${target.name}: the WASM runtime matches the same fixtures within 1e-4`, async () => {
+      const id = `e2e-wasm-${target.name}`;
+      const agent = start(target, id, join(dir, target.name, "unused"), "wasm");
+      try {
+        await online(id, target.timeout);
+        assert.equal(await fixtures(target, id), "wasm");
+      } finally {
+        await agent.cleanup();
+      }
+    });
+  }
+
+  it("linux-x64: a runtime directory that is not writable: auto falls back to WASM and says why", async () => {
+    const target = targets[0];
+    assert.ok(target);
+    const id = "e2e-tasks-fallback";
+    const file = join(dir, "a-file-too");
+    writeFileSync(file, "");
+    const agent = start(target, id, join(file, "runtime"));
+    try {
+      await online(id, target.timeout);
+      const reply = await call(id, "inspect", { image: sample("good-1.png").toString("base64") }, target.timeout);
+      assert.equal(reply.state, "succeeded", JSON.stringify(reply.error));
+      assert.equal((reply.result as { runtime: string }).runtime, "wasm");
+      const list = await operator.call(id, "task.list", undefined, { timeoutMs: target.timeout });
+      const runtime = (list.finals[0]?.result as { runtime: { kind: string; note: string } }).runtime;
+      assert.equal(runtime.kind, "wasm");
+      assert.match(runtime.note, /native unavailable: the native runtime cannot be extracted to .*a-file-too\/runtime/);
+    } finally {
+      await agent.cleanup();
+    }
+  });
+
+  it("linux-x64: tasks.runtime native and a runtime directory that is not writable: TASK_RUNTIME_UNAVAILABLE, the agent stays up", async (t) => {
     const target = targets[0];
     assert.ok(target);
     const id = "e2e-tasks-nowrite";
     // A path under a regular file: not writable even for root (tests run as root in CI).
     const file = join(dir, "a-file");
     writeFileSync(file, "");
-    const agent = start(target, id, join(file, "runtime"));
+    const agent = start(target, id, join(file, "runtime"), "native");
     try {
-      await watch.waitForNext(
-        (m) => m.topic === `${PREFIX}/${id}/status` && m.json.state === "online",
-        target.timeout,
-        "online",
-      );
+      await online(id, target.timeout);
       for (let i = 0; i < 2; i++) {
         const reply = await call(id, "inspect", { image: sample("good-1.png").toString("base64") }, target.timeout);
         assert.equal(reply.state, "failed");

@@ -200,6 +200,52 @@ describe("tasks: inference in worker threads", () => {
   });
 });
 
+describe("tasks: the WASM runtime (onnxruntime-web), chosen in the configuration", () => {
+  it("matches the same fixtures within 1e-4, and task.list says which runtime and why", async () => {
+    const broker = await Mosquitto.start();
+    const operator = await Operator.open(broker.port, ops);
+    const watch = await Watch.open(broker.port, [`${PREFIX}/#`]);
+    const id = "dev-wasm";
+    const agent = AgentProcess.run(sourceCommand(), {
+      device: { id },
+      mqtt: { url: broker.url, reconnectMin: "50ms", reconnectMax: "500ms" },
+      commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
+      tasks: { workers: 1, runtime: "wasm", define: demoTasks() },
+    });
+    try {
+      await watch.waitFor((m) => m.topic === `${PREFIX}/${id}/status` && m.json.state === "online", 15_000, "online");
+      for (const fixture of FIXTURES.tensors) {
+        const reply = await operator.final(id, "task.run", { task: "parts", input: { feeds: fixture.inputs } });
+        assert.equal(reply.state, "succeeded", JSON.stringify(reply.error));
+        const r = reply.result as { runtime: string; outputs: Record<string, { data: number[] }> };
+        assert.equal(r.runtime, "wasm");
+        assertClose(r.outputs.scores?.data ?? [], fixture.outputs.scores?.data ?? [], `wasm ${fixture.name}`);
+      }
+      for (const s of FIXTURES.samples) {
+        const reply = await operator.final(id, "task.run", {
+          task: "inspect",
+          input: { image: sample(s.sample).toString("base64") },
+        });
+        const r = reply.result as { label: string; scores: Record<string, number> };
+        assert.equal(r.label, s.label);
+        assertClose(
+          FIXTURES.labels.map((l) => r.scores[l] ?? Number.NaN),
+          s.scores,
+          `wasm ${s.sample}`,
+        );
+      }
+      const list = (await operator.final(id, "task.list")).result as { runtime: { kind: string; note: string } };
+      assert.equal(list.runtime.kind, "wasm");
+      assert.match(list.runtime.note, /tasks\.runtime is wasm/);
+    } finally {
+      await agent.cleanup();
+      await watch.close();
+      await operator.close();
+      await broker.stop();
+    }
+  });
+});
+
 /** Readable names of the images (not the result files) in one of the folder's subdirectories. */
 function images(dir: string, sub: string): string[] {
   return readdirSync(join(dir, sub)).filter((n) => !n.endsWith(".json") && !n.startsWith("."));

@@ -31,6 +31,7 @@ import { Watch } from "../test/helpers/mqtt-watch.ts";
 import { Operator } from "../test/helpers/operator.ts";
 import { boardRows } from "./bench-board.ts";
 import { poolRows } from "./bench-pool.ts";
+import { taskRows } from "./bench-tasks.ts";
 
 const { values } = parseArgs({
   options: {
@@ -38,7 +39,7 @@ const { values } = parseArgs({
     runs: { type: "string", default: "5" },
     backlog: { type: "string", default: "100000" },
     drains: { type: "string", default: "5" },
-    only: { type: "string", default: "sizes,startup,footprint,idle,notify,outbox,commands,board,pool" },
+    only: { type: "string", default: "sizes,startup,footprint,idle,notify,outbox,commands,board,pool,tasks" },
     // Another build of the agent to measure (e.g. one made with build.ts --exec-argv=...).
     bin: { type: "string" },
     calls: { type: "string", default: "1000" },
@@ -526,6 +527,7 @@ async function main(): Promise<void> {
     if (ONLY.has("outbox")) await outboxRows(broker);
     if (ONLY.has("commands")) await commandRows(broker, watch);
     if (ONLY.has("pool")) await poolRows(rows);
+    if (ONLY.has("tasks")) await taskRows(rows, { bin: BIN, broker, watch });
     if (ONLY.has("board")) await boardRows(rows, { bin: BIN, broker, watch, cpuOf: cpuSeconds, seconds: IDLE_SECONDS });
   } finally {
     await watch.close();

@@ -128,6 +128,9 @@ export const tasksSection = {
     .prefault({}),
   // Read once when the module is built (the pool, the watchers, the rules): a change applies at the next start.
   restartOnly: [""],
+  // Paths on the device (models, watched folders, the runtime's directory) come from the file only: a request
+  // must never name a device path.
+  localOnly: [""],
 } as const;
 
 export type TasksConfig = z.output<typeof tasksSection.schema>;

@@ -42,6 +42,8 @@ export interface PoolOptions {
 export interface RunOptions {
   timeoutMs: number;
   signal?: AbortSignal;
+  /** Put on the pool's log lines about this task (the trace id of its result). */
+  trace?: string;
 }
 
 export interface TaskResult {
@@ -260,7 +262,9 @@ export class WorkerPool {
     clearTimeout(slot.timer);
     slot.job = undefined;
     if (job) this.settle(job, new OutpostError(code, message));
-    if (!this.closed) this.o.logger.warn({ code, message, type: job?.type }, "task worker replaced");
+    if (!this.closed) {
+      this.o.logger.warn({ code, message, task: job?.type, trace: job?.options.trace }, "task worker replaced");
+    }
     void this.retire(slot, true);
     this.dispatch();
   }

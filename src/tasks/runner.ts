@@ -23,6 +23,12 @@ export interface RunRequest {
   source: string;
 }
 
+/** What every step of one task run carries: its cancellation and its trace id (for the pool's log lines). */
+interface Call {
+  trace: string;
+  signal?: AbortSignal;
+}
+
 /** A task's outcome, as published on `P/D/results/<task>` and returned to `task.run`. */
 export type TaskResult = Record<string, unknown> & { task: string; trace: string; ok: boolean };
 
@@ -127,7 +133,13 @@ export class TaskRunner {
     const started = performance.now();
     let result: TaskResult;
     try {
-      const body = await this.execute(name, def, input, request.signal, log);
+      const body = await this.execute(
+        name,
+        def,
+        input,
+        { trace, ...(request.signal ? { signal: request.signal } : {}) },
+        log,
+      );
       result = { task: name, trace, ok: true, source: request.source, ...inputFacts(input), ...body };
     } catch (err) {
       // Nothing ran: the caller is told (and may try again); there is no outcome to publish.
@@ -155,7 +167,7 @@ export class TaskRunner {
     name: string,
     def: TaskDefinition,
     input: TaskInput,
-    signal: AbortSignal | undefined,
+    call: Call,
     log: Logger,
   ): Promise<Record<string, unknown>> {
     switch (def.type) {
@@ -163,7 +175,7 @@ export class TaskRunner {
         if (!("feeds" in input)) throw new OutpostError("TASK_INPUT_INVALID", `${name} takes tensors (input.feeds)`);
         const feeds: Record<string, Tensor> = {};
         for (const [k, t] of Object.entries(input.feeds)) feeds[k] = fromWire(k, t);
-        const r = await this.infer(name, def.model, { op: "infer", model: { path: def.model }, feeds }, def, signal);
+        const r = await this.infer(name, def.model, { op: "infer", model: { path: def.model }, feeds }, def, call);
         return {
           ...r.facts,
           outputs: Object.fromEntries(Object.entries(r.out.outputs).map(([k, t]) => [k, toWire(t)])),
@@ -171,11 +183,11 @@ export class TaskRunner {
       }
       case "classify-image": {
         if (!("image" in input)) throw new OutpostError("TASK_INPUT_INVALID", `${name} takes an image (input.image)`);
-        return this.classify(name, def, input.image, signal);
+        return this.classify(name, def, input.image, call);
       }
       case "checks": {
         if (!("image" in input)) throw new OutpostError("TASK_INPUT_INVALID", `${name} takes an image (input.image)`);
-        return this.checks(def.checks, input.image, signal, log);
+        return this.checks(def.checks, input.image, call, log);
       }
       case "threshold":
         throw new OutpostError("TASK_INPUT_INVALID", `${name} is a threshold rule over telemetry: it takes no input`);
@@ -187,13 +199,10 @@ export class TaskRunner {
     modelPath: string,
     input: WorkerInput,
     def: { timeout: string },
-    signal: AbortSignal | undefined,
+    call: Call,
   ): Promise<{ out: InferOutput; facts: Record<string, unknown> }> {
     const pool = await this.getPool();
-    const r = await pool.run(name, input, {
-      timeoutMs: durationOf(def.timeout),
-      ...(signal ? { signal } : {}),
-    });
+    const r = await pool.run(name, input, { timeoutMs: durationOf(def.timeout), ...call });
     const out = r.value as InferOutput;
     this.models.set(modelPath, out.model);
     return {
@@ -212,14 +221,14 @@ export class TaskRunner {
     name: string,
     def: ClassifyDefinition,
     image: Uint8Array,
-    signal: AbortSignal | undefined,
+    call: Call,
   ): Promise<Record<string, unknown>> {
     const r = await this.infer(
       name,
       def.model,
       { op: "classify", model: { path: def.model }, image, input: def.input },
       def,
-      signal,
+      call,
     );
     const output = def.output ?? r.out.model.outputs[0]?.name ?? "";
     const t = r.out.outputs[output];
@@ -252,9 +261,10 @@ export class TaskRunner {
   private async checks(
     names: readonly string[],
     image: Uint8Array,
-    signal: AbortSignal | undefined,
+    call: Call,
     log: Logger,
   ): Promise<Record<string, unknown>> {
+    const { signal } = call;
     const group = new AbortController();
     const onAbort = () => group.abort();
     signal?.addEventListener("abort", onAbort, { once: true });
@@ -265,7 +275,7 @@ export class TaskRunner {
         names.map(async (check) => {
           const def = this.definition(check) as ClassifyDefinition;
           try {
-            const r = await this.classify(check, def, image, group.signal);
+            const r = await this.classify(check, def, image, { trace: call.trace, signal: group.signal });
             outcomes[check] = { verdict: r.verdict, label: r.label, score: r.score, runMs: r.runMs };
             if (r.verdict === "fail" && !failed) {
               failed = { check, reason: `${String(r.label)} (${String(r.score)})` };

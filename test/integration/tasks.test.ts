@@ -5,8 +5,9 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync,
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import Ajv2020 from "ajv/dist/2020.js";
 import { PNG } from "pngjs";
-import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
+import { AgentProcess, ROOT, sourceCommand } from "../helpers/agent-process.ts";
 import { operatorKey } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { type Received, Watch } from "../helpers/mqtt-watch.ts";
@@ -15,6 +16,17 @@ import { assertClose, demoTasks, FIXTURES, MODEL, sample } from "../helpers/part
 
 const ops = operatorKey();
 const ID = "dev-tasks";
+
+/** The result's JSON Schema as docs/mqtt-api.md gives it: every published result must fit it. */
+const resultSchema = (() => {
+  const doc = readFileSync(join(ROOT, "docs", "mqtt-api.md"), "utf8");
+  const block = [...doc.matchAll(/```json\n([\s\S]*?)```/g)]
+    .map((m) => m[1] ?? "")
+    .find((b) => b.includes('"$id": "outpost/v1/result"'));
+  assert.ok(block, "docs/mqtt-api.md has the result schema");
+  const ajv = new Ajv2020.default({ allErrors: true, strict: false });
+  return { validate: ajv.compile(JSON.parse(block)), ajv };
+})();
 
 const online = (m: Received) => m.topic === `${PREFIX}/${ID}/status` && m.json.state === "online";
 
@@ -165,9 +177,24 @@ describe("tasks: inference in worker threads", () => {
       assert.equal(reply.error?.code, code, reply.error?.message);
       assert.match(reply.error?.message ?? "", message);
     }
+    // Every result published so far, the failed ones too, fits the documented schema.
+    const results = watch.items.filter((m) => m.topic.startsWith(`${PREFIX}/${ID}/results/`));
+    assert.ok(results.some((m) => m.json.ok === false) && results.some((m) => m.json.ok === true));
+    for (const m of results) {
+      assert.ok(
+        resultSchema.validate(m.json),
+        `${m.topic}: ${resultSchema.ajv.errorsText(resultSchema.validate.errors)}`,
+      );
+    }
     const params = await operator.final(ID, "task.run", { task: "parts", input: { feeds: {}, image: "" } });
     assert.equal(params.error?.code, "BAD_PARAMS");
     assert.match(params.error?.message ?? "", /params\.input: expected either feeds \(named tensors\) or image/);
+    // A request never names a device path: the tasks section changes only in the file.
+    const set = await operator.final(ID, "config.set", {
+      patch: { tasks: { define: { x: { type: "onnx", model: "/etc/shadow" } } } },
+    });
+    assert.equal(set.error?.code, "BAD_PARAMS");
+    assert.match(set.error?.message ?? "", /tasks/);
     // Bad inputs are the caller's fault: they do not open the task's breaker.
     const good = await run("inspect", image("good-1.png"));
     assert.equal(good.state, "succeeded");

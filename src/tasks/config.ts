@@ -31,8 +31,20 @@ const watch = z
   })
   .optional();
 
+/**
+ * Runs the task every `every` on a file the device keeps current (a camera's latest frame; for `onnx`, a JSON
+ * file `{"feeds": {...}}`). A file that cannot be read is logged and the run skipped.
+ */
+const schedule = z
+  .strictObject({
+    every: duration("1m", 100, 86_400_000),
+    file: z.string().min(1),
+  })
+  .optional();
+
 const common = {
   timeout: duration("10s", 10, 600_000).describe("from the moment a worker takes the task"),
+  schedule,
 };
 
 const onnxTask = z.strictObject({

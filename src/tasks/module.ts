@@ -1,3 +1,5 @@
+import { readFile } from "node:fs/promises";
+import { basename } from "node:path";
 import { z } from "zod";
 import type { CommandDefinition } from "../commands/commands.ts";
 import { durationMs } from "../config/duration.ts";
@@ -8,7 +10,7 @@ import { valueAt } from "../core/merge.ts";
 import type { Module } from "../kernel/module.ts";
 import { tasksSection } from "./config.ts";
 import { Inbox } from "./inbox.ts";
-import { TaskRunner } from "./runner.ts";
+import { type TaskInput, TaskRunner } from "./runner.ts";
 import { wireFeeds } from "./tensor-wire.ts";
 import { ThresholdRule } from "./threshold.ts";
 
@@ -44,7 +46,8 @@ export const tasksModule: Module<typeof tasksSection> = {
       resultTopic: (task) => ctx.topics.result(task),
     });
 
-    const watchers: Component[] = [];
+    // Watched folders and schedules: what brings work in, stopped first when the agent stops.
+    const intake: Component[] = [];
     for (const [name, def] of Object.entries(config.define)) {
       if ((def.type !== "classify-image" && def.type !== "checks") || !def.watch) continue;
       const inbox = new Inbox({
@@ -58,11 +61,40 @@ export const tasksModule: Module<typeof tasksSection> = {
         commit: () => ctx.commit(),
         logger: ctx.logger.child({ task: name }),
       });
-      watchers.push(
+      intake.push(
         loopComponent(
           `tasks.watch.${name}`,
           (signal) => inbox.run(signal),
           (err) => ctx.logger.error({ err: errorMessage(err), task: name }, "watched folder stopped"),
+        ),
+      );
+    }
+
+    for (const [name, def] of Object.entries(config.define)) {
+      if (def.type === "threshold" || !def.schedule) continue;
+      const { every, file } = def.schedule;
+      const log = ctx.logger.child({ task: name });
+      intake.push(
+        loopComponent(
+          `tasks.schedule.${name}`,
+          async (signal) => {
+            while (!signal.aborted) {
+              await sleep(durationMs(every), signal);
+              if (signal.aborted) return;
+              let input: TaskInput;
+              try {
+                const bytes = await readFile(file);
+                input = def.type === "onnx" ? scheduledFeeds(bytes) : { image: bytes, file: basename(file) };
+              } catch (err) {
+                log.warn({ file, err: errorMessage(err) }, "scheduled run skipped: its input file cannot be read");
+                continue;
+              }
+              await runner.run(name, input, { source: "schedule" }).catch((err: unknown) => {
+                log.warn({ err: errorMessage(err) }, "scheduled run refused");
+              });
+            }
+          },
+          (err) => log.error({ err: errorMessage(err) }, "schedule stopped"),
         ),
       );
     }
@@ -84,7 +116,7 @@ export const tasksModule: Module<typeof tasksSection> = {
           ]
         : [],
     );
-    const components: Component[] = [...watchers];
+    const components: Component[] = [...intake];
     if (rules.length > 0) {
       // Evaluated at the telemetry's pace on the latest sample (not only on reported changes: a value inside
       // its deadband must still count towards "for 30 s").
@@ -139,9 +171,18 @@ export const tasksModule: Module<typeof tasksSection> = {
       describe: () => runner.list(),
       health: () => runner.health(),
       quiesce: async () => {
-        for (const w of watchers) await w.stop();
+        for (const c of intake) await c.stop();
       },
       drain: (signal) => runner.close(signal),
     };
   },
 };
+
+const scheduledInput = z.strictObject({ feeds: wireFeeds });
+
+/** A scheduled `onnx` task's file: `{"feeds": {...}}`, as in `task.run`. */
+function scheduledFeeds(bytes: Buffer): TaskInput {
+  const parsed = scheduledInput.safeParse(JSON.parse(bytes.toString("utf8")));
+  if (!parsed.success) throw new Error(`expected {"feeds": {...}}: ${parsed.error.issues[0]?.message ?? ""}`);
+  return { feeds: parsed.data.feeds };
+}

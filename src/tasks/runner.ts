@@ -19,7 +19,7 @@ export interface RunRequest {
   /** Ties the result, its message and every log line together: the command's request id, or a new one. */
   trace?: string;
   signal?: AbortSignal;
-  /** Where the input came from, for the result (`command`, `watch`). */
+  /** Where the input came from, for the result (`command`, `watch`, `schedule`). */
   source: string;
 }
 

@@ -12,7 +12,7 @@ import { operatorKey } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { type Received, Watch } from "../helpers/mqtt-watch.ts";
 import { Operator, PREFIX } from "../helpers/operator.ts";
-import { assertClose, demoTasks, FIXTURES, MODEL, sample } from "../helpers/parts-model.ts";
+import { assertClose, DEMO, demoTasks, FIXTURES, MODEL, sample } from "../helpers/parts-model.ts";
 
 const ops = operatorKey();
 const ID = "dev-tasks";
@@ -56,6 +56,11 @@ describe("tasks: inference in worker threads", () => {
           garbage: { type: "onnx", model: notOnnx },
           both: { type: "checks", checks: ["strict", "inspect"] },
           "up-at-all": { type: "threshold", metric: "uptime.seconds", above: 0, for: "0s" },
+          ticker: {
+            ...(demoTasks().inspect as object),
+            schedule: { every: "200ms", file: join(DEMO, "samples", "scratch-1.png") },
+          },
+          "no-input": { type: "onnx", model: MODEL, schedule: { every: "200ms", file: join(dir, "absent.json") } },
         }),
       },
     });
@@ -74,20 +79,33 @@ describe("tasks: inference in worker threads", () => {
   const run = (task: string, input: unknown) => operator.final(ID, "task.run", { task, input });
   const image = (name: string) => ({ image: sample(name).toString("base64") });
 
-  it("an agent with tasks configured starts no worker until the first task", async () => {
+  it("task.list names every task", async () => {
     const reply = await operator.final(ID, "task.list");
     assert.equal(reply.state, "succeeded");
-    const list = reply.result as { pool: { started: boolean }; tasks: Record<string, { type: string }> };
-    assert.equal(list.pool.started, false);
+    const list = reply.result as { tasks: Record<string, { type: string }> };
     assert.deepEqual(Object.keys(list.tasks).sort(), [
       "both",
       "garbage",
       "inspect",
       "missing",
+      "no-input",
       "parts",
       "strict",
+      "ticker",
       "up-at-all",
     ]);
+  });
+
+  it("a schedule runs its task on a file every period; an unreadable file skips the run and nothing else", async () => {
+    const ticks = (m: Received) => m.topic === `${PREFIX}/${ID}/results/ticker`;
+    await watch.waitFor(() => watch.items.filter(ticks).length >= 2, 15_000, "two scheduled results");
+    for (const m of watch.items.filter(ticks)) {
+      assert.equal(m.json.source, "schedule");
+      assert.equal(m.json.label, "scratch");
+      assert.deepEqual((m.json.input as { file: string }).file, "scratch-1.png");
+    }
+    await agent.waitForLog("scheduled run skipped: its input file cannot be read");
+    assert.ok(!watch.items.some((m) => m.topic.endsWith("/results/no-input")));
   });
 
   it("a threshold rule over telemetry raises its alarm: an event and a retained state", async () => {
@@ -241,6 +259,9 @@ describe("tasks: the WASM runtime (onnxruntime-web), chosen in the configuration
     });
     try {
       await watch.waitFor((m) => m.topic === `${PREFIX}/${id}/status` && m.json.state === "online", 15_000, "online");
+      // Nothing scheduled or watched here: no worker, and no runtime loaded, until the first task.
+      const before = (await operator.final(id, "task.list")).result as { pool: { started: boolean } };
+      assert.equal(before.pool.started, false);
       for (const fixture of FIXTURES.tensors) {
         const reply = await operator.final(id, "task.run", { task: "parts", input: { feeds: fixture.inputs } });
         assert.equal(reply.state, "succeeded", JSON.stringify(reply.error));

@@ -105,6 +105,11 @@ export const tasksSection = {
       /** Worker threads at most; default: cores - 1, at least 1. */
       workers: z.number().int().min(1).max(64).nullable().default(null),
       queue: z.number().int().min(0).max(10_000).default(32),
+      /**
+       * How long a worker may take to load the runtime and a model before a task's own timeout starts (a
+       * first task compiles WebAssembly or creates a session: seconds on a small board).
+       */
+      loadTimeout: duration("2m", 1000, 1_800_000),
       /** Each worker's JavaScript heap cap (MiB); native memory is not counted (docs/tasks.md). */
       workerHeapMb: z.number().int().min(16).max(4096).default(128),
       breaker: z

@@ -10,7 +10,8 @@ import { valueAt } from "../core/merge.ts";
 import type { Module } from "../kernel/module.ts";
 import { tasksSection } from "./config.ts";
 import { Inbox } from "./inbox.ts";
-import { type TaskInput, TaskRunner } from "./runner.ts";
+import { registerTaskMetrics } from "./metrics.ts";
+import { type TaskInput, type TaskResult, TaskRunner } from "./runner.ts";
 import { wireFeeds } from "./tensor-wire.ts";
 import { ThresholdRule } from "./threshold.ts";
 
@@ -38,13 +39,16 @@ export const tasksModule: Module<typeof tasksSection> = {
   config: tasksSection,
   create(ctx) {
     const config = ctx.config().tasks;
+    let observe = (_: TaskResult) => {};
     const runner = new TaskRunner({
       config,
       stateDir: ctx.config().state.dir,
       logger: ctx.logger,
       send: (m) => ctx.send(m),
       resultTopic: (task) => ctx.topics.result(task),
+      onResult: (r) => observe(r),
     });
+    observe = registerTaskMetrics(ctx.metrics, { counts: () => runner.resultCounts(), pool: () => runner.poolStats() });
 
     // Watched folders and schedules: what brings work in, stopped first when the agent stops.
     const intake: Component[] = [];

@@ -15,7 +15,9 @@ export interface TaskRequest {
 }
 export type TaskReply =
   | { id: number; ok: true; value: unknown }
-  | { id: number; ok: false; error: { message: string; code?: string } };
+  | { id: number; ok: false; error: { message: string; code?: string } }
+  /** The worker has what the task needs loaded (a runtime, a model) and starts the work itself. */
+  | { id: number; ready: true };
 
 /** Codes a worker may answer with that reach the caller as they are; any other failure is `TASK_FAILED`. */
 const WORKER_CODES = new Map<string, Code>(
@@ -41,6 +43,11 @@ export interface PoolOptions {
 
 export interface RunOptions {
   timeoutMs: number;
+  /**
+   * How long the worker may take to get ready (load a runtime, compile WebAssembly, create a session) before
+   * the timeout starts; a worker that says `ready` then has `timeoutMs`. Without it, `timeoutMs` covers all.
+   */
+  loadTimeoutMs?: number;
   signal?: AbortSignal;
   /** Put on the pool's log lines about this task (the trace id of its result). */
   trace?: string;
@@ -196,10 +203,8 @@ export class WorkerPool {
       const job = this.queue.shift() as Job;
       slot.job = job;
       slot.startedAt = this.o.now();
-      slot.timer = setTimeout(
-        () => this.fail(slot as Slot, "TASK_TIMEOUT", `ran past ${job.options.timeoutMs}ms`),
-        job.options.timeoutMs,
-      );
+      const load = job.options.loadTimeoutMs;
+      this.arm(slot, load === undefined ? job.options.timeoutMs : load + job.options.timeoutMs, "ran past");
       const request: TaskRequest = { id: job.id, type: job.type, input: job.input };
       slot.worker.postMessage(request);
     }
@@ -230,9 +235,19 @@ export class WorkerPool {
     return slot;
   }
 
+  /** (Re)starts the slot's timeout: the task fails with TASK_TIMEOUT and its worker is replaced. */
+  private arm(slot: Slot, ms: number, what: string): void {
+    clearTimeout(slot.timer);
+    slot.timer = setTimeout(() => this.fail(slot, "TASK_TIMEOUT", `${what} ${ms}ms`), ms);
+  }
+
   private reply(slot: Slot, reply: TaskReply): void {
     const job = slot.job;
     if (slot.gone || !job || reply.id !== job.id) return;
+    if ("ready" in reply) {
+      if (job.options.loadTimeoutMs !== undefined) this.arm(slot, job.options.timeoutMs, "ran past");
+      return;
+    }
     clearTimeout(slot.timer);
     slot.job = undefined;
     if (reply.ok) {

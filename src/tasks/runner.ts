@@ -38,6 +38,8 @@ export interface RunnerOptions {
   logger: Logger;
   send(message: OutboxMessage & { topic: string }): void;
   resultTopic(task: string): string;
+  /** Hears every result (published or not): the module's metrics. */
+  onResult?(result: TaskResult): void;
 }
 
 /** Codes by which a task was not run at all: refused, cancelled or without a runtime. Try again later. */
@@ -202,7 +204,11 @@ export class TaskRunner {
     call: Call,
   ): Promise<{ out: InferOutput; facts: Record<string, unknown> }> {
     const pool = await this.getPool();
-    const r = await pool.run(name, input, { timeoutMs: durationOf(def.timeout), ...call });
+    const r = await pool.run(name, input, {
+      timeoutMs: durationOf(def.timeout),
+      loadTimeoutMs: durationOf(this.o.config.loadTimeout),
+      ...call,
+    });
     const out = r.value as InferOutput;
     this.models.set(modelPath, out.model);
     return {
@@ -307,7 +313,18 @@ export class TaskRunner {
     };
   }
 
+  /** Results by task so far (for /metrics). */
+  resultCounts(): ReadonlyMap<string, { ok: number; failed: number; pass: number; fail: number }> {
+    return this.counts;
+  }
+
+  /** The pool's figures, once it exists. */
+  poolStats() {
+    return this.poolReady?.stats();
+  }
+
   private count(name: string, result: TaskResult): void {
+    this.o.onResult?.(result);
     let c = this.counts.get(name);
     if (!c) {
       c = { ok: 0, failed: 0, pass: 0, fail: 0 };

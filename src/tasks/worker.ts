@@ -143,6 +143,7 @@ async function infer(
   model: ModelRef,
   feeds: Record<string, Tensor>,
   outputs: string[] | undefined,
+  ready: () => void,
 ): Promise<InferOutput> {
   const ortModule = await runtime();
   const { session, info } = await load(model);
@@ -151,6 +152,9 @@ async function infer(
   for (const [name, t] of Object.entries(feeds)) {
     ortFeeds[name] = new ortModule.Tensor(t.type, t.data as Float32Array, t.dims);
   }
+  // Runtime and session are loaded (compiling WebAssembly under emulation takes seconds): the task's own
+  // timeout starts now.
+  ready();
   const started = performance.now();
   let result: InferenceSession.ReturnType;
   try {
@@ -166,24 +170,25 @@ async function infer(
   return { model: info, outputs: out, inferMs };
 }
 
-async function handle(input: WorkerInput): Promise<unknown> {
+async function handle(input: WorkerInput, ready: () => void): Promise<unknown> {
   switch (input.op) {
     case "describe":
       return (await load(input.model)).info;
     case "infer":
-      return infer(input.model, input.feeds, input.outputs);
+      return infer(input.model, input.feeds, input.outputs, ready);
     case "classify": {
       const { info } = await load(input.model);
       const name = input.inputName ?? info.inputs[0]?.name;
       if (name === undefined) throw new OutpostError("TASK_MODEL_INVALID", "the model has no input");
-      return infer(input.model, { [name]: imageTensor(input.image, input.input) }, undefined);
+      return infer(input.model, { [name]: imageTensor(input.image, input.input) }, undefined, ready);
     }
   }
 }
 
 parentPort?.on("message", async ({ id, input }: { id: number; input: WorkerInput }) => {
   try {
-    parentPort?.postMessage({ id, ok: true, value: await handle(input) });
+    const ready = () => parentPort?.postMessage({ id, ready: true });
+    parentPort?.postMessage({ id, ok: true, value: await handle(input, ready) });
   } catch (err) {
     parentPort?.postMessage({
       id,

@@ -23,10 +23,17 @@ const handlers = {
   exit: () => process.exit(3),
   crash: () => { setImmediate(() => { throw new Error("thrown outside the task"); }); return new Promise(() => {}); },
   native: ({ addon, seconds }) => { require(addon).block(seconds); return "woke"; },
+  // Loads for loadMs (a runtime, a model), says it is ready, then works for runMs.
+  staged: async ({ loadMs, runMs }, id) => {
+    await new Promise((r) => setTimeout(r, loadMs));
+    parentPort.postMessage({ id, ready: true });
+    await new Promise((r) => setTimeout(r, runMs));
+    return "done";
+  },
 };
 parentPort.on("message", async ({ id, type, input }) => {
   try {
-    parentPort.postMessage({ id, ok: true, value: await handlers[type](input) });
+    parentPort.postMessage({ id, ok: true, value: await handlers[type](input, id) });
   } catch (e) {
     parentPort.postMessage({ id, ok: false, error: { message: String(e && e.message), code: e && e.code } });
   }
@@ -100,6 +107,25 @@ describe("worker pool", () => {
     const s = p.stats();
     assert.equal(s.replaced, 12, "loop, alloc, exit and crash replace their worker; a task that throws does not");
     assert.equal(s.abandoned, 0);
+    await p.close(AbortSignal.timeout(5000));
+  });
+
+  it("loading (a runtime, a model) has its own time: the task's timeout starts when the worker says ready", async () => {
+    const p = pool();
+    const staged = (loadMs: number, runMs: number, loadTimeoutMs?: number) =>
+      code(
+        p.run(
+          "staged",
+          { loadMs, runMs },
+          { timeoutMs: 150, ...(loadTimeoutMs === undefined ? {} : { loadTimeoutMs }) },
+        ),
+      );
+    for (let round = 0; round < 3; round++) {
+      assert.equal(await staged(400, 20, 2000), "ok", "a slow load within loadTimeoutMs");
+      assert.equal(await staged(20, 400, 2000), "TASK_TIMEOUT", "the work itself past timeoutMs");
+      assert.equal(await staged(400, 20), "TASK_TIMEOUT", "without loadTimeoutMs, the timeout covers the load");
+      assert.equal(await staged(3000, 20, 500), "TASK_TIMEOUT", "never ready within loadTimeoutMs + timeoutMs");
+    }
     await p.close(AbortSignal.timeout(5000));
   });
 

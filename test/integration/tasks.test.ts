@@ -13,6 +13,8 @@ import { Mosquitto } from "../helpers/mosquitto.ts";
 import { type Received, Watch } from "../helpers/mqtt-watch.ts";
 import { Operator, PREFIX } from "../helpers/operator.ts";
 import { assertClose, DEMO, demoTasks, FIXTURES, MODEL, sample } from "../helpers/parts-model.ts";
+import { freePort } from "../helpers/ports.ts";
+import { run } from "../helpers/run.ts";
 
 const ops = operatorKey();
 const ID = "dev-tasks";
@@ -36,6 +38,7 @@ describe("tasks: inference in worker threads", () => {
   let operator: Operator;
   let agent: AgentProcess;
   let dir: string;
+  let httpPort: number;
 
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), "outpost-tasks-"));
@@ -44,8 +47,10 @@ describe("tasks: inference in worker threads", () => {
     broker = await Mosquitto.start();
     watch = await Watch.open(broker.port, [`${PREFIX}/#`]);
     operator = await Operator.open(broker.port, ops);
+    httpPort = await freePort();
     agent = AgentProcess.run(sourceCommand(), {
       device: { id: ID },
+      http: { listen: `127.0.0.1:${httpPort}` },
       mqtt: { url: broker.url, reconnectMin: "50ms", reconnectMax: "500ms" },
       commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
       telemetry: { interval: "200ms" },
@@ -76,7 +81,7 @@ describe("tasks: inference in worker threads", () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  const run = (task: string, input: unknown) => operator.final(ID, "task.run", { task, input });
+  const task = (name: string, input: unknown) => operator.final(ID, "task.run", { task: name, input });
   const image = (name: string) => ({ image: sample(name).toString("base64") });
 
   it("task.list names every task", async () => {
@@ -125,7 +130,7 @@ describe("tasks: inference in worker threads", () => {
 
   it("the tensor task matches Python's onnxruntime within 1e-4, with model, runtime and trace in the result", async () => {
     for (const fixture of FIXTURES.tensors) {
-      const reply = await run("parts", { feeds: fixture.inputs });
+      const reply = await task("parts", { feeds: fixture.inputs });
       assert.equal(reply.state, "succeeded", JSON.stringify(reply.error));
       const result = reply.result as Record<string, unknown>;
       const scores = (result.outputs as Record<string, { dims: number[]; data: number[] }>).scores;
@@ -146,7 +151,7 @@ describe("tasks: inference in worker threads", () => {
 
   it("classify-image: each sample's scores within 1e-4, its label and verdict", async () => {
     for (const s of FIXTURES.samples) {
-      const reply = await run("inspect", image(s.sample));
+      const reply = await task("inspect", image(s.sample));
       assert.equal(reply.state, "succeeded", JSON.stringify(reply.error));
       const r = reply.result as { label: string; verdict: string; scores: Record<string, number> };
       assert.equal(r.label, s.label, s.sample);
@@ -189,9 +194,9 @@ describe("tasks: inference in worker threads", () => {
       ["garbage", "TASK_MODEL_INVALID", { feeds: { image: tensor } }, /does not load/],
       ["nosuch", "TASK_UNKNOWN", { feeds: {} }, /no task "nosuch"/],
     ];
-    for (const [task, code, input, message] of cases) {
-      const reply = await run(task, input);
-      assert.equal(reply.state, "failed", `${task} ${JSON.stringify(input).slice(0, 80)}`);
+    for (const [name, code, input, message] of cases) {
+      const reply = await task(name, input);
+      assert.equal(reply.state, "failed", `${name} ${JSON.stringify(input).slice(0, 80)}`);
       assert.equal(reply.error?.code, code, reply.error?.message);
       assert.match(reply.error?.message ?? "", message);
     }
@@ -214,7 +219,7 @@ describe("tasks: inference in worker threads", () => {
     assert.equal(set.error?.code, "BAD_PARAMS");
     assert.match(set.error?.message ?? "", /tasks/);
     // Bad inputs are the caller's fault: they do not open the task's breaker.
-    const good = await run("inspect", image("good-1.png"));
+    const good = await task("inspect", image("good-1.png"));
     assert.equal(good.state, "succeeded");
     assert.equal((good.result as { verdict: string }).verdict, "pass");
     const list = (await operator.final(ID, "task.list")).result as {
@@ -228,16 +233,31 @@ describe("tasks: inference in worker threads", () => {
     assert.ok(MODEL.endsWith("parts.onnx"));
   });
 
+  it("/metrics counts results by task and outcome, and shows the pool; promtool finds nothing to say", async () => {
+    const text = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
+    const value = (series: string) =>
+      Number(new RegExp(`^${series.replace(/[{}]/g, "\\$&")} (\\S+)$`, "m").exec(text)?.[1]);
+    assert.ok(value('outpost_task_results_total{task="inspect",outcome="pass"}') >= 2, text);
+    assert.ok(value('outpost_task_results_total{task="inspect",outcome="error"}') >= 2);
+    assert.ok(value('outpost_task_results_total{task="missing",outcome="error"}') === 1);
+    assert.equal(value("outpost_task_workers"), 1);
+    assert.ok(value('outpost_task_run_seconds_count{task="parts"}') >= 1);
+    const file = join(dir, "metrics.txt");
+    writeFileSync(file, text);
+    const lint = await run(["sh", "-c", `promtool check metrics < ${file}`]);
+    assert.deepEqual([lint.code, lint.stdout + lint.stderr], [0, ""], "promtool check metrics");
+  });
+
   it("checks: the first failing check cancels the others and the verdict names it", async () => {
     // One worker: strict runs first and fails on a scratched part, so inspect is still queued when the group's
     // signal aborts it.
-    const reply = await run("both", image("scratch-2.png"));
+    const reply = await task("both", image("scratch-2.png"));
     assert.equal(reply.state, "succeeded", JSON.stringify(reply.error));
     const r = reply.result as { verdict: string; failedCheck: string; checks: Record<string, unknown> };
     assert.equal(r.verdict, "fail");
     assert.equal(r.failedCheck, "strict");
     assert.deepEqual(r.checks.inspect, { cancelled: true });
-    const pass = await run("both", image("good-1.png"));
+    const pass = await task("both", image("good-1.png"));
     const p = pass.result as { verdict: string; checks: Record<string, { verdict: string }> };
     assert.equal(p.verdict, "pass");
     assert.equal(p.checks.strict?.verdict, "pass");

@@ -39,6 +39,8 @@ const { values } = parseArgs({
   options: {
     target: { type: "string", multiple: true },
     "no-strip": { type: "boolean" },
+    // Another version than package.json's, stamped into the binary (release candidates, update tests).
+    "set-version": { type: "string" },
     out: { type: "string" },
     // Node/V8 flags baked into the binary (the SEA's execArgv), space-separated; for measuring other choices.
     "exec-argv": { type: "string" },
@@ -47,6 +49,10 @@ const { values } = parseArgs({
 const targets = (values.target ?? TARGETS) as string[];
 const dist = values.out ?? join(root as string, "dist");
 const strip = values["no-strip"] !== true;
+const version =
+  values["set-version"] ??
+  (JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { version: string }).version;
+if (!/^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$/.test(version)) throw new Error(`--set-version: not a semver: ${version}`);
 /**
  * Flags every start of the binary runs with (docs/benchmarks.md#footprint has the measurements behind them).
  * execArgvExtension "none": NODE_OPTIONS in the environment cannot change them.
@@ -215,6 +221,9 @@ async function build(stage: string, started: number): Promise<void> {
   );
   await bundle("src/main.ts", entry, {
     __OUTPOST_COMMIT__: JSON.stringify(git(["rev-parse", "--short=12", "HEAD"])),
+    // Readable from the file without running it (src/version.ts, releaseMarker): the release host cannot run
+    // an arm64 binary.
+    __OUTPOST_RELEASE__: JSON.stringify(`outpost-release;version=${version};`),
     __OUTPOST_SD_NOTIFY__: JSON.stringify(native),
   });
   // The task worker is its own bundle, started from source (a worker cannot start from a file in the binary).

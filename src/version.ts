@@ -2,8 +2,24 @@ import pkg from "../package.json" with { type: "json" };
 
 // Replaced by the build (esbuild `define`); a run from source says "dev".
 declare const __OUTPOST_COMMIT__: string | undefined;
+// `outpost-release;version=<semver>;`, stored in the binary as plain text (`npm run build -- --set-version X`).
+declare const __OUTPOST_RELEASE__: string | undefined;
 
-export const VERSION: string = pkg.version;
+const MARKER = /outpost-release;version=(\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?);/;
+
+/** The version stamped into a built binary, read from its bytes (it need not be runnable here). */
+export function releaseMarker(binary: Uint8Array): string | undefined {
+  // The bundle is stored as text inside the executable: search the bytes, then read the few after each hit.
+  const bytes = Buffer.from(binary.buffer, binary.byteOffset, binary.byteLength);
+  for (let at = bytes.indexOf("outpost-release;"); at >= 0; at = bytes.indexOf("outpost-release;", at + 1)) {
+    const found = MARKER.exec(bytes.toString("latin1", at, at + 100));
+    if (found?.index === 0) return found[1];
+  }
+  return undefined;
+}
+
+export const VERSION: string =
+  typeof __OUTPOST_RELEASE__ === "string" ? (MARKER.exec(__OUTPOST_RELEASE__)?.[1] ?? pkg.version) : pkg.version;
 export const COMMIT: string = typeof __OUTPOST_COMMIT__ === "string" ? __OUTPOST_COMMIT__ : "dev";
 
 /** `outpost <semver> (<git commit>) node <vX.Y.Z> linux-<arch>`, the contract of `--version`. */

@@ -17,6 +17,8 @@ Commands:
                              the effective config (file + config.set overrides + environment), secrets
                              redacted; --sources: one line per key with where its value comes from
   keygen --out PREFIX        ed25519 operator key pair: PREFIX.key (private), PREFIX.pub (for trustedKeys)
+  release --binary FILE --key FILE --out DIR
+                             a signed release (manifest, chunk index, artifact) for over-the-air updates
   ctl devices|watch|call     the operator side: list devices, watch telemetry, call signed commands
   install [--config FILE]    as root: service user, release layout, hardened systemd unit; started
   uninstall [--purge]        remove the service and binaries (--purge: config and state too)
@@ -123,6 +125,11 @@ async function dispatch(argv: string[], host: Host): Promise<number> {
       const { KEYGEN_HELP, keygenCommand } = await import("./ctl-command.ts");
       if (help) return print(KEYGEN_HELP);
       return keygenCommand(host, rest);
+    }
+    case "release": {
+      const { RELEASE_HELP, releaseCommand } = await import("./release-command.ts");
+      if (help) return print(RELEASE_HELP);
+      return releaseCommand(host, rest);
     }
     case "ctl": {
       const { CTL_HELP, ctlCommand } = await import("./ctl-command.ts");

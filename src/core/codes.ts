@@ -46,6 +46,9 @@ export const CODES = {
   TASK_FAILED: { wire: true, meaning: "the task threw an error" },
   TASK_ABORTED: { wire: true, meaning: "the task was cancelled before it finished" },
   POOL_CLOSED: { wire: true, meaning: "the agent is stopping: the task was not run" },
+  OTA_MANIFEST_INVALID: { wire: true, meaning: "the release manifest is not JSON or a field is missing or malformed" },
+  OTA_SIGNATURE_INVALID: { wire: true, meaning: "the release manifest's signature does not verify" },
+  OTA_KEY_UNTRUSTED: { wire: true, meaning: "the release manifest is signed by a key not in update.trustedKeys" },
   TASK_UNKNOWN: { wire: true, meaning: "no task of that name is configured" },
   TASK_INPUT_INVALID: {
     wire: true,

@@ -2,19 +2,17 @@ import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
   chmodSync,
-  closeSync,
   lstatSync,
   mkdirSync,
-  openSync,
   readFileSync,
   readlinkSync,
-  readSync,
   renameSync,
   rmSync,
   statSync,
   symlinkSync,
 } from "node:fs";
 import { dirname, join } from "node:path";
+import { elfMachine } from "../core/elf.ts";
 import { OutpostError } from "../core/errors.ts";
 import { writeFileAtomically } from "../core/files.ts";
 import { LAYOUT, sysusersText, tmpfilesText, type UnitOptions, unitText } from "./unit.ts";
@@ -40,22 +38,6 @@ export interface Change {
   path: string;
   action: "created" | "updated" | "unchanged" | "removed" | "replaced";
   note?: string;
-}
-
-const ELF_MACHINE: Record<number, string> = { 62: "x86_64", 183: "aarch64" };
-
-/** The ELF machine of a file ("x86_64", "aarch64", or the number), or undefined when it is not ELF. */
-export function elfMachine(path: string): string | undefined {
-  const head = Buffer.alloc(20);
-  const fd = openSync(path, "r");
-  try {
-    readSync(fd, head, 0, 20, 0);
-  } finally {
-    closeSync(fd);
-  }
-  if (head.readUInt32BE(0) !== 0x7f454c46) return undefined;
-  const machine = head.readUInt16LE(18);
-  return ELF_MACHINE[machine] ?? `machine ${machine}`;
 }
 
 /** `<version>-<first 12 hex of sha256>`: two builds of one version never share a directory. */

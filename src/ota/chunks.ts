@@ -1,0 +1,94 @@
+import { createHash } from "node:crypto";
+
+/**
+ * Content-defined chunking (FastCDC, Xia et al., USENIX ATC 2016, with normalized chunking): chunk boundaries
+ * follow the content, not offsets, so bytes inserted or removed in one place (a new app bundle inside the
+ * binary) change only the chunks around them, and the rest of a new release is found in the binary the device
+ * already runs. Both sides must use the same parameters: they are part of the chunk index.
+ */
+export interface ChunkParams {
+  min: number;
+  avg: number;
+  max: number;
+}
+
+export const DEFAULT_CHUNKS: ChunkParams = { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 };
+
+export interface Chunk {
+  offset: number;
+  size: number;
+  sha256: string;
+}
+
+/** 256 pseudo-random 32-bit values, fixed forever: derived from sha256 so that any language can rebuild them. */
+const GEAR = (() => {
+  const table = new Uint32Array(256);
+  for (let i = 0; i < 256; i++) table[i] = createHash("sha256").update(`outpost-gear-${i}`).digest().readUInt32BE(0);
+  return table;
+})();
+
+/** A mask of `bits` one bits spread over the high half of the word (FastCDC's padding of zero bits). */
+function mask(bits: number): number {
+  let m = 0;
+  for (let i = 0; i < bits; i++) m |= 1 << (31 - 2 * i);
+  return m >>> 0;
+}
+
+/** Where the chunk starting at `start` ends (exclusive), for `data`. */
+function cut(data: Uint8Array, start: number, p: ChunkParams, small: number, large: number): number {
+  const remaining = data.length - start;
+  if (remaining <= p.min) return data.length;
+  const end = start + Math.min(remaining, p.max);
+  const normal = start + Math.min(remaining, p.avg);
+  let fp = 0;
+  let i = start + p.min;
+  // Harder to cut before the average size, easier after: sizes cluster around it.
+  for (; i < normal; i++) {
+    fp = ((fp << 1) + (GEAR[data[i] as number] as number)) >>> 0;
+    if ((fp & small) === 0) return i + 1;
+  }
+  for (; i < end; i++) {
+    fp = ((fp << 1) + (GEAR[data[i] as number] as number)) >>> 0;
+    if ((fp & large) === 0) return i + 1;
+  }
+  return end;
+}
+
+export function checkParams(p: ChunkParams): void {
+  const pow2 = (n: number) => Number.isInteger(Math.log2(n));
+  if (!(pow2(p.avg) && p.min >= 64 && p.min < p.avg && p.avg < p.max && p.max <= 16 * 1024 * 1024)) {
+    throw new RangeError(
+      `chunk sizes must be 64 <= min < avg < max <= 16 MiB, avg a power of two: ${JSON.stringify(p)}`,
+    );
+  }
+}
+
+/** Splits `data` into content-defined chunks, each with its sha256. */
+export function chunk(data: Uint8Array, p: ChunkParams = DEFAULT_CHUNKS): Chunk[] {
+  checkParams(p);
+  const bits = Math.log2(p.avg);
+  const small = mask(bits + 2);
+  const large = mask(bits - 2);
+  const chunks: Chunk[] = [];
+  let start = 0;
+  while (start < data.length) {
+    const end = cut(data, start, p, small, large);
+    const sha256 = createHash("sha256").update(data.subarray(start, end)).digest("hex");
+    chunks.push({ offset: start, size: end - start, sha256 });
+    start = end;
+  }
+  return chunks;
+}
+
+/** What a device must fetch to build `wanted` from what it has: chunks (by hash) it has none of. */
+export function plan(wanted: readonly Chunk[], have: readonly Chunk[]) {
+  const local = new Map(have.map((c) => [c.sha256, c]));
+  const fetch = new Map<string, Chunk>();
+  let reused = 0;
+  for (const c of wanted) {
+    if (local.has(c.sha256)) reused += c.size;
+    else fetch.set(c.sha256, c);
+  }
+  const fetchBytes = [...fetch.values()].reduce((n, c) => n + c.size, 0);
+  return { local, fetch: [...fetch.values()], fetchBytes, reusedBytes: reused };
+}

@@ -1,0 +1,136 @@
+// Issue 13 groundwork: a version stamped into the binary that a release host can read without running it, and
+// what content-defined chunks save when only the app changes.
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, it } from "node:test";
+import { generateKeys } from "../../src/commands/keys.ts";
+import { isOutpostError } from "../../src/core/errors.ts";
+import { chunk, plan } from "../../src/ota/chunks.ts";
+import { chunkIndexSchema, verifyManifest } from "../../src/ota/manifest.ts";
+import { releaseMarker } from "../../src/version.ts";
+import { ROOT, sourceCommand } from "../helpers/agent-process.ts";
+import { run } from "../helpers/run.ts";
+
+let out: string;
+before(() => {
+  out = mkdtempSync(join(tmpdir(), "outpost-release-"));
+  // Another version of the same commit: an app-only change, as a release candidate would be.
+  execFileSync(
+    process.execPath,
+    [join(ROOT, "build", "build.ts"), "--target", "linux-x64", "--out", out, "--set-version", "0.1.1-rc.1"],
+    {
+      cwd: ROOT,
+      stdio: ["ignore", "ignore", "inherit"],
+    },
+  );
+});
+after(() => rmSync(out, { recursive: true, force: true }));
+
+it("--set-version stamps the binary; the version reads back from its bytes, for either arch", () => {
+  const rc = join(out, "outpost-linux-x64");
+  assert.match(execFileSync(rc, ["--version"], { encoding: "utf8", env: {} }), /^outpost 0\.1\.1-rc\.1 \(/);
+  assert.equal(releaseMarker(readFileSync(rc)), "0.1.1-rc.1");
+  const pkg = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string };
+  assert.equal(releaseMarker(readFileSync(join(ROOT, "dist", "outpost-linux-arm64"))), pkg.version);
+  assert.equal(releaseMarker(Buffer.from("no marker here")), undefined);
+});
+
+it("an app-only change moves a few MiB of a 120 MiB binary when chunks are content-defined", (t) => {
+  const current = readFileSync(join(ROOT, "dist", "outpost-linux-x64"));
+  const next = readFileSync(join(out, "outpost-linux-x64"));
+  const p = plan(chunk(next), chunk(current));
+  const mib = (n: number) => (n / 1024 / 1024).toFixed(2);
+  t.diagnostic(`fetch ${mib(p.fetchBytes)} MiB of ${mib(next.length)} MiB (${p.fetch.length} chunks)`);
+  assert.equal(p.fetchBytes + p.reusedBytes, next.length);
+  assert.ok(p.fetchBytes < 8 * 1024 * 1024, `${mib(p.fetchBytes)} MiB to fetch`);
+});
+
+const codeOf = (fn: () => unknown) => {
+  try {
+    fn();
+    return "ok";
+  } catch (err) {
+    return isOutpostError(err) ? err.code : String(err);
+  }
+};
+
+it("outpost release: a signed manifest with version, arch, size, sha256 and a chunk index that rebuilds the file", async () => {
+  const ops = generateKeys();
+  const stranger = generateKeys();
+  writeFileSync(join(out, "release.key"), ops.privatePem, { mode: 0o600 });
+  for (const [binary, version, arch] of [
+    [join(out, "outpost-linux-x64"), "0.1.1-rc.1", "x64"],
+    // Made on this x64 host, which cannot run it.
+    [join(ROOT, "dist", "outpost-linux-arm64"), "0.1.0", "arm64"],
+  ] as const) {
+    const dir = join(out, `release-${arch}`);
+    const r = await run([
+      ...sourceCommand(),
+      "release",
+      "--binary",
+      binary,
+      "--key",
+      join(out, "release.key"),
+      "--out",
+      dir,
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const signed = JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8")) as { payload: string };
+    const m = verifyManifest(signed, [ops.publicText]);
+    const bytes = readFileSync(binary);
+    assert.equal(m.kind, "agent");
+    assert.equal(m.version, version);
+    assert.deepEqual(m.target, { os: "linux", arch });
+    assert.equal(m.size, bytes.length);
+    assert.equal(m.sha256, createHash("sha256").update(bytes).digest("hex"));
+    assert.equal(m.artifact, `outpost-${version}-linux-${arch}`);
+    assert.ok(readFileSync(join(dir, m.artifact)).equals(bytes));
+    // The index is too large to ride inline: a file named by its hash, fetched like a chunk.
+    assert.ok(!("chunks" in m.index));
+    const text = readFileSync(join(dir, `index-${m.index.sha256}.json`), "utf8");
+    assert.equal(createHash("sha256").update(text).digest("hex"), m.index.sha256);
+    const index = chunkIndexSchema.parse(JSON.parse(text));
+    const rebuilt = Buffer.concat(
+      index.chunks.reduce<{ at: number; parts: Buffer[] }>(
+        (acc, [size, sha]) => {
+          const part = bytes.subarray(acc.at, acc.at + size);
+          assert.equal(createHash("sha256").update(part).digest("hex"), sha);
+          return { at: acc.at + size, parts: [...acc.parts, part] };
+        },
+        { at: 0, parts: [] },
+      ).parts,
+    );
+    assert.equal(createHash("sha256").update(rebuilt).digest("hex"), m.sha256);
+    // Refusals, each with its code: a key not trusted, a payload changed after signing, not a manifest.
+    assert.equal(
+      codeOf(() => verifyManifest(signed, [stranger.publicText])),
+      "OTA_KEY_UNTRUSTED",
+    );
+    const changed = { ...signed, payload: signed.payload.replace(`"version":"${version}"`, '"version":"9.9.9"') };
+    assert.notEqual(changed.payload, signed.payload);
+    assert.equal(
+      codeOf(() => verifyManifest(changed, [ops.publicText])),
+      "OTA_SIGNATURE_INVALID",
+    );
+    assert.equal(
+      codeOf(() => verifyManifest({ payload: "{}" }, [ops.publicText])),
+      "OTA_MANIFEST_INVALID",
+    );
+  }
+  const notOurs = await run([
+    ...sourceCommand(),
+    "release",
+    "--binary",
+    "/bin/sh",
+    "--key",
+    join(out, "release.key"),
+    "--out",
+    join(out, "x"),
+  ]);
+  assert.equal(notOurs.code, 1);
+  assert.match(notOurs.stderr, /not an outpost binary \(no version marker\)/);
+});

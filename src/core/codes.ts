@@ -49,6 +49,10 @@ export const CODES = {
   OTA_MANIFEST_INVALID: { wire: true, meaning: "the release manifest is not JSON or a field is missing or malformed" },
   OTA_SIGNATURE_INVALID: { wire: true, meaning: "the release manifest's signature does not verify" },
   OTA_KEY_UNTRUSTED: { wire: true, meaning: "the release manifest is signed by a key not in update.trustedKeys" },
+  OTA_DOWNLOAD_FAILED: { wire: true, meaning: "the release could not be fetched (HTTP error, timeout, short read)" },
+  OTA_SIZE_MISMATCH: { wire: true, meaning: "the artifact on the server is not the size the manifest declares" },
+  OTA_CHUNK_CORRUPT: { wire: true, meaning: "a fetched chunk does not match its sha256 in the chunk index" },
+  OTA_HASH_MISMATCH: { wire: true, meaning: "the assembled file does not match the manifest's sha256" },
   TASK_UNKNOWN: { wire: true, meaning: "no task of that name is configured" },
   TASK_INPUT_INVALID: {
     wire: true,

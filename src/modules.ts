@@ -1,6 +1,7 @@
 import { builtinsModule } from "./builtins/module.ts";
 import { homeassistantModule } from "./homeassistant/module.ts";
 import { observabilityModule } from "./observability/module.ts";
+import { otaModule } from "./ota/module.ts";
 import { resourcesModule } from "./resources/module.ts";
 import { serviceModule } from "./service/module.ts";
 import { tasksModule } from "./tasks/module.ts";
@@ -16,6 +17,7 @@ export const MODULES = [
   telemetryModule,
   resourcesModule,
   tasksModule,
+  otaModule,
   observabilityModule,
   homeassistantModule,
   serviceModule,

@@ -53,6 +53,22 @@ export const CODES = {
   OTA_SIZE_MISMATCH: { wire: true, meaning: "the artifact on the server is not the size the manifest declares" },
   OTA_CHUNK_CORRUPT: { wire: true, meaning: "a fetched chunk does not match its sha256 in the chunk index" },
   OTA_HASH_MISMATCH: { wire: true, meaning: "the assembled file does not match the manifest's sha256" },
+  OTA_KIND_UNSUPPORTED: {
+    wire: true,
+    meaning: "this version deploys agent releases only; model releases are not built yet",
+  },
+  OTA_WRONG_ARCH: { wire: true, meaning: "the release is for another architecture" },
+  OTA_DOWNGRADE: {
+    wire: true,
+    meaning: "the release is not newer than the running version, and its manifest allows no downgrade",
+  },
+  OTA_TOO_OLD: {
+    wire: true,
+    meaning: "the running version is older than the release's minVersion: take an intermediate release first",
+  },
+  OTA_TOO_LARGE: { wire: true, meaning: "the release is larger than update.maxSize" },
+  OTA_DISK_FULL: { wire: true, meaning: "state.dir has not enough free space for the release" },
+  OTA_BUSY: { wire: true, meaning: "another update is in progress" },
   TASK_UNKNOWN: { wire: true, meaning: "no task of that name is configured" },
   TASK_INPUT_INVALID: {
     wire: true,

@@ -157,6 +157,7 @@ describe("command line", () => {
       "telemetry",
       "resources",
       "tasks",
+      "update",
       "http",
       "homeassistant",
       "service",

@@ -1,0 +1,158 @@
+// Issue 13 groundwork: the update command's checks before any download, and a release staged from HTTP.
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { generateKeys, parsePrivateKey } from "../../src/commands/keys.ts";
+import { signManifest } from "../../src/ota/manifest.ts";
+import { makeRelease } from "../../src/ota/release.ts";
+import { VERSION } from "../../src/version.ts";
+import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
+import { operatorKey } from "../helpers/commands.ts";
+import { Mosquitto } from "../helpers/mosquitto.ts";
+import { Watch } from "../helpers/mqtt-watch.ts";
+import { Operator, PREFIX } from "../helpers/operator.ts";
+import { RangeServer } from "../helpers/range-server.ts";
+
+/** Bytes that pass for an agent binary of `arch`: an ELF header, the build's version marker, a seeded body. */
+function fakeAgent(version: string, arch: "x64" | "arm64", size: number): Buffer {
+  const elf = Buffer.alloc(64);
+  elf.writeUInt32BE(0x7f454c46, 0);
+  elf.writeUInt16LE(arch === "x64" ? 62 : 183, 18);
+  const body = Buffer.alloc(size);
+  for (let i = 0, b = 0; i < size; i += 32, b++) createHash("sha256").update(`agent-${b}`).digest().copy(body, i);
+  return Buffer.concat([elf, Buffer.from(`outpost-release;version=${version};`), body]);
+}
+
+describe("the update command", () => {
+  const ops = operatorKey();
+  const release = generateKeys();
+  const stranger = generateKeys();
+  const ID = "dev-ota";
+  let broker: Mosquitto;
+  let watch: Watch;
+  let operator: Operator;
+  let agent: AgentProcess;
+  let server: RangeServer;
+  let dir: string;
+  const releases = new Map<string, { signed: unknown; url: string }>();
+
+  function publish(name: string, version: string, arch: "x64" | "arm64", size: number, extra = {}) {
+    const file = join(dir, `${name}.bin`);
+    writeFileSync(file, fakeAgent(version, arch, size));
+    const r = makeRelease({
+      file,
+      privateKey: parsePrivateKey(release.privatePem),
+      out: join(dir, "www", name),
+      kind: "agent",
+      now: 1,
+      ...extra,
+    });
+    releases.set(name, { signed: r.signed, url: server.url(`${name}/`) });
+    return r;
+  }
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), "outpost-ota-"));
+    server = await RangeServer.start(join(dir, "www"));
+    broker = await Mosquitto.start();
+    watch = await Watch.open(broker.port, [`${PREFIX}/${ID}/update`]);
+    operator = await Operator.open(broker.port, ops);
+    agent = AgentProcess.run(sourceCommand(), {
+      device: { id: ID },
+      mqtt: { url: broker.url, reconnectMin: "50ms", reconnectMax: "500ms" },
+      commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
+      update: { trustedKeys: [release.publicText], maxSize: "2MiB", progressInterval: "100ms" },
+    });
+    await agent.waitForLog("mqtt connected");
+  });
+  after(async () => {
+    await agent.cleanup();
+    await operator.close();
+    await watch.close();
+    await broker.stop();
+    await server.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const update = (name: string, manifest?: unknown) => {
+    const r = releases.get(name);
+    assert.ok(r);
+    return operator.call(
+      ID,
+      "update",
+      { manifest: manifest ?? r.signed, source: { http: r.url } },
+      { timeoutMs: 20_000 },
+    );
+  };
+
+  it("refuses before downloading anything: each check with its own code", async () => {
+    const newer = bumped(VERSION);
+    publish("arm", newer, "arm64", 100_000);
+    publish("old", "0.0.1", process.arch === "x64" ? "x64" : "arm64", 100_000);
+    publish("same", VERSION, process.arch === "x64" ? "x64" : "arm64", 100_000);
+    publish("big", newer, process.arch === "x64" ? "x64" : "arm64", 3_000_000);
+    publish("later", newer, process.arch === "x64" ? "x64" : "arm64", 100_000, { minVersion: "99.0.0" });
+    const good = publish("good", newer, process.arch === "x64" ? "x64" : "arm64", 1_000_000);
+    const foreign = signManifest(good.manifest, parsePrivateKey(stranger.privatePem));
+    const changed = {
+      ...(good.signed as { payload: string }),
+      payload: good.signed.payload.replace('"size":', '"size": '),
+    };
+    const cases: [string, unknown, string][] = [
+      ["good", foreign, "OTA_KEY_UNTRUSTED"],
+      ["good", changed, "OTA_SIGNATURE_INVALID"],
+      ["arm", undefined, "OTA_WRONG_ARCH"],
+      ["old", undefined, "OTA_DOWNGRADE"],
+      ["same", undefined, "OTA_DOWNGRADE"],
+      ["big", undefined, "OTA_TOO_LARGE"],
+      ["later", undefined, "OTA_TOO_OLD"],
+    ];
+    for (const [name, manifest, code] of cases) {
+      const reply = (await update(name, manifest)).finals[0];
+      assert.equal(reply?.state, "failed", name);
+      assert.equal(reply?.error?.code, code, `${name}: ${reply?.error?.message}`);
+    }
+    assert.equal(server.sent, 0, "nothing was downloaded");
+    // Each refusal is the update's state, a dashboard sees the last one.
+    await watch.waitFor((m) => m.json.code === "OTA_TOO_OLD", 5000, "the last refusal's state");
+    assert.deepEqual(
+      watch.items.filter((m) => m.json.state === "failed").map((m) => m.json.code),
+      cases.map(([, , code]) => code),
+    );
+  });
+
+  it("a release is fetched over HTTP, verified and staged; its progress and outcome are retained on P/D/update", async () => {
+    server.sent = 0;
+    const reply = (await update("good")).finals[0];
+    assert.equal(reply?.state, "succeeded", JSON.stringify(reply?.error));
+    const result = reply?.result as { state: string; sha256: string; fetched: number; size: number };
+    assert.equal(result.state, "staged");
+    const staged = join(agent.dir, "state", "update", `${result.sha256}.ready`);
+    assert.ok(existsSync(staged));
+    assert.ok(readFileSync(staged).equals(readFileSync(join(dir, "good.bin"))));
+    // From a checkout there is no running binary to take chunks from: everything is fetched.
+    assert.equal(result.fetched, result.size);
+    assert.equal(server.sent, result.size);
+    const late = await Watch.open(broker.port, [`${PREFIX}/${ID}/update`]);
+    try {
+      const retained = await late.waitFor(() => true, 5000, "retained update state");
+      assert.equal(retained.retain, true);
+      assert.equal(retained.json.state, "staged");
+      assert.equal(retained.json.sha256, result.sha256);
+    } finally {
+      await late.close();
+    }
+    assert.ok(
+      watch.items.some((m) => m.json.state === "downloading"),
+      "progress was published",
+    );
+  });
+});
+
+function bumped(version: string): string {
+  const [major = "0", minor = "0", patch = "0"] = (version.split("-")[0] ?? "").split(".");
+  return `${major}.${minor}.${Number(patch) + 1}`;
+}

@@ -1,0 +1,96 @@
+// Issue 13 groundwork: what an update is checked against before anything is downloaded.
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { isOutpostError } from "../../src/core/errors.ts";
+import { checkRelease, compareVersions } from "../../src/ota/checks.ts";
+import type { Manifest } from "../../src/ota/manifest.ts";
+
+const manifest = (over: Partial<Manifest> = {}): Manifest => ({
+  format: 1,
+  kind: "agent",
+  artifact: "outpost-0.2.0-linux-arm64",
+  version: "0.2.0",
+  target: { os: "linux", arch: "arm64" },
+  sha256: "0".repeat(64),
+  size: 100 * 1024 * 1024,
+  index: { sha256: "1".repeat(64), size: 1000 },
+  allowDowngrade: false,
+  created: 0,
+  ...over,
+});
+const device = { version: "0.1.0", arch: "arm64", freeBytes: 1024 ** 3, maxSize: 512 * 1024 ** 2 };
+const code = (fn: () => void) => {
+  try {
+    fn();
+    return "ok";
+  } catch (err) {
+    return isOutpostError(err) ? err.code : String(err);
+  }
+};
+
+describe("update checks", () => {
+  it("semver precedence, pre-releases included", () => {
+    const ordered = [
+      "0.1.0-alpha",
+      "0.1.0-alpha.1",
+      "0.1.0-alpha.beta",
+      "0.1.0-beta.2",
+      "0.1.0-beta.11",
+      "0.1.0-rc.1",
+      "0.1.0",
+      "0.1.1",
+      "0.2.0",
+      "1.0.0",
+      "10.0.0",
+    ];
+    for (let i = 0; i < ordered.length - 1; i++) {
+      assert.ok(compareVersions(ordered[i] ?? "", ordered[i + 1] ?? "") < 0, `${ordered[i]} < ${ordered[i + 1]}`);
+      assert.ok(compareVersions(ordered[i + 1] ?? "", ordered[i] ?? "") > 0);
+    }
+    assert.equal(compareVersions("1.2.3", "1.2.3"), 0);
+  });
+
+  it("each refusal has its own code, and a good release passes", () => {
+    assert.equal(
+      code(() => checkRelease(manifest(), device)),
+      "ok",
+    );
+    assert.equal(
+      code(() => checkRelease(manifest({ kind: "model" }), device)),
+      "OTA_KIND_UNSUPPORTED",
+    );
+    assert.equal(
+      code(() => checkRelease(manifest({ target: { os: "linux", arch: "x64" } }), device)),
+      "OTA_WRONG_ARCH",
+    );
+    assert.equal(
+      code(() => checkRelease(manifest({ version: "0.1.0" }), device)),
+      "OTA_DOWNGRADE",
+    );
+    assert.equal(
+      code(() => checkRelease(manifest({ version: "0.0.9" }), device)),
+      "OTA_DOWNGRADE",
+    );
+    assert.equal(
+      code(() => checkRelease(manifest({ version: "0.0.9", allowDowngrade: true }), device)),
+      "ok",
+    );
+    assert.equal(
+      code(() => checkRelease(manifest({ minVersion: "0.1.1" }), device)),
+      "OTA_TOO_OLD",
+    );
+    assert.equal(
+      code(() => checkRelease(manifest({ size: 600 * 1024 ** 2 }), device)),
+      "OTA_TOO_LARGE",
+    );
+    assert.equal(
+      code(() => checkRelease(manifest(), { ...device, freeBytes: 100 * 1024 ** 2 })),
+      "OTA_DISK_FULL",
+    );
+    assert.equal(
+      code(() => checkRelease(manifest(), { ...device, freeBytes: 117 * 1024 ** 2 })),
+      "ok",
+      "the size and 16 MiB of margin",
+    );
+  });
+});

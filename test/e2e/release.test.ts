@@ -2,17 +2,21 @@
 // what content-defined chunks save when only the app changes.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { createHash } from "node:crypto";
+import { createHash, createPublicKey } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, it } from "node:test";
-import { generateKeys } from "../../src/commands/keys.ts";
+import { generateKeys, parsePrivateKey, publicKeyText } from "../../src/commands/keys.ts";
 import { isOutpostError } from "../../src/core/errors.ts";
 import { chunk, plan } from "../../src/ota/chunks.ts";
 import { chunkIndexSchema, verifyManifest } from "../../src/ota/manifest.ts";
 import { releaseMarker } from "../../src/version.ts";
-import { ROOT, sourceCommand } from "../helpers/agent-process.ts";
+import { AgentProcess, ROOT, sourceCommand } from "../helpers/agent-process.ts";
+import { operatorKey } from "../helpers/commands.ts";
+import { Mosquitto } from "../helpers/mosquitto.ts";
+import { Operator } from "../helpers/operator.ts";
+import { RangeServer } from "../helpers/range-server.ts";
 import { run } from "../helpers/run.ts";
 
 let out: string;
@@ -134,3 +138,54 @@ it("outpost release: a signed manifest with version, arch, size, sha256 and a ch
   assert.equal(notOurs.code, 1);
   assert.match(notOurs.stderr, /not an outpost binary \(no version marker\)/);
 });
+
+it("the built x64 agent updates itself to the next build over HTTP: only the chunks it lacks are fetched, and it is staged", async (t) => {
+  const signed = JSON.parse(readFileSync(join(out, "release-x64", "manifest.json"), "utf8")) as unknown;
+  const releasePub = publicOf(join(out, "release.key"));
+  const server = await RangeServer.start(join(out, "release-x64"));
+  const broker = await Mosquitto.start();
+  const ops = operatorKey();
+  const operator = await Operator.open(broker.port, ops);
+  const agent = AgentProcess.run([join(ROOT, "dist", "outpost-linux-x64")], {
+    device: { id: "dev-self-update" },
+    mqtt: { url: broker.url },
+    commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
+    update: { trustedKeys: [releasePub] },
+  });
+  try {
+    await agent.waitForLog("mqtt connected", 20_000);
+    const call = await operator.call(
+      "dev-self-update",
+      "update",
+      { manifest: signed, source: { http: server.url("") } },
+      { timeoutMs: 60_000 },
+    );
+    const reply = call.finals[0];
+    assert.equal(reply?.state, "succeeded", JSON.stringify(reply?.error));
+    const r = reply?.result as {
+      state: string;
+      version: string;
+      size: number;
+      fetched: number;
+      reused: number;
+      resumed: number;
+    };
+    assert.equal(r.state, "staged");
+    assert.equal(r.version, "0.1.1-rc.1");
+    const mib = (n: number) => (n / 1024 / 1024).toFixed(2);
+    t.diagnostic(`fetched ${mib(r.fetched)} MiB, reused ${mib(r.reused)} MiB of ${mib(r.size)} MiB`);
+    // The chunk index (about 150 KB) comes on top of the chunks.
+    assert.ok(server.sent < 8 * 1024 * 1024, `${mib(server.sent)} MiB served`);
+    // "resumed": chunks already right in the new, zero-filled partial file (the binary's runs of zero bytes).
+    assert.equal(r.fetched + r.reused + r.resumed, r.size);
+  } finally {
+    await agent.cleanup();
+    await operator.close();
+    await broker.stop();
+    await server.stop();
+  }
+});
+
+function publicOf(keyFile: string): string {
+  return publicKeyText(createPublicKey(parsePrivateKey(readFileSync(keyFile, "utf8"))));
+}

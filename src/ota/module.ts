@@ -44,16 +44,25 @@ export const otaModule: Module<typeof updateSection> = {
     async function index(m: Manifest, base: string, signal: AbortSignal): Promise<ChunkIndex> {
       if ("chunks" in m.index) return m.index;
       const ref = m.index;
-      const res = await fetch(new URL(`index-${ref.sha256}.json`, base), {
-        signal: AbortSignal.any([signal, AbortSignal.timeout(durationMs(ctx.config().update.rangeTimeout))]),
-      }).catch((err: unknown) => {
-        throw new OutpostError("OTA_DOWNLOAD_FAILED", `the chunk index: ${errorMessage(err)}`);
+      // Fetched like a chunk: never more bytes than the signed manifest declares, checked against its sha256.
+      const source = httpSource({
+        url: new URL(`index-${ref.sha256}.json`, base).href,
+        size: ref.size,
+        timeoutMs: durationMs(ctx.config().update.rangeTimeout),
       });
-      const text = await res.text();
-      if (!res.ok || createHash("sha256").update(text).digest("hex") !== ref.sha256) {
-        throw new OutpostError("OTA_CHUNK_CORRUPT", `the chunk index (HTTP ${res.status}) does not match its sha256`);
+      const bytes = await source.read(0, ref.size, signal);
+      if (createHash("sha256").update(bytes).digest("hex") !== ref.sha256) {
+        throw new OutpostError("OTA_CHUNK_CORRUPT", "the chunk index does not match its sha256");
       }
-      return chunkIndexSchema.parse(JSON.parse(text));
+      let json: unknown;
+      try {
+        json = JSON.parse(Buffer.from(bytes).toString("utf8"));
+      } catch {
+        json = undefined;
+      }
+      const parsed = chunkIndexSchema.safeParse(json);
+      if (!parsed.success) throw new OutpostError("OTA_MANIFEST_INVALID", "the chunk index is malformed");
+      return parsed.data;
     }
 
     return {

@@ -64,7 +64,7 @@ describe("the update command", () => {
       device: { id: ID },
       mqtt: { url: broker.url, reconnectMin: "50ms", reconnectMax: "500ms" },
       commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
-      update: { trustedKeys: [release.publicText], maxSize: "2MiB", progressInterval: "100ms" },
+      update: { trustedKeys: [release.publicText], maxSize: "16MiB", progressInterval: "100ms" },
     });
     await agent.waitForLog("mqtt connected");
   });
@@ -93,9 +93,11 @@ describe("the update command", () => {
     publish("arm", newer, "arm64", 100_000);
     publish("old", "0.0.1", process.arch === "x64" ? "x64" : "arm64", 100_000);
     publish("same", VERSION, process.arch === "x64" ? "x64" : "arm64", 100_000);
-    publish("big", newer, process.arch === "x64" ? "x64" : "arm64", 3_000_000);
+    publish("big", newer, process.arch === "x64" ? "x64" : "arm64", 17 * 1024 * 1024);
     publish("later", newer, process.arch === "x64" ? "x64" : "arm64", 100_000, { minVersion: "99.0.0" });
-    const good = publish("good", newer, process.arch === "x64" ? "x64" : "arm64", 1_000_000);
+    // Large enough that its chunk index is a file beside it, fetched and checked like a chunk.
+    const good = publish("good", newer, process.arch === "x64" ? "x64" : "arm64", 15 * 1024 * 1024);
+    assert.ok(!("chunks" in good.manifest.index));
     const foreign = signManifest(good.manifest, parsePrivateKey(stranger.privatePem));
     const changed = {
       ...(good.signed as { payload: string }),
@@ -124,6 +126,17 @@ describe("the update command", () => {
     );
   });
 
+  it("a chunk index that does not match its hash is refused, and nothing is staged", async () => {
+    const arch = process.arch === "x64" ? "x64" : "arm64";
+    const r = publish("badindex", bumped(VERSION), arch, 15 * 1024 * 1024);
+    assert.ok(!("chunks" in r.manifest.index));
+    const file = join(dir, "www", "badindex", `index-${r.manifest.index.sha256}.json`);
+    writeFileSync(file, readFileSync(file, "utf8").replace(/"[0-9a-f]{64}"/, `"${"0".repeat(64)}"`));
+    const reply = (await update("badindex")).finals[0];
+    assert.equal(reply?.error?.code, "OTA_CHUNK_CORRUPT", reply?.error?.message);
+    assert.ok(!existsSync(join(agent.dir, "state", "update", `${r.manifest.sha256}.ready`)));
+  });
+
   it("a release is fetched over HTTP, verified and staged; its progress and outcome are retained on P/D/update", async () => {
     server.sent = 0;
     const reply = (await update("good")).finals[0];
@@ -135,7 +148,8 @@ describe("the update command", () => {
     assert.ok(readFileSync(staged).equals(readFileSync(join(dir, "good.bin"))));
     // From a checkout there is no running binary to take chunks from: everything is fetched.
     assert.equal(result.fetched, result.size);
-    assert.equal(server.sent, result.size);
+    // The file and its index, nothing twice.
+    assert.ok(server.sent > result.size && server.sent < result.size + 64 * 1024, `${server.sent} bytes served`);
     const late = await Watch.open(broker.port, [`${PREFIX}/${ID}/update`]);
     try {
       const retained = await late.waitFor(() => true, 5000, "retained update state");

@@ -1,5 +1,6 @@
 import { createPublicKey, type KeyObject, sign, verify } from "node:crypto";
 import { z } from "zod";
+import { signedEnvelopeSchema } from "../commands/envelope.ts";
 import { parsePublicKey, publicKeyText } from "../commands/keys.ts";
 import { OutpostError } from "../core/errors.ts";
 
@@ -44,11 +45,8 @@ export const manifestSchema = z.strictObject({
 });
 export type Manifest = z.output<typeof manifestSchema>;
 
-export const signedManifestSchema = z.strictObject({
-  payload: z.string().min(2),
-  key: z.string().min(1).max(512),
-  sig: z.string().min(1).max(256),
-});
+/** The same envelope as a signed command's; only the signing context differs. */
+export const signedManifestSchema = signedEnvelopeSchema;
 export type SignedManifest = z.output<typeof signedManifestSchema>;
 
 const signedBytes = (payload: string) => Buffer.from(RELEASE_CONTEXT + payload, "utf8");

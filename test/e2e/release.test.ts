@@ -8,7 +8,6 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, it } from "node:test";
 import { generateKeys, parsePrivateKey, publicKeyText } from "../../src/commands/keys.ts";
-import { isOutpostError } from "../../src/core/errors.ts";
 import { chunk, plan } from "../../src/ota/chunks.ts";
 import { chunkIndexSchema, verifyManifest } from "../../src/ota/manifest.ts";
 import { releaseMarker } from "../../src/version.ts";
@@ -16,6 +15,7 @@ import { AgentProcess, ROOT, sourceCommand } from "../helpers/agent-process.ts";
 import { operatorKey } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { Operator } from "../helpers/operator.ts";
+import { outcome } from "../helpers/outcome.ts";
 import { RangeServer } from "../helpers/range-server.ts";
 import { run } from "../helpers/run.ts";
 
@@ -52,15 +52,6 @@ it("an app-only change moves a few MiB of a 120 MiB binary when chunks are conte
   assert.equal(p.fetchBytes + p.reusedBytes, next.length);
   assert.ok(p.fetchBytes < 8 * 1024 * 1024, `${mib(p.fetchBytes)} MiB to fetch`);
 });
-
-const codeOf = (fn: () => unknown) => {
-  try {
-    fn();
-    return "ok";
-  } catch (err) {
-    return isOutpostError(err) ? err.code : String(err);
-  }
-};
 
 it("outpost release: a signed manifest with version, arch, size, sha256 and a chunk index that rebuilds the file", async () => {
   const ops = generateKeys();
@@ -111,17 +102,17 @@ it("outpost release: a signed manifest with version, arch, size, sha256 and a ch
     assert.equal(createHash("sha256").update(rebuilt).digest("hex"), m.sha256);
     // Refusals, each with its code: a key not trusted, a payload changed after signing, not a manifest.
     assert.equal(
-      codeOf(() => verifyManifest(signed, [stranger.publicText])),
+      outcome(() => verifyManifest(signed, [stranger.publicText])),
       "OTA_KEY_UNTRUSTED",
     );
     const changed = { ...signed, payload: signed.payload.replace(`"version":"${version}"`, '"version":"9.9.9"') };
     assert.notEqual(changed.payload, signed.payload);
     assert.equal(
-      codeOf(() => verifyManifest(changed, [ops.publicText])),
+      outcome(() => verifyManifest(changed, [ops.publicText])),
       "OTA_SIGNATURE_INVALID",
     );
     assert.equal(
-      codeOf(() => verifyManifest({ payload: "{}" }, [ops.publicText])),
+      outcome(() => verifyManifest({ payload: "{}" }, [ops.publicText])),
       "OTA_MANIFEST_INVALID",
     );
   }

@@ -7,11 +7,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, beforeEach, describe, it } from "node:test";
 import { generateKeys, parsePrivateKey } from "../../src/commands/keys.ts";
-import { isOutpostError } from "../../src/core/errors.ts";
 import { assemble } from "../../src/ota/assemble.ts";
 import { httpSource } from "../../src/ota/http-source.ts";
 import { type ChunkIndex, type Manifest, verifyManifest } from "../../src/ota/manifest.ts";
 import { makeRelease } from "../../src/ota/release.ts";
+import { settled } from "../helpers/outcome.ts";
 import { RangeServer } from "../helpers/range-server.ts";
 
 function bytes(n: number, seed: string): Buffer {
@@ -20,15 +20,6 @@ function bytes(n: number, seed: string): Buffer {
     createHash("sha256").update(`${seed}-${block}`).digest().copy(out, i);
   return out;
 }
-
-const codeOf = async (p: Promise<unknown>) => {
-  try {
-    await p;
-    return "ok";
-  } catch (err) {
-    return isOutpostError(err) ? err.code : String(err);
-  }
-};
 
 describe("assembling a release over HTTP", () => {
   const keys = generateKeys();
@@ -96,7 +87,7 @@ describe("assembling a release over HTTP", () => {
     for (let cut = 1; cut <= 3; cut++) {
       server.sent = 0;
       server.cutAfter = 700_000;
-      assert.equal(await codeOf(run()), "OTA_DOWNLOAD_FAILED", `cut ${cut}`);
+      assert.equal(await settled(run()), "OTA_DOWNLOAD_FAILED", `cut ${cut}`);
       served += server.sent;
     }
     server.sent = 0;
@@ -129,13 +120,13 @@ describe("assembling a release over HTTP", () => {
       if (at >= 0 && at < copy.length) copy[at] = (copy[at] ?? 0) ^ 0xff;
       return copy;
     };
-    assert.equal(await codeOf(run()), "OTA_CHUNK_CORRUPT");
+    assert.equal(await settled(run()), "OTA_CHUNK_CORRUPT");
     assert.ok(!existsSync(join(dir, "stage", "next.ready")));
     server.tamper = undefined;
     writeFileSync(join(dir, "www", "bigger.bin"), Buffer.concat([next, Buffer.from("extra")]));
     const bigger = httpSource({ url: server.url("bigger.bin"), size: manifest.size, timeoutMs: 5000 });
-    assert.equal(await codeOf(bigger.read(0, 1000)), "OTA_SIZE_MISMATCH");
+    assert.equal(await settled(bigger.read(0, 1000)), "OTA_SIZE_MISMATCH");
     const missing = httpSource({ url: server.url("nope.bin"), size: manifest.size, timeoutMs: 5000 });
-    assert.equal(await codeOf(missing.read(0, 1000)), "OTA_DOWNLOAD_FAILED");
+    assert.equal(await settled(missing.read(0, 1000)), "OTA_DOWNLOAD_FAILED");
   });
 });

@@ -1,9 +1,9 @@
 // Issue 13 groundwork: what an update is checked against before anything is downloaded.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { isOutpostError } from "../../src/core/errors.ts";
 import { checkRelease, compareVersions } from "../../src/ota/checks.ts";
 import type { Manifest } from "../../src/ota/manifest.ts";
+import { outcome } from "../helpers/outcome.ts";
 
 const manifest = (over: Partial<Manifest> = {}): Manifest => ({
   format: 1,
@@ -19,14 +19,6 @@ const manifest = (over: Partial<Manifest> = {}): Manifest => ({
   ...over,
 });
 const device = { version: "0.1.0", arch: "arm64", freeBytes: 1024 ** 3, maxSize: 512 * 1024 ** 2 };
-const code = (fn: () => void) => {
-  try {
-    fn();
-    return "ok";
-  } catch (err) {
-    return isOutpostError(err) ? err.code : String(err);
-  }
-};
 
 describe("update checks", () => {
   it("semver precedence, pre-releases included", () => {
@@ -52,43 +44,43 @@ describe("update checks", () => {
 
   it("each refusal has its own code, and a good release passes", () => {
     assert.equal(
-      code(() => checkRelease(manifest(), device)),
+      outcome(() => checkRelease(manifest(), device)),
       "ok",
     );
     assert.equal(
-      code(() => checkRelease(manifest({ kind: "model" }), device)),
+      outcome(() => checkRelease(manifest({ kind: "model" }), device)),
       "OTA_KIND_UNSUPPORTED",
     );
     assert.equal(
-      code(() => checkRelease(manifest({ target: { os: "linux", arch: "x64" } }), device)),
+      outcome(() => checkRelease(manifest({ target: { os: "linux", arch: "x64" } }), device)),
       "OTA_WRONG_ARCH",
     );
     assert.equal(
-      code(() => checkRelease(manifest({ version: "0.1.0" }), device)),
+      outcome(() => checkRelease(manifest({ version: "0.1.0" }), device)),
       "OTA_DOWNGRADE",
     );
     assert.equal(
-      code(() => checkRelease(manifest({ version: "0.0.9" }), device)),
+      outcome(() => checkRelease(manifest({ version: "0.0.9" }), device)),
       "OTA_DOWNGRADE",
     );
     assert.equal(
-      code(() => checkRelease(manifest({ version: "0.0.9", allowDowngrade: true }), device)),
+      outcome(() => checkRelease(manifest({ version: "0.0.9", allowDowngrade: true }), device)),
       "ok",
     );
     assert.equal(
-      code(() => checkRelease(manifest({ minVersion: "0.1.1" }), device)),
+      outcome(() => checkRelease(manifest({ minVersion: "0.1.1" }), device)),
       "OTA_TOO_OLD",
     );
     assert.equal(
-      code(() => checkRelease(manifest({ size: 600 * 1024 ** 2 }), device)),
+      outcome(() => checkRelease(manifest({ size: 600 * 1024 ** 2 }), device)),
       "OTA_TOO_LARGE",
     );
     assert.equal(
-      code(() => checkRelease(manifest(), { ...device, freeBytes: 100 * 1024 ** 2 })),
+      outcome(() => checkRelease(manifest(), { ...device, freeBytes: 100 * 1024 ** 2 })),
       "OTA_DISK_FULL",
     );
     assert.equal(
-      code(() => checkRelease(manifest(), { ...device, freeBytes: 117 * 1024 ** 2 })),
+      outcome(() => checkRelease(manifest(), { ...device, freeBytes: 117 * 1024 ** 2 })),
       "ok",
       "the size and 16 MiB of margin",
     );

@@ -62,15 +62,12 @@ export class TaskRunner {
   private poolReady: WorkerPool | undefined;
   private runtimeNote = "not loaded yet (loaded on the first task)";
   private runtimeKind: "native" | "wasm" | undefined;
+  private closed = false;
   private readonly models = new Map<string, ModelInfo>();
   private readonly counts = new Map<string, { ok: number; failed: number; pass: number; fail: number }>();
 
   constructor(options: RunnerOptions) {
     this.o = options;
-  }
-
-  get definitions(): Readonly<Record<string, TaskDefinition>> {
-    return this.o.config.define;
   }
 
   private definition(name: string): TaskDefinition {
@@ -89,6 +86,7 @@ export class TaskRunner {
   }
 
   private getPool(): Promise<WorkerPool> {
+    if (this.closed) return Promise.reject(new OutpostError("POOL_CLOSED", "the agent is stopping"));
     this.pool ??= (async () => {
       const dir = this.o.config.runtimeDir ?? join(this.o.stateDir, "runtime");
       const choice = await chooseRuntime(this.o.config.runtime, dir);
@@ -115,7 +113,10 @@ export class TaskRunner {
     return this.pool;
   }
 
-  /** Runs a task, publishes its result (success or failure) and returns it; never throws for a task's failure. */
+  /**
+   * Runs a task, publishes its result (success or failure) and returns it. Throws only when nothing ran: an
+   * unknown task, or a refusal (REFUSALS), which publishes nothing.
+   */
   async run(name: string, input: TaskInput, request: RunRequest): Promise<TaskResult> {
     const result = await this.evaluate(name, input, request);
     this.publish(result);
@@ -368,8 +369,10 @@ export class TaskRunner {
       : { ok: true };
   }
 
+  /** Takes no new task; a pool still being made (the runtime extracting) is closed once it exists. */
   async close(signal: AbortSignal): Promise<void> {
-    const pool = this.poolReady;
+    this.closed = true;
+    const pool = await this.pool?.catch(() => undefined);
     if (pool) await pool.close(signal);
   }
 }

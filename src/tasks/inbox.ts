@@ -43,7 +43,19 @@ export class Inbox {
 
   constructor(options: InboxOptions) {
     this.o = options;
-    for (const sub of ["inbox", "work", "done", "failed"]) mkdirSync(join(options.dir, sub), { recursive: true });
+  }
+
+  /** The folder's subdirectories; a folder that cannot be made yet (a mount not there) is retried, never fatal. */
+  private async prepare(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      try {
+        for (const sub of ["inbox", "work", "done", "failed"]) mkdirSync(this.path(sub), { recursive: true });
+        return;
+      } catch (err) {
+        this.o.logger.error({ dir: this.o.dir, err: errorMessage(err) }, "watched folder cannot be made; retrying");
+        await sleep(Math.max(this.o.pollMs, 5000), signal);
+      }
+    }
   }
 
   private path(sub: string, name = ""): string {
@@ -51,6 +63,8 @@ export class Inbox {
   }
 
   async run(signal: AbortSignal): Promise<void> {
+    await this.prepare(signal);
+    if (signal.aborted) return;
     await this.recover(signal);
     while (!signal.aborted) {
       try {

@@ -26,6 +26,8 @@ describe("watched folder", () => {
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
   function inbox(settleMs = 0): Inbox {
+    // The camera's side exists before the agent's first poll (the inbox makes the rest itself).
+    mkdirSync(join(dir, "inbox"), { recursive: true });
     return new Inbox({
       task: "inspect",
       dir,

@@ -44,12 +44,15 @@ const TOPIC_PREFIX = /^[^#+\s]+[^/#+\s]$|^[^#+/\s]$/;
 // What `outpost keygen` writes to PREFIX.pub ("ed25519:" + base64 of 32 bytes), bare base64, or SPKI PEM.
 const PUBLIC_KEY = /^(ed25519:)?[A-Za-z0-9+/]{43}=$|^-----BEGIN PUBLIC KEY-----[\s\S]+-----END PUBLIC KEY-----\s*$/;
 
+/** An ed25519 public key as `outpost keygen` writes it (or bare base64, or PEM). */
+export const publicKeySchema = z
+  .string()
+  .trim()
+  .regex(PUBLIC_KEY, 'expected an ed25519 public key: the contents of a .pub file ("ed25519:" and base64)');
+
 export const trustedKeySchema = z.strictObject({
   name: z.string().min(1),
-  key: z
-    .string()
-    .trim()
-    .regex(PUBLIC_KEY, 'expected an ed25519 public key: the contents of a .pub file ("ed25519:" and base64)'),
+  key: publicKeySchema,
   allow: z
     .array(z.string().regex(/^(\*|[a-z][a-z0-9.-]*(\.\*)?)$/, 'expected a command name, "family.*" or "*"'))
     .max(MAX_LIST, { message: `expected at most ${MAX_LIST} items` })

@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { duration, MAX_LIST, size } from "../config/schema.ts";
+import { duration, MAX_LIST, publicKeySchema, size } from "../config/schema.ts";
 
 /** The OTA module's section: who may sign releases, and the download's bounds. */
 export const updateSection = {
@@ -7,7 +7,7 @@ export const updateSection = {
   schema: z
     .strictObject({
       /** Release keys (`outpost keygen`'s .pub contents), apart from the command keys. */
-      trustedKeys: z.array(z.string().min(1)).max(MAX_LIST).default([]),
+      trustedKeys: z.array(publicKeySchema).max(MAX_LIST).default([]),
       maxSize: size("512MiB", 1024 * 1024, 4 * 1024 * 1024 * 1024),
       /** One HTTP range, headers to last byte. */
       rangeTimeout: duration("60s", 1000, 3_600_000),

@@ -72,7 +72,14 @@ export function verifyManifest(raw: unknown, trustedKeys: readonly string[]): Ma
     throw new OutpostError("OTA_MANIFEST_INVALID", "the manifest's key is not an ed25519 public key");
   }
   const text = publicKeyText(signer);
-  if (!trustedKeys.some((k) => publicKeyText(parsePublicKey(k)) === text)) {
+  const same = (k: string) => {
+    try {
+      return publicKeyText(parsePublicKey(k)) === text;
+    } catch {
+      return false;
+    }
+  };
+  if (!trustedKeys.some(same)) {
     throw new OutpostError("OTA_KEY_UNTRUSTED", `signed by ${text}, which is not in update.trustedKeys`);
   }
   const signature = Buffer.from(sig, "base64");

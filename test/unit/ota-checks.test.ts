@@ -86,3 +86,15 @@ describe("update checks", () => {
     );
   });
 });
+
+it("update.trustedKeys takes only ed25519 public keys, and a bad one is named by its path", async () => {
+  const { configSchema } = await import("../../src/schema.ts");
+  const bad = configSchema.safeParse({ update: { trustedKeys: ["ed25519:AAAA", "not a key"] } });
+  assert.equal(bad.success, false);
+  assert.deepEqual(
+    bad.error?.issues.map((i) => i.path.join(".")),
+    ["update.trustedKeys.0", "update.trustedKeys.1"],
+  );
+  const good = configSchema.safeParse({ update: { trustedKeys: [`ed25519:${"A".repeat(43)}=`] } });
+  assert.equal(good.success, true);
+});

@@ -29,8 +29,8 @@ test("the README's configuration example is valid and has every section of the s
   const section = readme.slice(readme.indexOf("## Configuration"));
   const block = /```yaml\n([\s\S]*?)```/.exec(section)?.[1];
   assert.ok(block, "the Configuration section has a YAML example");
-  // The one placeholder: a key the reader pastes in.
-  const example = parse(block.replace('"ed25519:..."', `"ed25519:${"A".repeat(43)}="`)) as Record<string, unknown>;
+  // The one placeholder: a key the reader pastes in (a command key and a release key).
+  const example = parse(block.replaceAll('"ed25519:..."', `"ed25519:${"A".repeat(43)}="`)) as Record<string, unknown>;
   const result = configSchema.safeParse(example);
   assert.ok(result.success, JSON.stringify(result.error?.issues));
   assert.deepEqual(Object.keys(example).sort(), Object.keys(configSchema.shape).sort());

@@ -207,6 +207,23 @@ describe("worker pool", () => {
     await sleeper.close(AbortSignal.timeout(5000));
   });
 
+  it("a probe that ends without a verdict (cancelled) lets the next task probe: the breaker never sticks open", async () => {
+    let now = 0;
+    const p = pool({ breaker: { failures: 1, openMs: 1000 }, now: () => now });
+    for (let round = 0; round < 3; round++) {
+      assert.equal(await code(p.run("sleep", 50, { timeoutMs: 1 })), "TASK_TIMEOUT");
+      assert.equal(await code(p.run("sleep", 1, { timeoutMs: 5000 })), "CIRCUIT_OPEN");
+      now += 1000;
+      const cancel = new AbortController();
+      const probe = code(p.run("sleep", 1000, { timeoutMs: 5000, signal: cancel.signal }));
+      cancel.abort();
+      assert.equal(await probe, "TASK_ABORTED");
+      assert.equal((await p.run("sleep", 1, { timeoutMs: 5000 })).value, 1, `round ${round}: the next task probes`);
+      assert.deepEqual(p.stats().breakers, { sleep: "closed" });
+    }
+    await p.close(AbortSignal.timeout(5000));
+  });
+
   it("close: takes nothing new, lets work finish within the deadline, then fails the rest with POOL_CLOSED", async () => {
     const p = pool({ size: 1 });
     const quick = p.run("sleep", 100, { timeoutMs: 5000 });

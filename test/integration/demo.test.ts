@@ -15,7 +15,13 @@ it("demo runs an embedded broker, the agent and a live view, and stops cleanly o
   });
   try {
     await demo.stdout.waitFor((l) => l.startsWith("status demo-box online"), 20_000, "online in the view");
-    const line = await demo.stdout.waitFor((l) => l.startsWith("telemetry demo-box seq=2 "), 20_000, "telemetry");
+    // A second sample; seq counts every message of the device, the demo's task results too, so not seq=2.
+    let samples = 0;
+    const line = await demo.stdout.waitFor(
+      (l) => l.startsWith("telemetry demo-box seq=") && ++samples === 2,
+      20_000,
+      "a second telemetry sample",
+    );
     assert.match(line, /cpu=\d+(\.\d)?% mem=\d+MiB/);
     // The shipped model inspects the sample images a pretend camera drops into its watched folder.
     const first = await demo.stdout.waitFor((l) => l.startsWith("result demo-box "), 20_000, "a verdict");

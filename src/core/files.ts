@@ -1,6 +1,16 @@
 import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 
+/** Flushes a file or a directory (its entries: a rename into it) to the disk. */
+export function fsyncPath(path: string): void {
+  const fd = openSync(path, "r");
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /** Writes a file so that a crash leaves the old content or the new, never a mix: temp file, fsync, rename. */
 export function writeFileAtomically(path: string, text: string | Uint8Array, mode = 0o600): void {
   mkdirSync(dirname(path), { recursive: true });
@@ -8,17 +18,7 @@ export function writeFileAtomically(path: string, text: string | Uint8Array, mod
   // Created afresh, so that it gets `mode` (an existing file keeps its own).
   rmSync(tmp, { force: true });
   writeFileSync(tmp, text, { mode, flag: "wx" });
-  const fd = openSync(tmp, "r");
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
+  fsyncPath(tmp);
   renameSync(tmp, path);
-  const dir = openSync(dirname(path), "r");
-  try {
-    fsyncSync(dir);
-  } finally {
-    closeSync(dir);
-  }
+  fsyncPath(dirname(path));
 }

@@ -1,5 +1,4 @@
 import { createHash, randomBytes } from "node:crypto";
-import { closeSync, fsyncSync, openSync } from "node:fs";
 import { mkdir, open, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import * as sea from "node:sea";
@@ -7,6 +6,7 @@ import { pathToFileURL } from "node:url";
 import { promisify } from "node:util";
 import { zstdDecompress } from "node:zlib";
 import { errorMessage, OutpostError } from "../core/errors.ts";
+import { fsyncPath } from "../core/files.ts";
 import { NATIVE_ASSET, NATIVE_MANIFEST_ASSET, WORKER_ASSET } from "./runtime-assets.ts";
 import type { WorkerSetup } from "./worker.ts";
 
@@ -30,15 +30,6 @@ export const inBinary = (): boolean => sea.isSea();
 export function workerSource(): string {
   if (inBinary()) return sea.getAsset(WORKER_ASSET, "utf8");
   return `import(${JSON.stringify(pathToFileURL(join(import.meta.dirname, "worker.ts")).href)})`;
-}
-
-function fsyncPath(path: string): void {
-  const fd = openSync(path, "r");
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
 }
 
 async function complete(dir: string, manifest: NativeManifest): Promise<boolean> {

@@ -22,6 +22,7 @@ import { brotliCompressSync, constants as zlibConstants, zstdCompressSync } from
 import * as esbuild from "esbuild";
 // @ts-expect-error plain JavaScript helper shared with the bootstrap scripts
 import { ensureRuntime, loadTarget, root } from "../scripts/runtime.mjs";
+import { releaseMarkerText, SEMVER } from "../src/version.ts";
 import { compileSdNotify } from "./native.ts";
 
 interface Target {
@@ -52,7 +53,7 @@ const strip = values["no-strip"] !== true;
 const version =
   values["set-version"] ??
   (JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { version: string }).version;
-if (!/^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$/.test(version)) throw new Error(`--set-version: not a semver: ${version}`);
+if (!SEMVER.test(version)) throw new Error(`--set-version: not a semver: ${version}`);
 /**
  * Flags every start of the binary runs with (docs/benchmarks.md#footprint has the measurements behind them).
  * execArgvExtension "none": NODE_OPTIONS in the environment cannot change them.
@@ -223,7 +224,7 @@ async function build(stage: string, started: number): Promise<void> {
     __OUTPOST_COMMIT__: JSON.stringify(git(["rev-parse", "--short=12", "HEAD"])),
     // Readable from the file without running it (src/version.ts, releaseMarker): the release host cannot run
     // an arm64 binary.
-    __OUTPOST_RELEASE__: JSON.stringify(`outpost-release;version=${version};`),
+    __OUTPOST_RELEASE__: JSON.stringify(releaseMarkerText(version)),
     __OUTPOST_SD_NOTIFY__: JSON.stringify(native),
   });
   // The task worker is its own bundle, started from source (a worker cannot start from a file in the binary).

@@ -5,7 +5,15 @@ declare const __OUTPOST_COMMIT__: string | undefined;
 // `outpost-release;version=<semver>;`, stored in the binary as plain text (`npm run build -- --set-version X`).
 declare const __OUTPOST_RELEASE__: string | undefined;
 
-const MARKER = /outpost-release;version=(\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?);/;
+/** A version as releases name them: major.minor.patch and an optional pre-release (`0.2.0-rc.1`). */
+export const SEMVER = /^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?$/;
+
+/** The text the build stamps into the bundle for `version`. */
+export function releaseMarkerText(version: string): string {
+  return `outpost-release;version=${version};`;
+}
+
+const MARKER = new RegExp(`outpost-release;version=(${SEMVER.source.slice(1, -1)});`);
 
 /** The version stamped into a built binary, read from its bytes (it need not be runnable here). */
 export function releaseMarker(binary: Uint8Array): string | undefined {

@@ -3,6 +3,7 @@ import { z } from "zod";
 import { signedEnvelopeSchema } from "../commands/envelope.ts";
 import { parsePublicKey, publicKeyText } from "../commands/keys.ts";
 import { OutpostError } from "../core/errors.ts";
+import { SEMVER } from "../version.ts";
 
 /**
  * What a release is signed over: its own context, so that no signed command can pass for a manifest (or the
@@ -10,7 +11,6 @@ import { OutpostError } from "../core/errors.ts";
  */
 export const RELEASE_CONTEXT = "outpost-release-v1\n";
 
-const SEMVER = /^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$/;
 const SHA256 = /^[0-9a-f]{64}$/;
 
 const chunkParams = z.strictObject({

@@ -36,7 +36,7 @@ export const CODES = {
   CONFIG_LOCKOUT: { wire: true, meaning: "config.set: the change would leave no key that can run config.set" },
   CONFIG_NOT_STORED: { wire: true, meaning: "config.set: the change could not be written to state.dir" },
   RESTART_FAILED: { wire: true, meaning: "restart: the agent did not come back as the same device" },
-  // Tasks in the worker pool (issue 11; the pool is built, the tasks module that uses it is not yet).
+  // Tasks: the worker pool, task.run and the tasks module (docs/tasks.md).
   QUEUE_FULL: { wire: true, meaning: "the task queue is full: refused at once, nothing queued; try again" },
   CIRCUIT_OPEN: { wire: true, meaning: "this task type failed too often in a row; refused until a probe succeeds" },
   TASK_TIMEOUT: { wire: true, meaning: "the task ran past its timeout; its worker was replaced" },
@@ -46,6 +46,17 @@ export const CODES = {
   TASK_FAILED: { wire: true, meaning: "the task threw an error" },
   TASK_ABORTED: { wire: true, meaning: "the task was cancelled before it finished" },
   POOL_CLOSED: { wire: true, meaning: "the agent is stopping: the task was not run" },
+  TASK_UNKNOWN: { wire: true, meaning: "no task of that name is configured" },
+  TASK_INPUT_INVALID: {
+    wire: true,
+    meaning: "the input does not fit the task: a tensor's name, type or shape, or an image that does not decode",
+  },
+  TASK_MODEL_INVALID: { wire: true, meaning: "the model file is missing, unreadable or not a model the runtime loads" },
+  TASK_RUNTIME_UNAVAILABLE: {
+    wire: true,
+    meaning: "no inference runtime could be loaded (the runtime directory is not writable, or the library fails)",
+  },
+  // Over-the-air updates: the release manifest, the update command's checks, the download (docs/ota.md).
   OTA_MANIFEST_INVALID: { wire: true, meaning: "the release manifest is not JSON or a field is missing or malformed" },
   OTA_SIGNATURE_INVALID: { wire: true, meaning: "the release manifest's signature does not verify" },
   OTA_KEY_UNTRUSTED: { wire: true, meaning: "the release manifest is signed by a key not in update.trustedKeys" },
@@ -69,16 +80,6 @@ export const CODES = {
   OTA_TOO_LARGE: { wire: true, meaning: "the release is larger than update.maxSize" },
   OTA_DISK_FULL: { wire: true, meaning: "state.dir has not enough free space for the release" },
   OTA_BUSY: { wire: true, meaning: "another update is in progress" },
-  TASK_UNKNOWN: { wire: true, meaning: "no task of that name is configured" },
-  TASK_INPUT_INVALID: {
-    wire: true,
-    meaning: "the input does not fit the task: a tensor's name, type or shape, or an image that does not decode",
-  },
-  TASK_MODEL_INVALID: { wire: true, meaning: "the model file is missing, unreadable or not a model the runtime loads" },
-  TASK_RUNTIME_UNAVAILABLE: {
-    wire: true,
-    meaning: "no inference runtime could be loaded (the runtime directory is not writable, or the library fails)",
-  },
   // Local: logs, exit messages, the operator's own tools.
   CONFIG_INVALID: { wire: false, meaning: "the configuration does not validate; every problem is listed" },
   KEY_INVALID: { wire: false, meaning: "a key file or key text cannot be read as an ed25519 key" },

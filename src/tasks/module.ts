@@ -108,7 +108,6 @@ export const tasksModule: Module<typeof tasksSection> = {
         ? [
             {
               name,
-              metric: def.metric,
               rule: new ThresholdRule({
                 metric: def.metric,
                 above: def.above,
@@ -131,8 +130,8 @@ export const tasksModule: Module<typeof tasksSection> = {
             while (!signal.aborted) {
               const metrics = ctx.latest.sampled()?.metrics;
               if (metrics) {
-                for (const { name, metric, rule } of rules) {
-                  const change = rule.observe(valueAt(metrics, metric), ctx.clock.mono());
+                for (const { name, rule } of rules) {
+                  const change = rule.observe(valueAt(metrics, rule.metric), ctx.clock.mono());
                   if (change) ctx.alarm(name, change);
                 }
               }

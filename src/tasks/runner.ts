@@ -134,28 +134,16 @@ export class TaskRunner {
     const log = this.o.logger.child({ task: name, trace });
     const def = this.definition(name);
     const started = performance.now();
+    const facts = { source: request.source, ...inputFacts(input) };
     let result: TaskResult;
     try {
-      const body = await this.execute(
-        name,
-        def,
-        input,
-        { trace, ...(request.signal ? { signal: request.signal } : {}) },
-        log,
-      );
-      result = { task: name, trace, ok: true, source: request.source, ...inputFacts(input), ...body };
+      const call = { trace, ...(request.signal ? { signal: request.signal } : {}) };
+      result = { task: name, trace, ok: true, ...facts, ...(await this.execute(name, def, input, call, log)) };
     } catch (err) {
       // Nothing ran: the caller is told (and may try again); there is no outcome to publish.
       if (isOutpostError(err) && REFUSALS.has(err.code)) throw err;
       const code = isOutpostError(err) ? err.code : "TASK_FAILED";
-      result = {
-        task: name,
-        trace,
-        ok: false,
-        source: request.source,
-        ...inputFacts(input),
-        error: { code, message: errorMessage(err) },
-      };
+      result = { task: name, trace, ok: false, ...facts, error: { code, message: errorMessage(err) } };
     }
     result.totalMs = round(performance.now() - started);
     this.count(name, result);

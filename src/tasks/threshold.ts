@@ -71,4 +71,9 @@ export class ThresholdRule {
   get raised(): boolean {
     return this.active;
   }
+
+  /** The dotted telemetry path the rule watches. */
+  get metric(): string {
+    return this.spec.metric;
+  }
 }

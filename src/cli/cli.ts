@@ -22,6 +22,7 @@ Commands:
   ctl devices|watch|call     the operator side: list devices, watch telemetry, call signed commands
   install [--config FILE]    as root: service user, release layout, hardened systemd unit; started
   uninstall [--purge]        remove the service and binaries (--purge: config and state too)
+  update-apply               as root, by outpost-update.service: install a staged update (docs/ota.md)
 
 Options:
   --version                  print "outpost <semver> (<commit>) node <version> linux-<arch>"
@@ -135,6 +136,11 @@ async function dispatch(argv: string[], host: Host): Promise<number> {
       const { CTL_HELP, ctlCommand } = await import("./ctl-command.ts");
       if (help) return print(CTL_HELP);
       return ctlCommand(host, rest);
+    }
+    case "update-apply": {
+      const { UPDATE_APPLY_HELP, updateApplyCommand } = await import("./update-apply-command.ts");
+      if (help) return print(UPDATE_APPLY_HELP);
+      return updateApplyCommand(host, rest);
     }
     case "install":
     case "uninstall": {

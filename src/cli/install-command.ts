@@ -30,6 +30,8 @@ install lays this binary out as a systemd service, and does nothing that is alre
   ${LAYOUT.config}   from --config (validated first), else kept, else a commented example
   ${LAYOUT.state}    the state directory, owned by the ${LAYOUT.user} user
   ${LAYOUT.unit} (enabled), ${LAYOUT.sysusers}, ${LAYOUT.tmpfiles}
+  outpost-update.{path,service}, outpost-rollback.{path,service} and ${LAYOUT.rollbackScript}: the
+                       privileged half of an over-the-air update (docs/ota.md)
 then creates the ${LAYOUT.user} user, fixes ownership (a state directory made by hand as root included), lets
 the service user read the files the config names, and starts (or restarts) the service.
 
@@ -90,7 +92,9 @@ export async function installCommand(host: Host, verb: "install" | "uninstall", 
   };
 
   if (verb === "uninstall") {
-    if (system && existsSync(join(root, LAYOUT.unit))) systemTool("systemctl", ["disable", "--now", "outpost.service"]);
+    if (system && existsSync(join(root, LAYOUT.unit))) {
+      systemTool("systemctl", ["disable", "--now", ...UNITS]);
+    }
     const changed = report(remove(root, uninstallPaths(values.purge === true)));
     if (system && changed) systemTool("systemctl", ["daemon-reload"]);
     return EXIT.OK;
@@ -131,9 +135,15 @@ export async function installCommand(host: Host, verb: "install" | "uninstall", 
   systemTool("systemd-sysusers", [LAYOUT.sysusers]);
   systemTool("systemd-tmpfiles", ["--create", LAYOUT.tmpfiles]);
   systemTool("systemctl", ["daemon-reload"]);
-  if (values["no-start"] !== true) systemTool("systemctl", [changed ? "restart" : "start", "outpost.service"]);
+  if (values["no-start"] !== true) {
+    systemTool("systemctl", ["start", "outpost-update.path", "outpost-rollback.path"]);
+    systemTool("systemctl", [changed ? "restart" : "start", "outpost.service"]);
+  }
   return EXIT.OK;
 }
+
+/** What uninstall stops and disables; the update's units go with the service. */
+const UNITS = ["outpost.service", "outpost-update.path", "outpost-rollback.path"];
 
 /** Files the agent reads at start, which under --root live in the tree, not on this machine. */
 const FILE_KEYS = new Set(["mqtt.passwordFile", "mqtt.ca", "mqtt.cert", "mqtt.key"]);

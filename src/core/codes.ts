@@ -79,7 +79,11 @@ export const CODES = {
   },
   OTA_TOO_LARGE: { wire: true, meaning: "the release is larger than update.maxSize" },
   OTA_DISK_FULL: { wire: true, meaning: "state.dir has not enough free space for the release" },
-  OTA_BUSY: { wire: true, meaning: "another update is in progress" },
+  OTA_BUSY: { wire: true, meaning: "another update is in progress, being installed or on trial" },
+  OTA_INSTALL_FAILED: {
+    wire: true,
+    meaning: "the privileged installer could not install the staged release (the journal says why)",
+  },
   // Local: logs, exit messages, the operator's own tools.
   CONFIG_INVALID: { wire: false, meaning: "the configuration does not validate; every problem is listed" },
   KEY_INVALID: { wire: false, meaning: "a key file or key text cannot be read as an ed25519 key" },

@@ -13,6 +13,8 @@ export const updateSection = {
       rangeTimeout: duration("60s", 1000, 3_600_000),
       /** How often download progress is published on `P/D/update` (retained). */
       progressInterval: duration("2s", 100, 600_000),
+      /** How long a new release may take to become healthy after its first start before it is rolled back. */
+      trialTimeout: duration("2m", 1000, 3_600_000),
     })
     .prefault({}),
   // Like commands.trustedKeys' policy: who may replace the agent is decided in the device's file only.

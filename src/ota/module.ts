@@ -1,18 +1,22 @@
 import { createHash } from "node:crypto";
-import { mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { statfs } from "node:fs/promises";
-import { join } from "node:path";
+import { basename, dirname } from "node:path";
 import * as sea from "node:sea";
 import { z } from "zod";
 import { durationMs } from "../config/duration.ts";
 import { parseSize } from "../config/size.ts";
+import { sleep } from "../core/clock.ts";
 import { errorMessage, isOutpostError, OutpostError } from "../core/errors.ts";
+import { writeFileAtomically } from "../core/files.ts";
+import { loopComponent } from "../core/lifecycle.ts";
 import type { Module } from "../kernel/module.ts";
 import { VERSION } from "../version.ts";
 import { type AssembleProgress, assemble } from "./assemble.ts";
 import { checkRelease } from "./checks.ts";
 import { updateSection } from "./config.ts";
 import { httpSource } from "./http-source.ts";
+import { type Journal, readJournal, type TrialJournal, updateFiles, writeJournal } from "./journal.ts";
 import { type ChunkIndex, chunkIndexSchema, type Manifest, signedManifestSchema, verifyManifest } from "./manifest.ts";
 
 const updateParams = z.strictObject({
@@ -24,10 +28,15 @@ const updateParams = z.strictObject({
 /** An update's request carries the manifest and its source; its index may be 150 KB beside it. */
 const MAX_UPDATE_REQUEST = 256 * 1024;
 
+/** How often the trial looks at the agent's health, and a pending install at the journal. */
+const WATCH_MS = 1000;
+
 /**
- * Over-the-air updates (issue 13, in progress; docs/ota.md): the `update` command checks a signed release,
- * fetches only the chunks the running binary lacks, and stages the verified file in `state.dir/update/`.
- * Installing it, the trial, commit and rollback are not built yet.
+ * Over-the-air updates (docs/ota.md). The `update` command checks a signed release, fetches only the chunks
+ * the running binary lacks, stages the verified file in `state.dir/update/` and asks for it to be installed;
+ * root installs it (outpost-update.service) and restarts the service on trial. This module, started as the
+ * release on trial, commits once the agent is healthy or asks for a rollback when `update.trialTimeout`
+ * passes; started as the release returned to, it reports the rollback. Outcomes are retained on `P/D/update`.
  */
 export const otaModule: Module<typeof updateSection> = {
   name: "ota",
@@ -35,11 +44,88 @@ export const otaModule: Module<typeof updateSection> = {
   create(ctx) {
     let busy = false;
     let last: Record<string, unknown> = { state: "idle" };
-    const stageDir = () => join(ctx.config().state.dir, "update");
+    const files = () => updateFiles(ctx.config().state.dir);
     const report = (body: Record<string, unknown>) => {
       last = body;
       ctx.retained.set(ctx.topics.update, { ...body, ts: ctx.clock.now() });
     };
+    /** Which release directory this binary runs from (`<version>-<sha12>`); none outside the installed layout. */
+    const self = sea.isSea() ? basename(dirname(process.execPath)) : undefined;
+    /** What the agent waits for: root to install a staged release, or its own trial to end. */
+    let phase: "idle" | "installing" | "trial" | "rolling-back" = "idle";
+    let trial: { journal: TrialJournal; deadline: number; started: number } | undefined;
+
+    /** At start: where the journal says an update stands, from this release's point of view. */
+    function resume(): void {
+      const f = files();
+      const j = readJournal(f.journal);
+      if (j?.state === "trial" && j.release === self) {
+        const timeoutMs = durationMs(ctx.config().update.trialTimeout);
+        trial = { journal: j, deadline: ctx.clock.mono() + timeoutMs, started: ctx.clock.mono() };
+        phase = "trial";
+        ctx.logger.info({ from: j.from.version, to: j.to.version, timeoutMs }, "update on trial");
+        report({ state: "trial", version: j.to.version, from: j.from.version, timeoutMs });
+      } else if (existsSync(f.install)) {
+        phase = "installing";
+        report({ state: "installing" });
+      } else if (j?.state === "trial") {
+        // Running, but not the release on trial, and nothing left to install: it was switched back.
+        const reason = j.failure ?? readReason(f.rollbackReason) ?? "the release on trial stopped before it committed";
+        settle({ ...j, state: "rolled-back", at: ctx.clock.now(), reason });
+        rmSync(f.rollbackReason, { force: true });
+        ctx.logger.warn({ version: j.to.version, reason }, "update rolled back");
+      } else if (j) {
+        report(outcome(j));
+      }
+    }
+
+    function settle(j: Journal): void {
+      writeJournal(files().journal, j);
+      report(outcome(j));
+    }
+
+    async function watch(signal: AbortSignal): Promise<void> {
+      while (!signal.aborted) {
+        if (phase === "trial" && trial) checkTrial(trial);
+        else if (phase === "installing") checkInstall();
+        await sleep(WATCH_MS, signal, { unref: true });
+      }
+    }
+
+    function checkTrial(t: NonNullable<typeof trial>): void {
+      const health = ctx.health();
+      const f = files();
+      if (health.ok) {
+        phase = "idle";
+        const seconds = Math.round(ctx.clock.mono() - t.started) / 1000;
+        settle({ ...t.journal, state: "committed", at: ctx.clock.now() });
+        // Root ends the trial's unit settings and prunes old releases (outpost-update.service).
+        writeFileAtomically(f.commit, `${t.journal.release}\n`);
+        ctx.logger.info({ version: t.journal.to.version, seconds }, "update committed");
+        return;
+      }
+      if (ctx.clock.mono() < t.deadline) return;
+      phase = "rolling-back";
+      const timeout = ctx.config().update.trialTimeout;
+      const failure = `not healthy within ${timeout}: ${health.reasons.join("; ")}`;
+      writeJournal(f.journal, { ...t.journal, failure });
+      // The rollback unit switches back and restarts the service; this release stays up until then.
+      writeFileAtomically(f.rollback, `${t.journal.release}\n`);
+      ctx.logger.error({ version: t.journal.to.version, failure }, "update failed its trial: rolling back");
+      report({ state: "rolling-back", version: t.journal.to.version, from: t.journal.from.version, reason: failure });
+    }
+
+    function checkInstall(): void {
+      const f = files();
+      if (existsSync(f.install)) return;
+      const j = readJournal(f.journal);
+      // Installed: root restarts the service, and the release on trial reports. Refused: the journal says why.
+      if (j?.state === "failed") {
+        phase = "idle";
+        report(outcome(j));
+        ctx.logger.error({ code: j.code, reason: j.reason }, "the staged update was refused by the installer");
+      }
+    }
 
     async function index(m: Manifest, base: string, signal: AbortSignal): Promise<ChunkIndex> {
       if ("chunks" in m.index) return m.index;
@@ -66,6 +152,16 @@ export const otaModule: Module<typeof updateSection> = {
     }
 
     return {
+      components: [
+        loopComponent(
+          "ota.trial",
+          async (signal) => {
+            resume();
+            await watch(signal);
+          },
+          (err) => ctx.logger.error({ err }, "update watch failed"),
+        ),
+      ],
       commands: [
         {
           name: "update",
@@ -74,6 +170,7 @@ export const otaModule: Module<typeof updateSection> = {
           run: async (params, context) => {
             const p = params as z.output<typeof updateParams>;
             if (busy) throw new OutpostError("OTA_BUSY", "an update is already running");
+            if (phase !== "idle") throw new OutpostError("OTA_BUSY", `an update is ${phase.replace("-", " ")}`);
             busy = true;
             const started = ctx.clock.mono();
             let manifest: Manifest | undefined;
@@ -89,7 +186,8 @@ export const otaModule: Module<typeof updateSection> = {
               });
               const m = manifest;
               const base = p.source.http.endsWith("/") ? p.source.http : `${p.source.http}/`;
-              mkdirSync(stageDir(), { recursive: true, mode: 0o700 });
+              const f = files();
+              mkdirSync(f.dir, { recursive: true, mode: 0o700 });
               const every = durationMs(config.progressInterval);
               let lastReport = Number.NEGATIVE_INFINITY;
               const onProgress = (pr: AssembleProgress) => {
@@ -112,8 +210,8 @@ export const otaModule: Module<typeof updateSection> = {
                   size: m.size,
                   timeoutMs: durationMs(config.rangeTimeout),
                 }),
-                partial: join(stageDir(), `${m.sha256}.partial`),
-                ready: join(stageDir(), `${m.sha256}.ready`),
+                partial: f.partial(m.sha256),
+                ready: f.ready(m.sha256),
                 signal: context.signal,
                 onProgress,
               });
@@ -127,8 +225,11 @@ export const otaModule: Module<typeof updateSection> = {
                 resumed: result.resumed,
                 seconds: Math.round(ctx.clock.mono() - started) / 1000,
               };
+              // Root's installer starts on this file (outpost-update.path) and verifies everything again.
+              writeFileAtomically(f.install, JSON.stringify({ manifest: p.manifest, ready: `${m.sha256}.ready` }));
+              phase = "installing";
               report(done);
-              ctx.logger.info(done, "update staged (installing it is not built yet)");
+              ctx.logger.info(done, "update staged: waiting for the installer");
               return done;
             } catch (err) {
               const code = isOutpostError(err) ? err.code : "OTA_DOWNLOAD_FAILED";
@@ -145,7 +246,32 @@ export const otaModule: Module<typeof updateSection> = {
           },
         },
       ],
-      describe: () => ({ version: VERSION, trustedKeys: ctx.config().update.trustedKeys.length, last }),
+      describe: () => ({
+        version: VERSION,
+        release: self ?? null,
+        phase,
+        trustedKeys: ctx.config().update.trustedKeys.length,
+        last,
+      }),
     };
   },
 };
+
+/** A settled journal as `P/D/update` shows it. */
+function outcome(j: Journal): Record<string, unknown> {
+  if (j.state === "failed") return { state: "failed", version: j.version, code: j.code, reason: j.reason };
+  return {
+    state: j.state,
+    version: j.to.version,
+    from: j.from.version,
+    ...("reason" in j && j.reason !== undefined ? { reason: j.reason } : {}),
+  };
+}
+
+function readReason(path: string): string | undefined {
+  try {
+    return readFileSync(path, "utf8").trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}

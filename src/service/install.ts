@@ -15,7 +15,7 @@ import { dirname, join } from "node:path";
 import { elfMachine } from "../core/elf.ts";
 import { OutpostError } from "../core/errors.ts";
 import { writeFileAtomically } from "../core/files.ts";
-import { LAYOUT, sysusersText, tmpfilesText, type UnitOptions, unitText } from "./unit.ts";
+import { LAYOUT, rollbackScript, sysusersText, tmpfilesText, type UnitOptions, unitText, updateUnits } from "./unit.ts";
 
 /** One thing install wants on disk, at a path inside the target root. */
 type Entry =
@@ -96,6 +96,12 @@ export function installPlan(o: InstallOptions, exampleConfig: string, tmpfilesEx
     { kind: "file", path: LAYOUT.tmpfiles, mode: 0o644, content: tmpfilesText(tmpfilesExtra) },
     { kind: "file", path: LAYOUT.unit, mode: 0o644, content: unitText(o.unit) },
     { kind: "link", path: LAYOUT.wants, target: LAYOUT.unit },
+    { kind: "file", path: LAYOUT.rollbackScript, mode: 0o755, content: rollbackScript() },
+    ...(Object.entries(updateUnits()) as [keyof ReturnType<typeof updateUnits>, string][]).map(
+      ([name, content]): Entry => ({ kind: "file", path: LAYOUT[name], mode: 0o644, content }),
+    ),
+    { kind: "link", path: LAYOUT.updateWants, target: LAYOUT.updatePath },
+    { kind: "link", path: LAYOUT.rollbackWants, target: LAYOUT.rollbackPath },
   ];
 }
 
@@ -199,7 +205,20 @@ export function apply(root: string, plan: readonly Entry[]): Change[] {
 
 /** What uninstall removes; `purge` adds config and state. */
 export function uninstallPaths(purge: boolean): string[] {
-  const paths: string[] = [LAYOUT.wants, LAYOUT.unit, LAYOUT.bin, LAYOUT.opt, LAYOUT.sysusers, LAYOUT.tmpfiles];
+  const paths: string[] = [
+    LAYOUT.wants,
+    LAYOUT.updateWants,
+    LAYOUT.rollbackWants,
+    LAYOUT.unit,
+    LAYOUT.updatePath,
+    LAYOUT.updateService,
+    LAYOUT.rollbackPath,
+    LAYOUT.rollbackService,
+    LAYOUT.bin,
+    LAYOUT.opt,
+    LAYOUT.sysusers,
+    LAYOUT.tmpfiles,
+  ];
   if (purge) paths.push(LAYOUT.etc, LAYOUT.state);
   return paths;
 }

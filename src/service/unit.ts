@@ -10,6 +10,17 @@ export const LAYOUT = {
   state: "/var/lib/outpost",
   unit: "/etc/systemd/system/outpost.service",
   wants: "/etc/systemd/system/multi-user.target.wants/outpost.service",
+  /** The privileged half of an update (docs/ota.md): a `.path` unit on the agent's requests, and a oneshot. */
+  updatePath: "/etc/systemd/system/outpost-update.path",
+  updateService: "/etc/systemd/system/outpost-update.service",
+  updateWants: "/etc/systemd/system/multi-user.target.wants/outpost-update.path",
+  /** Returns to the previous release while a trial runs: OnFailure= of the service, or the agent's request. */
+  rollbackPath: "/etc/systemd/system/outpost-rollback.path",
+  rollbackService: "/etc/systemd/system/outpost-rollback.service",
+  rollbackWants: "/etc/systemd/system/multi-user.target.wants/outpost-rollback.path",
+  rollbackScript: "/opt/outpost/rollback",
+  /** Held only while an update is on trial; in /run, so that a reboot never keeps it. */
+  trialDropIn: "/run/systemd/system/outpost.service.d/trial.conf",
   sysusers: "/usr/lib/sysusers.d/outpost.conf",
   tmpfiles: "/usr/lib/tmpfiles.d/outpost.conf",
   user: "outpost",
@@ -40,6 +51,8 @@ After=network-online.target time-sync.target
 # Ten failed starts in five minutes and systemd gives up (the device stays reachable over ssh).
 StartLimitIntervalSec=300
 StartLimitBurst=10
+# An update on trial that fails is returned to the previous release (the script does nothing otherwise).
+OnFailure=outpost-rollback.service
 
 [Service]
 Type=notify
@@ -97,6 +110,116 @@ WantedBy=multi-user.target
 `;
 }
 
+const UPDATE = `${LAYOUT.state}/update`;
+
+/**
+ * The units of an update's privileged half (docs/ota.md). The agent only writes requests into its state
+ * directory; root acts on them: outpost-update.service runs the committed binary to verify and install a
+ * staged release (or to finish a committed trial), outpost-rollback.service runs a shell script that needs
+ * nothing from the release on trial.
+ */
+export function updateUnits(): Record<"updatePath" | "updateService" | "rollbackPath" | "rollbackService", string> {
+  const head = "# Written by `outpost install`; docs/ota.md explains the update's units.\n";
+  return {
+    updatePath: `${head}[Unit]
+Description=Outpost: watch for an update to install or a trial to finish
+
+[Path]
+PathExists=${UPDATE}/install.json
+PathExists=${UPDATE}/commit.request
+Unit=outpost-update.service
+
+[Install]
+WantedBy=multi-user.target
+`,
+    updateService: `${head}[Unit]
+Description=Outpost: verify and install a staged update, or finish a committed one
+
+[Service]
+Type=oneshot
+ExecStart=${LAYOUT.bin} update-apply --config ${LAYOUT.config}
+UnsetEnvironment=NODE_OPTIONS
+UMask=0022
+ProtectHome=yes
+PrivateTmp=yes
+NoNewPrivileges=yes
+`,
+    rollbackPath: `${head}[Unit]
+Description=Outpost: watch for a failed trial
+
+[Path]
+PathExists=${UPDATE}/rollback.request
+Unit=outpost-rollback.service
+
+[Install]
+WantedBy=multi-user.target
+`,
+    rollbackService: `${head}[Unit]
+Description=Outpost: return to the previous release if an update on trial failed
+
+[Service]
+Type=oneshot
+ExecStart=${LAYOUT.rollbackScript}
+UMask=0022
+`,
+  };
+}
+
+/**
+ * The rollback, in sh: it runs when the release on trial cannot even start, so it must need nothing from it.
+ * It acts only while the journal says a trial runs and `current` is still that release: a committed release
+ * that fails later (a config error, a start limit) is never switched away from.
+ */
+export function rollbackScript(): string {
+  return `#!/bin/sh
+# Written by outpost install: returns to the previous release while an update is on trial (docs/ota.md).
+set -u
+opt=${LAYOUT.opt}
+dir=${UPDATE}
+dropin=${LAYOUT.trialDropIn}
+requested=no
+[ -e "$dir/rollback.request" ] && requested=yes
+rm -f "$dir/rollback.request"
+release=""
+if [ -f "$dir/journal.json" ] && grep -q '^{"state":"trial"' "$dir/journal.json"; then
+  release=$(sed -n 's/^{"state":"trial","release":"\\([^"]*\\)".*/\\1/p' "$dir/journal.json")
+fi
+current=$(readlink "$opt/current" || true)
+restart=no
+if [ -n "$release" ] && [ "$current" = "releases/$release" ]; then
+  previous=$(readlink "$opt/previous" || true)
+  if [ -n "$previous" ] && [ -x "$opt/$previous/outpost" ]; then
+    why="the release on trial asked for it"
+    if [ "$requested" = no ]; then
+      why="systemd: outpost.service failed (result $(systemctl show -P Result outpost.service), status $(systemctl show -P ExecMainStatus outpost.service))"
+    fi
+    ln -sfn "$previous" "$opt/current.rollback" && mv -T "$opt/current.rollback" "$opt/current" && sync
+    printf '%s\\n' "$why" > "$dir/rollback-reason.tmp"
+    chown --reference="$dir" "$dir/rollback-reason.tmp" && chmod 0640 "$dir/rollback-reason.tmp"
+    mv "$dir/rollback-reason.tmp" "$dir/rollback-reason" && sync
+    echo "outpost: $release failed its trial ($why): back on $previous"
+    restart=yes
+  else
+    echo "outpost: $release failed its trial, but there is no previous release to return to"
+  fi
+elif [ -n "$release" ]; then
+  echo "outpost: $release is on trial but not current: nothing to switch"
+else
+  echo "outpost: no update on trial: nothing to do"
+fi
+# The trial's Restart=no ends with it; a service it left failed is started again under the usual rules.
+if [ -e "$dropin" ]; then
+  rm -f "$dropin" && systemctl daemon-reload
+  restart=yes
+fi
+if [ "$restart" = yes ]; then
+  systemctl reset-failed outpost.service
+  systemctl restart --no-block outpost.service
+fi
+exit 0
+`;
+}
+
 /** The service user, for systemd-sysusers (and image builders). */
 export function sysusersText(): string {
   return `# Written by \`outpost install\`.
@@ -114,5 +237,6 @@ d ${LAYOUT.etc} 0750 root ${LAYOUT.user} -
 z ${LAYOUT.config} 0640 root ${LAYOUT.user} -
 d ${LAYOUT.state} 0750 ${LAYOUT.user} ${LAYOUT.user} -
 Z ${LAYOUT.state} - ${LAYOUT.user} ${LAYOUT.user} -
+d ${UPDATE} 0700 ${LAYOUT.user} ${LAYOUT.user} -
 ${extra.map((line) => `${line}\n`).join("")}`;
 }

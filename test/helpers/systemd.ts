@@ -45,6 +45,8 @@ export class Systemd {
       overlays,
       "mount -t tmpfs tmpfs /tmp",
       "mount -t tmpfs tmpfs /var/tmp",
+      // The journal too: the host's /var/log/journal would keep every test boot's lines (and show them again).
+      "mkdir -p /var/log/journal && mount -t tmpfs tmpfs /var/log/journal",
       "mkdir -p /run/systemd/system",
       masked,
       `echo "127.0.0.1 ${TEST_HOSTS.join(" ")}" >> /etc/hosts`,

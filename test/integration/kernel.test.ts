@@ -183,6 +183,7 @@ describe("kernel and modules", () => {
       "offline+disconnect:mqtt",
       "stop:probe-component",
       "component stopped",
+      "stop:ota.trial",
       "stop:resources.watch",
       "stop:telemetry",
       "stop:run-ledger",

@@ -1,0 +1,84 @@
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { z } from "zod";
+import { writeFileAtomically } from "../core/files.ts";
+
+/**
+ * The update journal, `state.dir/update/journal.json`: where an update stands, written by the agent (staging,
+ * commit, the outcome of a trial) and by the privileged installer (the trial it started). Every write is
+ * atomic and fsynced, so a power cut leaves one state or the next. The rollback script (sh, docs/ota.md) reads
+ * it with grep: `state` and `release` come first, in that order.
+ */
+const releaseRef = z.strictObject({ name: z.string(), version: z.string() });
+
+const trial = z.strictObject({
+  state: z.literal("trial"),
+  /** The release directory's name (`<version>-<sha12>`) on trial: what `current` points at during it. */
+  release: z.string(),
+  from: releaseRef,
+  to: releaseRef,
+  since: z.number(),
+  /** Set by the release on trial when it gives up: why it was not healthy in time. */
+  failure: z.string().optional(),
+});
+
+const settled = z.strictObject({
+  state: z.enum(["committed", "rolled-back"]),
+  release: z.string(),
+  from: releaseRef,
+  to: releaseRef,
+  at: z.number(),
+  reason: z.string().optional(),
+});
+
+const failed = z.strictObject({
+  state: z.literal("failed"),
+  release: z.string(),
+  version: z.string(),
+  code: z.string(),
+  reason: z.string(),
+  at: z.number(),
+});
+
+export const journalSchema = z.discriminatedUnion("state", [trial, settled, failed]);
+export type Journal = z.output<typeof journalSchema>;
+export type TrialJournal = z.output<typeof trial>;
+
+/** The files of `state.dir/update/` that the agent, the installer and the rollback script share. */
+export function updateFiles(stateDir: string) {
+  const dir = join(stateDir, "update");
+  return {
+    dir,
+    journal: join(dir, "journal.json"),
+    /** The agent's request to install a staged release (the `.path` unit starts the installer on it). */
+    install: join(dir, "install.json"),
+    /** The agent's word that its trial passed: the installer ends the trial's unit settings and prunes. */
+    commit: join(dir, "commit.request"),
+    /** The agent's word that its trial failed: the rollback unit switches back. */
+    rollback: join(dir, "rollback.request"),
+    /** What systemd said when the rollback unit acted on a failed start. */
+    rollbackReason: join(dir, "rollback-reason"),
+    ready: (sha256: string) => join(dir, `${sha256}.ready`),
+    partial: (sha256: string) => join(dir, `${sha256}.partial`),
+  };
+}
+
+/** The journal, or undefined when there is none or it is unreadable (a start must never fail on it). */
+export function readJournal(path: string): Journal | undefined {
+  if (!existsSync(path)) return undefined;
+  try {
+    const parsed = journalSchema.safeParse(JSON.parse(readFileSync(path, "utf8")));
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function writeJournal(path: string, journal: Journal, mode = 0o640): void {
+  writeFileAtomically(path, `${JSON.stringify(journal)}\n`, mode);
+}
+
+/** A release directory's name: `<version>-<first 12 hex of its sha256>`. */
+export function releaseName(version: string, sha256: string): string {
+  return `${version}-${sha256.slice(0, 12)}`;
+}

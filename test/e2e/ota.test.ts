@@ -1,0 +1,223 @@
+// Issue 13: over-the-air updates of the built x64 agent, installed as a service under a real systemd (PID 1 of
+// a private namespace, test/helpers/systemd.ts): staged by the agent, installed by root's oneshot, committed
+// after a healthy trial, and rolled back by itself when the new release exits, hangs, is killed or never
+// becomes healthy. One systemd boot and one extra build (x64) for the whole file.
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { generateKeys, parsePrivateKey } from "../../src/commands/keys.ts";
+import { chunk } from "../../src/ota/chunks.ts";
+import { type Manifest, type SignedManifest, signManifest } from "../../src/ota/manifest.ts";
+import { makeRelease } from "../../src/ota/release.ts";
+import { releaseMarkerText } from "../../src/version.ts";
+import { ROOT } from "../helpers/agent-process.ts";
+import { operatorKey } from "../helpers/commands.ts";
+import { Mosquitto } from "../helpers/mosquitto.ts";
+import { type Received, Watch } from "../helpers/mqtt-watch.ts";
+import { Operator, PREFIX } from "../helpers/operator.ts";
+import { FaultProxy } from "../helpers/proxy.ts";
+import { RangeServer } from "../helpers/range-server.ts";
+import { Systemd } from "../helpers/systemd.ts";
+
+const BIN = join(ROOT, "dist", "outpost-linux-x64");
+const DEVICE = "dev-ota";
+const V1 = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string }).version;
+const V2 = "0.2.0";
+const TRIAL = "8s";
+
+const update = (state: string, version?: string) => (m: Received) =>
+  m.topic === `${PREFIX}/${DEVICE}/update` && m.json.state === state && (!version || m.json.version === version);
+const online = (version: string) => (m: Received) =>
+  m.topic === `${PREFIX}/${DEVICE}/status` && m.json.state === "online" && m.json.version === version;
+
+describe("over-the-air updates of the installed agent (real systemd, built x64 binaries)", () => {
+  let sd: Systemd;
+  let broker: Mosquitto;
+  let proxy: FaultProxy;
+  let watch: Watch;
+  let operator: Operator;
+  let server: RangeServer;
+  let dir: string;
+  const releaseKey = generateKeys();
+  const inside = (...parts: string[]) => sd.path(join(...parts));
+  const releases: Record<string, SignedManifest> = {};
+
+  /** A release of a file that is not an agent at all (a shell script), signed as one: what a bad build is. */
+  function scriptRelease(name: string, version: string, body: string): void {
+    const bytes = Buffer.from(`#!/bin/sh\n# ${releaseMarkerText(version)}\n${body}\n`);
+    const out = join(dir, name);
+    mkdirSync(out, { recursive: true });
+    writeFileSync(join(out, "artifact"), bytes);
+    const manifest: Manifest = {
+      format: 1,
+      kind: "agent",
+      artifact: "artifact",
+      version,
+      target: { os: "linux", arch: "x64" },
+      sha256: createHash("sha256").update(bytes).digest("hex"),
+      size: bytes.length,
+      index: { params: { min: 16384, avg: 65536, max: 262144 }, chunks: chunk(bytes).map((c) => [c.size, c.sha256]) },
+      allowDowngrade: false,
+      created: Date.now(),
+    };
+    releases[name] = signManifest(manifest, parsePrivateKey(releaseKey.privatePem));
+  }
+
+  async function callUpdate(name: string) {
+    const call = await operator.call(
+      DEVICE,
+      "update",
+      { manifest: releases[name], source: { http: server.url(`${name}/`) } },
+      { timeoutMs: 90_000 },
+    );
+    const reply = call.finals[0];
+    assert.equal(reply?.state, "succeeded", JSON.stringify(reply?.error));
+    return reply?.result as { state: string; fetched: number; reused: number; size: number };
+  }
+
+  const current = async () => (await sd.sh("readlink /opt/outpost/current")).stdout.trim();
+
+  before(async () => {
+    assert.ok(existsSync(BIN), `${BIN} is missing: run npm run build first`);
+    mkdirSync(join(ROOT, ".cache"), { recursive: true });
+    dir = mkdtempSync(join(ROOT, ".cache", "ota-test-"));
+    // The next version of this commit: an app-only change.
+    execFileSync(
+      process.execPath,
+      [join(ROOT, "build", "build.ts"), "--target", "linux-x64", "--out", join(dir, "v2-build"), "--set-version", V2],
+      { cwd: ROOT, stdio: ["ignore", "ignore", "inherit"] },
+    );
+    releases.v2 = makeRelease({
+      file: join(dir, "v2-build", "outpost-linux-x64"),
+      privateKey: parsePrivateKey(releaseKey.privatePem),
+      out: join(dir, "v2"),
+      kind: "agent",
+      now: Date.now(),
+    }).signed;
+    scriptRelease("exits", "0.1.5", "exit 3");
+    scriptRelease("hangs", "0.1.6", "exec sleep 600");
+    server = await RangeServer.start(dir);
+    broker = await Mosquitto.start();
+    // The device reaches the broker through a proxy the test can take down (a release that cannot connect).
+    proxy = await FaultProxy.start(broker.port);
+    watch = await Watch.open(broker.port, [`${PREFIX}/${DEVICE}/#`]);
+    const key = operatorKey();
+    operator = await Operator.open(broker.port, key);
+    const config = {
+      device: { id: DEVICE },
+      mqtt: { url: `mqtt://127.0.0.1:${proxy.port}`, reconnectMax: "1s" },
+      telemetry: { interval: "1s" },
+      commands: { trustedKeys: [{ name: "ops", key: key.publicText, allow: ["*"] }] },
+      update: { trustedKeys: [releaseKey.publicText], trialTimeout: TRIAL },
+      service: { readyTimeout: "2s" },
+    };
+    writeFileSync(join(dir, "config.json"), JSON.stringify(config));
+    sd = await Systemd.boot(ROOT);
+    const install = await sd.exec([inside(BIN), "install", "--config", inside(dir, "config.json")], 120_000);
+    assert.equal(install.code, 0, install.stderr);
+    // A release that never says READY fails its start after this long (the unit's own is 90 s).
+    const dropIn = await sd.sh(
+      "mkdir -p /etc/systemd/system/outpost.service.d && printf '[Service]\\nTimeoutStartSec=10\\n' > /etc/systemd/system/outpost.service.d/test.conf && systemctl daemon-reload",
+    );
+    assert.equal(dropIn.code, 0, dropIn.stderr);
+    await watch.waitFor(online(V1), 30_000, "v1 online");
+  });
+
+  after(async () => {
+    await sd?.shutdown();
+    await operator?.close();
+    await watch?.close();
+    await proxy?.close();
+    await broker?.stop();
+    await server?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** After a rollback: v1 is current and running, the trial's unit settings are gone. */
+  async function backOnV1(v1: string): Promise<void> {
+    assert.equal(await current(), v1);
+    assert.equal((await sd.sh("test -e /run/systemd/system/outpost.service.d/trial.conf")).code, 1);
+    assert.equal(await sd.show("outpost", "Restart"), "on-failure");
+    assert.equal(await sd.show("outpost", "ActiveState"), "active");
+  }
+
+  it("a release that exits at once is rolled back by systemd: back on v1, rolled-back with the reason", async () => {
+    const v1 = await current();
+    assert.match(v1, new RegExp(`^releases/${V1.replaceAll(".", "\\.")}-[0-9a-f]{12}$`));
+    await callUpdate("exits");
+    const back = await watch.waitFor(update("rolled-back", "0.1.5"), 60_000, "rolled-back");
+    assert.match(String(back.json.reason), /result exit-code, status 3/);
+    await watch.waitFor(online(V1), 30_000, "v1 online again");
+    await backOnV1(v1);
+    assert.match(await sd.journal("outpost-rollback"), /0\.1\.5-[0-9a-f]{12} failed its trial/);
+  });
+
+  it("a release that hangs before READY is rolled back when its start times out", async () => {
+    const v1 = await current();
+    await callUpdate("hangs");
+    const back = await watch.waitFor(update("rolled-back", "0.1.6"), 90_000, "rolled-back");
+    assert.match(String(back.json.reason), /result timeout/);
+    await backOnV1(v1);
+  });
+
+  it("a release that starts but never becomes healthy asks for its own rollback when the trial times out", async () => {
+    const v1 = await current();
+    const journal = async () => (await sd.sh("cat /var/lib/outpost/update/journal.json")).stdout;
+    await callUpdate("v2");
+    // v1 goes down for the restart; v2 then finds no broker.
+    proxy.down();
+    // Written by v1 once it is back (the previous scenario's outcome names another release).
+    const rolledBack = `{"state":"rolled-back","release":"${V2}-`;
+    for (let i = 0; i < 600 && !(await journal()).startsWith(rolledBack); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    proxy.up();
+    const back = await watch.waitFor(update("rolled-back", V2), 30_000, "rolled-back");
+    assert.match(String(back.json.reason), new RegExp(`^not healthy within ${TRIAL}: .*mqtt`));
+    await watch.waitFor(online(V1), 30_000, "v1 online again");
+    await backOnV1(v1);
+  });
+
+  it("v1 -> v2 over HTTP: only the changed chunks move, v2 is committed, and a later failure is never rolled back", async (t) => {
+    const v1 = await current();
+    const before = server.sent;
+    const staged = await callUpdate("v2");
+    const sent = server.sent - before;
+    const mib = (n: number) => (n / 1024 / 1024).toFixed(2);
+    t.diagnostic(
+      `app-only change: ${mib(sent)} MiB served of ${mib(staged.size)} MiB (fetched ${mib(staged.fetched)})`,
+    );
+    assert.ok(sent < 8 * 1024 * 1024, `${mib(sent)} MiB served`);
+    const committed = await watch.waitFor(update("committed", V2), 60_000, "committed");
+    assert.equal(committed.json.from, V1);
+    await watch.waitFor(online(V2), 10_000, "v2 online");
+    assert.match(await current(), new RegExp(`^releases/${V2.replaceAll(".", "\\.")}-[0-9a-f]{12}$`));
+    assert.equal((await sd.sh("readlink /opt/outpost/previous")).stdout.trim(), v1);
+    // The commit ends the trial's settings: restarts are back.
+    for (let i = 0; i < 100 && (await sd.show("outpost", "Restart")) !== "on-failure"; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(await sd.show("outpost", "Restart"), "on-failure");
+    // Killed after the commit: systemd restarts v2, nothing switches back.
+    const committedRelease = await current();
+    await sd.sh("systemctl kill -s KILL outpost.service");
+    await watch.waitForNext(online(V2), 30_000, "v2 online after a crash");
+    assert.equal(await current(), committedRelease);
+    // A config edit that exits 78 fails the unit for good: OnFailure= runs the rollback, which leaves v2 alone.
+    const broken = await sd.sh(
+      "cp /etc/outpost/config.yaml /run/config.good && echo '{\"nope\": 1}' > /etc/outpost/config.yaml && systemctl restart outpost; systemctl show -P ExecMainStatus outpost",
+    );
+    assert.equal(broken.stdout.trim(), "78");
+    for (let i = 0; i < 100 && !/nothing to do/.test(await sd.journal("outpost-rollback")); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.match(await sd.journal("outpost-rollback"), /no update on trial: nothing to do/);
+    assert.equal(await current(), committedRelease);
+    assert.equal(await sd.show("outpost", "ActiveState"), "failed");
+    await sd.sh("cp /run/config.good /etc/outpost/config.yaml && systemctl start --no-block outpost");
+    await watch.waitForNext(online(V2), 30_000, "v2 online with its config back");
+  });
+});

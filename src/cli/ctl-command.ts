@@ -15,7 +15,7 @@ import { type BrokerOptions, Caller, connectBroker, type Signer } from "./ctl-cl
 import { EXIT, type Host, UsageError } from "./host.ts";
 import { applyMessage, type DeviceView, viewUpdate } from "./view.ts";
 
-export const CTL_HELP = `Usage: outpost ctl <devices|watch|call> [options]
+export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|update> [options]
 
   devices                         devices from their retained status: id, state, version, and last seen
                                   (the latest status or telemetry seen while listening, --wait 1s)
@@ -25,6 +25,12 @@ export const CTL_HELP = `Usage: outpost ctl <devices|watch|call> [options]
        --group: DEVICE names a group (device.groups); replies are collected from every member
        until --timeout, or until --expect N devices have answered
        a device with no retained status fails at once; --wait sends anyway and waits --timeout
+  update DEVICE RELEASE_DIR       send the signed release in RELEASE_DIR (outpost release) and serve its
+       [--group G --expect N]     chunks over MQTT to each device that asks (only what a device lacks; a cut
+       [--http URL] [--timeout 10m] [--until committed|staged]
+                                  transfer resumes); a progress bar per device until each one committed,
+                                  rolled back or failed. --http URL: devices fetch from there instead;
+                                  --until staged: stop once staged (a device without the installer units)
 
 Flags go anywhere, before or after the subcommand.
 
@@ -44,7 +50,7 @@ export const KEYGEN_HELP = `Usage: outpost keygen --out PREFIX [--force]
 Writes an ed25519 key pair: PREFIX.key (private, mode 0600; keep it with the operator) and PREFIX.pub
 (one line, "ed25519:<base64>"; put it in commands.trustedKeys[].key on the devices).`;
 
-const BROKER_FLAGS = {
+export const BROKER_FLAGS = {
   broker: { type: "string" },
   username: { type: "string" },
   "password-file": { type: "string" },
@@ -97,6 +103,10 @@ export async function ctlCommand(host: Host, args: string[]): Promise<number> {
       return watch(host, rest);
     case "call":
       return call(host, rest);
+    case "update": {
+      const { ctlUpdate } = await import("./ctl-update.ts");
+      return ctlUpdate(host, rest);
+    }
     default:
       throw new UsageError(sub === undefined ? "ctl: missing subcommand" : `ctl: unknown subcommand ${sub}`);
   }
@@ -106,7 +116,7 @@ type BrokerValues = {
   [K in keyof typeof BROKER_FLAGS]?: (typeof BROKER_FLAGS)[K]["type"] extends "boolean" ? boolean : string;
 };
 
-function brokerOptions(host: Host, v: BrokerValues): BrokerOptions & { prefix: string } {
+export function brokerOptions(host: Host, v: BrokerValues): BrokerOptions & { prefix: string } {
   const url = v.broker ?? host.env.OUTPOST_CTL_BROKER ?? "mqtt://127.0.0.1:1883";
   if (!BROKER_URL.test(url)) throw new UsageError(`--broker must be an mqtt:// or mqtts:// URL, not ${url}`);
   const passwordFile = v["password-file"];
@@ -122,7 +132,7 @@ function brokerOptions(host: Host, v: BrokerValues): BrokerOptions & { prefix: s
   };
 }
 
-function durationFlag(name: string, text: string | undefined, fallback: number): number {
+export function durationFlag(name: string, text: string | undefined, fallback: number): number {
   if (text === undefined) return fallback;
   const ms = parseDuration(text);
   if (ms === undefined || ms <= 0) throw new UsageError(`--${name} must be a duration like 10s, not ${text}`);
@@ -155,7 +165,7 @@ async function retainedStatus(client: MqttClient, topic: string): Promise<boolea
 }
 
 /** The operator's private key, with a message that names the file and the fix when it is not one. */
-function readPrivateKey(file: string) {
+export function readPrivateKey(file: string) {
   let text: string;
   try {
     text = readFileSync(file, "utf8");

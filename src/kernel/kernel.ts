@@ -250,6 +250,7 @@ export class Kernel {
       send: (message) => this.outbox.send(message),
       commit: () => this.outbox.commit(),
       retained: this.retained,
+      direct: this.direct,
       alarm: (type, body) => this.alarms.raise(type, body),
       latest: this.latest,
       health: () => this.healthy(),
@@ -270,6 +271,36 @@ export class Kernel {
         return { previous, level };
       },
     };
+  }
+
+  private readonly listeners = new Map<string, (payload: Buffer) => void>();
+  private readonly direct = {
+    listen: (topic: string, handler: (payload: Buffer) => void) => {
+      this.ownTopic(topic);
+      if (this.listeners.size === 0) {
+        this.link.on("message", (t: string, payload: Buffer) => {
+          const listener = this.listeners.get(t);
+          if (!listener) return;
+          try {
+            listener(payload);
+          } catch (err) {
+            this.o.logger.error({ err, topic: t }, "a direct message handler failed");
+          }
+        });
+      }
+      this.listeners.set(topic, handler);
+      this.link.subscribe(topic);
+    },
+    publish: (topic: string, payload: string | Buffer) => {
+      this.ownTopic(topic);
+      return this.link.publish(topic, payload, { qos: 1 });
+    },
+  };
+
+  private ownTopic(topic: string): void {
+    if (!topic.startsWith(`${this.topics.status.slice(0, -"status".length)}`) || /[+#]/.test(topic)) {
+      throw new Error(`${topic} is not one of the device's own topics`);
+    }
   }
 
   /** The kernel's own figures in every telemetry sample. */

@@ -72,6 +72,11 @@ export interface ModuleContext {
   /** "Latest value wins" retained topics, republished on every connect. */
   retained: RetainedState;
   /**
+   * The link itself, outside the outbox: for a transfer whose messages must never be stored or replayed (an
+   * update's chunks). Only the device's own topics.
+   */
+  direct: DirectChannel;
+  /**
    * Raises (`active: true`) or clears an alarm: an event on `P/D/alarms/<type>` through the outbox (the
    * history, never lost) and the retained state `P/D/alarms/<type>/state` (what a dashboard started later
    * sees). Repeating the same body sends nothing.
@@ -97,6 +102,13 @@ export interface ModuleContext {
   env: Readonly<Record<string, string | undefined>>;
   /** The kernel's pulse, cheap enough for every watchdog ping. */
   vitals(): Vitals;
+}
+
+export interface DirectChannel {
+  /** Subscribes (QoS 1, on every connect) and hands each message on; call it from `create`. */
+  listen(topic: string, handler: (payload: Buffer) => void): void;
+  /** Publishes now (QoS 1, not retained); rejects with MQTT_OFFLINE when not connected. */
+  publish(topic: string, payload: string | Buffer): Promise<void>;
 }
 
 export interface Vitals {

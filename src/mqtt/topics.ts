@@ -5,6 +5,9 @@ export interface DeviceTopics {
   /** Retained merged latest values (Home Assistant's sensors read it). */
   state: string;
   update: string;
+  /** An update's chunk requests (device to the operator's `ctl update`) and their answers, outside the outbox. */
+  updateGet: string;
+  updateData: string;
   event(type: string): string;
   alarm(type: string): string;
   result(task: string): string;
@@ -21,6 +24,8 @@ export function deviceTopics(prefix: string, deviceId: string): DeviceTopics {
     telemetry: `${base}/telemetry`,
     state: `${base}/state`,
     update: `${base}/update`,
+    updateGet: `${base}/update/get`,
+    updateData: `${base}/update/data`,
     event: (type) => `${base}/events/${type}`,
     alarm: (type) => `${base}/alarms/${type}`,
     result: (task) => `${base}/results/${task}`,

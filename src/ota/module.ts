@@ -12,17 +12,25 @@ import { writeFileAtomically } from "../core/files.ts";
 import { loopComponent } from "../core/lifecycle.ts";
 import type { Module } from "../kernel/module.ts";
 import { VERSION } from "../version.ts";
+import type { ByteSource } from "./assemble.ts";
 import { type AssembleProgress, assemble } from "./assemble.ts";
 import { checkRelease } from "./checks.ts";
 import { updateSection } from "./config.ts";
 import { httpSource } from "./http-source.ts";
 import { type Journal, readJournal, type TrialJournal, updateFiles, writeJournal } from "./journal.ts";
 import { type ChunkIndex, chunkIndexSchema, type Manifest, signedManifestSchema, verifyManifest } from "./manifest.ts";
+import { MQTT_MAX_RANGE, MqttFetcher } from "./mqtt-source.ts";
 
 const updateParams = z.strictObject({
   manifest: signedManifestSchema,
-  /** Where the release's files are: the artifact and its index beside it. */
-  source: z.strictObject({ http: z.url({ protocol: /^https?$/ }) }),
+  /**
+   * Where the release's files are: over HTTP(S), the artifact and its index beside it at this base URL; over
+   * MQTT, asked for range by range from whoever serves the release (`outpost ctl update`).
+   */
+  source: z.union([
+    z.strictObject({ http: z.url({ protocol: /^https?$/ }) }),
+    z.strictObject({ mqtt: z.literal(true) }),
+  ]),
 });
 
 /** An update's request carries the manifest and its source; its index may be 150 KB beside it. */
@@ -30,6 +38,11 @@ const MAX_UPDATE_REQUEST = 256 * 1024;
 
 /** How often the trial looks at the agent's health, and a pending install at the journal. */
 const WATCH_MS = 1000;
+/**
+ * How long a staged release may wait for root's installer, which starts within a second under the installed
+ * units and takes seconds: past this, no installer runs (an agent started by hand) and the update fails.
+ */
+const INSTALL_WAIT_MS = 120_000;
 
 /**
  * Over-the-air updates (docs/ota.md). The `update` command checks a signed release, fetches only the chunks
@@ -54,6 +67,7 @@ export const otaModule: Module<typeof updateSection> = {
     /** What the agent waits for: root to install a staged release, or its own trial to end. */
     let phase: "idle" | "installing" | "trial" | "rolling-back" = "idle";
     let trial: { journal: TrialJournal; deadline: number; started: number } | undefined;
+    let installingSince = 0;
 
     /** At start: where the journal says an update stands, from this release's point of view. */
     function resume(): void {
@@ -67,6 +81,7 @@ export const otaModule: Module<typeof updateSection> = {
         report({ state: "trial", version: j.to.version, from: j.from.version, timeoutMs });
       } else if (existsSync(f.install)) {
         phase = "installing";
+        installingSince = ctx.clock.mono();
         report({ state: "installing" });
       } else if (j?.state === "trial") {
         // Running, but not the release on trial, and nothing left to install: it was switched back.
@@ -117,7 +132,15 @@ export const otaModule: Module<typeof updateSection> = {
 
     function checkInstall(): void {
       const f = files();
-      if (existsSync(f.install)) return;
+      if (existsSync(f.install)) {
+        if (ctx.clock.mono() - installingSince < INSTALL_WAIT_MS) return;
+        rmSync(f.install, { force: true });
+        phase = "idle";
+        const reason = `no installer took the staged release within ${INSTALL_WAIT_MS / 1000}s (outpost-update.path is not running: is the agent installed with outpost install?)`;
+        report({ state: "failed", code: "OTA_INSTALL_FAILED", reason });
+        ctx.logger.error({ reason }, "the staged update was not installed");
+        return;
+      }
       const j = readJournal(f.journal);
       // Installed: root restarts the service, and the release on trial reports. Refused: the journal says why.
       if (j?.state === "failed") {
@@ -127,15 +150,29 @@ export const otaModule: Module<typeof updateSection> = {
       }
     }
 
-    async function index(m: Manifest, base: string, signal: AbortSignal): Promise<ChunkIndex> {
+    const fetcher = new MqttFetcher(ctx.direct, ctx.topics);
+
+    /** The release's two files, from where the request says they are. */
+    function sources(m: Manifest, source: z.output<typeof updateParams>["source"]) {
+      const timeoutMs = durationMs(ctx.config().update.rangeTimeout);
+      if ("mqtt" in source) {
+        const from = (file: "artifact" | "index") => fetcher.source({ release: m.sha256, file, timeoutMs });
+        return { artifact: from("artifact"), index: from("index"), maxRange: MQTT_MAX_RANGE };
+      }
+      const base = source.http.endsWith("/") ? source.http : `${source.http}/`;
+      const at = (name: string, size: number) => httpSource({ url: new URL(name, base).href, size, timeoutMs });
+      const ref = "chunks" in m.index ? undefined : m.index;
+      return {
+        artifact: at(m.artifact, m.size),
+        index: at(ref ? `index-${ref.sha256}.json` : "", ref?.size ?? 0),
+        maxRange: undefined,
+      };
+    }
+
+    async function index(m: Manifest, source: ByteSource, signal: AbortSignal): Promise<ChunkIndex> {
       if ("chunks" in m.index) return m.index;
       const ref = m.index;
       // Fetched like a chunk: never more bytes than the signed manifest declares, checked against its sha256.
-      const source = httpSource({
-        url: new URL(`index-${ref.sha256}.json`, base).href,
-        size: ref.size,
-        timeoutMs: durationMs(ctx.config().update.rangeTimeout),
-      });
       const bytes = await source.read(0, ref.size, signal);
       if (createHash("sha256").update(bytes).digest("hex") !== ref.sha256) {
         throw new OutpostError("OTA_CHUNK_CORRUPT", "the chunk index does not match its sha256");
@@ -185,7 +222,8 @@ export const otaModule: Module<typeof updateSection> = {
                 maxSize: parseSize(config.maxSize) ?? 0,
               });
               const m = manifest;
-              const base = p.source.http.endsWith("/") ? p.source.http : `${p.source.http}/`;
+              const from = sources(m, p.source);
+              const transport = "mqtt" in p.source ? "mqtt" : "http";
               const f = files();
               mkdirSync(f.dir, { recursive: true, mode: 0o700 });
               const every = durationMs(config.progressInterval);
@@ -202,14 +240,11 @@ export const otaModule: Module<typeof updateSection> = {
               const result = await assemble({
                 sha256: m.sha256,
                 size: m.size,
-                index: await index(m, base, context.signal),
+                index: await index(m, from.index, context.signal),
                 // The running binary is where most chunks are; from a checkout there is none to reuse.
                 ...(sea.isSea() ? { current: process.execPath } : {}),
-                source: httpSource({
-                  url: new URL(m.artifact, base).href,
-                  size: m.size,
-                  timeoutMs: durationMs(config.rangeTimeout),
-                }),
+                source: from.artifact,
+                ...(from.maxRange ? { maxRange: from.maxRange } : {}),
                 partial: f.partial(m.sha256),
                 ready: f.ready(m.sha256),
                 signal: context.signal,
@@ -218,6 +253,7 @@ export const otaModule: Module<typeof updateSection> = {
               const done = {
                 state: "staged",
                 version: m.version,
+                transport,
                 sha256: m.sha256,
                 size: m.size,
                 fetched: result.fetched,
@@ -228,6 +264,7 @@ export const otaModule: Module<typeof updateSection> = {
               // Root's installer starts on this file (outpost-update.path) and verifies everything again.
               writeFileAtomically(f.install, JSON.stringify({ manifest: p.manifest, ready: `${m.sha256}.ready` }));
               phase = "installing";
+              installingSince = ctx.clock.mono();
               report(done);
               ctx.logger.info(done, "update staged: waiting for the installer");
               return done;

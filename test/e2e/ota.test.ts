@@ -13,19 +13,21 @@ import { chunk } from "../../src/ota/chunks.ts";
 import { type Manifest, type SignedManifest, signManifest } from "../../src/ota/manifest.ts";
 import { makeRelease } from "../../src/ota/release.ts";
 import { releaseMarkerText } from "../../src/version.ts";
-import { ROOT } from "../helpers/agent-process.ts";
+import { ROOT, sourceCommand } from "../helpers/agent-process.ts";
 import { operatorKey } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { type Received, Watch } from "../helpers/mqtt-watch.ts";
 import { Operator, PREFIX } from "../helpers/operator.ts";
 import { FaultProxy } from "../helpers/proxy.ts";
 import { RangeServer } from "../helpers/range-server.ts";
+import { run } from "../helpers/run.ts";
 import { Systemd } from "../helpers/systemd.ts";
 
 const BIN = join(ROOT, "dist", "outpost-linux-x64");
 const DEVICE = "dev-ota";
 const V1 = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string }).version;
 const V2 = "0.2.0";
+const V3 = "0.3.0";
 const TRIAL = "8s";
 
 const update = (state: string, version?: string) => (m: Received) =>
@@ -85,18 +87,32 @@ describe("over-the-air updates of the installed agent (real systemd, built x64 b
     mkdirSync(join(ROOT, ".cache"), { recursive: true });
     dir = mkdtempSync(join(ROOT, ".cache", "ota-test-"));
     // The next version of this commit: an app-only change.
-    execFileSync(
-      process.execPath,
-      [join(ROOT, "build", "build.ts"), "--target", "linux-x64", "--out", join(dir, "v2-build"), "--set-version", V2],
-      { cwd: ROOT, stdio: ["ignore", "ignore", "inherit"] },
-    );
-    releases.v2 = makeRelease({
-      file: join(dir, "v2-build", "outpost-linux-x64"),
-      privateKey: parsePrivateKey(releaseKey.privatePem),
-      out: join(dir, "v2"),
-      kind: "agent",
-      now: Date.now(),
-    }).signed;
+    // The next versions of this commit: app-only changes.
+    for (const [name, version] of [
+      ["v2", V2],
+      ["v3", V3],
+    ] as const) {
+      execFileSync(
+        process.execPath,
+        [
+          join(ROOT, "build", "build.ts"),
+          "--target",
+          "linux-x64",
+          "--out",
+          join(dir, `${name}-build`),
+          "--set-version",
+          version,
+        ],
+        { cwd: ROOT, stdio: ["ignore", "ignore", "inherit"] },
+      );
+      releases[name] = makeRelease({
+        file: join(dir, `${name}-build`, "outpost-linux-x64"),
+        privateKey: parsePrivateKey(releaseKey.privatePem),
+        out: join(dir, name),
+        kind: "agent",
+        now: Date.now(),
+      }).signed;
+    }
     scriptRelease("exits", "0.1.5", "exit 3");
     scriptRelease("hangs", "0.1.6", "exec sleep 600");
     server = await RangeServer.start(dir);
@@ -105,6 +121,7 @@ describe("over-the-air updates of the installed agent (real systemd, built x64 b
     proxy = await FaultProxy.start(broker.port);
     watch = await Watch.open(broker.port, [`${PREFIX}/${DEVICE}/#`]);
     const key = operatorKey();
+    writeFileSync(join(dir, "ops.key"), key.privatePem, { mode: 0o600 });
     operator = await Operator.open(broker.port, key);
     const config = {
       device: { id: DEVICE },
@@ -219,5 +236,35 @@ describe("over-the-air updates of the installed agent (real systemd, built x64 b
     assert.equal(await sd.show("outpost", "ActiveState"), "failed");
     await sd.sh("cp /run/config.good /etc/outpost/config.yaml && systemctl start --no-block outpost");
     await watch.waitForNext(online(V2), 30_000, "v2 online with its config back");
+  });
+
+  it("v2 -> v3 over MQTT: outpost ctl update serves the chunks v2 lacks and ends with the device's outcome", async (t) => {
+    const r = await run(
+      [
+        ...sourceCommand(),
+        "ctl",
+        "update",
+        DEVICE,
+        join(dir, "v3"),
+        "--broker",
+        broker.url,
+        "--key",
+        join(dir, "ops.key"),
+        "--timeout",
+        "2m",
+      ],
+      { timeoutMs: 150_000 },
+    );
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    assert.match(
+      r.stdout,
+      new RegExp(`^${DEVICE} +committed +${V3.replaceAll(".", "\\.")} \\(from ${V2.replaceAll(".", "\\.")}\\)`, "m"),
+    );
+    const served = /^dev-ota: committed, ([\d.]+) MiB served over MQTT$/m.exec(r.stdout);
+    assert.ok(served, r.stdout);
+    t.diagnostic(`app-only change over MQTT: ${served[1]} MiB served`);
+    assert.ok(Number(served[1]) < 8);
+    await watch.waitFor(online(V3), 30_000, "v3 online");
+    assert.match(await current(), new RegExp(`^releases/${V3.replaceAll(".", "\\.")}-[0-9a-f]{12}$`));
   });
 });

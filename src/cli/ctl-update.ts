@@ -1,0 +1,260 @@
+import { createPublicKey } from "node:crypto";
+import { closeSync, fstatSync, openSync, readFileSync, readSync } from "node:fs";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import type { IPublishPacket } from "mqtt";
+import type { ReplyBody } from "../commands/envelope.ts";
+import { publicKeyText } from "../commands/keys.ts";
+import { errorMessage } from "../core/errors.ts";
+import { type Manifest, manifestSchema, type SignedManifest, signedManifestSchema } from "../ota/manifest.ts";
+import { chunkRequestSchema, encodeAnswer } from "../ota/mqtt-source.ts";
+import { Caller, connectBroker } from "./ctl-client.ts";
+import { BROKER_FLAGS, brokerOptions, durationFlag, readPrivateKey } from "./ctl-command.ts";
+import { EXIT, type Host, UsageError } from "./host.ts";
+
+const FINAL = new Set(["committed", "rolled-back", "failed"]);
+
+export interface DeviceUpdate {
+  device: string;
+  state: string;
+  done?: number;
+  size?: number;
+  /** Bytes served to it over MQTT by this run. */
+  served: number;
+  version?: string;
+  from?: string;
+  code?: string;
+  reason?: string;
+  fetched?: number;
+}
+
+const mib = (n: number) => (n / 1024 / 1024).toFixed(1);
+
+/** One device's line: a bar while it downloads, its state and figures otherwise. */
+export function progressLine(d: DeviceUpdate, width = 24): string {
+  const name = d.device.padEnd(16);
+  if (d.state === "downloading" && d.size) {
+    const fraction = Math.min(1, (d.done ?? 0) / d.size);
+    const filled = Math.round(fraction * width);
+    const bar = `[${"#".repeat(filled)}${"-".repeat(width - filled)}]`;
+    return `${name} ${bar} ${String(Math.floor(fraction * 100)).padStart(3)}%  ${mib(d.done ?? 0)}/${mib(d.size)} MiB`;
+  }
+  const figures =
+    d.state === "staged" || d.state === "committed"
+      ? `  ${d.version ?? ""}${d.from ? ` (from ${d.from})` : ""}${d.fetched !== undefined ? `, fetched ${mib(d.fetched)} MiB` : ""}`
+      : d.version
+        ? `  ${d.version}`
+        : "";
+  const why = d.code || d.reason ? `: ${[d.code, d.reason].filter(Boolean).join(": ")}` : "";
+  return `${name} ${d.state}${figures}${why}`;
+}
+
+function readManifest(dir: string): { signed: SignedManifest; manifest: Manifest } {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8"));
+  } catch (err) {
+    throw new UsageError(`ctl update: ${join(dir, "manifest.json")}: ${errorMessage(err)}`);
+  }
+  const signed = signedManifestSchema.safeParse(raw);
+  const manifest = signed.success ? manifestSchema.safeParse(JSON.parse(signed.data.payload)) : undefined;
+  if (!signed.success || !manifest?.success) {
+    throw new UsageError(`ctl update: ${dir}/manifest.json is not a release manifest (outpost release writes one)`);
+  }
+  return { signed: signed.data, manifest: manifest.data };
+}
+
+/** The release's two files, open for ranges; only these are ever served. */
+function releaseFiles(dir: string, m: Manifest) {
+  const open = (name: string) => {
+    const fd = openSync(join(dir, name), "r");
+    return { fd, size: fstatSync(fd).size };
+  };
+  const artifact = open(m.artifact);
+  const index = "chunks" in m.index ? undefined : open(`index-${m.index.sha256}.json`);
+  return {
+    get: (file: "artifact" | "index") => (file === "artifact" ? artifact : index),
+    close: () => {
+      closeSync(artifact.fd);
+      if (index) closeSync(index.fd);
+    },
+  };
+}
+
+export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: {
+      ...BROKER_FLAGS,
+      key: { type: "string" },
+      group: { type: "string" },
+      expect: { type: "string" },
+      http: { type: "string" },
+      timeout: { type: "string" },
+      until: { type: "string" },
+    },
+    allowPositionals: true,
+  });
+  const [first, second, ...extra] = positionals;
+  const device = values.group === undefined ? first : undefined;
+  const dir = values.group === undefined ? second : first;
+  if (
+    dir === undefined ||
+    extra.length > 0 ||
+    (values.group === undefined ? second === undefined : second !== undefined)
+  ) {
+    throw new UsageError("ctl update: expected DEVICE RELEASE_DIR, or --group GROUP --expect N RELEASE_DIR");
+  }
+  const expect = values.group === undefined ? 1 : Number(values.expect);
+  if (!(Number.isInteger(expect) && expect > 0)) throw new UsageError("ctl update --group needs --expect N (devices)");
+  const until = values.until ?? "committed";
+  if (until !== "committed" && until !== "staged") throw new UsageError("--until is committed or staged");
+  const timeoutMs = durationFlag("timeout", values.timeout, 600_000);
+  const keyFile = values.key ?? host.env.OUTPOST_CTL_KEY;
+  if (keyFile === undefined) throw new UsageError("ctl update: --key FILE (or OUTPOST_CTL_KEY) is needed to sign");
+  const privateKey = readPrivateKey(keyFile);
+  const { signed, manifest } = readManifest(dir);
+  const o = brokerOptions(host, values);
+  const files = releaseFiles(dir, manifest);
+  const client = await connectBroker(o);
+  const devices = new Map<string, DeviceUpdate>();
+  const entry = (id: string) => {
+    let d = devices.get(id);
+    if (!d) {
+      d = { device: id, state: "asked", served: 0 };
+      devices.set(id, d);
+    }
+    return d;
+  };
+  const done = (d: DeviceUpdate) => FINAL.has(d.state) || (until === "staged" && d.state === "staged");
+  const tty = (host.stdout as { isTTY?: boolean }).isTTY === true && !values.json;
+  let drawn = 0;
+  const lastPrinted = new Map<string, string>();
+  const render = (force = false) => {
+    const lines = [...devices.values()].map((d) => progressLine(d));
+    if (values.json) return;
+    if (tty) {
+      host.stdout.write(`${drawn > 0 ? `\x1b[${drawn}A` : ""}${lines.map((l) => `\x1b[2K${l}\n`).join("")}`);
+      drawn = lines.length;
+      return;
+    }
+    // Not a terminal: a line when a device's state changes, and each quarter of a download.
+    for (const d of devices.values()) {
+      const key = `${d.state}:${d.state === "downloading" && d.size ? Math.floor(((d.done ?? 0) / d.size) * 4) : ""}`;
+      if (!force && lastPrinted.get(d.device) === key) continue;
+      lastPrinted.set(d.device, key);
+      host.stdout.write(`${progressLine(d)}\n`);
+    }
+  };
+  const base = values.group === undefined ? `${o.prefix}/${device}` : `${o.prefix}/+`;
+  const deviceOf = (topic: string) => topic.slice(o.prefix.length + 1).split("/")[0] ?? "";
+  let settled: () => void = () => {};
+  const allDone = new Promise<void>((resolve) => {
+    settled = resolve;
+  });
+  const check = () => {
+    if (devices.size >= expect && [...devices.values()].every(done)) settled();
+  };
+
+  const serve = (topic: string, payload: Buffer) => {
+    let parsed: ReturnType<typeof chunkRequestSchema.safeParse>;
+    try {
+      parsed = chunkRequestSchema.safeParse(JSON.parse(payload.toString("utf8")));
+    } catch {
+      return;
+    }
+    if (!parsed.success) return;
+    const r = parsed.data;
+    const id = deviceOf(topic);
+    const reply = (header: Parameters<typeof encodeAnswer>[0], bytes?: Buffer) =>
+      client.publish(`${o.prefix}/${id}/update/data`, encodeAnswer(header, bytes), { qos: 1 });
+    const file = files.get(r.file);
+    if (r.release !== manifest.sha256 || !file) {
+      reply({ id: r.id, error: `this server serves ${manifest.version} (${manifest.sha256.slice(0, 12)})` });
+      return;
+    }
+    if (r.offset + r.size > file.size) {
+      reply({ id: r.id, error: `${r.offset}+${r.size} is past the end of the ${r.file} (${file.size} bytes)` });
+      return;
+    }
+    const bytes = Buffer.allocUnsafe(r.size);
+    readSync(file.fd, bytes, 0, r.size, r.offset);
+    entry(id).served += r.size;
+    reply({ id: r.id, offset: r.offset, size: r.size }, bytes);
+  };
+
+  const onMessage = (topic: string, payload: Buffer, packet: IPublishPacket) => {
+    if (topic.endsWith("/update/get")) {
+      serve(topic, payload);
+      return;
+    }
+    // A retained state is the outcome of an earlier update: only what the devices say from now on counts.
+    if (!topic.endsWith("/update") || packet.retain || payload.length === 0) return;
+    let body: Record<string, unknown>;
+    try {
+      body = JSON.parse(payload.toString("utf8")) as Record<string, unknown>;
+    } catch {
+      return;
+    }
+    const d = entry(deviceOf(topic));
+    if (typeof body.state !== "string") return;
+    d.state = body.state;
+    for (const k of ["done", "size", "fetched"] as const) if (typeof body[k] === "number") d[k] = body[k];
+    for (const k of ["version", "from", "code", "reason"] as const) if (typeof body[k] === "string") d[k] = body[k];
+    if (values.json) host.stdout.write(`${JSON.stringify({ device: d.device, ...body })}\n`);
+    render();
+    check();
+  };
+  client.on("message", onMessage);
+  const ticker = tty ? setInterval(() => render(), 250) : undefined;
+  try {
+    await client.subscribeAsync([`${base}/update/get`, `${base}/update`], { qos: 1 });
+    const caller = new Caller(client, o.prefix, { privateKey, publicText: publicKeyText(createPublicKey(privateKey)) });
+    const onReply = (reply: ReplyBody) => {
+      if (reply.state !== "failed") return;
+      // Refused before anything moved (a check, a signature), or a download that gave up.
+      const d = entry(reply.device);
+      d.state = "failed";
+      d.code = reply.error?.code;
+      d.reason = reply.error?.message;
+      render();
+      check();
+    };
+    const source = values.http === undefined ? { mqtt: true } : { http: values.http };
+    const call = caller.call({
+      command: "update",
+      params: { manifest: signed, source },
+      ...(values.group === undefined ? { device } : { group: values.group }),
+      timeoutMs,
+      validityMs: 60_000,
+      expect,
+      onReply,
+    });
+    const deadline = new Promise<void>((resolve) => setTimeout(resolve, timeoutMs).unref());
+    await Promise.race([allDone, deadline, call.then(() => (devices.size === 0 ? undefined : allDone))]);
+  } finally {
+    if (ticker) clearInterval(ticker);
+    client.off("message", onMessage);
+    files.close();
+    await client.endAsync();
+  }
+  render(true);
+  if (devices.size === 0) {
+    host.stderr.write(`outpost: TIMEOUT: no device answered within ${timeoutMs} ms\n`);
+    return EXIT.FAILURE;
+  }
+  let ok = devices.size >= expect;
+  for (const d of devices.values()) {
+    const reached = until === "staged" ? d.state === "staged" || d.state === "committed" : d.state === "committed";
+    if (!reached) ok = false;
+    const line = { device: d.device, outcome: done(d) ? d.state : `timeout (${d.state})`, served: d.served };
+    if (values.json)
+      host.stdout.write(`${JSON.stringify({ ...line, version: d.version, code: d.code, reason: d.reason })}\n`);
+    else
+      host.stdout.write(
+        `${d.device}: ${line.outcome}${d.served > 0 ? `, ${mib(d.served)} MiB served over MQTT` : ""}\n`,
+      );
+  }
+  if (devices.size < expect) host.stderr.write(`outpost: ${devices.size} of ${expect} devices answered\n`);
+  return ok ? EXIT.OK : EXIT.FAILURE;
+}

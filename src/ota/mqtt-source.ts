@@ -1,0 +1,137 @@
+import { randomUUID } from "node:crypto";
+import { z } from "zod";
+import { OutpostError } from "../core/errors.ts";
+import type { DirectChannel } from "../kernel/module.ts";
+import type { ByteSource } from "./assemble.ts";
+
+/**
+ * The MQTT transport of an update, for sites where devices reach only the broker. The device asks for one
+ * byte range at a time on `P/D/update/get`; `outpost ctl update` answers on `P/D/update/data` with a JSON
+ * header line and the bytes. Nothing goes through the outbox: a lost request is simply asked again, and what
+ * was received stays in the partial file, so a cut transfer resumes where it stopped.
+ */
+export const chunkRequestSchema = z.strictObject({
+  id: z.string().max(64),
+  /** The release's sha256 (from its manifest): the server answers only for the release it serves. */
+  release: z.string().regex(/^[0-9a-f]{64}$/),
+  file: z.enum(["artifact", "index"]),
+  offset: z.number().int().min(0),
+  size: z
+    .number()
+    .int()
+    .min(1)
+    .max(4 * 1024 * 1024),
+});
+export type ChunkRequest = z.output<typeof chunkRequestSchema>;
+
+const answerHeader = z.union([
+  z.strictObject({ id: z.string(), offset: z.number(), size: z.number() }),
+  z.strictObject({ id: z.string(), error: z.string() }),
+]);
+
+/** The largest range asked for at once: a message a broker takes (mosquitto's default has no limit). */
+export const MQTT_MAX_RANGE = 1024 * 1024;
+
+/** Header line, then the bytes. */
+export function encodeAnswer(header: z.input<typeof answerHeader>, bytes?: Uint8Array): Buffer {
+  return Buffer.concat([Buffer.from(`${JSON.stringify(header)}\n`), bytes ?? Buffer.alloc(0)]);
+}
+
+type Waiter = { resolve(bytes: Buffer): void; reject(err: Error): void };
+
+export class MqttFetcher {
+  private readonly waiting = new Map<string, Waiter>();
+  private readonly channel: DirectChannel;
+  private readonly requestTopic: string;
+
+  /** Listens from `create` on: the subscription is made on every connect. */
+  constructor(channel: DirectChannel, topics: { updateGet: string; updateData: string }) {
+    this.channel = channel;
+    this.requestTopic = topics.updateGet;
+    channel.listen(topics.updateData, (payload) => this.onAnswer(payload));
+  }
+
+  private onAnswer(payload: Buffer): void {
+    const end = payload.indexOf(0x0a);
+    if (end < 0) return;
+    let header: z.output<typeof answerHeader> | undefined;
+    try {
+      const parsed = answerHeader.safeParse(JSON.parse(payload.subarray(0, end).toString("utf8")));
+      header = parsed.success ? parsed.data : undefined;
+    } catch {
+      header = undefined;
+    }
+    if (!header) return;
+    const waiter = this.waiting.get(header.id);
+    if (!waiter) return; // an answer to a request given up on, or to another device's
+    this.waiting.delete(header.id);
+    if ("error" in header) waiter.reject(new OutpostError("OTA_DOWNLOAD_FAILED", `the server says: ${header.error}`));
+    else waiter.resolve(payload.subarray(end + 1));
+  }
+
+  /** A byte source for one file of a release; each range is asked up to `attempts` times. */
+  source(o: { release: string; file: "artifact" | "index"; timeoutMs: number; attempts?: number }): ByteSource {
+    return {
+      read: async (offset, size, signal) => {
+        const attempts = o.attempts ?? 3;
+        let last: unknown;
+        for (let attempt = 1; attempt <= attempts; attempt++) {
+          signal?.throwIfAborted();
+          try {
+            const bytes = await this.ask(
+              { id: randomUUID(), release: o.release, file: o.file, offset, size },
+              o,
+              signal,
+            );
+            if (bytes.length !== size) {
+              throw new OutpostError(
+                "OTA_DOWNLOAD_FAILED",
+                `asked for ${size} bytes at ${offset}, got ${bytes.length}`,
+              );
+            }
+            return bytes;
+          } catch (err) {
+            last = err;
+            if (signal?.aborted) throw err;
+          }
+        }
+        throw new OutpostError("OTA_DOWNLOAD_FAILED", `no answer over MQTT for ${o.file} at ${offset}`, {
+          cause: last,
+        });
+      },
+    };
+  }
+
+  private ask(request: ChunkRequest, o: { timeoutMs: number }, signal?: AbortSignal): Promise<Buffer> {
+    return new Promise<Buffer>((resolve, reject) => {
+      const finish = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
+        this.waiting.delete(request.id);
+      };
+      const onAbort = () => {
+        finish();
+        reject(signal?.reason ?? new Error("aborted"));
+      };
+      const timer = setTimeout(() => {
+        finish();
+        reject(new OutpostError("OTA_DOWNLOAD_FAILED", `no answer within ${o.timeoutMs} ms`));
+      }, o.timeoutMs);
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.waiting.set(request.id, {
+        resolve: (b) => {
+          finish();
+          resolve(b);
+        },
+        reject: (e) => {
+          finish();
+          reject(e);
+        },
+      });
+      this.channel.publish(this.requestTopic, JSON.stringify(request)).catch((err: unknown) => {
+        finish();
+        reject(err);
+      });
+    });
+  }
+}

@@ -260,6 +260,7 @@ export class Kernel {
       describe: () => this.describe(),
       restart: (delayMs, reply) => this.restart(delayMs, reply),
       env: this.o.env ?? {},
+      models: () => this.modules.find((m) => m.parts.models)?.parts.models,
       vitals: () => ({
         alive: this.health.alive(),
         connected: this.link.connected,

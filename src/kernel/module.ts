@@ -102,6 +102,23 @@ export interface ModuleContext {
   env: Readonly<Record<string, string | undefined>>;
   /** The kernel's pulse, cheap enough for every watchdog ping. */
   vitals(): Vitals;
+  /** The module that runs models (tasks), for an update of one; undefined when none is configured. */
+  models(): ModelHost | undefined;
+}
+
+/** A task's model as an update sees it: where it is now, and how a new one is tried and kept or dropped. */
+export interface ModelHost {
+  /** The file the task reads its model from now, and that model's release version if it came from one. */
+  current(task: string): { path: string; version?: string };
+  /**
+   * Puts the verified file beside the task's current model and switches to it, checks it with the task's
+   * golden sample, and keeps it (committed) or returns to the previous model (rolled-back, with why).
+   */
+  install(
+    task: string,
+    file: string,
+    release: { version: string; sha256: string },
+  ): Promise<{ state: "committed" } | { state: "rolled-back"; reason: string }>;
 }
 
 export interface DirectChannel {
@@ -132,6 +149,8 @@ export interface ModuleParts {
   status?(): Record<string, unknown>;
   /** Whether the module is healthy (kernel health also needs it to be alive). */
   health?(): Verdict;
+  /** Runs models: the target of a model update (one module at most). */
+  models?: ModelHost;
   /** Reacts to a new configuration snapshot (the hot-reloadable keys). */
   onConfigChange?(next: Config, previous: Config): void;
   /** Stops taking work (first stop step, in reverse module order). */

@@ -28,7 +28,10 @@ export function compareVersions(a: string, b: string): number {
 }
 
 export interface Device {
-  version: string;
+  /** What this update may be: the agent itself, or a task's model. */
+  kind?: "agent" | "model";
+  /** The running agent's, or the task's current model's version (none: a model that came with the config). */
+  version: string | undefined;
   arch: string;
   freeBytes: number;
   maxSize: number;
@@ -39,17 +42,18 @@ export interface Device {
  * a downgrade the signed manifest allows), the minimum version it updates from, its size, the free disk.
  */
 export function checkRelease(m: Manifest, d: Device): void {
-  if (m.kind !== "agent") throw new OutpostError("OTA_KIND_UNSUPPORTED", `a ${m.kind} release`);
-  if (m.target.arch !== d.arch) {
+  const kind = d.kind ?? "agent";
+  if (m.kind !== kind) throw new OutpostError("OTA_KIND_UNSUPPORTED", `a ${m.kind} release where ${kind} was expected`);
+  if (m.target.arch !== "any" && m.target.arch !== d.arch) {
     throw new OutpostError(
       "OTA_WRONG_ARCH",
       `the release is for linux-${m.target.arch}, this device is linux-${d.arch}`,
     );
   }
-  if (compareVersions(m.version, d.version) <= 0 && !m.allowDowngrade) {
+  if (d.version !== undefined && compareVersions(m.version, d.version) <= 0 && !m.allowDowngrade) {
     throw new OutpostError("OTA_DOWNGRADE", `${m.version} is not newer than the running ${d.version}`);
   }
-  if (m.minVersion !== undefined && compareVersions(d.version, m.minVersion) < 0) {
+  if (m.minVersion !== undefined && d.version !== undefined && compareVersions(d.version, m.minVersion) < 0) {
     throw new OutpostError("OTA_TOO_OLD", `${m.version} updates from ${m.minVersion} or later; this is ${d.version}`);
   }
   if (m.size > d.maxSize) throw new OutpostError("OTA_TOO_LARGE", `${m.size} bytes, update.maxSize is ${d.maxSize}`);

@@ -170,7 +170,9 @@ export function applyUpdate(o: ApplyOptions): ApplyResult {
     const journal = readJournal(files.journal);
     const resuming = journal?.state === "trial" && journal.release === name;
     // A run cut short after the switch finds the new release current: the checks were passed then.
-    if (!resuming) checkRelease(m, { version: o.version, arch: o.arch, freeBytes: Infinity, maxSize: Infinity });
+    if (!resuming) {
+      checkRelease(m, { kind: "agent", version: o.version, arch: o.arch, freeBytes: Infinity, maxSize: Infinity });
+    }
     const releaseDir = join(o.opt, "releases", name);
     const binary = join(releaseDir, "outpost");
     const installed = fs.exists(binary) && fs.sha256(binary).sha256 === m.sha256;

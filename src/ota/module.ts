@@ -31,6 +31,11 @@ const updateParams = z.strictObject({
     z.strictObject({ http: z.url({ protocol: /^https?$/ }) }),
     z.strictObject({ mqtt: z.literal(true) }),
   ]),
+  /** For a model release: the task whose model it replaces. */
+  task: z
+    .string()
+    .regex(/^[A-Za-z0-9_.-]{1,64}$/)
+    .optional(),
 });
 
 /** An update's request carries the manifest and its source; its index may be 150 KB beside it. */
@@ -152,6 +157,15 @@ export const otaModule: Module<typeof updateSection> = {
 
     const fetcher = new MqttFetcher(ctx.direct, ctx.topics);
 
+    /** A model release goes to a task, which the request names. */
+    function modelTarget(task: string | undefined) {
+      const host = ctx.models();
+      if (!host || task === undefined) {
+        throw new OutpostError("OTA_KIND_UNSUPPORTED", "a model release needs params.task, the task it is for");
+      }
+      return { host, task, current: host.current(task) };
+    }
+
     /** The release's two files, from where the request says they are. */
     function sources(m: Manifest, source: z.output<typeof updateParams>["source"]) {
       const timeoutMs = durationMs(ctx.config().update.rangeTimeout);
@@ -214,9 +228,11 @@ export const otaModule: Module<typeof updateSection> = {
             try {
               const config = ctx.config().update;
               manifest = verifyManifest(p.manifest, config.trustedKeys);
+              const model = manifest.kind === "model" ? modelTarget(p.task) : undefined;
               const st = await statfs(ctx.config().state.dir);
               checkRelease(manifest, {
-                version: VERSION,
+                kind: model ? "model" : "agent",
+                version: model ? model.current.version : VERSION,
                 arch: process.arch,
                 freeBytes: st.bavail * st.bsize,
                 maxSize: parseSize(config.maxSize) ?? 0,
@@ -241,8 +257,8 @@ export const otaModule: Module<typeof updateSection> = {
                 sha256: m.sha256,
                 size: m.size,
                 index: await index(m, from.index, context.signal),
-                // The running binary is where most chunks are; from a checkout there is none to reuse.
-                ...(sea.isSea() ? { current: process.execPath } : {}),
+                // The running binary (or the task's model) is where most chunks are; a checkout has no binary.
+                ...(model ? { current: model.current.path } : sea.isSea() ? { current: process.execPath } : {}),
                 source: from.artifact,
                 ...(from.maxRange ? { maxRange: from.maxRange } : {}),
                 partial: f.partial(m.sha256),
@@ -261,6 +277,25 @@ export const otaModule: Module<typeof updateSection> = {
                 resumed: result.resumed,
                 seconds: Math.round(ctx.clock.mono() - started) / 1000,
               };
+              if (model) {
+                // A model is tried and kept (or dropped) by the module that runs it, here and now.
+                const outcome = await model.host.install(model.task, f.ready(m.sha256), {
+                  version: m.version,
+                  sha256: m.sha256,
+                });
+                rmSync(f.ready(m.sha256), { force: true });
+                const body = {
+                  ...done,
+                  state: outcome.state,
+                  kind: "model",
+                  task: model.task,
+                  ...(model.current.version ? { from: model.current.version } : {}),
+                  ...(outcome.state === "rolled-back" ? { reason: outcome.reason } : {}),
+                };
+                report(body);
+                ctx.logger.info(body, `model update ${outcome.state}`);
+                return body;
+              }
               // Root's installer starts on this file (outpost-update.path) and verifies everything again.
               writeFileAtomically(f.install, JSON.stringify({ manifest: p.manifest, ready: `${m.sha256}.ready` }));
               phase = "installing";

@@ -66,6 +66,11 @@ const classifyTask = z.strictObject({
       minScore: z.number().min(0).max(1).default(0.5),
     })
     .describe("the verdict is pass when the top label is one of these with at least minScore"),
+  /**
+   * An image whose label is known: run at every start (the agent is not healthy until it gives that label,
+   * so an update on trial that breaks the task rolls back) and before a new model is kept.
+   */
+  golden: z.strictObject({ image: z.string().min(1), label: z.string().min(1) }).optional(),
   watch,
   ...common,
 });

@@ -143,6 +143,33 @@ export const tasksModule: Module<typeof tasksSection> = {
       );
     }
 
+    const goldens = runner.goldenTasks();
+    if (goldens.length > 0) {
+      // Every start proves the tasks still give the known answers (an update on trial commits only then);
+      // a failure is tried again, since a worker may have been busy or the runtime still extracting.
+      components.push(
+        loopComponent(
+          "tasks.golden",
+          async (signal) => {
+            let pending = goldens;
+            while (!signal.aborted && pending.length > 0) {
+              const failed: string[] = [];
+              for (const task of pending) {
+                const verdict = await runner.golden(task);
+                if (!verdict.ok) {
+                  failed.push(task);
+                  ctx.logger.error({ task, reason: verdict.reason }, "golden sample failed");
+                }
+              }
+              pending = failed;
+              if (pending.length > 0) await sleep(GOLDEN_RETRY_MS, signal, { unref: true });
+            }
+          },
+          (err) => ctx.logger.error({ err: errorMessage(err) }, "golden samples stopped"),
+        ),
+      );
+    }
+
     const commands: CommandDefinition[] = [
       {
         name: "task.run",
@@ -173,6 +200,10 @@ export const tasksModule: Module<typeof tasksSection> = {
       commands,
       describe: () => runner.list(),
       health: () => runner.health(),
+      models: {
+        current: (task) => runner.currentModel(task),
+        install: (task, file, release) => runner.installModel(task, file, release),
+      },
       quiesce: async () => {
         for (const c of intake) await c.stop();
       },
@@ -182,6 +213,9 @@ export const tasksModule: Module<typeof tasksSection> = {
 };
 
 const scheduledInput = z.strictObject({ feeds: wireFeeds });
+
+/** How often a failed golden sample is run again. */
+const GOLDEN_RETRY_MS = 30_000;
 
 /** A scheduled `onnx` task's file: `{"feeds": {...}}`, as in `task.run`. */
 function scheduledFeeds(bytes: Buffer): TaskInput {

@@ -1,11 +1,13 @@
 import { createHash, randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { durationMs as durationOf } from "../config/duration.ts";
 import { errorMessage, isOutpostError, OutpostError } from "../core/errors.ts";
 import type { Logger } from "../core/logger.ts";
 import type { OutboxMessage } from "../outbox/types.ts";
 import type { ClassifyDefinition, TaskDefinition, TasksConfig } from "./config.ts";
+import { ModelStore } from "./models.ts";
 import { WorkerPool } from "./pool.ts";
 import { chooseRuntime, workerSource } from "./runtime.ts";
 import { fromWire, toWire, type WireTensor } from "./tensor-wire.ts";
@@ -65,9 +67,101 @@ export class TaskRunner {
   private closed = false;
   private readonly models = new Map<string, ModelInfo>();
   private readonly counts = new Map<string, { ok: number; failed: number; pass: number; fail: number }>();
+  private readonly store: ModelStore;
+  /** Each golden sample's last verdict: undefined until it ran. */
+  private readonly goldens = new Map<string, { ok: boolean; reason?: string }>();
 
   constructor(options: RunnerOptions) {
     this.o = options;
+    this.store = new ModelStore(options.stateDir, Object.keys(options.config.define));
+  }
+
+  /** The model file a task runs: a delivered one (model update), else the one its configuration names. */
+  modelOf(name: string, def: { model: string }): string {
+    return this.store.path(name) ?? def.model;
+  }
+
+  /** Where a task's model is now and its release version, for a model update. */
+  currentModel(task: string): { path: string; version?: string } {
+    const def = this.definition(task);
+    if (!("model" in def)) throw new OutpostError("OTA_KIND_UNSUPPORTED", `${task} is a ${def.type} task: no model`);
+    const version = this.store.version(task);
+    return { path: this.modelOf(task, def), ...(version ? { version } : {}) };
+  }
+
+  /**
+   * Tries a verified model file on a task: switched to in memory, checked (its golden sample, or at least that
+   * it loads), then kept beside the previous one, or dropped with the reason.
+   */
+  async installModel(
+    task: string,
+    file: string,
+    release: { version: string; sha256: string },
+  ): Promise<{ state: "committed" } | { state: "rolled-back"; reason: string }> {
+    this.currentModel(task);
+    const staged = this.store.stage(task, file, release);
+    const verdict = await this.checkModel(task);
+    if (!verdict.ok) {
+      this.store.drop(task, staged);
+      // The golden verdict (health) is the failed candidate's: the model kept gives it again.
+      if (this.goldenTasks().includes(task)) await this.golden(task);
+      this.o.logger.warn({ task, version: release.version, reason: verdict.reason }, "model update rolled back");
+      return { state: "rolled-back", reason: verdict.reason ?? "the new model failed its check" };
+    }
+    this.store.keep(task, staged);
+    this.o.logger.info({ task, version: release.version }, "model update committed");
+    return { state: "committed" };
+  }
+
+  /** The task's golden sample when it has one, else loading the model (and, for a classifier, its labels). */
+  async checkModel(task: string): Promise<{ ok: boolean; reason?: string }> {
+    const def = this.definition(task);
+    if (def.type === "classify-image" && def.golden) return this.golden(task);
+    if (!("model" in def)) return { ok: true };
+    try {
+      const pool = await this.getPool();
+      const path = this.modelOf(task, def);
+      await pool.run(
+        task,
+        { op: "describe", model: { path } },
+        { timeoutMs: durationOf(def.timeout), loadTimeoutMs: durationOf(this.o.config.loadTimeout) },
+      );
+      return { ok: true };
+    } catch (err) {
+      return { ok: false, reason: `${isOutpostError(err) ? `${err.code}: ` : ""}${errorMessage(err)}` };
+    }
+  }
+
+  /** Runs a task's golden sample (never published); the verdict is kept for the module's health. */
+  async golden(task: string): Promise<{ ok: boolean; reason?: string }> {
+    const def = this.definition(task);
+    if (def.type !== "classify-image" || !def.golden) return { ok: true };
+    const g = def.golden;
+    let verdict: { ok: boolean; reason?: string };
+    try {
+      const image = readFileSync(g.image);
+      const r = await this.evaluate(task, { image, file: g.image }, { source: "golden" });
+      verdict =
+        r.ok && r.label === g.label
+          ? { ok: true }
+          : {
+              ok: false,
+              reason: r.ok
+                ? `golden sample ${basename(g.image)}: expected ${g.label}, got ${String(r.label)} (${String(r.score)})`
+                : `golden sample ${basename(g.image)}: ${JSON.stringify(r.error)}`,
+            };
+    } catch (err) {
+      verdict = { ok: false, reason: `golden sample ${basename(g.image)}: ${errorMessage(err)}` };
+    }
+    this.goldens.set(task, verdict);
+    return verdict;
+  }
+
+  /** Tasks with a golden sample. */
+  goldenTasks(): string[] {
+    return Object.entries(this.o.config.define)
+      .filter(([, def]) => def.type === "classify-image" && def.golden !== undefined)
+      .map(([name]) => name);
   }
 
   private definition(name: string): TaskDefinition {
@@ -166,7 +260,8 @@ export class TaskRunner {
         if (!("feeds" in input)) throw new OutpostError("TASK_INPUT_INVALID", `${name} takes tensors (input.feeds)`);
         const feeds: Record<string, Tensor> = {};
         for (const [k, t] of Object.entries(input.feeds)) feeds[k] = fromWire(k, t);
-        const r = await this.infer(name, def.model, { op: "infer", model: { path: def.model }, feeds }, def, call);
+        const model = this.modelOf(name, def);
+        const r = await this.infer(name, model, { op: "infer", model: { path: model }, feeds }, def, call);
         return {
           ...r.facts,
           outputs: Object.fromEntries(Object.entries(r.out.outputs).map(([k, t]) => [k, toWire(t)])),
@@ -218,10 +313,11 @@ export class TaskRunner {
     image: Uint8Array,
     call: Call,
   ): Promise<Record<string, unknown>> {
+    const model = this.modelOf(name, def);
     const r = await this.infer(
       name,
-      def.model,
-      { op: "classify", model: { path: def.model }, image, input: def.input },
+      model,
+      { op: "classify", model: { path: model }, image, input: def.input },
       def,
       call,
     );
@@ -339,7 +435,13 @@ export class TaskRunner {
           name,
           {
             type: def.type,
-            ...("model" in def ? { model: def.model, sha256: this.models.get(def.model)?.sha256 ?? null } : {}),
+            ...("model" in def
+              ? {
+                  model: this.modelOf(name, def),
+                  sha256: this.models.get(this.modelOf(name, def))?.sha256 ?? null,
+                  ...(this.store.version(name) ? { version: this.store.version(name) } : {}),
+                }
+              : {}),
             ...("watch" in def && def.watch ? { watch: def.watch.dir } : {}),
             counts: this.counts.get(name) ?? { ok: 0, failed: 0, pass: 0, fail: 0 },
             breaker: breakers[name] ?? "closed",
@@ -352,9 +454,14 @@ export class TaskRunner {
   /** A worker abandoned in native code makes the module unhealthy (an update in trial then rolls back). */
   health(): { ok: boolean; reason?: string } {
     const abandoned = this.poolReady?.stats().abandoned ?? 0;
-    return abandoned > 0
-      ? { ok: false, reason: `${abandoned} task worker(s) stuck in native code were abandoned` }
-      : { ok: true };
+    if (abandoned > 0) return { ok: false, reason: `${abandoned} task worker(s) stuck in native code were abandoned` };
+    // A golden sample not run yet, or failed, keeps the agent unhealthy: an update on trial is not committed.
+    for (const task of this.goldenTasks()) {
+      const g = this.goldens.get(task);
+      if (!g) return { ok: false, reason: `${task}: golden sample not run yet` };
+      if (!g.ok) return { ok: false, reason: `${task}: ${g.reason ?? "golden sample failed"}` };
+    }
+    return { ok: true };
   }
 
   /** Takes no new task; a pool still being made (the runtime extracting) is closed once it exists. */

@@ -1,0 +1,89 @@
+import { copyFileSync, mkdirSync, readdirSync, readlinkSync, renameSync, rmSync, symlinkSync } from "node:fs";
+import { join } from "node:path";
+import { fsyncPath } from "../core/files.ts";
+
+/**
+ * Models delivered by updates, per task: `<state.dir>/models/<task>/<version>-<sha12>.onnx`, with `current`
+ * (the one the task runs) and `previous` as links switched by rename. A task with no `current` runs the model
+ * its configuration names. A file is written, fsynced and renamed before any link names it, so a power cut
+ * leaves the task on its old model or its new one.
+ */
+export class ModelStore {
+  private readonly root: string;
+  /** What each task runs now, when it is a delivered model. */
+  private readonly active = new Map<string, string>();
+
+  constructor(stateDir: string, tasks: readonly string[]) {
+    this.root = join(stateDir, "models");
+    for (const task of tasks) {
+      const name = readLink(join(this.dir(task), "current"));
+      if (name) this.active.set(task, join(this.dir(task), name));
+    }
+  }
+
+  private dir(task: string): string {
+    return join(this.root, task);
+  }
+
+  /** The delivered model a task runs, if any. */
+  path(task: string): string | undefined {
+    return this.active.get(task);
+  }
+
+  /** The version a delivered model's file name carries. */
+  version(task: string): string | undefined {
+    const path = this.active.get(task);
+    return path
+      ?.split("/")
+      .pop()
+      ?.replace(/-[0-9a-f]{12}\.onnx$/, "");
+  }
+
+  /** Copies the file in beside the others (durably) and makes the task run it, in memory only until `keep`. */
+  stage(task: string, file: string, release: { version: string; sha256: string }): { name: string; before?: string } {
+    const dir = this.dir(task);
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const name = `${release.version}-${release.sha256.slice(0, 12)}.onnx`;
+    const target = join(dir, name);
+    copyFileSync(file, `${target}.tmp`);
+    fsyncPath(`${target}.tmp`);
+    renameSync(`${target}.tmp`, target);
+    fsyncPath(dir);
+    const before = this.active.get(task);
+    this.active.set(task, target);
+    return { name, ...(before ? { before } : {}) };
+  }
+
+  /** Keeps the staged model: `previous` names the one before (if it was delivered), `current` the new one. */
+  keep(task: string, staged: { name: string; before?: string }): void {
+    const dir = this.dir(task);
+    const previous = staged.before?.split("/").pop();
+    if (previous && previous !== staged.name) switchLink(join(dir, "previous"), previous);
+    switchLink(join(dir, "current"), staged.name);
+    fsyncPath(dir);
+    const keep = new Set([staged.name, previous, "current", "previous"]);
+    for (const entry of readdirSync(dir)) if (!keep.has(entry)) rmSync(join(dir, entry), { force: true });
+  }
+
+  /** Drops the staged model: the task runs what it ran before. */
+  drop(task: string, staged: { name: string; before?: string }): void {
+    if (staged.before) this.active.set(task, staged.before);
+    else this.active.delete(task);
+    if (staged.before?.endsWith(`/${staged.name}`)) return;
+    rmSync(join(this.dir(task), staged.name), { force: true });
+  }
+}
+
+function readLink(path: string): string | undefined {
+  try {
+    return readlinkSync(path);
+  } catch {
+    return undefined;
+  }
+}
+
+function switchLink(path: string, target: string): void {
+  rmSync(`${path}.new`, { force: true });
+  symlinkSync(target, `${path}.new`);
+  renameSync(`${path}.new`, path);
+}

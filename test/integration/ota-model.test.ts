@@ -1,0 +1,208 @@
+// Issue 13, item 8: the same signed manifests deploy a task's model. It is verified, switched beside the
+// previous model, checked with the task's golden sample and kept, or dropped with the previous model kept.
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { generateKeys, parsePrivateKey } from "../../src/commands/keys.ts";
+import { makeRelease } from "../../src/ota/release.ts";
+import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
+import { operatorKey } from "../helpers/commands.ts";
+import { Mosquitto } from "../helpers/mosquitto.ts";
+import { Operator } from "../helpers/operator.ts";
+import { DEMO, FIXTURES, MODEL, sample } from "../helpers/parts-model.ts";
+import { RangeServer } from "../helpers/range-server.ts";
+
+const ID = "dev-models";
+
+describe("model updates: a task's model, tried with its golden sample", () => {
+  const ops = operatorKey();
+  const releaseKey = generateKeys();
+  let broker: Mosquitto;
+  let operator: Operator;
+  let agent: AgentProcess;
+  let server: RangeServer;
+  let dir: string;
+  const signed = new Map<string, unknown>();
+
+  function release(name: string, version: string, bytes: Buffer): void {
+    const file = join(dir, `${name}.onnx`);
+    writeFileSync(file, bytes);
+    const r = makeRelease({
+      file,
+      privateKey: parsePrivateKey(releaseKey.privatePem),
+      out: join(dir, "www", name),
+      kind: "model",
+      version,
+      now: 1,
+    });
+    signed.set(name, r.signed);
+  }
+
+  const update = async (name: string, task: string | null = "inspect") => {
+    const call = await operator.call(
+      ID,
+      "update",
+      { manifest: signed.get(name), source: { http: server.url(`${name}/`) }, ...(task ? { task } : {}) },
+      { timeoutMs: 60_000 },
+    );
+    return call.finals[0];
+  };
+
+  const classify = async (image: string) => {
+    const call = await operator.call(
+      ID,
+      "task.run",
+      { task: "inspect", input: { image: sample(image).toString("base64") } },
+      { timeoutMs: 30_000 },
+    );
+    return call.finals[0]?.result as { label: string; model: { path: string } };
+  };
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), "outpost-ota-model-"));
+    const good = readFileSync(MODEL);
+    release("good", "1.1.0", good);
+    release("blind", "1.2.0", withoutWeights(good));
+    release("garbage", "1.3.0", Buffer.from("not a model at all"));
+    release("older", "1.0.0", good);
+    server = await RangeServer.start(join(dir, "www"));
+    broker = await Mosquitto.start();
+    operator = await Operator.open(broker.port, ops);
+    agent = AgentProcess.run(sourceCommand(), {
+      device: { id: ID },
+      mqtt: { url: broker.url },
+      commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
+      update: { trustedKeys: [releaseKey.publicText] },
+      tasks: {
+        workers: 1,
+        define: {
+          inspect: {
+            type: "classify-image",
+            model: MODEL,
+            labels: FIXTURES.labels,
+            input: { width: 64, height: 64, channels: 1 },
+            pass: { labels: ["good"] },
+            golden: { image: join(DEMO, "samples", "chip-1.png"), label: "chip" },
+          },
+        },
+      },
+    });
+    await agent.waitForLog("mqtt connected");
+  });
+  after(async () => {
+    await agent.cleanup();
+    await operator.close();
+    await broker.stop();
+    await server.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("a good model passes its golden sample and is committed: the task runs it from the models directory", async () => {
+    const reply = await update("good");
+    assert.equal(reply?.state, "succeeded", JSON.stringify(reply?.error));
+    const r = reply?.result as Record<string, unknown>;
+    assert.equal(r.state, "committed");
+    assert.equal(r.kind, "model");
+    assert.equal(r.version, "1.1.0");
+    const models = join(agent.dir, "state", "models", "inspect");
+    assert.match(readlinkSync(join(models, "current")), /^1\.1\.0-[0-9a-f]{12}\.onnx$/);
+    const c = await classify("chip-1.png");
+    assert.equal(c.label, "chip");
+    assert.equal(c.model.path, join(models, readlinkSync(join(models, "current"))));
+  });
+
+  it("a model that fails its golden sample, or does not load, is rolled back: the previous model stays", async () => {
+    for (const [name, reason] of [
+      ["blind", /golden sample chip-1\.png: expected chip, got (good|scratch)/],
+      ["garbage", /TASK_MODEL_INVALID/],
+    ] as const) {
+      const reply = await update(name);
+      assert.equal(reply?.state, "succeeded", JSON.stringify(reply?.error));
+      const r = reply?.result as Record<string, unknown>;
+      assert.equal(r.state, "rolled-back", name);
+      assert.match(String(r.reason), reason);
+      assert.equal(r.from, "1.1.0");
+      const models = join(agent.dir, "state", "models", "inspect");
+      assert.match(readlinkSync(join(models, "current")), /^1\.1\.0-/);
+      // Only the model kept and its link: the dropped file is gone.
+      assert.deepEqual(readdirSync(models).filter((f) => f.endsWith(".onnx")).length, 1, name);
+      assert.equal((await classify("scratch-1.png")).label, "scratch");
+    }
+  });
+
+  it("a golden sample gates the agent's health (what an update on trial must reach): a wrong answer is named", async () => {
+    const healthOf = async (op: Operator, id: string) => {
+      const r = (await op.call(id, "describe", {}, { timeoutMs: 10_000 })).finals[0]?.result as {
+        health: { healthy: { ok: boolean; reasons: string[] } };
+      };
+      return r.health.healthy;
+    };
+    assert.deepEqual(await healthOf(operator, ID), { ok: true, reasons: [] });
+    const wrong = AgentProcess.run(sourceCommand(), {
+      device: { id: "dev-golden" },
+      mqtt: { url: broker.url },
+      commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
+      tasks: {
+        workers: 1,
+        define: {
+          inspect: {
+            type: "classify-image",
+            model: MODEL,
+            labels: FIXTURES.labels,
+            input: { width: 64, height: 64, channels: 1 },
+            pass: { labels: ["good"] },
+            golden: { image: join(DEMO, "samples", "chip-1.png"), label: "good" },
+          },
+        },
+      },
+    });
+    try {
+      await wrong.waitForLog("golden sample failed", 30_000);
+      const h = await healthOf(operator, "dev-golden");
+      assert.equal(h.ok, false);
+      assert.equal(h.reasons.length, 1);
+      assert.match(h.reasons[0] ?? "", /^tasks: inspect: golden sample chip-1\.png: expected good, got chip \(0\.99/);
+    } finally {
+      await wrong.cleanup();
+    }
+  });
+
+  it("refuses an older model, and a model release that names no task, before downloading", async () => {
+    const older = await update("older");
+    assert.equal(older?.state, "failed");
+    assert.equal(older?.error?.code, "OTA_DOWNGRADE");
+    const noTask = await update("good", null);
+    assert.equal(noTask?.error?.code, "OTA_KIND_UNSUPPORTED");
+    assert.ok(!existsSync(join(agent.dir, "state", "models", "inspect", "1.0.0")));
+  });
+});
+
+/**
+ * The model with every large tensor's raw_data (TensorProto field 9) zeroed: it still parses and runs, but it
+ * has forgotten what it learned, and every part gets the same answer.
+ */
+function withoutWeights(model: Buffer): Buffer {
+  const out = Buffer.from(model);
+  let zeroed = 0;
+  for (let i = 0; i < out.length - 4; i++) {
+    if (out[i] !== 0x4a) continue;
+    let length = 0;
+    let shift = 0;
+    let at = i + 1;
+    for (; at < out.length && shift < 28; at++, shift += 7) {
+      const byte = out[at] ?? 0;
+      length |= (byte & 0x7f) << shift;
+      if ((byte & 0x80) === 0) break;
+    }
+    at += 1;
+    if (length >= 256 && length % 4 === 0 && at + length <= out.length) {
+      out.fill(0, at, at + length);
+      zeroed += length;
+      i = at + length - 1;
+    }
+  }
+  assert.ok(zeroed > model.length / 2, `zeroed ${zeroed} of ${model.length} bytes`);
+  return out;
+}

@@ -4,15 +4,12 @@
 // becomes healthy. One systemd boot and one extra build (x64) for the whole file.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { generateKeys, parsePrivateKey } from "../../src/commands/keys.ts";
-import { chunk } from "../../src/ota/chunks.ts";
-import { type Manifest, type SignedManifest, signManifest } from "../../src/ota/manifest.ts";
+import type { SignedManifest } from "../../src/ota/manifest.ts";
 import { makeRelease } from "../../src/ota/release.ts";
-import { releaseMarkerText } from "../../src/version.ts";
 import { ROOT, sourceCommand } from "../helpers/agent-process.ts";
 import { operatorKey } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
@@ -20,6 +17,7 @@ import { type Received, Watch } from "../helpers/mqtt-watch.ts";
 import { Operator, PREFIX } from "../helpers/operator.ts";
 import { FaultProxy } from "../helpers/proxy.ts";
 import { RangeServer } from "../helpers/range-server.ts";
+import { scriptRelease as makeScriptRelease } from "../helpers/releases.ts";
 import { run } from "../helpers/run.ts";
 import { Systemd } from "../helpers/systemd.ts";
 
@@ -47,25 +45,8 @@ describe("over-the-air updates of the installed agent (real systemd, built x64 b
   const inside = (...parts: string[]) => sd.path(join(...parts));
   const releases: Record<string, SignedManifest> = {};
 
-  /** A release of a file that is not an agent at all (a shell script), signed as one: what a bad build is. */
   function scriptRelease(name: string, version: string, body: string): void {
-    const bytes = Buffer.from(`#!/bin/sh\n# ${releaseMarkerText(version)}\n${body}\n`);
-    const out = join(dir, name);
-    mkdirSync(out, { recursive: true });
-    writeFileSync(join(out, "artifact"), bytes);
-    const manifest: Manifest = {
-      format: 1,
-      kind: "agent",
-      artifact: "artifact",
-      version,
-      target: { os: "linux", arch: "x64" },
-      sha256: createHash("sha256").update(bytes).digest("hex"),
-      size: bytes.length,
-      index: { params: { min: 16384, avg: 65536, max: 262144 }, chunks: chunk(bytes).map((c) => [c.size, c.sha256]) },
-      allowDowngrade: false,
-      created: Date.now(),
-    };
-    releases[name] = signManifest(manifest, parsePrivateKey(releaseKey.privatePem));
+    releases[name] = makeScriptRelease(join(dir, name), version, body, parsePrivateKey(releaseKey.privatePem));
   }
 
   async function callUpdate(name: string) {

@@ -1,6 +1,5 @@
 // Issue 13 groundwork: the update command's checks before any download, and a release staged from HTTP.
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";

@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { generateKeys, parsePrivateKey } from "../../src/commands/keys.ts";
-import type { SignedManifest } from "../../src/ota/manifest.ts";
+import { type Manifest, type SignedManifest, signManifest } from "../../src/ota/manifest.ts";
 import { makeRelease } from "../../src/ota/release.ts";
 import { ROOT, sourceCommand } from "../helpers/agent-process.ts";
 import { operatorKey } from "../helpers/commands.ts";
@@ -114,6 +114,11 @@ describe("over-the-air updates of the installed agent (real systemd, built x64 b
     };
     writeFileSync(join(dir, "config.json"), JSON.stringify(config));
     sd = await Systemd.boot(ROOT);
+    // A small state file system: an update declared larger than it has room for is refused (OTA_DISK_FULL).
+    const small = await sd.sh(
+      "mkdir -p /var/lib/outpost && mount -t tmpfs -o size=256m,mode=0750 tmpfs /var/lib/outpost",
+    );
+    assert.equal(small.code, 0, small.stderr);
     const install = await sd.exec([inside(BIN), "install", "--config", inside(dir, "config.json")], 120_000);
     assert.equal(install.code, 0, install.stderr);
     // A release that never says READY fails its start after this long (the unit's own is 90 s).
@@ -141,6 +146,54 @@ describe("over-the-air updates of the installed agent (real systemd, built x64 b
     assert.equal(await sd.show("outpost", "Restart"), "on-failure");
     assert.equal(await sd.show("outpost", "ActiveState"), "active");
   }
+
+  it("refused with their codes before anything is installed, v1 untouched and running", async () => {
+    const v1 = await current();
+    const key = parsePrivateKey(releaseKey.privatePem);
+    const stranger = parsePrivateKey(generateKeys().privatePem);
+    const v2 = JSON.parse(releases.v2?.payload ?? "{}") as Manifest;
+    const exits = JSON.parse(releases.exits?.payload ?? "{}") as Manifest;
+    // A file larger on the server than its signed manifest says.
+    scriptRelease("larger", "0.1.7", "exit 0");
+    writeFileSync(join(dir, "larger", "artifact"), "# and more bytes than declared\n", { flag: "a" });
+    const cases: [string, SignedManifest | undefined, string][] = [
+      ["v2", signManifest(v2, stranger), "OTA_KEY_UNTRUSTED"],
+      [
+        "v2",
+        { ...(releases.v2 as SignedManifest), payload: releases.v2?.payload.replace('"size":', '"size": ') ?? "" },
+        "OTA_SIGNATURE_INVALID",
+      ],
+      ["exits", signManifest({ ...exits, target: { os: "linux", arch: "arm64" } }, key), "OTA_WRONG_ARCH"],
+      ["exits", signManifest({ ...exits, version: "0.0.9" }, key), "OTA_DOWNGRADE"],
+      ["exits", signManifest({ ...exits, size: 240 * 1024 * 1024 }, key), "OTA_DISK_FULL"],
+      ["larger", undefined, "OTA_SIZE_MISMATCH"],
+      ["v2", undefined, "OTA_CHUNK_CORRUPT"],
+    ];
+    for (const [name, manifest, code] of cases) {
+      // The one corrupt case: every byte served for v2 has one bit flipped.
+      server.tamper =
+        code === "OTA_CHUNK_CORRUPT" ? (b) => Buffer.from(b.map((x, i) => (i === 0 ? x ^ 1 : x))) : undefined;
+      const call = await operator.call(
+        DEVICE,
+        "update",
+        { manifest: manifest ?? releases[name], source: { http: server.url(`${name}/`) } },
+        { timeoutMs: 60_000 },
+      );
+      assert.equal(call.finals[0]?.error?.code, code, `${code}: ${JSON.stringify(call.finals[0])}`);
+    }
+    server.tamper = undefined;
+    assert.equal(await current(), v1);
+    assert.equal(
+      (await sd.sh("ls /var/lib/outpost/update")).stdout
+        .trim()
+        .split("\n")
+        .filter((f) => f.endsWith(".ready")).length,
+      0,
+    );
+    assert.equal(await sd.show("outpost", "ActiveState"), "active");
+    const ping = await operator.call(DEVICE, "ping", {}, { timeoutMs: 10_000 });
+    assert.equal(ping.finals[0]?.state, "succeeded");
+  });
 
   it("a release that exits at once is rolled back by systemd: back on v1, rolled-back with the reason", async () => {
     const v1 = await current();
@@ -176,6 +229,28 @@ describe("over-the-air updates of the installed agent (real systemd, built x64 b
     const back = await watch.waitFor(update("rolled-back", V2), 30_000, "rolled-back");
     assert.match(String(back.json.reason), new RegExp(`^not healthy within ${TRIAL}: .*mqtt`));
     await watch.waitFor(online(V1), 30_000, "v1 online again");
+    await backOnV1(v1);
+  });
+
+  it("a release killed during its trial is rolled back by systemd (SIGKILL at the trial step)", async () => {
+    const v1 = await current();
+    await callUpdate("v2");
+    // v2 cannot commit without a broker; it is killed while on trial.
+    proxy.down();
+    const onTrial = async () =>
+      (await sd.sh("cat /var/lib/outpost/update/journal.json")).stdout.startsWith(`{"state":"trial","release":"${V2}-`);
+    for (let i = 0; i < 300 && !((await onTrial()) && (await sd.show("outpost", "ActiveState")) === "active"); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.match(await current(), new RegExp(`^releases/${V2.replaceAll(".", "\\.")}-`));
+    await sd.sh("systemctl kill -s KILL outpost.service");
+    proxy.up();
+    const back = await watch.waitFor(
+      (m) => update("rolled-back", V2)(m) && /signal/.test(String(m.json.reason)),
+      60_000,
+      "rolled-back after the kill",
+    );
+    assert.match(String(back.json.reason), /result signal, status 9/);
     await backOnV1(v1);
   });
 

@@ -1,8 +1,3 @@
-// npm run bench -- --only ota: an update of the installed agent under a real systemd (issue 13), on loopback.
-// Downtime: the last telemetry of the old release to the first of the new one. Rollback: the last telemetry
-// before a release that exits at once was installed to the first telemetry of the old release back again.
-// Needs root (systemd in a private namespace, test/helpers/systemd.ts) and one extra build (about 20 s).
-import { execFileSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { generateKeys, parsePrivateKey } from "../src/commands/keys.ts";
@@ -13,7 +8,7 @@ import type { Mosquitto } from "../test/helpers/mosquitto.ts";
 import type { Received, Watch } from "../test/helpers/mqtt-watch.ts";
 import { Operator, PREFIX } from "../test/helpers/operator.ts";
 import { RangeServer } from "../test/helpers/range-server.ts";
-import { scriptRelease } from "../test/helpers/releases.ts";
+import { buildVersion, scriptRelease } from "../test/helpers/releases.ts";
 import { Systemd } from "../test/helpers/systemd.ts";
 import type { BenchRow } from "./bench-board.ts";
 
@@ -30,22 +25,10 @@ export async function otaRows(rows: BenchRow[], o: { bin: string; broker: Mosqui
   let server: RangeServer | undefined;
   let operator: Operator | undefined;
   try {
-    execFileSync(
-      process.execPath,
-      [
-        join(ROOT, "build", "build.ts"),
-        "--target",
-        "linux-x64",
-        "--out",
-        join(dir, "v2-build"),
-        "--set-version",
-        "9.0.0",
-      ],
-      { cwd: ROOT, stdio: ["ignore", "ignore", "inherit"] },
-    );
+    const built = buildVersion(join(dir, "v2-build"), "9.0.0");
     const signed = {
       up: makeRelease({
-        file: join(dir, "v2-build", "outpost-linux-x64"),
+        file: built,
         privateKey,
         out: join(dir, "up"),
         kind: "agent",

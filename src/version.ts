@@ -34,3 +34,8 @@ export const COMMIT: string = typeof __OUTPOST_COMMIT__ === "string" ? __OUTPOST
 export function versionLine(): string {
   return `outpost ${VERSION} (${COMMIT}) node ${process.version} ${process.platform}-${process.arch}`;
 }
+
+/** A release's directory under /opt/outpost/releases: `<version>-<first 12 hex of its sha256>`. */
+export function releaseName(version: string, sha256: string): string {
+  return `${version}-${sha256.slice(0, 12)}`;
+}

@@ -3,8 +3,9 @@ import * as nodeFs from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { z } from "zod";
 import { errorMessage, isOutpostError, OutpostError } from "../core/errors.ts";
+import { releaseName } from "../version.ts";
 import { checkRelease } from "./checks.ts";
-import { type Journal, readJournal, releaseName, updateFiles } from "./journal.ts";
+import { type Journal, readJournal, updateFiles } from "./journal.ts";
 import { signedManifestSchema, verifyManifest } from "./manifest.ts";
 
 /**

@@ -77,8 +77,3 @@ export function readJournal(path: string): Journal | undefined {
 export function writeJournal(path: string, journal: Journal, mode = 0o640): void {
   writeFileAtomically(path, `${JSON.stringify(journal)}\n`, mode);
 }
-
-/** A release directory's name: `<version>-<first 12 hex of its sha256>`. */
-export function releaseName(version: string, sha256: string): string {
-  return `${version}-${sha256.slice(0, 12)}`;
-}

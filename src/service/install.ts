@@ -15,6 +15,7 @@ import { dirname, join } from "node:path";
 import { elfMachine } from "../core/elf.ts";
 import { OutpostError } from "../core/errors.ts";
 import { writeFileAtomically } from "../core/files.ts";
+import { releaseName } from "../version.ts";
 import { LAYOUT, rollbackScript, sysusersText, tmpfilesText, type UnitOptions, unitText, updateUnits } from "./unit.ts";
 
 /** One thing install wants on disk, at a path inside the target root. */
@@ -40,10 +41,9 @@ export interface Change {
   note?: string;
 }
 
-/** `<version>-<first 12 hex of sha256>`: two builds of one version never share a directory. */
-export function releaseName(binary: string, version: string): string {
-  const sha = createHash("sha256").update(readFileSync(binary)).digest("hex");
-  return `${version}-${sha.slice(0, 12)}`;
+/** Two builds of one version never share a directory: the name carries the file's sha256. */
+export function binaryReleaseName(binary: string, version: string): string {
+  return releaseName(version, createHash("sha256").update(readFileSync(binary)).digest("hex"));
 }
 
 /** Refuses a binary built for another architecture than the target's own programs (/bin/sh). */
@@ -67,7 +67,7 @@ export function checkArchitecture(root: string, binary: string): void {
 
 /** Everything install wants, in the order it is written (a release before the links that name it). */
 export function installPlan(o: InstallOptions, exampleConfig: string, tmpfilesExtra: readonly string[]): Entry[] {
-  const release = releaseName(o.binary, o.version);
+  const release = binaryReleaseName(o.binary, o.version);
   const releaseDir = `${LAYOUT.releases}/${release}`;
   const current = `releases/${release}`;
   let before: string | undefined;

@@ -3,7 +3,6 @@
 // after a healthy trial, and rolled back by itself when the new release exits, hangs, is killed or never
 // becomes healthy. One systemd boot and one extra build (x64) for the whole file.
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -17,7 +16,7 @@ import { type Received, Watch } from "../helpers/mqtt-watch.ts";
 import { Operator, PREFIX } from "../helpers/operator.ts";
 import { FaultProxy } from "../helpers/proxy.ts";
 import { RangeServer } from "../helpers/range-server.ts";
-import { scriptRelease as makeScriptRelease } from "../helpers/releases.ts";
+import { buildVersion, scriptRelease as makeScriptRelease } from "../helpers/releases.ts";
 import { run } from "../helpers/run.ts";
 import { Systemd } from "../helpers/systemd.ts";
 
@@ -67,27 +66,14 @@ describe("over-the-air updates of the installed agent (real systemd, built x64 b
     assert.ok(existsSync(BIN), `${BIN} is missing: run npm run build first`);
     mkdirSync(join(ROOT, ".cache"), { recursive: true });
     dir = mkdtempSync(join(ROOT, ".cache", "ota-test-"));
-    // The next version of this commit: an app-only change.
     // The next versions of this commit: app-only changes.
     for (const [name, version] of [
       ["v2", V2],
       ["v3", V3],
     ] as const) {
-      execFileSync(
-        process.execPath,
-        [
-          join(ROOT, "build", "build.ts"),
-          "--target",
-          "linux-x64",
-          "--out",
-          join(dir, `${name}-build`),
-          "--set-version",
-          version,
-        ],
-        { cwd: ROOT, stdio: ["ignore", "ignore", "inherit"] },
-      );
+      const built = buildVersion(join(dir, `${name}-build`), version);
       releases[name] = makeRelease({
-        file: join(dir, `${name}-build`, "outpost-linux-x64"),
+        file: built,
         privateKey: parsePrivateKey(releaseKey.privatePem),
         out: join(dir, name),
         kind: "agent",

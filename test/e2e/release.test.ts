@@ -17,20 +17,14 @@ import { Mosquitto } from "../helpers/mosquitto.ts";
 import { Operator } from "../helpers/operator.ts";
 import { outcome } from "../helpers/outcome.ts";
 import { RangeServer } from "../helpers/range-server.ts";
+import { buildVersion } from "../helpers/releases.ts";
 import { run } from "../helpers/run.ts";
 
 let out: string;
 before(() => {
   out = mkdtempSync(join(tmpdir(), "outpost-release-"));
   // Another version of the same commit: an app-only change, as a release candidate would be.
-  execFileSync(
-    process.execPath,
-    [join(ROOT, "build", "build.ts"), "--target", "linux-x64", "--out", out, "--set-version", "0.1.1-rc.1"],
-    {
-      cwd: ROOT,
-      stdio: ["ignore", "ignore", "inherit"],
-    },
-  );
+  buildVersion(out, "0.1.1-rc.1");
 });
 after(() => rmSync(out, { recursive: true, force: true }));
 

@@ -1,9 +1,21 @@
+import { execFileSync } from "node:child_process";
 import { createHash, type KeyObject } from "node:crypto";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { chunk, DEFAULT_CHUNKS } from "../../src/ota/chunks.ts";
 import { type Manifest, type SignedManifest, signManifest } from "../../src/ota/manifest.ts";
 import { releaseMarkerText } from "../../src/version.ts";
+import { ROOT } from "./agent-process.ts";
+
+/** This checkout built for x64 as another version (an app-only change); returns the binary's path. */
+export function buildVersion(out: string, version: string): string {
+  execFileSync(
+    process.execPath,
+    [join(ROOT, "build", "build.ts"), "--target", "linux-x64", "--out", out, "--set-version", version],
+    { cwd: ROOT, stdio: ["ignore", "ignore", "inherit"] },
+  );
+  return join(out, "outpost-linux-x64");
+}
 
 /** Bytes that pass for an agent binary of `arch`: an ELF header, the build's version marker, a seeded body. */
 export function fakeAgent(version: string, arch: "x64" | "arm64", size: number): Buffer {

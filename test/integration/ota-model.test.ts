@@ -16,6 +16,21 @@ import { RangeServer } from "../helpers/range-server.ts";
 
 const ID = "dev-models";
 
+/** One classifier on the demo model, whose golden sample (a chipped part) is expected to say `label`. */
+const inspecting = (label: string) => ({
+  workers: 1,
+  define: {
+    inspect: {
+      type: "classify-image",
+      model: MODEL,
+      labels: FIXTURES.labels,
+      input: { width: 64, height: 64, channels: 1 },
+      pass: { labels: ["good"] },
+      golden: { image: join(DEMO, "samples", "chip-1.png"), label },
+    },
+  },
+});
+
 describe("model updates: a task's model, tried with its golden sample", () => {
   const ops = operatorKey();
   const releaseKey = generateKeys();
@@ -75,19 +90,7 @@ describe("model updates: a task's model, tried with its golden sample", () => {
       mqtt: { url: broker.url },
       commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
       update: { trustedKeys: [releaseKey.publicText] },
-      tasks: {
-        workers: 1,
-        define: {
-          inspect: {
-            type: "classify-image",
-            model: MODEL,
-            labels: FIXTURES.labels,
-            input: { width: 64, height: 64, channels: 1 },
-            pass: { labels: ["good"] },
-            golden: { image: join(DEMO, "samples", "chip-1.png"), label: "chip" },
-          },
-        },
-      },
+      tasks: inspecting("chip"),
     });
     await agent.waitForLog("mqtt connected");
   });
@@ -144,19 +147,7 @@ describe("model updates: a task's model, tried with its golden sample", () => {
       device: { id: "dev-golden" },
       mqtt: { url: broker.url },
       commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
-      tasks: {
-        workers: 1,
-        define: {
-          inspect: {
-            type: "classify-image",
-            model: MODEL,
-            labels: FIXTURES.labels,
-            input: { width: 64, height: 64, channels: 1 },
-            pass: { labels: ["good"] },
-            golden: { image: join(DEMO, "samples", "chip-1.png"), label: "good" },
-          },
-        },
-      },
+      tasks: inspecting("good"),
     });
     try {
       await wrong.waitForLog("golden sample failed", 30_000);

@@ -7,8 +7,9 @@ import { describe, it } from "node:test";
 import { generateKeys, parsePrivateKey } from "../../src/commands/keys.ts";
 import { chunk, DEFAULT_CHUNKS } from "../../src/ota/chunks.ts";
 import { type ApplyOptions, applyUpdate } from "../../src/ota/install.ts";
-import { type Journal, journalSchema, releaseName } from "../../src/ota/journal.ts";
+import { type Journal, journalSchema } from "../../src/ota/journal.ts";
 import { type Manifest, signManifest } from "../../src/ota/manifest.ts";
+import { releaseName } from "../../src/version.ts";
 import { PowerCut, RecordingFs } from "../helpers/recording-fs.ts";
 
 const OPT = "/opt/outpost";

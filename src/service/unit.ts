@@ -138,6 +138,8 @@ Description=Outpost: verify and install a staged update, or finish a committed o
 [Service]
 Type=oneshot
 ExecStart=${LAYOUT.bin} update-apply --config ${LAYOUT.config}
+# A oneshot has no start timeout by default; hashing and copying a release takes seconds, even on a Pi.
+TimeoutStartSec=5min
 UnsetEnvironment=NODE_OPTIONS
 UMask=0022
 ProtectHome=yes
@@ -160,6 +162,7 @@ Description=Outpost: return to the previous release if an update on trial failed
 [Service]
 Type=oneshot
 ExecStart=${LAYOUT.rollbackScript}
+TimeoutStartSec=2min
 UMask=0022
 `,
   };

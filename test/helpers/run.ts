@@ -21,6 +21,9 @@ export function run(
       args,
       {
         timeout: options.timeoutMs ?? 30_000,
+        // A process stuck at exit (nodejs/node#54918) no longer runs its SIGTERM handler: fail now, not at
+        // the test's own timeout.
+        killSignal: "SIGKILL",
         maxBuffer: 16 * 1024 * 1024,
         ...(options.env ? { env: options.env } : {}),
       },

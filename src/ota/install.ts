@@ -132,7 +132,11 @@ const installRequest = z.strictObject({
 
 export const TRIAL_DROP_IN = `# Written by the outpost updater while an update is on trial, removed when the trial ends (and, in /run, by
 # a reboot). Without restarts, the first failure of the release on trial fails the unit and OnFailure= returns
-# to the previous release.
+# to the previous release; a release that exits 0 by itself (never the agent's way) does the same through
+# OnSuccess=. The rollback script ignores both while the unit runs again or the system is stopping.
+[Unit]
+OnSuccess=outpost-rollback.service
+
 [Service]
 Restart=no
 `;

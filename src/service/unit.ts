@@ -183,6 +183,15 @@ dropin=${LAYOUT.trialDropIn}
 requested=no
 [ -e "$dir/rollback.request" ] && requested=yes
 rm -f "$dir/rollback.request"
+state=$(systemctl show -P ActiveState outpost.service)
+if [ "$requested" = no ] && { [ "$state" = active ] || [ "$state" = activating ] || [ "$state" = reloading ]; }; then
+  echo "outpost: outpost.service is $state again: nothing to do"
+  exit 0
+fi
+if [ "$(systemctl is-system-running 2>/dev/null)" = stopping ]; then
+  echo "outpost: the system is stopping: a trial resumes at the next start"
+  exit 0
+fi
 release=""
 if [ -f "$dir/journal.json" ] && grep -q '^{"state":"trial"' "$dir/journal.json"; then
   release=$(sed -n 's/^{"state":"trial","release":"\\([^"]*\\)".*/\\1/p' "$dir/journal.json")

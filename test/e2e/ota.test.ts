@@ -81,6 +81,7 @@ describe("over-the-air updates of the installed agent (real systemd, built x64 b
       }).signed;
     }
     scriptRelease("exits", "0.1.5", "exit 3");
+    scriptRelease("quits", "0.1.8", "systemd-notify --ready --pid=$$; sleep 2; exit 0");
     scriptRelease("hangs", "0.1.6", "exec sleep 600");
     server = await RangeServer.start(dir);
     broker = await Mosquitto.start();
@@ -190,6 +191,15 @@ describe("over-the-air updates of the installed agent (real systemd, built x64 b
     await watch.waitFor(online(V1), 30_000, "v1 online again");
     await backOnV1(v1);
     assert.match(await sd.journal("outpost-rollback"), /0\.1\.5-[0-9a-f]{12} failed its trial/);
+  });
+
+  it("a release that says READY and then exits 0 (a success for systemd) is rolled back too, by OnSuccess=", async () => {
+    const v1 = await current();
+    await callUpdate("quits");
+    const back = await watch.waitFor(update("rolled-back", "0.1.8"), 60_000, "rolled-back");
+    assert.match(String(back.json.reason), /result success, status 0/);
+    await watch.waitFor(online(V1), 30_000, "v1 online again");
+    await backOnV1(v1);
   });
 
   it("a release that hangs before READY is rolled back when its start times out", async () => {

@@ -106,8 +106,13 @@ export const otaModule: Module<typeof updateSection> = {
 
     async function watch(signal: AbortSignal): Promise<void> {
       while (!signal.aborted) {
-        if (phase === "trial" && trial) checkTrial(trial);
-        else if (phase === "installing") checkInstall();
+        // A write that fails now (a full disk) is tried again at the next turn: the trial must still end.
+        try {
+          if (phase === "trial" && trial) checkTrial(trial);
+          else if (phase === "installing") checkInstall();
+        } catch (err) {
+          ctx.logger.error({ err: errorMessage(err), phase }, "update step failed; trying again");
+        }
         await sleep(WATCH_MS, signal, { unref: true });
       }
     }
@@ -116,21 +121,21 @@ export const otaModule: Module<typeof updateSection> = {
       const health = ctx.health();
       const f = files();
       if (health.ok) {
-        phase = "idle";
         const seconds = Math.round(ctx.clock.mono() - t.started) / 1000;
         settle({ ...t.journal, state: "committed", at: ctx.clock.now() });
         // Root ends the trial's unit settings and prunes old releases (outpost-update.service).
         writeFileAtomically(f.commit, `${t.journal.release}\n`);
+        phase = "idle";
         ctx.logger.info({ version: t.journal.to.version, seconds }, "update committed");
         return;
       }
       if (ctx.clock.mono() < t.deadline) return;
-      phase = "rolling-back";
       const timeout = ctx.config().update.trialTimeout;
       const failure = `not healthy within ${timeout}: ${health.reasons.join("; ")}`;
       writeJournal(f.journal, { ...t.journal, failure });
       // The rollback unit switches back and restarts the service; this release stays up until then.
       writeFileAtomically(f.rollback, `${t.journal.release}\n`);
+      phase = "rolling-back";
       ctx.logger.error({ version: t.journal.to.version, failure }, "update failed its trial: rolling back");
       report({ state: "rolling-back", version: t.journal.to.version, from: t.journal.from.version, reason: failure });
     }
@@ -207,7 +212,11 @@ export const otaModule: Module<typeof updateSection> = {
         loopComponent(
           "ota.trial",
           async (signal) => {
-            resume();
+            try {
+              resume();
+            } catch (err) {
+              ctx.logger.error({ err: errorMessage(err) }, "could not read where the last update stands");
+            }
             await watch(signal);
           },
           (err) => ctx.logger.error({ err }, "update watch failed"),

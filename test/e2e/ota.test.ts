@@ -233,11 +233,13 @@ describe("over-the-air updates of the installed agent (real systemd, built x64 b
     await callUpdate("v2");
     // v2 cannot commit without a broker; it is killed while on trial.
     proxy.down();
-    const onTrial = async () =>
-      (await sd.sh("cat /var/lib/outpost/update/journal.json")).stdout.startsWith(`{"state":"trial","release":"${V2}-`);
-    for (let i = 0; i < 300 && !((await onTrial()) && (await sd.show("outpost", "ActiveState")) === "active"); i++) {
+    // The journal says "trial" a moment before the switch and the restart: wait for v2's own process.
+    const running = async () =>
+      (await sd.sh("readlink /proc/$(systemctl show -P MainPID outpost)/exe")).stdout.includes(`/releases/${V2}-`);
+    for (let i = 0; i < 300 && !((await running()) && (await sd.show("outpost", "ActiveState")) === "active"); i++) {
       await new Promise((r) => setTimeout(r, 100));
     }
+    assert.ok(await running(), "v2 is running on trial");
     assert.match(await current(), new RegExp(`^releases/${V2.replaceAll(".", "\\.")}-`));
     await sd.sh("systemctl kill -s KILL outpost.service");
     proxy.up();

@@ -39,38 +39,34 @@ export class ModelStore {
       ?.replace(/-[0-9a-f]{12}\.onnx$/, "");
   }
 
-  /** Copies the file in beside the others (durably) and makes the task run it, in memory only until `keep`. */
-  stage(task: string, file: string, release: { version: string; sha256: string }): { name: string; before?: string } {
+  /** Copies the file in beside the others, durably; the task does not run it until `keep`. */
+  place(task: string, file: string, release: { version: string; sha256: string }): { name: string; path: string } {
     const dir = this.dir(task);
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const name = `${release.version}-${release.sha256.slice(0, 12)}.onnx`;
-    const target = join(dir, name);
-    copyFileSync(file, `${target}.tmp`);
-    fsyncPath(`${target}.tmp`);
-    renameSync(`${target}.tmp`, target);
+    const path = join(dir, name);
+    copyFileSync(file, `${path}.tmp`);
+    fsyncPath(`${path}.tmp`);
+    renameSync(`${path}.tmp`, path);
     fsyncPath(dir);
-    const before = this.active.get(task);
-    this.active.set(task, target);
-    return { name, ...(before ? { before } : {}) };
+    return { name, path };
   }
 
-  /** Keeps the staged model: `previous` names the one before (if it was delivered), `current` the new one. */
-  keep(task: string, staged: { name: string; before?: string }): void {
+  /** Makes the task run the placed model: `previous` names the one before (if delivered), `current` the new. */
+  keep(task: string, placed: { name: string; path: string }): void {
     const dir = this.dir(task);
-    const previous = staged.before?.split("/").pop();
-    if (previous && previous !== staged.name) switchLink(join(dir, "previous"), previous);
-    switchLink(join(dir, "current"), staged.name);
+    const previous = this.active.get(task)?.split("/").pop();
+    if (previous && previous !== placed.name) switchLink(join(dir, "previous"), previous);
+    switchLink(join(dir, "current"), placed.name);
     fsyncPath(dir);
-    const keep = new Set([staged.name, previous, "current", "previous"]);
+    this.active.set(task, placed.path);
+    const keep = new Set([placed.name, previous, "current", "previous"]);
     for (const entry of readdirSync(dir)) if (!keep.has(entry)) rmSync(join(dir, entry), { force: true });
   }
 
-  /** Drops the staged model: the task runs what it ran before. */
-  drop(task: string, staged: { name: string; before?: string }): void {
-    if (staged.before) this.active.set(task, staged.before);
-    else this.active.delete(task);
-    if (staged.before?.endsWith(`/${staged.name}`)) return;
-    rmSync(join(this.dir(task), staged.name), { force: true });
+  /** Removes a placed model that was not kept (unless it is the one the task runs: the same release again). */
+  discard(task: string, placed: { name: string; path: string }): void {
+    if (this.active.get(task) !== placed.path) rmSync(placed.path, { force: true });
   }
 }
 

@@ -70,6 +70,8 @@ export class TaskRunner {
   private readonly store: ModelStore;
   /** Each golden sample's last verdict: undefined until it ran. */
   private readonly goldens = new Map<string, { ok: boolean; reason?: string }>();
+  /** A model under test, by the trace of the one run that checks it: every other task keeps its model. */
+  private readonly candidates = new Map<string, string>();
 
   constructor(options: RunnerOptions) {
     this.o = options;
@@ -77,8 +79,8 @@ export class TaskRunner {
   }
 
   /** The model file a task runs: a delivered one (model update), else the one its configuration names. */
-  modelOf(name: string, def: { model: string }): string {
-    return this.store.path(name) ?? def.model;
+  modelOf(name: string, def: { model: string }, trace?: string): string {
+    return (trace === undefined ? undefined : this.candidates.get(trace)) ?? this.store.path(name) ?? def.model;
   }
 
   /** Where a task's model is now and its release version, for a model update. */
@@ -90,8 +92,8 @@ export class TaskRunner {
   }
 
   /**
-   * Tries a verified model file on a task: switched to in memory, checked (its golden sample, or at least that
-   * it loads), then kept beside the previous one, or dropped with the reason.
+   * Tries a verified model file on a task: placed beside the others, checked (its golden sample, or at least
+   * that it loads) while every other run keeps the current model, then kept (the task switches) or removed.
    */
   async installModel(
     task: string,
@@ -99,31 +101,30 @@ export class TaskRunner {
     release: { version: string; sha256: string },
   ): Promise<{ state: "committed" } | { state: "rolled-back"; reason: string }> {
     this.currentModel(task);
-    const staged = this.store.stage(task, file, release);
-    const verdict = await this.checkModel(task);
+    const placed = this.store.place(task, file, release);
+    const verdict = await this.checkModel(task, placed.path);
     if (!verdict.ok) {
-      this.store.drop(task, staged);
-      // The golden verdict (health) is the failed candidate's: the model kept gives it again.
-      if (this.goldenTasks().includes(task)) await this.golden(task);
+      this.store.discard(task, placed);
       this.o.logger.warn({ task, version: release.version, reason: verdict.reason }, "model update rolled back");
       return { state: "rolled-back", reason: verdict.reason ?? "the new model failed its check" };
     }
-    this.store.keep(task, staged);
+    this.store.keep(task, placed);
+    // The check was the golden sample on this very model: it holds for the task's health now.
+    if (this.goldenTasks().includes(task)) this.goldens.set(task, verdict);
     this.o.logger.info({ task, version: release.version }, "model update committed");
     return { state: "committed" };
   }
 
-  /** The task's golden sample when it has one, else loading the model (and, for a classifier, its labels). */
-  async checkModel(task: string): Promise<{ ok: boolean; reason?: string }> {
+  /** A candidate model checked with the task's golden sample when it has one, else by loading it. */
+  private async checkModel(task: string, candidate: string): Promise<{ ok: boolean; reason?: string }> {
     const def = this.definition(task);
-    if (def.type === "classify-image" && def.golden) return this.golden(task);
+    if (def.type === "classify-image" && def.golden) return this.golden(task, candidate);
     if (!("model" in def)) return { ok: true };
     try {
       const pool = await this.getPool();
-      const path = this.modelOf(task, def);
       await pool.run(
         task,
-        { op: "describe", model: { path } },
+        { op: "describe", model: { path: candidate } },
         { timeoutMs: durationOf(def.timeout), loadTimeoutMs: durationOf(this.o.config.loadTimeout) },
       );
       return { ok: true };
@@ -132,15 +133,20 @@ export class TaskRunner {
     }
   }
 
-  /** Runs a task's golden sample (never published); the verdict is kept for the module's health. */
-  async golden(task: string): Promise<{ ok: boolean; reason?: string }> {
+  /**
+   * Runs a task's golden sample (never published), on its model or on a candidate. The verdict on its own
+   * model is kept for the module's health; a candidate's is only returned.
+   */
+  async golden(task: string, candidate?: string): Promise<{ ok: boolean; reason?: string }> {
     const def = this.definition(task);
     if (def.type !== "classify-image" || !def.golden) return { ok: true };
     const g = def.golden;
+    const trace = randomUUID();
+    if (candidate) this.candidates.set(trace, candidate);
     let verdict: { ok: boolean; reason?: string };
     try {
       const image = readFileSync(g.image);
-      const r = await this.evaluate(task, { image, file: g.image }, { source: "golden" });
+      const r = await this.evaluate(task, { image, file: g.image }, { source: "golden", trace });
       verdict =
         r.ok && r.label === g.label
           ? { ok: true }
@@ -152,8 +158,10 @@ export class TaskRunner {
             };
     } catch (err) {
       verdict = { ok: false, reason: `golden sample ${basename(g.image)}: ${errorMessage(err)}` };
+    } finally {
+      this.candidates.delete(trace);
     }
-    this.goldens.set(task, verdict);
+    if (!candidate) this.goldens.set(task, verdict);
     return verdict;
   }
 
@@ -260,7 +268,7 @@ export class TaskRunner {
         if (!("feeds" in input)) throw new OutpostError("TASK_INPUT_INVALID", `${name} takes tensors (input.feeds)`);
         const feeds: Record<string, Tensor> = {};
         for (const [k, t] of Object.entries(input.feeds)) feeds[k] = fromWire(k, t);
-        const model = this.modelOf(name, def);
+        const model = this.modelOf(name, def, call.trace);
         const r = await this.infer(name, model, { op: "infer", model: { path: model }, feeds }, def, call);
         return {
           ...r.facts,
@@ -313,7 +321,7 @@ export class TaskRunner {
     image: Uint8Array,
     call: Call,
   ): Promise<Record<string, unknown>> {
-    const model = this.modelOf(name, def);
+    const model = this.modelOf(name, def, call.trace);
     const r = await this.infer(
       name,
       model,

@@ -121,7 +121,13 @@ describe("model updates: a task's model, tried with its golden sample", () => {
       ["blind", /golden sample chip-1\.png: expected chip, got (good|scratch)/],
       ["garbage", /TASK_MODEL_INVALID/],
     ] as const) {
+      // Parts keep coming while the candidate is checked: none of them may be judged by it.
+      const during = Array.from({ length: 8 }, () => classify("scratch-1.png"));
       const reply = await update(name);
+      for (const r of await Promise.all(during)) {
+        assert.equal(r.label, "scratch", name);
+        assert.match(r.model.path, /\/1\.1\.0-[0-9a-f]{12}\.onnx$/, name);
+      }
       assert.equal(reply?.state, "succeeded", JSON.stringify(reply?.error));
       const r = reply?.result as Record<string, unknown>;
       assert.equal(r.state, "rolled-back", name);

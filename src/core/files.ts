@@ -1,4 +1,4 @@
-import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 
 /** Flushes a file or a directory (its entries: a rename into it) to the disk. */
@@ -21,4 +21,12 @@ export function writeFileAtomically(path: string, text: string | Uint8Array, mod
   fsyncPath(tmp);
   renameSync(tmp, path);
   fsyncPath(dirname(path));
+}
+
+/** Points a link at `target` by renaming a new link over it: the path is never without one (not fsynced). */
+export function replaceLink(path: string, target: string): void {
+  const tmp = `${path}.new`;
+  rmSync(tmp, { force: true });
+  symlinkSync(target, tmp);
+  renameSync(tmp, path);
 }

@@ -3,6 +3,7 @@ import * as nodeFs from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { z } from "zod";
 import { errorMessage, isOutpostError, OutpostError } from "../core/errors.ts";
+import { fsyncPath } from "../core/files.ts";
 import { releaseName } from "../version.ts";
 import { checkRelease } from "./checks.ts";
 import { type Journal, readJournal, updateFiles } from "./journal.ts";
@@ -60,14 +61,7 @@ export const realFs: InstallFs = {
     }
     return { sha256: hash.digest("hex"), size };
   },
-  fsync: (p) => {
-    const fd = nodeFs.openSync(p, "r");
-    try {
-      nodeFs.fsyncSync(fd);
-    } finally {
-      nodeFs.closeSync(fd);
-    }
-  },
+  fsync: fsyncPath,
   rename: (from, to) => nodeFs.renameSync(from, to),
   symlink: (target, p) => {
     nodeFs.rmSync(p, { force: true });
@@ -253,8 +247,10 @@ function finishTrial(o: ApplyOptions, fs: InstallFs): void {
   removeShared(fs, [files.commit], files.dir);
 }
 
-function atomicWrite(fs: InstallFs, path: string, data: string, mode: number): void {
+/** Temp file, fsync, rename, fsync of the directory; `ownerLike`: owned like that path (see writeShared). */
+function atomicWrite(fs: InstallFs, path: string, data: string, mode: number, ownerLike?: string): void {
   fs.writeFile(`${path}.tmp`, data, mode);
+  if (ownerLike !== undefined) fs.chownLike(`${path}.tmp`, ownerLike);
   fs.fsync(`${path}.tmp`);
   fs.rename(`${path}.tmp`, path);
   fs.fsync(dirname(path));
@@ -262,11 +258,7 @@ function atomicWrite(fs: InstallFs, path: string, data: string, mode: number): v
 
 /** A file in the agent's state directory: written as root, owned like the directory, readable by the agent. */
 function writeShared(fs: InstallFs, path: string, data: string, stateDir: string): void {
-  fs.writeFile(`${path}.tmp`, data, 0o640);
-  fs.chownLike(`${path}.tmp`, stateDir);
-  fs.fsync(`${path}.tmp`);
-  fs.rename(`${path}.tmp`, path);
-  fs.fsync(dirname(path));
+  atomicWrite(fs, path, data, 0o640, stateDir);
 }
 
 function removeShared(fs: InstallFs, paths: readonly string[], dir: string): void {

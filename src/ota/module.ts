@@ -183,14 +183,16 @@ export const otaModule: Module<typeof updateSection> = {
       const ref = "chunks" in m.index ? undefined : m.index;
       return {
         artifact: at(m.artifact, m.size),
-        index: at(ref ? `index-${ref.sha256}.json` : "", ref?.size ?? 0),
+        index: ref ? at(`index-${ref.sha256}.json`, ref.size) : undefined,
         maxRange: undefined,
       };
     }
 
-    async function index(m: Manifest, source: ByteSource, signal: AbortSignal): Promise<ChunkIndex> {
+    /** The chunk index: inline in the manifest, or a file named by its hash (`source`: where it is). */
+    async function index(m: Manifest, source: ByteSource | undefined, signal: AbortSignal): Promise<ChunkIndex> {
       if ("chunks" in m.index) return m.index;
       const ref = m.index;
+      if (!source) throw new OutpostError("OTA_MANIFEST_INVALID", "the chunk index has no source");
       // Fetched like a chunk: never more bytes than the signed manifest declares, checked against its sha256.
       const bytes = await source.read(0, ref.size, signal);
       if (createHash("sha256").update(bytes).digest("hex") !== ref.sha256) {

@@ -1,20 +1,10 @@
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import {
-  chmodSync,
-  lstatSync,
-  mkdirSync,
-  readFileSync,
-  readlinkSync,
-  renameSync,
-  rmSync,
-  statSync,
-  symlinkSync,
-} from "node:fs";
+import { chmodSync, lstatSync, mkdirSync, readFileSync, readlinkSync, rmSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { elfMachine } from "../core/elf.ts";
 import { OutpostError } from "../core/errors.ts";
-import { writeFileAtomically } from "../core/files.ts";
+import { replaceLink, writeFileAtomically } from "../core/files.ts";
 import { releaseName } from "../version.ts";
 import { LAYOUT, rollbackScript, sysusersText, tmpfilesText, type UnitOptions, unitText, updateUnits } from "./unit.ts";
 
@@ -173,14 +163,11 @@ export function apply(root: string, plan: readonly Entry[]): Change[] {
         changes.push({ path: entry.path, action: "unchanged" });
         continue;
       }
-      // A new link beside the old path, renamed over it: there is never a moment without one.
       mkdirSync(dirname(path), { recursive: true });
-      const tmp = `${path}.new`;
-      rmSync(tmp, { force: true });
-      symlinkSync(entry.target, tmp);
       const note = existing && !existing.isSymbolicLink() ? "a plain file was here" : undefined;
+      // A rename cannot replace a directory; a link or a file is replaced without a moment of absence.
       if (existing?.isDirectory()) rmSync(path, { recursive: true, force: true });
-      renameSync(tmp, path);
+      replaceLink(path, entry.target);
       changes.push({ path: entry.path, action: existing ? "replaced" : "created", ...(note ? { note } : {}) });
       continue;
     }

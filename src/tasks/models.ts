@@ -1,6 +1,6 @@
-import { copyFileSync, mkdirSync, readdirSync, readlinkSync, renameSync, rmSync, symlinkSync } from "node:fs";
+import { copyFileSync, mkdirSync, readdirSync, readlinkSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { fsyncPath } from "../core/files.ts";
+import { fsyncPath, replaceLink } from "../core/files.ts";
 
 /**
  * Models delivered by updates, per task: `<state.dir>/models/<task>/<version>-<sha12>.onnx`, with `current`
@@ -56,8 +56,8 @@ export class ModelStore {
   keep(task: string, placed: { name: string; path: string }): void {
     const dir = this.dir(task);
     const previous = this.active.get(task)?.split("/").pop();
-    if (previous && previous !== placed.name) switchLink(join(dir, "previous"), previous);
-    switchLink(join(dir, "current"), placed.name);
+    if (previous && previous !== placed.name) replaceLink(join(dir, "previous"), previous);
+    replaceLink(join(dir, "current"), placed.name);
     fsyncPath(dir);
     this.active.set(task, placed.path);
     const keep = new Set([placed.name, previous, "current", "previous"]);
@@ -76,10 +76,4 @@ function readLink(path: string): string | undefined {
   } catch {
     return undefined;
   }
-}
-
-function switchLink(path: string, target: string): void {
-  rmSync(`${path}.new`, { force: true });
-  symlinkSync(target, `${path}.new`);
-  renameSync(`${path}.new`, path);
 }

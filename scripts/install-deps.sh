@@ -6,7 +6,8 @@
 #          libraries (to run the arm64 binary), python3-paho-mqtt and python3-cryptography (an independent
 #          operator that signs commands), systemd (booted in a private namespace by the service tests),
 #          openssh-server (the sshd that scripts/deploy.sh is tested against), prometheus (promtool checks
-#          /metrics, and a real Prometheus scrapes it), prometheus-node-exporter (what npm run bench compares to)
+#          /metrics, and a real Prometheus scrapes it), prometheus-node-exporter (what npm run bench compares to),
+#          strace (every path root's update units touch, test/e2e/root-boundary.test.ts)
 # As root it runs apt-get; otherwise it prints the command to run and fails.
 set -euo pipefail
 
@@ -31,6 +32,7 @@ declare -A need=(
   [python3-cryptography]=/usr/lib/python3/dist-packages/cryptography
   [prometheus]=/usr/bin/promtool
   [prometheus-node-exporter]=/usr/bin/prometheus-node-exporter
+  [strace]=/usr/bin/strace
 )
 
 missing=()

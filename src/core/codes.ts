@@ -84,6 +84,11 @@ export const CODES = {
     wire: true,
     meaning: "the privileged installer could not install the staged release (the journal says why)",
   },
+  OTA_STAGED_INVALID: {
+    wire: true,
+    meaning:
+      "what the agent handed the installer is not a regular file of the service user of the declared size (a link, a FIFO, another owner), or its directory is not the service user's",
+  },
   // Local: logs, exit messages, the operator's own tools.
   CONFIG_INVALID: { wire: false, meaning: "the configuration does not validate; every problem is listed" },
   KEY_INVALID: { wire: false, meaning: "a key file or key text cannot be read as an ed25519 key" },

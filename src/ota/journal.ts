@@ -2,14 +2,15 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
 import { writeFileAtomically } from "../core/files.ts";
+import { releaseRef, requestId } from "./root-record.ts";
 
 /**
- * The update journal, `state.dir/update/journal.json`: where an update stands, written by the agent (staging,
- * commit, the outcome of a trial) and by the privileged installer (the trial it started). Every write is
- * atomic and fsynced, so a power cut leaves one state or the next. The rollback script (sh, docs/ota.md) reads
- * it with grep: `state` and `release` come first, in that order.
+ * The agent's update journal, `state.dir/update/journal.json`: where an update stands as the agent sees it
+ * (its trial, why it gave up, the outcome it reported). Written by the agent only, atomically; root never
+ * reads it (root keeps its own record, root-record.ts). An installer older than root's records wrote the
+ * trial here: a release adopts such a trial once (docs/ota.md, "The root boundary").
  */
-const releaseRef = z.strictObject({ name: z.string(), version: z.string() });
+const request = requestId.optional();
 
 const trial = z.strictObject({
   state: z.literal("trial"),
@@ -18,6 +19,8 @@ const trial = z.strictObject({
   from: releaseRef,
   to: releaseRef,
   since: z.number(),
+  /** The update request's id (absent in a trial an older installer wrote). */
+  request,
   /** Set by the release on trial when it gives up: why it was not healthy in time. */
   failure: z.string().optional(),
 });
@@ -28,6 +31,7 @@ const settled = z.strictObject({
   from: releaseRef,
   to: releaseRef,
   at: z.number(),
+  request,
   reason: z.string().optional(),
 });
 
@@ -38,13 +42,14 @@ const failed = z.strictObject({
   code: z.string(),
   reason: z.string(),
   at: z.number(),
+  request,
 });
 
 export const journalSchema = z.discriminatedUnion("state", [trial, settled, failed]);
 export type Journal = z.output<typeof journalSchema>;
 export type TrialJournal = z.output<typeof trial>;
 
-/** The files of `state.dir/update/` that the agent, the installer and the rollback script share. */
+/** The files of `state.dir/update/`: the agent's; root reads the requests (through a pinned directory) only. */
 export function updateFiles(stateDir: string) {
   const dir = join(stateDir, "update");
   return {
@@ -56,8 +61,6 @@ export function updateFiles(stateDir: string) {
     commit: join(dir, "commit.request"),
     /** The agent's word that its trial failed: the rollback unit switches back. */
     rollback: join(dir, "rollback.request"),
-    /** What systemd said when the rollback unit acted on a failed start. */
-    rollbackReason: join(dir, "rollback-reason"),
     ready: (sha256: string) => join(dir, `${sha256}.ready`),
     partial: (sha256: string) => join(dir, `${sha256}.partial`),
   };

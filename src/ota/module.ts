@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { statfs } from "node:fs/promises";
-import { basename, dirname } from "node:path";
+import { basename, dirname, join } from "node:path";
 import * as sea from "node:sea";
 import { z } from "zod";
 import { durationMs } from "../config/duration.ts";
@@ -20,6 +20,7 @@ import { httpSource } from "./http-source.ts";
 import { type Journal, readJournal, type TrialJournal, updateFiles, writeJournal } from "./journal.ts";
 import { type ChunkIndex, chunkIndexSchema, type Manifest, signedManifestSchema, verifyManifest } from "./manifest.ts";
 import { MQTT_MAX_RANGE, MqttFetcher } from "./mqtt-source.ts";
+import { readRootRecords } from "./root-record.ts";
 
 const updateParams = z.strictObject({
   manifest: signedManifestSchema,
@@ -69,34 +70,76 @@ export const otaModule: Module<typeof updateSection> = {
     };
     /** Which release directory this binary runs from (`<version>-<sha12>`); none outside the installed layout. */
     const self = sea.isSea() ? basename(dirname(process.execPath)) : undefined;
+    /** Root's own record of an update, in the layout this binary runs from (`/opt/outpost/update`). */
+    const records = self ? join(dirname(dirname(dirname(process.execPath))), "update") : undefined;
+    const rootRecords = () => (records ? readRootRecords(records) : {});
     /** What the agent waits for: root to install a staged release, or its own trial to end. */
     let phase: "idle" | "installing" | "trial" | "rolling-back" = "idle";
     let trial: { journal: TrialJournal; deadline: number; started: number } | undefined;
     let installingSince = 0;
+    /** The id of the request root is asked to install: its answer in root's record names it. */
+    let pending: string | undefined;
 
-    /** At start: where the journal says an update stands, from this release's point of view. */
+    /**
+     * At start: where the update stands, from this release's point of view. Root's record says which trial
+     * it started and how it ended; the agent's journal adds what only the agent knows (why it gave up). A
+     * trial an installer older than root's records began is only in the agent's journal: while root has no
+     * record at all, that one counts.
+     */
     function resume(): void {
       const f = files();
       const j = readJournal(f.journal);
-      if (j?.state === "trial" && j.release === self) {
+      const root = rootRecords();
+      const legacy = root.trial === undefined && root.request === undefined && j?.state === "trial" ? j : undefined;
+      const rt = root.trial;
+      const onTrial: TrialJournal | undefined =
+        rt?.state === "trial"
+          ? { state: "trial", release: rt.release, from: rt.from, to: rt.to, since: rt.since, request: rt.request }
+          : legacy;
+      if (onTrial && onTrial.release === self) {
+        // The agent's journal may hold this trial's failure already (a restart after it gave up).
+        const journal = j?.state === "trial" && j.release === onTrial.release ? { ...onTrial, ...j } : onTrial;
         const timeoutMs = durationMs(ctx.config().update.trialTimeout);
-        trial = { journal: j, deadline: ctx.clock.mono() + timeoutMs, started: ctx.clock.mono() };
+        trial = { journal, deadline: ctx.clock.mono() + timeoutMs, started: ctx.clock.mono() };
         phase = "trial";
-        ctx.logger.info({ from: j.from.version, to: j.to.version, timeoutMs }, "update on trial");
-        report({ state: "trial", version: j.to.version, from: j.from.version, timeoutMs });
-      } else if (existsSync(f.install)) {
+        writeJournal(f.journal, journal);
+        ctx.logger.info({ from: journal.from.version, to: journal.to.version, timeoutMs }, "update on trial");
+        report({ state: "trial", version: journal.to.version, from: journal.from.version, timeoutMs });
+        return;
+      }
+      if (existsSync(f.install)) {
         phase = "installing";
         installingSince = ctx.clock.mono();
+        pending = readPending(f.install);
         report({ state: "installing" });
-      } else if (j?.state === "trial") {
-        // Running, but not the release on trial, and nothing left to install: it was switched back.
-        const reason = j.failure ?? readReason(f.rollbackReason) ?? "the release on trial stopped before it committed";
-        settle({ ...j, state: "rolled-back", at: ctx.clock.now(), reason });
-        rmSync(f.rollbackReason, { force: true });
-        ctx.logger.warn({ version: j.to.version, reason }, "update rolled back");
-      } else if (j) {
-        report(outcome(j));
+        return;
       }
+      const ended = onTrial ?? (rt?.state === "rolled-back" ? rt : undefined);
+      if (ended && ended.release !== self) {
+        // Running, but not the release on trial, and nothing left to install: it was switched back.
+        if (j?.state === "rolled-back" && j.release === ended.release && j.request === ended.request) {
+          report(outcome(j));
+          return;
+        }
+        const ownFailure = j?.state === "trial" && j.release === ended.release ? j.failure : undefined;
+        const reason =
+          ownFailure ??
+          (rt?.state === "rolled-back" ? rt.reason : undefined) ??
+          "the release on trial stopped before it committed";
+        const { release, from, to, request } = ended;
+        settle({
+          state: "rolled-back",
+          release,
+          from,
+          to,
+          at: ctx.clock.now(),
+          ...(request ? { request } : {}),
+          reason,
+        });
+        ctx.logger.warn({ version: to.version, reason }, "update rolled back");
+        return;
+      }
+      if (j) report(outcome(j));
     }
 
     function settle(j: Journal): void {
@@ -124,7 +167,10 @@ export const otaModule: Module<typeof updateSection> = {
         const seconds = Math.round(ctx.clock.mono() - t.started) / 1000;
         settle({ ...t.journal, state: "committed", at: ctx.clock.now() });
         // Root ends the trial's unit settings and prunes old releases (outpost-update.service).
-        writeFileAtomically(f.commit, `${t.journal.release}\n`);
+        writeFileAtomically(
+          f.commit,
+          `${JSON.stringify({ release: t.journal.release, request: t.journal.request })}\n`,
+        );
         phase = "idle";
         ctx.logger.info({ version: t.journal.to.version, seconds }, "update committed");
         return;
@@ -134,7 +180,10 @@ export const otaModule: Module<typeof updateSection> = {
       const failure = `not healthy within ${timeout}: ${health.reasons.join("; ")}`;
       writeJournal(f.journal, { ...t.journal, failure });
       // The rollback unit switches back and restarts the service; this release stays up until then.
-      writeFileAtomically(f.rollback, `${t.journal.release}\n`);
+      writeFileAtomically(
+        f.rollback,
+        `${JSON.stringify({ release: t.journal.release, request: t.journal.request })}\n`,
+      );
       phase = "rolling-back";
       ctx.logger.error({ version: t.journal.to.version, failure }, "update failed its trial: rolling back");
       report({ state: "rolling-back", version: t.journal.to.version, from: t.journal.from.version, reason: failure });
@@ -142,22 +191,23 @@ export const otaModule: Module<typeof updateSection> = {
 
     function checkInstall(): void {
       const f = files();
-      if (existsSync(f.install)) {
-        if (ctx.clock.mono() - installingSince < INSTALL_WAIT_MS) return;
-        rmSync(f.install, { force: true });
+      const answer = rootRecords().request;
+      // Refused: root's record names this request and says why. Installed: root restarts the service.
+      if (pending !== undefined && answer?.request === pending && answer.state === "failed") {
         phase = "idle";
-        const reason = `no installer took the staged release within ${INSTALL_WAIT_MS / 1000}s (outpost-update.path is not running: is the agent installed with outpost install?)`;
-        report({ state: "failed", code: "OTA_INSTALL_FAILED", reason });
-        ctx.logger.error({ reason }, "the staged update was not installed");
+        pending = undefined;
+        const body = { state: "failed", version: answer.version, code: answer.code, reason: answer.reason };
+        report(body);
+        ctx.logger.error(body, "the staged update was refused by the installer");
         return;
       }
-      const j = readJournal(f.journal);
-      // Installed: root restarts the service, and the release on trial reports. Refused: the journal says why.
-      if (j?.state === "failed") {
-        phase = "idle";
-        report(outcome(j));
-        ctx.logger.error({ code: j.code, reason: j.reason }, "the staged update was refused by the installer");
-      }
+      if (ctx.clock.mono() - installingSince < INSTALL_WAIT_MS) return;
+      rmSync(f.install, { force: true });
+      phase = "idle";
+      pending = undefined;
+      const reason = `no installer took the staged release within ${INSTALL_WAIT_MS / 1000}s (outpost-update.path is not running: is the agent installed with outpost install?)`;
+      report({ state: "failed", code: "OTA_INSTALL_FAILED", reason });
+      ctx.logger.error({ reason }, "the staged update was not installed");
     }
 
     const fetcher = new MqttFetcher(ctx.direct, ctx.topics);
@@ -308,7 +358,11 @@ export const otaModule: Module<typeof updateSection> = {
                 return body;
               }
               // Root's installer starts on this file (outpost-update.path) and verifies everything again.
-              writeFileAtomically(f.install, JSON.stringify({ manifest: p.manifest, ready: `${m.sha256}.ready` }));
+              writeFileAtomically(
+                f.install,
+                JSON.stringify({ id: context.id, manifest: p.manifest, ready: `${m.sha256}.ready` }),
+              );
+              pending = context.id;
               phase = "installing";
               installingSince = ctx.clock.mono();
               report(done);
@@ -332,6 +386,7 @@ export const otaModule: Module<typeof updateSection> = {
       describe: () => ({
         version: VERSION,
         release: self ?? null,
+        unitsRevision: unitsRevision(records && dirname(records)),
         phase,
         trustedKeys: ctx.config().update.trustedKeys.length,
         last,
@@ -351,10 +406,25 @@ function outcome(j: Journal): Record<string, unknown> {
   };
 }
 
-function readReason(path: string): string | undefined {
+/** The id in the agent's own install request (a restart while root has not answered yet). */
+function readPending(path: string): string | undefined {
   try {
-    return readFileSync(path, "utf8").trim() || undefined;
+    const id = (JSON.parse(readFileSync(path, "utf8")) as { id?: unknown }).id;
+    return typeof id === "string" ? id : undefined;
   } catch {
     return undefined;
+  }
+}
+
+/** The revision of the update units installed beside this release (in the rollback script's header). */
+function unitsRevision(opt: string | undefined): number | null {
+  if (!opt) return null;
+  try {
+    const head = readFileSync(join(opt, "rollback"), "utf8").slice(0, 1024);
+    const m = /^# outpost units revision (\d+)$/m.exec(head);
+    // Scripts written before revisions were numbered carry none: that is revision 1.
+    return m ? Number(m[1]) : 1;
+  } catch {
+    return null;
   }
 }

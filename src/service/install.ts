@@ -72,6 +72,7 @@ export function installPlan(o: InstallOptions, exampleConfig: string, tmpfilesEx
   return [
     { kind: "dir", path: LAYOUT.opt, mode: 0o755 },
     { kind: "dir", path: LAYOUT.releases, mode: 0o755 },
+    { kind: "dir", path: LAYOUT.updateRecords, mode: 0o755 },
     { kind: "dir", path: releaseDir, mode: 0o755 },
     { kind: "file", path: `${releaseDir}/outpost`, mode: 0o755, content: readFileSync(o.binary) },
     ...previous,

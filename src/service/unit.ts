@@ -19,6 +19,11 @@ export const LAYOUT = {
   rollbackService: "/etc/systemd/system/outpost-rollback.service",
   rollbackWants: "/etc/systemd/system/multi-user.target.wants/outpost-rollback.path",
   rollbackScript: "/opt/outpost/rollback",
+  /**
+   * Root's own record of an update (src/ota/root-record.ts): root-owned, no ancestor the agent can write,
+   * outside the tmpfiles line that hands state.dir to the agent, persistent like the releases.
+   */
+  updateRecords: "/opt/outpost/update",
   /** Held only while an update is on trial; in /run, so that a reboot never keeps it. */
   trialDropIn: "/run/systemd/system/outpost.service.d/trial.conf",
   sysusers: "/usr/lib/sysusers.d/outpost.conf",
@@ -113,13 +118,21 @@ WantedBy=multi-user.target
 const UPDATE = `${LAYOUT.state}/update`;
 
 /**
+ * The revision of the update units and the rollback script, in a comment of each. A commit brings them up to
+ * the committed release's own (update-apply); `describe` reports what is installed. 1: before root kept its
+ * own records (issue 20); 2: the root boundary.
+ */
+export const UNITS_REVISION = 2;
+const REVISION_LINE = `# outpost units revision ${UNITS_REVISION}`;
+
+/**
  * The units of an update's privileged half (docs/ota.md). The agent only writes requests into its state
  * directory; root acts on them: outpost-update.service runs the committed binary to verify and install a
  * staged release (or to finish a committed trial), outpost-rollback.service runs a shell script that needs
  * nothing from the release on trial.
  */
 export function updateUnits(): Record<"updatePath" | "updateService" | "rollbackPath" | "rollbackService", string> {
-  const head = "# Written by `outpost install`; docs/ota.md explains the update's units.\n";
+  const head = `# Written by \`outpost install\` and by a committed update; docs/ota.md explains the update's units.\n${REVISION_LINE}\n`;
   return {
     updatePath: `${head}[Unit]
 Description=Outpost: watch for an update to install or a trial to finish
@@ -170,19 +183,31 @@ UMask=0022
 
 /**
  * The rollback, in sh: it runs when the release on trial cannot even start, so it must need nothing from it.
- * It acts only while the journal says a trial runs and `current` is still that release: a committed release
- * that fails later (a config error, a start limit) is never switched away from.
+ * It acts only while root's own record says a trial runs and `current` is still that release: a committed
+ * release that fails later (a config edit, a start limit) is never switched away from. It writes only in
+ * root's directories; the agent's it enters pinned (cd, then `.` must be the service user's directory) and
+ * only to remove the request, by its plain name (docs/ota.md, "The root boundary").
  */
 export function rollbackScript(): string {
   return `#!/bin/sh
-# Written by outpost install: returns to the previous release while an update is on trial (docs/ota.md).
+# Written by outpost install and by a committed update: returns to the previous release while an update is on
+# trial (docs/ota.md).
+${REVISION_LINE}
 set -u
+umask 022
 opt=${LAYOUT.opt}
+records=${LAYOUT.updateRecords}
 dir=${UPDATE}
 dropin=${LAYOUT.trialDropIn}
 requested=no
-[ -e "$dir/rollback.request" ] && requested=yes
-rm -f "$dir/rollback.request"
+uid=$(id -u ${LAYOUT.user} 2>/dev/null || echo none)
+if cd -P "$dir" 2>/dev/null && [ "$(stat -c %u:%F .)" = "$uid:directory" ]; then
+  if [ -e rollback.request ] || [ -L rollback.request ]; then
+    requested=yes
+    rm -f rollback.request
+  fi
+fi
+cd /
 state=$(systemctl show -P ActiveState outpost.service)
 if [ "$requested" = no ] && { [ "$state" = active ] || [ "$state" = activating ] || [ "$state" = reloading ]; }; then
   echo "outpost: outpost.service is $state again: nothing to do"
@@ -193,8 +218,8 @@ if [ "$(systemctl is-system-running 2>/dev/null)" = stopping ]; then
   exit 0
 fi
 release=""
-if [ -f "$dir/journal.json" ] && grep -q '^{"state":"trial"' "$dir/journal.json"; then
-  release=$(sed -n 's/^{"state":"trial","release":"\\([^"]*\\)".*/\\1/p' "$dir/journal.json")
+if [ -f "$records/trial.json" ] && grep -q '^{"state":"trial","release":"' "$records/trial.json"; then
+  release=$(sed -n 's/^{"state":"trial","release":"\\([^"]*\\)".*/\\1/p' "$records/trial.json")
 fi
 current=$(readlink "$opt/current" || true)
 restart=no
@@ -205,10 +230,11 @@ if [ -n "$release" ] && [ "$current" = "releases/$release" ]; then
     if [ "$requested" = no ]; then
       why="systemd: outpost.service failed (result $(systemctl show -P Result outpost.service), status $(systemctl show -P ExecMainStatus outpost.service))"
     fi
+    why=$(printf '%s' "$why" | tr -cd 'A-Za-z0-9 ,.:()_-')
     ln -sfn "$previous" "$opt/current.rollback" && mv -T "$opt/current.rollback" "$opt/current" && sync
-    printf '%s\\n' "$why" > "$dir/rollback-reason.tmp"
-    chown --reference="$dir" "$dir/rollback-reason.tmp" && chmod 0640 "$dir/rollback-reason.tmp"
-    mv "$dir/rollback-reason.tmp" "$dir/rollback-reason" && sync
+    at=$(date +%s%3N)
+    sed 's/^{"state":"trial","release":"\\([^"]*\\)",/{"state":"rolled-back","release":"\\1","reason":"'"$why"'","at":'"$at"',/' \\
+      "$records/trial.json" > "$records/trial.json.tmp" && sync && mv -T "$records/trial.json.tmp" "$records/trial.json" && sync
     echo "outpost: $release failed its trial ($why): back on $previous"
     restart=yes
   else

@@ -89,6 +89,7 @@ describe("outpost install --root and uninstall (built x64 binary)", () => {
       "opt/outpost/releases/R dir 755",
       "opt/outpost/releases/R/outpost file 755",
       "opt/outpost/rollback file 755",
+      "opt/outpost/update dir 755",
       "usr dir 755",
       "usr/lib dir 755",
       "usr/lib/sysusers.d dir 755",

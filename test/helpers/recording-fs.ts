@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import { basename, dirname } from "node:path";
+import { type PinnedDir, UntrustedFileError } from "../../src/core/pinned-dir.ts";
 import type { InstallFs } from "../../src/ota/install.ts";
 
 type Node =
@@ -108,8 +109,9 @@ export class RecordingFs implements InstallFs {
     this.parent(path).entries.set(basename(path), { kind: "file", data: buf, durable: Buffer.alloc(0), mode });
   }
 
-  copyFile(from: string, to: string, mode: number): void {
-    this.writeFile(to, this.readFile(from), mode);
+  chmod(path: string, mode: number): void {
+    this.step(`chmod ${path}`);
+    this.file(path).mode = mode;
   }
 
   sha256(path: string): { sha256: string; size: number } {
@@ -168,7 +170,24 @@ export class RecordingFs implements InstallFs {
     return n?.kind === "dir" ? [...n.entries.keys()] : [];
   }
 
-  chownLike(_path: string, _like: string): void {}
+  /** The agent's directory as root's pinned view of it: plain names, the same recorded operations. */
+  pinned<T>(dir: string, _owner: number, fn: (d: PinnedDir) => T): T {
+    const at = (name: string) => `${dir}/${name}`;
+    return fn({
+      has: (name) => this.exists(at(name)),
+      read: (name) => this.readFile(at(name)),
+      copyOut: (name, size, to, mode) => {
+        // As the real one: fstat must say exactly the declared size.
+        const data = this.readFile(at(name));
+        if (data.length !== size) throw new UntrustedFileError(`${name}: ${data.length} bytes, not ${size}`);
+        this.writeFile(to, data, mode);
+        this.fsync(to);
+        return createHash("sha256").update(data).digest("hex");
+      },
+      remove: (name) => this.unlink(at(name)),
+      sync: () => this.fsync(dir),
+    });
+  }
 
   /** A link's target resolved against its directory, the file there read: what systemd would start. */
   resolveBinary(link: string, file: string): Buffer | undefined {

@@ -7,12 +7,18 @@ import { describe, it } from "node:test";
 import { generateKeys, parsePrivateKey } from "../../src/commands/keys.ts";
 import { chunk, DEFAULT_CHUNKS } from "../../src/ota/chunks.ts";
 import { type ApplyOptions, applyUpdate } from "../../src/ota/install.ts";
-import { type Journal, journalSchema } from "../../src/ota/journal.ts";
 import { type Manifest, signManifest } from "../../src/ota/manifest.ts";
+import {
+  type RequestRecord,
+  requestRecordSchema,
+  type TrialRecord,
+  trialRecordSchema,
+} from "../../src/ota/root-record.ts";
 import { releaseName } from "../../src/version.ts";
 import { PowerCut, RecordingFs } from "../helpers/recording-fs.ts";
 
 const OPT = "/opt/outpost";
+const RECORDS = "/opt/outpost/update";
 const STATE = "/var/lib/outpost";
 const DROP_IN = "/run/systemd/system/outpost.service.d/trial.conf";
 const keys = generateKeys();
@@ -39,7 +45,9 @@ const signed = signManifest(manifest, parsePrivateKey(keys.privatePem));
 function options(fs: RecordingFs, calls: string[][]): ApplyOptions {
   return {
     opt: OPT,
+    records: RECORDS,
     stateDir: STATE,
+    serviceUid: 999,
     trialDropIn: DROP_IN,
     trustedKeys: [keys.publicText],
     version: "1.0.0",
@@ -57,13 +65,35 @@ function staged(): RecordingFs {
     [`${OPT}/releases/${V1_NAME}/outpost`]: v1,
     [`${OPT}/current`]: { link: `releases/${V1_NAME}` },
     [`${STATE}/update/${sha(v2)}.ready`]: v2,
-    [`${STATE}/update/install.json`]: JSON.stringify({ manifest: signed, ready: `${sha(v2)}.ready` }),
+    [`${STATE}/update/install.json`]: request(signed),
   });
 }
 
-function journal(fs: RecordingFs): Journal | undefined {
-  if (!fs.exists(`${STATE}/update/journal.json`)) return undefined;
-  return journalSchema.parse(JSON.parse(fs.readFile(`${STATE}/update/journal.json`).toString()));
+function request(manifest: unknown, id = "req-1"): string {
+  return JSON.stringify({ id, manifest, ready: `${sha(v2)}.ready` });
+}
+
+/** Root's own record of the trial (never the agent's journal). */
+function journal(fs: RecordingFs): TrialRecord | undefined {
+  if (!fs.exists(`${RECORDS}/trial.json`)) return undefined;
+  return trialRecordSchema.parse(JSON.parse(fs.readFile(`${RECORDS}/trial.json`).toString()));
+}
+
+/** Root's answer to the last install request. */
+function answer(fs: RecordingFs): RequestRecord | undefined {
+  if (!fs.exists(`${RECORDS}/request.json`)) return undefined;
+  return requestRecordSchema.parse(JSON.parse(fs.readFile(`${RECORDS}/request.json`).toString()));
+}
+
+function trialOf(release: string, request = "req-0"): TrialRecord {
+  return {
+    state: "trial",
+    release,
+    from: { name: V1_NAME, version: "1.0.0" },
+    to: { name: release, version: "1.1.0" },
+    since: 1,
+    request,
+  };
 }
 
 /** What systemd would start, and whether the rollback unit would act if it failed. */
@@ -121,6 +151,7 @@ describe("power cuts during an install (recording file system: only what was fsy
         [`${OPT}/current`]: { link: `releases/${V2_NAME}` },
         [`${OPT}/previous`]: { link: `releases/${V1_NAME}` },
         [DROP_IN]: "[Service]\nRestart=no\n",
+        [`${RECORDS}/trial.json`]: JSON.stringify(trialOf(V2_NAME)),
         [`${STATE}/update/commit.request`]: V2_NAME,
       });
     const full = committed();
@@ -139,24 +170,27 @@ describe("power cuts during an install (recording file system: only what was fsy
     }
   });
 
-  it("a staged file that is not the signed release is refused: v1 stays, the journal says why, nothing is left", () => {
-    for (const [name, tamper] of [
+  it("a staged file that is not the signed release is refused: v1 stays, root's record says why, nothing is left", () => {
+    for (const [name, tamper, code] of [
       [
         "a flipped byte",
         (b: Buffer) => Buffer.concat([b.subarray(0, 10), Buffer.from([(b[10] ?? 0) ^ 1]), b.subarray(11)]),
+        "OTA_HASH_MISMATCH",
       ],
-      ["a short file", (b: Buffer) => b.subarray(0, b.length - 1)],
+      ["a short file", (b: Buffer) => b.subarray(0, b.length - 1), "OTA_STAGED_INVALID"],
     ] as const) {
       const fs = staged();
       fs.writeFile(`${STATE}/update/${sha(v2)}.ready`, tamper(v2), 0o600);
       const calls: string[][] = [];
-      assert.deepEqual(applyUpdate(options(fs, calls)), { refused: "OTA_HASH_MISMATCH" }, name);
+      assert.deepEqual(applyUpdate(options(fs, calls)), { refused: code }, name);
       assert.equal(runnable(fs), "v1");
-      const j = journal(fs);
-      assert.equal(j?.state, "failed");
-      assert.equal(j?.state === "failed" && j.code, "OTA_HASH_MISMATCH");
+      const a = answer(fs);
+      assert.equal(a?.state, "failed");
+      assert.equal(a?.code, code);
+      assert.equal(a?.request, "req-1");
       assert.ok(!fs.exists(`${STATE}/update/install.json`));
-      assert.ok(!fs.exists(`${OPT}/releases/${V2_NAME}/outpost`));
+      // Neither the copy nor its directory is left behind.
+      assert.ok(!fs.exists(`${OPT}/releases/${V2_NAME}`), name);
       assert.deepEqual(calls, []);
     }
   });
@@ -184,7 +218,7 @@ describe("power cuts during an install (recording file system: only what was fsy
     ];
     for (const [name, m, code] of cases) {
       const fs = staged();
-      fs.writeFile(`${STATE}/update/install.json`, JSON.stringify({ manifest: m, ready: `${sha(v2)}.ready` }), 0o600);
+      fs.writeFile(`${STATE}/update/install.json`, request(m), 0o600);
       assert.deepEqual(applyUpdate(options(fs, [])), { refused: code }, name);
       assert.equal(runnable(fs), "v1");
       assert.ok(!fs.exists(`${STATE}/update/install.json`));

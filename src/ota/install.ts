@@ -39,6 +39,11 @@ export interface InstallFs {
   unlink(path: string): void;
   removeTree(path: string): void;
   list(path: string): string[];
+  /**
+   * Makes a file in root's own directory root's, with `mode`, through one O_NOFOLLOW descriptor (a release an
+   * older installer copied kept the agent's staged file's owner).
+   */
+  ownByRoot(path: string, mode: number): boolean;
   /** Runs `fn` on the agent's directory, pinned and checked to be `owner`'s. */
   pinned<T>(dir: string, owner: number, fn: (d: PinnedDir) => T): T;
 }
@@ -91,6 +96,19 @@ export const realFs: InstallFs = {
       return nodeFs.readdirSync(p);
     } catch {
       return [];
+    }
+  },
+  ownByRoot: (p, mode) => {
+    const fd = nodeFs.openSync(p, nodeFs.constants.O_RDONLY | nodeFs.constants.O_NOFOLLOW);
+    try {
+      const st = nodeFs.fstatSync(fd);
+      if (!st.isFile() || (st.uid === 0 && st.gid === 0 && (st.mode & 0o7777) === mode)) return false;
+      nodeFs.fchownSync(fd, 0, 0);
+      nodeFs.fchmodSync(fd, mode);
+      nodeFs.fsyncSync(fd);
+      return true;
+    } finally {
+      nodeFs.closeSync(fd);
     }
   },
   pinned: (dir, owner, fn) => withPinnedDir(dir, owner, fn),
@@ -391,6 +409,10 @@ function finishTrial(o: ApplyOptions, fs: InstallFs): string[] {
     if (keep.has(entry)) continue;
     fs.removeTree(join(o.opt, "releases", entry));
     o.log(`pruned release ${entry}`);
+  }
+  for (const entry of keep) {
+    const binary = entry && join(o.opt, "releases", entry, "outpost");
+    if (binary && fs.exists(binary) && fs.ownByRoot(binary, 0o755)) o.log(`made ${binary} root's, 0755`);
   }
   const refreshed: string[] = [];
   for (const file of o.refresh ?? []) {

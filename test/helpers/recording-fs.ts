@@ -170,6 +170,10 @@ export class RecordingFs implements InstallFs {
     return n?.kind === "dir" ? [...n.entries.keys()] : [];
   }
 
+  ownByRoot(_path: string, _mode: number): boolean {
+    return false;
+  }
+
   /** The agent's directory as root's pinned view of it: plain names, the same recorded operations. */
   pinned<T>(dir: string, _owner: number, fn: (d: PinnedDir) => T): T {
     const at = (name: string) => `${dir}/${name}`;

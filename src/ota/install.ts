@@ -386,7 +386,8 @@ function readText(fs: InstallFs, path: string): string | undefined {
 
 /** Root's record: in root's directory, 0644 (the agent reads it), atomic. */
 function writeRecord(fs: InstallFs, path: string, record: TrialRecord | RequestRecord): void {
-  fs.mkdir(dirname(path), 0o755);
+  // Made by install; a device installed before root kept records has none yet.
+  if (!fs.exists(dirname(path))) fs.mkdir(dirname(path), 0o755);
   atomicWrite(fs, path, `${JSON.stringify(record)}\n`, 0o644);
 }
 
@@ -417,7 +418,6 @@ function finishTrial(o: ApplyOptions, fs: InstallFs): string[] {
   const refreshed: string[] = [];
   for (const file of o.refresh ?? []) {
     if (fs.exists(file.path) && fs.readFile(file.path).equals(Buffer.from(file.content))) continue;
-    fs.mkdir(dirname(file.path), 0o755);
     atomicWrite(fs, file.path, file.content, file.mode);
     refreshed.push(file.path);
     o.log(`refreshed ${file.path}`);

@@ -5,7 +5,16 @@
 // under strace the whole time, and every path they touch must be on docs/ota.md's list. One systemd boot.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { generateKeys, parsePrivateKey } from "../../src/commands/keys.ts";
@@ -82,12 +91,22 @@ describe("the root boundary: the agent's code against root's update units (real 
       script,
       `set -u\ncd /var/lib/outpost/update\nsystemd-notify --ready --pid=$$\n${body}\ntouch /var/lib/outpost/${name}.done\nexec sleep 600\n`,
     );
+    // Each attack starts with root's units fresh: a burst of requests may have hit a oneshot's start limit.
+    await sd.sh(
+      "systemctl reset-failed outpost-update.service outpost-update.path outpost-rollback.service outpost-rollback.path; systemctl start outpost-update.path outpost-rollback.path",
+    );
     const started = await sd.sh(
-      `mkdir -p /etc/systemd/system/outpost.service.d && printf '[Service]\\nExecStart=\\nExecStart=/bin/sh ${inside(script)}\\n' > /etc/systemd/system/outpost.service.d/attack.conf && systemctl daemon-reload && systemctl restart outpost`,
+      `mkdir -p /etc/systemd/system/outpost.service.d && printf '[Service]\\nWatchdogSec=0\\nExecStart=\\nExecStart=/bin/sh ${inside(script)}\\n' > /etc/systemd/system/outpost.service.d/attack.conf && systemctl daemon-reload && systemctl restart outpost`,
       60_000,
     );
     assert.equal(started.code, 0, started.stderr + (await sd.journal("outpost")));
-    await poll(`${name} done`, async () => (await sd.sh(`test -e /var/lib/outpost/${name}.done`)).code === 0, 90_000);
+    try {
+      await poll(`${name} done`, async () => (await sd.sh(`test -e /var/lib/outpost/${name}.done`)).code === 0, 90_000);
+    } catch (err) {
+      const units = "-u outpost -u outpost-update -u outpost-rollback -u outpost-update.path";
+      const log = await sd.sh(`journalctl ${units} --no-pager -o cat | tail -40; ls -la /var/lib/outpost/update`);
+      throw new Error(`${(err as Error).message}\n${log.stdout}`);
+    }
     // Whatever root's units were started on has run to its end.
     await poll("root's units idle", async () => {
       const states = await sd.sh(
@@ -110,6 +129,8 @@ describe("the root boundary: the agent's code against root's update units (real 
     assert.ok(existsSync(BIN), `${BIN} is missing: run npm run build first`);
     mkdirSync(join(ROOT, ".cache"), { recursive: true });
     dir = mkdtempSync(join(ROOT, ".cache", "root-boundary-"));
+    // The attacker runs as the service user: it reads its scripts and the releases from here.
+    chmodSync(dir, 0o755);
     old = process.env.ROOT_BOUNDARY_BIN ? undefined : buildBefore(join(dir, "before"));
     releases.current = makeRelease({
       file: BIN,
@@ -140,17 +161,23 @@ describe("the root boundary: the agent's code against root's update units (real 
     sd = await Systemd.boot(ROOT);
     const install = await sd.exec([inside(old ?? BIN), "install", "--config", inside(dir, "config.json")], 120_000);
     assert.equal(install.code, 0, install.stderr);
-    // Root's two oneshots, traced: every path they touch (docs/ota.md, "The root boundary"). `%%` is a
-    // unit file's `%`; -ff writes a file per process, -y names each descriptor's path.
-    const strace = `/usr/bin/strace -ff -y -qq -e trace=%%file -o ${TRACES}`;
-    writeFileSync(
-      join(dir, "strace-update.conf"),
-      `[Service]\nExecStart=\nExecStart=${strace}/update /usr/local/bin/outpost update-apply --config /etc/outpost/config.yaml\n`,
-    );
-    writeFileSync(
-      join(dir, "strace-rollback.conf"),
-      `[Service]\nExecStart=\nExecStart=${strace}/rollback /opt/outpost/rollback\n`,
-    );
+    // Root's two oneshots, traced: every path they touch (docs/ota.md, "The root boundary"). -ff writes a file
+    // per process, -y names each descriptor's path. Each run's files go in a folder named for the release that
+    // was current when it started: the runs of the release before the boundary are not this code's.
+    for (const [name, command] of [
+      ["update", "/usr/local/bin/outpost update-apply --config /etc/outpost/config.yaml"],
+      ["rollback", "/opt/outpost/rollback"],
+    ]) {
+      writeFileSync(
+        join(dir, `strace-${name}.sh`),
+        `#!/bin/sh\nd=${TRACES}/$(readlink /opt/outpost/current | sed 's|^releases/||')\nmkdir -p "$d"\nexec /usr/bin/strace -ff -y -qq -e trace=%file -o "$d/${name}" ${command}\n`,
+        { mode: 0o755 },
+      );
+      writeFileSync(
+        join(dir, `strace-${name}.conf`),
+        `[Service]\nExecStart=\nExecStart=/bin/sh ${inside(dir, `strace-${name}.sh`)}\n`,
+      );
+    }
     const traced = await sd.sh(
       [
         `mkdir -p ${TRACES} /etc/systemd/system/outpost-update.service.d /etc/systemd/system/outpost-rollback.service.d /etc/systemd/system/outpost.service.d`,
@@ -256,9 +283,23 @@ i=0; while [ -e install.json ] && [ $i -lt 150 ]; do sleep 0.1; i=$((i+1)); done
     const check = await victim("/etc/outpost-victim-3");
     await asAgent(
       "attack-3",
-      `( while :; do ln -sfn /etc/outpost-victim-3 j.tmp; mv -fT j.tmp journal.json.tmp 2>/dev/null; done ) &
+      `# The racer waits for root to create the file, then renames a link over it before root's chown (python3
+# when the device has it: a shell loop is too slow to win).
+if command -v python3 >/dev/null; then
+  python3 -c 'import os, stat
+while True:
+    try:
+        if not os.path.lexists("j.tmp"):
+            os.symlink("/etc/outpost-victim-3", "j.tmp")
+        if stat.S_ISREG(os.lstat("journal.json.tmp").st_mode):
+            os.rename("j.tmp", "journal.json.tmp")
+    except OSError:
+        pass' &
+else
+  ( while :; do [ -f journal.json.tmp ] && [ ! -L journal.json.tmp ] && ln -sfn /etc/outpost-victim-3 j.tmp && mv -fT j.tmp journal.json.tmp; done ) &
+fi
 racer=$!
-for n in 1 2 3 4 5 6; do
+for n in $(seq 1 20); do
   printf '{"id":"attack-3-%s","manifest":1,"ready":"x"}' $n > install.tmp && mv install.tmp install.json
   i=0; while [ -e install.json ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
 done
@@ -288,11 +329,13 @@ i=0; while [ -e install.json ] && [ $i -lt 150 ]; do sleep 0.1; i=$((i+1)); done
   });
 
   it("after refused requests a good one is installed; a release that exits is rolled back, and the agent learns why from root's record", async () => {
+    // The agent's online may come before the restart returns: count what arrives from before it.
+    const mark = watch.items.length;
     await sd.sh(
       "rm -f /etc/systemd/system/outpost.service.d/attack.conf /var/lib/outpost/*.done && systemctl daemon-reload && systemctl restart outpost",
       60_000,
     );
-    await watch.waitForNext(online(V1), 60_000, "the agent back");
+    await watch.waitFor((m) => watch.items.indexOf(m) >= mark && online(V1)(m), 60_000, "the agent back");
     const was = await current();
     const call = await operator.call(
       DEVICE,
@@ -310,14 +353,19 @@ i=0; while [ -e install.json ] && [ $i -lt 150 ]; do sleep 0.1; i=$((i+1)); done
       (await sd.sh("ls /var/lib/outpost/update | grep -c 'install.json\\|rollback.request'")).stdout.trim(),
       "0",
     );
+    // The release root installed is root's, like every file there (Node's copyFileSync kept the agent's owner).
+    const notRoot = await sd.sh("find /opt/outpost ! -user root -printf '%p %u\\n'");
+    assert.equal(notRoot.stdout, "");
     // Consumed: neither path unit is stuck on a request or its trigger limit.
     assert.equal(await sd.show("outpost-update.path", "ActiveState"), "active");
     assert.equal(await sd.show("outpost-rollback.path", "ActiveState"), "active");
   });
 
   it("root's oneshots touched only the paths docs/ota.md lists, and the agent's directory only pinned", async () => {
-    const files = (await sd.sh(`ls ${TRACES}`)).stdout.trim().split("\n").filter(Boolean);
-    assert.ok(files.some((f) => f.startsWith("update.")) && files.some((f) => f.startsWith("rollback.")), files.join());
+    // Only this code's runs: a folder per release that was current when the run began.
+    const listed = await sd.sh(`cd ${TRACES} && ls -d */* | grep -v '^0\\.0\\.9-'`);
+    const files = listed.stdout.trim().split("\n").filter(Boolean);
+    assert.ok(files.some((f) => /\/update\./.test(f)) && files.some((f) => /\/rollback\./.test(f)), files.join());
     const traces = await Promise.all(files.map(async (f) => (await sd.sh(`cat ${TRACES}/${f}`)).stdout));
     const problems = checkTraces(traces, documentedRootPaths(readFileSync(join(ROOT, "docs", "ota.md"), "utf8")));
     assert.deepEqual(problems, []);

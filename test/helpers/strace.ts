@@ -63,44 +63,51 @@ const WRITES = new Set([
 
 interface Touch {
   syscall: string;
+  /** Absolute: as named, or resolved against a known directory. Relative: a name in the pinned directory. */
   path: string;
-  write: boolean;
-  /** Relative to a working directory that is the agent's (pinned) or unknown (a child of a pinned process). */
   relative: boolean;
+  write: boolean;
   nofollow: boolean;
 }
 
-/** The paths of one strace line (`strace -y`): dirfds shown as `N</path>`, AT_FDCWD resolved against `cwd`. */
-function touches(line: string, cwd: string | undefined): Touch[] {
-  const m = /^(?:\[pid\s+\d+\]\s+)?(\w+)\((.*)\)\s+=\s+/.exec(line);
+/**
+ * The paths of one strace line (`strace -y`: a dirfd shows as `N</path>`, AT_FDCWD as `AT_FDCWD</cwd>`). A name
+ * relative to the pinned directory (the process moved there, or AT_FDCWD shows it) stays relative: it is
+ * checked against the agent's names. `.` is always the directory the process was given.
+ */
+function touches(line: string, cwd: string | undefined, isPin: (path: string) => boolean): Touch[] {
+  const m = /^(\w+)\((.*)\)\s+=\s+/.exec(line);
   if (!m) return [];
   const [, syscall = "", args = ""] = m;
-  // Arguments: a quoted string, or a dirfd like AT_FDCWD or 3</opt/outpost>.
-  const tokens = [...args.matchAll(/"((?:[^"\\]|\\.)*)"|AT_FDCWD|\d+<([^>]*)>/g)];
+  // getcwd's string is what it returned; chdir is checked on its own.
+  if (syscall === "getcwd" || syscall === "chdir") return [];
+  const tokens = [...args.matchAll(/"((?:[^"\\]|\\.)*)"|AT_FDCWD(?:<([^>]*)>)?|\d+<([^>]*)>/g)];
   const paths: { path: string; relative: boolean }[] = [];
-  let base: string | undefined | null = null; // null: no dirfd seen (a plain path syscall)
+  let base: string | undefined;
   let quoted = 0;
   for (const t of tokens) {
-    if (t[0] === "AT_FDCWD") {
-      base = undefined;
+    if (t[0].startsWith("AT_FDCWD")) {
+      base = t[2] ?? cwd;
       continue;
     }
-    if (t[2] !== undefined) {
-      base = t[2];
+    if (t[3] !== undefined) {
+      base = t[3];
       continue;
     }
     quoted += 1;
     const name = (t[1] ?? "").replace(/\\"/g, '"');
+    const dirfd = base;
+    base = undefined;
     // readlink's second string is the link's content; symlink's first is the target: neither is touched.
     if ((syscall === "readlink" || syscall === "readlinkat") && quoted > 1) continue;
     if ((syscall === "symlink" || syscall === "symlinkat") && quoted === 1) continue;
     if (syscall === "execve" && quoted > 1) continue;
     if (name === "") continue;
+    const from = dirfd ?? cwd;
     if (name.startsWith("/")) paths.push({ path: name, relative: false });
-    else if (typeof base === "string") paths.push({ path: join(base, name), relative: false });
-    else if (cwd !== undefined && cwd === "/") paths.push({ path: join(cwd, name), relative: false });
-    else paths.push({ path: name, relative: true });
-    base = null;
+    else if (name === "." || from === undefined || isPin(from) || (cwd !== undefined && isPin(cwd)))
+      paths.push({ path: name, relative: true });
+    else paths.push({ path: join(from, name), relative: false });
   }
   const flags = /O_WRONLY|O_RDWR|O_CREAT|O_TRUNC/.test(args);
   const write = WRITES.has(syscall) || (/^open/.test(syscall) && flags);
@@ -115,22 +122,21 @@ export function checkTraces(traces: readonly string[], rules: readonly RootPathR
   const problems = new Set<string>();
   const pins = rules.filter((r) => r.access === "pin");
   const agentNames = rules.filter((r) => r.access === "agent");
+  const isPin = (path: string) => pins.some((r) => r.pattern.test(path));
   for (const trace of traces) {
-    // Where a traced process starts is its parent's directory, unknown here: relative names are taken for
-    // names in the agent's directory until a chdir says otherwise (the stricter reading).
+    // A process starts in its parent's directory: strace shows it wherever AT_FDCWD is used; a bare relative
+    // name before any chdir is taken for a name in the agent's directory (the stricter reading).
     let cwd: string | undefined;
     for (const line of trace.split("\n")) {
-      const chdir = /^chdir\("([^"]*)"\)\s+=\s+0/.exec(line);
+      const chdir = /^chdir\("([^"]*)"\)\s+=\s+(-?\d+)/.exec(line);
       if (chdir) {
         const to = chdir[1] ?? "";
-        if (to === "/") cwd = "/";
-        else if (pins.some((r) => r.pattern.test(to))) cwd = to;
-        else problems.add(`chdir into ${to}: not a documented pin`);
+        if (to !== "/" && !isPin(to)) problems.add(`chdir into ${to}: not a documented pin`);
+        if (chdir[2] === "0") cwd = to;
         continue;
       }
-      for (const t of touches(line, cwd)) {
-        const pinnedHere = cwd !== undefined && cwd !== "/" && !t.path.startsWith("/");
-        if (t.relative || pinnedHere) {
+      for (const t of touches(line, cwd, isPin)) {
+        if (t.relative) {
           const rule = agentNames.find((r) => r.pattern.test(t.path));
           if (!rule) problems.add(`${t.syscall} ${t.path}: a relative name not listed for the agent's directory`);
           else if (t.write && t.syscall !== "unlink" && t.syscall !== "unlinkat")

@@ -19,6 +19,7 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
+import { readRootView } from "../../src/cli/update-apply-command.ts";
 import { generateKeys, parsePrivateKey } from "../../src/commands/keys.ts";
 import { isOutpostError } from "../../src/core/errors.ts";
 import { withPinnedDir } from "../../src/core/pinned-dir.ts";
@@ -27,6 +28,7 @@ import { type ApplyOptions, applyUpdate } from "../../src/ota/install.ts";
 import { type Manifest, signManifest } from "../../src/ota/manifest.ts";
 import { releaseName } from "../../src/version.ts";
 import { RecordingFs } from "../helpers/recording-fs.ts";
+import { checkTraces, documentedRootPaths } from "../helpers/strace.ts";
 
 const OPT = "/opt/outpost";
 const RECORDS = `${OPT}/update`;
@@ -244,5 +246,66 @@ describe("the pinned directory (real file system, as root)", { skip: process.get
     symlinkSync(roots, swapped);
     for (const path of [roots, swapped]) refused(() => withPinnedDir(path, AGENT, () => 1), path);
     assert.equal(process.cwd() !== roots, true);
+  });
+});
+
+describe("the strace check holds root's units to docs/ota.md's list", () => {
+  const rules = documentedRootPaths(readFileSync(join(import.meta.dirname, "..", "..", "docs", "ota.md"), "utf8"));
+  const pinned = "AT_FDCWD</var/lib/outpost/update>";
+
+  it("passes what the boundary allows: the pin, O_NOFOLLOW reads and unlinks by name there, root's own writes", () => {
+    const trace = [
+      'chdir("/var/lib/outpost/update") = 0',
+      `statx(${pinned}, ".", AT_STATX_SYNC_AS_STAT, STATX_ALL, {}) = 0`,
+      `openat(${pinned}, "install.json", O_RDONLY|O_NOFOLLOW|O_NONBLOCK|O_CLOEXEC) = 20</var/lib/outpost/update/install.json>`,
+      `unlinkat(${pinned}, "${"a".repeat(64)}.ready", 0) = 0`,
+      'openat(AT_FDCWD</>, "/opt/outpost/update/trial.json.tmp", O_WRONLY|O_CREAT|O_EXCL|O_CLOEXEC, 0644) = 3</opt/outpost/update/trial.json.tmp>',
+      'renameat2(AT_FDCWD</>, "/opt/outpost/current.new", AT_FDCWD</>, "/opt/outpost/current", 0) = 0',
+      'chdir("/") = 0',
+    ].join("\n");
+    assert.deepEqual(checkTraces([trace], rules), []);
+  });
+
+  it("fails what the old units did: writes and chowns by path in the agent's directory, opens that follow links", () => {
+    const trace = [
+      'openat(AT_FDCWD</>, "/var/lib/outpost/update/rollback-reason.tmp", O_WRONLY|O_CREAT|O_TRUNC, 0666) = 3',
+      'fchownat(AT_FDCWD</>, "/var/lib/outpost/update/journal.json.tmp", 995, 995, 0) = 0',
+      `openat(${pinned}, "${"b".repeat(64)}.ready", O_RDONLY|O_CLOEXEC) = 3`,
+      `renameat2(${pinned}, "x", ${pinned}, "install.json", 0) = 0`,
+      'chdir("/etc") = 0',
+    ].join("\n");
+    const problems = checkTraces([trace], rules);
+    assert.equal(problems.length, 6, problems.join("\n"));
+    assert.ok(problems.some((p) => /rollback-reason\.tmp: not listed/.test(p)));
+    assert.ok(problems.some((p) => /^fchownat .*journal\.json\.tmp: not listed/.test(p)));
+    assert.ok(problems.some((p) => /without O_NOFOLLOW/.test(p)));
+    assert.ok(problems.some((p) => /^chdir into \/etc/.test(p)));
+  });
+});
+
+describe("update-apply reads two keys of the configuration", () => {
+  it("takes update.trustedKeys and state.dir, opens no file the configuration names, and names a bad key", () => {
+    const base = mkdtempSync(join(tmpdir(), "outpost-rootview-"));
+    try {
+      const path = join(base, "config.yaml");
+      // Files that do not exist, and sections it does not validate: the agent's business, not root's.
+      writeFileSync(
+        path,
+        `mqtt: { url: "mqtt://x", passwordFile: /nonexistent/pw, ca: /nonexistent/ca }\nstate: { dir: /srv/outpost }\nupdate: { trustedKeys: ["${keys.publicText}"], trialTimeout: 5m }\nnonsense: 1\n`,
+      );
+      const view = readRootView(path);
+      assert.deepEqual(view.update.trustedKeys, [keys.publicText]);
+      assert.equal(view.state.dir, "/srv/outpost");
+      writeFileSync(path, "update: { trustedKeys: [nope] }\nstate: { dir: relative }\n");
+      assert.throws(
+        () => readRootView(path),
+        (e) =>
+          isOutpostError(e, "CONFIG_INVALID") &&
+          /update\.trustedKeys\.0/.test(e.message) &&
+          /state\.dir/.test(e.message),
+      );
+    } finally {
+      rmSync(base, { recursive: true, force: true });
+    }
   });
 });

@@ -82,7 +82,7 @@ export const CODES = {
   OTA_BUSY: { wire: true, meaning: "another update is in progress, being installed or on trial" },
   OTA_INSTALL_FAILED: {
     wire: true,
-    meaning: "the privileged installer could not install the staged release (the journal says why)",
+    meaning: "the privileged installer could not install the staged release (root's request.json says why)",
   },
   OTA_STAGED_INVALID: {
     wire: true,

@@ -26,6 +26,19 @@ export function releaseMarker(binary: Uint8Array): string | undefined {
   return undefined;
 }
 
+/**
+ * The revision of root's update units and rollback script this release carries (src/service/unit.ts),
+ * stamped into the bundle as this literal text so that root can read it from a release it is asked to
+ * install: a release below the root boundary (revision 2) would bring back an installer that trusts the agent,
+ * and is never installed (docs/ota.md, "The root boundary").
+ */
+export const UNITS_MARKER = "outpost-units;revision=2;";
+export const UNITS_REVISION = Number(/revision=(\d+);/.exec(UNITS_MARKER)?.[1]);
+/** The lowest revision root installs. */
+export const ROOT_BOUNDARY_REVISION = 2;
+/** Finds the units marker in a binary's text (searched in chunks by the installer). */
+export const UNITS_MARKER_PATTERN = /outpost-units;revision=(\d+);/;
+
 export const VERSION: string =
   typeof __OUTPOST_RELEASE__ === "string" ? (MARKER.exec(__OUTPOST_RELEASE__)?.[1] ?? pkg.version) : pkg.version;
 export const COMMIT: string = typeof __OUTPOST_COMMIT__ === "string" ? __OUTPOST_COMMIT__ : "dev";

@@ -84,6 +84,11 @@ export const CODES = {
     wire: true,
     meaning: "the privileged installer could not install the staged release (root's request.json says why)",
   },
+  OTA_UNSAFE_RELEASE: {
+    wire: true,
+    meaning:
+      "the release predates the root boundary (its update units would trust the agent again): root never installs it, signed downgrade or not",
+  },
   OTA_STAGED_INVALID: {
     wire: true,
     meaning:

@@ -7,6 +7,7 @@ import {
   lstatSync,
   openSync,
   readSync,
+  rmdirSync,
   statSync,
   unlinkSync,
   writeSync,
@@ -157,9 +158,16 @@ function pinned(dir: string, owner: number): PinnedDir {
       try {
         unlinkSync(plainName(name));
       } catch (err) {
-        // Gone already, or a directory the agent made there: nothing of root's is at stake either way.
         const code = (err as NodeJS.ErrnoException).code;
-        if (code !== "ENOENT" && code !== "EISDIR" && code !== "EPERM") throw err;
+        if (code === "ENOENT") return;
+        if (code !== "EISDIR" && code !== "EPERM") throw err;
+        // A directory the agent made under a request's name: removed by name if empty (rmdir follows no
+        // link), else left; nothing of root's is at stake either way.
+        try {
+          rmdirSync(name);
+        } catch {
+          // not empty: the path unit's start limit ends the loop it causes
+        }
       }
     },
     sync() {

@@ -5,7 +5,7 @@ import { z } from "zod";
 import { errorMessage, isOutpostError, OutpostError } from "../core/errors.ts";
 import { fsyncPath } from "../core/files.ts";
 import { type PinnedDir, withPinnedDir } from "../core/pinned-dir.ts";
-import { releaseName } from "../version.ts";
+import { ROOT_BOUNDARY_REVISION, releaseName, UNITS_MARKER_PATTERN } from "../version.ts";
 import { checkRelease } from "./checks.ts";
 import { type Manifest, signedManifestSchema, verifyManifest } from "./manifest.ts";
 import {
@@ -39,6 +39,8 @@ export interface InstallFs {
   unlink(path: string): void;
   removeTree(path: string): void;
   list(path: string): string[];
+  /** The first match of `pattern` in a file's bytes (as latin1), read in chunks; undefined when none. */
+  scan(path: string, pattern: RegExp): RegExpExecArray | undefined;
   /**
    * Makes a file in root's own directory root's, with `mode`, through one O_NOFOLLOW descriptor (a release an
    * older installer copied kept the agent's staged file's owner).
@@ -96,6 +98,29 @@ export const realFs: InstallFs = {
       return nodeFs.readdirSync(p);
     } catch {
       return [];
+    }
+  },
+  scan: (p, pattern) => {
+    const fd = nodeFs.openSync(p, nodeFs.constants.O_RDONLY | nodeFs.constants.O_NOFOLLOW);
+    const chunk = 4 * 1024 * 1024;
+    const overlap = 256;
+    const buf = Buffer.allocUnsafe(chunk + overlap);
+    try {
+      // Bytes carried over from the previous chunk, searched again: a match across the boundary is found.
+      let kept = 0;
+      for (let pos = 0; ; ) {
+        const n = nodeFs.readSync(fd, buf, kept, chunk, pos);
+        if (n === 0) return undefined;
+        const total = kept + n;
+        const found = pattern.exec(buf.toString("latin1", 0, total));
+        if (found) return found;
+        pos += n;
+        const carry = Math.min(overlap, total);
+        buf.copy(buf, 0, total - carry, total);
+        kept = carry;
+      }
+    } finally {
+      nodeFs.closeSync(fd);
     }
   },
   ownByRoot: (p, mode) => {
@@ -260,13 +285,26 @@ function install(o: ApplyOptions, fs: InstallFs, agent: PinnedDir): ApplyResult 
     });
     const releaseDir = join(o.opt, "releases", name);
     const binary = join(releaseDir, "outpost");
-    if (!(fs.exists(binary) && fs.sha256(binary).sha256 === m.sha256)) {
+    // Releases a rollback left behind go before another comes in: only current and previous stay.
+    prune(o, fs, [name]);
+    const copied = !(fs.exists(binary) && fs.sha256(binary).sha256 === m.sha256);
+    if (copied) {
       fs.mkdir(join(o.opt, "releases"), 0o755);
       fs.mkdir(releaseDir, 0o755);
       copyRelease(fs, agent, request.ready, m, `${binary}.new`);
       fs.rename(`${binary}.new`, binary);
       fs.fsync(releaseDir);
       fs.fsync(join(o.opt, "releases"));
+    }
+    // A release without the root boundary would bring back an installer that trusts the agent: a signed
+    // downgrade replayed by the agent must never reach one (docs/ota.md, "The root boundary").
+    const revision = Number(fs.scan(binary, UNITS_MARKER_PATTERN)?.[1] ?? 0);
+    if (revision < ROOT_BOUNDARY_REVISION) {
+      if (copied) fs.removeTree(releaseDir);
+      throw new OutpostError(
+        "OTA_UNSAFE_RELEASE",
+        `${name} carries units revision ${revision || "none"}, below the root boundary (${ROOT_BOUNDARY_REVISION})`,
+      );
     }
     const target = `releases/${name}`;
     if (current !== target) {
@@ -375,6 +413,21 @@ function commitTrial(o: ApplyOptions, fs: InstallFs): ApplyResult {
   return { committed: true, ...(refreshed.length > 0 ? { refreshed } : {}), ...(adopted ? { adopted } : {}) };
 }
 
+/** Removes every release but `current`, `previous` and `also`; returns the names kept that exist. */
+function prune(o: ApplyOptions, fs: InstallFs, also: readonly string[]): Set<string> {
+  const keep = new Set<string>(also);
+  for (const link of ["current", "previous"]) {
+    const target = fs.readlink(join(o.opt, link));
+    if (target) keep.add(basename(target));
+  }
+  for (const entry of fs.list(join(o.opt, "releases"))) {
+    if (keep.has(entry)) continue;
+    fs.removeTree(join(o.opt, "releases", entry));
+    o.log(`pruned release ${entry}`);
+  }
+  return keep;
+}
+
 /** `<version>-<sha12>` -> version. */
 function versionOf(release: string): string {
   return release.replace(/-[0-9a-f]{12}$/, "");
@@ -403,14 +456,7 @@ function finishTrial(o: ApplyOptions, fs: InstallFs): string[] {
     fs.fsync(dirname(o.trialDropIn));
     reload = true;
   }
-  const keep = new Set(
-    [fs.readlink(join(o.opt, "current")), fs.readlink(join(o.opt, "previous"))].map((l) => l && basename(l)),
-  );
-  for (const entry of fs.list(join(o.opt, "releases"))) {
-    if (keep.has(entry)) continue;
-    fs.removeTree(join(o.opt, "releases", entry));
-    o.log(`pruned release ${entry}`);
-  }
+  const keep = prune(o, fs, []);
   for (const entry of keep) {
     const binary = entry && join(o.opt, "releases", entry, "outpost");
     if (binary && fs.exists(binary) && fs.ownByRoot(binary, 0o755)) o.log(`made ${binary} root's, 0755`);

@@ -1,3 +1,5 @@
+import { UNITS_REVISION } from "../version.ts";
+
 /** Where `outpost install` puts things; the OTA issue's updater keeps to the same layout. */
 export const LAYOUT = {
   opt: "/opt/outpost",
@@ -118,11 +120,12 @@ WantedBy=multi-user.target
 const UPDATE = `${LAYOUT.state}/update`;
 
 /**
- * The revision of the update units and the rollback script, in a comment of each. A commit brings them up to
- * the committed release's own (update-apply); `describe` reports what is installed. 1: before root kept its
- * own records (issue 20); 2: the root boundary.
+ * The revision of the update units and the rollback script (src/version.ts), in a comment of each. A commit
+ * brings them up to the committed release's own (update-apply); `describe` reports what is installed. 1:
+ * before root kept its own records; 2: the root boundary.
  */
-export const UNITS_REVISION = 2;
+/** Held by update-apply and the rollback script while they run (root's directory; flock creates it). */
+const UPDATE_LOCK = `${LAYOUT.updateRecords}/.lock`;
 const REVISION_LINE = `# outpost units revision ${UNITS_REVISION}`;
 
 /**
@@ -150,7 +153,8 @@ Description=Outpost: verify and install a staged update, or finish a committed o
 
 [Service]
 Type=oneshot
-ExecStart=${LAYOUT.bin} update-apply --config ${LAYOUT.config}
+# One lock with the rollback script: the two never act on root's record and the links at once.
+ExecStart=/usr/bin/flock -w 240 ${UPDATE_LOCK} ${LAYOUT.bin} update-apply --config ${LAYOUT.config}
 # A oneshot has no start timeout by default; hashing and copying a release takes seconds, even on a Pi.
 TimeoutStartSec=5min
 UnsetEnvironment=NODE_OPTIONS
@@ -174,7 +178,7 @@ Description=Outpost: return to the previous release if an update on trial failed
 
 [Service]
 Type=oneshot
-ExecStart=${LAYOUT.rollbackScript}
+ExecStart=/usr/bin/flock -w 100 ${UPDATE_LOCK} ${LAYOUT.rollbackScript}
 TimeoutStartSec=2min
 UMask=0022
 `,
@@ -204,7 +208,8 @@ uid=$(id -u ${LAYOUT.user} 2>/dev/null || echo none)
 if cd -P "$dir" 2>/dev/null && [ "$(stat -c %u:%F .)" = "$uid:directory" ]; then
   if [ -e rollback.request ] || [ -L rollback.request ]; then
     requested=yes
-    rm -f rollback.request
+    # By its name in the pinned directory (a directory planted there is removed if empty, else left).
+    rm -f rollback.request 2>/dev/null || rmdir rollback.request 2>/dev/null
   fi
 fi
 cd /
@@ -232,8 +237,10 @@ if [ -n "$release" ] && [ "$current" = "releases/$release" ]; then
     fi
     why=$(printf '%s' "$why" | tr -cd 'A-Za-z0-9 ,.:()_-')
     ln -sfn "$previous" "$opt/current.rollback" && mv -T "$opt/current.rollback" "$opt/current" && sync
-    at=$(date +%s%3N)
-    sed 's/^{"state":"trial","release":"\\([^"]*\\)",/{"state":"rolled-back","release":"\\1","reason":"'"$why"'","at":'"$at"',/' \\
+    at=$(date +%s)000
+    # The release checked above, literally: the record is rewritten only while it still names that trial.
+    pattern=$(printf '%s' "$release" | sed 's/[.]/\\\\./g')
+    sed 's/^{"state":"trial","release":"'"$pattern"'",/{"state":"rolled-back","release":"'"$release"'","reason":"'"$why"'","at":'"$at"',/' \\
       "$records/trial.json" > "$records/trial.json.tmp" && sync && mv -T "$records/trial.json.tmp" "$records/trial.json" && sync
     echo "outpost: $release failed its trial ($why): back on $previous"
     restart=yes

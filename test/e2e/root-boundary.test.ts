@@ -164,14 +164,14 @@ describe("the root boundary: the agent's code against root's update units (real 
     // Root's two oneshots, traced: every path they touch (docs/ota.md, "The root boundary"). -ff writes a file
     // per process, -y names each descriptor's path. Each run's files go in a folder named for the release that
     // was current and the rollback script's revision when it started: the runs of the release before the
-    // boundary (its update-apply, its rollback script) are not this code's.
+    // boundary (its update-apply, its rollback script) are not this code's. The lock is the units' own.
     for (const [name, command] of [
       ["update", "/usr/local/bin/outpost update-apply --config /etc/outpost/config.yaml"],
       ["rollback", "/opt/outpost/rollback"],
     ]) {
       writeFileSync(
         join(dir, `strace-${name}.sh`),
-        `#!/bin/sh\nd=${TRACES}/$(readlink /opt/outpost/current | sed 's|^releases/||')+$(sed -n 's/^# outpost units revision //p' /opt/outpost/rollback)\nmkdir -p "$d"\nexec /usr/bin/strace -ff -y -qq -e trace=%file -o "$d/${name}" ${command}\n`,
+        `#!/bin/sh\nd=${TRACES}/$(readlink /opt/outpost/current | sed 's|^releases/||')+$(sed -n 's/^# outpost units revision //p' /opt/outpost/rollback)\nmkdir -p "$d"\nlock=""\n[ -d /opt/outpost/update ] && lock="/usr/bin/flock -w 240 /opt/outpost/update/.lock"\nexec $lock /usr/bin/strace -ff -y -qq -e trace=%file -o "$d/${name}" ${command}\n`,
         { mode: 0o755 },
       );
       writeFileSync(

@@ -170,6 +170,10 @@ export class RecordingFs implements InstallFs {
     return n?.kind === "dir" ? [...n.entries.keys()] : [];
   }
 
+  scan(path: string, pattern: RegExp): RegExpExecArray | undefined {
+    return pattern.exec(this.readFile(path).toString("latin1")) ?? undefined;
+  }
+
   ownByRoot(_path: string, _mode: number): boolean {
     return false;
   }

@@ -4,7 +4,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { chunk, DEFAULT_CHUNKS } from "../../src/ota/chunks.ts";
 import { type Manifest, type SignedManifest, signManifest } from "../../src/ota/manifest.ts";
-import { releaseMarkerText } from "../../src/version.ts";
+import { releaseMarkerText, UNITS_MARKER } from "../../src/version.ts";
 import { ROOT } from "./agent-process.ts";
 
 /** This checkout built for x64 as another version (an app-only change); returns the binary's path. */
@@ -24,7 +24,7 @@ export function fakeAgent(version: string, arch: "x64" | "arm64", size: number):
   elf.writeUInt16LE(arch === "x64" ? 62 : 183, 18);
   const body = Buffer.alloc(size);
   for (let i = 0, b = 0; i < size; i += 32, b++) createHash("sha256").update(`agent-${b}`).digest().copy(body, i);
-  return Buffer.concat([elf, Buffer.from(`outpost-release;version=${version};`), body]);
+  return Buffer.concat([elf, Buffer.from(`outpost-release;version=${version};${UNITS_MARKER}`), body]);
 }
 
 /**
@@ -32,7 +32,7 @@ export function fakeAgent(version: string, arch: "x64" | "arm64", size: number):
  * `version`: what a broken build looks like to a device. Written to `out/artifact`.
  */
 export function scriptRelease(out: string, version: string, body: string, key: KeyObject): SignedManifest {
-  const bytes = Buffer.from(`#!/bin/sh\n# ${releaseMarkerText(version)}\n${body}\n`);
+  const bytes = Buffer.from(`#!/bin/sh\n# ${releaseMarkerText(version)} ${UNITS_MARKER}\n${body}\n`);
   mkdirSync(out, { recursive: true });
   writeFileSync(join(out, "artifact"), bytes);
   const manifest: Manifest = {

@@ -14,7 +14,7 @@ import {
   type TrialRecord,
   trialRecordSchema,
 } from "../../src/ota/root-record.ts";
-import { releaseName } from "../../src/version.ts";
+import { releaseName, UNITS_MARKER } from "../../src/version.ts";
 import { PowerCut, RecordingFs } from "../helpers/recording-fs.ts";
 
 const OPT = "/opt/outpost";
@@ -23,7 +23,7 @@ const STATE = "/var/lib/outpost";
 const DROP_IN = "/run/systemd/system/outpost.service.d/trial.conf";
 const keys = generateKeys();
 const v1 = Buffer.concat([Buffer.from("v1 "), randomBytes(50_000)]);
-const v2 = Buffer.concat([Buffer.from("v2 "), randomBytes(300_000)]);
+const v2 = Buffer.concat([Buffer.from(`v2 ${UNITS_MARKER}`), randomBytes(300_000)]);
 const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 const V1_NAME = releaseName("1.0.0", sha(v1));
 const V2_NAME = releaseName("1.1.0", sha(v2));

@@ -24,9 +24,9 @@ import { generateKeys, parsePrivateKey } from "../../src/commands/keys.ts";
 import { isOutpostError } from "../../src/core/errors.ts";
 import { withPinnedDir } from "../../src/core/pinned-dir.ts";
 import { chunk, DEFAULT_CHUNKS } from "../../src/ota/chunks.ts";
-import { type ApplyOptions, applyUpdate } from "../../src/ota/install.ts";
+import { type ApplyOptions, applyUpdate, realFs } from "../../src/ota/install.ts";
 import { type Manifest, signManifest } from "../../src/ota/manifest.ts";
-import { releaseName } from "../../src/version.ts";
+import { releaseName, UNITS_MARKER, UNITS_MARKER_PATTERN } from "../../src/version.ts";
 import { RecordingFs } from "../helpers/recording-fs.ts";
 import { checkTraces, documentedRootPaths } from "../helpers/strace.ts";
 
@@ -37,8 +37,8 @@ const keys = generateKeys();
 const key = parsePrivateKey(keys.privatePem);
 const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 
-function release(version: string, kind: "agent" | "model" = "agent") {
-  const bytes = Buffer.concat([Buffer.from(`${version} `), randomBytes(20_000)]);
+function release(version: string, kind: "agent" | "model" = "agent", marker = UNITS_MARKER, allowDowngrade = false) {
+  const bytes = Buffer.concat([Buffer.from(`${version} ${marker}`), randomBytes(20_000)]);
   const manifest: Manifest = {
     format: 1,
     kind,
@@ -48,7 +48,7 @@ function release(version: string, kind: "agent" | "model" = "agent") {
     sha256: sha(bytes),
     size: bytes.length,
     index: { params: DEFAULT_CHUNKS, chunks: chunk(bytes).map((c) => [c.size, c.sha256]) },
-    allowDowngrade: false,
+    allowDowngrade,
     created: 1,
   };
   return { bytes, name: releaseName(version, sha(bytes)), signed: signManifest(manifest, key) };
@@ -106,6 +106,33 @@ describe("root acts on its own records only", () => {
       // v0 is installed already (previous); the model never gets a release directory.
       if (r === model) assert.ok(!fs.exists(`${OPT}/releases/${r.name}`));
     }
+  });
+
+  it("a release below the root boundary is never installed, even signed as a downgrade; the one kept as previous stays", () => {
+    // The agent replays a signed downgrade to a release whose units trusted the agent (no units marker).
+    const before = release("0.8.0", "agent", "outpost-release;version=0.8.0;", true);
+    const fs = device(before, "req-1");
+    assert.deepEqual(applyUpdate(options(fs)), { refused: "OTA_UNSAFE_RELEASE" });
+    assert.equal(fs.readlink(`${OPT}/current`), `releases/${v1.name}`);
+    assert.ok(!fs.exists(`${OPT}/releases/${before.name}`), "the copy is removed");
+    // Already on disk as previous (installed before the boundary): refused, and kept for the way back.
+    const previous = release("0.7.0", "agent", "", true);
+    const kept = RecordingFs.from({
+      [`${OPT}/releases/${previous.name}/outpost`]: previous.bytes,
+      [`${OPT}/releases/${v1.name}/outpost`]: v1.bytes,
+      [`${OPT}/current`]: { link: `releases/${v1.name}` },
+      [`${OPT}/previous`]: { link: `releases/${previous.name}` },
+      [`${UPDATE}/install.json`]: JSON.stringify({
+        id: "r",
+        manifest: previous.signed,
+        ready: `${sha(previous.bytes)}.ready`,
+      }),
+    });
+    assert.deepEqual(applyUpdate(options(kept)), { refused: "OTA_UNSAFE_RELEASE" });
+    assert.ok(kept.exists(`${OPT}/releases/${previous.name}/outpost`));
+    // A signed downgrade that keeps the boundary is the operator's call, as before.
+    const back = release("0.9.5", "agent", UNITS_MARKER, true);
+    assert.deepEqual(applyUpdate(options(device(back, "req-2"))), { installed: back.name });
   });
 
   it("a request is acted on once: the same id again is removed only; a new id after a refusal installs", () => {
@@ -304,6 +331,23 @@ describe("update-apply reads two keys of the configuration", () => {
           /update\.trustedKeys\.0/.test(e.message) &&
           /state\.dir/.test(e.message),
       );
+    } finally {
+      rmSync(base, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("the installer's scan for the units marker (real file system)", () => {
+  it("finds a marker that spans two read chunks, and nothing where there is none", () => {
+    const base = mkdtempSync(join(tmpdir(), "outpost-scan-"));
+    try {
+      const path = join(base, "binary");
+      for (const offset of [0, 4 * 1024 * 1024 - 7, 4 * 1024 * 1024, 9 * 1024 * 1024 + 3]) {
+        writeFileSync(path, Buffer.concat([Buffer.alloc(offset, 0x61), Buffer.from(UNITS_MARKER), Buffer.alloc(99)]));
+        assert.equal(realFs.scan(path, UNITS_MARKER_PATTERN)?.[1], "2", `marker at ${offset}`);
+      }
+      writeFileSync(path, Buffer.alloc(5 * 1024 * 1024, 0x62));
+      assert.equal(realFs.scan(path, UNITS_MARKER_PATTERN), undefined);
     } finally {
       rmSync(base, { recursive: true, force: true });
     }

@@ -5,7 +5,9 @@ import { spawn } from "node:child_process";
 import { hostNode } from "./runtime.mjs";
 
 const node = hostNode();
-const env = { ...process.env, OUTPOST_NODE: node };
+// onnxruntime-node's telemetry off for everything run from a checkout (the tests' in-process worker pools too);
+// the binary turns it off itself (src/main.ts).
+const env = { ...process.env, OUTPOST_NODE: node, ORT_DISABLE_TELEMETRY: "1" };
 // npm sets this to the bootstrap node; children that look for "node" should find the pinned one.
 env.npm_node_execpath = node;
 const child = spawn(node, process.argv.slice(2), { stdio: "inherit", env });

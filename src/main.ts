@@ -3,6 +3,11 @@ import { hostname } from "node:os";
 import { cli } from "./cli/cli.ts";
 import type { Host } from "./cli/host.ts";
 
+// onnxruntime-node sends usage telemetry to Microsoft by default (a device id under ~/.cache/Microsoft, an event
+// queue, /tmp/mat-debug-<pid>.log). Off for the whole process before any worker loads the binding: the native
+// library reads the process's own environment, which only the main thread sets (a worker's is a copy).
+process.env.ORT_DISABLE_TELEMETRY = "1";
+
 let firstSignal: ((name: string) => void) | undefined;
 const stopRequested = new Promise<string>((resolve) => {
   firstSignal = resolve;

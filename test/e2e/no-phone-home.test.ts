@@ -3,6 +3,7 @@
 // HOME and TMPDIR under strace: after a native inference, none of those files exist and every connection the
 // agent opened went to its broker.
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -72,6 +73,9 @@ describe("nothing phones home (the built x64 agent, native inference)", () => {
       // The telemetry's own thread writes a moment after the first session: give it that moment.
       await new Promise((r) => setTimeout(r, 2000));
     } finally {
+      // strace's death would leave the agent it traces running: the agent goes first, then strace with it.
+      const traced = spawnSync("pgrep", ["-P", String(agent.child.pid)], { encoding: "utf8" }).stdout;
+      for (const pid of traced.split("\n").filter(Boolean)) process.kill(Number(pid), "SIGKILL");
       await agent.cleanup();
     }
     assert.equal(existsSync(join(home, ".cache", "Microsoft")), false, "onnxruntime wrote its device id under HOME");

@@ -1,6 +1,7 @@
 import { mkdirSync } from "node:fs";
-import { readdir, readFile, rename, stat } from "node:fs/promises";
+import { readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
+import { z } from "zod";
 import { sleep } from "../core/clock.ts";
 import { errorMessage, isOutpostError } from "../core/errors.ts";
 import { writeFileAtomically } from "../core/files.ts";
@@ -21,17 +22,21 @@ export interface InboxOptions {
   logger: Logger;
 }
 
-const RESULT = ".result.json";
+/** A stored result as the inbox wrote it: this task's, with a trace and an outcome (anything else is not one). */
+function storedResult(task: string) {
+  return z.looseObject({ task: z.literal(task), trace: z.string().min(1), ok: z.boolean() });
+}
 
 /**
  * A watched folder: a camera drops images into `inbox/`; each is processed exactly once and ends in `done/`
  * (a verdict) or `failed/` (no verdict: the image does not decode, the model fails) beside a `.json` result.
  *
  * Exactly once, across crashes: an image is claimed by renaming it into `work/`; its result is written to
- * `work/<name>.result.json` (fsynced) before it is published, the outbox commits it to its own storage, then
- * the image moves, then its result. A start
- * finds in `work/` either an image without a result (run it again: nothing was published) or a stored result
- * (publish that same result again, same trace id, and finish the moves): never a second, different result.
+ * `results/<name>.json` (fsynced) before it is published, the outbox commits it to its own storage, then the
+ * image moves, then its result. A start finds in `work/` images, whatever their names (a camera's
+ * `x.result.json` is an image too), and in `results/`, where no camera name can land, stored results: one that
+ * validates as this task's result is published again (same trace id) and its moves finished, never a second,
+ * different result; an image without one runs again (nothing was published).
  */
 export class Inbox {
   private readonly o: InboxOptions;
@@ -49,7 +54,8 @@ export class Inbox {
   private async prepare(signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
       try {
-        for (const sub of ["inbox", "work", "done", "failed"]) mkdirSync(this.path(sub), { recursive: true });
+        for (const sub of ["inbox", "work", "results", "done", "failed"])
+          mkdirSync(this.path(sub), { recursive: true });
         return;
       } catch (err) {
         this.o.logger.error({ dir: this.o.dir, err: errorMessage(err) }, "watched folder cannot be made; retrying");
@@ -78,21 +84,35 @@ export class Inbox {
     await Promise.allSettled(this.inFlight);
   }
 
-  /** What a crash left in work/: results to publish again and move, images to run again. */
+  /** What a crash left: stored results to publish again and move, images in work/ to run again. */
   private async recover(signal: AbortSignal): Promise<void> {
-    const names = (await readdir(this.path("work"))).sort();
-    const results = new Set(names.filter((n) => n.endsWith(RESULT)));
-    for (const r of results) {
-      const image = r.slice(0, -RESULT.length);
-      const result = JSON.parse(await readFile(this.path("work", r), "utf8")) as TaskResult;
-      this.o.publish(result);
+    const names = (await readdir(this.path("work"))).filter((n) => !n.startsWith(".")).sort();
+    const recovered = new Set<string>();
+    const schema = storedResult(this.o.task);
+    for (const file of (await readdir(this.path("results"))).filter((n) => n.endsWith(".json")).sort()) {
+      const image = file.slice(0, -".json".length);
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(await readFile(this.path("results", file), "utf8"));
+      } catch {
+        parsed = undefined;
+      }
+      const result = schema.safeParse(parsed);
+      if (!result.success) {
+        // Torn or not a result: nothing can have been published from it; its image (if any) runs again.
+        this.o.logger.warn({ file: image }, "watched folder: a stored result does not hold a result; dropped");
+        await rm(this.path("results", file), { force: true });
+        continue;
+      }
+      this.o.publish(result.data);
       this.o.commit();
       this.counts.recovered += 1;
-      await this.finish(image, result, names.includes(image));
+      recovered.add(image);
+      await this.finish(image, result.data, names.includes(image));
     }
     for (const name of names) {
       if (signal.aborted) return;
-      if (name.endsWith(RESULT) || results.has(`${name}${RESULT}`) || name.startsWith(".")) continue;
+      if (recovered.has(name)) continue;
       await this.process(name, signal);
     }
   }
@@ -165,7 +185,7 @@ export class Inbox {
       }
       return;
     }
-    writeFileAtomically(this.path("work", `${name}${RESULT}`), `${JSON.stringify(result)}\n`, 0o644);
+    writeFileAtomically(this.path("results", `${name}.json`), `${JSON.stringify(result)}\n`, 0o644);
     this.o.publish(result);
     this.o.commit();
     await this.finish(name, result, true);
@@ -177,7 +197,7 @@ export class Inbox {
     // Image first, then its result: a crash between leaves the result in work/, which the next start publishes
     // again and moves; never an image in work/ whose result already left.
     if (imagePresent) await rename(this.path("work", name), this.path(to, target));
-    await rename(this.path("work", `${name}${RESULT}`), this.path(to, `${target}.json`));
+    await rename(this.path("results", `${name}.json`), this.path(to, `${target}.json`));
     this.counts[result.ok ? "done" : "failed"] += 1;
   }
 

@@ -87,11 +87,12 @@ describe("watched folder", () => {
     // Claimed, crashed before its result was written: nothing went out, so it runs again.
     writeFileSync(join(dir, "work", "claimed.png"), "x");
     // Result written (maybe published), crashed before the move: the same result goes out again.
+    mkdirSync(join(dir, "results"), { recursive: true });
     writeFileSync(join(dir, "work", "written.png"), "x");
-    writeFileSync(join(dir, "work", "written.png.result.json"), JSON.stringify(stored("written.png")));
+    writeFileSync(join(dir, "results", "written.png.json"), JSON.stringify(stored("written.png")));
     // Image moved, crashed before its result followed.
     writeFileSync(join(dir, "done", "moved.png"), "x");
-    writeFileSync(join(dir, "work", "moved.png.result.json"), JSON.stringify(stored("moved.png")));
+    writeFileSync(join(dir, "results", "moved.png.json"), JSON.stringify(stored("moved.png")));
     const box = inbox();
     await runUntil(box, () => box.counts.done === 3);
     assert.deepEqual(evaluated, ["claimed.png"], "only the image without a result runs");
@@ -102,6 +103,7 @@ describe("watched folder", () => {
     ]);
     assert.equal(box.counts.recovered, 2);
     assert.deepEqual(list("work"), []);
+    assert.deepEqual(list("results"), []);
     assert.deepEqual(list("done"), [
       "claimed.png",
       "claimed.png.json",
@@ -110,6 +112,30 @@ describe("watched folder", () => {
       "written.png",
       "written.png.json",
     ]);
+  });
+
+  it("a frame named like a stored result is an image: neither its bytes stop the folder nor its JSON goes out as a verdict", async () => {
+    // Claimed at a crash, as a camera named them: stored results live where no camera name lands (results/).
+    mkdirSync(join(dir, "work"), { recursive: true });
+    writeFileSync(join(dir, "work", "cam.png.result.json"), "\x89PNG not json at all");
+    const forged = { task: "inspect", trace: "forged", ok: true, verdict: "pass" };
+    writeFileSync(join(dir, "work", "forged.result.json"), JSON.stringify(forged));
+    // A stored result that does not hold a result (torn, or not this task's) is not published either: its image
+    // runs again.
+    mkdirSync(join(dir, "results"), { recursive: true });
+    writeFileSync(join(dir, "work", "torn.png"), "x");
+    writeFileSync(join(dir, "results", "torn.png.json"), '{"task":"other","trace":"t","ok":true}');
+    const box = inbox();
+    writeFileSync(join(dir, "inbox", "next.png"), "x");
+    await runUntil(box, () => box.counts.done + box.counts.failed === 4);
+    assert.deepEqual(evaluated.sort(), ["cam.png.result.json", "forged.result.json", "next.png", "torn.png"]);
+    assert.deepEqual(published.map((r) => r.trace).sort(), [
+      "trace-cam.png.result.json",
+      "trace-forged.result.json",
+      "trace-next.png",
+      "trace-torn.png",
+    ]);
+    assert.deepEqual(list("work"), []);
   });
 
   it("a refused image stays in work/ without a result, and runs once the task takes work again", async () => {

@@ -22,6 +22,13 @@ export interface InboxOptions {
   logger: Logger;
 }
 
+/**
+ * A claimed image's name in `work/`: `<claim>~<camera's name>`, unique, so that a camera reusing one name never
+ * has its next frame renamed over the one being judged. Names from before claims were numbered are taken whole.
+ */
+const CLAIMED = /^[0-9a-z]+-[0-9]+~(.+)$/;
+const cameraName = (work: string) => CLAIMED.exec(work)?.[1] ?? work;
+
 /** A stored result as the inbox wrote it: this task's, with a trace and an outcome (anything else is not one). */
 function storedResult(task: string) {
   return z.looseObject({ task: z.literal(task), trace: z.string().min(1), ok: z.boolean() });
@@ -45,6 +52,11 @@ export class Inbox {
   /** Claimed images that were refused (queue full, breaker open): tried again at every poll. */
   private readonly retry = new Set<string>();
   readonly counts = { done: 0, failed: 0, recovered: 0 };
+  /** Claims made by this process (with the start time, unique across restarts). */
+  private claims = 0;
+  private readonly epoch = Date.now().toString(36);
+  /** Moves out of work/ one at a time: two frames of one name must not pick the same free name. */
+  private moving: Promise<void> = Promise.resolve();
 
   constructor(options: InboxOptions) {
     this.o = options;
@@ -130,21 +142,26 @@ export class Inbox {
     for (const name of names) {
       if (signal.aborted) return;
       if (!(await this.settled(name, now))) continue;
-      // Claimed by a rename: the camera's file is ours from here on, whatever crashes.
+      // Claimed by a rename to a name of our own: the camera's file is ours from here on, whatever crashes, and
+      // the next frame of the same name never lands on it.
+      const work = `${this.epoch}-${++this.claims}~${name}`;
       try {
-        await rename(this.path("inbox", name), this.path("work", name));
+        await rename(this.path("inbox", name), this.path("work", work));
       } catch {
         continue; // gone meanwhile
       }
       this.seen.delete(name);
-      await this.start(name, signal);
+      await this.start(work, signal);
     }
   }
 
   /** Processes a claimed image once a slot is free (at most `parallel` at once). */
   private async start(name: string, signal: AbortSignal): Promise<void> {
     while (this.inFlight.size >= this.o.parallel && !signal.aborted) await Promise.race(this.inFlight);
-    const job = this.process(name, signal).finally(() => this.inFlight.delete(job));
+    // Every job's promise is handled: a failed move is logged, the image stays in work/ for the next start.
+    const job = this.process(name, signal)
+      .catch((err) => this.o.logger.error({ file: name, err: errorMessage(err) }, "watched folder: a job failed"))
+      .finally(() => this.inFlight.delete(job));
     this.inFlight.add(job);
   }
 
@@ -175,7 +192,7 @@ export class Inbox {
     }
     let result: TaskResult;
     try {
-      result = await this.o.evaluate(name, image);
+      result = await this.o.evaluate(cameraName(name), image);
     } catch (err) {
       // Refused or cancelled (queue full, breaker open, stopping): it stays in work/, tried again at the next
       // poll, or at the next start.
@@ -191,9 +208,16 @@ export class Inbox {
     await this.finish(name, result, true);
   }
 
-  private async finish(name: string, result: TaskResult, imagePresent: boolean): Promise<void> {
+  /** Moves a claimed image and its result out of work/, one image at a time. */
+  private finish(work: string, result: TaskResult, imagePresent: boolean): Promise<void> {
+    const next = this.moving.then(() => this.move(work, result, imagePresent));
+    this.moving = next.catch(() => {});
+    return next;
+  }
+
+  private async move(name: string, result: TaskResult, imagePresent: boolean): Promise<void> {
     const to = result.ok ? "done" : "failed";
-    const target = await this.freeName(to, name);
+    const target = await this.freeName(to, cameraName(name));
     // Image first, then its result: a crash between leaves the result in work/, which the next start publishes
     // again and moves; never an image in work/ whose result already left.
     if (imagePresent) await rename(this.path("work", name), this.path(to, target));

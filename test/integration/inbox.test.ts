@@ -1,6 +1,15 @@
 // Issue 11, item 4: the watched folder's crash states, each laid out on disk as a crash would leave it.
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, it } from "node:test";
@@ -38,11 +47,16 @@ describe("watched folder", () => {
         if (refuse) throw new OutpostError("QUEUE_FULL", "full");
         evaluated.push(file);
         const ok = image.toString() !== "corrupt";
-        return { task: "inspect", trace: `trace-${file}`, ok, ...(ok ? { verdict: "pass" } : {}) };
+        // What it judged, so that a result can be matched with the image it lies beside.
+        const input = { content: image.toString() };
+        return { task: "inspect", trace: `trace-${file}`, ok, input, ...(ok ? { verdict: "pass" } : {}) };
       },
       publish: (r) => {
         published.push(r);
-        events.push(`publish ${r.trace} work:${existsSync(join(dir, "work", r.trace.slice(6)))}`);
+        // Claimed images are in work/ under a name of the inbox's own, ending in `~<camera's name>`.
+        const name = r.trace.slice(6);
+        const inWork = readdirSync(join(dir, "work")).some((f) => f === name || f.endsWith(`~${name}`));
+        events.push(`publish ${r.trace} work:${inWork}`);
       },
       commit: () => events.push("commit"),
       logger: pino({ level: "silent" }),
@@ -138,6 +152,36 @@ describe("watched folder", () => {
     assert.deepEqual(list("work"), []);
   });
 
+  it("a camera that reuses one name: each frame is judged once and its result lies beside it (2 at once)", async () => {
+    const box = inbox();
+    const controller = new AbortController();
+    const running = box.run(controller.signal);
+    const frames = 60;
+    const deadline = Date.now() + 20_000;
+    for (let i = 0; i < frames; i++) {
+      // The documented way: written elsewhere, renamed in once the previous frame of that name left inbox/.
+      while (existsSync(join(dir, "inbox", "latest.png")) && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 1));
+      }
+      writeFileSync(join(dir, "inbox", ".latest.tmp"), `frame ${i}`);
+      renameSync(join(dir, "inbox", ".latest.tmp"), join(dir, "inbox", "latest.png"));
+    }
+    while (box.counts.done < frames && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    controller.abort();
+    await running;
+    const images = list("done").filter((f) => !f.endsWith(".json"));
+    assert.equal(images.length, frames);
+    const seen = new Set<string>();
+    for (const image of images) {
+      const content = readFileSync(join(dir, "done", image), "utf8");
+      const result = JSON.parse(readFileSync(join(dir, "done", `${image}.json`), "utf8")) as TaskResult;
+      assert.equal((result.input as { content: string }).content, content, `${image}: the result of another frame`);
+      seen.add(content);
+    }
+    assert.equal(seen.size, frames, "a frame was lost or judged twice");
+    assert.equal(published.length, frames);
+  });
+
   it("a refused image stays in work/ without a result, and runs once the task takes work again", async () => {
     refuse = true;
     const box = inbox();
@@ -147,7 +191,10 @@ describe("watched folder", () => {
     const deadline = Date.now() + 5000;
     while (list("work").length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
     await new Promise((r) => setTimeout(r, 50)); // a few polls, each refused
-    assert.deepEqual(list("work"), ["later.png"]);
+    assert.deepEqual(
+      list("work").map((f) => f.replace(/^.*~/, "")),
+      ["later.png"],
+    );
     assert.deepEqual(published, []);
     refuse = false;
     while (box.counts.done < 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));

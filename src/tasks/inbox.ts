@@ -1,5 +1,5 @@
-import { mkdirSync } from "node:fs";
-import { readdir, readFile, rename, rm, stat } from "node:fs/promises";
+import { constants, mkdirSync } from "node:fs";
+import { lstat, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import { sleep } from "../core/clock.ts";
@@ -28,6 +28,26 @@ export interface InboxOptions {
  */
 const CLAIMED = /^[0-9a-z]+-[0-9]+~(.+)$/;
 const cameraName = (work: string) => CLAIMED.exec(work)?.[1] ?? work;
+
+/** A frame larger than this is not read (a 24 MP PNG is well under it); it goes to failed/ with the reason. */
+const MAX_FRAME_BYTES = 64 * 1024 * 1024;
+const OPEN_FRAME = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
+
+/** Why a file cannot be a frame, or undefined when it can (a regular file within the size bound). */
+function notAFrame(st: {
+  isFile(): boolean;
+  isSymbolicLink(): boolean;
+  isFIFO(): boolean;
+  isDirectory(): boolean;
+  size: number;
+}) {
+  if (!st.isFile()) {
+    const kind = st.isSymbolicLink() ? "a symlink" : st.isFIFO() ? "a FIFO" : st.isDirectory() ? "a folder" : "special";
+    return `not a regular file (${kind})`;
+  }
+  if (st.size > MAX_FRAME_BYTES) return `${st.size} bytes, more than ${MAX_FRAME_BYTES}`;
+  return undefined;
+}
 
 /** A stored result as the inbox wrote it: this task's, with a trace and an outcome (anything else is not one). */
 function storedResult(task: string) {
@@ -141,6 +161,18 @@ export class Inbox {
     for (const name of this.seen.keys()) if (!present.has(name)) this.seen.delete(name);
     for (const name of names) {
       if (signal.aborted) return;
+      // Only regular files are frames: a link (to /dev/zero, to a secret), a FIFO or a folder is never read.
+      let st: Awaited<ReturnType<typeof lstat>>;
+      try {
+        st = await lstat(this.path("inbox", name));
+      } catch {
+        continue; // gone meanwhile
+      }
+      const why = st.isFile() ? undefined : notAFrame(st);
+      if (why) {
+        await this.quarantine("inbox", name, why);
+        continue;
+      }
       if (!(await this.settled(name, now))) continue;
       // Claimed by a rename to a name of our own: the camera's file is ours from here on, whatever crashes, and
       // the next frame of the same name never lands on it.
@@ -185,7 +217,12 @@ export class Inbox {
   private async process(name: string, signal: AbortSignal): Promise<void> {
     let image: Uint8Array;
     try {
-      image = await readFile(this.path("work", name));
+      const read = await this.readFrame(name);
+      if (typeof read === "string") {
+        await this.quarantine("work", name, read);
+        return;
+      }
+      image = read;
     } catch (err) {
       this.o.logger.warn({ file: name, err: errorMessage(err) }, "watched folder: cannot read a claimed image");
       return;
@@ -206,6 +243,50 @@ export class Inbox {
     this.o.publish(result);
     this.o.commit();
     await this.finish(name, result, true);
+  }
+
+  /**
+   * A claimed frame's bytes, read through one descriptor opened O_NOFOLLOW|O_NONBLOCK and checked with fstat
+   * (a regular file within the bound); or why it is not a frame.
+   */
+  private async readFrame(name: string): Promise<Uint8Array | string> {
+    let handle: Awaited<ReturnType<typeof open>>;
+    try {
+      handle = await open(this.path("work", name), OPEN_FRAME);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === "ELOOP" || code === "ENXIO") return "not a regular file (a symlink or a socket)";
+      throw err;
+    }
+    try {
+      const st = await handle.stat();
+      const why = notAFrame(st);
+      if (why) return why;
+      const bytes = Buffer.alloc(st.size);
+      let done = 0;
+      while (done < st.size) {
+        const { bytesRead } = await handle.read(bytes, done, st.size - done, done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+      return bytes.subarray(0, done);
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /** Something that is not a frame goes to failed/ unread, with the reason beside it; never run, never again. */
+  private quarantine(sub: "inbox" | "work", name: string, reason: string): Promise<void> {
+    const next = this.moving.then(async () => {
+      const target = await this.freeName("failed", cameraName(name));
+      await rename(this.path(sub, name), this.path("failed", target));
+      const why = { task: this.o.task, file: cameraName(name), ok: false, code: "TASK_INPUT_INVALID", reason };
+      writeFileAtomically(this.path("failed", `${target}.json`), `${JSON.stringify(why)}\n`, 0o644);
+      this.counts.failed += 1;
+      this.o.logger.warn({ file: cameraName(name), reason }, "watched folder: not a frame, moved to failed/");
+    });
+    this.moving = next.catch(() => {});
+    return next;
   }
 
   /** Moves a claimed image and its result out of work/, one image at a time. */

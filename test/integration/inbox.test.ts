@@ -1,5 +1,6 @@
 // Issue 11, item 4: the watched folder's crash states, each laid out on disk as a crash would leave it.
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import {
   existsSync,
   mkdirSync,
@@ -8,6 +9,7 @@ import {
   readFileSync,
   renameSync,
   rmSync,
+  symlinkSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
@@ -180,6 +182,33 @@ describe("watched folder", () => {
     }
     assert.equal(seen.size, frames, "a frame was lost or judged twice");
     assert.equal(published.length, frames);
+  });
+
+  it("anything but a regular file in inbox/ goes to failed/ with the reason, unread: a link to a secret, a FIFO, a folder", async () => {
+    const secret = join(dir, "secret.yaml");
+    writeFileSync(secret, "password: hunter2");
+    mkdirSync(join(dir, "inbox"), { recursive: true });
+    symlinkSync(secret, join(dir, "inbox", "link.png"));
+    symlinkSync("/dev/zero", join(dir, "inbox", "zero.png"));
+    execFileSync("mkfifo", [join(dir, "inbox", "fifo.png")]);
+    mkdirSync(join(dir, "inbox", "folder.png"));
+    const box = inbox();
+    writeFileSync(join(dir, "inbox", "real.png"), "x");
+    await runUntil(box, () => box.counts.done === 1 && box.counts.failed === 4);
+    assert.deepEqual(
+      evaluated.map((f) => f.replace(/^.*~/, "")),
+      ["real.png"],
+    );
+    for (const name of ["link.png", "zero.png", "fifo.png", "folder.png"]) {
+      const why = JSON.parse(readFileSync(join(dir, "failed", `${name}.json`), "utf8")) as {
+        code: string;
+        reason: string;
+      };
+      assert.equal(why.code, "TASK_INPUT_INVALID", name);
+      assert.match(why.reason, /not a regular file/, name);
+    }
+    assert.equal(readFileSync(secret, "utf8"), "password: hunter2");
+    assert.ok(!published.some((r) => JSON.stringify(r).includes("hunter2")));
   });
 
   it("a refused image stays in work/ without a result, and runs once the task takes work again", async () => {

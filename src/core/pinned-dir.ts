@@ -13,7 +13,6 @@ import {
   writeSync,
 } from "node:fs";
 import { OutpostError } from "./errors.ts";
-import { fsyncPath } from "./files.ts";
 
 /**
  * A directory that a less privileged user can write (the agent's `state.dir/update`), as root must see it.
@@ -172,8 +171,12 @@ function pinned(dir: string, owner: number): PinnedDir {
       }
     },
     sync() {
-      // `.` is the pinned directory: the same open-fsync-close as any path.
-      fsyncPath(".");
+      const fd = openSync(".", constants.O_RDONLY | constants.O_DIRECTORY);
+      try {
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
     },
   };
 }

@@ -81,13 +81,7 @@ describe("tasks: inference in worker threads", () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  // A deadline, not a moment: a worker replaced after a cancelled check may still be loading its runtime on a
-  // busy machine (one full run here went past the default 10 s once).
-  const task = async (name: string, input: unknown) => {
-    const reply = (await operator.call(ID, "task.run", { task: name, input }, { timeoutMs: 30_000 })).finals[0];
-    if (!reply) throw new Error(`no reply to task.run ${name} from ${ID}`);
-    return reply;
-  };
+  const task = (name: string, input: unknown) => operator.final(ID, "task.run", { task: name, input });
   const image = (name: string) => ({ image: sample(name).toString("base64") });
 
   it("task.list names every task", async () => {

@@ -13,6 +13,7 @@ import {
   writeSync,
 } from "node:fs";
 import { OutpostError } from "./errors.ts";
+import { fsyncPath } from "./files.ts";
 
 /**
  * A directory that a less privileged user can write (the agent's `state.dir/update`), as root must see it.
@@ -171,12 +172,8 @@ function pinned(dir: string, owner: number): PinnedDir {
       }
     },
     sync() {
-      const fd = openSync(".", constants.O_RDONLY | constants.O_DIRECTORY);
-      try {
-        fsyncSync(fd);
-      } finally {
-        closeSync(fd);
-      }
+      // `.` is the pinned directory: the same open-fsync-close as any path.
+      fsyncPath(".");
     },
   };
 }

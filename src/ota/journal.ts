@@ -1,8 +1,7 @@
-import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
 import { writeFileAtomically } from "../core/files.ts";
-import { releaseRef, requestId } from "./root-record.ts";
+import { readRecordFile, releaseRef, requestId } from "./root-record.ts";
 
 /**
  * The agent's update journal, `state.dir/update/journal.json`: where an update stands as the agent sees it
@@ -68,13 +67,7 @@ export function updateFiles(stateDir: string) {
 
 /** The journal, or undefined when there is none or it is unreadable (a start must never fail on it). */
 export function readJournal(path: string): Journal | undefined {
-  if (!existsSync(path)) return undefined;
-  try {
-    const parsed = journalSchema.safeParse(JSON.parse(readFileSync(path, "utf8")));
-    return parsed.success ? parsed.data : undefined;
-  } catch {
-    return undefined;
-  }
+  return readRecordFile(path, journalSchema);
 }
 
 export function writeJournal(path: string, journal: Journal, mode = 0o640): void {

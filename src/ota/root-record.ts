@@ -64,17 +64,21 @@ export function readRecord<T>(text: string | undefined, schema: z.ZodType<T>): T
   }
 }
 
-/** For the agent: root's records in `dir`, read as files (root writes them atomically). */
+/** A record file, or undefined when it is missing or does not hold one. */
+export function readRecordFile<T>(path: string, schema: z.ZodType<T>): T | undefined {
+  let text: string | undefined;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch {
+    text = undefined;
+  }
+  return readRecord(text, schema);
+}
+
+/** For the agent: root's records in `dir` (root writes them atomically). */
 export function readRootRecords(dir: string): { trial?: TrialRecord; request?: RequestRecord } {
-  const text = (path: string) => {
-    try {
-      return readFileSync(path, "utf8");
-    } catch {
-      return undefined;
-    }
-  };
   const paths = rootRecordPaths(dir);
-  const trial = readRecord(text(paths.trial), trialRecordSchema);
-  const request = readRecord(text(paths.request), requestRecordSchema);
+  const trial = readRecordFile(paths.trial, trialRecordSchema);
+  const request = readRecordFile(paths.request, requestRecordSchema);
   return { ...(trial ? { trial } : {}), ...(request ? { request } : {}) };
 }

@@ -180,7 +180,7 @@ async function handle(input: WorkerInput, ready: () => void): Promise<unknown> {
       const { info } = await load(input.model);
       const name = input.inputName ?? info.inputs[0]?.name;
       if (name === undefined) throw new OutpostError("TASK_MODEL_INVALID", "the model has no input");
-      return infer(input.model, { [name]: imageTensor(input.image, input.input) }, undefined, ready);
+      return infer(input.model, { [name]: await imageTensor(input.image, input.input) }, undefined, ready);
     }
   }
 }

@@ -73,13 +73,22 @@ describe("wire tensors", () => {
   });
 });
 
+const codeOf = async (fn: () => Promise<unknown>): Promise<string> => {
+  try {
+    await fn();
+    return "ok";
+  } catch (err) {
+    return isOutpostError(err) ? `${err.code}: ${err.message}` : `not an OutpostError: ${String(err)}`;
+  }
+};
+
 describe("images", () => {
   const spec = { width: 64, height: 64, channels: 1 as const, scale: 1 / 255, mean: [0], std: [1] };
 
-  it("a PNG of the model's size gives each pixel / 255, as the Python reference computes it", () => {
+  it("a PNG of the model's size gives each pixel / 255, as the Python reference computes it", async () => {
     const png = sample("good-1.png");
     const decoded = PNG.sync.read(png);
-    const t = imageTensor(png, spec);
+    const t = await imageTensor(png, spec);
     assert.deepEqual(t.dims, [1, 1, 64, 64]);
     const data = t.data as Float32Array;
     for (let i = 0; i < 64 * 64; i++) {
@@ -88,16 +97,16 @@ describe("images", () => {
     }
   });
 
-  it("resizes a JPEG (bilinear), converts RGB to gray, and normalises per channel", () => {
+  it("resizes a JPEG (bilinear), converts RGB to gray, and normalises per channel", async () => {
     const w = 128;
     const rgba = Buffer.alloc(w * w * 4);
     for (let i = 0; i < w * w; i++) rgba.set([200, 100, 50, 255], i * 4);
     const encoded = jpeg.encode({ width: w, height: w, data: rgba }, 100).data;
-    const gray = imageTensor(encoded, { ...spec, width: 32, height: 16 });
+    const gray = await imageTensor(encoded, { ...spec, width: 32, height: 16 });
     assert.deepEqual(gray.dims, [1, 1, 16, 32]);
     const luma = (0.299 * 200 + 0.587 * 100 + 0.114 * 50) / 255;
     for (const v of gray.data as Float32Array) assert.ok(Math.abs(v - luma) < 0.02, `${v} vs ${luma}`);
-    const rgb = imageTensor(encoded, {
+    const rgb = await imageTensor(encoded, {
       ...spec,
       channels: 3,
       width: 8,
@@ -111,24 +120,15 @@ describe("images", () => {
     assert.ok(Math.abs((d[128] ?? 0) - (50 / 255 - 0.5) / 0.25) < 0.1);
   });
 
-  it("a corrupt, truncated or unknown image is TASK_INPUT_INVALID, never a crash", () => {
+  it("a corrupt, truncated or unknown image is TASK_INPUT_INVALID, never a crash", async () => {
     const png = sample("chip-1.png");
     assert.match(
-      code(() => imageTensor(png.subarray(0, 100), spec)),
+      await codeOf(() => imageTensor(png.subarray(0, 100), spec)),
       /TASK_INPUT_INVALID: the image does not decode/,
     );
-    assert.match(
-      code(() => imageTensor(Buffer.from([0xff, 0xd8, 0xff, 0, 0, 0]), spec)),
-      /does not decode/,
-    );
-    assert.match(
-      code(() => imageTensor(Buffer.from("BM not a bitmap we take"), spec)),
-      /not a PNG or JPEG/,
-    );
-    assert.match(
-      code(() => imageTensor(Buffer.alloc(0), spec)),
-      /not a PNG or JPEG/,
-    );
+    assert.match(await codeOf(() => imageTensor(Buffer.from([0xff, 0xd8, 0xff, 0, 0, 0]), spec)), /does not decode/);
+    assert.match(await codeOf(() => imageTensor(Buffer.from("BM not a bitmap we take"), spec)), /not a PNG or JPEG/);
+    assert.match(await codeOf(() => imageTensor(Buffer.alloc(0), spec)), /not a PNG or JPEG/);
   });
 });
 

@@ -51,6 +51,11 @@ export const CODES = {
     wire: true,
     meaning: "the input does not fit the task: a tensor's name, type or shape, or an image that does not decode",
   },
+  TASK_INPUT_QUARANTINED: {
+    wire: false,
+    meaning:
+      "a watched folder's frame was in flight at tasks.define.<task>.watch.quarantineAfter crashes: moved to failed/, not run again",
+  },
   TASK_MODEL_INVALID: { wire: true, meaning: "the model file is missing, unreadable or not a model the runtime loads" },
   TASK_RUNTIME_UNAVAILABLE: {
     wire: true,

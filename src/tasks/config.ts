@@ -28,6 +28,9 @@ const watch = z
     // its size and modification time have not changed for this long.
     settle: duration("2s", 0, 600_000),
     poll: duration("1s", 10, 600_000),
+    // A frame found in work/ without a result at this many starts was in flight at each crash (a frame that
+    // kills the agent): it is moved to failed/ with TASK_INPUT_QUARANTINED instead of running again.
+    quarantineAfter: z.number().int().min(1).max(100).default(2),
   })
   .optional();
 

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { constants, mkdirSync } from "node:fs";
 import { lstat, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
@@ -15,6 +16,8 @@ export interface InboxOptions {
   pollMs: number;
   /** Images processed at once (the pool's size: more would only wait in its queue). */
   parallel: number;
+  /** A frame found in work/ without a result at this many starts (it was in flight at each crash) is quarantined. */
+  quarantineAfter: number;
   evaluate(file: string, image: Uint8Array): Promise<TaskResult>;
   publish(result: TaskResult): void;
   /** Writes what was published to the outbox's storage: a result must not be forgotten once its image moves. */
@@ -23,11 +26,26 @@ export interface InboxOptions {
 }
 
 /**
- * A claimed image's name in `work/`: `<claim>~<camera's name>`, unique, so that a camera reusing one name never
- * has its next frame renamed over the one being judged. Names from before claims were numbered are taken whole.
+ * A claimed image's name in `work/`: `<claim>[.<returns>][s]~<camera's name>`, unique, so that a camera reusing
+ * one name never has its next frame renamed over the one being judged. `returns` counts the starts that found it
+ * in work/ without a result (it was in flight when the agent died); `s` marks a frame put back by a clean stop,
+ * which is not a crash. Names from before claims were numbered are taken whole.
  */
-const CLAIMED = /^[0-9a-z]+-[0-9]+~(.+)$/;
-const cameraName = (work: string) => CLAIMED.exec(work)?.[1] ?? work;
+const CLAIMED = /^([0-9a-z]+-[0-9]+)(?:\.([0-9]+))?(s?)~(.+)$/;
+const cameraName = (work: string) => CLAIMED.exec(work)?.[4] ?? work;
+function claimOf(work: string): { claim: string; returns: number; stopped: boolean; camera: string } {
+  const m = CLAIMED.exec(work);
+  if (!m) return { claim: `0-${work.length}`, returns: 0, stopped: false, camera: work };
+  return { claim: m[1] ?? "", returns: Number(m[2] ?? 0), stopped: m[3] === "s", camera: m[4] ?? "" };
+}
+const claimName = (c: { claim: string; returns: number; stopped: boolean; camera: string }) =>
+  `${c.claim}${c.returns > 0 ? `.${c.returns}` : ""}${c.stopped ? "s" : ""}~${c.camera}`;
+
+const exists = (path: string) =>
+  lstat(path).then(
+    () => true,
+    () => false,
+  );
 
 /** A frame larger than this is not read (a 24 MP PNG is well under it); it goes to failed/ with the reason. */
 const MAX_FRAME_BYTES = 64 * 1024 * 1024;
@@ -71,12 +89,18 @@ export class Inbox {
   private readonly inFlight = new Set<Promise<void>>();
   /** Claimed images that were refused (queue full, breaker open): tried again at every poll. */
   private readonly retry = new Set<string>();
-  readonly counts = { done: 0, failed: 0, recovered: 0 };
+  readonly counts = { done: 0, failed: 0, recovered: 0, quarantined: 0 };
   /** Claims made by this process (with the start time, unique across restarts). */
   private claims = 0;
   private readonly epoch = Date.now().toString(36);
   /** Moves out of work/ one at a time: two frames of one name must not pick the same free name. */
   private moving: Promise<void> = Promise.resolve();
+  /**
+   * Why the folder cannot make progress: a pass that fails (the folder gone, unreadable), cleared by the next
+   * pass that works; a claim or a move that fails (for a reason other than "gone"), cleared by the next frame
+   * that completes.
+   */
+  private readonly problems: { pass?: string; frame?: string } = {};
 
   constructor(options: InboxOptions) {
     this.o = options;
@@ -88,9 +112,10 @@ export class Inbox {
       try {
         for (const sub of ["inbox", "work", "results", "done", "failed"])
           mkdirSync(this.path(sub), { recursive: true });
+        this.problems.pass = undefined;
         return;
       } catch (err) {
-        this.o.logger.error({ dir: this.o.dir, err: errorMessage(err) }, "watched folder cannot be made; retrying");
+        this.stuck("pass", "the folder cannot be made (retrying)", err);
         await sleep(Math.max(this.o.pollMs, 5000), signal);
       }
     }
@@ -100,20 +125,46 @@ export class Inbox {
     return join(this.o.dir, sub, name);
   }
 
+  /** Unhealthy while the folder cannot make progress: frames would pile up unjudged, silently. */
+  health(): { ok: boolean; reason?: string } {
+    const problem = this.problems.pass ?? this.problems.frame;
+    return problem ? { ok: false, reason: `watched folder ${this.o.dir}: ${problem}` } : { ok: true };
+  }
+
+  private stuck(kind: "pass" | "frame", what: string, err: unknown): void {
+    this.problems[kind] = `${what}: ${errorMessage(err)}`;
+    this.o.logger.error({ dir: this.o.dir, err: errorMessage(err) }, `watched folder: ${what}`);
+  }
+
   async run(signal: AbortSignal): Promise<void> {
     await this.prepare(signal);
     if (signal.aborted) return;
-    await this.recover(signal);
+    try {
+      await this.recover(signal);
+    } catch (err) {
+      this.stuck("pass", "what the last run left cannot be recovered", err);
+    }
     while (!signal.aborted) {
       try {
         await this.tick(signal);
+        this.problems.pass = undefined;
       } catch (err) {
-        this.o.logger.warn({ err: errorMessage(err), dir: this.o.dir }, "watched folder: a pass failed");
+        this.stuck("pass", "a pass failed", err);
       }
       await sleep(this.o.pollMs, signal);
     }
-    // Images in hand finish (the pool drains them within the shutdown deadline) or stay in work/ for the next start.
+    // Images in hand finish (the pool drains them within the shutdown deadline) or stay in work/ for the next
+    // start, marked as put back by a clean stop (not counted as returns from a crash).
     await Promise.allSettled(this.inFlight);
+    for (const name of this.retry) await this.putBack(name);
+    this.retry.clear();
+  }
+
+  /** A frame a clean stop leaves in work/: renamed to say so (no fsync: at worst it counts as one crash). */
+  private async putBack(name: string): Promise<void> {
+    const c = claimOf(name);
+    if (c.stopped) return;
+    await rename(this.path("work", name), this.path("work", claimName({ ...c, stopped: true }))).catch(() => {});
   }
 
   /** What a crash left: stored results to publish again and move, images in work/ to run again. */
@@ -145,7 +196,21 @@ export class Inbox {
     for (const name of names) {
       if (signal.aborted) return;
       if (recovered.has(name)) continue;
-      await this.process(name, signal);
+      // In work/ without a result: it was in flight when the agent died (unless a clean stop put it back).
+      const c = claimOf(name);
+      const returns = c.returns + (c.stopped ? 0 : 1);
+      if (returns >= this.o.quarantineAfter) {
+        await this.quarantine(
+          "work",
+          name,
+          `in flight at ${returns} crashes of the agent: quarantined, not run again`,
+          "TASK_INPUT_QUARANTINED",
+        );
+        continue;
+      }
+      const next = claimName({ ...c, returns, stopped: false });
+      if (next !== name) await rename(this.path("work", name), this.path("work", next));
+      await this.start(next, signal);
     }
   }
 
@@ -179,8 +244,10 @@ export class Inbox {
       const work = `${this.epoch}-${++this.claims}~${name}`;
       try {
         await rename(this.path("inbox", name), this.path("work", work));
-      } catch {
-        continue; // gone meanwhile
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === "ENOENT" && !(await exists(this.path("inbox", name)))) continue;
+        this.stuck("frame", `${name} cannot be claimed`, err);
+        continue;
       }
       this.seen.delete(name);
       await this.start(work, signal);
@@ -192,7 +259,7 @@ export class Inbox {
     while (this.inFlight.size >= this.o.parallel && !signal.aborted) await Promise.race(this.inFlight);
     // Every job's promise is handled: a failed move is logged, the image stays in work/ for the next start.
     const job = this.process(name, signal)
-      .catch((err) => this.o.logger.error({ file: name, err: errorMessage(err) }, "watched folder: a job failed"))
+      .catch((err) => this.stuck("frame", `${cameraName(name)} cannot be moved out of work/`, err))
       .finally(() => this.inFlight.delete(job));
     this.inFlight.add(job);
   }
@@ -232,8 +299,9 @@ export class Inbox {
       result = await this.o.evaluate(cameraName(name), image);
     } catch (err) {
       // Refused or cancelled (queue full, breaker open, stopping): it stays in work/, tried again at the next
-      // poll, or at the next start.
-      if (!signal.aborted) {
+      // poll, or at the next start (put back: a clean stop is not a crash).
+      if (signal.aborted) await this.putBack(name);
+      else {
         this.retry.add(name);
         this.o.logger.warn({ file: name, code: isOutpostError(err) ? err.code : undefined }, "image not run yet");
       }
@@ -275,17 +343,40 @@ export class Inbox {
     }
   }
 
-  /** Something that is not a frame goes to failed/ unread, with the reason beside it; never run, never again. */
-  private quarantine(sub: "inbox" | "work", name: string, reason: string): Promise<void> {
+  /**
+   * Something that is not a frame, or a frame that was in flight at too many crashes, goes to failed/ with the
+   * reason beside it (and a frame's sha256, read through the same checked descriptor); never run again.
+   */
+  private quarantine(
+    sub: "inbox" | "work",
+    name: string,
+    reason: string,
+    code: "TASK_INPUT_INVALID" | "TASK_INPUT_QUARANTINED" = "TASK_INPUT_INVALID",
+  ): Promise<void> {
     const next = this.moving.then(async () => {
+      let input: { sha256: string; bytes: number } | undefined;
+      if (code === "TASK_INPUT_QUARANTINED") {
+        const bytes = await this.readFrame(name).catch(() => undefined);
+        if (bytes instanceof Uint8Array)
+          input = { sha256: createHash("sha256").update(bytes).digest("hex"), bytes: bytes.byteLength };
+      }
       const target = await this.freeName("failed", cameraName(name));
       await rename(this.path(sub, name), this.path("failed", target));
-      const why = { task: this.o.task, file: cameraName(name), ok: false, code: "TASK_INPUT_INVALID", reason };
+      const why = {
+        task: this.o.task,
+        file: cameraName(name),
+        ok: false,
+        code,
+        reason,
+        ...(input ? { input: { ...input, file: cameraName(name) } } : {}),
+      };
       writeFileAtomically(this.path("failed", `${target}.json`), `${JSON.stringify(why)}\n`, 0o644);
       this.counts.failed += 1;
-      this.o.logger.warn({ file: cameraName(name), reason }, "watched folder: not a frame, moved to failed/");
+      this.counts.quarantined += 1;
+      this.problems.frame = undefined;
+      this.o.logger.warn({ file: cameraName(name), code, reason }, "watched folder: quarantined in failed/");
     });
-    this.moving = next.catch(() => {});
+    this.moving = next.catch((err) => this.stuck("frame", `${cameraName(name)} cannot be moved to failed/`, err));
     return next;
   }
 
@@ -304,6 +395,7 @@ export class Inbox {
     if (imagePresent) await rename(this.path("work", name), this.path(to, target));
     await rename(this.path("results", `${name}.json`), this.path(to, `${target}.json`));
     this.counts[result.ok ? "done" : "failed"] += 1;
+    this.problems.frame = undefined;
   }
 
   /** The camera may reuse a name: an earlier image of that name is never overwritten. */

@@ -52,6 +52,7 @@ export const tasksModule: Module<typeof tasksSection> = {
 
     // Watched folders and schedules: what brings work in, stopped first when the agent stops.
     const intake: Component[] = [];
+    const inboxes: Inbox[] = [];
     for (const [name, def] of Object.entries(config.define)) {
       if ((def.type !== "classify-image" && def.type !== "checks") || !def.watch) continue;
       const inbox = new Inbox({
@@ -60,11 +61,13 @@ export const tasksModule: Module<typeof tasksSection> = {
         settleMs: durationMs(def.watch.settle),
         pollMs: durationMs(def.watch.poll),
         parallel: runner.size(),
+        quarantineAfter: def.watch.quarantineAfter,
         evaluate: (file, image) => runner.evaluate(name, { image, file }, { source: "watch" }),
         publish: (result) => runner.publish(result),
         commit: () => ctx.commit(),
         logger: ctx.logger.child({ task: name }),
       });
+      inboxes.push(inbox);
       intake.push(
         loopComponent(
           `tasks.watch.${name}`,
@@ -199,7 +202,11 @@ export const tasksModule: Module<typeof tasksSection> = {
       components,
       commands,
       describe: () => runner.list(),
-      health: () => runner.health(),
+      health: () => {
+        const h = runner.health();
+        if (!h.ok) return h;
+        return inboxes.map((i) => i.health()).find((i) => !i.ok) ?? h;
+      },
       models: {
         current: (task) => runner.currentModel(task),
         install: (task, file, release) => runner.installModel(task, file, release),

@@ -1,6 +1,7 @@
 // Issue 11, item 4: the watched folder's crash states, each laid out on disk as a crash would leave it.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import {
   existsSync,
   mkdirSync,
@@ -26,8 +27,11 @@ describe("watched folder", () => {
   let published: TaskResult[];
   let events: string[];
   let refuse: boolean;
+  /** A frame's evaluation that does not end by itself (the agent dies, or stops, while it runs). */
+  let stall: ((file: string) => Promise<never> | undefined) | undefined;
 
   beforeEach(() => {
+    stall = undefined;
     dir = mkdtempSync(join(tmpdir(), "outpost-inbox-"));
     evaluated = [];
     published = [];
@@ -45,9 +49,12 @@ describe("watched folder", () => {
       settleMs,
       pollMs: 10,
       parallel: 2,
+      quarantineAfter: 2,
       evaluate: async (file, image) => {
         if (refuse) throw new OutpostError("QUEUE_FULL", "full");
         evaluated.push(file);
+        const stalled = stall?.(file);
+        if (stalled !== undefined) return stalled;
         const ok = image.toString() !== "corrupt";
         // What it judged, so that a result can be matched with the image it lies beside.
         const input = { content: image.toString() };
@@ -253,5 +260,97 @@ describe("watched folder", () => {
     await running;
     assert.deepEqual(list("done"), ["slow.png", "slow.png.1", "slow.png.1.json", "slow.png.json"]);
     assert.equal(readFileSync(join(dir, "done", "slow.png.1"), "utf8"), "a second image of the same name");
+  });
+
+  /** Waits (polling, 10 s at most) until `done` holds. */
+  async function until(done: () => boolean, what: string): Promise<void> {
+    const deadline = Date.now() + 10_000;
+    while (!done()) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+
+  it("a frame in flight at 2 crashes is quarantined with its sha256, never run a third time (issue 21, item 2)", async () => {
+    // The agent "dies" while it judges poison.png: its evaluation never ends and the folder is abandoned as is
+    // (no clean stop runs), as a SIGKILL or an OOM kill leaves it.
+    stall = (file) => (file === "poison.png" ? new Promise<never>(() => {}) : undefined);
+    mkdirSync(join(dir, "inbox"));
+    writeFileSync(join(dir, "inbox", "poison.png"), "poison bytes");
+    for (let run = 1; run <= 2; run++) {
+      const dead = new AbortController();
+      void inbox().run(dead.signal);
+      await until(() => evaluated.filter((f) => f === "poison.png").length === run, `run ${run} of poison.png`);
+      dead.abort(); // its loop ends; the stalled job never settles, so nothing of a clean stop happens
+    }
+    stall = undefined;
+    const box = inbox();
+    const controller = new AbortController();
+    const running = box.run(controller.signal);
+    writeFileSync(join(dir, "inbox", "next.png"), "x");
+    await until(() => box.counts.done === 1 && box.counts.quarantined === 1, "the next frame and the quarantine");
+    controller.abort();
+    await running;
+    assert.deepEqual(evaluated, ["poison.png", "poison.png", "next.png"], "poison.png ran twice, never a third time");
+    assert.deepEqual(list("failed"), ["poison.png", "poison.png.json"]);
+    const why = JSON.parse(readFileSync(join(dir, "failed", "poison.png.json"), "utf8"));
+    assert.equal(why.code, "TASK_INPUT_QUARANTINED");
+    assert.match(why.reason, /in flight at 2 crashes/);
+    assert.equal(why.input.sha256, createHash("sha256").update("poison bytes").digest("hex"));
+    assert.deepEqual(list("work"), []);
+  });
+
+  it("a clean stop while a frame is judged is not a crash: stopped 3 times, the frame still runs", async () => {
+    let abortNow = () => {};
+    stall = (file) =>
+      file === "slow.png"
+        ? new Promise<never>((_, reject) => {
+            abortNow = () => reject(new OutpostError("TASK_ABORTED", "the agent is stopping"));
+          })
+        : undefined;
+    mkdirSync(join(dir, "inbox"));
+    writeFileSync(join(dir, "inbox", "slow.png"), "x");
+    for (let run = 1; run <= 3; run++) {
+      const controller = new AbortController();
+      const running = inbox().run(controller.signal);
+      await until(() => evaluated.length === run, `run ${run}`);
+      controller.abort();
+      abortNow();
+      await running;
+      assert.match(list("work").join(), /s~slow\.png$/, "put back, marked as a clean stop");
+    }
+    stall = undefined;
+    const box = inbox();
+    await runUntil(box, () => box.counts.done === 1);
+    assert.deepEqual(list("done"), ["slow.png", "slow.png.json"]);
+    assert.equal(box.counts.quarantined, 0);
+  });
+
+  it("a folder that cannot make progress makes the task unhealthy, with the reason, until it can (item 3)", async () => {
+    const box = inbox();
+    const controller = new AbortController();
+    const running = box.run(controller.signal);
+    try {
+      await until(() => existsSync(join(dir, "done")), "the folder's subdirectories");
+      // done/ is not a folder: a judged frame cannot leave work/ (tests run as root: a mode would not stop it).
+      rmSync(join(dir, "done"), { recursive: true });
+      writeFileSync(join(dir, "done"), "not a folder");
+      writeFileSync(join(dir, "inbox", "a.png"), "x");
+      await until(() => !box.health().ok, "unhealthy");
+      assert.match(box.health().reason ?? "", /watched folder .*: a\.png cannot be moved out of work\/: ENOTDIR/);
+      rmSync(join(dir, "done"));
+      mkdirSync(join(dir, "done"));
+      writeFileSync(join(dir, "inbox", "b.png"), "x");
+      await until(() => box.health().ok, "healthy once a frame completes");
+      // The inbox itself gone: every pass fails until it is back.
+      rmSync(join(dir, "inbox"), { recursive: true });
+      await until(() => !box.health().ok, "unhealthy without an inbox");
+      assert.match(box.health().reason ?? "", /a pass failed: ENOENT/);
+      mkdirSync(join(dir, "inbox"));
+      await until(() => box.health().ok, "healthy again");
+    } finally {
+      controller.abort();
+      await running;
+    }
   });
 });

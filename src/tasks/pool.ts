@@ -14,10 +14,12 @@ export interface TaskRequest {
   input: unknown;
 }
 export type TaskReply =
-  | { id: number; ok: true; value: unknown }
-  | { id: number; ok: false; error: { message: string; code?: string } }
+  | { id: number; ok: true; value: unknown; state?: unknown }
+  | { id: number; ok: false; error: { message: string; code?: string }; state?: unknown }
   /** The worker has what the task needs loaded (a runtime, a model) and starts the work itself. */
-  | { id: number; ready: true };
+  | { id: number; ready: true }
+  /** The answer to a broadcast `{ control }`: what the worker holds now (shown in `stats().states`). */
+  | { control: true; state: unknown };
 
 /** Codes a worker may answer with that reach the caller as they are; any other failure is `TASK_FAILED`. */
 const WORKER_CODES = new Map<string, Code>(
@@ -78,6 +80,8 @@ interface Slot {
   timer: NodeJS.Timeout | undefined;
   /** Set once the slot is being replaced: later events of its worker are ignored. */
   gone: boolean;
+  /** What the worker last said it holds (its replies' `state`). */
+  state: unknown;
 }
 
 interface Breaker {
@@ -101,6 +105,8 @@ export class WorkerPool {
   private nextId = 1;
   private closed = false;
   private counts = { completed: 0, failed: 0, replaced: 0, abandoned: 0, refused: 0 };
+  /** The last broadcast: a worker started later gets it first. */
+  private control: unknown;
 
   constructor(options: PoolOptions) {
     this.o = { terminateGraceMs: 2000, now: () => performance.now(), ...options };
@@ -133,6 +139,15 @@ export class WorkerPool {
     });
   }
 
+  /**
+   * Tells every worker (and every worker started later) `message`, as `{ control: message }`, in order with its
+   * tasks; each answers with its state.
+   */
+  broadcast(message: unknown): void {
+    this.control = message;
+    for (const slot of this.slots) if (!slot.gone) slot.worker.postMessage({ control: message });
+  }
+
   stats() {
     const slots = [...this.slots];
     const breakers = Object.fromEntries(
@@ -147,6 +162,8 @@ export class WorkerPool {
       queued: this.queue.length,
       ...this.counts,
       breakers,
+      /** Each live worker's last reported state, in start order. */
+      states: slots.filter((s) => !s.gone).map((s) => s.state),
     };
   }
 
@@ -224,7 +241,8 @@ export class WorkerPool {
     worker.stderr.on("data", (chunk: Buffer) => {
       this.o.logger.warn({ output: chunk.toString().slice(0, 500) }, "a task worker wrote to stderr");
     });
-    const slot: Slot = { worker, job: undefined, startedAt: 0, timer: undefined, gone: false };
+    const slot: Slot = { worker, job: undefined, startedAt: 0, timer: undefined, gone: false, state: undefined };
+    if (this.control !== undefined) worker.postMessage({ control: this.control });
     worker.on("message", (reply: TaskReply) => this.reply(slot, reply));
     worker.on("error", (err: Error & { code?: string }) => {
       const oom = err.code === "ERR_WORKER_OUT_OF_MEMORY";
@@ -242,6 +260,8 @@ export class WorkerPool {
   }
 
   private reply(slot: Slot, reply: TaskReply): void {
+    if ("state" in reply && reply.state !== undefined) slot.state = reply.state;
+    if ("control" in reply) return;
     const job = slot.job;
     if (slot.gone || !job || reply.id !== job.id) return;
     if ("ready" in reply) {

@@ -12,7 +12,7 @@ import { WorkerPool } from "./pool.ts";
 import { chooseRuntime, workerSource } from "./runtime.ts";
 import { fromWire, toWire, type WireTensor } from "./tensor-wire.ts";
 import type { Tensor } from "./tensors.ts";
-import type { InferOutput, ModelInfo, WorkerInput, WorkerSetup } from "./worker.ts";
+import type { InferOutput, ModelInfo, WorkerControl, WorkerInput, WorkerSetup } from "./worker.ts";
 
 /** What a task is given: tensors (onnx), or an image's bytes (classify-image, checks). */
 export type TaskInput = { feeds: Record<string, WireTensor> } | { image: Uint8Array; file?: string };
@@ -105,10 +105,12 @@ export class TaskRunner {
     const verdict = await this.checkModel(task, placed.path);
     if (!verdict.ok) {
       this.store.discard(task, placed);
+      this.retainModels();
       this.o.logger.warn({ task, version: release.version, reason: verdict.reason }, "model update rolled back");
       return { state: "rolled-back", reason: verdict.reason ?? "the new model failed its check" };
     }
     this.store.keep(task, placed);
+    this.retainModels();
     // The check was the golden sample on this very model: it holds for the task's health now.
     if (this.goldenTasks().includes(task)) this.goldens.set(task, verdict);
     this.o.logger.info({ task, version: release.version }, "model update committed");
@@ -142,7 +144,10 @@ export class TaskRunner {
     if (def.type !== "classify-image" || !def.golden) return { ok: true };
     const g = def.golden;
     const trace = randomUUID();
-    if (candidate) this.candidates.set(trace, candidate);
+    if (candidate) {
+      this.candidates.set(trace, candidate);
+      this.retainModels();
+    }
     let verdict: { ok: boolean; reason?: string };
     try {
       const image = readFileSync(g.image);
@@ -163,6 +168,18 @@ export class TaskRunner {
     }
     if (!candidate) this.goldens.set(task, verdict);
     return verdict;
+  }
+
+  /**
+   * Tells every worker which model files are still in use (each task's current model, and a candidate under
+   * test): each releases its sessions of any other file once no task uses it.
+   */
+  private retainModels(): void {
+    const keep = new Set<string>(this.candidates.values());
+    for (const [name, def] of Object.entries(this.o.config.define))
+      if ("model" in def) keep.add(this.modelOf(name, def));
+    const control: WorkerControl = { retain: [...keep] };
+    this.poolReady?.broadcast(control);
   }
 
   /** Tasks with a golden sample. */
@@ -206,6 +223,7 @@ export class TaskRunner {
         logger: this.o.logger,
       });
       this.poolReady = pool;
+      this.retainModels();
       return pool;
     })();
     // A runtime that cannot be extracted now may be later (the directory fixed): the next task tries again.
@@ -436,7 +454,15 @@ export class TaskRunner {
     return {
       runtime: { kind: this.runtimeKind ?? null, wanted: this.o.config.runtime, note: this.runtimeNote },
       pool: stats
-        ? { started: true, size: this.workers(), ...stats, breakers: undefined }
+        ? {
+            started: true,
+            size: this.workers(),
+            ...stats,
+            breakers: undefined,
+            states: undefined,
+            // Inference sessions each live worker holds (one per model file in use; released after an update).
+            sessions: stats.states.map((s) => (s as { sessions?: number } | undefined)?.sessions ?? 0),
+          }
         : { started: false, size: this.workers() },
       tasks: Object.fromEntries(
         Object.entries(this.o.config.define).map(([name, def]) => [

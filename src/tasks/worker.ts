@@ -47,7 +47,30 @@ type Ort = typeof import("onnxruntime-node");
 
 const setup = (workerData ?? { runtime: "native", intraOpThreads: 1 }) as WorkerSetup;
 let ort: Promise<Ort> | undefined;
-const sessions = new Map<string, Promise<{ session: InferenceSession; info: ModelInfo }>>();
+interface Entry {
+  loaded: Promise<{ session: InferenceSession; info: ModelInfo }>;
+  /** Tasks using the session now: it is released only once none is. */
+  users: number;
+}
+const sessions = new Map<string, Entry>();
+/** The model files the runner still uses (current and candidate models); undefined until it says. */
+let retained: Set<string> | undefined;
+
+/** Releases every session of a model the runner no longer names and no task is using. */
+function sweep(): void {
+  if (!retained) return;
+  for (const [path, entry] of sessions) {
+    if (retained.has(path) || entry.users > 0) continue;
+    sessions.delete(path);
+    entry.loaded.then(
+      ({ session }) => session.release(),
+      () => {},
+    );
+  }
+}
+
+/** What the pool shows of this worker (`task.list`). */
+const state = () => ({ sessions: sessions.size });
 
 /** onnxruntime-web's WASM build, single-threaded in this worker, from bytes we hand it (nothing fetched). */
 async function wasmRuntime(): Promise<Ort> {
@@ -98,7 +121,7 @@ function specs(metadata: readonly InferenceSession.ValueMetadata[]): InputSpec[]
 function load(model: ModelRef): Promise<{ session: InferenceSession; info: ModelInfo }> {
   let entry = sessions.get(model.path);
   if (!entry) {
-    entry = (async () => {
+    const loaded = (async () => {
       const { InferenceSession } = await runtime();
       let bytes: Buffer;
       try {
@@ -132,11 +155,28 @@ function load(model: ModelRef): Promise<{ session: InferenceSession; info: Model
         });
       }
     })();
-    sessions.set(model.path, entry);
+    const created: Entry = { loaded, users: 0 };
+    entry = created;
+    sessions.set(model.path, created);
     // A failed load is not kept: the file may be fixed (or the model updated) before the next task.
-    entry.catch(() => sessions.delete(model.path));
+    loaded.catch(() => {
+      if (sessions.get(model.path) === created) sessions.delete(model.path);
+    });
   }
-  return entry;
+  return entry.loaded;
+}
+
+/** Runs `fn` with the model's session held: a sweep meanwhile leaves it alone. */
+async function using<T>(model: ModelRef, fn: () => Promise<T>): Promise<T> {
+  void load(model); // the entry exists from here on (a failed load removes itself; its rejection is handled)
+  const entry = sessions.get(model.path);
+  if (entry) entry.users += 1;
+  try {
+    return await fn();
+  } finally {
+    if (entry) entry.users -= 1;
+    sweep();
+  }
 }
 
 async function infer(
@@ -173,27 +213,42 @@ async function infer(
 async function handle(input: WorkerInput, ready: () => void): Promise<unknown> {
   switch (input.op) {
     case "describe":
-      return (await load(input.model)).info;
+      return using(input.model, async () => (await load(input.model)).info);
     case "infer":
-      return infer(input.model, input.feeds, input.outputs, ready);
-    case "classify": {
-      const { info } = await load(input.model);
-      const name = input.inputName ?? info.inputs[0]?.name;
-      if (name === undefined) throw new OutpostError("TASK_MODEL_INVALID", "the model has no input");
-      return infer(input.model, { [name]: await imageTensor(input.image, input.input) }, undefined, ready);
-    }
+      return using(input.model, () => infer(input.model, input.feeds, input.outputs, ready));
+    case "classify":
+      return using(input.model, async () => {
+        const { info } = await load(input.model);
+        const name = input.inputName ?? info.inputs[0]?.name;
+        if (name === undefined) throw new OutpostError("TASK_MODEL_INVALID", "the model has no input");
+        return infer(input.model, { [name]: await imageTensor(input.image, input.input) }, undefined, ready);
+      });
   }
 }
 
-parentPort?.on("message", async ({ id, input }: { id: number; input: WorkerInput }) => {
+/** What the runner tells every worker: the model files still in use (`{retain: [...]}`). */
+export interface WorkerControl {
+  retain: string[];
+}
+
+parentPort?.on("message", async (message: { id: number; input: WorkerInput } | { control: WorkerControl }) => {
+  if ("control" in message) {
+    retained = new Set(message.control.retain);
+    sweep();
+    parentPort?.postMessage({ control: true, state: state() });
+    return;
+  }
+  const { id, input } = message;
   try {
     const ready = () => parentPort?.postMessage({ id, ready: true });
-    parentPort?.postMessage({ id, ok: true, value: await handle(input, ready) });
+    const value = await handle(input, ready);
+    parentPort?.postMessage({ id, ok: true, value, state: state() });
   } catch (err) {
     parentPort?.postMessage({
       id,
       ok: false,
       error: { message: errorMessage(err), code: isOutpostError(err) ? err.code : undefined },
+      state: state(),
     });
   }
 });

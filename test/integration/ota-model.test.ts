@@ -176,6 +176,106 @@ describe("model updates: a task's model, tried with its golden sample", () => {
   });
 });
 
+describe("model updates release the sessions they replace, in every worker (issue 21, item 6)", () => {
+  const ops = operatorKey();
+  const releaseKey = generateKeys();
+  const ID2 = "dev-sessions";
+  const UPDATES = 20;
+  let broker: Mosquitto;
+  let operator: Operator;
+  let agent: AgentProcess;
+  let server: RangeServer;
+  let dir: string;
+  const signed: unknown[] = [];
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), "outpost-sessions-"));
+    const file = join(dir, "good.onnx");
+    writeFileSync(file, readFileSync(MODEL));
+    // The same bytes under 20 versions: each is placed under its own file name, so each is a new session.
+    for (let i = 1; i <= UPDATES; i++) {
+      const r = makeRelease({
+        file,
+        privateKey: parsePrivateKey(releaseKey.privatePem),
+        out: join(dir, "www", String(i)),
+        kind: "model",
+        version: `2.0.${i}`,
+        now: 1,
+      });
+      signed.push(r.signed);
+    }
+    server = await RangeServer.start(join(dir, "www"));
+    broker = await Mosquitto.start();
+    operator = await Operator.open(broker.port, ops);
+    agent = AgentProcess.run(sourceCommand(), {
+      device: { id: ID2 },
+      mqtt: { url: broker.url },
+      commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
+      update: { trustedKeys: [releaseKey.publicText] },
+      tasks: { ...inspecting("chip"), workers: 3 },
+    });
+    await agent.waitForLog("mqtt connected");
+  });
+  after(async () => {
+    await agent.cleanup();
+    await operator.close();
+    await broker.stop();
+    await server.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const sessions = async (): Promise<number[]> => {
+    const r = (await operator.call(ID2, "task.list", {}, { timeoutMs: 10_000 })).finals[0]?.result as {
+      pool: { sessions?: number[] };
+    };
+    return r.pool.sessions ?? [];
+  };
+
+  it(`${UPDATES} updates while parts are judged on 3 workers: each worker holds one session at the end`, async () => {
+    for (let i = 1; i <= UPDATES; i++) {
+      // Parts on every worker during the update: each loads the model it is given.
+      const during = Array.from({ length: 6 }, () =>
+        operator.call(
+          ID2,
+          "task.run",
+          { task: "inspect", input: { image: sample("chip-1.png").toString("base64") } },
+          { timeoutMs: 30_000 },
+        ),
+      );
+      const reply = (
+        await operator.call(
+          ID2,
+          "update",
+          { manifest: signed[i - 1], source: { http: server.url(`${i}/`) }, task: "inspect" },
+          { timeoutMs: 60_000 },
+        )
+      ).finals[0];
+      assert.equal((reply?.result as { state?: string } | undefined)?.state, "committed", JSON.stringify(reply));
+      for (const c of await Promise.all(during)) assert.equal(c.finals[0]?.state, "succeeded");
+    }
+    // Then enough parts that every worker runs the current model, and the count settles.
+    const deadline = Date.now() + 30_000;
+    let seen: number[] = [];
+    for (;;) {
+      await Promise.all(
+        Array.from({ length: 9 }, () =>
+          operator.call(
+            ID2,
+            "task.run",
+            { task: "inspect", input: { image: sample("good-1.png").toString("base64") } },
+            { timeoutMs: 30_000 },
+          ),
+        ),
+      );
+      seen = await sessions();
+      if (seen.length === 3 && seen.every((n) => n === 1)) break;
+      assert.ok(Date.now() < deadline, `sessions per worker: ${JSON.stringify(seen)}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.deepEqual(seen, [1, 1, 1]);
+  });
+});
+
 /**
  * The model with every large tensor's raw_data (TensorProto field 9) zeroed: it still parses and runs, but it
  * has forgotten what it learned, and every part gets the same answer.

@@ -103,6 +103,15 @@ async function dispatch(argv: string[], host: Host): Promise<number> {
       }
       return runCommand(host, { config: values.config, logFormat: format });
     }
+    case "probe-runtime": {
+      // Not in the help: the agent starts it to try the native inference runtime (src/tasks/probe.ts).
+      const [runtimeDir, binding] = rest;
+      if (!runtimeDir || !binding) throw new UsageError("probe-runtime RUNTIME_DIR BINDING");
+      const { probeRuntime } = await import("../tasks/probe.ts");
+      const r = await probeRuntime(runtimeDir, binding);
+      host.stdout.write(`${r.line}\n`);
+      return r.ok ? EXIT.OK : EXIT.FAILURE;
+    }
     case "demo": {
       if (help) return print(HELP.demo ?? "");
       const { values } = parseArgs({

@@ -1,12 +1,14 @@
+import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdir, open, rename, rm, stat } from "node:fs/promises";
+import { mkdir, open, readFile, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import * as sea from "node:sea";
 import { pathToFileURL } from "node:url";
 import { promisify } from "node:util";
 import { zstdDecompress } from "node:zlib";
+import { z } from "zod";
 import { errorMessage, OutpostError } from "../core/errors.ts";
-import { fsyncPath } from "../core/files.ts";
+import { fsyncPath, writeFileAtomically } from "../core/files.ts";
 import { NATIVE_ASSET, NATIVE_MANIFEST_ASSET, WORKER_ASSET } from "./runtime-assets.ts";
 import type { WorkerSetup } from "./worker.ts";
 
@@ -97,18 +99,108 @@ export async function extractNative(
 }
 
 /** Inside the binary: extracts the stored runtime (once) and returns its binding; from a checkout: undefined. */
-export async function nativeBinding(runtimeDir: string): Promise<{ binding: string; extracted: boolean } | undefined> {
+export async function nativeBinding(
+  runtimeDir: string,
+): Promise<{ binding: string; extracted: boolean; sha256: string } | undefined> {
   if (!inBinary()) return undefined;
   const manifest = JSON.parse(sea.getAsset(NATIVE_MANIFEST_ASSET, "utf8")) as NativeManifest;
-  return extractNative(runtimeDir, manifest, () => sea.getRawAsset(NATIVE_ASSET));
+  return {
+    ...(await extractNative(runtimeDir, manifest, () => sea.getRawAsset(NATIVE_ASSET))),
+    sha256: manifest.sha256,
+  };
+}
+
+/** A probe's verdict on one native runtime (by its sha256), kept beside it: `<runtimeDir>/<sha256>.probe.json`. */
+const probeVerdict = z.strictObject({ ok: z.boolean(), reason: z.string(), at: z.string() });
+type ProbeVerdict = z.infer<typeof probeVerdict>;
+/** How long a probe may take (a cold start under emulation takes tens of seconds); past it, WASM this time only. */
+const PROBE_TIMEOUT_MS = 120_000;
+
+/**
+ * Whether the native runtime works here, tried in a separate process: this binary, started as `probe-runtime`,
+ * loads it and classifies a demo sample in a worker, as a task would. A crash there (a signal) or a failure is
+ * remembered per runtime sha256, so a board whose native runtime crashes does not try it at every start; a
+ * timeout is not (a busy machine). Deleting the verdict file tries again.
+ */
+async function probeNative(
+  runtimeDir: string,
+  sha256: string,
+  binding: string,
+): Promise<ProbeVerdict & { file: string; remembered: boolean; unavailable?: boolean }> {
+  const file = join(runtimeDir, `${sha256}.probe.json`);
+  try {
+    const kept = probeVerdict.safeParse(JSON.parse(await readFile(file, "utf8")));
+    if (kept.success) return { ...kept.data, file, remembered: true };
+  } catch {
+    // none yet, or unreadable: probe
+  }
+  const verdict = await new Promise<{ ok: boolean; reason: string; keep: boolean; unavailable?: boolean }>(
+    (resolve) => {
+      const child = spawn(process.execPath, ["probe-runtime", runtimeDir, binding], {
+        stdio: ["ignore", "pipe", "pipe"],
+        env: { ...process.env, ORT_DISABLE_TELEMETRY: "1" },
+      });
+      let out = "";
+      let err = "";
+      child.stdout.on("data", (d: Buffer) => {
+        out = (out + d.toString()).slice(-4096);
+      });
+      child.stderr.on("data", (d: Buffer) => {
+        err = (err + d.toString()).slice(-4096);
+      });
+      const timer = setTimeout(() => {
+        child.kill("SIGKILL");
+        resolve({ ok: false, reason: `the probe did not finish within ${PROBE_TIMEOUT_MS / 1000}s`, keep: false });
+      }, PROBE_TIMEOUT_MS);
+      child.on("error", (e) => {
+        // This binary cannot be started again from here (seen: under qemu-user without binfmt_misc, ENOEXEC).
+        clearTimeout(timer);
+        resolve({
+          ok: false,
+          reason: `no probe process can be started here (${e.message})`,
+          keep: false,
+          unavailable: true,
+        });
+      });
+      child.on("exit", (code, signal) => {
+        clearTimeout(timer);
+        const last = (err.trim().split("\n").pop() ?? "").slice(0, 300);
+        const answer = /^\{"ok":(true|false)/m.exec(out);
+        if (signal) resolve({ ok: false, reason: `crashed in a probe process (${signal})`, keep: true });
+        else if (code === 0 && answer?.[1] === "true")
+          resolve({ ok: true, reason: "a probe process ran the demo model", keep: true });
+        else if (answer)
+          resolve({ ok: false, reason: `failed in a probe process (exit ${code}): ${out.trim()}`, keep: true });
+        // No answer: the probe never ran. Seen under qemu-user without binfmt_misc, where the kernel cannot
+        // start an arm64 file and execvp hands it to /bin/sh (exit 2, "Syntax error").
+        else
+          resolve({
+            ok: false,
+            reason: `no probe process can be started here (exit ${code}: ${last})`,
+            keep: false,
+            unavailable: true,
+          });
+      });
+    },
+  );
+  const result = { ok: verdict.ok, reason: verdict.reason, at: new Date().toISOString() };
+  if (verdict.keep) {
+    try {
+      writeFileAtomically(file, `${JSON.stringify(result)}\n`, 0o644);
+    } catch {
+      // Not remembered (a read-only runtime directory): probed again at the next start.
+    }
+  }
+  return { ...result, file, remembered: false, ...(verdict.unavailable ? { unavailable: true } : {}) };
 }
 
 export type RuntimeChoice = "auto" | "native" | "wasm";
 
 /**
- * Which runtime the workers load, and why. `auto` takes the native one when it can be extracted and loaded
- * here (a failed `process.dlopen`: an old glibc, a `noexec` runtime directory), the WASM one otherwise;
- * `native` fails with TASK_RUNTIME_UNAVAILABLE instead of falling back.
+ * Which runtime the workers load, and why. `auto` takes the native one when it can be extracted here and a
+ * probe process ran the demo model with it (not a failed load: an old glibc, a `noexec` runtime directory;
+ * not a crash: the verdict is remembered per runtime), the WASM one otherwise; `native` loads it in this
+ * process and fails with TASK_RUNTIME_UNAVAILABLE instead of falling back.
  */
 export async function chooseRuntime(
   want: RuntimeChoice,
@@ -119,6 +211,20 @@ export async function chooseRuntime(
     try {
       const native = await nativeBinding(runtimeDir);
       if (!native) return { setup: { runtime: "native" }, note: "onnxruntime-node from node_modules (a checkout)" };
+      const how = native.extracted ? "extracted now" : "already extracted";
+      let probed = "";
+      if (want === "auto") {
+        const probe = await probeNative(runtimeDir, native.sha256, native.binding);
+        const when = probe.remembered ? `remembered from ${probe.at}, ${probe.file}` : "probed now";
+        if (probe.unavailable) probed = `; ${probe.reason}: loaded in this process`;
+        else if (!probe.ok)
+          throw new OutpostError("TASK_RUNTIME_UNAVAILABLE", `onnxruntime-node ${probe.reason} (${when})`);
+        else
+          return {
+            setup: { runtime: "native", binding: native.binding },
+            note: `onnxruntime-node from the binary, ${how} to ${runtimeDir}; ${probe.reason} (${when})`,
+          };
+      }
       try {
         // Loaded once here to learn whether it can be: the library is mapped once per process, so the
         // workers' own loads cost little more.
@@ -128,10 +234,9 @@ export async function chooseRuntime(
           cause: err,
         });
       }
-      const how = native.extracted ? "extracted now" : "already extracted";
       return {
         setup: { runtime: "native", binding: native.binding },
-        note: `onnxruntime-node from the binary, ${how} to ${runtimeDir}`,
+        note: `onnxruntime-node from the binary, ${how} to ${runtimeDir}${probed}`,
       };
     } catch (err) {
       if (want === "native") throw err;

@@ -31,6 +31,7 @@ import { Watch } from "../test/helpers/mqtt-watch.ts";
 import { Operator } from "../test/helpers/operator.ts";
 import { boardRows } from "./bench-board.ts";
 import { deltaRows } from "./bench-delta.ts";
+import { modelRows } from "./bench-models.ts";
 import { otaRows } from "./bench-ota.ts";
 import { poolRows } from "./bench-pool.ts";
 import { taskRows } from "./bench-tasks.ts";
@@ -41,7 +42,10 @@ const { values } = parseArgs({
     runs: { type: "string", default: "5" },
     backlog: { type: "string", default: "100000" },
     drains: { type: "string", default: "5" },
-    only: { type: "string", default: "sizes,startup,footprint,idle,notify,outbox,commands,board,pool,tasks,delta,ota" },
+    only: {
+      type: "string",
+      default: "sizes,startup,footprint,idle,notify,outbox,commands,board,pool,tasks,models,delta,ota",
+    },
     // The earlier commit an app-only update comes from (the delta section).
     "delta-from": { type: "string", default: "HEAD~4" },
     // Another build of the agent to measure (e.g. one made with build.ts --exec-argv=...).
@@ -532,6 +536,7 @@ async function main(): Promise<void> {
     if (ONLY.has("commands")) await commandRows(broker, watch);
     if (ONLY.has("pool")) await poolRows(rows);
     if (ONLY.has("tasks")) await taskRows(rows, { bin: BIN, broker, watch });
+    if (ONLY.has("models")) await modelRows(rows, { bin: BIN, broker });
     if (ONLY.has("delta")) await deltaRows(rows, { appFrom: values["delta-from"] });
     if (ONLY.has("ota")) await otaRows(rows, { bin: BIN, broker, watch, runs: 3 });
     if (ONLY.has("board")) await boardRows(rows, { bin: BIN, broker, watch, cpuOf: cpuSeconds, seconds: IDLE_SECONDS });

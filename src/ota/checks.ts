@@ -1,27 +1,44 @@
 import { OutpostError } from "../core/errors.ts";
 import type { Manifest } from "./manifest.ts";
 
-/** Semver precedence (2.0.0 section 11): numbers, then a pre-release is lower than its release. */
+/** Compares numeric identifiers of any length (beyond 2^53 too): no leading zeros, so longer is larger. */
+const compareNumeric = (x: string, y: string) =>
+  x.length !== y.length ? x.length - y.length : x < y ? -1 : x > y ? 1 : 0;
+
+/**
+ * Semver precedence (2.0.0 section 11): major, minor, patch numerically; a pre-release (everything after the
+ * first hyphen, hyphens inside identifiers included) is lower than its release and compared identifier by
+ * identifier; build metadata (after `+`) does not count.
+ */
 export function compareVersions(a: string, b: string): number {
-  const [coreA = "", preA] = a.split("-", 2);
-  const [coreB = "", preB] = b.split("-", 2);
-  const na = coreA.split(".").map(Number);
-  const nb = coreB.split(".").map(Number);
-  for (let i = 0; i < 3; i++) if ((na[i] ?? 0) !== (nb[i] ?? 0)) return (na[i] ?? 0) - (nb[i] ?? 0);
-  if (preA === undefined || preB === undefined) return preA === preB ? 0 : preA === undefined ? 1 : -1;
-  const pa = preA.split(".");
-  const pb = preB.split(".");
+  const split = (v: string) => {
+    const bare = v.split("+", 1)[0] ?? "";
+    const dash = bare.indexOf("-");
+    return dash < 0 ? { core: bare, pre: undefined } : { core: bare.slice(0, dash), pre: bare.slice(dash + 1) };
+  };
+  const A = split(a);
+  const B = split(b);
+  const na = A.core.split(".");
+  const nb = B.core.split(".");
+  for (let i = 0; i < 3; i++) {
+    const c = compareNumeric(na[i] ?? "0", nb[i] ?? "0");
+    if (c !== 0) return c;
+  }
+  if (A.pre === undefined || B.pre === undefined) return A.pre === B.pre ? 0 : A.pre === undefined ? 1 : -1;
+  const pa = A.pre.split(".");
+  const pb = B.pre.split(".");
   for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
     const x = pa[i];
     const y = pb[i];
     if (x === undefined) return -1;
     if (y === undefined) return 1;
-    const nx = /^\d+$/.test(x) ? Number(x) : undefined;
-    const ny = /^\d+$/.test(y) ? Number(y) : undefined;
-    if (nx !== undefined && ny !== undefined) {
-      if (nx !== ny) return nx - ny;
-    } else if (nx !== undefined) return -1;
-    else if (ny !== undefined) return 1;
+    const numX = /^\d+$/.test(x);
+    const numY = /^\d+$/.test(y);
+    if (numX && numY) {
+      const c = compareNumeric(x, y);
+      if (c !== 0) return c;
+    } else if (numX) return -1;
+    else if (numY) return 1;
     else if (x !== y) return x < y ? -1 : 1;
   }
   return 0;

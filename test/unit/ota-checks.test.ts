@@ -42,6 +42,41 @@ describe("update checks", () => {
     assert.equal(compareVersions("1.2.3", "1.2.3"), 0);
   });
 
+  it("semver.org's ordered list, identifiers with hyphens, huge numbers, build metadata (issue 22, item 8)", () => {
+    const ordered = [
+      "1.0.0-0.3.7",
+      "1.0.0-alpha",
+      "1.0.0-alpha.1",
+      "1.0.0-alpha.beta",
+      "1.0.0-beta",
+      "1.0.0-beta.2",
+      "1.0.0-beta.11",
+      // Identifiers compare in ASCII order, a prefix first: "rc" < "rc-1" < "rc-10-a" < "rc-2".
+      "1.0.0-rc.1",
+      "1.0.0-rc-1",
+      "1.0.0-rc-10-a",
+      "1.0.0-rc-2",
+      "1.0.0-rc-9",
+      "1.0.0-x.7.z.92",
+      "1.0.0-x-y-z.--",
+      "1.0.0",
+      "1.0.1-90071992547409910",
+      "1.0.1-90071992547409911",
+      "1.0.1",
+      "2.0.0",
+      "2.1.0",
+      "2.1.1",
+    ];
+    for (let i = 0; i < ordered.length; i++)
+      for (let j = 0; j < ordered.length; j++) {
+        const c = compareVersions(ordered[i] ?? "", ordered[j] ?? "");
+        assert.equal(Math.sign(c), Math.sign(i - j), `${ordered[i]} vs ${ordered[j]}: ${c}`);
+      }
+    // Build metadata does not count (semver 2.0.0, item 10).
+    assert.equal(compareVersions("1.0.0+build.1", "1.0.0+build-2"), 0);
+    assert.equal(compareVersions("1.0.0-rc-1+x-y", "1.0.0-rc-1"), 0);
+  });
+
   it("each refusal has its own code, and a good release passes", () => {
     assert.equal(
       outcome(() => checkRelease(manifest(), device)),

@@ -45,9 +45,10 @@ export interface ConfigSection {
   /** The top-level key, e.g. `telemetry`. */
   key: string;
   schema: z.ZodType;
-  /** Dotted paths read once at start: a change is stored and used after the next restart. */
+  /** Paths inside this section (without its key: `interval`, not `telemetry.interval`; "" is the whole section)
+   * read once at start: a change is stored and used after the next restart. */
   restartOnly?: readonly string[];
-  /** Dotted paths `config.set` may never change. */
+  /** Paths inside this section, as for restartOnly, that `config.set` may never change. */
   localOnly?: readonly string[];
 }
 

@@ -20,14 +20,7 @@ const resourcesSection = {
       handleGrowth: z.number().int().min(1).max(100_000).default(100),
     })
     .prefault({}),
-  restartOnly: [
-    "resources.interval",
-    "resources.windowSamples",
-    "resources.windows",
-    "resources.rssGrowth",
-    "resources.heapGrowth",
-    "resources.handleGrowth",
-  ],
+  restartOnly: ["interval", "windowSamples", "windows", "rssGrowth", "heapGrowth", "handleGrowth"],
 } as const;
 
 /** Worker threads the agent runs; the tasks module reports its pool here when it arrives. */

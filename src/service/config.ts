@@ -13,6 +13,6 @@ export const serviceSection = {
       debugCommands: z.boolean().default(false),
     })
     .prefault({}),
-  restartOnly: ["service.debugCommands"],
-  localOnly: ["service.debugCommands"],
+  restartOnly: ["debugCommands"],
+  localOnly: ["debugCommands"],
 } as const;

@@ -7,7 +7,16 @@ import type { ChunkIndex } from "./manifest.ts";
 
 /** Where missing bytes come from: one contiguous range of the artifact per call (HTTP Range, MQTT chunks). */
 export interface ByteSource {
-  read(offset: number, size: number, signal?: AbortSignal): Promise<Uint8Array>;
+  /**
+   * `accept` says whether bytes are the right ones (their chunks' hashes): a source that can get other answers
+   * (MQTT, where anyone on the broker may answer) drops what fails it and waits for the genuine answer.
+   */
+  read(
+    offset: number,
+    size: number,
+    signal?: AbortSignal,
+    accept?: (bytes: Uint8Array) => boolean,
+  ): Promise<Uint8Array>;
 }
 
 export interface AssembleOptions {
@@ -108,7 +117,9 @@ export async function assemble(o: AssembleOptions): Promise<AssembleProgress> {
       const first = range[0] as Chunk;
       const last = range[range.length - 1] as Chunk;
       const length = last.offset + last.size - first.offset;
-      const bytes = await o.source.read(first.offset, length, o.signal);
+      const matches = (bytes: Uint8Array) =>
+        range.every((c) => sha(bytes.subarray(c.offset - first.offset, c.offset - first.offset + c.size)) === c.sha256);
+      const bytes = await o.source.read(first.offset, length, o.signal, matches);
       if (bytes.length !== length) {
         throw new OutpostError(
           "OTA_DOWNLOAD_FAILED",

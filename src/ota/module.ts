@@ -244,7 +244,12 @@ export const otaModule: Module<typeof updateSection> = {
       const ref = m.index;
       if (!source) throw new OutpostError("OTA_MANIFEST_INVALID", "the chunk index has no source");
       // Fetched like a chunk: never more bytes than the signed manifest declares, checked against its sha256.
-      const bytes = await source.read(0, ref.size, signal);
+      const bytes = await source.read(
+        0,
+        ref.size,
+        signal,
+        (b) => createHash("sha256").update(b).digest("hex") === ref.sha256,
+      );
       if (createHash("sha256").update(bytes).digest("hex") !== ref.sha256) {
         throw new OutpostError("OTA_CHUNK_CORRUPT", "the chunk index does not match its sha256");
       }

@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { z } from "zod";
-import { OutpostError } from "../core/errors.ts";
+import { errorMessage, OutpostError } from "../core/errors.ts";
 import type { DirectChannel } from "../kernel/module.ts";
 import type { ByteSource } from "./assemble.ts";
 
@@ -37,7 +37,12 @@ export function encodeAnswer(header: z.input<typeof answerHeader>, bytes?: Uint8
   return Buffer.concat([Buffer.from(`${JSON.stringify(header)}\n`), bytes ?? Buffer.alloc(0)]);
 }
 
-type Waiter = { resolve(bytes: Buffer): void; reject(err: Error): void };
+/**
+ * One range asked for. Anyone on the broker can publish on the data topic, so nothing an answer says is
+ * believed by itself: bytes that fail `accept` (their chunks' hashes) and error answers are dropped and
+ * remembered for the timeout's message; only the range timeout fails the range.
+ */
+type Waiter = { resolve(bytes: Buffer): void; accept(bytes: Buffer): boolean; dropped: string[] };
 
 export class MqttFetcher {
   private readonly waiting = new Map<string, Waiter>();
@@ -64,45 +69,57 @@ export class MqttFetcher {
     if (!header) return;
     const waiter = this.waiting.get(header.id);
     if (!waiter) return; // an answer to a request given up on, or to another device's
-    this.waiting.delete(header.id);
-    if ("error" in header) waiter.reject(new OutpostError("OTA_DOWNLOAD_FAILED", `the server says: ${header.error}`));
-    else waiter.resolve(payload.subarray(end + 1));
+    if (waiter.dropped.length >= 16) return; // a flood: enough said
+    if ("error" in header) {
+      waiter.dropped.push(`an error answer ${JSON.stringify(header.error.slice(0, 200))}`);
+      return;
+    }
+    const bytes = payload.subarray(end + 1);
+    if (!waiter.accept(bytes)) {
+      waiter.dropped.push(`${bytes.length} bytes that fail their hashes`);
+      return;
+    }
+    waiter.resolve(bytes);
   }
 
   /** A byte source for one file of a release; each range is asked up to `attempts` times. */
   source(o: { release: string; file: "artifact" | "index"; timeoutMs: number; attempts?: number }): ByteSource {
     return {
-      read: async (offset, size, signal) => {
+      read: async (offset, size, signal, accept) => {
         const attempts = o.attempts ?? 3;
         let last: unknown;
         for (let attempt = 1; attempt <= attempts; attempt++) {
           signal?.throwIfAborted();
           try {
-            const bytes = await this.ask(
+            return await this.ask(
               { id: randomUUID(), release: o.release, file: o.file, offset, size },
+              (b) => b.length === size && (accept?.(b) ?? true),
               o,
               signal,
             );
-            if (bytes.length !== size) {
-              throw new OutpostError(
-                "OTA_DOWNLOAD_FAILED",
-                `asked for ${size} bytes at ${offset}, got ${bytes.length}`,
-              );
-            }
-            return bytes;
           } catch (err) {
             last = err;
             if (signal?.aborted) throw err;
           }
         }
-        throw new OutpostError("OTA_DOWNLOAD_FAILED", `no answer over MQTT for ${o.file} at ${offset}`, {
-          cause: last,
-        });
+        throw new OutpostError(
+          "OTA_DOWNLOAD_FAILED",
+          `no answer over MQTT for ${o.file} at ${offset}: ${errorMessage(last)}`,
+          {
+            cause: last,
+          },
+        );
       },
     };
   }
 
-  private ask(request: ChunkRequest, o: { timeoutMs: number }, signal?: AbortSignal): Promise<Buffer> {
+  private ask(
+    request: ChunkRequest,
+    accept: (bytes: Buffer) => boolean,
+    o: { timeoutMs: number },
+    signal?: AbortSignal,
+  ): Promise<Buffer> {
+    const dropped: string[] = [];
     return new Promise<Buffer>((resolve, reject) => {
       const finish = () => {
         clearTimeout(timer);
@@ -115,7 +132,8 @@ export class MqttFetcher {
       };
       const timer = setTimeout(() => {
         finish();
-        reject(new OutpostError("OTA_DOWNLOAD_FAILED", `no answer within ${o.timeoutMs} ms`));
+        const why = dropped.length > 0 ? ` (${dropped.length} answers dropped: ${dropped.join("; ")})` : "";
+        reject(new OutpostError("OTA_DOWNLOAD_FAILED", `no answer within ${o.timeoutMs} ms${why}`));
       }, o.timeoutMs);
       signal?.addEventListener("abort", onAbort, { once: true });
       this.waiting.set(request.id, {
@@ -123,10 +141,8 @@ export class MqttFetcher {
           finish();
           resolve(b);
         },
-        reject: (e) => {
-          finish();
-          reject(e);
-        },
+        accept,
+        dropped,
       });
       this.channel.publish(this.requestTopic, JSON.stringify(request)).catch((err: unknown) => {
         finish();

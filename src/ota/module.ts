@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { statfs } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import * as sea from "node:sea";
@@ -88,6 +88,7 @@ export const otaModule: Module<typeof updateSection> = {
      */
     function resume(): void {
       const f = files();
+      sweepStaging(f.dir, readStaged(f.install), ctx.clock.now());
       const j = readJournal(f.journal);
       const root = rootRecords();
       const legacy = root.trial === undefined && root.request === undefined && j?.state === "trial" ? j : undefined;
@@ -194,6 +195,9 @@ export const otaModule: Module<typeof updateSection> = {
       const answer = rootRecords().request;
       // Refused: root's record names this request and says why. Installed: root restarts the service.
       if (pending !== undefined && answer?.request === pending && answer.state === "failed") {
+        // Root refused it: the staged file is of no use (root keeps its own copy only while it installs).
+        removeStaged(f.install);
+        rmSync(f.install, { force: true });
         phase = "idle";
         pending = undefined;
         const body = { state: "failed", version: answer.version, code: answer.code, reason: answer.reason };
@@ -202,6 +206,7 @@ export const otaModule: Module<typeof updateSection> = {
         return;
       }
       if (ctx.clock.mono() - installingSince < INSTALL_WAIT_MS) return;
+      removeStaged(f.install);
       rmSync(f.install, { force: true });
       phase = "idle";
       pending = undefined;
@@ -308,6 +313,10 @@ export const otaModule: Module<typeof updateSection> = {
               const transport = "mqtt" in p.source ? "mqtt" : "http";
               const f = files();
               mkdirSync(f.dir, { recursive: true, mode: 0o700 });
+              // One partial download at a time: an earlier release's is of no more use.
+              for (const n of readdirSync(f.dir))
+                if (/^[0-9a-f]{64}\.partial$/.test(n) && n !== `${m.sha256}.partial`)
+                  rmSync(join(f.dir, n), { force: true });
               const every = durationMs(config.progressInterval);
               let lastReport = Number.NEGATIVE_INFINITY;
               const onProgress = (pr: AssembleProgress) => {
@@ -375,6 +384,14 @@ export const otaModule: Module<typeof updateSection> = {
               return done;
             } catch (err) {
               const code = isOutpostError(err) ? err.code : "OTA_DOWNLOAD_FAILED";
+              if (manifest) {
+                const f = files();
+                // A transfer that stopped (the server gone, a timeout) keeps what arrived for a retry; anything
+                // else (a refusal, corrupt or mismatching bytes) leaves nothing behind.
+                if (code !== "OTA_DOWNLOAD_FAILED" && code !== "TASK_ABORTED")
+                  rmSync(f.partial(manifest.sha256), { force: true });
+                rmSync(f.ready(manifest.sha256), { force: true });
+              }
               report({
                 state: "failed",
                 ...(manifest ? { version: manifest.version } : {}),
@@ -409,6 +426,47 @@ function outcome(j: Journal): Record<string, unknown> {
     from: j.from.version,
     ...("reason" in j && j.reason !== undefined ? { reason: j.reason } : {}),
   };
+}
+
+/** How long a partial download is kept for a retry across restarts (a reboot mid-download on a metered link). */
+const PARTIAL_KEEP_MS = 24 * 3600_000;
+
+/** The staged file an install request names (`<sha>.ready`), if it is one. */
+function readStaged(install: string): string | undefined {
+  try {
+    const ready = (JSON.parse(readFileSync(install, "utf8")) as { ready?: unknown }).ready;
+    return typeof ready === "string" && /^[0-9a-f]{64}\.ready$/.test(ready) ? ready : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function removeStaged(install: string): void {
+  const ready = readStaged(install);
+  if (ready) rmSync(join(dirname(install), ready), { force: true });
+}
+
+/**
+ * At start: a staged `.ready` that no pending install request names, and every `.partial` but the newest one
+ * younger than a day (kept so a retry resumes), are removed: a failed update leaves at most one partial file,
+ * for at most a day, and never a staged release nobody takes.
+ */
+function sweepStaging(dir: string, keepReady: string | undefined, now: number): void {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return;
+  }
+  const partials = names
+    .filter((n) => /^[0-9a-f]{64}\.partial$/.test(n))
+    .map((n) => ({ n, mtime: statSync(join(dir, n), { throwIfNoEntry: false })?.mtimeMs ?? 0 }))
+    .sort((a, b) => b.mtime - a.mtime);
+  const keep = partials[0] && now - partials[0].mtime < PARTIAL_KEEP_MS ? partials[0].n : undefined;
+  for (const n of names) {
+    const stale = (n.endsWith(".ready") && n !== keepReady) || (n.endsWith(".partial") && n !== keep);
+    if (stale && /^[0-9a-f]{64}\.(ready|partial)$/.test(n)) rmSync(join(dir, n), { force: true });
+  }
 }
 
 /** The id in the agent's own install request (a restart while root has not answered yet). */

@@ -1,6 +1,15 @@
 // Issue 13 groundwork: the update command's checks before any download, and a release staged from HTTP.
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  utimesSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -125,6 +134,48 @@ describe("the update command", () => {
     const reply = (await update("badindex")).finals[0];
     assert.equal(reply?.error?.code, "OTA_CHUNK_CORRUPT", reply?.error?.message);
     assert.ok(!existsSync(join(agent.dir, "state", "update", `${r.manifest.sha256}.ready`)));
+  });
+
+  it("a chunk that fails its hash leaves no partial file behind (issue 22, item 3)", async () => {
+    const arch = process.arch === "x64" ? "x64" : "arm64";
+    const r = publish("corrupt", bumped(VERSION), arch, 15 * 1024 * 1024);
+    const artifact = join(dir, "www", "corrupt", r.manifest.artifact);
+    const bytes = readFileSync(artifact);
+    bytes[bytes.length - 100] = (bytes[bytes.length - 100] ?? 0) ^ 1; // the last chunk: the others were written
+    writeFileSync(artifact, bytes);
+    const reply = (await update("corrupt")).finals[0];
+    assert.equal(reply?.error?.code, "OTA_CHUNK_CORRUPT", reply?.error?.message);
+    const left = readdirSync(join(agent.dir, "state", "update")).filter((n) => n.startsWith(r.manifest.sha256));
+    assert.deepEqual(left, []);
+  });
+
+  it("a start removes a staged release no request names, and every partial but the newest under a day old", async () => {
+    const home = mkdtempSync(join(tmpdir(), "outpost-agent-"));
+    const staging = join(home, "state", "update");
+    mkdirSync(staging, { recursive: true });
+    const name = (c: string, ext: string) => `${c.repeat(64)}.${ext}`;
+    writeFileSync(join(staging, name("a", "ready")), "a staged release nobody took");
+    const now = Date.now() / 1000;
+    for (const [c, ageHours] of [
+      ["b", 48],
+      ["c", 2],
+      ["d", 1],
+    ] as const) {
+      writeFileSync(join(staging, name(c, "partial")), "part of a download");
+      utimesSync(join(staging, name(c, "partial")), now - ageHours * 3600, now - ageHours * 3600);
+    }
+    const other = AgentProcess.run(
+      sourceCommand(),
+      { device: { id: "dev-ota-leftovers" }, mqtt: { url: broker.url } },
+      {},
+      home,
+    );
+    try {
+      await other.waitForLog("mqtt connected");
+      assert.deepEqual(readdirSync(staging).sort(), [name("d", "partial")]);
+    } finally {
+      await other.cleanup();
+    }
   });
 
   it("a release is fetched over HTTP, verified and staged; its progress and outcome are retained on P/D/update", async () => {

@@ -190,9 +190,16 @@ function railEntities(metrics: Record<string, unknown>): Entity[] {
   }));
 }
 
-/** HA's node_id and object_id allow `[a-zA-Z0-9_-]` only. */
+/**
+ * HA's node_id and object_id allow `[a-zA-Z0-9_-]` only; device ids also allow `.`. Distinct devices must
+ * never share a node id (`line.3` and `line_3` did: one vanished from HA, and turning discovery off on one
+ * deleted the other's entities). An id without a dot keeps its node id of old (`outpost_<id>`, so dashboards
+ * survive); one with a dot is escaped (`_` as `__`, `.` as `_d`) behind a second `_`. A device id starts with a
+ * letter or digit, so no id without a dot can give a node id that starts `outpost__`: the mapping is injective.
+ */
 export function nodeId(deviceId: string): string {
-  return `outpost_${deviceId.replace(/[^a-zA-Z0-9_-]/g, "_")}`;
+  if (!deviceId.includes(".")) return `outpost_${deviceId}`;
+  return `outpost__${deviceId.replace(/_/g, "__").replace(/\./g, "_d")}`;
 }
 
 /** The discovery configs for what `metrics` holds, by topic; the `online` connectivity sensor always. */

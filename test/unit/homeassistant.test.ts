@@ -10,6 +10,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import Ajv2020 from "ajv/dist/2020.js";
+import fc from "fast-check";
+import { DEVICE_ID } from "../../src/core/patterns.ts";
 import { discoveryConfigs, nodeId } from "../../src/homeassistant/discovery.ts";
 import { fixtureSample } from "../helpers/boards.ts";
 
@@ -223,10 +225,10 @@ describe("Home Assistant discovery payloads", () => {
       }
       // Sensors read the merged state topic and are available while the status says online; the online
       // sensor itself reads the status (and must not be made unavailable by it).
-      const online = configs.get(`homeassistant/binary_sensor/outpost_line-3_cam/online/config`);
+      const online = configs.get(`homeassistant/binary_sensor/outpost__line-3_dcam/online/config`);
       assert.equal(online?.state_topic, "outpost/v1/line-3.cam/status");
       assert.equal(online?.availability_topic, undefined);
-      const cpu = configs.get("homeassistant/sensor/outpost_line-3_cam/cpu_load/config");
+      const cpu = configs.get("homeassistant/sensor/outpost__line-3_dcam/cpu_load/config");
       assert.equal(cpu?.state_topic, "outpost/v1/line-3.cam/state");
       assert.equal(cpu?.value_template, "{{ value_json.metrics.cpu.load }}");
       assert.equal(cpu?.availability_topic, "outpost/v1/line-3.cam/status");
@@ -256,5 +258,28 @@ describe("Home Assistant discovery payloads", () => {
     assert.equal(load?.value_template, "{{ value_json.metrics.load['1m'] }}");
     const mem = configsFor("d", board, metrics).get("homeassistant/sensor/outpost_d/memory_used/config");
     assert.equal(mem?.value_template, "{{ (value_json.metrics.memory.used / 1048576) | round(1) }}");
+  });
+});
+
+describe("Home Assistant node ids (issue 22, item 4)", () => {
+  it("distinct device ids never share a node id; ids without a dot keep today's node id", () => {
+    const tricky = ["line.3", "line_3", "line__3", "line._3", "line_.3", "a.d", "a_d", "a_dd", "a.dd", "a__d", "a._d"];
+    const nodes = tricky.map(nodeId);
+    assert.equal(new Set(nodes).size, tricky.length, JSON.stringify(nodes));
+    assert.equal(nodeId("line_3"), "outpost_line_3");
+    assert.equal(nodeId("line-3"), "outpost_line-3");
+    fc.assert(
+      fc.property(
+        fc.stringMatching(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/),
+        fc.stringMatching(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/),
+        (a, b) => {
+          fc.pre(DEVICE_ID.test(a) && DEVICE_ID.test(b) && a !== b);
+          assert.notEqual(nodeId(a), nodeId(b));
+          assert.match(nodeId(a), /^[a-zA-Z0-9_-]+$/);
+          if (!a.includes(".")) assert.equal(nodeId(a), `outpost_${a}`);
+        },
+      ),
+      { numRuns: 5000 },
+    );
   });
 });

@@ -32,6 +32,10 @@ for (let x = 0; x < 8; x++)
   for (let u = 0; u < 8; u++)
     COS[x * 8 + u] = ((u === 0 ? Math.SQRT1_2 : 1) / 2) * Math.cos(((2 * x + 1) * u * Math.PI) / 16);
 
+/** Scans in one file (progressive files have about 10), and of those, scans actually decoded. */
+const MAX_SCANS = 64;
+const MAX_DECODED_SCANS = 16;
+
 const invalid = (why: string) => new OutpostError("TASK_INPUT_INVALID", `the image does not decode: JPEG ${why}`);
 
 export const isJpeg = (b: Uint8Array) => b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff;
@@ -243,6 +247,8 @@ export function decodeJpeg(b: Buffer, grid: PixelGrid): void {
   let planes: Plane[] = [];
   let restartInterval = 0;
   let adobeRgb = false;
+  let scans = 0;
+  let decodedScans = 0;
   let mcusX = 0;
   let mcusY = 0;
   let hmax = 1;
@@ -324,7 +330,12 @@ export function decodeJpeg(b: Buffer, grid: PixelGrid): void {
 
   const scan = (header: Buffer, start: number): number => {
     if (!frame) throw invalid("has image data before its frame header");
+    // Each scan costs a pass over the image's blocks: their number is bounded (libjpeg bounds it too), and a
+    // progressive AC scan, which is only read past, counts only toward the total.
+    scans += 1;
+    if (scans > MAX_SCANS) throw invalid(`has more than ${MAX_SCANS} scans`);
     const n = header[0] ?? 0;
+    if (n < 1 || n > 4 || header.length < 4 + 2 * n) throw invalid("has a malformed scan header (SOS)");
     const inScan: { p: Plane; dc?: Huffman; ac?: Huffman }[] = [];
     for (let i = 0; i < n; i++) {
       const id = header[1 + 2 * i];
@@ -338,6 +349,8 @@ export function decodeJpeg(b: Buffer, grid: PixelGrid): void {
     const al = (header[3 + 2 * n] ?? 0) & 15;
     // A progressive AC scan is not needed at 1/8 scale: read past.
     if (frame.progressive && ss > 0) return scanEnd(b, start);
+    decodedScans += 1;
+    if (decodedScans > MAX_DECODED_SCANS) throw invalid(`has more than ${MAX_DECODED_SCANS} scans to decode`);
     const bits = new Bits(b, start);
     for (const s of inScan) s.p.pred = 0;
 
@@ -380,6 +393,9 @@ export function decodeJpeg(b: Buffer, grid: PixelGrid): void {
     const lines = single ? Math.ceil(Math.ceil((frame.height * single.p.v) / vmax) / 8) : mcusY;
     const total = perLine * lines;
     for (let m = 0; m < total; m++) {
+      // Valid data never needs a bit past its scan: a scan that does is cut short, and is not walked to its end
+      // on zeros (which would let a few bytes cost a pass over 24 MP).
+      if (bits.marker || bits.eof) throw invalid("has a scan that ends before its last block");
       if (restartInterval > 0 && m > 0 && m % restartInterval === 0) {
         bits.restart();
         for (const s of inScan) s.p.pred = 0;

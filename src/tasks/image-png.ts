@@ -144,14 +144,20 @@ export async function decodePng(b: Buffer, h: PngHeader, sink: RowSink): Promise
   const bpp = Math.max(1, bitsPerPixel >> 3);
   let palette: Uint8Array | undefined;
   let trns: Buffer | undefined;
-  const idat: Buffer[] = [];
+  // A first pass checks the chunks (CRCs, one run of IDAT) and finds PLTE and tRNS; nothing is kept per chunk,
+  // so a file of a million tiny IDATs costs what its bytes do.
+  let idats = 0;
+  let afterIdat = false;
   for (const c of chunks(b)) {
+    if (c.type === "IDAT") {
+      if (afterIdat) throw invalid("has IDAT chunks that are not consecutive");
+      idats += 1;
+    } else if (idats > 0) afterIdat = true;
     if (c.type === "PLTE") palette = c.data;
     else if (c.type === "tRNS") trns = c.data;
-    else if (c.type === "IDAT") idat.push(c.data);
   }
   if (h.colorType === 3 && !palette) throw invalid("has a palette colour type and no PLTE");
-  if (idat.length === 0) throw invalid("has no IDAT");
+  if (idats === 0) throw invalid("has no IDAT");
 
   // The passes: each (x0, y0, dx, dy, columns, rows) with at least one pixel.
   const passes = (h.interlaced ? ADAM7 : [[0, 0, 1, 1] as const])
@@ -278,18 +284,34 @@ export async function decodePng(b: Buffer, h: PngHeader, sink: RowSink): Promise
       }
     });
     inflate.on("error", fail);
+    let ended = false;
     inflate.on("end", () => {
+      ended = true;
       if (failed) return;
       if (total < expected) fail(invalid(`is truncated (${total} of ${expected} image bytes)`));
       else resolve();
     });
-    // Written chunk by chunk with backpressure, so the compressed data is never copied into one buffer.
+    // IDAT data is written in batches of up to 256 KiB with backpressure: never the whole compressed stream in
+    // one buffer, and never one write per (possibly one-byte) chunk. Data after the zlib stream's end is ignored.
     (async () => {
-      for (const part of idat) {
-        if (failed) return;
-        if (!inflate.write(part)) await new Promise((r) => inflate.once("drain", r));
+      let batch: Buffer[] = [];
+      let size = 0;
+      const flush = async () => {
+        if (size === 0) return;
+        const data = batch.length === 1 ? (batch[0] as Buffer) : Buffer.concat(batch, size);
+        batch = [];
+        size = 0;
+        if (!inflate.write(data)) await new Promise((r) => inflate.once("drain", r));
+      };
+      for (const c of chunks(b)) {
+        if (failed || ended) return;
+        if (c.type !== "IDAT" || c.data.length === 0) continue;
+        batch.push(c.data);
+        size += c.data.length;
+        if (size >= 256 * 1024) await flush();
       }
-      inflate.end();
+      await flush();
+      if (!failed && !ended) inflate.end();
     })().catch(fail);
   });
 }

@@ -18,6 +18,11 @@ export interface ImageInput {
 /** Frames larger than this are refused from their header, before any decoding (a 4K camera frame is 8.3 MP). */
 export const MAX_MEGAPIXELS = 24;
 /**
+ * Nor may either side be longer than this: what a decoder allocates per row or column (a PNG row of 16-bit RGBA
+ * is 8 bytes a pixel, twice) stays small. A 24 MP panorama of 12000x2000 passes.
+ */
+export const MAX_SIDE = 32768;
+/**
  * What one frame's decode may hold, beside the frame's own bytes: 3 workers of a 4-core board decoding at once
  * stay within a third of the unit's `MemoryMax=384M`. The streaming decoders need far less (rows, tables and the
  * sampled pixels); only the whole-image fallback (a progressive or CMYK JPEG) is sized against it.
@@ -103,6 +108,11 @@ function header(b: Buffer) {
       ? { ...jpegHeader(b), kind: "jpeg" as const }
       : undefined;
   if (!h) throw new OutpostError("TASK_INPUT_INVALID", "not a PNG or JPEG image (by its first bytes)");
+  if (h.width > MAX_SIDE || h.height > MAX_SIDE)
+    throw new OutpostError(
+      "TASK_INPUT_INVALID",
+      `the image is ${h.width}x${h.height}, a side longer than ${MAX_SIDE} pixels (refused from its header)`,
+    );
   if (h.width * h.height > MAX_MEGAPIXELS * 1e6)
     throw new OutpostError(
       "TASK_INPUT_INVALID",

@@ -102,26 +102,25 @@ export function referenceTensor(bytes: Buffer, spec: Spec): Float32Array {
 }
 
 /**
- * Decodes `file` with src/tasks/image.ts in a fresh process and reports how much its resident memory grew
- * (peak RSS minus RSS once the file was read), and the tensor.
+ * Decodes `file` with src/tasks/image.ts in a fresh process and reports how much its resident memory grew:
+ * the peak (VmHWM, reset through /proc/self/clear_refs once the file was read, since the process's own start
+ * may peak higher than a decode does) minus the resident memory at that moment; and the tensor.
  */
 export function decodeInChild(file: string, spec: Spec): { grewBytes: number; tensor: number[]; error?: string } {
   const script = `
-    import { readFileSync } from "node:fs";
+    import { readFileSync, writeFileSync } from "node:fs";
     const { imageTensor } = await import(${JSON.stringify(`${ROOT}/src/tasks/image.ts`)});
     const bytes = readFileSync(${JSON.stringify(file)});
+    const peak = () => Number(/VmHWM:\\s+(\\d+) kB/.exec(readFileSync("/proc/self/status", "utf8"))[1]) * 1024;
+    writeFileSync("/proc/self/clear_refs", "5");
     const before = process.memoryUsage.rss();
     try {
       const t = await imageTensor(bytes, ${JSON.stringify(spec)});
-      const grewBytes = process.resourceUsage().maxRSS * 1024 - before;
-      console.log(JSON.stringify({ grewBytes, tensor: Array.from(t.data) }));
+      console.log(JSON.stringify({ grewBytes: peak() - before, tensor: Array.from(t.data) }));
     } catch (err) {
-      console.log(JSON.stringify({ grewBytes: process.resourceUsage().maxRSS * 1024 - before, tensor: [], error: err.message }));
+      console.log(JSON.stringify({ grewBytes: peak() - before, tensor: [], error: err.message }));
     }`;
-  const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], {
-    encoding: "utf8",
-    maxBuffer: 1 << 26,
-  });
+  const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], { encoding: "utf8", maxBuffer: 1 << 26 });
   if (r.status !== 0) throw new Error(`the decode process ended ${r.status ?? r.signal}: ${r.stderr}`);
   return JSON.parse(r.stdout);
 }

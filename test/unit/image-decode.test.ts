@@ -5,7 +5,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { deflateSync } from "node:zlib";
+import { crc32, deflateSync } from "node:zlib";
 import { isOutpostError } from "../../src/core/errors.ts";
 import { FRAME_DECODE_BUDGET, imageTensor } from "../../src/tasks/image.ts";
 import { ROOT } from "../helpers/agent-process.ts";
@@ -88,6 +88,59 @@ describe("image bounds: checked from the header, before any decode", () => {
     assert.match(await outcome(big, gray), /TASK_INPUT_INVALID: .*30000x30000, more than 24 megapixels/);
   });
 
+  it("an attacker's variants: a side too long, floods of scans and of IDAT chunks (the attack on issue 21's fix)", async () => {
+    const chunkOf = (type: string, data: Buffer) => {
+      const b = Buffer.alloc(12 + data.length);
+      b.writeUInt32BE(data.length);
+      b.write(type, 4, "latin1");
+      data.copy(b, 8);
+      b.writeUInt32BE(crc32(b.subarray(4, 8 + data.length)), 8 + data.length);
+      return b;
+    };
+    // 24 MP as one row: within the pixel bound, but two 192 MB rows of 16-bit RGBA to unfilter.
+    const wide = rawPng(24_000_000, 1, deflateSync(Buffer.alloc(1000)), 6);
+    assert.match(await outcome(wide, gray), /24000000x1, a side longer than 32768 pixels/);
+    // 300,000 empty IDATs before the real one: read in batches, never one object per chunk kept.
+    const good = rawPng(3, 3, deflateSync(Buffer.alloc(30)));
+    const flood = Buffer.concat([
+      good.subarray(0, 33),
+      Buffer.concat(Array(300_000).fill(chunkOf("IDAT", Buffer.alloc(0)))),
+      good.subarray(33),
+    ]);
+    assert.equal(await outcome(flood, gray), "ok");
+    const split = Buffer.concat([
+      good.subarray(0, 33),
+      chunkOf("IDAT", Buffer.alloc(0)),
+      chunkOf("tEXt", Buffer.from("a\0b")),
+      good.subarray(33),
+    ]);
+    assert.match(await outcome(split, gray), /IDAT chunks that are not consecutive/);
+    // A 6000x4000 JPEG with 300 scans of no data: each would be a pass over 375,000 blocks.
+    const seg = (m: number, d: number[]) => Buffer.from([0xff, m, (d.length + 2) >> 8, (d.length + 2) & 255, ...d]);
+    const head = (sof: number) => [
+      Buffer.from([0xff, 0xd8]),
+      seg(0xdb, [0, ...Array(64).fill(1)]),
+      seg(0xc4, [0x00, 1, ...Array(15).fill(0), 0]),
+      seg(0xc4, [0x10, 1, ...Array(15).fill(0), 0]),
+      seg(sof, [8, 0x0f, 0xa0, 0x17, 0x70, 1, 1, 0x11, 0]),
+    ];
+    const eoi = Buffer.from([0xff, 0xd9]);
+    const scans = Buffer.concat([
+      ...head(0xc0),
+      ...Array(300).fill(Buffer.from([0xff, 0xda, 0, 8, 1, 1, 0, 0, 63, 0, 0])),
+      eoi,
+    ]);
+    assert.match(await outcome(scans, gray), /a scan that ends before its last block/);
+    const empty = Buffer.concat([...head(0xc0), ...Array(1000).fill(Buffer.from([0xff, 0xda, 0, 2])), eoi]);
+    assert.match(await outcome(empty, gray), /malformed scan header/);
+    const many = Buffer.concat([
+      ...head(0xc2),
+      ...Array(100).fill(Buffer.from([0xff, 0xda, 0, 8, 1, 1, 0, 1, 63, 0, 0])),
+      eoi,
+    ]);
+    assert.match(await outcome(many, gray), /more than 64 scans/);
+  });
+
   it("corrupt, truncated and unknown images are TASK_INPUT_INVALID", async () => {
     const jpg = image("ycc420.jpg");
     const png = image("rgb8.png");
@@ -111,11 +164,12 @@ describe("image memory: a camera's full frame within the stated budget", () => {
     ["a 24 MP PNG (6000x4000)", "frame.png", () => framePng("chip-1.png", 6000, 4000), 1e-3],
     ["a 12.3 MP JPEG (4056x3040, a Pi HQ camera frame)", "frame.jpg", () => frameJpeg("good-1.png", 4056, 3040), 2],
   ] as const) {
-    it(`${what}: decoded in a fresh process within ${FRAME_DECODE_BUDGET / 2 ** 20} MiB, equal to the reference`, () => {
+    it(`${what}: decoded in a fresh process within ${FRAME_DECODE_BUDGET / 2 ** 20} MiB, equal to the reference`, (t) => {
       const bytes = make();
       writeFileSync(join(dir, file), bytes);
       const r = decodeInChild(join(dir, file), gray);
       assert.equal(r.error, undefined);
+      t.diagnostic(`grew ${(r.grewBytes / 2 ** 20).toFixed(1)} MiB`);
       assert.ok(
         r.grewBytes <= FRAME_DECODE_BUDGET,
         `grew ${(r.grewBytes / 2 ** 20).toFixed(1)} MiB while decoding (budget ${FRAME_DECODE_BUDGET / 2 ** 20} MiB)`,

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { constants, mkdirSync } from "node:fs";
-import { lstat, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
+import { lstat, open, readdir, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import { sleep } from "../core/clock.ts";
@@ -26,20 +26,50 @@ export interface InboxOptions {
 }
 
 /**
- * A claimed image's name in `work/`: `<claim>[.<returns>][s]~<camera's name>`, unique, so that a camera reusing
- * one name never has its next frame renamed over the one being judged. `returns` counts the starts that found it
- * in work/ without a result (it was in flight when the agent died); `s` marks a frame put back by a clean stop,
- * which is not a crash. Names from before claims were numbered are taken whole.
+ * A claimed image's name in `work/`: `<claim>[.<returns>][g][s]~<camera's name>`, unique, so that a camera
+ * reusing one name never has its next frame renamed over the one being judged. `g` says the frame was handed to
+ * its task (renamed so just before: no fsync); `returns` counts the starts that found it so, without a result
+ * (it was running when the agent died); `s` marks a frame put back by a clean stop, which is not a crash. Names
+ * from before claims were numbered are taken whole. (The `s` flag of the pattern: a camera's name may hold a
+ * newline.)
  */
-const CLAIMED = /^([0-9a-z]+-[0-9]+)(?:\.([0-9]+))?(s?)~(.+)$/;
-const cameraName = (work: string) => CLAIMED.exec(work)?.[4] ?? work;
-function claimOf(work: string): { claim: string; returns: number; stopped: boolean; camera: string } {
-  const m = CLAIMED.exec(work);
-  if (!m) return { claim: `0-${work.length}`, returns: 0, stopped: false, camera: work };
-  return { claim: m[1] ?? "", returns: Number(m[2] ?? 0), stopped: m[3] === "s", camera: m[4] ?? "" };
+const CLAIMED = /^([0-9a-z]+-[0-9]+)(?:\.([0-9]+))?(g?)(s?)~(.+)$/s;
+interface Claim {
+  claim: string;
+  returns: number;
+  started: boolean;
+  stopped: boolean;
+  camera: string;
 }
-const claimName = (c: { claim: string; returns: number; stopped: boolean; camera: string }) =>
-  `${c.claim}${c.returns > 0 ? `.${c.returns}` : ""}${c.stopped ? "s" : ""}~${c.camera}`;
+const cameraName = (work: string) => CLAIMED.exec(work)?.[5] ?? work;
+function claimOf(work: string): Claim {
+  const m = CLAIMED.exec(work);
+  if (!m) return { claim: "0-0", returns: 0, started: true, stopped: false, camera: work };
+  return {
+    claim: m[1] ?? "",
+    returns: Number(m[2] ?? 0),
+    started: m[3] === "g",
+    stopped: m[4] === "s",
+    camera: m[5] ?? "",
+  };
+}
+const claimName = (c: Claim) =>
+  `${c.claim}${c.returns > 0 ? `.${c.returns}` : ""}${c.started ? "g" : ""}${c.stopped ? "s" : ""}~${c.camera}`;
+
+/**
+ * A camera's name as the folder keeps it: names over 200 bytes are cut (at a character) and made unique with a
+ * hash of the whole, so a claim name, a `.N` suffix and `.json.tmp` still fit the file system's 255 bytes.
+ */
+const MAX_NAME_BYTES = 200;
+function shortName(name: string): string {
+  if (Buffer.byteLength(name) <= MAX_NAME_BYTES) return name;
+  let cut = name.slice(0, 150);
+  while (Buffer.byteLength(cut) > 150) cut = cut.slice(0, -1);
+  return `${cut}~${createHash("sha256").update(name).digest("hex").slice(0, 12)}`;
+}
+
+/** A stored result is small; a larger file in results/ is not one (and is never read whole). */
+const MAX_RESULT_BYTES = 1024 * 1024;
 
 const exists = (path: string) =>
   lstat(path).then(
@@ -52,18 +82,21 @@ const MAX_FRAME_BYTES = 64 * 1024 * 1024;
 const OPEN_FRAME = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
 
 /** Why a file cannot be a frame, or undefined when it can (a regular file within the size bound). */
-function notAFrame(st: {
-  isFile(): boolean;
-  isSymbolicLink(): boolean;
-  isFIFO(): boolean;
-  isDirectory(): boolean;
-  size: number;
-}) {
+function notAFrame(
+  st: {
+    isFile(): boolean;
+    isSymbolicLink(): boolean;
+    isFIFO(): boolean;
+    isDirectory(): boolean;
+    size: number;
+  },
+  max = MAX_FRAME_BYTES,
+) {
   if (!st.isFile()) {
     const kind = st.isSymbolicLink() ? "a symlink" : st.isFIFO() ? "a FIFO" : st.isDirectory() ? "a folder" : "special";
     return `not a regular file (${kind})`;
   }
-  if (st.size > MAX_FRAME_BYTES) return `${st.size} bytes, more than ${MAX_FRAME_BYTES}`;
+  if (st.size > max) return `${st.size} bytes, more than ${max}`;
   return undefined;
 }
 
@@ -164,57 +197,99 @@ export class Inbox {
   private async putBack(name: string): Promise<void> {
     const c = claimOf(name);
     if (c.stopped) return;
-    await rename(this.path("work", name), this.path("work", claimName({ ...c, stopped: true }))).catch(() => {});
+    const back = claimName({ ...c, started: false, stopped: true });
+    await rename(this.path("work", name), this.path("work", back)).catch(() => {});
   }
 
-  /** What a crash left: stored results to publish again and move, images in work/ to run again. */
+  /**
+   * What a crash left: stored results to publish again and move, images in work/ to run again. A frame that was
+   * running (`g`) counts a return; at `quarantineAfter` it goes to failed/. The others that were running run
+   * again one at a time, first, so that only the one that kills the agent reaches the limit; frames that never
+   * started run as usual. One entry that cannot be handled is reported and skipped, never the rest.
+   */
   private async recover(signal: AbortSignal): Promise<void> {
+    await this.checkDirs();
     const names = (await readdir(this.path("work"))).filter((n) => !n.startsWith(".")).sort();
     const recovered = new Set<string>();
     const schema = storedResult(this.o.task);
+    // A quarantine's note not yet beside its frame (a crash between the two renames) is of no more use.
+    for (const note of (await readdir(this.path("results"))).filter((n) => n.endsWith(".quarantine")))
+      await rm(this.path("results", note), { force: true });
     for (const file of (await readdir(this.path("results"))).filter((n) => n.endsWith(".json")).sort()) {
       const image = file.slice(0, -".json".length);
-      let parsed: unknown;
       try {
-        parsed = JSON.parse(await readFile(this.path("results", file), "utf8"));
-      } catch {
-        parsed = undefined;
+        const bytes = await this.readChecked("results", file, MAX_RESULT_BYTES);
+        let parsed: unknown;
+        try {
+          parsed = typeof bytes === "string" ? undefined : JSON.parse(Buffer.from(bytes).toString("utf8"));
+        } catch {
+          parsed = undefined;
+        }
+        const result = schema.safeParse(parsed);
+        if (!result.success) {
+          // Torn, not a result, or not a file: nothing can have been published from it; its image runs again.
+          this.o.logger.warn({ file: image }, "watched folder: a stored result does not hold a result; dropped");
+          await rm(this.path("results", file), { force: true });
+          continue;
+        }
+        this.o.publish(result.data);
+        this.o.commit();
+        this.counts.recovered += 1;
+        recovered.add(image);
+        await this.finish(image, result.data, names.includes(image));
+      } catch (err) {
+        this.stuck("frame", `the stored result ${file} cannot be recovered`, err);
       }
-      const result = schema.safeParse(parsed);
-      if (!result.success) {
-        // Torn or not a result: nothing can have been published from it; its image (if any) runs again.
-        this.o.logger.warn({ file: image }, "watched folder: a stored result does not hold a result; dropped");
-        await rm(this.path("results", file), { force: true });
-        continue;
-      }
-      this.o.publish(result.data);
-      this.o.commit();
-      this.counts.recovered += 1;
-      recovered.add(image);
-      await this.finish(image, result.data, names.includes(image));
     }
+    const later: string[] = [];
     for (const name of names) {
       if (signal.aborted) return;
       if (recovered.has(name)) continue;
-      // In work/ without a result: it was in flight when the agent died (unless a clean stop put it back).
-      const c = claimOf(name);
-      const returns = c.returns + (c.stopped ? 0 : 1);
-      if (returns >= this.o.quarantineAfter) {
-        await this.quarantine(
-          "work",
-          name,
-          `in flight at ${returns} crashes of the agent: quarantined, not run again`,
-          "TASK_INPUT_QUARANTINED",
-        );
-        continue;
+      try {
+        const c = claimOf(name);
+        const crashed = c.started && !c.stopped;
+        const returns = c.returns + (crashed ? 1 : 0);
+        if (returns >= this.o.quarantineAfter) {
+          await this.quarantine(
+            "work",
+            name,
+            `running at ${returns} crashes of the agent: quarantined, not run again`,
+            "TASK_INPUT_QUARANTINED",
+          );
+          continue;
+        }
+        // A fresh claim: never renamed over another entry (two legacy names can map to one claim).
+        const next = claimName({
+          ...c,
+          claim: `${this.epoch}-${++this.claims}`,
+          returns,
+          started: false,
+          stopped: false,
+        });
+        await rename(this.path("work", name), this.path("work", next));
+        if (crashed) await this.process(next, signal);
+        else later.push(next);
+      } catch (err) {
+        this.stuck("frame", `${cameraName(name)} cannot be recovered`, err);
       }
-      const next = claimName({ ...c, returns, stopped: false });
-      if (next !== name) await rename(this.path("work", name), this.path("work", next));
-      await this.start(next, signal);
+    }
+    for (const name of later) {
+      if (signal.aborted) return;
+      await this.start(name, signal);
+    }
+  }
+
+  /** The folder's subdirectories must be directories, not links to elsewhere (nothing is written through one). */
+  private async checkDirs(subs: readonly string[] = ["inbox", "work", "results", "done", "failed"]): Promise<void> {
+    for (const sub of subs) {
+      const st = await lstat(this.path(sub));
+      if (!st.isDirectory())
+        throw new Error(`${sub}/ is not a directory (${st.isSymbolicLink() ? "a symlink" : "a file"})`);
     }
   }
 
   private async tick(signal: AbortSignal): Promise<void> {
+    await this.checkDirs();
     for (const name of [...this.retry]) {
       if (signal.aborted) return;
       this.retry.delete(name);
@@ -241,7 +316,7 @@ export class Inbox {
       if (!(await this.settled(name, now))) continue;
       // Claimed by a rename to a name of our own: the camera's file is ours from here on, whatever crashes, and
       // the next frame of the same name never lands on it.
-      const work = `${this.epoch}-${++this.claims}~${name}`;
+      const work = `${this.epoch}-${++this.claims}~${shortName(name)}`;
       try {
         await rename(this.path("inbox", name), this.path("work", work));
       } catch (err) {
@@ -281,29 +356,34 @@ export class Inbox {
     return now - prev.since >= this.o.settleMs;
   }
 
-  private async process(name: string, signal: AbortSignal): Promise<void> {
+  private async process(claimed: string, signal: AbortSignal): Promise<void> {
     let image: Uint8Array;
     try {
-      const read = await this.readFrame(name);
+      const read = await this.readFrame(claimed);
       if (typeof read === "string") {
-        await this.quarantine("work", name, read);
+        await this.quarantine("work", claimed, read);
         return;
       }
       image = read;
     } catch (err) {
-      this.o.logger.warn({ file: name, err: errorMessage(err) }, "watched folder: cannot read a claimed image");
+      this.o.logger.warn({ file: claimed, err: errorMessage(err) }, "watched folder: cannot read a claimed image");
       return;
     }
+    // Marked as running (a rename, no fsync): a start that finds it so knows it was running at a crash.
+    const c = claimOf(claimed);
+    const name = claimName({ ...c, started: true, stopped: false });
+    if (name !== claimed) await rename(this.path("work", claimed), this.path("work", name));
     let result: TaskResult;
     try {
       result = await this.o.evaluate(cameraName(name), image);
     } catch (err) {
       // Refused or cancelled (queue full, breaker open, stopping): it stays in work/, tried again at the next
-      // poll, or at the next start (put back: a clean stop is not a crash).
-      if (signal.aborted) await this.putBack(name);
-      else {
-        this.retry.add(name);
-        this.o.logger.warn({ file: name, code: isOutpostError(err) ? err.code : undefined }, "image not run yet");
+      // poll, or at the next start (put back: a clean stop is not a crash), no longer marked as running.
+      const idle = claimName({ ...c, started: false, stopped: signal.aborted });
+      await rename(this.path("work", name), this.path("work", idle)).catch(() => {});
+      if (!signal.aborted) {
+        this.retry.add(idle);
+        this.o.logger.warn({ file: idle, code: isOutpostError(err) ? err.code : undefined }, "image not run yet");
       }
       return;
     }
@@ -317,10 +397,15 @@ export class Inbox {
    * A claimed frame's bytes, read through one descriptor opened O_NOFOLLOW|O_NONBLOCK and checked with fstat
    * (a regular file within the bound); or why it is not a frame.
    */
-  private async readFrame(name: string): Promise<Uint8Array | string> {
+  private readFrame(name: string): Promise<Uint8Array | string> {
+    return this.readChecked("work", name, MAX_FRAME_BYTES);
+  }
+
+  /** A file of the folder read through one checked descriptor (regular, at most `max` bytes), or why not. */
+  private async readChecked(sub: string, name: string, max: number): Promise<Uint8Array | string> {
     let handle: Awaited<ReturnType<typeof open>>;
     try {
-      handle = await open(this.path("work", name), OPEN_FRAME);
+      handle = await open(this.path(sub, name), OPEN_FRAME);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === "ELOOP" || code === "ENXIO") return "not a regular file (a symlink or a socket)";
@@ -328,7 +413,7 @@ export class Inbox {
     }
     try {
       const st = await handle.stat();
-      const why = notAFrame(st);
+      const why = notAFrame(st, max);
       if (why) return why;
       const bytes = Buffer.alloc(st.size);
       let done = 0;
@@ -353,30 +438,36 @@ export class Inbox {
     reason: string,
     code: "TASK_INPUT_INVALID" | "TASK_INPUT_QUARANTINED" = "TASK_INPUT_INVALID",
   ): Promise<void> {
+    const camera = sub === "inbox" ? shortName(name) : cameraName(name);
     const next = this.moving.then(async () => {
+      await this.checkDirs([sub, "results", "failed"]);
       let input: { sha256: string; bytes: number } | undefined;
       if (code === "TASK_INPUT_QUARANTINED") {
         const bytes = await this.readFrame(name).catch(() => undefined);
         if (bytes instanceof Uint8Array)
           input = { sha256: createHash("sha256").update(bytes).digest("hex"), bytes: bytes.byteLength };
       }
-      const target = await this.freeName("failed", cameraName(name));
-      await rename(this.path(sub, name), this.path("failed", target));
       const why = {
         task: this.o.task,
-        file: cameraName(name),
+        file: camera,
         ok: false,
         code,
         reason,
-        ...(input ? { input: { ...input, file: cameraName(name) } } : {}),
+        ...(input ? { input: { ...input, file: camera } } : {}),
       };
-      writeFileAtomically(this.path("failed", `${target}.json`), `${JSON.stringify(why)}\n`, 0o644);
+      // Written where no camera name lands (results/, under a name no stored result has), then renamed beside
+      // the frame: a temporary file in failed/ could be a camera's frame of that name.
+      const note = `${this.epoch}-q${++this.claims}.quarantine`;
+      writeFileAtomically(this.path("results", note), `${JSON.stringify(why)}\n`, 0o644);
+      const target = await this.freeName("failed", camera);
+      await rename(this.path(sub, name), this.path("failed", target));
+      await rename(this.path("results", note), this.path("failed", `${target}.json`));
       this.counts.failed += 1;
       this.counts.quarantined += 1;
       this.problems.frame = undefined;
-      this.o.logger.warn({ file: cameraName(name), code, reason }, "watched folder: quarantined in failed/");
+      this.o.logger.warn({ file: camera, code, reason }, "watched folder: quarantined in failed/");
     });
-    this.moving = next.catch((err) => this.stuck("frame", `${cameraName(name)} cannot be moved to failed/`, err));
+    this.moving = next.catch((err) => this.stuck("frame", `${camera} cannot be moved to failed/`, err));
     return next;
   }
 
@@ -389,7 +480,11 @@ export class Inbox {
 
   private async move(name: string, result: TaskResult, imagePresent: boolean): Promise<void> {
     const to = result.ok ? "done" : "failed";
-    const target = await this.freeName(to, cameraName(name));
+    await this.checkDirs(["work", "results", to]);
+    // A half-done move (the image went, its result did not) finishes beside that image.
+    const target = imagePresent
+      ? await this.freeName(to, cameraName(name))
+      : await this.movedName(to, cameraName(name));
     // Image first, then its result: a crash between leaves the result in work/, which the next start publishes
     // again and moves; never an image in work/ whose result already left.
     if (imagePresent) await rename(this.path("work", name), this.path(to, target));
@@ -398,15 +493,23 @@ export class Inbox {
     this.problems.frame = undefined;
   }
 
-  /** The camera may reuse a name: an earlier image of that name is never overwritten. */
+  /** Where an image already moved lies without its result: the first of its names without a `.json`. */
+  private async movedName(sub: string, name: string): Promise<string> {
+    for (let i = 0; ; i++) {
+      const candidate = i === 0 ? name : `${name}.${i}`;
+      if (!(await exists(this.path(sub, `${candidate}.json`)))) return candidate;
+    }
+  }
+
+  /**
+   * The camera may reuse a name: an earlier image of that name, or its result, is never overwritten (a frame
+   * named `x.json` must not land on frame x's result).
+   */
   private async freeName(sub: string, name: string): Promise<string> {
     for (let i = 0; ; i++) {
       const candidate = i === 0 ? name : `${name}.${i}`;
-      try {
-        await stat(this.path(sub, `${candidate}.json`));
-      } catch {
+      if (!(await exists(this.path(sub, candidate))) && !(await exists(this.path(sub, `${candidate}.json`))))
         return candidate;
-      }
     }
   }
 }

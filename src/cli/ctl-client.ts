@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import type { Socket } from "node:net";
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
 import { type CommandRequest, FINAL_STATES, newRequest, type ReplyBody, signPayload } from "../commands/envelope.ts";
-import { OutpostError } from "../core/errors.ts";
+import { errorMessage, OutpostError } from "../core/errors.ts";
 import { type BrokerEndpoint, endpointOptions, refusedMqtt5 } from "../mqtt/options.ts";
 import { ctlReplyTopic, deviceTopics, groupCommandPrefix } from "../mqtt/topics.ts";
 
@@ -10,20 +10,63 @@ export interface BrokerOptions extends BrokerEndpoint {
   protocolVersion?: 4 | 5;
 }
 
-/** One operator connection: MQTT 5 if the broker speaks it, otherwise 3.1.1 (the demo's aedes). */
+/**
+ * One connection attempt that settles either way: a CONNACK, an error, or a close before any CONNACK (RabbitMQ
+ * 3.10 closes an MQTT 5 CONNECT without one). MQTT.js's connectAsync never settles on such a close, and with
+ * nothing else pending the process would end with 0, as if it had succeeded.
+ */
+function connectOnce(options: IClientOptions): Promise<MqttClient> {
+  return new Promise((resolve, reject) => {
+    const client = mqtt.connect(options);
+    const settle = (err?: Error) => {
+      client.removeListener("connect", onConnect);
+      client.removeListener("error", onError);
+      client.removeListener("close", onClose);
+      if (!err) return resolve(client);
+      client.end(true);
+      reject(err);
+    };
+    const onConnect = () => settle();
+    const onError = (err: Error) => settle(err);
+    const onClose = () =>
+      settle(
+        new OutpostError(
+          "MQTT_CLOSED",
+          `the broker at ${options.host}:${options.port} closed the connection without answering CONNECT (MQTT ${options.protocolVersion === 5 ? "5" : "3.1.1"})`,
+        ),
+      );
+    client.on("connect", onConnect);
+    client.on("error", onError);
+    client.on("close", onClose);
+  });
+}
+
+/**
+ * One operator connection: MQTT 5 if the broker speaks it, otherwise 3.1.1 (the demo's aedes refuses 5; RabbitMQ
+ * 3.10 closes it unanswered). `protocolVersion` (`--protocol`) takes one version only. A connection that never
+ * completes rejects (`MQTT_CLOSED` or the socket's error): `ctl` exits 69, never 0 having done nothing.
+ */
 export async function connectBroker(o: BrokerOptions): Promise<MqttClient> {
   const base: IClientOptions = {
     ...endpointOptions(o),
     clientId: `outpost-ctl-${randomBytes(6).toString("hex")}`,
     clean: true,
     reconnectPeriod: 0,
+    connectTimeout: 15_000,
   };
   let client: MqttClient;
   try {
-    client = await mqtt.connectAsync({ ...base, protocolVersion: o.protocolVersion ?? 5 });
+    try {
+      client = await connectOnce({ ...base, protocolVersion: o.protocolVersion ?? 5 });
+    } catch (err) {
+      const unanswered = (err as { code?: unknown }).code === "MQTT_CLOSED";
+      if (!(o.protocolVersion === undefined && (refusedMqtt5(5, err) || unanswered))) throw err;
+      client = await connectOnce({ ...base, protocolVersion: 4 });
+    }
   } catch (err) {
-    if (!(o.protocolVersion === undefined && refusedMqtt5(5, err))) throw err;
-    client = await mqtt.connectAsync({ ...base, protocolVersion: 4 });
+    throw new OutpostError("BROKER_UNAVAILABLE", `no connection to the broker at ${o.url}: ${errorMessage(err)}`, {
+      cause: err,
+    });
   }
   // MQTT.js leaves Nagle on: every request/reply would wait about 40 ms for a delayed ACK.
   (client.stream as Partial<Socket> | undefined)?.setNoDelay?.(true);

@@ -40,10 +40,13 @@ Broker (each flag also from the environment):
   --password-file FILE  OUTPOST_CTL_PASSWORD   (the variable holds the password itself)
   --ca FILE, --cert FILE, --tls-key FILE       TLS trust and client certificate
   --prefix TOPIC        OUTPOST_CTL_PREFIX     topic prefix (default outpost/v1)
+  --protocol 5|4|auto   OUTPOST_CTL_PROTOCOL   MQTT version (default auto: 5, then 3.1.1 if the broker refuses
+                                               5 or closes it unanswered)
   --key FILE            OUTPOST_CTL_KEY        operator private key from 'outpost keygen'
   --json                machine-readable output (one JSON document per line)
 
-Exit codes: 0 success, 1 the command failed or no reply in time (the error code is printed), 64 usage.`;
+Exit codes: 0 success, 1 the command failed or no reply in time (the error code is printed), 64 usage,
+69 no connection to the broker (refused, unreachable, or closed without answering CONNECT).`;
 
 export const KEYGEN_HELP = `Usage: outpost keygen --out PREFIX [--force]
 
@@ -58,6 +61,7 @@ export const BROKER_FLAGS = {
   cert: { type: "string" },
   "tls-key": { type: "string" },
   prefix: { type: "string" },
+  protocol: { type: "string" },
   json: { type: "boolean" },
 } as const;
 
@@ -119,6 +123,9 @@ type BrokerValues = {
 export function brokerOptions(host: Host, v: BrokerValues): BrokerOptions & { prefix: string } {
   const url = v.broker ?? host.env.OUTPOST_CTL_BROKER ?? "mqtt://127.0.0.1:1883";
   if (!BROKER_URL.test(url)) throw new UsageError(`--broker must be an mqtt:// or mqtts:// URL, not ${url}`);
+  const protocol = v.protocol ?? host.env.OUTPOST_CTL_PROTOCOL ?? "auto";
+  if (protocol !== "auto" && protocol !== "4" && protocol !== "5")
+    throw new UsageError(`--protocol must be 5, 4 (MQTT 3.1.1) or auto, not ${protocol}`);
   const passwordFile = v["password-file"];
   const password = passwordFile ? readPasswordFile(passwordFile) : host.env.OUTPOST_CTL_PASSWORD;
   return {
@@ -129,6 +136,7 @@ export function brokerOptions(host: Host, v: BrokerValues): BrokerOptions & { pr
     cert: v.cert,
     key: v["tls-key"],
     prefix: v.prefix ?? host.env.OUTPOST_CTL_PREFIX ?? "outpost/v1",
+    ...(protocol === "auto" ? {} : { protocolVersion: protocol === "4" ? 4 : 5 }),
   };
 }
 

@@ -19,6 +19,7 @@ export interface Host {
 }
 
 /** 75 (EX_TEMPFAIL) after the `restart` command: non-zero, so that systemd's Restart=on-failure starts us again. */
-export const EXIT = { OK: 0, FAILURE: 1, USAGE: 64, RESTART: 75, CONFIG: 78 } as const;
+/** 69 is sysexits' EX_UNAVAILABLE: `ctl` could not connect to the broker at all. */
+export const EXIT = { OK: 0, FAILURE: 1, USAGE: 64, UNAVAILABLE: 69, RESTART: 75, CONFIG: 78 } as const;
 
 export class UsageError extends Error {}

@@ -105,6 +105,10 @@ export const CODES = {
   KEY_MISSING: { wire: false, meaning: "no key was given where one is needed" },
   MQTT_OFFLINE: { wire: false, meaning: "not connected to the broker" },
   MQTT_CLOSED: { wire: false, meaning: "the connection closed before CONNACK" },
+  BROKER_UNAVAILABLE: {
+    wire: false,
+    meaning: "ctl could not connect to the broker: refused, unreachable, or closed without a CONNACK (exit 69)",
+  },
   ABORTED: { wire: false, meaning: "stopping" },
   TIMEOUT: { wire: false, meaning: "no answer within the time allowed" },
   OUTBOX_STORAGE: { wire: false, meaning: "the outbox database cannot be opened or written" },

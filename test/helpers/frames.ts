@@ -120,7 +120,10 @@ export function decodeInChild(file: string, spec: Spec): { grewBytes: number; te
     } catch (err) {
       console.log(JSON.stringify({ grewBytes: peak() - before, tensor: [], error: err.message }));
     }`;
-  const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], { encoding: "utf8", maxBuffer: 1 << 26 });
+  const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], {
+    encoding: "utf8",
+    maxBuffer: 1 << 26,
+  });
   if (r.status !== 0) throw new Error(`the decode process ended ${r.status ?? r.signal}: ${r.stderr}`);
   return JSON.parse(r.stdout);
 }

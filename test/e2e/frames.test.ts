@@ -2,7 +2,7 @@
 // (`MemoryMax=384M`), under a real systemd (PID 1 of a private namespace, test/helpers/systemd.ts), 3 workers.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { crc32 } from "node:zlib";
@@ -141,7 +141,10 @@ describe("camera frames under the installed unit (real systemd, built x64 binary
       const r = seen.get(f.as);
       assert.equal(r?.ok, true, `${f.as}: ${JSON.stringify(r?.error)}`);
       assert.equal(r?.label, expected.get(f.as), f.as);
-      assert.equal((r?.input as { sha256: string }).sha256, createHash("sha256").update(f.bytes).digest("hex"));
+      assert.equal(
+        (r?.input as { sha256?: string } | undefined)?.sha256,
+        createHash("sha256").update(f.bytes).digest("hex"),
+      );
     }
     assert.equal(await sd.show("outpost", "NRestarts"), "0");
     assert.equal(await sd.show("outpost", "ActiveState"), "active");

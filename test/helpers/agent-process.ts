@@ -1,8 +1,8 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { stringify } from "yaml";
+import { tempDir } from "./temp.ts";
 import { Collected } from "./wait.ts";
 
 export const ROOT = resolve(import.meta.dirname, "..", "..");
@@ -34,7 +34,7 @@ export class AgentProcess {
   constructor(command: string[], args: string[], options: { env?: Record<string, string>; dir?: string } = {}) {
     const [bin, ...pre] = command;
     if (!bin) throw new Error("empty command");
-    this.dir = options.dir ?? mkdtempSync(join(tmpdir(), "outpost-agent-"));
+    this.dir = options.dir ?? tempDir("outpost-agent-");
     this.child = spawn(bin, [...pre, ...args], {
       stdio: ["ignore", "pipe", "pipe"],
       env: { PATH: process.env.PATH ?? "", HOME: this.dir, ...options.env },
@@ -56,7 +56,7 @@ export class AgentProcess {
     reuseDir?: string,
   ): AgentProcess {
     // Reusing a directory keeps state.dir, so a restarted agent finds its outbox.
-    const dir = reuseDir ?? mkdtempSync(join(tmpdir(), "outpost-agent-"));
+    const dir = reuseDir ?? tempDir("outpost-agent-");
     const path = join(dir, "config.yaml");
     const withState = { state: { dir: join(dir, "state") }, ...config };
     writeFileSync(path, stringify(withState));

@@ -1,7 +1,4 @@
 import { EventEmitter } from "node:events";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import type { IPublishPacket } from "mqtt";
 import { pino } from "pino";
 import { z } from "zod";
@@ -12,6 +9,7 @@ import { ReplayGuard } from "../../src/commands/replay.ts";
 import { ManualClock } from "../../src/core/clock.ts";
 import type { Code } from "../../src/core/codes.ts";
 import { OutpostError } from "../../src/core/errors.ts";
+import { tempDir } from "./temp.ts";
 
 export const PREFIX = "outpost/v1";
 export const DEVICE = "dev-1";
@@ -58,7 +56,7 @@ export function harness(
 ) {
   const ops = operatorKey();
   const clock = new ManualClock(T0);
-  const dir = options.dir ?? mkdtempSync(join(tmpdir(), "outpost-cmd-"));
+  const dir = options.dir ?? tempDir("outpost-cmd-");
   // Every log line the handler writes, parsed: tests count them.
   const logs: Record<string, unknown>[] = [];
   const logger = pino(

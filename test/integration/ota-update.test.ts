@@ -1,4 +1,5 @@
 // Issue 13 groundwork: the update command's checks before any download, and a release staged from HTTP.
+
 import assert from "node:assert/strict";
 import {
   existsSync,
@@ -24,6 +25,7 @@ import { Watch } from "../helpers/mqtt-watch.ts";
 import { Operator, PREFIX } from "../helpers/operator.ts";
 import { RangeServer } from "../helpers/range-server.ts";
 import { fakeAgent } from "../helpers/releases.ts";
+import { tempDir } from "../helpers/temp.ts";
 
 describe("the update command", () => {
   const ops = operatorKey();
@@ -150,7 +152,7 @@ describe("the update command", () => {
   });
 
   it("a start removes a staged release no request names, and every partial but the newest under a day old", async () => {
-    const home = mkdtempSync(join(tmpdir(), "outpost-agent-"));
+    const home = tempDir("outpost-agent-");
     const staging = join(home, "state", "update");
     mkdirSync(staging, { recursive: true });
     const name = (c: string, ext: string) => `${c.repeat(64)}.${ext}`;

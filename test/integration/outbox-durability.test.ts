@@ -16,6 +16,7 @@ import { Mosquitto } from "../helpers/mosquitto.ts";
 import { type Received, Watch } from "../helpers/mqtt-watch.ts";
 import { freePort } from "../helpers/ports.ts";
 import { FaultProxy } from "../helpers/proxy.ts";
+import { tempDir } from "../helpers/temp.ts";
 
 const OUTAGE_MS = 10_000;
 const OUTAGES = 3;
@@ -322,7 +323,7 @@ describe("durable outbox against a real mosquitto", () => {
     proxy.blackhole();
     const port = proxy.port;
     // A backlog left by an earlier run: 50,000 stored messages in the agent's state directory.
-    const dir = mkdtempSync(join(tmpdir(), "outpost-agent-"));
+    const dir = tempDir("outpost-agent-");
     const seed = new Outbox({
       transport: testLink(port, 5),
       clock: systemClock,

@@ -1,10 +1,12 @@
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
 import { PREFIX } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { Watch } from "../helpers/mqtt-watch.ts";
 import { FaultProxy } from "../helpers/proxy.ts";
+import { tempDir } from "../helpers/temp.ts";
 
 describe("shutdown and logging", () => {
   let broker: Mosquitto;
@@ -82,7 +84,7 @@ describe("shutdown and logging", () => {
       env: {
         OUTPOST_MQTT__URL: broker.url,
         OUTPOST_DEVICE__ID: "dev-pretty",
-        OUTPOST_STATE__DIR: "/tmp/outpost-pretty-state",
+        OUTPOST_STATE__DIR: join(tempDir("outpost-pretty-"), "state"),
       },
     });
     try {

@@ -1,14 +1,14 @@
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { pino } from "pino";
 import { stringify } from "yaml";
 import { ConfigStore, type Snapshot } from "../../src/config/store.ts";
+import { tempDir } from "../helpers/temp.ts";
 
 function setup(config: Record<string, unknown> = {}) {
-  const dir = mkdtempSync(join(tmpdir(), "outpost-store-"));
+  const dir = tempDir("outpost-store-");
   const path = join(dir, "config.yaml");
   const write = (c: Record<string, unknown>) =>
     writeFileSync(path, stringify({ device: { id: "d1" }, state: { dir: join(dir, "state") }, ...c }));

@@ -1,11 +1,12 @@
 // Regression tests for issue 8 (hardening), items 5, 6, 7 and 10. Each failed on bbb3be8, the commit before
 // the fix (see the note of each test).
+
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { CTL_REPLY, DEVICE, harness, PREFIX, request, sign } from "../helpers/commands.ts";
+import { tempDir } from "../helpers/temp.ts";
 
 const codes = (h: ReturnType<typeof harness>) => h.replies.map((r) => r.body.error?.code ?? r.body.state);
 
@@ -128,7 +129,7 @@ describe("commands: queued, not BUSY (item 10)", () => {
 describe("commands: fail closed without durable replay records (item 5)", () => {
   // bbb3be8 fell back to memory with a log line, so a captured request could run again after each restart.
   test("state-changing commands are refused while commands.db cannot be opened; read-only ones run", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "outpost-cmd-closed-"));
+    const dir = tempDir("outpost-cmd-closed-");
     mkdirSync(join(dir, "commands.db")); // a directory where the database should be
     const h = harness({ dir });
     assert.equal(h.replay.durable, false);
@@ -140,7 +141,7 @@ describe("commands: fail closed without durable replay records (item 5)", () => 
   });
 
   test("the store is retried: once it can be written again, state-changing commands run and listeners hear it", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "outpost-cmd-retry-"));
+    const dir = tempDir("outpost-cmd-retry-");
     mkdirSync(join(dir, "commands.db"));
     const h = harness({ dir });
     const heard: boolean[] = [];
@@ -157,7 +158,7 @@ describe("commands: fail closed without durable replay records (item 5)", () => 
   });
 
   test("a restart request captured and re-published after every restart runs at most once", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "outpost-cmd-restart-"));
+    const dir = tempDir("outpost-cmd-restart-");
     const first = harness({ dir });
     const captured = sign(first.ops, request({ command: "probe" }));
     first.deliver("probe", captured);

@@ -1,16 +1,17 @@
 // Regression tests for issue 8 (hardening), items 1 and 11. Each one failed on bbb3be8, the commit before the fix.
+
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { after, before, describe, it } from "node:test";
 import type { Outbox } from "../../src/outbox/outbox.ts";
+import { tempDir } from "../helpers/temp.ts";
 import { MemoryTransport, testOutbox } from "../helpers/transports.ts";
 
 let dir: string;
 before(() => {
-  dir = mkdtempSync(join(tmpdir(), "outpost-outbox-faults-"));
+  dir = tempDir("outpost-outbox-faults-");
 });
 after(() => rmSync(dir, { recursive: true, force: true }));
 

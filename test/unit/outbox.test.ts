@@ -1,14 +1,14 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { ManualClock } from "../../src/core/clock.ts";
+import { tempDir } from "../helpers/temp.ts";
 import { ManualTransport, MemoryTransport, testOutbox } from "../helpers/transports.ts";
 
 let dir: string;
 before(() => {
-  dir = mkdtempSync(join(tmpdir(), "outpost-outbox-"));
+  dir = tempDir("outpost-outbox-");
 });
 after(() => rmSync(dir, { recursive: true, force: true }));
 

@@ -12,6 +12,7 @@ import { sleep } from "../core/clock.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
 import { type Component, followAbort, once, withDeadline } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
+import { FilteredStream } from "./filtered-stream.ts";
 import { type BrokerEndpoint, endpointOptions, refusedMqtt5 } from "./options.ts";
 import { packetGuard } from "./packet-guard.ts";
 
@@ -269,7 +270,7 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
         { clientId: this.options.clientId, retryInMs: delay, announced: takenOver, takeovers: this.takeoverCount },
         takenOver
           ? "another client connected with this client id and took over the session: is a second agent running with the same device id?"
-          : `the broker closed ${SUSPECT_AFTER} connections in a row right after accepting them: is a second agent running with the same client id?`,
+          : `the broker closed ${SUSPECT_AFTER} connections in a row right after accepting them (its own limits, an ACL, or a second agent with this client id on MQTT 3.1.1, which says nothing of a takeover)`,
       );
       await sleep(delay, signal);
       return;
@@ -339,13 +340,27 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
       will: { topic: will.topic, payload: Buffer.from(will.payload), qos: will.qos, retain: will.retain },
     };
     return new Promise((resolve, reject) => {
-      const client = mqtt.connect(options);
+      const limit = o.maxPacketSize;
+      // MQTT 3.1.1 cannot tell the broker our limit: larger packets are read past and dropped on the way in
+      // (the connection stays). MQTT 5 announces it; a broker that ignores it has the connection dropped below.
+      const filtered = limit !== undefined && this.protocol === 4;
+      const client = filtered
+        ? new mqtt.MqttClient(
+            () =>
+              new FilteredStream(options, limit, (p) =>
+                this.log.warn(
+                  { size: p.size, limit, topic: p.topic, qos: p.qos },
+                  "dropped a message larger than mqtt.maxPacketSize (read past, acknowledged; the connection stays)",
+                ),
+              ),
+            options,
+          )
+        : mqtt.connect(options);
       // Before the connection is up: a persistent session delivers queued requests right after CONNACK, and
       // MQTT.js acknowledges a message whether or not anyone listens.
       client.on("message", (topic, payload, packet) => this.safeEmit("message", topic, payload, packet));
-      const limit = o.maxPacketSize;
       const stream = client.stream as (NodeJS.ReadableStream & { destroy(): void }) | undefined;
-      if (limit !== undefined && stream) {
+      if (limit !== undefined && stream && !filtered) {
         // Ahead of MQTT.js's own reader, so that an oversized packet is refused before it is buffered.
         stream.prependListener(
           "data",

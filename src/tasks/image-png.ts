@@ -3,10 +3,9 @@
 // zlib's window, whatever the image's size; the inflate is bounded by what IHDR implies. Pixel values are those
 // pngjs gives (the reference this replaced): 16-bit and low bit depths rescaled to 0-255 with rounding, a
 // palette looked up, a tRNS colour made black.
-import { setFlagsFromString } from "node:v8";
-import { runInNewContext } from "node:vm";
 import { crc32, createInflate } from "node:zlib";
 import { OutpostError } from "../core/errors.ts";
+import { reclaimEvery } from "../core/reclaim.ts";
 
 export interface PngHeader {
   width: number;
@@ -42,20 +41,8 @@ const ADAM7 = [
   [0, 1, 1, 2],
 ] as const;
 
-/**
- * A young-generation collection. Each inflated chunk is dead as soon as its rows are read, but V8 frees a
- * buffer's memory only at a collection, and external bytes alone trigger one late (tens of MiB, seen 44 MiB on a
- * 24 MP frame): collecting every few MiB of output keeps a decode within its budget, for about 0.1 ms each.
- */
-let minorGc: ((options: { type: "minor" }) => void) | undefined;
+/** Dead inflated chunks are collected every few MiB (see core/reclaim.ts: a 24 MP PNG peaked at up to 44 MiB). */
 const RECLAIM_EVERY = 4 * 1024 * 1024;
-function reclaim(): void {
-  if (!minorGc) {
-    setFlagsFromString("--expose-gc");
-    minorGc = runInNewContext("gc") as typeof minorGc;
-  }
-  minorGc?.({ type: "minor" });
-}
 
 const invalid = (why: string) => new OutpostError("TASK_INPUT_INVALID", `the image does not decode: PNG ${why}`);
 
@@ -230,14 +217,10 @@ export async function decodePng(b: Buffer, h: PngHeader, sink: RowSink): Promise
   let filled = -1; // -1: the filter byte is next; else bytes of the row received
   let filter = 0;
   let total = 0;
-  let sinceReclaim = 0;
+  const collect = reclaimEvery(RECLAIM_EVERY);
   const take = (data: Buffer) => {
     total += data.length;
-    sinceReclaim += data.length;
-    if (sinceReclaim >= RECLAIM_EVERY) {
-      sinceReclaim = 0;
-      reclaim();
-    }
+    collect(data.length);
     if (total > expected) throw invalid(`inflates to more than the ${expected} bytes its IHDR implies`);
     let at = 0;
     while (at < data.length) {

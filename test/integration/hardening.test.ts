@@ -63,8 +63,13 @@ describe("hardening: a whole agent against a real mosquitto", () => {
           answered = result.finals[0]?.state === "succeeded";
         }
         assert.ok(answered, "ping answered after the big messages");
-        if (protocolVersion === 4)
-          await agent.waitForLog("the broker sent a packet larger than mqtt.maxPacketSize; dropping the connection");
+        // 3.1.1 cannot announce the limit: the big messages are read past and dropped, the connection stays.
+        if (protocolVersion === 4) {
+          await agent.waitForLog(
+            "dropped a message larger than mqtt.maxPacketSize (read past, acknowledged; the connection stays)",
+          );
+          assert.ok(!agent.logs().some((l) => l.msg === "mqtt connection lost"), "the connection was dropped");
+        }
         const afterwards = memory(pid);
         const growth = afterwards.peak - before.peak;
         t.diagnostic(`peak RSS ${(before.peak / MiB).toFixed(0)} -> ${(afterwards.peak / MiB).toFixed(0)} MiB`);
@@ -77,4 +82,55 @@ describe("hardening: a whole agent against a real mosquitto", () => {
       }
     });
   }
+
+  it("3.1.1 persistent session: a 3 MB command queued while the agent was away is dropped once, not a reconnect loop (issue 22, item 7)", async () => {
+    const id = "dev-queued-big";
+    const config = {
+      device: { id },
+      mqtt: {
+        url: broker.url,
+        protocolVersion: 4,
+        persistentSession311: true,
+        reconnectMin: "50ms",
+        reconnectMax: "500ms",
+      },
+      commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
+    };
+    const first = AgentProcess.run(sourceCommand(), config);
+    const dir = first.dir;
+    await watch.waitForNext(online(id), 15_000, "online");
+    await first.stop("SIGTERM");
+    // While it is away: a 3 MB request, queued by the broker for its session (QoS 1).
+    const sender = await mqtt.connectAsync({ host: "127.0.0.1", port: broker.port, protocolVersion: 4 });
+    const operator = await Operator.open(broker.port, ops);
+    const second = AgentProcess.run(sourceCommand(), config, {}, dir);
+    try {
+      const big = Buffer.alloc(3 * MiB, "x");
+      big.write('{"id":"queued-big","params":"');
+      await sender.publishAsync(`${PREFIX}/${id}/cmd/ping`, big, { qos: 1 });
+      await second.waitForLog(
+        "dropped a message larger than mqtt.maxPacketSize (read past, acknowledged; the connection stays)",
+        20_000,
+      );
+      const ping = await operator.call(id, "ping", undefined, { timeoutMs: 10_000 });
+      assert.equal(ping.finals[0]?.state, "succeeded");
+      // Acknowledged: a reconnect does not bring it back, and the link never blamed a second agent.
+      await second.stop("SIGTERM");
+      const third = AgentProcess.run(sourceCommand(), config, {}, dir);
+      try {
+        await third.waitForLog("mqtt connected", 15_000);
+        const again = await operator.call(id, "ping", undefined, { timeoutMs: 10_000 });
+        assert.equal(again.finals[0]?.state, "succeeded");
+        assert.ok(!third.logs().some((l) => String(l.msg).startsWith("dropped a message larger")), "delivered again");
+      } finally {
+        await third.cleanup();
+      }
+      assert.ok(!second.logs().some((l) => String(l.msg).includes("second agent")), "a takeover was blamed");
+      assert.ok(!second.logs().some((l) => l.msg === "mqtt connection lost"), "the connection was dropped");
+    } finally {
+      await sender.endAsync(true);
+      await operator.close();
+      await second.cleanup();
+    }
+  });
 });

@@ -15,7 +15,10 @@ import type { BenchRow } from "./bench-board.ts";
 const DEVICE = "bench-ota";
 const MiB = 1024 * 1024;
 
-export async function otaRows(rows: BenchRow[], o: { bin: string; broker: Mosquitto; watch: Watch; runs: number }) {
+export async function otaRows(
+  rows: BenchRow[],
+  o: { bin: string; broker: Mosquitto; watch: Watch; runs: number; rollbacks?: number },
+) {
   mkdirSync(join(ROOT, ".cache"), { recursive: true });
   const dir = mkdtempSync(join(ROOT, ".cache", "bench-ota-"));
   const key = generateKeys();
@@ -98,6 +101,7 @@ export async function otaRows(rows: BenchRow[], o: { bin: string; broker: Mosqui
       const gap = (when.get(first) ?? 0) - (when.get(last ?? first) ?? 0);
       return {
         gap,
+        firstAt: when.get(first) ?? performance.now(),
         outcome: (when.get(done) ?? 0) - (when.get(first) ?? 0),
         sent,
         fetched: Number(reply.result && (reply.result as { fetched: number }).fetched),
@@ -117,8 +121,23 @@ export async function otaRows(rows: BenchRow[], o: { bin: string; broker: Mosqui
       const down = await cycle("down", "committed");
       downtime.push(down.gap);
     }
+    // Issue 22: after a rollback, is READY late or sometimes missing? From the returned release's first
+    // telemetry to systemd's `active` (polled), over every rollback; one not active within 60 s counts missing.
     const rollback: number[] = [];
-    for (let i = 0; i < o.runs; i++) rollback.push((await cycle("exits", "rolled-back")).gap);
+    const toActive: number[] = [];
+    let missing = 0;
+    for (let i = 0; i < (o.rollbacks ?? o.runs); i++) {
+      const r = await cycle("exits", "rolled-back");
+      rollback.push(r.gap);
+      const deadline = performance.now() + 60_000;
+      let state = await boot.show("outpost", "ActiveState");
+      while (state !== "active" && performance.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        state = await boot.show("outpost", "ActiveState");
+      }
+      if (state === "active") toActive.push(performance.now() - r.firstAt);
+      else missing += 1;
+    }
     o.watch.off("item", onItem);
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? Number.NaN;
     const spread = (xs: number[]) => `${xs.map((x) => Math.round(x)).join(", ")} ms`;
@@ -139,6 +158,12 @@ export async function otaRows(rows: BenchRow[], o: { bin: string; broker: Mosqui
       outpost: median(rollback) / 1000,
       unit: "s",
       note: `last telemetry of v1 to the first of v1 again, by OnFailure=: ${spread(rollback)}`,
+    });
+    rows.push({
+      metric: "after a rollback: first telemetry to ActiveState=active",
+      outpost: median(toActive) / 1000,
+      unit: "s",
+      note: `${toActive.length} of ${rollback.length} rollbacks active (missing ${missing}), max ${Math.round(Math.max(...toActive))} ms: ${spread(toActive)}`,
     });
     rows.push({
       metric: "update download, app-only change (installed agent)",

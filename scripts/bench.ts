@@ -538,7 +538,7 @@ async function main(): Promise<void> {
     if (ONLY.has("tasks")) await taskRows(rows, { bin: BIN, broker, watch });
     if (ONLY.has("models")) await modelRows(rows, { bin: BIN, broker });
     if (ONLY.has("delta")) await deltaRows(rows, { appFrom: values["delta-from"] });
-    if (ONLY.has("ota")) await otaRows(rows, { bin: BIN, broker, watch, runs: 3 });
+    if (ONLY.has("ota")) await otaRows(rows, { bin: BIN, broker, watch, runs: 3, rollbacks: 20 });
     if (ONLY.has("board")) await boardRows(rows, { bin: BIN, broker, watch, cpuOf: cpuSeconds, seconds: IDLE_SECONDS });
   } finally {
     await watch.close();

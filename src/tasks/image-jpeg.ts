@@ -93,11 +93,15 @@ function parseFrame(marker: number, d: Buffer): Frame {
   return { width, height, components: n, progressive: marker === 0xc2, comps };
 }
 
+/** SOF0-SOF15: the markers C0-CF but DHT (C4), JPG (C8) and DAC (CC). */
+const isFrameHeader = (marker: number) =>
+  marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc;
+
 /** The frame header alone: the markers are walked to SOF by their lengths; no image data is read. */
 export function jpegHeader(b: Buffer): JpegHeader {
   let at = 2;
   for (let s = segmentAt(b, at); s; s = segmentAt(b, at)) {
-    if (s.marker >= 0xc0 && s.marker <= 0xcf && s.marker !== 0xc4 && s.marker !== 0xc8 && s.marker !== 0xcc) {
+    if (isFrameHeader(s.marker)) {
       const { comps: _, ...header } = parseFrame(s.marker, s.data);
       return header;
     }
@@ -454,7 +458,7 @@ export function decodeJpeg(b: Buffer, grid: PixelGrid): void {
         at = scan(d, s.next);
         break;
       default:
-        if (s.marker >= 0xc0 && s.marker <= 0xcf && s.marker !== 0xc4 && s.marker !== 0xc8 && s.marker !== 0xcc) {
+        if (isFrameHeader(s.marker)) {
           if (frame) throw invalid("has a second frame");
           frame = parseFrame(s.marker, d);
           if (frame.components === 4) throw invalid("has 4 components (CMYK), which are not decoded this way");

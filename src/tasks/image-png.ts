@@ -52,17 +52,20 @@ export const isPng = (b: Uint8Array) =>
 interface Chunk {
   type: string;
   data: Buffer;
+  /** Where the chunk starts in the file. */
+  at: number;
 }
 
-function* chunks(b: Buffer): Generator<Chunk> {
-  let at = 8;
+/** The chunks from `at` (the first after the signature by default), each checked against its CRC if `verify`. */
+function* chunks(b: Buffer, at = 8, verify = true): Generator<Chunk> {
   while (at + 12 <= b.length) {
     const length = b.readUInt32BE(at);
     if (at + 12 + length > b.length) throw invalid("is truncated (a chunk runs past the end)");
     const type = b.toString("latin1", at + 4, at + 8);
     const crc = b.readUInt32BE(at + 8 + length);
-    if (crc32(b.subarray(at + 4, at + 8 + length)) !== crc) throw invalid(`has a corrupt ${type} chunk (CRC)`);
-    yield { type, data: b.subarray(at + 8, at + 8 + length) };
+    if (verify && crc32(b.subarray(at + 4, at + 8 + length)) !== crc)
+      throw invalid(`has a corrupt ${type} chunk (CRC)`);
+    yield { type, data: b.subarray(at + 8, at + 8 + length), at };
     if (type === "IEND") return;
     at += 12 + length;
   }
@@ -133,18 +136,19 @@ export async function decodePng(b: Buffer, h: PngHeader, sink: RowSink): Promise
   let trns: Buffer | undefined;
   // A first pass checks the chunks (CRCs, one run of IDAT) and finds PLTE and tRNS; nothing is kept per chunk,
   // so a file of a million tiny IDATs costs what its bytes do.
-  let idats = 0;
+  let firstIdat: number | undefined;
   let afterIdat = false;
   for (const c of chunks(b)) {
     if (c.type === "IDAT") {
       if (afterIdat) throw invalid("has IDAT chunks that are not consecutive");
-      idats += 1;
-    } else if (idats > 0) afterIdat = true;
+      firstIdat ??= c.at;
+    } else if (firstIdat !== undefined) afterIdat = true;
     if (c.type === "PLTE") palette = c.data;
     else if (c.type === "tRNS") trns = c.data;
   }
   if (h.colorType === 3 && !palette) throw invalid("has a palette colour type and no PLTE");
-  if (idats === 0) throw invalid("has no IDAT");
+  if (firstIdat === undefined) throw invalid("has no IDAT");
+  const idatFrom = firstIdat;
 
   // The passes: each (x0, y0, dx, dy, columns, rows) with at least one pixel.
   const passes = (h.interlaced ? ADAM7 : [[0, 0, 1, 1] as const])
@@ -286,9 +290,11 @@ export async function decodePng(b: Buffer, h: PngHeader, sink: RowSink): Promise
         size = 0;
         if (!inflate.write(data)) await new Promise((r) => inflate.once("drain", r));
       };
-      for (const c of chunks(b)) {
+      // From the first IDAT to the end of their run, CRCs already checked by the first pass.
+      for (const c of chunks(b, idatFrom, false)) {
         if (failed || ended) return;
-        if (c.type !== "IDAT" || c.data.length === 0) continue;
+        if (c.type !== "IDAT") break;
+        if (c.data.length === 0) continue;
         batch.push(c.data);
         size += c.data.length;
         if (size >= 256 * 1024) await flush();

@@ -212,10 +212,11 @@ export class Inbox {
     const names = (await readdir(this.path("work"))).filter((n) => !n.startsWith(".")).sort();
     const recovered = new Set<string>();
     const schema = storedResult(this.o.task);
+    const stored = (await readdir(this.path("results"))).sort();
     // A quarantine's note not yet beside its frame (a crash between the two renames) is of no more use.
-    for (const note of (await readdir(this.path("results"))).filter((n) => n.endsWith(".quarantine")))
+    for (const note of stored.filter((n) => n.endsWith(".quarantine")))
       await rm(this.path("results", note), { force: true });
-    for (const file of (await readdir(this.path("results"))).filter((n) => n.endsWith(".json")).sort()) {
+    for (const file of stored.filter((n) => n.endsWith(".json"))) {
       const image = file.slice(0, -".json".length);
       try {
         const bytes = await this.readChecked("results", file, MAX_RESULT_BYTES);
@@ -439,7 +440,7 @@ export class Inbox {
     code: "TASK_INPUT_INVALID" | "TASK_INPUT_QUARANTINED" = "TASK_INPUT_INVALID",
   ): Promise<void> {
     const camera = sub === "inbox" ? shortName(name) : cameraName(name);
-    const next = this.moving.then(async () => {
+    const next = this.serially(async () => {
       await this.checkDirs([sub, "results", "failed"]);
       let input: { sha256: string; bytes: number } | undefined;
       if (code === "TASK_INPUT_QUARANTINED") {
@@ -467,13 +468,18 @@ export class Inbox {
       this.problems.frame = undefined;
       this.o.logger.warn({ file: camera, code, reason }, "watched folder: quarantined in failed/");
     });
-    this.moving = next.catch((err) => this.stuck("frame", `${camera} cannot be moved to failed/`, err));
+    next.catch((err) => this.stuck("frame", `${camera} cannot be moved to failed/`, err));
     return next;
   }
 
-  /** Moves a claimed image and its result out of work/, one image at a time. */
+  /** Moves a claimed image and its result out of work/, one image at a time (its caller reports a failure). */
   private finish(work: string, result: TaskResult, imagePresent: boolean): Promise<void> {
-    const next = this.moving.then(() => this.move(work, result, imagePresent));
+    return this.serially(() => this.move(work, result, imagePresent));
+  }
+
+  /** Runs `fn` after every move before it: two frames of one name must not pick the same free name. */
+  private serially(fn: () => Promise<void>): Promise<void> {
+    const next = this.moving.then(fn);
     this.moving = next.catch(() => {});
     return next;
   }
@@ -482,34 +488,25 @@ export class Inbox {
     const to = result.ok ? "done" : "failed";
     await this.checkDirs(["work", "results", to]);
     // A half-done move (the image went, its result did not) finishes beside that image.
-    const target = imagePresent
-      ? await this.freeName(to, cameraName(name))
-      : await this.movedName(to, cameraName(name));
-    // Image first, then its result: a crash between leaves the result in work/, which the next start publishes
-    // again and moves; never an image in work/ whose result already left.
+    const target = await this.freeName(to, cameraName(name), !imagePresent);
+    // Image first, then its result: a crash between leaves the result in results/, which the next start
+    // publishes again and moves; never an image in work/ whose result already left.
     if (imagePresent) await rename(this.path("work", name), this.path(to, target));
     await rename(this.path("results", `${name}.json`), this.path(to, `${target}.json`));
     this.counts[result.ok ? "done" : "failed"] += 1;
     this.problems.frame = undefined;
   }
 
-  /** Where an image already moved lies without its result: the first of its names without a `.json`. */
-  private async movedName(sub: string, name: string): Promise<string> {
-    for (let i = 0; ; i++) {
-      const candidate = i === 0 ? name : `${name}.${i}`;
-      if (!(await exists(this.path(sub, `${candidate}.json`)))) return candidate;
-    }
-  }
-
   /**
-   * The camera may reuse a name: an earlier image of that name, or its result, is never overwritten (a frame
-   * named `x.json` must not land on frame x's result).
+   * The camera may reuse a name: the first of `name`, `name.1`, ... where neither an image nor a result lies
+   * (a frame named `x.json` must not land on frame x's result). `moved`: the image already lies there (a
+   * half-done move), so the first without a result.
    */
-  private async freeName(sub: string, name: string): Promise<string> {
+  private async freeName(sub: string, name: string, moved = false): Promise<string> {
     for (let i = 0; ; i++) {
       const candidate = i === 0 ? name : `${name}.${i}`;
-      if (!(await exists(this.path(sub, candidate))) && !(await exists(this.path(sub, `${candidate}.json`))))
-        return candidate;
+      if (await exists(this.path(sub, `${candidate}.json`))) continue;
+      if (moved || !(await exists(this.path(sub, candidate)))) return candidate;
     }
   }
 }

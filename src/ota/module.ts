@@ -88,7 +88,7 @@ export const otaModule: Module<typeof updateSection> = {
      */
     function resume(): void {
       const f = files();
-      sweepStaging(f.dir, readStaged(f.install), ctx.clock.now());
+      sweepStaging(f.dir, readInstall(f.install).ready, ctx.clock.now());
       const j = readJournal(f.journal);
       const root = rootRecords();
       const legacy = root.trial === undefined && root.request === undefined && j?.state === "trial" ? j : undefined;
@@ -111,7 +111,7 @@ export const otaModule: Module<typeof updateSection> = {
       if (existsSync(f.install)) {
         phase = "installing";
         installingSince = ctx.clock.mono();
-        pending = readPending(f.install);
+        pending = readInstall(f.install).id;
         report({ state: "installing" });
         return;
       }
@@ -315,8 +315,7 @@ export const otaModule: Module<typeof updateSection> = {
               mkdirSync(f.dir, { recursive: true, mode: 0o700 });
               // One partial download at a time: an earlier release's is of no more use.
               for (const n of readdirSync(f.dir))
-                if (/^[0-9a-f]{64}\.partial$/.test(n) && n !== `${m.sha256}.partial`)
-                  rmSync(join(f.dir, n), { force: true });
+                if (isPartial(n) && n !== `${m.sha256}.partial`) rmSync(join(f.dir, n), { force: true });
               const every = durationMs(config.progressInterval);
               let lastReport = Number.NEGATIVE_INFINITY;
               const onProgress = (pr: AssembleProgress) => {
@@ -431,18 +430,28 @@ function outcome(j: Journal): Record<string, unknown> {
 /** How long a partial download is kept for a retry across restarts (a reboot mid-download on a metered link). */
 const PARTIAL_KEEP_MS = 24 * 3600_000;
 
-/** The staged file an install request names (`<sha>.ready`), if it is one. */
-function readStaged(install: string): string | undefined {
+/** A staged release (`<sha256>.ready`) or a partial download (`<sha256>.partial`) in the update directory. */
+const STAGED = /^[0-9a-f]{64}\.(ready|partial)$/;
+const isPartial = (name: string) => STAGED.exec(name)?.[1] === "partial";
+
+/**
+ * The agent's own install request (`install.json`): its id (a restart while root has not answered yet) and the
+ * staged file it names, each when it is one.
+ */
+function readInstall(path: string): { id?: string; ready?: string } {
   try {
-    const ready = (JSON.parse(readFileSync(install, "utf8")) as { ready?: unknown }).ready;
-    return typeof ready === "string" && /^[0-9a-f]{64}\.ready$/.test(ready) ? ready : undefined;
+    const r = JSON.parse(readFileSync(path, "utf8")) as { id?: unknown; ready?: unknown };
+    return {
+      ...(typeof r.id === "string" ? { id: r.id } : {}),
+      ...(typeof r.ready === "string" && STAGED.exec(r.ready)?.[1] === "ready" ? { ready: r.ready } : {}),
+    };
   } catch {
-    return undefined;
+    return {};
   }
 }
 
 function removeStaged(install: string): void {
-  const ready = readStaged(install);
+  const { ready } = readInstall(install);
   if (ready) rmSync(join(dirname(install), ready), { force: true });
 }
 
@@ -459,23 +468,14 @@ function sweepStaging(dir: string, keepReady: string | undefined, now: number): 
     return;
   }
   const partials = names
-    .filter((n) => /^[0-9a-f]{64}\.partial$/.test(n))
+    .filter(isPartial)
     .map((n) => ({ n, mtime: statSync(join(dir, n), { throwIfNoEntry: false })?.mtimeMs ?? 0 }))
     .sort((a, b) => b.mtime - a.mtime);
   const keep = partials[0] && now - partials[0].mtime < PARTIAL_KEEP_MS ? partials[0].n : undefined;
   for (const n of names) {
-    const stale = (n.endsWith(".ready") && n !== keepReady) || (n.endsWith(".partial") && n !== keep);
-    if (stale && /^[0-9a-f]{64}\.(ready|partial)$/.test(n)) rmSync(join(dir, n), { force: true });
-  }
-}
-
-/** The id in the agent's own install request (a restart while root has not answered yet). */
-function readPending(path: string): string | undefined {
-  try {
-    const id = (JSON.parse(readFileSync(path, "utf8")) as { id?: unknown }).id;
-    return typeof id === "string" ? id : undefined;
-  } catch {
-    return undefined;
+    const kind = STAGED.exec(n)?.[1];
+    if ((kind === "ready" && n !== keepReady) || (kind === "partial" && n !== keep))
+      rmSync(join(dir, n), { force: true });
   }
 }
 

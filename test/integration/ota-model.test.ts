@@ -17,6 +17,25 @@ import { RangeServer } from "../helpers/range-server.ts";
 const ID = "dev-models";
 
 /** One classifier on the demo model, whose golden sample (a chipped part) is expected to say `label`. */
+/** An agent from source that takes commands from `ops` and model releases signed by `releaseKey`, connected. */
+async function modelAgent(
+  id: string,
+  broker: Mosquitto,
+  ops: ReturnType<typeof operatorKey>,
+  releaseKey: string,
+  tasks: Record<string, unknown>,
+): Promise<AgentProcess> {
+  const agent = AgentProcess.run(sourceCommand(), {
+    device: { id },
+    mqtt: { url: broker.url },
+    commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
+    update: { trustedKeys: [releaseKey] },
+    tasks,
+  });
+  await agent.waitForLog("mqtt connected");
+  return agent;
+}
+
 const inspecting = (label: string) => ({
   workers: 1,
   define: {
@@ -85,14 +104,7 @@ describe("model updates: a task's model, tried with its golden sample", () => {
     server = await RangeServer.start(join(dir, "www"));
     broker = await Mosquitto.start();
     operator = await Operator.open(broker.port, ops);
-    agent = AgentProcess.run(sourceCommand(), {
-      device: { id: ID },
-      mqtt: { url: broker.url },
-      commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
-      update: { trustedKeys: [releaseKey.publicText] },
-      tasks: inspecting("chip"),
-    });
-    await agent.waitForLog("mqtt connected");
+    agent = await modelAgent(ID, broker, ops, releaseKey.publicText, inspecting("chip"));
   });
   after(async () => {
     await agent.cleanup();
@@ -207,14 +219,7 @@ describe("model updates release the sessions they replace, in every worker (issu
     server = await RangeServer.start(join(dir, "www"));
     broker = await Mosquitto.start();
     operator = await Operator.open(broker.port, ops);
-    agent = AgentProcess.run(sourceCommand(), {
-      device: { id: ID2 },
-      mqtt: { url: broker.url },
-      commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
-      update: { trustedKeys: [releaseKey.publicText] },
-      tasks: { ...inspecting("chip"), workers: 3 },
-    });
-    await agent.waitForLog("mqtt connected");
+    agent = await modelAgent(ID2, broker, ops, releaseKey.publicText, { ...inspecting("chip"), workers: 3 });
   });
   after(async () => {
     await agent.cleanup();

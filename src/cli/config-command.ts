@@ -1,17 +1,19 @@
 import { stringify } from "yaml";
 import {
   type ConfigProblem,
+  dottedPath,
   formatProblems,
   type LoadedConfig,
-  leafPaths,
+  leaves,
   loadConfig,
+  originOf,
   redact,
   unknownEnvVars,
 } from "../config/load.ts";
 import { stateDirProblem } from "../config/state-dir.ts";
 import { ConfigStore } from "../config/store.ts";
 import { isOutpostError } from "../core/errors.ts";
-import { configJsonSchema } from "../schema.ts";
+import { type Config, configJsonSchema } from "../schema.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 
 export const DEFAULT_CONFIG = "/etc/outpost/config.yaml";
@@ -58,6 +60,17 @@ function reportProblems<T>(host: Host, load: () => T): T | number {
   }
 }
 
+/**
+ * The configuration as a file that validates again to the same hash: secrets redacted, and the password read
+ * from `mqtt.passwordFile` left out (the file names it; printing both would not validate).
+ */
+function printable(config: Config): Config {
+  const out = redact(config);
+  if (out.mqtt.passwordFile === undefined) return out;
+  const { password: _read, ...mqtt } = out.mqtt;
+  return { ...out, mqtt };
+}
+
 export function configCommand(host: Host, args: string[]): number {
   const [sub, ...all] = args;
   const sources = sub === "print" && all.includes("--sources");
@@ -83,15 +96,15 @@ export function configCommand(host: Host, args: string[]): number {
       // What the agent would use: the file, the overrides config.set stored in state.dir, the environment.
       const settings = openSettings(host, rest[0]);
       if (typeof settings === "number") return settings;
-      const config = redact(settings.current().config);
+      const config = printable(settings.current().config);
       if (!sources) {
         host.stdout.write(stringify(config));
         return EXIT.OK;
       }
       const origins = settings.origins();
-      for (const path of leafPaths(config)) {
-        const value = path.split(".").reduce<unknown>((node, key) => (node as Record<string, unknown>)[key], config);
-        host.stdout.write(`${path} = ${JSON.stringify(value)}  # ${origins.get(path) ?? "default"}\n`);
+      for (const { segments, value } of leaves(config)) {
+        const origin = originOf(origins, segments) ?? "default";
+        host.stdout.write(`${dottedPath(segments)} = ${JSON.stringify(value)}  # ${origin}\n`);
       }
       return EXIT.OK;
     }

@@ -96,7 +96,11 @@ export function loadConfig(options: LoadOptions): LoadedConfig {
   if (problems.length > 0) throw invalid(problems);
 
   const origins = new Map<string, string>(fileLeaves.map((p) => [p, `in ${file}`]));
-  for (const [path, source] of sources) origins.set(path, source);
+  for (const [path, source] of sources) {
+    // A later source that sets a whole section or record replaces what was under it.
+    for (const key of origins.keys()) if (key.startsWith(`${path}.`)) origins.delete(key);
+    origins.set(path, source);
+  }
   return { config, hash: hashConfig(config), file, envKeys, origins };
 }
 
@@ -252,7 +256,7 @@ function applyEnv(
       node = childOf(parent, segment);
       if (node === undefined) {
         problems.push({
-          path: [...walked, segment].join("."),
+          path: dottedPath([...walked, segment]),
           expected: `expected one of the known keys (${knownKeys(parent).join(", ")})`,
           found: "an unknown key",
           source: `from ${name}`,
@@ -262,7 +266,7 @@ function applyEnv(
       walked.push(segment);
       if (i === segments.length - 1) {
         target[segment] = coerce(node, text);
-        sources.set(walked.join("."), `from ${name}`);
+        sources.set(dottedPath(walked), `from ${name}`);
         envKeys.push(name);
       } else {
         const next = target[segment];
@@ -280,7 +284,7 @@ function describeIssue(
   file: string | undefined,
 ): ConfigProblem[] {
   const base = issue.path.map(String);
-  const sourceOf = (path: string[]) => sourceFor(path.join("."), sources, file);
+  const sourceOf = (path: string[]) => sourceFor(dottedPath(path), sources, file);
   if (issue.code === "unrecognized_keys") {
     let parentNode: SchemaNode | undefined = configSchema;
     for (const seg of base) parentNode = parentNode ? childOf(parentNode, seg) : undefined;
@@ -288,7 +292,7 @@ function describeIssue(
     return issue.keys.map((key) => {
       const path = [...base, key];
       return {
-        path: path.join("."),
+        path: dottedPath(path),
         expected: `expected one of the known keys (${known})`,
         found: `an unknown key with value ${render(valueAt(raw, path))}`,
         source: sourceOf(path),
@@ -298,7 +302,7 @@ function describeIssue(
   // The value at the problem's path: a rule over a whole section reports at one key, never the section.
   const found = render(valueAt(raw, base), base);
   return [
-    { path: base.length ? base.join(".") : "(root)", expected: expectation(issue), found, source: sourceOf(base) },
+    { path: base.length ? dottedPath(base) : "(root)", expected: expectation(issue), found, source: sourceOf(base) },
   ];
 }
 
@@ -323,15 +327,35 @@ export function mergePatch(target: unknown, patch: unknown): unknown {
   return out;
 }
 
-/** The dotted paths of every leaf of a plain object (arrays count as leaves). */
-export function leafPaths(value: unknown, prefix = ""): string[] {
-  if (!isPlainObject(value)) return prefix ? [prefix] : [];
-  const paths: string[] = [];
-  for (const [key, child] of Object.entries(value)) {
-    const path = prefix ? `${prefix}.${key}` : key;
-    paths.push(...(isPlainObject(child) ? leafPaths(child, path) : [path]));
+/**
+ * A key path as people write it: segments joined by dots, a segment that holds a dot itself (a deadband key
+ * like "jetson.rails.*.watts") quoted, so that a path names one key and can be split back.
+ */
+export function dottedPath(segments: readonly string[]): string {
+  return segments.map((s) => (/^[A-Za-z0-9_*-]+$/.test(s) ? s : JSON.stringify(s))).join(".");
+}
+
+/** The key segments of every leaf of a plain object (arrays count as leaves), with its value. */
+export function leaves(value: unknown, prefix: string[] = []): { segments: string[]; value: unknown }[] {
+  if (!isPlainObject(value)) return prefix.length > 0 ? [{ segments: prefix, value }] : [];
+  return Object.entries(value).flatMap(([key, child]) => leaves(child, [...prefix, key]));
+}
+
+/** The dotted paths (dottedPath) of every leaf of a plain object (arrays count as leaves). */
+export function leafPaths(value: unknown): string[] {
+  return leaves(value).map((leaf) => dottedPath(leaf.segments));
+}
+
+/**
+ * Where the value at a leaf came from: its own origin, or the nearest enclosing key's (an environment
+ * variable can set a whole record); undefined for a default.
+ */
+export function originOf(origins: ReadonlyMap<string, string>, segments: readonly string[]): string | undefined {
+  for (let n = segments.length; n > 0; n -= 1) {
+    const origin = origins.get(dottedPath(segments.slice(0, n)));
+    if (origin !== undefined) return origin;
   }
-  return paths;
+  return undefined;
 }
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {

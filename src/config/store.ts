@@ -110,6 +110,8 @@ export class ConfigStore extends EventEmitter<{
     }
     this.snapshot = freeze({ version: 1, config: loaded.config, hash: loaded.hash });
     this.booted = this.snapshot;
+    // The base load's origins are the ones in use until stored overrides load (or when they do not).
+    if (loaded === base) this.lastOrigins = base.origins;
   }
 
   /** The logger exists only once the config is loaded: it takes its level from it. */
@@ -230,7 +232,10 @@ export class ConfigStore extends EventEmitter<{
     return loaded;
   }
 
-  /** Where each value of the configuration last loaded from the file came from (absent: the default). */
+  /**
+   * Where each value of the configuration in use came from, by dottedPath (absent: the default; a leaf under
+   * a recorded path has that path's origin, see originOf).
+   */
   origins(): ReadonlyMap<string, string> {
     return this.lastOrigins;
   }

@@ -1,0 +1,100 @@
+// Issue 23 item 2: on 8ee023c `config print --sources` labelled every key "# default" unless config.set
+// overrides were stored (origins were recorded only when overrides were loaded), crashed on the README's own
+// example ("Cannot read properties of undefined (reading 'rails')": the dotted deadband key
+// "jetson.rails.*.watts"), and printed `passwordFile` beside `password: <redacted>`, which does not validate.
+import assert from "node:assert/strict";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { ROOT } from "../helpers/agent-process.ts";
+import { runCli as run } from "../helpers/cli.ts";
+import { tempDir } from "../helpers/temp.ts";
+
+const dir = tempDir("outpost-print-");
+const lineOf = (out: string, key: string) => out.split("\n").find((l) => l.startsWith(`${key} = `));
+
+describe("config print --sources", () => {
+  it("names the file, the environment, a saved override and the default, each without the others", async () => {
+    const state = join(dir, "state-a");
+    const path = join(dir, "a.yaml");
+    writeFileSync(path, `telemetry:\n  interval: 10s\nstate:\n  dir: ${state}\n`);
+    const fileOnly = await run(["config", "print", path, "--sources"]);
+    assert.equal(fileOnly.code, 0, fileOnly.err);
+    assert.equal(lineOf(fileOnly.out, "telemetry.interval"), `telemetry.interval = "10s"  # in ${path}`);
+    assert.equal(lineOf(fileOnly.out, "outbox.window"), "outbox.window = 64  # default");
+
+    const envOnly = await run(["config", "print", path, "--sources"], { OUTPOST_OUTBOX__WINDOW: "32" });
+    assert.equal(lineOf(envOnly.out, "outbox.window"), "outbox.window = 32  # from OUTPOST_OUTBOX__WINDOW");
+    assert.equal(lineOf(envOnly.out, "telemetry.interval"), `telemetry.interval = "10s"  # in ${path}`);
+
+    mkdirSync(state, { recursive: true });
+    const overrides = join(state, "config-overrides.json");
+    writeFileSync(overrides, JSON.stringify({ format: 2, values: { telemetry: { fullInterval: "1m" } } }));
+    const saved = await run(["config", "print", path, "--sources"]);
+    assert.equal(lineOf(saved.out, "telemetry.fullInterval"), `telemetry.fullInterval = "1m"  # in ${overrides}`);
+    assert.equal(lineOf(saved.out, "telemetry.interval"), `telemetry.interval = "10s"  # in ${path}`);
+  });
+
+  it("prints a dotted key as one quoted segment, with its origin, also when the environment sets the whole record", async () => {
+    const path = join(dir, "dotted.yaml");
+    writeFileSync(path, `telemetry:\n  deadbands: { temperature: 0.5, "jetson.rails.*.watts": 1 }\n`);
+    const fromFile = await run(["config", "print", path, "--sources"]);
+    assert.equal(fromFile.code, 0, fromFile.err);
+    assert.equal(
+      lineOf(fromFile.out, 'telemetry.deadbands."jetson.rails.*.watts"'),
+      `telemetry.deadbands."jetson.rails.*.watts" = 1  # in ${path}`,
+    );
+    const fromEnv = await run(["config", "print", path, "--sources"], {
+      OUTPOST_TELEMETRY__DEADBANDS: '{"gpu.load": 2}',
+    });
+    assert.equal(fromEnv.code, 0, fromEnv.err);
+    assert.equal(
+      lineOf(fromEnv.out, 'telemetry.deadbands."gpu.load"'),
+      `telemetry.deadbands."gpu.load" = 2  # from OUTPOST_TELEMETRY__DEADBANDS`,
+    );
+  });
+
+  it("runs on the README's configuration example", async () => {
+    const readme = readFileSync(join(ROOT, "README.md"), "utf8");
+    const block = /```yaml\n([\s\S]*?)```/.exec(readme.slice(readme.indexOf("## Configuration")))?.[1] ?? "";
+    const path = join(dir, "readme.yaml");
+    writeFileSync(path, block.replaceAll('"ed25519:..."', `"ed25519:${"A".repeat(43)}="`));
+    // The example names files a device has; --sources reads none of them but the password file.
+    const env = { OUTPOST_MQTT__PASSWORD_FILE: join(dir, "pw"), OUTPOST_STATE__DIR: join(dir, "readme-state") };
+    writeFileSync(join(dir, "pw"), "secret\n");
+    const res = await run(["config", "print", path, "--sources"], { ...env, ...pems() });
+    assert.equal(res.code, 0, res.err);
+    assert.match(res.out, /^telemetry\.deadbands\."jetson\.rails\.\*\.watts" = 1 {2}# in /m);
+  });
+});
+
+describe("config print", () => {
+  it("prints a configuration that itself validates, to the same hash (a password file is not printed as a password too)", async () => {
+    const pw = join(dir, "mqtt.password");
+    writeFileSync(pw, "hunter2\n");
+    const path = join(dir, "pwfile.yaml");
+    writeFileSync(path, `mqtt:\n  username: pi\n  passwordFile: ${pw}\nstate:\n  dir: ${join(dir, "s")}\n`);
+    const printed = await run(["config", "print", path]);
+    assert.equal(printed.code, 0, printed.err);
+    assert.ok(!printed.out.includes("hunter2"));
+    assert.ok(!/^\s+password:/m.test(printed.out), printed.out);
+    const again = join(dir, "printed.yaml");
+    writeFileSync(again, printed.out);
+    const original = await run(["config", "validate", path]);
+    const validated = await run(["config", "validate", again]);
+    assert.equal(validated.code, 0, validated.err);
+    const hash = (out: string) => /hash ([0-9a-f]+)/.exec(out)?.[1];
+    assert.equal(hash(validated.out), hash(original.out));
+  });
+});
+
+/** The README example names the device's PEM files: readable stand-ins for them. */
+function pems(): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const key of ["ca", "cert", "key"]) {
+    const file = join(dir, `${key}.pem`);
+    writeFileSync(file, "-----BEGIN X-----\n");
+    env[`OUTPOST_MQTT__${key.toUpperCase()}`] = file;
+  }
+  return env;
+}

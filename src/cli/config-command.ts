@@ -9,6 +9,7 @@ import {
   originOf,
   redact,
   unknownEnvVars,
+  unreadableTaskFiles,
 } from "../config/load.ts";
 import { stateDirProblem } from "../config/state-dir.ts";
 import { ConfigStore } from "../config/store.ts";
@@ -85,6 +86,7 @@ export function configCommand(host: Host, args: string[]): number {
       // Only a warning: validating as a normal user a file meant for the service user is fine.
       const stateProblem = stateDirProblem(loaded.config.state.dir, { create: false });
       if (stateProblem) host.stderr.write(`outpost: warning: ${stateProblem}\n`);
+      for (const line of unreadableTaskFiles(loaded.config)) host.stderr.write(`outpost: warning: ${line}\n`);
       host.stdout.write(`${path}: valid (device ${loaded.config.device.id}, hash ${loaded.hash.slice(0, 12)})\n`);
       return EXIT.OK;
     }

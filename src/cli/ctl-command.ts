@@ -1,6 +1,6 @@
 import { createPublicKey } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
-import { dirname } from "node:path";
+import { basename, dirname } from "node:path";
 import { parseArgs } from "node:util";
 import type { MqttClient } from "mqtt";
 import type { ReplyBody } from "../commands/envelope.ts";
@@ -48,10 +48,13 @@ Broker (each flag also from the environment):
 Exit codes: 0 success, 1 the command failed or no reply in time (the error code is printed), 64 usage,
 69 no connection to the broker (refused, unreachable, or closed without answering CONNECT).`;
 
-export const KEYGEN_HELP = `Usage: outpost keygen --out PREFIX [--force]
+export const KEYGEN_HELP = `Usage: outpost keygen --out PREFIX [--release] [--force]
 
 Writes an ed25519 key pair: PREFIX.key (private, mode 0600; keep it with the operator) and PREFIX.pub
-(one line, "ed25519:<base64>"; put it in commands.trustedKeys[].key on the devices).`;
+(one line, "ed25519:<base64>") and prints the config lines that make a device trust it:
+  an operator key (signs commands): commands.trustedKeys[] as { name, key, allow }
+  --release (signs releases for 'outpost release'): update.trustedKeys[], the key alone
+Keep the two apart: a release key needs no command right, and an operator key cannot sign a release.`;
 
 export const BROKER_FLAGS = {
   broker: { type: "string" },
@@ -68,7 +71,7 @@ export const BROKER_FLAGS = {
 export function keygenCommand(host: Host, args: string[]): number {
   const { values } = parseArgs({
     args,
-    options: { out: { type: "string" }, force: { type: "boolean" } },
+    options: { out: { type: "string" }, force: { type: "boolean" }, release: { type: "boolean" } },
     allowPositionals: false,
   });
   if (!values.out) throw new UsageError("keygen: missing --out PREFIX");
@@ -84,8 +87,17 @@ export function keygenCommand(host: Host, args: string[]): number {
   writeFileAtomically(files[0] ?? "", keys.privatePem, 0o600);
   writeFileAtomically(files[1] ?? "", `${keys.publicText}\n`, 0o644);
   host.stdout.write(`${files[0]} (private, keep it secret)\n${files[1]}: ${keys.publicText}\n`);
+  if (values.release) {
+    host.stdout.write(
+      `trust it for releases on a device (/etc/outpost/config.yaml):\n  update:\n    trustedKeys:\n      - "${keys.publicText}"\n`,
+    );
+    return EXIT.OK;
+  }
+  // The name a device logs and replies with: the file's own name when it is a valid key name.
+  const name = /^[A-Za-z0-9._-]{1,64}$/.test(basename(values.out)) ? basename(values.out) : "ops";
   host.stdout.write(
-    `trust it on a device:\n  commands:\n    trustedKeys:\n      - { name: ops, key: "${keys.publicText}", allow: ["*"] }\n`,
+    `trust it for commands on a device (/etc/outpost/config.yaml):\n  commands:\n    trustedKeys:\n      - { name: ${name}, key: "${keys.publicText}", allow: ["*"] }\n` +
+      "a release key (for 'outpost release') is made with 'outpost keygen --release' and goes in update.trustedKeys\n",
   );
   return EXIT.OK;
 }

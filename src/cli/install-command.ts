@@ -45,8 +45,10 @@ the service user read the files the config names, and starts (or restarts) the s
 uninstall stops and disables the service and removes the unit and the binaries; --purge also removes
 ${LAYOUT.etc} and ${LAYOUT.state}.`;
 
-const EXAMPLE_CONFIG = `# Outpost configuration: every key, its default and its meaning in \`outpost config schema\`.
+/** Every section commented out; each stays valid YAML when uncommented (the file has no other content). */
+export const EXAMPLE_CONFIG = `# Outpost configuration: every key, its default and its meaning in \`outpost config schema\`.
 # Check a change with \`outpost config validate ${LAYOUT.config}\`, then \`systemctl reload outpost\`.
+# Uncomment a section and edit it; a file of comments only means the defaults.
 #
 # device:
 #   id: pi-line-3                  # default: the hostname
@@ -58,9 +60,11 @@ const EXAMPLE_CONFIG = `# Outpost configuration: every key, its default and its 
 # telemetry:
 #   interval: 10s
 # commands:
-#   trustedKeys:
+#   trustedKeys:                   # outpost keygen --out ~/.outpost/ops prints this line
 #     - { name: ops, key: "<contents of ops.pub>", allow: ["*"] }
-{}
+# update:
+#   trustedKeys:                   # outpost keygen --release --out ~/.outpost/release prints this line
+#     - "<contents of release.pub>"
 `;
 
 export async function installCommand(host: Host, verb: "install" | "uninstall", args: string[]): Promise<number> {

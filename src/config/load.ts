@@ -87,13 +87,15 @@ export function loadConfig(options: LoadOptions): LoadedConfig {
   if (!result.success) {
     for (const issue of result.error.issues) problems.push(...describeIssue(issue, raw, sources, file));
   }
+  // The files are checked in the same pass as the schema, so that one run names every problem.
+  const rawMqtt = isPlainObject(raw.mqtt) ? raw.mqtt : {};
+  const password = resolveFiles(rawMqtt, problems, sources, file);
   if (!result.success || problems.length > 0) throw invalid(problems);
 
   const parsed = result.data;
   const deviceId = parsed.device.id ?? sanitizeHostname(options.hostname);
   const config: Config = { ...parsed, device: { ...parsed.device, id: deviceId } };
-  resolveFiles(config, problems, sources, file);
-  if (problems.length > 0) throw invalid(problems);
+  if (password !== undefined) config.mqtt.password = password;
 
   const origins = new Map<string, string>(fileLeaves.map((p) => [p, `in ${file}`]));
   for (const [path, source] of sources) {
@@ -379,18 +381,23 @@ function sanitizeHostname(hostname: string): string {
   return cleaned.length > 0 ? cleaned : "outpost-device";
 }
 
-/** Reads the password file and checks that TLS files can be read, so a typo fails now and not at connect. */
+/**
+ * Reads the password file and checks that TLS files can be read, so a typo fails now and not at connect.
+ * Takes the section as written (it may not have validated): a value that is not a string is the schema's
+ * problem. Returns the password read from `passwordFile`.
+ */
 function resolveFiles(
-  config: Config,
+  mqtt: Record<string, unknown>,
   problems: ConfigProblem[],
   sources: Map<string, string>,
   file: string | undefined,
-): void {
+): string | undefined {
   const source = (key: string) => sourceFor(`mqtt.${key}`, sources, file);
-  const { mqtt } = config;
-  if (mqtt.passwordFile !== undefined) {
+  let password: string | undefined;
+  // Both forms at once is the schema's problem to report; reading the file would only add noise.
+  if (typeof mqtt.passwordFile === "string" && mqtt.passwordFile !== "" && mqtt.password === undefined) {
     try {
-      mqtt.password = readPasswordFile(mqtt.passwordFile);
+      password = readPasswordFile(mqtt.passwordFile);
     } catch (err) {
       problems.push({
         path: "mqtt.passwordFile",
@@ -402,7 +409,7 @@ function resolveFiles(
   }
   for (const key of ["ca", "cert", "key"] as const) {
     const path = mqtt[key];
-    if (path === undefined) continue;
+    if (typeof path !== "string" || path === "") continue;
     try {
       accessSync(path, constants.R_OK);
     } catch (err) {
@@ -414,4 +421,29 @@ function resolveFiles(
       });
     }
   }
+  return password;
+}
+
+/**
+ * Files a task reads when it runs (its model, its golden image) that cannot be read now: warnings, since a
+ * model may arrive later (an update) and validating as another user than the service's is normal.
+ */
+export function unreadableTaskFiles(config: Config): string[] {
+  const warnings: string[] = [];
+  for (const [name, def] of Object.entries(config.tasks.define)) {
+    const files: [string, string | undefined][] = [
+      ["model", "model" in def ? def.model : undefined],
+      ["golden.image", "golden" in def ? def.golden?.image : undefined],
+    ];
+    for (const [key, path] of files) {
+      if (path === undefined) continue;
+      try {
+        accessSync(path, constants.R_OK);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code ?? "an error";
+        warnings.push(`${dottedPath(["tasks", "define", name, ...key.split(".")])}: cannot read ${path} (${code})`);
+      }
+    }
+  }
+  return warnings;
 }

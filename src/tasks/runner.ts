@@ -267,7 +267,8 @@ export class TaskRunner {
     }
     result.totalMs = round(performance.now() - started);
     this.count(name, result);
-    log.info(
+    // A task that could not run (a missing model, a broken input) is worth a warning; a verdict is not.
+    log[result.ok ? "info" : "warn"](
       { ok: result.ok, verdict: result.verdict, error: result.error, totalMs: result.totalMs },
       result.ok ? "task done" : "task failed",
     );

@@ -1,0 +1,105 @@
+// Issue 23: what a new operator trips over once the demo runs. Each test failed on 8ee023c as its comment says.
+import assert from "node:assert/strict";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { parse } from "yaml";
+import { EXAMPLE_CONFIG } from "../../src/cli/install-command.ts";
+import { configSchema } from "../../src/schema.ts";
+import { runCli as run } from "../helpers/cli.ts";
+import { tempDir } from "../helpers/temp.ts";
+
+const dir = tempDir("outpost-second-hour-");
+const A_KEY = `ed25519:${"A".repeat(43)}=`;
+
+describe("keygen (item 4)", () => {
+  // On 8ee023c every key got the commands.trustedKeys snippet with allow: ["*"], a release key too.
+  it("--release prints the update.trustedKeys snippet, which validates and grants no command", async () => {
+    const res = await run(["keygen", "--out", join(dir, "release"), "--release"]);
+    assert.equal(res.code, 0, res.err);
+    const snippet = res.out.slice(res.out.indexOf("\n  update:") + 1);
+    const config = parse(snippet.replace(/^ {2}/gm, "")) as Record<string, unknown>;
+    const parsed = configSchema.safeParse(config);
+    assert.ok(parsed.success, JSON.stringify(parsed.error?.issues));
+    assert.deepEqual(Object.keys(config), ["update"]);
+    assert.equal(parsed.data.update.trustedKeys.length, 1);
+    assert.ok(!res.out.includes("allow"), res.out);
+  });
+
+  it("plain keygen prints the command-key snippet and one line on where a release key goes", async () => {
+    const res = await run(["keygen", "--out", join(dir, "ops")]);
+    assert.equal(res.code, 0, res.err);
+    assert.match(res.out, /commands:\n {4}trustedKeys:\n {6}- \{ name: ops, key: "ed25519:/);
+    assert.match(res.out, /release key .*keygen --release.*update\.trustedKeys/);
+  });
+});
+
+describe("the example config install writes (item 6)", () => {
+  // On 8ee023c it ended with a bare `{}`: uncommenting any section made the file invalid YAML.
+  it("stays valid with each section uncommented, and with all of them", () => {
+    const lines = EXAMPLE_CONFIG.split("\n");
+    const sections = lines.flatMap((l, i) => (/^# [a-z]+:\s*(#.*)?$/.test(l) ? [i] : []));
+    assert.ok(sections.length >= 4, "the example shows sections");
+    const uncomment = (chosen: number[]) =>
+      lines
+        .map((l, i) => {
+          const section = [...sections].reverse().find((s) => s <= i);
+          const inside = section !== undefined && chosen.includes(section) && (i === section || /^# {2,}/.test(l));
+          return inside ? l.slice(2) : l;
+        })
+        .join("\n")
+        .replaceAll("<contents of ops.pub>", A_KEY)
+        .replaceAll("<contents of release.pub>", A_KEY);
+    for (const chosen of [[], ...sections.map((s) => [s]), sections]) {
+      const config = parse(uncomment(chosen)) ?? {};
+      const result = configSchema.safeParse(config);
+      assert.ok(result.success, `${chosen.map((s) => lines[s]).join(", ")}: ${JSON.stringify(result.error?.issues)}`);
+      assert.equal(Object.keys(config).length, chosen.length);
+    }
+  });
+});
+
+describe("config validate (item 7)", () => {
+  // On 8ee023c the schema's problems came first and the unreadable files only after those were fixed.
+  it("prints the schema's problems and the unreadable files in one pass", async () => {
+    const path = join(dir, "rounds.yaml");
+    writeFileSync(
+      path,
+      `mqtt:\n  url: http://x\n  passwordFile: ${join(dir, "no-password")}\n  ca: ${join(dir, "no-ca.pem")}\n`,
+    );
+    const res = await run(["config", "validate", path]);
+    assert.equal(res.code, 78);
+    assert.match(res.err, /mqtt\.url: expected an mqtt/);
+    assert.match(res.err, /mqtt\.passwordFile: expected a readable file .*ENOENT/);
+    assert.match(res.err, /mqtt\.ca: expected a readable PEM file.*ENOENT/);
+  });
+
+  it("warns about a task's model or golden image that cannot be read", async () => {
+    const path = join(dir, "task.yaml");
+    const model = join(dir, "missing.onnx");
+    const golden = join(dir, "missing.png");
+    writeFileSync(
+      path,
+      [
+        `state: { dir: ${join(dir, "state")} }`,
+        "tasks:",
+        "  define:",
+        "    inspect:",
+        "      type: classify-image",
+        `      model: ${model}`,
+        "      labels: [good, bad]",
+        "      input: { width: 8, height: 8, channels: 1 }",
+        "      pass: { labels: [good] }",
+        `      golden: { image: ${golden}, label: good }`,
+        "",
+      ].join("\n"),
+    );
+    const res = await run(["config", "validate", path]);
+    assert.equal(res.code, 0, res.err);
+    assert.match(res.err, new RegExp(`warning: tasks\\.define\\.inspect\\.model: cannot read ${model} \\(ENOENT\\)`));
+    assert.match(
+      res.err,
+      new RegExp(`warning: tasks\\.define\\.inspect\\.golden\\.image: cannot read ${golden} \\(ENOENT\\)`),
+    );
+  });
+});

@@ -102,13 +102,26 @@ export function keygenCommand(host: Host, args: string[]): number {
   return EXIT.OK;
 }
 
+const SUBCOMMANDS = new Set(["devices", "watch", "call", "update", "config"]);
+/** Flags that take a value in every subcommand that has them. */
+const VALUE_FLAGS = new Set([
+  ...Object.entries(BROKER_FLAGS).flatMap(([name, f]) => (f.type === "string" ? [name] : [])),
+  ...["key", "params", "timeout", "validity", "expect", "http", "until", "count"],
+]);
+/** Flags that take a value in one subcommand and none in another (update's --group NAME, call's --group). */
+const EITHER_FLAGS = new Set(["group", "wait"]);
+
 export async function ctlCommand(host: Host, args: string[]): Promise<number> {
-  // Global flags may come before the subcommand (`ctl --broker X call ...`), as with git and kubectl.
+  // Flags go anywhere, before the subcommand too (`ctl --key FILE call ...`), as with git and kubectl.
   let at = 0;
-  while (at < args.length && args[at]?.startsWith("--")) {
-    const name = (args[at] ?? "").slice(2).split("=")[0] ?? "";
-    const flag = (BROKER_FLAGS as Record<string, { type: string }>)[name];
-    at += flag?.type === "string" && !(args[at] ?? "").includes("=") ? 2 : 1;
+  while (at < args.length && args[at]?.startsWith("-")) {
+    const arg = args[at] ?? "";
+    const name = arg.replace(/^--?/, "").split("=")[0] ?? "";
+    const next = args[at + 1];
+    const takesValue =
+      !arg.includes("=") &&
+      (VALUE_FLAGS.has(name) || (EITHER_FLAGS.has(name) && next !== undefined && !SUBCOMMANDS.has(next)));
+    at += takesValue ? 2 : 1;
   }
   const sub = args[at];
   const rest = [...args.slice(0, at), ...args.slice(at + 1)];

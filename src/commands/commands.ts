@@ -7,7 +7,7 @@ import { TokenBucket } from "../core/rate-limit.ts";
 import { deviceTopics, groupCommandPrefix } from "../mqtt/topics.ts";
 import { COMMAND_NAME, type ReplyBody, unsignedSchema } from "./envelope.ts";
 import type { ReplayGuard } from "./replay.ts";
-import { ctlResponseTopic, DEFAULT_MAX_REQUEST, describe, prototypeKey, Refused } from "./rules.ts";
+import { checkParams, ctlResponseTopic, DEFAULT_MAX_REQUEST, describe, prototypeKey, Refused } from "./rules.ts";
 import type {
   Caller,
   CommandDefinition,
@@ -358,8 +358,8 @@ export class Commands implements Component {
     // Checked before any schema: zod's records assign such a key, which changes the prototype and loses it.
     const unsafe = prototypeKey(params, "params");
     if (unsafe) throw new Refused("BAD_PARAMS", `${unsafe}: expected a plain key, not one that names a prototype`, id);
-    const checked = definition.params.safeParse(params);
-    if (!checked.success) throw new Refused("BAD_PARAMS", describe(checked.error, "params"), id);
+    const checked = checkParams(definition.params, params);
+    if (!checked.ok) throw new Refused("BAD_PARAMS", checked.message, id);
     if (definition.changesState !== false && !this.o.replay.ensureDurable(this.o.clock.now())) {
       throw new Refused(
         "REPLAY_STORE_UNAVAILABLE",
@@ -376,6 +376,6 @@ export class Commands implements Component {
     if (this.o.replay.size >= MAX_REMEMBERED) {
       throw new Refused("BUSY", "too many recent requests to remember; try again later", id);
     }
-    return { definition, params: checked.data };
+    return { definition, params: checked.value };
   }
 }

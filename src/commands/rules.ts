@@ -1,4 +1,5 @@
 import type { z } from "zod";
+import { expectation } from "../config/problems.ts";
 import type { Code } from "../core/codes.ts";
 import { ctlNamespace } from "../mqtt/topics.ts";
 
@@ -71,9 +72,26 @@ export function allows(patterns: readonly string[], command: string): boolean {
   return patterns.some((p) => p === "*" || p === command || (p.endsWith(".*") && command.startsWith(p.slice(0, -1))));
 }
 
-/** The first problem of a zod error as `path: message`, the path naming the key. */
+/**
+ * The first problem of a zod error as `path: expected ...`, the path naming the key, in the words the config's
+ * problems use (never zod's raw "Invalid input"). A missing value (parsed with `reportInput`) says "found
+ * nothing"; other values are not echoed (a request may carry secrets).
+ */
 export function describe(error: z.ZodError, root?: string): string {
   const issue = error.issues[0];
   const path = [...(root ? [root] : []), ...(issue?.path.map(String) ?? [])].join(".") || "(request)";
-  return `${path}: ${issue?.message ?? "invalid"}`;
+  if (!issue) return `${path}: invalid`;
+  const missing = issue.code === "invalid_type" && "input" in issue && issue.input === undefined;
+  return `${path}: ${expectation(issue)}${missing ? ", found nothing" : ""}`;
+}
+
+/** A command's params checked against its schema: the parsed value, or the BAD_PARAMS message. */
+export function checkParams<S extends z.ZodType>(
+  schema: S,
+  params: unknown,
+): { ok: true; value: z.output<S> } | { ok: false; message: string } {
+  const checked = schema.safeParse(params, { reportInput: true });
+  return checked.success
+    ? { ok: true, value: checked.data }
+    : { ok: false, message: describe(checked.error, "params") };
 }

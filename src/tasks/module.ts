@@ -18,15 +18,22 @@ import { ThresholdRule } from "./threshold.ts";
 /** The largest `task.run` request: an image or tensors, base64 (the broker's and the link's packet caps apply too). */
 const MAX_TASK_REQUEST = 8 * 1024 * 1024;
 
-const runParams = z.strictObject({
+const EITHER_INPUT = "expected either image (the bytes, base64) or feeds (named tensors)";
+
+export const runParams = z.strictObject({
   task: z.string().min(1),
   input: z
-    .strictObject({
-      feeds: wireFeeds.optional(),
-      image: z.base64("expected the image's bytes as base64").optional(),
-    })
-    .refine((i) => (i.feeds === undefined) !== (i.image === undefined), {
-      message: "expected either feeds (named tensors) or image (base64), not both",
+    .strictObject(
+      {
+        feeds: wireFeeds.optional(),
+        image: z.base64("expected the image's bytes as base64").optional(),
+      },
+      { error: EITHER_INPUT },
+    )
+    .superRefine((i, ctx) => {
+      if ((i.feeds === undefined) === (i.image === undefined)) {
+        ctx.addIssue({ code: "custom", message: `${EITHER_INPUT}, found ${i.feeds ? "both" : "neither"}` });
+      }
     }),
 });
 

@@ -211,7 +211,7 @@ describe("tasks: inference in worker threads", () => {
     }
     const params = await operator.final(ID, "task.run", { task: "parts", input: { feeds: {}, image: "" } });
     assert.equal(params.error?.code, "BAD_PARAMS");
-    assert.match(params.error?.message ?? "", /params\.input: expected either feeds \(named tensors\) or image/);
+    assert.match(params.error?.message ?? "", /params\.input: expected either image .* or feeds .*, found both/);
     // A request never names a device path: the tasks section changes only in the file.
     const set = await operator.final(ID, "config.set", {
       patch: { tasks: { define: { x: { type: "onnx", model: "/etc/shadow" } } } },

@@ -103,3 +103,45 @@ describe("config validate (item 7)", () => {
     );
   });
 });
+
+describe("messages (item 11)", () => {
+  // On 8ee023c `{"input":{}}` said "expected either feeds or image, not both" (neither was given) and a
+  // request without input got zod's raw "Invalid input: expected object, received undefined".
+  it("task.run says which of feeds and image is missing, in words", async () => {
+    const { runParams } = await import("../../src/tasks/module.ts");
+    const { checkParams } = await import("../../src/commands/rules.ts");
+    const message = (params: unknown) => {
+      const r = checkParams(runParams, params);
+      assert.ok(!r.ok);
+      return r.message;
+    };
+    assert.match(message({ task: "inspect", input: {} }), /^params\.input: .*found neither/);
+    assert.match(message({ task: "inspect", input: { feeds: {}, image: "" } }), /^params\.input: .*found both/);
+    const missing = message({ task: "inspect" });
+    assert.doesNotMatch(missing, /Invalid input|received undefined/);
+    assert.match(missing, /^params\.input: expected .*image.*feeds.*, found nothing$/);
+  });
+
+  it("a missing parameter is named in words, not with zod's raw text", async () => {
+    const { z } = await import("zod");
+    const { checkParams } = await import("../../src/commands/rules.ts");
+    const r = checkParams(z.strictObject({ ms: z.number() }), {});
+    assert.ok(!r.ok);
+    assert.equal(r.message, "params.ms: expected a number, found nothing");
+  });
+});
+
+describe("ctl flags before the subcommand (item 11)", () => {
+  // On 8ee023c `ctl --key FILE call DEVICE ping` failed with "ctl: unknown subcommand FILE".
+  it("--key FILE, --timeout and --group NAME may come before the subcommand", async () => {
+    const missing = join(dir, "no-such.key");
+    const keyFirst = await run(["ctl", "--key", missing, "call", "dev-1", "ping"]);
+    assert.equal(keyFirst.code, 64);
+    assert.doesNotMatch(keyFirst.err, /unknown subcommand/);
+    assert.match(keyFirst.err, /--key .*no-such\.key: .*ENOENT/);
+    const timeoutFirst = await run(["ctl", "--timeout", "soon", "call", "dev-1", "ping", "--unsigned"]);
+    assert.match(timeoutFirst.err, /--timeout must be a duration/);
+    const groupFirst = await run(["ctl", "--group", "line-3", "update", join(dir, "no-release")]);
+    assert.doesNotMatch(groupFirst.err, /unknown subcommand/);
+  });
+});

@@ -130,7 +130,7 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
   const tty = (host.stdout as { isTTY?: boolean }).isTTY === true && !values.json;
   let drawn = 0;
   const lastPrinted = new Map<string, string>();
-  const render = (force = false) => {
+  const render = () => {
     const lines = [...devices.values()].map((d) => progressLine(d));
     if (values.json) return;
     if (tty) {
@@ -141,7 +141,7 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
     // Not a terminal: a line when a device's state changes, and each quarter of a download.
     for (const d of devices.values()) {
       const key = `${d.state}:${d.state === "downloading" && d.size ? Math.floor(((d.done ?? 0) / d.size) * 4) : ""}`;
-      if (!force && lastPrinted.get(d.device) === key) continue;
+      if (lastPrinted.get(d.device) === key) continue;
       lastPrinted.set(d.device, key);
       host.stdout.write(`${progressLine(d)}\n`);
     }
@@ -223,7 +223,8 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
     const source = values.http === undefined ? { mqtt: true } : { http: values.http };
     const call = caller.call({
       command: "update",
-      params: { manifest: signed, source },
+      // The device is told only when it is to stop at staged: an agent without the installer then stages.
+      params: { manifest: signed, source, ...(until === "staged" ? { until } : {}) },
       ...(values.group === undefined ? { device } : { group: values.group }),
       timeoutMs,
       validityMs: 60_000,
@@ -238,7 +239,8 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
     files.close();
     await client.endAsync();
   }
-  render(true);
+  // The last states: a terminal redraws them; elsewhere only a state not yet printed is printed.
+  render();
   if (devices.size === 0) {
     host.stderr.write(`outpost: TIMEOUT: no device answered within ${timeoutMs} ms\n`);
     return EXIT.FAILURE;

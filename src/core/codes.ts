@@ -85,6 +85,11 @@ export const CODES = {
   OTA_TOO_LARGE: { wire: true, meaning: "the release is larger than update.maxSize" },
   OTA_DISK_FULL: { wire: true, meaning: "state.dir has not enough free space for the release" },
   OTA_BUSY: { wire: true, meaning: "another update is in progress, being installed or on trial" },
+  OTA_NO_INSTALLER: {
+    wire: true,
+    meaning:
+      "the agent does not run from the installed layout with its update units: nothing would install the release (`ctl update --until staged` only stages it)",
+  },
   OTA_INSTALL_FAILED: {
     wire: true,
     meaning: "the privileged installer could not install the staged release (root's request.json says why)",

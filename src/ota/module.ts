@@ -37,6 +37,11 @@ const updateParams = z.strictObject({
     .string()
     .regex(/^[A-Za-z0-9_.-]{1,64}$/)
     .optional(),
+  /**
+   * "staged": the operator wants the release staged and no more (`ctl update --until staged`), so an agent
+   * without the installer stages it and ends there. An installed agent installs it all the same.
+   */
+  until: z.literal("staged").optional(),
 });
 
 /** An update's request carries the manifest and its source; its index may be 150 KB beside it. */
@@ -69,9 +74,11 @@ export const otaModule: Module<typeof updateSection> = {
       ctx.retained.set(ctx.topics.update, { ...body, ts: ctx.clock.now() });
     };
     /** Which release directory this binary runs from (`<version>-<sha12>`); none outside the installed layout. */
-    const self = sea.isSea() ? basename(dirname(process.execPath)) : undefined;
+    const self = sea.isSea() ? releaseDirOf(process.execPath) : undefined;
     /** Root's own record of an update, in the layout this binary runs from (`/opt/outpost/update`). */
     const records = self ? join(dirname(dirname(dirname(process.execPath))), "update") : undefined;
+    /** Whether root's installer is there: the layout, and the units' script `install` writes beside it. */
+    const installer = () => records !== undefined && unitsRevision(dirname(records)) !== null;
     const rootRecords = () => (records ? readRootRecords(records) : {});
     /** What the agent waits for: root to install a staged release, or its own trial to end. */
     let phase: "idle" | "installing" | "trial" | "rolling-back" = "idle";
@@ -300,6 +307,14 @@ export const otaModule: Module<typeof updateSection> = {
               const config = ctx.config().update;
               manifest = verifyManifest(p.manifest, config.trustedKeys);
               const model = manifest.kind === "model" ? modelTarget(p.task) : undefined;
+              // Known before a byte moves: staging a release nothing will install is only worth it when asked.
+              const stageOnly = !model && !installer();
+              if (stageOnly && p.until !== "staged") {
+                throw new OutpostError(
+                  "OTA_NO_INSTALLER",
+                  `this agent does not run from the installed layout (${self ? "its update units are missing" : sea.isSea() ? `${process.execPath} is not in a release directory of 'outpost install'` : "it runs from a checkout"}): nothing would install the release. 'outpost install' sets the device up; 'outpost ctl update --until staged' only stages the release`,
+                );
+              }
               const st = await statfs(ctx.config().state.dir);
               checkRelease(manifest, {
                 kind: model ? "model" : "agent",
@@ -370,6 +385,11 @@ export const otaModule: Module<typeof updateSection> = {
                 ctx.logger.info(body, `model update ${outcome.state}`);
                 return body;
               }
+              if (stageOnly) {
+                report(done);
+                ctx.logger.info(done, "update staged (no installer: staged as asked, not installed)");
+                return done;
+              }
               // Root's installer starts on this file (outpost-update.path) and verifies everything again.
               writeFileAtomically(
                 f.install,
@@ -407,6 +427,7 @@ export const otaModule: Module<typeof updateSection> = {
       describe: () => ({
         version: VERSION,
         release: self ?? null,
+        installer: installer(),
         unitsRevision: unitsRevision(records && dirname(records)),
         phase,
         trustedKeys: ctx.config().update.trustedKeys.length,
@@ -415,6 +436,13 @@ export const otaModule: Module<typeof updateSection> = {
     };
   },
 };
+
+/** The release directory a binary runs from, `<opt>/releases/<version>-<sha12>/outpost`; none elsewhere (dist/). */
+export function releaseDirOf(executable: string): string | undefined {
+  const dir = dirname(executable);
+  const name = basename(dir);
+  return basename(dirname(dir)) === "releases" && /^[0-9A-Za-z.+-]+-[0-9a-f]{12}$/.test(name) ? name : undefined;
+}
 
 /** A settled journal as `P/D/update` shows it. */
 function outcome(j: Journal): Record<string, unknown> {

@@ -139,10 +139,26 @@ it("the built x64 agent updates itself to the next build over HTTP: only the chu
   });
   try {
     await agent.waitForLog("mqtt connected", 20_000);
+    // Issue 23 items 5 and 11: on 8ee023c a binary run from dist/ reported "release": "dist", and an update
+    // to it downloaded everything and failed two minutes later. It knows at once that nothing would install it.
+    const described = (await operator.final("dev-self-update", "describe")).result as {
+      modules: { ota: { release: unknown; installer: unknown } };
+    };
+    assert.deepEqual(described.modules.ota, { ...described.modules.ota, release: null, installer: false });
+    const refused = (
+      await operator.call(
+        "dev-self-update",
+        "update",
+        { manifest: signed, source: { http: server.url("") } },
+        { timeoutMs: 20_000 },
+      )
+    ).finals[0];
+    assert.equal(refused?.error?.code, "OTA_NO_INSTALLER", JSON.stringify(refused));
+    assert.match(refused?.error?.message ?? "", /not in a release directory.*--until staged/);
     const call = await operator.call(
       "dev-self-update",
       "update",
-      { manifest: signed, source: { http: server.url("") } },
+      { manifest: signed, source: { http: server.url("") }, until: "staged" },
       { timeoutMs: 60_000 },
     );
     const reply = call.finals[0];

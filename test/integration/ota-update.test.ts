@@ -78,13 +78,14 @@ describe("the update command", () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  const update = (name: string, manifest?: unknown) => {
+  // An agent run from a checkout has no installer: it stages, and only when asked for no more (ctl's --until staged).
+  const update = (name: string, manifest?: unknown, until: "staged" | null = "staged") => {
     const r = releases.get(name);
     assert.ok(r);
     return operator.call(
       ID,
       "update",
-      { manifest: manifest ?? r.signed, source: { http: r.url } },
+      { manifest: manifest ?? r.signed, source: { http: r.url }, ...(until ? { until } : {}) },
       { timeoutMs: 20_000 },
     );
   };
@@ -206,6 +207,22 @@ describe("the update command", () => {
       watch.items.some((m) => m.json.state === "downloading"),
       "progress was published",
     );
+  });
+
+  // Issue 23 item 5: on 8ee023c an agent without the installer downloaded the whole release, showed `staged`,
+  // and failed two minutes later with OTA_INSTALL_FAILED, naming nothing the operator could do.
+  it("without the installer, refuses an update that is to be installed before downloading anything", async () => {
+    server.sent = 0;
+    const from = watch.items.length;
+    const reply = (await update("good", undefined, null)).finals[0];
+    assert.equal(reply?.state, "failed");
+    assert.equal(reply?.error?.code, "OTA_NO_INSTALLER");
+    assert.match(reply?.error?.message ?? "", /--until staged/);
+    assert.equal(server.sent, 0);
+    assert.ok(!watch.items.slice(from).some((m) => m.json.state === "downloading"));
+    const described = (await operator.final(ID, "describe")).result as { modules: { ota: Record<string, unknown> } };
+    assert.equal(described.modules.ota.installer, false);
+    assert.equal(described.modules.ota.release, null);
   });
 });
 

@@ -6,7 +6,16 @@ import { elfMachine } from "../core/elf.ts";
 import { OutpostError } from "../core/errors.ts";
 import { replaceLink, writeFileAtomically } from "../core/files.ts";
 import { releaseName } from "../version.ts";
-import { LAYOUT, rollbackScript, sysusersText, tmpfilesText, type UnitOptions, unitText, updateUnits } from "./unit.ts";
+import {
+  deviceReadme,
+  LAYOUT,
+  rollbackScript,
+  sysusersText,
+  tmpfilesText,
+  type UnitOptions,
+  unitText,
+  updateUnits,
+} from "./unit.ts";
 
 /** One thing install wants on disk, at a path inside the target root. */
 type Entry =
@@ -88,6 +97,7 @@ export function installPlan(o: InstallOptions, exampleConfig: string, tmpfilesEx
     { kind: "file", path: LAYOUT.unit, mode: 0o644, content: unitText(o.unit) },
     { kind: "link", path: LAYOUT.wants, target: LAYOUT.unit },
     { kind: "file", path: LAYOUT.rollbackScript, mode: 0o755, content: rollbackScript() },
+    { kind: "file", path: LAYOUT.readme, mode: 0o644, content: deviceReadme() },
     ...(Object.entries(updateUnits()) as [keyof ReturnType<typeof updateUnits>, string][]).map(
       ([name, content]): Entry => ({ kind: "file", path: LAYOUT[name], mode: 0o644, content }),
     ),

@@ -21,6 +21,8 @@ export const LAYOUT = {
   rollbackService: "/etc/systemd/system/outpost-rollback.service",
   rollbackWants: "/etc/systemd/system/multi-user.target.wants/outpost-rollback.path",
   rollbackScript: "/opt/outpost/rollback",
+  /** The unit's Documentation=: what to run on the device, and where the full docs are. */
+  readme: "/opt/outpost/README.txt",
   /**
    * Root's own record of an update (src/ota/root-record.ts): root-owned, no ancestor the agent can write,
    * outside the tmpfiles line that hands state.dir to the agent, persistent like the releases.
@@ -52,7 +54,7 @@ export function unitText(o: UnitOptions = UNIT_DEFAULTS): string {
 #   systemctl edit outpost
 [Unit]
 Description=Outpost edge agent
-Documentation=man:systemd.service(5)
+Documentation=file:${LAYOUT.readme}
 Wants=network-online.target
 After=network-online.target time-sync.target
 # Ten failed starts in five minutes and systemd gives up (the device stays reachable over ssh).
@@ -134,6 +136,25 @@ const REVISION_LINE = `# outpost units revision ${UNITS_REVISION}`;
  * staged release (or to finish a committed trial), outpost-rollback.service runs a shell script that needs
  * nothing from the release on trial.
  */
+/** The page the unit's Documentation= names: the commands an operator on the device needs first. */
+export function deviceReadme(): string {
+  return `Outpost edge agent, installed by \`outpost install\` (a second install rewrites this file).
+
+  systemctl status outpost            what it is doing (its STATUS line), and whether it is up
+  journalctl -u outpost -f            its log (JSON lines; --output cat for the bare lines)
+  outpost config validate ${LAYOUT.config}
+                                      check a change of the config, then: systemctl reload outpost
+  outpost config print --sources      what the agent uses, and where each value comes from
+  outpost --help                      every command
+
+Layout: ${LAYOUT.releases}/<version>-<sha12>/outpost (${LAYOUT.current} and ${LAYOUT.bin} link to the
+running one), ${LAYOUT.config}, ${LAYOUT.state} (the service user's), ${LAYOUT.unit}.
+Updates are installed by outpost-update.service and undone by outpost-rollback.service (root's records in
+${LAYOUT.updateRecords}). The full documentation is README.md and docs/ (service.md, ota.md, mqtt-api.md,
+security.md) of the Outpost source the binary was built from.
+`;
+}
+
 export function updateUnits(): Record<"updatePath" | "updateService" | "rollbackPath" | "rollbackService", string> {
   const head = `# Written by \`outpost install\` and by a committed update; docs/ota.md explains the update's units.\n${REVISION_LINE}\n`;
   return {

@@ -84,6 +84,7 @@ describe("outpost install --root and uninstall (built x64 binary)", () => {
       "etc/systemd/system/outpost.service file 644",
       "opt dir 755",
       "opt/outpost dir 755",
+      "opt/outpost/README.txt file 644",
       "opt/outpost/current link -> releases/R",
       "opt/outpost/releases dir 755",
       "opt/outpost/releases/R dir 755",

@@ -145,3 +145,14 @@ describe("ctl flags before the subcommand (item 11)", () => {
     assert.doesNotMatch(groupFirst.err, /unknown subcommand/);
   });
 });
+
+describe("the unit's documentation (item 11)", () => {
+  // On 8ee023c the unit's Documentation= named systemd's manual, not Outpost's.
+  it("names a page install writes beside the releases, which says where the log and the docs are", async () => {
+    const { LAYOUT, unitText, deviceReadme } = await import("../../src/service/unit.ts");
+    assert.match(unitText(), new RegExp(`^Documentation=file:${LAYOUT.readme}$`, "m"));
+    assert.doesNotMatch(unitText(), /man:systemd/);
+    assert.match(deviceReadme(), /journalctl -u outpost/);
+    assert.match(deviceReadme(), /outpost config validate/);
+  });
+});

@@ -30,11 +30,12 @@ process.on("SIGHUP", () => {
   for (const listener of hangupListeners) listener();
 });
 
-// From a checkout (src/main.ts on the pinned Node) the way back in is npm; a built binary is its own path.
+// From a checkout (src/main.ts on the pinned Node) the way back in is npm; a built binary is run again the way
+// it was started (`outpost` from PATH, `./dist/outpost-linux-x64`), which argv0 keeps.
 const fromSource = process.argv[1]?.endsWith("main.ts") === true;
 const host: Host = {
   env: process.env,
-  invocation: fromSource ? "npm run -s outpost --" : process.execPath,
+  invocation: fromSource ? "npm run -s outpost --" : process.argv0 || process.execPath,
   ...(fromSource ? {} : { executable: process.execPath }),
   uid: process.getuid?.(),
   hostname: hostname(),

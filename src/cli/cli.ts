@@ -2,7 +2,7 @@ import { parseArgs } from "node:util";
 import { errorMessage, isOutpostError } from "../core/errors.ts";
 import { versionLine } from "../version.ts";
 import { configCommand, DEFAULT_CONFIG } from "./config-command.ts";
-import { EXIT, type Host, UsageError } from "./host.ts";
+import { EXIT, type Host, me, UsageError } from "./host.ts";
 import { runCommand } from "./run-command.ts";
 
 const HELP: Record<string, string> = {
@@ -64,7 +64,7 @@ export async function cli(argv: string[], host: Host): Promise<number> {
     return await dispatch(argv, host);
   } catch (err) {
     if (err instanceof UsageError || (err as { code?: string }).code?.startsWith("ERR_PARSE_ARGS")) {
-      host.stderr.write(`outpost: ${errorMessage(err)}\nRun 'outpost --help' for usage.\n`);
+      host.stderr.write(`outpost: ${errorMessage(err)}\nRun '${me(host)} --help' for usage.\n`);
       return EXIT.USAGE;
     }
     host.stderr.write(`outpost: ${errorMessage(err)}\n`);

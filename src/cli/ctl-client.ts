@@ -46,7 +46,7 @@ function connectOnce(options: IClientOptions): Promise<MqttClient> {
  * 3.10 closes it unanswered). `protocolVersion` (`--protocol`) takes one version only. A connection that never
  * completes rejects (`MQTT_CLOSED` or the socket's error): `ctl` exits 69, never 0 having done nothing.
  */
-export async function connectBroker(o: BrokerOptions): Promise<MqttClient> {
+export async function connectBroker(o: BrokerOptions & { origin?: string }): Promise<MqttClient> {
   const base: IClientOptions = {
     ...endpointOptions(o),
     clientId: `outpost-ctl-${randomBytes(6).toString("hex")}`,
@@ -64,9 +64,14 @@ export async function connectBroker(o: BrokerOptions): Promise<MqttClient> {
       client = await connectOnce({ ...base, protocolVersion: 4 });
     }
   } catch (err) {
-    throw new OutpostError("BROKER_UNAVAILABLE", `no connection to the broker at ${o.url}: ${errorMessage(err)}`, {
-      cause: err,
-    });
+    const origin = o.origin ? ` (${o.origin})` : "";
+    throw new OutpostError(
+      "BROKER_UNAVAILABLE",
+      `no connection to the broker at ${o.url}${origin}: ${errorMessage(err)}`,
+      {
+        cause: err,
+      },
+    );
   }
   // MQTT.js leaves Nagle on: every request/reply would wait about 40 ms for a delayed ACK.
   (client.stream as Partial<Socket> | undefined)?.setNoDelay?.(true);

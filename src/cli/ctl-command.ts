@@ -12,7 +12,8 @@ import { BROKER_URL } from "../core/patterns.ts";
 import { readPasswordFile } from "../mqtt/options.ts";
 import { allDevices, deviceTopics } from "../mqtt/topics.ts";
 import { type BrokerOptions, Caller, connectBroker, type Signer } from "./ctl-client.ts";
-import { EXIT, type Host, UsageError } from "./host.ts";
+import { ctlSettings, printCtlSettings } from "./ctl-settings.ts";
+import { EXIT, type Host, me, UsageError } from "./host.ts";
 import { applyMessage, type DeviceView, viewUpdate } from "./view.ts";
 
 export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|update> [options]
@@ -97,7 +98,7 @@ export function keygenCommand(host: Host, args: string[]): number {
   const name = /^[A-Za-z0-9._-]{1,64}$/.test(basename(values.out)) ? basename(values.out) : "ops";
   host.stdout.write(
     `trust it for commands on a device (/etc/outpost/config.yaml):\n  commands:\n    trustedKeys:\n      - { name: ${name}, key: "${keys.publicText}", allow: ["*"] }\n` +
-      "a release key (for 'outpost release') is made with 'outpost keygen --release' and goes in update.trustedKeys\n",
+      `a release key (for 'outpost release') is made with '${me(host)} keygen --release' and goes in update.trustedKeys\n`,
   );
   return EXIT.OK;
 }
@@ -136,6 +137,11 @@ export async function ctlCommand(host: Host, args: string[]): Promise<number> {
       const { ctlUpdate } = await import("./ctl-update.ts");
       return ctlUpdate(host, rest);
     }
+    case "config": {
+      const { values } = parseArgs({ args: rest, options: { ...BROKER_FLAGS, key: { type: "string" } } });
+      printCtlSettings(host, ctlSettings(host, values));
+      return EXIT.OK;
+    }
     default:
       throw new UsageError(sub === undefined ? "ctl: missing subcommand" : `ctl: unknown subcommand ${sub}`);
   }
@@ -145,24 +151,41 @@ type BrokerValues = {
   [K in keyof typeof BROKER_FLAGS]?: (typeof BROKER_FLAGS)[K]["type"] extends "boolean" ? boolean : string;
 };
 
-export function brokerOptions(host: Host, v: BrokerValues): BrokerOptions & { prefix: string } {
-  const url = v.broker ?? host.env.OUTPOST_CTL_BROKER ?? "mqtt://127.0.0.1:1883";
-  if (!BROKER_URL.test(url)) throw new UsageError(`--broker must be an mqtt:// or mqtts:// URL, not ${url}`);
-  const protocol = v.protocol ?? host.env.OUTPOST_CTL_PROTOCOL ?? "auto";
+/** Where the broker is and who ctl is, from its flags, the environment, ~/.outpost/ctl.yaml and the defaults. */
+export function brokerOptions(host: Host, v: BrokerValues): BrokerOptions & { prefix: string; origin: string } {
+  const s = ctlSettings(host, v);
+  const url = s.broker.value ?? "";
+  if (!BROKER_URL.test(url))
+    throw new UsageError(`--broker must be an mqtt:// or mqtts:// URL, not ${url} (${s.broker.origin})`);
+  const protocol = s.protocol.value ?? "auto";
   if (protocol !== "auto" && protocol !== "4" && protocol !== "5")
-    throw new UsageError(`--protocol must be 5, 4 (MQTT 3.1.1) or auto, not ${protocol}`);
-  const passwordFile = v["password-file"];
-  const password = passwordFile ? readPasswordFile(passwordFile) : host.env.OUTPOST_CTL_PASSWORD;
+    throw new UsageError(`--protocol must be 5, 4 (MQTT 3.1.1) or auto, not ${protocol} (${s.protocol.origin})`);
+  const passwordFile = s.passwordFile.value;
+  // The flag or the file's passwordFile wins over the variable that holds the password itself.
+  const password = passwordFile ? readPasswordFile(passwordFile) : s.password.value;
+  // A connection that fails says where its address came from, and how to give another.
+  const origin =
+    s.broker.origin === "default"
+      ? `the default: give --broker, OUTPOST_CTL_BROKER or broker: in ${s.file ?? "~/.outpost/ctl.yaml"}`
+      : s.broker.origin.startsWith("in ")
+        ? s.broker.origin
+        : `from ${s.broker.origin}`;
   return {
     url,
-    username: v.username ?? host.env.OUTPOST_CTL_USERNAME,
+    username: s.username.value,
     password,
-    ca: v.ca,
-    cert: v.cert,
-    key: v["tls-key"],
-    prefix: v.prefix ?? host.env.OUTPOST_CTL_PREFIX ?? "outpost/v1",
+    ca: s.ca.value,
+    cert: s.cert.value,
+    key: s.tlsKey.value,
+    prefix: s.prefix.value ?? "outpost/v1",
+    origin,
     ...(protocol === "auto" ? {} : { protocolVersion: protocol === "4" ? 4 : 5 }),
   };
+}
+
+/** The operator key's file: --key, OUTPOST_CTL_KEY, or key: in ~/.outpost/ctl.yaml. */
+export function keyFileOf(host: Host, v: { key?: string | undefined }): string | undefined {
+  return ctlSettings(host, v).key.value;
 }
 
 export function durationFlag(name: string, text: string | undefined, fallback: number): number {
@@ -408,10 +431,13 @@ async function call(host: Host, args: string[]): Promise<number> {
     throw new UsageError("--expect must be a positive integer");
   const timeoutMs = durationFlag("timeout", values.timeout, 10_000);
   const validityMs = durationFlag("validity", values.validity, 60_000);
-  const keyFile = values.key ?? host.env.OUTPOST_CTL_KEY;
+  const keyFile = keyFileOf(host, values);
   let signer: Signer | undefined;
   if (!values.unsigned) {
-    if (keyFile === undefined) throw new UsageError("ctl call: --key FILE (or OUTPOST_CTL_KEY) is needed to sign");
+    if (keyFile === undefined)
+      throw new UsageError(
+        "ctl call: --key FILE (or OUTPOST_CTL_KEY, or key: in ~/.outpost/ctl.yaml) is needed to sign",
+      );
     const privateKey = readPrivateKey(keyFile);
     signer = { privateKey, publicText: publicKeyText(createPublicKey(privateKey)) };
   }

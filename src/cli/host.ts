@@ -23,3 +23,8 @@ export interface Host {
 export const EXIT = { OK: 0, FAILURE: 1, USAGE: 64, UNAVAILABLE: 69, RESTART: 75, CONFIG: 78 } as const;
 
 export class UsageError extends Error {}
+
+/** The command line that runs this program again where it runs now: `outpost`, a binary's path, or npm. */
+export function me(host: Host): string {
+  return host.invocation ?? "outpost";
+}

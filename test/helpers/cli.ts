@@ -6,7 +6,12 @@ import type { Host } from "../../src/cli/host.ts";
  * Runs the command line in-process, as the binary would, with its output collected. `stopAfterMs`: a Ctrl-C
  * after that long, for commands that run until stopped.
  */
-export async function runCli(argv: string[], env: Record<string, string> = {}, stopAfterMs?: number) {
+export async function runCli(
+  argv: string[],
+  env: Record<string, string> = {},
+  stopAfterMs?: number,
+  more: Partial<Host> = {},
+) {
   const stdout = new PassThrough();
   const stderr = new PassThrough();
   let out = "";
@@ -20,7 +25,7 @@ export async function runCli(argv: string[], env: Record<string, string> = {}, s
   const stopRequested = new Promise<string>((resolve) => {
     if (stopAfterMs !== undefined) setTimeout(() => resolve("SIGINT"), stopAfterMs);
   });
-  const host: Host = { env, hostname: "test-host", stdout, stderr, stopRequested, onHangup: () => () => {} };
+  const host: Host = { env, hostname: "test-host", stdout, stderr, stopRequested, onHangup: () => () => {}, ...more };
   const started = performance.now();
   const code = await cli(argv, host);
   return { code, out, err, ms: performance.now() - started };

@@ -35,7 +35,7 @@ describe("command line", () => {
     assert.equal((await run(["ctl", "call", "dev-1"])).code, 64);
     const noKey = await run(["ctl", "call", "dev-1", "ping"]);
     assert.equal(noKey.code, 64);
-    assert.match(noKey.err, /--key FILE \(or OUTPOST_CTL_KEY\) is needed to sign/);
+    assert.match(noKey.err, /--key FILE \(or OUTPOST_CTL_KEY, or key: in ~\/.outpost\/ctl.yaml\) is needed to sign/);
     assert.equal((await run(["ctl", "call", "dev-1", "ping", "--unsigned", "--params", "{x"])).code, 64);
     assert.equal((await run(["ctl", "call", "dev-1", "ping", "--unsigned", "--timeout", "soon"])).code, 64);
     assert.equal((await run(["ctl", "devices", "--broker", "http://x"])).code, 64);

@@ -156,3 +156,56 @@ describe("the unit's documentation (item 11)", () => {
     assert.match(deviceReadme(), /outpost config validate/);
   });
 });
+
+describe("hints print what works where they run (item 1)", () => {
+  // On 8ee023c a usage error said "Run 'outpost --help'", which is not on PATH in a checkout.
+  it("a usage error and keygen's hint name the way this program was started", async () => {
+    const fromCheckout = { invocation: "npm run -s outpost --" };
+    const usage = await run(["frobnicate"], {}, undefined, fromCheckout);
+    assert.equal(usage.code, 64);
+    assert.match(usage.err, /Run 'npm run -s outpost -- --help' for usage/);
+    const keygen = await run(["keygen", "--out", join(dir, "hint")], {}, undefined, fromCheckout);
+    assert.match(keygen.out, /'npm run -s outpost -- keygen --release'/);
+    const installed = await run(["frobnicate"], {}, undefined, { invocation: "outpost" });
+    assert.match(installed.err, /Run 'outpost --help' for usage/);
+  });
+});
+
+describe("ctl's settings (items 8 and 13)", () => {
+  // On 8ee023c ctl read its broker and key only from flags and the environment, and a refused connection said
+  // only "connect ECONNREFUSED 127.0.0.1:1883".
+  it("reads ~/.outpost/ctl.yaml under the environment and the flags; ctl config says where each value comes from", async () => {
+    const home = join(dir, "home");
+    const { mkdirSync } = await import("node:fs");
+    mkdirSync(join(home, ".outpost"), { recursive: true });
+    writeFileSync(join(home, ".outpost", "ctl.yaml"), "broker: mqtt://127.0.0.1:1\nkey: ops.key\nprefix: plant/v1\n");
+    const file = join(home, ".outpost", "ctl.yaml");
+    const shown = await run(["ctl", "config"], { HOME: home, OUTPOST_CTL_PREFIX: "line/v1" });
+    assert.equal(shown.code, 0, shown.err);
+    const line = (name: string) => shown.out.split("\n").find((l) => l.startsWith(`${name} `)) ?? "";
+    assert.match(line("broker"), new RegExp(`^broker +mqtt://127\\.0\\.0\\.1:1  # in ${file}$`));
+    assert.match(line("key"), new RegExp(`^key +${join(home, ".outpost", "ops.key")}  # in ${file}$`));
+    assert.match(line("prefix"), /^prefix +line\/v1 {2}# OUTPOST_CTL_PREFIX$/);
+    assert.match(line("protocol"), /^protocol +auto {2}# default$/);
+    const flagged = await run(["ctl", "config", "--broker", "mqtt://127.0.0.1:2"], { HOME: home });
+    assert.match(flagged.out, /^broker +mqtt:\/\/127\.0\.0\.1:2 {2}# --broker$/m);
+    // A refused connection names where the address came from.
+    const refused = await run(["ctl", "devices"], { HOME: home });
+    assert.equal(refused.code, 69);
+    assert.match(refused.err, new RegExp(`no connection to the broker at mqtt://127\\.0\\.0\\.1:1 \\(in ${file}\\)`));
+    const bad = join(dir, "bad-ctl.yaml");
+    writeFileSync(bad, "brokr: mqtt://x\n");
+    const invalid = await run(["ctl", "devices"], { OUTPOST_CTL_CONFIG: bad });
+    assert.equal(invalid.code, 64);
+    assert.match(invalid.err, /bad-ctl\.yaml: unknown key brokr \(known: broker,/);
+  });
+
+  it("the default broker's refusal names --broker, OUTPOST_CTL_BROKER and the file", async () => {
+    const { brokerOptions } = await import("../../src/cli/ctl-command.ts");
+    const host = { env: { HOME: "/home/op" } } as unknown as Parameters<typeof brokerOptions>[0];
+    assert.equal(
+      brokerOptions(host, {}).origin,
+      "the default: give --broker, OUTPOST_CTL_BROKER or broker: in /home/op/.outpost/ctl.yaml",
+    );
+  });
+});

@@ -1,0 +1,128 @@
+// Where `outpost ctl` takes its settings from: its flags, then the environment, then `~/.outpost/ctl.yaml`, then
+// the defaults. An operator sets the broker and the key once, in the file, instead of in every shell.
+import { readFileSync } from "node:fs";
+import { dirname, isAbsolute, join, resolve } from "node:path";
+import { parse } from "yaml";
+import { z } from "zod";
+import { errorMessage } from "../core/errors.ts";
+import type { Host } from "./host.ts";
+import { UsageError } from "./host.ts";
+
+/** Each setting: its flag, its variable, its key in the file, whether it names a file, and its default. */
+const SETTINGS = {
+  broker: { flag: "broker", env: "OUTPOST_CTL_BROKER", file: "broker", path: false, fallback: "mqtt://127.0.0.1:1883" },
+  username: { flag: "username", env: "OUTPOST_CTL_USERNAME", file: "username", path: false },
+  password: { flag: undefined, env: "OUTPOST_CTL_PASSWORD", file: undefined, path: false },
+  passwordFile: { flag: "password-file", env: undefined, file: "passwordFile", path: true },
+  ca: { flag: "ca", env: undefined, file: "ca", path: true },
+  cert: { flag: "cert", env: undefined, file: "cert", path: true },
+  tlsKey: { flag: "tls-key", env: undefined, file: "tlsKey", path: true },
+  prefix: { flag: "prefix", env: "OUTPOST_CTL_PREFIX", file: "prefix", path: false, fallback: "outpost/v1" },
+  protocol: { flag: "protocol", env: "OUTPOST_CTL_PROTOCOL", file: "protocol", path: false, fallback: "auto" },
+  key: { flag: "key", env: "OUTPOST_CTL_KEY", file: "key", path: true },
+} as const satisfies Record<
+  string,
+  { flag: string | undefined; env: string | undefined; file: string | undefined; path: boolean; fallback?: string }
+>;
+
+export type CtlSettingName = keyof typeof SETTINGS;
+
+/** The file's keys: the settings that have one (the password itself only from a file or the environment). */
+const fileSchema = z.strictObject({
+  broker: z
+    .string()
+    .regex(/^mqtts?:\/\//, "expected an mqtt:// or mqtts:// URL")
+    .optional(),
+  username: z.string().min(1).optional(),
+  passwordFile: z.string().min(1).optional(),
+  ca: z.string().min(1).optional(),
+  cert: z.string().min(1).optional(),
+  tlsKey: z.string().min(1).optional(),
+  prefix: z.string().min(1).optional(),
+  protocol: z.union([z.literal("auto"), z.literal(4), z.literal(5), z.literal("4"), z.literal("5")]).optional(),
+  key: z.string().min(1).optional(),
+});
+
+/** The largest ctl.yaml read: a few lines; a cap keeps a wrong path (a device node, a huge file) harmless. */
+const MAX_FILE = 64 * 1024;
+
+export interface CtlSetting {
+  value: string | undefined;
+  /** `--broker`, `OUTPOST_CTL_BROKER`, `in ~/.outpost/ctl.yaml`, or `default`. */
+  origin: string;
+}
+
+export type CtlSettings = Record<CtlSettingName, CtlSetting> & { file: string | undefined };
+
+/** The file `ctl` reads: OUTPOST_CTL_CONFIG, else ~/.outpost/ctl.yaml (none without a home directory). */
+export function ctlConfigPath(env: Host["env"]): string | undefined {
+  if (env.OUTPOST_CTL_CONFIG) return env.OUTPOST_CTL_CONFIG;
+  return env.HOME ? join(env.HOME, ".outpost", "ctl.yaml") : undefined;
+}
+
+/** Every setting with where it came from. `flags`: the parsed command line (string flags only are read). */
+export function ctlSettings(host: Host, flags: Readonly<Record<string, unknown>>): CtlSettings {
+  const path = ctlConfigPath(host.env);
+  const fromFile = path === undefined ? {} : readCtlFile(path, host.env.OUTPOST_CTL_CONFIG !== undefined);
+  const out = { file: path } as CtlSettings;
+  for (const [name, s] of Object.entries(SETTINGS) as [CtlSettingName, (typeof SETTINGS)[CtlSettingName]][]) {
+    const flag = s.flag === undefined ? undefined : flags[s.flag];
+    const env = s.env === undefined ? undefined : host.env[s.env];
+    const file = s.file === undefined ? undefined : fromFile[s.file as keyof typeof fromFile];
+    if (typeof flag === "string") out[name] = { value: flag, origin: `--${s.flag}` };
+    else if (env !== undefined && env !== "") out[name] = { value: env, origin: s.env ?? "" };
+    else if (file !== undefined && path !== undefined) {
+      // A file named in ctl.yaml is relative to ctl.yaml's directory, and ~ is the home directory.
+      const text = String(file);
+      const value = s.path ? inHome(text, host.env.HOME, dirname(path)) : text;
+      out[name] = { value, origin: `in ${path}` };
+    } else out[name] = { value: "fallback" in s ? s.fallback : undefined, origin: "default" };
+  }
+  return out;
+}
+
+function inHome(text: string, home: string | undefined, base: string): string {
+  if (home && (text === "~" || text.startsWith("~/"))) return join(home, text.slice(1));
+  return isAbsolute(text) ? text : resolve(base, text);
+}
+
+function readCtlFile(path: string, required: boolean): z.output<typeof fileSchema> {
+  let text: string;
+  try {
+    const buf = readFileSync(path);
+    if (buf.length > MAX_FILE) throw new UsageError(`${path}: larger than 64 KiB; it holds a few settings`);
+    text = buf.toString("utf8");
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    if ((err as NodeJS.ErrnoException).code === "ENOENT" && !required) return {};
+    throw new UsageError(`${path}: ${errorMessage(err)}`);
+  }
+  let raw: unknown;
+  try {
+    raw = parse(text) ?? {};
+  } catch (err) {
+    throw new UsageError(`${path}: not valid YAML: ${errorMessage(err).split("\n")[0]}`);
+  }
+  const parsed = fileSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const key = issue?.path.join(".") || "(file)";
+    const known = Object.keys(fileSchema.shape).join(", ");
+    const what =
+      issue?.code === "unrecognized_keys"
+        ? `unknown key ${issue.keys.join(", ")} (known: ${known})`
+        : `${key}: ${issue?.message ?? "invalid"}`;
+    throw new UsageError(`${path}: ${what}`);
+  }
+  return parsed.data;
+}
+
+/** `ctl config`: each setting, its value (never a password) and where it comes from. */
+export function printCtlSettings(host: Host, settings: CtlSettings): void {
+  host.stdout.write(`# ctl settings: flags, then the environment, then ${settings.file ?? "(no home directory)"}\n`);
+  for (const name of Object.keys(SETTINGS) as CtlSettingName[]) {
+    const s = settings[name];
+    const shown = s.value === undefined ? "-" : name === "password" ? "<redacted>" : s.value;
+    host.stdout.write(`${name.padEnd(13)} ${shown}  # ${s.origin}\n`);
+  }
+}

@@ -93,6 +93,6 @@ function configSet(settings: ConfigStore, patch: Record<string, unknown>, caller
     );
     throw new OutpostError(invalid ? "BAD_PARAMS" : result.code, problems.join("; "), { details: problems });
   }
-  const { snapshot, changed, restartRequired } = result;
-  return { ok: true, version: snapshot.version, hash: snapshot.hash, changed, restartRequired };
+  const { snapshot, changed, restartRequired, shadowed } = result;
+  return { ok: true, version: snapshot.version, hash: snapshot.hash, changed, restartRequired, shadowed };
 }

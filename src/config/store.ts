@@ -10,12 +10,15 @@ import type { Logger } from "../core/logger.ts";
 import { type Config, LOCAL_ONLY_KEYS, RESTART_KEYS } from "../schema.ts";
 import {
   type ConfigProblem,
+  dottedPath,
   formatProblems,
   type LoadedConfig,
   type LoadOptions,
   leafPaths,
+  leaves,
   loadConfig,
   mergePatch,
+  originOf,
   redact,
 } from "./load.ts";
 import { TRUST_KEYS } from "./schema.ts";
@@ -27,8 +30,14 @@ export interface Snapshot {
   readonly hash: string;
 }
 
+/** A key a `config.set` named that the environment sets: the change is stored, but the variable's value is used. */
+export interface Shadowed {
+  path: string;
+  by: string;
+}
+
 export type ApplyResult =
-  | { ok: true; snapshot: Snapshot; changed: string[]; restartRequired: string[] }
+  | { ok: true; snapshot: Snapshot; changed: string[]; restartRequired: string[]; shadowed: Shadowed[] }
   | { ok: false; code: Code; problems: ConfigProblem[] };
 
 /** A refusal of a remote change beyond validation: who may make it, or what it would leave behind. */
@@ -188,7 +197,15 @@ export class ConfigStore extends EventEmitter<{
       };
     }
     this.overrides = next;
-    return this.swap(loaded, reason, changed);
+    // The environment wins over config.set: a change it shadows is kept for when the variable goes, and said.
+    const shadowed = leaves(patch).flatMap(({ segments }) => {
+      const origin = originOf(loaded.origins, segments);
+      return origin?.startsWith("from ") ? [{ path: dottedPath(segments), by: origin.slice(5) }] : [];
+    });
+    if (shadowed.length > 0) {
+      this.log?.warn({ reason, shadowed }, "config.set names keys the environment sets: the environment's values stay");
+    }
+    return { ...this.swap(loaded, reason, changed), shadowed } as ApplyResult;
   }
 
   /**
@@ -247,12 +264,13 @@ export class ConfigStore extends EventEmitter<{
     changed = diffPaths(this.snapshot.config, loaded.config),
   ): ApplyResult {
     const previous = this.snapshot;
-    if (changed.length === 0) return { ok: true, snapshot: previous, changed, restartRequired: this.restartRequired() };
+    if (changed.length === 0)
+      return { ok: true, snapshot: previous, changed, restartRequired: this.restartRequired(), shadowed: [] };
     this.snapshot = freeze({ version: previous.version + 1, config: loaded.config, hash: loaded.hash });
     const restartRequired = this.restartRequired();
     this.log?.info({ reason, version: this.snapshot.version, changed, restartRequired }, "configuration applied");
     this.emit("change", this.snapshot, previous);
-    return { ok: true, snapshot: this.snapshot, changed, restartRequired };
+    return { ok: true, snapshot: this.snapshot, changed, restartRequired, shadowed: [] };
   }
 
   private rejected(refusal: PatchRefusal, reason: string): ApplyResult {

@@ -209,3 +209,19 @@ describe("ctl's settings (items 8 and 13)", () => {
     );
   });
 });
+
+describe("config.set under the environment (item 9)", () => {
+  // On 8ee023c config.set answered ok with changed: [] when the environment set the key (the demo sets
+  // OUTPOST_TELEMETRY__INTERVAL, so the README's own example changed nothing), and said nothing about why.
+  it("says which keys of the patch the environment shadows, and by which variable", async () => {
+    const { ConfigStore } = await import("../../src/config/store.ts");
+    const store = new ConfigStore({
+      hostname: "h",
+      env: { OUTPOST_TELEMETRY__INTERVAL: "1s", OUTPOST_STATE__DIR: join(dir, "shadow-state") },
+    });
+    const result = store.patch({ telemetry: { interval: "5s", fullInterval: "1m" } });
+    assert.ok(result.ok);
+    assert.deepEqual(result.changed, ["telemetry.fullInterval"]);
+    assert.deepEqual(result.shadowed, [{ path: "telemetry.interval", by: "OUTPOST_TELEMETRY__INTERVAL" }]);
+  });
+});

@@ -353,7 +353,10 @@ async function watch(host: Host, args: string[]): Promise<number> {
       finish();
     });
     await client.subscribeAsync(
-      targets.flatMap((d) => [deviceTopics(o.prefix, d).status, deviceTopics(o.prefix, d).telemetry]),
+      targets.flatMap((d) => {
+        const t = deviceTopics(o.prefix, d);
+        return [t.status, t.telemetry, t.telemetryFull];
+      }),
       { qos: 0 },
     );
     // Retained statuses come right after the subscription: a named device without one is probably a typo.

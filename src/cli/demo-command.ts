@@ -13,7 +13,7 @@ import { errorMessage } from "../core/errors.ts";
 import { createLogger } from "../core/logger.ts";
 import { allDevices } from "../mqtt/topics.ts";
 import { demoFiles, demoTask } from "../tasks/demo.ts";
-import { EXIT, type Host, UsageError } from "./host.ts";
+import { EXIT, type Host, me, UsageError } from "./host.ts";
 import { applyMessage, type DeviceView, viewUpdate } from "./view.ts";
 
 export interface DemoOptions {
@@ -53,24 +53,25 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
   writeFileSync(model, demo.model);
   const camera = join(stateDir, "camera");
 
-  // The demo's config goes through the same loader as `run`, so the environment can still override it.
-  const settings = new ConfigStore({
-    hostname: host.hostname,
-    env: {
-      OUTPOST_MQTT__URL: `mqtt://127.0.0.1:${port}`,
-      // The embedded broker (aedes) speaks 3.1.1 only: no fallback warning about our own broker.
-      OUTPOST_MQTT__PROTOCOL_VERSION: "4",
-      OUTPOST_TELEMETRY__INTERVAL: interval,
-      OUTPOST_STATE__DIR: stateDir,
-      OUTPOST_COMMANDS__TRUSTED_KEYS: JSON.stringify([{ name: "demo", key: keys.publicText }]),
-      OUTPOST_TASKS__WORKERS: "1",
-      OUTPOST_TASKS__DEFINE: JSON.stringify({ inspect: demoTask(model, camera) }),
-      ...host.env,
-    },
-  });
+  // The demo's config goes through the same loader as `run`, so the environment can still override it; it is
+  // read again at each start, so that a `restart` picks up what config.set stored, as on a device.
+  const demoEnv = {
+    OUTPOST_MQTT__URL: `mqtt://127.0.0.1:${port}`,
+    // The embedded broker (aedes) speaks 3.1.1 only: no fallback warning about our own broker.
+    OUTPOST_MQTT__PROTOCOL_VERSION: "4",
+    OUTPOST_TELEMETRY__INTERVAL: interval,
+    OUTPOST_STATE__DIR: stateDir,
+    OUTPOST_COMMANDS__TRUSTED_KEYS: JSON.stringify([{ name: "demo", key: keys.publicText }]),
+    OUTPOST_TASKS__WORKERS: "1",
+    OUTPOST_TASKS__DEFINE: JSON.stringify({ inspect: demoTask(model, camera) }),
+    ...host.env,
+  };
+  const open = () => new ConfigStore({ hostname: host.hostname, env: demoEnv });
+  let settings = open();
   const { config } = settings.current();
   const { logger, flush, setLevel } = await createLogger({ level: config.log.level, format: "json", fd: logFd });
-  const agent = createAgent({ settings, logger, setLogLevel: setLevel, clock: systemClock });
+  const boot = () => createAgent({ settings, logger, setLogLevel: setLevel, clock: systemClock });
+  let agent = boot();
 
   const tty = host.stdout.isTTY === true;
   const devices = new Map<string, DeviceView>();
@@ -78,16 +79,23 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
   const header = [
     `outpost demo: embedded broker on mqtt://127.0.0.1:${port} (MQTT 3.1.1), agent log ${logFile}`,
     `watch it from another terminal: mosquitto_sub -p ${port} -t '${prefix}/#' -v      Ctrl-C stops`,
-    `command it: ${host.invocation ?? "outpost"} ctl call --broker mqtt://127.0.0.1:${port} --key ${keyFile} ${config.device.id} describe`,
+    `command it: ${me(host)} ctl call --broker mqtt://127.0.0.1:${port} --key ${keyFile} ${config.device.id} describe`,
+    `or set once in a shell: export OUTPOST_CTL_BROKER=mqtt://127.0.0.1:${port} OUTPOST_CTL_KEY=${keyFile}`,
   ];
   if (!tty) host.stdout.write(`${header.join("\n")}\n`);
 
   const viewer = mqtt.connect({ host: "127.0.0.1", port, protocolVersion: 4, reconnectPeriod: 1000 });
   viewer.on("error", (err) => logger.warn({ err: errorMessage(err) }, "demo viewer error"));
   viewer.on("connect", () => {
-    viewer.subscribe([allDevices(prefix, "status"), allDevices(prefix, "telemetry"), `${prefix}/+/results/+`], {
-      qos: 0,
-    });
+    viewer.subscribe(
+      [
+        allDevices(prefix, "status"),
+        allDevices(prefix, "telemetry"),
+        allDevices(prefix, "telemetry/full"),
+        `${prefix}/+/results/+`,
+      ],
+      { qos: 0 },
+    );
   });
   viewer.on("message", (topic, payload) => {
     try {
@@ -109,7 +117,15 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
     const hangup = new Promise<void>((resolve) => {
       unhook = host.onHangup(resolve);
     });
-    await Promise.race([host.stopRequested, hangup]);
+    const stop = Promise.race([host.stopRequested, hangup]).then(() => "stop" as const);
+    // The `restart` command: on a device systemd starts the agent again; here the demo does, in place (same
+    // broker, state and view), and the new agent sends the restart's final reply, as a device's would.
+    while ((await Promise.race([stop, agent.restartRequested.then(() => "restart" as const)])) === "restart") {
+      await agent.stop(2000);
+      settings = open();
+      agent = boot();
+      await agent.start();
+    }
     unhook();
     cameraStop.abort();
     await dropping;

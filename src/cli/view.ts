@@ -7,6 +7,10 @@ export interface DeviceView {
   status?: Record<string, unknown>;
   /** The latest telemetry message, with `metrics` and `errors` merged from the full and partial samples so far. */
   telemetry?: Record<string, unknown>;
+  /** When the last full sample this view holds was taken (live or the retained copy). */
+  fullTs?: number;
+  /** When the sample that carried the uptime was taken (uptime is sent with full samples only). */
+  uptimeAt?: number;
   /** The latest task results, newest last. */
   results?: Record<string, unknown>[];
   received: number;
@@ -105,7 +109,7 @@ export function renderPanel(devices: DeviceView[], header: string[]): string {
     lines.push(
       `  session   ${String(t.session ?? s.session ?? "-")}  seq ${num(t.seq) ?? "-"}  messages ${device.received}`,
     );
-    const cores = Array.isArray(cpu.cores) ? (cpu.cores as unknown[]).map((c) => fmt(num(c), "", 0)).join(" ") : "-";
+    const cores = Array.isArray(cpu.cores) ? (cpu.cores as unknown[]).map((c) => fmt(num(c), "%", 0)).join(" ") : "-";
     lines.push(`  cpu       ${fmt(num(cpu.load), "%")}   cores ${cores}`);
     const total = num(mem.total);
     const used = num(mem.used);
@@ -113,7 +117,7 @@ export function renderPanel(devices: DeviceView[], header: string[]): string {
       `  memory    ${used === undefined ? "-" : (used / MiB).toFixed(0)} / ${total === undefined ? "-" : (total / MiB).toFixed(0)} MiB`,
     );
     lines.push(`  disk /    ${fmt(num(disk.usePercent), "%")}   load ${fmt(num(load["1m"]), "", 2)}`);
-    lines.push(`  temp      ${fmt(num(obj(m.temperature).cpu), " C")}   uptime ${num(up.seconds) ?? "-"} s`);
+    lines.push(`  temp      ${fmt(num(obj(m.temperature).cpu), " C")}   uptime ${uptimeOf(device, num(up.seconds))}`);
     lines.push(...boardLines(m, obj(s.board)));
     if (errors.length > 0) lines.push(`  collector errors: ${errors.join(", ")}`);
     for (const r of device.results ?? []) lines.push(`  result    ${resultLine(r)}`);
@@ -122,9 +126,17 @@ export function renderPanel(devices: DeviceView[], header: string[]): string {
   return lines.join("\n");
 }
 
+/** The uptime now: the one the last full sample carried, plus the time since (as later messages tell it). */
+function uptimeOf(device: DeviceView, seconds: number | undefined): string {
+  if (seconds === undefined) return "-";
+  const latest = num(obj(device.telemetry).ts);
+  const since = latest !== undefined && device.uptimeAt !== undefined ? (latest - device.uptimeAt) / 1000 : 0;
+  return `${Math.round(seconds + Math.max(0, since))} s`;
+}
+
 /**
- * Files a `P/D/status` or `P/D/telemetry` message under its device; returns what it was, or undefined for
- * anything else. Throws on a payload that is not JSON.
+ * Files a `P/D/status`, `P/D/telemetry` or `P/D/telemetry/full` (the last full sample, retained) message under
+ * its device; returns what it was, or undefined for anything else. Throws on a payload that is not JSON.
  */
 export function applyMessage(
   devices: Map<string, DeviceView>,
@@ -134,8 +146,11 @@ export function applyMessage(
 ): Seen | undefined {
   if (!topic.startsWith(`${prefix}/`)) return undefined;
   const [id, kind, ...rest] = topic.slice(prefix.length + 1).split("/");
+  const full = kind === "telemetry" && rest.length === 1 && rest[0] === "full";
   const known =
-    ((kind === "status" || kind === "telemetry") && rest.length === 0) || (kind === "results" && rest.length === 1);
+    ((kind === "status" || kind === "telemetry") && rest.length === 0) ||
+    (kind === "results" && rest.length === 1) ||
+    full;
   if (!id || !known) return undefined;
   const body = JSON.parse(payload.toString()) as Record<string, unknown>;
   const device = devices.get(id) ?? { id, received: 0 };
@@ -145,18 +160,37 @@ export function applyMessage(
     device.results = [...(device.results ?? []), body].slice(-RESULTS_SHOWN);
     return { device, kind: "result" };
   }
-  if (kind === "status") device.status = body;
-  else {
-    // Between full samples a device sends only what moved: merged, the view shows every current value.
-    const held = device.telemetry;
-    const before = held && { metrics: obj(held.metrics), errors: obj(held.errors) as Record<string, string> };
-    const merged = mergeReport(before, body);
-    device.telemetry = { ...body, metrics: merged.metrics, errors: merged.errors };
+  if (kind === "status") {
+    device.status = body;
+    return { device, kind: "status" };
   }
-  return { device, kind: kind === "status" ? "status" : "telemetry" };
+  const held = device.telemetry;
+  if (full) {
+    // The retained last full sample: the base a late viewer starts from. What was merged since a newer full
+    // sample is fresher; what arrived before it (partials, newer than this base) is laid over it.
+    const ts = num(body.ts) ?? 0;
+    if (device.fullTs !== undefined && device.fullTs >= ts) return { device, kind: "full" };
+    const base = mergeReport(undefined, body);
+    const merged = held ? mergeReport(base, { full: false, metrics: held.metrics, errors: held.errors }) : base;
+    device.telemetry = {
+      ...(held ?? { session: body.session, ts: body.ts }),
+      metrics: merged.metrics,
+      errors: merged.errors,
+    };
+    device.fullTs = ts;
+    if (obj(body.metrics).uptime !== undefined) device.uptimeAt = ts;
+    return { device, kind: "full" };
+  }
+  // Between full samples a device sends only what moved: merged, the view shows every current value.
+  const before = held && { metrics: obj(held.metrics), errors: obj(held.errors) as Record<string, string> };
+  const merged = mergeReport(before, body);
+  device.telemetry = { ...body, metrics: merged.metrics, errors: merged.errors };
+  if (body.full !== false) device.fullTs = num(body.ts);
+  if (obj(body.metrics).uptime !== undefined) device.uptimeAt = num(body.ts);
+  return { device, kind: "telemetry" };
 }
 
-type Seen = { device: DeviceView; kind: "status" | "telemetry" | "result" };
+type Seen = { device: DeviceView; kind: "status" | "telemetry" | "full" | "result" };
 
 /** What a terminal shows for one message: the whole panel redrawn, or one line where there is no terminal. */
 export function viewUpdate(devices: Map<string, DeviceView>, seen: Seen, tty: boolean, header: string[]): string {

@@ -2,6 +2,8 @@
 export interface DeviceTopics {
   status: string;
   telemetry: string;
+  /** The last full telemetry sample, retained: what a viewer that starts late merges partial samples into. */
+  telemetryFull: string;
   /** Retained merged latest values (Home Assistant's sensors read it). */
   state: string;
   update: string;
@@ -22,6 +24,7 @@ export function deviceTopics(prefix: string, deviceId: string): DeviceTopics {
   return {
     status: `${base}/status`,
     telemetry: `${base}/telemetry`,
+    telemetryFull: `${base}/telemetry/full`,
     state: `${base}/state`,
     update: `${base}/update`,
     updateGet: `${base}/update/get`,
@@ -50,7 +53,7 @@ export function ctlReplyTopic(prefix: string, client: string): string {
   return `${ctlNamespace(prefix)}${client}/reply`;
 }
 
-/** Filters over every device: `P/+/status`, `P/+/telemetry`. */
-export function allDevices(prefix: string, leaf: "status" | "telemetry"): string {
+/** Filters over every device: `P/+/status`, `P/+/telemetry`, `P/+/telemetry/full`. */
+export function allDevices(prefix: string, leaf: "status" | "telemetry" | "telemetry/full"): string {
   return `${prefix}/+/${leaf}`;
 }

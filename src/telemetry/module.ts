@@ -112,6 +112,11 @@ export const telemetryModule: Module<typeof telemetrySection> = {
         }
         counts[report.full ? "full" : "partial"] += 1;
         ctx.send({ topic: ctx.topics.telemetry, priority: "telemetry", body: { ...report } });
+        // A viewer that subscribes later gets the whole picture at once, not after up to fullInterval: the
+        // last full sample stays retained (latest value wins, one message per full sample).
+        if (report.full) {
+          ctx.retained.set(ctx.topics.telemetryFull, { session: ctx.session, ts: ctx.clock.now(), ...report });
+        }
       },
       logger: ctx.logger,
       // A cycle may take the collector timeout on top of the interval; three of those is a wedged loop.

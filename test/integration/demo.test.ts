@@ -6,6 +6,7 @@ import { dirname } from "node:path";
 import { it } from "node:test";
 import { promisify } from "node:util";
 import { AgentProcess, ROOT, sourceCommand } from "../helpers/agent-process.ts";
+import { runCli } from "../helpers/cli.ts";
 
 const run = promisify(execFile);
 
@@ -103,5 +104,53 @@ it("npm start: Ctrl-C to the terminal's process group stops the demo and npm exi
     assert.ok(out.includes("outpost demo: stopped"));
   } finally {
     if (npm.exitCode === null) process.kill(-(npm.pid as number), "SIGKILL");
+  }
+});
+
+// Issue 23 items 3, 8, 9 and 10: on 8ee023c `restart` in the demo answered and then nothing happened (ctl timed
+// out), the demo printed no way to set ctl's broker and key once, config.set of the README's example answered
+// changed: [] without saying that the demo's environment shadows the key, and a late `ctl watch` showed "-"
+// for memory, disk and uptime until the next full sample (5 minutes).
+it("demo: the README's commands behave as on a device", async () => {
+  const demo = new AgentProcess(sourceCommand(), ["demo", "--interval", "300ms"], {
+    env: { OUTPOST_DEVICE__ID: "demo-ops" },
+  });
+  try {
+    await demo.stdout.waitFor((l) => l.startsWith("status demo-ops online"), 20_000, "online in the view");
+    const exported = demo.stdout.items.find((l) => l.startsWith("or set once in a shell: export ")) ?? "";
+    const env = Object.fromEntries(
+      exported
+        .slice("or set once in a shell: export ".length)
+        .split(" ")
+        .map((pair) => pair.split("=") as [string, string]),
+    );
+    assert.deepEqual(Object.keys(env).sort(), ["OUTPOST_CTL_BROKER", "OUTPOST_CTL_KEY"], exported);
+
+    const set = await runCli(
+      ["ctl", "call", "demo-ops", "config.set", "--params", '{"patch":{"telemetry":{"interval":"5s"}}}'],
+      env,
+    );
+    assert.equal(set.code, 0, set.err);
+    assert.match(set.out, /"shadowed": \[\s*\{\s*"path": "telemetry.interval",\s*"by": "OUTPOST_TELEMETRY__INTERVAL"/);
+
+    // A viewer that starts now gets memory, disk and uptime at once, from the retained full sample.
+    const watched = await runCli(["ctl", "watch", "demo-ops", "--json"], env, 3000);
+    const bodies = watched.out
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { kind: string; body: { metrics?: Record<string, unknown> } });
+    const first = bodies.find((b) => b.kind === "full" || b.kind === "telemetry");
+    assert.ok(first?.body.metrics?.memory && first.body.metrics.uptime, watched.out.slice(0, 400));
+
+    const onlines = () => demo.stdout.items.filter((l) => l.startsWith("status demo-ops online")).length;
+    const before = onlines();
+    const restarted = await runCli(["ctl", "call", "demo-ops", "restart", "--timeout", "60s"], env);
+    assert.equal(restarted.code, 0, restarted.err + restarted.out);
+    assert.match(restarted.out, /"restarted": true/);
+    // The view goes on with the new process's status, on the same broker.
+    await demo.stdout.waitFor(() => onlines() > before, 20_000, "online again");
+    assert.deepEqual(await demo.stop("SIGINT"), { code: 0, signal: null });
+  } finally {
+    await demo.cleanup();
   }
 });

@@ -39,4 +39,50 @@ describe("terminal view", () => {
     send(devices, "pi-1/telemetry", { seq: 3, full: true, metrics: { cpu: { load: 1, cores: [1, 1] } } });
     assert.equal(telemetryLine(device), "pi-1 seq=3 cpu=1.0% mem=- temp=-");
   });
+
+  // Issue 23 item 10: on 8ee023c a late viewer showed "-" for memory, disk and uptime until the next full sample
+  // (up to 5 minutes), the uptime stayed frozen between full samples, and the cores had no unit.
+  it("a late viewer starts from the retained full sample; the uptime runs on; every column has its unit", () => {
+    const devices = new Map<string, DeviceView>();
+    const full = {
+      session: "s1",
+      ts: 1_000_000,
+      full: true,
+      metrics: {
+        cpu: { load: 10, cores: [58, 77] },
+        memory: { total: 4096 * MiB, used: 1000 * MiB },
+        disk: { usePercent: 40 },
+        uptime: { seconds: 3600 },
+      },
+    };
+    // Joined late: a partial sample may come before the retained full one, or after it.
+    send(devices, "pi-1/telemetry", {
+      session: "s1",
+      seq: 40,
+      ts: 1_030_000,
+      full: false,
+      metrics: { cpu: { load: 20 } },
+    });
+    send(devices, "pi-1/telemetry/full", full);
+    const panel = renderPanel([...devices.values()], []);
+    assert.match(panel, /memory {4}1000 \/ 4096 MiB/);
+    assert.match(panel, /disk \/ {4}40\.0%/);
+    assert.match(panel, /cores 58% 77%/);
+    assert.match(panel, /seq 40/);
+    send(devices, "pi-1/telemetry", {
+      session: "s1",
+      seq: 41,
+      ts: 1_060_000,
+      full: false,
+      metrics: { cpu: { load: 30 } },
+    });
+    assert.match(renderPanel([...devices.values()], []), /uptime 3660 s/);
+    // An older retained sample never replaces what is held.
+    send(devices, "pi-1/telemetry/full", {
+      ...full,
+      ts: 900_000,
+      metrics: { ...full.metrics, disk: { usePercent: 1 } },
+    });
+    assert.match(renderPanel([...devices.values()], []), /disk \/ {4}40\.0%/);
+  });
 });

@@ -8,22 +8,25 @@
 #          openssh-server (the sshd that scripts/deploy.sh is tested against), prometheus (promtool checks
 #          /metrics, and a real Prometheus scrapes it), prometheus-node-exporter (what npm run bench compares to),
 #          strace (every path root's update units touch, test/e2e/root-boundary.test.ts)
-# As root it runs apt-get; otherwise it prints the command to run and fails.
+# As root it runs apt-get; otherwise it prints the command to run and fails. `build` checks only the build's.
 set -euo pipefail
 
-declare -A need=(
-  [mosquitto]=/usr/sbin/mosquitto
-  [mosquitto-clients]=/usr/bin/mosquitto_sub
-  [openssl]=/usr/bin/openssl
+# What the build needs: `install-deps.sh build`. The tests need the rest too: `install-deps.sh test` (the default).
+declare -A build=(
   [xz-utils]=/usr/bin/xz
   [binutils]=/usr/bin/strip
   [gcc]=/usr/bin/gcc
   [gcc-aarch64-linux-gnu]=/usr/bin/aarch64-linux-gnu-gcc
   [libc6-dev-arm64-cross]=/usr/aarch64-linux-gnu/include/stdio.h
+  [binutils-aarch64-linux-gnu]=/usr/bin/aarch64-linux-gnu-strip
+)
+declare -A tests=(
+  [mosquitto]=/usr/sbin/mosquitto
+  [mosquitto-clients]=/usr/bin/mosquitto_sub
+  [openssl]=/usr/bin/openssl
   [systemd]=/lib/systemd/systemd
   [openssh-server]=/usr/sbin/sshd
   [openssh-client]=/usr/bin/ssh
-  [binutils-aarch64-linux-gnu]=/usr/bin/aarch64-linux-gnu-strip
   [qemu-user]=/usr/bin/qemu-aarch64
   [libc6-arm64-cross]=/usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1
   [libstdc++6-arm64-cross]=/usr/aarch64-linux-gnu/lib/libstdc++.so.6
@@ -34,6 +37,17 @@ declare -A need=(
   [prometheus-node-exporter]=/usr/bin/prometheus-node-exporter
   [strace]=/usr/bin/strace
 )
+
+declare -A need=()
+for pkg in "${!build[@]}"; do need[$pkg]=${build[$pkg]}; done
+case "${1:-test}" in
+  build) ;;
+  test) for pkg in "${!tests[@]}"; do need[$pkg]=${tests[$pkg]}; done ;;
+  *)
+    echo "usage: install-deps.sh [build|test]" >&2
+    exit 64
+    ;;
+esac
 
 missing=()
 for pkg in "${!need[@]}"; do

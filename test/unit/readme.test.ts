@@ -35,3 +35,33 @@ test("the README's configuration example is valid and has every section of the s
   assert.ok(result.success, JSON.stringify(result.error?.issues));
   assert.deepEqual(Object.keys(example).sort(), Object.keys(configSchema.shape).sort());
 });
+
+// Issue 23 item 12: on 8ee023c `npm install` warned about protobufjs's install script (onnxruntime-web's
+// dependency), which neither allowScripts nor the README covered.
+test("every dependency with an install script is decided in allowScripts and named in the README", () => {
+  const lock = JSON.parse(readFileSync(join(ROOT, "package-lock.json"), "utf8")) as {
+    packages: Record<string, { hasInstallScript?: boolean }>;
+  };
+  const pkg = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { allowScripts: Record<string, boolean> };
+  const scripted = Object.entries(lock.packages)
+    .filter(([path, p]) => path !== "" && p.hasInstallScript)
+    .map(([path]) => path.replace(/^.*node_modules\//, ""))
+    .sort();
+  assert.deepEqual(Object.keys(pkg.allowScripts).sort(), scripted);
+  const paragraph = readme.slice(readme.indexOf("allowScripts"), readme.indexOf("`npm test` (and `npm run build`)"));
+  for (const name of scripted) assert.ok(paragraph.includes(name), `the README's allowScripts paragraph names ${name}`);
+});
+
+// Issue 23 item 12: on 8ee023c `npm run build` as root installed the test packages too (sshd, prometheus,
+// systemd, qemu); it needs only the build's.
+test("npm run build installs only the build's packages, and the README names them", () => {
+  const script = readFileSync(join(ROOT, "scripts", "install-deps.sh"), "utf8");
+  const block = /declare -A build=\(([\s\S]*?)\)/.exec(script)?.[1] ?? "";
+  const build = [...block.matchAll(/\[([a-z0-9.+-]+)\]=/g)].map((m) => m[1]).sort();
+  assert.ok(!build.some((p) => /mosquitto|prometheus|systemd|qemu|openssh/.test(p ?? "")), build.join(" "));
+  const named = /needs\s+when one is missing \(([^)]*)\)/.exec(readme)?.[1] ?? "";
+  assert.deepEqual(named.split(/,\s*/).sort(), build);
+  const pkg = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { scripts: Record<string, string> };
+  assert.equal(pkg.scripts.prebuild, "bash scripts/install-deps.sh build");
+  assert.match(pkg.scripts.pretest ?? "", /install-deps\.sh test/);
+});

@@ -3,10 +3,9 @@
 // example ("Cannot read properties of undefined (reading 'rails')": the dotted deadband key
 // "jetson.rails.*.watts"), and printed `passwordFile` beside `password: <redacted>`, which does not validate.
 import assert from "node:assert/strict";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { ROOT } from "../helpers/agent-process.ts";
 import { runCli as run } from "../helpers/cli.ts";
 import { tempDir } from "../helpers/temp.ts";
 
@@ -53,19 +52,6 @@ describe("config print --sources", () => {
       `telemetry.deadbands."gpu.load" = 2  # from OUTPOST_TELEMETRY__DEADBANDS`,
     );
   });
-
-  it("runs on the README's configuration example", async () => {
-    const readme = readFileSync(join(ROOT, "README.md"), "utf8");
-    const block = /```yaml\n([\s\S]*?)```/.exec(readme.slice(readme.indexOf("## Configuration")))?.[1] ?? "";
-    const path = join(dir, "readme.yaml");
-    writeFileSync(path, block.replaceAll('"ed25519:..."', `"ed25519:${"A".repeat(43)}="`));
-    // The example names files a device has; --sources reads none of them but the password file.
-    const env = { OUTPOST_MQTT__PASSWORD_FILE: join(dir, "pw"), OUTPOST_STATE__DIR: join(dir, "readme-state") };
-    writeFileSync(join(dir, "pw"), "secret\n");
-    const res = await run(["config", "print", path, "--sources"], { ...env, ...pems() });
-    assert.equal(res.code, 0, res.err);
-    assert.match(res.out, /^telemetry\.deadbands\."jetson\.rails\.\*\.watts" = 1 {2}# in /m);
-  });
 });
 
 describe("config print", () => {
@@ -87,14 +73,3 @@ describe("config print", () => {
     assert.equal(hash(validated.out), hash(original.out));
   });
 });
-
-/** The README example names the device's PEM files: readable stand-ins for them. */
-function pems(): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const key of ["ca", "cert", "key"]) {
-    const file = join(dir, `${key}.pem`);
-    writeFileSync(file, "-----BEGIN X-----\n");
-    env[`OUTPOST_MQTT__${key.toUpperCase()}`] = file;
-  }
-  return env;
-}

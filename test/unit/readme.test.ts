@@ -65,3 +65,30 @@ test("npm run build installs only the build's packages, and the README names the
   assert.equal(pkg.scripts.prebuild, "bash scripts/install-deps.sh build");
   assert.match(pkg.scripts.pretest ?? "", /install-deps\.sh test/);
 });
+
+// Issue 23 item 2: on 8ee023c `config print --sources` crashed on this very example (the dotted deadband key).
+test("the README's configuration example passes config validate and config print --sources", async () => {
+  const { writeFileSync } = await import("node:fs");
+  const { tempDir } = await import("../helpers/temp.ts");
+  const { runCli } = await import("../helpers/cli.ts");
+  const dir = tempDir("outpost-readme-config-");
+  const section = readme.slice(readme.indexOf("## Configuration"));
+  const block = /```yaml\n([\s\S]*?)```/.exec(section)?.[1] ?? "";
+  const path = join(dir, "config.yaml");
+  writeFileSync(path, block.replaceAll('"ed25519:..."', `"ed25519:${"A".repeat(43)}="`));
+  // The example names a device's files: readable stand-ins, by the environment.
+  const env: Record<string, string> = { OUTPOST_STATE__DIR: join(dir, "state") };
+  writeFileSync(join(dir, "pw"), "secret\n");
+  env.OUTPOST_MQTT__PASSWORD_FILE = join(dir, "pw");
+  for (const key of ["ca", "cert", "key"]) {
+    writeFileSync(join(dir, `${key}.pem`), "-----BEGIN X-----\n");
+    env[`OUTPOST_MQTT__${key.toUpperCase()}`] = join(dir, `${key}.pem`);
+  }
+  const validated = await runCli(["config", "validate", path], env);
+  assert.equal(validated.code, 0, validated.err);
+  const printed = await runCli(["config", "print", path, "--sources"], env);
+  assert.equal(printed.code, 0, printed.err);
+  assert.match(printed.out, /^telemetry\.deadbands\."jetson\.rails\.\*\.watts" = 1 {2}# in /m);
+  assert.match(printed.out, /^mqtt\.ca = .* {2}# from OUTPOST_MQTT__CA$/m);
+  assert.match(printed.out, /^outbox\.window = 64 {2}# in /m);
+});

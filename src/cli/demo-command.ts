@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Aedes } from "aedes";
 import mqtt from "mqtt";
+import { stringify } from "yaml";
 import { createAgent } from "../agent.ts";
 import { generateKeys } from "../commands/keys.ts";
 import { parseDuration } from "../config/duration.ts";
@@ -53,20 +54,21 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
   writeFileSync(model, demo.model);
   const camera = join(stateDir, "camera");
 
-  // The demo's config goes through the same loader as `run`, so the environment can still override it; it is
-  // read again at each start, so that a `restart` picks up what config.set stored, as on a device.
-  const demoEnv = {
-    OUTPOST_MQTT__URL: `mqtt://127.0.0.1:${port}`,
-    // The embedded broker (aedes) speaks 3.1.1 only: no fallback warning about our own broker.
-    OUTPOST_MQTT__PROTOCOL_VERSION: "4",
-    OUTPOST_TELEMETRY__INTERVAL: interval,
-    OUTPOST_STATE__DIR: stateDir,
-    OUTPOST_COMMANDS__TRUSTED_KEYS: JSON.stringify([{ name: "demo", key: keys.publicText }]),
-    OUTPOST_TASKS__WORKERS: "1",
-    OUTPOST_TASKS__DEFINE: JSON.stringify({ inspect: demoTask(model, camera) }),
-    ...host.env,
-  };
-  const open = () => new ConfigStore({ hostname: host.hostname, env: demoEnv });
+  // The demo's config is a file in its state directory, read by the same loader as `run`: the environment can
+  // still override it, and `config.set` changes it as on a device (an environment variable would shadow it).
+  const demoConfig = join(stateDir, "demo.yaml");
+  writeFileSync(
+    demoConfig,
+    stringify({
+      // The embedded broker (aedes) speaks 3.1.1 only: no fallback warning about our own broker.
+      mqtt: { url: `mqtt://127.0.0.1:${port}`, protocolVersion: 4 },
+      telemetry: { interval },
+      state: { dir: stateDir },
+      commands: { trustedKeys: [{ name: "demo", key: keys.publicText, allow: ["*"] }] },
+      tasks: { workers: 1, define: { inspect: demoTask(model, camera) } },
+    }),
+  );
+  const open = () => new ConfigStore({ path: demoConfig, required: true, hostname: host.hostname, env: host.env });
   let settings = open();
   const { config } = settings.current();
   const { logger, flush, setLevel } = await createLogger({ level: config.log.level, format: "json", fd: logFd });

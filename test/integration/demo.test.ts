@@ -131,7 +131,9 @@ it("demo: the README's commands behave as on a device", async () => {
       env,
     );
     assert.equal(set.code, 0, set.err);
-    assert.match(set.out, /"shadowed": \[\s*\{\s*"path": "telemetry.interval",\s*"by": "OUTPOST_TELEMETRY__INTERVAL"/);
+    // The demo's settings are a file, as on a device: the README's example changes the interval.
+    assert.match(set.out, /"changed": \[\s*"telemetry\.interval"\s*\]/);
+    assert.match(set.out, /"shadowed": \[\]/);
 
     // A viewer that starts now gets memory, disk and uptime at once, from the retained full sample.
     const watched = await runCli(["ctl", "watch", "demo-ops", "--json"], env, 3000);

@@ -16,10 +16,14 @@ Commands:
   config print [PATH] [--sources]
                              the effective config (file + config.set overrides + environment), secrets
                              redacted; --sources: one line per key with where its value comes from
-  keygen --out PREFIX        ed25519 operator key pair: PREFIX.key (private), PREFIX.pub (for trustedKeys)
+  keygen --out PREFIX [--release]
+                             ed25519 key pair: PREFIX.key (private), PREFIX.pub; prints the config lines
+                             that trust it (commands.trustedKeys, or update.trustedKeys with --release)
   release --binary FILE --key FILE --out DIR
                              a signed release (manifest, chunk index, artifact) for over-the-air updates
-  ctl devices|watch|call     the operator side: list devices, watch telemetry, call signed commands
+  ctl devices|watch|call|update|config
+                             the operator side: list devices, watch telemetry, call signed commands,
+                             send a release; settings from flags, environment, ~/.outpost/ctl.yaml
   install [--config FILE]    as root: service user, release layout, hardened systemd unit; started
   uninstall [--purge]        remove the service and binaries (--purge: config and state too)
   update-apply               as root, by outpost-update.service: install a staged update (docs/ota.md)
@@ -28,8 +32,8 @@ Options:
   --version                  print "outpost <semver> (<commit>) node <version> linux-<arch>"
   -h, --help                 help for outpost or for a command
 
-Exit codes: 0 clean stop, 64 usage error, 75 stopped by the restart command, 78 invalid configuration,
-1 anything else.`,
+Exit codes: 0 clean stop, 64 usage error, 69 ctl got no connection to the broker, 75 stopped by the
+restart command, 78 invalid configuration, 1 anything else.`,
   run: `Usage: outpost run [--config PATH] [--log-format json|pretty]
 
 Runs the agent until SIGTERM or SIGINT, then drains: stops intake, flushes the outbox, publishes

@@ -16,7 +16,7 @@ import { ctlSettings, printCtlSettings } from "./ctl-settings.ts";
 import { EXIT, type Host, me, UsageError } from "./host.ts";
 import { applyMessage, type DeviceView, viewUpdate } from "./view.ts";
 
-export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|update> [options]
+export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|update|config> [options]
 
   devices                         devices from their retained status: id, state, version, and last seen
                                   (the latest status or telemetry seen while listening, --wait 1s)
@@ -31,11 +31,14 @@ export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|update> [options
        [--http URL] [--timeout 10m] [--until committed|staged]
                                   transfer resumes); a progress bar per device until each one committed,
                                   rolled back or failed. --http URL: devices fetch from there instead;
-                                  --until staged: stop once staged (a device without the installer units)
+                                  --until staged: stop once staged (a device without the installer units
+                                  stages only then)
+  config                          the settings below in use, and where each comes from
 
 Flags go anywhere, before or after the subcommand.
 
-Broker (each flag also from the environment):
+Broker (a flag wins over the environment, which wins over ~/.outpost/ctl.yaml: broker, username,
+passwordFile, ca, cert, tlsKey, prefix, protocol, key; OUTPOST_CTL_CONFIG names another file):
   --broker URL          OUTPOST_CTL_BROKER     mqtt://host:1883 or mqtts://host:8883 (default mqtt://127.0.0.1:1883)
   --username NAME       OUTPOST_CTL_USERNAME
   --password-file FILE  OUTPOST_CTL_PASSWORD   (the variable holds the password itself)

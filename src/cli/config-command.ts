@@ -1,4 +1,5 @@
-import { stringify } from "yaml";
+import { readFileSync, statSync } from "node:fs";
+import { parse, stringify } from "yaml";
 import {
   type ConfigProblem,
   dottedPath,
@@ -6,6 +7,7 @@ import {
   type LoadedConfig,
   leaves,
   loadConfig,
+  MAX_CONFIG_BYTES,
   originOf,
   redact,
   unknownEnvVars,
@@ -61,6 +63,16 @@ function reportProblems<T>(host: Host, load: () => T): T | number {
   }
 }
 
+/** A config file as written, or nothing when it cannot be read or parsed (its problems are reported anyway). */
+function rawFile(path: string): unknown {
+  try {
+    if (statSync(path).size > MAX_CONFIG_BYTES) return undefined;
+    return parse(readFileSync(path, "utf8"));
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * The configuration as a file that validates again to the same hash: secrets redacted, and the password read
  * from `mqtt.passwordFile` left out (the file names it; printing both would not validate).
@@ -82,7 +94,11 @@ export function configCommand(host: Host, args: string[]): number {
       const path = rest[0];
       if (path === undefined) throw new UsageError("config validate: missing PATH");
       const loaded = loadOrReport(host, path);
-      if (typeof loaded === "number") return loaded;
+      if (typeof loaded === "number") {
+        // One pass: the task files are named too, from the file as written, while the schema's problems stand.
+        for (const line of unreadableTaskFiles(rawFile(path))) host.stderr.write(`outpost: warning: ${line}\n`);
+        return loaded;
+      }
       // Only a warning: validating as a normal user a file meant for the service user is fine.
       const stateProblem = stateDirProblem(loaded.config.state.dir, { create: false });
       if (stateProblem) host.stderr.write(`outpost: warning: ${stateProblem}\n`);

@@ -5,6 +5,7 @@ import { type CommandRequest, FINAL_STATES, newRequest, type ReplyBody, signPayl
 import { errorMessage, OutpostError } from "../core/errors.ts";
 import { type BrokerEndpoint, endpointOptions, refusedMqtt5 } from "../mqtt/options.ts";
 import { ctlReplyTopic, deviceTopics, groupCommandPrefix } from "../mqtt/topics.ts";
+import { withoutPassword } from "./ctl-settings.ts";
 
 export interface BrokerOptions extends BrokerEndpoint {
   protocolVersion?: 4 | 5;
@@ -65,9 +66,11 @@ export async function connectBroker(o: BrokerOptions & { origin?: string }): Pro
     }
   } catch (err) {
     const origin = o.origin ? ` (${o.origin})` : "";
+    // A password in the URL is never printed.
+    const at = withoutPassword(o.url);
     throw new OutpostError(
       "BROKER_UNAVAILABLE",
-      `no connection to the broker at ${o.url}${origin}: ${errorMessage(err)}`,
+      `no connection to the broker at ${at}${origin}: ${errorMessage(err)}`,
       {
         cause: err,
       },

@@ -124,7 +124,8 @@ export async function ctlCommand(host: Host, args: string[]): Promise<number> {
     const next = args[at + 1];
     const takesValue =
       !arg.includes("=") &&
-      (VALUE_FLAGS.has(name) || (EITHER_FLAGS.has(name) && next !== undefined && !SUBCOMMANDS.has(next)));
+      (VALUE_FLAGS.has(name) ||
+        (EITHER_FLAGS.has(name) && next !== undefined && !next.startsWith("-") && !SUBCOMMANDS.has(next)));
     at += takesValue ? 2 : 1;
   }
   const sub = args[at];
@@ -163,8 +164,8 @@ export function brokerOptions(host: Host, v: BrokerValues): BrokerOptions & { pr
   const protocol = s.protocol.value ?? "auto";
   if (protocol !== "auto" && protocol !== "4" && protocol !== "5")
     throw new UsageError(`--protocol must be 5, 4 (MQTT 3.1.1) or auto, not ${protocol} (${s.protocol.origin})`);
+  // ctlSettings left one of the two in use, by the same precedence as every setting.
   const passwordFile = s.passwordFile.value;
-  // The flag or the file's passwordFile wins over the variable that holds the password itself.
   const password = passwordFile ? readPasswordFile(passwordFile) : s.password.value;
   // A connection that fails says where its address came from, and how to give another.
   const origin =

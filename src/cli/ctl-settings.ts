@@ -1,6 +1,6 @@
 // Where `outpost ctl` takes its settings from: its flags, then the environment, then `~/.outpost/ctl.yaml`, then
 // the defaults. An operator sets the broker and the key once, in the file, instead of in every shell.
-import { readFileSync } from "node:fs";
+import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
 import { dirname, isAbsolute, join, resolve } from "node:path";
 import { parse } from "yaml";
 import { z } from "zod";
@@ -56,6 +56,7 @@ export type CtlSettings = Record<CtlSettingName, CtlSetting> & { file: string | 
 
 /** The file `ctl` reads: OUTPOST_CTL_CONFIG, else ~/.outpost/ctl.yaml (none without a home directory). */
 export function ctlConfigPath(env: Host["env"]): string | undefined {
+  // An empty OUTPOST_CTL_CONFIG is an unset one: the default file, which may be absent.
   if (env.OUTPOST_CTL_CONFIG) return env.OUTPOST_CTL_CONFIG;
   return env.HOME ? join(env.HOME, ".outpost", "ctl.yaml") : undefined;
 }
@@ -63,7 +64,7 @@ export function ctlConfigPath(env: Host["env"]): string | undefined {
 /** Every setting with where it came from. `flags`: the parsed command line (string flags only are read). */
 export function ctlSettings(host: Host, flags: Readonly<Record<string, unknown>>): CtlSettings {
   const path = ctlConfigPath(host.env);
-  const fromFile = path === undefined ? {} : readCtlFile(path, host.env.OUTPOST_CTL_CONFIG !== undefined);
+  const fromFile = path === undefined ? {} : readCtlFile(path, Boolean(host.env.OUTPOST_CTL_CONFIG));
   const out = { file: path } as CtlSettings;
   for (const [name, s] of Object.entries(SETTINGS) as [CtlSettingName, (typeof SETTINGS)[CtlSettingName]][]) {
     const flag = s.flag === undefined ? undefined : flags[s.flag];
@@ -78,7 +79,21 @@ export function ctlSettings(host: Host, flags: Readonly<Record<string, unknown>>
       out[name] = { value, origin: `in ${path}` };
     } else out[name] = { value: "fallback" in s ? s.fallback : undefined, origin: "default" };
   }
+  // The password and a password file are one setting in two forms: the higher source wins, the other is unused.
+  const rank = (origin: string) => (origin.startsWith("--") ? 0 : origin.startsWith("in ") ? 2 : 1);
+  if (out.password.value !== undefined && out.passwordFile.value !== undefined) {
+    const fileWins = rank(out.passwordFile.origin) < rank(out.password.origin);
+    const [kept, dropped] = fileWins
+      ? (["passwordFile", "password"] as const)
+      : (["password", "passwordFile"] as const);
+    out[dropped] = { value: undefined, origin: `${out[dropped].origin}, unused: ${out[kept].origin} wins` };
+  }
   return out;
+}
+
+/** A broker URL as it may be shown: a password in it replaced. */
+export function withoutPassword(url: string): string {
+  return url.replace(/\/\/([^:/@]*):[^@/]*@/, "//$1:<redacted>@");
 }
 
 function inHome(text: string, home: string | undefined, base: string): string {
@@ -88,14 +103,22 @@ function inHome(text: string, home: string | undefined, base: string): string {
 
 function readCtlFile(path: string, required: boolean): z.output<typeof fileSchema> {
   let text: string;
+  let fd: number | undefined;
   try {
-    const buf = readFileSync(path);
-    if (buf.length > MAX_FILE) throw new UsageError(`${path}: larger than 64 KiB; it holds a few settings`);
-    text = buf.toString("utf8");
+    // Opened without blocking and checked before reading: a FIFO or a device named by mistake is refused,
+    // and no more than the cap is ever read.
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+    if (!fstatSync(fd).isFile()) throw new UsageError(`${path}: not a regular file`);
+    const buf = Buffer.alloc(MAX_FILE + 1);
+    const n = readSync(fd, buf, 0, buf.length, 0);
+    if (n > MAX_FILE) throw new UsageError(`${path}: larger than 64 KiB; it holds a few settings`);
+    text = buf.subarray(0, n).toString("utf8");
   } catch (err) {
     if (err instanceof UsageError) throw err;
     if ((err as NodeJS.ErrnoException).code === "ENOENT" && !required) return {};
     throw new UsageError(`${path}: ${errorMessage(err)}`);
+  } finally {
+    if (fd !== undefined) closeSync(fd);
   }
   let raw: unknown;
   try {
@@ -122,7 +145,14 @@ export function printCtlSettings(host: Host, settings: CtlSettings): void {
   host.stdout.write(`# ctl settings: flags, then the environment, then ${settings.file ?? "(no home directory)"}\n`);
   for (const name of Object.keys(SETTINGS) as CtlSettingName[]) {
     const s = settings[name];
-    const shown = s.value === undefined ? "-" : name === "password" ? "<redacted>" : s.value;
+    const shown =
+      s.value === undefined
+        ? "-"
+        : name === "password"
+          ? "<redacted>"
+          : name === "broker"
+            ? withoutPassword(s.value)
+            : s.value;
     host.stdout.write(`${name.padEnd(13)} ${shown}  # ${s.origin}\n`);
   }
 }

@@ -213,8 +213,21 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
   try {
     await client.subscribeAsync([`${base}/update/get`, `${base}/update`], { qos: 1 });
     const caller = new Caller(client, o.prefix, { privateKey, publicText: publicKeyText(createPublicKey(privateKey)) });
+    const source = values.http === undefined ? { mqtt: true } : { http: values.http };
+    const params = { manifest: signed, source };
+    const retried = new Set<string>();
     const onReply = (reply: ReplyBody) => {
       if (reply.state !== "failed") return;
+      // An agent from before `until` refuses the key it does not know (a mixed fleet): asked again without
+      // it, as ctl asked before; such an agent stages without being told, and ctl stops watching at staged.
+      const unknownUntil = reply.error?.code === "BAD_PARAMS" && /"until"/.test(reply.error.message);
+      if (until === "staged" && unknownUntil && !retried.has(reply.device)) {
+        retried.add(reply.device);
+        caller
+          .call({ command: "update", params, device: reply.device, timeoutMs, validityMs: 60_000, onReply })
+          .catch((err: unknown) => host.stderr.write(`outpost: ${reply.device}: ${errorMessage(err)}\n`));
+        return;
+      }
       // Refused before anything moved (a check, a signature), or a download that gave up.
       const d = entry(reply.device);
       d.state = "failed";
@@ -223,11 +236,10 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
       render();
       check();
     };
-    const source = values.http === undefined ? { mqtt: true } : { http: values.http };
     const call = caller.call({
       command: "update",
       // The device is told only when it is to stop at staged: an agent without the installer then stages.
-      params: { manifest: signed, source, ...(until === "staged" ? { until } : {}) },
+      params: { ...params, ...(until === "staged" ? { until } : {}) },
       ...(values.group === undefined ? { device } : { group: values.group }),
       timeoutMs,
       validityMs: 60_000,

@@ -135,6 +135,9 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
   } catch (err) {
     host.stderr.write(`outpost demo: ${errorMessage(err)}\n`);
     code = EXIT.FAILURE;
+    // A start that failed (the first, or one after a restart) leaves nothing running behind.
+    cameraStop.abort();
+    await agent.stop(2000).catch(() => {});
   } finally {
     await viewer.endAsync(true);
     await new Promise<void>((resolve) => broker.close(() => resolve()));

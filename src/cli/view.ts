@@ -171,12 +171,11 @@ export function applyMessage(
     const ts = num(body.ts) ?? 0;
     if (device.fullTs !== undefined && device.fullTs >= ts) return { device, kind: "full" };
     const base = mergeReport(undefined, body);
-    const merged = held ? mergeReport(base, { full: false, metrics: held.metrics, errors: held.errors }) : base;
-    device.telemetry = {
-      ...(held ?? { session: body.session, ts: body.ts }),
-      metrics: merged.metrics,
-      errors: merged.errors,
-    };
+    // Partials held from before it are older than it: only newer ones are laid over it.
+    const newer = held !== undefined && (num(held.ts) ?? 0) > ts;
+    const merged = newer ? mergeReport(base, { full: false, metrics: held.metrics, errors: held.errors }) : base;
+    const latest = newer ? held : { ...held, session: body.session, ts: body.ts };
+    device.telemetry = { ...latest, metrics: merged.metrics, errors: merged.errors };
     device.fullTs = ts;
     if (obj(body.metrics).uptime !== undefined) device.uptimeAt = ts;
     return { device, kind: "full" };

@@ -81,8 +81,13 @@ export function describe(error: z.ZodError, root?: string): string {
   const issue = error.issues[0];
   const path = [...(root ? [root] : []), ...(issue?.path.map(String) ?? [])].join(".") || "(request)";
   if (!issue) return `${path}: invalid`;
+  if (issue.code === "unrecognized_keys") {
+    return `${path}: unknown ${issue.keys.length > 1 ? "keys" : "key"} ${issue.keys.map((k) => JSON.stringify(k)).join(", ")}`;
+  }
   const missing = issue.code === "invalid_type" && "input" in issue && issue.input === undefined;
-  return `${path}: ${expectation(issue)}${missing ? ", found nothing" : ""}`;
+  // zod's own words for the rest start "Invalid ...": said as what is expected instead.
+  const expected = expectation(issue).replace(/^expected invalid\s+/i, "expected a valid ");
+  return `${path}: ${expected}${missing ? ", found nothing" : ""}`;
 }
 
 /** A command's params checked against its schema: the parsed value, or the BAD_PARAMS message. */

@@ -75,13 +75,17 @@ export function loadConfig(options: LoadOptions): LoadedConfig {
   const fileLeaves = file ? leafPaths(raw) : [];
   if (options.overrides) {
     raw = mergePatch(raw, options.overrides.values) as Record<string, unknown>;
-    for (const path of leafPaths(options.overrides.values)) sources.set(path, `in ${options.overrides.source}`);
+    // A removal (null) sets nothing: what is left there comes from the file or the default.
+    for (const { segments, value } of leaves(options.overrides.values)) {
+      if (value !== null) sources.set(dottedPath(segments), `in ${options.overrides.source}`);
+    }
   }
   if (options.patch) {
     for (const path of leafPaths(options.patch.values)) sources.set(path, `in ${options.patch.source}`);
   }
   const envKeys: string[] = [];
-  applyEnv(raw, options.env ?? {}, sources, envKeys, problems);
+  const wholes = new Set<string>();
+  applyEnv(raw, options.env ?? {}, sources, envKeys, problems, wholes);
 
   const result = configSchema.safeParse(raw, { reportInput: true });
   if (!result.success) {
@@ -101,7 +105,8 @@ export function loadConfig(options: LoadOptions): LoadedConfig {
   for (const [path, source] of sources) {
     // A later source that sets a whole section or record replaces what was under it.
     for (const key of origins.keys()) if (key.startsWith(`${path}.`)) origins.delete(key);
-    origins.set(path, source);
+    // ... and names its own leaves (set next), not the section: a default filled in beside them is a default.
+    if (!wholes.has(path)) origins.set(path, source);
   }
   return { config, hash: hashConfig(config), file, envKeys, origins };
 }
@@ -242,6 +247,7 @@ function applyEnv(
   sources: Map<string, string>,
   envKeys: string[],
   problems: ConfigProblem[],
+  wholes: Set<string>,
 ): void {
   const names = Object.keys(env)
     .filter((name) => name.startsWith(ENV_PREFIX) && name.includes("__"))
@@ -267,8 +273,15 @@ function applyEnv(
       }
       walked.push(segment);
       if (i === segments.length - 1) {
-        target[segment] = coerce(node, text);
+        const value = coerce(node, text);
+        target[segment] = value;
         sources.set(dottedPath(walked), `from ${name}`);
+        // A whole section or record from one variable replaces what was there; its own leaves come from it,
+        // the defaults filled in beside them do not.
+        if (isPlainObject(value)) {
+          wholes.add(dottedPath(walked));
+          for (const leaf of leaves(value, walked)) sources.set(dottedPath(leaf.segments), `from ${name}`);
+        }
         envKeys.push(name);
       } else {
         const next = target[segment];
@@ -395,7 +408,7 @@ function resolveFiles(
   const source = (key: string) => sourceFor(`mqtt.${key}`, sources, file);
   let password: string | undefined;
   // Both forms at once is the schema's problem to report; reading the file would only add noise.
-  if (typeof mqtt.passwordFile === "string" && mqtt.passwordFile !== "" && mqtt.password === undefined) {
+  if (typeof mqtt.passwordFile === "string" && mqtt.password === undefined) {
     try {
       password = readPasswordFile(mqtt.passwordFile);
     } catch (err) {
@@ -409,7 +422,8 @@ function resolveFiles(
   }
   for (const key of ["ca", "cert", "key"] as const) {
     const path = mqtt[key];
-    if (typeof path !== "string" || path === "") continue;
+    // An empty path is a blank variable or template, not "no CA": reported like any unreadable file.
+    if (typeof path !== "string") continue;
     try {
       accessSync(path, constants.R_OK);
     } catch (err) {
@@ -426,22 +440,26 @@ function resolveFiles(
 
 /**
  * Files a task reads when it runs (its model, its golden image) that cannot be read now: warnings, since a
- * model may arrive later (an update) and validating as another user than the service's is normal.
+ * model may arrive later (an update) and validating as another user than the service's is normal. Takes the
+ * configuration as written (it may not have validated): only string paths are looked at.
  */
-export function unreadableTaskFiles(config: Config): string[] {
+export function unreadableTaskFiles(raw: unknown): string[] {
   const warnings: string[] = [];
-  for (const [name, def] of Object.entries(config.tasks.define)) {
-    const files: [string, string | undefined][] = [
-      ["model", "model" in def ? def.model : undefined],
-      ["golden.image", "golden" in def ? def.golden?.image : undefined],
-    ];
-    for (const [key, path] of files) {
-      if (path === undefined) continue;
+  const define = isPlainObject(raw) && isPlainObject(raw.tasks) ? raw.tasks.define : undefined;
+  if (!isPlainObject(define)) return warnings;
+  for (const [name, def] of Object.entries(define)) {
+    if (!isPlainObject(def)) continue;
+    const golden = isPlainObject(def.golden) ? def.golden.image : undefined;
+    for (const [key, path] of [
+      [["model"], def.model],
+      [["golden", "image"], golden],
+    ] as const) {
+      if (typeof path !== "string") continue;
       try {
         accessSync(path, constants.R_OK);
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code ?? "an error";
-        warnings.push(`${dottedPath(["tasks", "define", name, ...key.split(".")])}: cannot read ${path} (${code})`);
+        warnings.push(`${dottedPath(["tasks", "define", name, ...key])}: cannot read ${path} (${code})`);
       }
     }
   }

@@ -184,5 +184,8 @@ export const KERNEL_LOCAL_ONLY = [
  */
 export const TRUST_KEYS = ["commands.trustedKeys"];
 
-/** Keys whose values never leave the process in clear. */
+/** Key names whose values a problem line never shows (wherever they are: a problem line may err on the safe side). */
 export const SECRET_KEYS = new Set(["password"]);
+
+/** Where the configuration holds a secret: redacted by path, so that a deadband or a task named "password" is not. */
+export const SECRET_PATHS: readonly (readonly string[])[] = [["mqtt", "password"]];

@@ -198,9 +198,16 @@ export class ConfigStore extends EventEmitter<{
     }
     this.overrides = next;
     // The environment wins over config.set: a change it shadows is kept for when the variable goes, and said.
-    const shadowed = leaves(patch).flatMap(({ segments }) => {
+    const shadowed = leaves(patch).flatMap(({ segments, value }): Shadowed[] => {
+      const path = dottedPath(segments);
+      if (value === null) {
+        // A removal: every key under it that a variable sets stays.
+        return [...loaded.origins]
+          .filter(([key, origin]) => (key === path || key.startsWith(`${path}.`)) && origin.startsWith("from "))
+          .map(([key, origin]) => ({ path: key, by: origin.slice(5) }));
+      }
       const origin = originOf(loaded.origins, segments);
-      return origin?.startsWith("from ") ? [{ path: dottedPath(segments), by: origin.slice(5) }] : [];
+      return origin?.startsWith("from ") ? [{ path, by: origin.slice(5) }] : [];
     });
     if (shadowed.length > 0) {
       this.log?.warn({ reason, shadowed }, "config.set names keys the environment sets: the environment's values stay");

@@ -328,9 +328,13 @@ export const otaModule: Module<typeof updateSection> = {
               const transport = "mqtt" in p.source ? "mqtt" : "http";
               const f = files();
               mkdirSync(f.dir, { recursive: true, mode: 0o700 });
-              // One partial download at a time: an earlier release's is of no more use.
-              for (const n of readdirSync(f.dir))
-                if (isPartial(n) && n !== `${m.sha256}.partial`) rmSync(join(f.dir, n), { force: true });
+              // One partial download at a time: an earlier release's is of no more use. Without the installer
+              // nothing takes a staged release away either: only this one is kept.
+              for (const n of readdirSync(f.dir)) {
+                const kind = STAGED.exec(n)?.[1];
+                const stale = kind === "partial" || (stageOnly && kind === "ready");
+                if (stale && n !== `${m.sha256}.${kind}`) rmSync(join(f.dir, n), { force: true });
+              }
               const every = durationMs(config.progressInterval);
               let lastReport = Number.NEGATIVE_INFINITY;
               const onProgress = (pr: AssembleProgress) => {

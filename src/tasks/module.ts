@@ -28,7 +28,8 @@ export const runParams = z.strictObject({
         feeds: wireFeeds.optional(),
         image: z.base64("expected the image's bytes as base64").optional(),
       },
-      { error: EITHER_INPUT },
+      // Only the missing or mistyped input gets this message: an unknown key inside it is named as such.
+      { error: (issue) => (issue.code === "invalid_type" ? EITHER_INPUT : undefined) },
     )
     .superRefine((i, ctx) => {
       if ((i.feeds === undefined) === (i.image === undefined)) {

@@ -1,5 +1,6 @@
 // Issue 23: what a new operator trips over once the demo runs. Each test failed on 8ee023c as its comment says.
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -223,5 +224,131 @@ describe("config.set under the environment (item 9)", () => {
     assert.ok(result.ok);
     assert.deepEqual(result.changed, ["telemetry.fullInterval"]);
     assert.deepEqual(result.shadowed, [{ path: "telemetry.interval", by: "OUTPOST_TELEMETRY__INTERVAL" }]);
+  });
+});
+
+// A fresh-context review of the fixes above found these; each test failed before its fix.
+describe("found by the review of this issue's fixes", () => {
+  it("an empty mqtt.ca or passwordFile is reported, not taken as none (a blank variable must not drop the pinned CA)", async () => {
+    const path = join(dir, "empty-files.yaml");
+    writeFileSync(path, 'mqtt:\n  url: mqtts://b:8883\n  ca: ""\n  passwordFile: ""\n');
+    const res = await run(["config", "validate", path], { OUTPOST_MQTT__CERT: "", OUTPOST_MQTT__KEY: "" });
+    assert.equal(res.code, 78, res.out);
+    for (const key of ["ca", "passwordFile", "cert", "key"])
+      assert.match(res.err, new RegExp(`mqtt\\.${key}: expected a readable`));
+  });
+
+  it("an unknown parameter is named as unknown, also inside task.run's input", async () => {
+    const { z } = await import("zod");
+    const { checkParams } = await import("../../src/commands/rules.ts");
+    const { runParams } = await import("../../src/tasks/module.ts");
+    const unknown = checkParams(z.strictObject({}).nullish(), { x: 1 });
+    assert.ok(!unknown.ok);
+    assert.equal(unknown.message, 'params: unknown key "x"');
+    const inInput = checkParams(runParams, { task: "x", input: { image: "aGk=", imgae: "aGk=" } });
+    assert.ok(!inInput.ok);
+    assert.equal(inInput.message, 'params.input: unknown key "imgae"');
+    const pattern = checkParams(z.strictObject({ t: z.string().regex(/^a$/) }), { t: "b" });
+    assert.ok(!pattern.ok);
+    assert.doesNotMatch(pattern.message, /expected invalid/i);
+  });
+
+  it("ctl: a --group or --wait before the subcommand never takes the next flag as its value", async () => {
+    const r = await run(["ctl", "--group", "--broker", "mqtt://127.0.0.1:1", "call", "lab", "ping", "--unsigned"]);
+    assert.doesNotMatch(r.err, /unknown subcommand/);
+    assert.equal(r.code, 69, r.err);
+    const w = await run(["ctl", "--wait", "--key", join(dir, "none.key"), "call", "dev", "ping"]);
+    assert.doesNotMatch(w.err, /unknown subcommand/);
+    assert.match(w.err, /--key .*none\.key/);
+  });
+
+  it("ctl.yaml: a FIFO is refused at once, an empty OUTPOST_CTL_CONFIG is unset, URL passwords are not shown", async () => {
+    const fifo = join(dir, "ctl.fifo");
+    execFileSync("mkfifo", [fifo]);
+    const r = await run(["ctl", "config"], { OUTPOST_CTL_CONFIG: fifo });
+    assert.equal(r.code, 64);
+    assert.match(r.err, /ctl\.fifo: not a regular file/);
+    const unset = await run(["ctl", "config"], { OUTPOST_CTL_CONFIG: "", HOME: join(dir, "no-home") });
+    assert.equal(unset.code, 0, unset.err);
+    const shown = await run(["ctl", "config"], { OUTPOST_CTL_BROKER: "mqtt://ops:s3cret@127.0.0.1:1" });
+    assert.ok(!shown.out.includes("s3cret"), shown.out);
+    const refused = await run(["ctl", "devices"], { OUTPOST_CTL_BROKER: "mqtt://ops:s3cret@127.0.0.1:1" });
+    assert.equal(refused.code, 69);
+    assert.ok(!refused.err.includes("s3cret"), refused.err);
+  });
+
+  it("ctl: OUTPOST_CTL_PASSWORD wins over ctl.yaml's passwordFile, and ctl config says which is used", async () => {
+    const home = join(dir, "pw-home");
+    const { mkdirSync } = await import("node:fs");
+    mkdirSync(join(home, ".outpost"), { recursive: true });
+    writeFileSync(join(home, ".outpost", "ctl.yaml"), "passwordFile: missing.pw\n");
+    const shown = await run(["ctl", "config"], { HOME: home, OUTPOST_CTL_PASSWORD: "staging" });
+    assert.equal(shown.code, 0, shown.err);
+    assert.match(shown.out, /^password +<redacted> {2}# OUTPOST_CTL_PASSWORD$/m);
+    assert.match(shown.out, /^passwordFile +- {2}# in .*ctl\.yaml, unused: OUTPOST_CTL_PASSWORD wins$/m);
+    // The unused file is not read: its absence is no error.
+    const refused = await run(["ctl", "devices", "--broker", "mqtt://127.0.0.1:1"], {
+      HOME: home,
+      OUTPOST_CTL_PASSWORD: "x",
+    });
+    assert.equal(refused.code, 69, refused.err);
+  });
+
+  it("a deadband or a task called password is configuration: printed, hashed and changed like any other", async () => {
+    const path = join(dir, "password-deadband.yaml");
+    writeFileSync(path, "telemetry:\n  deadbands: { password: 2 }\n");
+    const printed = await run(["config", "print", path]);
+    assert.match(printed.out, /password: 2/);
+    const other = join(dir, "password-deadband-9.yaml");
+    writeFileSync(other, "telemetry:\n  deadbands: { password: 9 }\n");
+    const hash = async (p: string) => /hash ([0-9a-f]+)/.exec((await run(["config", "validate", p])).out)?.[1];
+    assert.notEqual(await hash(path), await hash(other));
+  });
+
+  it("config validate names an unreadable task model also while the schema has problems", async () => {
+    const path = join(dir, "rounds-task.yaml");
+    const model = join(dir, "nope.onnx");
+    writeFileSync(path, `telemetry: { interval: 5 }\ntasks:\n  define:\n    x: { type: onnx, model: ${model} }\n`);
+    const res = await run(["config", "validate", path]);
+    assert.equal(res.code, 78);
+    assert.match(res.err, /telemetry\.interval: /);
+    assert.match(res.err, /warning: tasks\.define\.x\.model: cannot read .*nope\.onnx \(ENOENT\)/);
+  });
+
+  it("--sources: a default beside the keys one variable sets is a default; a removal is no origin", async () => {
+    const path = join(dir, "breaker.yaml");
+    const state = join(dir, "breaker-state");
+    writeFileSync(path, `state: { dir: ${state} }\n`);
+    const res = await run(["config", "print", path, "--sources"], { OUTPOST_TASKS__BREAKER: '{"failures":3}' });
+    assert.equal(res.code, 0, res.err);
+    assert.match(res.out, /^tasks\.breaker\.failures = 3 {2}# from OUTPOST_TASKS__BREAKER$/m);
+    assert.match(res.out, /^tasks\.breaker\.open = "30s" {2}# default$/m);
+    const { mkdirSync } = await import("node:fs");
+    mkdirSync(state, { recursive: true });
+    writeFileSync(join(state, "config-overrides.json"), JSON.stringify({ format: 2, values: { telemetry: null } }));
+    const removed = await run(["config", "print", path, "--sources"]);
+    assert.match(removed.out, /^telemetry\.interval = "10s" {2}# default$/m);
+  });
+
+  it("config.set removing a section names the keys under it the environment still sets", async () => {
+    const { ConfigStore } = await import("../../src/config/store.ts");
+    const store = new ConfigStore({
+      hostname: "h",
+      env: { OUTPOST_TELEMETRY__INTERVAL: "1s", OUTPOST_STATE__DIR: join(dir, "shadow-null") },
+    });
+    const result = store.patch({ telemetry: null });
+    assert.ok(result.ok);
+    assert.deepEqual(result.shadowed, [{ path: "telemetry.interval", by: "OUTPOST_TELEMETRY__INTERVAL" }]);
+  });
+
+  it("the view never lays an older partial over a newer retained full sample", async () => {
+    const { applyMessage, telemetryLine } = await import("../../src/cli/view.ts");
+    const devices = new Map();
+    const send = (topic: string, body: unknown) =>
+      applyMessage(devices, "P", `P/${topic}`, Buffer.from(JSON.stringify(body)));
+    send("d/telemetry", { ts: 100, full: true, metrics: { cpu: { load: 10 } } });
+    send("d/telemetry", { ts: 110, full: false, metrics: { cpu: { load: 50 } } });
+    send("d/telemetry/full", { ts: 400, full: true, metrics: { cpu: { load: 20 } } });
+    assert.match(telemetryLine(devices.get("d")), /cpu=20\.0%/);
   });
 });

@@ -223,6 +223,7 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
       const unknownUntil = reply.error?.code === "BAD_PARAMS" && /"until"/.test(reply.error.message);
       if (until === "staged" && unknownUntil && !retried.has(reply.device)) {
         retried.add(reply.device);
+        entry(reply.device); // answered: counted, and waited for
         caller
           .call({ command: "update", params, device: reply.device, timeoutMs, validityMs: 60_000, onReply })
           .catch((err: unknown) => host.stderr.write(`outpost: ${reply.device}: ${errorMessage(err)}\n`));

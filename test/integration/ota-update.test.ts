@@ -224,6 +224,20 @@ describe("the update command", () => {
     assert.equal(described.modules.ota.installer, false);
     assert.equal(described.modules.ota.release, null);
   });
+
+  // Found by the review of issue 23: without the installer nothing removed a staged release, so each
+  // `--until staged` of another release kept one more full-size file in state.dir until the next start.
+  it("without the installer, staging another release keeps only the newest staged file", async () => {
+    const arch = process.arch === "x64" ? "x64" : "arm64";
+    publish("second", bumped(bumped(VERSION)), arch, 100_000);
+    const r = publish("third", bumped(bumped(bumped(VERSION))), arch, 100_000);
+    for (const name of ["second", "third"]) {
+      const reply = (await update(name)).finals[0];
+      assert.equal(reply?.state, "succeeded", JSON.stringify(reply?.error));
+    }
+    const ready = readdirSync(join(agent.dir, "state", "update")).filter((n) => n.endsWith(".ready"));
+    assert.deepEqual(ready, [`${r.manifest.sha256}.ready`]);
+  });
 });
 
 function bumped(version: string): string {

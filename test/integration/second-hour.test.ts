@@ -60,3 +60,61 @@ describe("ctl update's output (item 11)", () => {
     }
   });
 });
+
+describe("ctl update --until staged in a mixed fleet", () => {
+  // Found by the review of issue 23: ctl now tells the device `until`, which an agent from before refuses as an
+  // unknown parameter (BAD_PARAMS), so --until staged failed on every older agent, installed or not.
+  it("asks an agent that does not know `until` again without it", async () => {
+    const releaseKey = operatorKey();
+    const file = join(dir, "r2.bin");
+    writeFileSync(file, fakeAgent("9.9.8", process.arch === "arm64" ? "arm64" : "x64", 64 * 1024));
+    const release = join(dir, "r2");
+    makeRelease({ file, privateKey: parsePrivateKey(releaseKey.privatePem), out: release, kind: "agent", now: 1 });
+    // An agent of the version before: a strict parameter schema without `until`.
+    const device = await mqtt.connectAsync(broker.url);
+    await device.subscribeAsync(`${PREFIX}/dev-old/cmd/update`, { qos: 1 });
+    const asked: Record<string, unknown>[] = [];
+    device.on("message", (_topic, payload) => {
+      const envelope = JSON.parse(payload.toString()) as { payload: string };
+      const request = JSON.parse(envelope.payload) as { id: string; params: Record<string, unknown> };
+      asked.push(request.params);
+      const reply = (body: Record<string, unknown>) =>
+        device.publish(
+          `${PREFIX}/dev-old/cmd/update/reply`,
+          JSON.stringify({ id: request.id, command: "update", device: "dev-old", ...body }),
+          { qos: 1 },
+        );
+      if ("until" in request.params) {
+        reply({ state: "failed", error: { code: "BAD_PARAMS", message: 'params: Unrecognized key: "until"' } });
+        return;
+      }
+      reply({ state: "accepted" });
+      device.publish(`${PREFIX}/dev-old/update`, JSON.stringify({ state: "staged", version: "9.9.8" }), { qos: 1 });
+    });
+    try {
+      const r = await runCli(
+        [
+          "ctl",
+          "update",
+          "dev-old",
+          release,
+          "--until",
+          "staged",
+          "--broker",
+          broker.url,
+          "--key",
+          join(dir, "ops.key"),
+        ],
+        {},
+      );
+      assert.equal(r.code, 0, r.err + r.out);
+      assert.match(r.out, /^dev-old: staged/m);
+      assert.deepEqual(
+        asked.map((p) => "until" in p),
+        [true, false],
+      );
+    } finally {
+      await device.endAsync(true);
+    }
+  });
+});

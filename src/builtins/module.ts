@@ -1,5 +1,12 @@
 import { z } from "zod";
-import { allows, type Caller, type CommandDefinition, grantsTrust, type RunContext } from "../commands/commands.ts";
+import {
+  allows,
+  type Caller,
+  type CommandDefinition,
+  defineCommand,
+  grantsTrust,
+  type RunContext,
+} from "../commands/commands.ts";
 import { formatProblems } from "../config/problems.ts";
 import { redact } from "../config/redact.ts";
 import type { ConfigStore } from "../config/store.ts";
@@ -19,7 +26,7 @@ export const builtinsModule: Module<undefined> = {
       params: S,
       run: (params: z.output<S>, context: RunContext) => unknown,
       changesState = true,
-    ): CommandDefinition => ({ name, params, changesState, run: (p, context) => run(p as z.output<S>, context) });
+    ): CommandDefinition => defineCommand({ name, params, changesState, run });
     const read = <S extends z.ZodType>(name: string, params: S, run: (params: z.output<S>) => unknown) =>
       define(name, params, run, false);
 

@@ -7,7 +7,7 @@ import { TokenBucket } from "../core/rate-limit.ts";
 import { deviceTopics, groupCommandPrefix } from "../mqtt/topics.ts";
 import { COMMAND_NAME, type ReplyBody, unsignedSchema } from "./envelope.ts";
 import type { ReplayGuard } from "./replay.ts";
-import { checkParams, ctlResponseTopic, DEFAULT_MAX_REQUEST, describe, prototypeKey, Refused } from "./rules.ts";
+import { ctlResponseTopic, DEFAULT_MAX_REQUEST, describe, prototypeKey, Refused } from "./rules.ts";
 import type {
   Caller,
   CommandDefinition,
@@ -20,7 +20,7 @@ import type {
 } from "./types.ts";
 import { Verifier } from "./verify.ts";
 
-export { allows, DEFAULT_MAX_REQUEST, grantsTrust, REJECTIONS, type Rejection } from "./rules.ts";
+export { allows, DEFAULT_MAX_REQUEST, defineCommand, grantsTrust, REJECTIONS, type Rejection } from "./rules.ts";
 export type { Caller, CommandDefinition, CommandPolicy, CommandSource, PendingReply, Reply, RunContext, TrustedKey };
 
 const MAX_REMEMBERED = 100_000;
@@ -56,7 +56,8 @@ interface Route {
 interface Accepted {
   id: string;
   definition: CommandDefinition;
-  params: unknown;
+  /** The run, bound to the params already checked. */
+  run: (context: RunContext) => unknown;
   caller?: Caller;
 }
 
@@ -235,14 +236,14 @@ export class Commands implements Component {
     this.running.add(task);
   }
 
-  private async run({ id, definition, params, caller }: Accepted, send: Send, routing: Routing): Promise<void> {
+  private async run({ id, definition, run, caller }: Accepted, send: Send, routing: Routing): Promise<void> {
     this.counts.executed += 1;
     const started = performance.now();
     const done = (state: "succeeded" | "failed") =>
       this.observe?.(definition.name, state, (performance.now() - started) / 1000);
     let deferred = false;
     try {
-      const result = await definition.run(params, {
+      const result = await run({
         id,
         progress: (progress) => send({ state: "executing", progress }),
         signal: this.controller.signal,
@@ -351,14 +352,18 @@ export class Commands implements Component {
     }
   }
 
-  /** The command and its checked params, if it may run now. */
-  private definition(name: string, params: unknown, id: string): { definition: CommandDefinition; params: unknown } {
+  /** The command and its run bound to the checked params, if it may run now. */
+  private definition(
+    name: string,
+    params: unknown,
+    id: string,
+  ): { definition: CommandDefinition; run: (context: RunContext) => unknown } {
     const definition = this.definitions.get(name);
     if (!definition) throw new Refused("UNKNOWN_COMMAND", `no command ${JSON.stringify(name)}`, id);
     // Checked before any schema: zod's records assign such a key, which changes the prototype and loses it.
     const unsafe = prototypeKey(params, "params");
     if (unsafe) throw new Refused("BAD_PARAMS", `${unsafe}: expected a plain key, not one that names a prototype`, id);
-    const checked = checkParams(definition.params, params);
+    const checked = definition.bind(params);
     if (!checked.ok) throw new Refused("BAD_PARAMS", checked.message, id);
     if (definition.changesState !== false && !this.o.replay.ensureDurable(this.o.clock.now())) {
       throw new Refused(
@@ -376,6 +381,6 @@ export class Commands implements Component {
     if (this.o.replay.size >= MAX_REMEMBERED) {
       throw new Refused("BUSY", "too many recent requests to remember; try again later", id);
     }
-    return { definition, params: checked.value };
+    return { definition, run: checked.run };
   }
 }

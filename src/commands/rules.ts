@@ -1,7 +1,9 @@
 import type { z } from "zod";
 import { expectation } from "../config/problems.ts";
 import type { Code } from "../core/codes.ts";
+import { OutpostError } from "../core/errors.ts";
 import { ctlNamespace } from "../mqtt/topics.ts";
+import type { CommandDefinition, CommandSpec } from "./types.ts";
 
 /** Codes of the refusals; each one is answered with `failed` and nothing runs. */
 export const REJECTIONS = [
@@ -27,14 +29,15 @@ export type Rejection = (typeof REJECTIONS)[number];
 export const DEFAULT_MAX_REQUEST = 64 * 1024;
 
 /** A refusal: answered with `failed` and its code, and nothing runs. */
-export class Refused extends Error {
-  readonly code: Rejection;
+/** A request refused before it ran: one of the REJECTIONS, carried by the one error class like every wire code. */
+export class Refused extends OutpostError {
+  declare readonly code: Rejection;
   readonly id: string | undefined;
   /** Whether the request was authenticated (a valid signature, or unsigned while that is allowed). */
   authenticated = false;
   constructor(code: Rejection, message: string, id?: string) {
-    super(message);
-    this.code = code;
+    super(code, message);
+    this.name = "Refused";
     this.id = id;
   }
 }
@@ -88,6 +91,18 @@ export function describe(error: z.ZodError, root?: string): string {
   // zod's own words for the rest start "Invalid ...": said as what is expected instead.
   const expected = expectation(issue).replace(/^expected invalid\s+/i, "expected a valid ");
   return `${path}: ${expected}${missing ? ", found nothing" : ""}`;
+}
+
+/** A command: its params' schema and its run, typed together (see CommandDefinition). */
+export function defineCommand<S extends z.ZodType>(spec: CommandSpec<S>): CommandDefinition {
+  const { params, run, ...rest } = spec;
+  return {
+    ...rest,
+    bind: (raw) => {
+      const checked = checkParams(params, raw);
+      return checked.ok ? { ok: true, run: (context) => run(checked.value, context) } : checked;
+    },
+  };
 }
 
 /** A command's params checked against its schema: the parsed value, or the BAD_PARAMS message. */

@@ -57,9 +57,15 @@ export interface RunContext {
   defer(): PendingReply;
 }
 
+/** A command's params checked: a run bound to the parsed value, or the BAD_PARAMS message. */
+export type BoundCommand = { ok: true; run(context: RunContext): unknown } | { ok: false; message: string };
+
+/**
+ * A command as the router holds it. Built by `defineCommand`, which ties the params' schema to the run's
+ * parameter type: the router checks the params once, and no command casts them again.
+ */
 export interface CommandDefinition {
   name: string;
-  params: z.ZodType;
   /**
    * False for a command that only reads: it may run while replay records cannot be stored. Anything else is
    * refused then (fail closed), so the default is true.
@@ -67,6 +73,15 @@ export interface CommandDefinition {
   changesState?: boolean;
   /** The largest request (the whole MQTT payload) accepted for this command; DEFAULT_MAX_REQUEST otherwise. */
   maxRequestBytes?: number;
-  /** Runs with params already checked against `params`; the value returned is the result. */
-  run(params: unknown, context: RunContext): unknown;
+  /** Checks raw params against the command's schema. */
+  bind(params: unknown): BoundCommand;
+}
+
+export interface CommandSpec<S extends z.ZodType> {
+  name: string;
+  params: S;
+  changesState?: boolean;
+  maxRequestBytes?: number;
+  /** Runs with the params parsed by `params`; the value returned is the result. */
+  run(params: z.output<S>, context: RunContext): unknown;
 }

@@ -4,6 +4,7 @@ import { statfs } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import * as sea from "node:sea";
 import { z } from "zod";
+import { defineCommand } from "../commands/commands.ts";
 import { durationMs } from "../config/duration.ts";
 import { parseSize } from "../config/size.ts";
 import { sleep } from "../core/clock.ts";
@@ -292,12 +293,11 @@ export const otaModule: Module<typeof updateSection> = {
         ),
       ],
       commands: [
-        {
+        defineCommand({
           name: "update",
           params: updateParams,
           maxRequestBytes: MAX_UPDATE_REQUEST,
-          run: async (params, context) => {
-            const p = params as z.output<typeof updateParams>;
+          run: async (p, context) => {
             if (busy) throw new OutpostError("OTA_BUSY", "an update is already running");
             if (phase !== "idle") throw new OutpostError("OTA_BUSY", `an update is ${phase.replace("-", " ")}`);
             busy = true;
@@ -426,7 +426,7 @@ export const otaModule: Module<typeof updateSection> = {
               busy = false;
             }
           },
-        },
+        }),
       ],
       describe: () => ({
         version: VERSION,

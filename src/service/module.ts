@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { defineCommand } from "../commands/commands.ts";
 import { durationMs } from "../config/duration.ts";
 import { sleep } from "../core/clock.ts";
 import { loopComponent } from "../core/lifecycle.ts";
@@ -82,17 +83,16 @@ export const serviceModule: Module<typeof serviceSection> = {
 
     const commands = ctx.config().service.debugCommands
       ? [
-          {
+          defineCommand({
             name: "debug.block",
             params: z.strictObject({ ms: z.number().int().min(1).max(600_000) }),
             changesState: false,
             // Blocks the event loop itself (not a timer): what a wedged native call or a busy loop would do.
-            run: (params: unknown) => {
-              const { ms } = params as { ms: number };
+            run: ({ ms }) => {
               Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
               return { blockedMs: ms };
             },
-          },
+          }),
         ]
       : [];
     return {

@@ -1,7 +1,7 @@
 import { readFile } from "node:fs/promises";
 import { basename } from "node:path";
 import { z } from "zod";
-import type { CommandDefinition } from "../commands/commands.ts";
+import { type CommandDefinition, defineCommand } from "../commands/commands.ts";
 import { durationMs } from "../config/duration.ts";
 import { sleep } from "../core/clock.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
@@ -182,12 +182,11 @@ export const tasksModule: Module<typeof tasksSection> = {
     }
 
     const commands: CommandDefinition[] = [
-      {
+      defineCommand({
         name: "task.run",
         params: runParams,
         maxRequestBytes: MAX_TASK_REQUEST,
-        run: async (params, context) => {
-          const p = params as z.output<typeof runParams>;
+        run: async (p, context) => {
           const input = p.input.feeds
             ? { feeds: p.input.feeds }
             : { image: Buffer.from(p.input.image ?? "", "base64") };
@@ -196,14 +195,18 @@ export const tasksModule: Module<typeof tasksSection> = {
             signal: context.signal,
             source: "command",
           });
-          const error = result.error as { code?: string; message?: string } | undefined;
-          if (!result.ok && error?.code) {
-            throw new OutpostError(error.code as never, error.message ?? "the task failed", { details: result });
+          if (!result.ok && result.error) {
+            throw new OutpostError(result.error.code, result.error.message, { details: result });
           }
           return result;
         },
-      },
-      { name: "task.list", params: z.strictObject({}).nullish(), changesState: false, run: () => runner.list() },
+      }),
+      defineCommand({
+        name: "task.list",
+        params: z.strictObject({}).nullish(),
+        changesState: false,
+        run: () => runner.list(),
+      }),
     ];
 
     return {

@@ -3,6 +3,7 @@ import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { basename, join } from "node:path";
 import { durationMs as durationOf } from "../config/duration.ts";
+import type { Code } from "../core/codes.ts";
 import { errorMessage, isOutpostError, OutpostError } from "../core/errors.ts";
 import type { Logger } from "../core/logger.ts";
 import type { OutboxMessage } from "../outbox/types.ts";
@@ -32,7 +33,13 @@ interface Call {
 }
 
 /** A task's outcome, as published on `P/D/results/<task>` and returned to `task.run`. */
-export type TaskResult = Record<string, unknown> & { task: string; trace: string; ok: boolean };
+export type TaskResult = Record<string, unknown> & {
+  task: string;
+  trace: string;
+  ok: boolean;
+  /** Why a task could not run: a code of the registry (the pool admits only registered worker codes). */
+  error?: { code: Code; message: string };
+};
 
 export interface RunnerOptions {
   config: TasksConfig;

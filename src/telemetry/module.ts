@@ -1,5 +1,6 @@
 import { Gauge } from "prom-client";
 import { z } from "zod";
+import { defineCommand } from "../commands/commands.ts";
 import { durationMs } from "../config/duration.ts";
 import { type Collector, type Module, WithErrors } from "../kernel/module.ts";
 import { type Board, detectBoard } from "./boards/detect.ts";
@@ -158,7 +159,7 @@ export const telemetryModule: Module<typeof telemetrySection> = {
       ],
       collectors,
       commands: [
-        {
+        defineCommand({
           name: "telemetry.now",
           params: z.strictObject({}).nullish(),
           changesState: false,
@@ -167,7 +168,7 @@ export const telemetryModule: Module<typeof telemetrySection> = {
             const errors = Object.keys(sample.errors).length ? { errors: sample.errors } : {};
             return { full: true, metrics: sample.metrics, ...errors };
           },
-        },
+        }),
       ],
       status: () => ({ board: { kind: board.kind, model: board.model } }),
       describe: () => {

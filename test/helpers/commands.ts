@@ -2,7 +2,13 @@ import { EventEmitter } from "node:events";
 import type { IPublishPacket } from "mqtt";
 import { pino } from "pino";
 import { z } from "zod";
-import { type CommandDefinition, type CommandPolicy, Commands, type Reply } from "../../src/commands/commands.ts";
+import {
+  type CommandDefinition,
+  type CommandPolicy,
+  Commands,
+  defineCommand,
+  type Reply,
+} from "../../src/commands/commands.ts";
 import { type CommandRequest, newRequest, type SignedEnvelope, signPayload } from "../../src/commands/envelope.ts";
 import { generateKeys, parsePrivateKey } from "../../src/commands/keys.ts";
 import { ReplayGuard } from "../../src/commands/replay.ts";
@@ -66,15 +72,15 @@ export function harness(
   const bus = new Bus();
   const replies: Reply[] = [];
   const effects: unknown[] = [];
-  const probe: CommandDefinition = {
+  const probe: CommandDefinition = defineCommand({
     name: "probe",
     params: z.strictObject({ n: z.number().int() }).optional(),
     run: (params) => {
       effects.push(params);
       return { done: true };
     },
-  };
-  const slow: CommandDefinition = {
+  });
+  const slow: CommandDefinition = defineCommand({
     name: "slow",
     params: z.undefined(),
     run: async (_params, context) => {
@@ -82,9 +88,9 @@ export function harness(
       effects.push("slow");
       return "finished";
     },
-  };
+  });
   /** Reads only: may run while replay records cannot be stored. */
-  const look: CommandDefinition = {
+  const look: CommandDefinition = defineCommand({
     name: "look",
     params: z.undefined(),
     changesState: false,
@@ -92,22 +98,22 @@ export function harness(
       effects.push("look");
       return "seen";
     },
-  };
+  });
   /** Runs until the test releases it. */
   const gates: (() => void)[] = [];
-  const block: CommandDefinition = {
+  const block: CommandDefinition = defineCommand({
     name: "block",
     params: z.undefined(),
     run: () => new Promise<void>((resolve) => gates.push(resolve)).then(() => effects.push("block")),
-  };
-  const boom: CommandDefinition = {
+  });
+  const boom: CommandDefinition = defineCommand({
     name: "boom",
     params: z.undefined(),
     run: () => {
       // A code of a capability the registry does not know: what the handler passes on is whatever code it gets.
       throw new OutpostError("DISK_FULL" as Code, "no space left");
     },
-  };
+  });
   const policy: CommandPolicy = {
     trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }],
     allowUnsigned: false,

@@ -9,6 +9,7 @@ import { pino } from "pino";
 import { stringify } from "yaml";
 import { z } from "zod";
 import { createAgent } from "../../src/agent.ts";
+import { defineCommand } from "../../src/commands/commands.ts";
 import { ConfigStore } from "../../src/config/store.ts";
 import { systemClock } from "../../src/core/clock.ts";
 import type { Kernel } from "../../src/kernel/kernel.ts";
@@ -43,11 +44,11 @@ function probeModule(calls: string[], wedge = false): Module<undefined> {
           },
         ],
         commands: [
-          {
+          defineCommand({
             name: "probe.echo",
             params: z.strictObject({ text: z.string() }),
-            run: (params) => ({ echo: (params as { text: string }).text, started }),
-          },
+            run: ({ text }) => ({ echo: text, started }),
+          }),
         ],
         collectors: [
           {

@@ -1,10 +1,15 @@
 // Where `outpost ctl` takes its settings from: its flags, then the environment, then `~/.outpost/ctl.yaml`, then
 // the defaults. An operator sets the broker and the key once, in the file, instead of in every shell.
-import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
+import { closeSync, constants, fstatSync, openSync, readFileSync, readSync } from "node:fs";
 import { dirname, isAbsolute, join, resolve } from "node:path";
 import { parse } from "yaml";
 import { z } from "zod";
+import { parsePrivateKey } from "../commands/keys.ts";
+import { parseDuration } from "../config/duration.ts";
 import { errorMessage } from "../core/errors.ts";
+import { BROKER_URL } from "../core/patterns.ts";
+import { readPasswordFile } from "../mqtt/options.ts";
+import type { BrokerOptions } from "./ctl-client.ts";
 import type { Host } from "./host.ts";
 import { UsageError } from "./host.ts";
 
@@ -154,5 +159,87 @@ export function printCtlSettings(host: Host, settings: CtlSettings): void {
             ? withoutPassword(s.value)
             : s.value;
     host.stdout.write(`${name.padEnd(13)} ${shown}  # ${s.origin}\n`);
+  }
+}
+
+/** The flags every ctl subcommand takes for the broker and its output. */
+export const BROKER_FLAGS = {
+  broker: { type: "string" },
+  username: { type: "string" },
+  "password-file": { type: "string" },
+  ca: { type: "string" },
+  cert: { type: "string" },
+  "tls-key": { type: "string" },
+  prefix: { type: "string" },
+  protocol: { type: "string" },
+  json: { type: "boolean" },
+} as const;
+
+type BrokerValues = {
+  [K in keyof typeof BROKER_FLAGS]?: (typeof BROKER_FLAGS)[K]["type"] extends "boolean" ? boolean : string;
+};
+
+/** Where the broker is and who ctl is, from its flags, the environment, ~/.outpost/ctl.yaml and the defaults. */
+export function brokerOptions(host: Host, v: BrokerValues): BrokerOptions & { prefix: string; origin: string } {
+  const s = ctlSettings(host, v);
+  const url = s.broker.value ?? "";
+  if (!BROKER_URL.test(url))
+    throw new UsageError(`--broker must be an mqtt:// or mqtts:// URL, not ${url} (${s.broker.origin})`);
+  const protocol = s.protocol.value ?? "auto";
+  if (protocol !== "auto" && protocol !== "4" && protocol !== "5")
+    throw new UsageError(`--protocol must be 5, 4 (MQTT 3.1.1) or auto, not ${protocol} (${s.protocol.origin})`);
+  // ctlSettings left one of the two in use, by the same precedence as every setting.
+  const passwordFile = s.passwordFile.value;
+  const password = passwordFile ? readPasswordFile(passwordFile) : s.password.value;
+  // A connection that fails says where its address came from, and how to give another.
+  const origin =
+    s.broker.origin === "default"
+      ? `the default: give --broker, OUTPOST_CTL_BROKER or broker: in ${s.file ?? "~/.outpost/ctl.yaml"}`
+      : s.broker.origin.startsWith("in ")
+        ? s.broker.origin
+        : `from ${s.broker.origin}`;
+  return {
+    url,
+    username: s.username.value,
+    password,
+    ca: s.ca.value,
+    cert: s.cert.value,
+    key: s.tlsKey.value,
+    prefix: s.prefix.value ?? "outpost/v1",
+    origin,
+    ...(protocol === "auto" ? {} : { protocolVersion: protocol === "4" ? 4 : 5 }),
+  };
+}
+
+/** The operator key's file: --key, OUTPOST_CTL_KEY, or key: in ~/.outpost/ctl.yaml. */
+export function keyFileOf(host: Host, v: { key?: string | undefined }): string | undefined {
+  return ctlSettings(host, v).key.value;
+}
+
+export function durationFlag(name: string, text: string | undefined, fallback: number): number {
+  if (text === undefined) return fallback;
+  const ms = parseDuration(text);
+  if (ms === undefined || ms <= 0) throw new UsageError(`--${name} must be a duration like 10s, not ${text}`);
+  return ms;
+}
+
+/** The operator's private key, with a message that names the file and the fix when it is not one. */
+export function readPrivateKey(file: string) {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (err) {
+    throw new UsageError(`--key ${file}: ${errorMessage(err)}`);
+  }
+  if (text.startsWith("ed25519:") || text.includes("BEGIN PUBLIC KEY")) {
+    const privateFile = file.endsWith(".pub") ? `${file.slice(0, -4)}.key` : "the .key file";
+    throw new UsageError(
+      `--key ${file} is a public key: --key takes the private key that 'outpost keygen' wrote beside it (${privateFile})`,
+    );
+  }
+  try {
+    return parsePrivateKey(text);
+  } catch (err) {
+    throw new UsageError(`--key ${file}: ${errorMessage(err)} (expected the .key file that 'outpost keygen' wrote)`);
   }
 }

@@ -9,7 +9,7 @@ import { errorMessage } from "../core/errors.ts";
 import { type Manifest, manifestSchema, type SignedManifest, signedManifestSchema } from "../ota/manifest.ts";
 import { chunkRequestSchema, encodeAnswer } from "../ota/mqtt-source.ts";
 import { Caller, connectBroker } from "./ctl-client.ts";
-import { BROKER_FLAGS, brokerOptions, durationFlag, keyFileOf, readPrivateKey } from "./ctl-command.ts";
+import { BROKER_FLAGS, brokerOptions, durationFlag, keyFileOf, readPrivateKey } from "./ctl-settings.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 
 const FINAL = new Set(["committed", "rolled-back", "failed"]);

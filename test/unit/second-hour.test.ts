@@ -202,7 +202,7 @@ describe("ctl's settings (items 8 and 13)", () => {
   });
 
   it("the default broker's refusal names --broker, OUTPOST_CTL_BROKER and the file", async () => {
-    const { brokerOptions } = await import("../../src/cli/ctl-command.ts");
+    const { brokerOptions } = await import("../../src/cli/ctl-settings.ts");
     const host = { env: { HOME: "/home/op" } } as unknown as Parameters<typeof brokerOptions>[0];
     assert.equal(
       brokerOptions(host, {}).origin,

@@ -2,6 +2,7 @@ import type { z } from "zod";
 import { expectation } from "../config/problems.ts";
 import type { Code } from "../core/codes.ts";
 import { OutpostError } from "../core/errors.ts";
+import { PROTOTYPE_KEYS } from "../core/merge.ts";
 import { ctlNamespace } from "../mqtt/topics.ts";
 import type { CommandDefinition, CommandSpec } from "./types.ts";
 
@@ -41,8 +42,6 @@ export class Refused extends OutpostError {
     this.id = id;
   }
 }
-
-const PROTOTYPE_KEYS = new Set(["__proto__", "constructor", "prototype"]);
 
 /** The path of the first key in a JSON value that names a prototype, if any. */
 export function prototypeKey(value: unknown, path: string): string | undefined {

@@ -3,6 +3,7 @@ import { accessSync, constants, readFileSync, statSync } from "node:fs";
 import { parseDocument } from "yaml";
 import type { z } from "zod";
 import { OutpostError } from "../core/errors.ts";
+import { isObject, valueAt } from "../core/merge.ts";
 import { readPasswordFile } from "../mqtt/options.ts";
 import { type Config, configSchema } from "../schema.ts";
 import { redact } from "./redact.ts";
@@ -92,7 +93,7 @@ export function loadConfig(options: LoadOptions): LoadedConfig {
     for (const issue of result.error.issues) problems.push(...describeIssue(issue, raw, sources, file));
   }
   // The files are checked in the same pass as the schema, so that one run names every problem.
-  const rawMqtt = isPlainObject(raw.mqtt) ? raw.mqtt : {};
+  const rawMqtt = isObject(raw.mqtt) ? raw.mqtt : {};
   const password = resolveFiles(rawMqtt, problems, sources, file);
   if (!result.success || problems.length > 0) throw invalid(problems);
 
@@ -278,7 +279,7 @@ function applyEnv(
         sources.set(dottedPath(walked), `from ${name}`);
         // A whole section or record from one variable replaces what was there; its own leaves come from it,
         // the defaults filled in beside them do not.
-        if (isPlainObject(value)) {
+        if (isObject(value)) {
           wholes.add(dottedPath(walked));
           for (const leaf of leaves(value, walked)) sources.set(dottedPath(leaf.segments), `from ${name}`);
         }
@@ -333,8 +334,8 @@ function sourceFor(path: string, sources: Map<string, string>, file: string | un
  * Returns a new value; neither argument is changed.
  */
 export function mergePatch(target: unknown, patch: unknown): unknown {
-  if (!isPlainObject(patch)) return patch;
-  const out: Record<string, unknown> = isPlainObject(target) ? { ...target } : {};
+  if (!isObject(patch)) return patch;
+  const out: Record<string, unknown> = isObject(target) ? { ...target } : {};
   for (const [key, value] of Object.entries(patch)) {
     if (value === null) delete out[key];
     else out[key] = mergePatch(out[key], value);
@@ -352,7 +353,7 @@ export function dottedPath(segments: readonly string[]): string {
 
 /** The key segments of every leaf of a plain object (arrays count as leaves), with its value. */
 export function leaves(value: unknown, prefix: string[] = []): { segments: string[]; value: unknown }[] {
-  if (!isPlainObject(value)) return prefix.length > 0 ? [{ segments: prefix, value }] : [];
+  if (!isObject(value)) return prefix.length > 0 ? [{ segments: prefix, value }] : [];
   return Object.entries(value).flatMap(([key, child]) => leaves(child, [...prefix, key]));
 }
 
@@ -371,19 +372,6 @@ export function originOf(origins: ReadonlyMap<string, string>, segments: readonl
     if (origin !== undefined) return origin;
   }
   return undefined;
-}
-
-function isPlainObject(value: unknown): value is Record<string, unknown> {
-  return value !== null && typeof value === "object" && !Array.isArray(value);
-}
-
-function valueAt(raw: unknown, path: string[]): unknown {
-  let current = raw;
-  for (const seg of path) {
-    if (current === null || typeof current !== "object") return undefined;
-    current = (current as Record<string, unknown>)[seg];
-  }
-  return current;
 }
 
 function sanitizeHostname(hostname: string): string {
@@ -445,11 +433,11 @@ function resolveFiles(
  */
 export function unreadableTaskFiles(raw: unknown): string[] {
   const warnings: string[] = [];
-  const define = isPlainObject(raw) && isPlainObject(raw.tasks) ? raw.tasks.define : undefined;
-  if (!isPlainObject(define)) return warnings;
+  const define = isObject(raw) && isObject(raw.tasks) ? raw.tasks.define : undefined;
+  if (!isObject(define)) return warnings;
   for (const [name, def] of Object.entries(define)) {
-    if (!isPlainObject(def)) continue;
-    const golden = isPlainObject(def.golden) ? def.golden.image : undefined;
+    if (!isObject(def)) continue;
+    const golden = isObject(def.golden) ? def.golden.image : undefined;
     for (const [key, path] of [
       [["model"], def.model],
       [["golden", "image"], golden],

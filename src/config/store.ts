@@ -7,6 +7,7 @@ import type { Code } from "../core/codes.ts";
 import { isOutpostError, OutpostError } from "../core/errors.ts";
 import { writeFileAtomically } from "../core/files.ts";
 import type { Logger } from "../core/logger.ts";
+import { isObject } from "../core/merge.ts";
 import { type Config, LOCAL_ONLY_KEYS, RESTART_KEYS } from "../schema.ts";
 import {
   type ConfigProblem,
@@ -341,10 +342,6 @@ export class ConfigStore extends EventEmitter<{
     });
     return undefined;
   }
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return value !== null && typeof value === "object" && !Array.isArray(value);
 }
 
 function invalid(problems: ConfigProblem[]): OutpostError {

@@ -35,7 +35,6 @@ export const CODES = {
   CONFIG_KEY_UNKNOWN: { wire: true, meaning: "config.get: no such key" },
   CONFIG_LOCKOUT: { wire: true, meaning: "config.set: the change would leave no key that can run config.set" },
   CONFIG_NOT_STORED: { wire: true, meaning: "config.set: the change could not be written to state.dir" },
-  RESTART_FAILED: { wire: true, meaning: "restart: the agent did not come back as the same device" },
   // Tasks: the worker pool, task.run and the tasks module (docs/tasks.md).
   QUEUE_FULL: { wire: true, meaning: "the task queue is full: refused at once, nothing queued; try again" },
   CIRCUIT_OPEN: { wire: true, meaning: "this task type failed too often in a row; refused until a probe succeeds" },
@@ -71,7 +70,8 @@ export const CODES = {
   OTA_HASH_MISMATCH: { wire: true, meaning: "the assembled file does not match the manifest's sha256" },
   OTA_KIND_UNSUPPORTED: {
     wire: true,
-    meaning: "this version deploys agent releases only; model releases are not built yet",
+    meaning:
+      "the release's kind is not what the request is for: an agent release where a task's model was named, a model release without params.task, or a task that has no model",
   },
   OTA_WRONG_ARCH: { wire: true, meaning: "the release is for another architecture" },
   OTA_DOWNGRADE: {

@@ -6,10 +6,13 @@ export function isObject(value: unknown): value is Record<string, unknown> {
   return value !== null && typeof value === "object" && !Array.isArray(value);
 }
 
-/** The value at a dotted path (`jetson.gpu.clockMHz`), or undefined where the path leaves the objects. */
-export function valueAt(metrics: unknown, path: string): unknown {
-  let node = metrics;
-  for (const key of path.split(".")) {
+/**
+ * The value at a path, dotted (`jetson.gpu.clockMHz`) or as segments, or undefined where the path leaves the
+ * objects.
+ */
+export function valueAt(value: unknown, path: string | readonly string[]): unknown {
+  let node = value;
+  for (const key of typeof path === "string" ? path.split(".") : path) {
     if (node === null || typeof node !== "object") return undefined;
     node = (node as Record<string, unknown>)[key];
   }
@@ -26,10 +29,10 @@ export function leaves(metrics: Record<string, unknown>, prefix: string[] = [], 
 }
 
 /** Keys that would reach an object's prototype: a payload from the broker must not set them. */
-const UNSAFE = new Set(["__proto__", "constructor", "prototype"]);
+export const PROTOTYPE_KEYS: ReadonlySet<string> = new Set(["__proto__", "constructor", "prototype"]);
 
 export function put(target: Record<string, unknown>, segments: readonly string[], value: unknown): void {
-  if (segments.some((s) => UNSAFE.has(s))) return;
+  if (segments.some((s) => PROTOTYPE_KEYS.has(s))) return;
   let node = target;
   for (const key of segments.slice(0, -1)) {
     const child = node[key];

@@ -4,6 +4,7 @@ import { duration, size } from "../config/schema.ts";
 import { sizeBytes } from "../config/size.ts";
 import { sleep } from "../core/clock.ts";
 import { loopComponent } from "../core/lifecycle.ts";
+import { workerThreads } from "../core/threads.ts";
 import type { Module } from "../kernel/module.ts";
 import { GrowthDetector, type Resource, type ResourceSample } from "./growth.ts";
 
@@ -23,14 +24,11 @@ const resourcesSection = {
   restartOnly: ["interval", "windowSamples", "windows", "rssGrowth", "heapGrowth", "handleGrowth"],
 } as const;
 
-/** Worker threads the agent runs; the tasks module reports its pool here when it arrives. */
-const workers = () => 0;
-
 function sample(): ResourceSample {
   const { rss, heapUsed } = process.memoryUsage();
   // Timers excluded: they come and go with every wait; sockets, files and handles that leak do not.
   const handles = process.getActiveResourcesInfo().filter((r) => r !== "Timeout" && r !== "Immediate").length;
-  return { rss, heapUsed, handles, workers: workers() };
+  return { rss, heapUsed, handles, workers: workerThreads() };
 }
 
 /**

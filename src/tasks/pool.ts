@@ -2,6 +2,7 @@ import { type ResourceLimits, Worker } from "node:worker_threads";
 import type { Code } from "../core/codes.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
 import type { Logger } from "../core/logger.ts";
+import { countWorker } from "../core/threads.ts";
 
 /**
  * What a worker receives and answers. The worker's source (a bundle, run with `eval: true` as inside the single
@@ -237,6 +238,7 @@ export class WorkerPool {
       stdout: true,
       stderr: true,
     });
+    countWorker(worker);
     worker.stdout.resume();
     worker.stderr.on("data", (chunk: Buffer) => {
       this.o.logger.warn({ output: chunk.toString().slice(0, 500) }, "a task worker wrote to stderr");

@@ -6,6 +6,7 @@ import { randomBytes } from "node:crypto";
 import { rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Worker } from "node:worker_threads";
+import { countWorker } from "../core/threads.ts";
 import { demoFiles } from "./demo.ts";
 import { workerSource } from "./runtime.ts";
 import type { WorkerInput, WorkerSetup } from "./worker.ts";
@@ -19,6 +20,7 @@ export async function probeRuntime(runtimeDir: string, binding: string): Promise
   await writeFile(model, demo.model, { mode: 0o600 });
   const setup: WorkerSetup = { runtime: "native", binding, intraOpThreads: 1 };
   const worker = new Worker(workerSource(), { eval: true, workerData: setup });
+  countWorker(worker);
   try {
     const input: WorkerInput = {
       op: "classify",

@@ -18,8 +18,6 @@ export interface TelemetryOptions {
   timeoutMs: () => number;
   /** Where a sample goes: the outbox, through the telemetry module. */
   publish: (sample: Sample) => void;
-  /** Extra metrics from other components (outbox counters, ...), read at each cycle. */
-  extra?: () => Record<string, unknown>;
   logger: Logger;
   /** Beaten at every cycle: a loop that stops beating is wedged. */
   heartbeat?: Heartbeat;
@@ -99,7 +97,6 @@ export class Telemetry implements Component {
         }
       }),
     );
-    if (this.options.extra) Object.assign(metrics, this.options.extra());
     return { metrics, errors };
   }
 

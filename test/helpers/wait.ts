@@ -34,3 +34,12 @@ export class Collected<T> extends EventEmitter<{ item: [T] }> {
     return this.waitFor((item) => this.items.indexOf(item) >= from && match(item), timeoutMs, what);
   }
 }
+
+/** Polls `done` until it holds, or fails after `timeoutMs` naming what was awaited. */
+export async function waitUntil(done: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}

@@ -8,8 +8,10 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { pino } from "pino";
 import { isOutpostError } from "../../src/core/errors.ts";
+import { workerThreads } from "../../src/core/threads.ts";
 import { type PoolOptions, WorkerPool } from "../../src/tasks/pool.ts";
 import { ROOT } from "../helpers/agent-process.ts";
+import { waitUntil } from "../helpers/wait.ts";
 
 /** A worker speaking the pool's protocol, with one task type per way a task can go wrong. */
 const SOURCE = `
@@ -76,15 +78,19 @@ describe("worker pool", () => {
   it("starts no worker until a task comes, then at most `size`; reports queue and run time", async () => {
     const p = pool();
     assert.equal(p.stats().workers, 0);
+    const threads = workerThreads();
     const results = await Promise.all([1, 2, 3, 4, 5].map((i) => p.run("echo", { i }, { timeoutMs: 5000 })));
     assert.deepEqual(
       results.map((r) => r.value),
       [1, 2, 3, 4, 5].map((i) => ({ i })),
     );
     assert.equal(p.stats().workers, 2);
+    // Issue 24 item 9: the resource watch's `workers` was a constant 0; it counts the process's threads now.
+    assert.equal(workerThreads(), threads + 2);
     assert.ok(results.every((r) => r.queueMs >= 0 && r.runMs >= 0));
     await p.close(AbortSignal.timeout(5000));
     assert.equal(p.stats().workers, 0);
+    await waitUntil(() => workerThreads() === threads, 5000, "the threads exited");
   });
 
   it("a task that throws, loops, passes its heap limit, exits or crashes fails alone with its code, three times over", async () => {

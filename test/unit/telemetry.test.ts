@@ -53,18 +53,6 @@ describe("telemetry sampling", () => {
     assert.deepEqual(third.metrics.slow, { value: 2 });
   });
 
-  it("adds the extra metrics of other components", async () => {
-    const t = new Telemetry({
-      collectors: [],
-      intervalMs: () => 10,
-      timeoutMs: () => 10,
-      publish: () => {},
-      extra: () => ({ outbox: { queued: 3 } }),
-      logger,
-    });
-    assert.deepEqual((await t.sample()).metrics, { outbox: { queued: 3 } });
-  });
-
   it("publishes once per interval until stopped", async () => {
     const samples: Sample[] = [];
     let enough: (() => void) | undefined;

@@ -49,9 +49,11 @@ export async function runCommand(host: Host, options: RunOptions): Promise<numbe
     const reason = await Promise.race([host.stopRequested, agent.restartRequested.then(() => "restart")]);
     logger.info({ reason }, "stop requested");
     watching.abort();
+    // The kernel owns the budget and keeps part of it for the commit and `offline`; this is the last resort
+    // for a closing step that hangs all the same.
     const { deadline } = settings.current().config.shutdown;
     await withDeadline(
-      agent.stop(Math.floor(durationMs(deadline) / 2)),
+      agent.stop(durationMs(deadline)),
       durationMs(deadline),
       () => new OutpostError("SHUTDOWN_DEADLINE", `shutdown took longer than ${deadline}`),
     );

@@ -54,3 +54,11 @@ export async function withDeadline<T>(promise: Promise<T>, ms: number, onTimeout
     clearTimeout(timer);
   }
 }
+
+/** Resolves when the signal aborts (at once if it has). */
+export function abortPromise(signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) resolve();
+    else signal.addEventListener("abort", () => resolve(), { once: true });
+  });
+}

@@ -12,7 +12,7 @@ import type { ConfigStore, Snapshot } from "../config/store.ts";
 import { type Clock, sleep } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
 import { writeFileAtomically } from "../core/files.ts";
-import type { Component } from "../core/lifecycle.ts";
+import { abortPromise, type Component } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
 import { MqttLink } from "../mqtt/link.ts";
 import { type DeviceTopics, deviceTopics } from "../mqtt/topics.ts";
@@ -40,6 +40,9 @@ export interface KernelOptions {
   /** Told each step of start and stop as it happens, in order (tests assert the order). */
   trace?: (step: string) => void;
 }
+
+/** Kept from the shutdown budget for the outbox commit, `offline` and closing (at most 30 % of the budget). */
+const STOP_RESERVE_MS = 2000;
 
 /** The final reply of a `restart`, kept in state.dir until the next process has sent it. */
 const PENDING_FILE = "pending-replies.json";
@@ -190,11 +193,12 @@ export class Kernel {
   }
 
   /**
-   * Drains and stops everything, in the documented order. Waits for the outbox to flush for at most `flushMs`,
-   * and only while the broker is reachable: an unreachable broker must not hold up a stop.
+   * Drains and stops everything, in the documented order, within one budget (`shutdown.deadline`): the drain
+   * and the flush get what is left of it but a reserve, which the outbox commit, `offline` and the closing
+   * steps keep however long the drain would have taken. The flush waits only while the broker is reachable.
    */
-  stop(flushMs = 5000): Promise<void> {
-    this.stopping ??= this.doStop(flushMs);
+  stop(budgetMs = 10_000): Promise<void> {
+    this.stopping ??= this.doStop(budgetMs);
     return this.stopping;
   }
 
@@ -311,12 +315,16 @@ export class Kernel {
     { name: "agent", collect: async () => agentMetrics() },
   ];
 
-  private async doStop(flushMs: number): Promise<void> {
+  private async doStop(budgetMs: number): Promise<void> {
     const { logger } = this.o;
     logger.info("agent stopping");
     const reversed = [...this.modules].reverse();
-    // Each step is bounded by its component and the whole drain by shutdown.deadline in the caller; a failing
-    // step must not keep the ones after it from running.
+    // One owner of the budget. The reserve is kept for the outbox commit, `offline` and the closing steps;
+    // the drain and the flush share the rest, each getting what the steps before it left.
+    const end = performance.now() + budgetMs;
+    const reserve = Math.min(STOP_RESERVE_MS, budgetMs * 0.3);
+    const left = () => Math.max(0, Math.floor(end - reserve - performance.now()));
+    // A failing step must not keep the ones after it from running.
     const step = async (name: string, fn: () => unknown) => {
       this.trace(name);
       try {
@@ -325,14 +333,22 @@ export class Kernel {
         logger.error({ err, step: name }, "stop step failed");
       }
     };
+    // A drain step that outlasts the budget is left behind (a command or task stuck in native code, a bug):
+    // what it would have done is lost, what everything else must do is not.
+    const bounded = async (name: string, work: unknown, signal: AbortSignal) => {
+      const cut = await Promise.race([Promise.resolve(work).then(() => false), abortPromise(signal).then(() => true)]);
+      if (cut) logger.warn({ step: name }, "stop step cut short: the shutdown budget is spent");
+    };
     await step("quiesce:commands", () => this.commands.quiesce());
     for (const { module, parts } of reversed) await step(`quiesce:${module.name}`, () => parts.quiesce?.());
-    const drain = AbortSignal.timeout(flushMs);
-    await step("drain:commands", () => this.commands.stop());
-    for (const { module, parts } of reversed) await step(`drain:${module.name}`, () => parts.drain?.(drain));
+    const drain = AbortSignal.timeout(left());
+    await step("drain:commands", () => bounded("drain:commands", this.commands.stop(), drain));
+    for (const { module, parts } of reversed) {
+      await step(`drain:${module.name}`, () => bounded(`drain:${module.name}`, parts.drain?.(drain), drain));
+    }
     await step("flush:outbox", async () => {
       if (!this.link.connected) return;
-      const flushSignal = AbortSignal.timeout(flushMs);
+      const flushSignal = AbortSignal.timeout(left());
       await this.outbox.flush(flushSignal);
       if (flushSignal.aborted) logger.warn({ queued: this.outbox.stats().queued }, "outbox not flushed in time");
     });

@@ -10,7 +10,7 @@ import mqtt, {
 import { Backoff } from "../core/backoff.ts";
 import { sleep } from "../core/clock.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
-import { type Component, followAbort, once, withDeadline } from "../core/lifecycle.ts";
+import { abortPromise, type Component, followAbort, once, withDeadline } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
 import { FilteredStream } from "./filtered-stream.ts";
 import { type BrokerEndpoint, endpointOptions, refusedMqtt5 } from "./options.ts";
@@ -408,13 +408,6 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
 function failPending(client: MqttClient): void {
   const flush = (client as unknown as { _flush?: () => void })._flush;
   if (typeof flush === "function") flush.call(client);
-}
-
-function abortPromise(signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) resolve();
-    else signal.addEventListener("abort", () => resolve(), { once: true });
-  });
 }
 
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {

@@ -200,6 +200,52 @@ describe("kernel and modules", () => {
     );
   });
 
+  // Issue 24 item 4: on 8ee023c the stop spent its half-deadline twice (drain, then flush) and waited for
+  // running commands with no bound: a module draining past the deadline kept the outbox commit and `offline`
+  // from ever happening before the process was killed at the deadline.
+  it("one shutdown budget: a drain that never ends is cut short, and the commit and offline still happen in time", async () => {
+    const steps: string[] = [];
+    const endless: Module = {
+      name: "endless",
+      create: () => ({
+        // Ignores its signal: a task stuck in native code, a module with a bug.
+        drain: () => new Promise<void>(() => {}),
+        commands: [
+          defineCommand({
+            name: "endless.hold",
+            params: z.strictObject({}).nullish(),
+            run: () => new Promise(() => {}),
+          }),
+        ],
+      }),
+    };
+    const kernel = agent("dev-budget", [...MODULES, endless], (step) => steps.push(step));
+    await kernel.start();
+    await watch.waitFor(
+      (m) => m.topic === `${PREFIX}/dev-budget/status` && m.json.state === "online",
+      10_000,
+      "online",
+    );
+    // A command that never finishes is running when the stop comes.
+    void operator.call("dev-budget", "endless.hold", undefined, { timeoutMs: 30_000 });
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const started = performance.now();
+    const stopped = await Promise.race([
+      kernel.stop(3000).then(() => "stopped"),
+      new Promise((resolve) => setTimeout(() => resolve("still draining"), 15_000)),
+    ]);
+    assert.equal(stopped, "stopped", steps.join(", "));
+    const took = performance.now() - started;
+    // Not a timing goal: the endless drain would have held it forever; the closing steps took what they took.
+    assert.ok(took < 8000, `the stop took ${Math.round(took)} ms of its 3000`);
+    assert.ok(steps.includes("commit:outbox") && steps.includes("offline+disconnect:mqtt"), steps.join(", "));
+    await watch.waitFor(
+      (m) => m.topic === `${PREFIX}/dev-budget/status` && m.json.state === "offline",
+      10_000,
+      "offline",
+    );
+  });
+
   it("alive and healthy: a broker outage is not healthy but alive; a wedged loop is not alive", async () => {
     const kernel = agent("dev-health", [...MODULES, probeModule([], true)]);
     try {

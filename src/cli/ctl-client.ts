@@ -3,9 +3,9 @@ import type { Socket } from "node:net";
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
 import { type CommandRequest, FINAL_STATES, newRequest, type ReplyBody, signPayload } from "../commands/envelope.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
+import { redactUrl } from "../core/patterns.ts";
 import { type BrokerEndpoint, endpointOptions, refusedMqtt5 } from "../mqtt/options.ts";
 import { ctlReplyTopic, deviceTopics, groupCommandPrefix } from "../mqtt/topics.ts";
-import { withoutPassword } from "./ctl-settings.ts";
 
 export interface BrokerOptions extends BrokerEndpoint {
   protocolVersion?: 4 | 5;
@@ -67,7 +67,7 @@ export async function connectBroker(o: BrokerOptions & { origin?: string }): Pro
   } catch (err) {
     const origin = o.origin ? ` (${o.origin})` : "";
     // A password in the URL is never printed.
-    const at = withoutPassword(o.url);
+    const at = redactUrl(o.url);
     throw new OutpostError(
       "BROKER_UNAVAILABLE",
       `no connection to the broker at ${at}${origin}: ${errorMessage(err)}`,

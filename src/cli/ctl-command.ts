@@ -14,7 +14,6 @@ import {
   brokerOptions,
   ctlSettings,
   durationFlag,
-  keyFileOf,
   printCtlSettings,
   readPrivateKey,
 } from "./ctl-settings.ts";
@@ -184,7 +183,7 @@ async function devices(host: Host, args: string[]): Promise<number> {
     options: { ...BROKER_FLAGS, wait: { type: "string" } },
     allowPositionals: false,
   });
-  const o = brokerOptions(host, values);
+  const o = brokerOptions(ctlSettings(host, values));
   const waitMs = durationFlag("wait", values.wait, 1000);
   const seen = new Map<string, DeviceView>();
   await withClient(o, async (client) => {
@@ -245,7 +244,7 @@ async function watch(host: Host, args: string[]): Promise<number> {
     options: { ...BROKER_FLAGS, count: { type: "string" } },
     allowPositionals: true,
   });
-  const o = brokerOptions(host, values);
+  const o = brokerOptions(ctlSettings(host, values));
   const count = values.count === undefined ? undefined : Number(values.count);
   if (count !== undefined && !(Number.isInteger(count) && count > 0))
     throw new UsageError("--count must be a positive integer");
@@ -362,7 +361,8 @@ async function call(host: Host, args: string[]): Promise<number> {
     throw new UsageError("--expect must be a positive integer");
   const timeoutMs = durationFlag("timeout", values.timeout, 10_000);
   const validityMs = durationFlag("validity", values.validity, 60_000);
-  const keyFile = keyFileOf(host, values);
+  const settings = ctlSettings(host, values);
+  const keyFile = settings.key.value;
   let signer: Signer | undefined;
   if (!values.unsigned) {
     if (keyFile === undefined)
@@ -372,7 +372,7 @@ async function call(host: Host, args: string[]): Promise<number> {
     const privateKey = readPrivateKey(keyFile);
     signer = { privateKey, publicText: publicKeyText(createPublicKey(privateKey)) };
   }
-  const o = brokerOptions(host, values);
+  const o = brokerOptions(settings);
   const print = (reply: ReplyBody) => {
     if (values.json) host.stdout.write(`${JSON.stringify(reply)}\n`);
     else if (reply.state === "executing") {

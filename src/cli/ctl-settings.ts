@@ -7,7 +7,7 @@ import { z } from "zod";
 import { parsePrivateKey } from "../commands/keys.ts";
 import { parseDuration } from "../config/duration.ts";
 import { errorMessage } from "../core/errors.ts";
-import { BROKER_URL } from "../core/patterns.ts";
+import { BROKER_URL, redactUrl } from "../core/patterns.ts";
 import { readPasswordFile } from "../mqtt/options.ts";
 import type { BrokerOptions } from "./ctl-client.ts";
 import type { Host } from "./host.ts";
@@ -34,10 +34,7 @@ export type CtlSettingName = keyof typeof SETTINGS;
 
 /** The file's keys: the settings that have one (the password itself only from a file or the environment). */
 const fileSchema = z.strictObject({
-  broker: z
-    .string()
-    .regex(/^mqtts?:\/\//, "expected an mqtt:// or mqtts:// URL")
-    .optional(),
+  broker: z.string().regex(BROKER_URL, "expected an mqtt:// or mqtts:// URL").optional(),
   username: z.string().min(1).optional(),
   passwordFile: z.string().min(1).optional(),
   ca: z.string().min(1).optional(),
@@ -96,11 +93,6 @@ export function ctlSettings(host: Host, flags: Readonly<Record<string, unknown>>
   return out;
 }
 
-/** A broker URL as it may be shown: a password in it replaced. */
-export function withoutPassword(url: string): string {
-  return url.replace(/\/\/([^:/@]*):[^@/]*@/, "//$1:<redacted>@");
-}
-
 function inHome(text: string, home: string | undefined, base: string): string {
   if (home && (text === "~" || text.startsWith("~/"))) return join(home, text.slice(1));
   return isAbsolute(text) ? text : resolve(base, text);
@@ -156,7 +148,7 @@ export function printCtlSettings(host: Host, settings: CtlSettings): void {
         : name === "password"
           ? "<redacted>"
           : name === "broker"
-            ? withoutPassword(s.value)
+            ? redactUrl(s.value)
             : s.value;
     host.stdout.write(`${name.padEnd(13)} ${shown}  # ${s.origin}\n`);
   }
@@ -175,13 +167,8 @@ export const BROKER_FLAGS = {
   json: { type: "boolean" },
 } as const;
 
-type BrokerValues = {
-  [K in keyof typeof BROKER_FLAGS]?: (typeof BROKER_FLAGS)[K]["type"] extends "boolean" ? boolean : string;
-};
-
-/** Where the broker is and who ctl is, from its flags, the environment, ~/.outpost/ctl.yaml and the defaults. */
-export function brokerOptions(host: Host, v: BrokerValues): BrokerOptions & { prefix: string; origin: string } {
-  const s = ctlSettings(host, v);
+/** Where the broker is and who ctl is, from ctl's settings (flags, environment, ~/.outpost/ctl.yaml, defaults). */
+export function brokerOptions(s: CtlSettings): BrokerOptions & { prefix: string; origin: string } {
   const url = s.broker.value ?? "";
   if (!BROKER_URL.test(url))
     throw new UsageError(`--broker must be an mqtt:// or mqtts:// URL, not ${url} (${s.broker.origin})`);
@@ -209,11 +196,6 @@ export function brokerOptions(host: Host, v: BrokerValues): BrokerOptions & { pr
     origin,
     ...(protocol === "auto" ? {} : { protocolVersion: protocol === "4" ? 4 : 5 }),
   };
-}
-
-/** The operator key's file: --key, OUTPOST_CTL_KEY, or key: in ~/.outpost/ctl.yaml. */
-export function keyFileOf(host: Host, v: { key?: string | undefined }): string | undefined {
-  return ctlSettings(host, v).key.value;
 }
 
 export function durationFlag(name: string, text: string | undefined, fallback: number): number {

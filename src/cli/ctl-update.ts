@@ -9,7 +9,7 @@ import { errorMessage } from "../core/errors.ts";
 import { type Manifest, manifestSchema, type SignedManifest, signedManifestSchema } from "../ota/manifest.ts";
 import { chunkRequestSchema, encodeAnswer } from "../ota/mqtt-source.ts";
 import { Caller, connectBroker } from "./ctl-client.ts";
-import { BROKER_FLAGS, brokerOptions, durationFlag, keyFileOf, readPrivateKey } from "./ctl-settings.ts";
+import { BROKER_FLAGS, brokerOptions, ctlSettings, durationFlag, readPrivateKey } from "./ctl-settings.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 
 const FINAL = new Set(["committed", "rolled-back", "failed"]);
@@ -110,14 +110,15 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
   const until = values.until ?? "committed";
   if (until !== "committed" && until !== "staged") throw new UsageError("--until is committed or staged");
   const timeoutMs = durationFlag("timeout", values.timeout, 600_000);
-  const keyFile = keyFileOf(host, values);
+  const settings = ctlSettings(host, values);
+  const keyFile = settings.key.value;
   if (keyFile === undefined)
     throw new UsageError(
       "ctl update: --key FILE (or OUTPOST_CTL_KEY, or key: in ~/.outpost/ctl.yaml) is needed to sign",
     );
   const privateKey = readPrivateKey(keyFile);
   const { signed, manifest } = readManifest(dir);
-  const o = brokerOptions(host, values);
+  const o = brokerOptions(settings);
   const files = releaseFiles(dir, manifest);
   const client = await connectBroker(o);
   const devices = new Map<string, DeviceUpdate>();

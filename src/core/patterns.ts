@@ -6,3 +6,14 @@ export const DEVICE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 export const GROUP_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 /** `mqtt://host[:port]` or `mqtts://host[:port]`. */
 export const BROKER_URL = /^mqtts?:\/\/[^/]+/;
+
+/** A URL as it may be printed or logged: a password in it replaced (anything not a URL as it is). */
+export function redactUrl(text: string): string {
+  try {
+    const url = new URL(text);
+    if (url.password) url.password = "redacted";
+    return url.toString();
+  } catch {
+    return text;
+  }
+}

@@ -12,6 +12,7 @@ import { sleep } from "../core/clock.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
 import { abortPromise, type Component, followAbort, once, withDeadline } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
+import { redactUrl } from "../core/patterns.ts";
 import { FilteredStream } from "./filtered-stream.ts";
 import { type BrokerEndpoint, endpointOptions, refusedMqtt5 } from "./options.ts";
 import { packetGuard } from "./packet-guard.ts";
@@ -412,14 +413,4 @@ function failPending(client: MqttClient): void {
 
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
   return withDeadline(promise, ms, () => new OutpostError("TIMEOUT", `timed out after ${ms}ms`));
-}
-
-export function redactUrl(text: string): string {
-  try {
-    const url = new URL(text);
-    if (url.password) url.password = "redacted";
-    return url.toString();
-  } catch {
-    return text;
-  }
 }

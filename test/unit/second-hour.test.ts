@@ -202,10 +202,10 @@ describe("ctl's settings (items 8 and 13)", () => {
   });
 
   it("the default broker's refusal names --broker, OUTPOST_CTL_BROKER and the file", async () => {
-    const { brokerOptions } = await import("../../src/cli/ctl-settings.ts");
-    const host = { env: { HOME: "/home/op" } } as unknown as Parameters<typeof brokerOptions>[0];
+    const { brokerOptions, ctlSettings } = await import("../../src/cli/ctl-settings.ts");
+    const host = { env: { HOME: "/home/op" } } as unknown as Parameters<typeof ctlSettings>[0];
     assert.equal(
-      brokerOptions(host, {}).origin,
+      brokerOptions(ctlSettings(host, {})).origin,
       "the default: give --broker, OUTPOST_CTL_BROKER or broker: in /home/op/.outpost/ctl.yaml",
     );
   });

@@ -52,3 +52,8 @@ export function versionLine(): string {
 export function releaseName(version: string, sha256: string): string {
   return `${version}-${sha256.slice(0, 12)}`;
 }
+
+/** The version in a release name (`<version>-<sha12>`, see releaseName); undefined for any other name. */
+export function releaseVersion(name: string): string | undefined {
+  return /^([0-9A-Za-z.+-]+)-[0-9a-f]{12}$/.exec(name)?.[1];
+}

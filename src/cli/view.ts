@@ -166,8 +166,7 @@ export function applyMessage(
   }
   const held = device.telemetry;
   if (full) {
-    // The retained last full sample: the base a late viewer starts from. What was merged since a newer full
-    // sample is fresher; what arrived before it (partials, newer than this base) is laid over it.
+    // The retained last full sample: the base a late viewer starts from, unless it holds a newer full one.
     const ts = num(body.ts) ?? 0;
     if (device.fullTs !== undefined && device.fullTs >= ts) return { device, kind: "full" };
     const base = mergeReport(undefined, body);

@@ -29,7 +29,6 @@ export type Rejection = (typeof REJECTIONS)[number];
 /** The request size every command accepts; one that takes more (task inputs, update chunks) says so. */
 export const DEFAULT_MAX_REQUEST = 64 * 1024;
 
-/** A refusal: answered with `failed` and its code, and nothing runs. */
 /** A request refused before it ran: one of the REJECTIONS, carried by the one error class like every wire code. */
 export class Refused extends OutpostError {
   declare readonly code: Rejection;

@@ -213,7 +213,7 @@ export class ConfigStore extends EventEmitter<{
     if (shadowed.length > 0) {
       this.log?.warn({ reason, shadowed }, "config.set names keys the environment sets: the environment's values stay");
     }
-    return { ...this.swap(loaded, reason, changed), shadowed } as ApplyResult;
+    return this.swap(loaded, reason, changed, shadowed);
   }
 
   /**
@@ -265,20 +265,24 @@ export class ConfigStore extends EventEmitter<{
     return this.lastOrigins;
   }
 
-  /** `changed`: the paths that differ from the current snapshot, when the caller has already computed them. */
+  /**
+   * `changed`: the paths that differ from the current snapshot, when the caller has already computed them;
+   * `shadowed`: the keys of a `config.set` the environment sets.
+   */
   private swap(
     loaded: LoadedConfig,
     reason: string,
     changed = diffPaths(this.snapshot.config, loaded.config),
+    shadowed: Shadowed[] = [],
   ): ApplyResult {
     const previous = this.snapshot;
     if (changed.length === 0)
-      return { ok: true, snapshot: previous, changed, restartRequired: this.restartRequired(), shadowed: [] };
+      return { ok: true, snapshot: previous, changed, restartRequired: this.restartRequired(), shadowed };
     this.snapshot = freeze({ version: previous.version + 1, config: loaded.config, hash: loaded.hash });
     const restartRequired = this.restartRequired();
     this.log?.info({ reason, version: this.snapshot.version, changed, restartRequired }, "configuration applied");
     this.emit("change", this.snapshot, previous);
-    return { ok: true, snapshot: this.snapshot, changed, restartRequired, shadowed: [] };
+    return { ok: true, snapshot: this.snapshot, changed, restartRequired, shadowed };
   }
 
   private rejected(refusal: PatchRefusal, reason: string): ApplyResult {

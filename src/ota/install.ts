@@ -5,7 +5,7 @@ import { z } from "zod";
 import { errorMessage, isOutpostError, OutpostError } from "../core/errors.ts";
 import { fsyncPath } from "../core/files.ts";
 import { type PinnedDir, withPinnedDir } from "../core/pinned-dir.ts";
-import { ROOT_BOUNDARY_REVISION, releaseName, UNITS_MARKER_PATTERN } from "../version.ts";
+import { ROOT_BOUNDARY_REVISION, releaseName, releaseVersion, UNITS_MARKER_PATTERN } from "../version.ts";
 import { checkRelease } from "./checks.ts";
 import { type Manifest, signedManifestSchema, verifyManifest } from "./manifest.ts";
 import {
@@ -430,7 +430,7 @@ function prune(o: ApplyOptions, fs: InstallFs, also: readonly string[]): Set<str
 
 /** `<version>-<sha12>` -> version. */
 function versionOf(release: string): string {
-  return release.replace(/-[0-9a-f]{12}$/, "");
+  return releaseVersion(release) ?? release;
 }
 
 function readText(fs: InstallFs, path: string): string | undefined {

@@ -12,7 +12,7 @@ import { errorMessage, isOutpostError, OutpostError } from "../core/errors.ts";
 import { writeFileAtomically } from "../core/files.ts";
 import { loopComponent } from "../core/lifecycle.ts";
 import type { Module } from "../kernel/module.ts";
-import { VERSION } from "../version.ts";
+import { releaseVersion, VERSION } from "../version.ts";
 import type { ByteSource } from "./assemble.ts";
 import { type AssembleProgress, assemble } from "./assemble.ts";
 import { checkRelease } from "./checks.ts";
@@ -445,7 +445,7 @@ export const otaModule: Module<typeof updateSection> = {
 export function releaseDirOf(executable: string): string | undefined {
   const dir = dirname(executable);
   const name = basename(dir);
-  return basename(dirname(dir)) === "releases" && /^[0-9A-Za-z.+-]+-[0-9a-f]{12}$/.test(name) ? name : undefined;
+  return basename(dirname(dir)) === "releases" && releaseVersion(name) !== undefined ? name : undefined;
 }
 
 /** A settled journal as `P/D/update` shows it. */

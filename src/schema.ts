@@ -1,5 +1,8 @@
 import { z } from "zod";
+import { type LoadedConfig, type LoadOptions, loadConfig } from "./config/load.ts";
+import type { ConfigModel } from "./config/model.ts";
 import { KERNEL_LOCAL_ONLY, KERNEL_RESTART_ONLY, kernelHead, kernelTail } from "./config/schema.ts";
+import { ConfigStore, type StoreOptions } from "./config/store.ts";
 import type { ConfigSection } from "./kernel/module.ts";
 import { MODULES } from "./modules.ts";
 
@@ -40,6 +43,23 @@ export const LOCAL_ONLY_KEYS: readonly string[] = [
   ...sections.flatMap((s) => qualified(s, s.localOnly)),
 ];
 
+/** The configuration as the loader and the store see it (handed in: config/ does not import the modules). */
+export const CONFIG_MODEL: ConfigModel = {
+  schema: configSchema,
+  restartKeys: RESTART_KEYS,
+  localOnlyKeys: LOCAL_ONLY_KEYS,
+};
+
 export function configJsonSchema(): unknown {
   return z.toJSONSchema(configSchema, { io: "input", unrepresentable: "any" });
+}
+
+/** Loads a configuration file with the agent's model (see loadConfig). */
+export function loadAgentConfig(options: Omit<LoadOptions, "model">): LoadedConfig {
+  return loadConfig({ ...options, model: CONFIG_MODEL });
+}
+
+/** The agent's configuration store (see ConfigStore). */
+export function openConfigStore(options: Omit<StoreOptions, "model">): ConfigStore {
+  return new ConfigStore({ ...options, model: CONFIG_MODEL });
 }

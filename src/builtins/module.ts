@@ -35,7 +35,7 @@ export const builtinsModule: Module<undefined> = {
         read("ping", noParams, () => ({ pong: true })),
         read("describe", noParams, () => ctx.describe()),
         read("config.get", z.strictObject({ path: z.string().min(1).optional() }).nullish(), (params) => {
-          const snapshot = ctx.settings.current();
+          const snapshot = ctx.configStore.current();
           const config = redact(snapshot.config);
           const path = params?.path;
           if (path === undefined) return { version: snapshot.version, hash: snapshot.hash, config };
@@ -52,7 +52,7 @@ export const builtinsModule: Module<undefined> = {
           z.strictObject({
             patch: z.record(z.string(), z.unknown(), { message: "expected a JSON merge patch (an object)" }),
           }),
-          (params, context) => configSet(ctx.settings, params.patch, context.caller, context.id),
+          (params, context) => configSet(ctx.configStore, params.patch, context.caller, context.id),
         ),
         define("log.level", z.strictObject({ level: z.enum(LOG_LEVELS) }), (params) => ctx.setLogLevel(params.level)),
         define(

@@ -136,7 +136,7 @@ async function dispatch(argv: string[], host: Host): Promise<number> {
       return configCommand(host, rest);
     // The operator's commands are loaded only when used: `run` on a device never pays for them.
     case "keygen": {
-      const { KEYGEN_HELP, keygenCommand } = await import("./ctl-command.ts");
+      const { KEYGEN_HELP, keygenCommand } = await import("./keygen-command.ts");
       if (help) return print(KEYGEN_HELP);
       return keygenCommand(host, rest);
     }

@@ -6,7 +6,6 @@ import {
   formatProblems,
   type LoadedConfig,
   leaves,
-  loadConfig,
   MAX_CONFIG_BYTES,
   originOf,
   redact,
@@ -14,9 +13,9 @@ import {
   unreadableTaskFiles,
 } from "../config/load.ts";
 import { stateDirProblem } from "../config/state-dir.ts";
-import { ConfigStore } from "../config/store.ts";
+import type { ConfigStore } from "../config/store.ts";
 import { isOutpostError } from "../core/errors.ts";
-import { type Config, configJsonSchema } from "../schema.ts";
+import { type Config, configJsonSchema, loadAgentConfig, openConfigStore } from "../schema.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 
 export const DEFAULT_CONFIG = "/etc/outpost/config.yaml";
@@ -27,21 +26,24 @@ export const DEFAULT_CONFIG = "/etc/outpost/config.yaml";
  */
 export function loadOrReport(host: Host, path: string | undefined): LoadedConfig | number {
   return reportProblems(host, () =>
-    loadConfig({ path: path ?? DEFAULT_CONFIG, required: path !== undefined, env: host.env, hostname: host.hostname }),
+    loadAgentConfig({
+      path: path ?? DEFAULT_CONFIG,
+      required: path !== undefined,
+      env: host.env,
+      hostname: host.hostname,
+    }),
   );
 }
 
 /** The agent's live configuration (file, remote overrides, environment), or the EX_CONFIG exit code. */
 export function openSettings(host: Host, path: string | undefined): ConfigStore | number {
-  return reportProblems(
-    host,
-    () =>
-      new ConfigStore({
-        path: path ?? DEFAULT_CONFIG,
-        required: path !== undefined,
-        env: host.env,
-        hostname: host.hostname,
-      }),
+  return reportProblems(host, () =>
+    openConfigStore({
+      path: path ?? DEFAULT_CONFIG,
+      required: path !== undefined,
+      env: host.env,
+      hostname: host.hostname,
+    }),
   );
 }
 

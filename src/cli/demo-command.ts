@@ -8,11 +8,11 @@ import { stringify } from "yaml";
 import { createAgent } from "../agent.ts";
 import { generateKeys } from "../commands/keys.ts";
 import { parseDuration } from "../config/duration.ts";
-import { ConfigStore } from "../config/store.ts";
 import { sleep, systemClock } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
 import { createLogger } from "../core/logger.ts";
 import { allDevices } from "../mqtt/topics.ts";
+import { openConfigStore } from "../schema.ts";
 import { demoFiles, demoTask } from "../tasks/demo.ts";
 import { EXIT, type Host, me, UsageError } from "./host.ts";
 import { applyMessage, type DeviceView, viewUpdate } from "./view.ts";
@@ -68,11 +68,11 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
       tasks: { workers: 1, define: { inspect: demoTask(model, camera) } },
     }),
   );
-  const open = () => new ConfigStore({ path: demoConfig, required: true, hostname: host.hostname, env: host.env });
+  const open = () => openConfigStore({ path: demoConfig, required: true, hostname: host.hostname, env: host.env });
   let settings = open();
   const { config } = settings.current();
   const { logger, flush, setLevel } = await createLogger({ level: config.log.level, format: "json", fd: logFd });
-  const boot = () => createAgent({ settings, logger, setLogLevel: setLevel, clock: systemClock });
+  const boot = () => createAgent({ configStore: settings, logger, setLogLevel: setLevel, clock: systemClock });
   let agent = boot();
 
   const tty = host.stdout.isTTY === true;

@@ -2,9 +2,9 @@ import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { parse } from "yaml";
-import { loadConfig } from "../config/load.ts";
 import { type ConfigProblem, formatProblems } from "../config/problems.ts";
 import { isOutpostError, OutpostError } from "../core/errors.ts";
+import { loadAgentConfig } from "../schema.ts";
 import {
   apply,
   type Change,
@@ -158,7 +158,7 @@ const FILE_KEYS = new Set(["mqtt.passwordFile", "mqtt.ca", "mqtt.cert", "mqtt.ke
  */
 function configProblems(path: string, hostname: string, system: boolean): ConfigProblem[] {
   try {
-    loadConfig({ path, required: true, env: {}, hostname });
+    loadAgentConfig({ path, required: true, env: {}, hostname });
     return [];
   } catch (err) {
     if (!isOutpostError(err, "CONFIG_INVALID")) throw err;

@@ -1,5 +1,5 @@
 import { createAgent } from "../agent.ts";
-import { durationMs } from "../config/duration.ts";
+import { formatDuration } from "../config/duration.ts";
 import { formatProblems } from "../config/load.ts";
 import { stateDirProblem } from "../config/state-dir.ts";
 import { systemClock } from "../core/clock.ts";
@@ -40,7 +40,13 @@ export async function runCommand(host: Host, options: RunOptions): Promise<numbe
       "stored config.set overrides are invalid and ignored",
     );
   }
-  const agent = createAgent({ settings, logger, setLogLevel: setLevel, clock: systemClock, env: host.env });
+  const agent = createAgent({
+    configStore: settings,
+    logger,
+    setLogLevel: setLevel,
+    clock: systemClock,
+    env: host.env,
+  });
   const watching = new AbortController();
   const unhook = host.onHangup(() => settings.reload("SIGHUP"));
   try {
@@ -51,11 +57,11 @@ export async function runCommand(host: Host, options: RunOptions): Promise<numbe
     watching.abort();
     // The kernel owns the budget and keeps part of it for the commit and `offline`; this is the last resort
     // for a closing step that hangs all the same.
-    const { deadline } = settings.current().config.shutdown;
+    const { deadline } = settings.current().typed.shutdown;
     await withDeadline(
-      agent.stop(durationMs(deadline)),
-      durationMs(deadline),
-      () => new OutpostError("SHUTDOWN_DEADLINE", `shutdown took longer than ${deadline}`),
+      agent.stop(deadline),
+      deadline,
+      () => new OutpostError("SHUTDOWN_DEADLINE", `shutdown took longer than ${formatDuration(deadline)}`),
     );
     return reason === "restart" ? EXIT.RESTART : EXIT.OK;
   } catch (err) {

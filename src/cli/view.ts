@@ -1,6 +1,7 @@
 /** Terminal rendering of what a device publishes; shared by `demo` and `ctl watch`. */
 
-import { mergeReport } from "../core/merge.ts";
+import { mergeReport, valueAt } from "../core/merge.ts";
+import type { MetricPath, Rail } from "../kernel/telemetry-port.ts";
 
 export interface DeviceView {
   id: string;
@@ -50,20 +51,27 @@ function fmt(value: number | undefined, unit = "", digits = 1): string {
   return value === undefined ? "-" : `${value.toFixed(digits)}${unit}`;
 }
 
+/** A figure of a telemetry message's metrics, named by its path in the telemetry's shape (wire data: checked). */
+function figure(m: Record<string, unknown>, path: MetricPath): number | undefined {
+  return num(valueAt(m, path));
+}
+
+/** An object of a telemetry message's metrics ({} when absent or not an object). */
+function part(m: Record<string, unknown>, path: MetricPath): Record<string, unknown> {
+  return obj(valueAt(m, path));
+}
+
 /** One line summarising the latest telemetry; what a non-terminal sees once per message. */
 export function telemetryLine(device: DeviceView): string {
   const t = obj(device.telemetry);
   const m = obj(t.metrics);
-  const cpu = obj(m.cpu);
-  const mem = obj(m.memory);
-  const temp = obj(m.temperature);
-  const used = num(mem.used);
+  const used = figure(m, "memory.used");
   return [
     `${device.id}`,
     `seq=${num(t.seq) ?? "-"}`,
-    `cpu=${fmt(num(cpu.load), "%")}`,
+    `cpu=${fmt(figure(m, "cpu.load"), "%")}`,
     `mem=${used === undefined ? "-" : `${(used / MiB).toFixed(0)}MiB`}`,
-    `temp=${fmt(num(temp.cpu), "C")}`,
+    `temp=${fmt(figure(m, "temperature.cpu"), "C")}`,
   ].join(" ");
 }
 
@@ -71,21 +79,22 @@ export function telemetryLine(device: DeviceView): string {
 function boardLines(m: Record<string, unknown>, board: Record<string, unknown>): string[] {
   const lines: string[] = [];
   if (typeof board.model === "string") lines.push(`  board     ${board.model}`);
-  const pi = obj(m.pi);
-  if (Object.keys(pi).length > 0) {
+  if (Object.keys(part(m, "pi")).length > 0) {
     const named = (flags: Record<string, unknown>) => Object.keys(flags).filter((k) => flags[k] === true);
-    const now = named(obj(pi.now));
-    const since = named(obj(pi.sinceBoot));
+    const now = named(part(m, "pi.now"));
+    const since = named(part(m, "pi.sinceBoot"));
     lines.push(
-      `  pi        now ${now.length ? now.join(", ") : "ok"}   since boot ${since.length ? since.join(", ") : "ok"}   arm ${fmt(num(pi.armClockMHz), " MHz", 0)}`,
+      `  pi        now ${now.length ? now.join(", ") : "ok"}   since boot ${since.length ? since.join(", ") : "ok"}   arm ${fmt(figure(m, "pi.armClockMHz"), " MHz", 0)}`,
     );
   }
-  const jetson = obj(m.jetson);
-  if (Object.keys(jetson).length > 0) {
-    const gpu = obj(jetson.gpu);
-    const rails = Object.entries(obj(jetson.rails)).map(([name, r]) => `${name} ${fmt(num(obj(r).watts), " W")}`);
+  if (Object.keys(part(m, "jetson")).length > 0) {
+    // By entry, not by a dotted path: a rail's label is the board's and could hold a dot.
+    const rails = Object.entries(part(m, "jetson.rails")).map(
+      ([name, rail]) => `${name} ${fmt(num(obj(rail)["watts" satisfies keyof Rail]), " W")}`,
+    );
+    const mode = valueAt(m, "jetson.powerMode.name" satisfies MetricPath);
     lines.push(
-      `  gpu       ${fmt(num(gpu.loadPercent), "%")} at ${fmt(num(gpu.clockMHz), " MHz", 0)}   mode ${String(obj(jetson.powerMode).name ?? "-")}`,
+      `  gpu       ${fmt(figure(m, "jetson.gpu.loadPercent"), "%")} at ${fmt(figure(m, "jetson.gpu.clockMHz"), " MHz", 0)}   mode ${typeof mode === "string" ? mode : "-"}`,
     );
     if (rails.length > 0) lines.push(`  power     ${rails.join("   ")}`);
   }

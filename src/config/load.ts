@@ -5,8 +5,13 @@ import type { z } from "zod";
 import { OutpostError } from "../core/errors.ts";
 import { isObject, valueAt } from "../core/merge.ts";
 import { readPasswordFile } from "../mqtt/options.ts";
-import { type Config, configSchema } from "../schema.ts";
+import type { Config } from "../schema.ts";
+import type { ConfigModel } from "./model.ts";
+import { dottedPath, leafPaths, leaves, mergePatch } from "./paths.ts";
 import { redact } from "./redact.ts";
+import { childOf, coerce, knownKeys, type SchemaNode } from "./schema-walk.ts";
+
+export { dottedPath, leafPaths, leaves, mergePatch, originOf } from "./paths.ts";
 
 export { redact };
 
@@ -15,6 +20,8 @@ import { type ConfigProblem, errorLine, expectation, formatProblems, render } fr
 export { type ConfigProblem, formatProblems };
 
 export interface LoadOptions {
+  /** The file's schema and key rules, from the root (src/schema.ts CONFIG_MODEL). */
+  model: ConfigModel;
   /** Config file (YAML or JSON). */
   path?: string;
   /** When false, a missing file means "defaults and environment only". */
@@ -86,11 +93,12 @@ export function loadConfig(options: LoadOptions): LoadedConfig {
   }
   const envKeys: string[] = [];
   const wholes = new Set<string>();
-  applyEnv(raw, options.env ?? {}, sources, envKeys, problems, wholes);
+  applyEnv(options.model.schema, raw, options.env ?? {}, sources, envKeys, problems, wholes);
 
-  const result = configSchema.safeParse(raw, { reportInput: true });
+  const result = options.model.schema.safeParse(raw, { reportInput: true });
   if (!result.success) {
-    for (const issue of result.error.issues) problems.push(...describeIssue(issue, raw, sources, file));
+    for (const issue of result.error.issues)
+      problems.push(...describeIssue(options.model.schema, issue, raw, sources, file));
   }
   // The files are checked in the same pass as the schema, so that one run names every problem.
   const rawMqtt = isObject(raw.mqtt) ? raw.mqtt : {};
@@ -103,7 +111,11 @@ export function loadConfig(options: LoadOptions): LoadedConfig {
   if (password !== undefined) config.mqtt.password = password;
 
   const origins = new Map<string, string>(fileLeaves.map((p) => [p, `in ${file}`]));
-  for (const [path, source] of sources) {
+  // A change being tried is in the overrides once it applies: that file is where its values come from.
+  const patchSource = options.patch ? `in ${options.patch.source}` : undefined;
+  const overridesSource = options.overrides ? `in ${options.overrides.source}` : undefined;
+  for (const [path, named] of sources) {
+    const source = named === patchSource && overridesSource ? overridesSource : named;
     // A later source that sets a whole section or record replaces what was under it.
     for (const key of origins.keys()) if (key.startsWith(`${path}.`)) origins.delete(key);
     // ... and names its own leaves (set next), not the section: a default filled in beside them is a default.
@@ -189,60 +201,12 @@ function parseYaml(text: string, path: string, problems: ConfigProblem[]): Recor
   return value as Record<string, unknown>;
 }
 
-type SchemaNode = z.core.$ZodType;
-
-/** Walks the schema through wrappers (default, optional, ...) to the node that holds a value. */
-function unwrap(node: SchemaNode): SchemaNode {
-  let current = node;
-  for (;;) {
-    const def = current._zod.def as { type: string; innerType?: SchemaNode; in?: SchemaNode };
-    if (def.innerType && ["default", "prefault", "optional", "nullable", "readonly", "catch"].includes(def.type)) {
-      current = def.innerType;
-    } else if (def.type === "pipe" && def.in) {
-      current = def.in;
-    } else {
-      return current;
-    }
-  }
-}
-
-function childOf(node: SchemaNode, key: string): SchemaNode | undefined {
-  const def = unwrap(node)._zod.def as { type: string; shape?: Record<string, SchemaNode> };
-  if (def.type !== "object" || !def.shape) return undefined;
-  return Object.hasOwn(def.shape, key) ? def.shape[key] : undefined;
-}
-
-function knownKeys(node: SchemaNode): string[] {
-  const def = unwrap(node)._zod.def as { shape?: Record<string, SchemaNode> };
-  return Object.keys(def.shape ?? {});
-}
-
 function snakeToCamel(segment: string): string {
   return segment.toLowerCase().replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
 }
 
-/** Converts an environment string to what the schema node expects, leaving validation to the schema. */
-function coerce(node: SchemaNode, text: string): unknown {
-  const def = unwrap(node)._zod.def as { type: string; values?: unknown[]; options?: SchemaNode[] };
-  const kinds = def.type === "union" ? (def.options ?? []).map((o) => unwrap(o)._zod.def.type) : [def.type];
-  const literalNumbers = def.type === "union" && kinds.every((k) => k === "literal");
-  if (kinds.includes("number") || literalNumbers) {
-    const n = Number(text);
-    return text.trim() !== "" && Number.isFinite(n) ? n : text;
-  }
-  if (kinds.includes("boolean")) {
-    if (text === "true") return true;
-    if (text === "false") return false;
-    return text;
-  }
-  if (kinds.includes("array") || kinds.includes("object") || kinds.includes("record")) {
-    const doc = parseDocument(text);
-    return doc.errors.length === 0 ? doc.toJS() : text;
-  }
-  return text;
-}
-
 function applyEnv(
+  schema: SchemaNode,
   raw: Record<string, unknown>,
   env: Readonly<Record<string, string | undefined>>,
   sources: Map<string, string>,
@@ -257,7 +221,7 @@ function applyEnv(
     const text = env[name];
     if (text === undefined) continue;
     const segments = name.slice(ENV_PREFIX.length).split("__").map(snakeToCamel);
-    let node: SchemaNode | undefined = configSchema;
+    let node: SchemaNode | undefined = schema;
     let target: Record<string, unknown> = raw;
     const walked: string[] = [];
     for (const [i, segment] of segments.entries()) {
@@ -294,6 +258,7 @@ function applyEnv(
 }
 
 function describeIssue(
+  schema: SchemaNode,
   issue: z.core.$ZodIssue,
   raw: Record<string, unknown>,
   sources: Map<string, string>,
@@ -302,7 +267,7 @@ function describeIssue(
   const base = issue.path.map(String);
   const sourceOf = (path: string[]) => sourceFor(dottedPath(path), sources, file);
   if (issue.code === "unrecognized_keys") {
-    let parentNode: SchemaNode | undefined = configSchema;
+    let parentNode: SchemaNode | undefined = schema;
     for (const seg of base) parentNode = parentNode ? childOf(parentNode, seg) : undefined;
     const known = parentNode ? knownKeys(parentNode).join(", ") : "";
     return issue.keys.map((key) => {
@@ -327,51 +292,6 @@ function sourceFor(path: string, sources: Map<string, string>, file: string | un
   // A whole section can be wrong (a misspelt section name): its keys' source is the section's.
   const within = () => [...sources].find(([key]) => key.startsWith(`${path}.`))?.[1];
   return sources.get(path) ?? within() ?? (file ? `in ${file}` : undefined);
-}
-
-/**
- * RFC 7396 JSON merge patch: objects merge key by key, `null` removes a key, anything else replaces.
- * Returns a new value; neither argument is changed.
- */
-export function mergePatch(target: unknown, patch: unknown): unknown {
-  if (!isObject(patch)) return patch;
-  const out: Record<string, unknown> = isObject(target) ? { ...target } : {};
-  for (const [key, value] of Object.entries(patch)) {
-    if (value === null) delete out[key];
-    else out[key] = mergePatch(out[key], value);
-  }
-  return out;
-}
-
-/**
- * A key path as people write it: segments joined by dots, a segment that holds a dot itself (a deadband key
- * like "jetson.rails.*.watts") quoted, so that a path names one key and can be split back.
- */
-export function dottedPath(segments: readonly string[]): string {
-  return segments.map((s) => (/^[A-Za-z0-9_*-]+$/.test(s) ? s : JSON.stringify(s))).join(".");
-}
-
-/** The key segments of every leaf of a plain object (arrays count as leaves), with its value. */
-export function leaves(value: unknown, prefix: string[] = []): { segments: string[]; value: unknown }[] {
-  if (!isObject(value)) return prefix.length > 0 ? [{ segments: prefix, value }] : [];
-  return Object.entries(value).flatMap(([key, child]) => leaves(child, [...prefix, key]));
-}
-
-/** The dotted paths (dottedPath) of every leaf of a plain object (arrays count as leaves). */
-export function leafPaths(value: unknown): string[] {
-  return leaves(value).map((leaf) => dottedPath(leaf.segments));
-}
-
-/**
- * Where the value at a leaf came from: its own origin, or the nearest enclosing key's (an environment
- * variable can set a whole record); undefined for a default.
- */
-export function originOf(origins: ReadonlyMap<string, string>, segments: readonly string[]): string | undefined {
-  for (let n = segments.length; n > 0; n -= 1) {
-    const origin = origins.get(dottedPath(segments.slice(0, n)));
-    if (origin !== undefined) return origin;
-  }
-  return undefined;
 }
 
 function sanitizeHostname(hostname: string): string {

@@ -2,11 +2,15 @@ import { z } from "zod";
 import { LOG_LEVELS } from "../core/logger.ts";
 import { BROKER_URL, DEVICE_ID, GROUP_NAME } from "../core/patterns.ts";
 import { DURATION_PATTERN, formatDuration, parseDuration } from "./duration.ts";
+import { markDuration, markSize } from "./schema-walk.ts";
 import { parseSize, SIZE_PATTERN } from "./size.ts";
 
-/** A duration string with bounds, kept as text in the config so that it prints back as written. */
+/**
+ * A duration string with bounds, kept as text in the config so that it prints back as written; a module reads
+ * its milliseconds from the typed view (schema-walk.ts).
+ */
 export function duration(def: string, minMs: number, maxMs: number) {
-  return z
+  const text = z
     .string({ error: 'expected a duration in quotes, like "10s" or "500ms" (a bare number has no unit)' })
     .regex(DURATION_PATTERN, 'expected a duration like "500ms", "10s", "5m", "1h"')
     .refine(
@@ -15,14 +19,16 @@ export function duration(def: string, minMs: number, maxMs: number) {
         return ms === undefined || (ms >= minMs && ms <= maxMs);
       },
       { message: `expected a duration between ${formatDuration(minMs)} and ${formatDuration(maxMs)}` },
-    )
+    );
+  return markDuration(text)
     .default(def)
+    .brand<"duration">()
     .describe(`a duration: a number and ms, s, m, h or d, from ${formatDuration(minMs)} to ${formatDuration(maxMs)}`);
 }
 
-/** A size string like "64MiB", kept as text. */
+/** A size string like "64MiB", kept as text; the typed view holds its bytes. */
 export function size(def: string, minBytes: number, maxBytes: number) {
-  return z
+  const text = z
     .string({ error: 'expected a size in quotes, like "64MiB" (a bare number has no unit)' })
     .regex(SIZE_PATTERN, 'expected a size like "512KiB", "64MiB", "1GiB"')
     .refine(
@@ -31,8 +37,10 @@ export function size(def: string, minBytes: number, maxBytes: number) {
         return bytes === undefined || (bytes >= minBytes && bytes <= maxBytes);
       },
       { message: `expected a size of at least ${minBytes} bytes and at most ${maxBytes} bytes` },
-    )
+    );
+  return markSize(text)
     .default(def)
+    .brand<"size">()
     .describe(`a size: a number and B, KiB, MiB, GiB (or KB, MB, GB), from ${minBytes} to ${maxBytes} bytes`);
 }
 

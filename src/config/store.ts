@@ -8,7 +8,7 @@ import { isOutpostError, OutpostError } from "../core/errors.ts";
 import { writeFileAtomically } from "../core/files.ts";
 import type { Logger } from "../core/logger.ts";
 import { isObject } from "../core/merge.ts";
-import { type Config, LOCAL_ONLY_KEYS, RESTART_KEYS } from "../schema.ts";
+import type { Config } from "../schema.ts";
 import {
   type ConfigProblem,
   dottedPath,
@@ -20,16 +20,30 @@ import {
   loadConfig,
   mergePatch,
   originOf,
-  redact,
 } from "./load.ts";
+import { diffPaths, pathPatch, withoutEmpty } from "./paths.ts";
 import { TRUST_KEYS } from "./schema.ts";
+
+export { diffPaths };
+
+import { type Typed, typedView } from "./schema-walk.ts";
 
 /** One immutable, validated configuration. A new version replaces it whole; nothing is ever half-applied. */
 export interface Snapshot {
   readonly version: number;
+  /** The file's form (durations and sizes as written): what `config print`, `config.get`, diffs and the hash use. */
   readonly config: Config;
+  /** The same values as modules read them: durations in milliseconds, sizes in bytes (parsed once, here). */
+  readonly typed: TypedConfig;
   readonly hash: string;
+  /**
+   * Where each value came from, by dottedPath (absent: the default; a leaf under a recorded path has that
+   * path's origin, see originOf): built with the snapshot, so that it always describes the values in use.
+   */
+  readonly origins: ReadonlyMap<string, string>;
 }
+
+export type TypedConfig = Typed<Config>;
 
 /** A key a `config.set` named that the environment sets: the change is stored, but the variable's value is used. */
 export interface Shadowed {
@@ -90,7 +104,6 @@ export class ConfigStore extends EventEmitter<{
   private readonly overridesPath: string;
   private readonly options: StoreOptions;
   private log: Logger | undefined;
-  private lastOrigins: ReadonlyMap<string, string> = new Map();
 
   /** Loads the configuration; throws CONFIG_INVALID when the file or environment is invalid. */
   constructor(options: StoreOptions) {
@@ -118,10 +131,8 @@ export class ConfigStore extends EventEmitter<{
         this.overrideProblems.push(...(err.details as ConfigProblem[]));
       }
     }
-    this.snapshot = freeze({ version: 1, config: loaded.config, hash: loaded.hash });
+    this.snapshot = this.snapshotOf(1, loaded);
     this.booted = this.snapshot;
-    // The base load's origins are the ones in use until stored overrides load (or when they do not).
-    if (loaded === base) this.lastOrigins = base.origins;
   }
 
   /** The logger exists only once the config is loaded: it takes its level from it. */
@@ -135,7 +146,7 @@ export class ConfigStore extends EventEmitter<{
 
   /** Keys whose current value differs from the one the process started with and needs a restart. */
   restartRequired(): string[] {
-    return diffPaths(this.booted.config, this.snapshot.config).filter((p) => under(p, RESTART_KEYS));
+    return diffPaths(this.booted.config, this.snapshot.config).filter((p) => under(p, this.options.model.restartKeys));
   }
 
   /** Reads the file, overrides and environment again; keeps the current snapshot if anything is invalid. */
@@ -157,7 +168,7 @@ export class ConfigStore extends EventEmitter<{
   /** Applies a JSON merge patch from `config.set`; stores it only when the whole result is valid and allowed. */
   patch(patch: Record<string, unknown>, options: PatchOptions = {}): ApplyResult {
     const reason = options.reason ?? "config.set";
-    const local = leafPaths(patch).filter((p) => under(p, LOCAL_ONLY_KEYS));
+    const local = leafPaths(patch).filter((p) => under(p, this.options.model.localOnlyKeys));
     if (local.length > 0) {
       const problems = local.map((path) => ({
         path,
@@ -248,13 +259,11 @@ export class ConfigStore extends EventEmitter<{
 
   private load(overrides: Record<string, unknown>, patch?: LoadOptions["patch"]): LoadedConfig {
     const keys = Object.keys(overrides);
-    const loaded = loadConfig({
+    return loadConfig({
       ...this.options,
       ...(keys.length > 0 ? { overrides: { values: overrides, source: this.overridesPath } } : {}),
       ...(patch ? { patch } : {}),
     });
-    if (!patch) this.lastOrigins = loaded.origins;
-    return loaded;
   }
 
   /**
@@ -262,7 +271,7 @@ export class ConfigStore extends EventEmitter<{
    * a recorded path has that path's origin, see originOf).
    */
   origins(): ReadonlyMap<string, string> {
-    return this.lastOrigins;
+    return this.snapshot.origins;
   }
 
   /**
@@ -276,13 +285,23 @@ export class ConfigStore extends EventEmitter<{
     shadowed: Shadowed[] = [],
   ): ApplyResult {
     const previous = this.snapshot;
-    if (changed.length === 0)
-      return { ok: true, snapshot: previous, changed, restartRequired: this.restartRequired(), shadowed };
-    this.snapshot = freeze({ version: previous.version + 1, config: loaded.config, hash: loaded.hash });
+    if (changed.length === 0) {
+      // The same values from elsewhere (a key moved from the file to a variable): the same version, new origins.
+      if (!sameEntries(previous.origins, loaded.origins))
+        this.snapshot = Object.freeze({ ...previous, origins: loaded.origins });
+      return { ok: true, snapshot: this.snapshot, changed, restartRequired: this.restartRequired(), shadowed };
+    }
+    this.snapshot = this.snapshotOf(previous.version + 1, loaded);
     const restartRequired = this.restartRequired();
     this.log?.info({ reason, version: this.snapshot.version, changed, restartRequired }, "configuration applied");
     this.emit("change", this.snapshot, previous);
     return { ok: true, snapshot: this.snapshot, changed, restartRequired, shadowed };
+  }
+
+  private snapshotOf(version: number, loaded: LoadedConfig): Snapshot {
+    const config = freeze(loaded.config);
+    const typed = typedView(this.options.model.schema, config);
+    return Object.freeze({ version, config, typed, hash: loaded.hash, origins: loaded.origins });
   }
 
   private rejected(refusal: PatchRefusal, reason: string): ApplyResult {
@@ -332,7 +351,8 @@ export class ConfigStore extends EventEmitter<{
         const current = value.format === OVERRIDES_FORMAT && isObject(value.values);
         const values = current ? (value.values as Record<string, unknown>) : value;
         // Local-only keys never belong here; before format 2 any config.* key could also set the trust keys.
-        const forbidden = current ? LOCAL_ONLY_KEYS : [...LOCAL_ONLY_KEYS, ...TRUST_KEYS];
+        const localOnly = this.options.model.localOnlyKeys;
+        const forbidden = current ? localOnly : [...localOnly, ...TRUST_KEYS];
         return this.without(values, forbidden);
       }
     } catch {
@@ -352,47 +372,14 @@ function invalid(problems: ConfigProblem[]): OutpostError {
   return new OutpostError("CONFIG_INVALID", formatProblems(problems).join("\n"), { details: problems });
 }
 
-/** A copy without the objects left empty by a removal. */
-function withoutEmpty(value: Record<string, unknown>): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const [key, child] of Object.entries(value)) {
-    const kept = isObject(child) ? withoutEmpty(child) : child;
-    if (!isObject(kept) || Object.keys(kept).length > 0) out[key] = kept;
-  }
-  return out;
-}
-
-/** A merge patch that removes one dotted path. */
-function pathPatch(path: string): Record<string, unknown> {
-  const keys = path.split(".");
-  const last = keys.pop() as string;
-  return keys.reduceRight<Record<string, unknown>>((inner, key) => ({ [key]: inner }), { [last]: null });
-}
-
-/** Dotted paths whose values differ (secrets compared redacted, arrays as whole values). */
-export function diffPaths(a: Config, b: Config): string[] {
-  const flat = (c: Config) => {
-    const out = new Map<string, string>();
-    const walk = (node: unknown, path: string) => {
-      if (node !== null && typeof node === "object" && !Array.isArray(node)) {
-        for (const [k, v] of Object.entries(node)) walk(v, path ? `${path}.${k}` : k);
-      } else if (node !== undefined) {
-        out.set(path, JSON.stringify(node));
-      }
-    };
-    walk(redact(c), "");
-    return out;
-  };
-  const fa = flat(a);
-  const fb = flat(b);
-  const keys = new Set([...fa.keys(), ...fb.keys()]);
-  return [...keys].filter((k) => fa.get(k) !== fb.get(k)).sort();
-}
-
 function freeze<T>(value: T): T {
   if (value !== null && typeof value === "object" && !Object.isFrozen(value)) {
     Object.freeze(value);
     for (const child of Object.values(value)) freeze(child);
   }
   return value;
+}
+
+function sameEntries(a: ReadonlyMap<string, string>, b: ReadonlyMap<string, string>): boolean {
+  return a.size === b.size && [...a].every(([k, v]) => b.get(k) === v);
 }

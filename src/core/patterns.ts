@@ -17,3 +17,12 @@ export function redactUrl(text: string): string {
     return text;
   }
 }
+
+/** host:port only: a URL may carry credentials, and STATUS is world-readable. */
+export function brokerHost(url: string): string {
+  try {
+    return new URL(url).host;
+  } catch {
+    return "the broker";
+  }
+}

@@ -6,6 +6,7 @@
  */
 
 import { valueAt } from "../core/merge.ts";
+import type { JetsonMetrics, MetricPath } from "../kernel/telemetry-port.ts";
 
 export interface DiscoveryInputs {
   prefix: string;
@@ -21,7 +22,7 @@ interface Entity {
   objectId: string;
   name: string;
   /** Dotted path of the metric in `metrics`: the entity exists when the metric does. */
-  path: string;
+  path: MetricPath;
   template?: string;
   unit?: string;
   deviceClass?: string;
@@ -178,12 +179,12 @@ const ENTITIES: Entity[] = [
 
 /** Rails appear by name on each Jetson model: one power sensor per rail found. */
 function railEntities(metrics: Record<string, unknown>): Entity[] {
-  const rails = (metrics.jetson as { rails?: Record<string, unknown> } | undefined)?.rails ?? {};
+  const rails = (metrics.jetson as JetsonMetrics | undefined)?.rails ?? {};
   return Object.keys(rails).map((rail) => ({
     component: "sensor" as const,
     objectId: `power_${rail.toLowerCase().replace(/[^a-z0-9]+/g, "_")}`,
     name: `Power ${rail}`,
-    path: `jetson.rails.${rail}.watts`,
+    path: `jetson.rails.${rail}.watts` as const,
     unit: "W",
     deviceClass: "power",
     stateClass: "measurement" as const,

@@ -3,11 +3,11 @@ import { join } from "node:path";
 import { z } from "zod";
 import { errorMessage } from "../core/errors.ts";
 import { writeFileAtomically } from "../core/files.ts";
-import type { Module } from "../kernel/module.ts";
+import { configSection, type Module } from "../kernel/module.ts";
 import { VERSION } from "../version.ts";
 import { discoveryConfigs } from "./discovery.ts";
 
-export const homeassistantSection = {
+export const homeassistantSection = configSection({
   key: "homeassistant",
   schema: z
     .strictObject({
@@ -19,7 +19,7 @@ export const homeassistantSection = {
         .default("homeassistant"),
     })
     .prefault({}),
-} as const;
+});
 
 /** The topics this device published configs on, kept so that they can be removed after a restart too. */
 const MARKER = "homeassistant.json";
@@ -33,12 +33,12 @@ export const homeassistantModule: Module<typeof homeassistantSection> = {
   name: "homeassistant",
   config: homeassistantSection,
   create(ctx) {
-    const marker = join(ctx.config().state.dir, MARKER);
+    const marker = join(ctx.stateDir, MARKER);
     const stateTopic = ctx.topics.state;
     let published = new Set<string>(readMarker(marker));
     let board: { kind: string; model: string } | undefined;
     let removalPending = false;
-    const enabled = () => ctx.config().homeassistant.discovery;
+    const enabled = () => ctx.config().discovery;
 
     const remember = () => {
       try {
@@ -49,14 +49,11 @@ export const homeassistantModule: Module<typeof homeassistantSection> = {
       }
     };
     const publish = (metrics: Record<string, unknown>) => {
-      board ??= (ctx.describe().modules as Record<string, { board?: typeof board }>).telemetry?.board ?? {
-        kind: "other",
-        model: "unknown",
-      };
+      board ??= ctx.telemetry()?.board() ?? { kind: "other", model: "unknown" };
       const configs = discoveryConfigs(
         {
-          prefix: ctx.config().homeassistant.prefix,
-          deviceId: ctx.config().device.id,
+          prefix: ctx.config().prefix,
+          deviceId: ctx.deviceId,
           stateTopic,
           statusTopic: ctx.topics.status,
           version: VERSION,
@@ -99,9 +96,9 @@ export const homeassistantModule: Module<typeof homeassistantSection> = {
     // go out on connect).
     if (!enabled()) remove();
     return {
-      describe: () => ({ discovery: enabled(), prefix: ctx.config().homeassistant.prefix, topics: published.size }),
+      describe: () => ({ discovery: enabled(), prefix: ctx.config().prefix, topics: published.size }),
       onConfigChange: (next, previous) => {
-        const [a, b] = [previous.homeassistant, next.homeassistant];
+        const [a, b] = [previous, next];
         if (a.discovery && (!b.discovery || a.prefix !== b.prefix)) remove();
         if (b.discovery && (!a.discovery || a.prefix !== b.prefix)) {
           const merged = ctx.latest.merged();

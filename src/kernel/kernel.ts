@@ -1,34 +1,41 @@
 import { randomUUID } from "node:crypto";
-import { readFileSync, rmSync } from "node:fs";
 import { uptime } from "node:os";
-import { join } from "node:path";
 import type { LevelWithSilent } from "pino";
 import { Registry } from "prom-client";
 import { Commands, type PendingReply } from "../commands/commands.ts";
 import { ReplayGuard } from "../commands/replay.ts";
-import { durationMs } from "../config/duration.ts";
-import { sizeBytes } from "../config/size.ts";
 import type { ConfigStore, Snapshot } from "../config/store.ts";
 import { type Clock, sleep } from "../core/clock.ts";
-import { errorMessage } from "../core/errors.ts";
-import { writeFileAtomically } from "../core/files.ts";
-import { abortPromise, type Component } from "../core/lifecycle.ts";
+import type { Component } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
+import { brokerHost } from "../core/patterns.ts";
 import { MqttLink } from "../mqtt/link.ts";
 import { type DeviceTopics, deviceTopics } from "../mqtt/topics.ts";
 import { Outbox } from "../outbox/outbox.ts";
 import { clockSyncProbe } from "../system/clock-sync.ts";
 import { VERSION } from "../version.ts";
 import { Alarms } from "./alarms.ts";
+import { Direct } from "./direct.ts";
 import { Health, type HealthReport } from "./health.ts";
 import { LatestValues } from "./latest.ts";
-import type { Collector, Module, ModuleContext, ModuleParts, Verdict } from "./module.ts";
+import type { Module, ModuleContext, ModuleParts, Verdict } from "./module.ts";
+import { PendingReplies } from "./pending-replies.ts";
 import { RetainedState } from "./retained.ts";
+import { stopInOrder } from "./shutdown.ts";
 import { statusMessage } from "./status.ts";
-import { agentMetrics, commandPolicy, linkOptions, registerKernelMetrics, warnIfUnsigned } from "./wiring.ts";
+import {
+  adaptModules,
+  commandPolicy,
+  kernelCollectors,
+  linkOptions,
+  registerKernelMetrics,
+  reportDroppedOverrides,
+  sectionOf,
+  warnIfUnsigned,
+} from "./wiring.ts";
 
 export interface KernelOptions {
-  settings: ConfigStore;
+  configStore: ConfigStore;
   logger: Logger;
   /** Changes the level of the logger and all its children. */
   setLogLevel?: (level: LevelWithSilent) => void;
@@ -40,12 +47,6 @@ export interface KernelOptions {
   /** Told each step of start and stop as it happens, in order (tests assert the order). */
   trace?: (step: string) => void;
 }
-
-/** Kept from the shutdown budget for the outbox commit, `offline` and closing (at most 30 % of the budget). */
-const STOP_RESERVE_MS = 2000;
-
-/** The final reply of a `restart`, kept in state.dir until the next process has sent it. */
-const PENDING_FILE = "pending-replies.json";
 
 /**
  * The durable core, built in a fixed order (config store, MQTT link, outbox, replay guard, command router),
@@ -69,6 +70,8 @@ export class Kernel {
   readonly restartRequested: Promise<void>;
   private requestRestart: () => void = () => {};
   private readonly o: KernelOptions;
+  private readonly direct: Direct;
+  private readonly pending: PendingReplies;
   private readonly modules: { module: Module; parts: ModuleParts }[] = [];
   private readonly controller = new AbortController();
   private readonly started: Component[] = [];
@@ -77,10 +80,10 @@ export class Kernel {
 
   constructor(options: KernelOptions) {
     this.o = options;
-    const { settings, logger, clock } = options;
+    const { configStore, logger, clock } = options;
     // Restart-only parts (device, mqtt, outbox, state) are built from the snapshot at start; the rest reads
-    // `settings.current()` each time it needs a value, so a reload reaches it without a restart.
-    const { config } = settings.current();
+    // `configStore.current()` each time it needs a value, so a reload reaches it without a restart.
+    const { config, typed } = configStore.current();
     this.startedAt = clock.mono();
     this.restartRequested = new Promise((resolve) => {
       this.requestRestart = resolve;
@@ -94,21 +97,21 @@ export class Kernel {
         session: this.session,
         clock,
         clockSynced,
-        config: settings.current(),
+        config: configStore.current(),
         protocolVersion: this.link.protocolVersion,
         replayStore: this.replay.durable,
         extra: () => this.statusExtras(),
       });
 
     this.link = new MqttLink({
-      ...linkOptions(config),
+      ...linkOptions(typed),
       will: () => status("lost"),
       birth: () => status("online"),
       farewell: () => status("offline"),
       logger: logger.child({ component: "mqtt" }),
     });
     const outboxLog = logger.child({ component: "outbox" });
-    const commit = durationMs(config.outbox.commitInterval);
+    const commit = typed.outbox.commitInterval;
     this.outbox = new Outbox({
       transport: this.link,
       clock,
@@ -118,8 +121,8 @@ export class Kernel {
       dir: config.state.dir,
       alarmTopic: this.topics.alarm("outbox-storage"),
       onAlarm: (body) => this.alarms.retain("outbox-storage", body),
-      maxBytes: sizeBytes(config.outbox.maxBytes),
-      ttlMs: durationMs(config.outbox.ttl),
+      maxBytes: typed.outbox.maxBytes,
+      ttlMs: typed.outbox.ttl,
       commitIntervalMs: commit,
       commitMessages: config.outbox.commitMessages,
       window: config.outbox.window,
@@ -134,11 +137,17 @@ export class Kernel {
       deviceId: config.device.id,
       groups: config.device.groups,
       reply: (reply) => this.outbox.send({ ...reply, body: { ...reply.body }, priority: "result" }),
-      policy: commandPolicy(settings),
+      policy: commandPolicy(configStore),
       replay: this.replay,
       clock,
       logger: commandLog,
     });
+    this.direct = new Direct(
+      this.link,
+      this.topics.status.slice(0, -"status".length),
+      logger.child({ component: "direct" }),
+    );
+    this.pending = new PendingReplies(config.state.dir, logger);
     this.retained = new RetainedState(this.link, logger.child({ component: "retained" }));
     this.alarms = new Alarms({ send: (m) => this.outbox.send(m), retained: this.retained, topics: this.topics, clock });
     this.latest = new LatestValues((err) => logger.error({ err }, "a listener of the latest values failed"));
@@ -147,7 +156,7 @@ export class Kernel {
       connected: () => this.link.connected,
       connects: () => this.link.connects,
       commands: () => this.commands.counts,
-      configVersion: () => settings.current().version,
+      configVersion: () => configStore.current().version,
       eventLoopDelayMs: () => this.health.eventLoopDelayMs(),
     });
     for (const module of options.modules) {
@@ -156,7 +165,7 @@ export class Kernel {
       this.modules.push({ module, parts });
     }
     warnIfUnsigned(config.commands.allowUnsigned, logger);
-    settings.on("change", (next, previous) => this.adapt(next, previous));
+    configStore.on("change", (next, previous) => this.adapt(next, previous));
     this.replay.onDurabilityChange((durable) => {
       logger[durable ? "info" : "error"](
         durable ? "command replay store writable again" : "command replay store failed; refusing state changes",
@@ -167,8 +176,8 @@ export class Kernel {
   }
 
   async start(): Promise<void> {
-    const { logger, settings } = this.o;
-    const { config } = settings.current();
+    const { logger, configStore } = this.o;
+    const { config } = configStore.current();
     logger.info(
       { device: config.device.id, session: this.session, version: VERSION, url: config.mqtt.url },
       "agent starting",
@@ -188,7 +197,7 @@ export class Kernel {
     }
     void this.housekeeping(signal);
     if (!this.replay.durable) this.replayAlarm(false);
-    this.reportDroppedOverrides();
+    reportDroppedOverrides(this.o.configStore.droppedOverrides, this.o.logger, this.alarms);
     this.sendPendingReplies();
   }
 
@@ -203,7 +212,7 @@ export class Kernel {
   }
 
   describe(): Record<string, unknown> {
-    const snapshot = this.o.settings.current();
+    const snapshot = this.o.configStore.current();
     const modules = Object.fromEntries(
       this.modules.map(({ module, parts }) => [module.name, parts.describe?.() ?? {}]),
     );
@@ -223,7 +232,7 @@ export class Kernel {
         outbox: "sqlite",
       },
       commands: { replayStore: this.replay.durable ? "ok" : "unavailable", ...this.commands.counts },
-      config: { version: snapshot.version, hash: snapshot.hash, restartRequired: this.o.settings.restartRequired() },
+      config: { version: snapshot.version, hash: snapshot.hash, restartRequired: this.o.configStore.restartRequired() },
       uptime: { agentMs: Math.round(this.o.clock.mono() - this.startedAt), systemS: Math.round(uptime()) },
       health: { alive: this.health.alive(), healthy: this.healthy() },
       alarms: this.alarms.active(),
@@ -243,10 +252,13 @@ export class Kernel {
   }
 
   private context(module: Module): ModuleContext {
-    const { settings, clock, logger } = this.o;
+    const { configStore, clock, logger } = this.o;
     return {
-      config: () => settings.current().config,
-      settings,
+      config: () => sectionOf(module, configStore.current()),
+      deviceId: configStore.booted.config.device.id,
+      stateDir: configStore.booted.config.state.dir,
+      broker: brokerHost(configStore.booted.config.mqtt.url),
+      configStore,
       clock,
       logger: logger.child({ component: module.name }),
       session: this.session,
@@ -260,11 +272,15 @@ export class Kernel {
       health: () => this.healthy(),
       metrics: this.metrics,
       heartbeat: (name, boundMs) => this.health.heartbeat(`${module.name}.${name}`, boundMs),
-      collectors: () => [...this.kernelCollectors, ...this.modules.flatMap((m) => m.parts.collectors ?? [])],
+      collectors: () => [
+        ...kernelCollectors(this.outbox, this.commands),
+        ...this.modules.flatMap((m) => m.parts.collectors ?? []),
+      ],
       describe: () => this.describe(),
       restart: (delayMs, reply) => this.restart(delayMs, reply),
       env: this.o.env ?? {},
       models: () => this.modules.find((m) => m.parts.models)?.parts.models,
+      telemetry: () => this.modules.find((m) => m.parts.telemetry)?.parts.telemetry,
       vitals: () => ({
         alive: this.health.alive(),
         connected: this.link.connected,
@@ -278,90 +294,23 @@ export class Kernel {
     };
   }
 
-  private readonly listeners = new Map<string, (payload: Buffer) => void>();
-  private readonly direct = {
-    listen: (topic: string, handler: (payload: Buffer) => void) => {
-      this.ownTopic(topic);
-      if (this.listeners.size === 0) {
-        this.link.on("message", (t: string, payload: Buffer) => {
-          const listener = this.listeners.get(t);
-          if (!listener) return;
-          try {
-            listener(payload);
-          } catch (err) {
-            this.o.logger.error({ err, topic: t }, "a direct message handler failed");
-          }
-        });
-      }
-      this.listeners.set(topic, handler);
-      this.link.subscribe(topic);
-    },
-    publish: (topic: string, payload: string | Buffer) => {
-      this.ownTopic(topic);
-      return this.link.publish(topic, payload, { qos: 1 });
-    },
-  };
-
-  private ownTopic(topic: string): void {
-    if (!topic.startsWith(`${this.topics.status.slice(0, -"status".length)}`) || /[+#]/.test(topic)) {
-      throw new Error(`${topic} is not one of the device's own topics`);
-    }
-  }
-
-  /** The kernel's own figures in every telemetry sample. */
-  private readonly kernelCollectors: Collector[] = [
-    { name: "outbox", collect: async () => this.outbox.stats() },
-    { name: "commands", collect: async () => ({ ...this.commands.counts }) },
-    { name: "agent", collect: async () => agentMetrics() },
-  ];
-
   private async doStop(budgetMs: number): Promise<void> {
-    const { logger } = this.o;
+    const { logger, clock } = this.o;
     logger.info("agent stopping");
-    const reversed = [...this.modules].reverse();
-    // One owner of the budget. The reserve is kept for the outbox commit, `offline` and the closing steps;
-    // the drain and the flush share the rest, each getting what the steps before it left.
-    const end = performance.now() + budgetMs;
-    const reserve = Math.min(STOP_RESERVE_MS, budgetMs * 0.3);
-    const left = () => Math.max(0, Math.floor(end - reserve - performance.now()));
-    // A failing step must not keep the ones after it from running.
-    const step = async (name: string, fn: () => unknown) => {
-      this.trace(name);
-      try {
-        await fn();
-      } catch (err) {
-        logger.error({ err, step: name }, "stop step failed");
-      }
-    };
-    // A drain step that outlasts the budget is left behind (a command or task stuck in native code, a bug):
-    // what it would have done is lost, what everything else must do is not.
-    const bounded = async (name: string, work: unknown, signal: AbortSignal) => {
-      const cut = await Promise.race([Promise.resolve(work).then(() => false), abortPromise(signal).then(() => true)]);
-      if (cut) logger.warn({ step: name }, "stop step cut short: the shutdown budget is spent");
-    };
-    await step("quiesce:commands", () => this.commands.quiesce());
-    for (const { module, parts } of reversed) await step(`quiesce:${module.name}`, () => parts.quiesce?.());
-    const drain = AbortSignal.timeout(left());
-    await step("drain:commands", () => bounded("drain:commands", this.commands.stop(), drain));
-    for (const { module, parts } of reversed) {
-      await step(`drain:${module.name}`, () => bounded(`drain:${module.name}`, parts.drain?.(drain), drain));
-    }
-    await step("flush:outbox", async () => {
-      if (!this.link.connected) return;
-      const flushSignal = AbortSignal.timeout(left());
-      await this.outbox.flush(flushSignal);
-      if (flushSignal.aborted) logger.warn({ queued: this.outbox.stats().queued }, "outbox not flushed in time");
-    });
-    // What is still unacknowledged goes to disk before anything else can hang.
-    await step("commit:outbox", () => this.outbox.commit());
-    this.controller.abort();
-    // The link publishes "offline" and disconnects; then module components, then the outbox closes.
-    await step("offline+disconnect:mqtt", () => this.link.stop());
-    for (const component of [...this.started].reverse()) {
-      if (component === this.link || component === this.outbox || component === this.commands) continue;
-      await step(`stop:${component.name}`, () => component.stop());
-    }
-    await step("stop:outbox", () => this.outbox.stop());
+    await stopInOrder(
+      {
+        commands: this.commands,
+        modules: this.modules,
+        outbox: this.outbox,
+        link: this.link,
+        started: this.started,
+        abort: () => this.controller.abort(),
+        logger,
+        trace: (step) => this.trace(step),
+        now: () => clock.mono(),
+      },
+      budgetMs,
+    );
     this.replay.close();
     this.retained.close();
     this.health.close();
@@ -380,55 +329,21 @@ export class Kernel {
     } catch (err) {
       logger.error({ err }, "could not adapt to the new configuration");
     }
-    for (const { module, parts } of this.modules) {
-      try {
-        parts.onConfigChange?.(b, a);
-      } catch (err) {
-        logger.error({ err, module: module.name }, "a module could not adapt to the new configuration");
-      }
-    }
+    adaptModules(this.modules, next, previous, logger);
   }
 
   private restart(delayMs: number, reply?: PendingReply): void {
-    if (reply) {
-      // Persisted before acting: the next process answers the request with the real outcome.
-      const record = { reply, session: this.session, ts: this.o.clock.now() };
-      try {
-        writeFileAtomically(this.pendingPath(), `${JSON.stringify(record)}\n`);
-      } catch (err) {
-        this.o.logger.error({ err: errorMessage(err) }, "could not keep the restart request; no final reply will come");
-      }
-    }
+    // Persisted before acting: the next process answers the request with the real outcome.
+    if (reply) this.pending.keep({ reply, session: this.session, ts: this.o.clock.now() });
     void sleep(delayMs).then(() => this.requestRestart());
   }
 
   private sendPendingReplies(): void {
-    let record: { reply: PendingReply; session: string };
-    try {
-      record = JSON.parse(readFileSync(this.pendingPath(), "utf8")) as typeof record;
-    } catch {
-      return;
-    }
-    rmSync(this.pendingPath(), { force: true });
+    const record = this.pending.take();
+    if (!record) return;
     const result = { restarted: true, previousSession: record.session, session: this.session, version: VERSION };
     this.commands.finish(record.reply, { state: "succeeded", result });
     this.o.logger.info({ id: record.reply.id }, "restart completed; final reply sent");
-  }
-
-  private pendingPath(): string {
-    return join(this.o.settings.booted.config.state.dir, PENDING_FILE);
-  }
-
-  private reportDroppedOverrides(): void {
-    const dropped = this.o.settings.droppedOverrides;
-    if (dropped.length === 0) return;
-    // Only a tampered or pre-0.2 device has these: say so where the fleet is watched, not only in the journal.
-    this.o.logger.error({ dropped }, "stored config overrides of local-only or trust keys were dropped");
-    this.alarms.raise("config-overrides", {
-      active: true,
-      dropped,
-      reason: "remote overrides of protected keys dropped",
-    });
   }
 
   private replayAlarm(durable: boolean): void {

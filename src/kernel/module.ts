@@ -2,16 +2,18 @@ import type { LevelWithSilent } from "pino";
 import type { Registry } from "prom-client";
 import type { z } from "zod";
 import type { CommandDefinition, PendingReply } from "../commands/commands.ts";
+import type { Typed } from "../config/schema-walk.ts";
 import type { ConfigStore } from "../config/store.ts";
 import type { Clock } from "../core/clock.ts";
 import type { Component } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
+import type { PathsBelow } from "../core/types.ts";
 import type { DeviceTopics } from "../mqtt/topics.ts";
 import type { Envelope, OutboxMessage } from "../outbox/outbox.ts";
-import type { Config } from "../schema.ts";
 import type { HealthReport, Heartbeat } from "./health.ts";
 import type { LatestValues } from "./latest.ts";
 import type { RetainedState } from "./retained.ts";
+import type { TelemetryPort } from "./telemetry-port.ts";
 
 /** One named source of telemetry. It may fail or hang; the telemetry loop contains both. */
 export interface Collector {
@@ -40,11 +42,11 @@ export interface Verdict {
   reason?: string;
 }
 
-/** A module's section of the configuration file, and how its keys may change. */
-export interface ConfigSection {
+/** A module's section of the configuration file, and how its keys may change (build one with `configSection`). */
+export interface ConfigSection<S extends z.ZodType = z.ZodType> {
   /** The top-level key, e.g. `telemetry`. */
   key: string;
-  schema: z.ZodType;
+  schema: S;
   /** Paths inside this section (without its key: `interval`, not `telemetry.interval`; "" is the whole section)
    * read once at start: a change is stored and used after the next restart. */
   restartOnly?: readonly string[];
@@ -52,11 +54,43 @@ export interface ConfigSection {
   localOnly?: readonly string[];
 }
 
+/** A path inside a section whose schema is S: "" (the whole section) or a key path of its output. */
+export type SectionPath<S extends z.ZodType> = "" | PathsBelow<NonNullable<z.output<S>>>;
+
+/**
+ * Declares a module's section: its `restartOnly` and `localOnly` paths are checked against its own schema, so
+ * that a misspelt or qualified path (`telemetry.interval` inside telemetry's section) does not compile.
+ */
+export function configSection<const K extends string, S extends z.ZodType>(section: {
+  key: K;
+  schema: S;
+  restartOnly?: readonly NoInfer<SectionPath<S>>[];
+  localOnly?: readonly NoInfer<SectionPath<S>>[];
+}): { key: K; schema: S; restartOnly?: readonly string[]; localOnly?: readonly string[] } {
+  return section;
+}
+
+/** What a module reads from its section: durations in milliseconds, sizes in bytes (see config/schema-walk.ts). */
+export type SectionConfig<S> = S extends ConfigSection ? Typed<z.output<S["schema"]>> : undefined;
+
 /** What the kernel offers every module. Modules reach each other only through what they contribute. */
-export interface ModuleContext {
-  /** The live configuration: read it each time a value is needed, so that a reload reaches the module. */
-  config(): Config;
-  settings: ConfigStore;
+export interface ModuleContext<C = unknown> {
+  /**
+   * The module's own section of the live configuration, typed (durations in ms, sizes in bytes): read it each
+   * time a value is needed, so that a reload reaches the module. Another module's values come through ports.
+   */
+  config(): C;
+  /** The device's id (`device.id`, fixed for the process). */
+  deviceId: string;
+  /** The agent's state directory (`state.dir`, fixed for the process). */
+  stateDir: string;
+  /** The broker as people name it, host and port without credentials (`mqtt.url`, fixed for the process). */
+  broker: string;
+  /**
+   * The configuration store itself: for the configuration's own commands (config.get, config.set) and for
+   * reload events. A module reads its values through `config()`, never through the store's whole file.
+   */
+  configStore: ConfigStore;
   clock: Clock;
   /** A child logger with `component` set to the module's name. */
   logger: Logger;
@@ -105,6 +139,8 @@ export interface ModuleContext {
   vitals(): Vitals;
   /** The module that runs models (tasks), for an update of one; undefined when none is configured. */
   models(): ModelHost | undefined;
+  /** The telemetry module's port (the board, the sampling pace); undefined when it is not in the agent. */
+  telemetry(): TelemetryPort | undefined;
 }
 
 /** A task's model as an update sees it: where it is now, and how a new one is tried and kept or dropped. */
@@ -139,7 +175,7 @@ export interface Vitals {
 }
 
 /** What a module contributes; every part is optional. */
-export interface ModuleParts {
+export interface ModuleParts<C = unknown> {
   /** Started in order after the kernel, stopped in reverse. */
   components?: Component[];
   commands?: CommandDefinition[];
@@ -152,8 +188,10 @@ export interface ModuleParts {
   health?(): Verdict;
   /** Runs models: the target of a model update (one module at most). */
   models?: ModelHost;
-  /** Reacts to a new configuration snapshot (the hot-reloadable keys). */
-  onConfigChange?(next: Config, previous: Config): void;
+  /** Samples the device: the board and the pace, for the others (one module at most). */
+  telemetry?: TelemetryPort;
+  /** Reacts to a new configuration snapshot (the hot-reloadable keys): the module's own section, typed. */
+  onConfigChange?(next: C, previous: C): void;
   /** Stops taking work (first stop step, in reverse module order). */
   quiesce?(): Promise<void> | void;
   /** Finishes work in hand within the shutdown deadline (second step, in reverse module order). */
@@ -165,5 +203,5 @@ export interface Module<S extends ConfigSection | undefined = ConfigSection | un
   name: string;
   /** The module's own section of the configuration, if it has one. */
   config?: S;
-  create(context: ModuleContext): ModuleParts;
+  create(context: ModuleContext<SectionConfig<S>>): ModuleParts<SectionConfig<S>>;
 }

@@ -1,13 +1,13 @@
 import type { Registry } from "prom-client";
 import { Gauge, Histogram } from "prom-client";
-import type { CommandPolicy } from "../commands/commands.ts";
-import { durationMs } from "../config/duration.ts";
-import { sizeBytes } from "../config/size.ts";
-import type { ConfigStore, Snapshot } from "../config/store.ts";
+import type { CommandPolicy, Commands } from "../commands/commands.ts";
+import type { ConfigStore, Snapshot, TypedConfig } from "../config/store.ts";
 import type { Logger } from "../core/logger.ts";
-import type { OutboxStats } from "../outbox/outbox.ts";
-import type { Config } from "../schema.ts";
+import type { Outbox, OutboxStats } from "../outbox/outbox.ts";
+import type { Alarms } from "./alarms.ts";
+import type { Collector, Module, ModuleParts } from "./module.ts";
 import { type Series, scrapedFamily } from "./scraped.ts";
+import type { KernelMetrics } from "./telemetry-port.ts";
 
 /** What the kernel's metrics read. */
 export interface KernelFigures {
@@ -103,7 +103,7 @@ export function registerKernelMetrics(
   return (command, state, seconds) => durations.observe({ command, state }, seconds);
 }
 
-export function linkOptions(config: Config) {
+export function linkOptions(config: TypedConfig) {
   const m = config.mqtt;
   return {
     url: m.url,
@@ -115,33 +115,26 @@ export function linkOptions(config: Config) {
     cert: m.cert,
     key: m.key,
     rejectUnauthorized: m.rejectUnauthorized,
-    keepaliveMs: durationMs(m.keepalive),
-    connectTimeoutMs: durationMs(m.connectTimeout),
-    reconnectMinMs: durationMs(m.reconnectMin),
-    reconnectMaxMs: durationMs(m.reconnectMax),
-    maxPacketSize: sizeBytes(m.maxPacketSize),
-    sessionExpiryS: Math.round(durationMs(m.sessionExpiry) / 1000),
+    keepaliveMs: m.keepalive,
+    connectTimeoutMs: m.connectTimeout,
+    reconnectMinMs: m.reconnectMin,
+    reconnectMaxMs: m.reconnectMax,
+    maxPacketSize: m.maxPacketSize,
+    sessionExpiryS: Math.round(m.sessionExpiry / 1000),
     persistentSession311: m.persistentSession311,
   };
 }
 
-/** The command policy of the current snapshot, built once per snapshot. */
-export function commandPolicy(settings: ConfigStore): () => CommandPolicy {
-  const policies = new WeakMap<Snapshot, CommandPolicy>();
+/** The command policy of the current snapshot (its durations already parsed, in the typed view). */
+export function commandPolicy(configStore: ConfigStore): () => CommandPolicy {
   return () => {
-    const snapshot = settings.current();
-    let p = policies.get(snapshot);
-    if (!p) {
-      const c = snapshot.config.commands;
-      p = {
-        trustedKeys: c.trustedKeys,
-        allowUnsigned: c.allowUnsigned,
-        skewMs: durationMs(c.clockSkew),
-        maxValidityMs: durationMs(c.maxValidity),
-      };
-      policies.set(snapshot, p);
-    }
-    return p;
+    const c = configStore.current().typed.commands;
+    return {
+      trustedKeys: c.trustedKeys,
+      allowUnsigned: c.allowUnsigned,
+      skewMs: c.clockSkew,
+      maxValidityMs: c.maxValidity,
+    };
   };
 }
 
@@ -152,7 +145,7 @@ export function warnIfUnsigned(allowUnsigned: boolean, logger: Logger): void {
 }
 
 /** The agent's own footprint, so that a fleet shows which devices it costs too much on. */
-export function agentMetrics(): Record<string, number> {
+export function agentMetrics(): KernelMetrics["agent"] {
   const mem = process.memoryUsage();
   const cpu = process.cpuUsage();
   return {
@@ -161,4 +154,45 @@ export function agentMetrics(): Record<string, number> {
     cpuUserMs: Math.round(cpu.user / 1000),
     cpuSystemMs: Math.round(cpu.system / 1000),
   };
+}
+
+/** A module's own section of a snapshot, typed (durations in ms, sizes in bytes); undefined when it has none. */
+export function sectionOf(module: Module, snapshot: Snapshot): unknown {
+  const key = module.config?.key;
+  return key === undefined ? undefined : (snapshot.typed as Readonly<Record<string, unknown>>)[key];
+}
+
+/** The kernel's own figures in every telemetry sample (KernelMetrics). */
+export function kernelCollectors(outbox: Outbox, commands: Commands): Collector[] {
+  return [
+    { name: "outbox", collect: async () => outbox.stats() },
+    { name: "commands", collect: async () => ({ ...commands.counts }) },
+    { name: "agent", collect: async () => agentMetrics() },
+  ];
+}
+
+/**
+ * Stored overrides of local-only or trust keys dropped at start: only a tampered or pre-0.2 device has them,
+ * so it is said where the fleet is watched (an alarm), not only in the journal.
+ */
+export function reportDroppedOverrides(dropped: readonly string[], logger: Logger, alarms: Alarms): void {
+  if (dropped.length === 0) return;
+  logger.error({ dropped }, "stored config overrides of local-only or trust keys were dropped");
+  alarms.raise("config-overrides", { active: true, dropped, reason: "remote overrides of protected keys dropped" });
+}
+
+/** Hands each module its own section of a new snapshot; one that fails is logged, the others still adapt. */
+export function adaptModules(
+  modules: readonly { module: Module; parts: ModuleParts }[],
+  next: Snapshot,
+  previous: Snapshot,
+  logger: Logger,
+): void {
+  for (const { module, parts } of modules) {
+    try {
+      parts.onConfigChange?.(sectionOf(module, next), sectionOf(module, previous));
+    } catch (err) {
+      logger.error({ err, module: module.name }, "a module could not adapt to the new configuration");
+    }
+  }
 }

@@ -1,21 +1,14 @@
 import { EventEmitter } from "node:events";
 import type { Socket } from "node:net";
-import mqtt, {
-  type IClientOptions,
-  type IClientPublishOptions,
-  type IConnackPacket,
-  type IPublishPacket,
-  type MqttClient,
-} from "mqtt";
+import type { IClientPublishOptions, IPublishPacket, MqttClient } from "mqtt";
 import { Backoff } from "../core/backoff.ts";
 import { sleep } from "../core/clock.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
 import { abortPromise, type Component, followAbort, once, withDeadline } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
 import { redactUrl } from "../core/patterns.ts";
-import { FilteredStream } from "./filtered-stream.ts";
-import { type BrokerEndpoint, endpointOptions, refusedMqtt5 } from "./options.ts";
-import { packetGuard } from "./packet-guard.ts";
+import { openClient } from "./connect.ts";
+import { type BrokerEndpoint, refusedMqtt5 } from "./options.ts";
 
 export type ProtocolVersion = 4 | 5;
 
@@ -312,96 +305,16 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
     this.safeEmit("connected", { protocolVersion: this.protocol });
   }
 
-  private connectOnce(signal: AbortSignal): Promise<MqttClient> {
-    const o = this.options;
-    const will = o.will();
-    const options: IClientOptions = {
-      ...endpointOptions(o),
-      protocolVersion: this.protocol,
-      ...(this.protocol === 5
-        ? {
-            properties: {
-              ...(o.maxPacketSize ? { maximumPacketSize: o.maxPacketSize } : {}),
-              ...(o.sessionExpiryS ? { sessionExpiryInterval: o.sessionExpiryS } : {}),
-            },
-          }
-        : {}),
-      clientId: o.clientId,
-      keepalive: Math.max(1, Math.round(o.keepaliveMs / 1000)),
-      reconnectPeriod: 0,
-      // Requests queued by the broker while the device was away arrive after the reconnect and are then judged
-      // by their own expiry and replay checks.
-      clean: this.protocol === 5 ? (o.sessionExpiryS ?? 0) === 0 : o.persistentSession311 !== true,
-      resubscribe: false,
-      queueQoSZero: false,
-      messageIdProvider: new mqtt.UniqueMessageIdProvider(),
-      // MQTT.js calls its debug logger several times per packet even when it prints nothing: measurable
-      // CPU per message while a backlog drains. Our own logs say what matters.
-      log: () => {},
-      will: { topic: will.topic, payload: Buffer.from(will.payload), qos: will.qos, retain: will.retain },
-    };
-    return new Promise((resolve, reject) => {
-      const limit = o.maxPacketSize;
-      // MQTT 3.1.1 cannot tell the broker our limit: larger packets are read past and dropped on the way in
-      // (the connection stays). MQTT 5 announces it; a broker that ignores it has the connection dropped below.
-      const filtered = limit !== undefined && this.protocol === 4;
-      const client = filtered
-        ? new mqtt.MqttClient(
-            () =>
-              new FilteredStream(options, limit, (p) =>
-                this.log.warn(
-                  { size: p.size, limit, topic: p.topic, qos: p.qos },
-                  "dropped a message larger than mqtt.maxPacketSize (read past, acknowledged; the connection stays)",
-                ),
-              ),
-            options,
-          )
-        : mqtt.connect(options);
-      // Before the connection is up: a persistent session delivers queued requests right after CONNACK, and
-      // MQTT.js acknowledges a message whether or not anyone listens.
-      client.on("message", (topic, payload, packet) => this.safeEmit("message", topic, payload, packet));
-      const stream = client.stream as (NodeJS.ReadableStream & { destroy(): void }) | undefined;
-      if (limit !== undefined && stream && !filtered) {
-        // Ahead of MQTT.js's own reader, so that an oversized packet is refused before it is buffered.
-        stream.prependListener(
-          "data",
-          packetGuard(limit, (size, topic) => {
-            this.log.warn(
-              { size, limit, topic },
-              "the broker sent a packet larger than mqtt.maxPacketSize; dropping the connection",
-            );
-            stream.destroy();
-          }),
-        );
-      }
-      const cleanup = () => {
-        client.off("connect", onConnect);
-        client.off("error", onError);
-        client.off("close", onClose);
-        signal.removeEventListener("abort", onAbort);
-      };
-      const onConnect = (connack: IConnackPacket) => {
-        cleanup();
-        this.brokerLimits = {
-          receiveMaximum: connack.properties?.receiveMaximum,
-          maximumPacketSize: connack.properties?.maximumPacketSize,
-        };
-        // Errors after the connect are reported by "close"; keep a listener so none is unhandled.
-        client.on("error", (err) => this.log.warn({ err: errorMessage(err) }, "mqtt error"));
-        resolve(client);
-      };
-      const onError = (err: Error) => {
-        cleanup();
-        client.end(true);
-        reject(err);
-      };
-      const onClose = () => onError(new OutpostError("MQTT_CLOSED", "connection closed before CONNACK"));
-      const onAbort = () => onError(new OutpostError("ABORTED", "stopping"));
-      client.on("connect", onConnect);
-      client.on("error", onError);
-      client.on("close", onClose);
-      signal.addEventListener("abort", onAbort, { once: true });
-    });
+  private async connectOnce(signal: AbortSignal): Promise<MqttClient> {
+    const { client, limits } = await openClient(
+      this.options,
+      this.protocol,
+      signal,
+      this.log,
+      (topic, payload, packet) => this.safeEmit("message", topic, payload, packet),
+    );
+    this.brokerLimits = limits;
+    return client;
   }
 }
 

@@ -1,7 +1,8 @@
 import { z } from "zod";
+import { configSection } from "../kernel/module.ts";
 
 /** The observability module's section: the optional HTTP listener for /metrics and /healthz. */
-export const httpSection = {
+export const httpSection = configSection({
   key: "http",
   schema: z
     .strictObject({
@@ -14,4 +15,4 @@ export const httpSection = {
     })
     .prefault({}),
   restartOnly: ["listen"],
-} as const;
+});

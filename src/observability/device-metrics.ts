@@ -1,6 +1,7 @@
 import type { Registry } from "prom-client";
 import { valueAt as at } from "../core/merge.ts";
 import { type Series, scrapedFamily } from "../kernel/scraped.ts";
+import type { MetricPath } from "../kernel/telemetry-port.ts";
 
 type Labels = Record<string, string>;
 
@@ -12,10 +13,13 @@ interface Family {
   read(m: Record<string, unknown>): Series;
 }
 
+/** A figure's path, checked against the telemetry's shape. */
+const metric = (path: MetricPath): string => path;
+
 const num = (v: unknown) => (typeof v === "number" && Number.isFinite(v) ? v : undefined);
 
 /** One series from one path, scaled; none when the metric is absent. */
-function one(path: string, scale = 1, labels: Labels = {}): (m: Record<string, unknown>) => Series {
+function one(path: MetricPath, scale = 1, labels: Labels = {}): (m: Record<string, unknown>) => Series {
   return (m) => {
     const v = num(at(m, path));
     return v === undefined ? [] : [[labels, v * scale]];
@@ -23,7 +27,7 @@ function one(path: string, scale = 1, labels: Labels = {}): (m: Record<string, u
 }
 
 /** One series per key of the object at `path`, labelled `label`, reading `field` (or the value itself). */
-function each(path: string, label: string, field?: string, scale = 1): (m: Record<string, unknown>) => Series {
+function each(path: MetricPath, label: string, field?: string, scale = 1): (m: Record<string, unknown>) => Series {
   return (m) => {
     const node = at(m, path);
     if (node === null || typeof node !== "object" || Array.isArray(node)) return [];
@@ -48,7 +52,7 @@ export const DEVICE_FAMILIES: Family[] = [
     labels: ["cpu"],
     read: (m) => {
       const all = one("cpu.load", 0.01, { cpu: "all" })(m);
-      const cores = at(m, "cpu.cores");
+      const cores = at(m, metric("cpu.cores"));
       const per = Array.isArray(cores)
         ? cores.flatMap((v, i): Series => (num(v) === undefined ? [] : [[{ cpu: String(i) }, (v as number) / 100]]))
         : [];
@@ -118,7 +122,7 @@ export const DEVICE_FAMILIES: Family[] = [
     help: "System load average",
     type: "gauge",
     labels: ["period"],
-    read: (m) => ["1m", "5m", "15m"].flatMap((p) => one(`load.${p}`, 1, { period: p })(m)),
+    read: (m) => (["1m", "5m", "15m"] as const).flatMap((p) => one(`load.${p}`, 1, { period: p })(m)),
   },
   {
     name: "outpost_system_uptime_seconds",
@@ -261,8 +265,8 @@ export const DEVICE_FAMILIES: Family[] = [
     type: "gauge",
     labels: ["id", "name"],
     read: (m) => {
-      const id = num(at(m, "jetson.powerMode.id"));
-      const name = at(m, "jetson.powerMode.name");
+      const id = num(at(m, metric("jetson.powerMode.id")));
+      const name = at(m, metric("jetson.powerMode.name"));
       return id === undefined ? [] : [[{ id: String(id), name: typeof name === "string" ? name : "" }, 1]];
     },
   },

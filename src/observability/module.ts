@@ -12,7 +12,7 @@ export const observabilityModule: Module<typeof httpSection> = {
   config: httpSection,
   create(ctx) {
     registerDeviceMetrics(ctx.metrics, () => ctx.latest.sampled()?.metrics);
-    const listen = ctx.config().http.listen;
+    const listen = ctx.config().listen;
     if (listen === null) return { describe: () => ({ listen: null }) };
     const endpoint = new HttpEndpoint({
       listen,

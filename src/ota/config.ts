@@ -1,8 +1,9 @@
 import { z } from "zod";
 import { duration, MAX_LIST, publicKeySchema, size } from "../config/schema.ts";
+import { configSection } from "../kernel/module.ts";
 
 /** The OTA module's section: who may sign releases, and the download's bounds. */
-export const updateSection = {
+export const updateSection = configSection({
   key: "update",
   schema: z
     .strictObject({
@@ -19,4 +20,4 @@ export const updateSection = {
     .prefault({}),
   // Like commands.trustedKeys' policy: who may replace the agent is decided in the device's file only.
   localOnly: ["trustedKeys"],
-} as const;
+});

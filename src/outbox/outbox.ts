@@ -3,10 +3,12 @@ import { join } from "node:path";
 import { sleep } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
 import { type Component, followAbort, once } from "../core/lifecycle.ts";
-import { Acknowledgements, FETCH } from "./acks.ts";
+import { Acknowledgements } from "./acks.ts";
 import { Ledger } from "./classes.ts";
+import { nextEntry } from "./reader.ts";
 import { Retention } from "./retention.ts";
 import { copyPending, fileId, openOrMoveAside, reportOpened } from "./storage.ts";
+import { StorageHealth } from "./storage-health.ts";
 import { type OutboxStore, replayed } from "./store.ts";
 import {
   type Entry,
@@ -41,17 +43,14 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
   private readonly ledger = new Ledger();
   private readonly acks: Acknowledgements;
   private readonly retention: Retention;
+  private readonly health: StorageHealth;
   private inflight = 0;
   private rewind = false;
   private commitScheduled = false;
   private sent = 0;
   private deadLettered = 0;
-  private degraded = false;
-  private degradedReason: string | undefined;
   /** The database file's identity when opened: a different one (or none) means it was deleted or replaced. */
   private fileId: string | undefined;
-  /** An alarm raised without losing storage (a corrupt file moved aside), cleared by the next good commit. */
-  private clearAlarmOnCommit = false;
   private lastCommittedSeq = 0;
   private readonly controller = new AbortController();
   private loop: Promise<void> | undefined;
@@ -66,6 +65,12 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
       storageFailed: (err) => this.storageFailed(err),
     });
     this.retention = new Retention(this.ledger, { maxBytes: this.o.maxBytes, ttlMs: this.o.ttlMs });
+    this.health = new StorageHealth({
+      alarmTopic: this.o.alarmTopic,
+      onAlarm: this.o.onAlarm,
+      send: (m) => this.send(m),
+      logger: this.o.logger,
+    });
   }
 
   /** Accepts a message without ever blocking the producer; returns its envelope. */
@@ -113,7 +118,7 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
       sent: this.sent,
       deadLettered: this.deadLettered,
       dropped: structuredClone(this.retention.dropped),
-      degraded: this.degraded,
+      degraded: this.health.degraded,
       fsyncs: this.store?.fsyncCommits ?? 0,
     };
   }
@@ -123,7 +128,7 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
     this.openStore();
     this.started = true;
     // A store that could not open at start (or was moved aside) is reported now that messages can be sent.
-    if (this.degraded || this.clearAlarmOnCommit) this.raiseStorageAlarm(true);
+    this.health.start();
     this.o.transport.on("connected", this.onConnected);
     this.loop = this.run(this.controller.signal);
     this.pump();
@@ -183,12 +188,7 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
         ledger.freshBytes = 0;
       }
       this.retention.enforce(store);
-      if (this.degraded) this.setDegraded(false);
-      else if (this.clearAlarmOnCommit) {
-        this.clearAlarmOnCommit = false;
-        this.o.logger.info("outbox storage working again");
-        this.raiseStorageAlarm();
-      }
+      this.health.committed();
       if (waiting.length > 0) {
         this.o.logger.debug({ lastSeq: this.lastCommittedSeq, stored: waiting.length }, "outbox committed");
       }
@@ -209,11 +209,7 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
       minId,
       now: this.o.clock.now(),
       logger: this.o.logger,
-      moved: (to) => {
-        this.degradedReason = `corrupt database moved to ${to}`;
-        this.clearAlarmOnCommit = true;
-        if (this.started) this.raiseStorageAlarm(true);
-      },
+      moved: (to) => this.health.movedAside(to),
     });
   }
 
@@ -236,7 +232,7 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
       }
       this.store = store;
       // While degraded the store is reopened every commit: say it once, when storage works again.
-      reportOpened(store, this.o.logger, this.degraded, this.ledger.storedTotal(), this.ledger.storedBytes);
+      reportOpened(store, this.o.logger, this.health.degraded, this.ledger.storedTotal(), this.ledger.storedBytes);
     } catch (err) {
       store?.close();
       this.storageFailed(err);
@@ -273,33 +269,17 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
 
   private storageFailed(err: unknown): void {
     // Logged once per episode: a full disk retried every second must not fill the journal too.
-    if (!this.degraded)
-      this.o.logger.error({ err: errorMessage(err) }, "outbox storage failed; keeping messages in memory");
-    else this.o.logger.debug({ err: errorMessage(err) }, "outbox storage still failing");
+    const reason = errorMessage(err);
+    const first = !this.health.degraded;
+    if (first) this.o.logger.error({ err: reason }, "outbox storage failed; keeping messages in memory");
+    else this.o.logger.debug({ err: reason }, "outbox storage still failing");
     this.store?.close();
     this.store = undefined;
     // Rows we knew of stay in the file; they come back when it opens again.
     this.ledger.forgetStored();
     this.acks.reset();
-    if (!this.degraded) this.setDegraded(true, errorMessage(err));
-  }
-
-  private setDegraded(active: boolean, reason?: string): void {
-    this.degraded = active;
-    this.degradedReason = reason;
-    if (!active) this.o.logger.info("outbox storage recovered");
-    if (this.started) this.raiseStorageAlarm();
-  }
-
-  private raiseStorageAlarm(active = this.degraded): void {
-    if (!this.o.alarmTopic) return;
-    const reason = active ? this.degradedReason : undefined;
-    this.send({
-      topic: this.o.alarmTopic,
-      priority: "alarm",
-      body: { alarm: "outbox-storage", active, ...(reason ? { reason } : {}) },
-    });
-    this.o.onAlarm?.({ active, ...(reason ? { reason } : {}) });
+    // After the rows are forgotten: the alarm it sends goes to memory, not to the store that failed.
+    if (first) this.health.failed(reason);
   }
 
   private async run(signal: AbortSignal): Promise<void> {
@@ -336,53 +316,16 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
     }
     const window = this.windowSize();
     while (transport.connected && this.inflight < window) {
-      const entry = this.next();
+      const entry = nextEntry(
+        this.ledger,
+        () => this.store,
+        this.acks,
+        (err) => this.storageFailed(err),
+      );
       if (!entry) break;
       this.publish(entry);
     }
     if (this.ledger.queued() === 0) this.emit("drained");
-  }
-
-  private next(): Entry | undefined {
-    const classes = this.ledger.classes;
-    for (let p = 0; p < classes.length; p++) {
-      const c = classes[p] as (typeof classes)[number];
-      if (c.buffer.length === 0 && this.store && !c.fetchedAll && c.storedCount > 0) this.refill(p);
-      const stored = c.buffer.shift();
-      if (stored) return stored;
-      const fresh = c.fresh.shift();
-      if (fresh) {
-        this.ledger.freshInflight.add(fresh);
-        return fresh;
-      }
-    }
-    return undefined;
-  }
-
-  private refill(p: number): void {
-    const store = this.store;
-    if (!store) return;
-    const c = this.ledger.at(p);
-    try {
-      const after = Math.max(c.cursor, c.mark);
-      // Acknowledged rows beyond the cursor (stored while in flight) still waiting for their delete must not
-      // come back.
-      if (this.acks.pendingAbove(p, after)) this.acks.flush();
-      const rows = store.fetch(p, after, FETCH);
-      c.fetchedAll = rows.length < FETCH;
-      c.cursor = Number(rows.at(-1)?.id ?? c.cursor);
-      // Rows become entries in place: this runs once for every message of a backlog.
-      const buffer: Entry[] = [];
-      const inflight = this.ledger.inflightIds;
-      for (const row of rows as (Entry & { id: number })[]) {
-        if (inflight.has(row.id)) continue;
-        row.attempts = 1;
-        buffer.push(row);
-      }
-      c.buffer = buffer;
-    } catch (err) {
-      this.storageFailed(err);
-    }
   }
 
   private publish(entry: Entry): void {

@@ -1,8 +1,9 @@
 import { z } from "zod";
 import { duration } from "../config/schema.ts";
+import { configSection } from "../kernel/module.ts";
 
 /** The service module's section: how the agent talks to systemd. */
-export const serviceSection = {
+export const serviceSection = configSection({
   key: "service",
   schema: z
     .strictObject({
@@ -15,4 +16,4 @@ export const serviceSection = {
     .prefault({}),
   restartOnly: ["debugCommands"],
   localOnly: ["debugCommands"],
-} as const;
+});

@@ -1,6 +1,5 @@
 import { z } from "zod";
 import { defineCommand } from "../commands/commands.ts";
-import { durationMs } from "../config/duration.ts";
 import { sleep } from "../core/clock.ts";
 import { loopComponent } from "../core/lifecycle.ts";
 import type { Module, ModuleContext } from "../kernel/module.ts";
@@ -23,7 +22,7 @@ export const serviceModule: Module<typeof serviceSection> = {
   config: serviceSection,
   create(ctx) {
     const socket = ctx.env.NOTIFY_SOCKET || undefined;
-    const notifier = new Notifier(socket, { stateDir: ctx.config().state.dir, logger: ctx.logger });
+    const notifier = new Notifier(socket, { stateDir: ctx.stateDir, logger: ctx.logger });
     const watchdogMs = watchdogInterval(ctx.env);
     let ready = false;
     let stopping = false;
@@ -35,7 +34,7 @@ export const serviceModule: Module<typeof serviceSection> = {
         notifier.send({ STATUS: text });
       }
     };
-    ctx.settings.on("reload", (phase) => {
+    ctx.configStore.on("reload", (phase) => {
       if (!ready || stopping) return;
       if (phase === "start") {
         notifier.send({ RELOADING: "1", MONOTONIC_USEC: monotonicUsec() });
@@ -63,7 +62,7 @@ export const serviceModule: Module<typeof serviceSection> = {
       }
     };
     const run = async (signal: AbortSignal) => {
-      const deadline = ctx.clock.mono() + durationMs(ctx.config().service.readyTimeout);
+      const deadline = ctx.clock.mono() + ctx.config().readyTimeout;
       while (!signal.aborted && !ctx.vitals().connected && ctx.clock.mono() < deadline) {
         // Waiting for the broker is being alive: pinging here costs nothing if systemd only counts after READY.
         ping();
@@ -81,7 +80,7 @@ export const serviceModule: Module<typeof serviceSection> = {
       }
     };
 
-    const commands = ctx.config().service.debugCommands
+    const commands = ctx.config().debugCommands
       ? [
           defineCommand({
             name: "debug.block",
@@ -120,25 +119,15 @@ export function watchdogInterval(env: Readonly<Record<string, string | undefined
 
 function statusLine(ctx: ModuleContext): string {
   const { connected, queued, alive } = ctx.vitals();
-  const modules = ctx.describe().modules as Record<string, { lastSampleAgeMs?: number | null }> | undefined;
-  const age = modules?.telemetry?.lastSampleAgeMs;
+  const age = ctx.telemetry()?.lastSampleAgeMs();
   const parts = [
-    connected ? `connected to ${brokerHost(ctx.config().mqtt.url)}` : "offline: broker not reachable, messages kept",
+    connected ? `connected to ${ctx.broker}` : "offline: broker not reachable, messages kept",
     `outbox ${queued} queued`,
   ];
   if (age === null) parts.push("no telemetry yet");
   else if (age !== undefined) parts.push(`last telemetry ${Math.round(age / 1000)}s ago`);
   if (!alive.ok) parts.push(`NOT ALIVE: ${alive.reasons.join("; ")}`);
   return parts.join(", ");
-}
-
-/** host:port only: a URL may carry credentials, and STATUS is world-readable. */
-function brokerHost(url: string): string {
-  try {
-    return new URL(url).host;
-  } catch {
-    return "the broker";
-  }
 }
 
 function monotonicUsec(): string {

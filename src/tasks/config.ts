@@ -1,5 +1,7 @@
 import { z } from "zod";
 import { duration, MAX_LIST } from "../config/schema.ts";
+import type { Typed } from "../config/schema-walk.ts";
+import { configSection } from "../kernel/module.ts";
 
 const TASK_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
@@ -98,11 +100,12 @@ const thresholdTask = z.strictObject({
 });
 
 export const taskDefinition = z.discriminatedUnion("type", [onnxTask, classifyTask, checksTask, thresholdTask]);
-export type TaskDefinition = z.output<typeof taskDefinition>;
-export type ClassifyDefinition = z.output<typeof classifyTask>;
+/** A task as the runner reads it: durations in milliseconds (the typed view, config/schema-walk.ts). */
+export type TaskDefinition = Typed<z.output<typeof taskDefinition>>;
+export type ClassifyDefinition = Typed<z.output<typeof classifyTask>>;
 
 /** The tasks module's section: the worker pool and the tasks, by name. */
-export const tasksSection = {
+export const tasksSection = configSection({
   key: "tasks",
   schema: z
     .strictObject({
@@ -156,6 +159,6 @@ export const tasksSection = {
   // Paths on the device (models, watched folders, the runtime's directory) come from the file only: a request
   // must never name a device path.
   localOnly: [""],
-} as const;
+});
 
-export type TasksConfig = z.output<typeof tasksSection.schema>;
+export type TasksConfig = Typed<z.output<typeof tasksSection.schema>>;

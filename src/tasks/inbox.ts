@@ -1,12 +1,23 @@
 import { createHash } from "node:crypto";
-import { constants, mkdirSync } from "node:fs";
-import { lstat, open, readdir, rename, rm, stat } from "node:fs/promises";
+import { mkdirSync } from "node:fs";
+import { lstat, readdir, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
-import { z } from "zod";
 import { sleep } from "../core/clock.ts";
 import { errorMessage, isOutpostError } from "../core/errors.ts";
 import { writeFileAtomically } from "../core/files.ts";
 import type { Logger } from "../core/logger.ts";
+import {
+  cameraName,
+  claimName,
+  claimOf,
+  exists,
+  freeName,
+  MAX_FRAME_BYTES,
+  notAFrame,
+  readChecked,
+  readStoredResult,
+  shortName,
+} from "./inbox-files.ts";
 import type { TaskResult } from "./runner.ts";
 
 export interface InboxOptions {
@@ -23,86 +34,6 @@ export interface InboxOptions {
   /** Writes what was published to the outbox's storage: a result must not be forgotten once its image moves. */
   commit(): void;
   logger: Logger;
-}
-
-/**
- * A claimed image's name in `work/`: `<claim>[.<returns>][g][s]~<camera's name>`, unique, so that a camera
- * reusing one name never has its next frame renamed over the one being judged. `g` says the frame was handed to
- * its task (renamed so just before: no fsync); `returns` counts the starts that found it so, without a result
- * (it was running when the agent died); `s` marks a frame put back by a clean stop, which is not a crash. Names
- * from before claims were numbered are taken whole. (The `s` flag of the pattern: a camera's name may hold a
- * newline.)
- */
-const CLAIMED = /^([0-9a-z]+-[0-9]+)(?:\.([0-9]+))?(g?)(s?)~(.+)$/s;
-interface Claim {
-  claim: string;
-  returns: number;
-  started: boolean;
-  stopped: boolean;
-  camera: string;
-}
-const cameraName = (work: string) => CLAIMED.exec(work)?.[5] ?? work;
-function claimOf(work: string): Claim {
-  const m = CLAIMED.exec(work);
-  if (!m) return { claim: "0-0", returns: 0, started: true, stopped: false, camera: work };
-  return {
-    claim: m[1] ?? "",
-    returns: Number(m[2] ?? 0),
-    started: m[3] === "g",
-    stopped: m[4] === "s",
-    camera: m[5] ?? "",
-  };
-}
-const claimName = (c: Claim) =>
-  `${c.claim}${c.returns > 0 ? `.${c.returns}` : ""}${c.started ? "g" : ""}${c.stopped ? "s" : ""}~${c.camera}`;
-
-/**
- * A camera's name as the folder keeps it: names over 200 bytes are cut (at a character) and made unique with a
- * hash of the whole, so a claim name, a `.N` suffix and `.json.tmp` still fit the file system's 255 bytes.
- */
-const MAX_NAME_BYTES = 200;
-function shortName(name: string): string {
-  if (Buffer.byteLength(name) <= MAX_NAME_BYTES) return name;
-  let cut = name.slice(0, 150);
-  while (Buffer.byteLength(cut) > 150) cut = cut.slice(0, -1);
-  return `${cut}~${createHash("sha256").update(name).digest("hex").slice(0, 12)}`;
-}
-
-/** A stored result is small; a larger file in results/ is not one (and is never read whole). */
-const MAX_RESULT_BYTES = 1024 * 1024;
-
-const exists = (path: string) =>
-  lstat(path).then(
-    () => true,
-    () => false,
-  );
-
-/** A frame larger than this is not read (a 24 MP PNG is well under it); it goes to failed/ with the reason. */
-const MAX_FRAME_BYTES = 64 * 1024 * 1024;
-const OPEN_FRAME = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
-
-/** Why a file cannot be a frame, or undefined when it can (a regular file within the size bound). */
-function notAFrame(
-  st: {
-    isFile(): boolean;
-    isSymbolicLink(): boolean;
-    isFIFO(): boolean;
-    isDirectory(): boolean;
-    size: number;
-  },
-  max = MAX_FRAME_BYTES,
-) {
-  if (!st.isFile()) {
-    const kind = st.isSymbolicLink() ? "a symlink" : st.isFIFO() ? "a FIFO" : st.isDirectory() ? "a folder" : "special";
-    return `not a regular file (${kind})`;
-  }
-  if (st.size > max) return `${st.size} bytes, more than ${max}`;
-  return undefined;
-}
-
-/** A stored result as the inbox wrote it: this task's, with a trace and an outcome (anything else is not one). */
-function storedResult(task: string) {
-  return z.looseObject({ task: z.literal(task), trace: z.string().min(1), ok: z.boolean() });
 }
 
 /**
@@ -211,7 +142,6 @@ export class Inbox {
     await this.checkDirs();
     const names = (await readdir(this.path("work"))).filter((n) => !n.startsWith(".")).sort();
     const recovered = new Set<string>();
-    const schema = storedResult(this.o.task);
     const stored = (await readdir(this.path("results"))).sort();
     // A quarantine's note not yet beside its frame (a crash between the two renames) is of no more use.
     for (const note of stored.filter((n) => n.endsWith(".quarantine")))
@@ -219,25 +149,18 @@ export class Inbox {
     for (const file of stored.filter((n) => n.endsWith(".json"))) {
       const image = file.slice(0, -".json".length);
       try {
-        const bytes = await this.readChecked("results", file, MAX_RESULT_BYTES);
-        let parsed: unknown;
-        try {
-          parsed = typeof bytes === "string" ? undefined : JSON.parse(Buffer.from(bytes).toString("utf8"));
-        } catch {
-          parsed = undefined;
-        }
-        const result = schema.safeParse(parsed);
-        if (!result.success) {
+        const result = await readStoredResult(this.path("results", file), this.o.task);
+        if (!result) {
           // Torn, not a result, or not a file: nothing can have been published from it; its image runs again.
           this.o.logger.warn({ file: image }, "watched folder: a stored result does not hold a result; dropped");
           await rm(this.path("results", file), { force: true });
           continue;
         }
-        this.o.publish(result.data);
+        this.o.publish(result);
         this.o.commit();
         this.counts.recovered += 1;
         recovered.add(image);
-        await this.finish(image, result.data, names.includes(image));
+        await this.finish(image, result, names.includes(image));
       } catch (err) {
         this.stuck("frame", `the stored result ${file} cannot be recovered`, err);
       }
@@ -403,30 +326,8 @@ export class Inbox {
   }
 
   /** A file of the folder read through one checked descriptor (regular, at most `max` bytes), or why not. */
-  private async readChecked(sub: string, name: string, max: number): Promise<Uint8Array | string> {
-    let handle: Awaited<ReturnType<typeof open>>;
-    try {
-      handle = await open(this.path(sub, name), OPEN_FRAME);
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === "ELOOP" || code === "ENXIO") return "not a regular file (a symlink or a socket)";
-      throw err;
-    }
-    try {
-      const st = await handle.stat();
-      const why = notAFrame(st, max);
-      if (why) return why;
-      const bytes = Buffer.alloc(st.size);
-      let done = 0;
-      while (done < st.size) {
-        const { bytesRead } = await handle.read(bytes, done, st.size - done, done);
-        if (bytesRead === 0) break;
-        done += bytesRead;
-      }
-      return bytes.subarray(0, done);
-    } finally {
-      await handle.close();
-    }
+  private readChecked(sub: string, name: string, max: number): Promise<Uint8Array | string> {
+    return readChecked(this.path(sub, name), max);
   }
 
   /**
@@ -460,7 +361,7 @@ export class Inbox {
       // the frame: a temporary file in failed/ could be a camera's frame of that name.
       const note = `${this.epoch}-q${++this.claims}.quarantine`;
       writeFileAtomically(this.path("results", note), `${JSON.stringify(why)}\n`, 0o644);
-      const target = await this.freeName("failed", camera);
+      const target = await freeName(this.path("failed"), camera);
       await rename(this.path(sub, name), this.path("failed", target));
       await rename(this.path("results", note), this.path("failed", `${target}.json`));
       this.counts.failed += 1;
@@ -488,25 +389,12 @@ export class Inbox {
     const to = result.ok ? "done" : "failed";
     await this.checkDirs(["work", "results", to]);
     // A half-done move (the image went, its result did not) finishes beside that image.
-    const target = await this.freeName(to, cameraName(name), !imagePresent);
+    const target = await freeName(this.path(to), cameraName(name), !imagePresent);
     // Image first, then its result: a crash between leaves the result in results/, which the next start
     // publishes again and moves; never an image in work/ whose result already left.
     if (imagePresent) await rename(this.path("work", name), this.path(to, target));
     await rename(this.path("results", `${name}.json`), this.path(to, `${target}.json`));
     this.counts[result.ok ? "done" : "failed"] += 1;
     this.problems.frame = undefined;
-  }
-
-  /**
-   * The camera may reuse a name: the first of `name`, `name.1`, ... where neither an image nor a result lies
-   * (a frame named `x.json` must not land on frame x's result). `moved`: the image already lies there (a
-   * half-done move), so the first without a result.
-   */
-  private async freeName(sub: string, name: string, moved = false): Promise<string> {
-    for (let i = 0; ; i++) {
-      const candidate = i === 0 ? name : `${name}.${i}`;
-      if (await exists(this.path(sub, `${candidate}.json`))) continue;
-      if (moved || !(await exists(this.path(sub, candidate)))) return candidate;
-    }
   }
 }

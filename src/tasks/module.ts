@@ -2,7 +2,6 @@ import { readFile } from "node:fs/promises";
 import { basename } from "node:path";
 import { z } from "zod";
 import { type CommandDefinition, defineCommand } from "../commands/commands.ts";
-import { durationMs } from "../config/duration.ts";
 import { sleep } from "../core/clock.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
 import { type Component, loopComponent } from "../core/lifecycle.ts";
@@ -17,6 +16,8 @@ import { ThresholdRule } from "./threshold.ts";
 
 /** The largest `task.run` request: an image or tensors, base64 (the broker's and the link's packet caps apply too). */
 const MAX_TASK_REQUEST = 8 * 1024 * 1024;
+/** How often threshold rules look at the latest sample when no telemetry module says its pace. */
+const THRESHOLD_PACE_MS = 10_000;
 
 const EITHER_INPUT = "expected either image (the bytes, base64) or feeds (named tensors)";
 
@@ -46,11 +47,11 @@ export const tasksModule: Module<typeof tasksSection> = {
   name: "tasks",
   config: tasksSection,
   create(ctx) {
-    const config = ctx.config().tasks;
+    const config = ctx.config();
     let observe = (_: TaskResult) => {};
     const runner = new TaskRunner({
       config,
-      stateDir: ctx.config().state.dir,
+      stateDir: ctx.stateDir,
       logger: ctx.logger,
       send: (m) => ctx.send(m),
       resultTopic: (task) => ctx.topics.result(task),
@@ -66,8 +67,8 @@ export const tasksModule: Module<typeof tasksSection> = {
       const inbox = new Inbox({
         task: name,
         dir: def.watch.dir,
-        settleMs: durationMs(def.watch.settle),
-        pollMs: durationMs(def.watch.poll),
+        settleMs: def.watch.settle,
+        pollMs: def.watch.poll,
         parallel: runner.size(),
         quarantineAfter: def.watch.quarantineAfter,
         evaluate: (file, image) => runner.evaluate(name, { image, file }, { source: "watch" }),
@@ -94,7 +95,7 @@ export const tasksModule: Module<typeof tasksSection> = {
           `tasks.schedule.${name}`,
           async (signal) => {
             while (!signal.aborted) {
-              await sleep(durationMs(every), signal);
+              await sleep(every, signal);
               if (signal.aborted) return;
               let input: TaskInput;
               try {
@@ -123,7 +124,7 @@ export const tasksModule: Module<typeof tasksSection> = {
                 metric: def.metric,
                 above: def.above,
                 below: def.below,
-                forMs: durationMs(def.for),
+                forMs: def.for,
                 hysteresis: def.hysteresis,
               }),
             },
@@ -146,7 +147,8 @@ export const tasksModule: Module<typeof tasksSection> = {
                   if (change) ctx.alarm(name, change);
                 }
               }
-              await sleep(durationMs(ctx.config().telemetry.interval), signal);
+              // At the telemetry's pace: a new sample is what can change a verdict.
+              await sleep(ctx.telemetry()?.intervalMs() ?? THRESHOLD_PACE_MS, signal);
             }
           },
           (err) => ctx.logger.error({ err: errorMessage(err) }, "threshold rules stopped"),
@@ -154,7 +156,7 @@ export const tasksModule: Module<typeof tasksSection> = {
       );
     }
 
-    const goldens = runner.goldenTasks();
+    const goldens = runner.models.goldenTasks();
     if (goldens.length > 0) {
       // Every start proves the tasks still give the known answers (an update on trial commits only then);
       // a failure is tried again, since a worker may have been busy or the runtime still extracting.
@@ -166,7 +168,7 @@ export const tasksModule: Module<typeof tasksSection> = {
             while (!signal.aborted && pending.length > 0) {
               const failed: string[] = [];
               for (const task of pending) {
-                const verdict = await runner.golden(task);
+                const verdict = await runner.models.golden(task);
                 if (!verdict.ok) {
                   failed.push(task);
                   ctx.logger.error({ task, reason: verdict.reason }, "golden sample failed");
@@ -219,8 +221,8 @@ export const tasksModule: Module<typeof tasksSection> = {
         return inboxes.map((i) => i.health()).find((i) => !i.ok) ?? h;
       },
       models: {
-        current: (task) => runner.currentModel(task),
-        install: (task, file, release) => runner.installModel(task, file, release),
+        current: (task) => runner.models.current(task),
+        install: (task, file, release) => runner.models.install(task, file, release),
       },
       quiesce: async () => {
         for (const c of intake) await c.stop();

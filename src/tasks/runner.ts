@@ -1,19 +1,18 @@
 import { createHash, randomUUID } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
-import { basename, join } from "node:path";
-import { durationMs as durationOf } from "../config/duration.ts";
+import { join } from "node:path";
 import type { Code } from "../core/codes.ts";
 import { errorMessage, isOutpostError, OutpostError } from "../core/errors.ts";
 import type { Logger } from "../core/logger.ts";
 import type { OutboxMessage } from "../outbox/types.ts";
+import { classification, runChecks } from "./checks.ts";
 import type { ClassifyDefinition, TaskDefinition, TasksConfig } from "./config.ts";
-import { ModelStore } from "./models.ts";
 import { WorkerPool } from "./pool.ts";
 import { chooseRuntime, workerSource } from "./runtime.ts";
+import { TaskModels } from "./task-models.ts";
 import { fromWire, toWire, type WireTensor } from "./tensor-wire.ts";
 import type { Tensor } from "./tensors.ts";
-import type { InferOutput, ModelInfo, WorkerControl, WorkerInput, WorkerSetup } from "./worker.ts";
+import type { InferOutput, ModelInfo, WorkerInput, WorkerSetup } from "./worker.ts";
 
 /** What a task is given: tensors (onnx), or an image's bytes (classify-image, checks). */
 export type TaskInput = { feeds: Record<string, WireTensor> } | { image: Uint8Array; file?: string };
@@ -72,131 +71,34 @@ export class TaskRunner {
   private runtimeNote = "not loaded yet (loaded on the first task)";
   private runtimeKind: "native" | "wasm" | undefined;
   private closed = false;
-  private readonly models = new Map<string, ModelInfo>();
+  /** What each model file in use declared when a worker loaded it (inputs, outputs, sha256). */
+  private readonly loaded = new Map<string, ModelInfo>();
   private readonly counts = new Map<string, { ok: number; failed: number; pass: number; fail: number }>();
-  private readonly store: ModelStore;
-  /** Each golden sample's last verdict: undefined until it ran. */
-  private readonly goldens = new Map<string, { ok: boolean; reason?: string }>();
-  /** A model under test, by the trace of the one run that checks it: every other task keeps its model. */
-  private readonly candidates = new Map<string, string>();
 
   constructor(options: RunnerOptions) {
     this.o = options;
-    this.store = new ModelStore(options.stateDir, Object.keys(options.config.define));
+    this.models = new TaskModels({
+      stateDir: options.stateDir,
+      config: options.config,
+      logger: options.logger,
+      definition: (task) => this.definition(task),
+      evaluate: (task, input, request) => this.evaluate(task, input, request),
+      describe: async (task, model, def) => {
+        const pool = await this.getPool();
+        await pool.run(
+          task,
+          { op: "describe", model: { path: model } },
+          { timeoutMs: def.timeout, loadTimeoutMs: this.o.config.loadTimeout },
+        );
+      },
+      retain: (control) => this.poolReady?.broadcast(control),
+    });
   }
 
-  /** The model file a task runs: a delivered one (model update), else the one its configuration names. */
-  modelOf(name: string, def: { model: string }, trace?: string): string {
-    return (trace === undefined ? undefined : this.candidates.get(trace)) ?? this.store.path(name) ?? def.model;
-  }
+  /** Which model file each task runs, and model updates (task-models.ts): the module's ModelHost. */
+  readonly models: TaskModels;
 
-  /** Where a task's model is now and its release version, for a model update. */
-  currentModel(task: string): { path: string; version?: string } {
-    const def = this.definition(task);
-    if (!("model" in def)) throw new OutpostError("OTA_KIND_UNSUPPORTED", `${task} is a ${def.type} task: no model`);
-    const version = this.store.version(task);
-    return { path: this.modelOf(task, def), ...(version ? { version } : {}) };
-  }
-
-  /**
-   * Tries a verified model file on a task: placed beside the others, checked (its golden sample, or at least
-   * that it loads) while every other run keeps the current model, then kept (the task switches) or removed.
-   */
-  async installModel(
-    task: string,
-    file: string,
-    release: { version: string; sha256: string },
-  ): Promise<{ state: "committed" } | { state: "rolled-back"; reason: string }> {
-    this.currentModel(task);
-    const placed = this.store.place(task, file, release);
-    const verdict = await this.checkModel(task, placed.path);
-    if (!verdict.ok) {
-      this.store.discard(task, placed);
-      this.retainModels();
-      this.o.logger.warn({ task, version: release.version, reason: verdict.reason }, "model update rolled back");
-      return { state: "rolled-back", reason: verdict.reason ?? "the new model failed its check" };
-    }
-    this.store.keep(task, placed);
-    this.retainModels();
-    // The check was the golden sample on this very model: it holds for the task's health now.
-    if (this.goldenTasks().includes(task)) this.goldens.set(task, verdict);
-    this.o.logger.info({ task, version: release.version }, "model update committed");
-    return { state: "committed" };
-  }
-
-  /** A candidate model checked with the task's golden sample when it has one, else by loading it. */
-  private async checkModel(task: string, candidate: string): Promise<{ ok: boolean; reason?: string }> {
-    const def = this.definition(task);
-    if (def.type === "classify-image" && def.golden) return this.golden(task, candidate);
-    if (!("model" in def)) return { ok: true };
-    try {
-      const pool = await this.getPool();
-      await pool.run(
-        task,
-        { op: "describe", model: { path: candidate } },
-        { timeoutMs: durationOf(def.timeout), loadTimeoutMs: durationOf(this.o.config.loadTimeout) },
-      );
-      return { ok: true };
-    } catch (err) {
-      return { ok: false, reason: `${isOutpostError(err) ? `${err.code}: ` : ""}${errorMessage(err)}` };
-    }
-  }
-
-  /**
-   * Runs a task's golden sample (never published), on its model or on a candidate. The verdict on its own
-   * model is kept for the module's health; a candidate's is only returned.
-   */
-  async golden(task: string, candidate?: string): Promise<{ ok: boolean; reason?: string }> {
-    const def = this.definition(task);
-    if (def.type !== "classify-image" || !def.golden) return { ok: true };
-    const g = def.golden;
-    const trace = randomUUID();
-    if (candidate) {
-      this.candidates.set(trace, candidate);
-      this.retainModels();
-    }
-    let verdict: { ok: boolean; reason?: string };
-    try {
-      const image = readFileSync(g.image);
-      const r = await this.evaluate(task, { image, file: g.image }, { source: "golden", trace });
-      verdict =
-        r.ok && r.label === g.label
-          ? { ok: true }
-          : {
-              ok: false,
-              reason: r.ok
-                ? `golden sample ${basename(g.image)}: expected ${g.label}, got ${String(r.label)} (${String(r.score)})`
-                : `golden sample ${basename(g.image)}: ${JSON.stringify(r.error)}`,
-            };
-    } catch (err) {
-      verdict = { ok: false, reason: `golden sample ${basename(g.image)}: ${errorMessage(err)}` };
-    } finally {
-      this.candidates.delete(trace);
-    }
-    if (!candidate) this.goldens.set(task, verdict);
-    return verdict;
-  }
-
-  /**
-   * Tells every worker which model files are still in use (each task's current model, and a candidate under
-   * test): each releases its sessions of any other file once no task uses it.
-   */
-  private retainModels(): void {
-    const keep = new Set<string>(this.candidates.values());
-    for (const [name, def] of Object.entries(this.o.config.define))
-      if ("model" in def) keep.add(this.modelOf(name, def));
-    const control: WorkerControl = { retain: [...keep] };
-    this.poolReady?.broadcast(control);
-  }
-
-  /** Tasks with a golden sample. */
-  goldenTasks(): string[] {
-    return Object.entries(this.o.config.define)
-      .filter(([, def]) => def.type === "classify-image" && def.golden !== undefined)
-      .map(([name]) => name);
-  }
-
-  private definition(name: string): TaskDefinition {
+  definition(name: string): TaskDefinition {
     const def = Object.hasOwn(this.o.config.define, name) ? this.o.config.define[name] : undefined;
     if (!def) throw new OutpostError("TASK_UNKNOWN", `no task ${JSON.stringify(name)} is configured`);
     return def;
@@ -226,11 +128,11 @@ export class TaskRunner {
         size: this.workers(),
         maxQueue: this.o.config.queue,
         resourceLimits: { maxOldGenerationSizeMb: this.o.config.workerHeapMb },
-        breaker: { failures: this.o.config.breaker.failures, openMs: durationOf(this.o.config.breaker.open) },
+        breaker: { failures: this.o.config.breaker.failures, openMs: this.o.config.breaker.open },
         logger: this.o.logger,
       });
       this.poolReady = pool;
-      this.retainModels();
+      this.models.retain();
       return pool;
     })();
     // A runtime that cannot be extracted now may be later (the directory fixed): the next task tries again.
@@ -294,7 +196,7 @@ export class TaskRunner {
         if (!("feeds" in input)) throw new OutpostError("TASK_INPUT_INVALID", `${name} takes tensors (input.feeds)`);
         const feeds: Record<string, Tensor> = {};
         for (const [k, t] of Object.entries(input.feeds)) feeds[k] = fromWire(k, t);
-        const model = this.modelOf(name, def, call.trace);
+        const model = this.models.modelOf(name, def, call.trace);
         const r = await this.infer(name, model, { op: "infer", model: { path: model }, feeds }, def, call);
         return {
           ...r.facts,
@@ -318,17 +220,17 @@ export class TaskRunner {
     name: string,
     modelPath: string,
     input: WorkerInput,
-    def: { timeout: string },
+    def: { timeout: number },
     call: Call,
   ): Promise<{ out: InferOutput; facts: Record<string, unknown> }> {
     const pool = await this.getPool();
     const r = await pool.run(name, input, {
-      timeoutMs: durationOf(def.timeout),
-      loadTimeoutMs: durationOf(this.o.config.loadTimeout),
+      timeoutMs: def.timeout,
+      loadTimeoutMs: this.o.config.loadTimeout,
       ...call,
     });
     const out = r.value as InferOutput;
-    this.models.set(modelPath, out.model);
+    this.loaded.set(modelPath, out.model);
     return {
       out,
       facts: {
@@ -347,7 +249,7 @@ export class TaskRunner {
     image: Uint8Array,
     call: Call,
   ): Promise<Record<string, unknown>> {
-    const model = this.modelOf(name, def, call.trace);
+    const model = this.models.modelOf(name, def, call.trace);
     const r = await this.infer(
       name,
       model,
@@ -355,81 +257,27 @@ export class TaskRunner {
       def,
       call,
     );
-    const output = def.output ?? r.out.model.outputs[0]?.name ?? "";
-    const t = r.out.outputs[output];
-    if (!t) throw new OutpostError("TASK_MODEL_INVALID", `the model has no output ${output}`);
-    const values = Array.from(t.data as Float32Array);
-    if (values.length !== def.labels.length) {
-      throw new OutpostError(
-        "TASK_MODEL_INVALID",
-        `output ${output} has ${values.length} scores for ${def.labels.length} labels`,
-      );
-    }
-    let top = 0;
-    for (let i = 1; i < values.length; i++) if ((values[i] ?? 0) > (values[top] ?? 0)) top = i;
-    const label = def.labels[top] ?? "";
-    const score = values[top] ?? 0;
-    const pass = def.pass.labels.includes(label) && score >= def.pass.minScore;
-    return {
-      ...r.facts,
-      verdict: pass ? "pass" : "fail",
-      label,
-      score: round6(score),
-      scores: Object.fromEntries(def.labels.map((l, i) => [l, round6(values[i] ?? 0)])),
-    };
+    return { ...r.facts, ...classification(def, r.out) };
   }
 
-  /**
-   * Runs every check on the same image at once. The first to fail (a fail verdict or an error) aborts the
-   * others through their AbortSignal, and the verdict names it; pass needs every check to pass.
-   */
+  /** Every check on the same image at once (checks.ts): each a classify task of its own. */
   private async checks(
     names: readonly string[],
     image: Uint8Array,
     call: Call,
     log: Logger,
   ): Promise<Record<string, unknown>> {
-    const { signal } = call;
-    const group = new AbortController();
-    const onAbort = () => group.abort();
-    signal?.addEventListener("abort", onAbort, { once: true });
-    const outcomes: Record<string, unknown> = {};
-    let failed: { check: string; reason: string } | undefined;
-    try {
-      await Promise.all(
-        names.map(async (check) => {
-          const def = this.definition(check) as ClassifyDefinition;
-          try {
-            const r = await this.classify(check, def, image, { trace: call.trace, signal: group.signal });
-            outcomes[check] = { verdict: r.verdict, label: r.label, score: r.score, runMs: r.runMs };
-            if (r.verdict === "fail" && !failed) {
-              failed = { check, reason: `${String(r.label)} (${String(r.score)})` };
-              group.abort();
-            }
-          } catch (err) {
-            const code = isOutpostError(err) ? err.code : "TASK_FAILED";
-            if (code === "TASK_ABORTED" && failed) {
-              outcomes[check] = { cancelled: true };
-              return;
-            }
-            outcomes[check] = { error: { code, message: errorMessage(err) } };
-            if (!failed) {
-              failed = { check, reason: code };
-              group.abort();
-            }
-          }
-        }),
-      );
-    } finally {
-      signal?.removeEventListener("abort", onAbort);
-    }
-    if (failed) log.info({ failedCheck: failed.check }, "a check failed; the others were cancelled");
-    return {
-      runtime: this.runtimeKind,
-      verdict: failed ? "fail" : "pass",
-      ...(failed ? { failedCheck: failed.check, reason: failed.reason } : {}),
-      checks: outcomes,
-    };
+    const verdict = await runChecks(
+      names,
+      (check, signal) => {
+        const def = this.definition(check);
+        if (def.type !== "classify-image") throw new OutpostError("TASK_FAILED", `${check} is not a classify task`);
+        return this.classify(check, def, image, { trace: call.trace, signal });
+      },
+      call.signal,
+      log,
+    );
+    return { runtime: this.runtimeKind, ...verdict };
   }
 
   /** Results by task so far (for /metrics). */
@@ -479,9 +327,9 @@ export class TaskRunner {
             type: def.type,
             ...("model" in def
               ? {
-                  model: this.modelOf(name, def),
-                  sha256: this.models.get(this.modelOf(name, def))?.sha256 ?? null,
-                  ...(this.store.version(name) ? { version: this.store.version(name) } : {}),
+                  model: this.models.modelOf(name, def),
+                  sha256: this.loaded.get(this.models.modelOf(name, def))?.sha256 ?? null,
+                  ...(this.models.version(name) ? { version: this.models.version(name) } : {}),
                 }
               : {}),
             ...("watch" in def && def.watch ? { watch: def.watch.dir } : {}),
@@ -497,13 +345,7 @@ export class TaskRunner {
   health(): { ok: boolean; reason?: string } {
     const abandoned = this.poolReady?.stats().abandoned ?? 0;
     if (abandoned > 0) return { ok: false, reason: `${abandoned} task worker(s) stuck in native code were abandoned` };
-    // A golden sample not run yet, or failed, keeps the agent unhealthy: an update on trial is not committed.
-    for (const task of this.goldenTasks()) {
-      const g = this.goldens.get(task);
-      if (!g) return { ok: false, reason: `${task}: golden sample not run yet` };
-      if (!g.ok) return { ok: false, reason: `${task}: ${g.reason ?? "golden sample failed"}` };
-    }
-    return { ok: true };
+    return this.models.health();
   }
 
   /** Takes no new task; a pool still being made (the runtime extracting) is closed once it exists. */
@@ -521,4 +363,3 @@ function inputFacts(input: TaskInput): Record<string, unknown> {
 }
 
 const round = (ms: number) => Math.round(ms * 1000) / 1000;
-const round6 = (v: number) => Math.round(v * 1e6) / 1e6;

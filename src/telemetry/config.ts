@@ -1,5 +1,7 @@
 import { z } from "zod";
 import { duration, MAX_LIST } from "../config/schema.ts";
+import { configSection } from "../kernel/module.ts";
+import type { MetricPath } from "../kernel/telemetry-port.ts";
 
 /** Interfaces left out unless configured otherwise: loopback, and the virtual ones of containers and shapers. */
 export const SKIPPED_INTERFACES = ["lo", "veth*", "docker*", "br-*", "ifb*"];
@@ -10,7 +12,7 @@ const MiB = 1024 * 1024;
  * The smallest change of a metric worth a message between full samples, by dotted path (`*` = any one
  * segment; the most specific rule wins; 0 = any change). `telemetry.deadbands` adds to these or overrides them.
  */
-export const DEFAULT_DEADBANDS: Record<string, number> = {
+export const DEFAULT_DEADBANDS: Readonly<Record<string, number>> = {
   cpu: 5,
   temperature: 1,
   memory: 16 * MiB,
@@ -24,11 +26,10 @@ export const DEFAULT_DEADBANDS: Record<string, number> = {
   "diskio.*.readBytesPerS": MiB,
   "diskio.*.writeBytesPerS": MiB,
   "diskio.*.busyPercent": 10,
+  // The resources module's collector: not the telemetry's shape, so its paths are not checked.
+  ...{ "resources.rss": 16 * MiB, "resources.heapUsed": 16 * MiB, "resources.handles": 10 },
   "agent.rss": 16 * MiB,
   "agent.heapUsed": 16 * MiB,
-  "resources.rss": 16 * MiB,
-  "resources.heapUsed": 16 * MiB,
-  "resources.handles": 10,
   "outbox.queued": 100,
   "outbox.bytes": MiB,
   "pi.armClockMHz": 100,
@@ -39,10 +40,10 @@ export const DEFAULT_DEADBANDS: Record<string, number> = {
   "jetson.rails.*.volts": 0.1,
   "jetson.rails.*.amperes": 0.1,
   "jetson.rails.*.watts": 0.5,
-};
+} satisfies Partial<Record<MetricPath, number>>;
 
 /** Counters that move on every sample: sent in full samples only. */
-export const FULL_ONLY = [
+export const FULL_ONLY: MetricPath[] = [
   "uptime",
   "network",
   "agent.cpuUserMs",
@@ -56,7 +57,7 @@ export const FULL_ONLY = [
 const path = z.string().regex(/^[A-Za-z0-9_*-]+(\.[A-Za-z0-9_*-]+)*$/, "expected a dotted metric path, e.g. cpu.load");
 
 /** The telemetry module's section of the configuration. */
-export const telemetrySection = {
+export const telemetrySection = configSection({
   key: "telemetry",
   schema: z
     .strictObject({
@@ -85,4 +86,4 @@ export const telemetrySection = {
     })
     .prefault({}),
   restartOnly: ["procRoot", "sysRoot", "hostRoot"],
-} as const;
+});

@@ -1,8 +1,9 @@
 import { Gauge } from "prom-client";
 import { z } from "zod";
 import { defineCommand } from "../commands/commands.ts";
-import { durationMs } from "../config/duration.ts";
+import { formatDuration } from "../config/duration.ts";
 import { type Collector, type Module, WithErrors } from "../kernel/module.ts";
+import type { PiMetrics } from "../kernel/telemetry-port.ts";
 import { type Board, detectBoard } from "./boards/detect.ts";
 import { jetsonMetrics } from "./boards/jetson.ts";
 import { piMetrics } from "./boards/pi.ts";
@@ -14,10 +15,10 @@ import { Reads, type Roots } from "./sysfs.ts";
 import { Telemetry } from "./telemetry.ts";
 
 /** A collector whose metrics are read file by file, each failure kept as a reason rather than failing all. */
-export function readsCollector(
+export function readsCollector<T extends object>(
   name: string,
   roots: Roots,
-  read: (reads: Reads) => Promise<Record<string, unknown> | null>,
+  read: (reads: Reads) => Promise<T | null>,
 ): Collector {
   return {
     name,
@@ -25,7 +26,7 @@ export function readsCollector(
       const reads = new Reads(name, roots);
       const value = await read(reads);
       if (Object.keys(reads.errors).length === 0) return value;
-      return new WithErrors(value ?? {}, reads.errors);
+      return new WithErrors(Object.fromEntries(Object.entries(value ?? {})), reads.errors);
     },
   };
 }
@@ -67,8 +68,7 @@ export const telemetryModule: Module<typeof telemetrySection> = {
   name: "telemetry",
   config: telemetrySection,
   create(ctx) {
-    const settings = () => ctx.config().telemetry;
-    const booted = settings();
+    const booted = ctx.config();
     const roots: Roots = { proc: booted.procRoot, sys: booted.sysRoot, host: booted.hostRoot };
     const board = detectBoard(roots);
     new Gauge({
@@ -77,22 +77,22 @@ export const telemetryModule: Module<typeof telemetrySection> = {
       labelNames: ["kind", "model"],
       registers: [ctx.metrics],
     }).set({ kind: board.kind, model: board.model }, 1);
-    const stateDir = ctx.config().state.dir;
-    const interval = () => durationMs(settings().interval);
-    const timeout = () => durationMs(settings().collectorTimeout);
+    const stateDir = ctx.stateDir;
+    const interval = () => ctx.config().interval;
+    const timeout = () => ctx.config().collectorTimeout;
     const filter = new ChangeFilter();
     const counts = { full: 0, partial: 0, quiet: 0 };
     // One policy per configuration snapshot, not one per sample: the filter compiles its rules once per policy.
     const policies = new WeakMap<object, ChangePolicy>();
     const policy = (): ChangePolicy => {
-      const t = settings();
+      const t = ctx.config();
       let p = policies.get(t);
       if (!p) {
         p = {
           deadbands: { ...DEFAULT_DEADBANDS, ...t.deadbands },
           fullOnly: t.fullOnly,
-          fullIntervalMs: durationMs(t.fullInterval),
-          intervalMs: durationMs(t.interval),
+          fullIntervalMs: t.fullInterval,
+          intervalMs: t.interval,
         };
         policies.set(t, p);
       }
@@ -122,10 +122,15 @@ export const telemetryModule: Module<typeof telemetrySection> = {
       logger: ctx.logger,
       // A cycle may take the collector timeout on top of the interval; three of those is a wedged loop.
       heartbeat: ctx.heartbeat("loop", () => 3 * (interval() + timeout()) + 5000),
+      now: () => ctx.clock.mono(),
     });
+    const lastSampleAgeMs = () => {
+      const last = telemetry.lastSample;
+      return last === undefined ? null : Math.round(ctx.clock.mono() - last);
+    };
     // Under-voltage and throttling are what a Pi's owner most needs to hear of: alarms, not just figures.
     const boardAlarms = (metrics: Record<string, unknown>) => {
-      const now = (metrics.pi as { now?: { underVoltage?: boolean; throttled?: boolean } } | undefined)?.now;
+      const now = (metrics.pi as PiMetrics | undefined)?.now;
       if (now?.underVoltage !== undefined) {
         ctx.alarm("under-voltage", {
           active: now.underVoltage,
@@ -140,7 +145,7 @@ export const telemetryModule: Module<typeof telemetrySection> = {
         board,
         stateDir,
         now: () => ctx.clock.mono(),
-        skipInterfaces: () => settings().skipInterfaces,
+        skipInterfaces: () => ctx.config().skipInterfaces,
       }),
       { name: "restarts", collect: async () => (runs ? { starts: runs.starts, unclean: runs.unclean } : null) },
     ];
@@ -171,29 +176,28 @@ export const telemetryModule: Module<typeof telemetrySection> = {
         }),
       ],
       status: () => ({ board: { kind: board.kind, model: board.model } }),
+      telemetry: { board: () => board, intervalMs: interval, lastSampleAgeMs },
       describe: () => {
-        const last = telemetry.lastSample;
-        const lastSampleAgeMs = last === undefined ? null : Math.round(performance.now() - last);
-        const { interval: every, fullInterval } = settings();
+        const { interval, fullInterval } = ctx.config();
         return {
-          interval: every,
-          fullInterval,
+          // As a duration, like the file writes it.
+          interval: formatDuration(interval),
+          fullInterval: formatDuration(fullInterval),
           samples: telemetry.count,
           reports: { ...counts },
-          lastSampleAgeMs,
+          lastSampleAgeMs: lastSampleAgeMs(),
           board,
           roots,
         };
       },
       health: () => {
-        const last = telemetry.lastSample;
+        const age = lastSampleAgeMs();
         const bound = 2 * interval() + timeout() + 1000;
-        if (last === undefined) return { ok: telemetry.count > 0, reason: "no sample yet" };
-        const age = performance.now() - last;
-        return age <= bound ? { ok: true } : { ok: false, reason: `last sample ${Math.round(age)}ms ago` };
+        if (age === null) return { ok: telemetry.count > 0, reason: "no sample yet" };
+        return age <= bound ? { ok: true } : { ok: false, reason: `last sample ${age}ms ago` };
       },
       onConfigChange: (next, previous) => {
-        const [a, b] = [previous.telemetry, next.telemetry];
+        const [a, b] = [previous, next];
         // Ends the current wait, so that a new interval applies at once rather than after the old one.
         if (b.interval !== a.interval) telemetry.wake();
         // New deadbands or a new full interval start from a full sample.

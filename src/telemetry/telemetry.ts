@@ -21,6 +21,8 @@ export interface TelemetryOptions {
   logger: Logger;
   /** Beaten at every cycle: a loop that stops beating is wedged. */
   heartbeat?: Heartbeat;
+  /** The monotonic clock (ms): the kernel's, so that a test can move it. */
+  now?: () => number;
 }
 
 /**
@@ -42,11 +44,15 @@ export class Telemetry implements Component {
     this.options = options;
   }
 
+  private now(): number {
+    return this.options.now?.() ?? performance.now();
+  }
+
   get count(): number {
     return this.cycles;
   }
 
-  /** performance.now() of the last published sample, if any. */
+  /** The clock's time (options.now) of the last published sample, if any. */
   get lastSample(): number | undefined {
     return this.lastSampleAt;
   }
@@ -102,19 +108,19 @@ export class Telemetry implements Component {
 
   private async run(signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
-      const started = performance.now();
+      const started = this.now();
       this.options.heartbeat?.beat();
       try {
         const sample = await this.sample();
         if (signal.aborted) break;
         this.options.publish(sample);
         this.cycles += 1;
-        this.lastSampleAt = performance.now();
+        this.lastSampleAt = this.now();
         this.options.logger.debug({ cycle: this.cycles }, "telemetry sampled");
       } catch (err) {
         this.options.logger.error({ err }, "telemetry cycle failed");
       }
-      const elapsed = performance.now() - started;
+      const elapsed = this.now() - started;
       if (signal.aborted) break;
       this.nap = new AbortController();
       await sleep(Math.max(0, this.options.intervalMs() - elapsed), this.nap.signal);

@@ -1,4 +1,5 @@
 // Issue 9: the kernel with the real modules and a throwaway one, in-process, against a real mosquitto.
+
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:net";
@@ -10,12 +11,12 @@ import { stringify } from "yaml";
 import { z } from "zod";
 import { createAgent } from "../../src/agent.ts";
 import { defineCommand } from "../../src/commands/commands.ts";
-import { ConfigStore } from "../../src/config/store.ts";
 import { systemClock } from "../../src/core/clock.ts";
 import type { Kernel } from "../../src/kernel/kernel.ts";
 import type { Module } from "../../src/kernel/module.ts";
 import { MODULES } from "../../src/modules.ts";
 import { resourcesModule } from "../../src/resources/module.ts";
+import { openConfigStore } from "../../src/schema.ts";
 import { operatorKey } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { Watch } from "../helpers/mqtt-watch.ts";
@@ -106,8 +107,8 @@ describe("kernel and modules", () => {
       ...extra,
     };
     writeFileSync(path, stringify(config));
-    const settings = new ConfigStore({ path, env: {}, hostname: "h" });
-    return createAgent({ settings, logger: pino({ level: "silent" }), clock: systemClock, modules, ...{ trace } });
+    const configStore = openConfigStore({ path, env: {}, hostname: "h" });
+    return createAgent({ configStore, logger: pino({ level: "silent" }), clock: systemClock, modules, ...{ trace } });
   }
 
   it("a throwaway module's component, command and collector all work, with no change to the kernel", async () => {

@@ -1,5 +1,6 @@
 // Issue 14: board figures, change-aware reporting, retained alarm states, /metrics and /healthz, and Home
 // Assistant discovery, in-process against a real mosquitto, reading a Pi 4 fixture tree as the host.
+
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { cpSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -9,8 +10,8 @@ import { after, before, describe, it } from "node:test";
 import { pino } from "pino";
 import { stringify } from "yaml";
 import { createAgent } from "../../src/agent.ts";
-import { ConfigStore } from "../../src/config/store.ts";
 import { systemClock } from "../../src/core/clock.ts";
+import { openConfigStore } from "../../src/schema.ts";
 import { operatorKey } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { type Received, Watch } from "../helpers/mqtt-watch.ts";
@@ -77,8 +78,8 @@ describe("board telemetry, deadbands, alarms, /metrics, /healthz, Home Assistant
         },
       }),
     );
-    const settings = new ConfigStore({ path, env: {}, hostname: "h" });
-    const kernel = createAgent({ settings, logger: pino({ level: "silent" }), clock: systemClock });
+    const configStore = openConfigStore({ path, env: {}, hostname: "h" });
+    const kernel = createAgent({ configStore, logger: pino({ level: "silent" }), clock: systemClock });
     return { kernel, dir, board };
   }
 

@@ -1,13 +1,15 @@
 // Regression tests for issue 8 (hardening), items 8 and 9 (config side). Each failed on bbb3be8: the huge file
 // froze the process, and each invalid combination validated.
+
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { requestSchema } from "../../src/commands/envelope.ts";
-import { type ConfigProblem, loadConfig, unknownEnvVars } from "../../src/config/load.ts";
+import { type ConfigProblem, unknownEnvVars } from "../../src/config/load.ts";
 import { isOutpostError } from "../../src/core/errors.ts";
+import { loadAgentConfig } from "../../src/schema.ts";
 
 let dir: string;
 before(() => {
@@ -19,7 +21,7 @@ function problems(text: string, env: Record<string, string> = {}): ConfigProblem
   const path = join(dir, "config.yaml");
   writeFileSync(path, text);
   try {
-    loadConfig({ path, env, hostname: "h" });
+    loadAgentConfig({ path, env, hostname: "h" });
   } catch (err) {
     assert.ok(isOutpostError(err, "CONFIG_INVALID"), String(err));
     return err.details as ConfigProblem[];
@@ -34,7 +36,7 @@ describe("config limits and cross-field rules", () => {
     const started = performance.now();
     let found: ConfigProblem[] = [];
     try {
-      loadConfig({ path, hostname: "h" });
+      loadAgentConfig({ path, hostname: "h" });
     } catch (err) {
       assert.ok(isOutpostError(err, "CONFIG_INVALID"));
       found = err.details as ConfigProblem[];

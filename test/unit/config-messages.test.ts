@@ -1,12 +1,14 @@
 // Issue 10 item 5: every kind of problem the schema can report says what to write. On bbb3be8 these read
 // "expected too small: expected number to be >=1", "expected int", "expected string, found number 10", printed a
 // whole section (next to the secrets) and put a YAML error on the wrong line.
+
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, it } from "node:test";
-import { type ConfigProblem, formatProblems, loadConfig } from "../../src/config/load.ts";
+import { type ConfigProblem, formatProblems } from "../../src/config/load.ts";
+import { loadAgentConfig } from "../../src/schema.ts";
 
 let dir: string;
 before(() => {
@@ -18,7 +20,7 @@ function lines(text: string): Map<string, string> {
   const path = join(dir, "c.yaml");
   writeFileSync(path, text);
   try {
-    loadConfig({ path, hostname: "h" });
+    loadAgentConfig({ path, hostname: "h" });
   } catch (err) {
     const problems = (err as { details: ConfigProblem[] }).details;
     return new Map(problems.map((p, i) => [p.path, formatProblems(problems)[i] ?? ""]));

@@ -8,8 +8,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { stringify } from "yaml";
-import { ConfigStore, OVERRIDES_FILE } from "../../src/config/store.ts";
-import { configJsonSchema, LOCAL_ONLY_KEYS, RESTART_KEYS } from "../../src/schema.ts";
+import { OVERRIDES_FILE } from "../../src/config/store.ts";
+import { configJsonSchema, LOCAL_ONLY_KEYS, openConfigStore, RESTART_KEYS } from "../../src/schema.ts";
 
 type Schema = {
   properties?: Record<string, Schema>;
@@ -57,7 +57,7 @@ describe("config paths that modules declare", () => {
   after(() => rmSync(dir, { recursive: true, force: true }));
   const path = join(dir, "config.yaml");
   writeFileSync(path, stringify({ device: { id: "d1" }, state: { dir: join(dir, "state") } }));
-  const open = () => new ConfigStore({ path, env: {}, hostname: "h" });
+  const open = () => openConfigStore({ path, env: {}, hostname: "h" });
 
   it("every restart-only and local-only path exists in the schema", () => {
     const schema = configJsonSchema() as Schema;

@@ -6,6 +6,8 @@ import assert from "node:assert/strict";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { OVERRIDES_FILE } from "../../src/config/store.ts";
+import { openConfigStore } from "../../src/schema.ts";
 import { runCli as run } from "../helpers/cli.ts";
 import { tempDir } from "../helpers/temp.ts";
 
@@ -71,5 +73,26 @@ describe("config print", () => {
     assert.equal(validated.code, 0, validated.err);
     const hash = (out: string) => /hash ([0-9a-f]+)/.exec(out)?.[1];
     assert.equal(hash(validated.out), hash(original.out));
+  });
+});
+
+describe("where a value came from, as the agent holds it", () => {
+  // Issue 24, item 7: origins were recorded on one load path only, so a value config.set had just changed was
+  // said to be the default until the next reload. They are now part of the snapshot they describe.
+  it("a key config.set changed comes from the overrides file at once, and after a reload", () => {
+    const state = join(dir, "origins-state");
+    mkdirSync(state, { recursive: true });
+    const file = join(dir, "origins.yaml");
+    writeFileSync(file, `device: { id: o-1 }\nstate: { dir: ${state} }\ntelemetry: { fullInterval: 2m }\n`);
+    const store = openConfigStore({ path: file, env: {}, hostname: "h" });
+    assert.equal(store.origins().get("telemetry.fullInterval"), `in ${file}`);
+    assert.equal(store.origins().get("telemetry.interval"), undefined, "the default");
+    const result = store.patch({ telemetry: { interval: "5s" } }, { reason: "config.set request r-1" });
+    assert.equal(result.ok, true);
+    const overrides = `in ${join(state, OVERRIDES_FILE)}`;
+    assert.equal(store.origins().get("telemetry.interval"), overrides);
+    assert.equal(store.origins().get("telemetry.fullInterval"), `in ${file}`);
+    store.reload("SIGHUP");
+    assert.equal(store.origins().get("telemetry.interval"), overrides);
   });
 });

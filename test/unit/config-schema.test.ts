@@ -7,8 +7,8 @@ import { join } from "node:path";
 import { after, before, it } from "node:test";
 import Ajv2020 from "ajv/dist/2020.js";
 import { parse } from "yaml";
-import { type ConfigProblem, loadConfig } from "../../src/config/load.ts";
-import { configJsonSchema } from "../../src/schema.ts";
+import type { ConfigProblem } from "../../src/config/load.ts";
+import { configJsonSchema, loadAgentConfig } from "../../src/schema.ts";
 
 /** Rules a JSON Schema cannot express (README, "What the schema cannot check"). */
 // The README's list; the readable files (ca, cert, key, passwordFile) are checked in the same pass as the schema.
@@ -34,7 +34,7 @@ function byValidate(text: string): string[] {
   const path = join(dir, "c.yaml");
   writeFileSync(path, text);
   try {
-    loadConfig({ path, hostname: "h" });
+    loadAgentConfig({ path, hostname: "h" });
     return [];
   } catch (err) {
     return [...new Set((err as { details: ConfigProblem[] }).details.map((p) => p.path))].sort();

@@ -4,7 +4,8 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { pino } from "pino";
 import { stringify } from "yaml";
-import { ConfigStore, type Snapshot } from "../../src/config/store.ts";
+import type { Snapshot } from "../../src/config/store.ts";
+import { openConfigStore } from "../../src/schema.ts";
 import { tempDir } from "../helpers/temp.ts";
 
 function setup(config: Record<string, unknown> = {}) {
@@ -13,7 +14,7 @@ function setup(config: Record<string, unknown> = {}) {
   const write = (c: Record<string, unknown>) =>
     writeFileSync(path, stringify({ device: { id: "d1" }, state: { dir: join(dir, "state") }, ...c }));
   write(config);
-  const open = (env: Record<string, string> = {}) => new ConfigStore({ path, env, hostname: "h" });
+  const open = (env: Record<string, string> = {}) => openConfigStore({ path, env, hostname: "h" });
   return { dir, path, write, open };
 }
 
@@ -201,7 +202,7 @@ test("stored overrides of the command policy or trust from before the fix are dr
 test("a refused config.set names the request as the source, and is a warning", () => {
   const s = setup();
   const lines: Record<string, unknown>[] = [];
-  const store = new ConfigStore({
+  const store = openConfigStore({
     path: s.path,
     env: {},
     hostname: "h",

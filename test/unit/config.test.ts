@@ -3,9 +3,9 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { type ConfigProblem, formatProblems, loadConfig, redact } from "../../src/config/load.ts";
+import { type ConfigProblem, formatProblems, redact } from "../../src/config/load.ts";
 import { isOutpostError } from "../../src/core/errors.ts";
-import { configJsonSchema } from "../../src/schema.ts";
+import { configJsonSchema, loadAgentConfig } from "../../src/schema.ts";
 
 let dir: string;
 before(() => {
@@ -20,9 +20,9 @@ function file(name: string, text: string): string {
 }
 
 /** Loads and returns the problems; fails the test if the config was accepted. */
-function problems(options: Parameters<typeof loadConfig>[0]): ConfigProblem[] {
+function problems(options: Parameters<typeof loadAgentConfig>[0]): ConfigProblem[] {
   try {
-    loadConfig(options);
+    loadAgentConfig(options);
   } catch (err) {
     assert.ok(isOutpostError(err, "CONFIG_INVALID"), String(err));
     return err.details as ConfigProblem[];
@@ -38,7 +38,7 @@ const find = (list: ConfigProblem[], path: string) => {
 
 describe("config loading", () => {
   it("applies defaults and takes the device id from the hostname", () => {
-    const { config, hash } = loadConfig({ hostname: "pi-line-3" });
+    const { config, hash } = loadAgentConfig({ hostname: "pi-line-3" });
     assert.equal(config.device.id, "pi-line-3");
     assert.equal(config.mqtt.url, "mqtt://127.0.0.1:1883");
     assert.equal(config.mqtt.protocolVersion, 5);
@@ -51,7 +51,7 @@ describe("config loading", () => {
   });
 
   it("makes an unusable hostname into a topic-safe id", () => {
-    assert.equal(loadConfig({ hostname: "my host/#1" }).config.device.id, "my-host--1");
+    assert.equal(loadAgentConfig({ hostname: "my host/#1" }).config.device.id, "my-host--1");
   });
 
   it("reads YAML and JSON files", () => {
@@ -59,7 +59,7 @@ describe("config loading", () => {
       "a.yaml",
       "device:\n  id: pi-1\nmqtt:\n  url: mqtts://broker:8883\ntelemetry:\n  interval: 500ms\n",
     );
-    const fromYaml = loadConfig({ path: yaml, hostname: "h" }).config;
+    const fromYaml = loadAgentConfig({ path: yaml, hostname: "h" }).config;
     assert.equal(fromYaml.device.id, "pi-1");
     assert.equal(fromYaml.mqtt.url, "mqtts://broker:8883");
     assert.equal(fromYaml.telemetry.interval, "500ms");
@@ -71,12 +71,12 @@ describe("config loading", () => {
         telemetry: { interval: "500ms" },
       }),
     );
-    assert.deepEqual(loadConfig({ path: json, hostname: "h" }).config, fromYaml);
+    assert.deepEqual(loadAgentConfig({ path: json, hostname: "h" }).config, fromYaml);
   });
 
   it("lets the environment override the file, converting types from the schema", () => {
     const path = file("env.yaml", "mqtt:\n  url: mqtt://file:1883\n");
-    const { config, envKeys } = loadConfig({
+    const { config, envKeys } = loadAgentConfig({
       path,
       hostname: "h",
       env: {
@@ -100,7 +100,7 @@ describe("config loading", () => {
   });
 
   it("takes a map from the environment as JSON or YAML (deadbands, task definitions)", () => {
-    const { config } = loadConfig({
+    const { config } = loadAgentConfig({
       hostname: "h",
       env: {
         OUTPOST_TELEMETRY__DEADBANDS: '{"temperature": 2}',
@@ -158,12 +158,12 @@ describe("config loading", () => {
     assert.match(find(problems({ path: join(dir, "missing.yaml"), hostname: "h" }), "(file)").found, /ENOENT/);
     assert.match(find(problems({ path: file("syntax.yaml", "mqtt: [\n"), hostname: "h" }), "(file)").found, /line/);
     assert.equal(find(problems({ path: file("list.yaml", "- 1\n"), hostname: "h" }), "(file)").found, "[1]");
-    assert.equal(loadConfig({ path: join(dir, "absent.yaml"), required: false, hostname: "h" }).file, undefined);
+    assert.equal(loadAgentConfig({ path: join(dir, "absent.yaml"), required: false, hostname: "h" }).file, undefined);
   });
 
   it("reads the password from a file, refuses both forms at once, and checks TLS files", () => {
     const secret = file("pass", "hunter2\n");
-    const ok = loadConfig({ hostname: "h", env: { OUTPOST_MQTT__PASSWORD_FILE: secret } });
+    const ok = loadAgentConfig({ hostname: "h", env: { OUTPOST_MQTT__PASSWORD_FILE: secret } });
     assert.equal(ok.config.mqtt.password, "hunter2");
     const both = problems({ hostname: "h", env: { OUTPOST_MQTT__PASSWORD_FILE: secret, OUTPOST_MQTT__PASSWORD: "x" } });
     assert.match(find(both, "mqtt.passwordFile").expected, /at most one/);
@@ -181,12 +181,12 @@ describe("config loading", () => {
   });
 
   it("redacts secrets and keeps them out of the hash", () => {
-    const a = loadConfig({ hostname: "h", env: { OUTPOST_MQTT__PASSWORD: "one" } });
-    const b = loadConfig({ hostname: "h", env: { OUTPOST_MQTT__PASSWORD: "two" } });
+    const a = loadAgentConfig({ hostname: "h", env: { OUTPOST_MQTT__PASSWORD: "one" } });
+    const b = loadAgentConfig({ hostname: "h", env: { OUTPOST_MQTT__PASSWORD: "two" } });
     assert.equal(redact(a.config).mqtt.password, "<redacted>");
     assert.equal(a.config.mqtt.password, "one", "redact copies, it does not mutate");
     assert.equal(a.hash, b.hash);
-    const c = loadConfig({ hostname: "h", env: { OUTPOST_TELEMETRY__INTERVAL: "5s" } });
+    const c = loadAgentConfig({ hostname: "h", env: { OUTPOST_TELEMETRY__INTERVAL: "5s" } });
     assert.notEqual(a.hash, c.hash);
   });
 

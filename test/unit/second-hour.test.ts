@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { parse } from "yaml";
 import { EXAMPLE_CONFIG } from "../../src/cli/install-command.ts";
-import { configSchema } from "../../src/schema.ts";
+import { configSchema, openConfigStore } from "../../src/schema.ts";
 import { runCli as run } from "../helpers/cli.ts";
 import { tempDir } from "../helpers/temp.ts";
 
@@ -215,8 +215,7 @@ describe("config.set under the environment (item 9)", () => {
   // On 8ee023c config.set answered ok with changed: [] when the environment set the key (the demo sets
   // OUTPOST_TELEMETRY__INTERVAL, so the README's own example changed nothing), and said nothing about why.
   it("says which keys of the patch the environment shadows, and by which variable", async () => {
-    const { ConfigStore } = await import("../../src/config/store.ts");
-    const store = new ConfigStore({
+    const store = openConfigStore({
       hostname: "h",
       env: { OUTPOST_TELEMETRY__INTERVAL: "1s", OUTPOST_STATE__DIR: join(dir, "shadow-state") },
     });
@@ -331,8 +330,7 @@ describe("found by the review of this issue's fixes", () => {
   });
 
   it("config.set removing a section names the keys under it the environment still sets", async () => {
-    const { ConfigStore } = await import("../../src/config/store.ts");
-    const store = new ConfigStore({
+    const store = openConfigStore({
       hostname: "h",
       env: { OUTPOST_TELEMETRY__INTERVAL: "1s", OUTPOST_STATE__DIR: join(dir, "shadow-null") },
     });

@@ -1,21 +1,9 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import type { Board } from "../../kernel/telemetry-port.ts";
 import type { Roots } from "../sysfs.ts";
 
-export type BoardKind = "raspberry-pi" | "jetson" | "x86" | "other";
-
-/** What the agent runs on, as reported in `describe` and the status message. */
-export interface Board {
-  kind: BoardKind;
-  /** Human-readable model: the device tree's `model`, or the DMI vendor and product. */
-  model: string;
-  /** Device-tree `compatible` strings, most specific first (empty on x86). */
-  compatible: string[];
-  /** Jetson Linux (L4T) release, e.g. `36.3.0`, from /etc/nv_tegra_release. */
-  l4t?: string;
-  /** Which files said so. */
-  source: string[];
-}
+export type { Board, BoardKind } from "../../kernel/telemetry-port.ts";
 
 function read(path: string): string | undefined {
   try {

@@ -1,4 +1,5 @@
 import { join } from "node:path";
+import type { JetsonMetrics, Rail } from "../../kernel/telemetry-port.ts";
 import { list, type Reads, type Roots, readTrimmed, remembered } from "../sysfs.ts";
 
 /** devfreq node names of the integrated GPU: Orin (ga10b; `gpu` from JetPack 6), Xavier (gv11b), TX2, Nano. */
@@ -41,8 +42,8 @@ async function channels(roots: Roots): Promise<Channel[]> {
   return out;
 }
 
-async function rails(found: Channel[], reads: Reads): Promise<Record<string, unknown> | undefined> {
-  const out: Record<string, { volts: number; amperes: number; watts: number }> = {};
+async function rails(found: Channel[], reads: Reads): Promise<Record<string, Rail> | undefined> {
+  const out: Record<string, Rail> = {};
   for (const { dir, n, label } of found) {
     const mv = await reads.number(`rails.${label}`, join(dir, `in${n}_input`));
     const ma = await reads.number(`rails.${label}`, join(dir, `curr${n}_input`));
@@ -61,7 +62,7 @@ async function rails(found: Channel[], reads: Reads): Promise<Record<string, unk
  * `errors`), INA3221 power rails, and the nvpmodel power mode (/var/lib/nvpmodel/status and the names in
  * /etc/nvpmodel.conf). Thermal zones are the temperature collector's.
  */
-export function jetsonMetrics(roots: Roots): (reads: Reads) => Promise<Record<string, unknown>> {
+export function jetsonMetrics(roots: Roots): (reads: Reads) => Promise<JetsonMetrics> {
   const devfreq = join(roots.sys, "class", "devfreq");
   const where = remembered(async () => ({
     gpu: (await list(devfreq)).find((name) => GPU_DEVFREQ.test(name)),
@@ -78,8 +79,8 @@ async function jetsonFigures(
   reads: Reads,
   gpu: string | undefined,
   found: Channel[],
-): Promise<Record<string, unknown>> {
-  const out: Record<string, unknown> = {};
+): Promise<JetsonMetrics> {
+  const out: JetsonMetrics = {};
   const devfreq = join(roots.sys, "class", "devfreq");
   if (gpu) {
     const load = await reads.number("gpu.loadPercent", join(devfreq, gpu, "device", "load"), 10, 1);

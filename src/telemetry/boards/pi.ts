@@ -1,20 +1,16 @@
 import { join } from "node:path";
+import type { PiMetrics, ThrottleFlags } from "../../kernel/telemetry-port.ts";
 import { list, type Reads, type Roots, readTrimmed, remembered } from "../sysfs.ts";
 
-/** The firmware's throttling word (`vcgencmd get_throttled`): bit 0-3 now, bit 16-19 since boot. */
-const FLAGS = [
-  ["underVoltage", 0],
-  ["armFrequencyCapped", 1],
-  ["throttled", 2],
-  ["softTempLimit", 3],
-] as const;
-
-export type ThrottleFlags = Record<(typeof FLAGS)[number][0], boolean>;
-
-/** Decodes the word into names: what holds now, and what has happened since boot. */
+/**
+ * Decodes the firmware's throttling word (`vcgencmd get_throttled`) into names: bits 0-3 hold now, bits
+ * 16-19 have happened since boot.
+ */
 export function decodeThrottled(word: number): { now: ThrottleFlags; sinceBoot: ThrottleFlags } {
-  const pick = (shift: number) =>
-    Object.fromEntries(FLAGS.map(([name, bit]) => [name, (word & (1 << (bit + shift))) !== 0])) as ThrottleFlags;
+  const pick = (shift: number): ThrottleFlags => {
+    const bit = (n: number) => (word & (1 << (n + shift))) !== 0;
+    return { underVoltage: bit(0), armFrequencyCapped: bit(1), throttled: bit(2), softTempLimit: bit(3) };
+  };
   return { now: pick(0), sinceBoot: pick(16) };
 }
 
@@ -48,7 +44,7 @@ async function voltHwmon(sys: string): Promise<string | undefined> {
  * and the ARM clock (cpufreq). The SoC temperature is the `cpu-thermal` zone of the temperature collector.
  * The core voltage is not in sysfs: only the firmware mailbox (/dev/vcio, group `video`) has it.
  */
-export function piMetrics(roots: Roots): (reads: Reads) => Promise<Record<string, unknown>> {
+export function piMetrics(roots: Roots): (reads: Reads) => Promise<PiMetrics> {
   const where = remembered(async () => ({ file: await throttledFile(roots.sys), hwmon: await voltHwmon(roots.sys) }));
   return async (reads) => {
     const { file, hwmon } = await where();
@@ -61,8 +57,8 @@ async function piFigures(
   reads: Reads,
   file: string | undefined,
   hwmon: string | undefined,
-): Promise<Record<string, unknown>> {
-  const out: Record<string, unknown> = {};
+): Promise<PiMetrics> {
+  const out: PiMetrics = {};
   if (file) {
     const text = await reads.text("throttled", file);
     if (text !== undefined) {

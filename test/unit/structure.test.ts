@@ -1,5 +1,6 @@
-// Issue 24 item 8: the import rules of docs/architecture.md as a check, so that later work keeps them: no
-// import circle between files, core/ imports nothing of ours, and a module's folder never imports another's.
+// Issue 24 items 5 and 8: the structure rules of docs/architecture.md as a check, so that later work keeps
+// them: no import circle between files, core/ imports nothing of ours, a module's folder never imports
+// another's, config/ never loads the module list, and no file in src/ is longer than 400 lines.
 import assert from "node:assert/strict";
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { dirname, join, relative, resolve } from "node:path";
@@ -87,4 +88,34 @@ test("a module's folder imports no other module's files", () => {
   assert.deepEqual(crossing, []);
 });
 
-test.todo("config/ does not import the module list (config/load.ts -> schema.ts -> modules.ts today)");
+test("config/ never loads the module list: the root hands it the schema", () => {
+  const reached = (start: string) => {
+    const seen = new Set<string>([start]);
+    const queue = [start];
+    for (let f = queue.shift(); f !== undefined; f = queue.shift()) {
+      for (const d of graph.get(f) ?? []) {
+        if (!seen.has(d)) {
+          seen.add(d);
+          queue.push(d);
+        }
+      }
+    }
+    return seen;
+  };
+  const forbidden = new Set(["modules.ts", "schema.ts"]);
+  const loads = files
+    .filter((f) => rel(f).startsWith("config/"))
+    .flatMap((f) => [...reached(f)].filter((d) => forbidden.has(rel(d))).map((d) => `${rel(f)} -> ${rel(d)}`));
+  assert.deepEqual(loads, []);
+});
+
+/** The longest a file in src/ may be: a longer one does several jobs (split it along them). */
+const MAX_LINES = 400;
+
+test(`no file in src/ is longer than ${MAX_LINES} lines`, () => {
+  const long = files
+    .map((f) => ({ file: rel(f), lines: readFileSync(f, "utf8").split("\n").length - 1 }))
+    .filter(({ lines }) => lines > MAX_LINES)
+    .map(({ file, lines }) => `${file}: ${lines}`);
+  assert.deepEqual(long, []);
+});

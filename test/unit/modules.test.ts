@@ -1,0 +1,184 @@
+// Issue 24, item 6: each module's create() wiring tested alone with fakeContext() (no broker, no kernel): its
+// alarms, its reaction to a new configuration, OTA's resumption, Home Assistant's marker file.
+import assert from "node:assert/strict";
+import { generateKeyPairSync } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, describe, it } from "node:test";
+import { homeassistantModule } from "../../src/homeassistant/module.ts";
+import type { Board } from "../../src/kernel/telemetry-port.ts";
+import { otaModuleFor } from "../../src/ota/module.ts";
+import type { RunningRelease } from "../../src/ota/running.ts";
+import { resourcesModuleFor } from "../../src/resources/module.ts";
+import { tasksModule } from "../../src/tasks/module.ts";
+import { telemetryModule } from "../../src/telemetry/module.ts";
+import { type Fake, fakeContext } from "../helpers/fake-context.ts";
+import { scriptRelease } from "../helpers/releases.ts";
+import { tempDir } from "../helpers/temp.ts";
+import { waitUntil } from "../helpers/wait.ts";
+
+const fakes: Fake<unknown>[] = [];
+const track = <C>(fake: Fake<C>): Fake<C> => {
+  fakes.push(fake as Fake<unknown>);
+  return fake;
+};
+after(() => {
+  for (const fake of fakes) fake.close();
+});
+
+const board: Board = { kind: "raspberry-pi", model: "Raspberry Pi 4 Model B", compatible: [], source: [] };
+const port = { board: () => board, intervalMs: () => 20, lastSampleAgeMs: () => 0 };
+
+async function started<C>(fake: Fake<C>): Promise<() => Promise<void>> {
+  const controller = new AbortController();
+  const components = fake.parts.components ?? [];
+  for (const c of components) await c.start(controller.signal);
+  return async () => {
+    controller.abort();
+    for (const c of [...components].reverse()) await c.stop();
+  };
+}
+
+describe("modules against a fake context", () => {
+  // The worked example of docs/architecture.md, "How to add a capability".
+  it("resources: growth sustained over its windows raises resource-growth; its section is typed", async () => {
+    let rss = 100 * 1024 * 1024;
+    const sample = () => ({ rss: (rss += 8 * 1024 * 1024), heapUsed: 1, handles: 1, workers: 0 });
+    const fake = track(
+      fakeContext(resourcesModuleFor(sample), {
+        config: { resources: { interval: "1s", windowSamples: 2, windows: 2, rssGrowth: "16MiB" } },
+      }),
+    );
+    assert.equal(fake.ctx.config().rssGrowth, 16 * 1024 * 1024, "a size in bytes");
+    const stop = await started(fake);
+    try {
+      const alarm = () => fake.retained.get(`${fake.ctx.topics.alarm("resource-growth")}/state`);
+      await waitUntil(() => alarm()?.active === true, 20_000, "the resource-growth alarm");
+      assert.deepEqual(alarm()?.growing, ["rss"]);
+      const collected = await fake.ctx.collectors()[0]?.collect();
+      assert.deepEqual((collected as { growing: string[] }).growing, ["rss"]);
+    } finally {
+      await stop();
+    }
+  });
+
+  it("homeassistant: publishes configs and keeps the marker; turned off, removes both", () => {
+    const fake = track(
+      fakeContext(homeassistantModule, { config: { homeassistant: { discovery: true } }, telemetry: port }),
+    );
+    const sample = { metrics: { cpu: { load: 5, cores: [5] }, pi: { armClockMHz: 1500 } }, errors: {} };
+    fake.ctx.latest.update(sample, { full: true, metrics: sample.metrics });
+    const configs = [...fake.retained].filter(([t, v]) => t.startsWith("homeassistant/") && v !== null);
+    assert.ok(
+      configs.some(([t]) => t.endsWith("/arm_clock/config")),
+      "a config per figure present",
+    );
+    const device = configs[0]?.[1]?.device as { model?: string } | undefined;
+    assert.equal(device?.model, board.model, "the board comes through the telemetry port");
+    const marker = join(fake.stateDir, "homeassistant.json");
+    assert.ok(existsSync(marker));
+
+    fake.patch({ homeassistant: { discovery: false } });
+    for (const [topic] of configs) assert.equal(fake.retained.get(topic), null, `${topic} cleared`);
+    // The marker goes once the removals are queued on a connected link (the next change of the values).
+    fake.ctx.latest.update(sample, { full: true, metrics: sample.metrics });
+    assert.equal(existsSync(marker), false);
+    assert.equal((fake.parts.describe?.() as { discovery: boolean }).discovery, false);
+  });
+
+  it("telemetry: reads its own section typed; a config.set reaches it", () => {
+    const fake = track(fakeContext(telemetryModule, { config: { telemetry: { interval: "30s" } } }));
+    assert.equal(fake.ctx.config().interval, 30_000, "milliseconds, parsed once");
+    assert.equal((fake.parts.describe?.() as { interval: string }).interval, "30s");
+    fake.patch({ telemetry: { interval: "5s" } });
+    assert.equal(fake.ctx.config().interval, 5_000);
+    assert.equal((fake.parts.describe?.() as { interval: string }).interval, "5s");
+    assert.equal(fake.parts.telemetry?.intervalMs(), 5_000, "the port says the new pace");
+  });
+
+  it("tasks: a threshold rule raises its alarm at the telemetry's pace, and clears it", async () => {
+    const fake = track(
+      fakeContext(tasksModule, {
+        config: { tasks: { define: { hot: { type: "threshold", metric: "cpu.load", above: 80, for: "0s" } } } },
+        telemetry: port,
+      }),
+    );
+    const stop = await started(fake);
+    try {
+      const alarms = () => fake.sent.filter((m) => m.topic === fake.ctx.topics.alarm("hot"));
+      fake.ctx.latest.update({ metrics: { cpu: { load: 95 } }, errors: {} }, undefined);
+      await waitUntil(() => alarms().some((m) => m.body.active === true), 5000, "the alarm raised");
+      fake.ctx.latest.update({ metrics: { cpu: { load: 10 } }, errors: {} }, undefined);
+      await waitUntil(() => alarms().some((m) => m.body.active === false), 5000, "the alarm cleared");
+    } finally {
+      await stop();
+    }
+  });
+
+  describe("ota", () => {
+    const opt = tempDir("outpost-fake-opt-");
+    const records = join(opt, "update");
+    mkdirSync(records, { recursive: true });
+    const running = (release: string): RunningRelease => ({
+      version: "1.0.0",
+      release,
+      binary: undefined,
+      records,
+      unitsRevision: () => 2,
+      noInstaller: () => undefined,
+      arch: process.arch,
+    });
+    const trial = (state: string, extra: Record<string, unknown> = {}) =>
+      writeFileSync(
+        join(records, "trial.json"),
+        JSON.stringify({
+          state,
+          release: "1.1.0-bbbbbbbbbbbb",
+          from: { name: "1.0.0-aaaaaaaaaaaa", version: "1.0.0" },
+          to: { name: "1.1.0-bbbbbbbbbbbb", version: "1.1.0" },
+          since: 1,
+          request: "req-9",
+          ...extra,
+        }),
+      );
+
+    it("refuses an update before it has read where the last one stands", async () => {
+      const fake = track(fakeContext(otaModuleFor(() => running("1.0.0-aaaaaaaaaaaa"))));
+      const manifest = scriptRelease(join(opt, "r"), "1.2.0", "exit 0", generateKeyPairSync("ed25519").privateKey);
+      await assert.rejects(fake.command("update", { manifest, source: { mqtt: true } }), /still starting/);
+      assert.equal((fake.parts.describe?.() as { phase: string }).phase, "starting");
+    });
+
+    it("started as the release switched back to: reports the rollback with root's reason", async () => {
+      trial("rolled-back", { reason: "the service failed: watchdog", at: 2 });
+      const fake = track(fakeContext(otaModuleFor(() => running("1.0.0-aaaaaaaaaaaa"))));
+      const stop = await started(fake);
+      try {
+        const update = () => fake.retained.get(fake.ctx.topics.update);
+        await waitUntil(() => update()?.state === "rolled-back", 5000, "the rollback reported");
+        const body = fake.retained.get(fake.ctx.topics.update);
+        assert.equal(body?.reason, "the service failed: watchdog");
+        assert.equal(body?.version, "1.1.0");
+        const journal = JSON.parse(readFileSync(join(fake.stateDir, "update", "journal.json"), "utf8"));
+        assert.equal(journal.state, "rolled-back", "settled in the agent's journal");
+        assert.equal((fake.parts.describe?.() as { phase: string }).phase, "idle");
+      } finally {
+        await stop();
+      }
+    });
+
+    it("started as the release on trial: commits once healthy, and says so to root", async () => {
+      trial("trial");
+      const fake = track(fakeContext(otaModuleFor(() => running("1.1.0-bbbbbbbbbbbb"))));
+      const stop = await started(fake);
+      try {
+        await waitUntil(() => fake.retained.get(fake.ctx.topics.update)?.state === "committed", 5000, "committed");
+        const request = JSON.parse(readFileSync(join(fake.stateDir, "update", "commit.request"), "utf8"));
+        assert.deepEqual(request, { release: "1.1.0-bbbbbbbbbbbb", request: "req-9" });
+        assert.equal((fake.parts.describe?.() as { phase: string }).phase, "idle");
+      } finally {
+        await stop();
+      }
+    });
+  });
+});

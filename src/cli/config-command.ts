@@ -36,7 +36,7 @@ export function loadOrReport(host: Host, path: string | undefined): LoadedConfig
 }
 
 /** The agent's live configuration (file, remote overrides, environment), or the EX_CONFIG exit code. */
-export function openSettings(host: Host, path: string | undefined): ConfigStore | number {
+export function openConfig(host: Host, path: string | undefined): ConfigStore | number {
   return reportProblems(host, () =>
     openConfigStore({
       path: path ?? DEFAULT_CONFIG,
@@ -114,14 +114,14 @@ export function configCommand(host: Host, args: string[]): number {
       return EXIT.OK;
     case "print": {
       // What the agent would use: the file, the overrides config.set stored in state.dir, the environment.
-      const settings = openSettings(host, rest[0]);
-      if (typeof settings === "number") return settings;
-      const config = printable(settings.current().config);
+      const configStore = openConfig(host, rest[0]);
+      if (typeof configStore === "number") return configStore;
+      const config = printable(configStore.current().config);
       if (!sources) {
         host.stdout.write(stringify(config));
         return EXIT.OK;
       }
-      const origins = settings.origins();
+      const origins = configStore.origins();
       for (const { segments, value } of leaves(config)) {
         const origin = originOf(origins, segments) ?? "default";
         host.stdout.write(`${dottedPath(segments)} = ${JSON.stringify(value)}  # ${origin}\n`);

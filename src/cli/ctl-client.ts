@@ -112,7 +112,7 @@ export interface CallResult {
  * Signs and publishes requests and collects their replies, on an MQTT 5 response topic of its own and on the
  * devices' `P/D/cmd/<name>/reply` topics (replies come there under 3.1.1, or through a 3.1.1 bridge).
  */
-export class Caller {
+export class DeviceCaller {
   private readonly client: MqttClient;
   private readonly prefix: string;
   private readonly signer: Signer | undefined;

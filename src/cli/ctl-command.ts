@@ -6,7 +6,7 @@ import type { ReplyBody } from "../commands/envelope.ts";
 import { publicKeyText } from "../commands/keys.ts";
 import { errorMessage } from "../core/errors.ts";
 import { allDevices, deviceTopics } from "../mqtt/topics.ts";
-import { type BrokerOptions, Caller, connectBroker, type Signer } from "./ctl-client.ts";
+import { type BrokerOptions, connectBroker, DeviceCaller, type Signer } from "./ctl-client.ts";
 import {
   BROKER_FLAGS,
   brokerOptions,
@@ -348,7 +348,7 @@ async function call(host: Host, args: string[]): Promise<number> {
     }
   }
   const result = await withClient(o, (client) =>
-    new Caller(client, o.prefix, signer).call({
+    new DeviceCaller(client, o.prefix, signer).call({
       command,
       params,
       ...(values.group ? { group: target } : { device: target }),

@@ -8,7 +8,7 @@ import { publicKeyText } from "../commands/keys.ts";
 import { errorMessage } from "../core/errors.ts";
 import { type Manifest, manifestSchema, type SignedManifest, signedManifestSchema } from "../ota/manifest.ts";
 import { chunkRequestSchema, encodeAnswer } from "../ota/mqtt-source.ts";
-import { Caller, connectBroker } from "./ctl-client.ts";
+import { connectBroker, DeviceCaller } from "./ctl-client.ts";
 import { BROKER_FLAGS, brokerOptions, ctlSettings, durationFlag, readPrivateKey } from "./ctl-settings.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 
@@ -213,7 +213,10 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
   const ticker = tty ? setInterval(() => render(), 250) : undefined;
   try {
     await client.subscribeAsync([`${base}/update/get`, `${base}/update`], { qos: 1 });
-    const caller = new Caller(client, o.prefix, { privateKey, publicText: publicKeyText(createPublicKey(privateKey)) });
+    const caller = new DeviceCaller(client, o.prefix, {
+      privateKey,
+      publicText: publicKeyText(createPublicKey(privateKey)),
+    });
     const source = values.http === undefined ? { mqtt: true } : { http: values.http };
     const params = { manifest: signed, source };
     const retried = new Set<string>();

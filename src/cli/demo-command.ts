@@ -69,10 +69,10 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
     }),
   );
   const open = () => openConfigStore({ path: demoConfig, required: true, hostname: host.hostname, env: host.env });
-  let settings = open();
-  const { config } = settings.current();
+  let configStore = open();
+  const { config } = configStore.current();
   const { logger, flush, setLevel } = await createLogger({ level: config.log.level, format: "json", fd: logFd });
-  const boot = () => createAgent({ configStore: settings, logger, setLogLevel: setLevel, clock: systemClock });
+  const boot = () => createAgent({ configStore, logger, setLogLevel: setLevel, clock: systemClock });
   let agent = boot();
 
   const tty = host.stdout.isTTY === true;
@@ -124,7 +124,7 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
     // broker, state and view), and the new agent sends the restart's final reply, as a device's would.
     while ((await Promise.race([stop, agent.restartRequested.then(() => "restart" as const)])) === "restart") {
       await agent.stop(2000);
-      settings = open();
+      configStore = open();
       agent = boot();
       await agent.start();
     }

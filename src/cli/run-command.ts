@@ -6,10 +6,10 @@ import { systemClock } from "../core/clock.ts";
 import { OutpostError } from "../core/errors.ts";
 import { withDeadline } from "../core/lifecycle.ts";
 import { createLogger, type LogFormat } from "../core/logger.ts";
-import { openSettings } from "./config-command.ts";
+import { openConfig } from "./config-command.ts";
 import { EXIT, type Host } from "./host.ts";
 
-export interface RunOptions {
+export interface RunCommandOptions {
   config?: string;
   logFormat?: LogFormat;
 }
@@ -18,10 +18,10 @@ export interface RunOptions {
  * `outpost run`: the agent in the foreground until a stop signal (exit 0) or the `restart` command (exit 75),
  * then a drain under the deadline. SIGHUP and changes of the config file reload the configuration.
  */
-export async function runCommand(host: Host, options: RunOptions): Promise<number> {
-  const settings = openSettings(host, options.config);
-  if (typeof settings === "number") return settings;
-  const { config } = settings.current();
+export async function runCommand(host: Host, options: RunCommandOptions): Promise<number> {
+  const configStore = openConfig(host, options.config);
+  if (typeof configStore === "number") return configStore;
+  const { config } = configStore.current();
   // Without its state directory the agent would run without durability: say what to do, in one line.
   const stateProblem = stateDirProblem(config.state.dir, { create: true });
   if (stateProblem) {
@@ -33,31 +33,31 @@ export async function runCommand(host: Host, options: RunOptions): Promise<numbe
     format: options.logFormat ?? config.log.format,
     colorize: host.stdout.isTTY === true,
   });
-  settings.useLogger(logger.child({ component: "config" }));
-  if (settings.overrideProblems.length > 0) {
+  configStore.useLogger(logger.child({ component: "config" }));
+  if (configStore.overrideProblems.length > 0) {
     logger.error(
-      { problems: formatProblems(settings.overrideProblems) },
+      { problems: formatProblems(configStore.overrideProblems) },
       "stored config.set overrides are invalid and ignored",
     );
   }
   const agent = createAgent({
-    configStore: settings,
+    configStore,
     logger,
     setLogLevel: setLevel,
     clock: systemClock,
     env: host.env,
   });
   const watching = new AbortController();
-  const unhook = host.onHangup(() => settings.reload("SIGHUP"));
+  const unhook = host.onHangup(() => configStore.reload("SIGHUP"));
   try {
     await agent.start();
-    void settings.watchFile(watching.signal);
+    void configStore.watchFile(watching.signal);
     const reason = await Promise.race([host.stopRequested, agent.restartRequested.then(() => "restart")]);
     logger.info({ reason }, "stop requested");
     watching.abort();
     // The kernel owns the budget and keeps part of it for the commit and `offline`; this is the last resort
     // for a closing step that hangs all the same.
-    const { deadline } = settings.current().typed.shutdown;
+    const { deadline } = configStore.current().typed.shutdown;
     await withDeadline(
       agent.stop(deadline),
       deadline,

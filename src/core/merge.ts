@@ -47,14 +47,20 @@ export function put(target: Record<string, unknown>, segments: readonly string[]
   if (last !== undefined) node[last] = value;
 }
 
+/** A sample of metrics: the figures read, and per figure or collector that could not be, why not. */
+export interface MetricsSample {
+  metrics: Record<string, unknown>;
+  errors: Record<string, string>;
+}
+
 /**
  * What a consumer does with a report: a full sample replaces the state, a partial one is merged into it
  * (objects key by key, anything else replaced). `errors`, when present, replaces the errors.
  */
 export function mergeReport(
-  state: { metrics: Record<string, unknown>; errors: Record<string, string> } | undefined,
+  state: MetricsSample | undefined,
   report: { full?: unknown; metrics?: unknown; errors?: unknown },
-): { metrics: Record<string, unknown>; errors: Record<string, string> } {
+): MetricsSample {
   const metrics = isObject(report.metrics) ? report.metrics : {};
   const errors = isObject(report.errors) ? (report.errors as Record<string, string>) : undefined;
   // A message without `full` comes from an agent before change-aware reporting: every sample was full.

@@ -1,9 +1,6 @@
-import { mergeReport } from "../core/merge.ts";
+import { type MetricsSample, mergeReport } from "../core/merge.ts";
 
-export interface Values {
-  metrics: Record<string, unknown>;
-  errors: Record<string, string>;
-}
+export type Values = MetricsSample;
 
 /**
  * The device's latest figures, for whoever serves them elsewhere (Prometheus, Home Assistant): `sampled` is

@@ -52,8 +52,11 @@ export interface LinkEvents {
   message: [topic: string, payload: Buffer, packet: IPublishPacket];
 }
 
+/** What the broker announced in its CONNACK (MQTT 5); empty on MQTT 3.1.1. */
 export interface BrokerLimits {
+  /** Receive Maximum: QoS 1 messages it accepts in flight. */
   receiveMaximum?: number;
+  /** Maximum Packet Size. */
   maximumPacketSize?: number;
 }
 

@@ -1,5 +1,6 @@
 import type { Clock } from "../core/clock.ts";
 import type { Logger } from "../core/logger.ts";
+import type { BrokerLimits } from "../mqtt/link.ts";
 import type { StoredMessage } from "./store.ts";
 
 /** Delivery classes, most important first: when the outbox is full the last ones go first. */
@@ -29,12 +30,8 @@ export interface OutboxMessage {
   properties?: ReplyProperties;
 }
 
-export interface TransportLimits {
-  /** The broker's Receive Maximum (MQTT 5 CONNACK): QoS 1 messages it accepts in flight. */
-  receiveMaximum?: number;
-  /** The broker's Maximum Packet Size (MQTT 5 CONNACK). */
-  maximumPacketSize?: number;
-}
+/** What the broker announced in its CONNACK (MQTT 5): the link's own record of it. */
+export type TransportLimits = BrokerLimits;
 
 /** What the outbox needs from the MQTT link. */
 export interface Transport {

@@ -1,6 +1,7 @@
 import { copyFileSync, mkdirSync, readdirSync, readlinkSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { fsyncPath, replaceLink } from "../core/files.ts";
+import { releaseName } from "../version.ts";
 
 /**
  * Models delivered by updates, per task: `<state.dir>/models/<task>/<version>-<sha12>.onnx`, with `current`
@@ -43,7 +44,7 @@ export class ModelStore {
   place(task: string, file: string, release: { version: string; sha256: string }): { name: string; path: string } {
     const dir = this.dir(task);
     mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const name = `${release.version}-${release.sha256.slice(0, 12)}.onnx`;
+    const name = `${releaseName(release.version, release.sha256)}.onnx`;
     const path = join(dir, name);
     copyFileSync(file, `${path}.tmp`);
     fsyncPath(`${path}.tmp`);

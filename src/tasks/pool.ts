@@ -44,7 +44,7 @@ export interface PoolOptions {
   logger: Logger;
 }
 
-export interface RunOptions {
+export interface PoolRunOptions {
   timeoutMs: number;
   /**
    * How long the worker may take to get ready (load a runtime, compile WebAssembly, create a session) before
@@ -56,7 +56,7 @@ export interface RunOptions {
   trace?: string;
 }
 
-export interface TaskResult {
+export interface PoolResult {
   value: unknown;
   /** Time in the queue, then in a worker. */
   queueMs: number;
@@ -67,9 +67,9 @@ interface Job {
   id: number;
   type: string;
   input: unknown;
-  options: RunOptions;
+  options: PoolRunOptions;
   queuedAt: number;
-  resolve(result: TaskResult): void;
+  resolve(result: PoolResult): void;
   reject(err: OutpostError): void;
   onAbort?: () => void;
 }
@@ -114,7 +114,7 @@ export class WorkerPool {
   }
 
   /** Runs a task; rejects at once with `QUEUE_FULL`, `CIRCUIT_OPEN` or `POOL_CLOSED` when it cannot be taken. */
-  run(type: string, input: unknown, options: RunOptions): Promise<TaskResult> {
+  run(type: string, input: unknown, options: PoolRunOptions): Promise<PoolResult> {
     if (this.closed) return this.refuse("POOL_CLOSED", "the pool is closing");
     if (options.signal?.aborted) return this.refuse("TASK_ABORTED", "cancelled before it was queued");
     const breaker = this.breakerOf(type);

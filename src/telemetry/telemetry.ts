@@ -2,14 +2,12 @@ import { sleep } from "../core/clock.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
 import { type Component, followAbort, once, withDeadline } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
+import type { MetricsSample } from "../core/merge.ts";
 import type { Heartbeat } from "../kernel/health.ts";
 import { type Collector, WithErrors } from "../kernel/module.ts";
 
-export interface Sample {
-  metrics: Record<string, unknown>;
-  /** Collectors that failed, timed out or were still busy, with the reason. */
-  errors: Record<string, string>;
-}
+/** `errors`: collectors that failed, timed out or were still busy, with the reason. */
+export type Sample = MetricsSample;
 
 export interface TelemetryOptions {
   /** The collectors, or where to find them at each cycle (modules contribute them). */

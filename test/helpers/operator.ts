@@ -1,19 +1,19 @@
 import type { MqttClient } from "mqtt";
-import { Caller, type CallOptions, type CallResult, connectBroker } from "../../src/cli/ctl-client.ts";
+import { type CallOptions, type CallResult, connectBroker, DeviceCaller } from "../../src/cli/ctl-client.ts";
 import { type OperatorKey, operatorKey, PREFIX } from "./commands.ts";
 
 export { PREFIX };
 
-/** The operator side in-process: the same Caller that `outpost ctl call` uses, on one connection. */
+/** The operator side in-process: the same DeviceCaller that `outpost ctl call` uses, on one connection. */
 export class Operator {
   readonly client: MqttClient;
   readonly key: OperatorKey;
-  private readonly caller: Caller;
+  private readonly caller: DeviceCaller;
 
   private constructor(client: MqttClient, key: OperatorKey) {
     this.client = client;
     this.key = key;
-    this.caller = new Caller(client, PREFIX, { privateKey: key.privateKey, publicText: key.publicText });
+    this.caller = new DeviceCaller(client, PREFIX, { privateKey: key.privateKey, publicText: key.publicText });
   }
 
   static async open(port: number, key: OperatorKey = operatorKey()): Promise<Operator> {

@@ -2,14 +2,14 @@ import { createHash } from "node:crypto";
 import { accessSync, constants, readFileSync, statSync } from "node:fs";
 import { parseDocument } from "yaml";
 import type { z } from "zod";
-import { OutpostError } from "../core/errors.ts";
+import { errorMessage, OutpostError } from "../core/errors.ts";
 import { isObject, valueAt } from "../core/merge.ts";
 import { readPasswordFile } from "../mqtt/options.ts";
 import type { Config } from "../schema.ts";
 import type { ConfigModel } from "./model.ts";
 import { dottedPath, leafPaths, leaves, mergePatch } from "./paths.ts";
 import { redact } from "./redact.ts";
-import { childOf, coerce, knownKeys, type SchemaNode } from "./schema-walk.ts";
+import { childOf, coerce, knownKeys, type SchemaNode, type Typed, typedView } from "./schema-walk.ts";
 
 export { dottedPath, leafPaths, leaves, mergePatch, originOf } from "./paths.ts";
 
@@ -39,6 +39,8 @@ export interface LoadOptions {
 
 export interface LoadedConfig {
   config: Config;
+  /** The same values as modules read them: durations in milliseconds, sizes in bytes. */
+  typed: Typed<Config>;
   /** sha256 of the effective config with secrets redacted, so that it can be published. */
   hash: string;
   file?: string;
@@ -89,7 +91,10 @@ export function loadConfig(options: LoadOptions): LoadedConfig {
     }
   }
   if (options.patch) {
-    for (const path of leafPaths(options.patch.values)) sources.set(path, `in ${options.patch.source}`);
+    // As for the overrides: a removal sets nothing, and must not be taken for where a value came from.
+    for (const { segments, value } of leaves(options.patch.values)) {
+      if (value !== null) sources.set(dottedPath(segments), `in ${options.patch.source}`);
+    }
   }
   const envKeys: string[] = [];
   const wholes = new Set<string>();
@@ -121,7 +126,15 @@ export function loadConfig(options: LoadOptions): LoadedConfig {
     // ... and names its own leaves (set next), not the section: a default filled in beside them is a default.
     if (!wholes.has(path)) origins.set(path, source);
   }
-  return { config, hash: hashConfig(config), file, envKeys, origins };
+  // Built here, before anything is stored or swapped: a value the schema passed that cannot be converted is a
+  // problem of this configuration, never a crash of the store or of the next start.
+  let typed: Typed<Config>;
+  try {
+    typed = typedView(options.model.schema, config);
+  } catch (err) {
+    throw invalid([{ path: "(root)", expected: "values the agent can use", found: errorMessage(err) }]);
+  }
+  return { config, typed, hash: hashConfig(config), file, envKeys, origins };
 }
 
 export function hashConfig(config: Config): string {

@@ -15,8 +15,9 @@ export function duration(def: string, minMs: number, maxMs: number) {
     .regex(DURATION_PATTERN, 'expected a duration like "500ms", "10s", "5m", "1h"')
     .refine(
       (s) => {
+        // undefined for the pattern's misses (the regex reports those) and for a number too large to hold.
         const ms = parseDuration(s);
-        return ms === undefined || (ms >= minMs && ms <= maxMs);
+        return DURATION_PATTERN.test(s) ? ms !== undefined && ms >= minMs && ms <= maxMs : true;
       },
       { message: `expected a duration between ${formatDuration(minMs)} and ${formatDuration(maxMs)}` },
     );
@@ -34,7 +35,7 @@ export function size(def: string, minBytes: number, maxBytes: number) {
     .refine(
       (s) => {
         const bytes = parseSize(s);
-        return bytes === undefined || (bytes >= minBytes && bytes <= maxBytes);
+        return SIZE_PATTERN.test(s) ? bytes !== undefined && bytes >= minBytes && bytes <= maxBytes : true;
       },
       { message: `expected a size of at least ${minBytes} bytes and at most ${maxBytes} bytes` },
     );

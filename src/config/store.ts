@@ -26,7 +26,7 @@ import { TRUST_KEYS } from "./schema.ts";
 
 export { diffPaths };
 
-import { type Typed, typedView } from "./schema-walk.ts";
+import type { Typed } from "./schema-walk.ts";
 
 /** One immutable, validated configuration. A new version replaces it whole; nothing is ever half-applied. */
 export interface Snapshot {
@@ -300,8 +300,7 @@ export class ConfigStore extends EventEmitter<{
 
   private snapshotOf(version: number, loaded: LoadedConfig): Snapshot {
     const config = freeze(loaded.config);
-    const typed = typedView(this.options.model.schema, config);
-    return Object.freeze({ version, config, typed, hash: loaded.hash, origins: loaded.origins });
+    return Object.freeze({ version, config, typed: loaded.typed, hash: loaded.hash, origins: loaded.origins });
   }
 
   private rejected(refusal: PatchRefusal, reason: string): ApplyResult {

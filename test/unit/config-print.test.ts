@@ -96,3 +96,38 @@ describe("where a value came from, as the agent holds it", () => {
     assert.equal(store.origins().get("telemetry.interval"), overrides);
   });
 });
+
+describe("found by review of the typed view and the snapshot's origins", () => {
+  it("a config.set removal gives the key back to the file, in origins too", () => {
+    const state = join(dir, "removal-state");
+    mkdirSync(state, { recursive: true });
+    const file = join(dir, "removal.yaml");
+    writeFileSync(file, `device: { id: o-2 }\nstate: { dir: ${state} }\ntelemetry: { interval: 20s, fullInterval: 10m }\n`);
+    const store = openConfigStore({ path: file, env: {}, hostname: "h" });
+    assert.equal(store.patch({ telemetry: { interval: "30s" } }).ok, true);
+    assert.equal(store.patch({ telemetry: { interval: null } }).ok, true);
+    assert.equal(store.current().config.telemetry.interval, "20s");
+    assert.equal(store.origins().get("telemetry.interval"), `in ${file}`);
+    assert.equal(store.patch({ telemetry: { interval: "40s" } }).ok, true);
+    assert.equal(store.patch({ telemetry: null }).ok, true);
+    assert.equal(store.origins().get("telemetry.interval"), `in ${file}`);
+    assert.equal(store.origins().get("telemetry.fullInterval"), `in ${file}`);
+    assert.equal(store.origins().get("telemetry"), undefined);
+  });
+
+  it("a duration too large for a number is refused as invalid, never stored, never a crash at the next start", () => {
+    const state = join(dir, "huge-state");
+    mkdirSync(state, { recursive: true });
+    const file = join(dir, "huge.yaml");
+    writeFileSync(file, `device: { id: o-3 }\nstate: { dir: ${state} }\n`);
+    const huge = `${"9".repeat(400)}s`;
+    const store = openConfigStore({ path: file, env: {}, hostname: "h" });
+    const result = store.patch({ telemetry: { interval: huge } });
+    assert.equal(result.ok, false);
+    assert.equal(result.ok === false && result.code, "CONFIG_INVALID");
+    assert.equal(openConfigStore({ path: file, env: {}, hostname: "h" }).current().typed.telemetry.interval, 10_000);
+    writeFileSync(file, `device: { id: o-3 }\nstate: { dir: ${state} }\ntelemetry: { interval: ${huge} }\n`);
+    assert.throws(() => openConfigStore({ path: file, env: {}, hostname: "h" }), /CONFIG_INVALID|expected a duration/);
+    assert.equal(store.reload("SIGHUP").ok, false);
+  });
+});

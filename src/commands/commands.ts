@@ -238,9 +238,9 @@ export class Commands implements Component {
 
   private async run({ id, definition, run, caller }: Accepted, send: Send, routing: Routing): Promise<void> {
     this.counts.executed += 1;
-    const started = performance.now();
+    const started = this.o.clock.mono();
     const done = (state: "succeeded" | "failed") =>
-      this.observe?.(definition.name, state, (performance.now() - started) / 1000);
+      this.observe?.(definition.name, state, (this.o.clock.mono() - started) / 1000);
     let deferred = false;
     try {
       const result = await run({

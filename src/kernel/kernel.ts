@@ -108,6 +108,7 @@ export class Kernel {
       will: () => status("lost"),
       birth: () => status("online"),
       farewell: () => status("offline"),
+      now: () => clock.mono(),
       logger: logger.child({ component: "mqtt" }),
     });
     const outboxLog = logger.child({ component: "outbox" });

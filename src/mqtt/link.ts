@@ -44,6 +44,8 @@ export interface LinkOptions extends BrokerEndpoint {
   farewell: () => LinkMessage;
   logger: Logger;
   random?: () => number;
+  /** The monotonic clock (ms): how long a connection lasted. */
+  now?: () => number;
 }
 
 export interface LinkEvents {
@@ -227,7 +229,7 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
     this.ready = false;
     this.client = client;
     this.connectCount += 1;
-    const connectedAt = performance.now();
+    const connectedAt = this.now();
     let takenOver = false;
     client.on("disconnect", (packet) => {
       if (packet.reasonCode === SESSION_TAKEN_OVER) takenOver = true;
@@ -253,7 +255,7 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
     // Only a connection that lasted starts the backoff over: one dropped at once (an oversized retained
     // message, a broker that refuses us after CONNACK, a duplicate client id on 3.1.1) must not be retried
     // every second for ever.
-    if (performance.now() - connectedAt >= STABLE_MS) {
+    if (this.now() - connectedAt >= STABLE_MS) {
       backoff.reset();
       this.shortLived = 0;
     } else {
@@ -306,6 +308,10 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
     });
     this.ready = true;
     this.safeEmit("connected", { protocolVersion: this.protocol });
+  }
+
+  private now(): number {
+    return this.options.now?.() ?? performance.now();
   }
 
   private async connectOnce(signal: AbortSignal): Promise<MqttClient> {

@@ -11,6 +11,8 @@ export interface AckDeps {
   /** True while a failed send waits for its rewind: the rows after it are not all acknowledged. */
   rewinding(): boolean;
   storageFailed(err: unknown): void;
+  /** The monotonic clock (ms): the outbox's. */
+  now(): number;
 }
 
 /**
@@ -44,7 +46,7 @@ export class Acknowledgements {
     // At most one transaction per DELETE_SPACING_MS: while a backlog drains, acks arrive a few per event-loop
     // turn and a transaction each would halve the drain rate. A crash can then repeat the in-flight window
     // plus these few milliseconds of acknowledged messages.
-    const wait = Math.max(0, this.last + DELETE_SPACING_MS - performance.now());
+    const wait = Math.max(0, this.last + DELETE_SPACING_MS - this.deps.now());
     const run = () => {
       this.scheduled = false;
       this.flush();
@@ -68,7 +70,7 @@ export class Acknowledgements {
   flush(): void {
     const store = this.deps.store();
     if (this.count === 0 || !store) return;
-    this.last = performance.now();
+    this.last = this.deps.now();
     const classes = this.ledger.classes;
     const marks = new Map<number, number>();
     const single: number[] = [];

@@ -63,6 +63,7 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
       store: () => this.store,
       rewinding: () => this.rewind,
       storageFailed: (err) => this.storageFailed(err),
+      now: () => this.o.clock.mono(),
     });
     this.retention = new Retention(this.ledger, { maxBytes: this.o.maxBytes, ttlMs: this.o.ttlMs });
     this.health = new StorageHealth({

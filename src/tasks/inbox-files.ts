@@ -140,3 +140,15 @@ export async function readStoredResult(path: string, task: string): Promise<Task
   const result = storedResult(task).safeParse(parsed);
   return result.success ? result.data : undefined;
 }
+
+/** The folder's subdirectories must be directories, not links to elsewhere (nothing is written through one). */
+export async function checkDirs(
+  dir: string,
+  subs: readonly string[] = ["inbox", "work", "results", "done", "failed"],
+): Promise<void> {
+  for (const sub of subs) {
+    const st = await lstat(join(dir, sub));
+    if (!st.isDirectory())
+      throw new Error(`${sub}/ is not a directory (${st.isSymbolicLink() ? "a symlink" : "a file"})`);
+  }
+}

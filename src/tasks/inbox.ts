@@ -8,6 +8,7 @@ import { writeFileAtomically } from "../core/files.ts";
 import type { Logger } from "../core/logger.ts";
 import {
   cameraName,
+  checkDirs,
   claimName,
   claimOf,
   exists,
@@ -34,6 +35,8 @@ export interface InboxOptions {
   /** Writes what was published to the outbox's storage: a result must not be forgotten once its image moves. */
   commit(): void;
   logger: Logger;
+  /** The monotonic clock (ms): how long a frame has held still. */
+  now(): number;
 }
 
 /**
@@ -139,7 +142,7 @@ export class Inbox {
    * started run as usual. One entry that cannot be handled is reported and skipped, never the rest.
    */
   private async recover(signal: AbortSignal): Promise<void> {
-    await this.checkDirs();
+    await checkDirs(this.o.dir);
     const names = (await readdir(this.path("work"))).filter((n) => !n.startsWith(".")).sort();
     const recovered = new Set<string>();
     const stored = (await readdir(this.path("results"))).sort();
@@ -203,24 +206,15 @@ export class Inbox {
     }
   }
 
-  /** The folder's subdirectories must be directories, not links to elsewhere (nothing is written through one). */
-  private async checkDirs(subs: readonly string[] = ["inbox", "work", "results", "done", "failed"]): Promise<void> {
-    for (const sub of subs) {
-      const st = await lstat(this.path(sub));
-      if (!st.isDirectory())
-        throw new Error(`${sub}/ is not a directory (${st.isSymbolicLink() ? "a symlink" : "a file"})`);
-    }
-  }
-
   private async tick(signal: AbortSignal): Promise<void> {
-    await this.checkDirs();
+    await checkDirs(this.o.dir);
     for (const name of [...this.retry]) {
       if (signal.aborted) return;
       this.retry.delete(name);
       await this.start(name, signal);
     }
     const names = (await readdir(this.path("inbox"))).filter((n) => !n.startsWith(".")).sort();
-    const now = performance.now();
+    const now = this.o.now();
     const present = new Set(names);
     for (const name of this.seen.keys()) if (!present.has(name)) this.seen.delete(name);
     for (const name of names) {
@@ -342,7 +336,7 @@ export class Inbox {
   ): Promise<void> {
     const camera = sub === "inbox" ? shortName(name) : cameraName(name);
     const next = this.serially(async () => {
-      await this.checkDirs([sub, "results", "failed"]);
+      await checkDirs(this.o.dir, [sub, "results", "failed"]);
       let input: { sha256: string; bytes: number } | undefined;
       if (code === "TASK_INPUT_QUARANTINED") {
         const bytes = await this.readFrame(name).catch(() => undefined);
@@ -387,7 +381,7 @@ export class Inbox {
 
   private async move(name: string, result: TaskResult, imagePresent: boolean): Promise<void> {
     const to = result.ok ? "done" : "failed";
-    await this.checkDirs(["work", "results", to]);
+    await checkDirs(this.o.dir, ["work", "results", to]);
     // A half-done move (the image went, its result did not) finishes beside that image.
     const target = await freeName(this.path(to), cameraName(name), !imagePresent);
     // Image first, then its result: a crash between leaves the result in results/, which the next start

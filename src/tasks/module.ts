@@ -56,6 +56,7 @@ export const tasksModule: Module<typeof tasksSection> = {
       send: (m) => ctx.send(m),
       resultTopic: (task) => ctx.topics.result(task),
       onResult: (r) => observe(r),
+      now: () => ctx.clock.mono(),
     });
     observe = registerTaskMetrics(ctx.metrics, { counts: () => runner.resultCounts(), pool: () => runner.poolStats() });
 
@@ -75,6 +76,7 @@ export const tasksModule: Module<typeof tasksSection> = {
         publish: (result) => runner.publish(result),
         commit: () => ctx.commit(),
         logger: ctx.logger.child({ task: name }),
+        now: () => ctx.clock.mono(),
       });
       inboxes.push(inbox);
       intake.push(

@@ -48,6 +48,8 @@ export interface RunnerOptions {
   resultTopic(task: string): string;
   /** Hears every result (published or not): the module's metrics. */
   onResult?(result: TaskResult): void;
+  /** The monotonic clock (ms): run times and the pool's breakers. */
+  now(): number;
 }
 
 /** Codes by which a task was not run at all: refused, cancelled or without a runtime. Try again later. */
@@ -130,6 +132,7 @@ export class TaskRunner {
         resourceLimits: { maxOldGenerationSizeMb: this.o.config.workerHeapMb },
         breaker: { failures: this.o.config.breaker.failures, openMs: this.o.config.breaker.open },
         logger: this.o.logger,
+        now: this.o.now,
       });
       this.poolReady = pool;
       this.models.retain();
@@ -162,7 +165,7 @@ export class TaskRunner {
     const trace = request.trace ?? randomUUID();
     const log = this.o.logger.child({ task: name, trace });
     const def = this.definition(name);
-    const started = performance.now();
+    const started = this.o.now();
     const facts = { source: request.source, ...inputFacts(input) };
     let result: TaskResult;
     try {
@@ -174,7 +177,7 @@ export class TaskRunner {
       const code = isOutpostError(err) ? err.code : "TASK_FAILED";
       result = { task: name, trace, ok: false, ...facts, error: { code, message: errorMessage(err) } };
     }
-    result.totalMs = round(performance.now() - started);
+    result.totalMs = round(this.o.now() - started);
     this.count(name, result);
     // A task that could not run (a missing model, a broken input) is worth a warning; a verdict is not.
     log[result.ok ? "info" : "warn"](

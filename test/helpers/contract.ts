@@ -1,7 +1,7 @@
 // What users see of the agent, captured for test/unit/contract.test.ts: the config file's JSON Schema, `config
 // validate` (its hash), `config print` with and without --sources, the topics, the exit codes and the JSON Schemas
 // of docs/mqtt-api.md. Regenerate the fixture (only for a change meant to be seen) with
-//   node scripts/node24.mjs test/helpers/contract.ts . > test/fixtures/contract/contract.json
+//   node scripts/node24.mjs test/helpers/contract.ts . > test/fixtures/contract/contract.json && npx biome format --write test/fixtures/contract
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";

@@ -1,4 +1,5 @@
 // Issue 11, item 4: the watched folder's crash states, each laid out on disk as a crash would leave it.
+
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -17,6 +18,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, it } from "node:test";
 import { pino } from "pino";
+import { systemClock } from "../../src/core/clock.ts";
 import { OutpostError } from "../../src/core/errors.ts";
 import { Inbox } from "../../src/tasks/inbox.ts";
 import type { TaskResult } from "../../src/tasks/runner.ts";
@@ -50,6 +52,7 @@ describe("watched folder", () => {
       pollMs: 10,
       parallel: 2,
       quarantineAfter: 2,
+      now: () => systemClock.mono(),
       evaluate: async (file, image) => {
         if (refuse) throw new OutpostError("QUEUE_FULL", "full");
         evaluated.push(file);

@@ -102,7 +102,10 @@ describe("found by review of the typed view and the snapshot's origins", () => {
     const state = join(dir, "removal-state");
     mkdirSync(state, { recursive: true });
     const file = join(dir, "removal.yaml");
-    writeFileSync(file, `device: { id: o-2 }\nstate: { dir: ${state} }\ntelemetry: { interval: 20s, fullInterval: 10m }\n`);
+    writeFileSync(
+      file,
+      `device: { id: o-2 }\nstate: { dir: ${state} }\ntelemetry: { interval: 20s, fullInterval: 10m }\n`,
+    );
     const store = openConfigStore({ path: file, env: {}, hostname: "h" });
     assert.equal(store.patch({ telemetry: { interval: "30s" } }).ok, true);
     assert.equal(store.patch({ telemetry: { interval: null } }).ok, true);

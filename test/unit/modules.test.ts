@@ -29,6 +29,12 @@ after(() => {
 const board: Board = { kind: "raspberry-pi", model: "Raspberry Pi 4 Model B", compatible: [], source: [] };
 const port = { board: () => board, intervalMs: () => 20, lastSampleAgeMs: () => 0 };
 
+/** The module's describe section (an empty one when it has none). */
+const described = <C>(fake: Fake<C>): Record<string, unknown> => {
+  const d = fake.parts.describe?.();
+  return d !== null && typeof d === "object" ? { ...d } : {};
+};
+
 async function started<C>(fake: Fake<C>): Promise<() => Promise<void>> {
   const controller = new AbortController();
   const components = fake.parts.components ?? [];
@@ -43,7 +49,10 @@ describe("modules against a fake context", () => {
   // The worked example of docs/architecture.md, "How to add a capability".
   it("resources: growth sustained over its windows raises resource-growth; its section is typed", async () => {
     let rss = 100 * 1024 * 1024;
-    const sample = () => ({ rss: (rss += 8 * 1024 * 1024), heapUsed: 1, handles: 1, workers: 0 });
+    const sample = () => {
+      rss += 8 * 1024 * 1024;
+      return { rss, heapUsed: 1, handles: 1, workers: 0 };
+    };
     const fake = track(
       fakeContext(resourcesModuleFor(sample), {
         config: { resources: { interval: "1s", windowSamples: 2, windows: 2, rssGrowth: "16MiB" } },
@@ -83,16 +92,16 @@ describe("modules against a fake context", () => {
     // The marker goes once the removals are queued on a connected link (the next change of the values).
     fake.ctx.latest.update(sample, { full: true, metrics: sample.metrics });
     assert.equal(existsSync(marker), false);
-    assert.equal((fake.parts.describe?.() as { discovery: boolean }).discovery, false);
+    assert.equal(described(fake).discovery, false);
   });
 
   it("telemetry: reads its own section typed; a config.set reaches it", () => {
     const fake = track(fakeContext(telemetryModule, { config: { telemetry: { interval: "30s" } } }));
     assert.equal(fake.ctx.config().interval, 30_000, "milliseconds, parsed once");
-    assert.equal((fake.parts.describe?.() as { interval: string }).interval, "30s");
+    assert.equal(described(fake).interval, "30s");
     fake.patch({ telemetry: { interval: "5s" } });
     assert.equal(fake.ctx.config().interval, 5_000);
-    assert.equal((fake.parts.describe?.() as { interval: string }).interval, "5s");
+    assert.equal(described(fake).interval, "5s");
     assert.equal(fake.parts.telemetry?.intervalMs(), 5_000, "the port says the new pace");
   });
 
@@ -146,7 +155,7 @@ describe("modules against a fake context", () => {
       const fake = track(fakeContext(otaModuleFor(() => running("1.0.0-aaaaaaaaaaaa"))));
       const manifest = scriptRelease(join(opt, "r"), "1.2.0", "exit 0", generateKeyPairSync("ed25519").privateKey);
       await assert.rejects(fake.command("update", { manifest, source: { mqtt: true } }), /still starting/);
-      assert.equal((fake.parts.describe?.() as { phase: string }).phase, "starting");
+      assert.equal(described(fake).phase, "starting");
     });
 
     it("started as the release switched back to: reports the rollback with root's reason", async () => {
@@ -161,7 +170,7 @@ describe("modules against a fake context", () => {
         assert.equal(body?.version, "1.1.0");
         const journal = JSON.parse(readFileSync(join(fake.stateDir, "update", "journal.json"), "utf8"));
         assert.equal(journal.state, "rolled-back", "settled in the agent's journal");
-        assert.equal((fake.parts.describe?.() as { phase: string }).phase, "idle");
+        assert.equal(described(fake).phase, "idle");
       } finally {
         await stop();
       }
@@ -175,7 +184,7 @@ describe("modules against a fake context", () => {
         await waitUntil(() => fake.retained.get(fake.ctx.topics.update)?.state === "committed", 5000, "committed");
         const request = JSON.parse(readFileSync(join(fake.stateDir, "update", "commit.request"), "utf8"));
         assert.deepEqual(request, { release: "1.1.0-bbbbbbbbbbbb", request: "req-9" });
-        assert.equal((fake.parts.describe?.() as { phase: string }).phase, "idle");
+        assert.equal(described(fake).phase, "idle");
       } finally {
         await stop();
       }

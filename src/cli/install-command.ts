@@ -3,15 +3,18 @@ import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { parse } from "yaml";
 import { type ConfigProblem, formatProblems } from "../config/problems.ts";
-import { isOutpostError, OutpostError } from "../core/errors.ts";
+import { sleep } from "../core/clock.ts";
+import { errorMessage, isOutpostError, OutpostError } from "../core/errors.ts";
 import { loadAgentConfig } from "../schema.ts";
 import {
   apply,
   type Change,
   checkArchitecture,
+  deviceFingerprint,
   installPlan,
   remove,
   secretAccess,
+  serviceUid,
   systemTool,
   uninstallPaths,
 } from "../service/install.ts";
@@ -142,8 +145,49 @@ export async function installCommand(host: Host, verb: "install" | "uninstall", 
   if (values["no-start"] !== true) {
     systemTool("systemctl", ["start", "outpost-update.path", "outpost-rollback.path"]);
     systemTool("systemctl", [changed ? "restart" : "start", "outpost.service"]);
+    await printFingerprint(host, stateDirOf(configPath, host.hostname));
   }
   return EXIT.OK;
+}
+
+/** How long install waits for a started agent to have made its key (it does so before connecting). */
+const KEY_WAIT_MS = 30_000;
+
+/**
+ * The device key's fingerprint, once the service has started and made it: what an operator pins for this
+ * device (docs/security.md). The agent makes the key itself, at its first start; install never does (an image
+ * built with --root would give every device the same key).
+ */
+async function printFingerprint(host: Host, stateDir: string): Promise<void> {
+  const uid = serviceUid();
+  const deadline = Date.now() + KEY_WAIT_MS;
+  for (;;) {
+    let fingerprint: string | undefined;
+    let problem: string | undefined;
+    try {
+      fingerprint = deviceFingerprint(stateDir, uid);
+    } catch (err) {
+      problem = errorMessage(err);
+    }
+    if (fingerprint) {
+      host.stdout.write(`key       ${fingerprint}  (the device's own key: operators pin this fingerprint)\n`);
+      return;
+    }
+    if (Date.now() >= deadline) {
+      host.stdout.write(`note      no device key yet${problem ? ` (${problem})` : ""}: see journalctl -u outpost\n`);
+      return;
+    }
+    await sleep(200);
+  }
+}
+
+/** The state directory the installed config names (the layout's when it cannot be read). */
+function stateDirOf(configPath: string, hostname: string): string {
+  try {
+    return loadAgentConfig({ path: configPath, required: false, env: {}, hostname }).config.state.dir;
+  } catch {
+    return LAYOUT.state;
+  }
 }
 
 /** What uninstall stops and disables; the update's units go with the service. */

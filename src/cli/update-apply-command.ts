@@ -1,4 +1,3 @@
-import { execFileSync } from "node:child_process";
 import { readFileSync, realpathSync } from "node:fs";
 import { basename, dirname } from "node:path";
 import { parseArgs } from "node:util";
@@ -7,7 +6,7 @@ import { z } from "zod";
 import { MAX_LIST, publicKeySchema } from "../config/schema.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
 import { applyUpdate, type RefreshedFile } from "../ota/install.ts";
-import { systemTool } from "../service/install.ts";
+import { serviceUid, systemTool } from "../service/install.ts";
 import { LAYOUT, rollbackScript, updateUnits } from "../service/unit.ts";
 import { VERSION } from "../version.ts";
 import { EXIT, type Host } from "./host.ts";
@@ -45,13 +44,6 @@ export function readRootView(path: string): z.output<typeof rootView> {
     throw new OutpostError("CONFIG_INVALID", `${path}: ${lines.join("; ")}`);
   }
   return parsed.data;
-}
-
-/** The service user's uid from the system's user database (never from a file the agent can write). */
-function serviceUid(): number {
-  const uid = Number(execFileSync("id", ["-u", LAYOUT.user], { encoding: "utf8" }).trim());
-  if (!Number.isInteger(uid) || uid <= 0) throw new OutpostError("INSTALL_REFUSED", `no uid for ${LAYOUT.user}`);
-  return uid;
 }
 
 /** The root files each release carries and a commit brings up to date (docs/ota.md, "Unit files themselves"). */

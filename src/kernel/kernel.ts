@@ -17,6 +17,7 @@ import { VERSION } from "../version.ts";
 import { Alarms } from "./alarms.ts";
 import { Direct } from "./direct.ts";
 import { Health, type HealthReport } from "./health.ts";
+import { type DeviceIdentity, deviceIdentity } from "./identity.ts";
 import { LatestValues } from "./latest.ts";
 import type { Module, ModuleContext, ModuleParts, Verdict } from "./module.ts";
 import { PendingReplies } from "./pending-replies.ts";
@@ -66,6 +67,8 @@ export class Kernel {
   readonly metrics = new Registry();
   readonly health: Health;
   readonly topics: DeviceTopics;
+  /** The device's own key, made at its first start. */
+  readonly identity: DeviceIdentity;
   /** Resolves when the `restart` command asks the process to stop and be started again. */
   readonly restartRequested: Promise<void>;
   private requestRestart: () => void = () => {};
@@ -89,6 +92,7 @@ export class Kernel {
       this.requestRestart = resolve;
     });
     this.topics = deviceTopics(config.mqtt.topicPrefix, config.device.id);
+    this.identity = deviceIdentity(config.state.dir, logger.child({ component: "identity" }));
     this.health = new Health(() => clock.mono());
     const clockSynced = options.clockSynced ?? clockSyncProbe();
     const status = (state: "online" | "offline" | "lost") =>
@@ -100,6 +104,7 @@ export class Kernel {
         config: configStore.current(),
         protocolVersion: this.link.protocolVersion,
         replayStore: this.replay.durable,
+        identity: this.identity,
         extra: () => this.statusExtras(),
       });
 
@@ -225,6 +230,12 @@ export class Kernel {
       platform: process.platform,
       arch: process.arch,
       session: this.session,
+      identity: {
+        key: this.identity.publicKey,
+        fingerprint: this.identity.fingerprint,
+        created: this.identity.created,
+        ephemeral: this.identity.ephemeral,
+      },
       protocolVersion: this.link.protocolVersion,
       capabilities: {
         commands: this.commands.commandNames,

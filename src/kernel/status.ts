@@ -12,6 +12,8 @@ export interface StatusInputs {
   protocolVersion: ProtocolVersion;
   /** Whether command replay records can be stored. */
   replayStore: boolean;
+  /** The device's own key (kernel/identity.ts): what a pinned operator checks its answers against. */
+  identity: { publicKey: string; fingerprint: string };
   /** The modules' fields (the board, say). */
   extra?: () => Record<string, unknown>;
 }
@@ -37,6 +39,8 @@ export function statusMessage(state: "online" | "offline" | "lost", s: StatusInp
       configHash: s.config.hash,
       // "unavailable": commands that change state are refused until state.dir can be written.
       replayStore: s.replayStore ? "ok" : "unavailable",
+      deviceKey: s.identity.publicKey,
+      fingerprint: s.identity.fingerprint,
     }),
   };
 }

@@ -2,9 +2,12 @@ import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { chmodSync, lstatSync, mkdirSync, readFileSync, readlinkSync, rmSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
+import { parsePublicKey } from "../commands/keys.ts";
 import { elfMachine } from "../core/elf.ts";
 import { OutpostError } from "../core/errors.ts";
 import { replaceLink, writeFileAtomically } from "../core/files.ts";
+import { withPinnedDir } from "../core/pinned-dir.ts";
+import { DEVICE_PUB_FILE, fingerprintOf, MAX_KEY_FILE } from "../kernel/identity.ts";
 import { releaseName } from "../version.ts";
 import {
   deviceReadme,
@@ -249,4 +252,25 @@ function lstatOrUndefined(path: string) {
   } catch {
     return undefined;
   }
+}
+
+/** The service user's uid from the system's user database (never from a file the agent can write). */
+export function serviceUid(): number {
+  const uid = Number(execFileSync("id", ["-u", LAYOUT.user], { encoding: "utf8" }).trim());
+  if (!Number.isInteger(uid) || uid <= 0) throw new OutpostError("INSTALL_REFUSED", `no uid for ${LAYOUT.user}`);
+  return uid;
+}
+
+/**
+ * The fingerprint of the key the agent made in its state directory (`device.pub`), read as root reads what the
+ * agent wrote: the directory pinned and owned by the service user, the file opened once without following
+ * links, a regular file of that user, bounded. Undefined while the agent has not made it yet.
+ */
+export function deviceFingerprint(stateDir: string, uid: number): string | undefined {
+  return withPinnedDir(stateDir, uid, (dir) => {
+    if (!dir.has(DEVICE_PUB_FILE)) return undefined;
+    const text = dir.read(DEVICE_PUB_FILE, MAX_KEY_FILE).toString("utf8").trim();
+    parsePublicKey(text);
+    return fingerprintOf(text);
+  });
 }

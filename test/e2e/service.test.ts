@@ -1,9 +1,11 @@
 // Issue 12: the built binary installed as a systemd service, under a real systemd (PID 1 of a private
 // namespace, test/helpers/systemd.ts), one boot for the whole file.
+
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { fingerprintOf } from "../../src/kernel/identity.ts";
 import { ROOT } from "../helpers/agent-process.ts";
 import { operatorKey } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
@@ -121,6 +123,10 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
     assert.equal(run.code, 0, run.stderr + (await sd.journal("outpost")));
     assert.match(run.stdout, /^replaced +\/usr\/local\/bin\/outpost +\(a plain file was here\)$/m);
     assert.match(run.stdout, /^note +\/etc\/outpost\/ca\.pem: group set to outpost, mode 640/m);
+    // Issue 25, item 1: once started, install prints the key the agent made, read from the state directory.
+    const printed = /^key +(SHA256:\S+) /m.exec(run.stdout)?.[1];
+    const pub = await sd.sh("cat /var/lib/outpost/device.pub");
+    assert.equal(printed, fingerprintOf(pub.stdout.trim()), run.stdout);
     // Restarted into the new unit, as the service user, on the state the old one left.
     const next = await watch.waitFor(
       (m) => status("online")(m) && m.json.session !== old.json.session,
@@ -145,7 +151,10 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
     // A second install changes nothing, and leaves the running agent alone.
     const again = await sd.exec(args, 60_000);
     assert.equal(again.code, 0, again.stderr);
-    assert.equal(again.stdout, "nothing to change\n");
+    assert.equal(
+      again.stdout,
+      `nothing to change\nkey       ${printed}  (the device's own key: operators pin this fingerprint)\n`,
+    );
     const same = await operator.final(DEVICE, "describe");
     assert.equal((same.result as { session: string }).session, next.json.session);
     assert.equal((await sd.exec(["systemctl", "stop", "outpost"], 60_000)).code, 0);

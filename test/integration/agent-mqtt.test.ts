@@ -1,9 +1,21 @@
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
+import Ajv2020 from "ajv/dist/2020.js";
+import { fingerprintOf } from "../../src/kernel/identity.ts";
+import { AgentProcess, ROOT, sourceCommand } from "../helpers/agent-process.ts";
 import { PREFIX } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { type Received, Watch } from "../helpers/mqtt-watch.ts";
+
+/** The status's JSON Schema as docs/mqtt-api.md gives it. */
+function statusSchema() {
+  const doc = readFileSync(join(ROOT, "docs", "mqtt-api.md"), "utf8");
+  const block = /```json\n(\{\n {2}"\$schema"[^`]*?"\$id": "outpost\/v1\/status"[\s\S]*?)\n```/.exec(doc)?.[1];
+  assert.ok(block, "docs/mqtt-api.md has the status schema");
+  return new Ajv2020.default({ allErrors: true, strict: false }).compile(JSON.parse(block));
+}
 
 function config(port: number, id: string, mqtt: Record<string, unknown> = {}) {
   return {
@@ -67,6 +79,12 @@ describe("agent against a real mosquitto", () => {
       const session = online.json.session as string;
       assert.match(session, /^[0-9a-f-]{36}$/);
       assert.equal(online.json.protocolVersion, 5);
+      // Issue 25, item 1: the status fits the documented schema and names the key the agent made in state.dir.
+      const validate = statusSchema();
+      assert.ok(validate(online.json), JSON.stringify(validate.errors));
+      const pub = readFileSync(join(agent.dir, "state", "device.pub"), "utf8").trim();
+      assert.equal(online.json.deviceKey, pub);
+      assert.equal(online.json.fingerprint, fingerprintOf(pub));
 
       // A consumer that connects later still learns the state from the retained message.
       const late = await Watch.open(broker.port, [`${PREFIX}/dev-basic/status`]);
@@ -96,6 +114,19 @@ describe("agent against a real mosquitto", () => {
       await after.close();
       assert.equal(final.json.state, "offline");
       assert.ok(!watch.items.some(isStatus("dev-basic", "lost", session)), "a clean stop must not fire the will");
+
+      // The same key at the next start: the device is the same device.
+      const again = AgentProcess.run(sourceCommand(), config(broker.port, "dev-basic"), {}, agent.dir);
+      try {
+        const next = await watch.waitFor(
+          (m) => isStatus("dev-basic", "online")(m) && m.json.session !== session,
+          15_000,
+          "online again",
+        );
+        assert.equal(next.json.fingerprint, online.json.fingerprint);
+      } finally {
+        await again.stop("SIGTERM");
+      }
     } finally {
       await agent.cleanup();
     }

@@ -1,0 +1,177 @@
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from "node:crypto";
+import {
+  closeSync,
+  constants,
+  fchmodSync,
+  fstatSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readSync,
+  renameSync,
+  statfsSync,
+  unlinkSync,
+  writeSync,
+} from "node:fs";
+import { join } from "node:path";
+import { publicKeyText } from "../commands/keys.ts";
+import { errorMessage } from "../core/errors.ts";
+import type { Logger } from "../core/logger.ts";
+
+/** The device's private key in the state directory: PKCS#8 PEM, mode 0600, the service user's. */
+export const DEVICE_KEY_FILE = "device.key";
+/** Its public half, one line `ed25519:<base64>`: what `install` prints the fingerprint of. */
+export const DEVICE_PUB_FILE = "device.pub";
+/** Either file is a few hundred bytes; anything larger is not one. */
+export const MAX_KEY_FILE = 4096;
+/** statfs type of a tmpfs: a state directory there does not survive a reboot. */
+const TMPFS_MAGIC = 0x01021994;
+const OPEN_READ = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
+
+/** Who this device is: its own ed25519 key, made at its first start and kept in the state directory. */
+export interface DeviceIdentity {
+  /** Held as a key object only: the PEM text is not kept in memory. */
+  readonly privateKey: KeyObject;
+  /** `ed25519:<base64>`, the form operators' keys take too. */
+  readonly publicKey: string;
+  /** `SHA256:<base64>`, as ssh prints a host key's (fingerprintOf): what an operator pins. */
+  readonly fingerprint: string;
+  /** Made by this start (the first, or a state directory that was emptied). */
+  readonly created: boolean;
+  /** The state directory is a tmpfs: the key, and every pin of it, is new at each boot. */
+  readonly ephemeral: boolean;
+}
+
+/**
+ * `SHA256:<base64, no padding>` of a public key (`ed25519:<base64>`) as ssh computes it: over the key's
+ * OpenSSH wire form (`ssh-ed25519` and the 32 bytes, each length-prefixed), so that `ssh-keygen -l` prints the
+ * same fingerprint for the same key.
+ */
+export function fingerprintOf(publicKey: string): string {
+  const raw = Buffer.from(publicKey.replace(/^ed25519:/, ""), "base64");
+  const field = (b: Buffer) => {
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(b.length);
+    return Buffer.concat([length, b]);
+  };
+  const blob = Buffer.concat([field(Buffer.from("ssh-ed25519")), field(raw)]);
+  return `SHA256:${createHash("sha256").update(blob).digest("base64").replace(/=+$/, "")}`;
+}
+
+/**
+ * The device's key: read from `stateDir`, or made there at the first start. A key file that is not one (a
+ * link, not a regular file, too large, unreadable as a key) is moved aside and a new key made, with an error
+ * logged: operators then see a new fingerprint and must pin it again, which is what a device whose identity
+ * was tampered with deserves. Never called by `install --root`: an image would give every device one key.
+ */
+export function deviceIdentity(stateDir: string, logger: Logger): DeviceIdentity {
+  const path = join(stateDir, DEVICE_KEY_FILE);
+  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  const ephemeral = onTmpfs(stateDir);
+  let privateKey: KeyObject | undefined;
+  let created = false;
+  const pem = readKeyFile(path, logger);
+  if (pem !== undefined) {
+    try {
+      privateKey = createPrivateKey(pem);
+      if (privateKey.asymmetricKeyType !== "ed25519") throw new Error(`a ${privateKey.asymmetricKeyType} key`);
+    } catch (err) {
+      privateKey = undefined;
+      moveAside(path, `not an ed25519 private key (${errorMessage(err)})`, logger);
+    }
+  }
+  if (!privateKey) {
+    const pair = generateKeyPairSync("ed25519");
+    privateKey = pair.privateKey;
+    writeNew(path, privateKey.export({ format: "pem", type: "pkcs8" }).toString(), 0o600);
+    created = true;
+  }
+  const publicKey = publicKeyText(createPublicKey(privateKey));
+  // Written at every start: the public half is derived, and a stale or planted one must not outlive a restart.
+  writeNew(join(stateDir, DEVICE_PUB_FILE), `${publicKey}\n`, 0o644);
+  const fingerprint = fingerprintOf(publicKey);
+  if (created) {
+    logger.info({ fingerprint }, "device key made: operators pin this fingerprint (outpost ctl trust)");
+  }
+  if (ephemeral) {
+    logger.warn(
+      { stateDir, fingerprint },
+      "the state directory is a tmpfs: the device key is new at every boot, and every operator's pin of it fails after one",
+    );
+  }
+  return { privateKey, publicKey, fingerprint, created, ephemeral };
+}
+
+/** The key file's text, read through one checked descriptor; undefined when there is none or it is not one. */
+function readKeyFile(path: string, logger: Logger): string | undefined {
+  let fd: number;
+  try {
+    fd = openSync(path, OPEN_READ);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "ENOENT") return undefined;
+    moveAside(path, `cannot be opened safely (${code ?? "error"})`, logger);
+    return undefined;
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile() || st.size > MAX_KEY_FILE) {
+      moveAside(path, st.isFile() ? `${st.size} bytes` : "not a regular file", logger);
+      return undefined;
+    }
+    // Readable by others (copied in by hand, a umask): the agent's own file, made private again.
+    if ((st.mode & 0o077) !== 0) {
+      fchmodSync(fd, 0o600);
+      logger.warn(
+        { file: path, mode: (st.mode & 0o777).toString(8) },
+        "the device key was readable by others: now 0600",
+      );
+    }
+    const buffer = Buffer.alloc(st.size);
+    let done = 0;
+    while (done < st.size) {
+      const n = readSync(fd, buffer, done, st.size - done, done);
+      if (n === 0) break;
+      done += n;
+    }
+    return buffer.subarray(0, done).toString("utf8");
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function moveAside(path: string, why: string, logger: Logger): void {
+  const aside = `${path}.bad-${Date.now()}`;
+  try {
+    renameSync(path, aside);
+  } catch {
+    // Gone already, or not movable: the new key is written over the name all the same (a rename replaces it).
+  }
+  logger.error({ file: path, movedTo: aside, why }, "the device key is not usable: a new one is made");
+}
+
+/** A new file with `mode`, written and fsynced under a temporary name, then renamed over `path`. */
+function writeNew(path: string, text: string, mode: number): void {
+  const tmp = `${path}.tmp-${process.pid}`;
+  try {
+    unlinkSync(tmp);
+  } catch {
+    // none left by an earlier crash
+  }
+  const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
+  try {
+    writeSync(fd, text);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, path);
+}
+
+function onTmpfs(dir: string): boolean {
+  try {
+    return statfsSync(dir).type === TMPFS_MAGIC;
+  } catch {
+    return false;
+  }
+}

@@ -5,6 +5,7 @@ import { type Component, followAbort, once } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
 import { TokenBucket } from "../core/rate-limit.ts";
 import { deviceTopics, groupCommandPrefix } from "../mqtt/topics.ts";
+import { requestDigest } from "./answers.ts";
 import { COMMAND_NAME, type ReplyBody, unsignedSchema } from "./envelope.ts";
 import type { ReplayGuard } from "./replay.ts";
 import { ctlResponseTopic, DEFAULT_MAX_REQUEST, describe, prototypeKey, Refused } from "./rules.ts";
@@ -66,6 +67,8 @@ type Send = (body: Omit<ReplyBody, "command" | "device" | "id">) => void;
 interface Routing {
   topic: string;
   correlationData?: Buffer;
+  /** The sha256 of the request's exact payload: every reply names it (commands/answers.ts). */
+  request: string;
 }
 
 /**
@@ -123,7 +126,13 @@ export class Commands implements Component {
     const correlationData = pending.correlationData ? Buffer.from(pending.correlationData, "base64") : undefined;
     this.o.reply({
       topic: pending.topic,
-      body: { ...body, id: pending.id, command: pending.command, device: this.o.deviceId },
+      body: {
+        ...body,
+        id: pending.id,
+        command: pending.command,
+        device: this.o.deviceId,
+        ...(pending.request ? { request: pending.request } : {}),
+      },
       ...(correlationData ? { properties: { correlationData } } : {}),
     });
   }
@@ -177,11 +186,13 @@ export class Commands implements Component {
     // Replies go only to the operators' namespace P/_ctl/...: a request must not make the device publish on
     // another device's topics, a group's command topic or its own command topic.
     const ctlTopic = ctlResponseTopic(props?.responseTopic, this.o.topicPrefix);
+    // Every reply names the request it answers by its digest: an old genuine answer cannot pass for a new one.
+    const request = requestDigest(payload);
     const reply = (topic: string | undefined, body: Omit<ReplyBody, "command" | "device">) => {
       if (topic === undefined) return;
       this.o.reply({
         topic,
-        body: { ...body, command: route.name, device: this.o.deviceId },
+        body: { ...body, command: route.name, device: this.o.deviceId, request },
         ...(props?.correlationData ? { properties: { correlationData: props.correlationData } } : {}),
       });
     };
@@ -198,6 +209,7 @@ export class Commands implements Component {
     const { id } = accepted;
     const routing: Routing = {
       topic: ctlTopic ?? route.replyTopic,
+      request,
       ...(props?.correlationData ? { correlationData: props.correlationData } : {}),
     };
     const send: Send = (body) => reply(routing.topic, { id, ...body });
@@ -255,6 +267,7 @@ export class Commands implements Component {
             id,
             command: definition.name,
             topic: routing.topic,
+            request: routing.request,
             ...(correlationData ? { correlationData } : {}),
           };
         },

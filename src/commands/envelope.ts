@@ -101,6 +101,8 @@ export interface ReplyBody {
   id?: string;
   command: string;
   device: string;
+  /** The sha256 of the request's exact payload: which request this answers. */
+  request?: string;
   state: ReplyState;
   result?: unknown;
   progress?: unknown;

@@ -44,6 +44,8 @@ export interface PendingReply {
   topic: string;
   /** Base64 of the MQTT 5 correlation data, if the request had any. */
   correlationData?: string;
+  /** The sha256 of the request's payload (absent in a record kept by an agent before signed answers). */
+  request?: string;
 }
 
 export interface RunContext {

@@ -23,13 +23,14 @@ import type { Module, ModuleContext, ModuleParts, Verdict } from "./module.ts";
 import { PendingReplies } from "./pending-replies.ts";
 import { RetainedState } from "./retained.ts";
 import { stopInOrder } from "./shutdown.ts";
-import { statusMessage } from "./status.ts";
+import { answerSigner, signedStatus } from "./status.ts";
 import {
   adaptModules,
   commandPolicy,
   kernelCollectors,
   linkOptions,
   registerKernelMetrics,
+  replayAlarm,
   reportDroppedOverrides,
   sectionOf,
   warnIfUnsigned,
@@ -95,8 +96,10 @@ export class Kernel {
     this.identity = deviceIdentity(config.state.dir, logger.child({ component: "identity" }));
     this.health = new Health(() => clock.mono());
     const clockSynced = options.clockSynced ?? clockSyncProbe();
+    // What the device says that an operator acts on is signed with its own key (status.ts, answerSigner).
+    const sign = answerSigner(this.identity.privateKey, config.device.id, this.topics);
     const status = (state: "online" | "offline" | "lost") =>
-      statusMessage(state, {
+      signedStatus(sign, state, {
         topic: this.topics.status,
         session: this.session,
         clock,
@@ -134,6 +137,7 @@ export class Kernel {
       window: config.outbox.window,
       maxPacketSize: config.outbox.maxPacketSize,
       heartbeat: this.health.heartbeat("outbox.commits", () => 3 * commit + 5000),
+      sign: (topic, payload, priority) => (priority === "telemetry" ? payload : sign(topic, payload)),
     });
     const commandLog = logger.child({ component: "commands" });
     this.replay = new ReplayGuard({ dir: config.state.dir, logger: commandLog, now: clock.now() });
@@ -154,7 +158,7 @@ export class Kernel {
       logger.child({ component: "direct" }),
     );
     this.pending = new PendingReplies(config.state.dir, logger);
-    this.retained = new RetainedState(this.link, logger.child({ component: "retained" }));
+    this.retained = new RetainedState(this.link, logger.child({ component: "retained" }), sign);
     this.alarms = new Alarms({ send: (m) => this.outbox.send(m), retained: this.retained, topics: this.topics, clock });
     this.latest = new LatestValues((err) => logger.error({ err }, "a listener of the latest values failed"));
     this.commands.observe = registerKernelMetrics(this.metrics, {
@@ -176,7 +180,7 @@ export class Kernel {
       logger[durable ? "info" : "error"](
         durable ? "command replay store writable again" : "command replay store failed; refusing state changes",
       );
-      this.replayAlarm(durable);
+      replayAlarm(this.alarms, durable);
       this.republishStatus();
     });
   }
@@ -202,7 +206,7 @@ export class Kernel {
       this.started.push(component);
     }
     void this.housekeeping(signal);
-    if (!this.replay.durable) this.replayAlarm(false);
+    if (!this.replay.durable) replayAlarm(this.alarms, false);
     reportDroppedOverrides(this.o.configStore.droppedOverrides, this.o.logger, this.alarms);
     this.sendPendingReplies();
   }
@@ -356,11 +360,6 @@ export class Kernel {
     const result = { restarted: true, previousSession: record.session, session: this.session, version: VERSION };
     this.commands.finish(record.reply, { state: "succeeded", result });
     this.o.logger.info({ id: record.reply.id }, "restart completed; final reply sent");
-  }
-
-  private replayAlarm(durable: boolean): void {
-    const reason = "command replay records cannot be stored: state-changing commands are refused";
-    this.alarms.raise("replay-store", { active: !durable, ...(durable ? {} : { reason }) });
   }
 
   /** What the modules add to the status message; a module that fails here must not cost the birth. */

@@ -10,7 +10,13 @@ import type { Logger } from "../core/logger.ts";
 const PENDING_FILE = "pending-replies.json";
 
 const pendingRecord = z.object({
-  reply: z.object({ id: z.string(), command: z.string(), topic: z.string(), correlationData: z.string().optional() }),
+  reply: z.object({
+    id: z.string(),
+    command: z.string(),
+    topic: z.string(),
+    correlationData: z.string().optional(),
+    request: z.string().optional(),
+  }),
   session: z.string(),
   ts: z.number(),
 });

@@ -17,12 +17,17 @@ export interface RetainedLink {
  */
 export class RetainedState {
   private readonly latest = new Map<string, string>();
+  /** What goes out for each topic: the value signed (the same bytes at every republish). */
+  private readonly out = new Map<string, string>();
   private readonly link: RetainedLink;
   private readonly logger: Logger;
+  private readonly sign: (topic: string, payload: string) => string;
 
-  constructor(link: RetainedLink, logger: Logger) {
+  /** `sign`: the device's signature on a value (commands/answers.ts); a removal (empty) is never signed. */
+  constructor(link: RetainedLink, logger: Logger, sign: (topic: string, payload: string) => string = (_, p) => p) {
     this.link = link;
     this.logger = logger;
+    this.sign = sign;
     link.on("connected", this.republish);
   }
 
@@ -30,7 +35,9 @@ export class RetainedState {
     const payload = JSON.stringify(value);
     if (this.latest.get(topic) === payload) return;
     this.latest.set(topic, payload);
-    this.publish(topic, payload);
+    const signed = this.sign(topic, payload);
+    this.out.set(topic, signed);
+    this.publish(topic, signed);
   }
 
   /**
@@ -40,6 +47,7 @@ export class RetainedState {
   clear(topic: string): void {
     if (this.latest.get(topic) === "") return;
     this.latest.set(topic, "");
+    this.out.set(topic, "");
     this.publish(topic, "");
   }
 
@@ -55,7 +63,7 @@ export class RetainedState {
   }
 
   private readonly republish = (): void => {
-    for (const [topic, payload] of this.latest) this.publish(topic, payload);
+    for (const [topic, payload] of this.out) this.publish(topic, payload);
   };
 
   private publish(topic: string, payload: string): void {

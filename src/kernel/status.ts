@@ -1,6 +1,9 @@
+import type { KeyObject } from "node:crypto";
+import { signAnswer } from "../commands/answers.ts";
 import type { Snapshot } from "../config/store.ts";
 import type { Clock } from "../core/clock.ts";
 import type { LinkMessage, ProtocolVersion } from "../mqtt/link.ts";
+import type { DeviceTopics } from "../mqtt/topics.ts";
 import { VERSION } from "../version.ts";
 
 export interface StatusInputs {
@@ -16,6 +19,34 @@ export interface StatusInputs {
   identity: { publicKey: string; fingerprint: string };
   /** The modules' fields (the board, say). */
   extra?: () => Record<string, unknown>;
+}
+
+/**
+ * The device's signature on what it publishes under its own topics (commands/answers.ts), telemetry aside:
+ * replies, results, alarms, events, the retained status, update and alarm states. Anything else (Home
+ * Assistant's discovery configs, the retained full telemetry sample) goes out as it is.
+ */
+export function answerSigner(
+  key: KeyObject,
+  deviceId: string,
+  topics: DeviceTopics,
+): (topic: string, payload: string) => string {
+  const own = topics.status.slice(0, -"status".length);
+  return (topic, payload) =>
+    topic.startsWith(own) && topic !== topics.telemetryFull && payload.startsWith("{")
+      ? signAnswer(key, deviceId, topic, payload)
+      : payload;
+}
+
+/** The status message, signed but for the will (`lost`): it is sent by the broker, long after it was made. */
+export function signedStatus(
+  sign: (topic: string, payload: string) => string,
+  state: "online" | "offline" | "lost",
+  s: StatusInputs,
+): LinkMessage {
+  const message = statusMessage(state, s);
+  if (state === "lost" || typeof message.payload !== "string") return message;
+  return { ...message, payload: sign(message.topic, message.payload) };
 }
 
 /** The retained `P/D/status` message: the birth (`online`), the will (`lost`) and the farewell (`offline`). */

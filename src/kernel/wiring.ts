@@ -196,3 +196,9 @@ export function adaptModules(
     }
   }
 }
+
+/** The replay store's alarm: raised while state-changing commands are refused for want of it. */
+export function replayAlarm(alarms: Alarms, durable: boolean): void {
+  const reason = "command replay records cannot be stored: state-changing commands are refused";
+  alarms.raise("replay-store", { active: !durable, ...(durable ? {} : { reason }) });
+}

@@ -36,8 +36,10 @@ export * from "./types.ts";
  */
 export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
   readonly name = "outbox";
-  private readonly o: Required<Omit<OutboxOptions, "dir" | "alarmTopic" | "onAlarm" | "maxPacketSize" | "heartbeat">> &
-    Pick<OutboxOptions, "dir" | "alarmTopic" | "onAlarm" | "maxPacketSize" | "heartbeat">;
+  private readonly o: Required<
+    Omit<OutboxOptions, "dir" | "alarmTopic" | "onAlarm" | "maxPacketSize" | "heartbeat" | "sign">
+  > &
+    Pick<OutboxOptions, "dir" | "alarmTopic" | "onAlarm" | "maxPacketSize" | "heartbeat" | "sign">;
   private store: OutboxStore | undefined;
   private seq = 0;
   private readonly ledger = new Ledger();
@@ -340,7 +342,8 @@ export class Outbox extends EventEmitter<{ drained: [] }> implements Component {
     this.inflight += 1;
     if (entry.id !== undefined) this.ledger.inflightIds.set(entry.id, entry.priority);
     // A message sent again says so: consumers can tell live from replayed data. Stored ones carry the flag.
-    const payload = entry.attempts > 1 || entry.id !== undefined ? replayed(entry.payload) : entry.payload;
+    const plain = entry.attempts > 1 || entry.id !== undefined ? replayed(entry.payload) : entry.payload;
+    const payload = this.o.sign ? this.o.sign(entry.topic, plain, PRIORITIES[entry.priority] ?? "event") : plain;
     const properties = entry.props ? decodeProps(entry.props) : undefined;
     this.o.transport.send(entry.topic, payload, { qos: 1, properties }, (err) => {
       if (err) this.failed(entry, err);

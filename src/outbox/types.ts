@@ -74,6 +74,11 @@ export interface OutboxOptions {
   maxPacketSize?: number;
   /** Beaten at every turn of the commit loop: a loop that stops beating is wedged. */
   heartbeat?: { beat(): void };
+  /**
+   * Signs a payload as it is published (the device's answers: commands/answers.ts). Applied to every attempt,
+   * after the `replayed` flag is set, so that what is signed is exactly what goes out.
+   */
+  sign?: (topic: string, payload: string, priority: Priority) => string;
 }
 
 /** A message in the outbox: a stored row (session and created stay in the database), or one not stored yet. */

@@ -3,6 +3,8 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import Ajv2020 from "ajv/dist/2020.js";
+import { checkAnswer } from "../../src/commands/answers.ts";
+import { parsePublicKey } from "../../src/commands/keys.ts";
 import { fingerprintOf } from "../../src/kernel/identity.ts";
 import { AgentProcess, ROOT, sourceCommand } from "../helpers/agent-process.ts";
 import { PREFIX } from "../helpers/commands.ts";
@@ -85,6 +87,9 @@ describe("agent against a real mosquitto", () => {
       const pub = readFileSync(join(agent.dir, "state", "device.pub"), "utf8").trim();
       assert.equal(online.json.deviceKey, pub);
       assert.equal(online.json.fingerprint, fingerprintOf(pub));
+      // Issue 25, item 2: the status is signed with that key (the will, sent by the broker later, is not).
+      const key = parsePublicKey(pub);
+      assert.equal(checkAnswer(key, "dev-basic", online.topic, online.text).state, "verified");
 
       // A consumer that connects later still learns the state from the retained message.
       const late = await Watch.open(broker.port, [`${PREFIX}/dev-basic/status`]);
@@ -113,6 +118,7 @@ describe("agent against a real mosquitto", () => {
       const final = await after.waitFor(() => true, 5000, "retained status after stop");
       await after.close();
       assert.equal(final.json.state, "offline");
+      assert.equal(checkAnswer(parsePublicKey(pub), "dev-basic", final.topic, final.text).state, "verified");
       assert.ok(!watch.items.some(isStatus("dev-basic", "lost", session)), "a clean stop must not fire the will");
 
       // The same key at the next start: the device is the same device.

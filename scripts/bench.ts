@@ -1,6 +1,8 @@
 // npm run bench: prints a table and writes bench/results.json. Every figure for the agent is measured in the
 // same run as the same figure for a bare Node process, so the agent's overhead reads as a ratio.
+
 import { execFile, execFileSync, spawn } from "node:child_process";
+import { generateKeyPairSync } from "node:crypto";
 import {
   chmodSync,
   copyFileSync,
@@ -17,6 +19,7 @@ import { join } from "node:path";
 import { parseArgs, promisify } from "node:util";
 import mqtt from "mqtt";
 import { pino } from "pino";
+import { checkAnswer, signAnswer } from "../src/commands/answers.ts";
 import { verifyEnvelope } from "../src/commands/envelope.ts";
 import { parsePublicKey } from "../src/commands/keys.ts";
 import { systemClock } from "../src/core/clock.ts";
@@ -488,6 +491,28 @@ async function commandRows(broker: Mosquitto, watch: Watch): Promise<void> {
     metric: "ed25519 signature verification",
     outpost: ((performance.now() - t0) * 1000) / n,
     unit: "us/command",
+  });
+
+  // Issue 25: what a device pays to sign each answer, and ctl to check one (a ping's succeeded reply).
+  const device = generateKeyPairSync("ed25519");
+  const topic = "outpost/v1/bench/cmd/ping/reply";
+  const reply = JSON.stringify({
+    id: "x",
+    state: "succeeded",
+    result: { pong: true },
+    command: "ping",
+    device: "bench",
+  });
+  t0 = performance.now();
+  let answer = "";
+  for (let i = 0; i < n; i++) answer = signAnswer(device.privateKey, "bench", topic, reply);
+  rows.push({ metric: "device answer signing", outpost: ((performance.now() - t0) * 1000) / n, unit: "us/message" });
+  t0 = performance.now();
+  for (let i = 0; i < n; i++) checkAnswer(device.publicKey, "bench", topic, answer);
+  rows.push({
+    metric: "device answer check (ctl)",
+    outpost: ((performance.now() - t0) * 1000) / n,
+    unit: "us/message",
   });
 
   h.clock.advance(0);

@@ -9,9 +9,12 @@ export const ANSWER_CONTEXT = "outpost-device-answer-v1\n";
 
 /** The signature rides at the end of the payload's own JSON object, so MQTT 3.1.1 and bridges keep it. */
 const SIGNED_TAIL = /(,?)"sig":"([A-Za-z0-9+/]{86}==)"\}$/;
+/** What the signature adds to a payload: `,"sig":"` and 88 characters of base64 and `"`. */
+export const SIGNATURE_BYTES = 97;
 
+/** The device id and the topic as a JSON array (no separator inside them can shift bytes between the fields). */
 function signedBytes(deviceId: string, topic: string, payload: string): Buffer {
-  return Buffer.from(`${ANSWER_CONTEXT}${deviceId}\n${topic}\n${payload}`, "utf8");
+  return Buffer.from(`${ANSWER_CONTEXT}${JSON.stringify([deviceId, topic])}\n${payload}`, "utf8");
 }
 
 /**
@@ -36,6 +39,8 @@ export type AnswerCheck =
 export function checkAnswer(key: KeyObject, deviceId: string, topic: string, payload: string): AnswerCheck {
   const m = SIGNED_TAIL.exec(payload);
   if (!m) return { state: "unsigned" };
+  // The field follows a comma, or opens an object that holds nothing else.
+  if (m[1] === "" && m.index !== 1) return { state: "invalid" };
   const signed = `${payload.slice(0, m.index)}}`;
   const ok = verify(null, signedBytes(deviceId, topic, signed), key, Buffer.from(m[2] ?? "", "base64"));
   return ok ? { state: "verified" } : { state: "invalid" };

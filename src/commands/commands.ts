@@ -1,19 +1,18 @@
 import type { IPublishPacket } from "mqtt";
-import { type Clock, sleep } from "../core/clock.ts";
+import { sleep } from "../core/clock.ts";
 import { errorMessage, isOutpostError } from "../core/errors.ts";
 import { type Component, followAbort, once } from "../core/lifecycle.ts";
-import type { Logger } from "../core/logger.ts";
 import { TokenBucket } from "../core/rate-limit.ts";
 import { deviceTopics, groupCommandPrefix } from "../mqtt/topics.ts";
 import { requestDigest } from "./answers.ts";
 import { COMMAND_NAME, type ReplyBody, unsignedSchema } from "./envelope.ts";
-import type { ReplayGuard } from "./replay.ts";
 import { ctlResponseTopic, DEFAULT_MAX_REQUEST, describe, prototypeKey, Refused } from "./rules.ts";
 import type {
   Caller,
   CommandDefinition,
   CommandPolicy,
   CommandSource,
+  CommandsOptions,
   PendingReply,
   Reply,
   RunContext,
@@ -22,31 +21,23 @@ import type {
 import { Verifier } from "./verify.ts";
 
 export { allows, DEFAULT_MAX_REQUEST, defineCommand, grantsTrust, REJECTIONS, type Rejection } from "./rules.ts";
-export type { Caller, CommandDefinition, CommandPolicy, CommandSource, PendingReply, Reply, RunContext, TrustedKey };
+export type {
+  Caller,
+  CommandDefinition,
+  CommandPolicy,
+  CommandSource,
+  CommandsOptions,
+  PendingReply,
+  Reply,
+  RunContext,
+  TrustedKey,
+};
 
 const MAX_REMEMBERED = 100_000;
 const REPLAY_RETRY_MS = 10_000;
 /** Refusals answered and logged: a burst of this many, then this many per second; the rest are only counted. */
 const REFUSAL_BURST = 20;
 const REFUSALS_PER_SECOND = 2;
-
-export interface CommandsOptions {
-  source: CommandSource;
-  topicPrefix: string;
-  deviceId: string;
-  groups: readonly string[];
-  reply: (reply: Reply) => void;
-  policy: () => CommandPolicy;
-  /** Commands known from the start; modules add theirs with `register`. */
-  definitions?: readonly CommandDefinition[];
-  replay: ReplayGuard;
-  clock: Clock;
-  logger: Logger;
-  /** Commands running at once (default 4) ... */
-  maxConcurrent?: number;
-  /** ... and accepted ones waiting for a slot (default 64); BUSY only beyond both. */
-  maxQueued?: number;
-}
 
 interface Route {
   name: string;
@@ -192,7 +183,7 @@ export class Commands implements Component {
       if (topic === undefined) return;
       this.o.reply({
         topic,
-        body: { ...body, command: route.name, device: this.o.deviceId, request },
+        body: { request, ...body, command: route.name, device: this.o.deviceId },
         ...(props?.correlationData ? { properties: { correlationData: props.correlationData } } : {}),
       });
     };
@@ -236,7 +227,11 @@ export class Commands implements Component {
       { command: route.name, id: err.id, code: err.code, reason: err.message, ...suppressed },
       "command refused",
     );
-    answer({ id: err.id, state: "failed", error: { code: err.code, message: err.message } });
+    // A replayed request's refusal answers the copy, not the request: it carries neither its id nor its digest
+    // (the copy repeats the genuine request's), so that nobody can take it for the genuine request's answer.
+    const replayed = err.code === "NONCE_REPLAYED" || err.code === "REQUEST_REPLAYED";
+    const names = replayed ? { request: undefined } : { id: err.id };
+    answer({ ...names, state: "failed", error: { code: err.code, message: err.message } });
   }
 
   private execute(accepted: Accepted, send: Send, routing: Routing): void {

@@ -1,6 +1,9 @@
 import type { IPublishPacket } from "mqtt";
 import type { z } from "zod";
+import type { Clock } from "../core/clock.ts";
+import type { Logger } from "../core/logger.ts";
 import type { ReplyBody } from "./envelope.ts";
+import type { ReplayGuard } from "./replay.ts";
 
 /** What the command handler needs from the MQTT link. */
 export interface CommandSource {
@@ -86,4 +89,23 @@ export interface CommandSpec<S extends z.ZodType> {
   maxRequestBytes?: number;
   /** Runs with the params parsed by `params`; the value returned is the result. */
   run(params: z.output<S>, context: RunContext): unknown;
+}
+
+/** What the command router is built with (commands.ts). */
+export interface CommandsOptions {
+  source: CommandSource;
+  topicPrefix: string;
+  deviceId: string;
+  groups: readonly string[];
+  reply: (reply: Reply) => void;
+  policy: () => CommandPolicy;
+  /** Commands known from the start; modules add theirs with `register`. */
+  definitions?: readonly CommandDefinition[];
+  replay: ReplayGuard;
+  clock: Clock;
+  logger: Logger;
+  /** Commands running at once (default 4) ... */
+  maxConcurrent?: number;
+  /** ... and accepted ones waiting for a slot (default 64); BUSY only beyond both. */
+  maxQueued?: number;
 }

@@ -4,18 +4,17 @@ import {
   constants,
   fchmodSync,
   fstatSync,
-  fsyncSync,
   mkdirSync,
   openSync,
   readSync,
   renameSync,
+  rmSync,
   statfsSync,
-  unlinkSync,
-  writeSync,
 } from "node:fs";
 import { join } from "node:path";
 import { publicKeyText } from "../commands/keys.ts";
 import { errorMessage } from "../core/errors.ts";
+import { writeFileAtomically } from "../core/files.ts";
 import type { Logger } from "../core/logger.ts";
 
 /** The device's private key in the state directory: PKCS#8 PEM, mode 0600, the service user's. */
@@ -38,7 +37,10 @@ export interface DeviceIdentity {
   readonly fingerprint: string;
   /** Made by this start (the first, or a state directory that was emptied). */
   readonly created: boolean;
-  /** The state directory is a tmpfs: the key, and every pin of it, is new at each boot. */
+  /**
+   * The key will not be the same at the next start or boot: the state directory is a tmpfs, or the key could
+   * not be stored there (read-only, full). Every operator's pin of it then fails; the agent runs all the same.
+   */
   readonly ephemeral: boolean;
 }
 
@@ -66,8 +68,17 @@ export function fingerprintOf(publicKey: string): string {
  */
 export function deviceIdentity(stateDir: string, logger: Logger): DeviceIdentity {
   const path = join(stateDir, DEVICE_KEY_FILE);
-  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
-  const ephemeral = onTmpfs(stateDir);
+  try {
+    mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  } catch (err) {
+    // The agent runs without a state directory (outbox in memory, commands that change state refused): it
+    // must not be the key that stops it. The key is then the process's own.
+    logger.error(
+      { err: errorMessage(err), stateDir },
+      "the state directory cannot be made: the device key is not kept",
+    );
+  }
+  let ephemeral = onTmpfs(stateDir);
   let privateKey: KeyObject | undefined;
   let created = false;
   const pem = readKeyFile(path, logger);
@@ -83,12 +94,12 @@ export function deviceIdentity(stateDir: string, logger: Logger): DeviceIdentity
   if (!privateKey) {
     const pair = generateKeyPairSync("ed25519");
     privateKey = pair.privateKey;
-    writeNew(path, privateKey.export({ format: "pem", type: "pkcs8" }).toString(), 0o600);
     created = true;
+    if (!store(path, privateKey.export({ format: "pem", type: "pkcs8" }).toString(), 0o600, logger)) ephemeral = true;
   }
   const publicKey = publicKeyText(createPublicKey(privateKey));
   // Written at every start: the public half is derived, and a stale or planted one must not outlive a restart.
-  writeNew(join(stateDir, DEVICE_PUB_FILE), `${publicKey}\n`, 0o644);
+  store(join(stateDir, DEVICE_PUB_FILE), `${publicKey}\n`, 0o644, logger);
   const fingerprint = fingerprintOf(publicKey);
   if (created) {
     logger.info({ fingerprint }, "device key made: operators pin this fingerprint (outpost ctl trust)");
@@ -109,7 +120,7 @@ function readKeyFile(path: string, logger: Logger): string | undefined {
     fd = openSync(path, OPEN_READ);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === "ENOENT") return undefined;
+    if (code === "ENOENT" || code === "ENOTDIR") return undefined;
     moveAside(path, `cannot be opened safely (${code ?? "error"})`, logger);
     return undefined;
   }
@@ -119,13 +130,18 @@ function readKeyFile(path: string, logger: Logger): string | undefined {
       moveAside(path, st.isFile() ? `${st.size} bytes` : "not a regular file", logger);
       return undefined;
     }
-    // Readable by others (copied in by hand, a umask): the agent's own file, made private again.
+    // Readable by others (copied in by hand, a umask): the agent's own file, made private again if it can.
     if ((st.mode & 0o077) !== 0) {
-      fchmodSync(fd, 0o600);
-      logger.warn(
-        { file: path, mode: (st.mode & 0o777).toString(8) },
-        "the device key was readable by others: now 0600",
-      );
+      const mode = (st.mode & 0o777).toString(8);
+      try {
+        fchmodSync(fd, 0o600);
+        logger.warn({ file: path, mode }, "the device key was readable by others: now 0600");
+      } catch (err) {
+        logger.error(
+          { file: path, mode, err: errorMessage(err) },
+          "the device key is readable by others; fix its mode",
+        );
+      }
     }
     const buffer = Buffer.alloc(st.size);
     let done = 0;
@@ -150,22 +166,26 @@ function moveAside(path: string, why: string, logger: Logger): void {
   logger.error({ file: path, movedTo: aside, why }, "the device key is not usable: a new one is made");
 }
 
-/** A new file with `mode`, written and fsynced under a temporary name, then renamed over `path`. */
-function writeNew(path: string, text: string, mode: number): void {
-  const tmp = `${path}.tmp-${process.pid}`;
+/**
+ * Writes a file durably (temp file, fsync, rename, fsync of the directory); false, logged, when it cannot be
+ * (a read-only or full state directory): the key then lives in memory only, and the agent runs on.
+ */
+function store(path: string, text: string, mode: number, logger: Logger): boolean {
   try {
-    unlinkSync(tmp);
-  } catch {
-    // none left by an earlier crash
+    writeFileAtomically(path, text, mode);
+    return true;
+  } catch (err) {
+    try {
+      rmSync(`${path}.tmp`, { force: true });
+    } catch {
+      // Nothing could be written there either.
+    }
+    logger.error(
+      { file: path, err: errorMessage(err) },
+      "cannot write the device key: it is new at every start until this is fixed",
+    );
+    return false;
   }
-  const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
-  try {
-    writeSync(fd, text);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, path);
 }
 
 function onTmpfs(dir: string): boolean {

@@ -137,7 +137,7 @@ export class Kernel {
       window: config.outbox.window,
       maxPacketSize: config.outbox.maxPacketSize,
       heartbeat: this.health.heartbeat("outbox.commits", () => 3 * commit + 5000),
-      sign: (topic, payload, priority) => (priority === "telemetry" ? payload : sign(topic, payload)),
+      sign: (topic, payload, priority) => (priority === "telemetry" ? payload : sign.message(topic, payload)),
     });
     const commandLog = logger.child({ component: "commands" });
     this.replay = new ReplayGuard({ dir: config.state.dir, logger: commandLog, now: clock.now() });
@@ -158,7 +158,7 @@ export class Kernel {
       logger.child({ component: "direct" }),
     );
     this.pending = new PendingReplies(config.state.dir, logger);
-    this.retained = new RetainedState(this.link, logger.child({ component: "retained" }), sign);
+    this.retained = new RetainedState(this.link, logger.child({ component: "retained" }), sign.retained);
     this.alarms = new Alarms({ send: (m) => this.outbox.send(m), retained: this.retained, topics: this.topics, clock });
     this.latest = new LatestValues((err) => logger.error({ err }, "a listener of the latest values failed"));
     this.commands.observe = registerKernelMetrics(this.metrics, {

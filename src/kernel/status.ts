@@ -21,32 +21,35 @@ export interface StatusInputs {
   extra?: () => Record<string, unknown>;
 }
 
+export interface AnswerSigner {
+  /** A message of the outbox (a reply, on whatever response topic; a result, an alarm, an event). */
+  message(topic: string, payload: string): string;
+  /** A retained value: under the device's own topics, but for telemetry's (the full sample, Home Assistant's state). */
+  retained(topic: string, payload: string): string;
+}
+
 /**
- * The device's signature on what it publishes under its own topics (commands/answers.ts), telemetry aside:
- * replies, results, alarms, events, the retained status, update and alarm states. Anything else (Home
- * Assistant's discovery configs, the retained full telemetry sample) goes out as it is.
+ * The device's signature on what it says that an operator acts on (commands/answers.ts): replies, results,
+ * alarms and events, the retained status, update and alarm states. Telemetry is not signed (its cost per
+ * message), nor anything not a JSON object's text, nor Home Assistant's discovery configs (not the device's
+ * topics: Home Assistant reads them).
  */
-export function answerSigner(
-  key: KeyObject,
-  deviceId: string,
-  topics: DeviceTopics,
-): (topic: string, payload: string) => string {
+export function answerSigner(key: KeyObject, deviceId: string, topics: DeviceTopics): AnswerSigner {
   const own = topics.status.slice(0, -"status".length);
-  return (topic, payload) =>
-    topic.startsWith(own) && topic !== topics.telemetryFull && payload.startsWith("{")
-      ? signAnswer(key, deviceId, topic, payload)
-      : payload;
+  const telemetry = new Set([topics.telemetryFull, topics.state]);
+  const sign = (topic: string, payload: string) =>
+    payload.startsWith("{") && payload.endsWith("}") ? signAnswer(key, deviceId, topic, payload) : payload;
+  return {
+    message: sign,
+    retained: (topic, payload) => (topic.startsWith(own) && !telemetry.has(topic) ? sign(topic, payload) : payload),
+  };
 }
 
 /** The status message, signed but for the will (`lost`): it is sent by the broker, long after it was made. */
-export function signedStatus(
-  sign: (topic: string, payload: string) => string,
-  state: "online" | "offline" | "lost",
-  s: StatusInputs,
-): LinkMessage {
+export function signedStatus(signer: AnswerSigner, state: "online" | "offline" | "lost", s: StatusInputs): LinkMessage {
   const message = statusMessage(state, s);
   if (state === "lost" || typeof message.payload !== "string") return message;
-  return { ...message, payload: sign(message.topic, message.payload) };
+  return { ...message, payload: signer.retained(message.topic, message.payload) };
 }
 
 /** The retained `P/D/status` message: the birth (`online`), the will (`lost`) and the farewell (`offline`). */

@@ -1,10 +1,11 @@
+import { SIGNATURE_BYTES } from "../commands/answers.ts";
 import type { Entry, ReplyProperties } from "./types.ts";
 
 /** The size of the PUBLISH packet as the broker counts it (MQTT 5, packet id, property length). */
 export function packetSize(entry: Entry): number {
-  // entry.bytes is topic + payload; 18 is room for the replayed flag.
+  // entry.bytes is topic + payload; 18 is room for the replayed flag, SIGNATURE_BYTES for the device's signature.
   const props = entry.props ? Buffer.byteLength(entry.props) : 0;
-  const remaining = 2 + 2 + 1 + props + entry.bytes + 18;
+  const remaining = 2 + 2 + 1 + props + entry.bytes + 18 + SIGNATURE_BYTES;
   const lengthBytes = remaining < 128 ? 1 : remaining < 16_384 ? 2 : remaining < 2_097_152 ? 3 : 4;
   return 1 + lengthBytes + remaining;
 }

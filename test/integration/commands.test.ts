@@ -1,12 +1,14 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
 import mqtt from "mqtt";
 import { stringify } from "yaml";
+import { checkAnswer, requestDigest } from "../../src/commands/answers.ts";
 import { signPayload } from "../../src/commands/envelope.ts";
+import { parsePublicKey } from "../../src/commands/keys.ts";
 import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
 import { operatorKey, request } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
@@ -77,6 +79,25 @@ describe("remote commands against a real mosquitto", () => {
     return reply.result as { version: number; value: string };
   };
 
+  it("signs every reply with the device key, on the operator's MQTT 5 response topic too, naming its request", async () => {
+    const reply = await operator.final("dev-cmd", "ping");
+    assert.equal(reply.state, "succeeded");
+    const key = parsePublicKey(readFileSync(join(agent.dir, "state", "device.pub"), "utf8"));
+    const sent = watch.items.findLast((m) => m.topic === `${PREFIX}/dev-cmd/cmd/ping`);
+    assert.ok(sent, "the request was seen on the wire");
+    const seen = () => watch.items.filter((m) => m.topic.startsWith(`${PREFIX}/_ctl/`) && m.json.id === reply.id);
+    await watch.waitFor(() => seen().length >= 2, 5000, "both replies on the response topic");
+    const replies = seen();
+    assert.deepEqual(
+      replies.map((m) => m.json.state),
+      ["accepted", "succeeded"],
+    );
+    for (const m of replies) {
+      assert.equal(checkAnswer(key, "dev-cmd", m.topic, m.text).state, "verified", m.text);
+      assert.equal(m.json.request, requestDigest(sent.text));
+    }
+  });
+
   it("refuses a request captured off the wire and re-published, and executes nothing", async () => {
     const first = await operator.final("dev-cmd", "config.set", {
       patch: { telemetry: { interval: "2s", fullInterval: "50ms" } },
@@ -91,6 +112,10 @@ describe("remote commands against a real mosquitto", () => {
     await watch.client.publishAsync(`${PREFIX}/dev-cmd/cmd/config.set`, captured.text, { qos: 1 });
     assert.equal((await reply).json.state, "failed");
     assert.deepEqual((await reply).json.error, { code: "NONCE_REPLAYED", message: "request nonce seen before" });
+    // Issue 25: the refusal answers the copy, not the request: neither its id nor its digest, so that no operator
+    // takes it for the answer to the genuine request.
+    assert.equal((await reply).json.id, undefined);
+    assert.equal((await reply).json.request, undefined);
     assert.deepEqual(await interval(), before, "still 3s, same version: the replay changed nothing");
     assert.equal(before.value, "3s");
   });

@@ -3,9 +3,12 @@
 import assert from "node:assert/strict";
 import { generateKeyPairSync, sign } from "node:crypto";
 import { describe, it } from "node:test";
-import { ANSWER_CONTEXT, checkAnswer, requestDigest, signAnswer } from "../../src/commands/answers.ts";
+import { ANSWER_CONTEXT, checkAnswer, requestDigest, SIGNATURE_BYTES, signAnswer } from "../../src/commands/answers.ts";
 import { SIGNING_CONTEXT } from "../../src/commands/envelope.ts";
+import { answerSigner } from "../../src/kernel/status.ts";
+import { deviceTopics } from "../../src/mqtt/topics.ts";
 import { RELEASE_CONTEXT } from "../../src/ota/manifest.ts";
+import { packetSize } from "../../src/outbox/wire.ts";
 import { harness, request, sign as signRequest } from "../helpers/commands.ts";
 
 const { privateKey, publicKey } = generateKeyPairSync("ed25519");
@@ -67,5 +70,39 @@ describe("every reply names the request it answers", () => {
       digests.slice(0, -1).map(() => requestDigest(payload)),
     );
     assert.equal(digests.at(-1), requestDigest(unknown), "a refusal names it too");
+  });
+});
+
+describe("found by review of the signing", () => {
+  it("the device id and the topic cannot trade bytes with the payload (a newline in a response topic)", () => {
+    const payload = '\n{"state":"succeeded","sig":"x"}';
+    const signed = signAnswer(privateKey, "pi-1", "outpost/_ctl/a/reply\n", body);
+    const shifted = `${payload.slice(0, 0)}${signed}`;
+    assert.equal(checkAnswer(publicKey, "pi-1", "outpost/_ctl/a/reply", `\n${shifted}`).state, "invalid");
+  });
+
+  it("a signature field not preceded by a comma is not one (the payload would not be JSON)", () => {
+    const signed = signAnswer(privateKey, "pi-1", topic, body);
+    assert.equal(checkAnswer(publicKey, "pi-1", topic, signed.replace(',"sig"', '"sig"')).state, "invalid");
+  });
+
+  it("signs replies on any topic and the device's retained states, never telemetry nor Home Assistant's", () => {
+    const topics = deviceTopics("outpost", "pi-1");
+    const signer = answerSigner(privateKey, "pi-1", topics);
+    const isSigned = (text: string) => checkAnswer(publicKey, "pi-1", "t", text).state !== "unsigned";
+    assert.ok(isSigned(signer.message("outpost/_ctl/op/reply", body)), "a reply on an MQTT 5 response topic");
+    for (const t of [topics.status, topics.update, `${topics.alarm("x")}/state`])
+      assert.ok(isSigned(signer.retained(t, body)), t);
+    for (const t of [topics.telemetryFull, topics.state, "homeassistant/sensor/outpost_pi-1/cpu/config"]) {
+      assert.equal(signer.retained(t, body), body, t);
+    }
+    assert.equal(signer.message("t", "not json"), "not json", "only a JSON object's text is signed");
+  });
+
+  it("the outbox's size check leaves room for the signature", () => {
+    const entry = { bytes: 1000, props: null } as unknown as Parameters<typeof packetSize>[0];
+    assert.ok(packetSize(entry) >= 1000 + 18 + SIGNATURE_BYTES);
+    const signed = signAnswer(privateKey, "pi-1", topic, body);
+    assert.equal(Buffer.byteLength(signed) - Buffer.byteLength(body), SIGNATURE_BYTES);
   });
 });

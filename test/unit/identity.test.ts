@@ -88,3 +88,14 @@ describe("install reads the fingerprint as root reads what the agent wrote", () 
     assert.throws(() => deviceFingerprint(dir, uid + 1), /is not a directory of uid/);
   });
 });
+
+describe("found by review: the key never stops the agent", () => {
+  it("a state directory that cannot be written gives a key in memory, said to be new at every start", () => {
+    const file = join(tempDir("outpost-identity-"), "a-file");
+    writeFileSync(file, "not a directory\n");
+    const id = deviceIdentity(join(file, "state"), logger);
+    assert.equal(id.ephemeral, true);
+    assert.equal(id.created, true);
+    assert.match(id.fingerprint, /^SHA256:/);
+  });
+});

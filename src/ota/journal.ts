@@ -73,3 +73,16 @@ export function readJournal(path: string): Journal | undefined {
 export function writeJournal(path: string, journal: Journal, mode = 0o640): void {
   writeFileAtomically(path, `${JSON.stringify(journal)}\n`, mode);
 }
+
+/** A settled journal as `P/D/update` shows it. */
+export function outcome(j: Journal): Record<string, unknown> {
+  const id = j.request ? { id: j.request } : {};
+  if (j.state === "failed") return { state: "failed", version: j.version, code: j.code, reason: j.reason, ...id };
+  return {
+    ...id,
+    state: j.state,
+    version: j.to.version,
+    from: j.from.version,
+    ...("reason" in j && j.reason !== undefined ? { reason: j.reason } : {}),
+  };
+}

@@ -11,7 +11,7 @@ import type { Module } from "../kernel/module.ts";
 import { type AssembleProgress, assemble } from "./assemble.ts";
 import { checkRelease } from "./checks.ts";
 import { updateSection } from "./config.ts";
-import { type Journal, readJournal, type TrialJournal, updateFiles, writeJournal } from "./journal.ts";
+import { type Journal, outcome, readJournal, type TrialJournal, updateFiles, writeJournal } from "./journal.ts";
 import { type Manifest, verifyManifest } from "./manifest.ts";
 import { MqttFetcher } from "./mqtt-source.ts";
 import { type Phase, type PhaseEvent, transition } from "./phase.ts";
@@ -46,9 +46,13 @@ export function otaModuleFor(running: () => RunningRelease): Module<typeof updat
       const me = running();
       let last: Record<string, unknown> = { state: "idle" };
       const files = () => updateFiles(ctx.stateDir);
-      const report = (body: Record<string, unknown>) => {
-        last = body;
-        ctx.retained.set(ctx.topics.update, { ...body, ts: ctx.clock.now() });
+      /**
+       * Where the update stands, retained on P/D/update (signed by the kernel): named by the request it answers
+       * (`id`) and this start's session, so that an old genuine outcome cannot pass for a new request's.
+       */
+      const report = (body: Record<string, unknown>, id?: string) => {
+        last = { ...body, ...(id ? { id } : {}) };
+        ctx.retained.set(ctx.topics.update, { ...last, session: ctx.session, ts: ctx.clock.now() });
       };
       /** Which release directory this binary runs from (`<version>-<sha12>`); none outside the installed layout. */
       const self = me.release;
@@ -85,12 +89,16 @@ export function otaModuleFor(running: () => RunningRelease): Module<typeof updat
           go({ type: "resume-trial", journal, at: ctx.clock.mono(), timeoutMs });
           writeJournal(f.journal, journal);
           ctx.logger.info({ from: journal.from.version, to: journal.to.version, timeoutMs }, "update on trial");
-          report({ state: "trial", version: journal.to.version, from: journal.from.version, timeoutMs });
+          report(
+            { state: "trial", version: journal.to.version, from: journal.from.version, timeoutMs },
+            journal.request,
+          );
           return;
         }
         if (existsSync(f.install)) {
-          go({ type: "resume-installing", request: readInstall(f.install).id, at: ctx.clock.mono() });
-          report({ state: "installing" });
+          const request = readInstall(f.install).id;
+          go({ type: "resume-installing", request, at: ctx.clock.mono() });
+          report({ state: "installing" }, request);
           return;
         }
         const ended = onTrial ?? (rt?.state === "rolled-back" ? rt : undefined);
@@ -165,7 +173,10 @@ export function otaModuleFor(running: () => RunningRelease): Module<typeof updat
         );
         go({ type: "trial-failed" });
         ctx.logger.error({ version: t.journal.to.version, failure }, "update failed its trial: rolling back");
-        report({ state: "rolling-back", version: t.journal.to.version, from: t.journal.from.version, reason: failure });
+        report(
+          { state: "rolling-back", version: t.journal.to.version, from: t.journal.from.version, reason: failure },
+          t.journal.request,
+        );
       }
 
       function checkInstall(installing: Extract<Phase, { name: "installing" }>): void {
@@ -179,7 +190,7 @@ export function otaModuleFor(running: () => RunningRelease): Module<typeof updat
           rmSync(f.install, { force: true });
           go({ type: "install-refused" });
           const body = { state: "failed", version: answer.version, code: answer.code, reason: answer.reason };
-          report(body);
+          report(body, request);
           ctx.logger.error(body, "the staged update was refused by the installer");
           return;
         }
@@ -188,7 +199,7 @@ export function otaModuleFor(running: () => RunningRelease): Module<typeof updat
         rmSync(f.install, { force: true });
         go({ type: "install-timed-out" });
         const reason = `no installer took the staged release within ${INSTALL_WAIT_MS / 1000}s (outpost-update.path is not running: is the agent installed with outpost install?)`;
-        report({ state: "failed", code: "OTA_INSTALL_FAILED", reason });
+        report({ state: "failed", code: "OTA_INSTALL_FAILED", reason }, installing.request);
         ctx.logger.error({ reason }, "the staged update was not installed");
       }
 
@@ -274,10 +285,10 @@ export function otaModuleFor(running: () => RunningRelease): Module<typeof updat
                   if (now - lastReport < every && pr.done < pr.size) return;
                   lastReport = now;
                   const body = { state: "downloading", version: m.version, ...pr };
-                  report(body);
+                  report(body, context.id);
                   context.progress(body);
                 };
-                report({ state: "downloading", version: m.version, done: 0, size: m.size });
+                report({ state: "downloading", version: m.version, done: 0, size: m.size }, context.id);
                 const result = await assemble({
                   sha256: m.sha256,
                   size: m.size,
@@ -317,12 +328,12 @@ export function otaModuleFor(running: () => RunningRelease): Module<typeof updat
                     ...(model.current.version ? { from: model.current.version } : {}),
                     ...(outcome.state === "rolled-back" ? { reason: outcome.reason } : {}),
                   };
-                  report(body);
+                  report(body, context.id);
                   ctx.logger.info(body, `model update ${outcome.state}`);
                   return body;
                 }
                 if (stageOnly) {
-                  report(done);
+                  report(done, context.id);
                   ctx.logger.info(done, "update staged (no installer: staged as asked, not installed)");
                   return done;
                 }
@@ -332,7 +343,7 @@ export function otaModuleFor(running: () => RunningRelease): Module<typeof updat
                   JSON.stringify({ id: context.id, manifest: p.manifest, ready: `${m.sha256}.ready` }),
                 );
                 go({ type: "staged", request: context.id, at: ctx.clock.mono() });
-                report(done);
+                report(done, context.id);
                 ctx.logger.info(done, "update staged: waiting for the installer");
                 return done;
               } catch (err) {
@@ -345,12 +356,15 @@ export function otaModuleFor(running: () => RunningRelease): Module<typeof updat
                     rmSync(f.partial(manifest.sha256), { force: true });
                   rmSync(f.ready(manifest.sha256), { force: true });
                 }
-                report({
-                  state: "failed",
-                  ...(manifest ? { version: manifest.version } : {}),
-                  code,
-                  reason: errorMessage(err),
-                });
+                report(
+                  {
+                    state: "failed",
+                    ...(manifest ? { version: manifest.version } : {}),
+                    code,
+                    reason: errorMessage(err),
+                  },
+                  context.id,
+                );
                 throw err;
               } finally {
                 // Staged for the installer: waiting for it now. Anything else: the command is over.
@@ -375,14 +389,3 @@ export function otaModuleFor(running: () => RunningRelease): Module<typeof updat
 
 /** Updates of this process (running.ts): the module in `src/modules.ts`. */
 export const otaModule = otaModuleFor(runningRelease);
-
-/** A settled journal as `P/D/update` shows it. */
-function outcome(j: Journal): Record<string, unknown> {
-  if (j.state === "failed") return { state: "failed", version: j.version, code: j.code, reason: j.reason };
-  return {
-    state: j.state,
-    version: j.to.version,
-    from: j.from.version,
-    ...("reason" in j && j.reason !== undefined ? { reason: j.reason } : {}),
-  };
-}

@@ -168,6 +168,9 @@ describe("modules against a fake context", () => {
         const body = fake.retained.get(fake.ctx.topics.update);
         assert.equal(body?.reason, "the service failed: watchdog");
         assert.equal(body?.version, "1.1.0");
+        // Issue 25: named by the request it answers and this start's session (an old outcome is not a new one).
+        assert.equal(body?.id, "req-9");
+        assert.equal(body?.session, fake.ctx.session);
         const journal = JSON.parse(readFileSync(join(fake.stateDir, "update", "journal.json"), "utf8"));
         assert.equal(journal.state, "rolled-back", "settled in the agent's journal");
         assert.equal(described(fake).phase, "idle");
@@ -182,6 +185,7 @@ describe("modules against a fake context", () => {
       const stop = await started(fake);
       try {
         await waitUntil(() => fake.retained.get(fake.ctx.topics.update)?.state === "committed", 5000, "committed");
+        assert.equal(fake.retained.get(fake.ctx.topics.update)?.id, "req-9");
         const request = JSON.parse(readFileSync(join(fake.stateDir, "update", "commit.request"), "utf8"));
         assert.deepEqual(request, { release: "1.1.0-bbbbbbbbbbbb", request: "req-9" });
         assert.equal(described(fake).phase, "idle");

@@ -78,7 +78,8 @@ export function deviceIdentity(stateDir: string, logger: Logger): DeviceIdentity
       "the state directory cannot be made: the device key is not kept",
     );
   }
-  let ephemeral = onTmpfs(stateDir);
+  const tmpfs = onTmpfs(stateDir);
+  let ephemeral = tmpfs;
   let privateKey: KeyObject | undefined;
   let created = false;
   const pem = readKeyFile(path, logger);
@@ -101,10 +102,8 @@ export function deviceIdentity(stateDir: string, logger: Logger): DeviceIdentity
   // Written at every start: the public half is derived, and a stale or planted one must not outlive a restart.
   store(join(stateDir, DEVICE_PUB_FILE), `${publicKey}\n`, 0o644, logger);
   const fingerprint = fingerprintOf(publicKey);
-  if (created) {
-    logger.info({ fingerprint }, "device key made: operators pin this fingerprint (outpost ctl trust)");
-  }
-  if (ephemeral) {
+  if (created) logger.info({ fingerprint }, "device key made: operators pin this fingerprint");
+  if (tmpfs) {
     logger.warn(
       { stateDir, fingerprint },
       "the state directory is a tmpfs: the device key is new at every boot, and every operator's pin of it fails after one",

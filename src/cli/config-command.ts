@@ -25,26 +25,17 @@ export const DEFAULT_CONFIG = "/etc/outpost/config.yaml";
  * EX_CONFIG exit code. An explicit path must exist; the default path may be absent.
  */
 export function loadOrReport(host: Host, path: string | undefined): LoadedConfig | number {
-  return reportProblems(host, () =>
-    loadAgentConfig({
-      path: path ?? DEFAULT_CONFIG,
-      required: path !== undefined,
-      env: host.env,
-      hostname: host.hostname,
-    }),
-  );
+  return reportProblems(host, () => loadAgentConfig(sourcesOf(host, path)));
 }
 
 /** The agent's live configuration (file, remote overrides, environment), or the EX_CONFIG exit code. */
 export function openConfig(host: Host, path: string | undefined): ConfigStore | number {
-  return reportProblems(host, () =>
-    openConfigStore({
-      path: path ?? DEFAULT_CONFIG,
-      required: path !== undefined,
-      env: host.env,
-      hostname: host.hostname,
-    }),
-  );
+  return reportProblems(host, () => openConfigStore(sourcesOf(host, path)));
+}
+
+/** Where a command's configuration comes from: the path given (which must exist) or the default, and the environment. */
+function sourcesOf(host: Host, path: string | undefined) {
+  return { path: path ?? DEFAULT_CONFIG, required: path !== undefined, env: host.env, hostname: host.hostname };
 }
 
 function reportProblems<T>(host: Host, load: () => T): T | number {

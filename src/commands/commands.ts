@@ -7,31 +7,11 @@ import { deviceTopics, groupCommandPrefix } from "../mqtt/topics.ts";
 import { requestDigest } from "./answers.ts";
 import { COMMAND_NAME, type ReplyBody, unsignedSchema } from "./envelope.ts";
 import { ctlResponseTopic, DEFAULT_MAX_REQUEST, describe, prototypeKey, Refused } from "./rules.ts";
-import type {
-  Caller,
-  CommandDefinition,
-  CommandPolicy,
-  CommandSource,
-  CommandsOptions,
-  PendingReply,
-  Reply,
-  RunContext,
-  TrustedKey,
-} from "./types.ts";
+import type { Caller, CommandDefinition, CommandsOptions, PendingReply, RunContext } from "./types.ts";
 import { Verifier } from "./verify.ts";
 
 export { allows, DEFAULT_MAX_REQUEST, defineCommand, grantsTrust, REJECTIONS, type Rejection } from "./rules.ts";
-export type {
-  Caller,
-  CommandDefinition,
-  CommandPolicy,
-  CommandSource,
-  CommandsOptions,
-  PendingReply,
-  Reply,
-  RunContext,
-  TrustedKey,
-};
+export type * from "./types.ts";
 
 const MAX_REMEMBERED = 100_000;
 const REPLAY_RETRY_MS = 10_000;

@@ -4,6 +4,10 @@
 # For each host: asks `uname -m`, copies dist/outpost-linux-x64 or -arm64 to a private temporary directory
 # there, checks its sha256 on the host against dist/SHA256SUMS, and runs `outpost install` (with sudo when the
 # ssh user is not root). A host that fails is reported and the others go on; the exit status is 1 if any failed.
+# Then it pins the device's key, which install printed over this ssh session (the channel already trusted):
+# `outpost ctl trust DEVICE --public-key KEY FINGERPRINT`, with ctl's own settings (~/.outpost/ctl.yaml, the
+# OUTPOST_CTL_* variables). The ctl run is $OUTPOST_CTL, else `outpost` on the PATH, else this machine's
+# dist/ binary; with none, the command is printed for the operator to run.
 set -uo pipefail
 
 dist="$(cd "$(dirname "$0")/.." && pwd)/dist"
@@ -46,15 +50,49 @@ deploy_one() {
     args="install --config $tmp/config.yaml"
   fi
   # The hash is checked where the file landed: a truncated or altered copy is never run.
-  ssh "${ssh_opts[@]}" "$host" "set -e
+  local out
+  out=$(ssh "${ssh_opts[@]}" "$host" "set -e
     cd $tmp
     trap 'rm -rf $tmp' EXIT
     echo '$sum  outpost' | sha256sum -c --quiet - || { echo 'sha256 mismatch: not installed' >&2; exit 1; }
     chmod 0755 outpost
     [ \"\$(id -u)\" = 0 ] || sudo='sudo -n'
-    \$sudo ./outpost $args" || { echo "$host: install failed" >&2; return 1; }
+    \$sudo ./outpost $args") || { printf '%s\n' "$out"; echo "$host: install failed" >&2; return 1; }
+  printf '%s\n' "$out"
   echo "$host: installed"
+  pin "$host" "$out"
 }
+
+# The device's key from install's `device ID KEY` and `key FINGERPRINT` lines, pinned for ctl.
+pin() {
+  local host="$1" out="$2" device key fingerprint
+  device=$(printf '%s\n' "$out" | awk '$1 == "device" { print $2 }' | tail -n 1)
+  key=$(printf '%s\n' "$out" | awk '$1 == "device" { print $3 }' | tail -n 1)
+  fingerprint=$(printf '%s\n' "$out" | awk '$1 == "key" { print $2 }' | tail -n 1)
+  if [ -z "$device" ] || [ -z "$key" ]; then
+    echo "$host: install printed no device key: not pinned (see journalctl -u outpost there)" >&2
+    return 0
+  fi
+  local args=(ctl trust "$device" --public-key "$key")
+  [ -z "$fingerprint" ] || args+=("$fingerprint")
+  if [ -n "${ctl_run:-}" ]; then
+    "$ctl_run" "${args[@]}" || echo "$host: $device not pinned: outpost ${args[*]}" >&2
+  else
+    echo "$host: pin $device with: outpost ${args[*]}"
+  fi
+}
+
+# What runs `outpost ctl` here: $OUTPOST_CTL, `outpost`, or the dist/ binary for this machine.
+ctl_run="${OUTPOST_CTL:-}"
+if [ -z "$ctl_run" ]; then
+  if command -v outpost >/dev/null 2>&1; then ctl_run=outpost
+  else
+    case "$(uname -m)" in
+      x86_64|amd64) [ -x "$dist/outpost-linux-x64" ] && ctl_run="$dist/outpost-linux-x64" ;;
+      aarch64|arm64) [ -x "$dist/outpost-linux-arm64" ] && ctl_run="$dist/outpost-linux-arm64" ;;
+    esac
+  fi
+fi
 
 failed=0
 for host in "${hosts[@]}"; do

@@ -1,11 +1,13 @@
 import { randomBytes } from "node:crypto";
 import type { Socket } from "node:net";
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
+import { requestDigest } from "../commands/answers.ts";
 import { type CommandRequest, FINAL_STATES, newRequest, type ReplyBody, signPayload } from "../commands/envelope.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
 import { redactUrl } from "../core/patterns.ts";
 import { type BrokerEndpoint, endpointOptions, refusedMqtt5 } from "../mqtt/options.ts";
 import { ctlReplyTopic, deviceTopics, groupCommandPrefix } from "../mqtt/topics.ts";
+import type { AnswerTrust, Verdict } from "./answer-trust.ts";
 
 export interface BrokerOptions extends BrokerEndpoint {
   protocolVersion?: 4 | 5;
@@ -81,20 +83,32 @@ export async function connectBroker(o: BrokerOptions & { origin?: string }): Pro
   return client;
 }
 
+/** One connection for the length of `use`, ended after it either way. */
+export async function withClient<T>(o: BrokerOptions, use: (client: MqttClient) => Promise<T>): Promise<T> {
+  const client = await connectBroker(o);
+  try {
+    return await use(client);
+  } finally {
+    await client.endAsync();
+  }
+}
+
 export interface Signer {
   privateKey: import("node:crypto").KeyObject;
   publicText: string;
 }
 
 export interface CallOptions {
+  /** The request's id, when the caller must know it before the answers come (ctl update's states name it). */
+  id?: string;
   command: string;
   params?: unknown;
   device?: string;
   group?: string;
   timeoutMs: number;
   validityMs: number;
-  /** Every reply as it arrives: accepted, executing, succeeded, failed. */
-  onReply?: (reply: ReplyBody) => void;
+  /** Every reply as it arrives (accepted, executing, succeeded, failed), with what ctl makes of it. */
+  onReply?: (reply: ReplyBody, verdict: Verdict) => void;
   /** For a group: stop waiting once this many devices gave a final reply. */
   expect?: number;
   /** Sends the request unsigned (only devices with commands.allowUnsigned run it). */
@@ -103,36 +117,56 @@ export interface CallOptions {
 
 export interface CallResult {
   request: CommandRequest;
-  /** The final reply of each device that answered, in arrival order. */
+  /** The sha256 of the request's payload as sent: what a reply names in `request`. */
+  digest: string;
+  /** The verified final reply of each device that answered, in arrival order. */
   finals: ReplyBody[];
+  /** Answers that do not count (unpinned, unsigned, forged), in arrival order; duplicates left out. */
+  refused: { reply: ReplyBody; verdict: Exclude<Verdict, { trust: "verified" | "duplicate" }> }[];
   timedOut: boolean;
 }
 
+/** What a caller that checks nothing makes of every answer: a test's or a library user's choice, never ctl's. */
+export const UNCHECKED = null;
+
+type Waiting = (reply: ReplyBody, topic: string, text: string) => void;
+
 /**
  * Signs and publishes requests and collects their replies, on an MQTT 5 response topic of its own and on the
- * devices' `P/D/cmd/<name>/reply` topics (replies come there under 3.1.1, or through a 3.1.1 bridge).
+ * devices' `P/D/cmd/<name>/reply` topics (replies come there under 3.1.1, or through a 3.1.1 bridge). With a
+ * `trust`, only replies the device's pinned key signed for this request count (answer-trust.ts); `UNCHECKED`
+ * counts every reply by its id, as before device keys.
  */
 export class DeviceCaller {
   private readonly client: MqttClient;
   private readonly prefix: string;
   private readonly signer: Signer | undefined;
+  private readonly trust: AnswerTrust | null;
   private readonly responseTopic: string;
   private readonly subscribed = new Set<string>();
-  private readonly waiting = new Map<string, (reply: ReplyBody) => void>();
+  private readonly waiting = new Map<string, Waiting>();
 
-  constructor(client: MqttClient, prefix: string, signer?: Signer) {
+  constructor(client: MqttClient, prefix: string, signer: Signer | undefined, trust: AnswerTrust | null) {
     this.client = client;
     this.prefix = prefix;
     this.signer = signer;
+    this.trust = trust;
     this.responseTopic = ctlReplyTopic(prefix, randomBytes(8).toString("hex"));
-    client.on("message", (_topic, payload) => {
+    client.on("message", (topic, payload) => {
+      const text = payload.toString("utf8");
+      const device = topic.startsWith(`${prefix}/`) ? topic.slice(prefix.length + 1, -"/status".length) : "";
+      if (topic.endsWith("/status") && device !== "" && !device.includes("/")) {
+        this.trust?.sawStatus(device, topic, text);
+        return;
+      }
       let body: ReplyBody;
       try {
-        body = JSON.parse(payload.toString("utf8")) as ReplyBody;
+        body = JSON.parse(text) as ReplyBody;
       } catch {
         return;
       }
-      if (typeof body?.id === "string") this.waiting.get(body.id)?.(body);
+      if (typeof body?.id === "string" && typeof body.device === "string")
+        this.waiting.get(body.id)?.(body, topic, text);
     });
   }
 
@@ -145,6 +179,7 @@ export class DeviceCaller {
 
   async call(o: CallOptions): Promise<CallResult> {
     const request = newRequest({
+      ...(o.id === undefined ? {} : { id: o.id }),
       command: o.command,
       params: o.params,
       device: o.device,
@@ -153,7 +188,12 @@ export class DeviceCaller {
       validityMs: o.validityMs,
     });
     const target = o.device ?? "+";
-    await this.listen([this.responseTopic, deviceTopics(this.prefix, target).commandReply(o.command)]);
+    // Statuses first: their retained copies arrive before any reply, with the keys and versions trust reads.
+    await this.listen([
+      ...(this.trust ? [this.trust.statusTopic(target)] : []),
+      this.responseTopic,
+      deviceTopics(this.prefix, target).commandReply(o.command),
+    ]);
     const topic =
       o.group === undefined
         ? deviceTopics(this.prefix, target).command(o.command)
@@ -166,7 +206,9 @@ export class DeviceCaller {
       payload = JSON.stringify(signPayload(JSON.stringify(request), this.signer.privateKey, this.signer.publicText));
     }
 
+    const digest = requestDigest(payload);
     const finals = new Map<string, ReplyBody>();
+    const refused: CallResult["refused"] = [];
     let timedOut = false;
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -178,10 +220,25 @@ export class DeviceCaller {
         this.waiting.delete(request.id);
         resolve();
       };
-      this.waiting.set(request.id, (reply) => {
+      this.waiting.set(request.id, (reply, topic, text) => {
         if (o.device !== undefined && reply.device !== o.device) return;
-        o.onReply?.(reply);
-        if (!FINAL_STATES.has(reply.state) || finals.has(reply.device)) return;
+        const verdict: Verdict = this.trust
+          ? this.trust.check(reply.device, topic, text, reply as unknown as Record<string, unknown>, {
+              id: request.id,
+              request: digest,
+            })
+          : { trust: "verified" };
+        if (verdict.trust === "duplicate") return;
+        o.onReply?.(reply, verdict);
+        const final = FINAL_STATES.has(reply.state);
+        if (verdict.trust !== "verified") {
+          refused.push({ reply, verdict });
+          // One device that cannot be verified will not become so: its first final answer ends the call. A
+          // forgery does not: the device's own answer may still come.
+          if (final && o.group === undefined && verdict.trust !== "forged") done();
+          return;
+        }
+        if (!final || finals.has(reply.device)) return;
         finals.set(reply.device, reply);
         if (o.group === undefined || (o.expect !== undefined && finals.size >= o.expect)) done();
       });
@@ -198,6 +255,6 @@ export class DeviceCaller {
           reject(err);
         });
     });
-    return { request, finals: [...finals.values()], timedOut };
+    return { request, digest, finals: [...finals.values()], refused, timedOut };
   }
 }

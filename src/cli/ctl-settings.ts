@@ -25,6 +25,7 @@ const SETTINGS = {
   prefix: { flag: "prefix", env: "OUTPOST_CTL_PREFIX", file: "prefix", path: false, fallback: "outpost/v1" },
   protocol: { flag: "protocol", env: "OUTPOST_CTL_PROTOCOL", file: "protocol", path: false, fallback: "auto" },
   key: { flag: "key", env: "OUTPOST_CTL_KEY", file: "key", path: true },
+  knownDevices: { flag: "known-devices", env: "OUTPOST_CTL_KNOWN_DEVICES", file: "knownDevices", path: true },
 } as const satisfies Record<
   string,
   { flag: string | undefined; env: string | undefined; file: string | undefined; path: boolean; fallback?: string }
@@ -43,6 +44,7 @@ const fileSchema = z.strictObject({
   prefix: z.string().min(1).optional(),
   protocol: z.union([z.literal("auto"), z.literal(4), z.literal(5), z.literal("4"), z.literal("5")]).optional(),
   key: z.string().min(1).optional(),
+  knownDevices: z.string().min(1).optional(),
 });
 
 /** The largest ctl.yaml read: a few lines; a cap keeps a wrong path (a device node, a huge file) harmless. */
@@ -81,6 +83,10 @@ export function ctlSettings(host: Host, flags: Readonly<Record<string, unknown>>
       out[name] = { value, origin: `in ${path}` };
     } else out[name] = { value: "fallback" in s ? s.fallback : undefined, origin: "default" };
   }
+  // The pins' file defaults to one beside ctl.yaml's default place (none without a home directory).
+  if (out.knownDevices.value === undefined && host.env.HOME) {
+    out.knownDevices = { value: join(host.env.HOME, ".outpost", "known_devices"), origin: "default" };
+  }
   // The password and a password file are one setting in two forms: the higher source wins, the other is unused.
   const rank = (origin: string) => (origin.startsWith("--") ? 0 : origin.startsWith("in ") ? 2 : 1);
   if (out.password.value !== undefined && out.passwordFile.value !== undefined) {
@@ -98,25 +104,36 @@ function inHome(text: string, home: string | undefined, base: string): string {
   return isAbsolute(text) ? text : resolve(base, text);
 }
 
-function readCtlFile(path: string, required: boolean): z.output<typeof fileSchema> {
-  let text: string;
+/**
+ * A small text file of the operator's, or undefined when it is absent and not `required`. Opened without
+ * blocking and checked before reading: a FIFO or a device named by mistake is refused, and no more than `cap`
+ * bytes are ever read.
+ */
+export function readBoundedText(path: string, cap: number, required: boolean, what: string): string | undefined {
   let fd: number | undefined;
   try {
-    // Opened without blocking and checked before reading: a FIFO or a device named by mistake is refused,
-    // and no more than the cap is ever read.
     fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
-    if (!fstatSync(fd).isFile()) throw new UsageError(`${path}: not a regular file`);
-    const buf = Buffer.alloc(MAX_FILE + 1);
-    const n = readSync(fd, buf, 0, buf.length, 0);
-    if (n > MAX_FILE) throw new UsageError(`${path}: larger than 64 KiB; it holds a few settings`);
-    text = buf.subarray(0, n).toString("utf8");
+    const stat = fstatSync(fd);
+    if (!stat.isFile()) throw new UsageError(`${path}: not a regular file`);
+    // Sized by the file, read to its end: a file that grows meanwhile is still cut at the cap.
+    const buf = Buffer.alloc(Math.min(stat.size, cap) + 1);
+    let n = 0;
+    for (let got = -1; got !== 0 && n < buf.length; n += got) got = readSync(fd, buf, n, buf.length - n, n);
+    if (n > cap || stat.size > cap)
+      throw new UsageError(`${path}: larger than ${cap / 1024} KiB, too large for ${what}`);
+    return buf.subarray(0, n).toString("utf8");
   } catch (err) {
     if (err instanceof UsageError) throw err;
-    if ((err as NodeJS.ErrnoException).code === "ENOENT" && !required) return {};
+    if ((err as NodeJS.ErrnoException).code === "ENOENT" && !required) return undefined;
     throw new UsageError(`${path}: ${errorMessage(err)}`);
   } finally {
     if (fd !== undefined) closeSync(fd);
   }
+}
+
+function readCtlFile(path: string, required: boolean): z.output<typeof fileSchema> {
+  const text = readBoundedText(path, MAX_FILE, required, "a file of a few settings");
+  if (text === undefined) return {};
   let raw: unknown;
   try {
     raw = parse(text) ?? {};
@@ -164,6 +181,7 @@ export const BROKER_FLAGS = {
   "tls-key": { type: "string" },
   prefix: { type: "string" },
   protocol: { type: "string" },
+  "known-devices": { type: "string" },
   json: { type: "boolean" },
 } as const;
 

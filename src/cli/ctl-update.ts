@@ -1,4 +1,4 @@
-import { createPublicKey } from "node:crypto";
+import { createPublicKey, randomUUID } from "node:crypto";
 import { closeSync, fstatSync, openSync, readFileSync, readSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -8,9 +8,11 @@ import { publicKeyText } from "../commands/keys.ts";
 import { errorMessage } from "../core/errors.ts";
 import { type Manifest, manifestSchema, type SignedManifest, signedManifestSchema } from "../ota/manifest.ts";
 import { chunkRequestSchema, encodeAnswer } from "../ota/mqtt-source.ts";
+import type { Verdict } from "./answer-trust.ts";
 import { connectBroker, DeviceCaller } from "./ctl-client.ts";
 import { BROKER_FLAGS, brokerOptions, ctlSettings, durationFlag, readPrivateKey } from "./ctl-settings.ts";
-import { EXIT, type Host, UsageError } from "./host.ts";
+import { answerTrust, refusalPrinter, trustCode } from "./ctl-trust.ts";
+import { type Host, UsageError } from "./host.ts";
 
 const FINAL = new Set(["committed", "rolled-back", "failed"]);
 
@@ -92,6 +94,7 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
       http: { type: "string" },
       timeout: { type: "string" },
       until: { type: "string" },
+      "accept-new": { type: "boolean" },
     },
     allowPositionals: true,
   });
@@ -119,16 +122,43 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
   const privateKey = readPrivateKey(keyFile);
   const { signed, manifest } = readManifest(dir);
   const o = brokerOptions(settings);
+  const trust = answerTrust(host, settings, o, values["accept-new"] === true);
+  const refusal = refusalPrinter(host);
   const files = releaseFiles(dir, manifest);
   const client = await connectBroker(o);
+  /** The devices whose own signed answers say where they stand: the only ones counted. */
   const devices = new Map<string, DeviceUpdate>();
+  /** What the others said (unpinned, unsigned): shown at the end, never counted. */
+  const unverified = new Map<
+    string,
+    { state: string; verdict: Exclude<Verdict, { trust: "verified" | "duplicate" }> }
+  >();
+  const refused: Exclude<Verdict, { trust: "verified" | "duplicate" }>[] = [];
+  /** Bytes served over MQTT, by the topic they were asked on: anyone may ask (the release is signed). */
+  const served = new Map<string, number>();
+  /** The request each device answers: one for all, but for an old agent asked again without `until`. */
+  const requestId = randomUUID();
+  const answering = new Map<string, string>();
   const entry = (id: string) => {
     let d = devices.get(id);
     if (!d) {
       d = { device: id, state: "asked", served: 0 };
       devices.set(id, d);
     }
+    d.served = served.get(id) ?? 0;
     return d;
+  };
+  /** What ctl makes of one answer; one that does not count is said once and kept for the exit code. */
+  const judge = (device: string, topic: string, text: string, body: Record<string, unknown>): Verdict => {
+    const verdict = trust.check(device, topic, text, body, { id: answering.get(device) ?? requestId });
+    if (verdict.trust === "verified" || verdict.trust === "duplicate") return verdict;
+    refused.push(verdict);
+    if (verdict.trust !== "forged" && typeof body.state === "string") {
+      unverified.set(device, { state: body.state, verdict });
+    }
+    refusal(device, verdict, typeof body.state === "string" ? body.state : undefined);
+    check();
+    return verdict;
   };
   const done = (d: DeviceUpdate) => FINAL.has(d.state) || (until === "staged" && d.state === "staged");
   const tty = (host.stdout as { isTTY?: boolean }).isTTY === true && !values.json;
@@ -156,7 +186,14 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
   const allDone = new Promise<void>((resolve) => {
     settled = resolve;
   });
+  /**
+   * Done when the devices expected have said so in their own signed answers. Only one device named alone ends
+   * on an answer that cannot be verified: it will not become verifiable (an unpinned device, an agent too old
+   * to sign), and it is not counted. In a group, made-up devices cannot end the wait before the real ones.
+   */
   const check = () => {
+    const alone = device === undefined ? undefined : unverified.get(device);
+    if (alone && !devices.has(device ?? "") && done({ device: "", served: 0, ...alone })) settled();
     if (devices.size >= expect && [...devices.values()].every(done)) settled();
   };
 
@@ -183,7 +220,9 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
     }
     const bytes = Buffer.allocUnsafe(r.size);
     readSync(file.fd, bytes, 0, r.size, r.offset);
-    entry(id).served += r.size;
+    served.set(id, (served.get(id) ?? 0) + r.size);
+    const known = devices.get(id);
+    if (known) known.served = served.get(id) ?? 0;
     reply({ id: r.id, offset: r.offset, size: r.size }, bytes);
   };
 
@@ -195,13 +234,17 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
     // A retained state is the outcome of an earlier update: only what the devices say from now on counts.
     if (!topic.endsWith("/update") || packet.retain || payload.length === 0) return;
     let body: Record<string, unknown>;
+    const text = payload.toString("utf8");
     try {
-      body = JSON.parse(payload.toString("utf8")) as Record<string, unknown>;
+      body = JSON.parse(text) as Record<string, unknown>;
     } catch {
       return;
     }
-    const d = entry(deviceOf(topic));
-    if (typeof body.state !== "string") return;
+    if (typeof body.state !== "string" || body === null) return;
+    const id = deviceOf(topic);
+    // Only the device's own signed state, for this request, in order, moves its line; a final state stays.
+    if (judge(id, topic, text, body).trust !== "verified" || (devices.has(id) && done(entry(id)))) return;
+    const d = entry(id);
     d.state = body.state;
     for (const k of ["done", "size", "fetched"] as const) if (typeof body[k] === "number") d[k] = body[k];
     for (const k of ["version", "from", "code", "reason"] as const) if (typeof body[k] === "string") d[k] = body[k];
@@ -213,26 +256,55 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
   const ticker = tty ? setInterval(() => render(), 250) : undefined;
   try {
     await client.subscribeAsync([`${base}/update/get`, `${base}/update`], { qos: 1 });
-    const caller = new DeviceCaller(client, o.prefix, {
-      privateKey,
-      publicText: publicKeyText(createPublicKey(privateKey)),
-    });
+    const caller = new DeviceCaller(
+      client,
+      o.prefix,
+      { privateKey, publicText: publicKeyText(createPublicKey(privateKey)) },
+      trust,
+    );
     const source = values.http === undefined ? { mqtt: true } : { http: values.http };
     const params = { manifest: signed, source };
     const retried = new Set<string>();
-    const onReply = (reply: ReplyBody) => {
-      if (reply.state !== "failed") return;
+    const onReply = (reply: ReplyBody, verdict: Verdict) => {
+      if (verdict.trust === "duplicate") return;
       // An agent from before `until` refuses the key it does not know (a mixed fleet): asked again without
       // it, as ctl asked before; such an agent stages without being told, and ctl stops watching at staged.
+      // Such an agent does not sign either: only an unpinned device's unsigned refusal is taken for one, so
+      // that a refusal forged for a pinned device cannot turn its staging into an install.
       const unknownUntil = reply.error?.code === "BAD_PARAMS" && /"until"/.test(reply.error.message);
-      if (until === "staged" && unknownUntil && !retried.has(reply.device)) {
-        retried.add(reply.device);
-        entry(reply.device); // answered: counted, and waited for
-        caller
-          .call({ command: "update", params, device: reply.device, timeoutMs, validityMs: 60_000, onReply })
-          .catch((err: unknown) => host.stderr.write(`outpost: ${reply.device}: ${errorMessage(err)}\n`));
+      const old = verdict.trust === "unsigned" && trust.pinOf(reply.device) === undefined;
+      if (reply.state === "failed" && until === "staged" && unknownUntil && (verdict.trust === "verified" || old)) {
+        if (!retried.has(reply.device)) {
+          retried.add(reply.device);
+          // Answered: waited for, and counted only if its own signed states say so.
+          if (verdict.trust === "verified") entry(reply.device);
+          else if (verdict.trust === "unsigned") unverified.set(reply.device, { state: "asked", verdict });
+          const again = randomUUID();
+          answering.set(reply.device, again);
+          caller
+            .call({
+              id: again,
+              command: "update",
+              params,
+              device: reply.device,
+              timeoutMs,
+              validityMs: 60_000,
+              onReply,
+            })
+            .catch((err: unknown) => host.stderr.write(`outpost: ${reply.device}: ${errorMessage(err)}\n`));
+          return;
+        }
+      }
+      if (verdict.trust !== "verified") {
+        refused.push(verdict);
+        if (verdict.trust !== "forged" && reply.state !== "succeeded") {
+          unverified.set(reply.device, { state: reply.state, verdict });
+        }
+        refusal(reply.device, verdict, reply.state);
+        check();
         return;
       }
+      if (reply.state !== "failed") return;
       // Refused before anything moved (a check, a signature), or a download that gave up.
       const d = entry(reply.device);
       d.state = "failed";
@@ -242,6 +314,7 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
       check();
     };
     const call = caller.call({
+      id: requestId,
       command: "update",
       // The device is told only when it is to stop at staged: an agent without the installer then stages.
       params: { ...params, ...(until === "staged" ? { until } : {}) },
@@ -252,7 +325,11 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
       onReply,
     });
     const deadline = new Promise<void>((resolve) => setTimeout(resolve, timeoutMs).unref());
-    await Promise.race([allDone, deadline, call.then(() => (devices.size === 0 ? undefined : allDone))]);
+    await Promise.race([
+      allDone,
+      deadline,
+      call.then(() => (devices.size === 0 && unverified.size === 0 ? undefined : allDone)),
+    ]);
   } finally {
     if (ticker) clearInterval(ticker);
     client.off("message", onMessage);
@@ -261,9 +338,15 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
   }
   // The last states: a terminal redraws them; elsewhere only a state not yet printed is printed.
   render();
+  for (const [id, u] of unverified) {
+    if (devices.has(id)) continue;
+    if (values.json) host.stdout.write(`${JSON.stringify({ device: id, outcome: u.state, ...u.verdict })}\n`);
+    else host.stdout.write(`${id}: ${u.state}, not counted (${u.verdict.trust})\n`);
+  }
   if (devices.size === 0) {
-    host.stderr.write(`outpost: TIMEOUT: no device answered within ${timeoutMs} ms\n`);
-    return EXIT.FAILURE;
+    if (refused.length === 0) host.stderr.write(`outpost: TIMEOUT: no device answered within ${timeoutMs} ms\n`);
+    else host.stderr.write("outpost: no device gave an answer that counts\n");
+    return trustCode(refused, false);
   }
   let ok = devices.size >= expect;
   for (const d of devices.values()) {
@@ -277,6 +360,6 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
         `${d.device}: ${line.outcome}${d.served > 0 ? `, ${mib(d.served)} MiB served over MQTT` : ""}\n`,
       );
   }
-  if (devices.size < expect) host.stderr.write(`outpost: ${devices.size} of ${expect} devices answered\n`);
-  return ok ? EXIT.OK : EXIT.FAILURE;
+  if (devices.size < expect) host.stderr.write(`outpost: ${devices.size} of ${expect} devices answered, verified\n`);
+  return trustCode(refused, ok);
 }

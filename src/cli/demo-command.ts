@@ -15,6 +15,7 @@ import { allDevices } from "../mqtt/topics.ts";
 import { openConfigStore } from "../schema.ts";
 import { demoFiles, demoTask } from "../tasks/demo.ts";
 import { EXIT, type Host, me, UsageError } from "./host.ts";
+import { brokerId, KnownDevices } from "./known-devices.ts";
 import { applyMessage, type DeviceView, viewUpdate } from "./view.ts";
 
 export interface DemoOptions {
@@ -74,6 +75,17 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
   const { logger, flush, setLevel } = await createLogger({ level: config.log.level, format: "json", fd: logFd });
   const boot = () => createAgent({ configStore, logger, setLogLevel: setLevel, clock: systemClock });
   let agent = boot();
+  // The demo pins its own device, as deploy.sh pins a deployed one: ctl then counts its signed answers.
+  const knownDevices = join(stateDir, "known_devices");
+  const pins = KnownDevices.load(knownDevices);
+  pins.pin({
+    broker: brokerId(`mqtt://127.0.0.1:${port}`),
+    prefix: config.mqtt.topicPrefix,
+    device: config.device.id,
+    key: agent.identity.publicKey,
+    note: "the demo's own device",
+  });
+  pins.save();
 
   const tty = host.stdout.isTTY === true;
   const devices = new Map<string, DeviceView>();
@@ -81,8 +93,8 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
   const header = [
     `outpost demo: embedded broker on mqtt://127.0.0.1:${port} (MQTT 3.1.1), agent log ${logFile}`,
     `watch it from another terminal: mosquitto_sub -p ${port} -t '${prefix}/#' -v      Ctrl-C stops`,
-    `command it: ${me(host)} ctl call --broker mqtt://127.0.0.1:${port} --key ${keyFile} ${config.device.id} describe`,
-    `or set once in a shell: export OUTPOST_CTL_BROKER=mqtt://127.0.0.1:${port} OUTPOST_CTL_KEY=${keyFile}`,
+    `command it: ${me(host)} ctl call --broker mqtt://127.0.0.1:${port} --key ${keyFile} --known-devices ${knownDevices} ${config.device.id} describe`,
+    `or set once in a shell: export OUTPOST_CTL_BROKER=mqtt://127.0.0.1:${port} OUTPOST_CTL_KEY=${keyFile} OUTPOST_CTL_KNOWN_DEVICES=${knownDevices}`,
   ];
   if (!tty) host.stdout.write(`${header.join("\n")}\n`);
 

@@ -20,7 +20,20 @@ export interface Host {
 
 /** 75 (EX_TEMPFAIL) after the `restart` command: non-zero, so that systemd's Restart=on-failure starts us again. */
 /** 69 is sysexits' EX_UNAVAILABLE: `ctl` could not connect to the broker at all. */
-export const EXIT = { OK: 0, FAILURE: 1, USAGE: 64, UNAVAILABLE: 69, RESTART: 75, CONFIG: 78 } as const;
+/**
+ * 65 (EX_DATAERR): `ctl` was sent a forged answer (a bad signature, a changed device key, a replayed answer).
+ * 77 (EX_NOPERM): an answer `ctl` cannot verify (an unpinned device, an agent that does not sign) did not count.
+ */
+export const EXIT = {
+  OK: 0,
+  FAILURE: 1,
+  USAGE: 64,
+  FORGED: 65,
+  UNAVAILABLE: 69,
+  RESTART: 75,
+  UNVERIFIED: 77,
+  CONFIG: 78,
+} as const;
 
 export class UsageError extends Error {}
 

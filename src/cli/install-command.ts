@@ -10,7 +10,7 @@ import {
   apply,
   type Change,
   checkArchitecture,
-  deviceFingerprint,
+  deviceKey,
   installPlan,
   remove,
   secretAccess,
@@ -145,7 +145,7 @@ export async function installCommand(host: Host, verb: "install" | "uninstall", 
   if (values["no-start"] !== true) {
     systemTool("systemctl", ["start", "outpost-update.path", "outpost-rollback.path"]);
     systemTool("systemctl", [changed ? "restart" : "start", "outpost.service"]);
-    await printFingerprint(host, stateDirOf(configPath, host.hostname));
+    await printFingerprint(host, installedConfig(configPath, host.hostname));
   }
   return EXIT.OK;
 }
@@ -156,21 +156,23 @@ const KEY_WAIT_MS = 30_000;
 /**
  * The device key's fingerprint, once the service has started and made it: what an operator pins for this
  * device (docs/security.md). The agent makes the key itself, at its first start; install never does (an image
- * built with --root would give every device the same key).
+ * built with --root would give every device the same key). The `device` line gives the id and the public key
+ * itself, for scripts/deploy.sh to pin over the ssh session it already trusts.
  */
-async function printFingerprint(host: Host, stateDir: string): Promise<void> {
+async function printFingerprint(host: Host, config: { stateDir: string; device: string }): Promise<void> {
   const uid = serviceUid();
   const deadline = Date.now() + KEY_WAIT_MS;
   for (;;) {
-    let fingerprint: string | undefined;
+    let key: { publicKey: string; fingerprint: string } | undefined;
     let problem: string | undefined;
     try {
-      fingerprint = deviceFingerprint(stateDir, uid);
+      key = deviceKey(config.stateDir, uid);
     } catch (err) {
       problem = errorMessage(err);
     }
-    if (fingerprint) {
-      host.stdout.write(`key       ${fingerprint}  (the device's own key: operators pin this fingerprint)\n`);
+    if (key) {
+      host.stdout.write(`key       ${key.fingerprint}  (the device's own key: operators pin this fingerprint)\n`);
+      host.stdout.write(`device    ${config.device} ${key.publicKey}\n`);
       return;
     }
     if (Date.now() >= deadline) {
@@ -181,12 +183,13 @@ async function printFingerprint(host: Host, stateDir: string): Promise<void> {
   }
 }
 
-/** The state directory the installed config names (the layout's when it cannot be read). */
-function stateDirOf(configPath: string, hostname: string): string {
+/** The state directory and device id the installed config names (the layout's and the hostname when unreadable). */
+function installedConfig(configPath: string, hostname: string): { stateDir: string; device: string } {
   try {
-    return loadAgentConfig({ path: configPath, required: false, env: {}, hostname }).config.state.dir;
+    const { config } = loadAgentConfig({ path: configPath, required: false, env: {}, hostname });
+    return { stateDir: config.state.dir, device: config.device.id };
   } catch {
-    return LAYOUT.state;
+    return { stateDir: LAYOUT.state, device: hostname };
   }
 }
 

@@ -35,6 +35,11 @@ export type AnswerCheck =
   /** Signed, but not by this key for this device and topic, or the bytes changed: never counts. */
   | { state: "invalid" };
 
+/** Whether a payload carries a device's signature at all (valid or not: checkAnswer says). */
+export function hasSignature(payload: string): boolean {
+  return SIGNED_TAIL.test(payload);
+}
+
 /** Checks a payload as received on `topic` against the device's pinned key. */
 export function checkAnswer(key: KeyObject, deviceId: string, topic: string, payload: string): AnswerCheck {
   const m = SIGNED_TAIL.exec(payload);

@@ -1,4 +1,4 @@
-import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from "node:crypto";
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from "node:crypto";
 import { OutpostError } from "../core/errors.ts";
 
 /** Text form of a public key: `ed25519:` and the 32 raw key bytes in standard base64, on one line. */
@@ -58,4 +58,20 @@ function ed25519(read: () => KeyObject, kind: "public" | "private"): KeyObject {
     throw new OutpostError("KEY_INVALID", `expected an ed25519 key, found ${key.asymmetricKeyType}`);
   }
   return key;
+}
+
+/**
+ * `SHA256:<base64, no padding>` of a public key (`ed25519:<base64>`) as ssh computes it: over the key's
+ * OpenSSH wire form (`ssh-ed25519` and the 32 bytes, each length-prefixed), so that `ssh-keygen -l` prints the
+ * same fingerprint for the same key.
+ */
+export function fingerprintOf(publicKey: string): string {
+  const raw = Buffer.from(publicKey.replace(/^ed25519:/, ""), "base64");
+  const field = (b: Buffer) => {
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(b.length);
+    return Buffer.concat([length, b]);
+  };
+  const blob = Buffer.concat([field(Buffer.from("ssh-ed25519")), field(raw)]);
+  return `SHA256:${createHash("sha256").update(blob).digest("base64").replace(/=+$/, "")}`;
 }

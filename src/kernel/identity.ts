@@ -1,4 +1,4 @@
-import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from "node:crypto";
+import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from "node:crypto";
 import {
   closeSync,
   constants,
@@ -12,7 +12,10 @@ import {
   statfsSync,
 } from "node:fs";
 import { join } from "node:path";
-import { publicKeyText } from "../commands/keys.ts";
+import { fingerprintOf, publicKeyText } from "../commands/keys.ts";
+
+export { fingerprintOf };
+
 import { errorMessage } from "../core/errors.ts";
 import { writeFileAtomically } from "../core/files.ts";
 import type { Logger } from "../core/logger.ts";
@@ -42,22 +45,6 @@ export interface DeviceIdentity {
    * not be stored there (read-only, full). Every operator's pin of it then fails; the agent runs all the same.
    */
   readonly ephemeral: boolean;
-}
-
-/**
- * `SHA256:<base64, no padding>` of a public key (`ed25519:<base64>`) as ssh computes it: over the key's
- * OpenSSH wire form (`ssh-ed25519` and the 32 bytes, each length-prefixed), so that `ssh-keygen -l` prints the
- * same fingerprint for the same key.
- */
-export function fingerprintOf(publicKey: string): string {
-  const raw = Buffer.from(publicKey.replace(/^ed25519:/, ""), "base64");
-  const field = (b: Buffer) => {
-    const length = Buffer.alloc(4);
-    length.writeUInt32BE(b.length);
-    return Buffer.concat([length, b]);
-  };
-  const blob = Buffer.concat([field(Buffer.from("ssh-ed25519")), field(raw)]);
-  return `SHA256:${createHash("sha256").update(blob).digest("base64").replace(/=+$/, "")}`;
 }
 
 /**

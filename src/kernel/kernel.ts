@@ -97,7 +97,7 @@ export class Kernel {
     this.health = new Health(() => clock.mono());
     const clockSynced = options.clockSynced ?? clockSyncProbe();
     // What the device says that an operator acts on is signed with its own key (status.ts, answerSigner).
-    const sign = answerSigner(this.identity.privateKey, config.device.id, this.topics);
+    const sign = answerSigner(this.identity.privateKey, config.device.id, this.topics, this.session);
     const status = (state: "online" | "offline" | "lost") =>
       signedStatus(sign, state, {
         topic: this.topics.status,

@@ -9,6 +9,18 @@ export interface RetainedLink {
   off(event: "connected", listener: () => void): unknown;
 }
 
+export interface RetainedOptions {
+  /** The device's signature on a value (commands/answers.ts); a removal (empty) is never signed. */
+  sign?: (topic: string, payload: string) => string;
+  /** The agent's session: with `sequenced`, each new value of such a topic carries it and a rising `seq`. */
+  session?: string;
+  /**
+   * The topics whose values an operator follows in order (the device's own update and alarm states): one seq
+   * across them all, rising with each new value, so that `ctl` can refuse an older value replayed as newer.
+   */
+  sequenced?: (topic: string) => boolean;
+}
+
 /**
  * "Latest value wins" for retained topics (update progress, alarm states, discovery configs). Unlike the
  * outbox, nothing is queued: only the newest value of each topic is kept, published at once when connected
@@ -21,13 +33,13 @@ export class RetainedState {
   private readonly out = new Map<string, string>();
   private readonly link: RetainedLink;
   private readonly logger: Logger;
-  private readonly sign: (topic: string, payload: string) => string;
+  private readonly o: RetainedOptions;
+  private seq = 0;
 
-  /** `sign`: the device's signature on a value (commands/answers.ts); a removal (empty) is never signed. */
-  constructor(link: RetainedLink, logger: Logger, sign: (topic: string, payload: string) => string = (_, p) => p) {
+  constructor(link: RetainedLink, logger: Logger, options: RetainedOptions = {}) {
     this.link = link;
     this.logger = logger;
-    this.sign = sign;
+    this.o = options;
     link.on("connected", this.republish);
   }
 
@@ -35,7 +47,11 @@ export class RetainedState {
     const payload = JSON.stringify(value);
     if (this.latest.get(topic) === payload) return;
     this.latest.set(topic, payload);
-    const signed = this.sign(topic, payload);
+    const { session, sign = (_: string, p: string) => p, sequenced = () => false } = this.o;
+    // The seq is added to what goes out, not to what is compared: a value set twice is still one message.
+    const stamped =
+      session !== undefined && sequenced(topic) ? JSON.stringify({ ...value, session, seq: ++this.seq }) : payload;
+    const signed = sign(topic, stamped);
     this.out.set(topic, signed);
     this.publish(topic, signed);
   }

@@ -5,6 +5,7 @@ import type { Clock } from "../core/clock.ts";
 import type { LinkMessage, ProtocolVersion } from "../mqtt/link.ts";
 import type { DeviceTopics } from "../mqtt/topics.ts";
 import { VERSION } from "../version.ts";
+import type { RetainedOptions } from "./retained.ts";
 
 export interface StatusInputs {
   topic: string;
@@ -24,8 +25,11 @@ export interface StatusInputs {
 export interface AnswerSigner {
   /** A message of the outbox (a reply, on whatever response topic; a result, an alarm, an event). */
   message(topic: string, payload: string): string;
-  /** A retained value: under the device's own topics, but for telemetry's (the full sample, Home Assistant's state). */
-  retained(topic: string, payload: string): string;
+  /**
+   * Retained values: signed under the device's own topics, but for telemetry's (the full sample, Home
+   * Assistant's state); those also carry the session and a seq (kernel/retained.ts).
+   */
+  retained: Required<RetainedOptions>;
 }
 
 /**
@@ -34,14 +38,15 @@ export interface AnswerSigner {
  * message), nor anything not a JSON object's text, nor Home Assistant's discovery configs (not the device's
  * topics: Home Assistant reads them).
  */
-export function answerSigner(key: KeyObject, deviceId: string, topics: DeviceTopics): AnswerSigner {
+export function answerSigner(key: KeyObject, deviceId: string, topics: DeviceTopics, session: string): AnswerSigner {
   const own = topics.status.slice(0, -"status".length);
   const telemetry = new Set([topics.telemetryFull, topics.state]);
   const sign = (topic: string, payload: string) =>
     payload.startsWith("{") && payload.endsWith("}") ? signAnswer(key, deviceId, topic, payload) : payload;
+  const signsRetained = (topic: string) => topic.startsWith(own) && !telemetry.has(topic);
   return {
     message: sign,
-    retained: (topic, payload) => (topic.startsWith(own) && !telemetry.has(topic) ? sign(topic, payload) : payload),
+    retained: { sign: (t, p) => (signsRetained(t) ? sign(t, p) : p), session, sequenced: signsRetained },
   };
 }
 
@@ -49,7 +54,7 @@ export function answerSigner(key: KeyObject, deviceId: string, topics: DeviceTop
 export function signedStatus(signer: AnswerSigner, state: "online" | "offline" | "lost", s: StatusInputs): LinkMessage {
   const message = statusMessage(state, s);
   if (state === "lost" || typeof message.payload !== "string") return message;
-  return { ...message, payload: signer.retained(message.topic, message.payload) };
+  return { ...message, payload: signer.retained.sign(message.topic, message.payload) };
 }
 
 /** The retained `P/D/status` message: the birth (`online`), the will (`lost`) and the farewell (`offline`). */

@@ -262,15 +262,15 @@ export function serviceUid(): number {
 }
 
 /**
- * The fingerprint of the key the agent made in its state directory (`device.pub`), read as root reads what the
+ * The key the agent made in its state directory (`device.pub`), read as root reads what the
  * agent wrote: the directory pinned and owned by the service user, the file opened once without following
  * links, a regular file of that user, bounded. Undefined while the agent has not made it yet.
  */
-export function deviceFingerprint(stateDir: string, uid: number): string | undefined {
+export function deviceKey(stateDir: string, uid: number): { publicKey: string; fingerprint: string } | undefined {
   return withPinnedDir(stateDir, uid, (dir) => {
     if (!dir.has(DEVICE_PUB_FILE)) return undefined;
     const text = dir.read(DEVICE_PUB_FILE, MAX_KEY_FILE).toString("utf8").trim();
     parsePublicKey(text);
-    return fingerprintOf(text);
+    return { publicKey: text, fingerprint: fingerprintOf(text) };
   });
 }

@@ -3,6 +3,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { fingerprintOf } from "../../src/commands/keys.ts";
 import { AgentProcess, ROOT } from "../helpers/agent-process.ts";
 import { PREFIX } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
@@ -45,7 +46,15 @@ describe("outpost ctl and keygen, the built x64 binary against a real mosquitto"
     agent = AgentProcess.run([BIN], config);
     await watch.waitFor(online("dev-e2e"), 20_000, "dev-e2e online");
     // Broker and key from the environment, as an operator's shell profile would set them.
-    const env = { OUTPOST_CTL_BROKER: `mqtt://127.0.0.1:${broker.port}`, OUTPOST_CTL_KEY: join(dir, "ops.key") };
+    const env = {
+      OUTPOST_CTL_BROKER: `mqtt://127.0.0.1:${broker.port}`,
+      OUTPOST_CTL_KEY: join(dir, "ops.key"),
+      OUTPOST_CTL_KNOWN_DEVICES: join(dir, "known_devices"),
+    };
+    // Pinned as an operator pins it: the fingerprint install prints (from device.pub), checked against the status.
+    const devicePub = readFileSync(join(agent.dir, "state", "device.pub"), "utf8").trim();
+    const pinned = await outpost(["ctl", "trust", "dev-e2e", fingerprintOf(devicePub)], env);
+    assert.equal(pinned.code, 0, pinned.stderr);
     call = (device, command, params, extra = []) =>
       outpost(
         [
@@ -86,7 +95,11 @@ describe("outpost ctl and keygen, the built x64 binary against a real mosquitto"
     assert.ok(text.length > 128 * 1024);
     const file = join(dir, "params.json");
     writeFileSync(file, text);
-    const env = { OUTPOST_CTL_BROKER: `mqtt://127.0.0.1:${broker.port}`, OUTPOST_CTL_KEY: join(dir, "ops.key") };
+    const env = {
+      OUTPOST_CTL_BROKER: `mqtt://127.0.0.1:${broker.port}`,
+      OUTPOST_CTL_KEY: join(dir, "ops.key"),
+      OUTPOST_CTL_KNOWN_DEVICES: join(dir, "known_devices"),
+    };
     const fromFile = await outpost(
       ["ctl", "call", "dev-e2e", "task.run", "--params", `@${file}`, "--timeout", "30s"],
       env,
@@ -193,7 +206,10 @@ describe("outpost ctl and keygen, the built x64 binary against a real mosquitto"
   });
 
   it("ctl devices lists the device from its retained status; ctl watch shows its telemetry", async () => {
-    const env = { OUTPOST_CTL_BROKER: `mqtt://127.0.0.1:${broker.port}` };
+    const env = {
+      OUTPOST_CTL_BROKER: `mqtt://127.0.0.1:${broker.port}`,
+      OUTPOST_CTL_KNOWN_DEVICES: join(dir, "known_devices"),
+    };
     const list = await outpost(["ctl", "devices", "--json", "--wait", "300ms"], env);
     assert.equal(list.code, 0, list.stderr);
     const rows = list.stdout
@@ -201,8 +217,8 @@ describe("outpost ctl and keygen, the built x64 binary against a real mosquitto"
       .split("\n")
       .map((l) => JSON.parse(l));
     assert.deepEqual(
-      rows.map((r) => [r.id, r.state]),
-      [["dev-e2e", "online"]],
+      rows.map((r) => [r.id, r.state, r.key]),
+      [["dev-e2e", "online", "pinned"]],
     );
     const watched = await outpost(["ctl", "watch", "dev-e2e", "--count", "2"], env);
     assert.equal(watched.code, 0, watched.stderr);

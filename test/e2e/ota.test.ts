@@ -309,6 +309,23 @@ describe("over-the-air updates of the installed agent (real systemd, built x64 b
   });
 
   it("v2 -> v3 over MQTT: outpost ctl update serves the chunks v2 lacks and ends with the device's outcome", async (t) => {
+    // The device's key, pinned as scripts/deploy.sh pins it (read on the device): made by the first release,
+    // kept through the updates and rollbacks above, so that v3's outcome is signed by the key pinned now.
+    const pub = (await sd.sh("cat /var/lib/outpost/device.pub")).stdout.trim();
+    const known = join(dir, "known_devices");
+    const pinned = await run([
+      ...sourceCommand(),
+      "ctl",
+      "trust",
+      DEVICE,
+      "--public-key",
+      pub,
+      "--broker",
+      broker.url,
+      "--known-devices",
+      known,
+    ]);
+    assert.equal(pinned.code, 0, pinned.stderr);
     const r = await run(
       [
         ...sourceCommand(),
@@ -320,6 +337,8 @@ describe("over-the-air updates of the installed agent (real systemd, built x64 b
         broker.url,
         "--key",
         join(dir, "ops.key"),
+        "--known-devices",
+        known,
         "--timeout",
         "2m",
       ],

@@ -54,6 +54,7 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
     });
     watch = await Watch.open(broker.port, [`${PREFIX}/${DEVICE}/#`]);
     const key = operatorKey();
+    writeFileSync(join(dir, "ops.key"), key.privatePem, { mode: 0o600 });
     operator = await Operator.open(broker.port, key);
     // The broker by host name over TLS, its CA in /etc/outpost readable by root only until install says so.
     config = {
@@ -343,8 +344,18 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
       ];
     });
 
+    // ctl, as deploy.sh runs it to pin each device: the built binary, this test's broker and pin file.
+    const ctlEnv = () => ({
+      PATH: process.env.PATH ?? "",
+      OUTPOST_CTL: BIN,
+      OUTPOST_CTL_BROKER: broker.url,
+      OUTPOST_CTL_KNOWN_DEVICES: join(dir, "known_devices"),
+    });
     const deploy = (port: number, extra: string[] = []) =>
-      run(["bash", DEPLOY, "-p", String(port), ...ssh, ...extra, "root@127.0.0.1"], { timeoutMs: 180_000 });
+      run(["bash", DEPLOY, "-p", String(port), ...ssh, ...extra, "root@127.0.0.1"], {
+        timeoutMs: 180_000,
+        env: ctlEnv(),
+      });
     const sums = () =>
       Object.fromEntries(
         readFileSync(join(ROOT, "dist", "SHA256SUMS"), "utf8")
@@ -358,19 +369,31 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
       const ca = await sd.sh(`install -D -m 0600 ${inside(dir, "ca.pem")} /etc/outpost/ca.pem`);
       assert.equal(ca.code, 0, ca.stderr);
       writeFileSync(join(dir, "config.json"), JSON.stringify(config));
-      const run = await deploy(ports.x64, ["--config", join(dir, "config.json")]);
-      assert.equal(run.code, 0, run.stdout + run.stderr);
+      const deployed = await deploy(ports.x64, ["--config", join(dir, "config.json")]);
+      assert.equal(deployed.code, 0, deployed.stdout + deployed.stderr);
       assert.match(
-        run.stdout,
+        deployed.stdout,
         new RegExp(
           `^root@127\\.0\\.0\\.1: x86_64, copying outpost-linux-x64 \\(${sums()["outpost-linux-x64"]}\\)$`,
           "m",
         ),
       );
-      assert.match(run.stdout, /^root@127\.0\.0\.1: installed$/m);
+      assert.match(deployed.stdout, /^root@127\.0\.0\.1: installed$/m);
       assert.equal(await sd.show("outpost", "ActiveState"), "active");
       const described = await operator.final(DEVICE, "describe");
       assert.equal(described.state, "succeeded");
+      // deploy.sh pinned the device's own key, read over its ssh session: ctl counts its signed answers.
+      const pub = (await sd.sh("cat /var/lib/outpost/device.pub")).stdout.trim();
+      const pins = readFileSync(join(dir, "known_devices"), "utf8");
+      assert.match(
+        pins,
+        new RegExp(
+          `^127\\.0\\.0\\.1:${broker.port} ${PREFIX} ${DEVICE} ${pub.replace(/[+/]/g, "\\$&")}  # trusted `,
+          "m",
+        ),
+      );
+      const called = await run([BIN, "ctl", "call", DEVICE, "ping", "--key", join(dir, "ops.key")], { env: ctlEnv() });
+      assert.equal(called.code, 0, called.stderr);
       // The temporary copy is gone.
       assert.equal((await sd.sh("ls /tmp | grep -c outpost-deploy || true")).stdout.trim(), "0");
     });

@@ -1,5 +1,5 @@
 import type { MqttClient } from "mqtt";
-import { type CallOptions, type CallResult, connectBroker, DeviceCaller } from "../../src/cli/ctl-client.ts";
+import { type CallOptions, type CallResult, connectBroker, DeviceCaller, UNCHECKED } from "../../src/cli/ctl-client.ts";
 import { type OperatorKey, operatorKey, PREFIX } from "./commands.ts";
 
 export { PREFIX };
@@ -13,7 +13,12 @@ export class Operator {
   private constructor(client: MqttClient, key: OperatorKey) {
     this.client = client;
     this.key = key;
-    this.caller = new DeviceCaller(client, PREFIX, { privateKey: key.privateKey, publicText: key.publicText });
+    this.caller = new DeviceCaller(
+      client,
+      PREFIX,
+      { privateKey: key.privateKey, publicText: key.publicText },
+      UNCHECKED,
+    );
   }
 
   static async open(port: number, key: OperatorKey = operatorKey()): Promise<Operator> {

@@ -17,6 +17,7 @@ describe("ctl", () => {
   let agent: AgentProcess;
   let dir: string;
   let key: string;
+  let pins: string;
   before(async () => {
     broker = await Mosquitto.start();
     dir = mkdtempSync(join(tmpdir(), "outpost-ctl-cli-"));
@@ -33,6 +34,20 @@ describe("ctl", () => {
     });
     await watch.waitFor((m: Received) => m.json.state === "online", 15_000, "online");
     await watch.close();
+    // Pinned as scripts/deploy.sh pins a device: its public key, read where the agent wrote it.
+    pins = join(dir, "known_devices");
+    const pinned = await run([
+      "ctl",
+      "trust",
+      "dev-ctl",
+      "--public-key",
+      join(agent.dir, "state", "device.pub"),
+      "--broker",
+      broker.url,
+      "--known-devices",
+      pins,
+    ]);
+    assert.equal(pinned.code, 0, pinned.err);
   });
   after(async () => {
     await agent.cleanup();
@@ -41,7 +56,18 @@ describe("ctl", () => {
   });
 
   it("global flags work before the subcommand, as with git and kubectl", async () => {
-    const r = await run(["ctl", "--broker", broker.url, "call", "--key", key, "dev-ctl", "ping"]);
+    const r = await run([
+      "ctl",
+      "--broker",
+      broker.url,
+      "--known-devices",
+      pins,
+      "call",
+      "--key",
+      key,
+      "dev-ctl",
+      "ping",
+    ]);
     assert.equal(r.code, 0, r.err);
     assert.match(r.out, /"pong": true/);
   });

@@ -16,6 +16,7 @@ import { operatorKey } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { type Received, Watch } from "../helpers/mqtt-watch.ts";
 import { PREFIX } from "../helpers/operator.ts";
+import { pinAgent } from "../helpers/pins.ts";
 import { fakeAgent } from "../helpers/releases.ts";
 
 const SIZE = 12 * 1024 * 1024;
@@ -35,6 +36,8 @@ describe("updates over MQTT, served by outpost ctl update", () => {
     makeRelease({ file, privateKey: parsePrivateKey(releaseKey.privatePem), out, kind: "agent", now: 1 });
     return out;
   }
+
+  const pins = () => join(dir, "known_devices");
 
   function agent(id: string): AgentProcess {
     const a = AgentProcess.run(sourceCommand(), {
@@ -62,6 +65,8 @@ describe("updates over MQTT, served by outpost ctl update", () => {
         broker.url,
         "--key",
         join(dir, "ops.key"),
+        "--known-devices",
+        pins(),
         "--json",
       ],
       { stdio: ["ignore", "pipe", "pipe"] },
@@ -104,6 +109,8 @@ describe("updates over MQTT, served by outpost ctl update", () => {
     const a = agent("dev-m1");
     const b = agent("dev-m2");
     await Promise.all([a.waitForLog("mqtt connected"), b.waitForLog("mqtt connected")]);
+    await pinAgent(pins(), broker.url, "dev-m1", a);
+    await pinAgent(pins(), broker.url, "dev-m2", b);
     const dirRelease = release("r1", bump(VERSION, 1));
     const r = await ctl(["--group", "line-3", "--expect", "2", dirRelease, "--until", "staged"]).done;
     assert.equal(r.code, 0, r.err + r.out);
@@ -128,6 +135,7 @@ describe("updates over MQTT, served by outpost ctl update", () => {
   it("a transfer cut at half resumes when served again: the second run sends only the rest", async () => {
     const c = agent("dev-m3");
     await c.waitForLog("mqtt connected");
+    await pinAgent(pins(), broker.url, "dev-m3", c);
     const dirRelease = release("r2", bump(VERSION, 2));
     const first = ctl(["dev-m3", dirRelease, "--until", "staged"]);
     const half = (m: Received) =>

@@ -7,10 +7,12 @@ import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, it } from "node:test";
+import { fingerprintOf } from "../../src/commands/keys.ts";
 import { demoFiles, demoTask } from "../../src/tasks/demo.ts";
 import { AgentProcess, ROOT, sourceCommand } from "../helpers/agent-process.ts";
 import { runCli } from "../helpers/cli.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
+import { pinAgent } from "../helpers/pins.ts";
 import { tempDir } from "../helpers/temp.ts";
 
 /** Lines not run here, each with why; every one must still be in the README (a stale entry fails). */
@@ -30,6 +32,8 @@ const SKIPPED: Record<string, string> = {
 
 /** The example's broker is replaced by this test's. */
 const EXAMPLE_BROKER = "mqtts://broker.example:8883";
+/** The fingerprint the README's pi-line-3 printed at install: replaced by this test's pi-line-3's. */
+const EXAMPLE_FINGERPRINT = "SHA256:N//gl5iVuEZw72apPc7+RcR9i8S3J1x+gny+ylU3Njw";
 
 interface Step {
   command: string;
@@ -111,6 +115,15 @@ async function startDevices(): Promise<void> {
     );
   }
   await Promise.all(agents.map((a) => a.waitForLog("mqtt connected", 30_000)));
+  // pi-line-4 and -5 as scripts/deploy.sh leaves them (pinned); pi-line-3 the README pins by its fingerprint.
+  for (const [i, id] of [
+    [1, "pi-line-4"],
+    [2, "pi-line-5"],
+  ] as const) {
+    const agent = agents[i];
+    assert.ok(agent);
+    await pinAgent(join(home, ".outpost", "known_devices"), broker.url, id, agent);
+  }
 }
 
 it("runs every command line of the README, or says why not", async () => {
@@ -146,7 +159,11 @@ it("runs every command line of the README, or says why not", async () => {
       assert.deepEqual(r.err.trimEnd().split("\n"), step.output, command);
       continue;
     }
-    const r = await runCli(args, env);
+    const pi3 = () => fingerprintOf(readFileSync(join(agents[0]?.dir ?? "", "state", "device.pub"), "utf8").trim());
+    const r = await runCli(
+      args.map((a) => (a === EXAMPLE_FINGERPRINT ? pi3() : a)),
+      env,
+    );
     assert.equal(r.code, 0, `${command}\n${r.err}${r.out.slice(0, 2000)}`);
     if (args[1] === "devices") assert.match(r.out, /^pi-line-3 +online/m);
     if (args[1] === "config") assert.match(r.out, new RegExp(`^broker +${broker.url}  # OUTPOST_CTL_BROKER$`, "m"));

@@ -3,8 +3,10 @@
 import assert from "node:assert/strict";
 import { generateKeyPairSync, sign } from "node:crypto";
 import { describe, it } from "node:test";
+import pino from "pino";
 import { ANSWER_CONTEXT, checkAnswer, requestDigest, SIGNATURE_BYTES, signAnswer } from "../../src/commands/answers.ts";
 import { SIGNING_CONTEXT } from "../../src/commands/envelope.ts";
+import { RetainedState } from "../../src/kernel/retained.ts";
 import { answerSigner } from "../../src/kernel/status.ts";
 import { deviceTopics } from "../../src/mqtt/topics.ts";
 import { RELEASE_CONTEXT } from "../../src/ota/manifest.ts";
@@ -88,15 +90,45 @@ describe("found by review of the signing", () => {
 
   it("signs replies on any topic and the device's retained states, never telemetry nor Home Assistant's", () => {
     const topics = deviceTopics("outpost", "pi-1");
-    const signer = answerSigner(privateKey, "pi-1", topics);
+    const signer = answerSigner(privateKey, "pi-1", topics, "s-1");
     const isSigned = (text: string) => checkAnswer(publicKey, "pi-1", "t", text).state !== "unsigned";
     assert.ok(isSigned(signer.message("outpost/_ctl/op/reply", body)), "a reply on an MQTT 5 response topic");
     for (const t of [topics.status, topics.update, `${topics.alarm("x")}/state`])
-      assert.ok(isSigned(signer.retained(t, body)), t);
+      assert.ok(isSigned(signer.retained.sign(t, body)), t);
     for (const t of [topics.telemetryFull, topics.state, "homeassistant/sensor/outpost_pi-1/cpu/config"]) {
-      assert.equal(signer.retained(t, body), body, t);
+      assert.equal(signer.retained.sign(t, body), body, t);
     }
     assert.equal(signer.message("t", "not json"), "not json", "only a JSON object's text is signed");
+  });
+
+  it("the device's retained states carry the session and a seq that rises with each new value", () => {
+    const topics = deviceTopics("outpost", "pi-1");
+    const signer = answerSigner(privateKey, "pi-1", topics, "s-1");
+    const sent: { topic: string; payload: string }[] = [];
+    const link = {
+      connected: true,
+      publish: async (t: string, payload: string) => {
+        sent.push({ topic: t, payload });
+      },
+      on: () => link,
+      off: () => link,
+    };
+    const retained = new RetainedState(link, pino({ level: "silent" }), signer.retained);
+    retained.set(topics.update, { state: "downloading", done: 1 });
+    retained.set(`${topics.alarm("disk")}/state`, { alarm: "disk", active: true });
+    retained.set(topics.update, { state: "downloading", done: 1 }); // the same value: nothing sent
+    retained.set(topics.update, { state: "staged" });
+    retained.set(topics.telemetryFull, { metrics: {} });
+    const bodies = sent.map((m) => JSON.parse(m.payload) as { session?: string; seq?: number; sig?: string });
+    assert.deepEqual(
+      bodies.map((b) => [b.session, b.seq, typeof b.sig]),
+      [
+        ["s-1", 1, "string"],
+        ["s-1", 2, "string"],
+        ["s-1", 3, "string"],
+        [undefined, undefined, "undefined"],
+      ],
+    );
   });
 
   it("the outbox's size check leaves room for the signature", () => {

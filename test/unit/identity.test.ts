@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import pino from "pino";
 import { DEVICE_KEY_FILE, DEVICE_PUB_FILE, deviceIdentity, fingerprintOf } from "../../src/kernel/identity.ts";
-import { deviceFingerprint } from "../../src/service/install.ts";
+import { deviceKey } from "../../src/service/install.ts";
 import { tempDir } from "../helpers/temp.ts";
 
 const logger = pino({ level: "silent" });
@@ -74,9 +74,9 @@ describe("install reads the fingerprint as root reads what the agent wrote", () 
 
   it("gives the agent's fingerprint, and nothing before the agent made its key", () => {
     const dir = tempDir("outpost-identity-");
-    assert.equal(deviceFingerprint(dir, uid), undefined);
+    assert.equal(deviceKey(dir, uid), undefined);
     const { fingerprint } = deviceIdentity(dir, logger);
-    assert.equal(deviceFingerprint(dir, uid), fingerprint);
+    assert.equal(deviceKey(dir, uid)?.fingerprint, fingerprint);
   });
 
   it("never follows a link planted as device.pub, nor reads another user's directory", () => {
@@ -84,8 +84,8 @@ describe("install reads the fingerprint as root reads what the agent wrote", () 
     const elsewhere = join(tempDir("outpost-identity-other-"), "planted.pub");
     writeFileSync(elsewhere, `${deviceIdentity(tempDir("outpost-identity-"), logger).publicKey}\n`);
     symlinkSync(elsewhere, join(dir, DEVICE_PUB_FILE));
-    assert.throws(() => deviceFingerprint(dir, uid), /cannot be opened safely/);
-    assert.throws(() => deviceFingerprint(dir, uid + 1), /is not a directory of uid/);
+    assert.throws(() => deviceKey(dir, uid), /cannot be opened safely/);
+    assert.throws(() => deviceKey(dir, uid + 1), /is not a directory of uid/);
   });
 });
 

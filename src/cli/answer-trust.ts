@@ -1,0 +1,225 @@
+// What `ctl` believes of a device's answer: only what the device's pinned key signed, for the request ctl sent,
+// in order. Everything else is shown for what it is and never counts (docs/security.md, "Device identity").
+import type { KeyObject } from "node:crypto";
+import { checkAnswer, hasSignature } from "../commands/answers.ts";
+import { fingerprintOf, parsePublicKey } from "../commands/keys.ts";
+import { errorMessage } from "../core/errors.ts";
+import { brokerId, type KnownDevices, type Pin } from "./known-devices.ts";
+
+export type Verdict =
+  /** Signed by the device's pinned key, for this request, in order: the only answer that counts. */
+  | { trust: "verified" }
+  /** A copy of an answer already taken (a QoS 1 resend, a retained value republished at a reconnect). */
+  | { trust: "duplicate" }
+  /** No pin for the device, or no signature (an agent older than signed answers): shown, never counted. */
+  | { trust: "unpinned" | "unsigned"; why: string }
+  /** A signature that does not verify, a changed key, an answer to another request, a seq gone backwards. */
+  | { trust: "forged"; why: string };
+
+/** What a reply or an update state must name to answer this request. */
+export interface Expected {
+  /** The request's id. */
+  id?: string;
+  /** The sha256 of the request's exact payload (commands/answers.ts requestDigest). */
+  request?: string;
+}
+
+export interface TrustOptions {
+  pins: KnownDevices;
+  /** The broker's URL: pins are per broker (known-devices.ts brokerId). */
+  broker: string;
+  prefix: string;
+  /** Pin an unpinned device's key from its signed status (ssh's accept-new): never a changed key. */
+  acceptNew: boolean;
+  /** Told of each pin `acceptNew` adds (already saved). */
+  onPinned?: (pin: Pin) => void;
+}
+
+interface Stream {
+  session: string;
+  seq: number;
+  seen: Set<number>;
+}
+
+interface StatusSeen {
+  topic: string;
+  text: string;
+  body: Record<string, unknown>;
+}
+
+export class AnswerTrust {
+  private readonly o: TrustOptions;
+  private readonly broker: string;
+  private readonly statuses = new Map<string, StatusSeen>();
+  private readonly streams = new Map<string, Stream>();
+  private readonly keys = new Map<string, KeyObject>();
+
+  constructor(o: TrustOptions) {
+    this.o = o;
+    this.broker = brokerId(o.broker);
+  }
+
+  /** The status topics this needs to see for `device` (`+`: any): keys to accept, versions to name. */
+  statusTopic(device: string): string {
+    return `${this.o.prefix}/${device}/status`;
+  }
+
+  /** Keeps a device's latest retained status: where a key to accept, a changed key or a version is read. */
+  sawStatus(device: string, topic: string, text: string): void {
+    if (text === "") return;
+    try {
+      const body = JSON.parse(text) as unknown;
+      if (body !== null && typeof body === "object" && !Array.isArray(body)) {
+        this.statuses.set(device, { topic, text, body: body as Record<string, unknown> });
+      }
+    } catch {
+      // Not a status of ours.
+    }
+  }
+
+  pinOf(device: string): Pin | undefined {
+    return this.o.pins.find(this.broker, this.o.prefix, device);
+  }
+
+  /** The device's status as last seen, checked like an answer (its `lost` will is never signed). */
+  status(device: string): { body: Record<string, unknown>; verdict: Verdict } | undefined {
+    const s = this.statuses.get(device);
+    if (!s) return undefined;
+    return { body: s.body, verdict: this.check(device, s.topic, s.text, s.body, {}, false) };
+  }
+
+  /**
+   * Checks one answer: `text` exactly as received on `topic`, `body` its parsed form. A verified answer must
+   * also name what `expected` names, and its seq must not go backwards within its session on this topic.
+   */
+  check(
+    device: string,
+    topic: string,
+    text: string,
+    body: Record<string, unknown>,
+    expected: Expected,
+    ordered = true,
+  ): Verdict {
+    // No signature at all: an agent older than signed answers (or anyone): said so, pinned or not.
+    if (!hasSignature(text)) {
+      const version = typeof body.version === "string" ? body.version : this.versionOf(device);
+      return { trust: "unsigned", why: `unsigned${version ? ` (version ${version})` : ""}: never counted` };
+    }
+    const key = this.keyOf(device, topic, text);
+    if ("trust" in key) return key;
+    const signed = checkAnswer(key.key, device, topic, text);
+    if (signed.state !== "verified") return { trust: "forged", why: this.invalidWhy(device, key.pin) };
+    if (expected.id !== undefined && body.id !== expected.id) {
+      return { trust: "forged", why: `signed, but for request ${String(body.id)}, not ${expected.id}: replayed` };
+    }
+    if (expected.request !== undefined && body.request !== expected.request) {
+      return { trust: "forged", why: "signed, but answers another request (a replayed answer)" };
+    }
+    return ordered ? this.inOrder(device, topic, body) : { trust: "verified" };
+  }
+
+  private keyOf(device: string, topic: string, text: string): { key: KeyObject; pin: Pin } | Verdict {
+    let pin = this.pinOf(device);
+    if (!pin) {
+      const status = this.statuses.get(device);
+      const offered = typeof status?.body.deviceKey === "string" ? status.body.deviceKey : undefined;
+      const fingerprint = offered ? safeFingerprint(offered) : undefined;
+      if (this.o.acceptNew && offered && fingerprint && status) {
+        const key = this.parse(offered);
+        // Accepted only when the status and this answer are both signed by the key the status offers.
+        if (
+          key &&
+          checkAnswer(key, device, status.topic, status.text).state === "verified" &&
+          checkAnswer(key, device, topic, text).state === "verified"
+        ) {
+          pin = {
+            broker: this.broker,
+            prefix: this.o.prefix,
+            device,
+            key: offered,
+            note: `accepted new ${new Date().toISOString()}`,
+          };
+          try {
+            this.o.pins.pin(pin);
+            this.o.pins.save();
+          } catch (err) {
+            this.o.pins.forget(pin.broker, pin.prefix, device);
+            return { trust: "unpinned", why: `${device}'s key could not be pinned: ${errorMessage(err)}` };
+          }
+          this.o.onPinned?.(pin);
+        }
+      }
+      if (!pin) {
+        const hint = fingerprint
+          ? `; its status offers ${fingerprint}: compare it with what install printed on the device, then outpost ctl trust ${device} ${fingerprint}`
+          : "";
+        return { trust: "unpinned", why: `${device} is not pinned in ${this.o.pins.where}${hint}` };
+      }
+    }
+    const key = this.parse(pin.key);
+    if (!key) return { trust: "forged", why: `the pin of ${device} in ${this.o.pins.where} is not a key` };
+    return { key, pin };
+  }
+
+  private parse(text: string): KeyObject | undefined {
+    let key = this.keys.get(text);
+    if (!key) {
+      try {
+        key = parsePublicKey(text);
+      } catch {
+        return undefined;
+      }
+      this.keys.set(text, key);
+    }
+    return key;
+  }
+
+  private versionOf(device: string): string | undefined {
+    const v = this.statuses.get(device)?.body.version;
+    return typeof v === "string" ? v : undefined;
+  }
+
+  /** Why a signature failed: a device whose signed status names another key was re-installed, or is impersonated. */
+  private invalidWhy(device: string, pin: Pin): string {
+    const pinned = safeFingerprint(pin.key) ?? "?";
+    const status = this.statuses.get(device);
+    const offered = typeof status?.body.deviceKey === "string" ? status.body.deviceKey : undefined;
+    const key = offered && offered !== pin.key ? this.parse(offered) : undefined;
+    if (offered && key && status && checkAnswer(key, device, status.topic, status.text).state === "verified") {
+      return (
+        `THE KEY OF ${device} HAS CHANGED: pinned ${pinned}, its status now offers ${safeFingerprint(offered)}. ` +
+        `If ${device} was re-installed, run outpost ctl forget ${device} and pin the new key; otherwise another ` +
+        `client is answering as ${device}`
+      );
+    }
+    return `the signature does not verify with ${device}'s pinned key ${pinned}: forged or altered`;
+  }
+
+  /** Refuses a seq that goes backwards within a session on one topic; a repeated seq is a duplicate. */
+  private inOrder(device: string, topic: string, body: Record<string, unknown>): Verdict {
+    const { session, seq } = body;
+    if (typeof session !== "string" || typeof seq !== "number") return { trust: "verified" };
+    const id = `${device}\n${topic}`;
+    const s = this.streams.get(id);
+    if (!s || s.session !== session) {
+      this.streams.set(id, { session, seq, seen: new Set([seq]) });
+      return { trust: "verified" };
+    }
+    if (s.seen.has(seq)) return { trust: "duplicate" };
+    if (seq < s.seq) {
+      return { trust: "forged", why: `seq ${seq} after ${s.seq} in session ${session}: an old answer replayed` };
+    }
+    s.seq = seq;
+    s.seen.add(seq);
+    return { trust: "verified" };
+  }
+}
+
+function safeFingerprint(key: string): string | undefined {
+  try {
+    parsePublicKey(key);
+    return fingerprintOf(key);
+  } catch {
+    return undefined;
+  }
+}

@@ -19,12 +19,18 @@ import { join } from "node:path";
 import { parseArgs, promisify } from "node:util";
 import mqtt from "mqtt";
 import { pino } from "pino";
+import { AnswerTrust } from "../src/cli/answer-trust.ts";
+import { DeviceCaller } from "../src/cli/ctl-client.ts";
+import { brokerId, KnownDevices } from "../src/cli/known-devices.ts";
 import { checkAnswer, signAnswer } from "../src/commands/answers.ts";
 import { verifyEnvelope } from "../src/commands/envelope.ts";
 import { parsePublicKey } from "../src/commands/keys.ts";
 import { systemClock } from "../src/core/clock.ts";
+import { answerSigner } from "../src/kernel/status.ts";
 import type { MqttLink } from "../src/mqtt/link.ts";
+import { deviceTopics } from "../src/mqtt/topics.ts";
 import { Outbox } from "../src/outbox/outbox.ts";
+import type { OutboxOptions } from "../src/outbox/types.ts";
 import { AgentProcess, ROOT } from "../test/helpers/agent-process.ts";
 import { harness, request, sign } from "../test/helpers/commands.ts";
 import { testLink } from "../test/helpers/link.ts";
@@ -318,10 +324,41 @@ async function bareDrain(port: number, payloads: string[], cpu: number[]): Promi
 }
 
 /** An outbox with the defaults and silent logs, as each outbox row needs one. */
-function quietOutbox(transport: MqttLink, session: string, dir: string, window?: number): Outbox {
+function quietOutbox(
+  transport: MqttLink,
+  session: string,
+  dir: string,
+  window?: number,
+  sign?: OutboxOptions["sign"],
+): Outbox {
   const logger = pino({ level: "silent" });
-  const options = { transport, clock: systemClock, session, clockSynced: () => true, logger, dir };
+  const options = { transport, clock: systemClock, session, clockSynced: () => true, logger, dir, sign };
   return new Outbox(window === undefined ? options : { ...options, window });
+}
+
+/** The device's signing of telemetry with `telemetry.sign` on (kernel/status.ts), with a key of its own. */
+const signedTelemetry = answerSigner(
+  generateKeyPairSync("ed25519").privateKey,
+  "bench",
+  deviceTopics("bench", "bench"),
+  "bench",
+).outbox(() => true);
+
+/** Drains the backlog stored in `dir`; returns ms, and the CPU per message in `cpu`. */
+async function drainOnce(port: number, dir: string, cpu: number[], sign?: OutboxOptions["sign"]): Promise<number> {
+  const online = testLink(port, 5, "bench-outbox");
+  const drain = quietOutbox(online, "bench-drain", dir, WINDOW, sign);
+  await drain.start(new AbortController().signal);
+  if (drain.stats().queued !== BACKLOG) throw new Error(`backlog of ${drain.stats().queued}, not ${BACKLOG}`);
+  const d0 = performance.now();
+  const c0 = cpuUs();
+  await online.start(new AbortController().signal);
+  await drain.flush(AbortSignal.timeout(600_000));
+  const ms = performance.now() - d0;
+  cpu.push((cpuUs() - c0) / BACKLOG);
+  await online.stop();
+  await drain.stop();
+  return ms;
 }
 
 async function outboxRows(broker: Mosquitto): Promise<void> {
@@ -369,26 +406,22 @@ async function outboxRows(broker: Mosquitto): Promise<void> {
     const drainMs: number[] = [];
     const bareCpu: number[] = [];
     const drainCpu: number[] = [];
+    const signedMs: number[] = [];
+    const signedCpu: number[] = [];
     for (let run = 0; run < DRAINS; run++) {
-      const drainDir = join(dir, `drain-${run}`);
-      const writer = quietOutbox(transport, `bench-${run}`, drainDir);
-      await writer.start(new AbortController().signal);
-      for (let i = 0; i < BACKLOG; i++) writer.send({ topic: "bench/outbox", priority: "telemetry", body: body(i) });
-      await writer.stop();
-
+      const backlog = async (name: string) => {
+        const at = join(dir, `${name}-${run}`);
+        const writer = quietOutbox(transport, `bench-${name}-${run}`, at);
+        await writer.start(new AbortController().signal);
+        for (let i = 0; i < BACKLOG; i++) writer.send({ topic: "bench/outbox", priority: "telemetry", body: body(i) });
+        await writer.stop();
+        return at;
+      };
+      const plainDir = await backlog("drain");
+      const signedDir = await backlog("signed");
       bareMs.push(await bareDrain(broker.port, payloads, bareCpu));
-      const online = testLink(broker.port, 5, "bench-outbox");
-      const drain = quietOutbox(online, "bench-drain", drainDir, WINDOW);
-      await drain.start(new AbortController().signal);
-      if (drain.stats().queued !== BACKLOG) throw new Error(`backlog of ${drain.stats().queued}, not ${BACKLOG}`);
-      const d0 = performance.now();
-      const c0 = cpuUs();
-      await online.start(new AbortController().signal);
-      await drain.flush(AbortSignal.timeout(600_000));
-      drainMs.push(performance.now() - d0);
-      drainCpu.push((cpuUs() - c0) / BACKLOG);
-      await online.stop();
-      await drain.stop();
+      drainMs.push(await drainOnce(broker.port, plainDir, drainCpu));
+      signedMs.push(await drainOnce(broker.port, signedDir, signedCpu, signedTelemetry));
     }
     const ratios = drainMs.map((ms, i) => (bareMs[i] ?? 0) / ms);
     rows.push({
@@ -404,6 +437,13 @@ async function outboxRows(broker: Mosquitto): Promise<void> {
       bare: median(bareCpu),
       unit: "µs",
       note: `median of ${DRAINS}; outbox ${drainCpu.map((c) => c.toFixed(1)).join(" ")}`,
+    });
+    rows.push({
+      metric: "backlog drain rate with telemetry.sign on",
+      outpost: BACKLOG / (median(signedMs) / 1000),
+      bare: BACKLOG / (median(drainMs) / 1000),
+      unit: "msg/s",
+      note: `"bare" here is the same drain unsigned; CPU per message ${median(signedCpu).toFixed(1)} µs signed, ${median(drainCpu).toFixed(1)} unsigned`,
     });
     rows.push({
       metric: `time to drain ${BACKLOG} backlogged messages`,
@@ -443,12 +483,22 @@ async function commandRows(broker: Mosquitto, watch: Watch): Promise<void> {
       20_000,
       "online",
     );
+    // As ctl calls: the device's key pinned, every reply checked (answer-trust.ts). The echo cannot sign.
+    const pins = KnownDevices.none();
+    const url = `mqtt://127.0.0.1:${broker.port}`;
+    const pub = readFileSync(join(agent.dir, "state", "device.pub"), "utf8").trim();
+    pins.pin({ broker: brokerId(url), prefix: "outpost/v1", device: "bench-cmd", key: pub });
+    const trust = new AnswerTrust({ pins, broker: url, prefix: "outpost/v1", acceptNew: false });
+    const checked = new DeviceCaller(operator.client, "outpost/v1", operator.key, trust);
     // One ping at a time; the first 50 warm up.
     const pings = async (device: string) => {
       const ms: number[] = [];
       for (let i = 0; i < CALLS + 50; i++) {
         const t0 = performance.now();
-        const result = await operator.call(device, "ping");
+        const result =
+          device === "bench-cmd"
+            ? await checked.call({ device, command: "ping", timeoutMs: 10_000, validityMs: 60_000 })
+            : await operator.call(device, "ping");
         if (result.finals[0]?.state !== "succeeded") throw new Error(`ping ${i} to ${device} failed`);
         if (i >= 50) ms.push(performance.now() - t0);
       }
@@ -472,7 +522,7 @@ async function commandRows(broker: Mosquitto, watch: Watch): Promise<void> {
         outpost: percentile(agentMs, p),
         bare: percentile(bareMs, p),
         unit: "ms",
-        note: "signed request, accepted + succeeded replies via the outbox; bare = MQTT.js echo",
+        note: "signed request, signed accepted + succeeded replies via the outbox, checked as ctl does; bare = MQTT.js echo",
       });
     }
   } finally {

@@ -24,6 +24,7 @@ import { PendingReplies } from "./pending-replies.ts";
 import { RetainedState } from "./retained.ts";
 import { stopInOrder } from "./shutdown.ts";
 import { answerSigner, signedStatus } from "./status.ts";
+import type { TelemetryPort } from "./telemetry-port.ts";
 import {
   adaptModules,
   commandPolicy,
@@ -72,7 +73,7 @@ export class Kernel {
   readonly identity: DeviceIdentity;
   /** Resolves when the `restart` command asks the process to stop and be started again. */
   readonly restartRequested: Promise<void>;
-  private requestRestart: () => void = () => {};
+  private readonly requestRestart: () => void;
   private readonly o: KernelOptions;
   private readonly direct: Direct;
   private readonly pending: PendingReplies;
@@ -89,9 +90,7 @@ export class Kernel {
     // `configStore.current()` each time it needs a value, so a reload reaches it without a restart.
     const { config, typed } = configStore.current();
     this.startedAt = clock.mono();
-    this.restartRequested = new Promise((resolve) => {
-      this.requestRestart = resolve;
-    });
+    ({ promise: this.restartRequested, resolve: this.requestRestart } = Promise.withResolvers<void>());
     this.topics = deviceTopics(config.mqtt.topicPrefix, config.device.id);
     this.identity = deviceIdentity(config.state.dir, logger.child({ component: "identity" }));
     this.health = new Health(() => clock.mono());
@@ -137,7 +136,7 @@ export class Kernel {
       window: config.outbox.window,
       maxPacketSize: config.outbox.maxPacketSize,
       heartbeat: this.health.heartbeat("outbox.commits", () => 3 * commit + 5000),
-      sign: (topic, payload, priority) => (priority === "telemetry" ? payload : sign.message(topic, payload)),
+      sign: sign.outbox(() => this.telemetry()?.signed() === true),
     });
     const commandLog = logger.child({ component: "commands" });
     this.replay = new ReplayGuard({ dir: config.state.dir, logger: commandLog, now: clock.now() });
@@ -296,7 +295,7 @@ export class Kernel {
       restart: (delayMs, reply) => this.restart(delayMs, reply),
       env: this.o.env ?? {},
       models: () => this.modules.find((m) => m.parts.models)?.parts.models,
-      telemetry: () => this.modules.find((m) => m.parts.telemetry)?.parts.telemetry,
+      telemetry: () => this.telemetry(),
       vitals: () => ({
         alive: this.health.alive(),
         connected: this.link.connected,
@@ -390,6 +389,10 @@ export class Kernel {
       this.health.roll();
     }
   }
+
+  /** The telemetry module's port, when it runs. */
+  private readonly telemetry = (): TelemetryPort | undefined =>
+    this.modules.find((m) => m.parts.telemetry)?.parts.telemetry;
 
   private trace(step: string): void {
     this.o.trace?.(step);

@@ -4,6 +4,7 @@ import type { Snapshot } from "../config/store.ts";
 import type { Clock } from "../core/clock.ts";
 import type { LinkMessage, ProtocolVersion } from "../mqtt/link.ts";
 import type { DeviceTopics } from "../mqtt/topics.ts";
+import type { Priority } from "../outbox/types.ts";
 import { VERSION } from "../version.ts";
 import type { RetainedOptions } from "./retained.ts";
 
@@ -25,6 +26,8 @@ export interface StatusInputs {
 export interface AnswerSigner {
   /** A message of the outbox (a reply, on whatever response topic; a result, an alarm, an event). */
   message(topic: string, payload: string): string;
+  /** The outbox's signing: every class but telemetry, which only while `telemetry.sign` is on. */
+  outbox(telemetrySigned: () => boolean): (topic: string, payload: string, priority: Priority) => string;
   /**
    * Retained values: signed under the device's own topics, but for telemetry's (the full sample, Home
    * Assistant's state); those also carry the session and a seq (kernel/retained.ts).
@@ -46,6 +49,8 @@ export function answerSigner(key: KeyObject, deviceId: string, topics: DeviceTop
   const signsRetained = (topic: string) => topic.startsWith(own) && !telemetry.has(topic);
   return {
     message: sign,
+    outbox: (telemetrySigned) => (topic, payload, priority) =>
+      priority === "telemetry" && !telemetrySigned() ? payload : sign(topic, payload),
     retained: { sign: (t, p) => (signsRetained(t) ? sign(t, p) : p), session, sequenced: signsRetained },
   };
 }

@@ -86,4 +86,6 @@ export interface TelemetryPort {
   intervalMs(): number;
   /** How long ago the last sample was taken (ms); null before the first. */
   lastSampleAgeMs(): number | null;
+  /** `telemetry.sign` now: whether the device signs its telemetry messages (the kernel's outbox does). */
+  signed(): boolean;
 }

@@ -176,7 +176,12 @@ export const telemetryModule: Module<typeof telemetrySection> = {
         }),
       ],
       status: () => ({ board: { kind: board.kind, model: board.model } }),
-      telemetry: { board: () => board, intervalMs: interval, lastSampleAgeMs },
+      telemetry: {
+        board: () => board,
+        intervalMs: interval,
+        lastSampleAgeMs,
+        signed: () => ctx.config().sign === true,
+      },
       describe: () => {
         const { interval, fullInterval } = ctx.config();
         return {

@@ -101,6 +101,17 @@ describe("found by review of the signing", () => {
     assert.equal(signer.message("t", "not json"), "not json", "only a JSON object's text is signed");
   });
 
+  it("telemetry is signed only while telemetry.sign is on; every other class always", () => {
+    const signer = answerSigner(privateKey, "pi-1", deviceTopics("outpost", "pi-1"), "s-1");
+    const isSigned = (text: string) => checkAnswer(publicKey, "pi-1", "t", text).state !== "unsigned";
+    let on = false;
+    const outbox = signer.outbox(() => on);
+    assert.equal(outbox("outpost/pi-1/telemetry", body, "telemetry"), body);
+    assert.ok(isSigned(outbox("outpost/pi-1/alarms/x", body, "alarm")));
+    on = true;
+    assert.ok(isSigned(outbox("outpost/pi-1/telemetry", body, "telemetry")), "read at each message: a reload applies");
+  });
+
   it("the device's retained states carry the session and a seq that rises with each new value", () => {
     const topics = deviceTopics("outpost", "pi-1");
     const signer = answerSigner(privateKey, "pi-1", topics, "s-1");

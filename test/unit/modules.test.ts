@@ -27,7 +27,7 @@ after(() => {
 });
 
 const board: Board = { kind: "raspberry-pi", model: "Raspberry Pi 4 Model B", compatible: [], source: [] };
-const port = { board: () => board, intervalMs: () => 20, lastSampleAgeMs: () => 0 };
+const port = { board: () => board, intervalMs: () => 20, lastSampleAgeMs: () => 0, signed: () => false };
 
 /** The module's describe section (an empty one when it has none). */
 const described = <C>(fake: Fake<C>): Record<string, unknown> => {

@@ -6,7 +6,7 @@ import { type CommandRequest, FINAL_STATES, newRequest, type ReplyBody, signPayl
 import { errorMessage, OutpostError } from "../core/errors.ts";
 import { redactUrl } from "../core/patterns.ts";
 import { type BrokerEndpoint, endpointOptions, refusedMqtt5 } from "../mqtt/options.ts";
-import { ctlReplyTopic, deviceTopics, groupCommandPrefix } from "../mqtt/topics.ts";
+import { deviceReplyTopic, deviceTopics, groupCommandPrefix } from "../mqtt/topics.ts";
 import type { AnswerTrust, Verdict } from "./answer-trust.ts";
 
 export interface BrokerOptions extends BrokerEndpoint {
@@ -132,8 +132,10 @@ export const UNCHECKED = null;
 type Waiting = (reply: ReplyBody, topic: string, text: string) => void;
 
 /**
- * Signs and publishes requests and collects their replies, on an MQTT 5 response topic of its own and on the
- * devices' `P/D/cmd/<name>/reply` topics (replies come there under 3.1.1, or through a 3.1.1 bridge). With a
+ * Signs and publishes requests and collects their replies: on an MQTT 5 response topic of its own under the
+ * device's `P/D/reply/` (a device publishes only under its own topics), and on the devices'
+ * `P/D/cmd/<name>/reply` topics (replies come there under 3.1.1, through a 3.1.1 bridge, and from every member
+ * of a group: one request cannot name a response topic inside each member's namespace). With a
  * `trust`, only replies the device's pinned key signed for this request count (answer-trust.ts); `UNCHECKED`
  * counts every reply by its id, as before device keys.
  */
@@ -142,7 +144,8 @@ export class DeviceCaller {
   private readonly prefix: string;
   private readonly signer: Signer | undefined;
   private readonly trust: AnswerTrust | null;
-  private readonly responseTopic: string;
+  /** This caller's part of a response topic: `P/D/reply/<client>`. */
+  private readonly caller: string;
   private readonly subscribed = new Set<string>();
   private readonly waiting = new Map<string, Waiting>();
 
@@ -151,7 +154,7 @@ export class DeviceCaller {
     this.prefix = prefix;
     this.signer = signer;
     this.trust = trust;
-    this.responseTopic = ctlReplyTopic(prefix, randomBytes(8).toString("hex"));
+    this.caller = `ctl-${randomBytes(8).toString("hex")}`;
     client.on("message", (topic, payload) => {
       const text = payload.toString("utf8");
       const device = topic.startsWith(`${prefix}/`) ? topic.slice(prefix.length + 1, -"/status".length) : "";
@@ -188,10 +191,13 @@ export class DeviceCaller {
       validityMs: o.validityMs,
     });
     const target = o.device ?? "+";
+    const v5 = this.client.options.protocolVersion === 5;
+    const responseTopic =
+      o.device !== undefined && v5 ? deviceReplyTopic(this.prefix, o.device, this.caller) : undefined;
     // Statuses first: their retained copies arrive before any reply, with the keys and versions trust reads.
     await this.listen([
       ...(this.trust ? [this.trust.statusTopic(target)] : []),
-      this.responseTopic,
+      ...(responseTopic ? [responseTopic] : []),
       deviceTopics(this.prefix, target).commandReply(o.command),
     ]);
     const topic =
@@ -245,9 +251,7 @@ export class DeviceCaller {
       this.client
         .publishAsync(topic, payload, {
           qos: 1,
-          ...(this.client.options.protocolVersion === 5
-            ? { properties: { responseTopic: this.responseTopic, correlationData: Buffer.from(request.id) } }
-            : {}),
+          ...(responseTopic ? { properties: { responseTopic, correlationData: Buffer.from(request.id) } } : {}),
         })
         .catch((err: unknown) => {
           clearTimeout(timer);

@@ -6,7 +6,7 @@ import { TokenBucket } from "../core/rate-limit.ts";
 import { deviceTopics, groupCommandPrefix } from "../mqtt/topics.ts";
 import { requestDigest } from "./answers.ts";
 import { COMMAND_NAME, type ReplyBody, unsignedSchema } from "./envelope.ts";
-import { ctlResponseTopic, DEFAULT_MAX_REQUEST, describe, prototypeKey, Refused } from "./rules.ts";
+import { DEFAULT_MAX_REQUEST, describe, ownResponseTopic, prototypeKey, Refused } from "./rules.ts";
 import type { Caller, CommandDefinition, CommandsOptions, PendingReply, RunContext } from "./types.ts";
 import { Verifier } from "./verify.ts";
 
@@ -154,9 +154,9 @@ export class Commands implements Component {
   private handle(route: Route, payload: Buffer, packet: IPublishPacket): void {
     this.counts.received += 1;
     const props = packet.properties;
-    // Replies go only to the operators' namespace P/_ctl/...: a request must not make the device publish on
-    // another device's topics, a group's command topic or its own command topic.
-    const ctlTopic = ctlResponseTopic(props?.responseTopic, this.o.topicPrefix);
+    // Replies go only under the device's own P/D/reply/: a request must not make the device publish on another
+    // device's topics, a group's command topic or its own command topic, nor anywhere a per-device ACL forbids.
+    const ctlTopic = ownResponseTopic(props?.responseTopic, this.o.topicPrefix, this.o.deviceId);
     // Every reply names the request it answers by its digest: an old genuine answer cannot pass for a new one.
     const request = requestDigest(payload);
     const reply = (topic: string | undefined, body: Omit<ReplyBody, "command" | "device">) => {

@@ -3,7 +3,7 @@ import { expectation } from "../config/problems.ts";
 import type { Code } from "../core/codes.ts";
 import { OutpostError } from "../core/errors.ts";
 import { PROTOTYPE_KEYS } from "../core/merge.ts";
-import { ctlNamespace } from "../mqtt/topics.ts";
+import { replyNamespace } from "../mqtt/topics.ts";
 import type { CommandDefinition, CommandSpec } from "./types.ts";
 
 /** Codes of the refusals; each one is answered with `failed` and nothing runs. */
@@ -54,9 +54,10 @@ export function prototypeKey(value: unknown, path: string): string | undefined {
   return undefined;
 }
 
-/** The response topic if it lies in the operators' namespace `P/_ctl/` (and names no wildcard). */
-export function ctlResponseTopic(topic: string | undefined, prefix: string): string | undefined {
-  if (topic === undefined || !topic.startsWith(ctlNamespace(prefix))) return undefined;
+/** The response topic if it lies under the device's own `P/D/reply/` (and names no wildcard). */
+export function ownResponseTopic(topic: string | undefined, prefix: string, device: string): string | undefined {
+  const own = replyNamespace(prefix, device);
+  if (topic === undefined || !topic.startsWith(own) || topic.length === own.length) return undefined;
   return topic.includes("+") || topic.includes("#") || topic.includes("\0") ? undefined : topic;
 }
 

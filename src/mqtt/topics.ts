@@ -43,14 +43,17 @@ export function groupCommandPrefix(prefix: string, group: string): string {
   return `${prefix}/_group/${group}/cmd/`;
 }
 
-/** The operators' namespace: the only response topics a device answers on (device ids cannot start with `_`). */
-export function ctlNamespace(prefix: string): string {
-  return `${prefix}/_ctl/`;
+/**
+ * Where a device answers an MQTT 5 request's response topic: under its own `P/D/reply/`, the only response
+ * topics it publishes on, so that a broker ACL can confine each device to `P/D/#` (docs/broker.md).
+ */
+export function replyNamespace(prefix: string, device: string): string {
+  return `${prefix}/${device}/reply/`;
 }
 
-/** A response topic for one operator client. */
-export function ctlReplyTopic(prefix: string, client: string): string {
-  return `${ctlNamespace(prefix)}${client}/reply`;
+/** A response topic for one operator client's requests to one device. */
+export function deviceReplyTopic(prefix: string, device: string, client: string): string {
+  return `${replyNamespace(prefix, device)}${client}`;
 }
 
 /** Filters over every device: `P/+/status`, `P/+/telemetry`, `P/+/telemetry/full`. */

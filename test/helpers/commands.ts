@@ -49,7 +49,7 @@ class Bus extends EventEmitter {
  * effects are counted: what the tests assert on, besides the replies.
  */
 /** Where `ctl` asks for its replies: the only response topics a device answers on. */
-export const CTL_REPLY = `${PREFIX}/_ctl/test/reply`;
+export const CTL_REPLY = `${PREFIX}/${DEVICE}/reply/test`;
 
 export function harness(
   options: {

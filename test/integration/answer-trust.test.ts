@@ -168,7 +168,7 @@ describe("ctl counts only what a pinned device signed (issue 25)", () => {
 
   it("a genuine reply replayed under a new request's id is refused; a re-installed device until forget", async () => {
     // The forger keeps real-1's genuine reply to one request...
-    await forger.subscribeAsync([`${PREFIX}/real-1/cmd/#`, `${PREFIX}/_ctl/#`], { qos: 1 });
+    await forger.subscribeAsync([`${PREFIX}/real-1/cmd/#`, `${PREFIX}/real-1/reply/#`], { qos: 1 });
     let genuine: { topic: string; text: string } | undefined;
     const keep = (topic: string, payload: Buffer) => {
       const text = payload.toString();

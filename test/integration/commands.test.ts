@@ -19,7 +19,7 @@ const run = promisify(execFile);
 const ops = operatorKey();
 const viewer = operatorKey();
 const configurer = operatorKey();
-const CTL = `${PREFIX}/_ctl/integration/reply`;
+const CTL = `${PREFIX}/dev-cmd/reply/integration`;
 
 function config(port: number, id: string, more: Record<string, unknown> = {}) {
   return {
@@ -85,7 +85,8 @@ describe("remote commands against a real mosquitto", () => {
     const key = parsePublicKey(readFileSync(join(agent.dir, "state", "device.pub"), "utf8"));
     const sent = watch.items.findLast((m) => m.topic === `${PREFIX}/dev-cmd/cmd/ping`);
     assert.ok(sent, "the request was seen on the wire");
-    const seen = () => watch.items.filter((m) => m.topic.startsWith(`${PREFIX}/_ctl/`) && m.json.id === reply.id);
+    const seen = () =>
+      watch.items.filter((m) => m.topic.startsWith(`${PREFIX}/dev-cmd/reply/`) && m.json.id === reply.id);
     await watch.waitFor(() => seen().length >= 2, 5000, "both replies on the response topic");
     const replies = seen();
     assert.deepEqual(

@@ -349,7 +349,7 @@ describe("durable outbox against a real mosquitto", () => {
       dir,
     );
     const watch = await Watch.open(broker.port, [`${PREFIX}/dev-busy/events/test-backlog`]);
-    const replyTopic = `${PREFIX}/_ctl/test/reply`;
+    const replyTopic = `${PREFIX}/dev-busy/reply/test`;
     const caller = await Watch.open(broker.port, [replyTopic]);
     const backlog = () => watch.items.length;
     try {

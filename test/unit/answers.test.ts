@@ -78,9 +78,9 @@ describe("every reply names the request it answers", () => {
 describe("found by review of the signing", () => {
   it("the device id and the topic cannot trade bytes with the payload (a newline in a response topic)", () => {
     const payload = '\n{"state":"succeeded","sig":"x"}';
-    const signed = signAnswer(privateKey, "pi-1", "outpost/_ctl/a/reply\n", body);
+    const signed = signAnswer(privateKey, "pi-1", "outpost/pi-1/reply/a\n", body);
     const shifted = `${payload.slice(0, 0)}${signed}`;
-    assert.equal(checkAnswer(publicKey, "pi-1", "outpost/_ctl/a/reply", `\n${shifted}`).state, "invalid");
+    assert.equal(checkAnswer(publicKey, "pi-1", "outpost/pi-1/reply/a", `\n${shifted}`).state, "invalid");
   });
 
   it("a signature field not preceded by a comma is not one (the payload would not be JSON)", () => {
@@ -92,7 +92,7 @@ describe("found by review of the signing", () => {
     const topics = deviceTopics("outpost", "pi-1");
     const signer = answerSigner(privateKey, "pi-1", topics, "s-1");
     const isSigned = (text: string) => checkAnswer(publicKey, "pi-1", "t", text).state !== "unsigned";
-    assert.ok(isSigned(signer.message("outpost/_ctl/op/reply", body)), "a reply on an MQTT 5 response topic");
+    assert.ok(isSigned(signer.message("outpost/pi-1/reply/op", body)), "a reply on an MQTT 5 response topic");
     for (const t of [topics.status, topics.update, `${topics.alarm("x")}/state`])
       assert.ok(isSigned(signer.retained.sign(t, body)), t);
     for (const t of [topics.telemetryFull, topics.state, "homeassistant/sensor/outpost_pi-1/cpu/config"]) {

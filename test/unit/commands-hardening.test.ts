@@ -13,8 +13,18 @@ const codes = (h: ReturnType<typeof harness>) => h.replies.map((r) => r.body.err
 describe("commands: response topics (item 6)", () => {
   // bbb3be8 answered on any topic under the prefix: another device's telemetry, a group's command topic, or
   // its own command topic (handling the request twice).
-  for (const hijack of [`${PREFIX}/dev9/telemetry`, `${PREFIX}/_group/g1/cmd/ping`, `${PREFIX}/${DEVICE}/cmd/probe`]) {
-    test(`a response topic outside ${PREFIX}/_ctl/ is never published to: ${hijack}`, async () => {
+  // Issue 25: a response topic in the operators' old namespace P/_ctl/, another device's reply namespace, or the
+  // bare namespace is not the device's own either (a per-device ACL lets a device write only under P/D/).
+  for (const hijack of [
+    `${PREFIX}/dev9/telemetry`,
+    `${PREFIX}/_group/g1/cmd/ping`,
+    `${PREFIX}/${DEVICE}/cmd/probe`,
+    `${PREFIX}/_ctl/x/reply`,
+    `${PREFIX}/dev9/reply/x`,
+    `${PREFIX}/${DEVICE}/reply/`,
+    `${PREFIX}/${DEVICE}x/reply/x`,
+  ]) {
+    test(`a response topic outside ${PREFIX}/${DEVICE}/reply/ is never published to: ${hijack}`, async () => {
       const h = harness();
       const packet = { properties: { responseTopic: hijack } };
       h.deliver("probe", sign(h.ops, request({ command: "probe" })), packet);
@@ -40,7 +50,7 @@ describe("commands: response topics (item 6)", () => {
     const h = harness();
     h.deliver("probe", { id: "u-1" });
     h.deliver("probe", { id: "u-2" }, { properties: { responseTopic: CTL_REPLY } });
-    h.deliver("probe", { id: "u-3" }, { properties: { responseTopic: `${PREFIX}/_ctl/+/reply` } });
+    h.deliver("probe", { id: "u-3" }, { properties: { responseTopic: `${PREFIX}/${DEVICE}/reply/+` } });
     await h.settle();
     assert.deepEqual(
       h.replies.map((r) => [r.topic, r.body.id, r.body.error?.code]),

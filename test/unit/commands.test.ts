@@ -27,7 +27,7 @@ describe("signed commands", () => {
     const h = harness();
     const correlationData = Buffer.from("c-1");
     h.deliver("probe", sign(h.ops, request({ command: "probe" })), {
-      properties: { responseTopic: `${PREFIX}/_ctl/x/reply`, correlationData },
+      properties: { responseTopic: `${PREFIX}/${DEVICE}/reply/x`, correlationData },
     });
     const stray = request({ command: "probe" });
     h.deliver("probe", sign(h.ops, stray), { properties: { responseTopic: "elsewhere/steal" } });
@@ -35,7 +35,7 @@ describe("signed commands", () => {
     const [first, second] = [0, 1].map((i) => h.replies.filter((r) => (r.body.id === stray.id) === (i === 1)));
     assert.deepEqual(
       first?.map((r) => r.topic),
-      [`${PREFIX}/_ctl/x/reply`, `${PREFIX}/_ctl/x/reply`],
+      [`${PREFIX}/${DEVICE}/reply/x`, `${PREFIX}/${DEVICE}/reply/x`],
     );
     assert.equal(first?.[0]?.properties?.correlationData, correlationData);
     assert.deepEqual(

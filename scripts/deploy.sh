@@ -73,7 +73,14 @@ pin() {
     echo "$host: install printed no device key: not pinned (see journalctl -u outpost there)" >&2
     return 0
   fi
-  local args=(ctl trust "$device" --public-key "$key")
+  # Only what install prints is taken: an id, a key and a fingerprint of their own forms, never an option or a
+  # path (the host's output is data; `--` ends ctl's options).
+  if ! [[ "$device" =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ && "$key" =~ ^ed25519:[A-Za-z0-9+/]{43}=$ &&
+    ( -z "$fingerprint" || "$fingerprint" =~ ^SHA256:[A-Za-z0-9+/]{43}$ ) ]]; then
+    echo "$host: install printed a device key line of another form: not pinned" >&2
+    return 0
+  fi
+  local args=(ctl trust --public-key "$key" -- "$device")
   [ -z "$fingerprint" ] || args+=("$fingerprint")
   if [ -n "${ctl_run:-}" ]; then
     "$ctl_run" "${args[@]}" || echo "$host: $device not pinned: outpost ${args[*]}" >&2

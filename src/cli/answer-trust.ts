@@ -2,7 +2,7 @@
 // in order. Everything else is shown for what it is and never counts (docs/security.md, "Device identity").
 import type { KeyObject } from "node:crypto";
 import { checkAnswer, hasSignature } from "../commands/answers.ts";
-import { fingerprintOf, parsePublicKey } from "../commands/keys.ts";
+import { fingerprintOf, parsePublicKey, publicKeyText } from "../commands/keys.ts";
 import { errorMessage } from "../core/errors.ts";
 import { brokerId, type KnownDevices, type Pin } from "./known-devices.ts";
 
@@ -11,10 +11,22 @@ export type Verdict =
   | { trust: "verified" }
   /** A copy of an answer already taken (a QoS 1 resend, a retained value republished at a reconnect). */
   | { trust: "duplicate" }
+  /**
+   * Signed by the device, but about another request (an update state an agent republishes at its start) or
+   * from a session the device has left: not this run's business, neither counted nor refused.
+   */
+  | { trust: "other" }
   /** No pin for the device, or no signature (an agent older than signed answers): shown, never counted. */
   | { trust: "unpinned" | "unsigned"; why: string }
   /** A signature that does not verify, a changed key, an answer to another request, a seq gone backwards. */
   | { trust: "forged"; why: string };
+
+/** An answer that does not count and says why: shown, and its exit code earned (ctl-trust.ts trustCode). */
+export type Refusal = Extract<Verdict, { why: string }>;
+
+export function isRefusal(v: Verdict): v is Refusal {
+  return "why" in v;
+}
 
 /** What a reply or an update state must name to answer this request. */
 export interface Expected {
@@ -22,6 +34,10 @@ export interface Expected {
   id?: string;
   /** The sha256 of the request's exact payload (commands/answers.ts requestDigest). */
   request?: string;
+  /** The topic the request was published on: a reply names where the request it answers arrived. */
+  requestTopic?: string;
+  /** The command asked for. */
+  command?: string;
 }
 
 export interface TrustOptions {
@@ -39,6 +55,8 @@ interface Stream {
   session: string;
   seq: number;
   seen: Set<number>;
+  /** Sessions this stream moved on from: their messages are old news, whatever their seq. */
+  left: Set<string>;
 }
 
 interface StatusSeen {
@@ -109,11 +127,21 @@ export class AnswerTrust {
     if ("trust" in key) return key;
     const signed = checkAnswer(key.key, device, topic, text);
     if (signed.state !== "verified") return { trust: "forged", why: this.invalidWhy(device, key.pin) };
-    if (expected.id !== undefined && body.id !== expected.id) {
-      return { trust: "forged", why: `signed, but for request ${String(body.id)}, not ${expected.id}: replayed` };
-    }
+    // The device's own word about another request (its last update outcome, republished at each start).
+    if (expected.id !== undefined && body.id !== expected.id) return { trust: "other" };
     if (expected.request !== undefined && body.request !== expected.request) {
       return { trust: "forged", why: "signed, but answers another request (a replayed answer)" };
+    }
+    // A copy of this request published elsewhere (another device's, another command's topic, or again after
+    // it expired there): the device's genuine refusal of the copy is not its answer to this request.
+    if (expected.requestTopic !== undefined && body.requestTopic !== expected.requestTopic) {
+      return {
+        trust: "forged",
+        why: `answers a copy of this request published on ${printable(String(body.requestTopic))}: someone replayed it`,
+      };
+    }
+    if (expected.command !== undefined && body.command !== expected.command) {
+      return { trust: "forged", why: `answers ${printable(String(body.command))}, not ${expected.command}` };
     }
     return ordered ? this.inOrder(device, topic, body) : { trust: "verified" };
   }
@@ -136,7 +164,7 @@ export class AnswerTrust {
             broker: this.broker,
             prefix: this.o.prefix,
             device,
-            key: offered,
+            key: publicKeyText(key),
             note: `accepted new ${new Date().toISOString()}`,
           };
           try {
@@ -201,8 +229,10 @@ export class AnswerTrust {
     if (typeof session !== "string" || typeof seq !== "number") return { trust: "verified" };
     const id = `${device}\n${topic}`;
     const s = this.streams.get(id);
+    if (s?.left.has(session)) return { trust: "other" };
     if (!s || s.session !== session) {
-      this.streams.set(id, { session, seq, seen: new Set([seq]) });
+      const left = new Set(s ? [...s.left, s.session] : []);
+      this.streams.set(id, { session, seq, seen: new Set([seq]), left });
       return { trust: "verified" };
     }
     if (s.seen.has(seq)) return { trust: "duplicate" };
@@ -213,6 +243,12 @@ export class AnswerTrust {
     s.seen.add(seq);
     return { trust: "verified" };
   }
+}
+
+/** A device's text as ctl prints it: no control characters (a forged line break, a terminal escape). */
+export function printable(text: string, max = 200): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: the control characters are what is removed
+  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, "?").slice(0, max);
 }
 
 function safeFingerprint(key: string): string | undefined {

@@ -7,7 +7,7 @@ import type { ReplyBody } from "../commands/envelope.ts";
 import { publicKeyText } from "../commands/keys.ts";
 import { errorMessage } from "../core/errors.ts";
 import { deviceTopics } from "../mqtt/topics.ts";
-import type { Verdict } from "./answer-trust.ts";
+import { isRefusal, printable, type Verdict } from "./answer-trust.ts";
 import { DeviceCaller, type Signer, withClient } from "./ctl-client.ts";
 import { BROKER_FLAGS, brokerOptions, ctlSettings, durationFlag, readPrivateKey } from "./ctl-settings.ts";
 import { answerTrust, refusalPrinter, trustCode } from "./ctl-trust.ts";
@@ -105,19 +105,18 @@ export async function callCommand(host: Host, args: string[]): Promise<number> {
     signer = { privateKey, publicText: publicKeyText(createPublicKey(privateKey)) };
   }
   const o = brokerOptions(settings);
-  const trust = answerTrust(host, settings, o, values["accept-new"] === true);
+  const trust = answerTrust(host, settings, o, values["accept-new"] === true, values.group === true);
   const refusal = refusalPrinter(host);
   const print = (reply: ReplyBody, verdict: Verdict) => {
     if (values.json) {
       const why = "why" in verdict ? { why: verdict.why } : {};
       host.stdout.write(`${JSON.stringify({ ...reply, trust: verdict.trust, ...why })}\n`);
-    } else if (verdict.trust !== "verified" && verdict.trust !== "duplicate") {
+    } else if (isRefusal(verdict)) {
       const said = reply.state === "succeeded" ? `succeeded ${JSON.stringify(reply.result)}` : reply.state;
-      refusal(reply.device, verdict, verdict.trust === "forged" ? undefined : said.slice(0, 200));
+      refusal(reply.device, verdict, verdict.trust === "forged" ? undefined : said);
     } else if (reply.state === "executing") {
-      host.stderr.write(
-        `${reply.device}: ${reply.state}${reply.progress === undefined ? "" : ` ${JSON.stringify(reply.progress)}`}\n`,
-      );
+      const progress = reply.progress === undefined ? "" : ` ${JSON.stringify(reply.progress)}`;
+      host.stderr.write(`${printable(reply.device, 64)}: executing${printable(progress)}\n`);
     }
   };
   const status = deviceTopics(o.prefix, target).status;
@@ -154,7 +153,9 @@ export async function callCommand(host: Host, args: string[]): Promise<number> {
       }
     } else {
       ok = false;
-      host.stderr.write(`outpost: ${reply.device}: ${reply.error?.code ?? "FAILED"}: ${reply.error?.message ?? ""}\n`);
+      host.stderr.write(
+        `outpost: ${printable(reply.device, 64)}: ${printable(reply.error?.code ?? "FAILED", 64)}: ${printable(reply.error?.message ?? "", 2000)}\n`,
+      );
     }
   }
   // A device whose answer could not be verified counts as one that did not answer.

@@ -1,13 +1,14 @@
 import { randomBytes } from "node:crypto";
 import type { Socket } from "node:net";
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
+import { z } from "zod";
 import { requestDigest } from "../commands/answers.ts";
 import { type CommandRequest, FINAL_STATES, newRequest, type ReplyBody, signPayload } from "../commands/envelope.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
 import { redactUrl } from "../core/patterns.ts";
 import { type BrokerEndpoint, endpointOptions, refusedMqtt5 } from "../mqtt/options.ts";
 import { deviceReplyTopic, deviceTopics, groupCommandPrefix } from "../mqtt/topics.ts";
-import type { AnswerTrust, Verdict } from "./answer-trust.ts";
+import { type AnswerTrust, isRefusal, type Refusal, type Verdict } from "./answer-trust.ts";
 
 export interface BrokerOptions extends BrokerEndpoint {
   protocolVersion?: 4 | 5;
@@ -122,9 +123,18 @@ export interface CallResult {
   /** The verified final reply of each device that answered, in arrival order. */
   finals: ReplyBody[];
   /** Answers that do not count (unpinned, unsigned, forged), in arrival order; duplicates left out. */
-  refused: { reply: ReplyBody; verdict: Exclude<Verdict, { trust: "verified" | "duplicate" }> }[];
+  refused: { reply: ReplyBody; verdict: Refusal }[];
   timedOut: boolean;
 }
+
+/** The shape of a reply, checked before anything reads it (zod's default strips nothing it does not name). */
+const replySchema = z.looseObject({
+  id: z.string(),
+  device: z.string(),
+  command: z.string(),
+  state: z.string(),
+  error: z.object({ code: z.string(), message: z.string() }).optional(),
+});
 
 /** What a caller that checks nothing makes of every answer: a test's or a library user's choice, never ctl's. */
 export const UNCHECKED = null;
@@ -162,14 +172,20 @@ export class DeviceCaller {
         this.trust?.sawStatus(device, topic, text);
         return;
       }
-      let body: ReplyBody;
+      // Anyone on the broker can publish here: only a reply's shape is read, and nothing else is.
+      let parsed: ReturnType<typeof replySchema.safeParse>;
       try {
-        body = JSON.parse(text) as ReplyBody;
+        parsed = replySchema.safeParse(JSON.parse(text));
       } catch {
         return;
       }
-      if (typeof body?.id === "string" && typeof body.device === "string")
+      if (!parsed.success) return;
+      const body = parsed.data as ReplyBody & { id: string };
+      try {
         this.waiting.get(body.id)?.(body, topic, text);
+      } catch {
+        // A caller's handler that fails on one reply must not take the connection's handler down with it.
+      }
     });
   }
 
@@ -200,7 +216,7 @@ export class DeviceCaller {
       ...(responseTopic ? [responseTopic] : []),
       deviceTopics(this.prefix, target).commandReply(o.command),
     ]);
-    const topic =
+    const published =
       o.group === undefined
         ? deviceTopics(this.prefix, target).command(o.command)
         : `${groupCommandPrefix(this.prefix, o.group)}${o.command}`;
@@ -232,16 +248,19 @@ export class DeviceCaller {
           ? this.trust.check(reply.device, topic, text, reply as unknown as Record<string, unknown>, {
               id: request.id,
               request: digest,
+              requestTopic: published,
+              command: o.command,
             })
           : { trust: "verified" };
-        if (verdict.trust === "duplicate") return;
+        if (verdict.trust === "duplicate" || verdict.trust === "other") return;
         o.onReply?.(reply, verdict);
         const final = FINAL_STATES.has(reply.state);
-        if (verdict.trust !== "verified") {
+        if (isRefusal(verdict)) {
           refused.push({ reply, verdict });
-          // One device that cannot be verified will not become so: its first final answer ends the call. A
-          // forgery does not: the device's own answer may still come.
-          if (final && o.group === undefined && verdict.trust !== "forged") done();
+          // A device nobody pinned will not become verifiable: its first final answer ends the call. Not so
+          // for a pinned device: an unsigned or forged answer is not its own, which may still come.
+          const unpinned = this.trust?.pinOf(reply.device) === undefined;
+          if (final && o.group === undefined && unpinned && verdict.trust !== "forged") done();
           return;
         }
         if (!final || finals.has(reply.device)) return;
@@ -249,7 +268,7 @@ export class DeviceCaller {
         if (o.group === undefined || (o.expect !== undefined && finals.size >= o.expect)) done();
       });
       this.client
-        .publishAsync(topic, payload, {
+        .publishAsync(published, payload, {
           qos: 1,
           ...(responseTopic ? { properties: { responseTopic, correlationData: Buffer.from(request.id) } } : {}),
         })

@@ -5,7 +5,7 @@ import { checkAnswer } from "../commands/answers.ts";
 import { fingerprintOf, parsePublicKey } from "../commands/keys.ts";
 import { errorMessage } from "../core/errors.ts";
 import { deviceTopics } from "../mqtt/topics.ts";
-import { AnswerTrust, type Verdict } from "./answer-trust.ts";
+import { AnswerTrust, printable, type Refusal } from "./answer-trust.ts";
 import { connectBroker } from "./ctl-client.ts";
 import { BROKER_FLAGS, brokerOptions, type CtlSettings, ctlSettings, readBoundedText } from "./ctl-settings.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
@@ -17,13 +17,20 @@ export function knownDevices(settings: CtlSettings): KnownDevices {
   return path === undefined ? KnownDevices.none() : KnownDevices.load(path);
 }
 
-/** What checks answers for one ctl run; a pin `--accept-new` adds is said on stderr. */
+/**
+ * What checks answers for one ctl run; a pin `--accept-new` adds is said on stderr. `--accept-new` is for one
+ * named device: in a group, whoever answered first for any id would be pinned and counted toward --expect.
+ */
 export function answerTrust(
   host: Host,
   settings: CtlSettings,
   o: { url: string; prefix: string },
   acceptNew: boolean,
+  group = false,
 ): AnswerTrust {
+  if (acceptNew && group) {
+    throw new UsageError("--accept-new pins one named device, not a group's: pin members with ctl trust or deploy.sh");
+  }
   return new AnswerTrust({
     pins: knownDevices(settings),
     broker: o.url,
@@ -36,16 +43,15 @@ export function answerTrust(
   });
 }
 
-type Refused = Exclude<Verdict, { trust: "verified" | "duplicate" }>;
-
 /** Says once per device and reason why an answer did not count. */
-export function refusalPrinter(host: Host): (device: string, verdict: Refused, what?: string) => void {
+export function refusalPrinter(host: Host): (device: string, verdict: Refusal, what?: string) => void {
   const said = new Set<string>();
   return (device, verdict, what) => {
+    const who = printable(device, 64);
     const line =
       verdict.trust === "forged"
-        ? `outpost: ${device}: FORGED answer refused: ${verdict.why}\n`
-        : `outpost: ${device}: answer not counted (${verdict.trust}): ${verdict.why}${what ? `; it said ${what}` : ""}\n`;
+        ? `outpost: ${who}: FORGED answer refused: ${verdict.why}\n`
+        : `outpost: ${who}: answer not counted (${verdict.trust}): ${verdict.why}${what ? `; it said ${printable(what)}` : ""}\n`;
     if (said.has(line)) return;
     said.add(line);
     host.stderr.write(line);
@@ -56,7 +62,7 @@ export function refusalPrinter(host: Host): (device: string, verdict: Refused, w
  * The exit code of a run whose counted answers gave `ok`: a forged answer seen wins (65), then an answer that
  * could not be verified (77), then what the counted answers say.
  */
-export function trustCode(verdicts: Iterable<Refused>, ok: boolean): number {
+export function trustCode(verdicts: Iterable<Refusal>, ok: boolean): number {
   let code: number = ok ? EXIT.OK : EXIT.FAILURE;
   for (const v of verdicts) {
     if (v.trust === "forged") return EXIT.FORGED;

@@ -3,18 +3,32 @@ import { closeSync, fstatSync, openSync, readFileSync, readSync } from "node:fs"
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import type { IPublishPacket } from "mqtt";
+import { z } from "zod";
 import type { ReplyBody } from "../commands/envelope.ts";
 import { publicKeyText } from "../commands/keys.ts";
 import { errorMessage } from "../core/errors.ts";
 import { type Manifest, manifestSchema, type SignedManifest, signedManifestSchema } from "../ota/manifest.ts";
 import { chunkRequestSchema, encodeAnswer } from "../ota/mqtt-source.ts";
-import type { Verdict } from "./answer-trust.ts";
+import { isRefusal, printable, type Refusal, type Verdict } from "./answer-trust.ts";
 import { connectBroker, DeviceCaller } from "./ctl-client.ts";
 import { BROKER_FLAGS, brokerOptions, ctlSettings, durationFlag, readPrivateKey } from "./ctl-settings.ts";
 import { answerTrust, refusalPrinter, trustCode } from "./ctl-trust.ts";
 import { type Host, UsageError } from "./host.ts";
 
 const FINAL = new Set(["committed", "rolled-back", "failed"]);
+
+/** An update state as ctl reads it (docs/mqtt-api.md, "update"): anything else on the topic is not read. */
+const updateStateSchema = z.looseObject({
+  state: z.string(),
+  done: z.number().optional(),
+  size: z.number().optional(),
+  fetched: z.number().optional(),
+  version: z.string().optional(),
+  from: z.string().optional(),
+  code: z.string().optional(),
+  reason: z.string().optional(),
+});
+type UpdateState = z.infer<typeof updateStateSchema>;
 
 export interface DeviceUpdate {
   device: string;
@@ -48,7 +62,8 @@ export function progressLine(d: DeviceUpdate, width = 24): string {
         ? `  ${d.version}`
         : "";
   const why = d.code || d.reason ? `: ${[d.code, d.reason].filter(Boolean).join(": ")}` : "";
-  return `${name} ${d.state}${figures}${why}`;
+  // What a device said is printed without control characters: a line break or an escape cannot forge a line.
+  return printable(`${name} ${d.state}${figures}${why}`, 400);
 }
 
 function readManifest(dir: string): { signed: SignedManifest; manifest: Manifest } {
@@ -122,18 +137,17 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
   const privateKey = readPrivateKey(keyFile);
   const { signed, manifest } = readManifest(dir);
   const o = brokerOptions(settings);
-  const trust = answerTrust(host, settings, o, values["accept-new"] === true);
+  const trust = answerTrust(host, settings, o, values["accept-new"] === true, values.group !== undefined);
   const refusal = refusalPrinter(host);
   const files = releaseFiles(dir, manifest);
   const client = await connectBroker(o);
   /** The devices whose own signed answers say where they stand: the only ones counted. */
   const devices = new Map<string, DeviceUpdate>();
   /** What the others said (unpinned, unsigned): shown at the end, never counted. */
-  const unverified = new Map<
-    string,
-    { state: string; verdict: Exclude<Verdict, { trust: "verified" | "duplicate" }> }
-  >();
-  const refused: Exclude<Verdict, { trust: "verified" | "duplicate" }>[] = [];
+  const unverified = new Map<string, { state: string; verdict: Refusal }>();
+  const refused: Refusal[] = [];
+  /** Devices that answered this request (verified or not): in a group, only their update states are read. */
+  const answered = new Set<string>();
   /** Bytes served over MQTT, by the topic they were asked on: anyone may ask (the release is signed). */
   const served = new Map<string, number>();
   /** The request each device answers: one for all, but for an old agent asked again without `until`. */
@@ -149,14 +163,12 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
     return d;
   };
   /** What ctl makes of one answer; one that does not count is said once and kept for the exit code. */
-  const judge = (device: string, topic: string, text: string, body: Record<string, unknown>): Verdict => {
+  const judge = (device: string, topic: string, text: string, body: UpdateState): Verdict => {
     const verdict = trust.check(device, topic, text, body, { id: answering.get(device) ?? requestId });
-    if (verdict.trust === "verified" || verdict.trust === "duplicate") return verdict;
+    if (!isRefusal(verdict)) return verdict;
     refused.push(verdict);
-    if (verdict.trust !== "forged" && typeof body.state === "string") {
-      unverified.set(device, { state: body.state, verdict });
-    }
-    refusal(device, verdict, typeof body.state === "string" ? body.state : undefined);
+    if (verdict.trust !== "forged") unverified.set(device, { state: body.state, verdict });
+    refusal(device, verdict, body.state);
     check();
     return verdict;
   };
@@ -193,7 +205,11 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
    */
   const check = () => {
     const alone = device === undefined ? undefined : unverified.get(device);
-    if (alone && !devices.has(device ?? "") && done({ device: "", served: 0, ...alone })) settled();
+    // A pinned device signs: an unsigned final is not its own, unless its status says it runs an agent that
+    // does not sign (rolled back to a release before signed answers).
+    const cannotSign =
+      device !== undefined && (trust.pinOf(device) === undefined || trust.status(device)?.verdict.trust === "unsigned");
+    if (alone && cannotSign && !devices.has(device ?? "") && done({ device: "", served: 0, ...alone })) settled();
     if (devices.size >= expect && [...devices.values()].every(done)) settled();
   };
 
@@ -233,15 +249,20 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
     }
     // A retained state is the outcome of an earlier update: only what the devices say from now on counts.
     if (!topic.endsWith("/update") || packet.retain || payload.length === 0) return;
-    let body: Record<string, unknown>;
     const text = payload.toString("utf8");
+    let parsed: ReturnType<typeof updateStateSchema.safeParse>;
     try {
-      body = JSON.parse(text) as Record<string, unknown>;
+      parsed = updateStateSchema.safeParse(JSON.parse(text));
     } catch {
       return;
     }
-    if (typeof body.state !== "string" || body === null) return;
+    // Anyone on the broker can publish here: a state of another shape is not read at all.
+    if (!parsed.success) return;
+    const body = parsed.data;
     const id = deviceOf(topic);
+    // In a group, only the members that answered this request: another device's republished outcome, or
+    // another operator's update, is not this run's.
+    if (device === undefined && !answered.has(id)) return;
     // Only the device's own signed state, for this request, in order, moves its line; a final state stays.
     if (judge(id, topic, text, body).trust !== "verified" || (devices.has(id) && done(entry(id)))) return;
     const d = entry(id);
@@ -266,19 +287,30 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
     const params = { manifest: signed, source };
     const retried = new Set<string>();
     const onReply = (reply: ReplyBody, verdict: Verdict) => {
-      if (verdict.trust === "duplicate") return;
+      if (verdict.trust === "duplicate" || verdict.trust === "other") return;
+      if (verdict.trust !== "forged") answered.add(reply.device);
       // An agent from before `until` refuses the key it does not know (a mixed fleet): asked again without
       // it, as ctl asked before; such an agent stages without being told, and ctl stops watching at staged.
-      // Such an agent does not sign either: only an unpinned device's unsigned refusal is taken for one, so
-      // that a refusal forged for a pinned device cannot turn its staging into an install.
+      // Such an agent does not sign: the refusal is believed only from the one device the operator named, not
+      // pinned (a pinned device signs), whose status is unsigned too. In a group, a refusal anyone could have
+      // forged for any device must not make ctl send an install without `until`: the operator is told instead.
       const unknownUntil = reply.error?.code === "BAD_PARAMS" && /"until"/.test(reply.error.message);
-      const old = verdict.trust === "unsigned" && trust.pinOf(reply.device) === undefined;
-      if (reply.state === "failed" && until === "staged" && unknownUntil && (verdict.trust === "verified" || old)) {
+      const old =
+        verdict.trust === "unsigned" &&
+        reply.device === device &&
+        trust.pinOf(reply.device) === undefined &&
+        trust.status(reply.device)?.verdict.trust === "unsigned";
+      if (reply.state === "failed" && until === "staged" && unknownUntil && device === undefined) {
+        host.stderr.write(
+          `outpost: ${printable(reply.device, 64)} refused "until" (an agent before it): run outpost ctl update ${printable(reply.device, 64)} ${dir} --until staged for it\n`,
+        );
+      }
+      if (reply.state === "failed" && until === "staged" && unknownUntil && old) {
         if (!retried.has(reply.device)) {
           retried.add(reply.device);
-          // Answered: waited for, and counted only if its own signed states say so.
-          if (verdict.trust === "verified") entry(reply.device);
-          else if (verdict.trust === "unsigned") unverified.set(reply.device, { state: "asked", verdict });
+          // Answered: waited for, never counted (it does not sign).
+          refused.push(verdict);
+          unverified.set(reply.device, { state: "asked", verdict });
           const again = randomUUID();
           answering.set(reply.device, again);
           caller
@@ -295,7 +327,7 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
           return;
         }
       }
-      if (verdict.trust !== "verified") {
+      if (isRefusal(verdict)) {
         refused.push(verdict);
         if (verdict.trust !== "forged" && reply.state !== "succeeded") {
           unverified.set(reply.device, { state: reply.state, verdict });
@@ -341,7 +373,7 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
   for (const [id, u] of unverified) {
     if (devices.has(id)) continue;
     if (values.json) host.stdout.write(`${JSON.stringify({ device: id, outcome: u.state, ...u.verdict })}\n`);
-    else host.stdout.write(`${id}: ${u.state}, not counted (${u.verdict.trust})\n`);
+    else host.stdout.write(`${printable(id, 64)}: ${printable(u.state, 64)}, not counted (${u.verdict.trust})\n`);
   }
   if (devices.size === 0) {
     if (refused.length === 0) host.stderr.write(`outpost: TIMEOUT: no device answered within ${timeoutMs} ms\n`);
@@ -357,7 +389,7 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
       host.stdout.write(`${JSON.stringify({ ...line, version: d.version, code: d.code, reason: d.reason })}\n`);
     else
       host.stdout.write(
-        `${d.device}: ${line.outcome}${d.served > 0 ? `, ${mib(d.served)} MiB served over MQTT` : ""}\n`,
+        `${printable(d.device, 64)}: ${printable(line.outcome, 64)}${d.served > 0 ? `, ${mib(d.served)} MiB served over MQTT` : ""}\n`,
       );
   }
   if (devices.size < expect) host.stderr.write(`outpost: ${devices.size} of ${expect} devices answered, verified\n`);

@@ -1,7 +1,7 @@
 // The operator's pins of device keys: `~/.outpost/known_devices`, like ssh's known_hosts. Plain text, one line
 // a device, so that several operators can share one file (in a repository, say) and read its diffs.
 import { realpathSync } from "node:fs";
-import { parsePublicKey } from "../commands/keys.ts";
+import { parsePublicKey, publicKeyText } from "../commands/keys.ts";
 import { errorMessage } from "../core/errors.ts";
 import { writeFileAtomically } from "../core/files.ts";
 import { readBoundedText } from "./ctl-settings.ts";
@@ -104,9 +104,11 @@ export class KnownDevices {
     for (const [name, value] of Object.entries({ broker: p.broker, prefix: p.prefix, device: p.device })) {
       if (!FIELD.test(value)) throw new UsageError(`a pin's ${name} cannot hold spaces or #: ${JSON.stringify(value)}`);
     }
-    parsePublicKey(p.key);
-    const note = p.note?.replace(/[\r\n]+/g, " ");
-    const pin = { ...p, ...(note ? { note } : {}) };
+    // Kept in one form only, `ed25519:` and 44 characters, whatever form it came in (a PEM block, spaces).
+    const key = publicKeyText(parsePublicKey(p.key));
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: a note is one line of plain text
+    const note = p.note?.replace(/[\u0000-\u001f\u007f]+/g, " ");
+    const pin = { ...p, key, ...(note ? { note } : {}) };
     const at = this.lines.findIndex(
       (q) => typeof q !== "string" && q.broker === p.broker && q.prefix === p.prefix && q.device === p.device,
     );

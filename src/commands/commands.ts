@@ -40,6 +40,8 @@ interface Routing {
   correlationData?: Buffer;
   /** The sha256 of the request's exact payload: every reply names it (commands/answers.ts). */
   request: string;
+  /** The topic the request arrived on: every reply names it too. */
+  requestTopic: string;
 }
 
 /**
@@ -103,6 +105,7 @@ export class Commands implements Component {
         command: pending.command,
         device: this.o.deviceId,
         ...(pending.request ? { request: pending.request } : {}),
+        ...(pending.requestTopic ? { requestTopic: pending.requestTopic } : {}),
       },
       ...(correlationData ? { properties: { correlationData } } : {}),
     });
@@ -163,7 +166,7 @@ export class Commands implements Component {
       if (topic === undefined) return;
       this.o.reply({
         topic,
-        body: { request, ...body, command: route.name, device: this.o.deviceId },
+        body: { request, requestTopic: packet.topic, ...body, command: route.name, device: this.o.deviceId },
         ...(props?.correlationData ? { properties: { correlationData: props.correlationData } } : {}),
       });
     };
@@ -181,6 +184,7 @@ export class Commands implements Component {
     const routing: Routing = {
       topic: ctlTopic ?? route.replyTopic,
       request,
+      requestTopic: packet.topic,
       ...(props?.correlationData ? { correlationData: props.correlationData } : {}),
     };
     const send: Send = (body) => reply(routing.topic, { id, ...body });
@@ -243,6 +247,7 @@ export class Commands implements Component {
             command: definition.name,
             topic: routing.topic,
             request: routing.request,
+            requestTopic: routing.requestTopic,
             ...(correlationData ? { correlationData } : {}),
           };
         },

@@ -103,6 +103,11 @@ export interface ReplyBody {
   device: string;
   /** The sha256 of the request's exact payload: which request this answers. */
   request?: string;
+  /**
+   * The topic the request arrived on: a copy of a request published elsewhere (another device's command
+   * topic, after it expired) is refused with an answer an operator does not take for its own request's.
+   */
+  requestTopic?: string;
   state: ReplyState;
   result?: unknown;
   progress?: unknown;

@@ -49,6 +49,8 @@ export interface PendingReply {
   correlationData?: string;
   /** The sha256 of the request's payload (absent in a record kept by an agent before signed answers). */
   request?: string;
+  /** The topic the request arrived on (absent in a record kept by an agent before it was named). */
+  requestTopic?: string;
 }
 
 export interface RunContext {

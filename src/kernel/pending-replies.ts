@@ -16,6 +16,7 @@ const pendingRecord = z.object({
     topic: z.string(),
     correlationData: z.string().optional(),
     request: z.string().optional(),
+    requestTopic: z.string().optional(),
   }),
   session: z.string(),
   ts: z.number(),

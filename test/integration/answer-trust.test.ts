@@ -92,6 +92,30 @@ describe("ctl counts only what a pinned device signed (issue 25)", () => {
     assert.equal(call.code, 0, call.err);
   });
 
+  it("a copy of the request on another command topic: the device's signed refusal of it is refused (65)", async () => {
+    // Review of 0710526: the refusal carried the request's id and digest, and ctl took it for the answer to a
+    // slow command (here a restart, whose final reply would come from the next process: none is started).
+    await forger.subscribeAsync(`${PREFIX}/real-1/cmd/restart`, { qos: 1 });
+    const copy = (topic: string, payload: Buffer, packet: { properties?: Record<string, unknown> }) => {
+      if (topic !== `${PREFIX}/real-1/cmd/restart`) return;
+      forger.publish(`${PREFIX}/real-1/cmd/describe`, payload, { qos: 1, properties: packet.properties ?? {} });
+    };
+    forger.on("message", copy);
+    try {
+      const r = await ctl(["call", "real-1", "restart", "--params", '{"delay":2000}'], "4s");
+      assert.equal(r.code, 65, r.err + r.out);
+      assert.match(r.err, /FORGED answer refused: answers a copy of this request published on \S+\/cmd\/describe/);
+      assert.doesNotMatch(r.err, /BAD_REQUEST/, "the refusal of the copy is not printed as the device's answer");
+    } finally {
+      forger.off("message", copy);
+      await forger.unsubscribeAsync(`${PREFIX}/real-1/cmd/restart`);
+    }
+    // The agent stopped to be restarted (75); started again as systemd would, same state and key.
+    assert.equal((await agent.exited).code, 75);
+    agent = startReal(agent.dir);
+    await watch.waitForNext(online, 20_000, "real-1 online again");
+  });
+
   it("ctl call ghost: a forged status and reply for a device nobody pinned count for nothing (77)", async () => {
     const ghost = generateKeyPairSync("ed25519");
     await forger.publishAsync(`${PREFIX}/ghost/status`, JSON.stringify({ state: "online", version: "1.0.0" }), {
@@ -126,6 +150,9 @@ describe("ctl counts only what a pinned device signed (issue 25)", () => {
       if (!topic.includes("/_group/line-9/cmd/update")) return;
       const { id } = requestOf(payload);
       for (const d of ["fake-1", "fake-2", "fake-3", "real-1"]) {
+        // Each made-up member "accepts" the request, then "commits" (no signature: none of them has a key).
+        const reply = { id, device: d, command: "update", state: "succeeded", result: {} };
+        forger.publish(`${PREFIX}/${d}/cmd/update/reply`, JSON.stringify(reply), { qos: 1 });
         const t = `${PREFIX}/${d}/update`;
         forger.publish(t, JSON.stringify({ state: "committed", version: "9.9.9", id, session: "x", seq: 99 }), {
           qos: 1,
@@ -154,6 +181,12 @@ describe("ctl counts only what a pinned device signed (issue 25)", () => {
       const t = `${PREFIX}/real-1/update`;
       const body = JSON.stringify({ state: "committed", version: "9.9.9", id, session: "x", seq: 99 });
       forger.publish(t, signAnswer(own.privateKey, "real-1", t, body), { qos: 1 });
+      // Shapes ctl never reads (review of 0710526: `null` here crashed ctl update).
+      for (const bad of ["null", "[]", '{"state":{"toString":0}}', '{"state":"committed","version":5}']) {
+        forger.publish(t, bad, { qos: 1 });
+      }
+      const reply = `${PREFIX}/real-1/cmd/update/reply`;
+      forger.publish(reply, JSON.stringify({ id, device: "real-1", command: "update", state: 5 }), { qos: 1 });
     };
     forger.on("message", forge);
     try {

@@ -131,8 +131,26 @@ describe("answer trust", () => {
     const v = t.check("pi-1", topic, old.text, old.body, expected);
     assert.equal(v.trust, "forged");
     assert.match("why" in v ? v.why : "", /replayed/);
+    // The device's own word about another request (an update outcome it republishes at each start) is not
+    // this run's: neither counted nor refused.
     const otherId = reply({ id: "r-0" });
-    assert.equal(t.check("pi-1", topic, otherId.text, otherId.body, expected).trust, "forged");
+    assert.equal(t.check("pi-1", topic, otherId.text, otherId.body, expected).trust, "other");
+  });
+
+  it("the device's refusal of a copy of this request published elsewhere is not its answer (review of 0710526)", () => {
+    const t = trustWith(pinned());
+    const at = { ...expected, requestTopic: `${P}/pi-1/cmd/ping`, command: "ping" };
+    const copy = reply({
+      requestTopic: `${P}/pi-1/cmd/describe`,
+      command: "describe",
+      state: "failed",
+      error: { code: "BAD_REQUEST", message: "signed for ping, published on the describe topic" },
+    });
+    const v = t.check("pi-1", topic, copy.text, copy.body, at);
+    assert.equal(v.trust, "forged");
+    assert.match("why" in v ? v.why : "", /a copy of this request published on outpost\/v1\/pi-1\/cmd\/describe/);
+    const own = reply({ requestTopic: `${P}/pi-1/cmd/ping`, command: "ping", seq: 9 });
+    assert.equal(t.check("pi-1", topic, own.text, own.body, at).trust, "verified");
   });
 
   it("a seq that goes backwards within a session is refused; a new session starts again", () => {
@@ -146,6 +164,9 @@ describe("answer trust", () => {
     assert.equal(at(6), "forged");
     assert.equal(at(7), "duplicate");
     assert.equal(at(1, "s-2"), "verified");
+    // A session the device has left is old news, whatever its seq (review of 0710526: it reset the order).
+    assert.equal(at(8, "s-1"), "other");
+    assert.equal(at(2, "s-2"), "verified");
   });
 
   it("a changed key is said loudly, with the way out", () => {

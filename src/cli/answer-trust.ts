@@ -120,8 +120,10 @@ export class AnswerTrust {
   ): Verdict {
     // No signature at all: an agent older than signed answers (or anyone): said so, pinned or not.
     if (!hasSignature(text)) {
-      const version = typeof body.version === "string" ? body.version : this.versionOf(device);
-      return { trust: "unsigned", why: `unsigned${version ? ` (version ${version})` : ""}: never counted` };
+      // The version the device runs, from its status (an update state's `version` is the release's).
+      const version = this.versionOf(device) ?? (typeof body.version === "string" ? body.version : undefined);
+      const running = version ? ` (version ${printable(version, 40)})` : "";
+      return { trust: "unsigned", why: `unsigned${running}: an agent before signed answers, or not the device` };
     }
     const key = this.keyOf(device, topic, text);
     if ("trust" in key) return key;

@@ -51,7 +51,7 @@ export function refusalPrinter(host: Host): (device: string, verdict: Refusal, w
     const line =
       verdict.trust === "forged"
         ? `outpost: ${who}: FORGED answer refused: ${verdict.why}\n`
-        : `outpost: ${who}: answer not counted (${verdict.trust}): ${verdict.why}${what ? `; it said ${printable(what)}` : ""}\n`;
+        : `outpost: ${who}: answer not counted: ${verdict.why}${what ? `; it said ${printable(what)}` : ""}\n`;
     if (said.has(line)) return;
     said.add(line);
     host.stderr.write(line);

@@ -137,7 +137,7 @@ describe("ctl counts only what a pinned device signed (issue 25)", () => {
       const r = await ctl(["call", "ghost", "reboot"]);
       assert.equal(r.code, 77, r.err + r.out);
       assert.equal(r.out, "", "no result printed as the device's");
-      assert.match(r.err, /ghost: answer not counted \(unsigned\)/);
+      assert.match(r.err, /ghost: answer not counted: unsigned \(version 1\.0\.0\)/);
     } finally {
       forger.off("message", answer);
       await forger.publishAsync(`${PREFIX}/ghost/status`, "", { qos: 1, retain: true });

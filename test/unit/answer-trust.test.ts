@@ -111,7 +111,10 @@ describe("answer trust", () => {
     const t = trustWith(pinned());
     const text = JSON.stringify({ id: "r-1", device: "pi-1", state: "succeeded", version: "0.4.0" });
     const v = t.check("pi-1", topic, text, JSON.parse(text), expected);
-    assert.deepEqual(v, { trust: "unsigned", why: "unsigned (version 0.4.0): never counted" });
+    assert.deepEqual(v, {
+      trust: "unsigned",
+      why: "unsigned (version 0.4.0): an agent before signed answers, or not the device",
+    });
   });
 
   it("another key, an altered byte, another topic: forged", () => {

@@ -8,7 +8,7 @@ import { answerTrust } from "./ctl-trust.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 import { applyMessage, type DeviceView, viewUpdate } from "./view.ts";
 
-export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|update|trust|forget|config> [options]
+export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|update|trust|forget|enroll|revoke|config> [options]
 
   devices                         devices from their retained status: id, state, version, KEY (pinned,
                                   unpinned, unsigned, will, FORGED) and last seen (the latest status or
@@ -31,6 +31,12 @@ export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|update|trust|for
        [--public-key FILE|-|KEY]  install printed on the device; --public-key: the key itself (device.pub,
        [--any-broker]             as scripts/deploy.sh reads it over ssh); --any-broker: for every broker
   forget DEVICE...                remove the pins (a re-installed device has a new key)
+  enroll DEVICE... --broker-dir DIR [--group G]... [--out DIR] [--device-url URL]
+                                  broker logins of their own (docs/broker.md): a password line each in
+                                  DIR/devices.passwd (mosquitto's $7$), their groups in DIR/devices.acl, and in
+                                  OUT/<id>/ (default enroll/) the password file and the device's config lines;
+                                  --operator NAME...: operators' logins (operators.passwd, operators.acl)
+  revoke DEVICE... --broker-dir DIR  removes the logins, ACL lines and pins (--operator for operators)
   config                          the settings below in use, and where each comes from
 
 Flags go anywhere, before or after the subcommand.
@@ -53,11 +59,12 @@ reply in time (the error code is printed), 64 usage, 65 a forged answer (bad sig
 69 no connection to the broker (refused, unreachable, or closed without answering CONNECT), 77 an answer that
 cannot be verified (an unpinned device, an agent that does not sign).`;
 
-const SUBCOMMANDS = new Set(["devices", "watch", "call", "update", "trust", "forget", "config"]);
+const SUBCOMMANDS = new Set(["devices", "watch", "call", "update", "trust", "forget", "enroll", "revoke", "config"]);
 /** Flags that take a value in every subcommand that has them. */
 const VALUE_FLAGS = new Set([
   ...Object.entries(BROKER_FLAGS).flatMap(([name, f]) => (f.type === "string" ? [name] : [])),
   ...["key", "params", "timeout", "validity", "expect", "http", "until", "count", "public-key"],
+  ...["broker-dir", "out", "device-url", "ha-prefix"],
 ]);
 /** Flags that take a value in one subcommand and none in another (update's --group NAME, call's --group). */
 const EITHER_FLAGS = new Set(["group", "wait"]);
@@ -93,6 +100,14 @@ export async function ctlCommand(host: Host, args: string[]): Promise<number> {
     case "forget": {
       const { forgetCommand } = await import("./ctl-trust.ts");
       return forgetCommand(host, rest);
+    }
+    case "enroll": {
+      const { enrollCommand } = await import("./ctl-enroll.ts");
+      return enrollCommand(host, rest);
+    }
+    case "revoke": {
+      const { revokeCommand } = await import("./ctl-enroll.ts");
+      return revokeCommand(host, rest);
     }
     case "update": {
       const { ctlUpdate } = await import("./ctl-update.ts");

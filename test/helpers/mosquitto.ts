@@ -85,6 +85,11 @@ export class Mosquitto {
     });
   }
 
+  /** Reloads the configuration's files (password and ACL files): mosquitto's SIGHUP. */
+  reload(): void {
+    this.child?.kill("SIGHUP");
+  }
+
   /** Stops the broker (SIGTERM, or SIGKILL for a crash) and waits until it is gone. */
   async halt(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
     const child = this.child;

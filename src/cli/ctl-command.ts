@@ -35,7 +35,9 @@ export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|update|trust|for
                                   broker logins of their own (docs/broker.md): a password line each in
                                   DIR/devices.passwd (mosquitto's $7$), their groups in DIR/devices.acl, and in
                                   OUT/<id>/ (default enroll/) the password file and the device's config lines;
-                                  --operator NAME...: operators' logins (operators.passwd, operators.acl)
+                                  --operator NAME...: operators' logins (operators.passwd, operators.acl);
+                                  --reader NAME...: read-only logins (dashboards, Home Assistant); the files
+                                  get the group mosquitto (--broker-group G), which must read them
   revoke DEVICE... --broker-dir DIR  removes the logins, ACL lines and pins (--operator for operators)
   config                          the settings below in use, and where each comes from
 
@@ -64,7 +66,7 @@ const SUBCOMMANDS = new Set(["devices", "watch", "call", "update", "trust", "for
 const VALUE_FLAGS = new Set([
   ...Object.entries(BROKER_FLAGS).flatMap(([name, f]) => (f.type === "string" ? [name] : [])),
   ...["key", "params", "timeout", "validity", "expect", "http", "until", "count", "public-key"],
-  ...["broker-dir", "out", "device-url", "ha-prefix"],
+  ...["broker-dir", "out", "device-url", "ha-prefix", "broker-group"],
 ]);
 /** Flags that take a value in one subcommand and none in another (update's --group NAME, call's --group). */
 const EITHER_FLAGS = new Set(["group", "wait"]);

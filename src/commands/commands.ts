@@ -97,8 +97,11 @@ export class Commands implements Component {
   /** Sends the final reply of a request whose run deferred it (from a later process). */
   finish(pending: PendingReply, body: Omit<ReplyBody, "command" | "device" | "id">): void {
     const correlationData = pending.correlationData ? Buffer.from(pending.correlationData, "base64") : undefined;
+    // A record an older agent kept may name a response topic outside the device's own (P/_ctl/...): the reply
+    // then goes where any other would, to P/D/cmd/<name>/reply.
+    const own = ownResponseTopic(pending.topic, this.o.topicPrefix, this.o.deviceId);
     this.o.reply({
-      topic: pending.topic,
+      topic: own ?? `${this.prefixes[0]}${pending.command}/reply`,
       body: {
         ...body,
         id: pending.id,

@@ -69,14 +69,18 @@ export class MqttFetcher {
     if (!header) return;
     const waiter = this.waiting.get(header.id);
     if (!waiter) return; // an answer to a request given up on, or to another device's
-    if (waiter.dropped.length >= 16) return; // a flood: enough said
+    // What was dropped is kept for the failure's message, 16 at most; the genuine answer is still taken after a
+    // flood of junk (a cap that stopped listening let anyone who reads update/get block the download).
+    const drop = (why: string) => {
+      if (waiter.dropped.length < 16) waiter.dropped.push(why);
+    };
     if ("error" in header) {
-      waiter.dropped.push(`an error answer ${JSON.stringify(header.error.slice(0, 200))}`);
+      drop(`an error answer ${JSON.stringify(header.error.slice(0, 200))}`);
       return;
     }
     const bytes = payload.subarray(end + 1);
     if (!waiter.accept(bytes)) {
-      waiter.dropped.push(`${bytes.length} bytes that fail their hashes`);
+      drop(`${bytes.length} bytes that fail their hashes`);
       return;
     }
     waiter.resolve(bytes);

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { fingerprintOf } from "../../src/kernel/identity.ts";
+import { fingerprintOf } from "../../src/commands/keys.ts";
 import { ROOT } from "../helpers/agent-process.ts";
 import { operatorKey } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
@@ -154,7 +154,8 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
     assert.equal(again.code, 0, again.stderr);
     assert.equal(
       again.stdout,
-      `nothing to change\nkey       ${printed}  (the device's own key: operators pin this fingerprint)\n`,
+      `nothing to change\nkey       ${printed}  (the device's own key: operators pin this fingerprint)\n` +
+        `device    ${DEVICE} ${pub.stdout.trim()}\n`,
     );
     const same = await operator.final(DEVICE, "describe");
     assert.equal((same.result as { session: string }).session, next.json.session);

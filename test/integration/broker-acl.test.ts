@@ -2,7 +2,8 @@
 // `ctl enroll` writes, run by a real mosquitto. Before it, every device shared one broker login and one
 // device's credentials could publish as, and read the commands of, every other device.
 import assert from "node:assert/strict";
-import { readFileSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import mqtt, { type IClientOptions } from "mqtt";
@@ -109,6 +110,30 @@ describe("the shipped broker configuration, with enrolled devices (issue 25)", (
     for (const a of agents.values()) await a.cleanup();
     await watch?.close();
     await broker?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("the broker's files are readable by the broker after it drops root; enrolling again keeps the groups", async () => {
+    // Review of issue 25: 0640 root:root password files stopped every login at the next reload, and an ACL
+    // made unreadable by a umask was dropped at a reload (mosquitto 2.0.11 then ran with no ACL at all).
+    const group = execFileSync("getent", ["group", "mosquitto"], { encoding: "utf8" }).split(":")[2];
+    for (const [file, mode] of [
+      ["devices.passwd", 0o640],
+      ["devices.acl", 0o644],
+      ["operators.passwd", 0o640],
+      ["operators.acl", 0o644],
+    ] as const) {
+      const st = statSync(join(brokerDir, file));
+      assert.equal(st.mode & 0o777, mode, file);
+      assert.equal(String(st.gid), group, file);
+    }
+    // dev-x's new password is in the files only: the broker keeps the old one until the revoke test reloads it.
+    const again = await runCli(["ctl", "enroll", "dev-x", "--broker-dir", brokerDir, "--out", join(dir, "again")], {});
+    assert.equal(again.code, 0, again.err);
+    assert.match(
+      readFileSync(join(brokerDir, "devices.acl"), "utf8"),
+      /^user dev-a\ntopic read outpost\/v1\/_group\/line-1\/cmd\/\+$/m,
+    );
   });
 
   it("the agent and ctl work unchanged: telemetry, commands, groups, OTA over MQTT, Home Assistant", async () => {

@@ -46,6 +46,28 @@ describe("commands: response topics (item 6)", () => {
     });
   }
 
+  test("a deferred final reply kept by an older agent for P/_ctl/ goes to the device's own reply topic", async () => {
+    // Review of issue 25: the restart record named P/_ctl/...; after the upgrade the reply went there, where a
+    // per-device ACL refuses it, and the outbox dropped it.
+    const h = harness();
+    h.commands.finish(
+      { id: "r-1", command: "restart", topic: `${PREFIX}/_ctl/old/reply`, request: "d" },
+      { state: "succeeded", result: { restarted: true } },
+    );
+    h.commands.finish(
+      { id: "r-2", command: "restart", topic: `${PREFIX}/${DEVICE}/reply/ctl-1`, request: "d" },
+      { state: "succeeded", result: { restarted: true } },
+    );
+    await h.settle();
+    assert.deepEqual(
+      h.replies.map((r) => [r.body.id, r.topic]),
+      [
+        ["r-1", `${PREFIX}/${DEVICE}/cmd/restart/reply`],
+        ["r-2", `${PREFIX}/${DEVICE}/reply/ctl-1`],
+      ],
+    );
+  });
+
   test("refusals of unauthenticated requests go only to a ctl response topic", async () => {
     const h = harness();
     h.deliver("probe", { id: "u-1" });

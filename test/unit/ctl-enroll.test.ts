@@ -18,8 +18,12 @@ describe("ctl enroll's broker files", () => {
       homeassistant: "homeassistant",
       devices: { "pi.3": { groups: ["line-3"], enrolled: "" }, "pi-4": { groups: [], enrolled: "" } },
       operators: {},
+      readers: { grafana: { enrolled: "" } },
     });
-    assert.match(acl, /^pattern write outpost\/v1\/%u\/#$/m);
+    assert.match(acl, /^pattern write outpost\/v1\/%u\/status$/m);
+    // Not its own command topics, which it reads: a retained message there would outlive a revoke.
+    assert.doesNotMatch(acl, /^pattern write outpost\/v1\/%u\/(#|cmd\/\+)$/m);
+    assert.match(acl, /^user grafana\ntopic read outpost\/v1\/#\ntopic read homeassistant\/#$/m);
     assert.doesNotMatch(acl, /%c/, "the client id is the client's to choose");
     assert.match(
       acl,

@@ -47,6 +47,13 @@ describe("update ranges over MQTT, with a forger on the broker", () => {
     assert.deepEqual(Buffer.from(await read(f)), GOOD);
   });
 
+  it("a flood of forged answers (16 and more) does not stop the genuine one from being taken", async () => {
+    // Review of issue 25's broker ACL: past 16 dropped answers every later one was ignored, the genuine too, so
+    // anyone who reads update/get could fail a device's download with 16 junk answers per range.
+    const f = broker((id) => Array.from({ length: 40 }, () => encodeAnswer({ id, error: "junk" })), true);
+    assert.deepEqual(Buffer.from(await read(f)), GOOD);
+  });
+
   it("with only forgeries, the range fails at its timeout, saying what was dropped", async () => {
     const f = broker(
       (id) => [

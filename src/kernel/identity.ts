@@ -26,8 +26,8 @@ export const DEVICE_KEY_FILE = "device.key";
 export const DEVICE_PUB_FILE = "device.pub";
 /** Either file is a few hundred bytes; anything larger is not one. */
 export const MAX_KEY_FILE = 4096;
-/** statfs type of a tmpfs: a state directory there does not survive a reboot. */
-const TMPFS_MAGIC = 0x01021994;
+/** statfs types of a tmpfs and a ramfs: a state directory on either does not survive a reboot. */
+const IN_MEMORY = new Set([0x01021994, 0x858458f6]);
 const OPEN_READ = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
 
 /** Who this device is: its own ed25519 key, made at its first start and kept in the state directory. */
@@ -93,7 +93,7 @@ export function deviceIdentity(stateDir: string, logger: Logger): DeviceIdentity
   if (tmpfs) {
     logger.warn(
       { stateDir, fingerprint },
-      "the state directory is a tmpfs: the device key is new at every boot, and every operator's pin of it fails after one",
+      "the state directory is in memory (tmpfs, ramfs): the device key is new at every boot, and every operator's pin of it fails after one",
     );
   }
   return { privateKey, publicKey, fingerprint, created, ephemeral };
@@ -176,7 +176,7 @@ function store(path: string, text: string, mode: number, logger: Logger): boolea
 
 function onTmpfs(dir: string): boolean {
   try {
-    return statfsSync(dir).type === TMPFS_MAGIC;
+    return IN_MEMORY.has(statfsSync(dir).type);
   } catch {
     return false;
   }

@@ -2,7 +2,17 @@
 // never read through a link, and its fingerprint the one ssh would print for the same key.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { chmodSync, existsSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import pino from "pino";
@@ -66,6 +76,17 @@ describe("the device key", () => {
     assert.equal(deviceIdentity(dir, logger).fingerprint, kept);
     assert.equal(statSync(join(dir, DEVICE_KEY_FILE)).mode & 0o777, 0o600);
     assert.equal(existsSync(join(dir, `${DEVICE_PUB_FILE}.tmp-${process.pid}`)), false);
+  });
+});
+
+describe("a state directory in memory", () => {
+  it("on a tmpfs (/dev/shm here) the key is said to be new at every boot", { skip: !existsSync("/dev/shm") }, () => {
+    const dir = mkdtempSync(join("/dev/shm", "outpost-identity-"));
+    try {
+      assert.equal(deviceIdentity(dir, logger).ephemeral, true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -85,6 +85,8 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
   private readonly log: Logger;
   private protocol: ProtocolVersion;
   private fellBack = false;
+  /** MQTT 5 connects in a row that the broker closed without a CONNACK (RabbitMQ 3.10 does so for every one). */
+  private unanswered5 = 0;
   private connectCount = 0;
   private brokerLimits: BrokerLimits = {};
   private takeoverCount = 0;
@@ -221,6 +223,16 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
         this.fellBack = true;
         return;
       }
+      // A broker that closes an MQTT 5 CONNECT unanswered does not speak it: twice in a row (once may be a
+      // broker going down) and 3.1.1 is tried, as ctl does.
+      const closed5 = this.protocol === 5 && (err as { code?: unknown }).code === "MQTT_CLOSED";
+      this.unanswered5 = closed5 ? this.unanswered5 + 1 : 0;
+      if (closed5 && this.unanswered5 >= 2) {
+        this.log.warn("broker closed MQTT 5 connects unanswered; falling back to MQTT 3.1.1");
+        this.protocol = 4;
+        this.fellBack = true;
+        return;
+      }
       const delay = backoff.next();
       this.log.warn({ err: errorMessage(err), retryInMs: delay, attempt: backoff.attempts }, "mqtt connect failed");
       await sleep(delay, signal);
@@ -229,6 +241,7 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
     this.ready = false;
     this.client = client;
     this.connectCount += 1;
+    this.unanswered5 = 0;
     const connectedAt = this.now();
     let takenOver = false;
     client.on("disconnect", (packet) => {

@@ -9,8 +9,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { generateKeys } from "../../src/commands/keys.ts";
-import { sourceCommand } from "../helpers/agent-process.ts";
+import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
+import { PREFIX } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
+import { Watch } from "../helpers/mqtt-watch.ts";
 import { freePort } from "../helpers/ports.ts";
 
 /** Runs `outpost ctl ...` from the checkout as its own process: how it exits is what is tested. */
@@ -33,13 +35,14 @@ function ctl(args: string[], env: Record<string, string> = {}) {
   );
 }
 
-/** The protocol level of an MQTT CONNECT packet (4: 3.1.1, 5: MQTT 5). */
-function protocolLevel(packet: Buffer): number {
+/** The protocol level of an MQTT CONNECT packet (4: 3.1.1, 5: MQTT 5); undefined until enough of it came. */
+function protocolLevel(packet: Buffer): number | undefined {
   let at = 1;
   while ((packet[at] ?? 0) & 0x80) at += 1;
   at += 1; // past the remaining length
+  if (packet.length < at + 2) return undefined;
   const nameLength = packet.readUInt16BE(at);
-  return packet[at + 2 + nameLength] ?? 0;
+  return packet[at + 2 + nameLength];
 }
 
 describe("ctl when the broker never completes a connection", () => {
@@ -57,17 +60,24 @@ describe("ctl when the broker never completes a connection", () => {
     // Closes every connection as soon as it says anything.
     silent = createServer((s) => s.once("data", () => s.destroy()));
     // Like RabbitMQ 3.10: an MQTT 5 CONNECT is closed unanswered; 3.1.1 goes through to mosquitto.
-    noMqtt5 = createServer((s) =>
-      s.once("data", (first: Buffer) => {
-        if (protocolLevel(first) === 5) return s.destroy();
+    noMqtt5 = createServer((s) => {
+      // The CONNECT may come in pieces: read until its protocol level is there.
+      let first = Buffer.alloc(0);
+      const onData = (chunk: Buffer) => {
+        first = Buffer.concat([first, chunk]);
+        const level = protocolLevel(first);
+        if (level === undefined) return;
+        s.off("data", onData);
+        if (level === 5) return s.destroy();
         const upstream = connect(broker.port, "127.0.0.1", () => {
           upstream.write(first);
           s.pipe(upstream).pipe(s);
         });
         upstream.on("error", () => s.destroy());
-        s.on("error", () => upstream.destroy());
-      }),
-    );
+      };
+      s.on("data", onData);
+      s.on("error", () => s.destroy());
+    });
     silentPort = await freePort();
     noMqtt5Port = await freePort();
     await new Promise<void>((r) => silent.listen(silentPort, "127.0.0.1", () => r()));
@@ -85,6 +95,23 @@ describe("ctl when the broker never completes a connection", () => {
       const r = await ctl([...args, "--broker", `mqtt://127.0.0.1:${silentPort}`]);
       assert.equal(r.code, 69, `${args[0]}: ${r.err}`);
       assert.match(r.err, /no connection to the broker .*closed the connection without answering CONNECT/);
+    }
+  });
+
+  it("the agent, on a broker that closes MQTT 5 connects unanswered, falls back to 3.1.1 (issue 26, part C)", async () => {
+    // Like RabbitMQ 3.10: on 57975c7 the agent tried MQTT 5 again and again and never connected.
+    const watch = await Watch.open(broker.port, [`${PREFIX}/dev-nomqtt5/status`]);
+    const agent = AgentProcess.run(sourceCommand(), {
+      device: { id: "dev-nomqtt5" },
+      mqtt: { url: `mqtt://127.0.0.1:${noMqtt5Port}`, reconnectMin: "50ms", reconnectMax: "500ms" },
+    });
+    try {
+      const online = await watch.waitFor((m) => m.json.state === "online", 20_000, "online over 3.1.1");
+      assert.equal(online.json.protocolVersion, 4);
+      await agent.waitForLog("broker closed MQTT 5 connects unanswered; falling back to MQTT 3.1.1");
+    } finally {
+      await agent.cleanup();
+      await watch.close();
     }
   });
 

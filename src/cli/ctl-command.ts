@@ -8,7 +8,7 @@ import { answerTrust } from "./ctl-trust.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 import { applyMessage, type DeviceView, viewUpdate } from "./view.ts";
 
-export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|update|trust|forget|enroll|revoke|config> [options]
+export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|update|rollout|trust|forget|enroll|revoke|config> [options]
 
   devices                         devices from their retained status: id, state, version, KEY (pinned,
                                   unpinned, unsigned, will, FORGED) and last seen (the latest status or
@@ -27,6 +27,11 @@ export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|update|trust|for
                                   rolled back or failed. --http URL: devices fetch from there instead;
                                   --until staged: stop once staged (a device without the installer units
                                   stages only then); --accept-new as for call
+  rollout RELEASE_DIR... --dry-run (--devices A,B,... | --all-pinned) [--waves 1,10%,50%,100%] [--seed S]
+       [--canary D]... [--success 95%] [--soak 5m] [--failure 5%] [--min-finished 3] [--deadline 30m]
+       [--cap N] [--approve]      the plan of a rollout in waves: which devices in which wave (canaries first,
+                                  the rest in the seed's order) and what passes a wave or pauses the rollout;
+                                  running it is being built (issue 26): only --dry-run so far
   trust DEVICE FINGERPRINT        pin the key the device's status offers once its fingerprint is the one
        [--public-key FILE|-|KEY]  install printed on the device; --public-key: the key itself (device.pub,
        [--any-broker]             as scripts/deploy.sh reads it over ssh); --any-broker: for every broker
@@ -61,12 +66,24 @@ reply in time (the error code is printed), 64 usage, 65 a forged answer (bad sig
 69 no connection to the broker (refused, unreachable, or closed without answering CONNECT), 77 an answer that
 cannot be verified (an unpinned device, an agent that does not sign).`;
 
-const SUBCOMMANDS = new Set(["devices", "watch", "call", "update", "trust", "forget", "enroll", "revoke", "config"]);
+const SUBCOMMANDS = new Set([
+  "devices",
+  "watch",
+  "call",
+  "update",
+  "rollout",
+  "trust",
+  "forget",
+  "enroll",
+  "revoke",
+  "config",
+]);
 /** Flags that take a value in every subcommand that has them. */
 const VALUE_FLAGS = new Set([
   ...Object.entries(BROKER_FLAGS).flatMap(([name, f]) => (f.type === "string" ? [name] : [])),
   ...["key", "params", "timeout", "validity", "expect", "http", "until", "count", "public-key"],
   ...["broker-dir", "out", "device-url", "ha-prefix", "broker-group"],
+  ...["devices", "waves", "seed", "canary", "success", "soak", "failure", "min-finished", "deadline", "cap"],
 ]);
 /** Flags that take a value in one subcommand and none in another (update's --group NAME, call's --group). */
 const EITHER_FLAGS = new Set(["group", "wait"]);
@@ -102,6 +119,10 @@ export async function ctlCommand(host: Host, args: string[]): Promise<number> {
     case "forget": {
       const { forgetCommand } = await import("./ctl-trust.ts");
       return forgetCommand(host, rest);
+    }
+    case "rollout": {
+      const { rolloutCommand } = await import("./ctl-rollout.ts");
+      return rolloutCommand(host, rest);
     }
     case "enroll": {
       const { enrollCommand } = await import("./ctl-enroll.ts");

@@ -66,17 +66,19 @@ export function progressLine(d: DeviceUpdate, width = 24): string {
   return printable(`${name} ${d.state}${figures}${why}`, 400);
 }
 
-function readManifest(dir: string): { signed: SignedManifest; manifest: Manifest } {
+export function readManifest(dir: string): { signed: SignedManifest; manifest: Manifest } {
   let raw: unknown;
   try {
     raw = JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8"));
   } catch (err) {
-    throw new UsageError(`ctl update: ${join(dir, "manifest.json")}: ${errorMessage(err)}`);
+    throw new UsageError(
+      `${join(dir, "manifest.json")}: ${errorMessage(err)} (a release directory is what outpost release writes)`,
+    );
   }
   const signed = signedManifestSchema.safeParse(raw);
   const manifest = signed.success ? manifestSchema.safeParse(JSON.parse(signed.data.payload)) : undefined;
   if (!signed.success || !manifest?.success) {
-    throw new UsageError(`ctl update: ${dir}/manifest.json is not a release manifest (outpost release writes one)`);
+    throw new UsageError(`${dir}/manifest.json is not a release manifest (outpost release writes one)`);
   }
   return { signed: signed.data, manifest: manifest.data };
 }

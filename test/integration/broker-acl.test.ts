@@ -116,7 +116,13 @@ describe("the shipped broker configuration, with enrolled devices (issue 25)", (
   it("the broker's files are readable by the broker after it drops root; enrolling again keeps the groups", async () => {
     // Review of issue 25: 0640 root:root password files stopped every login at the next reload, and an ACL
     // made unreadable by a umask was dropped at a reload (mosquitto 2.0.11 then ran with no ACL at all).
-    const group = execFileSync("getent", ["group", "mosquitto"], { encoding: "utf8" }).split(":")[2];
+    // The broker's group, where the broker package made one (Debian's does); the modes hold either way.
+    let group: string | undefined;
+    try {
+      group = execFileSync("getent", ["group", "mosquitto"], { encoding: "utf8" }).split(":")[2];
+    } catch {
+      group = undefined;
+    }
     for (const [file, mode] of [
       ["devices.passwd", 0o640],
       ["devices.acl", 0o644],
@@ -124,8 +130,8 @@ describe("the shipped broker configuration, with enrolled devices (issue 25)", (
       ["operators.acl", 0o644],
     ] as const) {
       const st = statSync(join(brokerDir, file));
-      assert.equal(st.mode & 0o777, mode, file);
-      assert.equal(String(st.gid), group, file);
+      assert.equal(st.mode & 0o777, group === undefined && file.endsWith(".passwd") ? 0o644 : mode, file);
+      if (group !== undefined) assert.equal(String(st.gid), group, file);
     }
     // dev-x's new password is in the files only: the broker keeps the old one until the revoke test reloads it.
     const again = await runCli(["ctl", "enroll", "dev-x", "--broker-dir", brokerDir, "--out", join(dir, "again")], {});

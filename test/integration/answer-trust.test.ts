@@ -199,6 +199,29 @@ describe("ctl counts only what a pinned device signed (issue 25)", () => {
     }
   });
 
+  it("a group call: a made-up member's answer is said and fails the call, unless --expect N verified came", async () => {
+    await forger.subscribeAsync(`${PREFIX}/_group/line-9/cmd/#`, { qos: 1 });
+    const answer = (topic: string, payload: Buffer) => {
+      if (!topic.endsWith("/_group/line-9/cmd/ping")) return;
+      const { id } = requestOf(payload);
+      const reply = { id, device: "fake-9", command: "ping", state: "succeeded", result: { pong: true } };
+      forger.publish(`${PREFIX}/fake-9/cmd/ping/reply`, JSON.stringify(reply), { qos: 1 });
+    };
+    forger.on("message", answer);
+    try {
+      const all = await ctl(["call", "line-9", "ping", "--group"], "3s");
+      assert.equal(all.code, 77, all.err + all.out);
+      assert.match(all.out, /^real-1 {2}succeeded/m);
+      assert.doesNotMatch(all.out, /fake-9/);
+      // The call ends at the first verified answer: fake-9's may come before it (said) or after (not read).
+      const one = await ctl(["call", "line-9", "ping", "--group", "--expect", "1"], "3s");
+      assert.equal(one.code, 0, one.err + one.out);
+      assert.match(one.out, /^real-1 {2}succeeded/m);
+    } finally {
+      forger.off("message", answer);
+    }
+  });
+
   it("a genuine reply replayed under a new request's id is refused; a re-installed device until forget", async () => {
     // The forger keeps real-1's genuine reply to one request...
     await forger.subscribeAsync([`${PREFIX}/real-1/cmd/#`, `${PREFIX}/real-1/reply/#`], { qos: 1 });

@@ -85,8 +85,12 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
   private readonly log: Logger;
   private protocol: ProtocolVersion;
   private fellBack = false;
-  /** MQTT 5 connects in a row that the broker closed without a CONNACK (RabbitMQ 3.10 does so for every one). */
-  private unanswered5 = 0;
+  /**
+   * This connection is MQTT 3.1.1 because an MQTT 5 connect was closed unanswered just before: the next
+   * connect tries MQTT 5 first again (a broker going down closes connects unanswered too, and a fallback kept
+   * for good would lose the MQTT 5 session, with the requests queued in it, once it is back).
+   */
+  private unansweredFallback = false;
   private connectCount = 0;
   private brokerLimits: BrokerLimits = {};
   private takeoverCount = 0;
@@ -213,22 +217,17 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
   /** One connection from attempt to loss, then the wait before the next attempt. */
   private async connection(signal: AbortSignal, backoff: Backoff, aborted: Promise<void>): Promise<void> {
     let client: MqttClient;
+    if (this.unansweredFallback) {
+      this.protocol = 5;
+      this.unansweredFallback = false;
+      this.fellBack = false;
+    }
     try {
-      client = await this.connectOnce(signal);
+      client = await this.connectWithFallback(signal);
     } catch (err) {
       if (signal.aborted) return;
       if (refusedMqtt5(this.protocol, err)) {
         this.log.warn("broker refused MQTT 5; falling back to MQTT 3.1.1");
-        this.protocol = 4;
-        this.fellBack = true;
-        return;
-      }
-      // A broker that closes an MQTT 5 CONNECT unanswered does not speak it: twice in a row (once may be a
-      // broker going down) and 3.1.1 is tried, as ctl does.
-      const closed5 = this.protocol === 5 && (err as { code?: unknown }).code === "MQTT_CLOSED";
-      this.unanswered5 = closed5 ? this.unanswered5 + 1 : 0;
-      if (closed5 && this.unanswered5 >= 2) {
-        this.log.warn("broker closed MQTT 5 connects unanswered; falling back to MQTT 3.1.1");
         this.protocol = 4;
         this.fellBack = true;
         return;
@@ -241,7 +240,6 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
     this.ready = false;
     this.client = client;
     this.connectCount += 1;
-    this.unanswered5 = 0;
     const connectedAt = this.now();
     let takenOver = false;
     client.on("disconnect", (packet) => {
@@ -325,6 +323,31 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
 
   private now(): number {
     return this.options.now?.() ?? performance.now();
+  }
+
+  /**
+   * An MQTT 5 connect the broker closes without a CONNACK is tried again at once with MQTT 3.1.1, as ctl does:
+   * RabbitMQ 3.10 closes every MQTT 5 CONNECT so. For this connection only (unansweredFallback).
+   */
+  private async connectWithFallback(signal: AbortSignal): Promise<MqttClient> {
+    try {
+      return await this.connectOnce(signal);
+    } catch (err) {
+      if (this.protocol !== 5 || (err as { code?: unknown }).code !== "MQTT_CLOSED" || signal.aborted) throw err;
+      this.protocol = 4;
+      try {
+        const client = await this.connectOnce(signal);
+        this.unansweredFallback = true;
+        this.fellBack = true;
+        this.log.warn(
+          "broker closed an MQTT 5 connect unanswered; connected with MQTT 3.1.1 (MQTT 5 first again next time)",
+        );
+        return client;
+      } catch {
+        this.protocol = 5;
+        throw err;
+      }
+    }
   }
 
   private async connectOnce(signal: AbortSignal): Promise<MqttClient> {

@@ -91,6 +91,8 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
    * for good would lose the MQTT 5 session, with the requests queued in it, once it is back).
    */
   private unansweredFallback = false;
+  /** MQTT 5 connects in a row closed unanswered (reset by any other outcome). */
+  private unanswered5 = 0;
   private connectCount = 0;
   private brokerLimits: BrokerLimits = {};
   private takeoverCount = 0;
@@ -326,14 +328,21 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
   }
 
   /**
-   * An MQTT 5 connect the broker closes without a CONNACK is tried again at once with MQTT 3.1.1, as ctl does:
-   * RabbitMQ 3.10 closes every MQTT 5 CONNECT so. For this connection only (unansweredFallback).
+   * RabbitMQ 3.10 closes every MQTT 5 CONNECT without a CONNACK. The second such close in a row is followed at
+   * once by an MQTT 3.1.1 connect, for this connection only (unansweredFallback). Not the first: a network
+   * that comes back drops the connect it held half-open, and a 3.1.1 connect right then would end the MQTT 5
+   * session with the requests queued in it.
    */
   private async connectWithFallback(signal: AbortSignal): Promise<MqttClient> {
     try {
-      return await this.connectOnce(signal);
+      const client = await this.connectOnce(signal);
+      this.unanswered5 = 0;
+      return client;
     } catch (err) {
-      if (this.protocol !== 5 || (err as { code?: unknown }).code !== "MQTT_CLOSED" || signal.aborted) throw err;
+      const closed5 = this.protocol === 5 && (err as { code?: unknown }).code === "MQTT_CLOSED" && !signal.aborted;
+      this.unanswered5 = closed5 ? this.unanswered5 + 1 : 0;
+      if (!closed5 || this.unanswered5 < 2) throw err;
+      this.unanswered5 = 0;
       this.protocol = 4;
       try {
         const client = await this.connectOnce(signal);

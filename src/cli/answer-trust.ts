@@ -151,17 +151,11 @@ export class AnswerTrust {
   private keyOf(device: string, topic: string, text: string): { key: KeyObject; pin: Pin } | Verdict {
     let pin = this.pinOf(device);
     if (!pin) {
-      const status = this.statuses.get(device);
-      const offered = typeof status?.body.deviceKey === "string" ? status.body.deviceKey : undefined;
-      const fingerprint = offered ? safeFingerprint(offered) : undefined;
-      if (this.o.acceptNew && offered && fingerprint && status) {
-        const key = this.parse(offered);
+      const offered = this.offered(device);
+      if (this.o.acceptNew && offered) {
+        const { key } = offered;
         // Accepted only when the status and this answer are both signed by the key the status offers.
-        if (
-          key &&
-          checkAnswer(key, device, status.topic, status.text).state === "verified" &&
-          checkAnswer(key, device, topic, text).state === "verified"
-        ) {
+        if (offered.signsStatus && checkAnswer(key, device, topic, text).state === "verified") {
           pin = {
             broker: this.broker,
             prefix: this.o.prefix,
@@ -180,8 +174,9 @@ export class AnswerTrust {
         }
       }
       if (!pin) {
-        const hint = fingerprint
-          ? `; its status offers ${fingerprint}: compare it with what install printed on the device, then outpost ctl trust ${device} ${fingerprint}`
+        const fp = offered?.fingerprint;
+        const hint = fp
+          ? `; its status offers ${fp}: compare it with what install printed on the device, then outpost ctl trust ${device} ${fp}`
           : "";
         return { trust: "unpinned", why: `${device} is not pinned in ${this.o.pins.where}${hint}` };
       }
@@ -204,6 +199,17 @@ export class AnswerTrust {
     return key;
   }
 
+  /** The key the device's last status offers (the form it came in), and whether that status is signed by it. */
+  private offered(device: string) {
+    const status = this.statuses.get(device);
+    const text = status?.body.deviceKey;
+    const key = typeof text === "string" ? this.parse(text) : undefined;
+    const fingerprint = typeof text === "string" ? safeFingerprint(text) : undefined;
+    if (!status || typeof text !== "string" || !key || !fingerprint) return undefined;
+    const signsStatus = checkAnswer(key, device, status.topic, status.text).state === "verified";
+    return { text, key, fingerprint, signsStatus };
+  }
+
   private versionOf(device: string): string | undefined {
     const v = this.statuses.get(device)?.body.version;
     return typeof v === "string" ? v : undefined;
@@ -212,12 +218,10 @@ export class AnswerTrust {
   /** Why a signature failed: a device whose signed status names another key was re-installed, or is impersonated. */
   private invalidWhy(device: string, pin: Pin): string {
     const pinned = safeFingerprint(pin.key) ?? "?";
-    const status = this.statuses.get(device);
-    const offered = typeof status?.body.deviceKey === "string" ? status.body.deviceKey : undefined;
-    const key = offered && offered !== pin.key ? this.parse(offered) : undefined;
-    if (offered && key && status && checkAnswer(key, device, status.topic, status.text).state === "verified") {
+    const offered = this.offered(device);
+    if (offered && offered.text !== pin.key && offered.signsStatus) {
       return (
-        `THE KEY OF ${device} HAS CHANGED: pinned ${pinned}, its status now offers ${safeFingerprint(offered)}. ` +
+        `THE KEY OF ${device} HAS CHANGED: pinned ${pinned}, its status now offers ${offered.fingerprint}. ` +
         `If ${device} was re-installed, run outpost ctl forget ${device} and pin the new key; otherwise another ` +
         `client is answering as ${device}`
       );

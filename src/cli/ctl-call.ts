@@ -8,35 +8,10 @@ import { publicKeyText } from "../commands/keys.ts";
 import { errorMessage } from "../core/errors.ts";
 import { deviceTopics } from "../mqtt/topics.ts";
 import { isRefusal, printable, type Verdict } from "./answer-trust.ts";
-import { DeviceCaller, type Signer, withClient } from "./ctl-client.ts";
+import { DeviceCaller, retainedText, type Signer, withClient } from "./ctl-client.ts";
 import { BROKER_FLAGS, brokerOptions, ctlSettings, durationFlag, readPrivateKey } from "./ctl-settings.ts";
 import { answerTrust, refusalPrinter, trustCode } from "./ctl-trust.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
-
-/** How long retained messages may take to arrive after a subscription. */
-const RETAINED_WAIT_MS = 1000;
-
-/** The retained message held on `topic`, if any (it arrives right after the subscription). */
-async function retainedText(client: MqttClient, topic: string): Promise<string | undefined> {
-  let seen: (t: string, payload: Buffer) => void = () => {};
-  let timer: NodeJS.Timeout | undefined;
-  const found = new Promise<string | undefined>((resolve) => {
-    seen = (t, payload) => {
-      if (t === topic && payload.length > 0) resolve(payload.toString("utf8"));
-    };
-    timer = setTimeout(() => resolve(undefined), RETAINED_WAIT_MS);
-  });
-  client.on("message", seen);
-  try {
-    await client.subscribeAsync(topic, { qos: 1 });
-    const known = await found;
-    await client.unsubscribeAsync(topic);
-    return known;
-  } finally {
-    clearTimeout(timer);
-    client.off("message", seen);
-  }
-}
 
 /**
  * `--params JSON`, `--params @FILE` or `--params -` (standard input): tensors and images are larger than one

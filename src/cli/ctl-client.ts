@@ -84,6 +84,35 @@ export async function connectBroker(o: BrokerOptions & { origin?: string }): Pro
   return client;
 }
 
+/** How long retained messages may take to arrive after a subscription. */
+export const RETAINED_WAIT_MS = 1000;
+
+/** The retained message held on `topic`, if any (it arrives right after the subscription, within `waitMs`). */
+export async function retainedText(
+  client: MqttClient,
+  topic: string,
+  waitMs = RETAINED_WAIT_MS,
+): Promise<string | undefined> {
+  let seen: (t: string, payload: Buffer) => void = () => {};
+  let timer: NodeJS.Timeout | undefined;
+  const found = new Promise<string | undefined>((resolve) => {
+    seen = (t, payload) => {
+      if (t === topic && payload.length > 0) resolve(payload.toString("utf8"));
+    };
+    timer = setTimeout(() => resolve(undefined), waitMs);
+  });
+  client.on("message", seen);
+  try {
+    await client.subscribeAsync(topic, { qos: 1 });
+    const known = await found;
+    await client.unsubscribeAsync(topic);
+    return known;
+  } finally {
+    clearTimeout(timer);
+    client.off("message", seen);
+  }
+}
+
 /** One connection for the length of `use`, ended after it either way. */
 export async function withClient<T>(o: BrokerOptions, use: (client: MqttClient) => Promise<T>): Promise<T> {
   const client = await connectBroker(o);

@@ -2,7 +2,7 @@ import { parseArgs } from "node:util";
 import { errorMessage } from "../core/errors.ts";
 import { allDevices, deviceTopics } from "../mqtt/topics.ts";
 import type { AnswerTrust } from "./answer-trust.ts";
-import { withClient } from "./ctl-client.ts";
+import { RETAINED_WAIT_MS, withClient } from "./ctl-client.ts";
 import { BROKER_FLAGS, brokerOptions, ctlSettings, durationFlag, printCtlSettings } from "./ctl-settings.ts";
 import { answerTrust } from "./ctl-trust.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
@@ -145,9 +145,6 @@ export async function ctlCommand(host: Host, args: string[]): Promise<number> {
       throw new UsageError(sub === undefined ? "ctl: missing subcommand" : `ctl: unknown subcommand ${sub}`);
   }
 }
-
-/** How long retained messages may take to arrive after a subscription. */
-const RETAINED_WAIT_MS = 1000;
 
 async function devices(host: Host, args: string[]): Promise<number> {
   const { values } = parseArgs({

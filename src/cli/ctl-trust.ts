@@ -6,7 +6,7 @@ import { fingerprintOf, parsePublicKey } from "../commands/keys.ts";
 import { errorMessage } from "../core/errors.ts";
 import { deviceTopics } from "../mqtt/topics.ts";
 import { AnswerTrust, printable, type Refusal } from "./answer-trust.ts";
-import { connectBroker } from "./ctl-client.ts";
+import { retainedText, withClient } from "./ctl-client.ts";
 import { BROKER_FLAGS, brokerOptions, type CtlSettings, ctlSettings, readBoundedText } from "./ctl-settings.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 import { brokerId, KnownDevices, type Pin } from "./known-devices.ts";
@@ -197,26 +197,12 @@ async function retainedStatusOf(
   o: ReturnType<typeof brokerOptions>,
   device: string,
 ): Promise<{ topic: string; text: string; body: Record<string, unknown> } | undefined> {
-  const client = await connectBroker(o);
   const topic = deviceTopics(o.prefix, device).status;
+  const text = await withClient(o, (client) => retainedText(client, topic, 2000));
+  if (text === undefined) return undefined;
   try {
-    const got = new Promise<{ topic: string; text: string } | undefined>((resolve) => {
-      const timer = setTimeout(() => resolve(undefined), 2000);
-      client.on("message", (t, payload) => {
-        if (t !== topic || payload.length === 0) return;
-        clearTimeout(timer);
-        resolve({ topic: t, text: payload.toString("utf8") });
-      });
-    });
-    await client.subscribeAsync(topic, { qos: 1 });
-    const seen = await got;
-    if (!seen) return undefined;
-    try {
-      return { ...seen, body: JSON.parse(seen.text) as Record<string, unknown> };
-    } catch {
-      return undefined;
-    }
-  } finally {
-    await client.endAsync();
+    return { topic, text, body: JSON.parse(text) as Record<string, unknown> };
+  } catch {
+    return undefined;
   }
 }

@@ -165,13 +165,16 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
     return d;
   };
   /** What ctl makes of one answer; one that does not count is said once and kept for the exit code. */
+  /** An answer that does not count: said once, kept for the exit code, its `state` (if any) as the last word. */
+  const notCounted = (device: string, verdict: Refusal, said: string, state: string | undefined) => {
+    refused.push(verdict);
+    if (verdict.trust !== "forged" && state !== undefined) unverified.set(device, { state, verdict });
+    refusal(device, verdict, said);
+    check();
+  };
   const judge = (device: string, topic: string, text: string, body: UpdateState): Verdict => {
     const verdict = trust.check(device, topic, text, body, { id: answering.get(device) ?? requestId });
-    if (!isRefusal(verdict)) return verdict;
-    refused.push(verdict);
-    if (verdict.trust !== "forged") unverified.set(device, { state: body.state, verdict });
-    refusal(device, verdict, body.state);
-    check();
+    if (isRefusal(verdict)) notCounted(device, verdict, body.state, body.state);
     return verdict;
   };
   const done = (d: DeviceUpdate) => FINAL.has(d.state) || (until === "staged" && d.state === "staged");
@@ -330,12 +333,8 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
         }
       }
       if (isRefusal(verdict)) {
-        refused.push(verdict);
-        if (verdict.trust !== "forged" && reply.state !== "succeeded") {
-          unverified.set(reply.device, { state: reply.state, verdict });
-        }
-        refusal(reply.device, verdict, reply.state);
-        check();
+        // A command's `succeeded` is not an update state: the device's states on P/D/update say where it stands.
+        notCounted(reply.device, verdict, reply.state, reply.state === "succeeded" ? undefined : reply.state);
         return;
       }
       if (reply.state !== "failed") return;

@@ -2,7 +2,6 @@
 import { createPublicKey } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import type { MqttClient } from "mqtt";
 import type { ReplyBody } from "../commands/envelope.ts";
 import { publicKeyText } from "../commands/keys.ts";
 import { errorMessage } from "../core/errors.ts";

@@ -16,6 +16,7 @@ import { type Manifest, verifyManifest } from "./manifest.ts";
 import { MqttFetcher } from "./mqtt-source.ts";
 import { type Phase, type PhaseEvent, transition } from "./phase.ts";
 import { chunkIndex, releaseSources, updateParams } from "./release-source.ts";
+import { rolloutGuard } from "./rollouts.ts";
 import { readRootRecords } from "./root-record.ts";
 import { type RunningRelease, runningRelease } from "./running.ts";
 import { readInstall, removeStaged, STAGED, sweepStaging } from "./staging.ts";
@@ -204,6 +205,7 @@ export function otaModuleFor(running: () => RunningRelease): Module<typeof updat
       }
 
       const fetcher = new MqttFetcher(ctx.direct, ctx.topics);
+      const rollouts = rolloutGuard(ctx.stateDir, self, () => last);
 
       /** A model release goes to a task, which the request names. */
       function modelTarget(task: string | undefined) {
@@ -237,6 +239,10 @@ export function otaModuleFor(running: () => RunningRelease): Module<typeof updat
             params: updateParams,
             maxRequestBytes: MAX_UPDATE_REQUEST,
             run: async (p, context) => {
+              // A rollout's request again (a fresh id, the same rollout and release): answered, never run twice.
+              const again =
+                p.rollout && rollouts.answer(p.rollout, verifyManifest(p.manifest, ctx.config().trustedKeys));
+              if (again) return again;
               if (phase.name === "downloading") throw new OutpostError("OTA_BUSY", "an update is already running");
               if (phase.name === "starting") throw new OutpostError("OTA_BUSY", "the update module is still starting");
               if (phase.name !== "idle") {
@@ -271,6 +277,7 @@ export function otaModuleFor(running: () => RunningRelease): Module<typeof updat
                 const transport = "mqtt" in p.source ? "mqtt" : "http";
                 const f = files();
                 mkdirSync(f.dir, { recursive: true, mode: 0o700 });
+                if (p.rollout) rollouts.record(p.rollout, m, context.id, ctx.clock.now());
                 // One partial download at a time: an earlier release's is of no more use. Without the installer
                 // nothing takes a staged release away either: only this one is kept.
                 for (const n of readdirSync(f.dir)) {

@@ -5,6 +5,7 @@ import type { ByteSource } from "./assemble.ts";
 import { httpSource } from "./http-source.ts";
 import { type ChunkIndex, chunkIndexSchema, type Manifest, signedManifestSchema } from "./manifest.ts";
 import { MQTT_MAX_RANGE, type MqttFetcher } from "./mqtt-source.ts";
+import { rolloutId } from "./rollouts.ts";
 
 // What an `update` command names, and where its release's files come from.
 
@@ -29,6 +30,11 @@ export const updateParams = z.strictObject({
    * without the installer stages it and ends there. An installed agent installs it all the same.
    */
   until: z.literal("staged").optional(),
+  /**
+   * The rollout this request belongs to (`outpost ctl rollout`): the device records it before acting, and
+   * answers a later request of the same rollout and release from that record (rollouts.ts).
+   */
+  rollout: rolloutId.optional(),
 });
 
 export type UpdateParams = z.output<typeof updateParams>;

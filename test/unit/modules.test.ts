@@ -193,5 +193,85 @@ describe("modules against a fake context", () => {
         await stop();
       }
     });
+
+    describe("a rollout's request (issue 26)", () => {
+      const key = generateKeyPairSync("ed25519");
+      const publicText = key.publicKey.export({ type: "spki", format: "pem" }).toString();
+      const signed = scriptRelease(join(opt, "rollout"), "1.2.0", "exit 0", key.privateKey);
+      const sha256 = (JSON.parse(signed.payload) as { sha256: string }).sha256;
+      const config = { update: { trustedKeys: [publicText] } };
+      const params = { manifest: signed, source: { http: "http://127.0.0.1:9/" }, rollout: "r-1" };
+      const journal = (fake: Fake<unknown>, body: Record<string, unknown>) => {
+        mkdirSync(join(fake.stateDir, "update"), { recursive: true });
+        writeFileSync(join(fake.stateDir, "update", "journal.json"), JSON.stringify(body));
+      };
+      const acted = (fake: Fake<unknown>, request: string) => {
+        mkdirSync(join(fake.stateDir, "update"), { recursive: true });
+        writeFileSync(
+          join(fake.stateDir, "update", "rollouts.json"),
+          JSON.stringify({ entries: [{ rollout: "r-1", sha256, request, at: 1 }] }),
+        );
+      };
+
+      it("already on the release (the same bytes): answers current, and nothing runs", async () => {
+        const fake = track(
+          fakeContext(
+            otaModuleFor(() => running(`1.2.0-${sha256.slice(0, 12)}`)),
+            { config },
+          ),
+        );
+        const answer = await fake.command("update", params);
+        assert.deepEqual(answer, { state: "current", rollout: "r-1", version: "1.2.0", sha256 });
+        assert.equal(existsSync(join(fake.stateDir, "update", "rollouts.json")), false);
+      });
+
+      it("asked again with a fresh id: answers with the request it acted on and what came of it", async () => {
+        const fake = track(
+          fakeContext(
+            otaModuleFor(() => running("1.0.0-aaaaaaaaaaaa")),
+            { config },
+          ),
+        );
+        acted(fake as Fake<unknown>, "req-0");
+        journal(fake as Fake<unknown>, {
+          state: "rolled-back",
+          release: `1.2.0-${sha256.slice(0, 12)}`,
+          from: { name: "1.0.0-aaaaaaaaaaaa", version: "1.0.0" },
+          to: { name: `1.2.0-${sha256.slice(0, 12)}`, version: "1.2.0" },
+          at: 5,
+          request: "req-0",
+          reason: "the service failed",
+        });
+        const answer = await fake.command("update", params, { id: "req-7" });
+        assert.deepEqual(answer, {
+          state: "repeat",
+          rollout: "r-1",
+          request: "req-0",
+          last: { id: "req-0", state: "rolled-back", version: "1.2.0", from: "1.0.0", reason: "the service failed" },
+        });
+        // Another rollout of the same release is a new act (it reaches the busy check: the module is starting).
+        await assert.rejects(fake.command("update", { ...params, rollout: "r-2" }), /still starting/);
+      });
+
+      it("a download that gave up installed nothing: asked again, it runs again", async () => {
+        const fake = track(
+          fakeContext(
+            otaModuleFor(() => running("1.0.0-aaaaaaaaaaaa")),
+            { config },
+          ),
+        );
+        acted(fake as Fake<unknown>, "req-0");
+        journal(fake as Fake<unknown>, {
+          state: "failed",
+          release: "1.2.0",
+          version: "1.2.0",
+          code: "OTA_DOWNLOAD_FAILED",
+          reason: "the server went away",
+          at: 5,
+          request: "req-0",
+        });
+        await assert.rejects(fake.command("update", params, { id: "req-7" }), /still starting/);
+      });
+    });
   });
 });

@@ -38,6 +38,16 @@ const host: Host = {
   invocation: fromSource ? "npm run -s outpost --" : process.argv0 || process.execPath,
   ...(fromSource ? {} : { executable: process.execPath }),
   uid: process.getuid?.(),
+  pid: process.pid,
+  isAlive: (pid) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch (err) {
+      // EPERM: it runs, as someone else.
+      return (err as NodeJS.ErrnoException).code === "EPERM";
+    }
+  },
   hostname: hostname(),
   stdout: process.stdout,
   stderr: process.stderr,

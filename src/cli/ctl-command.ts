@@ -27,11 +27,16 @@ export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|update|rollout|t
                                   rolled back or failed. --http URL: devices fetch from there instead;
                                   --until staged: stop once staged (a device without the installer units
                                   stages only then); --accept-new as for call
-  rollout RELEASE_DIR... --dry-run (--devices A,B,... | --all-pinned) [--waves 1,10%,50%,100%] [--seed S]
+  rollout RELEASE_DIR... (--devices A,B,... | --all-pinned) [--waves 1,10%,50%,100%] [--seed S]
        [--canary D]... [--success 95%] [--soak 5m] [--failure 5%] [--min-finished 3] [--deadline 30m]
-       [--cap N] [--approve]      the plan of a rollout in waves: which devices in which wave (canaries first,
-                                  the rest in the seed's order) and what passes a wave or pauses the rollout;
-                                  running it is being built (issue 26): only --dry-run so far
+       [--cap N] [--approve] [--http URL] [--dry-run] [--rollouts FILE]
+                                  a rollout in waves (docs/rollouts.md), one release per architecture:
+                                  the plan frozen in ~/.outpost/rollouts.db, then driven here until it
+                                  completes or pauses (a failure threshold crossed); --dry-run: the plan only
+  rollout status [ID] [--all] | list | pause ID | resume ID | approve ID | abort ID [--reason TEXT]
+                                  where a rollout stands per wave and why it waits; pause and abort act on
+                                  its journal (a running driver sees it); resume drives it again (after a
+                                  pause, a kill, or for devices that were offline); approve: the next wave
   trust DEVICE FINGERPRINT        pin the key the device's status offers once its fingerprint is the one
        [--public-key FILE|-|KEY]  install printed on the device; --public-key: the key itself (device.pub,
        [--any-broker]             as scripts/deploy.sh reads it over ssh); --any-broker: for every broker

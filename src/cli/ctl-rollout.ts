@@ -1,15 +1,22 @@
-// `outpost ctl rollout` (issue 26): so far the plan, `--dry-run`. The driver that runs it (the journal, the
-// waves, pause and resume) is being built; without --dry-run the command says so and does nothing.
-import { randomBytes } from "node:crypto";
+// `outpost ctl rollout` (issue 26): makes a rollout (its plan frozen in the journal on this machine) and drives
+// it (rollout-driver.ts); `status`, `list`, `pause`, `resume`, `approve` and `abort` act on the journal.
+import { createPublicKey, randomBytes } from "node:crypto";
+import { resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { fingerprintOf, publicKeyText } from "../commands/keys.ts";
 import { parseDuration } from "../config/duration.ts";
 import { errorMessage } from "../core/errors.ts";
-import { BROKER_FLAGS, brokerOptions, ctlSettings } from "./ctl-settings.ts";
-import { knownDevices } from "./ctl-trust.ts";
+import { printable } from "./answer-trust.ts";
+import { connectBroker } from "./ctl-client.ts";
+import { BROKER_FLAGS, brokerOptions, type CtlSettings, ctlSettings, readPrivateKey } from "./ctl-settings.ts";
+import { answerTrust, knownDevices } from "./ctl-trust.ts";
 import { readManifest } from "./ctl-update.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 import { brokerId } from "./known-devices.ts";
+import { driveRollout, LeaseRefused } from "./rollout-driver.ts";
+import { machineId, newRolloutId, RolloutJournal, waveCounts } from "./rollout-journal.ts";
 import { DEFAULT_POLICY, DEFAULT_WAVES, parseWaves, planWaves, type RolloutPolicy } from "./rollout-plan.ts";
+import { rolloutStatus, statusText, waveTable } from "./rollout-view.ts";
 
 const FLAGS = {
   ...BROKER_FLAGS,
@@ -26,6 +33,12 @@ const FLAGS = {
   deadline: { type: "string" },
   cap: { type: "string" },
   approve: { type: "boolean" },
+  key: { type: "string" },
+  rollouts: { type: "string" },
+  http: { type: "string" },
+  task: { type: "string" },
+  reason: { type: "string" },
+  all: { type: "boolean" },
 } as const;
 
 function share(flag: string, text: string | undefined, fallback: number): number {
@@ -54,12 +67,21 @@ const pct = (x: number) => `${Math.round(x * 1000) / 10}%`;
 const mins = (ms: number) => (ms % 60_000 === 0 ? `${ms / 60_000}m` : `${ms / 1000}s`);
 
 /**
- * `ctl rollout RELEASE_DIR... (--devices A,B,... | --all-pinned) --dry-run [--waves 1,10%,50%,100%] [--seed S]
+ * `ctl rollout RELEASE_DIR... (--devices A,B,... | --all-pinned) [--dry-run] [--waves 1,10%,50%,100%] [--seed S]
  * [--canary D]... [--success 95%] [--soak 5m] [--failure 5%] [--min-finished 3] [--deadline 30m] [--cap N]
- * [--approve]`: the plan the rollout would freeze, printed (or as JSON).
+ * [--approve] [--http URL] [--task T]`: the plan, printed (or as JSON); without --dry-run, frozen and driven.
+ * `ctl rollout status|list|pause|resume|approve|abort [ID]`: the journal's rollouts.
  */
-export function rolloutCommand(host: Host, args: string[]): number {
+export async function rolloutCommand(host: Host, args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args, options: FLAGS, allowPositionals: true });
+  const [verb, ...rest] = positionals;
+  if (verb !== undefined && VERBS.has(verb)) return rolloutVerb(host, verb, rest, values);
+  return createRollout(host, positionals, values);
+}
+
+type Values = ReturnType<typeof parseArgs<{ options: typeof FLAGS; allowPositionals: true }>>["values"];
+
+async function createRollout(host: Host, positionals: string[], values: Values): Promise<number> {
   if (positionals.length === 0) throw new UsageError("ctl rollout: expected RELEASE_DIR... (one per architecture)");
   const releases = positionals.map((dir) => ({ dir, ...readManifest(dir).manifest }));
   const arches = releases.map((r) => r.target.arch);
@@ -127,9 +149,240 @@ export function rolloutCommand(host: Host, args: string[]): number {
         `the rollout pauses at any canary failure, or past ${pct(policy.failure)} failed once ${policy.minFinished} of a wave finished; a device not committed within ${mins(policy.deadlineMs)} counts as failed${policy.cap === undefined ? "" : `; at most ${policy.cap} updating at once`}\n`,
     );
   }
-  if (!values["dry-run"]) {
-    host.stderr.write("outpost: ctl rollout runs only --dry-run so far: the driver is being built (issue 26)\n");
-    return EXIT.USAGE;
+  if (values["dry-run"]) return EXIT.OK;
+  // Success counts only what a device's pinned key signed: a device nobody pinned could never pass a wave.
+  const trust = answerTrust(host, settings, o, false, true);
+  const unpinned = plan.waves.flat().filter((d) => trust.pinOf(d) === undefined);
+  if (unpinned.length > 0) {
+    host.stderr.write(
+      `outpost: not pinned, so nothing they say would count: ${unpinned.slice(0, 10).join(" ")}${unpinned.length > 10 ? ` ... (${unpinned.length - 10} more)` : ""}; pin them (outpost ctl trust, deploy.sh) first\n`,
+    );
+    return EXIT.UNVERIFIED;
   }
-  return EXIT.OK;
+  const signer = signerOf(settings);
+  const journal = openJournal(settings);
+  try {
+    const now = Date.now();
+    const id = newRolloutId(now);
+    journal.create(
+      { id, created: now, by: signer.by, machine: machineId(), broker: brokerId(o.url), prefix: o.prefix },
+      {
+        releases: releases.map((r) => ({
+          arch: r.target.arch,
+          kind: r.kind,
+          version: r.version,
+          sha256: r.sha256,
+          dir: resolve(r.dir),
+          signed: readManifest(r.dir).signed,
+        })),
+        policy,
+        waves: plan.waves,
+        source: values.http === undefined ? { mqtt: true } : { http: values.http },
+        ...(values.task === undefined ? {} : { task: values.task }),
+      },
+    );
+    host.stdout.write(
+      `${values.json ? JSON.stringify({ rollout: id }) : `rollout ${id} (journal ${settings.rollouts.value})`}\n`,
+    );
+    return await drive(host, settings, journal, id, signer, values.json === true);
+  } finally {
+    journal.close();
+  }
+}
+
+const VERBS = new Set(["status", "list", "pause", "resume", "approve", "abort"]);
+
+function openJournal(settings: CtlSettings): RolloutJournal {
+  const path = settings.rollouts.value;
+  if (path === undefined) throw new UsageError("ctl rollout: --rollouts FILE (no home directory for the default)");
+  return new RolloutJournal(path);
+}
+
+/** The operator's key: it signs the requests, and names who made or changed a rollout. */
+function signerOf(settings: CtlSettings) {
+  const keyFile = settings.key.value;
+  if (keyFile === undefined) {
+    throw new UsageError(
+      "ctl rollout: --key FILE (or OUTPOST_CTL_KEY, or key: in ~/.outpost/ctl.yaml) is needed to sign",
+    );
+  }
+  const privateKey = readPrivateKey(keyFile);
+  const publicText = publicKeyText(createPublicKey(privateKey));
+  return { privateKey, publicText, by: fingerprintOf(publicText) };
+}
+
+/** Who changes a rollout: the operator's key when ctl has one, else the user on this machine. */
+function whoOf(host: Host, settings: CtlSettings): string {
+  return settings.key.value === undefined ? `${host.env.USER ?? "someone"}@${host.hostname}` : signerOf(settings).by;
+}
+
+async function rolloutVerb(host: Host, verb: string, rest: string[], values: Values): Promise<number> {
+  const settings = ctlSettings(host, values);
+  const journal = openJournal(settings);
+  try {
+    if (verb === "list") {
+      const all = journal.list();
+      if (values.json) for (const r of all) host.stdout.write(`${JSON.stringify(rolloutStatus(journal, r))}\n`);
+      else if (all.length === 0) host.stdout.write("no rollouts\n");
+      for (const r of values.json ? [] : all) {
+        const s = rolloutStatus(journal, r);
+        const c = s.waves.reduce((n, w) => ({ total: n.total + w.total, committed: n.committed + w.committed }), {
+          total: 0,
+          committed: 0,
+        });
+        const what = s.releases.map((x) => `${x.version} (${x.arch})`).join(", ");
+        host.stdout.write(
+          `${r.id}  ${r.state.padEnd(9)}  ${c.committed}/${c.total} committed  ${what}  made ${s.created} by ${r.by}\n`,
+        );
+      }
+      return EXIT.OK;
+    }
+    const id = rest[0] ?? (verb === "status" ? journal.list().at(-1)?.id : undefined);
+    if (id === undefined || rest.length > 1) throw new UsageError(`ctl rollout ${verb}: expected one rollout id`);
+    const r = journal.rollout(id);
+    if (!r) {
+      host.stderr.write(`outpost: no rollout ${printable(id, 80)} in ${settings.rollouts.value}\n`);
+      return EXIT.FAILURE;
+    }
+    const now = Date.now();
+    const reason = values.reason;
+    switch (verb) {
+      case "status": {
+        const s = rolloutStatus(journal, r, values.all === true);
+        host.stdout.write(values.json ? `${JSON.stringify(s)}\n` : statusText(s));
+        return EXIT.OK;
+      }
+      case "pause":
+      case "abort": {
+        const state = verb === "pause" ? "paused" : "aborted";
+        const from = verb === "pause" ? (["running"] as const) : (["running", "paused"] as const);
+        const by = whoOf(host, settings);
+        if (!journal.setState(id, state, { by, now, from, ...(reason ? { reason } : {}) })) {
+          host.stderr.write(`outpost: ${id} is ${r.state}: it cannot be ${state}\n`);
+          return EXIT.FAILURE;
+        }
+        host.stdout.write(
+          `${id}: ${state}${verb === "abort" ? " (committed devices stay; devices updating finish on their own)" : ""}\n`,
+        );
+        return EXIT.OK;
+      }
+      case "approve": {
+        const next = journal.waves(id).find((w) => w.started === null);
+        if (!next) {
+          host.stderr.write(`outpost: every wave of ${id} has started\n`);
+          return EXIT.FAILURE;
+        }
+        const by = whoOf(host, settings);
+        journal.tx(() => {
+          journal.saveWave(id, { ...next, approved: by });
+          journal.event(id, now, by, `approved wave ${next.wave + 1}`);
+        });
+        host.stdout.write(`${id}: wave ${next.wave + 1} approved\n`);
+        return EXIT.OK;
+      }
+      default: {
+        // resume: running again (a paused rollout, or a completed one with devices that were offline), then driven.
+        const signer = signerOf(settings);
+        if (r.state === "aborted") {
+          host.stderr.write(`outpost: ${id} was aborted: make a new rollout\n`);
+          return EXIT.FAILURE;
+        }
+        if (r.state !== "running") {
+          // Resumed after a pause: the failures so far are accepted by the operator who resumed; the threshold
+          // is judged again on what fails from now on (else the same failures would pause it at once).
+          const rows = journal.devices(id);
+          journal.tx(() => {
+            for (const w of journal.waves(id)) {
+              const failures = waveCounts(rows.filter((d) => d.wave === w.wave)).failures;
+              if (w.started !== null && failures > w.forgiven) {
+                journal.saveWave(id, { ...w, forgiven: failures });
+                journal.event(id, now, signer.by, `accepted ${failures} failures in wave ${w.wave + 1}`);
+              }
+            }
+          });
+          journal.setState(id, "running", { by: signer.by, now, from: ["paused", "completed"] });
+        }
+        return await drive(host, settings, journal, id, signer, values.json === true);
+      }
+    }
+  } finally {
+    journal.close();
+  }
+}
+
+/** Runs the driver in this process until the rollout completes, pauses or is aborted, or ctl is stopped. */
+async function drive(
+  host: Host,
+  settings: CtlSettings,
+  journal: RolloutJournal,
+  id: string,
+  signer: ReturnType<typeof signerOf>,
+  json: boolean,
+): Promise<number> {
+  const r = journal.rollout(id);
+  if (!r) return EXIT.FAILURE;
+  const o = brokerOptions(settings);
+  if (brokerId(o.url) !== r.broker || o.prefix !== r.prefix) {
+    throw new UsageError(
+      `${id} was made for ${r.broker} (${r.prefix}); ctl is set for ${brokerId(o.url)} (${o.prefix})`,
+    );
+  }
+  const trust = answerTrust(host, settings, o, false, true);
+  const client = await connectBroker(o);
+  const controller = new AbortController();
+  void host.stopRequested.then(() => controller.abort());
+  const tty = host.stdout.isTTY === true && !json;
+  let drawn = 0;
+  const redraw = () => {
+    const row = journal.rollout(id);
+    if (!row) return;
+    const lines = waveTable(rolloutStatus(journal, row)).concat(row.waiting ? [`waits: ${row.waiting}`] : []);
+    host.stdout.write(`${drawn > 0 ? `\x1b[${drawn}A` : ""}${lines.map((l) => `\x1b[2K${l}\n`).join("")}`);
+    drawn = lines.length;
+  };
+  const ticker = tty ? setInterval(redraw, 1000) : undefined;
+  try {
+    const end = await driveRollout({
+      journal,
+      id,
+      client,
+      trust,
+      signer,
+      me: {
+        holder: `${machineId()}:${host.pid ?? 0}:${randomBytes(4).toString("hex")}`,
+        pid: host.pid ?? 0,
+        machine: machineId(),
+      },
+      alive: host.isAlive ?? (() => true),
+      signal: controller.signal,
+      onEvent: (e) => {
+        if (json) host.stdout.write(`${JSON.stringify({ rollout: id, ...e })}\n`);
+        else if (!tty && (e.kind !== "device" || !e.text.startsWith("committed"))) {
+          host.stdout.write(`${e.device ? `${printable(e.device, 64)}: ` : ""}${printable(e.text, 300)}\n`);
+        }
+      },
+    });
+    if (tty) redraw();
+    const row = journal.rollout(id);
+    const s = row ? rolloutStatus(journal, row) : undefined;
+    if (s && !json) host.stdout.write(statusText(s));
+    if (end === "completed") return EXIT.OK;
+    host.stderr.write(
+      `outpost: ${id} ${end}${row?.reason ? `: ${row.reason}` : ""}${end === "paused" ? ` (outpost ctl rollout resume ${id} goes on)` : ""}\n`,
+    );
+    return EXIT.FAILURE;
+  } catch (err) {
+    if (err instanceof LeaseRefused) {
+      host.stderr.write(`outpost: ${err.message}\n`);
+      return EXIT.FAILURE;
+    }
+    if (controller.signal.aborted) {
+      host.stderr.write(`outpost: stopped driving ${id}; it goes on with outpost ctl rollout resume ${id}\n`);
+      return EXIT.FAILURE;
+    }
+    throw err;
+  } finally {
+    if (ticker) clearInterval(ticker);
+    await client.endAsync();
+  }
 }

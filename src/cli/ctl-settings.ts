@@ -26,6 +26,7 @@ const SETTINGS = {
   protocol: { flag: "protocol", env: "OUTPOST_CTL_PROTOCOL", file: "protocol", path: false, fallback: "auto" },
   key: { flag: "key", env: "OUTPOST_CTL_KEY", file: "key", path: true },
   knownDevices: { flag: "known-devices", env: "OUTPOST_CTL_KNOWN_DEVICES", file: "knownDevices", path: true },
+  rollouts: { flag: "rollouts", env: "OUTPOST_CTL_ROLLOUTS", file: "rollouts", path: true },
 } as const satisfies Record<
   string,
   { flag: string | undefined; env: string | undefined; file: string | undefined; path: boolean; fallback?: string }
@@ -45,6 +46,7 @@ const fileSchema = z.strictObject({
   protocol: z.union([z.literal("auto"), z.literal(4), z.literal(5), z.literal("4"), z.literal("5")]).optional(),
   key: z.string().min(1).optional(),
   knownDevices: z.string().min(1).optional(),
+  rollouts: z.string().min(1).optional(),
 });
 
 /** The largest ctl.yaml read: a few lines; a cap keeps a wrong path (a device node, a huge file) harmless. */
@@ -86,6 +88,10 @@ export function ctlSettings(host: Host, flags: Readonly<Record<string, unknown>>
   // The pins' file defaults to one beside ctl.yaml's default place (none without a home directory).
   if (out.knownDevices.value === undefined && host.env.HOME) {
     out.knownDevices = { value: join(host.env.HOME, ".outpost", "known_devices"), origin: "default" };
+  }
+  // Rollouts' journal likewise (rollout-journal.ts).
+  if (out.rollouts.value === undefined && host.env.HOME) {
+    out.rollouts = { value: join(host.env.HOME, ".outpost", "rollouts.db"), origin: "default" };
   }
   // The password and a password file are one setting in two forms: the higher source wins, the other is unused.
   const rank = (origin: string) => (origin.startsWith("--") ? 0 : origin.startsWith("in ") ? 2 : 1);

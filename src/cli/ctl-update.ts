@@ -1,5 +1,5 @@
 import { createPublicKey, randomUUID } from "node:crypto";
-import { closeSync, fstatSync, openSync, readFileSync, readSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import type { IPublishPacket } from "mqtt";
@@ -8,12 +8,12 @@ import type { ReplyBody } from "../commands/envelope.ts";
 import { publicKeyText } from "../commands/keys.ts";
 import { errorMessage } from "../core/errors.ts";
 import { type Manifest, manifestSchema, type SignedManifest, signedManifestSchema } from "../ota/manifest.ts";
-import { chunkRequestSchema, encodeAnswer } from "../ota/mqtt-source.ts";
 import { isRefusal, printable, type Refusal, type Verdict } from "./answer-trust.ts";
 import { connectBroker, DeviceCaller } from "./ctl-client.ts";
 import { BROKER_FLAGS, brokerOptions, ctlSettings, durationFlag, readPrivateKey } from "./ctl-settings.ts";
 import { answerTrust, refusalPrinter, trustCode } from "./ctl-trust.ts";
 import { type Host, UsageError } from "./host.ts";
+import { ReleaseServer } from "./release-server.ts";
 
 const FINAL = new Set(["committed", "rolled-back", "failed"]);
 
@@ -83,23 +83,6 @@ export function readManifest(dir: string): { signed: SignedManifest; manifest: M
   return { signed: signed.data, manifest: manifest.data };
 }
 
-/** The release's two files, open for ranges; only these are ever served. */
-function releaseFiles(dir: string, m: Manifest) {
-  const open = (name: string) => {
-    const fd = openSync(join(dir, name), "r");
-    return { fd, size: fstatSync(fd).size };
-  };
-  const artifact = open(m.artifact);
-  const index = "chunks" in m.index ? undefined : open(`index-${m.index.sha256}.json`);
-  return {
-    get: (file: "artifact" | "index") => (file === "artifact" ? artifact : index),
-    close: () => {
-      closeSync(artifact.fd);
-      if (index) closeSync(index.fd);
-    },
-  };
-}
-
 export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
@@ -141,7 +124,7 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
   const o = brokerOptions(settings);
   const trust = answerTrust(host, settings, o, values["accept-new"] === true, values.group !== undefined);
   const refusal = refusalPrinter(host);
-  const files = releaseFiles(dir, manifest);
+  const files = new ReleaseServer(dir, manifest);
   const client = await connectBroker(o);
   /** The devices whose own signed answers say where they stand: the only ones counted. */
   const devices = new Map<string, DeviceUpdate>();
@@ -219,32 +202,12 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
   };
 
   const serve = (topic: string, payload: Buffer) => {
-    let parsed: ReturnType<typeof chunkRequestSchema.safeParse>;
-    try {
-      parsed = chunkRequestSchema.safeParse(JSON.parse(payload.toString("utf8")));
-    } catch {
-      return;
-    }
-    if (!parsed.success) return;
-    const r = parsed.data;
     const id = deviceOf(topic);
-    const reply = (header: Parameters<typeof encodeAnswer>[0], bytes?: Buffer) =>
-      client.publish(`${o.prefix}/${id}/update/data`, encodeAnswer(header, bytes), { qos: 1 });
-    const file = files.get(r.file);
-    if (r.release !== manifest.sha256 || !file) {
-      reply({ id: r.id, error: `this server serves ${manifest.version} (${manifest.sha256.slice(0, 12)})` });
-      return;
-    }
-    if (r.offset + r.size > file.size) {
-      reply({ id: r.id, error: `${r.offset}+${r.size} is past the end of the ${r.file} (${file.size} bytes)` });
-      return;
-    }
-    const bytes = Buffer.allocUnsafe(r.size);
-    readSync(file.fd, bytes, 0, r.size, r.offset);
-    served.set(id, (served.get(id) ?? 0) + r.size);
+    const bytes = files.serve(client, o.prefix, id, payload);
+    if (bytes === 0) return;
+    served.set(id, (served.get(id) ?? 0) + bytes);
     const known = devices.get(id);
     if (known) known.served = served.get(id) ?? 0;
-    reply({ id: r.id, offset: r.offset, size: r.size }, bytes);
   };
 
   const onMessage = (topic: string, payload: Buffer, packet: IPublishPacket) => {

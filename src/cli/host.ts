@@ -16,6 +16,9 @@ export interface Host {
   uid?: number;
   /** How a person runs this program again where it was started (the binary's path, or npm from a checkout). */
   invocation?: string;
+  /** This process's id, and whether another process on this machine still runs (a rollout's lease). */
+  pid?: number;
+  isAlive?(pid: number): boolean;
 }
 
 /** 75 (EX_TEMPFAIL) after the `restart` command: non-zero, so that systemd's Restart=on-failure starts us again. */

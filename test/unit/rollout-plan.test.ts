@@ -126,14 +126,22 @@ describe("ctl rollout --dry-run", () => {
     assert.deepEqual(plan.waves.flat().sort(), fleet(12));
   });
 
-  it("every pinned device is a target; without --dry-run nothing runs yet, and says so", async () => {
+  it("every pinned device is a target; a device nobody pinned is refused before anything is frozen", async () => {
     const pins = join(dir, "known_devices");
     const key = "ed25519:Rl6eNbDXSwIiFJulSYcetsCof3kimBw+GEW74coW54M=";
     writeFileSync(pins, ["a", "b", "c"].map((d) => `127.0.0.1:1883 outpost/v1 pi-${d} ${key}`).join("\n"));
-    const r = await runCli(["ctl", "rollout", release, "--all-pinned", "--known-devices", pins]);
-    assert.equal(r.code, 64);
+    const r = await runCli(["ctl", "rollout", release, "--all-pinned", "--known-devices", pins, "--dry-run"]);
+    assert.equal(r.code, 0, r.err);
     assert.match(r.out, /to 3 devices/);
-    assert.match(r.err, /only --dry-run so far/);
+    const db = join(dir, "rollouts.db");
+    const unpinned = await runCli(
+      ["ctl", "rollout", release, "--devices", "pi-a,pi-x", "--known-devices", pins, "--rollouts", db],
+      {},
+    );
+    assert.equal(unpinned.code, 77);
+    assert.match(unpinned.err, /not pinned, so nothing they say would count: pi-x;/);
+    const list = await runCli(["ctl", "rollout", "list", "--rollouts", db]);
+    assert.equal(list.out, "no rollouts\n", "nothing was frozen");
     const bad = await runCli(["ctl", "rollout", release, "--devices", "a", "--waves", "1,200%", "--dry-run"]);
     assert.equal(bad.code, 64);
     assert.match(bad.err, /200% is not a percentage/);

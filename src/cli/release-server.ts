@@ -1,0 +1,59 @@
+// Serves a release's chunks over MQTT (docs/mqtt-api.md, "update/get, update/data"): `ctl update` and a
+// rollout's driver. Anyone may ask (the release is signed); only the release's two files are ever read.
+import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { join } from "node:path";
+import type { MqttClient } from "mqtt";
+import type { Manifest } from "../ota/manifest.ts";
+import { chunkRequestSchema, encodeAnswer } from "../ota/mqtt-source.ts";
+
+export class ReleaseServer {
+  readonly manifest: Manifest;
+  private readonly artifact: { fd: number; size: number };
+  private readonly index: { fd: number; size: number } | undefined;
+
+  constructor(dir: string, m: Manifest) {
+    const open = (name: string) => {
+      const fd = openSync(join(dir, name), "r");
+      return { fd, size: fstatSync(fd).size };
+    };
+    this.manifest = m;
+    this.artifact = open(m.artifact);
+    this.index = "chunks" in m.index ? undefined : open(`index-${m.index.sha256}.json`);
+  }
+
+  /**
+   * Answers one request on `P/D/update/get` on `P/D/update/data`; returns the bytes served (0 for a request
+   * that is not for this release: `other` may answer it, or it gets an error).
+   */
+  serve(client: MqttClient, prefix: string, device: string, payload: Buffer, other = false): number {
+    let parsed: ReturnType<typeof chunkRequestSchema.safeParse>;
+    try {
+      parsed = chunkRequestSchema.safeParse(JSON.parse(payload.toString("utf8")));
+    } catch {
+      return 0;
+    }
+    if (!parsed.success) return 0;
+    const r = parsed.data;
+    const m = this.manifest;
+    const reply = (header: Parameters<typeof encodeAnswer>[0], bytes?: Buffer) =>
+      client.publish(`${prefix}/${device}/update/data`, encodeAnswer(header, bytes), { qos: 1 });
+    const file = r.file === "artifact" ? this.artifact : this.index;
+    if (r.release !== m.sha256 || !file) {
+      if (!other) reply({ id: r.id, error: `this server serves ${m.version} (${m.sha256.slice(0, 12)})` });
+      return 0;
+    }
+    if (r.offset + r.size > file.size) {
+      reply({ id: r.id, error: `${r.offset}+${r.size} is past the end of the ${r.file} (${file.size} bytes)` });
+      return 0;
+    }
+    const bytes = Buffer.allocUnsafe(r.size);
+    readSync(file.fd, bytes, 0, r.size, r.offset);
+    reply({ id: r.id, offset: r.offset, size: r.size }, bytes);
+    return r.size;
+  }
+
+  close(): void {
+    closeSync(this.artifact.fd);
+    if (this.index) closeSync(this.index.fd);
+  }
+}

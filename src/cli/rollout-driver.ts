@@ -1,0 +1,390 @@
+// A rollout's driver (issue 26): a reconciler over the journal (rollout-journal.ts). Each turn it reads the
+// rollout (another ctl may have paused, resumed, approved or aborted it), times out devices past their
+// deadline, judges the waves (pause, pass, soak, approval, next wave) and asks the devices whose turn it is.
+// Every change is written before it is acted on; what devices say counts only when their pinned key signed it.
+// Killed anywhere and started again, it goes on from the journal and from the devices' retained states.
+import type { MqttClient } from "mqtt";
+import { z } from "zod";
+import { newRequest, signPayload } from "../commands/envelope.ts";
+import { sleep } from "../core/clock.ts";
+import { deviceTopics } from "../mqtt/topics.ts";
+import { type Manifest, manifestSchema } from "../ota/manifest.ts";
+import { type AnswerTrust, isRefusal, type Refusal } from "./answer-trust.ts";
+import type { Signer } from "./ctl-client.ts";
+import { ReleaseServer } from "./release-server.ts";
+import {
+  type DeviceRow,
+  type DeviceState,
+  FINISHED,
+  type FrozenPlan,
+  IN_FLIGHT,
+  type RolloutJournal,
+  type RolloutRow,
+  requestIdOf,
+  type WaveRow,
+  waveCounts,
+} from "./rollout-journal.ts";
+import { wavePassed, wavePauses } from "./rollout-plan.ts";
+
+/** How long a request may go unanswered (not even `accepted`) before it is sent again with a fresh id. */
+export const ACK_MS = 20_000;
+/** How long a request is valid: a device offline longer gets a freshly signed one when it returns. */
+const VALIDITY_MS = 60_000;
+/** A lease outlives its driver's last renewal by this much (another machine may take it after). */
+const LEASE_MS = 15_000;
+
+/** Codes after which nothing was installed: the device is asked again (within its deadline). */
+const RETRY = new Set(["OTA_DOWNLOAD_FAILED", "COMMAND_EXPIRED", "OTA_BUSY", "TASK_ABORTED"]);
+
+const stateSchema = z.looseObject({
+  id: z.string().optional(),
+  state: z.string(),
+  code: z.string().optional(),
+  reason: z.string().optional(),
+});
+const replySchema = z.looseObject({
+  id: z.string(),
+  device: z.string(),
+  state: z.string(),
+  result: z.looseObject({ state: z.string().optional(), last: stateSchema.optional() }).optional(),
+  error: z.object({ code: z.string(), message: z.string() }).optional(),
+});
+
+export interface DriverEvent {
+  kind: "wave" | "device" | "state" | "refused" | "waiting";
+  device?: string;
+  text: string;
+}
+
+export interface DriverOptions {
+  journal: RolloutJournal;
+  id: string;
+  client: MqttClient;
+  trust: AnswerTrust;
+  signer: Signer;
+  /** The lease's holder: this process. */
+  me: { holder: string; pid: number; machine: string };
+  alive: (pid: number) => boolean;
+  now?: () => number;
+  tickMs?: number;
+  ackMs?: number;
+  signal: AbortSignal;
+  onEvent: (e: DriverEvent) => void;
+}
+
+export class LeaseRefused extends Error {}
+
+/** Drives the rollout until it completes, pauses with nothing in flight, or is aborted; returns that state. */
+export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"]> {
+  const { journal, id, client } = o;
+  const now = o.now ?? Date.now;
+  const ackMs = o.ackMs ?? ACK_MS;
+  const start = journal.rollout(id);
+  if (!start) throw new Error(`no rollout ${id}`);
+  if (start.machine !== o.me.machine) {
+    throw new LeaseRefused(
+      `${id} is bound to the operator machine ${start.machine}, where it was made: drive it there (this is ${o.me.machine})`,
+    );
+  }
+  const plan: FrozenPlan = journal.plan(start);
+  const prefix = start.prefix;
+  const renew = () => {
+    const l = journal.lease(id, o.me, now(), now() + LEASE_MS, o.alive);
+    if (!l.ok) throw new LeaseRefused(`${id} is driven by ${l.holder} (pid ${l.pid} on ${l.machine})`);
+  };
+  renew();
+  const rows = new Map(journal.devices(id).map((d) => [d.device, d]));
+  const waves: WaveRow[] = journal.waves(id);
+  /** Every request id this rollout used or will use per device, so a state naming any of them is ours. */
+  const owner = new Map<string, string>();
+  const own = (d: DeviceRow) => {
+    for (let k = 1; k <= d.attempt; k++) owner.set(requestIdOf(id, d.device, k), d.device);
+  };
+  for (const d of rows.values()) own(d);
+  const releases = new Map(
+    plan.releases.map((r) => [r.arch, { ...r, manifest: manifestSchema.parse(JSON.parse(payloadOf(r.signed))) }]),
+  );
+  const servers = new Map<string, ReleaseServer>();
+  const serverFor = (arch: string) => {
+    const r = releases.get(arch) ?? releases.get("any");
+    if (!r || !("mqtt" in plan.source)) return undefined;
+    let s = servers.get(r.arch);
+    if (!s) {
+      s = new ReleaseServer(r.dir, r.manifest as Manifest);
+      servers.set(r.arch, s);
+    }
+    return s;
+  };
+  const refusedSaid = new Set<string>();
+  const save = (d: DeviceRow) => journal.saveDevice(id, d, now());
+  const policy = plan.policy;
+
+  const finish = (d: DeviceRow, state: DeviceState, said: string, code?: string, reason?: string) => {
+    // A final state stays, but a device timed out may still say how it ended (a late outcome, reconciled).
+    if (FINISHED.has(d.state) && d.state !== "timed-out") return;
+    Object.assign(d, { state, said, code: code ?? null, reason: reason ?? null });
+    save(d);
+    o.onEvent({ kind: "device", device: d.device, text: state + (code || reason ? `: ${code ?? reason}` : "") });
+  };
+  const failedOrRetry = (d: DeviceRow, code: string | undefined, reason: string | undefined) => {
+    if (code !== undefined && RETRY.has(code) && IN_FLIGHT.has(d.state)) {
+      Object.assign(d, { state: "pending", said: `asked again after ${code}`, code, reason: reason ?? null });
+      save(d);
+      return;
+    }
+    finish(d, "failed", "failed", code, reason);
+  };
+  const updating = (d: DeviceRow, said: string) => {
+    if (!IN_FLIGHT.has(d.state) || (d.state === "updating" && d.said === said)) return;
+    Object.assign(d, { state: "updating", said });
+    save(d);
+  };
+  /** A state on P/D/update, or the `last` of a `repeat` answer. */
+  const applyState = (d: DeviceRow, s: z.infer<typeof stateSchema>) => {
+    if (s.state === "committed") finish(d, "committed", "committed");
+    else if (s.state === "rolled-back") finish(d, "rolled-back", "rolled-back", undefined, s.reason);
+    else if (s.state === "failed") failedOrRetry(d, s.code, s.reason);
+    else updating(d, s.state);
+  };
+  const refused = (device: string, v: Refusal) => {
+    const key = `${device}\n${v.trust}`;
+    if (refusedSaid.has(key)) return;
+    refusedSaid.add(key);
+    o.onEvent({ kind: "refused", device, text: `${v.trust}: ${v.why}` });
+  };
+
+  const onMessage = (topic: string, payload: Buffer) => {
+    if (!topic.startsWith(`${prefix}/`)) return;
+    const [device = "", ...rest] = topic.slice(prefix.length + 1).split("/");
+    const what = rest.join("/");
+    const text = payload.toString("utf8");
+    if (what === "status") {
+      o.trust.sawStatus(device, topic, text);
+      const d = rows.get(device);
+      if (!d) return;
+      const s = o.trust.status(device);
+      const present = s?.verdict.trust === "verified" && s.body.state === "online" ? 1 : 0;
+      if (present !== d.present) {
+        d.present = present;
+        save(d);
+      }
+      return;
+    }
+    const d = rows.get(device);
+    if (!d) return;
+    if (what === "update/get") {
+      if (IN_FLIGHT.has(d.state)) serverFor(archOf(device) ?? "")?.serve(client, prefix, device, payload);
+      return;
+    }
+    let body: unknown;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      return;
+    }
+    if (what === "update") {
+      const s = stateSchema.safeParse(body);
+      if (!s.success || s.data.id === undefined || owner.get(s.data.id) !== device) return;
+      const v = o.trust.check(device, topic, text, s.data, { id: s.data.id });
+      if (isRefusal(v)) refused(device, v);
+      if (v.trust === "verified") applyState(d, s.data);
+      return;
+    }
+    if (what === "cmd/update/reply") {
+      const r = replySchema.safeParse(body);
+      if (!r.success || owner.get(r.data.id) !== device || r.data.device !== device) return;
+      const v = o.trust.check(device, topic, text, r.data, {
+        id: r.data.id,
+        command: "update",
+        requestTopic: deviceTopics(prefix, device).command("update"),
+      });
+      if (isRefusal(v)) refused(device, v);
+      if (v.trust !== "verified") return;
+      const reply = r.data;
+      if (reply.state === "failed") failedOrRetry(d, reply.error?.code, reply.error?.message);
+      else if (reply.state !== "succeeded") updating(d, reply.state);
+      else if (reply.result?.state === "current") finish(d, "committed", "already current");
+      else if (reply.result?.state === "repeat") {
+        if (reply.result.last) applyState(d, reply.result.last);
+        else updating(d, "repeat");
+      } else if (reply.result?.state) applyState(d, { state: reply.result.state });
+    }
+  };
+
+  const archOf = (device: string): string | undefined => {
+    const a = o.trust.status(device)?.body.arch;
+    return typeof a === "string" ? a : undefined;
+  };
+
+  const ask = (d: DeviceRow, t: number) => {
+    const arch = archOf(d.device);
+    const release = (arch === undefined ? undefined : releases.get(arch)) ?? releases.get("any");
+    if (!release) {
+      finish(d, "failed", "failed", "NO_RELEASE", `no release in this rollout for linux-${arch ?? "unknown"}`);
+      return;
+    }
+    d.attempt++;
+    Object.assign(d, {
+      state: "asked",
+      asked: t,
+      first_asked: d.first_asked ?? t,
+      deadline: d.deadline ?? t + policy.deadlineMs,
+      said: null,
+    });
+    const requestId = requestIdOf(id, d.device, d.attempt);
+    owner.set(requestId, d.device);
+    // Written (and synced) before the request goes out: a driver killed between the two asks again, and the
+    // device answers the second from its own record of the rollout.
+    save(d);
+    const request = newRequest({
+      id: requestId,
+      command: "update",
+      params: {
+        manifest: release.signed,
+        source: plan.source,
+        rollout: id,
+        ...(plan.task === undefined ? {} : { task: plan.task }),
+      },
+      device: d.device,
+      now: t,
+      validityMs: VALIDITY_MS,
+    });
+    const signed = JSON.stringify(signPayload(JSON.stringify(request), o.signer.privateKey, o.signer.publicText));
+    client.publish(deviceTopics(prefix, d.device).command("update"), signed, { qos: 1 });
+  };
+
+  let lastWaiting: string | null = start.waiting;
+  const wait = (text: string | null) => {
+    if (text === lastWaiting) return;
+    lastWaiting = text;
+    journal.setWaiting(id, text);
+    if (text) o.onEvent({ kind: "waiting", text });
+  };
+
+  /** One turn of the reconciler; returns the state to end in, or undefined to go on. */
+  const turn = (): RolloutRow["state"] | undefined => {
+    renew();
+    const r = journal.rollout(id);
+    if (!r) return "aborted";
+    if (r.state === "aborted" || r.state === "completed") return r.state;
+    let state = r.state;
+    const t = now();
+    for (const d of rows.values()) {
+      if (IN_FLIGHT.has(d.state) && d.deadline !== null && t > d.deadline) {
+        const reason = `not committed within ${Math.round(policy.deadlineMs / 1000)}s of the first request`;
+        finish(d, "timed-out", d.said ?? "asked", "TIMED_OUT", reason);
+      } else if (d.state === "asked" && d.asked !== null && t - d.asked > ackMs) {
+        // No answer at all: the request may never have gone out (a driver killed), or expired on the way.
+        Object.assign(d, { state: "pending", said: "no answer: asked again" });
+        save(d);
+      }
+    }
+    const ofWave = (w: number) => [...rows.values()].filter((d) => d.wave === w);
+    const started = waves.filter((w) => w.started !== null);
+    for (const w of started) {
+      const c = waveCounts(ofWave(w.wave));
+      const judged = { finished: c.finished - w.forgiven, failed: c.failures - w.forgiven };
+      if (state === "running" && wavePauses(w.wave, judged, policy)) {
+        const reason =
+          w.wave === 0
+            ? `a canary failed (${judged.failed} of ${c.total} in wave 1)`
+            : `wave ${w.wave + 1}: ${judged.failed} of ${judged.finished} finished failed, over ${Math.round(policy.failure * 1000) / 10}%`;
+        if (journal.setState(id, "paused", { by: "driver", reason, now: t, from: ["running"] })) {
+          o.onEvent({ kind: "state", text: `paused: ${reason}` });
+          state = "paused";
+        }
+      }
+    }
+    const inFlight = [...rows.values()].filter((d) => IN_FLIGHT.has(d.state)).length;
+    if (state === "paused") {
+      wait(`paused: ${r.reason ?? ""}${inFlight > 0 ? ` (${inFlight} still updating)` : ""}`);
+      return inFlight === 0 ? "paused" : undefined;
+    }
+    // The waves: the first starts at once; each later one when the one before passed and soaked (and, with
+    // approval, an operator approved it).
+    const cur = started.length === 0 ? -1 : (started.at(-1)?.wave ?? -1);
+    const next = waves[cur + 1];
+    if (cur === -1) startWave(0, t);
+    else if (!next) {
+      // The last wave gates nothing: the rollout ends once every reachable device of every wave finished.
+      const open = [...rows.values()].filter((d) => IN_FLIGHT.has(d.state) || (d.state === "pending" && d.present));
+      if (open.length === 0) {
+        const all = waveCounts(rows.values());
+        const reason = `${all.committed} committed, ${all.failures} failed${all.offline > 0 ? `, ${all.offline} offline (not updated: ctl rollout resume ${id} when they are back)` : ""}`;
+        journal.setState(id, "completed", { by: "driver", reason, now: t, from: ["running"] });
+        o.onEvent({ kind: "state", text: `completed: ${reason}` });
+        return "completed";
+      }
+      wait(`the last wave: ${open.length} devices not finished`);
+    } else {
+      const wave = waves[cur] as WaveRow;
+      const c = waveCounts(ofWave(cur));
+      // A wave passes on evidence: at least one device committed (a wave of devices all offline waits).
+      if (c.committed === 0 || !wavePassed(cur, c, policy)) {
+        if (wave.met !== null) {
+          wave.met = null;
+          journal.saveWave(id, wave);
+        }
+        const needed = cur === 0 ? c.reachable : Math.ceil(policy.success * c.reachable - 1e-9);
+        wait(`wave ${cur + 1}: ${c.committed} of ${c.reachable} reachable committed, ${needed} needed`);
+      } else {
+        if (wave.met === null) {
+          wave.met = t;
+          journal.saveWave(id, wave);
+        }
+        if (t < wave.met + policy.soakMs) {
+          wait(`wave ${cur + 1} passed: soaking until ${new Date(wave.met + policy.soakMs).toISOString()}`);
+        } else if (policy.approval && next.approved === null) {
+          wait(`wave ${cur + 2} waits for approval: outpost ctl rollout approve ${id}`);
+        } else startWave(next.wave, t);
+      }
+    }
+    // Whose turn it is: pending devices of the started waves that are online, in plan order, within the cap.
+    let slots = policy.cap === undefined ? Number.POSITIVE_INFINITY : policy.cap - inFlight;
+    const upTo = waves.filter((w) => w.started !== null).length;
+    for (const d of rows.values()) {
+      if (slots <= 0) break;
+      if (d.wave < upTo && d.state === "pending" && d.present) {
+        ask(d, t);
+        slots--;
+      }
+    }
+    return undefined;
+  };
+
+  const startWave = (w: number, t: number) => {
+    const wave = waves[w];
+    if (!wave) return;
+    wave.started = t;
+    journal.saveWave(id, wave);
+    journal.event(id, t, "driver", `wave ${w + 1} started`);
+    o.onEvent({
+      kind: "wave",
+      text: `wave ${w + 1} started (${[...rows.values()].filter((d) => d.wave === w).length} devices)`,
+    });
+  };
+
+  client.on("message", onMessage);
+  try {
+    await client.subscribeAsync(
+      [`${prefix}/+/status`, `${prefix}/+/update`, `${prefix}/+/cmd/update/reply`, `${prefix}/+/update/get`],
+      { qos: 1 },
+    );
+    // The retained statuses and update states first: presence, and what devices said while no driver ran.
+    await sleep(500, o.signal).catch(() => {});
+    for (;;) {
+      const end = turn();
+      if (end) return end;
+      await sleep(o.tickMs ?? 500, o.signal);
+    }
+  } finally {
+    client.off("message", onMessage);
+    for (const s of servers.values()) s.close();
+    journal.release(id, o.me.holder);
+  }
+}
+
+function payloadOf(signed: unknown): string {
+  const p = (signed as { payload?: unknown }).payload;
+  return typeof p === "string" ? p : "{}";
+}

@@ -1,0 +1,205 @@
+// A fleet simulator (issue 26, part B): N devices in one process, each running the real agent code (the
+// kernel, outbox, replay guard, commands, telemetry and the OTA module) with its own id, state directory,
+// device key, broker connection and running release. Only what root and systemd do is simulated: a scripted
+// installer per device that takes the staged release (as outpost-update.service would), writes root's
+// records and "restarts the service" by stopping the device's kernel and starting a new one as the release
+// it switched to; its outcome is set per device. Not real: one process's memory, event loop and CPU are shared
+// by all devices (a slow device slows the others); the binary is never executed; the board tree is this
+// machine's unless a test names one; the status's `version` is this checkout's (the OTA module's is the
+// simulated release's).
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import pino from "pino";
+import { stringify } from "yaml";
+import { createAgent } from "../../src/agent.ts";
+import { systemClock } from "../../src/core/clock.ts";
+import type { Kernel } from "../../src/kernel/kernel.ts";
+import { MODULES } from "../../src/modules.ts";
+import { otaModuleFor } from "../../src/ota/module.ts";
+import type { RunningRelease } from "../../src/ota/running.ts";
+import { openConfigStore } from "../../src/schema.ts";
+import { releaseName } from "../../src/version.ts";
+
+/** What the simulated installer does with a staged release. */
+export type Outcome = "commit" | "rollback" | "hang";
+
+export interface FleetOptions {
+  dir: string;
+  brokerUrl: string;
+  /** The operator's public key (ed25519:...), allowed every command. */
+  operatorKey: string;
+  /** The release key (PEM or ed25519:...) the devices trust. */
+  releaseKey: string;
+  /** The release every device runs at start: its version and sha256. */
+  running: { version: string; sha256: string };
+  /** Extra configuration for every device. */
+  config?: Record<string, unknown>;
+}
+
+const ROOT_WAIT_MS = 150;
+
+export class SimDevice {
+  readonly id: string;
+  readonly dir: string;
+  readonly stateDir: string;
+  readonly records: string;
+  outcome: Outcome = "commit";
+  /** The release it runs (`<version>-<sha12>`) and its version. */
+  release: { name: string; version: string };
+  /** Each install root performed, by release name: a device must never install a rollout's release twice. */
+  readonly installs = new Map<string, number>();
+  private kernel: Kernel | undefined;
+  private readonly o: FleetOptions;
+  private installer: Promise<void> | undefined;
+  private stopped = false;
+
+  constructor(id: string, o: FleetOptions) {
+    this.id = id;
+    this.o = o;
+    this.dir = join(o.dir, id);
+    this.stateDir = join(this.dir, "state");
+    this.records = join(this.dir, "records");
+    mkdirSync(this.records, { recursive: true });
+    this.release = { name: releaseName(o.running.version, o.running.sha256), version: o.running.version };
+    writeFileSync(
+      join(this.dir, "config.yaml"),
+      stringify({
+        device: { id },
+        mqtt: { url: o.brokerUrl, reconnectMin: "100ms", reconnectMax: "2s" },
+        telemetry: { interval: "1h", fullInterval: "1h" },
+        state: { dir: this.stateDir },
+        commands: { trustedKeys: [{ name: "ops", key: o.operatorKey, allow: ["*"] }] },
+        update: { trustedKeys: [o.releaseKey], progressInterval: "1s", rangeTimeout: "3s", trialTimeout: "20s" },
+        ...o.config,
+      }),
+    );
+  }
+
+  get publicKeyFile(): string {
+    return join(this.stateDir, "device.pub");
+  }
+
+  get online(): boolean {
+    return this.kernel !== undefined;
+  }
+
+  private running(): RunningRelease {
+    const { name, version } = this.release;
+    return {
+      version,
+      release: name,
+      binary: undefined,
+      records: this.records,
+      unitsRevision: () => 3,
+      noInstaller: () => undefined,
+      arch: "x64",
+    };
+  }
+
+  /** Starts the device's agent (a service start) and its simulated installer. */
+  async start(): Promise<void> {
+    if (this.kernel) return;
+    this.stopped = false;
+    const configStore = openConfigStore({ path: join(this.dir, "config.yaml"), env: {}, hostname: "sim" });
+    const modules = MODULES.map((m) => (m.name === "ota" ? otaModuleFor(() => this.running()) : m));
+    const kernel = createAgent({ configStore, logger: pino({ level: "silent" }), clock: systemClock, modules });
+    this.kernel = kernel;
+    await kernel.start();
+    this.installer ??= this.installLoop();
+  }
+
+  /** Stops the agent (a service stop: offline published); the installer too unless `restart`. */
+  async stop(restart = false): Promise<void> {
+    const kernel = this.kernel;
+    this.kernel = undefined;
+    if (!restart) this.stopped = true;
+    await kernel?.stop(5000);
+    if (!restart) {
+      await this.installer;
+      this.installer = undefined;
+    }
+  }
+
+  /** Root's installer and systemd, scripted: polls for the agent's requests as the .path units would. */
+  private async installLoop(): Promise<void> {
+    const update = join(this.stateDir, "update");
+    while (!this.stopped) {
+      await new Promise((r) => setTimeout(r, ROOT_WAIT_MS));
+      try {
+        if (existsSync(join(update, "commit.request"))) this.commit(update);
+        if (existsSync(join(update, "install.json")) && this.kernel) await this.install(update);
+      } catch {
+        // A half-written request: read again at the next turn, as root's unit would run again.
+      }
+    }
+  }
+
+  private commit(update: string): void {
+    const trial = JSON.parse(readFileSync(join(this.records, "trial.json"), "utf8"));
+    if (trial.state === "trial") {
+      writeFileSync(join(this.records, "trial.json"), JSON.stringify({ ...trial, state: "committed", at: Date.now() }));
+    }
+    rmSync(join(update, "commit.request"), { force: true });
+  }
+
+  private async install(update: string): Promise<void> {
+    if (this.outcome === "hang") return;
+    const request = JSON.parse(readFileSync(join(update, "install.json"), "utf8"));
+    const manifest = JSON.parse(request.manifest.payload);
+    const to = { name: releaseName(manifest.version, manifest.sha256), version: manifest.version };
+    const from = { ...this.release };
+    this.installs.set(to.name, (this.installs.get(to.name) ?? 0) + 1);
+    const base = { release: to.name, from, to, since: Date.now(), request: request.id };
+    writeFileSync(
+      join(this.records, "request.json"),
+      JSON.stringify({
+        request: request.id,
+        state: "installed",
+        release: to.name,
+        version: to.version,
+        at: Date.now(),
+      }),
+    );
+    writeFileSync(join(this.records, "trial.json"), JSON.stringify({ state: "trial", ...base }));
+    rmSync(join(update, "install.json"), { force: true });
+    rmSync(join(update, request.ready), { force: true });
+    await this.stop(true);
+    if (this.outcome === "rollback") {
+      // The new release fails at its start (before any health gate): systemd's OnFailure= switches back.
+      writeFileSync(
+        join(this.records, "trial.json"),
+        JSON.stringify({
+          state: "rolled-back",
+          ...base,
+          reason: "the service failed: exit-code (simulated)",
+          at: Date.now(),
+        }),
+      );
+    } else this.release = to;
+    if (!this.stopped) await this.start();
+  }
+}
+
+export class Fleet {
+  readonly devices: SimDevice[];
+
+  constructor(ids: string[], o: FleetOptions) {
+    this.devices = ids.map((id) => new SimDevice(id, o));
+  }
+
+  device(id: string): SimDevice {
+    const d = this.devices.find((x) => x.id === id);
+    if (!d) throw new Error(`no simulated device ${id}`);
+    return d;
+  }
+
+  /** Starts the devices a few at a time (each start opens a database and a connection). */
+  async start(filter: (d: SimDevice) => boolean = () => true): Promise<void> {
+    const todo = this.devices.filter(filter);
+    for (let i = 0; i < todo.length; i += 10) await Promise.all(todo.slice(i, i + 10).map((d) => d.start()));
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.devices.map((d) => d.stop()));
+  }
+}

@@ -1,0 +1,249 @@
+// Issue 26: rollouts in waves through a simulated fleet (test/helpers/fleet.ts: the real agent code, 30
+// devices in this process, a scripted installer each) and a real mosquitto; the driver is `outpost ctl
+// rollout` in its own process, so that it can be killed anywhere and started again.
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { parseWaves, planWaves } from "../../src/cli/rollout-plan.ts";
+import { generateKeys, parsePrivateKey } from "../../src/commands/keys.ts";
+import { makeRelease } from "../../src/ota/release.ts";
+import { releaseName } from "../../src/version.ts";
+import { MAIN } from "../helpers/agent-process.ts";
+import { runCli } from "../helpers/cli.ts";
+import { Fleet } from "../helpers/fleet.ts";
+import { Mosquitto } from "../helpers/mosquitto.ts";
+import { fakeAgent } from "../helpers/releases.ts";
+import { tempDir } from "../helpers/temp.ts";
+import { waitUntil } from "../helpers/wait.ts";
+
+const N = 30;
+const IDS = Array.from({ length: N }, (_, i) => `sim-${String(i).padStart(2, "0")}`);
+const SEED = "s1";
+const WAVES = "1,10%,50%,100%";
+
+interface Status {
+  id: string;
+  state: string;
+  reason: string | null;
+  waves: {
+    wave: number;
+    total: number;
+    committed: number;
+    rolledBack: number;
+    failed: number;
+    timedOut: number;
+    offline: number;
+    pending: number;
+    inFlight: number;
+    started: string | null;
+  }[];
+  devices: { device: string; state: string }[];
+}
+
+describe("a rollout in waves through a simulated fleet", () => {
+  const dir = tempDir("outpost-rollout-");
+  const ops = generateKeys();
+  const rel = generateKeys();
+  let broker: Mosquitto;
+  let fleet: Fleet;
+  const keyFile = join(dir, "ops.key");
+  const pins = join(dir, "known_devices");
+  const db = join(dir, "rollouts.db");
+  const children = new Set<ChildProcess>();
+  const plan = planWaves(IDS, { waves: parseWaves(WAVES), seed: SEED, canaries: [] }).waves;
+  const release = (version: string) => {
+    const file = join(dir, `agent-${version}`);
+    writeFileSync(file, fakeAgent(version, "x64", 96 * 1024));
+    const r = makeRelease({
+      file,
+      privateKey: parsePrivateKey(rel.privatePem),
+      out: join(dir, `rel-${version}`),
+      kind: "agent",
+      now: 1,
+    });
+    return { dir: join(dir, `rel-${version}`), name: releaseName(version, r.manifest.sha256) };
+  };
+  const flags = () => ["--broker", broker.url, "--key", keyFile, "--known-devices", pins, "--rollouts", db];
+
+  /** `outpost ctl rollout ...` in its own process (so that it can be SIGKILLed). */
+  function driver(args: string[]) {
+    const child = spawn(process.execPath, [MAIN, "ctl", "rollout", ...args, ...flags()], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    children.add(child);
+    let out = "";
+    let err = "";
+    child.stdout?.on("data", (c: Buffer) => {
+      out += c.toString();
+    });
+    child.stderr?.on("data", (c: Buffer) => {
+      err += c.toString();
+    });
+    const ended = new Promise<number | null>((resolve) =>
+      child.on("exit", (code) => {
+        children.delete(child);
+        resolve(code);
+      }),
+    );
+    // A driver that never ends fails the test with what it printed, rather than hanging it.
+    const exited = Promise.race([
+      ended,
+      new Promise<number | null>((_, reject) =>
+        setTimeout(() => reject(new Error(`the driver did not end:\n${out}\n${err}`)), 150_000).unref(),
+      ),
+    ]);
+    return { child, exited, out: () => out, err: () => err };
+  }
+
+  async function status(id: string): Promise<Status> {
+    const r = await runCli(["ctl", "rollout", "status", id, "--json", "--all", ...flags()]);
+    assert.equal(r.code, 0, r.err);
+    return JSON.parse(r.out) as Status;
+  }
+  async function latest(): Promise<string> {
+    const r = await runCli(["ctl", "rollout", "list", "--json", ...flags()]);
+    const id = r.out
+      .trim()
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => (JSON.parse(l) as Status).id)
+      .at(-1);
+    assert.ok(id, "a rollout in the journal");
+    return id;
+  }
+
+  before(async () => {
+    broker = await Mosquitto.start();
+    writeFileSync(keyFile, ops.privatePem, { mode: 0o600 });
+    fleet = new Fleet(IDS, {
+      dir,
+      brokerUrl: broker.url,
+      operatorKey: ops.publicText,
+      releaseKey: rel.publicText,
+      running: { version: "1.0.0", sha256: "a".repeat(64) },
+    });
+    await fleet.start();
+    for (const d of fleet.devices) {
+      const r = await runCli([
+        "ctl",
+        "trust",
+        d.id,
+        "--public-key",
+        d.publicKeyFile,
+        "--broker",
+        broker.url,
+        "--known-devices",
+        pins,
+      ]);
+      assert.equal(r.code, 0, r.err);
+    }
+  });
+  after(async () => {
+    for (const c of children) c.kill("SIGKILL");
+    await fleet?.stop();
+    await broker?.stop();
+  });
+
+  it("pauses in the wave where the failures cross the threshold, every count right; abort keeps what committed", async () => {
+    const a = release("1.1.0");
+    const third = plan[2] ?? [];
+    const failing = third[4] as string;
+    fleet.device(failing).outcome = "rollback";
+    const offline = plan[3]?.[0] as string;
+    await fleet.device(offline).stop();
+    const run = driver([
+      a.dir,
+      "--devices",
+      IDS.join(","),
+      "--seed",
+      SEED,
+      "--waves",
+      WAVES,
+      "--soak",
+      "1s",
+      "--deadline",
+      "60s",
+    ]);
+    const code = await run.exited;
+    assert.equal(code, 1, `${run.out()}\n${run.err()}`);
+    assert.match(run.err(), /paused: wave 3: 1 of \d+ finished failed/);
+    const id = await latest();
+    const s = await status(id);
+    assert.equal(s.state, "paused");
+    const [w1, w2, w3, w4] = s.waves;
+    assert.deepEqual([w1?.committed, w2?.committed], [1, 2]);
+    // The devices already updating when it paused finished; nothing more was asked.
+    assert.deepEqual([w3?.committed, w3?.rolledBack, w3?.inFlight, w3?.pending], [third.length - 1, 1, 0, 0]);
+    assert.equal(w4?.started, null);
+    assert.deepEqual([w4?.committed, w4?.offline, w4?.pending], [0, 1, (plan[3]?.length ?? 0) - 1]);
+    assert.equal(s.devices.find((d) => d.device === failing)?.state, "rolled-back");
+    for (const d of fleet.devices) assert.ok((d.installs.get(a.name) ?? 0) <= 1, `${d.id} installed once at most`);
+    const abort = await runCli(["ctl", "rollout", "abort", id, ...flags()]);
+    assert.equal(abort.code, 0, abort.err);
+    assert.equal((await status(id)).state, "aborted");
+    fleet.device(failing).outcome = "commit";
+    await fleet.device(offline).start();
+  });
+
+  it("killed at 3 seeded points and started again: it goes on; no device installs twice; counts equal the script", async () => {
+    const b = release("1.2.0");
+    const later = plan[3] ?? [];
+    const failing = later[2] as string;
+    fleet.device(failing).outcome = "rollback";
+    // Already on the release (updated by hand earlier): answers "current", counted as committed.
+    const current = later[5] as string;
+    const dev = fleet.device(current);
+    await dev.stop();
+    dev.release = { name: b.name, version: "1.2.0" };
+    await dev.start();
+    const offline = later[7] as string;
+    await fleet.device(offline).stop();
+    const args = [b.dir, "--devices", IDS.join(","), "--seed", SEED, "--waves", WAVES, "--soak", "1s"];
+    const policy = ["--deadline", "90s", "--failure", "50%"];
+    // A seeded sequence of kill points: the same run each time.
+    let x = 7;
+    const next = () => {
+      x = (x * 1103515245 + 12345) % 2 ** 31;
+      return 800 + (x % 2500);
+    };
+    let run = driver([...args, ...policy]);
+    let id: string | undefined;
+    for (let k = 0; k < 3; k++) {
+      await new Promise((r) => setTimeout(r, next()));
+      run.child.kill("SIGKILL");
+      await run.exited;
+      id ??= await latest();
+      run = driver(["resume", id]);
+    }
+    const code = await run.exited;
+    id ??= await latest();
+    assert.equal(code, 0, `${run.out()}\n${run.err()}`);
+    let s = await status(id);
+    assert.equal(s.state, "completed");
+    const sum = (k: "committed" | "rolledBack" | "failed" | "timedOut" | "offline") =>
+      s.waves.reduce((n, w) => n + w[k], 0);
+    assert.deepEqual(
+      [sum("committed"), sum("rolledBack"), sum("failed"), sum("timedOut"), sum("offline")],
+      [N - 2, 1, 0, 0, 1],
+    );
+    assert.equal(dev.installs.get(b.name) ?? 0, 0, "the device already on the release installed nothing");
+    for (const d of fleet.devices)
+      assert.ok((d.installs.get(b.name) ?? 0) <= 1, `${d.id} installed 1.2.0 once at most`);
+    // Each device recorded this rollout once.
+    for (const d of fleet.devices.filter((d) => d.online && d.id !== current)) {
+      const record = JSON.parse(readFileSync(join(d.stateDir, "update", "rollouts.json"), "utf8")) as {
+        entries: { rollout: string }[];
+      };
+      assert.equal(record.entries.filter((e) => e.rollout === id).length, 1, d.id);
+    }
+    // The offline device returns: resumed, the rollout updates it and completes again with none left.
+    await fleet.device(offline).start();
+    const again = driver(["resume", id]);
+    assert.equal(await again.exited, 0, again.err());
+    s = await status(id);
+    assert.deepEqual([s.state, sum("committed"), sum("offline")], ["completed", N - 1, 0]);
+    assert.equal(fleet.device(offline).installs.get(b.name), 1);
+  });
+});

@@ -1,0 +1,66 @@
+// Issue 26: the rollout journal's lease (one driver per rollout) and what it keeps across a driver's death.
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { RolloutJournal, requestIdOf } from "../../src/cli/rollout-journal.ts";
+import { DEFAULT_POLICY } from "../../src/cli/rollout-plan.ts";
+import { tempDir } from "../helpers/temp.ts";
+
+describe("rollout journal", () => {
+  const dir = tempDir("outpost-journal-");
+  const open = () => new RolloutJournal(join(dir, "rollouts.db"));
+  const plan = {
+    releases: [{ arch: "x64", kind: "agent", version: "1.1.0", sha256: "b".repeat(64), dir: "/r", signed: {} }],
+    policy: { ...DEFAULT_POLICY, waves: [{ count: 1 }, { percent: 100 }], seed: "s" },
+    waves: [["d1"], ["d2", "d3"]],
+    source: { mqtt: true as const },
+  };
+  const me = (holder: string, pid: number, machine = "m1") => ({ holder, pid, machine });
+
+  it("one driver at a time: refused while the holder lives on this machine, or its lease runs elsewhere", () => {
+    const j = open();
+    try {
+      j.create({ id: "ro-1", created: 1, by: "SHA256:op", machine: "m1", broker: "b:1883", prefix: "p" }, plan);
+      const alive = new Set([100]);
+      const isAlive = (pid: number) => alive.has(pid);
+      assert.deepEqual(j.lease("ro-1", me("a", 100), 10, 1000, isAlive), { ok: true });
+      const refused = j.lease("ro-1", me("b", 200), 20, 1000, isAlive);
+      assert.deepEqual(refused, { ok: false, holder: "a", pid: 100, machine: "m1" });
+      // Its holder renews it.
+      assert.deepEqual(j.lease("ro-1", me("a", 100), 30, 1030, isAlive), { ok: true });
+      // Killed (its pid gone): the next driver on this machine takes it at once, lease time left or not.
+      alive.delete(100);
+      assert.deepEqual(j.lease("ro-1", me("b", 200), 40, 1040, isAlive), { ok: true });
+      // Another machine cannot see the pid: it waits for the lease to run out.
+      assert.equal(j.lease("ro-1", me("c", 300, "m2"), 1000, 2000, isAlive).ok, false);
+      assert.deepEqual(j.lease("ro-1", me("c", 300, "m2"), 1041, 2041, isAlive), { ok: true });
+    } finally {
+      j.close();
+    }
+  });
+
+  it("the plan, the rows and each change outlive the process; request ids are derived, never random", () => {
+    let j = open();
+    j.create({ id: "ro-2", created: 1, by: "SHA256:op", machine: "m1", broker: "b:1883", prefix: "p" }, plan);
+    const row = j.devices("ro-2").find((d) => d.device === "d2");
+    assert.ok(row);
+    j.saveDevice("ro-2", { ...row, state: "asked", attempt: 1, asked: 5, first_asked: 5, deadline: 100 }, 5);
+    j.close();
+    j = open();
+    try {
+      const again = j.devices("ro-2").find((d) => d.device === "d2");
+      assert.deepEqual([again?.state, again?.attempt, again?.deadline, again?.wave], ["asked", 1, 100, 1]);
+      assert.deepEqual(j.plan(j.rollout("ro-2") ?? assert.fail("no rollout")).waves, plan.waves);
+      assert.equal(requestIdOf("ro-2", "d2", 1), requestIdOf("ro-2", "d2", 1));
+      assert.notEqual(requestIdOf("ro-2", "d2", 1), requestIdOf("ro-2", "d2", 2));
+      assert.ok(j.setState("ro-2", "paused", { by: "SHA256:op2", now: 6, reason: "by hand", from: ["running"] }));
+      assert.equal(j.setState("ro-2", "paused", { by: "x", now: 7, from: ["running"] }), false, "already paused");
+      assert.deepEqual(
+        j.events("ro-2").map((e) => `${e.by}: ${e.what}`),
+        ["SHA256:op: created: 3 devices in 2 waves", "SHA256:op2: paused: by hand"],
+      );
+    } finally {
+      j.close();
+    }
+  });
+});

@@ -21,7 +21,7 @@ import { openConfigStore } from "../../src/schema.ts";
 import { releaseName } from "../../src/version.ts";
 
 /** What the simulated installer does with a staged release. */
-export type Outcome = "commit" | "rollback" | "hang";
+export type Outcome = "commit" | "rollback" | "hang" | "slow";
 
 export interface FleetOptions {
   dir: string;
@@ -44,6 +44,8 @@ export class SimDevice {
   readonly stateDir: string;
   readonly records: string;
   outcome: Outcome = "commit";
+  /** With "slow": how long root's installer takes before it commits like "commit". */
+  slowMs = 6000;
   /** The release it runs (`<version>-<sha12>`) and its version. */
   release: { name: string; version: string };
   /** Each install root performed, by release name: a device must never install a rollout's release twice. */
@@ -144,6 +146,7 @@ export class SimDevice {
 
   private async install(update: string): Promise<void> {
     if (this.outcome === "hang") return;
+    if (this.outcome === "slow") await new Promise((r) => setTimeout(r, this.slowMs));
     const request = JSON.parse(readFileSync(join(update, "install.json"), "utf8"));
     const manifest = JSON.parse(request.manifest.payload);
     const to = { name: releaseName(manifest.version, manifest.sha256), version: manifest.version };

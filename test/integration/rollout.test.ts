@@ -246,4 +246,64 @@ describe("a rollout in waves through a simulated fleet", () => {
     assert.deepEqual([s.state, sum("committed"), sum("offline")], ["completed", N - 1, 0]);
     assert.equal(fleet.device(offline).installs.get(b.name), 1);
   });
+
+  it("a device past its deadline counts as timed out; its late commit is reconciled into the counts", async () => {
+    const c = release("1.3.0");
+    const five = (plan[2] ?? []).slice(0, 5);
+    const slow = five[1] as string;
+    fleet.device(slow).outcome = "slow";
+    const run = driver([
+      c.dir,
+      "--devices",
+      five.join(","),
+      "--waves",
+      "1,3,100%",
+      "--seed",
+      SEED,
+      "--soak",
+      "5s",
+      "--success",
+      "50%",
+      "--deadline",
+      "3s",
+      "--cap",
+      "1",
+    ]);
+    // One driver per rollout: a second one on this machine is refused while the first lives.
+    let id: string | undefined;
+    for (const until = Date.now() + 30_000; id === undefined && Date.now() < until; ) {
+      const r = await runCli(["ctl", "rollout", "list", "--json", ...flags()]);
+      const all = r.out
+        .trim()
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Status);
+      id = all.find((x) => x.state === "running")?.id;
+      if (id === undefined) await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.ok(id, "the rollout made within 30 s");
+    const second = driver(["resume", id as string]);
+    assert.equal(await second.exited, 1);
+    assert.match(second.err(), /is driven by .* \(pid \d+ on /);
+    // The cap: never more than one device in flight, sampled from the journal while it runs.
+    let most = 0;
+    let ended = false;
+    void run.exited.finally(() => {
+      ended = true;
+    });
+    while (!ended) {
+      const r = await runCli(["ctl", "rollout", "status", id as string, "--json", ...flags()]);
+      most = Math.max(most, ...(JSON.parse(r.out) as Status).waves.map((w) => w.inFlight));
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(most, 1, "one device in flight at most");
+    const code = await run.exited;
+    assert.equal(code, 0, `${run.out()}\n${run.err()}`);
+    assert.match(run.out(), new RegExp(`${slow}: timed-out: TIMED_OUT`));
+    const s = await status(await latest());
+    const sum = (k: "committed" | "timedOut") => s.waves.reduce((n, w) => n + w[k], 0);
+    assert.deepEqual([s.state, sum("committed"), sum("timedOut")], ["completed", 5, 0]);
+    assert.equal(s.devices.find((d) => d.device === slow)?.state, "committed");
+    fleet.device(slow).outcome = "commit";
+  });
 });

@@ -27,7 +27,7 @@ export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|update|rollout|t
                                   rolled back or failed. --http URL: devices fetch from there instead;
                                   --until staged: stop once staged (a device without the installer units
                                   stages only then); --accept-new as for call
-  rollout RELEASE_DIR... (--devices A,B,... | --all-pinned) [--waves 1,10%,50%,100%] [--seed S]
+  rollout RELEASE_DIR... (--devices A,B,... | --all-pinned | --group G) [--waves 1,10%,50%,100%] [--seed S]
        [--canary D]... [--success 95%] [--soak 5m] [--failure 5%] [--min-finished 3] [--deadline 30m]
        [--cap N] [--approve] [--http URL] [--dry-run] [--rollouts FILE]
                                   a rollout in waves (docs/rollouts.md), one release per architecture:

@@ -1,28 +1,29 @@
 // `outpost ctl rollout` (issue 26): makes a rollout (its plan frozen in the journal on this machine) and drives
 // it (rollout-driver.ts); `status`, `list`, `pause`, `resume`, `approve` and `abort` act on the journal.
-import { createPublicKey, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { fingerprintOf, publicKeyText } from "../commands/keys.ts";
 import { parseDuration } from "../config/duration.ts";
 import { errorMessage } from "../core/errors.ts";
 import { printable } from "./answer-trust.ts";
-import { connectBroker } from "./ctl-client.ts";
-import { BROKER_FLAGS, brokerOptions, type CtlSettings, ctlSettings, readPrivateKey } from "./ctl-settings.ts";
+import { DeviceCaller, withClient } from "./ctl-client.ts";
+import { BROKER_FLAGS, brokerOptions, type CtlSettings, ctlSettings } from "./ctl-settings.ts";
 import { answerTrust, knownDevices } from "./ctl-trust.ts";
 import { readManifest } from "./ctl-update.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 import { brokerId } from "./known-devices.ts";
-import { driveRollout, LeaseRefused } from "./rollout-driver.ts";
-import { machineId, newRolloutId, RolloutJournal, waveCounts } from "./rollout-journal.ts";
+import { machineId, newRolloutId, waveCounts } from "./rollout-journal.ts";
 import { DEFAULT_POLICY, DEFAULT_WAVES, parseWaves, planWaves, type RolloutPolicy } from "./rollout-plan.ts";
-import { rolloutStatus, statusText, waveTable } from "./rollout-view.ts";
+import { drive, openJournal, signerOf } from "./rollout-run.ts";
+import { rolloutStatus, statusText } from "./rollout-view.ts";
 
 const FLAGS = {
   ...BROKER_FLAGS,
   "dry-run": { type: "boolean" },
   devices: { type: "string" },
   "all-pinned": { type: "boolean" },
+  group: { type: "string" },
+  discover: { type: "string" },
   waves: { type: "string" },
   seed: { type: "string" },
   canary: { type: "string", multiple: true },
@@ -91,17 +92,20 @@ async function createRollout(host: Host, positionals: string[], values: Values):
   const settings = ctlSettings(host, values);
   const o = brokerOptions(settings);
   let devices: string[];
-  if (values.devices !== undefined && !values["all-pinned"]) {
+  const targets = [values.devices, values["all-pinned"], values.group].filter((v) => v !== undefined).length;
+  if (targets !== 1)
+    throw new UsageError("ctl rollout: the target is one of --devices A,B,..., --all-pinned, --group G");
+  if (values.group !== undefined) {
+    devices = await groupMembers(host, settings, values.group, duration("discover", values.discover, 5000));
+  } else if (values.devices !== undefined) {
     devices = values.devices.split(",").map((d) => d.trim());
     if (devices.some((d) => d === "")) throw new UsageError("--devices: expected A,B,...");
-  } else if (values["all-pinned"] && values.devices === undefined) {
+  } else {
     const broker = brokerId(o.url);
     devices = knownDevices(settings)
       .all()
       .filter((p) => p.prefix === o.prefix && (p.broker === broker || p.broker === "*"))
       .map((p) => p.device);
-  } else {
-    throw new UsageError("ctl rollout: the target is --devices A,B,... or --all-pinned");
   }
   let policy: RolloutPolicy;
   try {
@@ -190,26 +194,32 @@ async function createRollout(host: Host, positionals: string[], values: Values):
   }
 }
 
+/**
+ * A group's members, as a rollout freezes them: the devices whose pinned key signed an answer to a `ping` sent
+ * to the group within `windowMs`. A member offline now is not among them (name it with --devices instead).
+ */
+async function groupMembers(host: Host, settings: CtlSettings, group: string, windowMs: number): Promise<string[]> {
+  const o = brokerOptions(settings);
+  const trust = answerTrust(host, settings, o, false, true);
+  const signer = signerOf(settings);
+  const result = await withClient(o, (client) =>
+    new DeviceCaller(client, o.prefix, signer, trust).call({
+      command: "ping",
+      group,
+      timeoutMs: windowMs,
+      validityMs: 60_000,
+    }),
+  );
+  const members = [...new Set(result.finals.map((r) => r.device))].sort();
+  const unverified = new Set(result.refused.map((r) => r.reply.device)).size;
+  host.stderr.write(
+    `outpost: group ${group}: ${members.length} members answered, signed by their pinned keys, within ${windowMs / 1000}s${unverified > 0 ? `; ${unverified} answers not counted (unpinned, unsigned or forged)` : ""}\n`,
+  );
+  if (members.length === 0) throw new UsageError(`ctl rollout: no pinned member of group ${group} answered`);
+  return members;
+}
+
 const VERBS = new Set(["status", "list", "pause", "resume", "approve", "abort"]);
-
-function openJournal(settings: CtlSettings): RolloutJournal {
-  const path = settings.rollouts.value;
-  if (path === undefined) throw new UsageError("ctl rollout: --rollouts FILE (no home directory for the default)");
-  return new RolloutJournal(path);
-}
-
-/** The operator's key: it signs the requests, and names who made or changed a rollout. */
-function signerOf(settings: CtlSettings) {
-  const keyFile = settings.key.value;
-  if (keyFile === undefined) {
-    throw new UsageError(
-      "ctl rollout: --key FILE (or OUTPOST_CTL_KEY, or key: in ~/.outpost/ctl.yaml) is needed to sign",
-    );
-  }
-  const privateKey = readPrivateKey(keyFile);
-  const publicText = publicKeyText(createPublicKey(privateKey));
-  return { privateKey, publicText, by: fingerprintOf(publicText) };
-}
 
 /** Who changes a rollout: the operator's key when ctl has one, else the user on this machine. */
 function whoOf(host: Host, settings: CtlSettings): string {
@@ -307,82 +317,5 @@ async function rolloutVerb(host: Host, verb: string, rest: string[], values: Val
     }
   } finally {
     journal.close();
-  }
-}
-
-/** Runs the driver in this process until the rollout completes, pauses or is aborted, or ctl is stopped. */
-async function drive(
-  host: Host,
-  settings: CtlSettings,
-  journal: RolloutJournal,
-  id: string,
-  signer: ReturnType<typeof signerOf>,
-  json: boolean,
-): Promise<number> {
-  const r = journal.rollout(id);
-  if (!r) return EXIT.FAILURE;
-  const o = brokerOptions(settings);
-  if (brokerId(o.url) !== r.broker || o.prefix !== r.prefix) {
-    throw new UsageError(
-      `${id} was made for ${r.broker} (${r.prefix}); ctl is set for ${brokerId(o.url)} (${o.prefix})`,
-    );
-  }
-  const trust = answerTrust(host, settings, o, false, true);
-  const client = await connectBroker(o);
-  const controller = new AbortController();
-  void host.stopRequested.then(() => controller.abort());
-  const tty = host.stdout.isTTY === true && !json;
-  let drawn = 0;
-  const redraw = () => {
-    const row = journal.rollout(id);
-    if (!row) return;
-    const lines = waveTable(rolloutStatus(journal, row)).concat(row.waiting ? [`waits: ${row.waiting}`] : []);
-    host.stdout.write(`${drawn > 0 ? `\x1b[${drawn}A` : ""}${lines.map((l) => `\x1b[2K${l}\n`).join("")}`);
-    drawn = lines.length;
-  };
-  const ticker = tty ? setInterval(redraw, 1000) : undefined;
-  try {
-    const end = await driveRollout({
-      journal,
-      id,
-      client,
-      trust,
-      signer,
-      me: {
-        holder: `${machineId()}:${host.pid ?? 0}:${randomBytes(4).toString("hex")}`,
-        pid: host.pid ?? 0,
-        machine: machineId(),
-      },
-      alive: host.isAlive ?? (() => true),
-      signal: controller.signal,
-      onEvent: (e) => {
-        if (json) host.stdout.write(`${JSON.stringify({ rollout: id, ...e })}\n`);
-        else if (!tty && (e.kind !== "device" || !e.text.startsWith("committed"))) {
-          host.stdout.write(`${e.device ? `${printable(e.device, 64)}: ` : ""}${printable(e.text, 300)}\n`);
-        }
-      },
-    });
-    if (tty) redraw();
-    const row = journal.rollout(id);
-    const s = row ? rolloutStatus(journal, row) : undefined;
-    if (s && !json) host.stdout.write(statusText(s));
-    if (end === "completed") return EXIT.OK;
-    host.stderr.write(
-      `outpost: ${id} ${end}${row?.reason ? `: ${row.reason}` : ""}${end === "paused" ? ` (outpost ctl rollout resume ${id} goes on)` : ""}\n`,
-    );
-    return EXIT.FAILURE;
-  } catch (err) {
-    if (err instanceof LeaseRefused) {
-      host.stderr.write(`outpost: ${err.message}\n`);
-      return EXIT.FAILURE;
-    }
-    if (controller.signal.aborted) {
-      host.stderr.write(`outpost: stopped driving ${id}; it goes on with outpost ctl rollout resume ${id}\n`);
-      return EXIT.FAILURE;
-    }
-    throw err;
-  } finally {
-    if (ticker) clearInterval(ticker);
-    await client.endAsync();
   }
 }

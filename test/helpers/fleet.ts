@@ -66,7 +66,7 @@ export class SimDevice {
     writeFileSync(
       join(this.dir, "config.yaml"),
       stringify({
-        device: { id },
+        device: { id, groups: ["sim"] },
         mqtt: { url: o.brokerUrl, reconnectMin: "100ms", reconnectMax: "2s" },
         telemetry: { interval: "1h", fullInterval: "1h" },
         state: { dir: this.stateDir },

@@ -148,6 +148,21 @@ describe("a rollout in waves through a simulated fleet", () => {
 
   it("pauses in the wave where the failures cross the threshold, every count right; abort keeps what committed", async () => {
     const a = release("1.1.0");
+    // A group's members are the devices that answer a signed ping to it, with their pinned keys.
+    const group = await runCli([
+      "ctl",
+      "rollout",
+      a.dir,
+      "--group",
+      "sim",
+      "--discover",
+      "3s",
+      "--dry-run",
+      ...flags(),
+    ]);
+    assert.equal(group.code, 0, group.err);
+    assert.match(group.out, new RegExp(`to ${N} devices`));
+    assert.match(group.err, new RegExp(`group sim: ${N} members answered, signed by their pinned keys`));
     const third = plan[2] ?? [];
     const failing = third[4] as string;
     fleet.device(failing).outcome = "rollback";

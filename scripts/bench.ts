@@ -43,6 +43,7 @@ import { deltaRows } from "./bench-delta.ts";
 import { modelRows } from "./bench-models.ts";
 import { otaRows } from "./bench-ota.ts";
 import { poolRows } from "./bench-pool.ts";
+import { rolloutRows } from "./bench-rollout.ts";
 import { taskRows } from "./bench-tasks.ts";
 
 const { values } = parseArgs({
@@ -53,13 +54,17 @@ const { values } = parseArgs({
     drains: { type: "string", default: "5" },
     only: {
       type: "string",
-      default: "sizes,startup,footprint,idle,notify,outbox,commands,board,pool,tasks,models,delta,ota",
+      default: "sizes,startup,footprint,idle,notify,outbox,commands,board,pool,tasks,models,delta,ota,rollout",
     },
     // The earlier commit an app-only update comes from (the delta section).
     "delta-from": { type: "string", default: "HEAD~4" },
     // Another build of the agent to measure (e.g. one made with build.ts --exec-argv=...).
     bin: { type: "string" },
     calls: { type: "string", default: "1000" },
+    // The simulated fleet (rollout section): its size, and the crash test's devices and kills.
+    fleet: { type: "string", default: "1000" },
+    "crash-devices": { type: "string", default: "200" },
+    kills: { type: "string", default: "10" },
   },
 });
 const IDLE_SECONDS = Number(values.idle);
@@ -614,6 +619,14 @@ async function main(): Promise<void> {
     if (ONLY.has("models")) await modelRows(rows, { bin: BIN, broker });
     if (ONLY.has("delta")) await deltaRows(rows, { appFrom: values["delta-from"] });
     if (ONLY.has("ota")) await otaRows(rows, { bin: BIN, broker, watch, runs: 3, rollbacks: 20 });
+    if (ONLY.has("rollout"))
+      await rolloutRows(rows, {
+        bin: BIN,
+        devices: Number(values.fleet),
+        crashDevices: Number(values["crash-devices"]),
+        kills: Number(values.kills),
+        cpuOf: cpuSeconds,
+      });
     if (ONLY.has("board")) await boardRows(rows, { bin: BIN, broker, watch, cpuOf: cpuSeconds, seconds: IDLE_SECONDS });
   } finally {
     await watch.close();

@@ -12,7 +12,7 @@ import { answerTrust, knownDevices } from "./ctl-trust.ts";
 import { readManifest } from "./ctl-update.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 import { brokerId } from "./known-devices.ts";
-import { machineId, newRolloutId, waveCounts } from "./rollout-journal.ts";
+import { machineId, newRolloutId } from "./rollout-journal.ts";
 import { DEFAULT_POLICY, DEFAULT_WAVES, parseWaves, planWaves, type RolloutPolicy } from "./rollout-plan.ts";
 import { drive, openJournal, signerOf } from "./rollout-run.ts";
 import { rolloutStatus, statusText } from "./rollout-view.ts";
@@ -283,10 +283,7 @@ async function rolloutVerb(host: Host, verb: string, rest: string[], values: Val
           return EXIT.FAILURE;
         }
         const by = whoOf(host, settings);
-        journal.tx(() => {
-          journal.saveWave(id, { ...next, approved: by });
-          journal.event(id, now, by, `approved wave ${next.wave + 1}`);
-        });
+        journal.approve(id, next.wave, by, now);
         host.stdout.write(`${id}: wave ${next.wave + 1} approved\n`);
         return EXIT.OK;
       }
@@ -298,18 +295,9 @@ async function rolloutVerb(host: Host, verb: string, rest: string[], values: Val
           return EXIT.FAILURE;
         }
         if (r.state !== "running") {
-          // Resumed after a pause: the failures so far are accepted by the operator who resumed; the threshold
-          // is judged again on what fails from now on (else the same failures would pause it at once).
-          const rows = journal.devices(id);
-          journal.tx(() => {
-            for (const w of journal.waves(id)) {
-              const failures = waveCounts(rows.filter((d) => d.wave === w.wave)).failures;
-              if (w.started !== null && failures > w.forgiven) {
-                journal.saveWave(id, { ...w, forgiven: failures });
-                journal.event(id, now, signer.by, `accepted ${failures} failures in wave ${w.wave + 1}`);
-              }
-            }
-          });
+          // Resumed after a pause: the failures so far are accepted by the operator who resumed; the rules
+          // judge what fails from now on (else the same failures would pause it again at once).
+          journal.forgive(id, signer.by, now);
           journal.setState(id, "running", { by: signer.by, now, from: ["paused", "completed"] });
         }
         return await drive(host, settings, journal, id, signer, values.json === true);

@@ -23,9 +23,15 @@ export class ReleaseServer {
 
   /**
    * Answers one request on `P/D/update/get` on `P/D/update/data`; returns the bytes served (0 for a request
-   * that is not for this release: `other` may answer it, or it gets an error).
+   * that is refused: not for this release, past the end, or larger than `maxRange`).
    */
-  serve(client: MqttClient, prefix: string, device: string, payload: Buffer, other = false): number {
+  serve(
+    client: MqttClient,
+    prefix: string,
+    device: string,
+    payload: Buffer,
+    maxRange = Number.POSITIVE_INFINITY,
+  ): number {
     let parsed: ReturnType<typeof chunkRequestSchema.safeParse>;
     try {
       parsed = chunkRequestSchema.safeParse(JSON.parse(payload.toString("utf8")));
@@ -39,7 +45,12 @@ export class ReleaseServer {
       client.publish(`${prefix}/${device}/update/data`, encodeAnswer(header, bytes), { qos: 1 });
     const file = r.file === "artifact" ? this.artifact : this.index;
     if (r.release !== m.sha256 || !file) {
-      if (!other) reply({ id: r.id, error: `this server serves ${m.version} (${m.sha256.slice(0, 12)})` });
+      reply({ id: r.id, error: `this server serves ${m.version} (${m.sha256.slice(0, 12)})` });
+      return 0;
+    }
+    // Devices ask for at most MQTT_MAX_RANGE at once: a larger request is no device's, and costs a read.
+    if (r.size > maxRange) {
+      reply({ id: r.id, error: `${r.size} bytes at once: at most ${maxRange}` });
       return 0;
     }
     if (r.offset + r.size > file.size) {

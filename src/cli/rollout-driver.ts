@@ -4,11 +4,12 @@
 // Every change is written before it is acted on; what devices say counts only when their pinned key signed it.
 // Killed anywhere and started again, it goes on from the journal and from the devices' retained states.
 import type { MqttClient } from "mqtt";
-import { z } from "zod";
-import { newRequest, signPayload } from "../commands/envelope.ts";
+import type { z } from "zod";
 import { sleep } from "../core/clock.ts";
+import { errorMessage } from "../core/errors.ts";
 import { deviceTopics } from "../mqtt/topics.ts";
 import { type Manifest, manifestSchema } from "../ota/manifest.ts";
+import { MQTT_MAX_RANGE } from "../ota/mqtt-source.ts";
 import { type AnswerTrust, isRefusal, type Refusal } from "./answer-trust.ts";
 import type { Signer } from "./ctl-client.ts";
 import { ReleaseServer } from "./release-server.ts";
@@ -25,30 +26,16 @@ import {
   waveCounts,
 } from "./rollout-journal.ts";
 import { wavePassed, wavePauses } from "./rollout-plan.ts";
-
-/** How long a request may go unanswered (not even `accepted`) before it is sent again with a fresh id. */
-export const ACK_MS = 20_000;
-/** How long a request is valid: a device offline longer gets a freshly signed one when it returns. */
-const VALIDITY_MS = 60_000;
-/** A lease outlives its driver's last renewal by this much (another machine may take it after). */
-const LEASE_MS = 15_000;
-
-/** Codes after which nothing was installed: the device is asked again (within its deadline). */
-const RETRY = new Set(["OTA_DOWNLOAD_FAILED", "COMMAND_EXPIRED", "OTA_BUSY", "TASK_ABORTED"]);
-
-const stateSchema = z.looseObject({
-  id: z.string().optional(),
-  state: z.string(),
-  code: z.string().optional(),
-  reason: z.string().optional(),
-});
-const replySchema = z.looseObject({
-  id: z.string(),
-  device: z.string(),
-  state: z.string(),
-  result: z.looseObject({ state: z.string().optional(), last: stateSchema.optional() }).optional(),
-  error: z.object({ code: z.string(), message: z.string() }).optional(),
-});
+import {
+  ACK_MS,
+  backoff,
+  LEASE_MS,
+  RETRY,
+  replySchema,
+  SETTLE_MS,
+  signedRequest,
+  stateSchema,
+} from "./rollout-wire.ts";
 
 export interface DriverEvent {
   kind: "wave" | "device" | "state" | "refused" | "waiting";
@@ -94,7 +81,8 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
   };
   renew();
   const rows = new Map(journal.devices(id).map((d) => [d.device, d]));
-  const waves: WaveRow[] = journal.waves(id);
+  /** Read again each turn: an operator's approval comes from another process. */
+  let waves: WaveRow[] = journal.waves(id);
   /** Every request id this rollout used or will use per device, so a state naming any of them is ours. */
   const owner = new Map<string, string>();
   const own = (d: DeviceRow) => {
@@ -104,17 +92,14 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
   const releases = new Map(
     plan.releases.map((r) => [r.arch, { ...r, manifest: manifestSchema.parse(JSON.parse(payloadOf(r.signed))) }]),
   );
-  const servers = new Map<string, ReleaseServer>();
-  const serverFor = (arch: string) => {
-    const r = releases.get(arch) ?? releases.get("any");
-    if (!r || !("mqtt" in plan.source)) return undefined;
-    let s = servers.get(r.arch);
-    if (!s) {
-      s = new ReleaseServer(r.dir, r.manifest as Manifest);
-      servers.set(r.arch, s);
-    }
-    return s;
-  };
+  // Opened once, at start: a release directory moved away fails here, not inside a message handler.
+  const servers = new Map<string, ReleaseServer>(
+    "mqtt" in plan.source
+      ? [...releases].map(([arch, r]) => [arch, new ReleaseServer(r.dir, r.manifest as Manifest)])
+      : [],
+  );
+  const serverFor = (arch: string | undefined) =>
+    (arch === undefined ? undefined : servers.get(arch)) ?? servers.get("any");
   const refusedSaid = new Set<string>();
   const save = (d: DeviceRow) => journal.saveDevice(id, d, now());
   const policy = plan.policy;
@@ -126,10 +111,17 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
     save(d);
     o.onEvent({ kind: "device", device: d.device, text: state + (code || reason ? `: ${code ?? reason}` : "") });
   };
-  const failedOrRetry = (d: DeviceRow, code: string | undefined, reason: string | undefined) => {
-    if (code !== undefined && RETRY.has(code) && IN_FLIGHT.has(d.state)) {
-      Object.assign(d, { state: "pending", said: `asked again after ${code}`, code, reason: reason ?? null });
-      save(d);
+  /**
+   * A failure: final, unless its code says nothing was installed. Then the device is asked again (after a
+   * backoff), but only for its latest request while it is in flight: a late answer to an earlier request
+   * (a queued request that expired while the device was away) changes nothing.
+   */
+  const failedOrRetry = (d: DeviceRow, code: string | undefined, reason: string | undefined, request: string) => {
+    if (code !== undefined && RETRY.has(code)) {
+      if (IN_FLIGHT.has(d.state) && request === requestIdOf(id, d.device, d.attempt)) {
+        Object.assign(d, { state: "pending", said: `asked again after ${code}`, code, reason: reason ?? null });
+        save(d);
+      }
       return;
     }
     finish(d, "failed", "failed", code, reason);
@@ -140,10 +132,10 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
     save(d);
   };
   /** A state on P/D/update, or the `last` of a `repeat` answer. */
-  const applyState = (d: DeviceRow, s: z.infer<typeof stateSchema>) => {
+  const applyState = (d: DeviceRow, s: z.infer<typeof stateSchema>, request: string) => {
     if (s.state === "committed") finish(d, "committed", "committed");
     else if (s.state === "rolled-back") finish(d, "rolled-back", "rolled-back", undefined, s.reason);
-    else if (s.state === "failed") failedOrRetry(d, s.code, s.reason);
+    else if (s.state === "failed") failedOrRetry(d, s.code, s.reason, request);
     else updating(d, s.state);
   };
   const refused = (device: string, v: Refusal) => {
@@ -154,6 +146,14 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
   };
 
   const onMessage = (topic: string, payload: Buffer) => {
+    try {
+      handle(topic, payload);
+    } catch (err) {
+      // One bad message (or a journal write that failed) must not take the driver's connection down.
+      o.onEvent({ kind: "refused", text: `a message on ${topic} was not handled: ${errorMessage(err)}` });
+    }
+  };
+  const handle = (topic: string, payload: Buffer) => {
     if (!topic.startsWith(`${prefix}/`)) return;
     const [device = "", ...rest] = topic.slice(prefix.length + 1).split("/");
     const what = rest.join("/");
@@ -173,7 +173,7 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
     const d = rows.get(device);
     if (!d) return;
     if (what === "update/get") {
-      if (IN_FLIGHT.has(d.state)) serverFor(archOf(device) ?? "")?.serve(client, prefix, device, payload);
+      if (IN_FLIGHT.has(d.state)) serverFor(archOf(device))?.serve(client, prefix, device, payload, MQTT_MAX_RANGE);
       return;
     }
     let body: unknown;
@@ -187,7 +187,7 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
       if (!s.success || s.data.id === undefined || owner.get(s.data.id) !== device) return;
       const v = o.trust.check(device, topic, text, s.data, { id: s.data.id });
       if (isRefusal(v)) refused(device, v);
-      if (v.trust === "verified") applyState(d, s.data);
+      if (v.trust === "verified") applyState(d, s.data, s.data.id);
       return;
     }
     if (what === "cmd/update/reply") {
@@ -201,19 +201,22 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
       if (isRefusal(v)) refused(device, v);
       if (v.trust !== "verified") return;
       const reply = r.data;
-      if (reply.state === "failed") failedOrRetry(d, reply.error?.code, reply.error?.message);
+      if (reply.state === "failed") failedOrRetry(d, reply.error?.code, reply.error?.message, reply.id);
       else if (reply.state !== "succeeded") updating(d, reply.state);
       else if (reply.result?.state === "current") finish(d, "committed", "already current");
       else if (reply.result?.state === "repeat") {
-        if (reply.result.last) applyState(d, reply.result.last);
+        // What came of the request it acted on: that request's outcome (a retry is judged as that request's).
+        const last = reply.result.last;
+        if (last) applyState(d, last, typeof reply.result.request === "string" ? reply.result.request : reply.id);
         else updating(d, "repeat");
-      } else if (reply.result?.state) applyState(d, { state: reply.result.state });
+      } else if (reply.result?.state) applyState(d, { state: reply.result.state }, reply.id);
     }
   };
 
+  /** The device's arch, from its own signed status only (anyone can publish a status). */
   const archOf = (device: string): string | undefined => {
-    const a = o.trust.status(device)?.body.arch;
-    return typeof a === "string" ? a : undefined;
+    const s = o.trust.status(device);
+    return s?.verdict.trust === "verified" && typeof s.body.arch === "string" ? s.body.arch : undefined;
   };
 
   const ask = (d: DeviceRow, t: number) => {
@@ -236,20 +239,13 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
     // Written (and synced) before the request goes out: a driver killed between the two asks again, and the
     // device answers the second from its own record of the rollout.
     save(d);
-    const request = newRequest({
-      id: requestId,
-      command: "update",
-      params: {
-        manifest: release.signed,
-        source: plan.source,
-        rollout: id,
-        ...(plan.task === undefined ? {} : { task: plan.task }),
-      },
-      device: d.device,
-      now: t,
-      validityMs: VALIDITY_MS,
-    });
-    const signed = JSON.stringify(signPayload(JSON.stringify(request), o.signer.privateKey, o.signer.publicText));
+    const params = {
+      manifest: release.signed,
+      source: plan.source,
+      rollout: id,
+      ...(plan.task ? { task: plan.task } : {}),
+    };
+    const signed = signedRequest(requestId, d.device, params, t, o.signer);
     client.publish(deviceTopics(prefix, d.device).command("update"), signed, { qos: 1 });
   };
 
@@ -269,8 +265,13 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
     if (r.state === "aborted" || r.state === "completed") return r.state;
     let state = r.state;
     const t = now();
+    waves = journal.waves(id);
+    const forgiven = journal.forgivenDevices(id);
     for (const d of rows.values()) {
-      if (IN_FLIGHT.has(d.state) && d.deadline !== null && t > d.deadline) {
+      d.forgiven = forgiven.has(d.device) ? 1 : 0;
+      // Past its deadline: timed out, whether a request is out or it waits to be asked again (asking it then
+      // would start an update already counted as failed). A late outcome is still reconciled.
+      if ((IN_FLIGHT.has(d.state) || d.state === "pending") && d.deadline !== null && t > d.deadline) {
         const reason = `not committed within ${Math.round(policy.deadlineMs / 1000)}s of the first request`;
         finish(d, "timed-out", d.said ?? "asked", "TIMED_OUT", reason);
       } else if (d.state === "asked" && d.asked !== null && t - d.asked > ackMs) {
@@ -283,7 +284,7 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
     const started = waves.filter((w) => w.started !== null);
     for (const w of started) {
       const c = waveCounts(ofWave(w.wave));
-      const judged = { finished: c.finished - w.forgiven, failed: c.failures - w.forgiven };
+      const judged = { finished: c.finished, failed: c.failures };
       if (state === "running" && wavePauses(w.wave, judged, policy)) {
         const reason =
           w.wave === 0
@@ -344,7 +345,8 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
     const upTo = waves.filter((w) => w.started !== null).length;
     for (const d of rows.values()) {
       if (slots <= 0) break;
-      if (d.wave < upTo && d.state === "pending" && d.present) {
+      const rested = d.asked === null || t - d.asked >= backoff(d.attempt);
+      if (d.wave < upTo && d.state === "pending" && d.present && rested) {
         ask(d, t);
         slots--;
       }
@@ -371,7 +373,7 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
       { qos: 1 },
     );
     // The retained statuses and update states first: presence, and what devices said while no driver ran.
-    await sleep(500, o.signal).catch(() => {});
+    await sleep(SETTLE_MS, o.signal).catch(() => {});
     for (;;) {
       const end = turn();
       if (end) return end;

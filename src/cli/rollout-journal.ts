@@ -16,11 +16,12 @@ CREATE TABLE IF NOT EXISTS rollouts (
 CREATE TABLE IF NOT EXISTS devices (
   rollout TEXT NOT NULL, device TEXT NOT NULL, wave INTEGER NOT NULL, ord INTEGER NOT NULL, state TEXT NOT NULL,
   attempt INTEGER NOT NULL DEFAULT 0, asked INTEGER, first_asked INTEGER, deadline INTEGER, said TEXT,
-  code TEXT, reason TEXT, present INTEGER NOT NULL DEFAULT 0, updated INTEGER NOT NULL,
+  code TEXT, reason TEXT, present INTEGER NOT NULL DEFAULT 0, forgiven INTEGER NOT NULL DEFAULT 0,
+  updated INTEGER NOT NULL,
   PRIMARY KEY (rollout, device));
 CREATE TABLE IF NOT EXISTS waves (
   rollout TEXT NOT NULL, wave INTEGER NOT NULL, started INTEGER, met INTEGER, approved TEXT,
-  forgiven INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (rollout, wave));
+  PRIMARY KEY (rollout, wave));
 CREATE TABLE IF NOT EXISTS events (rollout TEXT NOT NULL, at INTEGER NOT NULL, by TEXT NOT NULL, what TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (
   rollout TEXT PRIMARY KEY, holder TEXT NOT NULL, pid INTEGER NOT NULL, machine TEXT NOT NULL, expires INTEGER NOT NULL);
@@ -66,6 +67,11 @@ export interface DeviceRow {
   code: string | null;
   reason: string | null;
   present: number;
+  /**
+   * A failure an operator accepted by resuming after a pause: left out of the wave's pause and pass rules
+   * (written by `resume` only; the driver reads it each turn and never writes it).
+   */
+  forgiven: number;
 }
 
 export interface RolloutRow {
@@ -87,8 +93,6 @@ export interface WaveRow {
   started: number | null;
   met: number | null;
   approved: string | null;
-  /** Failures an operator accepted by resuming after a pause: the threshold is judged on those after them. */
-  forgiven: number;
 }
 
 /** This machine, as a rollout is bound to it: systemd's machine id, else the host name. */
@@ -130,6 +134,8 @@ export interface WaveCounts {
   reachable: number;
   finished: number;
   failures: number;
+  /** Failures an operator accepted by resuming (not judged again). */
+  forgiven: number;
 }
 
 export function waveCounts(rows: Iterable<DeviceRow>): WaveCounts {
@@ -145,6 +151,7 @@ export function waveCounts(rows: Iterable<DeviceRow>): WaveCounts {
     reachable: 0,
     finished: 0,
     failures: 0,
+    forgiven: 0,
   };
   for (const d of rows) {
     c.total++;
@@ -156,10 +163,15 @@ export function waveCounts(rows: Iterable<DeviceRow>): WaveCounts {
     else if (d.state === "rolled-back") c.rolledBack++;
     else if (d.state === "failed") c.failed++;
     else if (d.state === "timed-out") c.timedOut++;
+    // An accepted failure is shown, but judged no more: neither reachable, nor finished, nor failed.
+    if (d.forgiven && FAILED.has(d.state)) {
+      c.forgiven++;
+      continue;
+    }
     if (FINISHED.has(d.state)) c.finished++;
     if (FAILED.has(d.state)) c.failures++;
   }
-  c.reachable = c.total - c.offline;
+  c.reachable = c.total - c.offline - c.forgiven;
   return c;
 }
 
@@ -225,14 +237,14 @@ export class RolloutJournal {
   devices(id: string): DeviceRow[] {
     return this.db
       .prepare(
-        "SELECT device, wave, ord, state, attempt, asked, first_asked, deadline, said, code, reason, present FROM devices WHERE rollout = ? ORDER BY ord",
+        "SELECT device, wave, ord, state, attempt, asked, first_asked, deadline, said, code, reason, present, forgiven FROM devices WHERE rollout = ? ORDER BY ord",
       )
       .all(id) as unknown as DeviceRow[];
   }
 
   waves(id: string): WaveRow[] {
     return this.db
-      .prepare("SELECT wave, started, met, approved, forgiven FROM waves WHERE rollout = ? ORDER BY wave")
+      .prepare("SELECT wave, started, met, approved FROM waves WHERE rollout = ? ORDER BY wave")
       .all(id) as unknown as WaveRow[];
   }
 
@@ -270,10 +282,38 @@ export class RolloutJournal {
       );
   }
 
+  /** The driver's columns of a wave (an operator's approval is never written back over). */
   saveWave(id: string, w: WaveRow): void {
     this.db
-      .prepare("UPDATE waves SET started = ?, met = ?, approved = ?, forgiven = ? WHERE rollout = ? AND wave = ?")
-      .run(w.started, w.met, w.approved, w.forgiven, id, w.wave);
+      .prepare("UPDATE waves SET started = ?, met = ? WHERE rollout = ? AND wave = ?")
+      .run(w.started, w.met, id, w.wave);
+  }
+
+  approve(id: string, wave: number, by: string, now: number): void {
+    this.tx(() => {
+      this.db.prepare("UPDATE waves SET approved = ? WHERE rollout = ? AND wave = ?").run(by, id, wave);
+      this.event(id, now, by, `approved wave ${wave + 1}`);
+    });
+  }
+
+  /** The devices whose failures an operator accepted (resume after a pause). */
+  forgivenDevices(id: string): Set<string> {
+    const rows = this.db.prepare("SELECT device FROM devices WHERE rollout = ? AND forgiven = 1").all(id);
+    return new Set(rows.map((r) => String(r.device)));
+  }
+
+  /** Accepts the failures so far of the started waves: `resume` after a pause; returns how many. */
+  forgive(id: string, by: string, now: number): number {
+    return this.tx(() => {
+      const r = this.db
+        .prepare(
+          `UPDATE devices SET forgiven = 1 WHERE rollout = ? AND forgiven = 0 AND state IN ('rolled-back', 'failed', 'timed-out') AND wave IN (SELECT wave FROM waves WHERE rollout = ? AND started IS NOT NULL)`,
+        )
+        .run(id, id);
+      const n = Number(r.changes);
+      if (n > 0) this.event(id, now, by, `accepted ${n} failures`);
+      return n;
+    });
   }
 
   /** The rollout's state, with who changed it and why; `from`: only from these states (else false). */

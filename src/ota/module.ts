@@ -14,7 +14,7 @@ import { updateSection } from "./config.ts";
 import { type Journal, outcome, readJournal, type TrialJournal, updateFiles, writeJournal } from "./journal.ts";
 import { type Manifest, verifyManifest } from "./manifest.ts";
 import { MqttFetcher } from "./mqtt-source.ts";
-import { type Phase, type PhaseEvent, transition } from "./phase.ts";
+import { busyError, type Phase, type PhaseEvent, transition } from "./phase.ts";
 import { chunkIndex, releaseSources, updateParams } from "./release-source.ts";
 import { rolloutGuard } from "./rollouts.ts";
 import { readRootRecords } from "./root-record.ts";
@@ -53,6 +53,7 @@ export function otaModuleFor(running: () => RunningRelease): Module<typeof updat
        */
       const report = (body: Record<string, unknown>, id?: string) => {
         last = { ...body, ...(id ? { id } : {}) };
+        if (typeof last.id === "string") rollouts.saw(last.id, last);
         ctx.retained.set(ctx.topics.update, { ...last, session: ctx.session, ts: ctx.clock.now() });
       };
       /** Which release directory this binary runs from (`<version>-<sha12>`); none outside the installed layout. */
@@ -240,14 +241,14 @@ export function otaModuleFor(running: () => RunningRelease): Module<typeof updat
             maxRequestBytes: MAX_UPDATE_REQUEST,
             run: async (p, context) => {
               // A rollout's request again (a fresh id, the same rollout and release): answered, never run twice.
+              const here = {
+                idle: phase.name === "idle",
+                modelVersion: p.task && ctx.models()?.current(p.task).version,
+              };
               const again =
-                p.rollout && rollouts.answer(p.rollout, verifyManifest(p.manifest, ctx.config().trustedKeys));
+                p.rollout && rollouts.answer(p.rollout, verifyManifest(p.manifest, ctx.config().trustedKeys), here);
               if (again) return again;
-              if (phase.name === "downloading") throw new OutpostError("OTA_BUSY", "an update is already running");
-              if (phase.name === "starting") throw new OutpostError("OTA_BUSY", "the update module is still starting");
-              if (phase.name !== "idle") {
-                throw new OutpostError("OTA_BUSY", `an update is ${phase.name.replace("-", " ")}`);
-              }
+              if (phase.name !== "idle") throw busyError(phase.name);
               go({ type: "update", request: context.id });
               const started = ctx.clock.mono();
               let manifest: Manifest | undefined;

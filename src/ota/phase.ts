@@ -1,3 +1,4 @@
+import { OutpostError } from "../core/errors.ts";
 import type { TrialJournal } from "./journal.ts";
 
 /**
@@ -77,4 +78,11 @@ export function phaseDiagram(): string {
     for (const [event, to] of Object.entries(events)) lines.push(`    ${id(from)} --> ${id(to)}: ${event}`);
   }
   return lines.join("\n");
+}
+
+/** Why an update cannot start now (`OTA_BUSY`). */
+export function busyError(name: Phase["name"]): OutpostError {
+  if (name === "downloading") return new OutpostError("OTA_BUSY", "an update is already running");
+  if (name === "starting") return new OutpostError("OTA_BUSY", "the update module is still starting");
+  return new OutpostError("OTA_BUSY", `an update is ${name.replace("-", " ")}`);
 }

@@ -19,6 +19,8 @@ const entry = z.strictObject({
   sha256: z.string().regex(/^[0-9a-f]{64}$/),
   request: requestId,
   at: z.number(),
+  /** How it ended, once it did: what a restarted agent answers from (its last report was in memory). */
+  outcome: z.record(z.string(), z.unknown()).optional(),
 });
 export type RolloutEntry = z.output<typeof entry>;
 
@@ -43,36 +45,64 @@ export function recordRollout(path: string, e: RolloutEntry): void {
   writeFileAtomically(path, `${JSON.stringify({ entries: entries.slice(-MAX_ROLLOUT_ENTRIES) })}\n`, 0o640);
 }
 
+/** Final states of an update: recorded with the rollout's entry. */
+const FINAL = new Set(["committed", "rolled-back", "failed"]);
+/** Failures after which nothing was installed and the transfer can go on: such a request runs again. */
+const RERUN = new Set(["OTA_DOWNLOAD_FAILED", "TASK_ABORTED"]);
+
+/** Where the device is when a rollout's request arrives. */
+export interface Here {
+  /** No update under way (not downloading, staged, installing or on trial). */
+  idle: boolean;
+  /** For a model release: the version of the task's model now. */
+  modelVersion?: string | undefined;
+}
+
 /**
- * What a rollout's request is answered with before anything runs: `current` when this agent already runs the
- * release (its directory is named by the release's hash: the same bytes, not only the same version), `repeat`
- * when this rollout's release was acted on already, with the earlier request and what last came of it (`last`).
- * `record` is called once the request is to act, before a byte moves. `last` is the state this start last
- * reported (with the `id` it answers); before it, the agent's update journal says.
+ * What a rollout's request is answered with before anything runs, or undefined to run it:
+ * - `current`: idle, and already running the release (an agent's release directory is named by the release's
+ *   hash, so the same bytes; a model by its version). Never while on trial: the release runs before it proved
+ *   healthy.
+ * - `repeat`: this rollout's release was acted on already: the earlier request and what last came of it
+ *   (`last`), also while that update is under way. After a transfer that gave up, or when nothing is known of
+ *   it (the agent restarted mid-download), nothing was installed: it runs again and resumes what arrived.
+ * `record` is called once the request is to act, before a byte moves; `saw` with each state reported.
  */
 export function rolloutGuard(stateDir: string, self: string | undefined, last: () => Record<string, unknown>) {
   const path = rolloutsFile(stateDir);
-  /** What last came of a request: the state this start reported, or the journal's outcome from before. */
-  const lastFor = (request: string) => {
-    if (last().id === request) return last();
+  /** What last came of a request: this start's report, the journal's outcome, or the rollout's record. */
+  const lastFor = (e: RolloutEntry) => {
+    if (last().id === e.request) return last();
     const j = readJournal(updateFiles(stateDir).journal);
-    return j?.request === request ? outcome(j) : undefined;
+    return j?.request === e.request ? outcome(j) : e.outcome;
   };
   return {
-    answer(rollout: string, m: Manifest): Record<string, unknown> | undefined {
-      if (m.kind === "agent" && self !== undefined && self === releaseName(m.version, m.sha256)) {
-        return { state: "current", rollout, version: m.version, sha256: m.sha256 };
-      }
+    answer(rollout: string, m: Manifest, here: Here): Record<string, unknown> | undefined {
       const earlier = actedOn(path, rollout, m.sha256);
-      if (!earlier) return undefined;
-      const said = lastFor(earlier.request);
-      // A download that gave up (its server went away, a driver killed while serving it) installed nothing:
-      // it is asked for again, and resumes from what arrived.
-      if (said?.state === "failed" && said.code === "OTA_DOWNLOAD_FAILED") return undefined;
-      return { state: "repeat", rollout, request: earlier.request, ...(said ? { last: said } : {}) };
+      const said = earlier ? lastFor(earlier) : undefined;
+      const repeat = earlier && {
+        state: "repeat",
+        rollout,
+        request: earlier.request,
+        ...(said ? { last: said } : {}),
+      };
+      // Another update under way: undefined, and the command's busy check answers.
+      if (!here.idle) return repeat;
+      const runs = m.kind === "agent" ? self === releaseName(m.version, m.sha256) : here.modelVersion === m.version;
+      if (runs) return { state: "current", rollout, version: m.version, sha256: m.sha256 };
+      if (said === undefined || (said.state === "failed" && RERUN.has(String(said.code)))) return undefined;
+      return repeat;
     },
     record(rollout: string, m: Manifest, request: string, at: number): void {
       recordRollout(path, { rollout, sha256: m.sha256, request, at });
+    },
+    /** A state reported for `request`: a final one is kept with the rollout's entry that names it. */
+    saw(request: string, body: Record<string, unknown>): void {
+      if (!FINAL.has(String(body.state))) return;
+      const entries = readRecordFile(path, fileSchema)?.entries;
+      const e = entries?.find((x) => x.request === request);
+      if (!e) return;
+      recordRollout(path, { ...e, outcome: { ...body, id: request } });
     },
   };
 }

@@ -51,13 +51,11 @@ export class SimDevice {
   /** Each install root performed, by release name: a device must never install a rollout's release twice. */
   readonly installs = new Map<string, number>();
   private kernel: Kernel | undefined;
-  private readonly o: FleetOptions;
   private installer: Promise<void> | undefined;
   private stopped = false;
 
   constructor(id: string, o: FleetOptions) {
     this.id = id;
-    this.o = o;
     this.dir = join(o.dir, id);
     this.stateDir = join(this.dir, "state");
     this.records = join(this.dir, "records");

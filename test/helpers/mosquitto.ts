@@ -24,6 +24,11 @@ export class Mosquitto {
   readonly port: number;
   readonly dir: string;
   private child: ChildProcess | undefined;
+
+  /** The broker's process id while it runs (a bench reads its CPU and memory). */
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
   private readonly conf: string;
   log = "";
 

@@ -146,7 +146,7 @@ describe("a rollout in waves through a simulated fleet", () => {
     await broker?.stop();
   });
 
-  it("pauses in the wave where the failures cross the threshold, every count right; abort keeps what committed", async () => {
+  it("pauses in the wave where the failures cross the threshold, every count right; resumed, the failure accepted is judged no more", async () => {
     const a = release("1.1.0");
     // A group's members are the devices that answer a signed ping to it, with their pinned keys.
     const group = await runCli([
@@ -156,7 +156,7 @@ describe("a rollout in waves through a simulated fleet", () => {
       "--group",
       "sim",
       "--discover",
-      "3s",
+      "8s",
       "--dry-run",
       ...flags(),
     ]);
@@ -195,11 +195,39 @@ describe("a rollout in waves through a simulated fleet", () => {
     assert.deepEqual([w4?.committed, w4?.offline, w4?.pending], [0, 1, (plan[3]?.length ?? 0) - 1]);
     assert.equal(s.devices.find((d) => d.device === failing)?.state, "rolled-back");
     for (const d of fleet.devices) assert.ok((d.installs.get(a.name) ?? 0) <= 1, `${d.id} installed once at most`);
-    const abort = await runCli(["ctl", "rollout", "abort", id, ...flags()]);
-    assert.equal(abort.code, 0, abort.err);
-    assert.equal((await status(id)).state, "aborted");
+    // Resumed: the failure so far is accepted (by the key that resumed), and judged no more.
+    const resumed = driver(["resume", id]);
+    assert.equal(await resumed.exited, 0, resumed.err());
+    const done = await status(id);
+    const sum = (k: "committed" | "rolledBack" | "offline") => done.waves.reduce((n, w) => n + w[k], 0);
+    assert.deepEqual([done.state, sum("committed"), sum("rolledBack"), sum("offline")], ["completed", N - 2, 1, 1]);
     fleet.device(failing).outcome = "commit";
     await fleet.device(offline).start();
+  });
+
+  it("with --approve, a wave waits for an operator; abort from another shell ends the driver", async () => {
+    const a = release("1.1.0");
+    const two = (plan[1] ?? []).slice(0, 2);
+    const run = driver([a.dir, "--devices", two.join(","), "--waves", "1,100%", "--approve", "--soak", "1s"]);
+    let s: Status | undefined;
+    for (const until = Date.now() + 60_000; Date.now() < until; await new Promise((r) => setTimeout(r, 200))) {
+      const list = await runCli(["ctl", "rollout", "list", "--json", ...flags()]);
+      const id = list.out
+        .trim()
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Status)
+        .at(-1)?.id;
+      s = id === undefined ? undefined : await status(id);
+      if (s?.state === "running" && (s as { waiting?: string }).waiting?.includes("waits for approval")) break;
+    }
+    assert.ok(s, "the rollout waits for approval");
+    assert.equal(s.waves[1]?.started, null, "wave 2 did not start without approval");
+    const abort = await runCli(["ctl", "rollout", "abort", s.id, "--reason", "not today", ...flags()]);
+    assert.equal(abort.code, 0, abort.err);
+    assert.equal(await run.exited, 1);
+    assert.match(run.err(), /aborted: not today/);
+    assert.equal((await status(s.id)).state, "aborted");
   });
 
   it("killed at 3 seeded points and started again: it goes on; no device installs twice; counts equal the script", async () => {
@@ -246,12 +274,13 @@ describe("a rollout in waves through a simulated fleet", () => {
     assert.equal(dev.installs.get(b.name) ?? 0, 0, "the device already on the release installed nothing");
     for (const d of fleet.devices)
       assert.ok((d.installs.get(b.name) ?? 0) <= 1, `${d.id} installed 1.2.0 once at most`);
-    // Each device recorded this rollout once.
+    // Each device recorded the rollout before it acted, and how it ended.
     for (const d of fleet.devices.filter((d) => d.online && d.id !== current)) {
       const record = JSON.parse(readFileSync(join(d.stateDir, "update", "rollouts.json"), "utf8")) as {
-        entries: { rollout: string }[];
+        entries: { rollout: string; outcome?: { state: string } }[];
       };
-      assert.equal(record.entries.filter((e) => e.rollout === id).length, 1, d.id);
+      const entry: { outcome?: { state: string } } | undefined = record.entries.find((e) => e.rollout === id);
+      assert.equal(entry?.outcome?.state, d.id === failing ? "rolled-back" : "committed", d.id);
     }
     // The offline device returns: resumed, the rollout updates it and completes again with none left.
     await fleet.device(offline).start();
@@ -267,6 +296,7 @@ describe("a rollout in waves through a simulated fleet", () => {
     const five = (plan[2] ?? []).slice(0, 5);
     const slow = five[1] as string;
     fleet.device(slow).outcome = "slow";
+    fleet.device(slow).slowMs = 14_000;
     const run = driver([
       c.dir,
       "--devices",
@@ -280,9 +310,10 @@ describe("a rollout in waves through a simulated fleet", () => {
       "--success",
       "50%",
       "--deadline",
-      "3s",
+      "10s",
       "--cap",
       "1",
+      "--approve",
     ]);
     // One driver per rollout: a second one on this machine is refused while the first lives.
     let id: string | undefined;
@@ -306,16 +337,30 @@ describe("a rollout in waves through a simulated fleet", () => {
     void run.exited.finally(() => {
       ended = true;
     });
+    const approved = new Set<string>();
     while (!ended) {
       const r = await runCli(["ctl", "rollout", "status", id as string, "--json", ...flags()]);
-      most = Math.max(most, ...(JSON.parse(r.out) as Status).waves.map((w) => w.inFlight));
+      const now = JSON.parse(r.out) as Status & { waiting: string | null };
+      most = Math.max(most, ...now.waves.map((w) => w.inFlight));
+      // --approve: each wave after the first waits for an operator, in another process.
+      const waits = /^wave (\d+) waits for approval/.exec(now.state === "running" ? (now.waiting ?? "") : "");
+      if (waits?.[1] && !approved.has(waits[1])) {
+        const ok = await runCli(["ctl", "rollout", "approve", id as string, ...flags()]);
+        assert.equal(ok.code, 0, ok.err);
+        approved.add(waits[1]);
+      }
       await new Promise((r) => setTimeout(r, 100));
     }
     assert.equal(most, 1, "one device in flight at most");
+    assert.deepEqual([...approved], ["2", "3"], "waves 2 and 3 approved, each once");
     const code = await run.exited;
     assert.equal(code, 0, `${run.out()}\n${run.err()}`);
     assert.match(run.out(), new RegExp(`${slow}: timed-out: TIMED_OUT`));
-    const s = await status(await latest());
+    // The late commit: reconciled by the driver, or (if it came after the rollout completed) at the next resume.
+    await waitUntil(() => fleet.device(slow).release.name === c.name, 60_000, "the slow device committed");
+    const again = driver(["resume", id as string]);
+    assert.equal(await again.exited, 0, again.err());
+    const s = await status(id as string);
     const sum = (k: "committed" | "timedOut") => s.waves.reduce((n, w) => n + w[k], 0);
     assert.deepEqual([s.state, sum("committed"), sum("timedOut")], ["completed", 5, 0]);
     assert.equal(s.devices.find((d) => d.device === slow)?.state, "committed");

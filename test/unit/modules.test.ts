@@ -220,9 +220,15 @@ describe("modules against a fake context", () => {
             { config },
           ),
         );
-        const answer = await fake.command("update", params);
-        assert.deepEqual(answer, { state: "current", rollout: "r-1", version: "1.2.0", sha256 });
-        assert.equal(existsSync(join(fake.stateDir, "update", "rollouts.json")), false);
+        const stop = await started(fake);
+        try {
+          await waitUntil(() => described(fake).phase === "idle", 5000, "idle");
+          const answer = await fake.command("update", params);
+          assert.deepEqual(answer, { state: "current", rollout: "r-1", version: "1.2.0", sha256 });
+          assert.equal(existsSync(join(fake.stateDir, "update", "rollouts.json")), false);
+        } finally {
+          await stop();
+        }
       });
 
       it("asked again with a fresh id: answers with the request it acted on and what came of it", async () => {
@@ -270,7 +276,62 @@ describe("modules against a fake context", () => {
           at: 5,
           request: "req-0",
         });
-        await assert.rejects(fake.command("update", params, { id: "req-7" }), /still starting/);
+        const stop = await started(fake);
+        try {
+          await waitUntil(() => described(fake).phase === "idle", 5000, "idle");
+          // It runs (and fails again here: nothing listens on port 9), recorded under the new request.
+          await assert.rejects(fake.command("update", params, { id: "req-7" }));
+          const record = JSON.parse(readFileSync(join(fake.stateDir, "update", "rollouts.json"), "utf8"));
+          assert.equal(record.entries[0].request, "req-7");
+        } finally {
+          await stop();
+        }
+      });
+
+      it("restarted mid-download (nothing known of the request): it runs again", async () => {
+        const fake = track(
+          fakeContext(
+            otaModuleFor(() => running("1.0.0-aaaaaaaaaaaa")),
+            { config },
+          ),
+        );
+        acted(fake as Fake<unknown>, "req-0");
+        const stop = await started(fake);
+        try {
+          await waitUntil(() => described(fake).phase === "idle", 5000, "idle");
+          await assert.rejects(fake.command("update", params, { id: "req-8" }));
+          const record = JSON.parse(readFileSync(join(fake.stateDir, "update", "rollouts.json"), "utf8"));
+          assert.equal(record.entries[0].request, "req-8");
+        } finally {
+          await stop();
+        }
+      });
+
+      it("on trial of the release: answers where this rollout's update stands, never current", async () => {
+        const name = `1.2.0-${sha256.slice(0, 12)}`;
+        trial("trial", {
+          release: name,
+          to: { name, version: "1.2.0" },
+          request: "req-0",
+        });
+        // Not healthy yet: the trial goes on (a healthy one would commit at the first look).
+        const health = () => ({ ok: false, reasons: ["warming up"] });
+        const fake = track(
+          fakeContext(
+            otaModuleFor(() => running(name)),
+            { config, health },
+          ),
+        );
+        acted(fake as Fake<unknown>, "req-0");
+        const stop = await started(fake);
+        try {
+          await waitUntil(() => described(fake).phase === "trial", 5000, "on trial");
+          const answer = (await fake.command("update", params, { id: "req-9" })) as Record<string, unknown>;
+          assert.equal(answer.state, "repeat");
+          assert.equal((answer.last as Record<string, unknown>).state, "trial");
+        } finally {
+          await stop();
+        }
       });
     });
   });

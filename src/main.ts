@@ -59,10 +59,20 @@ const host: Host = {
   },
 };
 
-cli(process.argv.slice(2), host).then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    process.stderr.write(`outpost: ${String(err)}\n`);
-    process.exit(1);
-  },
-);
+/**
+ * Exits once what was written is out. A parent's pipe may be a socket (Node's child_process, journald), written
+ * asynchronously: process.exit() right after a long output cut it (`ctl devices` listed 172 of 1,000).
+ */
+function exit(code: number): void {
+  let pending = 2;
+  const done = () => {
+    if (--pending === 0) process.exit(code);
+  };
+  process.stdout.write("", done);
+  process.stderr.write("", done);
+}
+
+cli(process.argv.slice(2), host).then(exit, (err: unknown) => {
+  process.stderr.write(`outpost: ${String(err)}\n`);
+  exit(1);
+});

@@ -89,6 +89,7 @@ const VALUE_FLAGS = new Set([
   ...["key", "params", "timeout", "validity", "expect", "http", "until", "count", "public-key"],
   ...["broker-dir", "out", "device-url", "ha-prefix", "broker-group"],
   ...["devices", "waves", "seed", "canary", "success", "soak", "failure", "min-finished", "deadline", "cap"],
+  ...["rollouts", "discover", "reason", "task"],
 ]);
 /** Flags that take a value in one subcommand and none in another (update's --group NAME, call's --group). */
 const EITHER_FLAGS = new Set(["group", "wait"]);

@@ -3,6 +3,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import mqtt from "mqtt";
 import { fingerprintOf } from "../../src/commands/keys.ts";
 import { AgentProcess, ROOT } from "../helpers/agent-process.ts";
 import { PREFIX } from "../helpers/commands.ts";
@@ -124,6 +125,29 @@ describe("outpost ctl and keygen, the built x64 binary against a real mosquitto"
     );
     assert.equal(missing.code, 64);
     assert.match(missing.stderr, /--params @.*nope\.json: ENOENT/);
+  });
+
+  it("ctl devices lists a thousand devices whole, to a parent whose pipe is a socket", async () => {
+    // Exiting right after the last write cut the output at what the socket took (172 of 1,000 listed).
+    const client = await mqtt.connectAsync(`mqtt://127.0.0.1:${broker.port}`);
+    try {
+      for (let i = 0; i < 1000; i++) {
+        const device = `d-${String(i).padStart(4, "0")}`;
+        const status = { state: "online", device, version: "1.0.0", ts: Date.now(), note: "x".repeat(40) };
+        await client.publishAsync(`many/v1/${device}/status`, JSON.stringify(status), { qos: 1, retain: true });
+      }
+    } finally {
+      await client.endAsync();
+    }
+    const r = await outpost(["ctl", "devices", "--prefix", "many/v1", "--broker", `mqtt://127.0.0.1:${broker.port}`]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(
+      r.stdout
+        .trim()
+        .split("\n")
+        .filter((l) => l.startsWith("d-")).length,
+      1000,
+    );
   });
 
   it("ping", async () => {

@@ -108,6 +108,11 @@ export class SimDevice {
     this.installer ??= this.installLoop();
   }
 
+  /** Whether its agent is connected to the broker now. */
+  get connected(): boolean {
+    return this.kernel?.link.connected === true;
+  }
+
   /** Stops the agent (a service stop: offline published); the installer too unless `restart`. */
   async stop(restart = false): Promise<void> {
     const kernel = this.kernel;
@@ -194,10 +199,19 @@ export class Fleet {
     return d;
   }
 
-  /** Starts the devices a few at a time (each start opens a database and a connection). */
+  /**
+   * Starts the devices a few at a time, each batch connected before the next starts: a thousand connects at
+   * once from one event loop time out and reconnect in a storm (a real fleet's devices each have their own).
+   */
   async start(filter: (d: SimDevice) => boolean = () => true): Promise<void> {
     const todo = this.devices.filter(filter);
-    for (let i = 0; i < todo.length; i += 10) await Promise.all(todo.slice(i, i + 10).map((d) => d.start()));
+    for (let i = 0; i < todo.length; i += 10) {
+      const batch = todo.slice(i, i + 10);
+      await Promise.all(batch.map((d) => d.start()));
+      for (const until = Date.now() + 60_000; !batch.every((d) => d.connected) && Date.now() < until; ) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
   }
 
   async stop(): Promise<void> {

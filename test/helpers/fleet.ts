@@ -69,7 +69,7 @@ export class SimDevice {
         telemetry: { interval: "1h", fullInterval: "1h" },
         state: { dir: this.stateDir },
         commands: { trustedKeys: [{ name: "ops", key: o.operatorKey, allow: ["*"] }] },
-        update: { trustedKeys: [o.releaseKey], progressInterval: "1s", rangeTimeout: "3s", trialTimeout: "20s" },
+        update: { trustedKeys: [o.releaseKey], progressInterval: "1s", rangeTimeout: "3s", trialTimeout: "2m" },
         ...o.config,
       }),
     );
@@ -132,6 +132,7 @@ export class SimDevice {
       await new Promise((r) => setTimeout(r, ROOT_WAIT_MS));
       try {
         if (existsSync(join(update, "commit.request"))) this.commit(update);
+        if (existsSync(join(update, "rollback.request"))) await this.rollback(update);
         if (existsSync(join(update, "install.json")) && this.kernel) await this.install(update);
       } catch {
         // A half-written request: read again at the next turn, as root's unit would run again.
@@ -145,6 +146,21 @@ export class SimDevice {
       writeFileSync(join(this.records, "trial.json"), JSON.stringify({ ...trial, state: "committed", at: Date.now() }));
     }
     rmSync(join(update, "commit.request"), { force: true });
+  }
+
+  /** The rollback unit, on the agent's word that its trial failed: switch back and restart. */
+  private async rollback(update: string): Promise<void> {
+    const trial = JSON.parse(readFileSync(join(this.records, "trial.json"), "utf8"));
+    rmSync(join(update, "rollback.request"), { force: true });
+    if (trial.state !== "trial") return;
+    const reason = "the agent asked for it: its trial failed";
+    writeFileSync(
+      join(this.records, "trial.json"),
+      JSON.stringify({ ...trial, state: "rolled-back", reason, at: Date.now() }),
+    );
+    await this.stop(true);
+    this.release = { ...trial.from };
+    if (!this.stopped) await this.start();
   }
 
   private async install(update: string): Promise<void> {

@@ -297,7 +297,7 @@ async function rolloutVerb(host: Host, verb: string, rest: string[], values: Val
         if (r.state !== "running") {
           // Resumed after a pause: the failures so far are accepted by the operator who resumed; the rules
           // judge what fails from now on (else the same failures would pause it again at once).
-          journal.forgive(id, signer.by, now);
+          if (r.state === "paused") journal.forgive(id, signer.by, now);
           journal.setState(id, "running", { by: signer.by, now, from: ["paused", "completed"] });
         }
         return await drive(host, settings, journal, id, signer, values.json === true);

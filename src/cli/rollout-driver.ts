@@ -311,7 +311,7 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
       const open = [...rows.values()].filter((d) => IN_FLIGHT.has(d.state) || (d.state === "pending" && d.present));
       if (open.length === 0) {
         const all = waveCounts(rows.values());
-        const reason = `${all.committed} committed, ${all.failures} failed${all.offline > 0 ? `, ${all.offline} offline (not updated: ctl rollout resume ${id} when they are back)` : ""}`;
+        const reason = `${all.committed} committed, ${all.failures} failed${all.forgiven > 0 ? `, ${all.forgiven} failures accepted` : ""}${all.offline > 0 ? `, ${all.offline} offline (not updated: ctl rollout resume ${id} when they are back)` : ""}`;
         journal.setState(id, "completed", { by: "driver", reason, now: t, from: ["running"] });
         o.onEvent({ kind: "state", text: `completed: ${reason}` });
         return "completed";
@@ -321,7 +321,9 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
       const wave = waves[cur] as WaveRow;
       const c = waveCounts(ofWave(cur));
       // A wave passes on evidence: at least one device committed (a wave of devices all offline waits).
-      if (c.committed === 0 || !wavePassed(cur, c, policy)) {
+      // A wave whose failures were all accepted (a lone canary, resumed) has nothing left to prove.
+      const proved = c.committed > 0 || (c.reachable === 0 && c.forgiven > 0);
+      if (!proved || !wavePassed(cur, c, policy)) {
         if (wave.met !== null) {
           wave.met = null;
           journal.saveWave(id, wave);
@@ -374,6 +376,7 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
     );
     // The retained statuses and update states first: presence, and what devices said while no driver ran.
     await sleep(SETTLE_MS, o.signal).catch(() => {});
+    if (o.signal.aborted) throw o.signal.reason;
     for (;;) {
       const end = turn();
       if (end) return end;

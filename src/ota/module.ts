@@ -53,8 +53,8 @@ export function otaModuleFor(running: () => RunningRelease): Module<typeof updat
        */
       const report = (body: Record<string, unknown>, id?: string) => {
         last = { ...body, ...(id ? { id } : {}) };
-        if (typeof last.id === "string") rollouts.saw(last.id, last);
         ctx.retained.set(ctx.topics.update, { ...last, session: ctx.session, ts: ctx.clock.now() });
+        if (typeof last.id === "string") rollouts.saw(last.id, last);
       };
       /** Which release directory this binary runs from (`<version>-<sha12>`); none outside the installed layout. */
       const self = me.release;
@@ -228,6 +228,7 @@ export function otaModuleFor(running: () => RunningRelease): Module<typeof updat
                 ctx.logger.error({ err: errorMessage(err) }, "could not read where the last update stands");
               } finally {
                 if (current().name === "starting") go({ type: "resumed" });
+                if (current().name === "idle") rollouts.interrupted(report);
               }
               await watch(signal);
             },
@@ -243,10 +244,10 @@ export function otaModuleFor(running: () => RunningRelease): Module<typeof updat
               // A rollout's request again (a fresh id, the same rollout and release): answered, never run twice.
               const here = {
                 idle: phase.name === "idle",
-                modelVersion: p.task && ctx.models()?.current(p.task).version,
+                keys: ctx.config().trustedKeys,
+                model: () => p.task && ctx.models()?.current(p.task).version,
               };
-              const again =
-                p.rollout && rollouts.answer(p.rollout, verifyManifest(p.manifest, ctx.config().trustedKeys), here);
+              const again = p.rollout && rollouts.answer(p.rollout, p.manifest, here);
               if (again) return again;
               if (phase.name !== "idle") throw busyError(phase.name);
               go({ type: "update", request: context.id });

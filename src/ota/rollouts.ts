@@ -3,7 +3,7 @@ import { z } from "zod";
 import { writeFileAtomically } from "../core/files.ts";
 import { releaseName } from "../version.ts";
 import { outcome, readJournal, updateFiles } from "./journal.ts";
-import type { Manifest } from "./manifest.ts";
+import { type Manifest, verifyManifest } from "./manifest.ts";
 import { readRecordFile, requestId } from "./root-record.ts";
 
 /**
@@ -54,8 +54,10 @@ const RERUN = new Set(["OTA_DOWNLOAD_FAILED", "TASK_ABORTED"]);
 export interface Here {
   /** No update under way (not downloading, staged, installing or on trial). */
   idle: boolean;
+  /** update.trustedKeys: the request's manifest is verified against them before anything is believed. */
+  keys: readonly string[];
   /** For a model release: the version of the task's model now. */
-  modelVersion?: string | undefined;
+  model: () => string | undefined;
 }
 
 /**
@@ -77,7 +79,16 @@ export function rolloutGuard(stateDir: string, self: string | undefined, last: (
     return j?.request === e.request ? outcome(j) : e.outcome;
   };
   return {
-    answer(rollout: string, m: Manifest, here: Here): Record<string, unknown> | undefined {
+    answer(rollout: string, signed: unknown, here: Here): Record<string, unknown> | undefined {
+      // A manifest that does not verify (or a task with no model) is the command's to refuse, with its state.
+      let m: Manifest;
+      let modelVersion: string | undefined;
+      try {
+        m = verifyManifest(signed, here.keys);
+        modelVersion = m.kind === "model" ? here.model() : undefined;
+      } catch {
+        return undefined;
+      }
       const earlier = actedOn(path, rollout, m.sha256);
       const said = earlier ? lastFor(earlier) : undefined;
       const repeat = earlier && {
@@ -86,9 +97,10 @@ export function rolloutGuard(stateDir: string, self: string | undefined, last: (
         request: earlier.request,
         ...(said ? { last: said } : {}),
       };
-      // Another update under way: undefined, and the command's busy check answers.
-      if (!here.idle) return repeat;
-      const runs = m.kind === "agent" ? self === releaseName(m.version, m.sha256) : here.modelVersion === m.version;
+      // Under way: where it stands. Nothing known of it yet (the module is starting): the busy check answers,
+      // and the driver asks again.
+      if (!here.idle) return said ? repeat : undefined;
+      const runs = m.kind === "agent" ? self === releaseName(m.version, m.sha256) : modelVersion === m.version;
       if (runs) return { state: "current", rollout, version: m.version, sha256: m.sha256 };
       if (said === undefined || (said.state === "failed" && RERUN.has(String(said.code)))) return undefined;
       return repeat;
@@ -96,13 +108,29 @@ export function rolloutGuard(stateDir: string, self: string | undefined, last: (
     record(rollout: string, m: Manifest, request: string, at: number): void {
       recordRollout(path, { rollout, sha256: m.sha256, request, at });
     },
-    /** A state reported for `request`: a final one is kept with the rollout's entry that names it. */
+    /**
+     * A state reported for `request`: a final one is kept with the rollout's entry that names it. Never throws
+     * (a full disk must not stop the state being reported): a lost outcome only means a request runs again.
+     */
     saw(request: string, body: Record<string, unknown>): void {
       if (!FINAL.has(String(body.state))) return;
-      const entries = readRecordFile(path, fileSchema)?.entries;
-      const e = entries?.find((x) => x.request === request);
-      if (!e) return;
-      recordRollout(path, { ...e, outcome: { ...body, id: request } });
+      try {
+        const e = readRecordFile(path, fileSchema)?.entries.find((x) => x.request === request);
+        if (e) recordRollout(path, { ...e, outcome: { ...body, id: request } });
+      } catch {
+        // Kept in memory as `last` for this start.
+      }
+    },
+    /**
+     * At start, idle: the newest rollout entry with no outcome, that neither the journal nor a pending install
+     * names, was cut off by a stop (a crash, a power cut) before anything was installed. Reported as such
+     * (retained, naming its request), so that its driver asks again and it runs again.
+     */
+    interrupted(report: (body: Record<string, unknown>, id: string) => void): void {
+      const e = readRecordFile(path, fileSchema)?.entries.at(-1);
+      if (!e || e.outcome || readJournal(updateFiles(stateDir).journal)?.request === e.request) return;
+      const reason = "the agent stopped during this update, before anything was installed";
+      report({ state: "failed", code: "TASK_ABORTED", reason }, e.request);
     },
   };
 }

@@ -307,6 +307,26 @@ describe("modules against a fake context", () => {
         }
       });
 
+      it("started after a crash cut a rollout's download: says so, naming the request, so its driver asks again", async () => {
+        const fake = track(
+          fakeContext(
+            otaModuleFor(() => running("1.0.0-aaaaaaaaaaaa")),
+            { config },
+          ),
+        );
+        acted(fake as Fake<unknown>, "req-0");
+        const stop = await started(fake);
+        try {
+          const state = () => fake.retained.get(fake.ctx.topics.update);
+          await waitUntil(() => state()?.id === "req-0", 5000, "the cut request reported");
+          assert.deepEqual([state()?.state, state()?.code], ["failed", "TASK_ABORTED"]);
+          const record = JSON.parse(readFileSync(join(fake.stateDir, "update", "rollouts.json"), "utf8"));
+          assert.equal(record.entries[0].outcome.code, "TASK_ABORTED", "kept with the rollout's entry");
+        } finally {
+          await stop();
+        }
+      });
+
       it("on trial of the release: answers where this rollout's update stands, never current", async () => {
         const name = `1.2.0-${sha256.slice(0, 12)}`;
         trial("trial", {

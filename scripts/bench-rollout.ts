@@ -7,13 +7,10 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "nod
 import { join } from "node:path";
 import { KnownDevices } from "../src/cli/known-devices.ts";
 import { parseWaves, planWaves } from "../src/cli/rollout-plan.ts";
-import { generateKeys, parsePrivateKey } from "../src/commands/keys.ts";
-import { makeRelease } from "../src/ota/release.ts";
-import { releaseName } from "../src/version.ts";
+import { generateKeys } from "../src/commands/keys.ts";
 import { ROOT } from "../test/helpers/agent-process.ts";
-import { Fleet } from "../test/helpers/fleet.ts";
+import { Fleet, fleetRelease } from "../test/helpers/fleet.ts";
 import { Mosquitto } from "../test/helpers/mosquitto.ts";
-import { fakeAgent } from "../test/helpers/releases.ts";
 import type { BenchRow } from "./bench-board.ts";
 
 const MiB = 1024 * 1024;
@@ -54,18 +51,7 @@ export async function rolloutRows(
   const db = join(dir, "rollouts.db");
   const flags = ["--broker", broker.url, "--key", keyFile, "--known-devices", pins, "--rollouts", db];
   const children = new Set<ChildProcess>();
-  const release = (version: string) => {
-    const file = join(dir, `agent-${version}`);
-    writeFileSync(file, fakeAgent(version, "x64", 96 * 1024));
-    const r = makeRelease({
-      file,
-      privateKey: parsePrivateKey(rel.privatePem),
-      out: join(dir, `rel-${version}`),
-      kind: "agent",
-      now: 1,
-    });
-    return { dir: join(dir, `rel-${version}`), name: releaseName(version, r.manifest.sha256) };
-  };
+  const release = (version: string) => fleetRelease(dir, version, rel.privatePem);
   const ctl = (args: string[], onLine?: (line: string) => void) => {
     const child = spawn(o.bin, ["ctl", ...args, ...flags], { stdio: ["ignore", "pipe", "pipe"] });
     children.add(child);

@@ -3,11 +3,10 @@
 import { randomBytes } from "node:crypto";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { parseDuration } from "../config/duration.ts";
 import { errorMessage } from "../core/errors.ts";
 import { printable } from "./answer-trust.ts";
 import { DeviceCaller, withClient } from "./ctl-client.ts";
-import { BROKER_FLAGS, brokerOptions, type CtlSettings, ctlSettings } from "./ctl-settings.ts";
+import { BROKER_FLAGS, brokerOptions, type CtlSettings, ctlSettings, durationFlag } from "./ctl-settings.ts";
 import { answerTrust, knownDevices } from "./ctl-trust.ts";
 import { readManifest } from "./ctl-update.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
@@ -50,13 +49,6 @@ function share(flag: string, text: string | undefined, fallback: number): number
   return value;
 }
 
-function duration(flag: string, text: string | undefined, fallback: number): number {
-  if (text === undefined) return fallback;
-  const ms = parseDuration(text);
-  if (ms === undefined || ms <= 0) throw new UsageError(`--${flag} must be a duration like 5m, not ${text}`);
-  return ms;
-}
-
 function count(flag: string, text: string | undefined): number | undefined {
   if (text === undefined) return undefined;
   const n = Number(text);
@@ -96,7 +88,7 @@ async function createRollout(host: Host, positionals: string[], values: Values):
   if (targets !== 1)
     throw new UsageError("ctl rollout: the target is one of --devices A,B,..., --all-pinned, --group G");
   if (values.group !== undefined) {
-    devices = await groupMembers(host, settings, values.group, duration("discover", values.discover, 5000));
+    devices = await groupMembers(host, settings, values.group, durationFlag("discover", values.discover, 5000));
   } else if (values.devices !== undefined) {
     devices = values.devices.split(",").map((d) => d.trim());
     if (devices.some((d) => d === "")) throw new UsageError("--devices: expected A,B,...");
@@ -115,10 +107,10 @@ async function createRollout(host: Host, positionals: string[], values: Values):
       seed: values.seed ?? randomBytes(8).toString("hex"),
       canaries: values.canary ?? [],
       success: share("success", values.success, DEFAULT_POLICY.success),
-      soakMs: duration("soak", values.soak, DEFAULT_POLICY.soakMs),
+      soakMs: durationFlag("soak", values.soak, DEFAULT_POLICY.soakMs),
       failure: share("failure", values.failure, DEFAULT_POLICY.failure),
       minFinished: count("min-finished", values["min-finished"]) ?? DEFAULT_POLICY.minFinished,
-      deadlineMs: duration("deadline", values.deadline, DEFAULT_POLICY.deadlineMs),
+      deadlineMs: durationFlag("deadline", values.deadline, DEFAULT_POLICY.deadlineMs),
       ...(values.cap === undefined ? {} : { cap: count("cap", values.cap) }),
       approval: values.approve === true,
     };

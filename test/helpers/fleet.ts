@@ -12,13 +12,16 @@ import { join } from "node:path";
 import pino from "pino";
 import { stringify } from "yaml";
 import { createAgent } from "../../src/agent.ts";
+import { parsePrivateKey } from "../../src/commands/keys.ts";
 import { systemClock } from "../../src/core/clock.ts";
 import type { Kernel } from "../../src/kernel/kernel.ts";
 import { MODULES } from "../../src/modules.ts";
 import { otaModuleFor } from "../../src/ota/module.ts";
+import { makeRelease } from "../../src/ota/release.ts";
 import type { RunningRelease } from "../../src/ota/running.ts";
 import { openConfigStore } from "../../src/schema.ts";
 import { releaseName } from "../../src/version.ts";
+import { fakeAgent } from "./releases.ts";
 
 /** What the simulated installer does with a staged release. */
 export type Outcome = "commit" | "rollback" | "hang" | "slow";
@@ -200,6 +203,15 @@ export class SimDevice {
     } else this.release = to;
     if (!this.stopped) await this.start();
   }
+}
+
+/** A release of a fake x64 agent of `version` (96 KiB) in `dir/rel-<version>`, signed with `privatePem`. */
+export function fleetRelease(dir: string, version: string, privatePem: string): { dir: string; name: string } {
+  const file = join(dir, `agent-${version}`);
+  writeFileSync(file, fakeAgent(version, "x64", 96 * 1024));
+  const out = join(dir, `rel-${version}`);
+  const r = makeRelease({ file, privateKey: parsePrivateKey(privatePem), out, kind: "agent", now: 1 });
+  return { dir: out, name: releaseName(version, r.manifest.sha256) };
 }
 
 export class Fleet {

@@ -7,14 +7,11 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { parseWaves, planWaves } from "../../src/cli/rollout-plan.ts";
-import { generateKeys, parsePrivateKey } from "../../src/commands/keys.ts";
-import { makeRelease } from "../../src/ota/release.ts";
-import { releaseName } from "../../src/version.ts";
+import { generateKeys } from "../../src/commands/keys.ts";
 import { MAIN } from "../helpers/agent-process.ts";
 import { runCli } from "../helpers/cli.ts";
-import { Fleet } from "../helpers/fleet.ts";
+import { Fleet, fleetRelease } from "../helpers/fleet.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
-import { fakeAgent } from "../helpers/releases.ts";
 import { tempDir } from "../helpers/temp.ts";
 import { waitUntil } from "../helpers/wait.ts";
 
@@ -53,18 +50,7 @@ describe("a rollout in waves through a simulated fleet", () => {
   const db = join(dir, "rollouts.db");
   const children = new Set<ChildProcess>();
   const plan = planWaves(IDS, { waves: parseWaves(WAVES), seed: SEED, canaries: [] }).waves;
-  const release = (version: string) => {
-    const file = join(dir, `agent-${version}`);
-    writeFileSync(file, fakeAgent(version, "x64", 96 * 1024));
-    const r = makeRelease({
-      file,
-      privateKey: parsePrivateKey(rel.privatePem),
-      out: join(dir, `rel-${version}`),
-      kind: "agent",
-      now: 1,
-    });
-    return { dir: join(dir, `rel-${version}`), name: releaseName(version, r.manifest.sha256) };
-  };
+  const release = (version: string) => fleetRelease(dir, version, rel.privatePem);
   const flags = () => ["--broker", broker.url, "--key", keyFile, "--known-devices", pins, "--rollouts", db];
 
   /** `outpost ctl rollout ...` in its own process (so that it can be SIGKILLed). */

@@ -280,10 +280,13 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
         save(d);
       }
     }
-    const ofWave = (w: number) => [...rows.values()].filter((d) => d.wave === w);
     const started = waves.filter((w) => w.started !== null);
+    // Each started wave's counts, once a turn: the pause rule and the pass rule read the same figures.
+    const counts = new Map(
+      started.map((w) => [w.wave, waveCounts([...rows.values()].filter((d) => d.wave === w.wave))]),
+    );
     for (const w of started) {
-      const c = waveCounts(ofWave(w.wave));
+      const c = counts.get(w.wave) ?? waveCounts([]);
       const judged = { finished: c.finished, failed: c.failures };
       if (state === "running" && wavePauses(w.wave, judged, policy)) {
         const reason =
@@ -319,7 +322,7 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
       wait(`the last wave: ${open.length} devices not finished`);
     } else {
       const wave = waves[cur] as WaveRow;
-      const c = waveCounts(ofWave(cur));
+      const c = counts.get(cur) ?? waveCounts([]);
       // A wave passes on evidence: at least one device committed (a wave of devices all offline waits).
       // A wave whose failures were all accepted (a lone canary, resumed) has nothing left to prove.
       const proved = c.committed > 0 || (c.reachable === 0 && c.forgiven > 0);

@@ -349,9 +349,7 @@ export class RolloutJournal {
     alive: (pid: number) => boolean,
   ): { ok: true } | { ok: false; holder: string; pid: number; machine: string } {
     return this.tx(() => {
-      const l = this.db.prepare("SELECT holder, pid, machine, expires FROM leases WHERE rollout = ?").get(id) as
-        | { holder: string; pid: number; machine: string; expires: number }
-        | undefined;
+      const l = this.leaseOf(id);
       if (l && l.holder !== me.holder) {
         const held = l.machine === me.machine ? alive(l.pid) : l.expires > now;
         if (held) return { ok: false, holder: l.holder, pid: l.pid, machine: l.machine };

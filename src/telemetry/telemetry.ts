@@ -25,12 +25,14 @@ export interface TelemetryOptions {
 
 /**
  * Polls every collector in parallel once per interval. A collector that fails or runs past the timeout is
- * reported as such and never delays the others; one still running from an earlier cycle is not started again.
+ * reported as such and never delays the others; one still running from an earlier cycle, or for another
+ * asker, is not started again but waited for.
  */
 export class Telemetry implements Component {
   readonly name = "telemetry";
   private readonly options: TelemetryOptions;
-  private readonly busy = new Set<string>();
+  /** Each collector's collection under way: a second asker joins it rather than starting another. */
+  private readonly busy = new Map<string, Promise<unknown>>();
   private readonly controller = new AbortController();
   private loop: Promise<void> | undefined;
   private cycles = 0;
@@ -78,19 +80,23 @@ export class Telemetry implements Component {
     const { collectors } = this.options;
     await Promise.all(
       (typeof collectors === "function" ? collectors() : collectors).map(async (collector) => {
-        if (this.busy.has(collector.name)) {
-          errors[collector.name] = "busy: the previous collection has not finished";
-          return;
+        // `telemetry.now` while the loop collects, or a cycle after one that timed out: wait for the collection
+        // under way (a collector with state, like the cpu delta, must not run twice at once), within the same
+        // deadline. A collection that is still stuck is reported as busy.
+        const joined = this.busy.get(collector.name);
+        let work = joined;
+        if (!work) {
+          const started = collector.collect().finally(() => this.busy.delete(collector.name));
+          // A late result or failure must not surface as an unhandled rejection.
+          started.catch(() => {});
+          this.busy.set(collector.name, started);
+          work = started;
         }
-        this.busy.add(collector.name);
-        const work = collector.collect().finally(() => this.busy.delete(collector.name));
-        // A late result or failure must not surface as an unhandled rejection.
-        work.catch(() => {});
         try {
-          const value = await withDeadline(
-            work,
-            timeout,
-            () => new OutpostError("TIMEOUT", `timeout after ${timeout}ms`),
+          const value = await withDeadline(work, timeout, () =>
+            joined
+              ? new OutpostError("TIMEOUT", "busy: the previous collection has not finished")
+              : new OutpostError("TIMEOUT", `timeout after ${timeout}ms`),
           );
           if (value instanceof WithErrors) {
             if (Object.keys(value.value).length > 0) metrics[collector.name] = value.value;

@@ -87,6 +87,8 @@ export class Mosquitto {
       };
       child.stderr?.on("data", onData);
       child.once("exit", (code) => reject(new Error(`mosquitto exited with ${code}: ${this.log}`)));
+      // Not installed (scripts/install-deps.sh): fail the test at once instead of hanging it.
+      child.once("error", (err) => reject(new Error(`mosquitto did not start: ${err.message}`)));
     });
   }
 

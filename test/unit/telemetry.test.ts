@@ -53,6 +53,37 @@ describe("telemetry sampling", () => {
     assert.deepEqual(third.metrics.slow, { value: 2 });
   });
 
+  it("a sample asked for while the loop's collection runs waits for it and shares its result (telemetry.now)", async () => {
+    // Seen in CI: `telemetry.now` on a busy machine came while the loop was reading /proc/stat, and the
+    // reply had no cpu at all ("busy"). A collector with state (the cpu delta) must not run twice at once
+    // either, so the second asker joins the first collection.
+    let calls = 0;
+    let release: (() => void) | undefined;
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const t = telemetry(
+      [
+        {
+          name: "cpu",
+          collect: async () => {
+            calls += 1;
+            await gate;
+            return { load: 7 };
+          },
+        },
+      ],
+      1000,
+    );
+    const loop = t.sample();
+    const now = t.sample();
+    release?.();
+    const [a, b] = await Promise.all([loop, now]);
+    assert.deepEqual([a.metrics, a.errors], [{ cpu: { load: 7 } }, {}]);
+    assert.deepEqual([b.metrics, b.errors], [{ cpu: { load: 7 } }, {}]);
+    assert.equal(calls, 1);
+  });
+
   it("publishes once per interval until stopped", async () => {
     const samples: Sample[] = [];
     let enough: (() => void) | undefined;

@@ -71,6 +71,9 @@ export function devicesAcl(r: Registry): string {
     ...["events/#", "alarms/#", "results/#", "cmd/+/reply", "reply/#"].map((t) => `pattern write ${p}/%u/${t}`),
     `pattern read ${p}/%u/cmd/+`,
     `pattern read ${p}/%u/update/data`,
+    // The every-device group (mqtt/topics.ts EVERY_DEVICE): presence where retained messages do not reach
+    // wildcards; it takes only commands that change nothing.
+    `pattern read ${p}/_group/_all/cmd/+`,
     `pattern write ${r.homeassistant}/+/outpost_%u/#`,
   ];
   for (const [id, d] of Object.entries(r.devices).sort(([a], [b]) => a.localeCompare(b))) {

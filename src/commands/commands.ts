@@ -3,9 +3,10 @@ import { sleep } from "../core/clock.ts";
 import { errorMessage, isOutpostError } from "../core/errors.ts";
 import { type Component, followAbort, once } from "../core/lifecycle.ts";
 import { TokenBucket } from "../core/rate-limit.ts";
-import { deviceTopics, groupCommandPrefix } from "../mqtt/topics.ts";
+import { deviceTopics, EVERY_DEVICE, groupCommandPrefix, nameFromWire } from "../mqtt/topics.ts";
 import { requestDigest } from "./answers.ts";
 import { COMMAND_NAME, type ReplyBody, unsignedSchema } from "./envelope.ts";
+import { dotsSplitWarning, lookOnly, type Route } from "./routes.ts";
 import { DEFAULT_MAX_REQUEST, describe, ownResponseTopic, prototypeKey, Refused } from "./rules.ts";
 import type { Caller, CommandDefinition, CommandsOptions, PendingReply, RunContext } from "./types.ts";
 import { Verifier } from "./verify.ts";
@@ -18,12 +19,6 @@ const REPLAY_RETRY_MS = 10_000;
 /** Refusals answered and logged: a burst of this many, then this many per second; the rest are only counted. */
 const REFUSAL_BURST = 20;
 const REFUSALS_PER_SECOND = 2;
-
-interface Route {
-  name: string;
-  /** The device's own fallback reply topic, `P/D/cmd/<name>/reply`. */
-  replyTopic: string;
-}
 
 interface Accepted {
   id: string;
@@ -79,8 +74,12 @@ export class Commands implements Component {
     this.prefixes = [
       deviceTopics(p, options.deviceId).commandPrefix,
       ...options.groups.map((g) => groupCommandPrefix(p, g)),
+      groupCommandPrefix(p, EVERY_DEVICE),
     ];
+    this.misrouted = dotsSplitWarning(this.prefixes, options.logger);
   }
+
+  private readonly misrouted: (topic: string) => void;
 
   get commandNames(): string[] {
     return [...this.definitions.keys()];
@@ -147,9 +146,18 @@ export class Commands implements Component {
 
   readonly onMessage = (topic: string, payload: Buffer, packet: IPublishPacket): void => {
     const prefix = this.prefixes.find((p) => topic.startsWith(p));
-    if (prefix === undefined) return;
-    const name = topic.slice(prefix.length);
-    const route = { name, replyTopic: `${this.prefixes[0]}${name}/reply` };
+    if (prefix === undefined) {
+      this.misrouted(topic);
+      return;
+    }
+    // The flat form (`task_list`) names the same command; the reply goes back under the level as it came, which
+    // is the form that this broker carries.
+    const level = topic.slice(prefix.length);
+    const route = {
+      name: nameFromWire(level),
+      replyTopic: `${this.prefixes[0]}${level}/reply`,
+      everyDevice: prefix === this.prefixes.at(-1),
+    };
     try {
       this.handle(route, payload, packet);
     } catch (err) {
@@ -310,6 +318,7 @@ export class Commands implements Component {
       if (replayed)
         throw new Refused(replayed, `request ${replayed === "NONCE_REPLAYED" ? "nonce" : "id"} seen before`, id);
       const checked = this.definition(route.name, params, id);
+      lookOnly(route, request.group, checked.definition, id);
       this.remember(checked.definition, id, request.nonce, expires, now);
       return { id, ...checked, caller: request.caller };
     }
@@ -327,6 +336,7 @@ export class Commands implements Component {
     ({ id, params } = parsed.data);
     if (this.o.replay.check(id, undefined, now)) throw new Refused("REQUEST_REPLAYED", "request id seen before", id);
     const checked = this.definition(route.name, params, id);
+    lookOnly(route, undefined, checked.definition, id);
     this.remember(checked.definition, id, undefined, now + policy.maxValidityMs, now);
     return { id, ...checked };
   }

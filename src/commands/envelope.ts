@@ -1,6 +1,7 @@
 import { type KeyObject, randomBytes, randomUUID, sign, verify } from "node:crypto";
 import { z } from "zod";
 import { GROUP_NAME } from "../core/patterns.ts";
+import { EVERY_DEVICE } from "../mqtt/topics.ts";
 
 /**
  * The wire format of a command request, shared by the device (verifying) and `outpost ctl` (signing).
@@ -21,7 +22,10 @@ export const requestSchema = z
     command: z.string().regex(COMMAND_NAME, "expected a command name"),
     params: z.unknown().optional(),
     device: z.string().min(1).max(64).optional(),
-    group: z.string().regex(GROUP_NAME, "expected a group name").optional(),
+    group: z
+      .string()
+      .refine((g) => GROUP_NAME.test(g) || g === EVERY_DEVICE, "expected a group name")
+      .optional(),
     issuedAt: z.number().int().nonnegative(),
     expiresAt: z.number().int().nonnegative(),
     nonce: z.string().min(16).max(128),

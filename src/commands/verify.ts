@@ -1,4 +1,5 @@
 import type { KeyObject } from "node:crypto";
+import { EVERY_DEVICE } from "../mqtt/topics.ts";
 import { type CommandRequest, requestSchema, signedEnvelopeSchema, verifyEnvelope } from "./envelope.ts";
 import { parsePublicKey } from "./keys.ts";
 import { allows, describe, Refused } from "./rules.ts";
@@ -60,7 +61,8 @@ export class Verifier {
       throw new Refused("BAD_REQUEST", `signed for ${request.command}, published on the ${route.name} topic`, id);
     }
     const forUs =
-      request.device === this.deviceId || (request.group !== undefined && this.groups.includes(request.group));
+      request.device === this.deviceId ||
+      (request.group !== undefined && (this.groups.includes(request.group) || request.group === EVERY_DEVICE));
     if (!forUs) {
       const target = request.device ?? `group ${request.group}`;
       throw new Refused("WRONG_DEVICE", `signed for ${target}, not for this device`, id);

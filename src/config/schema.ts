@@ -95,6 +95,12 @@ export const kernelHead = {
         .regex(BROKER_URL, "expected an mqtt:// or mqtts:// URL")
         .describe("the broker: mqtt://host[:port] or mqtts://host[:port] (TLS)")
         .default("mqtt://127.0.0.1:1883"),
+      failover: z
+        .array(z.string().regex(BROKER_URL, "expected an mqtt:// or mqtts:// URL"))
+        .max(8, { message: "expected at most 8 URLs" })
+        .describe("more brokers (the nodes of a cluster) to try in turn when the current one cannot be reached")
+        // No default: a file without it hashes as before (a mixed fleet compares configHash).
+        .optional(),
       protocolVersion: z
         .union([z.literal(5), z.literal(4)], {
           message: "expected 5 (MQTT 5, falls back to 3.1.1) or 4 (MQTT 3.1.1 only)",

@@ -114,6 +114,10 @@ export const CODES = {
     wire: false,
     meaning: "ctl could not connect to the broker: refused, unreachable, or closed without a CONNACK (exit 69)",
   },
+  BROKER_SPLITS_DOTS: {
+    wire: false,
+    meaning: "ctl: a device id or group with a dot, on a broker that turns '.' into a topic level separator (RabbitMQ)",
+  },
   ABORTED: { wire: false, meaning: "stopping" },
   TIMEOUT: { wire: false, meaning: "no answer within the time allowed" },
   OUTBOX_STORAGE: { wire: false, meaning: "the outbox database cannot be opened or written" },

@@ -83,6 +83,8 @@ export function statusMessage(state: "online" | "offline" | "lost", s: StatusInp
       configHash: s.config.hash,
       // "unavailable": commands that change state are refused until state.dir can be written.
       replayStore: s.replayStore ? "ok" : "unavailable",
+      // The forms of command names this agent takes in topics (mqtt/topics.ts): `task.list` and `task_list`.
+      commandForms: ["dotted", "flat"],
       deviceKey: s.identity.publicKey,
       fingerprint: s.identity.fingerprint,
     }),

@@ -107,6 +107,7 @@ export function linkOptions(config: TypedConfig) {
   const m = config.mqtt;
   return {
     url: m.url,
+    failover: m.failover,
     protocolVersion: m.protocolVersion,
     clientId: m.clientId ?? `outpost-${config.device.id}`,
     username: m.username,

@@ -1,5 +1,6 @@
 import mqtt, { type IClientOptions, type IConnackPacket, type IPublishPacket, type MqttClient } from "mqtt";
 import { errorMessage, OutpostError } from "../core/errors.ts";
+import { withDeadline } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
 import { FilteredStream } from "./filtered-stream.ts";
 import type { BrokerLimits, LinkOptions, ProtocolVersion } from "./link.ts";
@@ -106,4 +107,15 @@ export function openClient(
     client.on("close", onClose);
     signal.addEventListener("abort", onAbort, { once: true });
   });
+}
+
+/** Fails every publish of `client` still waiting for its acknowledgement (MQTT.js 5.16's own `_flush`). */
+export function failPending(client: MqttClient): void {
+  const flush = (client as unknown as { _flush?: () => void })._flush;
+  if (typeof flush === "function") flush.call(client);
+}
+
+/** `promise`, or a TIMEOUT error after `ms`. */
+export function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  return withDeadline(promise, ms, () => new OutpostError("TIMEOUT", `timed out after ${ms}ms`));
 }

@@ -4,10 +4,10 @@ import type { IClientPublishOptions, IPublishPacket, MqttClient } from "mqtt";
 import { Backoff } from "../core/backoff.ts";
 import { sleep } from "../core/clock.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
-import { abortPromise, type Component, followAbort, once, withDeadline } from "../core/lifecycle.ts";
+import { abortPromise, type Component, followAbort, once } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
 import { redactUrl } from "../core/patterns.ts";
-import { openClient } from "./connect.ts";
+import { failPending, openClient, withTimeout } from "./connect.ts";
 import { type BrokerEndpoint, refusedMqtt5 } from "./options.ts";
 
 export type ProtocolVersion = 4 | 5;
@@ -20,6 +20,8 @@ export interface LinkMessage {
 }
 
 export interface LinkOptions extends BrokerEndpoint {
+  /** Brokers tried after `url`, in turn, when the current one cannot be reached (the nodes of a cluster). */
+  failover?: readonly string[];
   protocolVersion: ProtocolVersion;
   clientId: string;
   rejectUnauthorized: boolean;
@@ -100,12 +102,26 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
   /** Connections in a row that the broker closed soon after accepting them. */
   private shortLived = 0;
   private readonly subscriptions: string[] = [];
+  /** `url`, then `failover`: the one in use is kept while it works, the next tried when it cannot be reached. */
+  private readonly urls: readonly string[];
+  private urlIndex = 0;
 
   constructor(options: LinkOptions) {
     super();
     this.options = options;
     this.log = options.logger;
     this.protocol = options.protocolVersion;
+    this.urls = [options.url, ...(options.failover ?? [])];
+  }
+
+  /** The client id on the broker in use: `clientId` on `url`, `clientId-N` on the Nth failover URL. */
+  get clientId(): string {
+    return this.urlIndex === 0 ? this.options.clientId : `${this.options.clientId}-${this.urlIndex}`;
+  }
+
+  /** The broker URL in use, or tried next. */
+  get url(): string {
+    return this.urls[this.urlIndex] ?? this.options.url;
   }
 
   /**
@@ -234,8 +250,17 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
         this.fellBack = true;
         return;
       }
-      const delay = backoff.next();
-      this.log.warn({ err: errorMessage(err), retryInMs: delay, attempt: backoff.attempts }, "mqtt connect failed");
+      const failed = this.url;
+      // The first MQTT 5 connect closed unanswered is tried again on the same broker (connectWithFallback);
+      // any other failure moves on to the next broker, at once but after the last, which waits the backoff.
+      if (this.unanswered5 === 0) this.urlIndex = (this.urlIndex + 1) % this.urls.length;
+      const delay = this.urlIndex === 0 || this.unanswered5 > 0 ? backoff.next() : 0;
+      const next = this.urls.length > 1 ? { next: redactUrl(this.url) } : {};
+      const attempt = backoff.attempts;
+      this.log.warn(
+        { err: errorMessage(err), url: redactUrl(failed), retryInMs: delay, attempt, ...next },
+        "mqtt connect failed",
+      );
       await sleep(delay, signal);
       return;
     }
@@ -279,7 +304,7 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
       this.shortLived = 0;
       const delay = Math.max(TAKEOVER_MIN_MS, backoff.next());
       this.log.error(
-        { clientId: this.options.clientId, retryInMs: delay, announced: takenOver, takeovers: this.takeoverCount },
+        { clientId: this.clientId, retryInMs: delay, announced: takenOver, takeovers: this.takeoverCount },
         takenOver
           ? "another client connected with this client id and took over the session: is a second agent running with the same device id?"
           : `the broker closed ${SUSPECT_AFTER} connections in a row right after accepting them (its own limits, an ACL, or a second agent with this client id on MQTT 3.1.1, which says nothing of a takeover)`,
@@ -311,7 +336,7 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
     if (this.client !== client || !client.connected) return;
     const birth = this.options.birth();
     this.log.info(
-      { url: redactUrl(this.options.url), protocolVersion: this.protocol, fellBack: this.fellBack },
+      { url: redactUrl(this.url), protocolVersion: this.protocol, fellBack: this.fellBack },
       "mqtt connected",
     );
     // Written before anything the "connected" listeners send, so the status comes first on the wire; its PUBACK
@@ -361,7 +386,9 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
 
   private async connectOnce(signal: AbortSignal): Promise<MqttClient> {
     const { client, limits } = await openClient(
-      this.options,
+      // Each broker of the list is a session of its own: RabbitMQ cannot take over the session of a client id
+      // whose node died (it closes the connect), so a failover URL adds its place to the client id.
+      { ...this.options, url: this.url, clientId: this.clientId },
       this.protocol,
       signal,
       this.log,
@@ -370,14 +397,4 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
     this.brokerLimits = limits;
     return client;
   }
-}
-
-/** Fails every publish of `client` still waiting for its acknowledgement (MQTT.js 5.16's own `_flush`). */
-function failPending(client: MqttClient): void {
-  const flush = (client as unknown as { _flush?: () => void })._flush;
-  if (typeof flush === "function") flush.call(client);
-}
-
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  return withDeadline(promise, ms, () => new OutpostError("TIMEOUT", `timed out after ${ms}ms`));
 }

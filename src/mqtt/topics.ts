@@ -38,6 +38,29 @@ export function deviceTopics(prefix: string, deviceId: string): DeviceTopics {
   };
 }
 
+/**
+ * The group every device is in (`P/_group/_all/cmd/`): presence on a broker that shows retained messages only
+ * to exact subscriptions (RabbitMQ). Group names start with a letter or digit, so it names no user's group.
+ * It takes only commands that change nothing (`ping`, `describe`, ...).
+ */
+export const EVERY_DEVICE = "_all";
+
+/**
+ * A command name as it travels in a topic. `dotted` is the name itself (`task.list`); `flat` writes each `.` as
+ * `_` (`task_list`) for brokers that turn `.` into a topic level separator (RabbitMQ 3.10): command names never
+ * contain `_`, so the flat form reads back to one name. An agent takes both; `ctl` picks (docs/broker.md).
+ */
+export type CommandWire = "dotted" | "flat";
+
+export function wireName(name: string, wire: CommandWire): string {
+  return wire === "flat" ? name.replaceAll(".", "_") : name;
+}
+
+/** The command name that a topic's last level carries, in either form. */
+export function nameFromWire(level: string): string {
+  return level.replaceAll("_", ".");
+}
+
 /** What follows this is a command name sent to every member of a group: `P/_group/G/cmd/`. */
 export function groupCommandPrefix(prefix: string, group: string): string {
   return `${prefix}/_group/${group}/cmd/`;

@@ -6,10 +6,12 @@ export function testLink(
   port: number,
   protocolVersion: ProtocolVersion = 5,
   clientId = `link-${port}-${protocolVersion}`,
+  failover: string[] = [],
 ): MqttLink {
   const status = () => ({ topic: "outpost/v1/test/status", payload: "{}", qos: 1 as const, retain: true });
   return new MqttLink({
     url: `mqtt://127.0.0.1:${port}`,
+    failover,
     protocolVersion,
     clientId,
     rejectUnauthorized: true,

@@ -21,6 +21,29 @@ async function connected(link: MqttLink, what: string): Promise<void> {
 }
 
 describe("mqtt link connect loop", () => {
+  it("fails over along mqtt.url then mqtt.failover when the broker in use cannot be reached, and back", async () => {
+    // Issue 26, part C: the nodes of a cluster. The first is down at the start; later the second goes.
+    const first = await Mosquitto.start();
+    const second = await Mosquitto.start();
+    const link = testLink(first.port, 5, "link-failover", [second.url]);
+    const controller = new AbortController();
+    try {
+      await first.halt();
+      await link.start(controller.signal);
+      await connected(link, "to the second broker while the first is down");
+      assert.equal(link.url, second.url);
+      await first.resume();
+      await second.halt();
+      await connected(link, "back to the first once the second is down");
+      assert.equal(link.url, first.url);
+    } finally {
+      controller.abort();
+      await link.stop();
+      await second.stop();
+      await first.stop();
+    }
+  });
+
   it("reconnects when the connection drops before the PUBACK of its online status, three times", async () => {
     const proxy = await FaultProxy.start(broker.port);
     const link = testLink(proxy.port, 5, "link-birth-cut");

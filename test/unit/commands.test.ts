@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { pino } from "pino";
-import { allows } from "../../src/commands/commands.ts";
+import { z } from "zod";
+import { allows, defineCommand } from "../../src/commands/commands.ts";
 import { signedBytes, verifyEnvelope } from "../../src/commands/envelope.ts";
 import { parsePublicKey } from "../../src/commands/keys.ts";
 import { ReplayGuard } from "../../src/commands/replay.ts";
@@ -205,7 +206,11 @@ describe("signed commands", () => {
     h.deliver("probe", sign(h.ops, req), {}, `${PREFIX}/_group/line-3/cmd/probe`);
     await h.settle();
     assert.deepEqual(states(h), ["accepted", "succeeded"]);
-    assert.deepEqual(h.bus.topics, [`${PREFIX}/${DEVICE}/cmd/+`, `${PREFIX}/_group/line-3/cmd/+`]);
+    assert.deepEqual(h.bus.topics, [
+      `${PREFIX}/${DEVICE}/cmd/+`,
+      `${PREFIX}/_group/line-3/cmd/+`,
+      `${PREFIX}/_group/_all/cmd/+`,
+    ]);
   });
 
   test("unsigned requests run only with allowUnsigned, and at most once per id", async () => {
@@ -216,6 +221,58 @@ describe("signed commands", () => {
     assert.deepEqual(states(h), ["accepted", "failed", "succeeded"]);
     assert.equal(lastError(h), undefined);
     assert.deepEqual(h.effects, [{ n: 3 }]);
+  });
+});
+
+describe("brokers that turn '.' into a level separator (issue 26, part C: RabbitMQ 3.10)", () => {
+  const dotted = defineCommand({ name: "look.more", params: z.undefined(), changesState: false, run: () => "more" });
+
+  test("a command name travels flat (look_more) or dotted; the reply goes back under the level it came on", async () => {
+    const h = harness();
+    h.commands.register([dotted]);
+    h.deliver("look_more", sign(h.ops, request({ command: "look.more" })));
+    h.deliver("look.more", sign(h.ops, request({ command: "look.more" })));
+    await h.settle();
+    assert.deepEqual(
+      h.replies.filter((r) => r.body.state === "succeeded").map((r) => [r.topic, r.body.command, r.body.result]),
+      [
+        [`${PREFIX}/${DEVICE}/cmd/look_more/reply`, "look.more", "more"],
+        [`${PREFIX}/${DEVICE}/cmd/look.more/reply`, "look.more", "more"],
+      ],
+    );
+    // Signed for another command, published on this one's flat topic: refused as on the dotted one.
+    h.deliver("look_more", sign(h.ops, request({ command: "look" })));
+    await h.settle();
+    assert.equal(lastError(h), "BAD_REQUEST");
+  });
+
+  test("every device answers the _all group, but only commands that change nothing", async () => {
+    const h = harness({ groups: ["line-3"] });
+    const all = (command: string) => ({ ...request({ command, group: "_all" }), device: undefined });
+    h.deliver("look", sign(h.ops, all("look")), {}, `${PREFIX}/_group/_all/cmd/look`);
+    await h.settle();
+    assert.deepEqual(states(h), ["accepted", "succeeded"]);
+    // One signature must not change every device at once: on the broadcast topic, or on the device's own.
+    h.deliver("probe", sign(h.ops, all("probe")), {}, `${PREFIX}/_group/_all/cmd/probe`);
+    h.deliver("probe", sign(h.ops, all("probe")));
+    h.deliver("probe", sign(h.ops, { ...request({ command: "probe" }) }), {}, `${PREFIX}/_group/_all/cmd/probe`);
+    await h.settle();
+    assert.deepEqual(h.effects, ["look"]);
+    assert.deepEqual(
+      h.replies.slice(2).map((r) => r.body.error?.code),
+      ["BAD_REQUEST", "BAD_REQUEST", "BAD_REQUEST"],
+    );
+  });
+
+  test("a group with a dot, its commands delivered with the dot turned into a level: the log says why, once", async () => {
+    const h = harness({ groups: ["line.3"] });
+    const req = { ...request({ command: "look", group: "line.3" }), device: undefined };
+    for (let i = 0; i < 3; i++) h.deliver("look", sign(h.ops, req), {}, `${PREFIX}/_group/line/3/cmd/look`);
+    await h.settle();
+    assert.deepEqual(h.replies, []);
+    const said = h.logs.filter((l) => String(l.msg).includes("level separator"));
+    assert.equal(said.length, 1);
+    assert.equal(said[0]?.delivered, `${PREFIX}/_group/line/3/cmd/look`);
   });
 });
 

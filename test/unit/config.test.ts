@@ -122,7 +122,7 @@ describe("config loading", () => {
     assert.equal(find(list, "mqtt.url").found, '"http://broker"');
     assert.equal(find(list, "mqtt.url").source, `in ${path}`);
     assert.equal(find(list, "mqtt.protocolVersion").found, "3");
-    assert.match(find(list, "mqtt.urll").expected, /known keys \(url, protocolVersion/);
+    assert.match(find(list, "mqtt.urll").expected, /known keys \(url, failover, protocolVersion/);
     assert.match(find(list, "telemetry.interval").expected, /duration like/);
     assert.match(find(list, "log.level").expected, /expected one of/);
     const env = find(list, "state.dirr");

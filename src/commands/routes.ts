@@ -1,0 +1,45 @@
+import type { Logger } from "../core/logger.ts";
+import { EVERY_DEVICE } from "../mqtt/topics.ts";
+import { Refused } from "./rules.ts";
+import type { CommandDefinition } from "./types.ts";
+
+export interface Route {
+  name: string;
+  /** The device's own fallback reply topic, `P/D/cmd/<name>/reply`. */
+  replyTopic: string;
+  /** Published to every device (`P/_group/_all/cmd/`). */
+  everyDevice: boolean;
+}
+
+/**
+ * A broadcast to the whole fleet is for looking, never for changing: one signature must not restart every device
+ * at once.
+ */
+export function lookOnly(route: Route, group: string | undefined, definition: CommandDefinition, id: string): void {
+  if ((route.everyDevice || group === EVERY_DEVICE) && definition.changesState !== false) {
+    throw new Refused(
+      "BAD_REQUEST",
+      `${route.name} changes state; the every-device group (${EVERY_DEVICE}) takes only commands that change nothing`,
+      id,
+    );
+  }
+}
+
+/**
+ * What a broker that turns `.` into a level separator (RabbitMQ) makes of the command prefixes: a device id or
+ * group with a dot cannot take commands there. Seen once, the log says so, instead of every command vanishing.
+ */
+export function dotsSplitWarning(prefixes: readonly string[], logger: Logger): (topic: string) => void {
+  const split = (t: string) => t.replaceAll(".", "/");
+  const dotted = prefixes.filter((p) => split(p) !== p).map((p) => ({ split: split(p), prefix: p }));
+  let warned = false;
+  return (topic) => {
+    const hit = dotted.find((p) => topic.startsWith(p.split));
+    if (!hit || warned) return;
+    warned = true;
+    logger.error(
+      { subscribed: `${hit.prefix}+`, delivered: topic },
+      "the broker turns '.' in topics into a level separator (as RabbitMQ does): a device id or group name with a dot cannot take commands on it; choose one without dots (docs/broker.md)",
+    );
+  };
+}

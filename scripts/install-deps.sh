@@ -7,7 +7,8 @@
 #          operator that signs commands), systemd (booted in a private namespace by the service tests),
 #          openssh-server (the sshd that scripts/deploy.sh is tested against), prometheus (promtool checks
 #          /metrics, and a real Prometheus scrapes it), prometheus-node-exporter (what npm run bench compares to),
-#          strace (every path root's update units touch, test/e2e/root-boundary.test.ts)
+#          strace (every path root's update units touch, test/e2e/root-boundary.test.ts), rabbitmq-server (a
+#          two-node cluster, test/integration/rabbitmq.test.ts; never started as a service)
 # As root it runs apt-get; otherwise it prints the command to run and fails. `build` checks only the build's.
 set -euo pipefail
 
@@ -36,6 +37,7 @@ declare -A tests=(
   [prometheus]=/usr/bin/promtool
   [prometheus-node-exporter]=/usr/bin/prometheus-node-exporter
   [strace]=/usr/bin/strace
+  [rabbitmq-server]=/usr/lib/rabbitmq/lib/rabbitmq_server-3.10.8/sbin/rabbitmq-server
 )
 
 declare -A need=()
@@ -63,4 +65,12 @@ fi
 echo "outpost: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
+# Packages that ship a service (rabbitmq-server, mosquitto) must not start it here: the tests start their own
+# brokers on ports of their own. A policy-rc.d that refuses every start, for this install only.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+  trap 'rm -f "$policy"' EXIT
+  printf '#!/bin/sh\nexit 101\n' >"$policy"
+  chmod +x "$policy"
+fi
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -40,6 +40,9 @@ async function readParams(host: Host, flag: string): Promise<unknown> {
   }
 }
 
+/** How long a device without a retained status has to answer a ping before the call fails. */
+const PING_MS = 3000;
+
 export async function callCommand(host: Host, args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
@@ -95,13 +98,20 @@ export async function callCommand(host: Host, args: string[]): Promise<number> {
   };
   const status = deviceTopics(o.prefix, target).status;
   const result = await withClient(o, async (client) => {
+    const caller = new DeviceCaller(client, o.prefix, signer, trust, o.commandForm);
     if (!values.group && !values.wait) {
       // A device that never connected has no retained status: say so now rather than after the whole timeout.
+      // Nor has one whose status is retained on another node of a cluster (RabbitMQ keeps it where it was
+      // published): a ping it answers, whatever the answer, shows it is there.
       const text = await retainedText(client, status);
-      if (text === undefined) return undefined;
-      trust.sawStatus(target, status, text);
+      if (text !== undefined) trust.sawStatus(target, status, text);
+      else {
+        const unsigned = values.unsigned === true;
+        const ping = await caller.call({ command: "ping", device: target, timeoutMs: PING_MS, validityMs, unsigned });
+        if (ping.finals.length === 0 && ping.refused.length === 0) return undefined;
+      }
     }
-    return new DeviceCaller(client, o.prefix, signer, trust).call({
+    return caller.call({
       command,
       params,
       ...(values.group ? { group: target } : { device: target }),
@@ -114,7 +124,7 @@ export async function callCommand(host: Host, args: string[]): Promise<number> {
   });
   if (!result) {
     host.stderr.write(
-      `outpost: no device ${target} has a retained status under ${status} (is the id right? --wait sends anyway)\n`,
+      `outpost: no device ${target} has a retained status under ${status}, nor answered a ping within ${PING_MS / 1000}s (is the id right? --wait sends anyway)\n`,
     );
     return EXIT.FAILURE;
   }

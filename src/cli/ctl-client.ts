@@ -7,11 +7,17 @@ import { type CommandRequest, FINAL_STATES, newRequest, type ReplyBody, signPayl
 import { errorMessage, OutpostError } from "../core/errors.ts";
 import { redactUrl } from "../core/patterns.ts";
 import { type BrokerEndpoint, endpointOptions, refusedMqtt5 } from "../mqtt/options.ts";
-import { deviceReplyTopic, deviceTopics, groupCommandPrefix } from "../mqtt/topics.ts";
+import { type CommandWire, deviceReplyTopic, deviceTopics, groupCommandPrefix, wireName } from "../mqtt/topics.ts";
 import { type AnswerTrust, isRefusal, type Refusal, type Verdict } from "./answer-trust.ts";
+import { type Dots, probeDots } from "./broker-probe.ts";
+
+/** How ctl writes command names in topics: found out from the broker (`auto`), or as told. */
+export type CommandForm = "auto" | CommandWire;
 
 export interface BrokerOptions extends BrokerEndpoint {
   protocolVersion?: 4 | 5;
+  /** Brokers tried after `url`, in turn, when it cannot be reached (`--broker a,b`: the nodes of a cluster). */
+  failover?: readonly string[];
 }
 
 /**
@@ -19,9 +25,14 @@ export interface BrokerOptions extends BrokerEndpoint {
  * 3.10 closes an MQTT 5 CONNECT without one). MQTT.js's connectAsync never settles on such a close, and with
  * nothing else pending the process would end with 0, as if it had succeeded.
  */
-function connectOnce(options: IClientOptions): Promise<MqttClient> {
+export function connectOnce(
+  options: IClientOptions,
+  onMessage?: (topic: string, payload: Buffer) => void,
+): Promise<MqttClient> {
   return new Promise((resolve, reject) => {
     const client = mqtt.connect(options);
+    // Before CONNACK: a persistent session's queued messages come right after it.
+    if (onMessage) client.on("message", onMessage);
     const settle = (err?: Error) => {
       client.removeListener("connect", onConnect);
       client.removeListener("error", onError);
@@ -51,6 +62,20 @@ function connectOnce(options: IClientOptions): Promise<MqttClient> {
  * completes rejects (`MQTT_CLOSED` or the socket's error): `ctl` exits 69, never 0 having done nothing.
  */
 export async function connectBroker(o: BrokerOptions & { origin?: string }): Promise<MqttClient> {
+  const urls = [o.url, ...(o.failover ?? [])];
+  const failures: string[] = [];
+  for (const [i, url] of urls.entries()) {
+    try {
+      return await connectOne({ ...o, url });
+    } catch (err) {
+      if (i === urls.length - 1 && failures.length === 0) throw err;
+      failures.push(errorMessage(err));
+    }
+  }
+  throw new OutpostError("BROKER_UNAVAILABLE", failures.join("; "));
+}
+
+async function connectOne(o: BrokerOptions & { origin?: string }): Promise<MqttClient> {
   const base: IClientOptions = {
     ...endpointOptions(o),
     clientId: `outpost-ctl-${randomBytes(6).toString("hex")}`,
@@ -187,12 +212,21 @@ export class DeviceCaller {
   private readonly caller: string;
   private readonly subscribed = new Set<string>();
   private readonly waiting = new Map<string, Waiting>();
+  private readonly form: CommandForm;
+  private dots: Promise<Dots> | undefined;
 
-  constructor(client: MqttClient, prefix: string, signer: Signer | undefined, trust: AnswerTrust | null) {
+  constructor(
+    client: MqttClient,
+    prefix: string,
+    signer: Signer | undefined,
+    trust: AnswerTrust | null,
+    form: CommandForm = "auto",
+  ) {
     this.client = client;
     this.prefix = prefix;
     this.signer = signer;
     this.trust = trust;
+    this.form = form;
     this.caller = `ctl-${randomBytes(8).toString("hex")}`;
     client.on("message", (topic, payload) => {
       const text = payload.toString("utf8");
@@ -225,7 +259,28 @@ export class DeviceCaller {
     for (const t of fresh) this.subscribed.add(t);
   }
 
+  /**
+   * The command name's form in topics. `auto` asks the broker once per connection: where `.` becomes a level
+   * separator (RabbitMQ), the flat form, and a device id or group with a dot is refused with the reason,
+   * since its topics cannot be told apart there.
+   */
+  private async wire(o: CallOptions): Promise<CommandWire> {
+    if (this.form !== "auto") return this.form;
+    this.dots ??= probeDots(this.client, this.prefix);
+    if ((await this.dots) !== "split") return "dotted";
+    const name = o.device ?? o.group ?? "";
+    if (name.includes(".")) {
+      throw new OutpostError(
+        "BROKER_SPLITS_DOTS",
+        `${o.device === undefined ? "group" : "device"} ${name} has a dot, which this broker turns into a topic level separator (as RabbitMQ does): its topics cannot be told apart there; give it a name without dots (docs/broker.md)`,
+      );
+    }
+    return "flat";
+  }
+
   async call(o: CallOptions): Promise<CallResult> {
+    const wire = await this.wire(o);
+    const topicName = wireName(o.command, wire);
     const request = newRequest({
       ...(o.id === undefined ? {} : { id: o.id }),
       command: o.command,
@@ -243,12 +298,12 @@ export class DeviceCaller {
     await this.listen([
       ...(this.trust ? [this.trust.statusTopic(target)] : []),
       ...(responseTopic ? [responseTopic] : []),
-      deviceTopics(this.prefix, target).commandReply(o.command),
+      deviceTopics(this.prefix, target).commandReply(topicName),
     ]);
     const published =
       o.group === undefined
-        ? deviceTopics(this.prefix, target).command(o.command)
-        : `${groupCommandPrefix(this.prefix, o.group)}${o.command}`;
+        ? deviceTopics(this.prefix, target).command(topicName)
+        : `${groupCommandPrefix(this.prefix, o.group)}${topicName}`;
     let payload: string;
     if (o.unsigned) {
       payload = JSON.stringify({ id: request.id, ...(o.params === undefined ? {} : { params: o.params }) });

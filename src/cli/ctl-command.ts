@@ -1,18 +1,23 @@
 import { parseArgs } from "node:util";
 import { errorMessage } from "../core/errors.ts";
-import { allDevices, deviceTopics } from "../mqtt/topics.ts";
-import type { AnswerTrust } from "./answer-trust.ts";
+import { deviceTopics } from "../mqtt/topics.ts";
 import { RETAINED_WAIT_MS, withClient } from "./ctl-client.ts";
-import { BROKER_FLAGS, brokerOptions, ctlSettings, durationFlag, printCtlSettings } from "./ctl-settings.ts";
-import { answerTrust } from "./ctl-trust.ts";
+import { BROKER_FLAGS, brokerOptions, ctlSettings, printCtlSettings } from "./ctl-settings.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 import { applyMessage, type DeviceView, viewUpdate } from "./view.ts";
 
-export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|update|rollout|trust|forget|enroll|revoke|config> [options]
+export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|update|rollout|trust|forget|enroll|revoke|broker|config> [options]
 
-  devices                         devices from their retained status: id, state, version, KEY (pinned,
+  devices [--presence auto|retained|ping]
+                                  devices from their retained status: id, state, version, KEY (pinned,
                                   unpinned, unsigned, will, FORGED) and last seen (the latest status or
-                                  telemetry seen while listening, --wait 1s)
+                                  telemetry seen while listening, --wait 1s); where the broker shows retained
+                                  messages only to exact subscriptions (RabbitMQ), from a signed ping that
+                                  every device answers (needs --key); stderr says which was used
+  broker check [--device-username U --device-password-file F]
+                                  what the broker supports: MQTT 5 or the fallback, dots in topic levels,
+                                  retained messages through wildcards, wills, persistent sessions, the
+                                  maximum packet size; with a device's login, whether its ACL confines it
   watch [DEVICE...]               live telemetry of all (or the named) devices until Ctrl-C
   call DEVICE COMMAND             sign a request, publish it, print the reply; exit 0 on success
        [--params JSON|@FILE|-] [--key FILE] [--timeout 10s] [--group] [--expect N] [--validity 1m] [--wait]
@@ -54,14 +59,18 @@ export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|update|rollout|t
 Flags go anywhere, before or after the subcommand.
 
 Broker (a flag wins over the environment, which wins over ~/.outpost/ctl.yaml: broker, username,
-passwordFile, ca, cert, tlsKey, prefix, protocol, key, knownDevices; OUTPOST_CTL_CONFIG names another file):
-  --broker URL          OUTPOST_CTL_BROKER     mqtt://host:1883 or mqtts://host:8883 (default mqtt://127.0.0.1:1883)
+passwordFile, ca, cert, tlsKey, prefix, protocol, commandForm, key, knownDevices; OUTPOST_CTL_CONFIG names
+another file):
+  --broker URL[,URL]    OUTPOST_CTL_BROKER     mqtt://host:1883 or mqtts://host:8883 (default mqtt://127.0.0.1:1883);
+                                               more URLs: the nodes of a cluster, tried in turn
   --username NAME       OUTPOST_CTL_USERNAME
   --password-file FILE  OUTPOST_CTL_PASSWORD   (the variable holds the password itself)
   --ca FILE, --cert FILE, --tls-key FILE       TLS trust and client certificate
   --prefix TOPIC        OUTPOST_CTL_PREFIX     topic prefix (default outpost/v1)
   --protocol 5|4|auto   OUTPOST_CTL_PROTOCOL   MQTT version (default auto: 5, then 3.1.1 if the broker refuses
                                                5 or closes it unanswered)
+  --command-form auto|dotted|flat  OUTPOST_CTL_COMMAND_FORM  command names in topics: task.list or task_list
+                                               (default auto: flat where the broker turns . into a level)
   --key FILE            OUTPOST_CTL_KEY        operator private key from 'outpost keygen'
   --known-devices FILE  OUTPOST_CTL_KNOWN_DEVICES  the pinned device keys (default ~/.outpost/known_devices)
   --json                machine-readable output (one JSON document per line)
@@ -72,6 +81,7 @@ reply in time (the error code is printed), 64 usage, 65 a forged answer (bad sig
 cannot be verified (an unpinned device, an agent that does not sign).`;
 
 const SUBCOMMANDS = new Set([
+  "broker",
   "devices",
   "watch",
   "call",
@@ -89,7 +99,7 @@ const VALUE_FLAGS = new Set([
   ...["key", "params", "timeout", "validity", "expect", "http", "until", "count", "public-key"],
   ...["broker-dir", "out", "device-url", "ha-prefix", "broker-group"],
   ...["devices", "waves", "seed", "canary", "success", "soak", "failure", "min-finished", "deadline", "cap"],
-  ...["rollouts", "discover", "reason", "task"],
+  ...["rollouts", "discover", "reason", "task", "presence", "device-username", "device-password-file"],
 ]);
 /** Flags that take a value in one subcommand and none in another (update's --group NAME, call's --group). */
 const EITHER_FLAGS = new Set(["group", "wait"]);
@@ -110,8 +120,10 @@ export async function ctlCommand(host: Host, args: string[]): Promise<number> {
   const sub = args[at];
   const rest = [...args.slice(0, at), ...args.slice(at + 1)];
   switch (sub) {
-    case "devices":
-      return devices(host, rest);
+    case "devices": {
+      const { devicesCommand } = await import("./ctl-devices.ts");
+      return devicesCommand(host, rest);
+    }
     case "watch":
       return watch(host, rest);
     case "call": {
@@ -125,6 +137,10 @@ export async function ctlCommand(host: Host, args: string[]): Promise<number> {
     case "forget": {
       const { forgetCommand } = await import("./ctl-trust.ts");
       return forgetCommand(host, rest);
+    }
+    case "broker": {
+      const { brokerCommand } = await import("./ctl-broker.ts");
+      return brokerCommand(host, rest);
     }
     case "rollout": {
       const { rolloutCommand } = await import("./ctl-rollout.ts");
@@ -150,85 +166,6 @@ export async function ctlCommand(host: Host, args: string[]): Promise<number> {
     default:
       throw new UsageError(sub === undefined ? "ctl: missing subcommand" : `ctl: unknown subcommand ${sub}`);
   }
-}
-
-async function devices(host: Host, args: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: { ...BROKER_FLAGS, wait: { type: "string" } },
-    allowPositionals: false,
-  });
-  const settings = ctlSettings(host, values);
-  const o = brokerOptions(settings);
-  const trust = answerTrust(host, settings, o, false);
-  const waitMs = durationFlag("wait", values.wait, 1000);
-  const seen = new Map<string, DeviceView>();
-  await withClient(o, async (client) => {
-    client.on("message", (topic, payload) => {
-      try {
-        const got = applyMessage(seen, o.prefix, topic, payload);
-        if (got?.kind === "status") trust.sawStatus(got.device.id, topic, payload.toString("utf8"));
-      } catch {
-        // A status that is not JSON is not one of ours; leave it out.
-      }
-    });
-    // Retained statuses arrive right after the subscription; `--wait` bounds how long stragglers may take. Telemetry
-    // seen meanwhile makes LAST SEEN the latest message from the device, not the time of its last status.
-    await client.subscribeAsync([allDevices(o.prefix, "status"), allDevices(o.prefix, "telemetry")], { qos: 1 });
-    await new Promise((resolve) => setTimeout(resolve, waitMs));
-  });
-  const rows = [...seen.values()]
-    .filter((d) => d.status !== undefined)
-    .sort((a, b) => a.id.localeCompare(b.id))
-    .map((d) => {
-      const s = d.status ?? {};
-      const t = d.telemetry ?? {};
-      const times = [s.ts, t.ts].filter((x): x is number => typeof x === "number");
-      const ts = times.length > 0 ? Math.max(...times) : undefined;
-      return {
-        id: d.id,
-        state: String(s.state ?? "unknown"),
-        version: String(s.version ?? "-"),
-        lastSeen: ts === undefined ? "-" : new Date(ts).toISOString(),
-        ago: ts === undefined ? "-" : ago(Date.now() - ts),
-        key: keyState(trust, d.id),
-      };
-    });
-  if (values.json) {
-    for (const row of rows) host.stdout.write(`${JSON.stringify(row)}\n`);
-    return EXIT.OK;
-  }
-  const table = [
-    ["DEVICE", "STATE", "VERSION", "KEY", "LAST SEEN"],
-    ...rows.map((r) => [r.id, r.state, r.version, r.key, `${r.lastSeen} (${r.ago})`]),
-  ];
-  const widths = [0, 1, 2, 3].map((i) => Math.max(...table.map((row) => (row[i] ?? "").length)));
-  for (const row of table) {
-    host.stdout.write(`${row.map((cell, i) => (i < 4 ? cell.padEnd(widths[i] ?? 0) : cell)).join("  ")}\n`);
-  }
-  if (rows.length === 0) host.stderr.write(`outpost: no device status under ${allDevices(o.prefix, "status")}\n`);
-  return EXIT.OK;
-}
-
-/**
- * What the device's status says of its key: `pinned` (signed by the pinned key), `unpinned`, `unsigned` (an
- * agent that does not sign), `will` (the broker's `lost`, never signed), or `FORGED` (a changed key, a bad
- * signature: `ctl call` says which).
- */
-function keyState(trust: AnswerTrust, device: string): string {
-  const status = trust.status(device);
-  if (!status) return "-";
-  const { verdict, body } = status;
-  if (verdict.trust === "verified" || verdict.trust === "duplicate") return "pinned";
-  if (verdict.trust === "unsigned" && body.state === "lost") return trust.pinOf(device) ? "will" : "unpinned";
-  return verdict.trust === "forged" ? "FORGED" : verdict.trust;
-}
-
-function ago(ms: number): string {
-  const s = Math.max(0, Math.round(ms / 1000));
-  if (s < 120) return `${s}s ago`;
-  if (s < 7200) return `${Math.round(s / 60)}m ago`;
-  return `${Math.round(s / 3600)}h ago`;
 }
 
 async function watch(host: Host, args: string[]): Promise<number> {

@@ -195,7 +195,7 @@ async function groupMembers(host: Host, settings: CtlSettings, group: string, wi
   const trust = answerTrust(host, settings, o, false, true);
   const signer = signerOf(settings);
   const result = await withClient(o, (client) =>
-    new DeviceCaller(client, o.prefix, signer, trust).call({
+    new DeviceCaller(client, o.prefix, signer, trust, o.commandForm).call({
       command: "ping",
       group,
       timeoutMs: windowMs,

@@ -9,7 +9,7 @@ import { parseDuration } from "../config/duration.ts";
 import { errorMessage } from "../core/errors.ts";
 import { BROKER_URL, redactUrl } from "../core/patterns.ts";
 import { readPasswordFile } from "../mqtt/options.ts";
-import type { BrokerOptions } from "./ctl-client.ts";
+import type { BrokerOptions, CommandForm } from "./ctl-client.ts";
 import type { Host } from "./host.ts";
 import { UsageError } from "./host.ts";
 
@@ -27,6 +27,13 @@ const SETTINGS = {
   key: { flag: "key", env: "OUTPOST_CTL_KEY", file: "key", path: true },
   knownDevices: { flag: "known-devices", env: "OUTPOST_CTL_KNOWN_DEVICES", file: "knownDevices", path: true },
   rollouts: { flag: "rollouts", env: "OUTPOST_CTL_ROLLOUTS", file: "rollouts", path: true },
+  commandForm: {
+    flag: "command-form",
+    env: "OUTPOST_CTL_COMMAND_FORM",
+    file: "commandForm",
+    path: false,
+    fallback: "auto",
+  },
 } as const satisfies Record<
   string,
   { flag: string | undefined; env: string | undefined; file: string | undefined; path: boolean; fallback?: string }
@@ -36,7 +43,12 @@ export type CtlSettingName = keyof typeof SETTINGS;
 
 /** The file's keys: the settings that have one (the password itself only from a file or the environment). */
 const fileSchema = z.strictObject({
-  broker: z.string().regex(BROKER_URL, "expected an mqtt:// or mqtts:// URL").optional(),
+  // One broker, or the nodes of a cluster to try in turn: a list, or URLs separated by commas.
+  broker: z
+    .union([z.string(), z.array(z.string()).min(1)])
+    .transform((b) => (Array.isArray(b) ? b.join(",") : b))
+    .refine((b) => brokerUrls(b).every((u) => BROKER_URL.test(u)), "expected mqtt:// or mqtts:// URLs")
+    .optional(),
   username: z.string().min(1).optional(),
   passwordFile: z.string().min(1).optional(),
   ca: z.string().min(1).optional(),
@@ -47,7 +59,13 @@ const fileSchema = z.strictObject({
   key: z.string().min(1).optional(),
   knownDevices: z.string().min(1).optional(),
   rollouts: z.string().min(1).optional(),
+  commandForm: z.enum(["auto", "dotted", "flat"]).optional(),
 });
+
+/** `--broker a,b`: the first, then the others in turn when it cannot be reached. */
+function brokerUrls(text: string): string[] {
+  return text.split(",").map((u) => u.trim());
+}
 
 /** The largest ctl.yaml read: a few lines; a cap keeps a wrong path (a device node, a huge file) harmless. */
 const MAX_FILE = 64 * 1024;
@@ -187,15 +205,23 @@ export const BROKER_FLAGS = {
   "tls-key": { type: "string" },
   prefix: { type: "string" },
   protocol: { type: "string" },
+  "command-form": { type: "string" },
   "known-devices": { type: "string" },
   json: { type: "boolean" },
 } as const;
 
 /** Where the broker is and who ctl is, from ctl's settings (flags, environment, ~/.outpost/ctl.yaml, defaults). */
-export function brokerOptions(s: CtlSettings): BrokerOptions & { prefix: string; origin: string } {
-  const url = s.broker.value ?? "";
-  if (!BROKER_URL.test(url))
-    throw new UsageError(`--broker must be an mqtt:// or mqtts:// URL, not ${url} (${s.broker.origin})`);
+export function brokerOptions(
+  s: CtlSettings,
+): BrokerOptions & { prefix: string; origin: string; commandForm: CommandForm } {
+  const [url = "", ...failover] = brokerUrls(s.broker.value ?? "");
+  for (const u of [url, ...failover]) {
+    if (!BROKER_URL.test(u))
+      throw new UsageError(`--broker must be an mqtt:// or mqtts:// URL, not ${u} (${s.broker.origin})`);
+  }
+  const commandForm = s.commandForm.value ?? "auto";
+  if (commandForm !== "auto" && commandForm !== "dotted" && commandForm !== "flat")
+    throw new UsageError(`--command-form must be auto, dotted or flat, not ${commandForm} (${s.commandForm.origin})`);
   const protocol = s.protocol.value ?? "auto";
   if (protocol !== "auto" && protocol !== "4" && protocol !== "5")
     throw new UsageError(`--protocol must be 5, 4 (MQTT 3.1.1) or auto, not ${protocol} (${s.protocol.origin})`);
@@ -211,6 +237,8 @@ export function brokerOptions(s: CtlSettings): BrokerOptions & { prefix: string;
         : `from ${s.broker.origin}`;
   return {
     url,
+    failover,
+    commandForm,
     username: s.username.value,
     password,
     ca: s.ca.value,

@@ -250,6 +250,7 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
       o.prefix,
       { privateKey, publicText: publicKeyText(createPublicKey(privateKey)) },
       trust,
+      o.commandForm,
     );
     const source = values.http === undefined ? { mqtt: true } : { http: values.http };
     const params = { manifest: signed, source };

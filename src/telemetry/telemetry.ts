@@ -94,7 +94,7 @@ export class Telemetry implements Component {
         }
         try {
           const value = await withDeadline(work, timeout, () =>
-            joined
+            joined !== undefined
               ? new OutpostError("TIMEOUT", "busy: the previous collection has not finished")
               : new OutpostError("TIMEOUT", `timeout after ${timeout}ms`),
           );

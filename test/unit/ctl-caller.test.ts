@@ -56,7 +56,8 @@ describe("DeviceCaller and hostile replies", () => {
     });
     const trust = new AnswerTrust({ pins, broker: "mqtt://127.0.0.1:1883", prefix: "outpost/v1", acceptNew: false });
     const seen: string[] = [];
-    const caller = new DeviceCaller(client, "outpost/v1", key, trust);
+    // A fake client answers no broker probe: the form is given.
+    const caller = new DeviceCaller(client, "outpost/v1", key, trust, "dotted");
     const result = await caller.call({
       device: "pi-1",
       command: "ping",

@@ -1,0 +1,80 @@
+import { randomBytes } from "node:crypto";
+import type { MqttClient } from "mqtt";
+import { groupCommandPrefix } from "../mqtt/topics.ts";
+
+/**
+ * What a broker does with topics and retained messages, learned by trying it on the connection ctl already has.
+ * The probes publish only where an operator's ACL lets it write (docs/broker.md): a command topic of a group
+ * whose name (`_probe-...`) no device can have, since group names start with a letter or digit.
+ */
+export type Dots = "kept" | "split" | "unknown";
+
+/** How long a probe waits for its own message to come back. */
+export const PROBE_WAIT_MS = 2000;
+
+function probeTopic(prefix: string): string {
+  return `${groupCommandPrefix(prefix, `_probe-${randomBytes(6).toString("hex")}`)}`;
+}
+
+/** Publishes `leaf` under a fresh probe topic and returns the topics it came back on within `waitMs`. */
+async function echo(
+  client: MqttClient,
+  prefix: string,
+  leaf: string,
+  options: { retain?: boolean; subscribeAfter?: boolean; filter?: (base: string) => string },
+  waitMs: number,
+): Promise<{ base: string; seen: { topic: string; retain: boolean }[] }> {
+  const base = probeTopic(prefix);
+  const filter = options.filter?.(base) ?? `${base}#`;
+  const seen: { topic: string; retain: boolean }[] = [];
+  let arrived: () => void = () => {};
+  const first = new Promise<void>((resolve) => {
+    arrived = resolve;
+  });
+  const onMessage = (topic: string, payload: Buffer, packet: { retain?: boolean }) => {
+    if (!topic.startsWith(base) || payload.length === 0) return;
+    seen.push({ topic, retain: packet.retain === true });
+    arrived();
+  };
+  client.on("message", onMessage);
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    if (!options.subscribeAfter) await client.subscribeAsync(filter, { qos: 1 });
+    await client.publishAsync(`${base}${leaf}`, "probe", { qos: 1, retain: options.retain === true });
+    if (options.subscribeAfter) await client.subscribeAsync(filter, { qos: 1 });
+    await Promise.race([first, new Promise((resolve) => (timer = setTimeout(resolve, waitMs)))]);
+    await client.unsubscribeAsync(filter).catch(() => {});
+    // A retained probe is removed again: nothing of it stays on the broker.
+    if (options.retain) await client.publishAsync(`${base}${leaf}`, "", { qos: 1, retain: true }).catch(() => {});
+    return { base, seen };
+  } finally {
+    clearTimeout(timer);
+    client.off("message", onMessage);
+  }
+}
+
+/** Whether a `.` in a topic level stays one (`kept`) or becomes a level separator (`split`, RabbitMQ 3.10). */
+export async function probeDots(client: MqttClient, prefix: string, waitMs = PROBE_WAIT_MS): Promise<Dots> {
+  const { base, seen } = await echo(client, prefix, "a.b", {}, waitMs);
+  const topic = seen[0]?.topic;
+  if (topic === `${base}a.b`) return "kept";
+  if (topic === `${base}a/b`) return "split";
+  return "unknown";
+}
+
+/**
+ * Whether a retained message reaches a later subscription through a wildcard (`P/+/status`, what `ctl devices`
+ * reads): RabbitMQ 3.10 delivers retained messages only to a subscription of the exact topic.
+ */
+export async function probeRetainedWildcard(
+  client: MqttClient,
+  prefix: string,
+  waitMs = PROBE_WAIT_MS,
+): Promise<boolean | undefined> {
+  const wild = await echo(client, prefix, "r", { retain: true, subscribeAfter: true, filter: (b) => `${b}+` }, waitMs);
+  if (wild.seen.some((s) => s.retain)) return true;
+  // Not through a wildcard: through the exact topic? If not that either, the broker keeps no retained
+  // messages for us at all (or the ACL stopped the probe): unknown.
+  const exact = await echo(client, prefix, "r", { retain: true, subscribeAfter: true, filter: (b) => `${b}r` }, waitMs);
+  return exact.seen.some((s) => s.retain) ? false : undefined;
+}

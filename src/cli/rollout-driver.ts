@@ -3,15 +3,13 @@
 // deadline, judges the waves (pause, pass, soak, approval, next wave) and asks the devices whose turn it is.
 // Every change is written before it is acted on; what devices say counts only when their pinned key signed it.
 // Killed anywhere and started again, it goes on from the journal and from the devices' retained states.
-import type { MqttClient } from "mqtt";
 import type { z } from "zod";
 import { sleep } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
 import { deviceTopics } from "../mqtt/topics.ts";
 import { type Manifest, manifestSchema } from "../ota/manifest.ts";
 import { MQTT_MAX_RANGE } from "../ota/mqtt-source.ts";
-import { type AnswerTrust, isRefusal, type Refusal } from "./answer-trust.ts";
-import type { Signer } from "./ctl-client.ts";
+import { isRefusal, type Refusal } from "./answer-trust.ts";
 import { ReleaseServer } from "./release-server.ts";
 import {
   type DeviceRow,
@@ -19,47 +17,25 @@ import {
   FINISHED,
   type FrozenPlan,
   IN_FLIGHT,
-  type RolloutJournal,
   type RolloutRow,
   requestIdOf,
   type WaveRow,
   waveCounts,
 } from "./rollout-journal.ts";
 import { wavePassed, wavePauses } from "./rollout-plan.ts";
+import { PresenceProbe } from "./rollout-presence.ts";
 import {
   ACK_MS,
   backoff,
+  type DriverOptions,
   LEASE_MS,
+  LeaseRefused,
   RETRY,
   replySchema,
   SETTLE_MS,
   signedRequest,
   stateSchema,
 } from "./rollout-wire.ts";
-
-export interface DriverEvent {
-  kind: "wave" | "device" | "state" | "refused" | "waiting";
-  device?: string;
-  text: string;
-}
-
-export interface DriverOptions {
-  journal: RolloutJournal;
-  id: string;
-  client: MqttClient;
-  trust: AnswerTrust;
-  signer: Signer;
-  /** The lease's holder: this process. */
-  me: { holder: string; pid: number; machine: string };
-  alive: (pid: number) => boolean;
-  now?: () => number;
-  tickMs?: number;
-  ackMs?: number;
-  signal: AbortSignal;
-  onEvent: (e: DriverEvent) => void;
-}
-
-export class LeaseRefused extends Error {}
 
 /** Drives the rollout until it completes, pauses with nothing in flight, or is aborted; returns that state. */
 export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"]> {
@@ -102,6 +78,12 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
     (arch === undefined ? undefined : servers.get(arch)) ?? servers.get("any");
   const refusedSaid = new Set<string>();
   const save = (d: DeviceRow) => journal.saveDevice(id, d, now());
+  // A device's signed answer says it is there, where its status cannot reach us (rollout-presence.ts).
+  const onSeen = (device: string) => {
+    const d = rows.get(device);
+    if (d && !d.present) save(Object.assign(d, { present: 1 }));
+  };
+  const presence = new PresenceProbe({ client, prefix, trust: o.trust, signer: o.signer, onSeen });
   const policy = plan.policy;
 
   const finish = (d: DeviceRow, state: DeviceState, said: string, code?: string, reason?: string) => {
@@ -158,6 +140,7 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
     const [device = "", ...rest] = topic.slice(prefix.length + 1).split("/");
     const what = rest.join("/");
     const text = payload.toString("utf8");
+    if (presence.handle(device, what, topic, text)) return;
     if (what === "status") {
       o.trust.sawStatus(device, topic, text);
       const d = rows.get(device);
@@ -216,7 +199,7 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
   /** The device's arch, from its own signed status only (anyone can publish a status). */
   const archOf = (device: string): string | undefined => {
     const s = o.trust.status(device);
-    return s?.verdict.trust === "verified" && typeof s.body.arch === "string" ? s.body.arch : undefined;
+    return s?.verdict.trust === "verified" && typeof s.body.arch === "string" ? s.body.arch : presence.arch(device);
   };
 
   const ask = (d: DeviceRow, t: number) => {
@@ -354,7 +337,7 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
       if (d.wave < upTo && d.state === "pending" && d.present && rested) {
         ask(d, t);
         slots--;
-      }
+      } else if (d.wave < upTo && d.state === "pending" && !d.present) presence.ask(d.device, t);
     }
     return undefined;
   };
@@ -374,7 +357,13 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
   client.on("message", onMessage);
   try {
     await client.subscribeAsync(
-      [`${prefix}/+/status`, `${prefix}/+/update`, `${prefix}/+/cmd/update/reply`, `${prefix}/+/update/get`],
+      [
+        `${prefix}/+/status`,
+        `${prefix}/+/update`,
+        `${prefix}/+/cmd/update/reply`,
+        `${prefix}/+/update/get`,
+        presence.replies,
+      ],
       { qos: 1 },
     );
     // The retained statuses and update states first: presence, and what devices said while no driver ran.

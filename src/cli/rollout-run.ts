@@ -8,9 +8,10 @@ import { brokerOptions, type CtlSettings, readPrivateKey } from "./ctl-settings.
 import { answerTrust } from "./ctl-trust.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 import { brokerId } from "./known-devices.ts";
-import { driveRollout, LeaseRefused } from "./rollout-driver.ts";
+import { driveRollout } from "./rollout-driver.ts";
 import { machineId, RolloutJournal } from "./rollout-journal.ts";
 import { rolloutStatus, statusText, waveTable } from "./rollout-view.ts";
+import { LeaseRefused } from "./rollout-wire.ts";
 export function openJournal(settings: CtlSettings): RolloutJournal {
   const path = settings.rollouts.value;
   if (path === undefined) throw new UsageError("ctl rollout: --rollouts FILE (no home directory for the default)");

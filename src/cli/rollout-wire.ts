@@ -1,8 +1,12 @@
 // What a rollout's driver sends and reads on the wire (rollout-driver.ts): its timings, the request it signs, and
 // the shapes of the answers it reads (anyone can publish on those topics: only these shapes are read).
+
+import type { MqttClient } from "mqtt";
 import { z } from "zod";
 import { newRequest, signPayload } from "../commands/envelope.ts";
+import type { AnswerTrust } from "./answer-trust.ts";
 import type { Signer } from "./ctl-client.ts";
+import type { RolloutJournal } from "./rollout-journal.ts";
 
 /** How long a request may go unanswered (not even `accepted`) before it is sent again with a fresh id. */
 export const ACK_MS = 20_000;
@@ -42,3 +46,27 @@ export function signedRequest(id: string, device: string, params: unknown, now: 
   const request = newRequest({ id, command: "update", params, device, now, validityMs: VALIDITY_MS });
   return JSON.stringify(signPayload(JSON.stringify(request), signer.privateKey, signer.publicText));
 }
+
+export interface DriverEvent {
+  kind: "wave" | "device" | "state" | "refused" | "waiting";
+  device?: string;
+  text: string;
+}
+
+export interface DriverOptions {
+  journal: RolloutJournal;
+  id: string;
+  client: MqttClient;
+  trust: AnswerTrust;
+  signer: Signer;
+  /** The lease's holder: this process. */
+  me: { holder: string; pid: number; machine: string };
+  alive: (pid: number) => boolean;
+  now?: () => number;
+  tickMs?: number;
+  ackMs?: number;
+  signal: AbortSignal;
+  onEvent: (e: DriverEvent) => void;
+}
+
+export class LeaseRefused extends Error {}

@@ -7,11 +7,15 @@ import assert from "node:assert/strict";
 import { rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { generateKeys, parsePrivateKey } from "../../src/commands/keys.ts";
+import { makeRelease } from "../../src/ota/release.ts";
 import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
 import { runCli } from "../helpers/cli.ts";
 import { operatorKey, PREFIX } from "../helpers/commands.ts";
+import { Fleet, fleetRelease } from "../helpers/fleet.ts";
 import { type Received, Watch } from "../helpers/mqtt-watch.ts";
 import { RabbitCluster, rabbitmqInstalled } from "../helpers/rabbitmq.ts";
+import { fakeAgent } from "../helpers/releases.ts";
 import { tempDir } from "../helpers/temp.ts";
 
 const DEVICES = ["cam-1", "cam-2"];
@@ -21,6 +25,7 @@ describe("a RabbitMQ 3.10 cluster of two nodes: devices on one, the operator on 
 }, () => {
   const dir = tempDir("outpost-rabbitmq-test-");
   const ops = operatorKey();
+  const releaseKey = generateKeys();
   const keyFile = join(dir, "ops.key");
   const pins = join(dir, "known_devices");
   let cluster: RabbitCluster;
@@ -50,6 +55,7 @@ describe("a RabbitMQ 3.10 cluster of two nodes: devices on one, the operator on 
           mqtt: { url: a?.url, failover: [b?.url], reconnectMin: "100ms", reconnectMax: "1s", keepalive: "5s" },
           telemetry: { interval: "500ms" },
           commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
+          update: { trustedKeys: [releaseKey.publicText], maxSize: "16MiB", progressInterval: "200ms" },
         }),
       );
     }
@@ -64,7 +70,7 @@ describe("a RabbitMQ 3.10 cluster of two nodes: devices on one, the operator on 
   });
   after(async () => {
     if (process.env.DEBUG_RABBITMQ)
-      for (const l of agents.get("cam-1")?.stdout.items ?? [])
+      for (const l of [...agents.values()].flatMap((a) => a.stdout.items))
         if (!l.includes('"level":30')) console.log(l.slice(0, 400));
     for (const a of agents.values()) await a.cleanup();
     await watch?.close();
@@ -133,12 +139,90 @@ describe("a RabbitMQ 3.10 cluster of two nodes: devices on one, the operator on 
     assert.match(r.err, /device cam\.9 has a dot, which this broker turns into a topic level separator/);
   });
 
+  it("ctl update stages a release on the group: its chunks go over MQTT from one node to the other", async () => {
+    const file = join(dir, "r1.bin");
+    writeFileSync(file, fakeAgent("9.9.9", process.arch === "arm64" ? "arm64" : "x64", 4 * 1024 * 1024));
+    const release = join(dir, "r1");
+    makeRelease({ file, privateKey: parsePrivateKey(releaseKey.privatePem), out: release, kind: "agent", now: 1 });
+    const r = await ctl(["update", "--group", "line-3", "--expect", "2", release, "--until", "staged", "--json"]);
+    assert.equal(r.code, 0, r.err + r.out);
+    const outcomes = r.out
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .filter((l) => "outcome" in l);
+    assert.deepEqual(
+      outcomes.map((l) => [l.device, l.outcome]).sort(),
+      DEVICES.map((id) => [id, "staged"]),
+    );
+  });
+
+  it("a rollout driven from the other node: presence and arch from the devices' signed answers", async () => {
+    // Simulated devices (test/helpers/fleet.ts: the real agent code, a scripted installer) on the first node;
+    // the driver on the second sees none of their retained statuses.
+    const sims = ["sim-1", "sim-2", "sim-3", "sim-4"];
+    const rel = generateKeys();
+    const fleet = new Fleet(sims, {
+      dir,
+      brokerUrl: cluster.nodes[0]?.url ?? "",
+      operatorKey: ops.publicText,
+      releaseKey: rel.publicText,
+      running: { version: "1.0.0", sha256: "a".repeat(64) },
+    });
+    try {
+      await fleet.start();
+      for (const d of fleet.devices) {
+        const pinned = await runCli([
+          "ctl",
+          "trust",
+          d.id,
+          "--public-key",
+          d.publicKeyFile,
+          "--known-devices",
+          pins,
+          "--broker",
+          brokerList(1),
+        ]);
+        assert.equal(pinned.code, 0, pinned.err);
+      }
+      const release = fleetRelease(dir, "1.1.0", rel.privatePem);
+      const db = ["--rollouts", join(dir, "rollouts.db")];
+      // A driver that never sees the devices waits for ever: the test fails after 120 s instead.
+      const args = ["rollout", release.dir, "--devices", sims.join(","), "--waves", "1,100%", "--soak", "1s"];
+      const flags = ["--broker", brokerList(1), "--key", keyFile, "--known-devices", pins, ...db];
+      const run = await Promise.race([
+        runCli(["ctl", ...args, ...flags], {}, 90_000),
+        new Promise<never>((_, reject) =>
+          setTimeout(() => reject(new Error("the rollout did not end in 120 s")), 120_000).unref(),
+        ),
+      ]);
+      assert.equal(run.code, 0, run.err + run.out);
+      const list = await ctl(["rollout", "list", "--json", ...db]);
+      const [made] = list.out
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as { id: string; state: string });
+      const status = await ctl(["rollout", "status", made?.id ?? "", "--json", "--all", ...db]);
+      const s = JSON.parse(status.out) as { state: string; devices: { device: string; state: string }[] };
+      assert.equal(s.state, "completed");
+      assert.deepEqual(
+        s.devices.map((d) => [d.device, d.state]).sort(),
+        sims.map((id) => [id, "committed"]),
+      );
+    } finally {
+      await fleet.stop();
+    }
+  });
+
   it("the devices' node goes down: they fail over to the other, and commands reach them there", async () => {
+    // Counted from before the kill: both may be back before the wait for either begins.
+    const since = watch.items.length;
     await cluster.kill(0);
     for (const id of DEVICES) {
       // Its birth on the surviving node: it connected there.
-      const online = (m: Received) => m.topic === `${PREFIX}/${id}/status` && m.json.state === "online";
-      await watch.waitForNext(online, 120_000, `${id} online again after its node went down`);
+      const online = (m: Received) =>
+        m.topic === `${PREFIX}/${id}/status` && m.json.state === "online" && watch.items.indexOf(m) >= since;
+      await watch.waitFor(online, 120_000, `${id} online again after its node went down`);
     }
     // The call may come while a device is still on its way over: it is retried until the deadline.
     for (const id of DEVICES) {

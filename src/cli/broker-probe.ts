@@ -16,6 +16,28 @@ function probeTopic(prefix: string): string {
   return `${groupCommandPrefix(prefix, `_probe-${randomBytes(6).toString("hex")}`)}`;
 }
 
+/**
+ * Whether `p` settled well within `ms`. A QoS 1 publish or a subscription is never settled by MQTT.js when the
+ * broker closes the connection over it (RabbitMQ does, on a publish its ACL refuses): a probe must not wait
+ * for it for ever, nor let the process run out of things to wait for and exit as if it had succeeded.
+ */
+export async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      p.then(
+        () => true,
+        () => false,
+      ),
+      new Promise<boolean>((resolve) => {
+        timer = setTimeout(() => resolve(false), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Publishes `leaf` under a fresh probe topic and returns the topics it came back on within `waitMs`. */
 async function echo(
   client: MqttClient,
@@ -37,19 +59,20 @@ async function echo(
     arrived();
   };
   client.on("message", onMessage);
-  let timer: NodeJS.Timeout | undefined;
   try {
-    if (!options.subscribeAfter) await client.subscribeAsync(filter, { qos: 1 });
-    await client.publishAsync(`${base}${leaf}`, "probe", { qos: 1, retain: options.retain === true });
-    if (options.subscribeAfter) await client.subscribeAsync(filter, { qos: 1 });
-    await Promise.race([first, new Promise((resolve) => (timer = setTimeout(resolve, waitMs)))]);
-    await client.unsubscribeAsync(filter).catch(() => {});
-    // A retained probe is removed again: nothing of it stays on the broker.
-    if (options.retain) await client.publishAsync(`${base}${leaf}`, "", { qos: 1, retain: true }).catch(() => {});
+    const subscribe = () => within(client.subscribeAsync(filter, { qos: 1 }), waitMs);
+    if (!options.subscribeAfter && !(await subscribe())) return { base, seen };
+    const retain = options.retain === true;
+    if (!(await within(client.publishAsync(`${base}${leaf}`, "probe", { qos: 1, retain }), waitMs)))
+      return { base, seen };
+    if (options.subscribeAfter && !(await subscribe())) return { base, seen };
+    await within(first, waitMs);
     return { base, seen };
   } finally {
-    clearTimeout(timer);
     client.off("message", onMessage);
+    await within(client.unsubscribeAsync(filter), waitMs);
+    // A retained probe is removed again, whatever came of it: nothing of it stays on the broker.
+    if (options.retain) await within(client.publishAsync(`${base}${leaf}`, "", { qos: 1, retain: true }), waitMs);
   }
 }
 

@@ -6,7 +6,7 @@ import type { IClientOptions, IConnackPacket, MqttClient } from "mqtt";
 import { errorMessage } from "../core/errors.ts";
 import { endpointOptions, readPasswordFile } from "../mqtt/options.ts";
 import { deviceTopics, groupCommandPrefix } from "../mqtt/topics.ts";
-import { type Dots, probeDots, probeRetainedWildcard } from "./broker-probe.ts";
+import { type Dots, probeDots, probeRetainedWildcard, within } from "./broker-probe.ts";
 import { type BrokerOptions, connectBroker, connectOnce } from "./ctl-client.ts";
 import { BROKER_FLAGS, brokerOptions, ctlSettings } from "./ctl-settings.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
@@ -87,10 +87,30 @@ export async function brokerCommand(host: Host, args: string[]): Promise<number>
           ? "ctl devices reads the retained statuses"
           : "no retained message came back at all",
     );
-    say("will", await willDelivered(client, base, o), "the broker publishes a vanished client's will");
-    say("persistentSessions", await sessionKept(client, base, o), "QoS 1 messages kept for a client that was away");
-    if (device) say("aclConfinesDevice", ...(await confined(client, base, o, device)));
-    else say("aclConfinesDevice", null, "not checked: give --device-username and --device-password-file");
+    const tried = async <T>(what: () => Promise<T>): Promise<T | string> => {
+      try {
+        return await what();
+      } catch (err) {
+        return `failed: ${errorMessage(err)}`;
+      }
+    };
+    const will = await tried(() => willDelivered(client, base, o));
+    say(
+      "will",
+      typeof will === "string" ? null : will,
+      typeof will === "string" ? will : "a vanished client's will is published",
+    );
+    const kept = await tried(() => sessionKept(client, base, o));
+    say(
+      "persistentSessions",
+      typeof kept === "string" ? null : kept,
+      typeof kept === "string" ? kept : "QoS 1 messages kept for a client that was away",
+    );
+    if (device) {
+      const c = await tried(() => confined(client, base, o, device));
+      const [value, note] = typeof c === "string" ? [null, c] : c;
+      say("aclConfinesDevice", value, note);
+    } else say("aclConfinesDevice", null, "not checked: give --device-username and --device-password-file");
   } finally {
     await client.endAsync(true);
   }
@@ -118,13 +138,14 @@ async function arrives(client: MqttClient, topic: string, act: () => Promise<voi
   };
   client.on("message", on);
   try {
-    await client.subscribeAsync(topic, { qos: 1 });
+    if (!(await within(client.subscribeAsync(topic, { qos: 1 }), WAIT_MS)))
+      throw new Error(`cannot subscribe to ${topic}`);
     await act();
     for (let waited = 0; !seen && waited < WAIT_MS; waited += 50) await sleep(50);
-    await client.unsubscribeAsync(topic).catch(() => {});
     return seen;
   } finally {
     client.off("message", on);
+    await within(client.unsubscribeAsync(topic), WAIT_MS);
   }
 }
 
@@ -157,21 +178,20 @@ async function sessionKept(client: MqttClient, base: IClientOptions, o: BrokerOp
   };
   try {
     const first = await connectOnce(persistent);
-    await first.subscribeAsync(topic, { qos: 1 });
-    await first.endAsync();
-    await client.publishAsync(topic, "kept", { qos: 1 });
+    await within(first.subscribeAsync(topic, { qos: 1 }), WAIT_MS);
+    await within(first.endAsync(), WAIT_MS);
+    await within(client.publishAsync(topic, "kept", { qos: 1 }), WAIT_MS);
     let kept = false;
     const again = await connectOnce(persistent, (t) => {
       if (t === topic) kept = true;
     });
     for (let waited = 0; !kept && waited < WAIT_MS; waited += 50) await sleep(50);
-    await again.endAsync();
-    // Ends the session again: nothing of the probe stays on the broker.
-    const clean = await connectOnce({ ...persistent, clean: true, properties: {} });
-    await clean.endAsync();
+    await within(again.endAsync(), WAIT_MS);
     return kept;
-  } catch (err) {
-    return `failed: ${errorMessage(err)}`;
+  } finally {
+    // Ends the session again, whatever came of the probe: nothing of it stays on the broker.
+    const clean = await connectOnce({ ...persistent, clean: true, properties: {} }).catch(() => undefined);
+    if (clean) await within(clean.endAsync(), WAIT_MS);
   }
 }
 
@@ -200,20 +220,21 @@ async function confined(
   try {
     const other = deviceTopics(o.prefix, `probe-${randomBytes(4).toString("hex")}`);
     const wrote = await arrives(client, other.status, async () => {
-      await dev.publishAsync(other.status, "forged", { qos: 1 }).catch(() => {});
+      // A broker may close the connection over a refused publish, which MQTT.js then never settles.
+      await within(dev.publishAsync(other.status, "forged", { qos: 1 }), WAIT_MS);
     });
     const command = other.command("ping");
     let read = false;
     dev.on("message", (t) => {
       if (t === command) read = true;
     });
-    await dev.subscribeAsync(command, { qos: 1 }).catch(() => {});
-    await client.publishAsync(command, "probe", { qos: 1 });
+    await within(dev.subscribeAsync(command, { qos: 1 }), WAIT_MS);
+    await within(client.publishAsync(command, "probe", { qos: 1 }), WAIT_MS);
     for (let waited = 0; !read && waited < WAIT_MS; waited += 50) await sleep(50);
     const leaks = [wrote ? "wrote another device's status" : "", read ? "read another device's commands" : ""];
     const said = leaks.filter(Boolean).join(" and ");
     return said ? [false, `${login.username} ${said}`] : [true, `${login.username} stays under its own topics`];
   } finally {
-    await dev.endAsync(true);
+    await within(dev.endAsync(true), WAIT_MS);
   }
 }

@@ -266,7 +266,8 @@ export class DeviceCaller {
    */
   private async wire(o: CallOptions): Promise<CommandWire> {
     if (this.form !== "auto") return this.form;
-    this.dots ??= probeDots(this.client, this.prefix);
+    // A probe that failed (the connection went with it) is "unknown": the dotted form, as before the probe.
+    this.dots ??= probeDots(this.client, this.prefix).catch((): Dots => "unknown");
     if ((await this.dots) !== "split") return "dotted";
     const name = o.device ?? o.group ?? "";
     if (name.includes(".")) {

@@ -65,20 +65,25 @@ export async function devicesCommand(host: Host, args: string[]): Promise<number
         answered.add(reply.device);
         // The answer says the device is there now; its version is in its status, which this broker keeps
         // only for exact subscriptions on the node that holds it.
-        const known = seen.get(reply.device) ?? { id: reply.device, received: 0 };
-        seen.set(reply.device, { ...known, status: { ...known.status, state: "online", ts: Date.now() } });
+        seen.set(reply.device, { id: reply.device, received: 0, status: { state: "online", ts: Date.now() } });
       }
     } else {
       used = { how: "retained", why: wildcard ? "this broker shows retained statuses through wildcards" : "asked for" };
       await new Promise((resolve) => setTimeout(resolve, waitMs));
     }
   });
+  // By ping, a device is listed only if its pinned key signed an answer, and only its signed status says more
+  // (anyone can publish a status or telemetry that claims a device is online).
+  const verified = (id: string) => {
+    const s = trust.status(id);
+    return s?.verdict.trust === "verified" ? s.body : {};
+  };
   const rows = [...seen.values()]
-    .filter((d) => d.status !== undefined)
+    .filter((d) => (used.how === "ping" ? answered.has(d.id) : d.status !== undefined))
     .sort((a, b) => a.id.localeCompare(b.id))
     .map((d) => {
-      const s = d.status ?? {};
-      const t = d.telemetry ?? {};
+      const s = used.how === "ping" ? { ...verified(d.id), ...d.status } : (d.status ?? {});
+      const t = used.how === "ping" ? {} : (d.telemetry ?? {});
       const times = [s.ts, t.ts].filter((x): x is number => typeof x === "number");
       const ts = times.length > 0 ? Math.max(...times) : undefined;
       return {

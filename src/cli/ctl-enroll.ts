@@ -72,7 +72,7 @@ export function devicesAcl(r: Registry): string {
     `pattern read ${p}/%u/cmd/+`,
     `pattern read ${p}/%u/update/data`,
     // The every-device group (mqtt/topics.ts EVERY_DEVICE): presence where retained messages do not reach
-    // wildcards; it takes only commands that change nothing.
+    // wildcards; it takes `ping` and `describe` only.
     `pattern read ${p}/_group/_all/cmd/+`,
     `pattern write ${r.homeassistant}/+/outpost_%u/#`,
   ];

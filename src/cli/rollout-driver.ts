@@ -204,6 +204,12 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
 
   const ask = (d: DeviceRow, t: number) => {
     const arch = archOf(d.device);
+    // Present from the journal (a restarted driver) but its arch not yet known where statuses do not reach us:
+    // asked what it runs first, not failed for want of a release.
+    if (arch === undefined && !releases.has("any") && o.trust.status(d.device) === undefined) {
+      presence.ask(d.device, t);
+      return;
+    }
     const release = (arch === undefined ? undefined : releases.get(arch)) ?? releases.get("any");
     if (!release) {
       finish(d, "failed", "failed", "NO_RELEASE", `no release in this rollout for linux-${arch ?? "unknown"}`);
@@ -294,7 +300,10 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
     if (cur === -1) startWave(0, t);
     else if (!next) {
       // The last wave gates nothing: the rollout ends once every reachable device of every wave finished.
-      const open = [...rows.values()].filter((d) => IN_FLIGHT.has(d.state) || (d.state === "pending" && d.present));
+      const open = [...rows.values()].filter(
+        (d) =>
+          IN_FLIGHT.has(d.state) || (d.state === "pending" && (d.present || presence.awaiting(d.device, t, ackMs))),
+      );
       if (open.length === 0) {
         const all = waveCounts(rows.values());
         const reason = `${all.committed} committed, ${all.failures} failed${all.forgiven > 0 ? `, ${all.forgiven} failures accepted` : ""}${all.offline > 0 ? `, ${all.offline} offline (not updated: ctl rollout resume ${id} when they are back)` : ""}`;

@@ -25,6 +25,7 @@ export class PresenceProbe {
   };
   private readonly asked = new Map<string, { at: number; id: string; digest: string }>();
   private readonly arches = new Map<string, string>();
+  private readonly answered = new Set<string>();
 
   constructor(o: PresenceProbe["o"]) {
     this.o = o;
@@ -33,6 +34,15 @@ export class PresenceProbe {
   /** The topic its answers come on (the fallback reply topic of `describe`): subscribed with the driver's. */
   get replies(): string {
     return deviceTopics(this.o.prefix, "+").commandReply("describe");
+  }
+
+  /**
+   * Whether a describe went to the device and its answer may still come (within `answerMs`): a device the
+   * driver cannot see yet is not taken for offline before it had the time to answer.
+   */
+  awaiting(device: string, now: number, answerMs: number): boolean {
+    const last = this.asked.get(device);
+    return last !== undefined && !this.answered.has(device) && now - last.at < answerMs;
   }
 
   /** The arch the device's signed answer named, if any. */
@@ -72,6 +82,7 @@ export class PresenceProbe {
     if (isRefusal(verdict) || verdict.trust !== "verified") return true;
     const arch = (body.result as { arch?: unknown } | undefined)?.arch;
     if (typeof arch === "string") this.arches.set(device, arch);
+    this.answered.add(device);
     this.o.onSeen(device);
     return true;
   }

@@ -12,14 +12,18 @@ export interface Route {
 }
 
 /**
- * A broadcast to the whole fleet is for looking, never for changing: one signature must not restart every device
- * at once.
+ * What the every-device group takes: presence and what a device is. Named, not "whatever changes nothing":
+ * `debug.block` changes nothing and would freeze the whole fleet at once.
  */
+export const EVERY_DEVICE_COMMANDS: ReadonlySet<string> = new Set(["ping", "describe"]);
+
+/** A broadcast to the whole fleet is for looking: one signature must not restart or block every device at once. */
 export function lookOnly(route: Route, group: string | undefined, definition: CommandDefinition, id: string): void {
-  if ((route.everyDevice || group === EVERY_DEVICE) && definition.changesState !== false) {
+  const fleetWide = route.everyDevice || group === EVERY_DEVICE;
+  if (fleetWide && (definition.changesState !== false || !EVERY_DEVICE_COMMANDS.has(definition.name))) {
     throw new Refused(
       "BAD_REQUEST",
-      `${route.name} changes state; the every-device group (${EVERY_DEVICE}) takes only commands that change nothing`,
+      `the every-device group (${EVERY_DEVICE}) takes only ${[...EVERY_DEVICE_COMMANDS].join(" and ")}, not ${route.name}`,
       id,
     );
   }

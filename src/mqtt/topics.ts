@@ -41,7 +41,7 @@ export function deviceTopics(prefix: string, deviceId: string): DeviceTopics {
 /**
  * The group every device is in (`P/_group/_all/cmd/`): presence on a broker that shows retained messages only
  * to exact subscriptions (RabbitMQ). Group names start with a letter or digit, so it names no user's group.
- * It takes only commands that change nothing (`ping`, `describe`, ...).
+ * It takes `ping` and `describe` only (commands/routes.ts EVERY_DEVICE_COMMANDS).
  */
 export const EVERY_DEVICE = "_all";
 

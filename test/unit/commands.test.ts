@@ -246,21 +246,26 @@ describe("brokers that turn '.' into a level separator (issue 26, part C: Rabbit
     assert.equal(lastError(h), "BAD_REQUEST");
   });
 
-  test("every device answers the _all group, but only commands that change nothing", async () => {
+  test("every device answers the _all group, but only ping and describe", async () => {
     const h = harness({ groups: ["line-3"] });
+    const ping = defineCommand({ name: "ping", params: z.undefined(), changesState: false, run: () => "pong" });
+    h.commands.register([ping]);
     const all = (command: string) => ({ ...request({ command, group: "_all" }), device: undefined });
-    h.deliver("look", sign(h.ops, all("look")), {}, `${PREFIX}/_group/_all/cmd/look`);
+    h.deliver("ping", sign(h.ops, all("ping")), {}, `${PREFIX}/_group/_all/cmd/ping`);
     await h.settle();
     assert.deepEqual(states(h), ["accepted", "succeeded"]);
-    // One signature must not change every device at once: on the broadcast topic, or on the device's own.
+    // One signature must not change every device at once: on the broadcast topic, or on the device's own. Nor
+    // may a command that changes nothing but holds the device (debug.block) reach the whole fleet: "look"
+    // stands for it.
     h.deliver("probe", sign(h.ops, all("probe")), {}, `${PREFIX}/_group/_all/cmd/probe`);
     h.deliver("probe", sign(h.ops, all("probe")));
     h.deliver("probe", sign(h.ops, { ...request({ command: "probe" }) }), {}, `${PREFIX}/_group/_all/cmd/probe`);
+    h.deliver("look", sign(h.ops, all("look")), {}, `${PREFIX}/_group/_all/cmd/look`);
     await h.settle();
-    assert.deepEqual(h.effects, ["look"]);
+    assert.deepEqual(h.effects, []);
     assert.deepEqual(
       h.replies.slice(2).map((r) => r.body.error?.code),
-      ["BAD_REQUEST", "BAD_REQUEST", "BAD_REQUEST"],
+      ["BAD_REQUEST", "BAD_REQUEST", "BAD_REQUEST", "BAD_REQUEST"],
     );
   });
 

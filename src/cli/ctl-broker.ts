@@ -4,6 +4,7 @@ import { randomBytes } from "node:crypto";
 import { parseArgs } from "node:util";
 import type { IClientOptions, IConnackPacket, MqttClient } from "mqtt";
 import { errorMessage } from "../core/errors.ts";
+import { BROKER_URL } from "../core/patterns.ts";
 import { endpointOptions, readPasswordFile } from "../mqtt/options.ts";
 import { deviceTopics, groupCommandPrefix } from "../mqtt/topics.ts";
 import { type Dots, probeDots, probeRetainedWildcard, within } from "./broker-probe.ts";
@@ -27,6 +28,7 @@ export async function brokerCommand(host: Host, args: string[]): Promise<number>
       ...BROKER_FLAGS,
       "device-username": { type: "string" },
       "device-password-file": { type: "string" },
+      "device-broker": { type: "string" },
     },
     allowPositionals: true,
   });
@@ -107,7 +109,13 @@ export async function brokerCommand(host: Host, args: string[]): Promise<number>
       typeof kept === "string" ? kept : "QoS 1 messages kept for a client that was away",
     );
     if (device) {
-      const c = await tried(() => confined(client, base, o, device));
+      // Where devices log in: another listener, on a broker that keeps devices and operators apart (the shipped
+      // mosquitto configuration), with ctl's TLS settings.
+      const at = values["device-broker"];
+      if (at !== undefined && !BROKER_URL.test(at))
+        throw new UsageError(`--device-broker must be an mqtt:// URL, not ${at}`);
+      const deviceBase = at === undefined ? base : { ...base, ...endpointOptions({ ...o, url: at }) };
+      const c = await tried(() => confined(client, deviceBase, o, device));
       const [value, note] = typeof c === "string" ? [null, c] : c;
       say("aclConfinesDevice", value, note);
     } else say("aclConfinesDevice", null, "not checked: give --device-username and --device-password-file");

@@ -14,7 +14,7 @@ export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|update|rollout|t
                                   telemetry seen while listening, --wait 1s); where the broker shows retained
                                   messages only to exact subscriptions (RabbitMQ), from a signed ping that
                                   every device answers (needs --key); stderr says which was used
-  broker check [--device-username U --device-password-file F]
+  broker check [--device-username U --device-password-file F [--device-broker URL]]
                                   what the broker supports: MQTT 5 or the fallback, dots in topic levels,
                                   retained messages through wildcards, wills, persistent sessions, the
                                   maximum packet size; with a device's login, whether its ACL confines it
@@ -100,6 +100,7 @@ const VALUE_FLAGS = new Set([
   ...["broker-dir", "out", "device-url", "ha-prefix", "broker-group"],
   ...["devices", "waves", "seed", "canary", "success", "soak", "failure", "min-finished", "deadline", "cap"],
   ...["rollouts", "discover", "reason", "task", "presence", "device-username", "device-password-file"],
+  ...["device-broker"],
 ]);
 /** Flags that take a value in one subcommand and none in another (update's --group NAME, call's --group). */
 const EITHER_FLAGS = new Set(["group", "wait"]);

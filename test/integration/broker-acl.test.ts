@@ -219,6 +219,26 @@ describe("the shipped broker configuration, with enrolled devices (issue 25)", (
     }
   });
 
+  it("ctl broker check, given a device's login on the devices' listener, finds that the ACL confines it", async () => {
+    // Issue 26, part C. dev-x: enrolled, no agent (the check's login takes the session of its username).
+    const r = await ctl([
+      "broker",
+      "check",
+      "--json",
+      "--device-username",
+      "dev-x",
+      "--device-password-file",
+      join(out, "dev-x", "mqtt-password"),
+      "--device-broker",
+      `mqtts://127.0.0.1:${devicePort}`,
+    ]);
+    assert.equal(r.code, 0, r.err);
+    const found = JSON.parse(r.out) as Record<string, { value: unknown; note: string }>;
+    assert.equal(found.aclConfinesDevice?.value, true, found.aclConfinesDevice?.note);
+    assert.equal(found.dotsInTopicLevels?.value, "kept");
+    assert.equal(found.retainedThroughWildcards?.value, true);
+  });
+
   it("bridged through a second mosquitto over MQTT 3.1.1, the signatures still verify", async () => {
     const edgePort = await freePort();
     const edge = await Mosquitto.start({

@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import type { MqttClient } from "mqtt";
+import { withDeadline } from "../core/lifecycle.ts";
 import { groupCommandPrefix } from "../mqtt/topics.ts";
 
 /**
@@ -21,21 +22,11 @@ function probeTopic(prefix: string): string {
  * broker closes the connection over it (RabbitMQ does, on a publish its ACL refuses): a probe must not wait
  * for it for ever, nor let the process run out of things to wait for and exit as if it had succeeded.
  */
-export async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      p.then(
-        () => true,
-        () => false,
-      ),
-      new Promise<boolean>((resolve) => {
-        timer = setTimeout(() => resolve(false), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
+export function within(p: Promise<unknown>, ms: number): Promise<boolean> {
+  return withDeadline(p, ms, () => new Error("probe deadline")).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** Publishes `leaf` under a fresh probe topic and returns the topics it came back on within `waitMs`. */

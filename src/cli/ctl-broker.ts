@@ -3,6 +3,7 @@
 import { randomBytes } from "node:crypto";
 import { parseArgs } from "node:util";
 import type { IClientOptions, IConnackPacket, MqttClient } from "mqtt";
+import { sleep } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
 import { BROKER_URL } from "../core/patterns.ts";
 import { endpointOptions, readPasswordFile } from "../mqtt/options.ts";
@@ -19,7 +20,6 @@ interface Finding {
 }
 
 const WAIT_MS = 3000;
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export async function brokerCommand(host: Host, args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({

@@ -79,14 +79,14 @@ const COLUMNS = [
 
 /** The per-wave table: one line per wave, with its counts and where it stands. */
 export function waveTable(s: RolloutStatus): string[] {
-  const head = `wave  devices  ${COLUMNS.map(([, h]) => h.padStart(11)).join("")}  state`;
+  const head = `wave  devices  ${COLUMNS.map(([, h]) => h.padStart(12)).join("")}  state`;
   const lines = s.waves.map((w) => {
     const where = w.passed
       ? `passed ${w.passed.slice(11, 19)}`
       : w.started
         ? `started ${w.started.slice(11, 19)}`
         : "waiting";
-    return `${String(w.wave).padStart(4)}  ${String(w.total).padStart(7)}  ${COLUMNS.map(([k]) => String(w[k]).padStart(11)).join("")}  ${where}`;
+    return `${String(w.wave).padStart(4)}  ${String(w.total).padStart(7)}  ${COLUMNS.map(([k]) => String(w[k]).padStart(12)).join("")}  ${where}`;
   });
   return [head, ...lines];
 }

@@ -4,14 +4,17 @@ import assert from "node:assert/strict";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { PassThrough } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { generateKeys, parsePrivateKey } from "../../src/commands/keys.ts";
 import { makeRelease } from "../../src/ota/release.ts";
 import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
+import { runCli } from "../helpers/cli.ts";
 import { operatorKey } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { Operator } from "../helpers/operator.ts";
 import { DEMO, FIXTURES, MODEL, sample } from "../helpers/parts-model.ts";
+import { pinAgent } from "../helpers/pins.ts";
 import { RangeServer } from "../helpers/range-server.ts";
 
 const ID = "dev-models";
@@ -185,6 +188,74 @@ describe("model updates: a task's model, tried with its golden sample", () => {
     const noTask = await update("good", null);
     assert.equal(noTask?.error?.code, "OTA_KIND_UNSUPPORTED");
     assert.ok(!existsSync(join(agent.dir, "state", "models", "inspect", "1.0.0")));
+  });
+
+  it("a rollout of a model release (ctl rollout --task, --http): committed through the golden sample, the chunks from the static server; asked again, current", async () => {
+    const keyFile = join(dir, "ops.key");
+    writeFileSync(keyFile, ops.privatePem, { mode: 0o600 });
+    const pins = join(dir, "known_devices");
+    await pinAgent(pins, broker.url, ID, agent);
+    // The model with a doc string appended (protobuf field 6): other bytes, the same weights. Only its last chunk
+    // is new; the rest the device has from the model it runs.
+    const doc = Buffer.from("rolled out");
+    release("rolled", "1.4.0", Buffer.concat([readFileSync(MODEL), Buffer.from([0x32, doc.length]), doc]));
+    const base = ["--broker", broker.url, "--key", keyFile, "--known-devices", pins, "--rollouts", join(dir, "r.db")];
+    // The first on a terminal: the progress view redraws its wave table in place.
+    const tty = Object.assign(new PassThrough(), { isTTY: true });
+    let drawn = "";
+    tty.on("data", (c: Buffer) => {
+      drawn += c.toString();
+    });
+    const rollout = (more = {}) =>
+      runCli(
+        [
+          "ctl",
+          "rollout",
+          join(dir, "www", "rolled"),
+          "--devices",
+          ID,
+          "--waves",
+          "1",
+          "--soak",
+          "2s",
+          "--task",
+          "inspect",
+          "--http",
+          server.url("rolled/"),
+          ...base,
+        ],
+        {},
+        undefined,
+        more,
+      );
+    const served = server.requests;
+    const r = await rollout({ stdout: tty });
+    assert.equal(r.code, 0, `${drawn}\n${r.err}`);
+    assert.match(drawn, /completed \(1 committed, 0 failed\)/);
+    // Drawn at least twice (the soak alone outlasts the 1 s redraw): the second time over the first, each line
+    // cleared, the columns apart.
+    const ESC = "\u001b";
+    assert.match(drawn, new RegExp(`${ESC}\\[\\d+A`));
+    assert.match(
+      drawn,
+      new RegExp(
+        `${ESC}\\[2K *wave +devices +pending +offline +in-flight +committed +rolled-back +failed +timed-out +state\n`,
+      ),
+    );
+    // Every byte came from the static server: the driver serves chunks over MQTT only without --http.
+    assert.ok(server.requests > served, "the device fetched from the --http URL");
+    const models = join(agent.dir, "state", "models", "inspect");
+    assert.match(readlinkSync(join(models, "current")), /^1\.4\.0-[0-9a-f]{12}\.onnx$/);
+    assert.match((await classify("chip-1.png")).model.path, /\/1\.4\.0-[0-9a-f]{12}\.onnx$/);
+    // A second rollout of the same model: the device runs that version already and says so, nothing fetched.
+    const before = server.requests;
+    const again = await rollout();
+    assert.equal(again.code, 0, `${again.out}\n${again.err}`);
+    assert.match(again.out, /completed \(1 committed, 0 failed\)/);
+    const st = await runCli(["ctl", "rollout", "status", "--json", "--all", ...base]);
+    const said = (JSON.parse(st.out) as { devices: { said: string | null }[] }).devices[0]?.said;
+    assert.equal(said, "already current");
+    assert.equal(server.requests, before, "nothing fetched for a model the device runs");
   });
 });
 

@@ -340,13 +340,15 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
     // Whose turn it is: pending devices of the started waves that are online, in plan order, within the cap.
     let slots = policy.cap === undefined ? Number.POSITIVE_INFINITY : policy.cap - inFlight;
     const upTo = waves.filter((w) => w.started !== null).length;
+    // A device not seen is asked whether it is there even when the cap is full: until it answers it counts as
+    // offline, and a wave must not pass for want of asking.
     for (const d of rows.values()) {
-      if (slots <= 0) break;
-      const rested = d.asked === null || t - d.asked >= backoff(d.attempt);
-      if (d.wave < upTo && d.state === "pending" && d.present && rested) {
+      if (d.wave >= upTo || d.state !== "pending") continue;
+      if (!d.present) presence.ask(d.device, t);
+      else if (slots > 0 && (d.asked === null || t - d.asked >= backoff(d.attempt))) {
         ask(d, t);
         slots--;
-      } else if (d.wave < upTo && d.state === "pending" && !d.present) presence.ask(d.device, t);
+      }
     }
     return undefined;
   };

@@ -6,8 +6,12 @@ import { type AnswerTrust, isRefusal } from "./answer-trust.ts";
 import type { Signer } from "./ctl-client.ts";
 import { VALIDITY_MS } from "./rollout-wire.ts";
 
-/** How often a device that has not been seen is asked again. */
+/**
+ * How soon a device that has not been seen is asked again: 30 s, doubled after each unanswered ask up to 5 min,
+ * so that a thousand devices switched off for the night cost the broker a few describes a second, not 33.
+ */
 export const PRESENCE_EVERY_MS = 30_000;
+export const PRESENCE_MAX_MS = 300_000;
 
 /**
  * Presence and arch for the rollout driver where retained statuses do not reach it: a RabbitMQ cluster keeps a
@@ -23,7 +27,7 @@ export class PresenceProbe {
     signer: Signer;
     onSeen: (device: string) => void;
   };
-  private readonly asked = new Map<string, { at: number; id: string; digest: string }>();
+  private readonly asked = new Map<string, { at: number; id: string; digest: string; tries: number }>();
   private readonly arches = new Map<string, string>();
   private readonly answered = new Set<string>();
 
@@ -52,12 +56,14 @@ export class PresenceProbe {
 
   ask(device: string, now: number): void {
     const last = this.asked.get(device);
-    if (last && now - last.at < PRESENCE_EVERY_MS) return;
+    if (last && now - last.at < Math.min(PRESENCE_MAX_MS, PRESENCE_EVERY_MS * 2 ** (last.tries - 1))) return;
     const request = newRequest({ command: "describe", device, now, validityMs: VALIDITY_MS });
     const payload = JSON.stringify(
       signPayload(JSON.stringify(request), this.o.signer.privateKey, this.o.signer.publicText),
     );
-    this.asked.set(device, { at: now, id: request.id, digest: requestDigest(payload) });
+    const tries = this.answered.has(device) ? 1 : (last?.tries ?? 0) + 1;
+    this.answered.delete(device);
+    this.asked.set(device, { at: now, id: request.id, digest: requestDigest(payload), tries });
     this.o.client.publish(deviceTopics(this.o.prefix, device).command("describe"), payload, { qos: 1 });
   }
 

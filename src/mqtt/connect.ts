@@ -3,7 +3,7 @@ import { errorMessage, OutpostError } from "../core/errors.ts";
 import { withDeadline } from "../core/lifecycle.ts";
 import type { Logger } from "../core/logger.ts";
 import { FilteredStream } from "./filtered-stream.ts";
-import type { BrokerLimits, LinkOptions, ProtocolVersion } from "./link.ts";
+import type { BrokerLimits, LinkOptions, ProtocolVersion } from "./link-types.ts";
 import { endpointOptions } from "./options.ts";
 import { packetGuard } from "./packet-guard.ts";
 

@@ -1,6 +1,6 @@
 import { EventEmitter } from "node:events";
 import type { Socket } from "node:net";
-import type { IClientPublishOptions, IPublishPacket, MqttClient } from "mqtt";
+import type { IClientPublishOptions, MqttClient } from "mqtt";
 import { Backoff } from "../core/backoff.ts";
 import { sleep } from "../core/clock.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
@@ -8,61 +8,10 @@ import { abortPromise, type Component, followAbort, once } from "../core/lifecyc
 import type { Logger } from "../core/logger.ts";
 import { redactUrl } from "../core/patterns.ts";
 import { failPending, openClient, withTimeout } from "./connect.ts";
-import { type BrokerEndpoint, refusedMqtt5 } from "./options.ts";
+import type { BrokerLimits, LinkEvents, LinkMessage, LinkOptions, ProtocolVersion } from "./link-types.ts";
+import { refusedMqtt5 } from "./options.ts";
 
-export type ProtocolVersion = 4 | 5;
-
-export interface LinkMessage {
-  topic: string;
-  payload: string | Buffer;
-  retain: boolean;
-  qos: 0 | 1;
-}
-
-export interface LinkOptions extends BrokerEndpoint {
-  /** Brokers tried after `url`, in turn, when the current one cannot be reached (the nodes of a cluster). */
-  failover?: readonly string[];
-  protocolVersion: ProtocolVersion;
-  clientId: string;
-  rejectUnauthorized: boolean;
-  keepaliveMs: number;
-  connectTimeoutMs: number;
-  reconnectMinMs: number;
-  reconnectMaxMs: number;
-  /**
-   * The largest packet accepted from the broker: announced in CONNECT (MQTT 5, so the broker drops larger
-   * messages for us) and enforced on the socket before a packet is buffered (a larger one drops the connection).
-   */
-  maxPacketSize?: number;
-  /** MQTT 5 session expiry in seconds (0: clean session). */
-  sessionExpiryS?: number;
-  /** Keep the session on MQTT 3.1.1 (it never expires there). */
-  persistentSession311?: boolean;
-  /** The will, registered at each connect: what the broker says for us when we vanish. */
-  will: () => LinkMessage;
-  /** Published (retained) after each successful connect, before anything else. */
-  birth: () => LinkMessage;
-  /** Published (retained) on a clean stop, before the disconnect. */
-  farewell: () => LinkMessage;
-  logger: Logger;
-  random?: () => number;
-  /** The monotonic clock (ms): how long a connection lasted. */
-  now?: () => number;
-}
-
-export interface LinkEvents {
-  connected: [{ protocolVersion: ProtocolVersion }];
-  disconnected: [];
-  message: [topic: string, payload: Buffer, packet: IPublishPacket];
-}
-
-/** What the broker announced in its CONNACK (MQTT 5); empty on MQTT 3.1.1. */
-export interface BrokerLimits {
-  /** Receive Maximum: QoS 1 messages it accepts in flight. */
-  receiveMaximum?: number;
-  /** Maximum Packet Size. */
-  maximumPacketSize?: number;
-}
+export type { BrokerLimits, LinkEvents, LinkMessage, LinkOptions, ProtocolVersion } from "./link-types.ts";
 
 /** MQTT 5 DISCONNECT reason: another connection with the same client id took the session. */
 const SESSION_TAKEN_OVER = 0x8e;
@@ -88,11 +37,12 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
   private protocol: ProtocolVersion;
   private fellBack = false;
   /**
-   * This connection is MQTT 3.1.1 because an MQTT 5 connect was closed unanswered just before: the next
-   * connect tries MQTT 5 first again (a broker going down closes connects unanswered too, and a fallback kept
-   * for good would lose the MQTT 5 session, with the requests queued in it, once it is back).
+   * The brokers of the list (by index) that refused MQTT 5 in a CONNACK: 3.1.1 for them from then on, MQTT 5
+   * still for the others. A fallback after a connect closed unanswered is for that connection only: a broker
+   * going down closes connects unanswered too, and a fallback kept for good would lose the MQTT 5 session,
+   * with the requests queued in it, once it is back.
    */
-  private unansweredFallback = false;
+  private readonly refused5 = new Set<number>();
   /** MQTT 5 connects in a row closed unanswered (reset by any other outcome). */
   private unanswered5 = 0;
   private connectCount = 0;
@@ -101,6 +51,8 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
   private ready = false;
   /** Connections in a row that the broker closed soon after accepting them. */
   private shortLived = 0;
+  /** Brokers of the list left in a row because each dropped SUSPECT_AFTER connections right after accepting. */
+  private dropping = 0;
   private readonly subscriptions: string[] = [];
   /** `url`, then `failover`: the one in use is kept while it works, the next tried when it cannot be reached. */
   private readonly urls: readonly string[];
@@ -235,19 +187,15 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
   /** One connection from attempt to loss, then the wait before the next attempt. */
   private async connection(signal: AbortSignal, backoff: Backoff, aborted: Promise<void>): Promise<void> {
     let client: MqttClient;
-    if (this.unansweredFallback) {
-      this.protocol = 5;
-      this.unansweredFallback = false;
-      this.fellBack = false;
-    }
+    this.fellBack = this.refused5.has(this.urlIndex);
+    this.protocol = this.fellBack ? 4 : this.options.protocolVersion;
     try {
       client = await this.connectWithFallback(signal);
     } catch (err) {
       if (signal.aborted) return;
       if (refusedMqtt5(this.protocol, err)) {
-        this.log.warn("broker refused MQTT 5; falling back to MQTT 3.1.1");
-        this.protocol = 4;
-        this.fellBack = true;
+        this.log.warn({ url: redactUrl(this.url) }, "broker refused MQTT 5; falling back to MQTT 3.1.1");
+        this.refused5.add(this.urlIndex);
         return;
       }
       const failed = this.url;
@@ -296,12 +244,28 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
     if (this.now() - connectedAt >= STABLE_MS) {
       backoff.reset();
       this.shortLived = 0;
+      this.dropping = 0;
     } else {
       this.shortLived += 1;
+    }
+    // Unannounced, and other brokers in the list not tried yet: the broker may be what fails (a node cut off
+    // from its cluster), so the next one is tried. Once around the list, it is taken for a takeover.
+    if (!takenOver && this.shortLived >= SUSPECT_AFTER && this.dropping < this.urls.length - 1) {
+      this.shortLived = 0;
+      this.dropping += 1;
+      const failed = this.url;
+      this.urlIndex = (this.urlIndex + 1) % this.urls.length;
+      this.log.warn(
+        { url: redactUrl(failed), next: redactUrl(this.url) },
+        `the broker closed ${SUSPECT_AFTER} connections in a row right after accepting them; trying the next one`,
+      );
+      await sleep(backoff.next(), signal);
+      return;
     }
     if (takenOver || this.shortLived >= SUSPECT_AFTER) {
       this.takeoverCount += 1;
       this.shortLived = 0;
+      this.dropping = 0;
       const delay = Math.max(TAKEOVER_MIN_MS, backoff.next());
       this.log.error(
         { clientId: this.clientId, retryInMs: delay, announced: takenOver, takeovers: this.takeoverCount },
@@ -354,7 +318,7 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
 
   /**
    * RabbitMQ 3.10 closes every MQTT 5 CONNECT without a CONNACK. The second such close in a row is followed at
-   * once by an MQTT 3.1.1 connect, for this connection only (unansweredFallback). Not the first: a network
+   * once by an MQTT 3.1.1 connect, for this connection only (see refused5). Not the first: a network
    * that comes back drops the connect it held half-open, and a 3.1.1 connect right then would end the MQTT 5
    * session with the requests queued in it.
    */
@@ -371,7 +335,6 @@ export class MqttLink extends EventEmitter<LinkEvents> implements Component {
       this.protocol = 4;
       try {
         const client = await this.connectOnce(signal);
-        this.unansweredFallback = true;
         this.fellBack = true;
         this.log.warn(
           "broker closed an MQTT 5 connect unanswered; connected with MQTT 3.1.1 (MQTT 5 first again next time)",

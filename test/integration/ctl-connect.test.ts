@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { connect, createServer, type Server } from "node:net";
+import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -13,6 +13,7 @@ import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
 import { PREFIX } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { Watch } from "../helpers/mqtt-watch.ts";
+import { noMqtt5Broker } from "../helpers/no-mqtt5.ts";
 import { freePort } from "../helpers/ports.ts";
 
 /** Runs `outpost ctl ...` from the checkout as its own process: how it exits is what is tested. */
@@ -35,20 +36,10 @@ function ctl(args: string[], env: Record<string, string> = {}) {
   );
 }
 
-/** The protocol level of an MQTT CONNECT packet (4: 3.1.1, 5: MQTT 5); undefined until enough of it came. */
-function protocolLevel(packet: Buffer): number | undefined {
-  let at = 1;
-  while ((packet[at] ?? 0) & 0x80) at += 1;
-  at += 1; // past the remaining length
-  if (packet.length < at + 2) return undefined;
-  const nameLength = packet.readUInt16BE(at);
-  return packet[at + 2 + nameLength];
-}
-
 describe("ctl when the broker never completes a connection", () => {
   let broker: Mosquitto;
   let silent: Server;
-  let noMqtt5: Server;
+  let noMqtt5: Awaited<ReturnType<typeof noMqtt5Broker>>;
   let silentPort: number;
   let noMqtt5Port: number;
   const dir = mkdtempSync(join(tmpdir(), "outpost-ctl-connect-"));
@@ -60,35 +51,14 @@ describe("ctl when the broker never completes a connection", () => {
     // Closes every connection as soon as it says anything.
     silent = createServer((s) => s.once("data", () => s.destroy()));
     // Like RabbitMQ 3.10: an MQTT 5 CONNECT is closed unanswered; 3.1.1 goes through to mosquitto.
-    noMqtt5 = createServer((s) => {
-      // The CONNECT may come in pieces: read until its protocol level is there.
-      let first = Buffer.alloc(0);
-      const onData = (chunk: Buffer) => {
-        first = Buffer.concat([first, chunk]);
-        const level = protocolLevel(first);
-        if (level === undefined) return;
-        s.off("data", onData);
-        // Held until the pipe below takes over: a CONNECT written in several pieces (MQTT.js writes the will
-        // apart) would otherwise lose its rest in between, and the connect hang until its timeout.
-        s.pause();
-        if (level === 5) return s.destroy();
-        const upstream = connect(broker.port, "127.0.0.1", () => {
-          upstream.write(first);
-          s.pipe(upstream).pipe(s);
-        });
-        upstream.on("error", () => s.destroy());
-      };
-      s.on("data", onData);
-      s.on("error", () => s.destroy());
-    });
+    noMqtt5 = await noMqtt5Broker(broker.port, "close");
+    noMqtt5Port = noMqtt5.port;
     silentPort = await freePort();
-    noMqtt5Port = await freePort();
     await new Promise<void>((r) => silent.listen(silentPort, "127.0.0.1", () => r()));
-    await new Promise<void>((r) => noMqtt5.listen(noMqtt5Port, "127.0.0.1", () => r()));
   });
   after(async () => {
     silent.close();
-    noMqtt5.close();
+    await noMqtt5.close();
     await broker.stop();
     rmSync(dir, { recursive: true, force: true });
   });

@@ -6,7 +6,9 @@ import { after, before, describe, it } from "node:test";
 import type { MqttLink } from "../../src/mqtt/link.ts";
 import { testLink } from "../helpers/link.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
+import { noMqtt5Broker } from "../helpers/no-mqtt5.ts";
 import { FaultProxy } from "../helpers/proxy.ts";
+import { waitUntil } from "../helpers/wait.ts";
 
 let broker: Mosquitto;
 before(async () => {
@@ -41,6 +43,44 @@ describe("mqtt link connect loop", () => {
       await link.stop();
       await second.stop();
       await first.stop();
+    }
+  });
+
+  it("moves to the next broker when the one in use accepts connections and drops them at once", async () => {
+    // A node that takes the connect and then closes it (a RabbitMQ node cut off from its cluster, a broker at
+    // its limits): on 139bf4d the link stayed with it for good, waiting 30 s between rounds.
+    const proxy = await FaultProxy.start(broker.port);
+    const second = await Mosquitto.start();
+    const link = testLink(proxy.port, 5, "link-dropped", [second.url]);
+    const controller = new AbortController();
+    try {
+      proxy.cutOnFirstPublish(1_000_000);
+      await link.start(controller.signal);
+      await waitUntil(() => link.connected && link.url === second.url, 20_000, "connected to the second broker");
+    } finally {
+      controller.abort();
+      await link.stop();
+      await second.stop();
+      await proxy.close();
+    }
+  });
+
+  it("falls back to 3.1.1 for the broker that refused MQTT 5 only: the next broker of the list gets MQTT 5", async () => {
+    const old = await noMqtt5Broker(broker.port, "refuse");
+    const second = await Mosquitto.start();
+    const link = testLink(old.port, 5, "link-refused-5", [second.url]);
+    const controller = new AbortController();
+    try {
+      await link.start(controller.signal);
+      await waitUntil(() => link.connected, 20_000, "connected over 3.1.1 to the first");
+      assert.deepEqual([link.url, link.protocolVersion], [old.url, 4]);
+      await old.close();
+      await waitUntil(() => link.connected && link.url === second.url, 20_000, "connected to the second broker");
+      assert.equal(link.protocolVersion, 5);
+    } finally {
+      controller.abort();
+      await link.stop();
+      await second.stop();
     }
   });
 

@@ -4,7 +4,7 @@ import type { KeyObject } from "node:crypto";
 import { checkAnswer, hasSignature } from "../commands/answers.ts";
 import { fingerprintOf, parsePublicKey, publicKeyText } from "../commands/keys.ts";
 import { errorMessage } from "../core/errors.ts";
-import { brokerId, type KnownDevices, type Pin } from "./known-devices.ts";
+import { brokerId, brokerIds, type KnownDevices, type Pin } from "./known-devices.ts";
 
 export type Verdict =
   /** Signed by the device's pinned key, for this request, in order: the only answer that counts. */
@@ -44,6 +44,8 @@ export interface TrustOptions {
   pins: KnownDevices;
   /** The broker's URL: pins are per broker (known-devices.ts brokerId). */
   broker: string;
+  /** The other brokers of the list (the nodes of one cluster): a pin made through any of them counts. */
+  failover?: readonly string[];
   prefix: string;
   /** Pin an unpinned device's key from its signed status (ssh's accept-new): never a changed key. */
   acceptNew: boolean;
@@ -68,6 +70,7 @@ interface StatusSeen {
 export class AnswerTrust {
   private readonly o: TrustOptions;
   private readonly broker: string;
+  private readonly brokers: string[];
   private readonly statuses = new Map<string, StatusSeen>();
   private readonly streams = new Map<string, Stream>();
   private readonly keys = new Map<string, KeyObject>();
@@ -75,6 +78,7 @@ export class AnswerTrust {
   constructor(o: TrustOptions) {
     this.o = o;
     this.broker = brokerId(o.broker);
+    this.brokers = brokerIds(o.broker, o.failover);
   }
 
   /** The status topics this needs to see for `device` (`+`: any): keys to accept, versions to name. */
@@ -96,7 +100,7 @@ export class AnswerTrust {
   }
 
   pinOf(device: string): Pin | undefined {
-    return this.o.pins.find(this.broker, this.o.prefix, device);
+    return this.o.pins.find(this.brokers, this.o.prefix, device);
   }
 
   /** The device's status as last seen, checked like an answer (its `lost` will is never signed). */

@@ -10,7 +10,7 @@ import { BROKER_FLAGS, brokerOptions, type CtlSettings, ctlSettings, durationFla
 import { answerTrust, knownDevices } from "./ctl-trust.ts";
 import { readManifest } from "./ctl-update.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
-import { brokerId } from "./known-devices.ts";
+import { brokerId, brokerIds } from "./known-devices.ts";
 import { machineId, newRolloutId } from "./rollout-journal.ts";
 import { DEFAULT_POLICY, DEFAULT_WAVES, parseWaves, planWaves, type RolloutPolicy } from "./rollout-plan.ts";
 import { drive, openJournal, signerOf } from "./rollout-run.ts";
@@ -93,11 +93,12 @@ async function createRollout(host: Host, positionals: string[], values: Values):
     devices = values.devices.split(",").map((d) => d.trim());
     if (devices.some((d) => d === "")) throw new UsageError("--devices: expected A,B,...");
   } else {
-    const broker = brokerId(o.url);
-    devices = knownDevices(settings)
+    const brokers = brokerIds(o.url, o.failover);
+    const pinned = knownDevices(settings)
       .all()
-      .filter((p) => p.prefix === o.prefix && (p.broker === broker || p.broker === "*"))
+      .filter((p) => p.prefix === o.prefix && (brokers.includes(p.broker) || p.broker === "*"))
       .map((p) => p.device);
+    devices = [...new Set(pinned)];
   }
   let policy: RolloutPolicy;
   try {

@@ -24,7 +24,7 @@ export function knownDevices(settings: CtlSettings): KnownDevices {
 export function answerTrust(
   host: Host,
   settings: CtlSettings,
-  o: { url: string; prefix: string },
+  o: { url: string; failover?: readonly string[]; prefix: string },
   acceptNew: boolean,
   group = false,
 ): AnswerTrust {
@@ -34,6 +34,7 @@ export function answerTrust(
   return new AnswerTrust({
     pins: knownDevices(settings),
     broker: o.url,
+    ...(o.failover ? { failover: o.failover } : {}),
     prefix: o.prefix,
     acceptNew,
     onPinned: (pin) =>

@@ -41,6 +41,14 @@ export function brokerId(url: string): string {
   }
 }
 
+/**
+ * The brokers of a list (`--broker a,b`: the nodes of one cluster), each as a pin names it: a pin made through
+ * any of them holds for the list, whichever comes first.
+ */
+export function brokerIds(url: string, failover: readonly string[] = []): string[] {
+  return [...new Set([url, ...failover].map(brokerId))];
+}
+
 export class KnownDevices {
   readonly path: string;
   /** The file's lines in order: pins, and the comments a person wrote between them, kept where they were. */
@@ -93,10 +101,15 @@ export class KnownDevices {
     return new KnownDevices(path, lines);
   }
 
-  /** The pin for a device on this broker (an exact broker before `*`). */
-  find(broker: string, prefix: string, device: string): Pin | undefined {
+  /** The pin for a device on this broker, or the first of a list that has one (an exact broker before `*`). */
+  find(broker: string | readonly string[], prefix: string, device: string): Pin | undefined {
     const mine = this.pins.filter((p) => p.prefix === prefix && p.device === device);
-    return mine.find((p) => p.broker === broker) ?? mine.find((p) => p.broker === "*");
+    const brokers = typeof broker === "string" ? [broker] : broker;
+    for (const b of brokers) {
+      const pin = mine.find((p) => p.broker === b);
+      if (pin) return pin;
+    }
+    return mine.find((p) => p.broker === "*");
   }
 
   /** Adds a pin, or replaces the one for the same broker, prefix and device. Saved by `save`. */

@@ -7,7 +7,7 @@ import { connectBroker } from "./ctl-client.ts";
 import { brokerOptions, type CtlSettings, readPrivateKey } from "./ctl-settings.ts";
 import { answerTrust } from "./ctl-trust.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
-import { brokerId } from "./known-devices.ts";
+import { brokerId, brokerIds } from "./known-devices.ts";
 import { driveRollout } from "./rollout-driver.ts";
 import { machineId, RolloutJournal } from "./rollout-journal.ts";
 import { rolloutStatus, statusText, waveTable } from "./rollout-view.ts";
@@ -43,7 +43,8 @@ export async function drive(
   const r = journal.rollout(id);
   if (!r) return EXIT.FAILURE;
   const o = brokerOptions(settings);
-  if (brokerId(o.url) !== r.broker || o.prefix !== r.prefix) {
+  // Made through any broker of the list: the list is one fleet, whichever node ctl names first today.
+  if (!brokerIds(o.url, o.failover).includes(r.broker) || o.prefix !== r.prefix) {
     throw new UsageError(
       `${id} was made for ${r.broker} (${r.prefix}); ctl is set for ${brokerId(o.url)} (${o.prefix})`,
     );

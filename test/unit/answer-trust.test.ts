@@ -6,7 +6,7 @@ import { lstatSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { AnswerTrust } from "../../src/cli/answer-trust.ts";
-import { brokerId, KnownDevices } from "../../src/cli/known-devices.ts";
+import { brokerId, brokerIds, KnownDevices } from "../../src/cli/known-devices.ts";
 import { requestDigest, signAnswer } from "../../src/commands/answers.ts";
 import { fingerprintOf, publicKeyText } from "../../src/commands/keys.ts";
 import { tempDir } from "../helpers/temp.ts";
@@ -59,6 +59,30 @@ describe("known_devices", () => {
     assert.equal(again.find("10.0.0.9:8883", P, "pi-2")?.key, b.pub, "* matches any broker");
     assert.equal(again.find("10.0.0.9:8883", P, "pi-1"), undefined, "a pin is for its broker");
     assert.equal(again.forget("127.0.0.1:1883", P, "pi-1"), 1);
+  });
+
+  it("with a list of brokers (the nodes of one cluster), a pin made through any of them holds, whichever is first", () => {
+    const dir = tempDir("outpost-known-");
+    const a = device("pi-1");
+    writeFileSync(join(dir, "k"), `10.0.0.2:1883 ${P} pi-1 ${a.pub}\n10.0.0.2:1883 ${P} pi-2 ${a.pub}\n`);
+    const pins = KnownDevices.load(join(dir, "k"));
+    const t = new AnswerTrust({
+      pins,
+      broker: "mqtt://10.0.0.1:1883",
+      failover: ["mqtt://10.0.0.2:1883"],
+      prefix: P,
+      acceptNew: false,
+    });
+    assert.equal(t.pinOf("pi-1")?.key, a.pub);
+    const s = a.status();
+    t.sawStatus("pi-1", s.topic, s.text);
+    assert.equal(t.status("pi-1")?.verdict.trust, "verified");
+    // Alone, the first broker has no pin for it: pins stay per fleet.
+    assert.equal(trustWith(pins).pinOf("pi-1"), undefined);
+    assert.deepEqual(brokerIds("mqtt://10.0.0.1", ["mqtt://10.0.0.2:1883", "mqtt://10.0.0.1:1883"]), [
+      "10.0.0.1:1883",
+      "10.0.0.2:1883",
+    ]);
   });
 
   it("a line that is not a pin names its number; a missing file holds none", () => {

@@ -7,6 +7,7 @@ import { hostname } from "node:os";
 import { dirname } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { z } from "zod";
+import { UsageError } from "./host.ts";
 import type { RolloutPolicy } from "./rollout-plan.ts";
 
 const SCHEMA = `
@@ -26,6 +27,12 @@ CREATE TABLE IF NOT EXISTS events (rollout TEXT NOT NULL, at INTEGER NOT NULL, b
 CREATE TABLE IF NOT EXISTS leases (
   rollout TEXT PRIMARY KEY, holder TEXT NOT NULL, pid INTEGER NOT NULL, machine TEXT NOT NULL, expires INTEGER NOT NULL);
 `;
+
+/**
+ * The journal's layout, in PRAGMA user_version. A journal written by a newer ctl is refused rather than misread;
+ * an older one is brought up to this one when opened.
+ */
+export const JOURNAL_VERSION = 1;
 
 /** A release of the rollout, one per architecture: its signed manifest and the directory it is served from. */
 export const planRelease = z.strictObject({
@@ -182,8 +189,21 @@ export class RolloutJournal {
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
     this.db = new DatabaseSync(path);
     // FULL: a commit is on disk before the request it records goes out (written before it is acted on).
-    this.db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;");
-    this.db.exec(SCHEMA);
+    this.db.exec("PRAGMA busy_timeout = 5000;");
+    const version = Number(Object.values(this.db.prepare("PRAGMA user_version").get() ?? {})[0] ?? 0);
+    if (version > JOURNAL_VERSION) {
+      this.db.close();
+      // Read by an older ctl, a newer journal could be misread and acted on: nothing is touched.
+      throw new UsageError(
+        `${path}: a rollout journal of version ${version}, written by a newer ctl (this one knows up to ${JOURNAL_VERSION}): use that ctl`,
+      );
+    }
+    this.db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;");
+    this.tx(() => {
+      this.db.exec(SCHEMA);
+      // Version 0: new, or made before journals had a version (the same tables). Later versions add a step here.
+      if (version < JOURNAL_VERSION) this.db.exec(`PRAGMA user_version = ${JOURNAL_VERSION}`);
+    });
   }
 
   close(): void {

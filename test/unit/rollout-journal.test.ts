@@ -1,8 +1,9 @@
 // Issue 26: the rollout journal's lease (one driver per rollout) and what it keeps across a driver's death.
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { RolloutJournal, requestIdOf } from "../../src/cli/rollout-journal.ts";
+import { JOURNAL_VERSION, RolloutJournal, requestIdOf } from "../../src/cli/rollout-journal.ts";
 import { DEFAULT_POLICY } from "../../src/cli/rollout-plan.ts";
 import { tempDir } from "../helpers/temp.ts";
 
@@ -16,6 +17,24 @@ describe("rollout journal", () => {
     source: { mqtt: true as const },
   };
   const me = (holder: string, pid: number, machine = "m1") => ({ holder, pid, machine });
+
+  it("keeps its version: a journal from before versions is taken as it is; one from a newer ctl is refused, untouched", () => {
+    const path = join(dir, "versions.db");
+    // As the ctl of stops 33 and 34 left it: the same tables, user_version 0, a rollout in it.
+    const j0 = new RolloutJournal(path);
+    j0.create({ id: "ro-0", created: 1, by: "SHA256:op", machine: "m1", broker: "b:1883", prefix: "p" }, plan);
+    j0.db.exec("PRAGMA user_version = 0");
+    j0.close();
+    const j1 = new RolloutJournal(path);
+    const version = () => Number(Object.values(j1.db.prepare("PRAGMA user_version").get() ?? {})[0]);
+    assert.equal(version(), JOURNAL_VERSION);
+    assert.equal(j1.rollout("ro-0")?.state, "running");
+    j1.db.exec(`PRAGMA user_version = ${JOURNAL_VERSION + 1}`);
+    j1.close();
+    const before = readFileSync(path);
+    assert.throws(() => new RolloutJournal(path), /version 2, written by a newer ctl \(this one knows up to 1\)/);
+    assert.deepEqual(readFileSync(path), before);
+  });
 
   it("one driver at a time: refused while the holder lives on this machine, or its lease runs elsewhere", () => {
     const j = open();

@@ -259,72 +259,75 @@ describe("modules against a fake context", () => {
         await assert.rejects(fake.command("update", { ...params, rollout: "r-2" }), /still starting/);
       });
 
-      it("a download that gave up installed nothing: asked again, it runs again", async () => {
+      /**
+       * A device that acted on request req-0 of rollout r-1 (and what `prep` leaves), running `release`, started:
+       * `body` runs, then it stops.
+       */
+      const afterActing = async (
+        body: (fake: Fake<unknown>) => Promise<void>,
+        o: {
+          prep?: (fake: Fake<unknown>) => void;
+          release?: string;
+          health?: () => { ok: boolean; reasons: string[] };
+        } = {},
+      ) => {
         const fake = track(
           fakeContext(
-            otaModuleFor(() => running("1.0.0-aaaaaaaaaaaa")),
-            { config },
+            otaModuleFor(() => running(o.release ?? "1.0.0-aaaaaaaaaaaa")),
+            { config, ...(o.health ? { health: o.health } : {}) },
           ),
-        );
-        acted(fake as Fake<unknown>, "req-0");
-        journal(fake as Fake<unknown>, {
-          state: "failed",
-          release: "1.2.0",
-          version: "1.2.0",
-          code: "OTA_DOWNLOAD_FAILED",
-          reason: "the server went away",
-          at: 5,
-          request: "req-0",
-        });
+        ) as Fake<unknown>;
+        acted(fake, "req-0");
+        o.prep?.(fake);
         const stop = await started(fake);
         try {
-          await waitUntil(() => described(fake).phase === "idle", 5000, "idle");
-          // It runs (and fails again here: nothing listens on port 9), recorded under the new request.
-          await assert.rejects(fake.command("update", params, { id: "req-7" }));
-          const record = JSON.parse(readFileSync(join(fake.stateDir, "update", "rollouts.json"), "utf8"));
-          assert.equal(record.entries[0].request, "req-7");
+          await body(fake);
         } finally {
           await stop();
         }
+      };
+      const rolloutRecord = (fake: Fake<unknown>) =>
+        JSON.parse(readFileSync(join(fake.stateDir, "update", "rollouts.json"), "utf8")) as {
+          entries: { request: string; outcome?: { code?: string } }[];
+        };
+
+      it("a download that gave up installed nothing: asked again, it runs again", async () => {
+        const prep = (fake: Fake<unknown>) =>
+          journal(fake, {
+            state: "failed",
+            release: "1.2.0",
+            version: "1.2.0",
+            code: "OTA_DOWNLOAD_FAILED",
+            reason: "the server went away",
+            at: 5,
+            request: "req-0",
+          });
+        await afterActing(
+          async (fake) => {
+            await waitUntil(() => described(fake).phase === "idle", 5000, "idle");
+            // It runs (and fails again here: nothing listens on port 9), recorded under the new request.
+            await assert.rejects(fake.command("update", params, { id: "req-7" }));
+            assert.equal(rolloutRecord(fake).entries[0]?.request, "req-7");
+          },
+          { prep },
+        );
       });
 
       it("restarted mid-download (nothing known of the request): it runs again", async () => {
-        const fake = track(
-          fakeContext(
-            otaModuleFor(() => running("1.0.0-aaaaaaaaaaaa")),
-            { config },
-          ),
-        );
-        acted(fake as Fake<unknown>, "req-0");
-        const stop = await started(fake);
-        try {
+        await afterActing(async (fake) => {
           await waitUntil(() => described(fake).phase === "idle", 5000, "idle");
           await assert.rejects(fake.command("update", params, { id: "req-8" }));
-          const record = JSON.parse(readFileSync(join(fake.stateDir, "update", "rollouts.json"), "utf8"));
-          assert.equal(record.entries[0].request, "req-8");
-        } finally {
-          await stop();
-        }
+          assert.equal(rolloutRecord(fake).entries[0]?.request, "req-8");
+        });
       });
 
       it("started after a crash cut a rollout's download: says so, naming the request, so its driver asks again", async () => {
-        const fake = track(
-          fakeContext(
-            otaModuleFor(() => running("1.0.0-aaaaaaaaaaaa")),
-            { config },
-          ),
-        );
-        acted(fake as Fake<unknown>, "req-0");
-        const stop = await started(fake);
-        try {
+        await afterActing(async (fake) => {
           const state = () => fake.retained.get(fake.ctx.topics.update);
           await waitUntil(() => state()?.id === "req-0", 5000, "the cut request reported");
           assert.deepEqual([state()?.state, state()?.code], ["failed", "TASK_ABORTED"]);
-          const record = JSON.parse(readFileSync(join(fake.stateDir, "update", "rollouts.json"), "utf8"));
-          assert.equal(record.entries[0].outcome.code, "TASK_ABORTED", "kept with the rollout's entry");
-        } finally {
-          await stop();
-        }
+          assert.equal(rolloutRecord(fake).entries[0]?.outcome?.code, "TASK_ABORTED", "kept with the rollout's entry");
+        });
       });
 
       it("on trial of the release: answers where this rollout's update stands, never current", async () => {
@@ -336,22 +339,15 @@ describe("modules against a fake context", () => {
         });
         // Not healthy yet: the trial goes on (a healthy one would commit at the first look).
         const health = () => ({ ok: false, reasons: ["warming up"] });
-        const fake = track(
-          fakeContext(
-            otaModuleFor(() => running(name)),
-            { config, health },
-          ),
+        await afterActing(
+          async (fake) => {
+            await waitUntil(() => described(fake).phase === "trial", 5000, "on trial");
+            const answer = (await fake.command("update", params, { id: "req-9" })) as Record<string, unknown>;
+            assert.equal(answer.state, "repeat");
+            assert.equal((answer.last as Record<string, unknown>).state, "trial");
+          },
+          { release: name, health },
         );
-        acted(fake as Fake<unknown>, "req-0");
-        const stop = await started(fake);
-        try {
-          await waitUntil(() => described(fake).phase === "trial", 5000, "on trial");
-          const answer = (await fake.command("update", params, { id: "req-9" })) as Record<string, unknown>;
-          assert.equal(answer.state, "repeat");
-          assert.equal((answer.last as Record<string, unknown>).state, "trial");
-        } finally {
-          await stop();
-        }
       });
     });
   });

@@ -44,6 +44,7 @@ import { modelRows } from "./bench-models.ts";
 import { otaRows } from "./bench-ota.ts";
 import { poolRows } from "./bench-pool.ts";
 import { rolloutRows } from "./bench-rollout.ts";
+import { stagingRows } from "./bench-staging.ts";
 import { taskRows } from "./bench-tasks.ts";
 
 const { values } = parseArgs({
@@ -54,7 +55,7 @@ const { values } = parseArgs({
     drains: { type: "string", default: "5" },
     only: {
       type: "string",
-      default: "sizes,startup,footprint,idle,notify,outbox,commands,board,pool,tasks,models,delta,ota,rollout",
+      default: "sizes,startup,footprint,idle,notify,outbox,commands,board,pool,tasks,models,delta,ota,staging,rollout",
     },
     // The earlier commit an app-only update comes from (the delta section).
     "delta-from": { type: "string", default: "HEAD~4" },
@@ -619,6 +620,7 @@ async function main(): Promise<void> {
     if (ONLY.has("models")) await modelRows(rows, { bin: BIN, broker });
     if (ONLY.has("delta")) await deltaRows(rows, { appFrom: values["delta-from"] });
     if (ONLY.has("ota")) await otaRows(rows, { bin: BIN, broker, watch, runs: 3, rollbacks: 20 });
+    if (ONLY.has("staging")) await stagingRows(rows, { bin: BIN, broker, watch, runs: 3 });
     if (ONLY.has("rollout"))
       await rolloutRows(rows, {
         bin: BIN,

@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import { open, rename, stat } from "node:fs/promises";
 import { OutpostError } from "../core/errors.ts";
 import type { Chunk } from "./chunks.ts";
-import { chunk } from "./chunks.ts";
+import { chunkFile } from "./chunks.ts";
 import type { ChunkIndex } from "./manifest.ts";
 
 /** Where missing bytes come from: one contiguous range of the artifact per call (HTTP Range, MQTT chunks). */
@@ -92,7 +92,8 @@ export async function assemble(o: AssembleOptions): Promise<AssembleProgress> {
     if (o.current && missing.length > 0) {
       const current = await open(o.current, "r");
       try {
-        const have = new Map(chunk(new Uint8Array(await current.readFile()), o.index.params).map((c) => [c.sha256, c]));
+        const size = (await current.stat()).size;
+        const have = new Map((await chunkFile(current, size, o.index.params)).map((c) => [c.sha256, c]));
         for (const c of missing) {
           const local = have.get(c.sha256);
           if (!local) {

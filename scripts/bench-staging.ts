@@ -1,0 +1,114 @@
+// Issue 27, item 3: the agent's memory while it stages a full-binary release (an app-only change, so almost
+// every chunk comes from the binary it runs) over MQTT with `ctl update --until staged`, sampled every 20 ms
+// from /proc/PID/smaps_rollup. Before chunkFile the running binary was read whole, and copied once more.
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { generateKeys, parsePrivateKey } from "../src/commands/keys.ts";
+import { makeRelease } from "../src/ota/release.ts";
+import { AgentProcess, ROOT } from "../test/helpers/agent-process.ts";
+import { runCli } from "../test/helpers/cli.ts";
+import { operatorKey } from "../test/helpers/commands.ts";
+import { processMemory } from "../test/helpers/memory.ts";
+import type { Mosquitto } from "../test/helpers/mosquitto.ts";
+import type { Watch } from "../test/helpers/mqtt-watch.ts";
+import { pinAgent } from "../test/helpers/pins.ts";
+import { buildVersion } from "../test/helpers/releases.ts";
+import type { BenchRow } from "./bench-board.ts";
+
+const DEVICE = "bench-staging";
+
+export async function stagingRows(rows: BenchRow[], o: { bin: string; broker: Mosquitto; watch: Watch; runs: number }) {
+  mkdirSync(join(ROOT, ".cache"), { recursive: true });
+  const dir = mkdtempSync(join(ROOT, ".cache", "bench-staging-"));
+  const key = generateKeys();
+  const ops = operatorKey();
+  try {
+    const built = buildVersion(join(dir, "v2-build"), "9.1.0");
+    const release = makeRelease({
+      file: built,
+      privateKey: parsePrivateKey(key.privatePem),
+      out: join(dir, "v2"),
+      kind: "agent",
+      now: 1,
+    });
+    rmSync(join(dir, "v2-build"), { recursive: true, force: true });
+    writeFileSync(join(dir, "ops.key"), ops.privatePem, { mode: 0o600 });
+    const pins = join(dir, "known_devices");
+    const idle: number[] = [];
+    const peaks: number[] = [];
+    const rssPeaks: number[] = [];
+    for (let run = 0; run < o.runs; run++) {
+      const from = o.watch.items.length;
+      const agent = AgentProcess.run([o.bin], {
+        device: { id: DEVICE },
+        mqtt: { url: o.broker.url },
+        telemetry: { interval: "10s" },
+        commands: { trustedKeys: [{ name: "ops", key: ops.publicText, allow: ["*"] }] },
+        update: { trustedKeys: [key.publicText] },
+      });
+      try {
+        await o.watch.waitFor(
+          (m) =>
+            o.watch.items.indexOf(m) >= from && m.topic === `outpost/v1/${DEVICE}/status` && m.json.state === "online",
+          30_000,
+          "online",
+        );
+        await pinAgent(pins, o.broker.url, DEVICE, agent);
+        await new Promise((r) => setTimeout(r, 3000));
+        const pid = agent.child.pid ?? 0;
+        const before = processMemory(pid).anon;
+        let peak = before;
+        let rssPeak = processMemory(pid).rss;
+        const sampler = setInterval(() => {
+          const m = processMemory(pid);
+          peak = Math.max(peak, m.anon);
+          rssPeak = Math.max(rssPeak, m.rss);
+        }, 20);
+        let r: Awaited<ReturnType<typeof runCli>>;
+        try {
+          r = await runCli([
+            "ctl",
+            "update",
+            DEVICE,
+            join(dir, "v2"),
+            "--until",
+            "staged",
+            "--broker",
+            o.broker.url,
+            "--key",
+            join(dir, "ops.key"),
+            "--known-devices",
+            pins,
+          ]);
+        } finally {
+          clearInterval(sampler);
+        }
+        if (r.code !== 0) throw new Error(`ctl update --until staged: ${r.code}\n${r.out}\n${r.err}`);
+        idle.push(before);
+        peaks.push(peak);
+        rssPeaks.push(rssPeak);
+      } finally {
+        await agent.stop("SIGTERM");
+        await agent.cleanup();
+        rmSync(pins, { force: true });
+      }
+    }
+    const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? Number.NaN;
+    const all = (xs: number[]) => xs.map((x) => x.toFixed(1)).join(", ");
+    rows.push({
+      metric: "anonymous memory peak while staging a full-binary release",
+      outpost: med(peaks),
+      bare: med(idle),
+      unit: "MiB",
+      note: `${(release.manifest.size / 1024 / 1024).toFixed(1)} MiB app-only change over MQTT (ctl update --until staged), sampled every 20 ms; bare = the same agent idle just before; runs: ${all(peaks)} (idle ${all(idle)}); goal: idle + 32`,
+    });
+    rows.push({
+      metric: "  RSS peak while staging",
+      outpost: med(rssPeaks),
+      unit: "MiB",
+      note: `runs: ${all(rssPeaks)} (page cache of the binary it reads counts in RSS)`,
+    });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

@@ -45,7 +45,7 @@ export function parseNetDev(text: string): Record<string, { rxBytes: number; txB
   return out;
 }
 
-/** /proc/meminfo as systeminformation's `mem()` reports it (bytes; `active` = total - available). */
+/** /proc/meminfo as systeminformation's `mem()` reported it (bytes; `active` = total - available). */
 export function parseMeminfo(text: string): {
   total: number;
   active: number;

@@ -496,32 +496,43 @@ async function commandRows(broker: Mosquitto, watch: Watch): Promise<void> {
     pins.pin({ broker: brokerId(url), prefix: "outpost/v1", device: "bench-cmd", key: pub });
     const trust = new AnswerTrust({ pins, broker: url, prefix: "outpost/v1", acceptNew: false });
     const checked = new DeviceCaller(operator.client, "outpost/v1", operator.key, trust);
-    // One ping at a time; the first 50 warm up.
-    const pings = async (device: string) => {
+    // One call at a time; the first 50 warm up.
+    const pings = async (device: string, command = "ping", params?: (i: number) => unknown) => {
       const ms: number[] = [];
       for (let i = 0; i < CALLS + 50; i++) {
         const t0 = performance.now();
         const result =
           device === "bench-cmd"
-            ? await checked.call({ device, command: "ping", timeoutMs: 10_000, validityMs: 60_000 })
-            : await operator.call(device, "ping");
-        if (result.finals[0]?.state !== "succeeded") throw new Error(`ping ${i} to ${device} failed`);
+            ? await checked.call({ device, command, params: params?.(i), timeoutMs: 10_000, validityMs: 60_000 })
+            : await operator.call(device, command);
+        if (result.finals[0]?.state !== "succeeded")
+          throw new Error(`${command} ${i} to ${device} failed: ${JSON.stringify(result.finals[0] ?? result)}`);
         if (i >= 50) ms.push(performance.now() - t0);
       }
       return ms;
     };
     const agentMs = await pings("bench-cmd");
-
     echo.on("message", (_topic, payload, packet) => {
       const p = packet.properties;
       if (!p?.responseTopic) return;
       const envelope = JSON.parse(payload.toString()) as { payload: string };
       const id = (JSON.parse(envelope.payload) as { id: string }).id;
-      const body = JSON.stringify({ id, device: "bench-echo", state: "succeeded", result: { pong: true } });
+      const body = JSON.stringify({
+        id,
+        device: "bench-echo",
+        command: "ping",
+        state: "succeeded",
+        result: { pong: true },
+      });
       echo.publish(p.responseTopic, body, { qos: 1, properties: { correlationData: p.correlationData } });
     });
     await echo.subscribeAsync("outpost/v1/bench-echo/cmd/+", { qos: 1 });
     const bareMs = await pings("bench-echo");
+    // A change each time (10 s, then 11 s, ...): written to the config file, and its replay record kept on disk.
+    const setMs = await pings("bench-cmd", "config.set", (i) => ({
+      patch: { telemetry: { interval: `${10 + (i % 2)}s` } },
+    }));
+
     for (const p of [50, 99]) {
       rows.push({
         metric: `command round trip p${p} (ping, ${CALLS} calls)`,
@@ -529,6 +540,15 @@ async function commandRows(broker: Mosquitto, watch: Watch): Promise<void> {
         bare: percentile(bareMs, p),
         unit: "ms",
         note: "signed request, signed accepted + succeeded replies via the outbox, checked as ctl does; bare = MQTT.js echo",
+      });
+    }
+    for (const p of [50, 99]) {
+      rows.push({
+        metric: `command round trip p${p} (config.set, ${CALLS} calls)`,
+        outpost: percentile(setMs, p),
+        bare: percentile(bareMs, p),
+        unit: "ms",
+        note: "a changed telemetry.interval each call: the config file written, the replay record fsynced",
       });
     }
   } finally {

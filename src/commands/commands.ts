@@ -343,11 +343,13 @@ export class Commands implements Component {
 
   /**
    * Records the request before it runs. A command that changes state runs only once that record is on disk:
-   * otherwise a captured copy could run it again after every restart (fail closed).
+   * otherwise a captured copy could run it again after every restart (fail closed). One that changes nothing
+   * (ping, describe, config.get, task.list, ...) is kept in memory only: after a restart a captured copy can
+   * be answered once more, a read bound to that request of what the device reports anyway.
    */
   private remember(definition: CommandDefinition, id: string, nonce: string | undefined, expires: number, now: number) {
     try {
-      this.o.replay.remember(id, nonce, expires, now);
+      this.o.replay.remember(id, nonce, expires, now, definition.changesState !== false);
     } catch (err) {
       if (definition.changesState === false) return;
       throw new Refused(

@@ -72,12 +72,15 @@ export class ReplayGuard {
   }
 
   /**
-   * Remembers a request in memory, and on disk with an fsync. Throws REPLAY_STORE_UNAVAILABLE when the record
-   * could not be stored: a caller about to change state must not go on.
+   * Remembers a request in memory, and (`durable`) on disk with an fsync. Throws REPLAY_STORE_UNAVAILABLE when
+   * the record could not be stored: a caller about to change state must not go on. A command that changes
+   * nothing is remembered in memory only: run again after a restart it gives the same kind of answer, bound
+   * to the same request, and the fsync was most of its round trip.
    */
-  remember(id: string, nonce: string | undefined, expires: number, now: number): void {
+  remember(id: string, nonce: string | undefined, expires: number, now: number, durable = true): void {
     const keys = nonce === undefined ? [`i:${id}`] : [`i:${id}`, `n:${nonce}`];
     for (const key of keys) this.seen.set(key, expires);
+    if (!durable) return;
     // One way to retry an unusable store, the same as before a state-changing command is admitted.
     this.ensureDurable(now);
     const before = this.durable;

@@ -200,6 +200,24 @@ describe("signed commands", () => {
     later.close();
   });
 
+  test("a command that changes nothing is remembered in memory only: refused again in this run, not after a restart (issue 27)", async () => {
+    const first = harness();
+    const captured = sign(first.ops, request({ command: "look" }));
+    first.deliver("look", captured);
+    await first.settle();
+    first.deliver("look", captured);
+    await first.settle();
+    assert.equal(lastError(first), "NONCE_REPLAYED");
+    assert.deepEqual(first.effects, ["look"]);
+    first.replay.close();
+    // No fsynced record was written for it: after a restart the captured copy is answered once more.
+    const again = harness({ dir: first.dir });
+    again.policy.trustedKeys = first.policy.trustedKeys;
+    again.deliver("look", captured);
+    await again.settle();
+    assert.deepEqual(again.effects, ["look"]);
+  });
+
   test("a group member runs a request signed for its group", async () => {
     const h = harness({ groups: ["line-3"] });
     const req = { ...request({ command: "probe", group: "line-3" }), device: undefined };

@@ -1,5 +1,4 @@
 import { createHash, randomUUID } from "node:crypto";
-import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import type { Code } from "../core/codes.ts";
 import { errorMessage, isOutpostError, OutpostError } from "../core/errors.ts";
@@ -13,6 +12,7 @@ import { TaskModels } from "./task-models.ts";
 import { fromWire, toWire, type WireTensor } from "./tensor-wire.ts";
 import type { Tensor } from "./tensors.ts";
 import type { InferOutput, ModelInfo, WorkerInput, WorkerSetup } from "./worker.ts";
+import { defaultWorkers } from "./worker-count.ts";
 
 /** What a task is given: tensors (onnx), or an image's bytes (classify-image, checks). */
 export type TaskInput = { feeds: Record<string, WireTensor> } | { image: Uint8Array; file?: string };
@@ -73,6 +73,8 @@ export class TaskRunner {
   private runtimeNote = "not loaded yet (loaded on the first task)";
   private runtimeKind: "native" | "wasm" | undefined;
   private closed = false;
+  /** The pool's size when tasks.workers is not set: from cores and memory, worked out once. */
+  private readonly defaultCount = defaultWorkers();
   /** What each model file in use declared when a worker loaded it (inputs, outputs, sha256). */
   private readonly loaded = new Map<string, ModelInfo>();
   private readonly counts = new Map<string, { ok: number; failed: number; pass: number; fail: number }>();
@@ -112,7 +114,14 @@ export class TaskRunner {
   }
 
   private workers(): number {
-    return this.o.config.workers ?? Math.max(1, availableParallelism() - 1);
+    return this.o.config.workers ?? this.defaultCount.workers;
+  }
+
+  /** Why the pool has the size it has: the configuration, or the default's reason (in task.list). */
+  private sizeReason(): string {
+    return this.o.config.workers === null || this.o.config.workers === undefined
+      ? this.defaultCount.why
+      : "tasks.workers";
   }
 
   private getPool(): Promise<WorkerPool> {
@@ -316,13 +325,14 @@ export class TaskRunner {
         ? {
             started: true,
             size: this.workers(),
+            sizeFrom: this.sizeReason(),
             ...stats,
             breakers: undefined,
             states: undefined,
             // Inference sessions each live worker holds (one per model file in use; released after an update).
             sessions: stats.states.map((s) => (s as { sessions?: number } | undefined)?.sessions ?? 0),
           }
-        : { started: false, size: this.workers() },
+        : { started: false, size: this.workers(), sizeFrom: this.sizeReason() },
       tasks: Object.fromEntries(
         Object.entries(this.o.config.define).map(([name, def]) => [
           name,

@@ -3,9 +3,10 @@
 // from /proc/PID/smaps_rollup. Before chunkFile the running binary was read whole, and copied once more.
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import mqtt from "mqtt";
 import { generateKeys, parsePrivateKey } from "../src/commands/keys.ts";
 import { makeRelease } from "../src/ota/release.ts";
-import { AgentProcess, ROOT } from "../test/helpers/agent-process.ts";
+import { AgentProcess, ROOT, sourceCommand } from "../test/helpers/agent-process.ts";
 import { runCli } from "../test/helpers/cli.ts";
 import { operatorKey } from "../test/helpers/commands.ts";
 import { processMemory } from "../test/helpers/memory.ts";
@@ -16,6 +17,25 @@ import { buildVersion } from "../test/helpers/releases.ts";
 import type { BenchRow } from "./bench-board.ts";
 
 const DEVICE = "bench-staging";
+
+/** What `update/data` carried for DEVICE while `during` ran: bytes on the wire, and the range bytes they held. */
+async function wire(o: { broker: Mosquitto }, during: () => Promise<void>): Promise<{ wire: number; raw: number }> {
+  const spy = await mqtt.connectAsync({ host: "127.0.0.1", port: o.broker.port, protocolVersion: 5 });
+  let bytes = 0;
+  let raw = 0;
+  spy.on("message", (_topic, payload) => {
+    bytes += payload.length;
+    const end = payload.indexOf(0x0a);
+    raw += Number((JSON.parse(payload.subarray(0, end).toString()) as { size?: number }).size ?? 0);
+  });
+  await spy.subscribeAsync(`outpost/v1/${DEVICE}/update/data`, { qos: 1 });
+  try {
+    await during();
+  } finally {
+    await spy.endAsync();
+  }
+  return { wire: bytes, raw };
+}
 
 export async function stagingRows(rows: BenchRow[], o: { bin: string; broker: Mosquitto; watch: Watch; runs: number }) {
   mkdirSync(join(ROOT, ".cache"), { recursive: true });
@@ -37,9 +57,12 @@ export async function stagingRows(rows: BenchRow[], o: { bin: string; broker: Mo
     const idle: number[] = [];
     const peaks: number[] = [];
     const rssPeaks: number[] = [];
-    for (let run = 0; run < o.runs; run++) {
+    const onWire: { wire: number; raw: number }[] = [];
+    for (let run = 0; run <= o.runs; run++) {
+      // The last run is a first install: the agent from source runs no binary, so every chunk is fetched.
+      const first = run === o.runs;
       const from = o.watch.items.length;
-      const agent = AgentProcess.run([o.bin], {
+      const agent = AgentProcess.run(first ? sourceCommand() : [o.bin], {
         device: { id: DEVICE },
         mqtt: { url: o.broker.url },
         telemetry: { interval: "10s" },
@@ -64,8 +87,8 @@ export async function stagingRows(rows: BenchRow[], o: { bin: string; broker: Mo
           peak = Math.max(peak, m.anon);
           rssPeak = Math.max(rssPeak, m.rss);
         }, 20);
-        let r: Awaited<ReturnType<typeof runCli>>;
-        try {
+        let r: Awaited<ReturnType<typeof runCli>> | undefined;
+        const carried = await wire(o, async () => {
           r = await runCli([
             "ctl",
             "update",
@@ -80,10 +103,10 @@ export async function stagingRows(rows: BenchRow[], o: { bin: string; broker: Mo
             "--known-devices",
             pins,
           ]);
-        } finally {
-          clearInterval(sampler);
-        }
-        if (r.code !== 0) throw new Error(`ctl update --until staged: ${r.code}\n${r.out}\n${r.err}`);
+        }).finally(() => clearInterval(sampler));
+        if (r?.code !== 0) throw new Error(`ctl update --until staged: ${r?.code}\n${r?.out}\n${r?.err}`);
+        onWire.push(carried);
+        if (first) continue;
         idle.push(before);
         peaks.push(peak);
         rssPeaks.push(rssPeak);
@@ -101,6 +124,23 @@ export async function stagingRows(rows: BenchRow[], o: { bin: string; broker: Mo
       bare: med(idle),
       unit: "MiB",
       note: `${(release.manifest.size / 1024 / 1024).toFixed(1)} MiB app-only change over MQTT (ctl update --until staged), sampled every 20 ms; bare = the same agent idle just before; runs: ${all(peaks)} (idle ${all(idle)}); goal: idle + 32`,
+    });
+    const mib = (n: number) => n / 1024 / 1024;
+    const app = onWire[0] ?? { wire: 0, raw: 0 };
+    const install = onWire.at(-1) ?? { wire: 0, raw: 0 };
+    rows.push({
+      metric: "bytes on the wire, app-only change over MQTT",
+      outpost: mib(app.wire),
+      bare: mib(app.raw),
+      unit: "MiB",
+      note: "update/data as the broker carried it, zstd where it is smaller; bare = the same ranges raw",
+    });
+    rows.push({
+      metric: "bytes on the wire, first install over MQTT",
+      outpost: mib(install.wire),
+      bare: mib(install.raw),
+      unit: "MiB",
+      note: `the whole ${mib(release.manifest.size).toFixed(1)} MiB fetched (an agent that runs no binary); goal <= 52`,
     });
     rows.push({
       metric: "  RSS peak while staging",

@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import { zstdDecompressSync } from "node:zlib";
 import { z } from "zod";
 import { errorMessage, OutpostError } from "../core/errors.ts";
 import type { DirectChannel } from "../kernel/module.ts";
@@ -24,8 +25,17 @@ export const chunkRequestSchema = z.strictObject({
 });
 export type ChunkRequest = z.output<typeof chunkRequestSchema>;
 
+/**
+ * A request whose id starts with this says that the device takes zstd answers. Said in the id, because a
+ * server from before (ctl up to issue 26) refuses a request with any other field; such a server answers raw,
+ * and a device from before never asks so, so it is always answered raw.
+ */
+export const ZSTD_ID = "z:";
+
 const answerHeader = z.union([
   z.strictObject({ id: z.string(), offset: z.number(), size: z.number() }),
+  // The bytes after the header are `size` bytes compressed with zstd (only to a request whose id says ZSTD_ID).
+  z.strictObject({ id: z.string(), offset: z.number(), size: z.number(), encoding: z.literal("zstd") }),
   z.strictObject({ id: z.string(), error: z.string() }),
 ]);
 
@@ -42,7 +52,7 @@ export function encodeAnswer(header: z.input<typeof answerHeader>, bytes?: Uint8
  * believed by itself: bytes that fail `accept` (their chunks' hashes) and error answers are dropped and
  * remembered for the timeout's message; only the range timeout fails the range.
  */
-type Waiter = { resolve(bytes: Buffer): void; accept(bytes: Buffer): boolean; dropped: string[] };
+type Waiter = { size: number; resolve(bytes: Buffer): void; accept(bytes: Buffer): boolean; dropped: string[] };
 
 export class MqttFetcher {
   private readonly waiting = new Map<string, Waiter>();
@@ -78,7 +88,17 @@ export class MqttFetcher {
       drop(`an error answer ${JSON.stringify(header.error.slice(0, 200))}`);
       return;
     }
-    const bytes = payload.subarray(end + 1);
+    let bytes = payload.subarray(end + 1);
+    if ("encoding" in header) {
+      // Never more than the range asked for (what the signed index declares) is decompressed, before any hash:
+      // a zstd bomb from whoever can publish here stops at that size, at once.
+      try {
+        bytes = zstdDecompressSync(bytes, { maxOutputLength: waiter.size });
+      } catch {
+        drop(`${bytes.length} compressed bytes that do not decompress to ${waiter.size}`);
+        return;
+      }
+    }
     if (!waiter.accept(bytes)) {
       drop(`${bytes.length} bytes that fail their hashes`);
       return;
@@ -96,7 +116,7 @@ export class MqttFetcher {
           signal?.throwIfAborted();
           try {
             return await this.ask(
-              { id: randomUUID(), release: o.release, file: o.file, offset, size },
+              { id: `${ZSTD_ID}${randomUUID()}`, release: o.release, file: o.file, offset, size },
               (b) => b.length === size && (accept?.(b) ?? true),
               o,
               signal,
@@ -141,6 +161,7 @@ export class MqttFetcher {
       }, o.timeoutMs);
       signal?.addEventListener("abort", onAbort, { once: true });
       this.waiting.set(request.id, {
+        size: request.size,
         resolve: (b) => {
           finish();
           resolve(b);

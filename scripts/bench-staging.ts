@@ -13,6 +13,7 @@ import { processMemory } from "../test/helpers/memory.ts";
 import type { Mosquitto } from "../test/helpers/mosquitto.ts";
 import type { Watch } from "../test/helpers/mqtt-watch.ts";
 import { pinAgent } from "../test/helpers/pins.ts";
+import { RangeServer } from "../test/helpers/range-server.ts";
 import { buildVersion } from "../test/helpers/releases.ts";
 import type { BenchRow } from "./bench-board.ts";
 
@@ -58,9 +59,13 @@ export async function stagingRows(rows: BenchRow[], o: { bin: string; broker: Mo
     const peaks: number[] = [];
     const rssPeaks: number[] = [];
     const onWire: { wire: number; raw: number }[] = [];
-    for (let run = 0; run <= o.runs; run++) {
-      // The last run is a first install: the agent from source runs no binary, so every chunk is fetched.
-      const first = run === o.runs;
+    const server = await RangeServer.start(dir);
+    let httpSent = 0;
+    for (let run = 0; run <= o.runs + 1; run++) {
+      // The last two runs are first installs, over MQTT then over HTTP: the agent from source runs no binary,
+      // so every chunk is fetched.
+      const first = run >= o.runs;
+      const http = run === o.runs + 1;
       const from = o.watch.items.length;
       const agent = AgentProcess.run(first ? sourceCommand() : [o.bin], {
         device: { id: DEVICE },
@@ -96,6 +101,7 @@ export async function stagingRows(rows: BenchRow[], o: { bin: string; broker: Mo
             join(dir, "v2"),
             "--until",
             "staged",
+            ...(http ? ["--http", server.url("v2/")] : []),
             "--broker",
             o.broker.url,
             "--key",
@@ -105,7 +111,8 @@ export async function stagingRows(rows: BenchRow[], o: { bin: string; broker: Mo
           ]);
         }).finally(() => clearInterval(sampler));
         if (r?.code !== 0) throw new Error(`ctl update --until staged: ${r?.code}\n${r?.out}\n${r?.err}`);
-        onWire.push(carried);
+        if (http) httpSent = server.sent;
+        else onWire.push(carried);
         if (first) continue;
         idle.push(before);
         peaks.push(peak);
@@ -143,11 +150,19 @@ export async function stagingRows(rows: BenchRow[], o: { bin: string; broker: Mo
       note: `the whole ${mib(release.manifest.size).toFixed(1)} MiB fetched (an agent that runs no binary); goal <= 52`,
     });
     rows.push({
+      metric: "bytes on the wire, first install over HTTP",
+      outpost: mib(httpSent),
+      bare: mib(release.manifest.size),
+      unit: "MiB",
+      note: "response bodies from a static server: chunks/<sha256>.zst, each chunk compressed alone (level 6)",
+    });
+    rows.push({
       metric: "  RSS peak while staging",
       outpost: med(rssPeaks),
       unit: "MiB",
       note: `runs: ${all(rssPeaks)} (page cache of the binary it reads counts in RSS)`,
     });
+    await server.stop();
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -6,10 +6,12 @@ import { makeRelease } from "../ota/release.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 
 export const RELEASE_HELP = `Usage: outpost release --binary FILE --key FILE --out DIR [--min-version V] [--allow-downgrade]
-       outpost release --model FILE --version V --key FILE --out DIR
+                       [--zstd-level N]
+       outpost release --model FILE --version V --key FILE --out DIR [--zstd-level N]
 
 Writes a signed release into DIR: the artifact, its chunk index (devices fetch only the chunks they do not
-already have) and manifest.json, signed with the ed25519 key (outpost keygen). An agent's version is read
+already have), chunks/ (each chunk compressed with zstd at --zstd-level, default 6, 19 the smallest and
+slowest, 0 none: what devices fetch over HTTP) and manifest.json, signed with the ed25519 key (outpost keygen). An agent's version is read
 from the binary (npm run build -- --set-version X stamps another) and its arch from the ELF header, so an arm64
 release can be made on any host. Devices trust release keys in update.trustedKeys.`;
 
@@ -24,6 +26,7 @@ export function releaseCommand(host: Host, args: string[]): number {
       out: { type: "string" },
       "min-version": { type: "string" },
       "allow-downgrade": { type: "boolean" },
+      "zstd-level": { type: "string" },
     },
     allowPositionals: false,
   });
@@ -31,6 +34,10 @@ export function releaseCommand(host: Host, args: string[]): number {
   if (!file || (values.binary && values.model)) throw new UsageError("release: give --binary FILE or --model FILE");
   if (!values.key) throw new UsageError("release: missing --key FILE (the private key from outpost keygen)");
   if (!values.out) throw new UsageError("release: missing --out DIR");
+  const level = values["zstd-level"] === undefined ? undefined : Number(values["zstd-level"]);
+  if (level !== undefined && !(Number.isInteger(level) && level >= 0 && level <= 22)) {
+    throw new UsageError(`release: --zstd-level ${values["zstd-level"]}: expected 0 (none) to 22`);
+  }
   let privateKey: ReturnType<typeof parsePrivateKey>;
   try {
     privateKey = parsePrivateKey(readFileSync(values.key, "utf8"));
@@ -46,6 +53,7 @@ export function releaseCommand(host: Host, args: string[]): number {
     ...(values["min-version"] ? { minVersion: values["min-version"] } : {}),
     allowDowngrade: values["allow-downgrade"] === true,
     now: Date.now(),
+    ...(level === undefined ? {} : { zstdLevel: level }),
   });
   const m = release.manifest;
   const chunks = "chunks" in m.index ? m.index.chunks.length : `index ${m.index.sha256.slice(0, 12)}`;

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { open, rename, stat } from "node:fs/promises";
+import { type FileHandle, open, rename, stat } from "node:fs/promises";
 import { OutpostError } from "../core/errors.ts";
 import type { Chunk } from "./chunks.ts";
 import { chunkFile } from "./chunks.ts";
@@ -17,7 +17,15 @@ export interface ByteSource {
     signal?: AbortSignal,
     accept?: (bytes: Uint8Array) => boolean,
   ): Promise<Uint8Array>;
+  /**
+   * One chunk by its hash, from a source that has chunks apart (HTTP: `chunks/<sha256>.zst`): at most `size`
+   * bytes, not yet checked; undefined when the source has none, and then `read` serves the rest.
+   */
+  chunk?(sha256: string, size: number, signal?: AbortSignal): Promise<Uint8Array | undefined>;
 }
+
+/** Chunks fetched by hash at once: a link's round trip is paid once per this many chunks, not per chunk. */
+const CHUNKS_AT_ONCE = 6;
 
 export interface AssembleOptions {
   /** The whole file's sha256 and size, from the verified manifest. */
@@ -47,6 +55,67 @@ export interface AssembleProgress {
 }
 
 const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
+
+/**
+ * Fetches `chunks` by hash, a few at once, and writes each (checked) wherever the file has it. Returns what is
+ * left for ranges: all of it when the source has no chunks apart (its first answer says so), else none.
+ */
+async function byHash(
+  chunks: Chunk[],
+  source: ByteSource,
+  out: FileHandle,
+  progress: AssembleProgress,
+  o: Pick<AssembleOptions, "signal" | "onProgress">,
+): Promise<Chunk[]> {
+  const where = new Map<string, Chunk[]>();
+  for (const c of chunks) where.set(c.sha256, [...(where.get(c.sha256) ?? []), c]);
+  const todo = [...where.values()];
+  const first = todo[0]?.[0];
+  if (!first || !source.chunk) return chunks;
+  const place = async (c: Chunk, bytes: Uint8Array | undefined) => {
+    if (!bytes) throw new OutpostError("OTA_DOWNLOAD_FAILED", `the chunk ${c.sha256} is missing from the source`);
+    if (bytes.length !== c.size || sha(bytes) !== c.sha256) {
+      throw new OutpostError("OTA_CHUNK_CORRUPT", `the chunk ${c.sha256} (${c.size} bytes) does not match its sha256`);
+    }
+    for (const at of where.get(c.sha256) ?? []) {
+      await out.write(bytes, 0, at.size, at.offset);
+      progress.done += at.size;
+      progress.fetched += at.size;
+    }
+  };
+  // The first alone: a source without chunks apart says so once, and ranges take over.
+  const bytes = await source.chunk(first.sha256, first.size, o.signal);
+  if (!bytes) return chunks;
+  await place(first, bytes);
+  let next = 1;
+  let sinceSync = 0;
+  let failed = false;
+  const worker = async () => {
+    try {
+      while (!failed && next < todo.length) {
+        if (o.signal?.aborted) throw new OutpostError("TASK_ABORTED", "the update was cancelled");
+        const c = todo[next++]?.[0] as Chunk;
+        await place(c, await source.chunk?.(c.sha256, c.size, o.signal));
+        sinceSync += c.size;
+        if (sinceSync >= 4 * 1024 * 1024) {
+          sinceSync = 0;
+          await out.sync();
+          o.onProgress?.({ ...progress });
+        }
+      }
+    } catch (err) {
+      failed = true;
+      throw err;
+    }
+  };
+  // Every worker has stopped before the file is closed, whichever failed first: none writes after it.
+  const ended = await Promise.allSettled(Array.from({ length: CHUNKS_AT_ONCE }, worker));
+  const failure = ended.find((e) => e.status === "rejected");
+  if (failure) throw failure.reason;
+  await out.sync();
+  o.onProgress?.({ ...progress });
+  return [];
+}
 
 function offsets(index: ChunkIndex): Chunk[] {
   let at = 0;
@@ -112,8 +181,10 @@ export async function assemble(o: AssembleOptions): Promise<AssembleProgress> {
     } else toFetch.push(...missing);
     await out.sync();
     o.onProgress?.({ ...progress });
-    // 3. The rest, in merged ranges; each chunk checked before it is written.
-    for (const range of ranges(toFetch, o.maxRange ?? 4 * 1024 * 1024)) {
+    // 3a. Chunks by hash, where the source has them apart (compressed): each checked before it is written.
+    const rest = o.source.chunk ? await byHash(toFetch, o.source, out, progress, o) : toFetch;
+    // 3b. The rest, in merged ranges; each chunk checked before it is written.
+    for (const range of ranges(rest, o.maxRange ?? 4 * 1024 * 1024)) {
       if (o.signal?.aborted) throw new OutpostError("TASK_ABORTED", "the update was cancelled");
       const first = range[0] as Chunk;
       const last = range[range.length - 1] as Chunk;

@@ -1,3 +1,4 @@
+import { zstdDecompressSync } from "node:zlib";
 import { errorMessage, isOutpostError, OutpostError } from "../core/errors.ts";
 import type { ByteSource } from "./assemble.ts";
 
@@ -8,6 +9,26 @@ export interface HttpSourceOptions {
   size: number;
   /** How long one range may take, headers to last byte. */
   timeoutMs: number;
+  /** Where the release's compressed chunks are (`<base>chunks/`): fetched by hash before ranges. */
+  chunks?: string;
+}
+
+/** The body of `res`, cut off past `max` bytes. */
+async function bodyOf(res: Response, max: number, what: string): Promise<Uint8Array> {
+  const out = new Uint8Array(max);
+  let got = 0;
+  const reader = res.body?.getReader();
+  for (;;) {
+    const { done, value } = (await reader?.read()) ?? { done: true, value: undefined };
+    if (done) break;
+    if (got + value.length > max) {
+      await reader?.cancel();
+      throw new OutpostError("OTA_SIZE_MISMATCH", `${what}: more bytes than the ${max} asked for`);
+    }
+    out.set(value, got);
+    got += value.length;
+  }
+  return out.subarray(0, got);
 }
 
 /**
@@ -34,24 +55,45 @@ export function httpSource(o: HttpSourceOptions): ByteSource {
             `${o.url}: the server's artifact has ${range?.[3] ?? "an unknown number of"} bytes, the manifest ${o.size}`,
           );
         }
-        const out = new Uint8Array(size);
-        let got = 0;
-        const reader = res.body?.getReader();
-        for (;;) {
-          const { done, value } = (await reader?.read()) ?? { done: true, value: undefined };
-          if (done) break;
-          if (got + value.length > size) {
-            await reader?.cancel();
-            throw new OutpostError("OTA_SIZE_MISMATCH", `${o.url}: more bytes than the ${size} asked for`);
-          }
-          out.set(value, got);
-          got += value.length;
-        }
-        return out.subarray(0, got);
+        return await bodyOf(res, size, o.url);
       } catch (err) {
         if (isOutpostError(err)) throw err;
         throw new OutpostError("OTA_DOWNLOAD_FAILED", `${o.url}: ${errorMessage(err)}`, { cause: err });
       }
     },
+    ...(o.chunks === undefined
+      ? {}
+      : { chunk: (sha256: string, size: number, signal?: AbortSignal) => chunkOf(o, sha256, size, signal) }),
   };
+}
+
+/**
+ * One compressed chunk, `<chunks>/<sha256>.zst`, decompressed: undefined when the server has none (a release
+ * made without them, or served from elsewhere). Never more than zstd's worst case for `size` bytes is read,
+ * nor more than `size` decompressed, before the caller checks the hash: a bomb costs nothing.
+ */
+async function chunkOf(o: HttpSourceOptions, sha256: string, size: number, signal?: AbortSignal) {
+  const url = `${o.chunks}${sha256}.zst`;
+  const timeout = AbortSignal.timeout(o.timeoutMs);
+  const both = signal ? AbortSignal.any([signal, timeout]) : timeout;
+  try {
+    const res = await fetch(url, { signal: both });
+    if (res.status === 404 || res.status === 403 || res.status === 410) {
+      await res.body?.cancel();
+      return undefined;
+    }
+    if (res.status !== 200) {
+      await res.body?.cancel();
+      throw new OutpostError("OTA_DOWNLOAD_FAILED", `${url}: HTTP ${res.status}`);
+    }
+    const packed = await bodyOf(res, size + (size >> 7) + 4096, url);
+    try {
+      return zstdDecompressSync(packed, { maxOutputLength: size });
+    } catch {
+      throw new OutpostError("OTA_CHUNK_CORRUPT", `${url}: not ${size} bytes compressed with zstd`);
+    }
+  } catch (err) {
+    if (isOutpostError(err)) throw err;
+    throw new OutpostError("OTA_DOWNLOAD_FAILED", `${url}: ${errorMessage(err)}`, { cause: err });
+  }
 }

@@ -5,6 +5,7 @@ import type { ByteSource } from "./assemble.ts";
 import { httpSource } from "./http-source.ts";
 import { type ChunkIndex, chunkIndexSchema, type Manifest, signedManifestSchema } from "./manifest.ts";
 import { MQTT_MAX_RANGE, type MqttFetcher } from "./mqtt-source.ts";
+import { CHUNKS_DIR } from "./release.ts";
 import { rolloutId } from "./rollouts.ts";
 
 // What an `update` command names, and where its release's files come from.
@@ -54,7 +55,12 @@ export function releaseSources(
   const at = (name: string, size: number) => httpSource({ url: new URL(name, base).href, size, timeoutMs });
   const ref = "chunks" in m.index ? undefined : m.index;
   return {
-    artifact: at(m.artifact, m.size),
+    artifact: httpSource({
+      url: new URL(m.artifact, base).href,
+      size: m.size,
+      timeoutMs,
+      chunks: new URL(`${CHUNKS_DIR}/`, base).href,
+    }),
     index: ref ? at(`index-${ref.sha256}.json`, ref.size) : undefined,
     maxRange: undefined,
   };

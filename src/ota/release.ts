@@ -1,6 +1,7 @@
 import { createHash, type KeyObject } from "node:crypto";
 import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
+import { constants, zstdCompressSync } from "node:zlib";
 import { elfMachineOf } from "../core/elf.ts";
 import { OutpostError } from "../core/errors.ts";
 import { releaseMarker } from "../version.ts";
@@ -22,7 +23,15 @@ export interface ReleaseOptions {
   minVersion?: string;
   allowDowngrade?: boolean;
   now: number;
+  /**
+   * The zstd level of `chunks/<sha256>.zst`, each chunk compressed alone for HTTP sources (6: a full x64
+   * binary 55 MiB in 1.3 s; 19: 51.6 MiB in 35 s); 0 writes none.
+   */
+  zstdLevel?: number;
 }
+
+/** Where a release's compressed chunks are, beside its artifact: served by any static server or CDN. */
+export const CHUNKS_DIR = "chunks";
 
 export interface Release {
   manifest: Manifest;
@@ -69,6 +78,18 @@ export function makeRelease(o: ReleaseOptions): Release {
   mkdirSync(o.out, { recursive: true });
   const files = [artifact];
   copyFileSync(o.file, join(o.out, artifact));
+  const level = o.zstdLevel ?? 6;
+  if (level > 0) {
+    // Named by content, so the releases of a rollout share one directory, and a chunk two releases have is one file.
+    mkdirSync(join(o.out, CHUNKS_DIR), { recursive: true });
+    for (const c of chunks) {
+      const packed = zstdCompressSync(bytes.subarray(c.offset, c.offset + c.size), {
+        params: { [constants.ZSTD_c_compressionLevel]: level },
+      });
+      writeFileSync(join(o.out, CHUNKS_DIR, `${c.sha256}.zst`), packed);
+    }
+    files.push(`${CHUNKS_DIR}/ (${new Set(chunks.map((c) => c.sha256)).size} files)`);
+  }
   let indexRef: Manifest["index"] = index;
   if (indexText.length > INLINE_INDEX_MAX) {
     const sha256 = createHash("sha256").update(indexText).digest("hex");

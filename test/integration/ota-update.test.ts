@@ -8,12 +8,14 @@ import {
   readdirSync,
   readFileSync,
   rmSync,
+  statSync,
   utimesSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { zstdCompressSync } from "node:zlib";
 import { generateKeys, parsePrivateKey } from "../../src/commands/keys.ts";
 import { signManifest } from "../../src/ota/manifest.ts";
 import { makeRelease } from "../../src/ota/release.ts";
@@ -146,10 +148,29 @@ describe("the update command", () => {
     const bytes = readFileSync(artifact);
     bytes[bytes.length - 100] = (bytes[bytes.length - 100] ?? 0) ^ 1; // the last chunk: the others were written
     writeFileSync(artifact, bytes);
+    // Served as ranges of the artifact: without the compressed chunks (a server that has only the artifact).
+    const chunks = join(dir, "www", "corrupt", "chunks");
+    const packed = new Map(readdirSync(chunks).map((f) => [f, readFileSync(join(chunks, f))]));
+    rmSync(chunks, { recursive: true });
     const reply = (await update("corrupt")).finals[0];
     assert.equal(reply?.error?.code, "OTA_CHUNK_CORRUPT", reply?.error?.message);
-    const left = readdirSync(join(agent.dir, "state", "update")).filter((n) => n.startsWith(r.manifest.sha256));
-    assert.deepEqual(left, []);
+    const left = () => readdirSync(join(agent.dir, "state", "update")).filter((n) => n.startsWith(r.manifest.sha256));
+    assert.deepEqual(left(), []);
+    // Issue 27: served as compressed chunks, the last one a zstd bomb (256 MiB of zeros in 8 KiB, smaller than
+    // the chunk): refused as soon as it would pass the chunk's declared size, and nothing left behind.
+    mkdirSync(chunks);
+    for (const [f, b] of packed) writeFileSync(join(chunks, f), b);
+    const index = (
+      "chunks" in r.manifest.index
+        ? r.manifest.index
+        : JSON.parse(readFileSync(join(dir, "www", "corrupt", `index-${r.manifest.index.sha256}.json`), "utf8"))
+    ) as { chunks: [number, string][] };
+    const last = index.chunks.at(-1)?.[1];
+    writeFileSync(join(chunks, `${last}.zst`), zstdCompressSync(Buffer.alloc(256 * 1024 * 1024)));
+    const bomb = (await update("corrupt")).finals[0];
+    assert.equal(bomb?.error?.code, "OTA_CHUNK_CORRUPT", bomb?.error?.message);
+    assert.match(String(bomb?.error?.message), /not \d+ bytes compressed with zstd/);
+    assert.deepEqual(left(), []);
   });
 
   it("a start removes a staged release no request names, and every partial but the newest under a day old", async () => {
@@ -192,8 +213,12 @@ describe("the update command", () => {
     assert.ok(readFileSync(staged).equals(readFileSync(join(dir, "good.bin"))));
     // From a checkout there is no running binary to take chunks from: everything is fetched.
     assert.equal(result.fetched, result.size);
-    // The file and its index, nothing twice.
-    assert.ok(server.sent > result.size && server.sent < result.size + 64 * 1024, `${server.sent} bytes served`);
+    // Its index and its compressed chunks (issue 27; these bytes are hashes, which do not compress), each once.
+    const www = join(dir, "www", "good");
+    const files = readdirSync(www).filter((f) => f.startsWith("index-"));
+    const chunkFiles = readdirSync(join(www, "chunks")).map((f) => join(www, "chunks", f));
+    const expected = [...files.map((f) => join(www, f)), ...chunkFiles].reduce((n, f) => n + statSync(f).size, 0);
+    assert.equal(server.sent, expected, `${server.sent} bytes served`);
     const late = await Watch.open(broker.port, [`${PREFIX}/${ID}/update`]);
     try {
       const retained = await late.waitFor(() => true, 5000, "retained update state");

@@ -1,0 +1,61 @@
+// Issue 27, item 3: a source with chunks apart (HTTP's chunks/<sha256>.zst) is asked for each chunk it lacks
+// once, by hash, and a chunk the file holds in several places is written to each.
+import assert from "node:assert/strict";
+import { createHash, randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { assemble, type ByteSource } from "../../src/ota/assemble.ts";
+import { chunk, DEFAULT_CHUNKS } from "../../src/ota/chunks.ts";
+import { tempDir } from "../helpers/temp.ts";
+
+describe("assembling from chunks fetched by hash", () => {
+  const block = randomBytes(300 * 1024);
+  const data = Buffer.concat([block, block, block, randomBytes(700 * 1024), block]);
+  const chunks = chunk(data);
+  const index = { params: DEFAULT_CHUNKS, chunks: chunks.map((c) => [c.size, c.sha256] as [number, string]) };
+  const bySha = new Map(chunks.map((c) => [c.sha256, data.subarray(c.offset, c.offset + c.size)]));
+  const sha256 = createHash("sha256").update(data).digest("hex");
+
+  it("asks once per distinct chunk, never for a range, and places repeated chunks everywhere", async () => {
+    const dir = tempDir("outpost-assemble-");
+    const asked: string[] = [];
+    const source: ByteSource = {
+      read: async () => {
+        throw new Error("no range should be asked for");
+      },
+      chunk: async (sha) => {
+        asked.push(sha);
+        return bySha.get(sha);
+      },
+    };
+    const p = await assemble({
+      sha256,
+      size: data.length,
+      index,
+      source,
+      partial: join(dir, "p"),
+      ready: join(dir, "r"),
+    });
+    assert.deepEqual(readFileSync(join(dir, "r")), data);
+    assert.equal(asked.length, new Set(asked).size);
+    assert.equal(asked.length, bySha.size);
+    assert.ok(bySha.size < chunks.length, "the test's file repeats chunks");
+    assert.equal(p.fetched, data.length);
+  });
+
+  it("a source without chunks apart says so once, and ranges fetch the rest", async () => {
+    const dir = tempDir("outpost-assemble-");
+    let asked = 0;
+    const source: ByteSource = {
+      read: async (offset, size) => data.subarray(offset, offset + size),
+      chunk: async () => {
+        asked += 1;
+        return undefined;
+      },
+    };
+    await assemble({ sha256, size: data.length, index, source, partial: join(dir, "p"), ready: join(dir, "r") });
+    assert.deepEqual(readFileSync(join(dir, "r")), data);
+    assert.equal(asked, 1);
+  });
+});

@@ -39,6 +39,7 @@ import { Mosquitto } from "../test/helpers/mosquitto.ts";
 import { Watch } from "../test/helpers/mqtt-watch.ts";
 import { Operator } from "../test/helpers/operator.ts";
 import { boardRows } from "./bench-board.ts";
+import { BUDGET_SECTIONS, budgetTable } from "./bench-budget.ts";
 import { deltaRows } from "./bench-delta.ts";
 import { modelRows } from "./bench-models.ts";
 import { otaRows } from "./bench-ota.ts";
@@ -73,6 +74,8 @@ const RUNS = Number(values.runs);
 const BACKLOG = Number(values.backlog);
 const DRAINS = Number(values.drains);
 const ONLY = new Set(values.only.split(","));
+// The small-device budget (issue 27): the sections it draws on, then its table.
+if (ONLY.has("budget")) for (const section of BUDGET_SECTIONS) ONLY.add(section);
 const CALLS = Number(values.calls);
 const WINDOW = 20; // mosquitto's default receive maximum, which the outbox honours
 const BIN = values.bin ?? join(ROOT, "dist", "outpost-linux-x64");
@@ -656,6 +659,7 @@ async function main(): Promise<void> {
     rmSync(scratch, { recursive: true, force: true });
   }
   print();
+  if (ONLY.has("budget")) process.stdout.write(`\nthe small-device budget (issue 27)\n${budgetTable(rows)}`);
   mkdirSync(join(ROOT, "bench"), { recursive: true });
   const out = {
     date: new Date().toISOString(),

@@ -8,6 +8,7 @@ import type { ReplyBody } from "../commands/envelope.ts";
 import { publicKeyText } from "../commands/keys.ts";
 import { errorMessage } from "../core/errors.ts";
 import { type Manifest, manifestSchema, type SignedManifest, signedManifestSchema } from "../ota/manifest.ts";
+import { MQTT_MAX_RANGE } from "../ota/mqtt-source.ts";
 import { isRefusal, printable, type Refusal, type Verdict } from "./answer-trust.ts";
 import { connectBroker, DeviceCaller } from "./ctl-client.ts";
 import { BROKER_FLAGS, brokerOptions, ctlSettings, durationFlag, readPrivateKey } from "./ctl-settings.ts";
@@ -203,7 +204,9 @@ export async function ctlUpdate(host: Host, args: string[]): Promise<number> {
 
   const serve = (topic: string, payload: Buffer) => {
     const id = deviceOf(topic);
-    const bytes = files.serve(client, o.prefix, id, payload);
+    // At most what a device asks for at once (MQTT_MAX_RANGE): a larger request is no device's, and would cost a
+    // read and a compression.
+    const bytes = files.serve(client, o.prefix, id, payload, MQTT_MAX_RANGE);
     if (bytes === 0) return;
     served.set(id, (served.get(id) ?? 0) + bytes);
     const known = devices.get(id);

@@ -80,13 +80,15 @@ export class ReleaseServer {
 
   private pack(key: string, bytes: Buffer): Buffer | undefined {
     let packed = this.compressed.get(key);
-    if (!packed) {
-      packed = zstdCompressSync(bytes, { params: { [constants.ZSTD_c_compressionLevel]: ZSTD_LEVEL } });
-      this.compressed.set(key, packed);
-      const oldest = this.compressed.keys().next().value;
-      if (this.compressed.size > CACHED && oldest !== undefined) this.compressed.delete(oldest);
-    }
-    return packed.length < bytes.length ? packed : undefined;
+    if (packed === undefined) {
+      const made = zstdCompressSync(bytes, { params: { [constants.ZSTD_c_compressionLevel]: ZSTD_LEVEL } });
+      // Kept only when smaller (an empty buffer marks "send raw"); the most recently used stay.
+      packed = made.length < bytes.length ? made : Buffer.alloc(0);
+    } else this.compressed.delete(key);
+    this.compressed.set(key, packed);
+    const oldest = this.compressed.keys().next().value;
+    if (this.compressed.size > CACHED && oldest !== undefined) this.compressed.delete(oldest);
+    return packed.length > 0 ? packed : undefined;
   }
 
   close(): void {

@@ -58,7 +58,8 @@ const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 
 /**
  * Fetches `chunks` by hash, a few at once, and writes each (checked) wherever the file has it. Returns what is
- * left for ranges: all of it when the source has no chunks apart (its first answer says so), else none.
+ * left for ranges: all of it when the source has no chunks apart (its first answer says so), else the chunks
+ * it could not give right (missing, or not matching their hash: a partly uploaded or damaged chunks/).
  */
 async function byHash(
   chunks: Chunk[],
@@ -68,16 +69,22 @@ async function byHash(
   o: Pick<AssembleOptions, "signal" | "onProgress">,
 ): Promise<Chunk[]> {
   const where = new Map<string, Chunk[]>();
-  for (const c of chunks) where.set(c.sha256, [...(where.get(c.sha256) ?? []), c]);
+  for (const c of chunks) {
+    const at = where.get(c.sha256);
+    if (at) at.push(c);
+    else where.set(c.sha256, [c]);
+  }
   const todo = [...where.values()];
   const first = todo[0]?.[0];
   if (!first || !source.chunk) return chunks;
+  const left: Chunk[] = [];
   const place = async (c: Chunk, bytes: Uint8Array | undefined) => {
-    if (!bytes) throw new OutpostError("OTA_DOWNLOAD_FAILED", `the chunk ${c.sha256} is missing from the source`);
-    if (bytes.length !== c.size || sha(bytes) !== c.sha256) {
-      throw new OutpostError("OTA_CHUNK_CORRUPT", `the chunk ${c.sha256} (${c.size} bytes) does not match its sha256`);
+    const places = where.get(c.sha256) ?? [];
+    if (!bytes || bytes.length !== c.size || sha(bytes) !== c.sha256) {
+      left.push(...places);
+      return;
     }
-    for (const at of where.get(c.sha256) ?? []) {
+    for (const at of places) {
       await out.write(bytes, 0, at.size, at.offset);
       progress.done += at.size;
       progress.fetched += at.size;
@@ -114,7 +121,7 @@ async function byHash(
   if (failure) throw failure.reason;
   await out.sync();
   o.onProgress?.({ ...progress });
-  return [];
+  return left.sort((a, b) => a.offset - b.offset);
 }
 
 function offsets(index: ChunkIndex): Chunk[] {

@@ -52,7 +52,24 @@ export function encodeAnswer(header: z.input<typeof answerHeader>, bytes?: Uint8
  * believed by itself: bytes that fail `accept` (their chunks' hashes) and error answers are dropped and
  * remembered for the timeout's message; only the range timeout fails the range.
  */
-type Waiter = { size: number; resolve(bytes: Buffer): void; accept(bytes: Buffer): boolean; dropped: string[] };
+type Waiter = {
+  size: number;
+  resolve(bytes: Buffer): void;
+  accept(bytes: Buffer): boolean;
+  dropped: string[];
+  /** Compressed answers decoded so far: each costs up to `size` bytes of work, so only a few are. */
+  decoded: number;
+};
+
+/**
+ * Compressed answers decoded per request. A few bytes of zstd can decode to the whole range (1 MiB of work
+ * for a 38-byte message): past this, compressed answers are dropped unread, and the next try asks raw, where an
+ * answer costs its sender every byte it makes the device hash.
+ */
+const DECODES = 2;
+
+/** Thrown by a try that dropped compressed answers it could not decode: the next one asks raw. */
+class CompressedJunk extends Error {}
 
 export class MqttFetcher {
   private readonly waiting = new Map<string, Waiter>();
@@ -90,6 +107,11 @@ export class MqttFetcher {
     }
     let bytes = payload.subarray(end + 1);
     if ("encoding" in header) {
+      if (waiter.decoded >= DECODES) {
+        drop("a compressed answer past the few decoded per request");
+        return;
+      }
+      waiter.decoded += 1;
       // Never more than the range asked for (what the signed index declares) is decompressed, before any hash:
       // a zstd bomb from whoever can publish here stops at that size, at once.
       try {
@@ -112,11 +134,12 @@ export class MqttFetcher {
       read: async (offset, size, signal, accept) => {
         const attempts = o.attempts ?? 3;
         let last: unknown;
+        let zstd = true;
         for (let attempt = 1; attempt <= attempts; attempt++) {
           signal?.throwIfAborted();
           try {
             return await this.ask(
-              { id: `${ZSTD_ID}${randomUUID()}`, release: o.release, file: o.file, offset, size },
+              { id: `${zstd ? ZSTD_ID : ""}${randomUUID()}`, release: o.release, file: o.file, offset, size },
               (b) => b.length === size && (accept?.(b) ?? true),
               o,
               signal,
@@ -124,6 +147,7 @@ export class MqttFetcher {
           } catch (err) {
             last = err;
             if (signal?.aborted) throw err;
+            if ((err as { cause?: unknown }).cause instanceof CompressedJunk) zstd = false;
           }
         }
         throw new OutpostError(
@@ -154,21 +178,25 @@ export class MqttFetcher {
         finish();
         reject(signal?.reason ?? new Error("aborted"));
       };
-      const timer = setTimeout(() => {
-        finish();
-        const why = dropped.length > 0 ? ` (${dropped.length} answers dropped: ${dropped.join("; ")})` : "";
-        reject(new OutpostError("OTA_DOWNLOAD_FAILED", `no answer within ${o.timeoutMs} ms${why}`));
-      }, o.timeoutMs);
-      signal?.addEventListener("abort", onAbort, { once: true });
-      this.waiting.set(request.id, {
+      const waiter: Waiter = {
         size: request.size,
+        decoded: 0,
         resolve: (b) => {
           finish();
           resolve(b);
         },
         accept,
         dropped,
-      });
+      };
+      const timer = setTimeout(() => {
+        finish();
+        const why = dropped.length > 0 ? ` (${dropped.length} answers dropped: ${dropped.join("; ")})` : "";
+        // A compressed answer came and none was right: the next try asks raw.
+        const junk = waiter.decoded > 0 ? { cause: new CompressedJunk() } : {};
+        reject(new OutpostError("OTA_DOWNLOAD_FAILED", `no answer within ${o.timeoutMs} ms${why}`, junk));
+      }, o.timeoutMs);
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.waiting.set(request.id, waiter);
       this.channel.publish(this.requestTopic, JSON.stringify(request)).catch((err: unknown) => {
         finish();
         reject(err);

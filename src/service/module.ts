@@ -85,7 +85,9 @@ export const serviceModule: Module<typeof serviceSection> = {
           defineCommand({
             name: "debug.block",
             params: z.strictObject({ ms: z.number().int().min(1).max(600_000) }),
-            changesState: false,
+            // It changes nothing, but it stops the agent (a watchdog restart): its replay record must survive
+            // that, or one captured request could stop the agent again after every restart.
+            changesState: true,
             // Blocks the event loop itself (not a timer): what a wedged native call or a busy loop would do.
             run: ({ ms }) => {
               Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);

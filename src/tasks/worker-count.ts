@@ -9,8 +9,9 @@ const AGENT_MIB = 224;
 const WORKER_MIB = 64;
 
 /**
- * How much memory the agent may use: its cgroup's `memory.max` (the unit's MemoryMax=) when one is set, else
- * three quarters of the machine's memory (the rest is the system's).
+ * How much memory the agent may use: the smallest `memory.max` of its cgroup and the cgroups above it (the
+ * unit's MemoryMax=, a slice's), when one is set, else three quarters of the machine's memory (the rest is the
+ * system's). cgroup v2 only: on v1 or a hybrid host, the machine's.
  */
 export function memoryLimit(o: { procRoot?: string; cgroupRoot?: string; total?: number } = {}): {
   bytes: number;
@@ -22,9 +23,19 @@ export function memoryLimit(o: { procRoot?: string; cgroupRoot?: string; total?:
     const line = readFileSync(join(o.procRoot ?? "/proc", "self", "cgroup"), "utf8")
       .split("\n")
       .find((l) => l.startsWith("0::"));
-    if (line !== undefined) {
-      const max = readFileSync(join(o.cgroupRoot ?? "/sys/fs/cgroup", line.slice(3), "memory.max"), "utf8").trim();
-      if (/^\d+$/.test(max) && Number(max) < total) return { bytes: Number(max), from: "the cgroup's memory.max" };
+    const path = line?.slice(3) ?? "";
+    // A path from outside this cgroup namespace ("/../..") is not ours to walk.
+    if (line !== undefined && !path.split("/").includes("..")) {
+      let least = total;
+      for (let at = path; at !== "/" && at !== ""; at = at.slice(0, at.lastIndexOf("/")) || "/") {
+        try {
+          const max = readFileSync(join(o.cgroupRoot ?? "/sys/fs/cgroup", at, "memory.max"), "utf8").trim();
+          if (/^\d+$/.test(max)) least = Math.min(least, Number(max));
+        } catch {
+          // Not there at this level (the root has none): the levels above may.
+        }
+      }
+      if (least < total) return { bytes: least, from: "the cgroup's memory.max" };
     }
   } catch {
     // No cgroup v2, or not readable: the machine's memory.

@@ -44,6 +44,28 @@ describe("assembling from chunks fetched by hash", () => {
     assert.equal(p.fetched, data.length);
   });
 
+  it("a chunk missing or wrong after the first (chunks/ partly uploaded, a damaged file) comes as a range", async () => {
+    const dir = tempDir("outpost-assemble-");
+    const distinct = [...bySha.keys()];
+    const missing = distinct[2];
+    const wrong = distinct[3];
+    const ranges: [number, number][] = [];
+    const source: ByteSource = {
+      read: async (offset, size) => {
+        ranges.push([offset, size]);
+        return data.subarray(offset, offset + size);
+      },
+      chunk: async (sha) => (sha === missing ? undefined : sha === wrong ? Buffer.from("not it") : bySha.get(sha)),
+    };
+    await assemble({ sha256, size: data.length, index, source, partial: join(dir, "p"), ready: join(dir, "r") });
+    assert.deepEqual(readFileSync(join(dir, "r")), data);
+    const asRanges = chunks.filter((c) => c.sha256 === missing || c.sha256 === wrong);
+    assert.equal(
+      ranges.reduce((n, [, size]) => n + size, 0),
+      asRanges.reduce((n, c) => n + c.size, 0),
+    );
+  });
+
   it("a source without chunks apart says so once, and ranges fetch the rest", async () => {
     const dir = tempDir("outpost-assemble-");
     let asked = 0;

@@ -129,6 +129,30 @@ describe("update ranges over MQTT, compressed (issue 27)", () => {
     assert.ok(process.memoryUsage().rss - rss < 64 * 1024 * 1024, "no memory spent on the bomb");
   });
 
+  it("compressed junk is decoded no more than twice a request, and the next try asks raw, where junk costs its sender", async () => {
+    // 1 MiB of work for a few dozen bytes each: a flood of these, decoded, would take the device's event loop.
+    const tiny = zstdCompressSync(Buffer.alloc(BIG.length, 0x41));
+    const { ids, fetcher } = withAnswers((id, size) =>
+      id.startsWith(ZSTD_ID)
+        ? [
+            ...Array.from({ length: 500 }, () => encodeAnswer({ id, offset: 0, size, encoding: "zstd" }, tiny)),
+            encodeAnswer({ id, offset: 0, size, encoding: "zstd" }, zstdCompressSync(BIG)),
+          ]
+        : [encodeAnswer({ id, offset: 0, size }, BIG)],
+    );
+    const cpu = process.cpuUsage();
+    const got = await fetcher
+      .source({ release: "0".repeat(64), file: "artifact", timeoutMs: 300, attempts: 2 })
+      .read(0, BIG.length, undefined, (b) => sha(b) === sha(BIG));
+    assert.deepEqual(Buffer.from(got), BIG);
+    assert.deepEqual(
+      ids.map((i) => i.startsWith(ZSTD_ID)),
+      [true, false],
+    );
+    const used = process.cpuUsage(cpu);
+    assert.ok((used.user + used.system) / 1000 < 250, `${(used.user + used.system) / 1000} ms of CPU`);
+  });
+
   it("the server answers raw to a device that did not say zstd, compressed to one that did, raw when that is not smaller", () => {
     const dir = tempDir("outpost-release-server-");
     mkdirSync(join(dir, "r"));

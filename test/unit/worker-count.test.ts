@@ -34,6 +34,10 @@ describe("the default number of task workers", () => {
     const at = { procRoot: join(root, "proc"), cgroupRoot: join(root, "cg"), total: 4096 * MiB };
     writeFileSync(max, `${384 * MiB}\n`);
     assert.deepEqual(memoryLimit(at), { bytes: 384 * MiB, from: "the cgroup's memory.max" });
+    // A slice's limit above the unit's counts too: the smallest wins.
+    writeFileSync(join(root, "cg", "system.slice", "memory.max"), `${256 * MiB}\n`);
+    assert.deepEqual(memoryLimit(at), { bytes: 256 * MiB, from: "the cgroup's memory.max" });
+    writeFileSync(join(root, "cg", "system.slice", "memory.max"), "max\n");
     writeFileSync(max, "max\n");
     assert.deepEqual(memoryLimit(at), { bytes: 3072 * MiB, from: "3/4 of the machine's memory" });
   });

@@ -41,6 +41,7 @@ import { Operator } from "../test/helpers/operator.ts";
 import { boardRows } from "./bench-board.ts";
 import { BUDGET_SECTIONS, budgetTable } from "./bench-budget.ts";
 import { deltaRows } from "./bench-delta.ts";
+import { meteredRows } from "./bench-metered.ts";
 import { modelRows } from "./bench-models.ts";
 import { otaRows } from "./bench-ota.ts";
 import { poolRows } from "./bench-pool.ts";
@@ -56,7 +57,8 @@ const { values } = parseArgs({
     drains: { type: "string", default: "5" },
     only: {
       type: "string",
-      default: "sizes,startup,footprint,idle,notify,outbox,commands,board,pool,tasks,models,delta,ota,staging,rollout",
+      default:
+        "sizes,startup,footprint,idle,notify,outbox,commands,board,pool,tasks,models,delta,ota,staging,metered,rollout",
     },
     // The earlier commit an app-only update comes from (the delta section).
     "delta-from": { type: "string", default: "HEAD~4" },
@@ -644,6 +646,7 @@ async function main(): Promise<void> {
     if (ONLY.has("delta")) await deltaRows(rows, { appFrom: values["delta-from"] });
     if (ONLY.has("ota")) await otaRows(rows, { bin: BIN, broker, watch, runs: 3, rollbacks: 20 });
     if (ONLY.has("staging")) await stagingRows(rows, { bin: BIN, broker, watch, runs: 3 });
+    if (ONLY.has("metered")) await meteredRows(rows, { bin: BIN, broker, watch, seconds: IDLE_SECONDS });
     if (ONLY.has("rollout"))
       await rolloutRows(rows, {
         bin: BIN,

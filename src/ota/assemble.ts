@@ -189,7 +189,7 @@ export async function assemble(o: AssembleOptions): Promise<AssembleProgress> {
     await out.sync();
     o.onProgress?.({ ...progress });
     // 3a. Chunks by hash, where the source has them apart (compressed): each checked before it is written.
-    const rest = o.source.chunk ? await byHash(toFetch, o.source, out, progress, o) : toFetch;
+    const rest = await byHash(toFetch, o.source, out, progress, o);
     // 3b. The rest, in merged ranges; each chunk checked before it is written.
     for (const range of ranges(rest, o.maxRange ?? 4 * 1024 * 1024)) {
       if (o.signal?.aborted) throw new OutpostError("TASK_ABORTED", "the update was cancelled");

@@ -66,17 +66,28 @@ export function checkParams(p: ChunkParams): void {
   }
 }
 
-/** Splits `data` into content-defined chunks, each with its sha256. */
-export function chunk(data: Uint8Array, p: ChunkParams = DEFAULT_CHUNKS): Chunk[] {
+/**
+ * The one chunker both `chunk` and `chunkFile` use, for checked parameters: `next(data, start)` is the chunk
+ * that starts at `start` of `data` (whose end is the data's end or at least `max` bytes further), with its hash.
+ */
+function chunker(p: ChunkParams) {
   checkParams(p);
   const bits = Math.log2(p.avg);
   const small = mask(bits + 2);
   const large = mask(bits - 2);
+  return (data: Uint8Array, start: number) => {
+    const end = cut(data, start, p, small, large);
+    return { end, sha256: createHash("sha256").update(data.subarray(start, end)).digest("hex") };
+  };
+}
+
+/** Splits `data` into content-defined chunks, each with its sha256. */
+export function chunk(data: Uint8Array, p: ChunkParams = DEFAULT_CHUNKS): Chunk[] {
+  const next = chunker(p);
   const chunks: Chunk[] = [];
   let start = 0;
   while (start < data.length) {
-    const end = cut(data, start, p, small, large);
-    const sha256 = createHash("sha256").update(data.subarray(start, end)).digest("hex");
+    const { end, sha256 } = next(data, start);
     chunks.push({ offset: start, size: end - start, sha256 });
     start = end;
   }
@@ -100,10 +111,7 @@ export async function chunkFile(
   p: ChunkParams = DEFAULT_CHUNKS,
   windowBytes = WINDOW,
 ): Promise<Chunk[]> {
-  checkParams(p);
-  const bits = Math.log2(p.avg);
-  const small = mask(bits + 2);
-  const large = mask(bits - 2);
+  const next = chunker(p);
   const buf = Buffer.allocUnsafe(Math.max(windowBytes, 2 * p.max));
   const chunks: Chunk[] = [];
   let base = 0; // the file offset of buf[0]
@@ -123,13 +131,8 @@ export async function chunkFile(
       }
     }
     if (start >= filled) return chunks;
-    const view = buf.subarray(0, filled);
-    const end = cut(view, start, p, small, large);
-    chunks.push({
-      offset: base + start,
-      size: end - start,
-      sha256: createHash("sha256").update(view.subarray(start, end)).digest("hex"),
-    });
+    const { end, sha256 } = next(buf.subarray(0, filled), start);
+    chunks.push({ offset: base + start, size: end - start, sha256 });
     start = end;
   }
 }

@@ -13,6 +13,12 @@ export interface HttpSourceOptions {
   chunks?: string;
 }
 
+/** Aborted after `ms`, or with `signal`. */
+function within(ms: number, signal?: AbortSignal): AbortSignal {
+  const timeout = AbortSignal.timeout(ms);
+  return signal ? AbortSignal.any([signal, timeout]) : timeout;
+}
+
 /** The body of `res`, cut off past `max` bytes. */
 async function bodyOf(res: Response, max: number, what: string): Promise<Uint8Array> {
   const out = new Uint8Array(max);
@@ -39,8 +45,7 @@ async function bodyOf(res: Response, max: number, what: string): Promise<Uint8Ar
 export function httpSource(o: HttpSourceOptions): ByteSource {
   return {
     async read(offset, size, signal) {
-      const timeout = AbortSignal.timeout(o.timeoutMs);
-      const both = signal ? AbortSignal.any([signal, timeout]) : timeout;
+      const both = within(o.timeoutMs, signal);
       try {
         const res = await fetch(o.url, { headers: { range: `bytes=${offset}-${offset + size - 1}` }, signal: both });
         if (res.status !== 206) {
@@ -75,8 +80,7 @@ export function httpSource(o: HttpSourceOptions): ByteSource {
  */
 async function chunkOf(o: HttpSourceOptions, sha256: string, size: number, signal?: AbortSignal) {
   const url = `${o.chunks}${sha256}.zst`;
-  const timeout = AbortSignal.timeout(o.timeoutMs);
-  const both = signal ? AbortSignal.any([signal, timeout]) : timeout;
+  const both = within(o.timeoutMs, signal);
   try {
     const res = await fetch(url, { signal: both });
     if (res.status !== 200) {

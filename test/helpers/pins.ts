@@ -4,20 +4,25 @@ import type { AgentProcess } from "./agent-process.ts";
 import { runCli } from "./cli.ts";
 
 /**
- * Pins an agent's key for ctl in `file`, as scripts/deploy.sh does: the public key read where the agent wrote
- * it (its state directory), never taken from the broker. Call once the agent has started (it makes the key).
+ * Pins a device's key for ctl in `file` through `brokerUrl` (a list too), as scripts/deploy.sh does: the public
+ * key read from a file the device wrote, never taken from the broker.
  */
-export async function pinAgent(file: string, brokerUrl: string, id: string, agent: AgentProcess): Promise<void> {
+export async function pinKey(file: string, brokerUrl: string, id: string, publicKeyFile: string): Promise<void> {
   const r = await runCli([
     "ctl",
     "trust",
     id,
     "--public-key",
-    join(agent.dir, "state", "device.pub"),
+    publicKeyFile,
     "--broker",
     brokerUrl,
     "--known-devices",
     file,
   ]);
   assert.equal(r.code, 0, r.err);
+}
+
+/** Pins an agent's key, read where it wrote it (its state directory). Call once it has started (it makes the key). */
+export async function pinAgent(file: string, brokerUrl: string, id: string, agent: AgentProcess): Promise<void> {
+  await pinKey(file, brokerUrl, id, join(agent.dir, "state", "device.pub"));
 }

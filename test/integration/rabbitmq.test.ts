@@ -14,6 +14,7 @@ import { runCli } from "../helpers/cli.ts";
 import { operatorKey, PREFIX } from "../helpers/commands.ts";
 import { Fleet, fleetRelease } from "../helpers/fleet.ts";
 import { type Received, Watch } from "../helpers/mqtt-watch.ts";
+import { pinKey } from "../helpers/pins.ts";
 import { RabbitCluster, rabbitmqInstalled } from "../helpers/rabbitmq.ts";
 import { fakeAgent } from "../helpers/releases.ts";
 import { tempDir } from "../helpers/temp.ts";
@@ -171,20 +172,7 @@ describe("a RabbitMQ 3.10 cluster of two nodes: devices on one, the operator on 
     });
     try {
       await fleet.start();
-      for (const d of fleet.devices) {
-        const pinned = await runCli([
-          "ctl",
-          "trust",
-          d.id,
-          "--public-key",
-          d.publicKeyFile,
-          "--known-devices",
-          pins,
-          "--broker",
-          brokerList(1),
-        ]);
-        assert.equal(pinned.code, 0, pinned.err);
-      }
+      for (const d of fleet.devices) await pinKey(pins, brokerList(1), d.id, d.publicKeyFile);
       const release = fleetRelease(dir, "1.1.0", rel.privatePem);
       const db = ["--rollouts", join(dir, "rollouts.db")];
       // A driver that never sees the devices waits for ever: the test fails after 120 s instead.

@@ -12,6 +12,7 @@ import { MAIN } from "../helpers/agent-process.ts";
 import { runCli } from "../helpers/cli.ts";
 import { Fleet, fleetRelease } from "../helpers/fleet.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
+import { pinKey } from "../helpers/pins.ts";
 import { tempDir } from "../helpers/temp.ts";
 import { waitUntil } from "../helpers/wait.ts";
 
@@ -111,20 +112,7 @@ describe("a rollout in waves through a simulated fleet", () => {
       running: { version: "1.0.0", sha256: "a".repeat(64) },
     });
     await fleet.start();
-    for (const d of fleet.devices) {
-      const r = await runCli([
-        "ctl",
-        "trust",
-        d.id,
-        "--public-key",
-        d.publicKeyFile,
-        "--broker",
-        broker.url,
-        "--known-devices",
-        pins,
-      ]);
-      assert.equal(r.code, 0, r.err);
-    }
+    for (const d of fleet.devices) await pinKey(pins, broker.url, d.id, d.publicKeyFile);
   });
   after(async () => {
     for (const c of children) c.kill("SIGKILL");

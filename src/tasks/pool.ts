@@ -40,6 +40,12 @@ export interface PoolOptions {
   breaker: { failures: number; openMs: number };
   /** How long a worker being replaced may take to terminate before it is abandoned (a hang in native code). */
   terminateGraceMs?: number;
+  /**
+   * How long a task cancelled while it runs may go on, its result dropped, before its worker is replaced
+   * (default 1 s). An inference takes milliseconds; a new worker loads the runtime and the model again, which
+   * a check group that cancels its other checks on every failed part paid each time.
+   */
+  cancelGraceMs?: number;
   now?: () => number;
   logger: Logger;
 }
@@ -72,6 +78,10 @@ interface Job {
   resolve(result: PoolResult): void;
   reject(err: OutpostError): void;
   onAbort?: () => void;
+  /** Cancelled while it ran: already settled; its worker's answer is dropped. */
+  cancelled?: boolean;
+  /** Its worker said it has what the task needs loaded. */
+  ready?: boolean;
 }
 
 interface Slot {
@@ -110,7 +120,7 @@ export class WorkerPool {
   private control: unknown;
 
   constructor(options: PoolOptions) {
-    this.o = { terminateGraceMs: 2000, now: () => performance.now(), ...options };
+    this.o = { terminateGraceMs: 2000, cancelGraceMs: 1000, now: () => performance.now(), ...options };
   }
 
   /** Runs a task; rejects at once with `QUEUE_FULL`, `CIRCUIT_OPEN` or `POOL_CLOSED` when it cannot be taken. */
@@ -191,7 +201,9 @@ export class WorkerPool {
     for (const job of this.queue.splice(0)) this.settle(job, new OutpostError("POOL_CLOSED", "the agent stopped"));
     await Promise.all(
       [...this.slots].map((slot) => {
-        if (slot.job) this.settle(slot.job, new OutpostError("POOL_CLOSED", "the agent stopped while it ran"));
+        if (slot.job && !slot.job.cancelled) {
+          this.settle(slot.job, new OutpostError("POOL_CLOSED", "the agent stopped while it ran"));
+        }
         return this.retire(slot, false);
       }),
     );
@@ -266,7 +278,19 @@ export class WorkerPool {
     if ("control" in reply) return;
     const job = slot.job;
     if (slot.gone || !job || reply.id !== job.id) return;
+    if (job.cancelled) {
+      // A worker that was loading when its task was cancelled finished the load: the run gets its grace now.
+      if ("ready" in reply) {
+        this.arm(slot, this.o.cancelGraceMs, "cancelled, and still running after");
+        return;
+      }
+      clearTimeout(slot.timer);
+      slot.job = undefined;
+      this.dispatch();
+      return;
+    }
     if ("ready" in reply) {
+      job.ready = true;
       if (job.options.loadTimeoutMs !== undefined) this.arm(slot, job.options.timeoutMs, "ran past");
       return;
     }
@@ -298,7 +322,7 @@ export class WorkerPool {
     const job = slot.job;
     clearTimeout(slot.timer);
     slot.job = undefined;
-    if (job) this.settle(job, new OutpostError(code, message));
+    if (job && !job.cancelled) this.settle(job, new OutpostError(code, message));
     if (!this.closed) {
       this.o.logger.warn({ code, message, task: job?.type, trace: job?.options.trace }, "task worker replaced");
     }
@@ -315,13 +339,14 @@ export class WorkerPool {
       return;
     }
     const slot = [...this.slots].find((s) => s.job === job);
-    if (slot) {
-      // Nothing but terminating stops code that is running: the worker goes, a new one takes its place.
-      clearTimeout(slot.timer);
-      slot.job = undefined;
+    if (slot && !job.cancelled) {
+      // The caller hears now. Only terminating stops code that is running, and a new worker loads everything
+      // again: the run gets a grace to end on its own (the slot stays busy), then its worker is replaced.
+      job.cancelled = true;
       this.settle(job, new OutpostError("TASK_ABORTED", "cancelled while running"), false);
-      void this.retire(slot, true);
-      this.dispatch();
+      // A worker still loading (a runtime, a model) keeps its load bound: a new one would only start over.
+      const loading = job.options.loadTimeoutMs !== undefined && !job.ready;
+      if (!loading) this.arm(slot, this.o.cancelGraceMs, "cancelled, and still running after");
     }
   }
 

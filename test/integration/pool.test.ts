@@ -18,6 +18,7 @@ const SOURCE = `
 const { parentPort } = require("node:worker_threads");
 const handlers = {
   echo: (x) => x,
+  thread: () => require("node:worker_threads").threadId,
   sleep: (ms) => new Promise((r) => setTimeout(() => r(ms), ms)),
   throws: () => { throw Object.assign(new Error("bad input"), { code: "E_INPUT" }); },
   loop: () => { for (;;) {} },
@@ -182,6 +183,51 @@ describe("worker pool", () => {
     assert.equal(await code(p.run("echo", 1, { timeoutMs: 5000, signal: AbortSignal.abort() })), "TASK_ABORTED");
     assert.equal(p.stats().replaced, 1);
     await p.close(AbortSignal.timeout(5000));
+  });
+
+  it("a running task cancelled that ends within cancelGraceMs keeps its worker (its runtime and model stay loaded)", async () => {
+    // A check group cancels its other checks when one fails: with workers replaced on every cancel, each failed
+    // part on a line cost a reload of the runtime and the model (seen in the checks integration test).
+    const p = pool({ size: 1, cancelGraceMs: 5000 });
+    const first = (await p.run("thread", null, { timeoutMs: 5000 })).value;
+    for (let round = 0; round < 3; round++) {
+      const cancel = new AbortController();
+      const running = p.run("sleep", 100, { timeoutMs: 5000, signal: cancel.signal });
+      const next = p.run("thread", null, { timeoutMs: 5000 });
+      await new Promise((r) => setTimeout(r, 20));
+      cancel.abort();
+      // The caller hears at once; the worker finishes the run, its result dropped, and takes the next task.
+      assert.equal(await code(running), "TASK_ABORTED");
+      assert.equal((await next).value, first, `round ${round}: the same worker`);
+    }
+    assert.deepEqual([p.stats().replaced, p.stats().completed, p.stats().failed], [0, 4, 0]);
+    // One that does not end within the grace is replaced, as before, and the next task gets a new worker.
+    const short = pool({ size: 1, cancelGraceMs: 200 });
+    const before = (await short.run("thread", null, { timeoutMs: 5000 })).value;
+    const cancel = new AbortController();
+    const looping = short.run("loop", null, { timeoutMs: 60_000, signal: cancel.signal });
+    await new Promise((r) => setTimeout(r, 20));
+    cancel.abort();
+    assert.equal(await code(looping), "TASK_ABORTED");
+    assert.notEqual((await short.run("thread", null, { timeoutMs: 5000 })).value, before);
+    assert.deepEqual([short.stats().replaced, short.stats().failed], [1, 0]);
+    // Cancelled while its worker still loads (600 ms, past the 200 ms grace): the load finishes, since a new
+    // worker would only start it over, then the run gets its grace; the same worker takes the next task.
+    const loader = (await short.run("thread", null, { timeoutMs: 5000 })).value;
+    const loadingCancel = new AbortController();
+    const loading = short.run(
+      "staged",
+      { loadMs: 600, runMs: 20 },
+      { timeoutMs: 5000, loadTimeoutMs: 5000, signal: loadingCancel.signal },
+    );
+    const afterLoad = short.run("thread", null, { timeoutMs: 5000 });
+    await new Promise((r) => setTimeout(r, 50));
+    loadingCancel.abort();
+    assert.equal(await code(loading), "TASK_ABORTED");
+    assert.equal((await afterLoad).value, loader);
+    assert.equal(short.stats().replaced, 1);
+    await p.close(AbortSignal.timeout(5000));
+    await short.close(AbortSignal.timeout(5000));
   });
 
   it("a type that fails N times in a row opens its breaker; a probe after openMs closes it, or opens it again", async () => {

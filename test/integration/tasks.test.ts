@@ -251,8 +251,13 @@ describe("tasks: inference in worker threads", () => {
   });
 
   it("checks: the first failing check cancels the others and the verdict names it", async () => {
-    // One worker: strict runs first and fails on a scratched part, so inspect is still queued when the group's
-    // signal aborts it.
+    // One worker: strict runs first and fails on a scratched part; inspect, dispatched to the worker the moment
+    // strict answered, is cancelled while it runs. It finishes within the pool's grace, its result dropped, and
+    // the worker stays: replacing it reloaded the runtime and the model on every failed part (in a CI run that
+    // kept the next call waiting past its 10 s).
+    const replaced = async () =>
+      ((await operator.final(ID, "task.list")).result as { pool: { replaced?: number } }).pool.replaced ?? 0;
+    const before = await replaced();
     const reply = await task("both", image("scratch-2.png"));
     assert.equal(reply.state, "succeeded", JSON.stringify(reply.error));
     const r = reply.result as { verdict: string; failedCheck: string; checks: Record<string, unknown> };
@@ -264,6 +269,7 @@ describe("tasks: inference in worker threads", () => {
     assert.equal(p.verdict, "pass");
     assert.equal(p.checks.strict?.verdict, "pass");
     assert.equal(p.checks.inspect?.verdict, "pass");
+    assert.equal(await replaced(), before, "no worker was replaced");
   });
 });
 

@@ -220,10 +220,17 @@ async function binary(rows: BenchRow[], o: { bin: string; broker: Mosquitto; wat
       await online(id);
       const reply = await run(id);
       const ms = performance.now() - t;
+      // What the start left behind: extracting the runtime whole in memory once cost +100 MiB for the whole run.
+      const memory = processMemory(agent.child.pid ?? 0);
       await agent.cleanup();
       if (reply.finals[0]?.state !== "succeeded")
         throw new Error(`cold start ${label}: ${JSON.stringify(reply.finals[0])}`);
-      rows.push({ metric: `cold start to first inference, ${label}`, outpost: ms, unit: "ms", note: "binary, x64" });
+      rows.push({
+        metric: `cold start to first inference, ${label}`,
+        outpost: ms,
+        unit: "ms",
+        note: `binary, x64; then RSS ${memory.rss.toFixed(1)} MiB, anonymous ${memory.anon.toFixed(1)}`,
+      });
     }
     // RSS with 0, 1 and 2 workers holding the shipped model (native).
     const id = "bench-rss";

@@ -1,11 +1,11 @@
 import { spawn } from "node:child_process";
-import { createHash, randomBytes } from "node:crypto";
-import { mkdir, open, readFile, rename, rm, stat } from "node:fs/promises";
+import { createHash, type Hash, randomBytes } from "node:crypto";
+import { type FileHandle, mkdir, open, readFile, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import * as sea from "node:sea";
+import { pipeline } from "node:stream/promises";
 import { pathToFileURL } from "node:url";
-import { promisify } from "node:util";
-import { zstdDecompress } from "node:zlib";
+import { createZstdDecompress } from "node:zlib";
 import { z } from "zod";
 import { errorMessage, OutpostError } from "../core/errors.ts";
 import { fsyncPath, writeFileAtomically } from "../core/files.ts";
@@ -47,7 +47,8 @@ async function complete(dir: string, manifest: NativeManifest): Promise<boolean>
  * Makes the native runtime loadable from `runtimeDir/<sha256>/` and returns the binding's path. The first start
  * decompresses, verifies every file's sha256, writes them under a temporary name, fsyncs and renames the
  * directory into place, so a crash leaves either nothing or a complete copy; a later start only checks the file
- * sizes. `data` is read only when extraction is needed.
+ * sizes. `data` is read only when extraction is needed, and streamed: decompressed whole (46 MiB for x64), the
+ * runtime left the agent about 100 MiB bigger for the rest of its run.
  */
 export async function extractNative(
   runtimeDir: string,
@@ -60,23 +61,9 @@ export async function extractNative(
   const tmp = join(runtimeDir, `.${manifest.sha256.slice(0, 12)}-${randomBytes(4).toString("hex")}.tmp`);
   try {
     await mkdir(runtimeDir, { recursive: true, mode: 0o755 });
-    const raw = await promisify(zstdDecompress)(new Uint8Array(data() as ArrayBuffer));
-    const whole = createHash("sha256").update(raw).digest("hex");
-    if (whole !== manifest.sha256) throw new Error(`the stored runtime is damaged (sha256 ${whole})`);
     await mkdir(tmp, { mode: 0o755 });
-    let offset = 0;
-    for (const f of manifest.files) {
-      const bytes = raw.subarray(offset, offset + f.size);
-      offset += f.size;
-      if (createHash("sha256").update(bytes).digest("hex") !== f.sha256) throw new Error(`${f.name} is damaged`);
-      const handle = await open(join(tmp, f.name), "wx", 0o755);
-      try {
-        await handle.writeFile(bytes);
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
-    }
+    const input = new Uint8Array(data() as ArrayBuffer);
+    await pipeline(slices(input, 1 << 20), createZstdDecompress(), (output) => writeFiles(tmp, manifest, output));
     fsyncPath(tmp);
     // A stale or partial copy (sizes wrong) goes; another process that got there first wins the rename.
     await rm(final, { recursive: true, force: true });
@@ -96,6 +83,55 @@ export async function extractNative(
   } finally {
     await rm(tmp, { recursive: true, force: true }).catch(() => undefined);
   }
+}
+
+function* slices(data: Uint8Array, size: number): Generator<Uint8Array> {
+  for (let offset = 0; offset < data.length; offset += size) yield data.subarray(offset, offset + size);
+}
+
+/**
+ * Cuts the decompressed stream into the manifest's files, in order, each hashed and fsynced; the whole must be
+ * exactly their sizes and match the manifest's sha256.
+ */
+async function writeFiles(dir: string, manifest: NativeManifest, output: AsyncIterable<Buffer>): Promise<void> {
+  const whole = createHash("sha256");
+  const files = manifest.files[Symbol.iterator]();
+  let file: { name: string; size: number; sha256: string; left: number; hash: Hash; handle: FileHandle } | undefined;
+  /** Closes the file that is complete and opens the next, past any empty ones; false when none is left. */
+  const next = async (): Promise<boolean> => {
+    while (!file || file.left === 0) {
+      if (file) {
+        if (file.hash.digest("hex") !== file.sha256) throw new Error(`${file.name} is damaged`);
+        await file.handle.sync();
+        await file.handle.close();
+        file = undefined;
+      }
+      const f = files.next();
+      if (f.done) return false;
+      const handle = await open(join(dir, f.value.name), "wx", 0o755);
+      file = { ...f.value, left: f.value.size, hash: createHash("sha256"), handle };
+    }
+    return true;
+  };
+  try {
+    for await (const chunk of output) {
+      whole.update(chunk);
+      let rest: Uint8Array = chunk;
+      while (rest.length > 0) {
+        if (!(await next()) || !file) throw new Error("the stored runtime is longer than its manifest says");
+        const piece = rest.subarray(0, Math.min(rest.length, file.left));
+        file.hash.update(piece);
+        await file.handle.write(piece);
+        file.left -= piece.length;
+        rest = rest.subarray(piece.length);
+      }
+    }
+    if (await next()) throw new Error("the stored runtime is shorter than its manifest says");
+  } finally {
+    await file?.handle.close().catch(() => undefined);
+  }
+  const sha256 = whole.digest("hex");
+  if (sha256 !== manifest.sha256) throw new Error(`the stored runtime is damaged (sha256 ${sha256})`);
 }
 
 /** Inside the binary: extracts the stored runtime (once) and returns its binding; from a checkout: undefined. */

@@ -72,8 +72,8 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
   const open = () => openConfigStore({ path: demoConfig, required: true, hostname: host.hostname, env: host.env });
   let configStore = open();
   const { config } = configStore.current();
-  const { logger, flush, setLevel } = await createLogger({ level: config.log.level, format: "json", fd: logFd });
-  const boot = () => createAgent({ configStore, logger, setLogLevel: setLevel, clock: systemClock });
+  const { logger, flush, setLevel, ring } = await createLogger({ level: config.log.level, format: "json", fd: logFd });
+  const boot = () => createAgent({ configStore, logger, setLogLevel: setLevel, logRing: ring, clock: systemClock });
   let agent = boot();
   // The demo pins its own device, as deploy.sh pins a deployed one: ctl then counts its signed answers.
   const knownDevices = join(stateDir, "known_devices");

@@ -1,6 +1,7 @@
 import { createAgent } from "../agent.ts";
 import { formatDuration } from "../config/duration.ts";
 import { formatProblems } from "../config/load.ts";
+import { secretValues } from "../config/redact.ts";
 import { stateDirProblem } from "../config/state-dir.ts";
 import { systemClock } from "../core/clock.ts";
 import { OutpostError } from "../core/errors.ts";
@@ -28,10 +29,12 @@ export async function runCommand(host: Host, options: RunCommandOptions): Promis
     host.stderr.write(`outpost: ${stateProblem}\n`);
     return EXIT.CONFIG;
   }
-  const { logger, flush, setLevel } = await createLogger({
+  const { logger, flush, setLevel, ring } = await createLogger({
     level: config.log.level,
     format: options.logFormat ?? config.log.format,
     colorize: host.stdout.isTTY === true,
+    // Read for every line: a reload or config.set may change them.
+    secrets: () => secretValues(configStore.current().config),
   });
   configStore.useLogger(logger.child({ component: "config" }));
   if (configStore.overrideProblems.length > 0) {
@@ -44,6 +47,7 @@ export async function runCommand(host: Host, options: RunCommandOptions): Promis
     configStore,
     logger,
     setLogLevel: setLevel,
+    logRing: ring,
     clock: systemClock,
     env: host.env,
   });

@@ -17,3 +17,35 @@ export function redact<T>(value: T, path: readonly string[] = []): T {
   }
   return value;
 }
+
+const secretsOf = new WeakMap<object, readonly string[]>();
+
+/**
+ * The secret values a configuration holds, for the logger to keep out of every line: the values at
+ * SECRET_PATHS (the password from `mqtt.passwordFile` included, once loaded) and the password of every broker
+ * URL. The same array for the same configuration, so the logger prepares them once per change.
+ */
+export function secretValues(config: object): readonly string[] {
+  const known = secretsOf.get(config);
+  if (known) return known;
+  const found: string[] = [];
+  for (const path of SECRET_PATHS) {
+    let at: unknown = config;
+    for (const key of path)
+      at = at !== null && typeof at === "object" ? (at as Record<string, unknown>)[key] : undefined;
+    if (typeof at === "string") found.push(at);
+  }
+  const mqtt = (config as { mqtt?: { url?: unknown; failover?: unknown } }).mqtt;
+  const urls = [mqtt?.url, ...(Array.isArray(mqtt?.failover) ? mqtt.failover : [])];
+  for (const url of urls) {
+    if (typeof url !== "string") continue;
+    try {
+      const password = new URL(url).password;
+      if (password) found.push(password, decodeURIComponent(password));
+    } catch {
+      // Not a URL: the schema says so elsewhere.
+    }
+  }
+  secretsOf.set(config, found);
+  return found;
+}

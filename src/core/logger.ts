@@ -1,4 +1,6 @@
 import { type DestinationStream, type LevelWithSilent, type Logger, pino } from "pino";
+import { LogRing } from "./log-ring.ts";
+import { LogScrubber } from "./log-scrub.ts";
 
 export type { Logger };
 export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
@@ -10,7 +12,14 @@ export interface LoggerOptions {
   /** File descriptor to write to; stdout by default so that journald picks the lines up. */
   fd?: number;
   colorize?: boolean;
+  /** The configuration's secret values now: no line carries them (log-scrub.ts). */
+  secrets?: () => readonly string[];
+  /** The bound of the ring of recent lines (`LogRing`), in characters of JSON; 1 MiB by default. */
+  ringBytes?: number;
 }
+
+/** The ring's default bound: counted in the idle memory budget (docs/diagnostics.md). */
+export const LOG_RING_BYTES = 1024 * 1024;
 
 /**
  * pino writing synchronously-enough JSON lines to a file descriptor. No `pino.transport()`: it starts a
@@ -18,7 +27,7 @@ export interface LoggerOptions {
  */
 export async function createLogger(
   options: LoggerOptions,
-): Promise<{ logger: Logger; flush: () => void; setLevel: (level: LevelWithSilent) => void }> {
+): Promise<{ logger: Logger; flush: () => void; setLevel: (level: LevelWithSilent) => void; ring: LogRing }> {
   const fd = options.fd ?? 1;
   let stream: DestinationStream & { flushSync?: () => void };
   if (options.format === "pretty") {
@@ -30,6 +39,8 @@ export async function createLogger(
   }
   // pino children copy the level when they are made; a level change must reach every one of them.
   const children = new Set<WeakRef<Logger>>();
+  const scrubber = new LogScrubber(options.secrets ?? (() => []));
+  const ring = new LogRing(options.ringBytes ?? LOG_RING_BYTES);
   const logger = pino(
     {
       level: options.level,
@@ -39,6 +50,14 @@ export async function createLogger(
       base: undefined,
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
+      // Every line, whatever logged it, is scrubbed as written, and the ring keeps what was written.
+      hooks: {
+        streamWrite: (line) => {
+          const clean = scrubber.scrub(line);
+          ring.push(clean);
+          return clean;
+        },
+      },
     },
     stream,
   );
@@ -58,5 +77,5 @@ export async function createLogger(
       else children.delete(ref);
     }
   };
-  return { logger, flush, setLevel };
+  return { logger, flush, setLevel, ring };
 }

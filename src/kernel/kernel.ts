@@ -7,6 +7,7 @@ import { ReplayGuard } from "../commands/replay.ts";
 import type { ConfigStore, Snapshot } from "../config/store.ts";
 import { type Clock, sleep } from "../core/clock.ts";
 import type { Component } from "../core/lifecycle.ts";
+import { LogRing } from "../core/log-ring.ts";
 import type { Logger } from "../core/logger.ts";
 import { brokerHost } from "../core/patterns.ts";
 import { MqttLink } from "../mqtt/link.ts";
@@ -42,6 +43,8 @@ export interface KernelOptions {
   logger: Logger;
   /** Changes the level of the logger and all its children. */
   setLogLevel?: (level: LevelWithSilent) => void;
+  /** The logger's ring of recent lines (for the diagnostics module); absent, an empty one. */
+  logRing?: LogRing;
   clock: Clock;
   clockSynced?: () => boolean;
   modules: readonly Module[];
@@ -118,14 +121,13 @@ export class Kernel {
       now: () => clock.mono(),
       logger: logger.child({ component: "mqtt" }),
     });
-    const outboxLog = logger.child({ component: "outbox" });
     const commit = typed.outbox.commitInterval;
     this.outbox = new Outbox({
       transport: this.link,
       clock,
       session: this.session,
       clockSynced,
-      logger: outboxLog,
+      logger: logger.child({ component: "outbox" }),
       dir: config.state.dir,
       alarmTopic: this.topics.alarm("outbox-storage"),
       onAlarm: (body) => this.alarms.retain("outbox-storage", body),
@@ -200,7 +202,7 @@ export class Kernel {
       ...this.modules.flatMap((m) => m.parts.components ?? []),
     ];
     for (const component of components) {
-      this.trace(`start:${component.name}`);
+      this.o.trace?.(`start:${component.name}`);
       await component.start(signal);
       this.started.push(component);
     }
@@ -301,6 +303,7 @@ export class Kernel {
         connected: this.link.connected,
         queued: this.outbox.stats().queued,
       }),
+      logs: this.o.logRing ?? new LogRing(0),
       setLogLevel: (level) => {
         const previous = logger.level;
         this.o.setLogLevel?.(level);
@@ -321,7 +324,7 @@ export class Kernel {
         started: this.started,
         abort: () => this.controller.abort(),
         logger,
-        trace: (step) => this.trace(step),
+        trace: (step) => this.o.trace?.(step),
         now: () => clock.mono(),
       },
       budgetMs,
@@ -393,8 +396,4 @@ export class Kernel {
   /** The telemetry module's port, when it runs. */
   private readonly telemetry = (): TelemetryPort | undefined =>
     this.modules.find((m) => m.parts.telemetry)?.parts.telemetry;
-
-  private trace(step: string): void {
-    this.o.trace?.(step);
-  }
 }

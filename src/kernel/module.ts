@@ -6,6 +6,7 @@ import type { Typed } from "../config/schema-walk.ts";
 import type { ConfigStore } from "../config/store.ts";
 import type { Clock } from "../core/clock.ts";
 import type { Component } from "../core/lifecycle.ts";
+import type { LogRing } from "../core/log-ring.ts";
 import type { Logger } from "../core/logger.ts";
 import type { PathsBelow } from "../core/types.ts";
 import type { DeviceTopics } from "../mqtt/topics.ts";
@@ -133,6 +134,8 @@ export interface ModuleContext<C = unknown> {
   restart(delayMs: number, reply?: PendingReply): void;
   /** Changes the level of every logger. */
   setLogLevel(level: LevelWithSilent): { previous: string; level: string };
+  /** The agent's recent log lines as written (secrets scrubbed), in a ring bounded by bytes. */
+  logs: Pick<LogRing, "read" | "stats">;
   /** The process environment as main.ts handed it over (modules never read `process.env`). */
   env: Readonly<Record<string, string | undefined>>;
   /** The kernel's pulse, cheap enough for every watchdog ping. */

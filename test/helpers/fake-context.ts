@@ -9,6 +9,7 @@ import { stringify } from "yaml";
 import type { CommandDefinition, RunContext } from "../../src/commands/commands.ts";
 import type { ConfigStore } from "../../src/config/store.ts";
 import { ManualClock } from "../../src/core/clock.ts";
+import { LogRing } from "../../src/core/log-ring.ts";
 import { Alarms } from "../../src/kernel/alarms.ts";
 import type { HealthReport } from "../../src/kernel/health.ts";
 import { LatestValues } from "../../src/kernel/latest.ts";
@@ -37,6 +38,8 @@ export interface FakeOptions {
   health?: () => HealthReport;
   telemetry?: TelemetryPort;
   models?: ModelHost;
+  /** The agent's recent log lines (an empty ring by default). */
+  logs?: LogRing;
 }
 
 /** A module created against fakes, with what it did so far. */
@@ -52,6 +55,8 @@ export interface Fake<C> {
   retained: Map<string, Record<string, unknown> | null>;
   /** Restarts the module asked for. */
   restarts: number[];
+  /** What the module published on its direct channel, in order. */
+  direct: { topic: string; payload: Buffer }[];
   /** The module's command, run as the router would run it (its params parsed first). */
   command(name: string, params: unknown, context?: Partial<RunContext>): Promise<unknown>;
   /** Applies a config.set patch and hands the module its new section, as the kernel does. */
@@ -93,6 +98,7 @@ export function fakeContext<S extends ConfigSection | undefined>(
   };
   const alarms = new Alarms({ send, retained, topics, clock });
   const restarts: number[] = [];
+  const direct: { topic: string; payload: Buffer }[] = [];
   let parts: ModuleParts<SectionConfig<S>> | undefined;
   const ctx: ModuleContext<SectionConfig<S>> = {
     config: () => sectionOf(module, store.current()) as SectionConfig<S>,
@@ -109,8 +115,8 @@ export function fakeContext<S extends ConfigSection | undefined>(
     retained,
     direct: {
       listen: () => {},
-      publish: async () => {
-        throw new Error("the fake context has no link");
+      publish: async (topic, payload) => {
+        direct.push({ topic, payload: Buffer.from(payload) });
       },
     },
     alarm: (type, body) => alarms.raise(type, body),
@@ -126,6 +132,7 @@ export function fakeContext<S extends ConfigSection | undefined>(
       restarts.push(delayMs);
     },
     setLogLevel: (level) => ({ previous: "info", level }),
+    logs: options.logs ?? new LogRing(0),
     env: options.env ?? {},
     vitals: () => ({ alive: healthy(), connected: true, queued: sent.length }),
     models: () => options.models,
@@ -142,6 +149,7 @@ export function fakeContext<S extends ConfigSection | undefined>(
     sent,
     retained: retainedTopics,
     restarts,
+    direct,
     async command(name, params, context = {}) {
       const definition = (created.commands ?? []).find((c: CommandDefinition) => c.name === name);
       if (!definition) throw new Error(`${module.name} has no command ${name}`);

@@ -1,4 +1,5 @@
 import { builtinsModule } from "./builtins/module.ts";
+import { diagnosticsModule } from "./diagnostics/module.ts";
 import { homeassistantModule } from "./homeassistant/module.ts";
 import { observabilityModule } from "./observability/module.ts";
 import { otaModule } from "./ota/module.ts";
@@ -19,6 +20,7 @@ export const MODULES = [
   tasksModule,
   otaModule,
   observabilityModule,
+  diagnosticsModule,
   homeassistantModule,
   serviceModule,
 ] as const;

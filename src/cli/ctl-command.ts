@@ -6,7 +6,7 @@ import { BROKER_FLAGS, brokerOptions, ctlSettings, printCtlSettings } from "./ct
 import { EXIT, type Host, UsageError } from "./host.ts";
 import { applyMessage, type DeviceView, viewUpdate } from "./view.ts";
 
-export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|update|rollout|trust|forget|enroll|revoke|broker|config> [options]
+export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|logs|update|rollout|trust|forget|enroll|revoke|broker|config> [options]
 
   devices [--presence auto|retained|ping]
                                   devices from their retained status: id, state, version, KEY (pinned,
@@ -25,6 +25,10 @@ export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|update|rollout|t
        until --timeout, or until --expect N devices have answered
        a device with no retained status fails at once; --wait sends anyway and waits --timeout
        --accept-new: pin a device not yet pinned from its signed status (as ssh's accept-new)
+  logs DEVICE [--since 10m] [--level warn] [--component NAME] [--limit N]
+                                  the device's recent log lines (its ring of 1 MiB), sealed to a key of this
+                                  run's own and checked against the device's signed answer; --json: the lines
+                                  as the device wrote them, one JSON object each
   update DEVICE RELEASE_DIR       send the signed release in RELEASE_DIR (outpost release) and serve its
        [--group G --expect N]     chunks over MQTT to each device that asks (only what a device lacks; a cut
        [--http URL] [--timeout 10m] [--until committed|staged]
@@ -85,6 +89,7 @@ const SUBCOMMANDS = new Set([
   "devices",
   "watch",
   "call",
+  "logs",
   "update",
   "rollout",
   "trust",
@@ -100,7 +105,7 @@ const VALUE_FLAGS = new Set([
   ...["broker-dir", "out", "device-url", "ha-prefix", "broker-group"],
   ...["devices", "waves", "seed", "canary", "success", "soak", "failure", "min-finished", "deadline", "cap"],
   ...["rollouts", "discover", "reason", "task", "presence", "device-username", "device-password-file"],
-  ...["device-broker"],
+  ...["device-broker", "since", "level", "component", "limit"],
 ]);
 /** Flags that take a value in one subcommand and none in another (update's --group NAME, call's --group). */
 const EITHER_FLAGS = new Set(["group", "wait"]);
@@ -130,6 +135,10 @@ export async function ctlCommand(host: Host, args: string[]): Promise<number> {
     case "call": {
       const { callCommand } = await import("./ctl-call.ts");
       return callCommand(host, rest);
+    }
+    case "logs": {
+      const { logsCommand } = await import("./ctl-logs.ts");
+      return logsCommand(host, rest);
     }
     case "trust": {
       const { trustCommand } = await import("./ctl-trust.ts");

@@ -64,7 +64,7 @@ export function devicesAcl(r: Registry): string {
   const p = r.prefix;
   // What the agent publishes (mqtt/topics.ts), each by name: not its own command topics or update chunks,
   // which it reads (a retained message there would outlive a revoke or a re-install).
-  const writes = ["status", "telemetry", "telemetry/full", "state", "update", "update/get"];
+  const writes = ["status", "telemetry", "telemetry/full", "state", "update", "update/get", "diag"];
   const lines = [
     "# Written by outpost ctl enroll / revoke from outpost-enrolled.json: change devices with those.",
     ...writes.map((t) => `pattern write ${p}/%u/${t}`),

@@ -104,7 +104,15 @@ export const CODES = {
     meaning:
       "what the agent handed the installer is not a regular file of the service user of the declared size (a link, a FIFO, another owner), or its directory is not the service user's",
   },
+  // Remote diagnostics (docs/diagnostics.md).
+  DIAG_BUSY: { wire: true, meaning: "another diagnostics transfer is running on the device: one at a time" },
+  DIAG_RATE_LIMITED: { wire: true, meaning: "too many diagnostics requests in a short time; try again in a minute" },
+  DIAG_SEND_FAILED: { wire: true, meaning: "the sealed chunks could not be published (the link dropped)" },
   // Local: logs, exit messages, the operator's own tools.
+  DIAG_INVALID: {
+    wire: false,
+    meaning: "ctl: a diagnostics answer's chunks are missing, do not match the signed answer, or do not open",
+  },
   CONFIG_INVALID: { wire: false, meaning: "the configuration does not validate; every problem is listed" },
   KEY_INVALID: { wire: false, meaning: "a key file or key text cannot be read as an ed25519 key" },
   KEY_MISSING: { wire: false, meaning: "no key was given where one is needed" },

@@ -10,6 +10,8 @@ export interface DeviceTopics {
   /** An update's chunk requests (device to the operator's `ctl update`) and their answers, outside the outbox. */
   updateGet: string;
   updateData: string;
+  /** Sealed diagnostics chunks (logs, profiles) to the operator who asked, outside the outbox. */
+  diag: string;
   event(type: string): string;
   alarm(type: string): string;
   result(task: string): string;
@@ -29,6 +31,7 @@ export function deviceTopics(prefix: string, deviceId: string): DeviceTopics {
     update: `${base}/update`,
     updateGet: `${base}/update/get`,
     updateData: `${base}/update/data`,
+    diag: `${base}/diag`,
     event: (type) => `${base}/events/${type}`,
     alarm: (type) => `${base}/alarms/${type}`,
     result: (task) => `${base}/results/${task}`,

@@ -58,7 +58,7 @@ describe("the shipped broker configuration, with enrolled devices (issue 25)", (
       ...(broker.startsWith("mqtts") ? ["--password-file", join(out, "ops", "mqtt-password")] : []),
       "--known-devices",
       pins,
-      ...(args[0] === "call" || args[0] === "update" ? ["--key", join(dir, "ops.key")] : []),
+      ...(["call", "update", "logs"].includes(args[0] ?? "") ? ["--key", join(dir, "ops.key")] : []),
     ]);
   const online = (id: string) => (m: Received) => m.topic === `${PREFIX}/${id}/status` && m.json.state === "online";
 
@@ -155,6 +155,10 @@ describe("the shipped broker configuration, with enrolled devices (issue 25)", (
     assert.equal(group.code, 0, group.err);
     assert.match(group.out, /^dev-a {2}succeeded/m);
     assert.match(group.out, /^dev-b {2}succeeded/m);
+    // Sealed diagnostics on P/<id>/diag: the ACL lets the device write there, the operator's login read it.
+    const logs = await ctl(["logs", "dev-a", "--json", "--limit", "3"]);
+    assert.equal(logs.code, 0, logs.err);
+    assert.equal(logs.out.trim().split("\n").length, 3);
     const file = join(dir, "r.bin");
     writeFileSync(file, fakeAgent("9.9.9", process.arch === "arm64" ? "arm64" : "x64", 256 * 1024));
     const release = join(dir, "r");

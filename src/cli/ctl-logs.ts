@@ -1,0 +1,203 @@
+// `outpost ctl logs DEVICE`: the device's recent log lines, sealed to this run's own key (docs/diagnostics.md).
+import { createHash, createPublicKey, generateKeyPairSync, randomUUID } from "node:crypto";
+import { parseArgs } from "node:util";
+import { zstdDecompressSync } from "node:zlib";
+import { z } from "zod";
+import { publicKeyText } from "../commands/keys.ts";
+import { OutpostError } from "../core/errors.ts";
+import { LOG_LEVELS } from "../core/logger.ts";
+import { open, rawPublicKey } from "../diagnostics/seal.ts";
+import { deviceTopics } from "../mqtt/topics.ts";
+import { isRefusal, printable } from "./answer-trust.ts";
+import { DeviceCaller, withClient } from "./ctl-client.ts";
+import { BROKER_FLAGS, brokerOptions, ctlSettings, durationFlag, readPrivateKey } from "./ctl-settings.ts";
+import { answerTrust, refusalPrinter, trustCode } from "./ctl-trust.ts";
+import { EXIT, type Host, UsageError } from "./host.ts";
+
+/** The most a logs answer may hold once opened: the device's ring is 1 MiB; this leaves room, no more. */
+const MAX_PLAIN = 16 * 1024 * 1024;
+const MAX_CHUNKS = 1024;
+/** How long the chunks may come after the signed answer that names them. */
+const CHUNKS_GRACE_MS = 5000;
+
+/** The signed answer's account of the sealed chunks (checked before anything reads it). */
+const sealedAnswer = z.looseObject({
+  scheme: z.literal("x25519-hkdf-sha256-aes-256-gcm"),
+  key: z.string(),
+  encoding: z.literal("zstd"),
+  size: z.number().int().min(0).max(MAX_PLAIN),
+  chunks: z
+    .array(z.strictObject({ size: z.number().int().min(1), sha256: z.string().regex(/^[0-9a-f]{64}$/) }))
+    .min(1)
+    .max(MAX_CHUNKS),
+  lines: z.number().int().min(0),
+  dropped: z.number().int().min(0),
+  missed: z.number().int().min(0),
+});
+type SealedAnswer = z.infer<typeof sealedAnswer>;
+
+/**
+ * Collects the chunks published for one request on the device's `P/D/diag`: anyone may publish there, so each
+ * is kept only once a signed answer names its sha256.
+ */
+class ChunkCollector {
+  private readonly seen = new Map<string, Buffer>();
+  private wake: () => void = () => {};
+
+  private readonly id: string;
+
+  constructor(id: string) {
+    this.id = id;
+  }
+
+  take(payload: Buffer): void {
+    const end = payload.indexOf(0x0a);
+    if (end < 0 || end > 200 || this.seen.size >= 4 * MAX_CHUNKS) return;
+    try {
+      const header = JSON.parse(payload.subarray(0, end).toString("utf8")) as { id?: unknown };
+      if (header.id !== this.id) return;
+    } catch {
+      return;
+    }
+    const body = payload.subarray(end + 1);
+    this.seen.set(createHash("sha256").update(body).digest("hex"), Buffer.from(body));
+    this.wake();
+  }
+
+  /** The chunks the answer names, in order, once all came; undefined when some did not within the grace. */
+  async all(answer: SealedAnswer, graceMs: number): Promise<Buffer[] | undefined> {
+    const deadline = Date.now() + graceMs;
+    for (;;) {
+      const got = answer.chunks.map((c) => this.seen.get(c.sha256));
+      if (got.every((c) => c !== undefined)) return got as Buffer[];
+      const left = deadline - Date.now();
+      if (left <= 0) return undefined;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left);
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+  }
+}
+
+/** One line as a person reads it: time, level, component, message, then the other fields. */
+export function prettyLine(text: string): string {
+  let o: Record<string, unknown>;
+  try {
+    o = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    return printable(text, 4000);
+  }
+  const { seq: _seq, time, level, component, msg, ...rest } = o;
+  const clock = typeof time === "string" ? time.replace("T", " ").replace("Z", "") : "";
+  const extra = Object.keys(rest).length > 0 ? ` ${JSON.stringify(rest)}` : "";
+  const parts = [
+    clock,
+    String(level ?? "")
+      .toUpperCase()
+      .padEnd(5),
+    component ? `[${String(component)}]` : "",
+  ];
+  return printable(`${parts.filter(Boolean).join(" ")} ${String(msg ?? "")}${extra}`, 4000);
+}
+
+export async function logsCommand(host: Host, args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: {
+      ...BROKER_FLAGS,
+      key: { type: "string" },
+      since: { type: "string" },
+      level: { type: "string" },
+      component: { type: "string" },
+      limit: { type: "string" },
+      timeout: { type: "string" },
+      "accept-new": { type: "boolean" },
+    },
+    allowPositionals: true,
+  });
+  const [device, ...extra] = positionals;
+  if (device === undefined || extra.length > 0) throw new UsageError("ctl logs: expected DEVICE");
+  const sinceMs = values.since === undefined ? undefined : durationFlag("since", values.since, 0);
+  const level = values.level;
+  if (level !== undefined && !(LOG_LEVELS as readonly string[]).includes(level)) {
+    throw new UsageError(`--level ${level}: expected one of ${LOG_LEVELS.filter((l) => l !== "silent").join(", ")}`);
+  }
+  const limit = values.limit === undefined ? undefined : Number(values.limit);
+  if (limit !== undefined && !(Number.isInteger(limit) && limit > 0)) {
+    throw new UsageError("--limit must be a positive integer");
+  }
+  const timeoutMs = durationFlag("timeout", values.timeout, 10_000);
+  const settings = ctlSettings(host, values);
+  if (settings.key.value === undefined) throw new UsageError("ctl logs: --key FILE is needed to sign the request");
+  const privateKey = readPrivateKey(settings.key.value);
+  const signer = { privateKey, publicText: publicKeyText(createPublicKey(privateKey)) };
+  const o = brokerOptions(settings);
+  const trust = answerTrust(host, settings, o, values["accept-new"] === true);
+  const refusal = refusalPrinter(host);
+  // This run's own key: what the device seals to. It never leaves this process.
+  const mine = generateKeyPairSync("x25519");
+  const to = rawPublicKey(mine.publicKey);
+  const id = randomUUID();
+  const collector = new ChunkCollector(id);
+  const params = {
+    to,
+    ...(sinceMs === undefined ? {} : { sinceMs }),
+    ...(level === undefined ? {} : { level }),
+    ...(values.component === undefined ? {} : { component: values.component }),
+    ...(limit === undefined ? {} : { limit }),
+  };
+  const outcome = await withClient(o, async (client) => {
+    const diag = deviceTopics(o.prefix, device).diag;
+    client.on("message", (topic, payload) => {
+      if (topic === diag) collector.take(payload);
+    });
+    await client.subscribeAsync(diag, { qos: 1 });
+    const caller = new DeviceCaller(client, o.prefix, signer, trust, o.commandForm);
+    const result = await caller.call({
+      id,
+      command: "debug.logs",
+      params,
+      device,
+      timeoutMs,
+      validityMs: Math.max(60_000, timeoutMs),
+      onReply: (reply, verdict) => {
+        if (isRefusal(verdict)) refusal(reply.device, verdict);
+      },
+    });
+    const reply = result.finals[0];
+    if (reply?.state !== "succeeded") return { result, reply };
+    const answer = sealedAnswer.safeParse(reply.result);
+    if (!answer.success) throw new OutpostError("DIAG_INVALID", "the signed answer does not describe sealed chunks");
+    const chunks = await collector.all(answer.data, CHUNKS_GRACE_MS);
+    if (!chunks) throw new OutpostError("DIAG_INVALID", "the chunks the signed answer names did not all come");
+    return { result, reply, answer: answer.data, chunks };
+  });
+  const { result, reply } = outcome;
+  if (!reply) {
+    host.stderr.write(`outpost: TIMEOUT: no ${result.refused.length > 0 ? "verified " : ""}reply from ${device}\n`);
+    return trustCode(
+      result.refused.map((r) => r.verdict),
+      false,
+    );
+  }
+  if (reply.state !== "succeeded" || !outcome.answer || !outcome.chunks) {
+    host.stderr.write(
+      `outpost: ${printable(device, 64)}: ${printable(reply.error?.code ?? "FAILED", 64)}: ${printable(reply.error?.message ?? "", 2000)}\n`,
+    );
+    return EXIT.FAILURE;
+  }
+  const { answer, chunks } = outcome;
+  const packed = open(chunks, { privateKey: mine.privateKey, to }, answer.key, { device, request: id });
+  const plain = zstdDecompressSync(packed, { maxOutputLength: Math.max(1, answer.size) });
+  if (plain.length !== answer.size) throw new OutpostError("DIAG_INVALID", "the logs are not the size the answer says");
+  const lines = plain.toString("utf8").split("\n").filter(Boolean);
+  for (const line of lines) host.stdout.write(`${values.json ? line : prettyLine(line)}\n`);
+  if (answer.dropped > 0 && !values.json) {
+    host.stderr.write(`outpost: the device's log ring has let go of ${answer.dropped} older lines since it started\n`);
+  }
+  return EXIT.OK;
+}

@@ -1,0 +1,137 @@
+import { createHash } from "node:crypto";
+import { promisify } from "node:util";
+import { zstdCompress } from "node:zlib";
+import { z } from "zod";
+import { defineCommand } from "../commands/commands.ts";
+import { errorMessage, OutpostError } from "../core/errors.ts";
+import { LOG_LEVELS } from "../core/logger.ts";
+import { TokenBucket } from "../core/rate-limit.ts";
+import type { Module, ModuleContext } from "../kernel/module.ts";
+import { SEAL_SCHEME, seal } from "./seal.ts";
+
+/** Ciphertext per chunk on `P/D/diag`: far under any broker's packet limit. */
+export const DIAG_CHUNK_BYTES = 48 * 1024;
+/** Diagnostics requests a device takes: a burst of 5, then one each 12 s. */
+const RATE = { capacity: 5, perSecond: 5 / 60 };
+
+const LEVELS = LOG_LEVELS.filter((l) => l !== "silent");
+const rank = (level: string) => {
+  const i = LEVELS.indexOf(level as (typeof LEVELS)[number]);
+  // fatal is first in LOG_LEVELS: the higher the rank, the more severe.
+  return i < 0 ? -1 : LEVELS.length - i;
+};
+
+const logsParams = z.strictObject({
+  /** The operator's ephemeral X25519 public key (32 bytes, base64): the answer is sealed to it. */
+  to: z
+    .string()
+    .length(44)
+    .refine((t) => Buffer.from(t, "base64").length === 32 && Buffer.from(t, "base64").toString("base64") === t, {
+      message: "expected an X25519 public key: 32 bytes, base64",
+    }),
+  /** Only lines from the last this many milliseconds. */
+  sinceMs: z.number().int().min(0).optional(),
+  /** Only lines at this level or more severe. */
+  level: z.enum(LEVELS).optional(),
+  component: z.string().min(1).max(64).optional(),
+  /** Only lines after this sequence number (a follow's last line): the answer says if some were dropped. */
+  after: z.number().int().min(0).optional(),
+  /** At most this many lines, the newest. */
+  limit: z.number().int().min(1).max(100_000).optional(),
+});
+type LogsParams = z.output<typeof logsParams>;
+
+/** A ring line's fields that the filters read; a line that is not JSON passes only unfiltered. */
+const lineFields = (text: string): { level?: string; time?: string; component?: string } => {
+  try {
+    return JSON.parse(text) as { level?: string; time?: string; component?: string };
+  } catch {
+    return {};
+  }
+};
+
+/** The lines of the ring a request asks for, each as `{"seq":N,...the line}`, oldest first. */
+export function selectLines(ctx: Pick<ModuleContext, "logs" | "clock">, p: LogsParams) {
+  const { first, lines, dropped } = ctx.logs.read(p.after ?? 0);
+  const since = p.sinceMs === undefined ? undefined : ctx.clock.now() - p.sinceMs;
+  const min = p.level === undefined ? undefined : rank(p.level);
+  let chosen = lines.filter(({ text }) => {
+    if (since === undefined && min === undefined && p.component === undefined) return true;
+    const f = lineFields(text);
+    if (since !== undefined && !(Date.parse(f.time ?? "") >= since)) return false;
+    if (min !== undefined && rank(f.level ?? "") < min) return false;
+    return p.component === undefined || f.component === p.component;
+  });
+  if (p.limit !== undefined && chosen.length > p.limit) chosen = chosen.slice(-p.limit);
+  const text = chosen.map(({ seq, text }) => (text.startsWith("{") ? `{"seq":${seq},${text.slice(1)}` : text));
+  return {
+    lines: text,
+    first,
+    last: chosen.at(-1)?.seq ?? null,
+    dropped,
+    // A follow that last saw line `after` and finds the ring starting later missed what lies between.
+    missed: p.after === undefined ? 0 : Math.max(0, first - p.after - 1),
+  };
+}
+
+/**
+ * Remote diagnostics (docs/diagnostics.md): the agent's recent log lines, sealed to the operator who asked
+ * and sent in hash-checked chunks on `P/D/diag` through the direct channel (never the outbox); the signed final
+ * reply names every chunk's sha256. One transfer at a time, rate-limited; nothing runs unless asked.
+ */
+export const diagnosticsModule: Module = {
+  name: "diagnostics",
+  create(ctx) {
+    const bucket = new TokenBucket({ ...RATE, mono: () => ctx.clock.mono() });
+    let busy = false;
+    /** Seals `plain` to `to`, publishes its chunks and returns what the signed reply must say of them. */
+    const send = async (id: string, to: string, plain: Buffer) => {
+      const packed = Buffer.from(await promisify(zstdCompress)(plain));
+      const sealed = seal(packed, to, { device: ctx.deviceId, request: id }, DIAG_CHUNK_BYTES);
+      const count = sealed.chunks.length;
+      for (const [index, chunk] of sealed.chunks.entries()) {
+        const header = Buffer.from(`${JSON.stringify({ id, index, count })}\n`, "utf8");
+        try {
+          await ctx.direct.publish(ctx.topics.diag, Buffer.concat([header, chunk]));
+        } catch (err) {
+          throw new OutpostError("DIAG_SEND_FAILED", `chunk ${index} of ${count}: ${errorMessage(err)}`);
+        }
+      }
+      return {
+        scheme: SEAL_SCHEME,
+        key: sealed.key,
+        encoding: "zstd",
+        size: plain.length,
+        chunks: sealed.chunks.map((c) => ({ size: c.length, sha256: createHash("sha256").update(c).digest("hex") })),
+      };
+    };
+    /** One transfer at a time, and a bucket of them: logs are cheap, but a flood of requests is not. */
+    const transfer = async <T>(work: () => Promise<T>): Promise<T> => {
+      if (busy) throw new OutpostError("DIAG_BUSY", "another diagnostics transfer is running");
+      if (!bucket.take()) throw new OutpostError("DIAG_RATE_LIMITED", "at most 5 diagnostics requests a minute");
+      busy = true;
+      try {
+        return await work();
+      } finally {
+        busy = false;
+      }
+    };
+    return {
+      commands: [
+        defineCommand({
+          name: "debug.logs",
+          params: logsParams,
+          changesState: false,
+          run: (p, run) =>
+            transfer(async () => {
+              const picked = selectLines(ctx, p);
+              const plain = Buffer.from(picked.lines.length > 0 ? `${picked.lines.join("\n")}\n` : "", "utf8");
+              const { lines, ...rest } = picked;
+              return { lines: lines.length, ...rest, ...(await send(run.id, p.to, plain)) };
+            }),
+        }),
+      ],
+      describe: () => ({ logRing: ctx.logs.stats() }),
+    };
+  },
+};

@@ -1,0 +1,191 @@
+// Issue 28: logs without secrets, and `ctl logs` through a real agent and mosquitto: the lines sealed to ctl's
+// own key, checked against the device's signed answer; what another broker client sees opens to nothing.
+import assert from "node:assert/strict";
+import { generateKeyPairSync } from "node:crypto";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import mqtt from "mqtt";
+import { stringify } from "yaml";
+import { open, rawPublicKey } from "../../src/diagnostics/seal.ts";
+import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
+import { runCli } from "../helpers/cli.ts";
+import { PREFIX } from "../helpers/commands.ts";
+import { Mosquitto } from "../helpers/mosquitto.ts";
+import { type Received, Watch } from "../helpers/mqtt-watch.ts";
+import { pinAgent } from "../helpers/pins.ts";
+import { freePort } from "../helpers/ports.ts";
+import { tempDir } from "../helpers/temp.ts";
+import { waitUntil } from "../helpers/wait.ts";
+
+const ID = "dev-diag";
+/** Every secret the configuration can hold, each with characters JSON and URLs escape. */
+const PASSWORD = 'mqtt-"pass\\word-1';
+const URL_PASSWORD = "url:pass/wörd@2";
+const FAILOVER_PASSWORD = "failover-pass-3";
+const NEW_PASSWORD = "set-by-command-4";
+const SECRETS = [PASSWORD, URL_PASSWORD, FAILOVER_PASSWORD, NEW_PASSWORD];
+
+/** Another client of the broker, recording the raw payloads of one topic. */
+async function raw(port: number, topic: string) {
+  const client = await mqtt.connectAsync({ host: "127.0.0.1", port, protocolVersion: 5 });
+  const seen: Buffer[] = [];
+  client.on("message", (_t, payload) => seen.push(payload));
+  await client.subscribeAsync(topic, { qos: 1 });
+  return { client, seen };
+}
+
+const json = (s: string) => JSON.stringify(s).slice(1, -1);
+const forms = (s: string) => [s, encodeURIComponent(s)].flatMap((f) => [f, json(f), json(json(f))]);
+function leaks(text: string): string[] {
+  return SECRETS.flatMap((s) => forms(s).filter((f) => text.includes(f)));
+}
+
+describe("diagnostics: logs", () => {
+  let broker: Mosquitto;
+  let agent: AgentProcess;
+  let dir: string;
+  let key: string;
+  let pins: string;
+  let config: Record<string, unknown>;
+  const online = (m: Received) => m.topic === `${PREFIX}/${ID}/status` && m.json.state === "online";
+
+  before(async () => {
+    broker = await Mosquitto.start();
+    dir = tempDir("outpost-diag-");
+    const made = await runCli(["keygen", "--out", join(dir, "ops")]);
+    assert.equal(made.code, 0);
+    key = join(dir, "ops.key");
+    const pub = /ed25519:\S+/.exec(made.out)?.[0] ?? "";
+    const dead = await freePort();
+    config = {
+      device: { id: ID },
+      mqtt: {
+        // mosquitto here takes anonymous clients and ignores the credentials: they only have to be carried.
+        url: `mqtt://dev:${encodeURIComponent(URL_PASSWORD)}@127.0.0.1:${broker.port}`,
+        failover: [`mqtt://dev:${FAILOVER_PASSWORD}@127.0.0.1:${dead}`],
+        username: "dev",
+        password: PASSWORD,
+        reconnectMin: "50ms",
+        reconnectMax: "300ms",
+      },
+      log: { level: "debug" },
+      telemetry: { interval: "500ms" },
+      commands: { trustedKeys: [{ name: "ops", key: pub, allow: ["*"] }] },
+    };
+    const watch = await Watch.open(broker.port, [`${PREFIX}/+/status`]);
+    agent = AgentProcess.run(sourceCommand(), config);
+    await watch.waitFor(online, 15_000, "online");
+    await watch.close();
+    pins = join(dir, "known_devices");
+    await pinAgent(pins, broker.url, ID, agent);
+  });
+  after(async () => {
+    await agent.cleanup();
+    await broker.stop();
+  });
+
+  const ctl = (...args: string[]) =>
+    runCli(["ctl", ...args, "--broker", broker.url, "--key", key, "--known-devices", pins]);
+
+  it("no secret of the configuration reaches a log line, whatever made the line", async () => {
+    // The paths: start (the broker URL), losing the broker and trying the failover node, config.set of the
+    // password and of keys it may not change, a command with the secret in its params, a reload with a bad
+    // value beside the secret.
+    const port = broker.port;
+    const before = agent.stdout.items.length;
+    await broker.stop();
+    await waitUntil(
+      () => agent.stdout.items.slice(before).filter((l) => l.includes('"url":')).length >= 3,
+      15_000,
+      "connect attempts to both brokers logged",
+    );
+    broker = await Mosquitto.start({ port });
+    const again = await Watch.open(broker.port, [`${PREFIX}/+/status`]);
+    await again.waitFor(online, 30_000, "online again");
+    await again.close();
+    for (const patch of [{ mqtt: { password: NEW_PASSWORD } }, { commands: { allowUnsigned: NEW_PASSWORD } }]) {
+      await ctl("call", ID, "config.set", "--params", JSON.stringify({ patch }));
+    }
+    await ctl("call", ID, "log.level", "--params", JSON.stringify({ level: PASSWORD }));
+    writeFileSync(
+      join(agent.dir, "config.yaml"),
+      stringify({ ...config, state: { dir: join(agent.dir, "state") }, telemetry: { interval: PASSWORD } }),
+    );
+    agent.child.kill("SIGHUP");
+    await agent.waitForLog("configuration change refused; keeping the current one");
+    const text = agent.stdout.items.join("\n");
+    assert.ok(text.includes("[redacted]"), "the URL's password was logged, redacted");
+    assert.deepEqual(leaks(text), []);
+  });
+
+  it("ctl logs: the lines sealed to ctl's own key, filtered on the device; the diag topic opens to nothing else", async () => {
+    const spy = await raw(broker.port, `${PREFIX}/${ID}/diag`);
+    const r = await ctl("logs", ID, "--json");
+    assert.equal(r.code, 0, r.err);
+    const lines = r.out
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { seq: number; level: string; msg: string; component?: string });
+    assert.ok(lines.some((l) => l.msg === "agent starting"));
+    assert.ok(
+      lines.every((l, i) => i === 0 || l.seq > (lines[i - 1]?.seq ?? 0)),
+      "in order",
+    );
+    assert.deepEqual(leaks(r.out), []);
+    // What a reader of the topic got: chunks that open with no key but the one ctl made and kept.
+    await waitUntil(() => spy.seen.length > 0, 5000, "the chunks seen on the diag topic");
+    const seen = spy.seen;
+    assert.ok(seen.every((p) => !p.toString("latin1").includes("agent starting")));
+    const stranger = generateKeyPairSync("x25519");
+    const header = JSON.parse(seen[0]?.subarray(0, seen[0].indexOf(0x0a)).toString() ?? "{}") as { id: string };
+    assert.throws(() =>
+      open(
+        seen.map((p) => p.subarray(p.indexOf(0x0a) + 1)),
+        { privateKey: stranger.privateKey, to: rawPublicKey(stranger.publicKey) },
+        rawPublicKey(generateKeyPairSync("x25519").publicKey),
+        { device: ID, request: header.id },
+      ),
+    );
+    await spy.client.endAsync(true);
+    // Filters run on the device; a pretty view for people.
+    const warn = await ctl("logs", ID, "--json", "--level", "warn");
+    assert.equal(warn.code, 0, warn.err);
+    const levels = new Set(
+      warn.out
+        .trim()
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => (JSON.parse(l) as { level: string }).level),
+    );
+    assert.ok(
+      [...levels].every((l) => ["warn", "error", "fatal"].includes(l)),
+      [...levels].join(),
+    );
+    const mqtt = await ctl("logs", ID, "--component", "mqtt", "--limit", "3");
+    assert.equal(mqtt.code, 0, mqtt.err);
+    const shown = mqtt.out.trim().split("\n");
+    assert.ok(shown.length <= 3 && shown.every((l) => l.includes("[mqtt]")), mqtt.out);
+  });
+
+  it("forged chunks on the diag topic are ignored: only those the signed answer names count", async () => {
+    // Another client answers every request's chunks first with junk under the same id and index.
+    const topic = `${PREFIX}/${ID}/diag`;
+    const rogue = await raw(broker.port, topic);
+    let forged = 0;
+    rogue.client.on("message", (_t, payload) => {
+      const end = payload.indexOf(0x0a);
+      if (payload.subarray(end + 1).toString() === "junk") return;
+      forged += 1;
+      void rogue.client.publishAsync(topic, Buffer.concat([payload.subarray(0, end + 1), Buffer.from("junk")]));
+    });
+    try {
+      const r = await ctl("logs", ID, "--json", "--limit", "5");
+      assert.equal(r.code, 0, r.err);
+      assert.equal(r.out.trim().split("\n").length, 5);
+      assert.ok(forged > 0, "the rogue client saw the chunks");
+    } finally {
+      await rogue.client.endAsync(true);
+    }
+  });
+});

@@ -1,14 +1,15 @@
 // `outpost ctl logs DEVICE`: the device's recent log lines, sealed to this run's own key (docs/diagnostics.md).
-import { createHash, createPublicKey, generateKeyPairSync, randomUUID } from "node:crypto";
+import { createHash, createPublicKey, generateKeyPairSync, type KeyObject, randomUUID } from "node:crypto";
 import { parseArgs } from "node:util";
 import { zstdDecompressSync } from "node:zlib";
+import type { MqttClient } from "mqtt";
 import { z } from "zod";
 import { publicKeyText } from "../commands/keys.ts";
-import { OutpostError } from "../core/errors.ts";
+import { errorMessage, OutpostError } from "../core/errors.ts";
 import { LOG_LEVELS } from "../core/logger.ts";
 import { open, rawPublicKey } from "../diagnostics/seal.ts";
 import { deviceTopics } from "../mqtt/topics.ts";
-import { isRefusal, printable } from "./answer-trust.ts";
+import { isRefusal, printable, type Refusal } from "./answer-trust.ts";
 import { DeviceCaller, withClient } from "./ctl-client.ts";
 import { BROKER_FLAGS, brokerOptions, ctlSettings, durationFlag, readPrivateKey } from "./ctl-settings.ts";
 import { answerTrust, refusalPrinter, trustCode } from "./ctl-trust.ts";
@@ -33,6 +34,7 @@ const sealedAnswer = z.looseObject({
   lines: z.number().int().min(0),
   dropped: z.number().int().min(0),
   missed: z.number().int().min(0),
+  upTo: z.number().int().min(0),
 });
 type SealedAnswer = z.infer<typeof sealedAnswer>;
 
@@ -116,6 +118,7 @@ export async function logsCommand(host: Host, args: string[]): Promise<number> {
       limit: { type: "string" },
       timeout: { type: "string" },
       "accept-new": { type: "boolean" },
+      follow: { type: "boolean" },
     },
     allowPositionals: true,
   });
@@ -140,64 +143,183 @@ export async function logsCommand(host: Host, args: string[]): Promise<number> {
   const refusal = refusalPrinter(host);
   // This run's own key: what the device seals to. It never leaves this process.
   const mine = generateKeyPairSync("x25519");
-  const to = rawPublicKey(mine.publicKey);
-  const id = randomUUID();
-  const collector = new ChunkCollector(id);
-  const params = {
-    to,
-    ...(sinceMs === undefined ? {} : { sinceMs }),
+  const key = { privateKey: mine.privateKey, to: rawPublicKey(mine.publicKey) };
+  const filters = {
     ...(level === undefined ? {} : { level }),
     ...(values.component === undefined ? {} : { component: values.component }),
+  };
+  const first = {
+    ...filters,
+    ...(sinceMs === undefined ? {} : { sinceMs }),
     ...(limit === undefined ? {} : { limit }),
   };
-  const outcome = await withClient(o, async (client) => {
-    const diag = deviceTopics(o.prefix, device).diag;
+  const print = (got: Got & { ok: true }) => {
+    if (got.answer.missed > 0) {
+      host.stderr.write(`outpost: ${got.answer.missed} lines were lost before these: the device's ring let them go\n`);
+    }
+    for (const line of got.lines) host.stdout.write(`${values.json ? line : prettyLine(line)}\n`);
+  };
+  const reader = (client: MqttClient) =>
+    LogReader.open(client, {
+      device,
+      key,
+      timeoutMs,
+      caller: new DeviceCaller(client, o.prefix, signer, trust, o.commandForm),
+      refusal,
+      prefix: o.prefix,
+    });
+  if (!values.follow) {
+    const got = await withClient(o, async (client) => (await reader(client)).read(first));
+    if (!got.ok) return failed(host, device, got);
+    print(got);
+    if (got.answer.dropped > 0 && !values.json) {
+      host.stderr.write(
+        `outpost: the device's log ring has let go of ${got.answer.dropped} older lines since it started\n`,
+      );
+    }
+    return EXIT.OK;
+  }
+  return follow(host, { o, reader, first, filters, print, device });
+}
+
+type Got =
+  | { ok: true; answer: SealedAnswer; lines: string[] }
+  | { ok: false; exit: number; code: string; message: string; verdicts: Refusal[] };
+
+function failed(host: Host, device: string, got: Got & { ok: false }): number {
+  host.stderr.write(`outpost: ${printable(device, 64)}: ${printable(got.code, 64)}: ${printable(got.message, 2000)}\n`);
+  return got.verdicts.length > 0 ? trustCode(got.verdicts, false) : got.exit;
+}
+
+/** How often a follow asks for the lines after the last it saw; each request renews it. */
+const FOLLOW_EVERY_MS = 2000;
+
+/**
+ * `--follow`: asks for the lines after the last one seen, every 2 s, until Ctrl-C. A lost broker or a device that
+ * does not answer is said once and tried again; the lines written meanwhile come when it answers again, and a
+ * gap (the ring let lines go before they were read) is said, never silent.
+ */
+async function follow(
+  host: Host,
+  f: {
+    o: ReturnType<typeof brokerOptions>;
+    reader: (client: MqttClient) => Promise<LogReader>;
+    first: Record<string, unknown>;
+    filters: Record<string, unknown>;
+    print: (got: Got & { ok: true }) => void;
+    device: string;
+  },
+): Promise<number> {
+  let stopped = false;
+  void host.stopRequested.then(() => {
+    stopped = true;
+  });
+  const pause = (ms: number) => Promise.race([new Promise((r) => setTimeout(r, ms).unref()), host.stopRequested]);
+  let after: number | undefined;
+  let trouble = "";
+  const say = (what: string) => {
+    if (what !== trouble) host.stderr.write(`outpost: ${what}\n`);
+    trouble = what;
+  };
+  while (!stopped) {
+    try {
+      await withClient(f.o, async (client) => {
+        const reader = await f.reader(client);
+        while (!stopped && client.connected) {
+          const got = await reader.read(after === undefined ? f.first : { ...f.filters, after });
+          if (got.ok) {
+            if (trouble !== "") say("answering again");
+            trouble = "";
+            f.print(got);
+            after = got.answer.upTo;
+          } else if (got.verdicts.some((v) => v.trust === "forged")) {
+            throw Object.assign(new Error(got.message), { exit: trustCode(got.verdicts, false) });
+          } else {
+            say(`${f.device}: ${got.code}: ${got.message}; asking again`);
+          }
+          await pause(FOLLOW_EVERY_MS);
+        }
+      });
+    } catch (err) {
+      const exit = (err as { exit?: number }).exit;
+      if (exit !== undefined) {
+        host.stderr.write(`outpost: ${f.device}: ${errorMessage(err)}\n`);
+        return exit;
+      }
+      say(`the broker connection is lost (${errorMessage(err)}); trying again`);
+    }
+    if (!stopped) await pause(FOLLOW_EVERY_MS);
+  }
+  return EXIT.OK;
+}
+
+interface ReaderOptions {
+  device: string;
+  key: { privateKey: KeyObject; to: string };
+  timeoutMs: number;
+  caller: DeviceCaller;
+  refusal: (device: string, verdict: Refusal) => void;
+}
+
+/** One connection's reader: a request at a time, its chunks collected on the device's diag topic. */
+class LogReader {
+  private current: ChunkCollector | undefined;
+  private readonly o: ReaderOptions;
+
+  private constructor(o: ReaderOptions) {
+    this.o = o;
+  }
+
+  static async open(client: MqttClient, o: ReaderOptions & { prefix: string }): Promise<LogReader> {
+    const reader = new LogReader(o);
+    const diag = deviceTopics(o.prefix, o.device).diag;
     client.on("message", (topic, payload) => {
-      if (topic === diag) collector.take(payload);
+      if (topic === diag) reader.current?.take(payload);
     });
     await client.subscribeAsync(diag, { qos: 1 });
-    const caller = new DeviceCaller(client, o.prefix, signer, trust, o.commandForm);
-    const result = await caller.call({
+    return reader;
+  }
+
+  async read(params: Record<string, unknown>): Promise<Got> {
+    const id = randomUUID();
+    const collector = new ChunkCollector(id);
+    this.current = collector;
+    const result = await this.o.caller.call({
       id,
       command: "debug.logs",
-      params,
-      device,
-      timeoutMs,
-      validityMs: Math.max(60_000, timeoutMs),
+      params: { to: this.o.key.to, ...params },
+      device: this.o.device,
+      timeoutMs: this.o.timeoutMs,
+      validityMs: Math.max(60_000, this.o.timeoutMs),
       onReply: (reply, verdict) => {
-        if (isRefusal(verdict)) refusal(reply.device, verdict);
+        if (isRefusal(verdict)) this.o.refusal(reply.device, verdict);
       },
     });
     const reply = result.finals[0];
-    if (reply?.state !== "succeeded") return { result, reply };
+    const verdicts = result.refused.map((r) => r.verdict);
+    if (!reply) {
+      const what = verdicts.length > 0 ? "no verified reply" : "no reply";
+      return {
+        ok: false,
+        exit: EXIT.FAILURE,
+        code: "TIMEOUT",
+        message: `${what} within ${this.o.timeoutMs}ms`,
+        verdicts,
+      };
+    }
+    if (reply.state !== "succeeded") {
+      const code = reply.error?.code ?? "FAILED";
+      return { ok: false, exit: EXIT.FAILURE, code, message: reply.error?.message ?? "", verdicts: [] };
+    }
     const answer = sealedAnswer.safeParse(reply.result);
     if (!answer.success) throw new OutpostError("DIAG_INVALID", "the signed answer does not describe sealed chunks");
     const chunks = await collector.all(answer.data, CHUNKS_GRACE_MS);
     if (!chunks) throw new OutpostError("DIAG_INVALID", "the chunks the signed answer names did not all come");
-    return { result, reply, answer: answer.data, chunks };
-  });
-  const { result, reply } = outcome;
-  if (!reply) {
-    host.stderr.write(`outpost: TIMEOUT: no ${result.refused.length > 0 ? "verified " : ""}reply from ${device}\n`);
-    return trustCode(
-      result.refused.map((r) => r.verdict),
-      false,
-    );
+    const packed = open(chunks, this.o.key, answer.data.key, { device: this.o.device, request: id });
+    const plain = zstdDecompressSync(packed, { maxOutputLength: Math.max(1, answer.data.size) });
+    if (plain.length !== answer.data.size) {
+      throw new OutpostError("DIAG_INVALID", "the logs are not the size the answer says");
+    }
+    return { ok: true, answer: answer.data, lines: plain.toString("utf8").split("\n").filter(Boolean) };
   }
-  if (reply.state !== "succeeded" || !outcome.answer || !outcome.chunks) {
-    host.stderr.write(
-      `outpost: ${printable(device, 64)}: ${printable(reply.error?.code ?? "FAILED", 64)}: ${printable(reply.error?.message ?? "", 2000)}\n`,
-    );
-    return EXIT.FAILURE;
-  }
-  const { answer, chunks } = outcome;
-  const packed = open(chunks, { privateKey: mine.privateKey, to }, answer.key, { device, request: id });
-  const plain = zstdDecompressSync(packed, { maxOutputLength: Math.max(1, answer.size) });
-  if (plain.length !== answer.size) throw new OutpostError("DIAG_INVALID", "the logs are not the size the answer says");
-  const lines = plain.toString("utf8").split("\n").filter(Boolean);
-  for (const line of lines) host.stdout.write(`${values.json ? line : prettyLine(line)}\n`);
-  if (answer.dropped > 0 && !values.json) {
-    host.stderr.write(`outpost: the device's log ring has let go of ${answer.dropped} older lines since it started\n`);
-  }
-  return EXIT.OK;
 }

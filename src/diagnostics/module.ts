@@ -11,8 +11,8 @@ import { SEAL_SCHEME, seal } from "./seal.ts";
 
 /** Ciphertext per chunk on `P/D/diag`: far under any broker's packet limit. */
 export const DIAG_CHUNK_BYTES = 48 * 1024;
-/** Diagnostics requests a device takes: a burst of 5, then one each 12 s. */
-const RATE = { capacity: 5, perSecond: 5 / 60 };
+/** Diagnostics requests a device takes: a burst of 10, then one a second (a follow asks every 2 s). */
+const RATE = { capacity: 10, perSecond: 1 };
 
 const LEVELS = LOG_LEVELS.filter((l) => l !== "silent");
 const rank = (level: string) => {
@@ -68,6 +68,8 @@ export function selectLines(ctx: Pick<ModuleContext, "logs" | "clock">, p: LogsP
     lines: text,
     first,
     last: chosen.at(-1)?.seq ?? null,
+    // Where a follow goes on from: every line up to here was looked at, whether it matched or not.
+    upTo: lines.at(-1)?.seq ?? Math.max(p.after ?? 0, first - 1),
     dropped,
     // A follow that last saw line `after` and finds the ring starting later missed what lies between.
     missed: p.after === undefined ? 0 : Math.max(0, first - p.after - 1),
@@ -108,7 +110,7 @@ export const diagnosticsModule: Module = {
     /** One transfer at a time, and a bucket of them: logs are cheap, but a flood of requests is not. */
     const transfer = async <T>(work: () => Promise<T>): Promise<T> => {
       if (busy) throw new OutpostError("DIAG_BUSY", "another diagnostics transfer is running");
-      if (!bucket.take()) throw new OutpostError("DIAG_RATE_LIMITED", "at most 5 diagnostics requests a minute");
+      if (!bucket.take()) throw new OutpostError("DIAG_RATE_LIMITED", "at most one diagnostics request a second");
       busy = true;
       try {
         return await work();

@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { generateKeyPairSync } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { PassThrough } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import mqtt from "mqtt";
 import { stringify } from "yaml";
@@ -166,6 +167,56 @@ describe("diagnostics: logs", () => {
     assert.equal(mqtt.code, 0, mqtt.err);
     const shown = mqtt.out.trim().split("\n");
     assert.ok(shown.length <= 3 && shown.every((l) => l.includes("[mqtt]")), mqtt.out);
+  });
+
+  it("--follow: what the agent wrote while the broker was away comes when it is back, no line missed or twice", async () => {
+    const out = new PassThrough();
+    const err = new PassThrough();
+    let text = "";
+    let said = "";
+    out.on("data", (c: Buffer) => {
+      text += c.toString();
+    });
+    err.on("data", (c: Buffer) => {
+      said += c.toString();
+    });
+    let stop: (signal: string) => void = () => {};
+    const stopRequested = new Promise<string>((resolve) => {
+      stop = resolve;
+    });
+    const args = ["ctl", "logs", ID, "--follow", "--json", "--timeout", "3s"];
+    const running = runCli([...args, "--broker", broker.url, "--key", key, "--known-devices", pins], {}, undefined, {
+      stdout: out,
+      stderr: err,
+      stopRequested,
+    });
+    const lines = () =>
+      text
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as { seq: number; msg: string });
+    await waitUntil(() => lines().length > 0, 15_000, "the first lines");
+    const port = broker.port;
+    const before = agent.stdout.items.length;
+    await broker.stop();
+    await waitUntil(() => said.includes("trying again"), 20_000, "ctl says the broker is gone");
+    // What the agent writes while nobody can read it: its lost connection, its attempts to reconnect.
+    await waitUntil(() => agent.stdout.items.length > before + 2, 20_000, "lines written while the broker is away");
+    const away = agent.stdout.items.slice(before).map((l) => (JSON.parse(l) as { msg: string }).msg);
+    broker = await Mosquitto.start({ port });
+    await waitUntil(() => said.includes("answering again"), 60_000, "the follow resumes");
+    await waitUntil(
+      () => away.every((m) => lines().some((l) => l.msg === m)),
+      20_000,
+      "the lines written while the broker was away",
+    );
+    stop("SIGINT");
+    const r = await running;
+    assert.equal(r.code, 0, said);
+    const seqs = lines().map((l) => l.seq);
+    for (let i = 1; i < seqs.length; i++)
+      assert.equal(seqs[i], (seqs[i - 1] ?? 0) + 1, `no gap, no repeat: ${seqs.join()}`);
+    assert.ok(!said.includes("were lost"), said);
   });
 
   it("forged chunks on the diag topic are ignored: only those the signed answer names count", async () => {

@@ -106,7 +106,10 @@ export const CODES = {
   },
   // Remote diagnostics (docs/diagnostics.md).
   DIAG_BUSY: { wire: true, meaning: "another diagnostics transfer is running on the device: one at a time" },
-  DIAG_RATE_LIMITED: { wire: true, meaning: "too many diagnostics requests in a short time (10 at once, then one a second)" },
+  DIAG_RATE_LIMITED: {
+    wire: true,
+    meaning: "too many diagnostics requests in a short time (10 at once, then one a second)",
+  },
   DIAG_SEND_FAILED: { wire: true, meaning: "the sealed chunks could not be published (the link dropped)" },
   // Local: logs, exit messages, the operator's own tools.
   DIAG_INVALID: {

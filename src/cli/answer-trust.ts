@@ -257,8 +257,9 @@ export class AnswerTrust {
 
 /** A device's text as ctl prints it: no control characters (a forged line break, a terminal escape). */
 export function printable(text: string, max = 200): string {
+  // Bidirectional overrides and isolates too: they make a line read otherwise than its characters go.
   // biome-ignore lint/suspicious/noControlCharactersInRegex: the control characters are what is removed
-  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, "?").slice(0, max);
+  return text.replace(/[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g, "?").slice(0, max);
 }
 
 function safeFingerprint(key: string): string | undefined {

@@ -116,6 +116,11 @@ async function dispatch(argv: string[], host: Host): Promise<number> {
       host.stdout.write(`${r.line}\n`);
       return r.ok ? EXIT.OK : EXIT.FAILURE;
     }
+    case "exit-record": {
+      // Not in the help: the unit's ExecStopPost= runs it (src/cli/exit-record-command.ts).
+      const { exitRecordCommand } = await import("./exit-record-command.ts");
+      return exitRecordCommand(host, rest);
+    }
     case "demo": {
       if (help) return print(HELP.demo ?? "");
       const { values } = parseArgs({

@@ -25,11 +25,12 @@ export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|logs|update|roll
        until --timeout, or until --expect N devices have answered
        a device with no retained status fails at once; --wait sends anyway and waits --timeout
        --accept-new: pin a device not yet pinned from its signed status (as ssh's accept-new)
-  logs DEVICE [--since 10m] [--level warn] [--component NAME] [--limit N] [--follow]
+  logs DEVICE [--since 10m] [--level warn] [--component NAME] [--limit N] [--follow | --previous]
                                   the device's recent log lines (its ring of 1 MiB), sealed to a key of this
                                   run's own and checked against the device's signed answer; --json: the lines
                                   as the device wrote them, one JSON object each; --follow: the new lines
-                                  every 2 s until Ctrl-C, through broker outages, saying any gap
+                                  every 2 s until Ctrl-C, through broker outages, saying any gap;
+                                  --previous: the last lines of the run before this one, and how it ended
   update DEVICE RELEASE_DIR       send the signed release in RELEASE_DIR (outpost release) and serve its
        [--group G --expect N]     chunks over MQTT to each device that asks (only what a device lacks; a cut
        [--http URL] [--timeout 10m] [--until committed|staged]

@@ -7,6 +7,7 @@ import { z } from "zod";
 import { publicKeyText } from "../commands/keys.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
 import { LOG_LEVELS } from "../core/logger.ts";
+import { DIAG_CHUNK_BYTES } from "../diagnostics/module.ts";
 import { open, rawPublicKey } from "../diagnostics/seal.ts";
 import { deviceTopics } from "../mqtt/topics.ts";
 import { isRefusal, printable, type Refusal } from "./answer-trust.ts";
@@ -18,6 +19,8 @@ import { EXIT, type Host, UsageError } from "./host.ts";
 /** The most a logs answer may hold once opened: the device's ring is 1 MiB; this leaves room, no more. */
 const MAX_PLAIN = 16 * 1024 * 1024;
 const MAX_CHUNKS = 1024;
+/** What one read keeps of what arrives on the diag topic before its answer says which chunks count. */
+const MAX_COLLECTED = 2 * MAX_PLAIN;
 /** How long the chunks may come after the signed answer that names them. */
 const CHUNKS_GRACE_MS = 5000;
 
@@ -35,6 +38,8 @@ const sealedAnswer = z.looseObject({
   dropped: z.number().int().min(0),
   missed: z.number().int().min(0),
   upTo: z.number().int().min(0),
+  session: z.string().max(64),
+  ended: z.record(z.string(), z.unknown()).optional(),
 });
 type SealedAnswer = z.infer<typeof sealedAnswer>;
 
@@ -44,6 +49,7 @@ type SealedAnswer = z.infer<typeof sealedAnswer>;
  */
 class ChunkCollector {
   private readonly seen = new Map<string, Buffer>();
+  private bytes = 0;
   private wake: () => void = () => {};
 
   private readonly id: string;
@@ -54,7 +60,10 @@ class ChunkCollector {
 
   take(payload: Buffer): void {
     const end = payload.indexOf(0x0a);
-    if (end < 0 || end > 200 || this.seen.size >= 4 * MAX_CHUNKS) return;
+    // Anyone may publish on an open broker (the devices' ACL lets only the device): bounded, junk can make a
+    // read fail, never take this process's memory.
+    if (end < 0 || end > 200 || payload.length - end - 1 > DIAG_CHUNK_BYTES) return;
+    if (this.bytes + payload.length > MAX_COLLECTED) return;
     try {
       const header = JSON.parse(payload.subarray(0, end).toString("utf8")) as { id?: unknown };
       if (header.id !== this.id) return;
@@ -63,6 +72,7 @@ class ChunkCollector {
     }
     const body = payload.subarray(end + 1);
     this.seen.set(createHash("sha256").update(body).digest("hex"), Buffer.from(body));
+    this.bytes += body.length;
     this.wake();
   }
 
@@ -119,6 +129,7 @@ export async function logsCommand(host: Host, args: string[]): Promise<number> {
       timeout: { type: "string" },
       "accept-new": { type: "boolean" },
       follow: { type: "boolean" },
+      previous: { type: "boolean" },
     },
     allowPositionals: true,
   });
@@ -126,7 +137,7 @@ export async function logsCommand(host: Host, args: string[]): Promise<number> {
   if (device === undefined || extra.length > 0) throw new UsageError("ctl logs: expected DEVICE");
   const sinceMs = values.since === undefined ? undefined : durationFlag("since", values.since, 0);
   const level = values.level;
-  if (level !== undefined && !(LOG_LEVELS as readonly string[]).includes(level)) {
+  if (level !== undefined && (level === "silent" || !(LOG_LEVELS as readonly string[]).includes(level))) {
     throw new UsageError(`--level ${level}: expected one of ${LOG_LEVELS.filter((l) => l !== "silent").join(", ")}`);
   }
   const limit = values.limit === undefined ? undefined : Number(values.limit);
@@ -148,7 +159,10 @@ export async function logsCommand(host: Host, args: string[]): Promise<number> {
     ...(level === undefined ? {} : { level }),
     ...(values.component === undefined ? {} : { component: values.component }),
   };
+  if (values.previous && values.follow)
+    throw new UsageError("ctl logs: --previous shows a run that ended: no --follow");
   const first = {
+    ...(values.previous ? { previous: true } : {}),
     ...filters,
     ...(sinceMs === undefined ? {} : { sinceMs }),
     ...(limit === undefined ? {} : { limit }),
@@ -172,6 +186,7 @@ export async function logsCommand(host: Host, args: string[]): Promise<number> {
     const got = await withClient(o, async (client) => (await reader(client)).read(first));
     if (!got.ok) return failed(host, device, got);
     print(got);
+    if (got.answer.ended) host.stderr.write(`outpost: ${endingText(got.answer.ended)}\n`);
     if (got.answer.dropped > 0 && !values.json) {
       host.stderr.write(
         `outpost: the device's log ring has let go of ${got.answer.dropped} older lines since it started\n`,
@@ -180,6 +195,15 @@ export async function logsCommand(host: Host, args: string[]): Promise<number> {
     return EXIT.OK;
   }
   return follow(host, { o, reader, first, filters, print, device });
+}
+
+/** How the run before ended, in a line: systemd's word when its ExecStopPost= kept one, else the log's. */
+export function endingText(ended: Record<string, unknown>): string {
+  const word = (k: string) => printable(String(ended[k] ?? "?"), 40);
+  if (ended.by === "systemd") {
+    return `the run before ended: systemd says ${word("result")} (${word("code")}, ${word("status")}) at ${word("at")}; its log's last line: ${word("lastLine")}`;
+  }
+  return `the run before: ${printable(String(ended.note ?? "no record of how it ended"), 200)}`;
 }
 
 type Got =
@@ -216,6 +240,7 @@ async function follow(
   });
   const pause = (ms: number) => Promise.race([new Promise((r) => setTimeout(r, ms).unref()), host.stopRequested]);
   let after: number | undefined;
+  let session: string | undefined;
   let trouble = "";
   const say = (what: string) => {
     if (what !== trouble) host.stderr.write(`outpost: ${what}\n`);
@@ -230,6 +255,17 @@ async function follow(
           if (got.ok) {
             if (trouble !== "") say("answering again");
             trouble = "";
+            if (session !== undefined && got.answer.session !== session) {
+              // Another process: its lines are numbered from 1 again. What the one before wrote after the last
+              // line read here is in its tail, not in this ring.
+              host.stderr.write(
+                `outpost: ${f.device} restarted; its lines from the start (the run before's last lines: --previous)\n`,
+              );
+              session = got.answer.session;
+              after = 0;
+              continue;
+            }
+            session = got.answer.session;
             f.print(got);
             after = got.answer.upTo;
           } else if (got.verdicts.some((v) => v.trust === "forged")) {

@@ -16,6 +16,7 @@ import { openConfigStore } from "../schema.ts";
 import { demoFiles, demoTask } from "../tasks/demo.ts";
 import { EXIT, type Host, me, UsageError } from "./host.ts";
 import { brokerId, KnownDevices } from "./known-devices.ts";
+import { liveSecrets } from "./run-command.ts";
 import { applyMessage, type DeviceView, viewUpdate } from "./view.ts";
 
 export interface DemoOptions {
@@ -72,7 +73,12 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
   const open = () => openConfigStore({ path: demoConfig, required: true, hostname: host.hostname, env: host.env });
   let configStore = open();
   const { config } = configStore.current();
-  const { logger, flush, setLevel, ring } = await createLogger({ level: config.log.level, format: "json", fd: logFd });
+  const { logger, flush, setLevel, ring } = await createLogger({
+    level: config.log.level,
+    format: "json",
+    fd: logFd,
+    secrets: liveSecrets(configStore),
+  });
   const boot = () => createAgent({ configStore, logger, setLogLevel: setLevel, logRing: ring, clock: systemClock });
   let agent = boot();
   // The demo pins its own device, as deploy.sh pins a deployed one: ctl then counts its signed answers.

@@ -6,6 +6,7 @@ import { stateDirProblem } from "../config/state-dir.ts";
 import { systemClock } from "../core/clock.ts";
 import { OutpostError } from "../core/errors.ts";
 import { withDeadline } from "../core/lifecycle.ts";
+import { LogTail } from "../core/log-tail.ts";
 import { createLogger, type LogFormat } from "../core/logger.ts";
 import { openConfig } from "./config-command.ts";
 import { EXIT, type Host } from "./host.ts";
@@ -33,8 +34,9 @@ export async function runCommand(host: Host, options: RunCommandOptions): Promis
     level: config.log.level,
     format: options.logFormat ?? config.log.format,
     colorize: host.stdout.isTTY === true,
-    // Read for every line: a reload or config.set may change them.
-    secrets: () => secretValues(configStore.current().config),
+    secrets: liveSecrets(configStore),
+    // The run before's tail becomes the previous one here, before this run writes a line.
+    tail: LogTail.open(config.state.dir),
   });
   configStore.useLogger(logger.child({ component: "config" }));
   if (configStore.overrideProblems.length > 0) {
@@ -76,4 +78,22 @@ export async function runCommand(host: Host, options: RunCommandOptions): Promis
     unhook();
     flush();
   }
+}
+
+/**
+ * The secrets the logger keeps out of every line: the configuration's now (read for every line: a reload or
+ * config.set may change them) and those it started with, which the link goes on using until a restart.
+ */
+export function liveSecrets(store: { booted: { config: object }; current(): { config: object } }) {
+  const booted = secretValues(store.booted.config);
+  let from: object | undefined;
+  let both: readonly string[] = booted;
+  return (): readonly string[] => {
+    const { config } = store.current();
+    if (config !== from) {
+      from = config;
+      both = [...new Set([...booted, ...secretValues(config)])];
+    }
+    return both;
+  };
 }

@@ -1,4 +1,5 @@
 import type { z } from "zod";
+import { redactUrlPasswords } from "../core/log-scrub.ts";
 import { SECRET_KEYS } from "./schema.ts";
 
 /** How much of a value a problem line shows. */
@@ -61,7 +62,8 @@ export function render(value: unknown, path: readonly string[] = []): string {
   if (value === undefined) return "nothing";
   if (SECRET_KEYS.has(path.at(-1) ?? "")) return "<redacted>";
   if (value !== null && typeof value === "object" && !Array.isArray(value)) return "a section";
-  const text = typeof value === "string" || Array.isArray(value) ? JSON.stringify(value) : String(value);
+  const shown = typeof value === "string" || Array.isArray(value) ? JSON.stringify(value) : String(value);
+  const text = redactUrlPasswords(shown);
   return text.length > MAX_FOUND ? `${text.slice(0, MAX_FOUND - 1)}…` : text;
 }
 

@@ -39,13 +39,28 @@ export function secretValues(config: object): readonly string[] {
   const urls = [mqtt?.url, ...(Array.isArray(mqtt?.failover) ? mqtt.failover : [])];
   for (const url of urls) {
     if (typeof url !== "string") continue;
+    const password = urlPassword(url);
+    if (password === undefined) continue;
+    found.push(password);
     try {
-      const password = new URL(url).password;
-      if (password) found.push(password, decodeURIComponent(password));
+      found.push(decodeURIComponent(password));
     } catch {
-      // Not a URL: the schema says so elsewhere.
+      // A `%` not followed by two hex digits: the password as written is all there is.
     }
   }
-  secretsOf.set(config, found);
-  return found;
+  const unique = [...new Set(found)];
+  secretsOf.set(config, unique);
+  return unique;
+}
+
+/**
+ * A broker URL's password as written. By hand, not through `new URL`: the schema takes a password with an
+ * unencoded `/` (base64 passwords have them), which `new URL` refuses, and such a URL must not escape the logger.
+ */
+function urlPassword(url: string): string | undefined {
+  const m = /^[a-z][a-z0-9+.-]*:\/\/(.*)@[^@]*$/i.exec(url);
+  const credentials = m?.[1];
+  if (credentials === undefined) return undefined;
+  const colon = credentials.indexOf(":");
+  return colon < 0 || colon === credentials.length - 1 ? undefined : credentials.slice(colon + 1);
 }

@@ -1,6 +1,11 @@
+/** The longest line the ring keeps as it is, in characters. */
+export const MAX_LINE = 16 * 1024;
+
 /**
  * The agent's recent log lines, as written (JSON, secrets already scrubbed), in a ring bounded by bytes: the
- * oldest lines go first, and how many went is counted, so that a reader can say where its view has a gap.
+ * oldest lines go first, and how many went is counted, so that a reader can say where its view has a gap. The
+ * bound counts characters: JSON lines are ASCII but for what was logged, and V8 keeps a string with other
+ * characters at two bytes each.
  */
 export class LogRing {
   private readonly maxBytes: number;
@@ -18,8 +23,10 @@ export class LogRing {
 
   push(line: string): void {
     const text = line.endsWith("\n") ? line.slice(0, -1) : line;
-    // A single line larger than the whole ring keeps its beginning: the ring never holds more than its bound.
-    const kept = text.length > this.maxBytes ? text.slice(0, this.maxBytes) : text;
+    // A huge line (a problem list, a stack) is kept as a short JSON line of its own, its head a copy: a slice
+    // would keep the whole original alive, and a cut line would no longer parse.
+    const kept =
+      text.length > MAX_LINE ? JSON.stringify({ cut: true, chars: text.length, head: text.slice(0, 4096) }) : text;
     this.lines.push(kept);
     this.bytes += kept.length;
     this.added += 1;

@@ -9,8 +9,20 @@ export const REDACTED = "[redacted]";
 /** Shorter secrets cannot be told from ordinary text: scrubbing them would eat the logs (docs/diagnostics.md). */
 export const MIN_SECRET_LENGTH = 4;
 
-const URL_PASSWORD = /([a-z][a-z0-9+.-]*:\/\/[^\s/@:"'\\]*):[^\s/@"'\\]*@/gi;
-const PEM_PRIVATE_KEY = /-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z0-9 ]*PRIVATE KEY-----/g;
+/**
+ * `scheme://user:password@`. Bounded everywhere and anchored where a scheme may begin, so that a hostile line
+ * (a long run of letters, many `://`) costs linear time: an unbounded scheme was retried from every letter.
+ * The password may hold `/` (base64 passwords do, unencoded) but not a quote or a backslash, so a match never
+ * leaves the JSON string it is in.
+ */
+const URL_PASSWORD = /(?<![a-z0-9+.-])([a-z][a-z0-9+.-]{0,31}:\/\/[^\s/@:"'\\]{0,256}):[^\s@"'\\]{1,256}@/gi;
+const PEM_PRIVATE_KEY =
+  /-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-----[\s\S]{0,20000}?-----END [A-Z0-9 ]{0,40}PRIVATE KEY-----/g;
+
+/** Any URL's password in `text` replaced (a value shown cut short must lose it first, or a part would stay). */
+export function redactUrlPasswords(text: string): string {
+  return text.includes("://") ? text.replace(URL_PASSWORD, `$1:${REDACTED}@`) : text;
+}
 
 /** A string as it reads inside a JSON string, escaped `times` over (JSON text carried in a field, in a line). */
 const escaped = (s: string, times: number): string => {
@@ -22,6 +34,22 @@ const escaped = (s: string, times: number): string => {
 /** Every form a secret may take in a JSON log line: as it is or URL-encoded, escaped up to three times. */
 function forms(secret: string): string[] {
   return [...new Set([secret, encodeURIComponent(secret)].flatMap((s) => [0, 1, 2, 3].map((n) => escaped(s, n))))];
+}
+
+const replaceAll = (text: string, forms: readonly string[]): string => {
+  let out = text;
+  for (const form of forms) if (out.includes(form)) out = out.split(form).join(REDACTED);
+  return out;
+};
+
+/** Every string of a parsed line, keys too, with `fix` applied. */
+function mapStrings(value: unknown, fix: (s: string) => string): unknown {
+  if (typeof value === "string") return fix(value);
+  if (Array.isArray(value)) return value.map((v) => mapStrings(v, fix));
+  if (value !== null && typeof value === "object") {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [fix(k), mapStrings(v, fix)]));
+  }
+  return value;
 }
 
 export class LogScrubber {
@@ -36,8 +64,18 @@ export class LogScrubber {
 
   scrub(line: string): string {
     let out = line;
-    for (const form of this.forms()) if (out.includes(form)) out = out.split(form).join(REDACTED);
-    if (out.includes("://")) out = out.replace(URL_PASSWORD, `$1:${REDACTED}@`);
+    const found = this.forms().filter((f) => out.includes(f));
+    if (found.length > 0) {
+      // Inside the line's strings only: a secret that is also a key, a number or an escape sequence of the JSON
+      // (a password "1000", "time") replaced in the text would leave a line no reader can parse.
+      try {
+        const end = out.endsWith("\n") ? "\n" : "";
+        out = `${JSON.stringify(mapStrings(JSON.parse(out), (s) => replaceAll(s, this.cached)))}${end}`;
+      } catch {
+        out = replaceAll(out, found);
+      }
+    }
+    out = redactUrlPasswords(out);
     if (out.includes("PRIVATE KEY-----")) out = out.replace(PEM_PRIVATE_KEY, `${REDACTED} private key`);
     return out;
   }

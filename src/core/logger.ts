@@ -1,6 +1,7 @@
 import { type DestinationStream, type LevelWithSilent, type Logger, pino } from "pino";
 import { LogRing } from "./log-ring.ts";
 import { LogScrubber } from "./log-scrub.ts";
+import type { LogTail } from "./log-tail.ts";
 
 export type { Logger };
 export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
@@ -16,6 +17,8 @@ export interface LoggerOptions {
   secrets?: () => readonly string[];
   /** The bound of the ring of recent lines (`LogRing`), in characters of JSON; 1 MiB by default. */
   ringBytes?: number;
+  /** Where this run's tail is kept for the next run (`LogTail`): every line, as written. */
+  tail?: LogTail;
 }
 
 /** The ring's default bound: counted in the idle memory budget (docs/diagnostics.md). */
@@ -55,6 +58,7 @@ export async function createLogger(
         streamWrite: (line) => {
           const clean = scrubber.scrub(line);
           ring.push(clean);
+          options.tail?.write(clean);
           return clean;
         },
       },

@@ -4,6 +4,7 @@ import { zstdCompress } from "node:zlib";
 import { z } from "zod";
 import { defineCommand } from "../commands/commands.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
+import { EXIT_LINE_MSG, previousTail } from "../core/log-tail.ts";
 import { LOG_LEVELS } from "../core/logger.ts";
 import { TokenBucket } from "../core/rate-limit.ts";
 import type { Module, ModuleContext } from "../kernel/module.ts";
@@ -38,21 +39,25 @@ const logsParams = z.strictObject({
   after: z.number().int().min(0).optional(),
   /** At most this many lines, the newest. */
   limit: z.number().int().min(1).max(100_000).optional(),
+  /** The tail of the run before this one (state directory), and how it ended, instead of the ring. */
+  previous: z.boolean().optional(),
 });
 type LogsParams = z.output<typeof logsParams>;
 
 /** A ring line's fields that the filters read; a line that is not JSON passes only unfiltered. */
-const lineFields = (text: string): { level?: string; time?: string; component?: string } => {
+const lineFields = (text: string): { level?: string; time?: string; component?: string; msg?: string } => {
   try {
-    return JSON.parse(text) as { level?: string; time?: string; component?: string };
+    return JSON.parse(text) as { level?: string; time?: string; component?: string; msg?: string };
   } catch {
     return {};
   }
 };
 
-/** The lines of the ring a request asks for, each as `{"seq":N,...the line}`, oldest first. */
-export function selectLines(ctx: Pick<ModuleContext, "logs" | "clock">, p: LogsParams) {
-  const { first, lines, dropped } = ctx.logs.read(p.after ?? 0);
+/** The lines of the ring (or of the previous run's tail) a request asks for, each as `{"seq":N,...the line}`. */
+export function selectLines(ctx: Pick<ModuleContext, "logs" | "clock">, p: LogsParams, from?: readonly string[]) {
+  const { first, lines, dropped } = from
+    ? { first: 1, lines: from.map((text, i) => ({ seq: i + 1, text })).slice(p.after ?? 0), dropped: 0 }
+    : ctx.logs.read(p.after ?? 0);
   const since = p.sinceMs === undefined ? undefined : ctx.clock.now() - p.sinceMs;
   const min = p.level === undefined ? undefined : rank(p.level);
   let chosen = lines.filter(({ text }) => {
@@ -74,6 +79,33 @@ export function selectLines(ctx: Pick<ModuleContext, "logs" | "clock">, p: LogsP
     // A follow that last saw line `after` and finds the ring starting later missed what lies between.
     missed: p.after === undefined ? 0 : Math.max(0, first - p.after - 1),
   };
+}
+
+/**
+ * How the previous run ended: systemd's word when the unit's ExecStopPost= added it to the tail (`result`:
+ * success, exit-code, signal, watchdog, oom-kill...; `code`: exited, killed, dumped; `status`: a number or a
+ * signal's name), otherwise what its last line says.
+ */
+export function howItEnded(lines: readonly string[]): Record<string, unknown> {
+  const own = lines.filter((l) => lineFields(l).msg !== EXIT_LINE_MSG);
+  const stopped = lineFields(own.at(-1) ?? "").msg === "agent stopped";
+  const said = lines.findLast((l) => lineFields(l).msg === EXIT_LINE_MSG);
+  if (said) {
+    const f = lineFields(said) as Record<string, unknown>;
+    const word = (k: string) => (typeof f[k] === "string" ? (f[k] as string).slice(0, 32) : null);
+    return {
+      by: "systemd",
+      result: word("result"),
+      code: word("code"),
+      status: word("status"),
+      at: word("time"),
+      lastLine: stopped ? "agent stopped" : "no stop line",
+    };
+  }
+  if (lines.length === 0) return { by: "none", note: "no previous run's tail in the state directory" };
+  return stopped
+    ? { by: "log", note: "stopped cleanly (its last line is the stop)" }
+    : { by: "log", note: "ended without its stop line: killed, crashed or the power went" };
 }
 
 /**
@@ -126,10 +158,13 @@ export const diagnosticsModule: Module = {
           changesState: false,
           run: (p, run) =>
             transfer(async () => {
-              const picked = selectLines(ctx, p);
+              const previous = p.previous ? previousTail(ctx.stateDir) : undefined;
+              const picked = selectLines(ctx, p, previous);
               const plain = Buffer.from(picked.lines.length > 0 ? `${picked.lines.join("\n")}\n` : "", "utf8");
               const { lines, ...rest } = picked;
-              return { lines: lines.length, ...rest, ...(await send(run.id, p.to, plain)) };
+              const ended = previous ? { ended: howItEnded(previous) } : {};
+              const sealed = await send(run.id, p.to, plain);
+              return { lines: lines.length, ...rest, ...ended, session: ctx.session, ...sealed };
             }),
         }),
       ],

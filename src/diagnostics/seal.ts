@@ -42,7 +42,13 @@ export interface SealBinding {
 }
 
 function sealKey(mine: KeyObject, theirs: KeyObject, devicePublic: string, to: string, bind: SealBinding): Buffer {
-  const shared = diffieHellman({ privateKey: mine, publicKey: theirs });
+  let shared: Buffer;
+  try {
+    shared = diffieHellman({ privateKey: mine, publicKey: theirs });
+  } catch {
+    // A low-order point (all zeros, ...): no shared secret, and nothing sealed to it could be read.
+    throw new OutpostError("BAD_PARAMS", "the X25519 key gives no shared secret");
+  }
   const salt = createHash("sha256")
     .update(JSON.stringify([bind.device, bind.request]))
     .digest();

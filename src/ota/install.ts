@@ -339,6 +339,8 @@ function finishTrial(o: ApplyOptions, fs: InstallFs): string[] {
   const refreshed: string[] = [];
   for (const file of o.refresh ?? []) {
     if (fs.exists(file.path) && fs.readFile(file.path).equals(Buffer.from(file.content))) continue;
+    // A drop-in's directory (outpost.service.d) did not exist on a device installed before it: root's own.
+    if (!fs.exists(dirname(file.path))) fs.mkdir(dirname(file.path), 0o755);
     atomicWrite(fs, file.path, file.content, file.mode);
     refreshed.push(file.path);
     o.log(`refreshed ${file.path}`);

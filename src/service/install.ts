@@ -215,6 +215,7 @@ export function uninstallPaths(purge: boolean): string[] {
     LAYOUT.updateService,
     LAYOUT.rollbackPath,
     LAYOUT.rollbackService,
+    LAYOUT.exitRecordDropIn,
     LAYOUT.bin,
     LAYOUT.opt,
     LAYOUT.sysusers,

@@ -80,6 +80,8 @@ export const serviceModule: Module<typeof serviceSection> = {
       }
     };
 
+    /** What debug.alloc holds, for the life of the process. */
+    const held: Buffer[] = [];
     const commands = ctx.config().debugCommands
       ? [
           defineCommand({
@@ -92,6 +94,17 @@ export const serviceModule: Module<typeof serviceSection> = {
             run: ({ ms }) => {
               Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
               return { blockedMs: ms };
+            },
+          }),
+          defineCommand({
+            name: "debug.alloc",
+            params: z.strictObject({ mib: z.number().int().min(1).max(4096) }),
+            // Past the unit's MemoryMax the kernel kills the agent: like debug.block, it must not run twice.
+            changesState: true,
+            // Touches every page (a Buffer not written to costs nothing): what a leak would do, at once.
+            run: ({ mib }) => {
+              held.push(Buffer.alloc(mib * 1024 * 1024, 1));
+              return { heldMib: held.reduce((n, b) => n + b.length, 0) / 1024 / 1024 };
             },
           }),
         ]

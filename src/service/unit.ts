@@ -28,6 +28,11 @@ export const LAYOUT = {
    * outside the tmpfiles line that hands state.dir to the agent, persistent like the releases.
    */
   updateRecords: "/opt/outpost/update",
+  /**
+   * ExecStopPost= of the service, in a drop-in so that a committed update brings it to devices installed before
+   * (the unit itself carries install's options): what systemd says of each ending, for `ctl logs --previous`.
+   */
+  exitRecordDropIn: "/etc/systemd/system/outpost.service.d/exit-record.conf",
   /** Held only while an update is on trial; in /run, so that a reboot never keeps it. */
   trialDropIn: "/run/systemd/system/outpost.service.d/trial.conf",
   sysusers: "/usr/lib/sysusers.d/outpost.conf",
@@ -155,9 +160,19 @@ security.md) of the Outpost source the binary was built from.
 `;
 }
 
-export function updateUnits(): Record<"updatePath" | "updateService" | "rollbackPath" | "rollbackService", string> {
+export function updateUnits(): Record<
+  "updatePath" | "updateService" | "rollbackPath" | "rollbackService" | "exitRecordDropIn",
+  string
+> {
   const head = `# Written by \`outpost install\` and by a committed update; docs/ota.md explains the update's units.\n${REVISION_LINE}\n`;
   return {
+    exitRecordDropIn: `# Written by \`outpost install\` and by a committed update (docs/diagnostics.md): what systemd says of
+# the agent's ending ($SERVICE_RESULT, $EXIT_CODE, $EXIT_STATUS), kept in its state directory for the next run
+# (ctl logs --previous). "-": a release without the command fails it harmlessly.
+${REVISION_LINE}
+[Service]
+ExecStopPost=-${LAYOUT.bin} exit-record --config ${LAYOUT.config}
+`,
     updatePath: `${head}[Unit]
 Description=Outpost: watch for an update to install or a trial to finish
 

@@ -221,6 +221,11 @@ describe("the root boundary: the agent's code against root's update units (real 
     assert.equal((await sd.sh("readlink /opt/outpost/previous")).stdout.trim(), before);
     assert.match(await rootFile("/opt/outpost/rollback"), /^# outpost units revision 2$/m);
     assert.match(await rootFile("/etc/systemd/system/outpost-update.path"), /^# outpost units revision 2$/m);
+    // Issue 28: the drop-in that keeps systemd's word on each ending reaches a device installed before it.
+    assert.match(
+      await rootFile("/etc/systemd/system/outpost.service.d/exit-record.conf"),
+      /^ExecStopPost=-\/usr\/local\/bin\/outpost exit-record --config \/etc\/outpost\/config.yaml$/m,
+    );
     const describe = await operator.call(DEVICE, "describe", {}, { timeoutMs: 10_000 });
     const result = describe.finals[0]?.result as { modules?: Record<string, { unitsRevision?: number }> } | undefined;
     const ota = result?.modules?.ota;

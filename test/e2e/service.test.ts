@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fingerprintOf } from "../../src/commands/keys.ts";
 import { ROOT } from "../helpers/agent-process.ts";
+import { runCli } from "../helpers/cli.ts";
 import { operatorKey } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { type Received, Watch } from "../helpers/mqtt-watch.ts";
@@ -69,6 +70,31 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
     const ca = await sd.sh(`install -D -m 0600 -o root -g root ${inside(dir, "ca.pem")} /etc/outpost/ca.pem`);
     assert.equal(ca.code, 0, ca.stderr);
   });
+
+  /** `ctl logs --previous` through the operator's CLI: the run before's messages, and the ending it printed. */
+  const logsPrevious = async () => {
+    const r = await runCli([
+      "ctl",
+      "logs",
+      DEVICE,
+      "--previous",
+      "--json",
+      "--accept-new",
+      "--broker",
+      broker.url,
+      "--key",
+      join(dir, "ops.key"),
+      "--known-devices",
+      // Not deploy.sh's pins (a test below reads them): a device reinstalled there has a new key.
+      join(dir, "logs-known_devices"),
+    ]);
+    assert.equal(r.code, 0, r.err);
+    const msgs = r.out
+      .trim()
+      .split("\n")
+      .map((l) => (JSON.parse(l) as { msg: string }).msg);
+    return { msgs, ending: r.err };
+  };
 
   after(async () => {
     await sd?.shutdown();
@@ -232,6 +258,39 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
     const journal = await sd.sh("journalctl --no-pager -o cat -u outpost | grep -i watchdog");
     assert.match(journal.stdout, /[Ww]atchdog timeout/);
     session = next.json.session as string;
+    // Issue 28: what the run before wrote last, and systemd's word on its end (the unit's ExecStopPost=).
+    const previous = await logsPrevious();
+    assert.match(previous.ending, /systemd says watchdog \((killed|dumped), ABRT\)/);
+    assert.ok(previous.msgs.includes("command accepted"), "the debug.block request, logged before the loop stopped");
+  });
+
+  it("ctl logs --previous after a SIGKILL and after an OOM kill: the last lines, and how each run ended", async () => {
+    const restarted = async (what: string) => {
+      const next = await watch.waitForNext(
+        (m) => status("online")(m) && m.json.session !== session,
+        60_000,
+        `online again after ${what}`,
+      );
+      session = next.json.session as string;
+    };
+    await sd.sh("systemctl kill -s KILL outpost");
+    await restarted("a SIGKILL");
+    const killed = await logsPrevious();
+    assert.match(killed.ending, /systemd says signal \(killed, KILL\)/);
+    assert.match(killed.ending, /no stop line/);
+    // An OOM kill: a limit the agent's use is under, then debug.alloc past it. systemd says oom-kill on
+    // cgroup v2; on v1 (this machine) it sees the kernel's SIGKILL. The restart runs under the same limit (the
+    // agent uses a third of it); it goes back after.
+    const limited = await sd.sh("systemctl set-property --runtime outpost MemoryMax=160M MemoryLimit=160M");
+    assert.equal(limited.code, 0, limited.stderr);
+    const back = restarted("an OOM kill");
+    void operator.call(DEVICE, "debug.alloc", { mib: 256 }, { timeoutMs: 5000 }).catch(() => {});
+    await back;
+    const restored = await sd.sh("systemctl set-property --runtime outpost MemoryMax=384M MemoryLimit=384M");
+    assert.equal(restored.code, 0, restored.stderr);
+    const oomed = await logsPrevious();
+    assert.match(oomed.ending, /systemd says (oom-kill|signal) \(killed, KILL\)/);
+    assert.ok(oomed.msgs.includes("command accepted"), "the debug.alloc request, logged before the kill");
   });
 
   it("systemctl stop publishes offline", async () => {

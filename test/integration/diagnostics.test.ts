@@ -86,6 +86,37 @@ describe("diagnostics: logs", () => {
     await broker.stop();
   });
 
+  /** `ctl logs --follow --json` running until `stop()`; what it printed so far on each stream. */
+  const following = (...more: string[]) => {
+    const streams = { out: new PassThrough(), err: new PassThrough() };
+    const seen = { out: "", err: "" };
+    streams.out.on("data", (c: Buffer) => {
+      seen.out += c.toString();
+    });
+    streams.err.on("data", (c: Buffer) => {
+      seen.err += c.toString();
+    });
+    const { promise: stopRequested, resolve } = Promise.withResolvers<string>();
+    const args = ["ctl", "logs", ID, "--follow", "--json", ...more, "--broker", broker.url, "--key", key];
+    const running = runCli([...args, "--known-devices", pins], {}, undefined, {
+      stdout: streams.out,
+      stderr: streams.err,
+      stopRequested,
+    });
+    return {
+      get out() {
+        return seen.out;
+      },
+      get err() {
+        return seen.err;
+      },
+      stop: async () => {
+        resolve("SIGINT");
+        return (await running).code;
+      },
+    };
+  };
+
   const ctl = (...args: string[]) =>
     runCli(["ctl", ...args, "--broker", broker.url, "--key", key, "--known-devices", pins]);
 
@@ -170,28 +201,10 @@ describe("diagnostics: logs", () => {
   });
 
   it("--follow: what the agent wrote while the broker was away comes when it is back, no line missed or twice", async () => {
-    const out = new PassThrough();
-    const err = new PassThrough();
-    let text = "";
-    let said = "";
-    out.on("data", (c: Buffer) => {
-      text += c.toString();
-    });
-    err.on("data", (c: Buffer) => {
-      said += c.toString();
-    });
-    let stop: (signal: string) => void = () => {};
-    const stopRequested = new Promise<string>((resolve) => {
-      stop = resolve;
-    });
-    const args = ["ctl", "logs", ID, "--follow", "--json", "--timeout", "3s"];
-    const running = runCli([...args, "--broker", broker.url, "--key", key, "--known-devices", pins], {}, undefined, {
-      stdout: out,
-      stderr: err,
-      stopRequested,
-    });
+    const follow = following("--timeout", "3s");
+    const text = () => follow.out;
     const lines = () =>
-      text
+      text()
         .split("\n")
         .filter(Boolean)
         .map((l) => JSON.parse(l) as { seq: number; msg: string });
@@ -199,24 +212,60 @@ describe("diagnostics: logs", () => {
     const port = broker.port;
     const before = agent.stdout.items.length;
     await broker.stop();
-    await waitUntil(() => said.includes("trying again"), 20_000, "ctl says the broker is gone");
+    await waitUntil(() => follow.err.includes("trying again"), 20_000, "ctl says the broker is gone");
     // What the agent writes while nobody can read it: its lost connection, its attempts to reconnect.
     await waitUntil(() => agent.stdout.items.length > before + 2, 20_000, "lines written while the broker is away");
     const away = agent.stdout.items.slice(before).map((l) => (JSON.parse(l) as { msg: string }).msg);
     broker = await Mosquitto.start({ port });
-    await waitUntil(() => said.includes("answering again"), 60_000, "the follow resumes");
+    await waitUntil(() => follow.err.includes("answering again"), 60_000, "the follow resumes");
     await waitUntil(
       () => away.every((m) => lines().some((l) => l.msg === m)),
       20_000,
       "the lines written while the broker was away",
     );
-    stop("SIGINT");
-    const r = await running;
-    assert.equal(r.code, 0, said);
+    assert.equal(await follow.stop(), 0, follow.err);
     const seqs = lines().map((l) => l.seq);
     for (let i = 1; i < seqs.length; i++)
       assert.equal(seqs[i], (seqs[i - 1] ?? 0) + 1, `no gap, no repeat: ${seqs.join()}`);
-    assert.ok(!said.includes("were lost"), said);
+    assert.ok(!follow.err.includes("were lost"), follow.err);
+  });
+
+  it("--previous: the last lines of the run before, after a SIGKILL and after a clean stop, and how it ended", async () => {
+    const restart = async (signal: NodeJS.Signals) => {
+      // A line the run writes just before it ends: the tail must have it, however it ends.
+      const marker = await ctl("call", ID, "log.level", "--params", JSON.stringify({ level: "debug" }));
+      assert.equal(marker.code, 0, marker.err);
+      const watch = await Watch.open(broker.port, [`${PREFIX}/+/status`]);
+      await agent.stop(signal);
+      agent = AgentProcess.run(sourceCommand(), config, {}, agent.dir);
+      await watch.waitForNext(online, 15_000, "online again");
+      await watch.close();
+      const r = await ctl("logs", ID, "--previous", "--json");
+      assert.equal(r.code, 0, r.err);
+      const msgs = r.out
+        .trim()
+        .split("\n")
+        .map((l) => (JSON.parse(l) as { msg: string }).msg);
+      return { msgs, said: r.err };
+    };
+    const killed = await restart("SIGKILL");
+    assert.ok(killed.msgs.includes("agent starting"), "the run before's lines, from its start");
+    assert.ok(killed.msgs.at(-1) !== "agent stopped");
+    assert.ok(killed.msgs.slice(-5).includes("command accepted"), killed.msgs.slice(-5).join(" | "));
+    assert.match(killed.said, /ended without its stop line: killed, crashed or the power went/);
+    const stopped = await restart("SIGTERM");
+    assert.equal(stopped.msgs.at(-1), "agent stopped");
+    assert.match(stopped.said, /stopped cleanly/);
+  });
+
+  it("--follow across a restart of the agent: says so, and reads the new run from its start", async () => {
+    const follow = following("--limit", "1");
+    await waitUntil(() => follow.out.length > 0, 15_000, "the first line");
+    await agent.stop("SIGTERM");
+    agent = AgentProcess.run(sourceCommand(), config, {}, agent.dir);
+    await waitUntil(() => follow.err.includes("restarted"), 30_000, "ctl says the agent restarted");
+    await waitUntil(() => follow.out.includes('"seq":1,'), 15_000, "the new run's first line");
+    assert.equal(await follow.stop(), 0, follow.err);
   });
 
   it("forged chunks on the diag topic are ignored: only those the signed answer names count", async () => {

@@ -5,6 +5,8 @@ import { generateKeyPairSync } from "node:crypto";
 import { closeSync, openSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { liveSecrets } from "../../src/cli/run-command.ts";
+import { render } from "../../src/config/problems.ts";
 import { secretValues } from "../../src/config/redact.ts";
 import { LogRing } from "../../src/core/log-ring.ts";
 import { LogScrubber, REDACTED } from "../../src/core/log-scrub.ts";
@@ -84,6 +86,55 @@ describe("log lines without secrets", () => {
   });
 });
 
+describe("log lines without secrets: what a first review found", () => {
+  it("a password with an unencoded / or a stray %, the booted one after a reload: none escapes", () => {
+    const slash = { mqtt: { url: "mqtts://pi:Xk9/2bQ+7Lr0vT@broker:8883" } };
+    assert.deepEqual(secretValues(slash), ["Xk9/2bQ+7Lr0vT"]);
+    const scrubber = new LogScrubber(() => secretValues(slash));
+    const line = JSON.stringify({ msg: "agent starting", url: slash.mqtt.url });
+    assert.ok(!scrubber.scrub(line).includes("Xk9"), scrubber.scrub(line));
+    // Even unknown: the URL pattern takes the password up to its @.
+    assert.ok(!new LogScrubber(() => []).scrub(line).includes("Xk9"));
+    assert.deepEqual(secretValues({ mqtt: { url: "mqtt://pi:50%off-Sale@h" } }), ["50%off-Sale"]);
+    // After a reload the link still uses the password it started with, until a restart: both are kept out.
+    let current = { mqtt: { password: "new-password" } };
+    const live = liveSecrets({
+      booted: { config: { mqtt: { password: "booted-password" } } },
+      current: () => ({ config: current }),
+    });
+    assert.deepEqual(live(), ["booted-password", "new-password"]);
+    assert.equal(live(), live(), "the same array while nothing changed");
+    current = { mqtt: { password: "newer-password" } };
+    assert.deepEqual(live(), ["booted-password", "newer-password"]);
+  });
+
+  it("a secret that is also a number, a key or a word of the JSON leaves a line that parses", () => {
+    for (const secret of ["1000", "time", "nope1"]) {
+      const scrubber = new LogScrubber(() => [secret]);
+      const line = `${JSON.stringify({ level: "info", time: "t", retryInMs: 1000, msg: `line\nope1 ${secret}` })}\n`;
+      const out = scrubber.scrub(line);
+      const parsed = JSON.parse(out) as Record<string, unknown>;
+      assert.ok(out.endsWith("\n"));
+      assert.equal(parsed.retryInMs, 1000, secret);
+      assert.ok(!String(parsed.msg).includes(secret), `${secret}: ${out}`);
+    }
+  });
+
+  it("a hostile line (a long run of letters, many ://) is scrubbed in linear time", { timeout: 60_000 }, () => {
+    // The first pattern retried its unbounded scheme from every letter: minutes for a line like these.
+    const scrubber = new LogScrubber(() => []);
+    for (const line of [`${"x".repeat(1_000_000)}://`, "a://".repeat(250_000), `${"a:".repeat(100_000)}//`]) {
+      assert.equal(scrubber.scrub(line).length > 0, true);
+    }
+  });
+
+  it("a value shown cut short in a configuration problem loses a URL's password first", () => {
+    const url = `ssl://${"u".repeat(40)}:${"p".repeat(43)}@broker:8883`;
+    const shown = render(url, ["mqtt", "url"]);
+    assert.ok(!shown.includes("pppp"), shown);
+  });
+});
+
 describe("the log ring", () => {
   it("keeps the newest lines within its bound, counts what it dropped, and reads from a sequence number", () => {
     const ring = new LogRing(100);
@@ -102,15 +153,14 @@ describe("the log ring", () => {
       [29, 30],
     );
     assert.ok(ring.stats().bytes <= 100);
-    // A line longer than the ring keeps its beginning, alone.
-    ring.push("x".repeat(500));
-    assert.deepEqual(
-      ring.read().lines.map((l) => l.text.length),
-      [100],
-    );
+    // A huge line is kept as a short JSON line of its own: its length and its head.
+    const big = new LogRing(64 * 1024);
+    big.push(`{"msg":"${"x".repeat(100_000)}"}`);
+    const kept = JSON.parse(big.read().lines[0]?.text ?? "") as { cut: boolean; chars: number; head: string };
+    assert.deepEqual([kept.cut, kept.chars, kept.head.length], [true, 100_010, 4096]);
     // Many pushes: the store is compacted, the numbering goes on.
     for (let i = 0; i < 5000; i++) ring.push(`n${i}`);
     const last = ring.read().lines.at(-1);
-    assert.deepEqual(last, { seq: 5031, text: "n4999" });
+    assert.deepEqual(last, { seq: 5030, text: "n4999" });
   });
 });

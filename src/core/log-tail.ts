@@ -1,0 +1,144 @@
+import {
+  closeSync,
+  constants,
+  existsSync,
+  fstatSync,
+  mkdirSync,
+  openSync,
+  readSync,
+  renameSync,
+  rmSync,
+  writeSync,
+} from "node:fs";
+import { join } from "node:path";
+
+/** Where the tails are, under the state directory. */
+export const TAIL_DIR = "logs";
+/** Each of the two files of a run's tail: at most twice this is kept of a run. */
+export const TAIL_FILE_BYTES = 256 * 1024;
+const CURRENT = "current.log";
+const OLDER = "current.1.log";
+const PREVIOUS = "previous.log";
+const PREVIOUS_OLDER = "previous.1.log";
+/** The message of the line `outpost exit-record` (the unit's ExecStopPost=) adds once the process has ended. */
+export const EXIT_LINE_MSG = "the process ended";
+
+/**
+ * The tail of this run's log, in the state directory, for the next run to show (`ctl logs --previous`): each
+ * line is written as it is logged (an unclean end, a SIGKILL or an OOM kill, still leaves every line before
+ * it), into two files of at most 256 KiB that take turns. At start, the run before's tail becomes the previous
+ * one. Under systemd, the unit's ExecStopPost= adds systemd's word on the ending as the tail's last line: in the
+ * tail itself, so that it always lands beside the lines of the run it speaks of (a run killed before it opened
+ * its tail adds to the one before, where the reader sees both endings).
+ */
+export class LogTail {
+  private fd: number | undefined;
+  private bytes = 0;
+  private readonly dir: string;
+  /** Set when a write failed (a full or read-only disk): the tail stops; the logs go on. */
+  failed: string | undefined;
+  written = 0;
+
+  private constructor(dir: string) {
+    this.dir = dir;
+  }
+
+  /** Starts this run's tail; undefined (and nothing changed) when the directory cannot be made. */
+  static open(stateDir: string): LogTail | undefined {
+    const dir = join(stateDir, TAIL_DIR);
+    try {
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      const move = (from: string, to: string) => {
+        if (existsSync(join(dir, from))) renameSync(join(dir, from), join(dir, to));
+        else rmSync(join(dir, to), { force: true });
+      };
+      // Only a run that wrote a tail hands it on: the previous one stays until another run replaces it.
+      if (existsSync(join(dir, CURRENT))) {
+        move(OLDER, PREVIOUS_OLDER);
+        move(CURRENT, PREVIOUS);
+      }
+      const tail = new LogTail(dir);
+      tail.reopen();
+      return tail;
+    } catch {
+      return undefined;
+    }
+  }
+
+  write(line: string): void {
+    if (this.fd === undefined) return;
+    try {
+      const n = writeSync(this.fd, line);
+      this.bytes += n;
+      this.written += n;
+      if (this.bytes >= TAIL_FILE_BYTES) {
+        closeSync(this.fd);
+        this.fd = undefined;
+        renameSync(join(this.dir, CURRENT), join(this.dir, OLDER));
+        this.reopen();
+      }
+    } catch (err) {
+      // Nothing may be logged from inside the logger: the failure is kept for describe.
+      this.failed = (err as NodeJS.ErrnoException).code ?? String(err);
+      if (this.fd !== undefined) closeSync(this.fd);
+      this.fd = undefined;
+    }
+  }
+
+  private reopen(): void {
+    const flags =
+      constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_APPEND | constants.O_NOFOLLOW;
+    this.fd = openSync(join(this.dir, CURRENT), flags, 0o600);
+    this.bytes = 0;
+  }
+}
+
+/** At most this much of a previous tail file is read (a file that grew past its bound is read from its end). */
+const READ_CAP = TAIL_FILE_BYTES + 64 * 1024;
+
+/** A file of the tail directory, read through one descriptor opened without following links, capped. */
+function readCapped(path: string): string {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch {
+    return "";
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) return "";
+    const size = Math.min(st.size, READ_CAP);
+    const buffer = Buffer.alloc(size);
+    let got = 0;
+    while (got < size) {
+      const n = readSync(fd, buffer, got, size - got, st.size - size + got);
+      if (n === 0) break;
+      got += n;
+    }
+    return buffer.subarray(0, got).toString("utf8");
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The previous run's tail, oldest line first. */
+export function previousTail(stateDir: string): string[] {
+  const dir = join(stateDir, TAIL_DIR);
+  const text = readCapped(join(dir, PREVIOUS_OLDER)) + readCapped(join(dir, PREVIOUS));
+  // A file read from its end may start inside a line; a line cut by the end of a crash is kept.
+  return text.split("\n").filter((l) => l !== "");
+}
+
+/** Adds systemd's word on the ending to the current tail (made if the run died before it made one). */
+export function appendExitLine(stateDir: string, fields: Record<string, string | null>): void {
+  const dir = join(stateDir, TAIL_DIR);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_APPEND | constants.O_NOFOLLOW;
+  const fd = openSync(join(dir, CURRENT), flags, 0o600);
+  try {
+    const line = { level: "info", time: new Date().toISOString(), component: "systemd", ...fields, msg: EXIT_LINE_MSG };
+    writeSync(fd, `${JSON.stringify(line)}\n`);
+  } finally {
+    closeSync(fd);
+  }
+}

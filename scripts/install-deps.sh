@@ -8,7 +8,8 @@
 #          openssh-server (the sshd that scripts/deploy.sh is tested against), prometheus (promtool checks
 #          /metrics, and a real Prometheus scrapes it), prometheus-node-exporter (what npm run bench compares to),
 #          strace (every path root's update units touch, test/e2e/root-boundary.test.ts), rabbitmq-server (a
-#          two-node cluster, test/integration/rabbitmq.test.ts; never started as a service)
+#          two-node cluster, test/integration/rabbitmq.test.ts; never started as a service), protobuf-compiler
+#          (protoc decodes ctl profile --pprof's output against pprof's own profile.proto)
 # As root it runs apt-get; otherwise it prints the command to run and fails. `build` checks only the build's.
 set -euo pipefail
 
@@ -37,6 +38,7 @@ declare -A tests=(
   [prometheus]=/usr/bin/promtool
   [prometheus-node-exporter]=/usr/bin/prometheus-node-exporter
   [strace]=/usr/bin/strace
+  [protobuf-compiler]=/usr/bin/protoc
   [rabbitmq-server]=/usr/lib/rabbitmq/lib/rabbitmq_server-3.10.8/sbin/rabbitmq-server
 )
 

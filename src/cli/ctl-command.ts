@@ -6,7 +6,7 @@ import { BROKER_FLAGS, brokerOptions, ctlSettings, printCtlSettings } from "./ct
 import { EXIT, type Host, UsageError } from "./host.ts";
 import { applyMessage, type DeviceView, viewUpdate } from "./view.ts";
 
-export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|logs|update|rollout|trust|forget|enroll|revoke|broker|config> [options]
+export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|logs|profile|update|rollout|trust|forget|enroll|revoke|broker|config> [options]
 
   devices [--presence auto|retained|ping]
                                   devices from their retained status: id, state, version, KEY (pinned,
@@ -31,6 +31,11 @@ export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|logs|update|roll
                                   as the device wrote them, one JSON object each; --follow: the new lines
                                   every 2 s until Ctrl-C, through broker outages, saying any gap;
                                   --previous: the last lines of the run before this one, and how it ended
+  profile DEVICE (--cpu 30s | --heap 30s) [--worker N] [--out FILE] [--pprof]
+                                  a CPU profile (.cpuprofile: Chrome DevTools, speedscope) or a sampling heap
+                                  profile (.heapprofile) of the agent, or of task worker N (task.list), taken in
+                                  its process (at most 60 s, one at a time), sealed like logs; --pprof: pprof's
+                                  protobuf, gzipped, converted here
   update DEVICE RELEASE_DIR       send the signed release in RELEASE_DIR (outpost release) and serve its
        [--group G --expect N]     chunks over MQTT to each device that asks (only what a device lacks; a cut
        [--http URL] [--timeout 10m] [--until committed|staged]
@@ -92,6 +97,7 @@ const SUBCOMMANDS = new Set([
   "watch",
   "call",
   "logs",
+  "profile",
   "update",
   "rollout",
   "trust",
@@ -107,7 +113,7 @@ const VALUE_FLAGS = new Set([
   ...["broker-dir", "out", "device-url", "ha-prefix", "broker-group"],
   ...["devices", "waves", "seed", "canary", "success", "soak", "failure", "min-finished", "deadline", "cap"],
   ...["rollouts", "discover", "reason", "task", "presence", "device-username", "device-password-file"],
-  ...["device-broker", "since", "level", "component", "limit"],
+  ...["device-broker", "since", "level", "component", "limit", "cpu", "heap", "worker"],
 ]);
 /** Flags that take a value in one subcommand and none in another (update's --group NAME, call's --group). */
 const EITHER_FLAGS = new Set(["group", "wait"]);
@@ -141,6 +147,10 @@ export async function ctlCommand(host: Host, args: string[]): Promise<number> {
     case "logs": {
       const { logsCommand } = await import("./ctl-logs.ts");
       return logsCommand(host, rest);
+    }
+    case "profile": {
+      const { profileCommand } = await import("./ctl-profile.ts");
+      return profileCommand(host, rest);
     }
     case "trust": {
       const { trustCommand } = await import("./ctl-trust.ts");

@@ -110,6 +110,8 @@ export const CODES = {
     wire: true,
     meaning: "too many diagnostics requests in a short time (10 at once, then one a second)",
   },
+  DIAG_NO_WORKER: { wire: true, meaning: "no task worker with that number is running (task.list lists them)" },
+  DIAG_PROFILE_FAILED: { wire: true, meaning: "the profiler could not run, or its thread did not answer in time" },
   DIAG_SEND_FAILED: { wire: true, meaning: "the sealed chunks could not be published (the link dropped)" },
   // Local: logs, exit messages, the operator's own tools.
   DIAG_INVALID: {

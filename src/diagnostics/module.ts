@@ -6,6 +6,7 @@ import { defineCommand } from "../commands/commands.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
 import { EXIT_LINE_MSG, previousTail } from "../core/log-tail.ts";
 import { LOG_LEVELS } from "../core/logger.ts";
+import { PROFILE_MS, profileThread } from "../core/profile.ts";
 import { TokenBucket } from "../core/rate-limit.ts";
 import type { Module, ModuleContext } from "../kernel/module.ts";
 import { SEAL_SCHEME, seal } from "./seal.ts";
@@ -22,14 +23,24 @@ const rank = (level: string) => {
   return i < 0 ? -1 : LEVELS.length - i;
 };
 
+/** The operator's ephemeral X25519 public key (32 bytes, base64): the answer is sealed to it. */
+const recipient = z
+  .string()
+  .length(44)
+  .refine((t) => Buffer.from(t, "base64").length === 32 && Buffer.from(t, "base64").toString("base64") === t, {
+    message: "expected an X25519 public key: 32 bytes, base64",
+  });
+
+const profileParams = z.strictObject({
+  to: recipient,
+  kind: z.enum(["cpu", "heap"]),
+  ms: z.number().int().min(PROFILE_MS.min).max(PROFILE_MS.max),
+  /** A task worker (1: the first started) instead of the main thread. */
+  worker: z.number().int().min(1).max(64).optional(),
+});
+
 const logsParams = z.strictObject({
-  /** The operator's ephemeral X25519 public key (32 bytes, base64): the answer is sealed to it. */
-  to: z
-    .string()
-    .length(44)
-    .refine((t) => Buffer.from(t, "base64").length === 32 && Buffer.from(t, "base64").toString("base64") === t, {
-      message: "expected an X25519 public key: 32 bytes, base64",
-    }),
+  to: recipient,
   /** Only lines from the last this many milliseconds. */
   sinceMs: z.number().int().min(0).optional(),
   /** Only lines at this level or more severe. */
@@ -165,6 +176,27 @@ export const diagnosticsModule: Module = {
               const ended = previous ? { ended: howItEnded(previous) } : {};
               const sealed = await send(run.id, p.to, plain);
               return { lines: lines.length, ...rest, ...ended, session: ctx.session, ...sealed };
+            }),
+        }),
+        defineCommand({
+          name: "debug.profile",
+          params: profileParams,
+          changesState: false,
+          // One profile at a time (the transfer's): its own sampling and, on a worker, that worker's time.
+          run: (p, run) =>
+            transfer(async () => {
+              const started = performance.now();
+              let profile: unknown;
+              if (p.worker === undefined) profile = await profileThread(p.kind, p.ms, run.signal);
+              else {
+                const workers = ctx.workers();
+                if (!workers) throw new OutpostError("DIAG_NO_WORKER", "this agent runs no task workers");
+                profile = await workers.profile(p.worker, p.kind, p.ms);
+              }
+              const plain = Buffer.from(JSON.stringify(profile), "utf8");
+              const thread = p.worker === undefined ? "main" : `worker ${p.worker}`;
+              const tookMs = Math.round(performance.now() - started);
+              return { kind: p.kind, thread, ms: p.ms, tookMs, ...(await send(run.id, p.to, plain)) };
             }),
         }),
       ],

@@ -297,6 +297,7 @@ export class Kernel {
       restart: (delayMs, reply) => this.restart(delayMs, reply),
       env: this.o.env ?? {},
       models: () => this.modules.find((m) => m.parts.models)?.parts.models,
+      workers: () => this.modules.find((m) => m.parts.workers)?.parts.workers,
       telemetry: () => this.telemetry(),
       vitals: () => ({
         alive: this.health.alive(),

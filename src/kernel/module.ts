@@ -8,6 +8,7 @@ import type { Clock } from "../core/clock.ts";
 import type { Component } from "../core/lifecycle.ts";
 import type { LogRing } from "../core/log-ring.ts";
 import type { Logger } from "../core/logger.ts";
+import type { ProfileKind } from "../core/profile.ts";
 import type { PathsBelow } from "../core/types.ts";
 import type { DeviceTopics } from "../mqtt/topics.ts";
 import type { Envelope, OutboxMessage } from "../outbox/outbox.ts";
@@ -142,6 +143,8 @@ export interface ModuleContext<C = unknown> {
   vitals(): Vitals;
   /** The module that runs models (tasks), for an update of one; undefined when none is configured. */
   models(): ModelHost | undefined;
+  /** The task workers, for a profile of one (diagnostics); undefined when no module runs workers. */
+  workers(): WorkerProfiler | undefined;
   /** The telemetry module's port (the board, the sampling pace); undefined when it is not in the agent. */
   telemetry(): TelemetryPort | undefined;
 }
@@ -159,6 +162,11 @@ export interface ModelHost {
     file: string,
     release: { version: string; sha256: string },
   ): Promise<{ state: "committed" } | { state: "rolled-back"; reason: string }>;
+}
+
+/** Worker threads, numbered from 1 in the order they started, each profiled in its own thread. */
+export interface WorkerProfiler {
+  profile(n: number, kind: ProfileKind, ms: number): Promise<unknown>;
 }
 
 export interface DirectChannel {
@@ -191,6 +199,8 @@ export interface ModuleParts<C = unknown> {
   health?(): Verdict;
   /** Runs models: the target of a model update (one module at most). */
   models?: ModelHost;
+  /** Runs worker threads that can be profiled (one module at most). */
+  workers?: WorkerProfiler;
   /** Samples the device: the board and the pace, for the others (one module at most). */
   telemetry?: TelemetryPort;
   /** Reacts to a new configuration snapshot (the hot-reloadable keys): the module's own section, typed. */

@@ -2,7 +2,9 @@ import { type ResourceLimits, Worker } from "node:worker_threads";
 import type { Code } from "../core/codes.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
 import type { Logger } from "../core/logger.ts";
+import type { ProfileKind } from "../core/profile.ts";
 import { countWorker } from "../core/threads.ts";
+import { profileWorker } from "./worker-profile.ts";
 
 /**
  * What a worker receives and answers. The worker's source (a bundle, run with `eval: true` as inside the single
@@ -176,6 +178,17 @@ export class WorkerPool {
       /** Each live worker's last reported state, in start order. */
       states: slots.filter((s) => !s.gone).map((s) => s.state),
     };
+  }
+
+  /**
+   * Profiles the n-th live worker (1: the first started; `task.list`'s `pool.sessions` is in the same order) in
+   * its own thread (worker-profile.ts).
+   */
+  profile(n: number, kind: ProfileKind, ms: number): Promise<unknown> {
+    const live = [...this.slots].filter((s) => !s.gone);
+    const slot = live[n - 1];
+    if (!slot) return Promise.reject(new OutpostError("DIAG_NO_WORKER", `no worker ${n}: ${live.length} running`));
+    return profileWorker(slot.worker, { n, id: this.nextId++, kind, ms });
   }
 
   /**

@@ -3,6 +3,7 @@ import { join } from "node:path";
 import type { Code } from "../core/codes.ts";
 import { errorMessage, isOutpostError, OutpostError } from "../core/errors.ts";
 import type { Logger } from "../core/logger.ts";
+import type { ProfileKind } from "../core/profile.ts";
 import type { OutboxMessage } from "../outbox/types.ts";
 import { classification, runChecks } from "./checks.ts";
 import type { ClassifyDefinition, TaskDefinition, TasksConfig } from "./config.ts";
@@ -302,6 +303,12 @@ export class TaskRunner {
     return this.poolReady?.stats();
   }
 
+  /** Profiles worker n (1: the first started) in its thread; none before a task has started one. */
+  profileWorker(n: number, kind: ProfileKind, ms: number): Promise<unknown> {
+    if (!this.poolReady) return Promise.reject(new OutpostError("DIAG_NO_WORKER", "no task has run: no worker"));
+    return this.poolReady.profile(n, kind, ms);
+  }
+
   private count(name: string, result: TaskResult): void {
     this.o.onResult?.(result);
     let c = this.counts.get(name);
@@ -331,6 +338,8 @@ export class TaskRunner {
             states: undefined,
             // Inference sessions each live worker holds (one per model file in use; released after an update).
             sessions: stats.states.map((s) => (s as { sessions?: number } | undefined)?.sessions ?? 0),
+            numbered:
+              "workers are 1, 2, ... in the order they started, as sessions lists them (ctl profile --worker N)",
           }
         : { started: false, size: this.workers(), sizeFrom: this.sizeReason() },
       tasks: Object.fromEntries(

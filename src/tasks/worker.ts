@@ -7,6 +7,7 @@ import { parentPort, workerData } from "node:worker_threads";
 import { brotliDecompressSync } from "node:zlib";
 import type { InferenceSession, Tensor as OrtTensor } from "onnxruntime-common";
 import { errorMessage, isOutpostError, OutpostError } from "../core/errors.ts";
+import { type ProfileKind, profileThread } from "../core/profile.ts";
 import { type ImageInput, imageTensor } from "./image.ts";
 import { WASM_ASSET } from "./runtime-assets.ts";
 import { checkFeeds, type InputSpec, type Tensor, type TensorData, type TensorType } from "./tensors.ts";
@@ -231,7 +232,21 @@ export interface WorkerControl {
   retain: string[];
 }
 
-parentPort?.on("message", async (message: { id: number; input: WorkerInput } | { control: WorkerControl }) => {
+type Message =
+  | { id: number; input: WorkerInput }
+  | { control: WorkerControl }
+  | { profile: { id: number; kind: ProfileKind; ms: number } };
+
+parentPort?.on("message", async (message: Message) => {
+  if ("profile" in message) {
+    const { id, kind, ms } = message.profile;
+    try {
+      parentPort?.postMessage({ profiled: id, ok: true, value: await profileThread(kind, ms) });
+    } catch (err) {
+      parentPort?.postMessage({ profiled: id, ok: false, error: errorMessage(err) });
+    }
+    return;
+  }
   if ("control" in message) {
     retained = new Set(message.control.retain);
     sweep();

@@ -5,9 +5,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { AgentProcess, ROOT } from "../helpers/agent-process.ts";
+import { runCli } from "../helpers/cli.ts";
 import { PREFIX } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { Watch } from "../helpers/mqtt-watch.ts";
+import { pinAgent } from "../helpers/pins.ts";
 import { freePort } from "../helpers/ports.ts";
 import { run } from "../helpers/run.ts";
 
@@ -109,6 +111,40 @@ describe("built binaries", () => {
           await late.close();
           assert.equal(retained.json.state, "offline");
           assert.equal(retained.json.session, online.json.session);
+        } finally {
+          await agent.cleanup();
+        }
+      });
+
+      it("answers ctl logs and ctl profile from inside the single executable (no --inspect there)", async () => {
+        const id = `e2e-diag-${target.name}`;
+        const made = await runCli(["keygen", "--out", join(dir, `ops-${target.name}`)]);
+        const pub = /ed25519:\S+/.exec(made.out)?.[0] ?? "";
+        const agent = AgentProcess.run(target.command, {
+          device: { id },
+          mqtt: { url: broker.url, reconnectMin: "100ms", reconnectMax: "1s" },
+          commands: { trustedKeys: [{ name: "ops", key: pub, allow: ["*"] }] },
+        });
+        try {
+          await watch.waitFor(
+            (m) => m.topic === `${PREFIX}/${id}/status` && m.json.state === "online",
+            target.timeout,
+            "online",
+          );
+          const pins = join(dir, `known-${target.name}`);
+          await pinAgent(pins, broker.url, id, agent);
+          const flags = ["--broker", broker.url, "--key", join(dir, `ops-${target.name}.key`), "--known-devices", pins];
+          const timeout = ["--timeout", `${target.timeout / 1000}s`];
+          const logs = await runCli(["ctl", "logs", id, "--json", ...timeout, ...flags]);
+          assert.equal(logs.code, 0, logs.err);
+          assert.match(logs.out, /"msg":"agent starting"/);
+          for (const kind of ["--cpu", "--heap"]) {
+            const out = join(dir, `${target.name}${kind}.json`);
+            const r = await runCli(["ctl", "profile", id, kind, "1s", "--out", out, ...timeout, ...flags]);
+            assert.equal(r.code, 0, r.err);
+            const profile = JSON.parse(readFileSync(out, "utf8")) as { nodes?: unknown[]; head?: unknown };
+            assert.ok(kind === "--cpu" ? (profile.nodes?.length ?? 0) > 0 : profile.head, out);
+          }
         } finally {
           await agent.cleanup();
         }

@@ -136,6 +136,7 @@ export function fakeContext<S extends ConfigSection | undefined>(
     env: options.env ?? {},
     vitals: () => ({ alive: healthy(), connected: true, queued: sent.length }),
     models: () => options.models,
+    workers: () => undefined,
     telemetry: () => options.telemetry,
   };
   parts = module.create(ctx);

@@ -2,20 +2,23 @@
 // own key, checked against the device's signed answer; what another broker client sees opens to nothing.
 import assert from "node:assert/strict";
 import { generateKeyPairSync } from "node:crypto";
-import { writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import mqtt from "mqtt";
+import { PNG } from "pngjs";
 import { stringify } from "yaml";
 import { open, rawPublicKey } from "../../src/diagnostics/seal.ts";
-import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
+import { AgentProcess, ROOT, sourceCommand } from "../helpers/agent-process.ts";
 import { runCli } from "../helpers/cli.ts";
 import { PREFIX } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { type Received, Watch } from "../helpers/mqtt-watch.ts";
+import { demoTasks } from "../helpers/parts-model.ts";
 import { pinAgent } from "../helpers/pins.ts";
 import { freePort } from "../helpers/ports.ts";
+import { run } from "../helpers/run.ts";
 import { tempDir } from "../helpers/temp.ts";
 import { waitUntil } from "../helpers/wait.ts";
 
@@ -287,5 +290,107 @@ describe("diagnostics: logs", () => {
     } finally {
       await rogue.client.endAsync(true);
     }
+  });
+});
+
+describe("diagnostics: profiles", () => {
+  let broker: Mosquitto;
+  let agent: AgentProcess;
+  let dir: string;
+  let key: string;
+  let pins: string;
+  let folder: string;
+  const PID = "dev-profile";
+
+  before(async () => {
+    broker = await Mosquitto.start();
+    dir = tempDir("outpost-profile-");
+    folder = join(dir, "camera");
+    const made = await runCli(["keygen", "--out", join(dir, "ops")]);
+    assert.equal(made.code, 0);
+    key = join(dir, "ops.key");
+    const pub = /ed25519:\S+/.exec(made.out)?.[0] ?? "";
+    const watch = await Watch.open(broker.port, [`${PREFIX}/+/status`]);
+    agent = AgentProcess.run(sourceCommand(), {
+      device: { id: PID },
+      mqtt: { url: broker.url },
+      commands: { trustedKeys: [{ name: "ops", key: pub, allow: ["*"] }] },
+      tasks: {
+        workers: 1,
+        define: demoTasks({
+          inspect: { ...(demoTasks().inspect as object), watch: { dir: folder, settle: "0s", poll: "20ms" } },
+        }),
+      },
+    });
+    await watch.waitFor((m) => m.topic === `${PREFIX}/${PID}/status` && m.json.state === "online", 15_000, "online");
+    await watch.close();
+    pins = join(dir, "known_devices");
+    await pinAgent(pins, broker.url, PID, agent);
+  });
+  after(async () => {
+    await agent.cleanup();
+    await broker.stop();
+  });
+
+  const ctl = (...args: string[]) =>
+    runCli(["ctl", "profile", PID, ...args, "--broker", broker.url, "--key", key, "--known-devices", pins]);
+
+  it("a CPU profile of the task worker while the camera folder runs names the image decode", async () => {
+    // A camera: 640x480 frames, one each 30 ms, for the length of the profile and a little more.
+    const png = new PNG({ width: 640, height: 480 });
+    for (let i = 0; i < png.data.length; i++) png.data[i] = (i * 7919) % 251;
+    const frame = PNG.sync.write(png);
+    await waitUntil(() => existsSync(join(folder, "inbox")), 15_000, "the watched folder");
+    let n = 0;
+    const camera = setInterval(() => {
+      const name = `frame-${n++}.png`;
+      writeFileSync(join(folder, `.${name}`), frame);
+      renameSync(join(folder, `.${name}`), join(folder, "inbox", name));
+    }, 30);
+    try {
+      // The worker starts with the first frame: wait for one judged.
+      await waitUntil(
+        () => existsSync(join(folder, "done")) && readdirSync(join(folder, "done")).length > 0,
+        30_000,
+        "a judged frame",
+      );
+      const out = join(dir, "worker.cpuprofile");
+      const r = await ctl("--cpu", "3s", "--worker", "1", "--out", out);
+      assert.equal(r.code, 0, r.err);
+      assert.match(r.out, /cpu profile of dev-profile's worker 1, 3000 ms/);
+      const profile = JSON.parse(readFileSync(out, "utf8")) as { nodes: { callFrame: { functionName: string } }[] };
+      const names = new Set(profile.nodes.map((n) => n.callFrame.functionName));
+      assert.ok(
+        ["decodePng", "unfilter", "imageTensor"].some((f) => names.has(f)),
+        [...names].slice(0, 60).join(" "),
+      );
+    } finally {
+      clearInterval(camera);
+    }
+  });
+
+  it("--pprof decodes against pprof's own profile.proto; a heap profile; no worker N is an error", async () => {
+    const pb = join(dir, "main.pb.gz");
+    const cpu = await ctl("--cpu", "500ms", "--pprof", "--out", pb);
+    assert.equal(cpu.code, 0, cpu.err);
+    const proto = join(ROOT, "test", "fixtures", "pprof");
+    const decoded = await run([
+      "sh",
+      "-c",
+      `gunzip -c ${pb} | protoc --proto_path=${proto} --decode=perftools.profiles.Profile profile.proto`,
+    ]);
+    assert.equal(decoded.code, 0, decoded.stderr);
+    assert.match(decoded.stdout, /sample_type \{/);
+    assert.match(decoded.stdout, /string_table: "samples"/);
+    assert.match(decoded.stdout, /string_table: "nanoseconds"/);
+    const heap = join(dir, "main.heapprofile");
+    const h = await ctl("--heap", "500ms", "--out", heap);
+    assert.equal(h.code, 0, h.err);
+    assert.ok((JSON.parse(readFileSync(heap, "utf8")) as { head?: unknown }).head);
+    const hp = await ctl("--heap", "300ms", "--pprof", "--out", join(dir, "heap.pb.gz"));
+    assert.equal(hp.code, 0, hp.err);
+    const none = await ctl("--cpu", "200ms", "--worker", "9");
+    assert.equal(none.code, 1);
+    assert.match(none.err, /DIAG_NO_WORKER: no worker 9: 1 running/);
   });
 });

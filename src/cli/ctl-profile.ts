@@ -1,0 +1,83 @@
+// `outpost ctl profile DEVICE --cpu 30s`: a profile taken in the device's process (or one of its task workers),
+// sealed to this run's own key, written to a file here (docs/diagnostics.md).
+import { createPublicKey } from "node:crypto";
+import { writeFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import { z } from "zod";
+import { publicKeyText } from "../commands/keys.ts";
+import { PROFILE_MS } from "../core/profile.ts";
+import { DeviceCaller, withClient } from "./ctl-client.ts";
+import { failed, runKey, SealedReader, sealedAnswer } from "./ctl-sealed.ts";
+import { BROKER_FLAGS, brokerOptions, ctlSettings, durationFlag, readPrivateKey } from "./ctl-settings.ts";
+import { answerTrust, refusalPrinter } from "./ctl-trust.ts";
+import { EXIT, type Host, UsageError } from "./host.ts";
+import { cpuToPprof, heapToPprof } from "./pprof.ts";
+
+const profileAnswer = sealedAnswer.extend({
+  kind: z.enum(["cpu", "heap"]),
+  thread: z.string().max(32),
+  ms: z.number().int(),
+  tookMs: z.number().int(),
+});
+
+export async function profileCommand(host: Host, args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: {
+      ...BROKER_FLAGS,
+      key: { type: "string" },
+      cpu: { type: "string" },
+      heap: { type: "string" },
+      worker: { type: "string" },
+      out: { type: "string" },
+      pprof: { type: "boolean" },
+      timeout: { type: "string" },
+      "accept-new": { type: "boolean" },
+    },
+    allowPositionals: true,
+  });
+  const [device, ...extra] = positionals;
+  if (device === undefined || extra.length > 0) throw new UsageError("ctl profile: expected DEVICE");
+  if ((values.cpu === undefined) === (values.heap === undefined)) {
+    throw new UsageError("ctl profile: one of --cpu DURATION or --heap DURATION");
+  }
+  const kind = values.cpu !== undefined ? "cpu" : "heap";
+  const ms = durationFlag(kind, values.cpu ?? values.heap, 0);
+  if (ms < PROFILE_MS.min || ms > PROFILE_MS.max) {
+    throw new UsageError(`--${kind}: between ${PROFILE_MS.min} ms and ${PROFILE_MS.max / 1000} s`);
+  }
+  const worker = values.worker === undefined ? undefined : Number(values.worker);
+  if (worker !== undefined && !(Number.isInteger(worker) && worker >= 1)) {
+    throw new UsageError("--worker N: a task worker's number, from 1 (task.list lists them in that order)");
+  }
+  const settings = ctlSettings(host, values);
+  if (settings.key.value === undefined) throw new UsageError("ctl profile: --key FILE is needed to sign the request");
+  const privateKey = readPrivateKey(settings.key.value);
+  const signer = { privateKey, publicText: publicKeyText(createPublicKey(privateKey)) };
+  const o = brokerOptions(settings);
+  const trust = answerTrust(host, settings, o, values["accept-new"] === true);
+  const timeoutMs = durationFlag("timeout", values.timeout, ms + 30_000);
+  const got = await withClient(o, async (client) => {
+    const reader = await SealedReader.open(client, {
+      device,
+      key: runKey(),
+      timeoutMs,
+      caller: new DeviceCaller(client, o.prefix, signer, trust, o.commandForm),
+      refusal: refusalPrinter(host),
+      prefix: o.prefix,
+    });
+    return reader.read("debug.profile", { kind, ms, ...(worker === undefined ? {} : { worker }) }, profileAnswer);
+  });
+  if (!got.ok) return failed(host, device, got);
+  const json = JSON.parse(got.plain.toString("utf8")) as unknown;
+  const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+  const ext = values.pprof ? "pb.gz" : kind === "cpu" ? "cpuprofile" : "heapprofile";
+  const file = values.out ?? `${device}-${kind}-${stamp}.${ext}`;
+  const bytes = values.pprof ? (kind === "cpu" ? cpuToPprof(json) : heapToPprof(json)) : got.plain;
+  writeFileSync(file, bytes);
+  const a = got.answer;
+  host.stdout.write(
+    `${file}: ${kind} profile of ${device}'s ${a.thread}, ${a.ms} ms (${bytes.length} bytes; ${a.chunks.length} sealed chunks, ${a.chunks.reduce((n, c) => n + c.size, 0)} bytes on the wire)\n`,
+  );
+  return EXIT.OK;
+}

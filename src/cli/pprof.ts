@@ -1,0 +1,130 @@
+// V8's profiles as pprof's protobuf (`ctl profile --pprof`), converted on the operator's side: the device sends
+// only what V8 makes. Encoded with Datadog's pprof-format (the schema is pprof's profile.proto).
+import { gzipSync } from "node:zlib";
+import { Line, Location, Function as PFunction, Profile, Sample, StringTable, ValueType } from "pprof-format";
+import { z } from "zod";
+import { OutpostError } from "../core/errors.ts";
+
+const callFrame = z.object({
+  functionName: z.string(),
+  url: z.string(),
+  lineNumber: z.number().int(),
+  columnNumber: z.number().int().optional(),
+});
+/** A V8 CPU profile (`Profiler.stop`). */
+const cpuProfile = z.object({
+  nodes: z.array(
+    z.object({
+      id: z.number().int(),
+      callFrame,
+      hitCount: z.number().int().min(0).optional(),
+      children: z.array(z.number().int()).optional(),
+    }),
+  ),
+  startTime: z.number(),
+  endTime: z.number(),
+  samples: z.array(z.number().int()).optional(),
+});
+/** A V8 sampling heap profile (`HeapProfiler.stopSampling`): a tree, each node with the bytes it holds. */
+interface HeapNode {
+  callFrame: z.infer<typeof callFrame>;
+  selfSize: number;
+  id: number;
+  children: HeapNode[];
+}
+const heapNode: z.ZodType<HeapNode> = z.lazy(() =>
+  z.object({ callFrame, selfSize: z.number().min(0), id: z.number().int(), children: z.array(heapNode) }),
+);
+const heapProfile = z.object({ head: heapNode });
+
+/** Interns functions and locations (one location per call-tree node, as V8's nodes are per call site). */
+class Builder {
+  readonly strings = new StringTable();
+  readonly functions: PFunction[] = [];
+  readonly locations: Location[] = [];
+  private readonly functionIds = new Map<string, number>();
+
+  location(frame: z.infer<typeof callFrame>): number {
+    const key = `${frame.functionName}\n${frame.url}\n${frame.lineNumber}`;
+    let functionId = this.functionIds.get(key);
+    if (functionId === undefined) {
+      functionId = this.functions.length + 1;
+      this.functionIds.set(key, functionId);
+      const name = this.strings.dedup(frame.functionName || "(anonymous)");
+      this.functions.push(
+        new PFunction({ id: functionId, name, systemName: name, filename: this.strings.dedup(frame.url) }),
+      );
+    }
+    const id = this.locations.length + 1;
+    // V8's lines count from 0; pprof's from 1.
+    this.locations.push(new Location({ id, line: [new Line({ functionId, line: frame.lineNumber + 1 })] }));
+    return id;
+  }
+
+  type(type: string, unit: string): ValueType {
+    return new ValueType({ type: this.strings.dedup(type), unit: this.strings.dedup(unit) });
+  }
+}
+
+/** A `.cpuprofile` as pprof: samples and CPU time per stack. */
+export function cpuToPprof(json: unknown): Uint8Array {
+  const parsed = cpuProfile.safeParse(json);
+  if (!parsed.success) throw new OutpostError("DIAG_INVALID", "not a V8 CPU profile");
+  const p = parsed.data;
+  const b = new Builder();
+  const parent = new Map<number, number>();
+  for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const locationOf = new Map(p.nodes.map((n) => [n.id, b.location(n.callFrame)]));
+  const samples = p.samples ?? [];
+  const durationUs = Math.max(0, p.endTime - p.startTime);
+  const periodNs = samples.length > 0 ? Math.round((durationUs * 1000) / samples.length) : 0;
+  const sample: Sample[] = [];
+  for (const n of p.nodes) {
+    const hits = n.hitCount ?? 0;
+    if (hits === 0) continue;
+    const stack: number[] = [];
+    // Leaf first, as pprof wants; a cycle in a broken profile cannot loop forever.
+    for (let id: number | undefined = n.id; id !== undefined && stack.length < p.nodes.length; id = parent.get(id)) {
+      const loc = locationOf.get(id);
+      if (loc !== undefined) stack.push(loc);
+    }
+    sample.push(new Sample({ locationId: stack, value: [hits, hits * periodNs] }));
+  }
+  const profile = new Profile({
+    sampleType: [b.type("samples", "count"), b.type("cpu", "nanoseconds")],
+    sample,
+    location: b.locations,
+    function: b.functions,
+    stringTable: b.strings,
+    timeNanos: BigInt(Math.round(Date.now() * 1e6)),
+    durationNanos: Math.round(durationUs * 1000),
+    periodType: b.type("cpu", "nanoseconds"),
+    period: periodNs,
+  });
+  return gzipSync(profile.encode());
+}
+
+/** A `.heapprofile` as pprof: the bytes each stack holds (live at the end of sampling). */
+export function heapToPprof(json: unknown): Uint8Array {
+  const parsed = heapProfile.safeParse(json);
+  if (!parsed.success) throw new OutpostError("DIAG_INVALID", "not a V8 sampling heap profile");
+  const b = new Builder();
+  const sample: Sample[] = [];
+  const walk = (node: HeapNode, stack: number[], depth: number) => {
+    if (depth > 10_000) return;
+    const here = [b.location(node.callFrame), ...stack];
+    if (node.selfSize > 0) sample.push(new Sample({ locationId: here, value: [node.selfSize] }));
+    for (const c of node.children) walk(c, here, depth + 1);
+  };
+  walk(parsed.data.head, [], 0);
+  const profile = new Profile({
+    sampleType: [b.type("space", "bytes")],
+    sample,
+    location: b.locations,
+    function: b.functions,
+    stringTable: b.strings,
+    timeNanos: BigInt(Math.round(Date.now() * 1e6)),
+    periodType: b.type("space", "bytes"),
+  });
+  return gzipSync(profile.encode());
+}

@@ -6,7 +6,7 @@ import { BROKER_FLAGS, brokerOptions, ctlSettings, printCtlSettings } from "./ct
 import { EXIT, type Host, UsageError } from "./host.ts";
 import { applyMessage, type DeviceView, viewUpdate } from "./view.ts";
 
-export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|logs|profile|update|rollout|trust|forget|enroll|revoke|broker|config> [options]
+export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|logs|profile|diag|update|rollout|trust|forget|enroll|revoke|broker|config> [options]
 
   devices [--presence auto|retained|ping]
                                   devices from their retained status: id, state, version, KEY (pinned,
@@ -36,6 +36,9 @@ export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|logs|profile|upd
                                   profile (.heapprofile) of the agent, or of task worker N (task.list), taken in
                                   its process (at most 60 s, one at a time), sealed like logs; --pprof: pprof's
                                   protobuf, gzipped, converted here
+  diag DEVICE [--out FILE]        one .tar.gz for a bug report: describe, the configuration (redacted), the
+                                  recent logs and the run before's tail and ending, /metrics, the update
+                                  journal and the run ledger; sealed like logs
   update DEVICE RELEASE_DIR       send the signed release in RELEASE_DIR (outpost release) and serve its
        [--group G --expect N]     chunks over MQTT to each device that asks (only what a device lacks; a cut
        [--http URL] [--timeout 10m] [--until committed|staged]
@@ -98,6 +101,7 @@ const SUBCOMMANDS = new Set([
   "call",
   "logs",
   "profile",
+  "diag",
   "update",
   "rollout",
   "trust",
@@ -151,6 +155,10 @@ export async function ctlCommand(host: Host, args: string[]): Promise<number> {
     case "profile": {
       const { profileCommand } = await import("./ctl-profile.ts");
       return profileCommand(host, rest);
+    }
+    case "diag": {
+      const { diagCommand } = await import("./ctl-diag.ts");
+      return diagCommand(host, rest);
     }
     case "trust": {
       const { trustCommand } = await import("./ctl-trust.ts");

@@ -96,8 +96,11 @@ export class LogTail {
 /** At most this much of a previous tail file is read (a file that grew past its bound is read from its end). */
 const READ_CAP = TAIL_FILE_BYTES + 64 * 1024;
 
-/** A file of the tail directory, read through one descriptor opened without following links, capped. */
-function readCapped(path: string): string {
+/**
+ * A file of the agent's own directory, read through one descriptor opened without following links, capped:
+ * past `cap`, its last `cap` bytes. "" when it is missing, a link or not a regular file.
+ */
+export function readCapped(path: string, cap = READ_CAP): string {
   let fd: number;
   try {
     fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
@@ -107,7 +110,7 @@ function readCapped(path: string): string {
   try {
     const st = fstatSync(fd);
     if (!st.isFile()) return "";
-    const size = Math.min(st.size, READ_CAP);
+    const size = Math.min(st.size, cap);
     const buffer = Buffer.alloc(size);
     let got = 0;
     while (got < size) {

@@ -1,10 +1,13 @@
 import { createHash } from "node:crypto";
+import { join } from "node:path";
 import { promisify } from "node:util";
 import { zstdCompress } from "node:zlib";
 import { z } from "zod";
 import { defineCommand } from "../commands/commands.ts";
+import { redact, secretValues } from "../config/redact.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
-import { EXIT_LINE_MSG, previousTail } from "../core/log-tail.ts";
+import { LogScrubber } from "../core/log-scrub.ts";
+import { EXIT_LINE_MSG, previousTail, readCapped } from "../core/log-tail.ts";
 import { LOG_LEVELS } from "../core/logger.ts";
 import { PROFILE_MS, profileThread } from "../core/profile.ts";
 import { TokenBucket } from "../core/rate-limit.ts";
@@ -119,6 +122,31 @@ export function howItEnded(lines: readonly string[]): Record<string, unknown> {
     : { by: "log", note: "ended without its stop line: killed, crashed or the power went" };
 }
 
+/** Files of the state directory a bug report wants, raw (opaque text; their shapes are their modules'). */
+const BUNDLE_FILES = ["update/journal.json", "runs.json"];
+
+/**
+ * What an operator attaches to a bug report (`ctl diag`): describe, the effective configuration redacted, the
+ * ring's lines and the run before's tail with its ending, a /metrics snapshot, the update journal and the run
+ * ledger. Scrubbed once more as a whole, with the logger's rules.
+ */
+export async function gatherBundle(ctx: ModuleContext): Promise<Record<string, unknown>> {
+  const config = ctx.configStore.current().config;
+  const previous = previousTail(ctx.stateDir);
+  const bundle = {
+    format: "outpost-diag-v1",
+    at: new Date(ctx.clock.now()).toISOString(),
+    describe: ctx.describe(),
+    config: redact(config),
+    metrics: await ctx.metrics.metrics(),
+    logs: ctx.logs.read().lines.map((l) => l.text),
+    previous: { lines: previous, ended: howItEnded(previous) },
+    files: Object.fromEntries(BUNDLE_FILES.map((f) => [f, readCapped(join(ctx.stateDir, f), 256 * 1024) || null])),
+  };
+  const scrubbed = new LogScrubber(() => secretValues(config)).scrub(JSON.stringify(bundle));
+  return JSON.parse(scrubbed) as Record<string, unknown>;
+}
+
 /**
  * Remote diagnostics (docs/diagnostics.md): the agent's recent log lines, sealed to the operator who asked
  * and sent in hash-checked chunks on `P/D/diag` through the direct channel (never the outbox); the signed final
@@ -197,6 +225,17 @@ export const diagnosticsModule: Module = {
               const thread = p.worker === undefined ? "main" : `worker ${p.worker}`;
               const tookMs = Math.round(performance.now() - started);
               return { kind: p.kind, thread, ms: p.ms, tookMs, ...(await send(run.id, p.to, plain)) };
+            }),
+        }),
+        defineCommand({
+          name: "debug.bundle",
+          params: z.strictObject({ to: recipient }),
+          changesState: false,
+          run: (p, run) =>
+            transfer(async () => {
+              const bundle = await gatherBundle(ctx);
+              const plain = Buffer.from(JSON.stringify(bundle), "utf8");
+              return { parts: Object.keys(bundle), ...(await send(run.id, p.to, plain)) };
             }),
         }),
       ],

@@ -271,6 +271,41 @@ describe("diagnostics: logs", () => {
     assert.equal(await follow.stop(), 0, follow.err);
   });
 
+  it("ctl diag: one .tar.gz that GNU tar reads, every part there, no secret in any file", async () => {
+    const out = join(dir, "bundle.tar.gz");
+    const r = await ctl("diag", ID, "--out", out);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /bundle\.tar\.gz: 9 files/);
+    const listed = await run(["tar", "-tzf", out]);
+    assert.deepEqual(
+      listed.stdout.trim().split("\n"),
+      [
+        "README.txt",
+        "describe.json",
+        "config.json",
+        "metrics.txt",
+        "logs.jsonl",
+        "previous.jsonl",
+        "previous-ended.json",
+        "files/update/journal.json",
+        "files/runs.json",
+      ]
+        .concat([])
+        .slice(0, 9),
+    );
+    const all = await run(["sh", "-c", `tar -xzOf ${out}`]);
+    assert.deepEqual(leaks(all.stdout), []);
+    const read = async (name: string) => (await run(["tar", "-xzOf", out, name])).stdout;
+    const described = JSON.parse(await read("describe.json")) as { device: string; version: string };
+    assert.equal(described.device, ID);
+    const config = JSON.parse(await read("config.json")) as { mqtt: { password: string; url: string } };
+    assert.equal(config.mqtt.password, "<redacted>");
+    assert.match(config.mqtt.url, /^mqtt:\/\/dev:\[redacted\]@127\.0\.0\.1:/);
+    assert.match(await read("metrics.txt"), /^# HELP /m);
+    assert.match(await read("logs.jsonl"), /"msg":"agent starting"/);
+    assert.match(await read("README.txt"), /Signed by the device's pinned key SHA256:/);
+  });
+
   it("forged chunks on the diag topic are ignored: only those the signed answer names count", async () => {
     // Another client answers every request's chunks first with junk under the same id and index.
     const topic = `${PREFIX}/${ID}/diag`;

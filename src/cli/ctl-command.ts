@@ -31,11 +31,13 @@ export const CTL_HELP = `Usage: outpost ctl <devices|watch|call|logs|profile|dia
                                   as the device wrote them, one JSON object each; --follow: the new lines
                                   every 2 s until Ctrl-C, through broker outages, saying any gap;
                                   --previous: the last lines of the run before this one, and how it ended
-  profile DEVICE (--cpu 30s | --heap 30s) [--worker N] [--out FILE] [--pprof]
+  profile DEVICE (--cpu 30s | --heap 30s | --heap-snapshot) [--worker N] [--out FILE] [--pprof]
                                   a CPU profile (.cpuprofile: Chrome DevTools, speedscope) or a sampling heap
                                   profile (.heapprofile) of the agent, or of task worker N (task.list), taken in
                                   its process (at most 60 s, one at a time), sealed like logs; --pprof: pprof's
-                                  protobuf, gzipped, converted here
+                                  protobuf, gzipped, converted here; --heap-snapshot: a full .heapsnapshot,
+                                  secrets scrubbed, for a key whose allow list names debug.heap-snapshot, and
+                                  only while the unit's memory limit leaves twice the heap
   diag DEVICE [--out FILE]        one .tar.gz for a bug report: describe, the configuration (redacted), the
                                   recent logs and the run before's tail and ending, /metrics, the update
                                   journal and the run ledger; sealed like logs

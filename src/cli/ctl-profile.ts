@@ -13,6 +13,10 @@ import { answerTrust, refusalPrinter } from "./ctl-trust.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 import { cpuToPprof, heapToPprof } from "./pprof.ts";
 
+/** A snapshot is about one and a half times the heap; an agent's heap is tens of MiB. */
+const MAX_SNAPSHOT = 512 * 1024 * 1024;
+const snapshotAnswer = sealedAnswer.extend({ heapBytes: z.number().int().min(0) });
+
 const profileAnswer = sealedAnswer.extend({
   kind: z.enum(["cpu", "heap"]),
   thread: z.string().max(32),
@@ -28,6 +32,7 @@ export async function profileCommand(host: Host, args: string[]): Promise<number
       key: { type: "string" },
       cpu: { type: "string" },
       heap: { type: "string" },
+      "heap-snapshot": { type: "boolean" },
       worker: { type: "string" },
       out: { type: "string" },
       pprof: { type: "boolean" },
@@ -38,11 +43,15 @@ export async function profileCommand(host: Host, args: string[]): Promise<number
   });
   const [device, ...extra] = positionals;
   if (device === undefined || extra.length > 0) throw new UsageError("ctl profile: expected DEVICE");
-  if ((values.cpu === undefined) === (values.heap === undefined)) {
-    throw new UsageError("ctl profile: one of --cpu DURATION or --heap DURATION");
+  const asked = [values.cpu !== undefined, values.heap !== undefined, values["heap-snapshot"] === true];
+  if (asked.filter(Boolean).length !== 1) {
+    throw new UsageError("ctl profile: one of --cpu DURATION, --heap DURATION or --heap-snapshot");
   }
+  const snapshot = values["heap-snapshot"] === true;
+  if (snapshot && values.worker !== undefined) throw new UsageError("--heap-snapshot: of the agent's own heap only");
+  if (snapshot && values.pprof) throw new UsageError("--heap-snapshot: DevTools' format only, no --pprof");
   const kind = values.cpu !== undefined ? "cpu" : "heap";
-  const ms = durationFlag(kind, values.cpu ?? values.heap, 0);
+  const ms = snapshot ? PROFILE_MS.min : durationFlag(kind, values.cpu ?? values.heap, 0);
   if (ms < PROFILE_MS.min || ms > PROFILE_MS.max) {
     throw new UsageError(`--${kind}: between ${PROFILE_MS.min} ms and ${PROFILE_MS.max / 1000} s`);
   }
@@ -56,7 +65,7 @@ export async function profileCommand(host: Host, args: string[]): Promise<number
   const signer = { privateKey, publicText: publicKeyText(createPublicKey(privateKey)) };
   const o = brokerOptions(settings);
   const trust = answerTrust(host, settings, o, values["accept-new"] === true);
-  const timeoutMs = durationFlag("timeout", values.timeout, ms + 30_000);
+  const timeoutMs = durationFlag("timeout", values.timeout, snapshot ? 120_000 : ms + 30_000);
   const got = await withClient(o, async (client) => {
     const reader = await SealedReader.open(client, {
       device,
@@ -66,9 +75,17 @@ export async function profileCommand(host: Host, args: string[]): Promise<number
       refusal: refusalPrinter(host),
       prefix: o.prefix,
     });
+    if (snapshot) return reader.read("debug.heap-snapshot", {}, snapshotAnswer, MAX_SNAPSHOT);
     return reader.read("debug.profile", { kind, ms, ...(worker === undefined ? {} : { worker }) }, profileAnswer);
   });
   if (!got.ok) return failed(host, device, got);
+  if (snapshot) {
+    const file = values.out ?? `${device}-${new Date().toISOString().replace(/[:.]/g, "-")}.heapsnapshot`;
+    writeFileSync(file, got.plain);
+    const wire = got.answer.chunks.reduce((n, c) => n + c.size, 0);
+    host.stdout.write(`${file}: heap snapshot of ${device} (${got.plain.length} bytes; ${wire} bytes on the wire)\n`);
+    return EXIT.OK;
+  }
   const json = JSON.parse(got.plain.toString("utf8")) as unknown;
   const stamp = new Date().toISOString().replace(/[:.]/g, "-");
   const ext = values.pprof ? "pb.gz" : kind === "cpu" ? "cpuprofile" : "heapprofile";

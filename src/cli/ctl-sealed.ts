@@ -14,11 +14,13 @@ import type { DeviceCaller } from "./ctl-client.ts";
 import { trustCode } from "./ctl-trust.ts";
 import { EXIT, type Host } from "./host.ts";
 
-/** The most an answer may hold once opened: a log ring is 1 MiB, a minute's CPU profile a few; no more. */
-const MAX_PLAIN = 16 * 1024 * 1024;
-const MAX_CHUNKS = 1024;
-/** What one read keeps of what arrives on the diag topic before its answer says which chunks count. */
-const MAX_COLLECTED = 2 * MAX_PLAIN;
+/**
+ * The most an answer may hold once opened, by default: a log ring is 1 MiB, a minute's CPU profile a few. A heap
+ * snapshot asks for more (`maxPlain`); nothing ever more than MAX_ANY.
+ */
+export const MAX_PLAIN = 16 * 1024 * 1024;
+const MAX_ANY = 1024 * 1024 * 1024;
+const MAX_CHUNKS = 16_384;
 /** How long the chunks may come after the signed answer that names them. */
 const CHUNKS_GRACE_MS = 5000;
 
@@ -27,7 +29,7 @@ export const sealedAnswer = z.looseObject({
   scheme: z.literal("x25519-hkdf-sha256-aes-256-gcm"),
   key: z.string(),
   encoding: z.literal("zstd"),
-  size: z.number().int().min(0).max(MAX_PLAIN),
+  size: z.number().int().min(0).max(MAX_ANY),
   chunks: z
     .array(z.strictObject({ size: z.number().int().min(1), sha256: z.string().regex(/^[0-9a-f]{64}$/) }))
     .min(1)
@@ -60,9 +62,12 @@ class ChunkCollector {
   private wake: () => void = () => {};
 
   private readonly id: string;
+  /** What one read keeps of what arrives on the diag topic before its answer says which chunks count. */
+  private readonly most: number;
 
-  constructor(id: string) {
+  constructor(id: string, maxPlain: number) {
     this.id = id;
+    this.most = 2 * maxPlain;
   }
 
   take(payload: Buffer): void {
@@ -70,7 +75,7 @@ class ChunkCollector {
     // Anyone may publish on an open broker (the devices' ACL lets only the device): bounded, junk can make a
     // read fail, never take this process's memory.
     if (end < 0 || end > 200 || payload.length - end - 1 > DIAG_CHUNK_BYTES) return;
-    if (this.bytes + payload.length > MAX_COLLECTED) return;
+    if (this.bytes + payload.length > this.most) return;
     try {
       const header = JSON.parse(payload.subarray(0, end).toString("utf8")) as { id?: unknown };
       if (header.id !== this.id) return;
@@ -134,9 +139,10 @@ export class SealedReader {
     command: string,
     params: Record<string, unknown>,
     schema: S,
+    maxPlain = MAX_PLAIN,
   ): Promise<Sealed<z.infer<S>>> {
     const id = randomUUID();
-    const collector = new ChunkCollector(id);
+    const collector = new ChunkCollector(id, maxPlain);
     this.current = collector;
     const result = await this.o.caller.call({
       id,
@@ -162,6 +168,12 @@ export class SealedReader {
     }
     const answer = schema.safeParse(reply.result);
     if (!answer.success) throw new OutpostError("DIAG_INVALID", "the signed answer does not describe sealed chunks");
+    if (answer.data.size > maxPlain) {
+      throw new OutpostError(
+        "DIAG_INVALID",
+        `the answer declares ${answer.data.size} bytes; at most ${maxPlain} taken`,
+      );
+    }
     const chunks = await collector.all(answer.data, CHUNKS_GRACE_MS);
     if (!chunks) throw new OutpostError("DIAG_INVALID", "the chunks the signed answer names did not all come");
     const packed = open(chunks, this.o.key, answer.data.key, { device: this.o.device, request: id });

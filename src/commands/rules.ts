@@ -69,8 +69,15 @@ export function grantsTrust(patterns: readonly string[]): boolean {
   return patterns.includes("trust.*") || patterns.includes("trust.commands");
 }
 
-/** `*` allows everything, `config.*` a family, anything else one command. */
+/**
+ * Commands no wildcard grants (neither `*` nor `debug.*`): a key's allow list must name them. A heap snapshot
+ * holds whatever the agent's memory holds.
+ */
+export const EXPLICIT_ONLY: ReadonlySet<string> = new Set(["debug.heap-snapshot"]);
+
+/** `*` allows everything, `config.*` a family, anything else one command; EXPLICIT_ONLY only by name. */
 export function allows(patterns: readonly string[], command: string): boolean {
+  if (EXPLICIT_ONLY.has(command)) return patterns.includes(command);
   return patterns.some((p) => p === "*" || p === command || (p.endsWith(".*") && command.startsWith(p.slice(0, -1))));
 }
 

@@ -112,6 +112,10 @@ export const CODES = {
   },
   DIAG_NO_WORKER: { wire: true, meaning: "no task worker with that number is running (task.list lists them)" },
   DIAG_PROFILE_FAILED: { wire: true, meaning: "the profiler could not run, or its thread did not answer in time" },
+  DIAG_MEMORY_SHORT: {
+    wire: true,
+    meaning: "a heap snapshot needs about twice the heap free within the unit's memory limit, and there is less",
+  },
   DIAG_SEND_FAILED: { wire: true, meaning: "the sealed chunks could not be published (the link dropped)" },
   // Local: logs, exit messages, the operator's own tools.
   DIAG_INVALID: {

@@ -80,6 +80,14 @@ export class LogScrubber {
     return out;
   }
 
+  /** A string's own text (not a JSON line): every secret's forms, any URL's password, any PEM private key. */
+  scrubText(text: string): string {
+    let out = replaceAll(text, this.forms());
+    out = redactUrlPasswords(out);
+    if (out.includes("PRIVATE KEY-----")) out = out.replace(PEM_PRIVATE_KEY, `${REDACTED} private key`);
+    return out;
+  }
+
   private forms(): string[] {
     const secrets = this.secrets();
     if (secrets !== this.cachedFrom) {

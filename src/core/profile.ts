@@ -1,4 +1,5 @@
 import { Session } from "node:inspector/promises";
+import { getHeapSnapshot } from "node:v8";
 
 /** What can be profiled in-process: the single executable's runtime has no `--inspect`, but has the inspector. */
 export type ProfileKind = "cpu" | "heap";
@@ -46,4 +47,19 @@ export async function profileThread(kind: ProfileKind, ms: number, signal?: Abor
   } finally {
     session.disconnect();
   }
+}
+
+/**
+ * A full heap snapshot of this thread (`.heapsnapshot`), its `strings` passed through `scrub` (every string the
+ * heap holds is in that last section: a secret in the configuration is one of them). The text is held whole:
+ * the caller checks first that memory allows about twice the heap.
+ */
+export async function heapSnapshot(scrub: (s: string) => string): Promise<string> {
+  const parts: string[] = [];
+  for await (const chunk of getHeapSnapshot()) parts.push(String(chunk));
+  const text = parts.join("");
+  const at = text.lastIndexOf('"strings":[');
+  if (at < 0 || !text.endsWith("]}")) throw new Error("the heap snapshot has no strings section at its end");
+  const strings = JSON.parse(text.slice(at + '"strings":'.length, -1)) as string[];
+  return `${text.slice(0, at)}"strings":${JSON.stringify(strings.map(scrub))}}`;
 }

@@ -1,15 +1,17 @@
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { getHeapStatistics } from "node:v8";
 import { zstdCompress } from "node:zlib";
 import { z } from "zod";
 import { defineCommand } from "../commands/commands.ts";
 import { redact, secretValues } from "../config/redact.ts";
+import { memoryRoom } from "../core/cgroup-memory.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
 import { LogScrubber } from "../core/log-scrub.ts";
 import { EXIT_LINE_MSG, previousTail, readCapped } from "../core/log-tail.ts";
 import { LOG_LEVELS } from "../core/logger.ts";
-import { PROFILE_MS, profileThread } from "../core/profile.ts";
+import { heapSnapshot, PROFILE_MS, profileThread } from "../core/profile.ts";
 import { TokenBucket } from "../core/rate-limit.ts";
 import type { Module, ModuleContext } from "../kernel/module.ts";
 import { SEAL_SCHEME, seal } from "./seal.ts";
@@ -225,6 +227,26 @@ export const diagnosticsModule: Module = {
               const thread = p.worker === undefined ? "main" : `worker ${p.worker}`;
               const tookMs = Math.round(performance.now() - started);
               return { kind: p.kind, thread, ms: p.ms, tookMs, ...(await send(run.id, p.to, plain)) };
+            }),
+        }),
+        defineCommand({
+          name: "debug.heap-snapshot",
+          params: z.strictObject({ to: recipient }),
+          changesState: false,
+          run: (p, run) =>
+            transfer(async () => {
+              // Held whole while it is scrubbed, compressed and sealed: about twice the heap, within the unit's
+              // limit as it stands now (its cgroup's), never the machine's free memory alone.
+              const heap = getHeapStatistics().used_heap_size;
+              const { room, limit, usage } = memoryRoom();
+              if (room < 2 * heap) {
+                const mib = (n: number) => `${Math.round(n / 1024 / 1024)} MiB`;
+                const within = limit === undefined ? "" : ` (limit ${mib(limit)}, in use ${mib(usage ?? 0)})`;
+                throw new OutpostError("DIAG_MEMORY_SHORT", `${mib(room)} free${within}, ${mib(2 * heap)} needed`);
+              }
+              const scrubber = new LogScrubber(() => secretValues(ctx.configStore.current().config));
+              const plain = Buffer.from(await heapSnapshot((s) => scrubber.scrubText(s)), "utf8");
+              return { heapBytes: heap, ...(await send(run.id, p.to, plain)) };
             }),
         }),
         defineCommand({

@@ -62,7 +62,7 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
       device: { id: DEVICE },
       mqtt: { url: `mqtts://${TEST_HOSTS[0]}:${tlsPort}`, ca: "/etc/outpost/ca.pem", reconnectMax: "1s" },
       telemetry: { interval: "1s", fullInterval: "50ms" },
-      commands: { trustedKeys: [{ name: "ops", key: key.publicText, allow: ["*"] }] },
+      commands: { trustedKeys: [{ name: "ops", key: key.publicText, allow: ["*", "debug.heap-snapshot"] }] },
       service: { debugCommands: true },
     };
     writeFileSync(join(dir, "config.json"), JSON.stringify(config));
@@ -72,22 +72,24 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
   });
 
   /** `ctl logs --previous` through the operator's CLI: the run before's messages, and the ending it printed. */
-  const logsPrevious = async () => {
-    const r = await runCli([
+  /** `outpost ctl VERB DEVICE ARGS` through the operator's CLI, against the plain listener. */
+  const ctl = (verb: string, ...args: string[]) =>
+    runCli([
       "ctl",
-      "logs",
+      verb,
       DEVICE,
-      "--previous",
-      "--json",
+      ...args,
       "--accept-new",
       "--broker",
       broker.url,
       "--key",
       join(dir, "ops.key"),
-      "--known-devices",
       // Not deploy.sh's pins (a test below reads them): a device reinstalled there has a new key.
+      "--known-devices",
       join(dir, "logs-known_devices"),
     ]);
+  const logsPrevious = async () => {
+    const r = await ctl("logs", "--previous", "--json");
     assert.equal(r.code, 0, r.err);
     const msgs = r.out
       .trim()
@@ -291,6 +293,26 @@ describe("the agent as a systemd service (real systemd, built x64 binary)", () =
     const oomed = await logsPrevious();
     assert.match(oomed.ending, /systemd says (oom-kill|signal) \(killed, KILL\)/);
     assert.ok(oomed.msgs.includes("command accepted"), "the debug.alloc request, logged before the kill");
+  });
+
+  it("a heap snapshot is refused while the unit's limit leaves less than twice the heap, taken once it does", async () => {
+    const snapshot = () => ctl("profile", "--heap-snapshot", "--out", join(dir, "agent.heapsnapshot"));
+    // What the cgroup uses now, and 24M more: less than twice a heap of tens of MiB.
+    const usage = Number((await sd.show("outpost", "MemoryCurrent")) || "0");
+    assert.ok(usage > 0, "systemd counts the unit's memory");
+    const tight = Math.round(usage / 1024 / 1024) + 24;
+    const set = await sd.sh(`systemctl set-property --runtime outpost MemoryMax=${tight}M MemoryLimit=${tight}M`);
+    assert.equal(set.code, 0, set.stderr);
+    try {
+      const refused = await snapshot();
+      assert.equal(refused.code, 1, refused.out);
+      assert.match(refused.err, /DIAG_MEMORY_SHORT: \d+ MiB free \(limit \d+ MiB, in use \d+ MiB\), \d+ MiB needed/);
+    } finally {
+      await sd.sh("systemctl set-property --runtime outpost MemoryMax=384M MemoryLimit=384M");
+    }
+    const taken = await snapshot();
+    assert.equal(taken.code, 0, taken.err);
+    assert.equal(await sd.show("outpost", "ActiveState"), "active");
   });
 
   it("systemctl stop publishes offline", async () => {

@@ -1,7 +1,7 @@
 // Issue 28: logs without secrets, and `ctl logs` through a real agent and mosquitto: the lines sealed to ctl's
 // own key, checked against the device's signed answer; what another broker client sees opens to nothing.
 import assert from "node:assert/strict";
-import { generateKeyPairSync } from "node:crypto";
+import { createPrivateKey, generateKeyPairSync } from "node:crypto";
 import { existsSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
@@ -61,6 +61,8 @@ describe("diagnostics: logs", () => {
     assert.equal(made.code, 0);
     key = join(dir, "ops.key");
     const pub = /ed25519:\S+/.exec(made.out)?.[0] ?? "";
+    const other = await runCli(["keygen", "--out", join(dir, "forensics")]);
+    const forensicsPub = /ed25519:\S+/.exec(other.out)?.[0] ?? "";
     const dead = await freePort();
     config = {
       device: { id: ID },
@@ -75,7 +77,13 @@ describe("diagnostics: logs", () => {
       },
       log: { level: "debug" },
       telemetry: { interval: "500ms" },
-      commands: { trustedKeys: [{ name: "ops", key: pub, allow: ["*"] }] },
+      commands: {
+        trustedKeys: [
+          { name: "ops", key: pub, allow: ["*"] },
+          // The heap snapshot's right, named: neither "*" nor "debug.*" grants it.
+          { name: "forensics", key: forensicsPub, allow: ["debug.*", "debug.heap-snapshot"] },
+        ],
+      },
     };
     const watch = await Watch.open(broker.port, [`${PREFIX}/+/status`]);
     agent = AgentProcess.run(sourceCommand(), config);
@@ -304,6 +312,39 @@ describe("diagnostics: logs", () => {
     assert.match(await read("metrics.txt"), /^# HELP /m);
     assert.match(await read("logs.jsonl"), /"msg":"agent starting"/);
     assert.match(await read("README.txt"), /Signed by the device's pinned key SHA256:/);
+  });
+
+  it("a heap snapshot: refused without its named right; with it, DevTools' format without a secret or the device key", async () => {
+    const refused = await ctl("profile", ID, "--heap-snapshot", "--out", join(dir, "no.heapsnapshot"));
+    assert.equal(refused.code, 1);
+    assert.match(refused.err, /KEY_NOT_ALLOWED/);
+    const out = join(dir, "agent.heapsnapshot");
+    const r = await runCli([
+      "ctl",
+      "profile",
+      ID,
+      "--heap-snapshot",
+      "--out",
+      out,
+      "--broker",
+      broker.url,
+      "--key",
+      join(dir, "forensics.key"),
+      "--known-devices",
+      pins,
+    ]);
+    assert.equal(r.code, 0, r.err);
+    const text = readFileSync(out, "utf8");
+    const snapshot = JSON.parse(text) as { snapshot: { meta: unknown }; strings: string[] };
+    assert.ok(snapshot.snapshot.meta && snapshot.strings.length > 1000);
+    assert.deepEqual(leaks(text), []);
+    // The device's own key: its PEM body and its raw private bytes.
+    const pem = readFileSync(join(agent.dir, "state", "device.key"), "utf8");
+    const body = pem.split("\n").filter((l) => l && !l.startsWith("-----"));
+    const raw = createPrivateKey(pem).export({ format: "jwk" }).d ?? "";
+    for (const secret of [...body, raw, Buffer.from(raw, "base64url").toString("base64")]) {
+      assert.ok(secret.length > 20 && !text.includes(secret), "the device key is not in the snapshot");
+    }
   });
 
   it("forged chunks on the diag topic are ignored: only those the signed answer names count", async () => {

@@ -2,13 +2,18 @@
 // request names, in chunks whose sha256 the answer lists; one transfer at a time, rate-limited.
 import assert from "node:assert/strict";
 import { createHash, generateKeyPairSync } from "node:crypto";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import { zstdDecompressSync } from "node:zlib";
+import { allows } from "../../src/commands/rules.ts";
+import { memoryRoom } from "../../src/core/cgroup-memory.ts";
 import { isOutpostError } from "../../src/core/errors.ts";
 import { LogRing } from "../../src/core/log-ring.ts";
 import { diagnosticsModule, selectLines } from "../../src/diagnostics/module.ts";
 import { open, rawPublicKey, seal } from "../../src/diagnostics/seal.ts";
 import { fakeContext } from "../helpers/fake-context.ts";
+import { tempDir } from "../helpers/temp.ts";
 
 type Answer = {
   lines: number;
@@ -139,5 +144,48 @@ describe("debug.logs", () => {
     } finally {
       fake.close();
     }
+  });
+});
+
+describe("the heap snapshot's guards", () => {
+  it("its right is named: neither * nor debug.* grants it", () => {
+    assert.equal(allows(["*"], "debug.heap-snapshot"), false);
+    assert.equal(allows(["debug.*"], "debug.heap-snapshot"), false);
+    assert.equal(allows(["debug.*"], "debug.logs"), true);
+    assert.equal(allows(["debug.heap-snapshot"], "debug.heap-snapshot"), true);
+  });
+
+  it("the room is the cgroup's limit less its use (v1 and v2), never more than MemAvailable", () => {
+    const tree = (files: Record<string, string>) => {
+      const root = tempDir("outpost-cgroup-");
+      for (const [path, text] of Object.entries(files)) {
+        mkdirSync(join(root, path, ".."), { recursive: true });
+        writeFileSync(join(root, path), text);
+      }
+      return { procRoot: join(root, "proc"), cgroupRoot: join(root, "cg") };
+    };
+    const MiB = 1024 * 1024;
+    const meminfo = `MemTotal: 4000000 kB\nMemAvailable: ${1024 * 1024} kB\n`;
+    const v2 = tree({
+      "proc/self/cgroup": "0::/system.slice/outpost.service\n",
+      "proc/meminfo": meminfo,
+      "cg/system.slice/outpost.service/memory.max": `${384 * MiB}\n`,
+      "cg/system.slice/outpost.service/memory.current": `${300 * MiB}\n`,
+    });
+    assert.deepEqual(memoryRoom(v2), { room: 84 * MiB, limit: 384 * MiB, usage: 300 * MiB, available: 1024 * MiB });
+    const v1 = tree({
+      "proc/self/cgroup": "12:memory:/system.slice/outpost.service\n11:cpu,cpuacct:/system.slice\n",
+      "proc/meminfo": meminfo,
+      "cg/memory/system.slice/outpost.service/memory.limit_in_bytes": `${384 * MiB}\n`,
+      "cg/memory/system.slice/outpost.service/memory.usage_in_bytes": `${100 * MiB}\n`,
+    });
+    assert.equal(memoryRoom(v1).room, 284 * MiB);
+    // No limit (v2 "max", v1's huge number): MemAvailable alone.
+    const none = tree({
+      "proc/self/cgroup": "0::/user.slice\n",
+      "proc/meminfo": meminfo,
+      "cg/user.slice/memory.max": "max\n",
+    });
+    assert.equal(memoryRoom(none).room, 1024 * MiB);
   });
 });

@@ -41,6 +41,7 @@ import { Operator } from "../test/helpers/operator.ts";
 import { boardRows } from "./bench-board.ts";
 import { BUDGET_SECTIONS, budgetTable } from "./bench-budget.ts";
 import { deltaRows } from "./bench-delta.ts";
+import { diagRows } from "./bench-diag.ts";
 import { meteredRows } from "./bench-metered.ts";
 import { modelRows } from "./bench-models.ts";
 import { otaRows } from "./bench-ota.ts";
@@ -58,7 +59,7 @@ const { values } = parseArgs({
     only: {
       type: "string",
       default:
-        "sizes,startup,footprint,idle,notify,outbox,commands,board,pool,tasks,models,delta,ota,staging,metered,rollout",
+        "sizes,startup,footprint,idle,notify,outbox,commands,board,pool,tasks,models,delta,ota,staging,metered,rollout,diag",
     },
     // The earlier commit an app-only update comes from (the delta section).
     "delta-from": { type: "string", default: "HEAD~4" },
@@ -647,6 +648,7 @@ async function main(): Promise<void> {
     if (ONLY.has("ota")) await otaRows(rows, { bin: BIN, broker, watch, runs: 3, rollbacks: 20 });
     if (ONLY.has("staging")) await stagingRows(rows, { bin: BIN, broker, watch, runs: 3 });
     if (ONLY.has("metered")) await meteredRows(rows, { bin: BIN, broker, watch, seconds: IDLE_SECONDS });
+    if (ONLY.has("diag")) await diagRows(rows, { bin: BIN, broker, watch, seconds: IDLE_SECONDS });
     if (ONLY.has("rollout"))
       await rolloutRows(rows, {
         bin: BIN,

@@ -4,6 +4,7 @@ import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { z } from "zod";
 import { fingerprintOf, publicKeyText } from "../commands/keys.ts";
+import { printable } from "./answer-trust.ts";
 import { DeviceCaller, withClient } from "./ctl-client.ts";
 import { failed, runKey, SealedReader, sealedAnswer } from "./ctl-sealed.ts";
 import { BROKER_FLAGS, brokerOptions, ctlSettings, durationFlag, readPrivateKey } from "./ctl-settings.ts";
@@ -14,14 +15,20 @@ import { tarGz } from "./tar.ts";
 /** The bundle as the device sends it (debug.bundle); each part becomes a file of the archive. */
 const bundle = z.object({
   format: z.literal("outpost-diag-v1"),
-  at: z.string(),
+  at: z.iso.datetime(),
   describe: z.record(z.string(), z.unknown()),
   config: z.unknown(),
   metrics: z.string(),
   logs: z.array(z.string()),
   previous: z.object({ lines: z.array(z.string()), ended: z.unknown() }),
-  files: z.record(z.string(), z.string().nullable()),
+  // The device names its files, but only these become names in the archive: nothing it sends picks a path.
+  files: z
+    .record(z.string(), z.string().nullable())
+    .transform((f) => Object.fromEntries(KNOWN_FILES.map((name) => [name, f[name] ?? null]))),
 });
+
+/** The state directory's files the bundle carries (diagnostics/module.ts BUNDLE_FILES). */
+const KNOWN_FILES = ["update/journal.json", "runs.json"];
 
 const json = (v: unknown) => `${JSON.stringify(v, null, 2)}\n`;
 const lines = (l: readonly string[]) => (l.length > 0 ? `${l.join("\n")}\n` : "");
@@ -64,7 +71,7 @@ export async function diagCommand(host: Host, args: string[]): Promise<number> {
   const b = parsed.data;
   const pin = trust.pinOf(device);
   const readme = [
-    `Outpost diagnostics of ${device}, taken ${b.at} by outpost ctl diag.`,
+    `Outpost diagnostics of ${printable(device, 128)}, taken ${b.at} by outpost ctl diag.`,
     `Signed by the device's pinned key ${pin ? fingerprintOf(pin.key) : "(unknown)"}; sealed to this ctl run's own key.`,
     "",
     "describe.json        the device's describe: versions, board, health, alarms, each module's state",
@@ -89,7 +96,8 @@ export async function diagCommand(host: Host, args: string[]): Promise<number> {
   const stamp = b.at.replace(/[:.]/g, "-");
   const file = values.out ?? `${device}-diag-${stamp}.tar.gz`;
   const archive = tarGz(files, Date.parse(b.at) || Date.now());
-  writeFileSync(file, archive);
+  // Configuration, logs and state: for the operator's eyes only.
+  writeFileSync(file, archive, { mode: 0o600 });
   host.stdout.write(
     `${file}: ${files.length} files, ${archive.length} bytes (${got.plain.length} before compression)\n`,
   );

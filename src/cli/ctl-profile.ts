@@ -81,7 +81,8 @@ export async function profileCommand(host: Host, args: string[]): Promise<number
   if (!got.ok) return failed(host, device, got);
   if (snapshot) {
     const file = values.out ?? `${device}-${new Date().toISOString().replace(/[:.]/g, "-")}.heapsnapshot`;
-    writeFileSync(file, got.plain);
+    // A heap holds what the agent holds: for the operator's eyes only.
+    writeFileSync(file, got.plain, { mode: 0o600 });
     const wire = got.answer.chunks.reduce((n, c) => n + c.size, 0);
     host.stdout.write(`${file}: heap snapshot of ${device} (${got.plain.length} bytes; ${wire} bytes on the wire)\n`);
     return EXIT.OK;
@@ -91,7 +92,7 @@ export async function profileCommand(host: Host, args: string[]): Promise<number
   const ext = values.pprof ? "pb.gz" : kind === "cpu" ? "cpuprofile" : "heapprofile";
   const file = values.out ?? `${device}-${kind}-${stamp}.${ext}`;
   const bytes = values.pprof ? (kind === "cpu" ? cpuToPprof(json) : heapToPprof(json)) : got.plain;
-  writeFileSync(file, bytes);
+  writeFileSync(file, bytes, { mode: 0o600 });
   const a = got.answer;
   host.stdout.write(
     `${file}: ${kind} profile of ${device}'s ${a.thread}, ${a.ms} ms (${bytes.length} bytes; ${a.chunks.length} sealed chunks, ${a.chunks.reduce((n, c) => n + c.size, 0)} bytes on the wire)\n`,

@@ -8,6 +8,7 @@ import { stringify } from "yaml";
 import { createAgent } from "../agent.ts";
 import { generateKeys } from "../commands/keys.ts";
 import { parseDuration } from "../config/duration.ts";
+import { liveSecrets } from "../config/redact.ts";
 import { sleep, systemClock } from "../core/clock.ts";
 import { errorMessage } from "../core/errors.ts";
 import { createLogger } from "../core/logger.ts";
@@ -16,7 +17,6 @@ import { openConfigStore } from "../schema.ts";
 import { demoFiles, demoTask } from "../tasks/demo.ts";
 import { EXIT, type Host, me, UsageError } from "./host.ts";
 import { brokerId, KnownDevices } from "./known-devices.ts";
-import { liveSecrets } from "./run-command.ts";
 import { applyMessage, type DeviceView, viewUpdate } from "./view.ts";
 
 export interface DemoOptions {

@@ -25,17 +25,11 @@ const cpuProfile = z.object({
   endTime: z.number(),
   samples: z.array(z.number().int()).optional(),
 });
-/** A V8 sampling heap profile (`HeapProfiler.stopSampling`): a tree, each node with the bytes it holds. */
-interface HeapNode {
-  callFrame: z.infer<typeof callFrame>;
-  selfSize: number;
-  id: number;
-  children: HeapNode[];
-}
-const heapNode: z.ZodType<HeapNode> = z.lazy(() =>
-  z.object({ callFrame, selfSize: z.number().min(0), id: z.number().int(), children: z.array(heapNode) }),
-);
-const heapProfile = z.object({ head: heapNode });
+/**
+ * A V8 sampling heap profile (`HeapProfiler.stopSampling`): a tree, each node with the bytes it holds. Each node
+ * is checked as the walk reaches it: a recursive schema would recurse as deep as a hostile tree goes.
+ */
+const heapNode = z.object({ callFrame, selfSize: z.number().min(0), children: z.array(z.unknown()) });
 
 /** Interns functions and locations (one location per call-tree node, as V8's nodes are per call site). */
 class Builder {
@@ -45,7 +39,7 @@ class Builder {
   private readonly functionIds = new Map<string, number>();
 
   location(frame: z.infer<typeof callFrame>): number {
-    const key = `${frame.functionName}\n${frame.url}\n${frame.lineNumber}`;
+    const key = `${frame.functionName}\n${frame.url}\n${frame.lineNumber}:${frame.columnNumber ?? 0}`;
     let functionId = this.functionIds.get(key);
     if (functionId === undefined) {
       functionId = this.functions.length + 1;
@@ -81,7 +75,8 @@ export function cpuToPprof(json: unknown): Uint8Array {
   const sample: Sample[] = [];
   for (const n of p.nodes) {
     const hits = n.hitCount ?? 0;
-    if (hits === 0) continue;
+    // V8 samples on a clock: "(idle)" is time the thread waited, not CPU it used.
+    if (hits === 0 || n.callFrame.functionName === "(idle)") continue;
     const stack: number[] = [];
     // Leaf first, as pprof wants; a cycle in a broken profile cannot loop forever.
     for (let id: number | undefined = n.id; id !== undefined && stack.length < p.nodes.length; id = parent.get(id)) {
@@ -106,17 +101,24 @@ export function cpuToPprof(json: unknown): Uint8Array {
 
 /** A `.heapprofile` as pprof: the bytes each stack holds (live at the end of sampling). */
 export function heapToPprof(json: unknown): Uint8Array {
-  const parsed = heapProfile.safeParse(json);
-  if (!parsed.success) throw new OutpostError("DIAG_INVALID", "not a V8 sampling heap profile");
+  const head = (json as { head?: unknown } | null)?.head;
+  if (!heapNode.safeParse(head).success) throw new OutpostError("DIAG_INVALID", "not a V8 sampling heap profile");
   const b = new Builder();
   const sample: Sample[] = [];
-  const walk = (node: HeapNode, stack: number[], depth: number) => {
-    if (depth > 10_000) return;
-    const here = [b.location(node.callFrame), ...stack];
-    if (node.selfSize > 0) sample.push(new Sample({ locationId: here, value: [node.selfSize] }));
-    for (const c of node.children) walk(c, here, depth + 1);
+  // One path, pushed and popped; copied (leaf first) only for a node that holds bytes. A deeper or larger tree
+  // than V8 makes is cut, not followed.
+  const path: number[] = [];
+  let nodes = 0;
+  const walk = (raw: unknown) => {
+    const parsed = heapNode.safeParse(raw);
+    if (!parsed.success || path.length >= 1024 || ++nodes > 1_000_000) return;
+    const node = parsed.data;
+    path.push(b.location(node.callFrame));
+    if (node.selfSize > 0) sample.push(new Sample({ locationId: path.toReversed(), value: [node.selfSize] }));
+    for (const c of node.children) walk(c);
+    path.pop();
   };
-  walk(parsed.data.head, [], 0);
+  walk(head);
   const profile = new Profile({
     sampleType: [b.type("space", "bytes")],
     sample,

@@ -1,7 +1,7 @@
 import { createAgent } from "../agent.ts";
 import { formatDuration } from "../config/duration.ts";
 import { formatProblems } from "../config/load.ts";
-import { secretValues } from "../config/redact.ts";
+import { liveSecrets } from "../config/redact.ts";
 import { stateDirProblem } from "../config/state-dir.ts";
 import { systemClock } from "../core/clock.ts";
 import { OutpostError } from "../core/errors.ts";
@@ -78,22 +78,4 @@ export async function runCommand(host: Host, options: RunCommandOptions): Promis
     unhook();
     flush();
   }
-}
-
-/**
- * The secrets the logger keeps out of every line: the configuration's now (read for every line: a reload or
- * config.set may change them) and those it started with, which the link goes on using until a restart.
- */
-export function liveSecrets(store: { booted: { config: object }; current(): { config: object } }) {
-  const booted = secretValues(store.booted.config);
-  let from: object | undefined;
-  let both: readonly string[] = booted;
-  return (): readonly string[] => {
-    const { config } = store.current();
-    if (config !== from) {
-      from = config;
-      both = [...new Set([...booted, ...secretValues(config)])];
-    }
-    return both;
-  };
 }

@@ -8,7 +8,9 @@ const BLOCK = 512;
 function header(name: string, size: number, mtime: number): Buffer {
   const h = Buffer.alloc(BLOCK);
   const put = (text: string, at: number, length: number) => h.write(text, at, length, "utf8");
-  if (Buffer.byteLength(name) >= 100) throw new Error(`${name}: a name of 100 bytes or more`);
+  if (Buffer.byteLength(name) >= 100 || !/^[\w.-]+(\/[\w.-]+)*$/.test(name) || name.split("/").includes("..")) {
+    throw new Error(`${name}: not a plain relative name under 100 bytes`);
+  }
   put(name, 0, 100);
   const field = (n: number, at: number, length: number) =>
     put(`${n.toString(8).padStart(length - 1, "0")}\0`, at, length);
@@ -16,7 +18,8 @@ function header(name: string, size: number, mtime: number): Buffer {
   field(0, 108, 8);
   field(0, 116, 8);
   field(size, 124, 12);
-  field(Math.floor(mtime / 1000), 136, 12);
+  // Eleven octal digits: 1970 to 6429.
+  field(Math.min(Math.max(0, Math.floor(mtime / 1000)), 8 ** 11 - 1), 136, 12);
   put("        ", 148, 8); // the checksum counts its own field as spaces
   put("0", 156, 1);
   put("ustar\0", 257, 6);

@@ -1,3 +1,4 @@
+import { redactUrlPasswords } from "../core/log-scrub.ts";
 import { SECRET_PATHS } from "./schema.ts";
 
 /**
@@ -5,6 +6,11 @@ import { SECRET_PATHS } from "./schema.ts";
  * not by key name: a deadband or a task that happens to be called "password" is configuration, not a secret.
  */
 export function redact<T>(value: T, path: readonly string[] = []): T {
+  // A broker URL's password (mqtt.url, mqtt.failover): the configuration's hash is published, and would let it
+  // be guessed offline.
+  if (typeof value === "string" && path[0] === "mqtt" && (path[1] === "url" || path[1] === "failover")) {
+    return redactUrlPasswords(value) as T;
+  }
   if (Array.isArray(value)) return value.map((v) => redact(v, [...path, "[]"])) as T;
   if (value !== null && typeof value === "object") {
     const out: Record<string, unknown> = {};
@@ -63,4 +69,22 @@ function urlPassword(url: string): string | undefined {
   if (credentials === undefined) return undefined;
   const colon = credentials.indexOf(":");
   return colon < 0 || colon === credentials.length - 1 ? undefined : credentials.slice(colon + 1);
+}
+
+/**
+ * The secrets the logger keeps out of every line: the configuration's now (read for every line: a reload or
+ * config.set may change them) and those it started with, which the link goes on using until a restart.
+ */
+export function liveSecrets(store: { booted: { config: object }; current(): { config: object } }) {
+  const booted = secretValues(store.booted.config);
+  let from: object | undefined;
+  let both: readonly string[] = booted;
+  return (): readonly string[] => {
+    const { config } = store.current();
+    if (config !== from) {
+      from = config;
+      both = [...new Set([...booted, ...secretValues(config)])];
+    }
+    return both;
+  };
 }

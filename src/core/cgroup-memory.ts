@@ -1,6 +1,26 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 
+/** memory.stat's fields. */
+function statOf(path: string): Record<string, number | undefined> {
+  try {
+    const out: Record<string, number | undefined> = {};
+    for (const line of readFileSync(path, "utf8").split("\n")) {
+      const [k, v] = line.split(" ");
+      if (k && v && /^\d+$/.test(v)) out[k] = Number(v);
+    }
+    return out;
+  } catch {
+    return {};
+  }
+}
+
+const least = (a: number | undefined, b: number | undefined) =>
+  a === undefined ? b : b === undefined ? a : Math.min(a, b);
+/** Use less the page cache the kernel reclaims first (inactive file pages): it fills up to the limit in time. */
+const less = (usage: number | undefined, reclaimable: number | undefined) =>
+  usage === undefined ? undefined : Math.max(0, usage - (reclaimable ?? 0));
+
 /** What a file holds as a number of bytes, or undefined ("max", missing, unreadable). */
 function bytesIn(path: string): number | undefined {
   try {
@@ -32,11 +52,17 @@ export function memoryRoom(o: { procRoot?: string; cgroupRoot?: string } = {}): 
     const v1 = lines.find((l) => /^\d+:([^:]*,)?memory(,[^:]*)?:/.test(l))?.replace(/^\d+:[^:]*:/, "");
     // A path from outside this cgroup namespace ("/../..") is not ours to read.
     if (v1 !== undefined && !v1.split("/").includes("..")) {
-      limit = bytesIn(join(root, "memory", v1, "memory.limit_in_bytes"));
-      usage = bytesIn(join(root, "memory", v1, "memory.usage_in_bytes"));
+      const dir = join(root, "memory", v1);
+      const stat = statOf(join(dir, "memory.stat"));
+      // The lowest limit of the cgroup and those above it (a slice's), as v1 reports it.
+      limit = least(bytesIn(join(dir, "memory.limit_in_bytes")), stat.hierarchical_memory_limit);
+      usage = less(bytesIn(join(dir, "memory.usage_in_bytes")), stat.total_inactive_file);
     } else if (v2 !== undefined && !v2.split("/").includes("..")) {
-      limit = bytesIn(join(root, v2, "memory.max"));
-      usage = bytesIn(join(root, v2, "memory.current"));
+      for (let at = v2; at !== "" && at !== "/"; at = at.slice(0, at.lastIndexOf("/")) || "/") {
+        limit = least(limit, bytesIn(join(root, at, "memory.max")));
+      }
+      const stat = statOf(join(root, v2, "memory.stat"));
+      usage = less(bytesIn(join(root, v2, "memory.current")), stat.inactive_file);
     }
   } catch {
     // No cgroup to read: the machine's memory alone.

@@ -88,6 +88,36 @@ export class LogScrubber {
     return out;
   }
 
+  /**
+   * A string of a heap snapshot: V8 keeps at most its first 1024 characters, and a joined string appears as its
+   * pieces, so a secret may be cut at either end. Besides what scrubText takes: an end that is the start of a
+   * secret's form, a start that is its end (4 characters or more), and a PEM key whose END line was cut off.
+   */
+  scrubPiece(text: string): string {
+    let out = this.scrubText(text);
+    for (const form of this.forms()) {
+      // Cheap first: a cut secret's 4 characters at the string's end are 4 of the secret's.
+      const tail = out.length >= MIN_SECRET_LENGTH && form.includes(out.slice(-MIN_SECRET_LENGTH));
+      const head = out.length >= MIN_SECRET_LENGTH && form.includes(out.slice(0, MIN_SECRET_LENGTH));
+      if (!tail && !head) continue;
+      for (let n = tail ? Math.min(form.length - 1, out.length) : 0; n >= MIN_SECRET_LENGTH; n--) {
+        if (out.endsWith(form.slice(0, n))) {
+          out = `${out.slice(0, -n)}${REDACTED}`;
+          break;
+        }
+      }
+      for (let n = head ? Math.min(form.length - 1, out.length) : 0; n >= MIN_SECRET_LENGTH; n--) {
+        if (out.startsWith(form.slice(-n))) {
+          out = `${REDACTED}${out.slice(n)}`;
+          break;
+        }
+      }
+    }
+    const begin = out.search(/-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-----/);
+    if (begin >= 0) out = `${out.slice(0, begin)}${REDACTED} private key`;
+    return out;
+  }
+
   private forms(): string[] {
     const secrets = this.secrets();
     if (secrets !== this.cachedFrom) {

@@ -1,8 +1,8 @@
 import {
   closeSync,
   constants,
-  existsSync,
   fstatSync,
+  lstatSync,
   mkdirSync,
   openSync,
   readSync,
@@ -11,6 +11,7 @@ import {
   writeSync,
 } from "node:fs";
 import { join } from "node:path";
+import { MAX_LINE } from "./log-ring.ts";
 
 /** Where the tails are, under the state directory. */
 export const TAIL_DIR = "logs";
@@ -48,12 +49,21 @@ export class LogTail {
     const dir = join(stateDir, TAIL_DIR);
     try {
       mkdirSync(dir, { recursive: true, mode: 0o700 });
+      // lstat, not exists: a link (dangling or not) planted under a tail's name is moved aside like a file.
+      const present = (name: string) => {
+        try {
+          lstatSync(join(dir, name));
+          return true;
+        } catch {
+          return false;
+        }
+      };
       const move = (from: string, to: string) => {
-        if (existsSync(join(dir, from))) renameSync(join(dir, from), join(dir, to));
+        if (present(from)) renameSync(join(dir, from), join(dir, to));
         else rmSync(join(dir, to), { force: true });
       };
       // Only a run that wrote a tail hands it on: the previous one stays until another run replaces it.
-      if (existsSync(join(dir, CURRENT))) {
+      if (present(CURRENT)) {
         move(OLDER, PREVIOUS_OLDER);
         move(CURRENT, PREVIOUS);
       }
@@ -67,8 +77,17 @@ export class LogTail {
 
   write(line: string): void {
     if (this.fd === undefined) return;
+    // A write per line on the event loop, to flash: the tail takes info and above (a run's end, its warnings
+    // and errors); debug and trace lines stay in the ring, which keeps them all.
+    if (line.startsWith('{"level":"debug"') || line.startsWith('{"level":"trace"')) return;
+    const text =
+      line.length > MAX_LINE
+        ? `${JSON.stringify({ cut: true, chars: line.length, head: line.slice(0, 4096) })}\n`
+        : line;
     try {
-      const n = writeSync(this.fd, line);
+      const n = writeSync(this.fd, text);
+      // A short write (the disk full) would join this line to the next: the tail stops here.
+      if (n < Buffer.byteLength(text)) throw Object.assign(new Error("short write"), { code: "ENOSPC" });
       this.bytes += n;
       this.written += n;
       if (this.bytes >= TAIL_FILE_BYTES) {
@@ -136,9 +155,12 @@ export function previousTail(stateDir: string): string[] {
 export function appendExitLine(stateDir: string, fields: Record<string, string | null>): void {
   const dir = join(stateDir, TAIL_DIR);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_APPEND | constants.O_NOFOLLOW;
+  // O_NONBLOCK: a FIFO planted there fails at once (ENXIO) instead of holding ExecStopPost= until its timeout.
+  const flags =
+    constants.O_WRONLY | constants.O_CREAT | constants.O_APPEND | constants.O_NOFOLLOW | constants.O_NONBLOCK;
   const fd = openSync(join(dir, CURRENT), flags, 0o600);
   try {
+    if (!fstatSync(fd).isFile()) return;
     const line = { level: "info", time: new Date().toISOString(), component: "systemd", ...fields, msg: EXIT_LINE_MSG };
     writeSync(fd, `${JSON.stringify(line)}\n`);
   } finally {

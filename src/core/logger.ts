@@ -44,6 +44,7 @@ export async function createLogger(
   const children = new Set<WeakRef<Logger>>();
   const scrubber = new LogScrubber(options.secrets ?? (() => []));
   const ring = new LogRing(options.ringBytes ?? LOG_RING_BYTES);
+  const tail = options.tail;
   const logger = pino(
     {
       level: options.level,
@@ -58,7 +59,11 @@ export async function createLogger(
         streamWrite: (line) => {
           const clean = scrubber.scrub(line);
           ring.push(clean);
-          options.tail?.write(clean);
+          if (tail && !tail.failed) {
+            tail.write(clean);
+            // Said where a reader looks (ctl logs): nothing may be logged from inside the logger.
+            if (tail.failed) ring.push(JSON.stringify({ level: "error", msg: `the log tail stopped: ${tail.failed}` }));
+          }
           return clean;
         },
       },

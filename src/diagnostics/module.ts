@@ -5,7 +5,7 @@ import { getHeapStatistics } from "node:v8";
 import { zstdCompress } from "node:zlib";
 import { z } from "zod";
 import { defineCommand } from "../commands/commands.ts";
-import { redact, secretValues } from "../config/redact.ts";
+import { liveSecrets, redact } from "../config/redact.ts";
 import { memoryRoom } from "../core/cgroup-memory.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
 import { LogScrubber } from "../core/log-scrub.ts";
@@ -124,6 +124,9 @@ export function howItEnded(lines: readonly string[]): Record<string, unknown> {
     : { by: "log", note: "ended without its stop line: killed, crashed or the power went" };
 }
 
+/** A heap snapshot's peak memory, in heaps (measured: the graph, the text and its copies, zstd, the chunks). */
+const SNAPSHOT_FACTOR = 4;
+
 /** Files of the state directory a bug report wants, raw (opaque text; their shapes are their modules'). */
 const BUNDLE_FILES = ["update/journal.json", "runs.json"];
 
@@ -145,7 +148,7 @@ export async function gatherBundle(ctx: ModuleContext): Promise<Record<string, u
     previous: { lines: previous, ended: howItEnded(previous) },
     files: Object.fromEntries(BUNDLE_FILES.map((f) => [f, readCapped(join(ctx.stateDir, f), 256 * 1024) || null])),
   };
-  const scrubbed = new LogScrubber(() => secretValues(config)).scrub(JSON.stringify(bundle));
+  const scrubbed = new LogScrubber(liveSecrets(ctx.configStore)).scrub(JSON.stringify(bundle));
   return JSON.parse(scrubbed) as Record<string, unknown>;
 }
 
@@ -221,7 +224,7 @@ export const diagnosticsModule: Module = {
               else {
                 const workers = ctx.workers();
                 if (!workers) throw new OutpostError("DIAG_NO_WORKER", "this agent runs no task workers");
-                profile = await workers.profile(p.worker, p.kind, p.ms);
+                profile = await workers.profile(p.worker, p.kind, p.ms, run.signal);
               }
               const plain = Buffer.from(JSON.stringify(profile), "utf8");
               const thread = p.worker === undefined ? "main" : `worker ${p.worker}`;
@@ -235,17 +238,20 @@ export const diagnosticsModule: Module = {
           changesState: false,
           run: (p, run) =>
             transfer(async () => {
-              // Held whole while it is scrubbed, compressed and sealed: about twice the heap, within the unit's
-              // limit as it stands now (its cgroup's), never the machine's free memory alone.
+              // V8 builds the snapshot's graph, the text is held and copied while it is scrubbed, then compressed
+              // and sealed: about four times the heap at its peak (twice, the issue's floor, was not enough). Within
+              // the unit's limit as it stands now (its cgroup's), never the machine's free memory alone.
               const heap = getHeapStatistics().used_heap_size;
               const { room, limit, usage } = memoryRoom();
-              if (room < 2 * heap) {
+              if (room < SNAPSHOT_FACTOR * heap) {
                 const mib = (n: number) => `${Math.round(n / 1024 / 1024)} MiB`;
                 const within = limit === undefined ? "" : ` (limit ${mib(limit)}, in use ${mib(usage ?? 0)})`;
-                throw new OutpostError("DIAG_MEMORY_SHORT", `${mib(room)} free${within}, ${mib(2 * heap)} needed`);
+                const needed = mib(SNAPSHOT_FACTOR * heap);
+                throw new OutpostError("DIAG_MEMORY_SHORT", `${mib(room)} free${within}, ${needed} needed`);
               }
-              const scrubber = new LogScrubber(() => secretValues(ctx.configStore.current().config));
-              const plain = Buffer.from(await heapSnapshot((s) => scrubber.scrubText(s)), "utf8");
+              // The password the link still uses after a reload is in the heap too: the booted one as well.
+              const scrubber = new LogScrubber(liveSecrets(ctx.configStore));
+              const plain = Buffer.from(await heapSnapshot((s) => scrubber.scrubPiece(s)), "utf8");
               return { heapBytes: heap, ...(await send(run.id, p.to, plain)) };
             }),
         }),

@@ -166,7 +166,7 @@ export interface ModelHost {
 
 /** Worker threads, numbered from 1 in the order they started, each profiled in its own thread. */
 export interface WorkerProfiler {
-  profile(n: number, kind: ProfileKind, ms: number): Promise<unknown>;
+  profile(n: number, kind: ProfileKind, ms: number, signal?: AbortSignal): Promise<unknown>;
 }
 
 export interface DirectChannel {

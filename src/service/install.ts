@@ -1,6 +1,6 @@
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chmodSync, lstatSync, mkdirSync, readFileSync, readlinkSync, rmSync, statSync } from "node:fs";
+import { chmodSync, lstatSync, mkdirSync, readFileSync, readlinkSync, rmdirSync, rmSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { parsePublicKey } from "../commands/keys.ts";
 import { elfMachine } from "../core/elf.ts";
@@ -238,6 +238,15 @@ export function remove(root: string, paths: readonly string[]): Change[] {
     }
     rmSync(path, { recursive: true, force: true });
     changes.push({ path: p, action: "removed" });
+    // The drop-in's directory goes with it once empty: an operator's own drop-ins there (systemctl edit) stay.
+    if (p === LAYOUT.exitRecordDropIn) {
+      try {
+        rmdirSync(dirname(path));
+        changes.push({ path: dirname(p), action: "removed" });
+      } catch {
+        // Not empty, or gone: left as it is.
+      }
+    }
   }
   return changes;
 }

@@ -222,7 +222,7 @@ export const tasksModule: Module<typeof tasksSection> = {
         if (!h.ok) return h;
         return inboxes.map((i) => i.health()).find((i) => !i.ok) ?? h;
       },
-      workers: { profile: (n, kind, ms) => runner.profileWorker(n, kind, ms) },
+      workers: { profile: (n, kind, ms, signal) => runner.profileWorker(n, kind, ms, signal) },
       models: {
         current: (task) => runner.models.current(task),
         install: (task, file, release) => runner.models.install(task, file, release),

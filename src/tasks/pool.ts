@@ -184,11 +184,11 @@ export class WorkerPool {
    * Profiles the n-th live worker (1: the first started; `task.list`'s `pool.sessions` is in the same order) in
    * its own thread (worker-profile.ts).
    */
-  profile(n: number, kind: ProfileKind, ms: number): Promise<unknown> {
+  profile(n: number, kind: ProfileKind, ms: number, signal?: AbortSignal): Promise<unknown> {
     const live = [...this.slots].filter((s) => !s.gone);
     const slot = live[n - 1];
     if (!slot) return Promise.reject(new OutpostError("DIAG_NO_WORKER", `no worker ${n}: ${live.length} running`));
-    return profileWorker(slot.worker, { n, id: this.nextId++, kind, ms });
+    return profileWorker(slot.worker, { n, id: this.nextId++, kind, ms, ...(signal ? { signal } : {}) });
   }
 
   /**

@@ -304,9 +304,9 @@ export class TaskRunner {
   }
 
   /** Profiles worker n (1: the first started) in its thread; none before a task has started one. */
-  profileWorker(n: number, kind: ProfileKind, ms: number): Promise<unknown> {
+  profileWorker(n: number, kind: ProfileKind, ms: number, signal?: AbortSignal): Promise<unknown> {
     if (!this.poolReady) return Promise.reject(new OutpostError("DIAG_NO_WORKER", "no task has run: no worker"));
-    return this.poolReady.profile(n, kind, ms);
+    return this.poolReady.profile(n, kind, ms, signal);
   }
 
   private count(name: string, result: TaskResult): void {

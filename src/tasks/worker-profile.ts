@@ -9,11 +9,13 @@ import type { ProfileKind } from "../core/profile.ts";
  */
 export function profileWorker(
   worker: Worker,
-  o: { n: number; id: number; kind: ProfileKind; ms: number },
+  o: { n: number; id: number; kind: ProfileKind; ms: number; signal?: AbortSignal },
 ): Promise<unknown> {
   return new Promise((resolve, reject) => {
+    const onAbort = () => finish(new OutpostError("DIAG_PROFILE_FAILED", "cancelled (the agent is stopping)"));
     const finish = (err: OutpostError | undefined, value?: unknown) => {
       clearTimeout(timer);
+      o.signal?.removeEventListener("abort", onAbort);
       worker.off("message", onMessage);
       worker.off("exit", onExit);
       if (err) reject(err);
@@ -30,6 +32,7 @@ export function profileWorker(
     );
     worker.on("message", onMessage);
     worker.once("exit", onExit);
+    o.signal?.addEventListener("abort", onAbort, { once: true });
     worker.postMessage({ profile: { id: o.id, kind: o.kind, ms: o.ms } });
   });
 }

@@ -82,6 +82,8 @@ describe("outpost install --root and uninstall (built x64 binary)", () => {
       "etc/systemd/system/outpost-update.path file 644",
       "etc/systemd/system/outpost-update.service file 644",
       "etc/systemd/system/outpost.service file 644",
+      "etc/systemd/system/outpost.service.d dir 755",
+      "etc/systemd/system/outpost.service.d/exit-record.conf file 644",
       "opt dir 755",
       "opt/outpost dir 755",
       "opt/outpost/README.txt file 644",

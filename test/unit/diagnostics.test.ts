@@ -180,6 +180,29 @@ describe("the heap snapshot's guards", () => {
       "cg/memory/system.slice/outpost.service/memory.usage_in_bytes": `${100 * MiB}\n`,
     });
     assert.equal(memoryRoom(v1).room, 284 * MiB);
+    // Page cache the kernel reclaims first is not use; a parent's lower limit is the limit (a second review).
+    const cached = tree({
+      "proc/self/cgroup": "12:memory:/system.slice/outpost.service\n",
+      "proc/meminfo": meminfo,
+      "cg/memory/system.slice/outpost.service/memory.limit_in_bytes": `${384 * MiB}\n`,
+      "cg/memory/system.slice/outpost.service/memory.usage_in_bytes": `${380 * MiB}\n`,
+      "cg/memory/system.slice/outpost.service/memory.stat": `total_inactive_file ${200 * MiB}\nhierarchical_memory_limit ${300 * MiB}\n`,
+    });
+    assert.deepEqual(memoryRoom(cached), {
+      room: 120 * MiB,
+      limit: 300 * MiB,
+      usage: 180 * MiB,
+      available: 1024 * MiB,
+    });
+    const parent = tree({
+      "proc/self/cgroup": "0::/edge.slice/outpost.service\n",
+      "proc/meminfo": meminfo,
+      "cg/edge.slice/memory.max": `${256 * MiB}\n`,
+      "cg/edge.slice/outpost.service/memory.max": "max\n",
+      "cg/edge.slice/outpost.service/memory.current": `${150 * MiB}\n`,
+      "cg/edge.slice/outpost.service/memory.stat": `anon ${100 * MiB}\ninactive_file ${50 * MiB}\n`,
+    });
+    assert.equal(memoryRoom(parent).room, 156 * MiB);
     // No limit (v2 "max", v1's huge number): MemAvailable alone.
     const none = tree({
       "proc/self/cgroup": "0::/user.slice\n",

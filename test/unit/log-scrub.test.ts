@@ -5,9 +5,8 @@ import { generateKeyPairSync } from "node:crypto";
 import { closeSync, openSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { liveSecrets } from "../../src/cli/run-command.ts";
 import { render } from "../../src/config/problems.ts";
-import { secretValues } from "../../src/config/redact.ts";
+import { liveSecrets, redact, secretValues } from "../../src/config/redact.ts";
 import { LogRing } from "../../src/core/log-ring.ts";
 import { LogScrubber, REDACTED } from "../../src/core/log-scrub.ts";
 import { createLogger } from "../../src/core/logger.ts";
@@ -126,6 +125,22 @@ describe("log lines without secrets: what a first review found", () => {
     for (const line of [`${"x".repeat(1_000_000)}://`, "a://".repeat(250_000), `${"a:".repeat(100_000)}//`]) {
       assert.equal(scrubber.scrub(line).length > 0, true);
     }
+  });
+
+  it("a heap snapshot's strings: a secret cut at 1024 characters or split in pieces, a PEM without its end", () => {
+    // A second review: V8 keeps a string's first 1024 characters, and a joined string's pieces apart.
+    const secret = "Zq-secret-81234";
+    const scrubber = new LogScrubber(() => [secret]);
+    assert.equal(scrubber.scrubPiece(`${"A".repeat(1015)}${secret.slice(0, 9)}`), `${"A".repeat(1015)}[redacted]`);
+    assert.equal(scrubber.scrubPiece(`${secret.slice(-6)}XYZ`), "[redacted]XYZ");
+    assert.equal(scrubber.scrubPiece(`key: ${secret} and more`), "key: [redacted] and more");
+    assert.equal(scrubber.scrubPiece("-----BEGIN PRIVATE KEY-----\nMC4CAQAw"), "[redacted] private key");
+    assert.equal(scrubber.scrubPiece("an ordinary string"), "an ordinary string");
+    // The configuration as printed, published and hashed: a broker URL's password is not in it.
+    const printed = redact({ mqtt: { url: "mqtt://u:hunter22@h:1883", failover: ["mqtts://u:other99@h2:8883"] } });
+    assert.deepEqual(printed, {
+      mqtt: { url: "mqtt://u:[redacted]@h:1883", failover: ["mqtts://u:[redacted]@h2:8883"] },
+    });
   });
 
   it("a value shown cut short in a configuration problem loses a URL's password first", () => {

@@ -1,6 +1,7 @@
 // Issue 28, item 2: the tail of each run in the state directory, handed on at the next start, bounded; and how
 // the run before ended, from systemd's line (ExecStopPost=) or from its own last line.
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -54,6 +55,28 @@ describe("the log tail", () => {
     });
     assert.match(String(howItEnded([line("agent starting")]).note), /without its stop line/);
     assert.equal(howItEnded([]).by, "none");
+  });
+
+  it("a second review: a dangling link is handed on, debug lines stay out, a huge line is cut, a FIFO never hangs", () => {
+    const state = tempDir("outpost-tail-");
+    const dir = join(state, TAIL_DIR);
+    LogTail.open(state);
+    rmSync(join(dir, "current.log"));
+    symlinkSync(join(state, "nowhere"), join(dir, "current.log"));
+    const tail = LogTail.open(state);
+    assert.ok(tail, "a dangling link does not disable the tail");
+    tail.write(line("kept"));
+    tail.write(`${JSON.stringify({ level: "debug", msg: "not kept" })}\n`);
+    tail.write(`${JSON.stringify({ level: "info", msg: "x".repeat(100_000) })}\n`);
+    LogTail.open(state);
+    const lines = previousTail(state).map((l) => JSON.parse(l) as { msg?: string; cut?: boolean });
+    assert.deepEqual(
+      lines.map((l) => l.msg ?? (l.cut ? "cut" : "?")),
+      ["kept", "cut"],
+    );
+    rmSync(join(dir, "current.log"));
+    execFileSync("mkfifo", [join(dir, "current.log")]);
+    assert.throws(() => appendExitLine(state, { result: "signal", code: "killed", status: "KILL" }), /ENXIO/);
   });
 
   it("a link planted as the tail is never followed: not read through, not written through", () => {

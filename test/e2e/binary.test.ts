@@ -116,14 +116,14 @@ describe("built binaries", () => {
         }
       });
 
-      it("answers ctl logs and ctl profile from inside the single executable (no --inspect there)", async () => {
+      it("answers every diagnostics verb from inside the single executable (no --inspect there)", async () => {
         const id = `e2e-diag-${target.name}`;
         const made = await runCli(["keygen", "--out", join(dir, `ops-${target.name}`)]);
         const pub = /ed25519:\S+/.exec(made.out)?.[0] ?? "";
         const agent = AgentProcess.run(target.command, {
           device: { id },
           mqtt: { url: broker.url, reconnectMin: "100ms", reconnectMax: "1s" },
-          commands: { trustedKeys: [{ name: "ops", key: pub, allow: ["*"] }] },
+          commands: { trustedKeys: [{ name: "ops", key: pub, allow: ["*", "debug.heap-snapshot"] }] },
         });
         try {
           await watch.waitFor(
@@ -145,6 +145,14 @@ describe("built binaries", () => {
             const profile = JSON.parse(readFileSync(out, "utf8")) as { nodes?: unknown[]; head?: unknown };
             assert.ok(kind === "--cpu" ? (profile.nodes?.length ?? 0) > 0 : profile.head, out);
           }
+          const snapshot = join(dir, `${target.name}.heapsnapshot`);
+          const snap = await runCli(["ctl", "profile", id, "--heap-snapshot", "--out", snapshot, ...timeout, ...flags]);
+          assert.equal(snap.code, 0, snap.err);
+          assert.ok((JSON.parse(readFileSync(snapshot, "utf8")) as { snapshot?: unknown }).snapshot);
+          const bundle = join(dir, `${target.name}-diag.tar.gz`);
+          const diag = await runCli(["ctl", "diag", id, "--out", bundle, ...timeout, ...flags]);
+          assert.equal(diag.code, 0, diag.err);
+          assert.match((await run(["tar", "-tzf", bundle])).stdout, /^describe\.json$/m);
         } finally {
           await agent.cleanup();
         }

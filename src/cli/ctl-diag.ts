@@ -1,14 +1,11 @@
-// `outpost ctl diag DEVICE`: what an operator attaches to a bug report, as one .tar.gz (docs/diagnostics.md).
-import { createPublicKey } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { z } from "zod";
-import { fingerprintOf, publicKeyText } from "../commands/keys.ts";
+import { fingerprintOf } from "../commands/keys.ts";
 import { printable } from "./answer-trust.ts";
-import { DeviceCaller, withClient } from "./ctl-client.ts";
-import { failed, runKey, SealedReader, sealedAnswer } from "./ctl-sealed.ts";
-import { BROKER_FLAGS, brokerOptions, ctlSettings, durationFlag, readPrivateKey } from "./ctl-settings.ts";
-import { answerTrust, refusalPrinter } from "./ctl-trust.ts";
+import { withClient } from "./ctl-client.ts";
+import { failed, sealedAnswer, sealedSession } from "./ctl-sealed.ts";
+import { BROKER_FLAGS, durationFlag } from "./ctl-settings.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 import { tarGz } from "./tar.ts";
 
@@ -47,24 +44,9 @@ export async function diagCommand(host: Host, args: string[]): Promise<number> {
   });
   const [device, ...extra] = positionals;
   if (device === undefined || extra.length > 0) throw new UsageError("ctl diag: expected DEVICE");
-  const settings = ctlSettings(host, values);
-  if (settings.key.value === undefined) throw new UsageError("ctl diag: --key FILE is needed to sign the request");
-  const privateKey = readPrivateKey(settings.key.value);
-  const signer = { privateKey, publicText: publicKeyText(createPublicKey(privateKey)) };
-  const o = brokerOptions(settings);
-  const trust = answerTrust(host, settings, o, values["accept-new"] === true);
   const timeoutMs = durationFlag("timeout", values.timeout, 30_000);
-  const got = await withClient(o, async (client) => {
-    const reader = await SealedReader.open(client, {
-      device,
-      key: runKey(),
-      timeoutMs,
-      caller: new DeviceCaller(client, o.prefix, signer, trust, o.commandForm),
-      refusal: refusalPrinter(host),
-      prefix: o.prefix,
-    });
-    return reader.read("debug.bundle", {}, sealedAnswer);
-  });
+  const { broker, trust, reader } = sealedSession(host, values, { verb: "diag", device, timeoutMs });
+  const got = await withClient(broker, async (client) => (await reader(client)).read("debug.bundle", {}, sealedAnswer));
   if (!got.ok) return failed(host, device, got);
   const parsed = bundle.safeParse(JSON.parse(got.plain.toString("utf8")));
   if (!parsed.success) throw new UsageError("ctl diag: the device's bundle is not one this ctl reads (a newer agent?)");

@@ -1,16 +1,13 @@
-// `outpost ctl logs DEVICE`: the device's recent log lines, sealed to this run's own key (docs/diagnostics.md).
-import { createPublicKey } from "node:crypto";
 import { parseArgs } from "node:util";
 import type { MqttClient } from "mqtt";
 import { z } from "zod";
-import { publicKeyText } from "../commands/keys.ts";
 import { errorMessage } from "../core/errors.ts";
 import { LOG_LEVELS } from "../core/logger.ts";
 import { printable } from "./answer-trust.ts";
-import { DeviceCaller, withClient } from "./ctl-client.ts";
-import { failed, runKey, type Sealed, SealedReader, sealedAnswer } from "./ctl-sealed.ts";
-import { BROKER_FLAGS, brokerOptions, ctlSettings, durationFlag, readPrivateKey } from "./ctl-settings.ts";
-import { answerTrust, refusalPrinter, trustCode } from "./ctl-trust.ts";
+import { withClient } from "./ctl-client.ts";
+import { failed, type Sealed, type SealedReader, sealedAnswer, sealedSession } from "./ctl-sealed.ts";
+import { BROKER_FLAGS, type brokerOptions, durationFlag } from "./ctl-settings.ts";
+import { trustCode } from "./ctl-trust.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 
 /** A logs answer: the sealed chunks, and where the lines stand in the ring. */
@@ -74,15 +71,8 @@ export async function logsCommand(host: Host, args: string[]): Promise<number> {
     throw new UsageError("--limit must be a positive integer");
   }
   const timeoutMs = durationFlag("timeout", values.timeout, 10_000);
-  const settings = ctlSettings(host, values);
-  if (settings.key.value === undefined) throw new UsageError("ctl logs: --key FILE is needed to sign the request");
-  const privateKey = readPrivateKey(settings.key.value);
-  const signer = { privateKey, publicText: publicKeyText(createPublicKey(privateKey)) };
-  const o = brokerOptions(settings);
-  const trust = answerTrust(host, settings, o, values["accept-new"] === true);
-  const refusal = refusalPrinter(host);
-  // This run's own key: what the device seals to. It never leaves this process.
-  const key = runKey();
+  // One key pair for the whole run, a follow's every request included (sealedSession).
+  const { broker: o, reader } = sealedSession(host, values, { verb: "logs", device, timeoutMs });
   const filters = {
     ...(level === undefined ? {} : { level }),
     ...(values.component === undefined ? {} : { component: values.component }),
@@ -101,15 +91,6 @@ export async function logsCommand(host: Host, args: string[]): Promise<number> {
     }
     for (const line of got.lines ?? []) host.stdout.write(`${values.json ? line : prettyLine(line)}\n`);
   };
-  const reader = (client: MqttClient) =>
-    SealedReader.open(client, {
-      device,
-      key,
-      timeoutMs,
-      caller: new DeviceCaller(client, o.prefix, signer, trust, o.commandForm),
-      refusal,
-      prefix: o.prefix,
-    });
   if (!values.follow) {
     const got = await withClient(o, async (client) => readLines(await reader(client), first));
     if (!got.ok) return failed(host, device, got);

@@ -1,15 +1,10 @@
-// `outpost ctl profile DEVICE --cpu 30s`: a profile taken in the device's process (or one of its task workers),
-// sealed to this run's own key, written to a file here (docs/diagnostics.md).
-import { createPublicKey } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { z } from "zod";
-import { publicKeyText } from "../commands/keys.ts";
 import { PROFILE_MS } from "../core/profile.ts";
-import { DeviceCaller, withClient } from "./ctl-client.ts";
-import { failed, runKey, SealedReader, sealedAnswer } from "./ctl-sealed.ts";
-import { BROKER_FLAGS, brokerOptions, ctlSettings, durationFlag, readPrivateKey } from "./ctl-settings.ts";
-import { answerTrust, refusalPrinter } from "./ctl-trust.ts";
+import { withClient } from "./ctl-client.ts";
+import { failed, sealedAnswer, sealedSession } from "./ctl-sealed.ts";
+import { BROKER_FLAGS, durationFlag } from "./ctl-settings.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 import { cpuToPprof, heapToPprof } from "./pprof.ts";
 
@@ -59,22 +54,10 @@ export async function profileCommand(host: Host, args: string[]): Promise<number
   if (worker !== undefined && !(Number.isInteger(worker) && worker >= 1)) {
     throw new UsageError("--worker N: a task worker's number, from 1 (task.list lists them in that order)");
   }
-  const settings = ctlSettings(host, values);
-  if (settings.key.value === undefined) throw new UsageError("ctl profile: --key FILE is needed to sign the request");
-  const privateKey = readPrivateKey(settings.key.value);
-  const signer = { privateKey, publicText: publicKeyText(createPublicKey(privateKey)) };
-  const o = brokerOptions(settings);
-  const trust = answerTrust(host, settings, o, values["accept-new"] === true);
   const timeoutMs = durationFlag("timeout", values.timeout, snapshot ? 120_000 : ms + 30_000);
-  const got = await withClient(o, async (client) => {
-    const reader = await SealedReader.open(client, {
-      device,
-      key: runKey(),
-      timeoutMs,
-      caller: new DeviceCaller(client, o.prefix, signer, trust, o.commandForm),
-      refusal: refusalPrinter(host),
-      prefix: o.prefix,
-    });
+  const session = sealedSession(host, values, { verb: "profile", device, timeoutMs });
+  const got = await withClient(session.broker, async (client) => {
+    const reader = await session.reader(client);
     if (snapshot) return reader.read("debug.heap-snapshot", {}, snapshotAnswer, MAX_SNAPSHOT);
     return reader.read("debug.profile", { kind, ms, ...(worker === undefined ? {} : { worker }) }, profileAnswer);
   });

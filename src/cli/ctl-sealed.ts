@@ -1,18 +1,20 @@
 // What every sealed diagnostics verb of ctl shares (docs/diagnostics.md): a key pair of the run's own, the
 // signed request, the chunks on the device's diag topic kept only when the signed answer names them, opened and
 // decompressed within the size the answer declares.
-import { createHash, generateKeyPairSync, type KeyObject, randomUUID } from "node:crypto";
+import { createHash, createPublicKey, generateKeyPairSync, type KeyObject, randomUUID } from "node:crypto";
 import { zstdDecompressSync } from "node:zlib";
 import type { MqttClient } from "mqtt";
 import { z } from "zod";
+import { publicKeyText } from "../commands/keys.ts";
 import { OutpostError } from "../core/errors.ts";
 import { DIAG_CHUNK_BYTES } from "../diagnostics/module.ts";
 import { open, rawPublicKey } from "../diagnostics/seal.ts";
 import { deviceTopics } from "../mqtt/topics.ts";
 import { isRefusal, printable, type Refusal } from "./answer-trust.ts";
-import type { DeviceCaller } from "./ctl-client.ts";
-import { trustCode } from "./ctl-trust.ts";
-import { EXIT, type Host } from "./host.ts";
+import { DeviceCaller } from "./ctl-client.ts";
+import { brokerOptions, ctlSettings, readPrivateKey } from "./ctl-settings.ts";
+import { answerTrust, refusalPrinter, trustCode } from "./ctl-trust.ts";
+import { EXIT, type Host, UsageError } from "./host.ts";
 
 /**
  * The most an answer may hold once opened, by default: a log ring is 1 MiB, a minute's CPU profile a few. A heap
@@ -37,9 +39,39 @@ export const sealedAnswer = z.looseObject({
 });
 
 /** This run's own key pair: what the device seals to. It never leaves this process. */
-export function runKey(): { privateKey: KeyObject; to: string } {
+function runKey(): { privateKey: KeyObject; to: string } {
   const mine = generateKeyPairSync("x25519");
   return { privateKey: mine.privateKey, to: rawPublicKey(mine.publicKey) };
+}
+
+/**
+ * What every sealed verb of ctl sets up from its flags: the broker, the signing key (required), the pins that
+ * check answers, this run's own key pair, and a reader for each connection.
+ */
+export function sealedSession(
+  host: Host,
+  values: Readonly<Record<string, unknown>>,
+  o: { verb: string; device: string; timeoutMs: number },
+) {
+  const settings = ctlSettings(host, values);
+  const keyFile = settings.key.value;
+  if (keyFile === undefined) throw new UsageError(`ctl ${o.verb}: --key FILE is needed to sign the request`);
+  const privateKey = readPrivateKey(keyFile);
+  const signer = { privateKey, publicText: publicKeyText(createPublicKey(privateKey)) };
+  const broker = brokerOptions(settings);
+  const trust = answerTrust(host, settings, broker, values["accept-new"] === true);
+  const refusal = refusalPrinter(host);
+  const key = runKey();
+  const reader = (client: MqttClient) =>
+    SealedReader.open(client, {
+      device: o.device,
+      key,
+      timeoutMs: o.timeoutMs,
+      caller: new DeviceCaller(client, broker.prefix, signer, trust, broker.commandForm),
+      refusal,
+      prefix: broker.prefix,
+    });
+  return { broker, trust, reader };
 }
 
 export type Sealed<A> =

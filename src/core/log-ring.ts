@@ -1,5 +1,13 @@
-/** The longest line the ring keeps as it is, in characters. */
+/** The longest line the ring (and the tail) keeps as it is, in characters. */
 export const MAX_LINE = 16 * 1024;
+
+/**
+ * A line as kept: a huge one (a problem list, a stack) becomes a short JSON line of its own, its head a copy: a
+ * slice would keep the whole original alive, and a cut line would no longer parse.
+ */
+export function keptLine(text: string): string {
+  return text.length > MAX_LINE ? JSON.stringify({ cut: true, chars: text.length, head: text.slice(0, 4096) }) : text;
+}
 
 /**
  * The agent's recent log lines, as written (JSON, secrets already scrubbed), in a ring bounded by bytes: the
@@ -23,10 +31,7 @@ export class LogRing {
 
   push(line: string): void {
     const text = line.endsWith("\n") ? line.slice(0, -1) : line;
-    // A huge line (a problem list, a stack) is kept as a short JSON line of its own, its head a copy: a slice
-    // would keep the whole original alive, and a cut line would no longer parse.
-    const kept =
-      text.length > MAX_LINE ? JSON.stringify({ cut: true, chars: text.length, head: text.slice(0, 4096) }) : text;
+    const kept = keptLine(text);
     this.lines.push(kept);
     this.bytes += kept.length;
     this.added += 1;

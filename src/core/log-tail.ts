@@ -11,7 +11,7 @@ import {
   writeSync,
 } from "node:fs";
 import { join } from "node:path";
-import { MAX_LINE } from "./log-ring.ts";
+import { keptLine, MAX_LINE } from "./log-ring.ts";
 
 /** Where the tails are, under the state directory. */
 export const TAIL_DIR = "logs";
@@ -80,10 +80,7 @@ export class LogTail {
     // A write per line on the event loop, to flash: the tail takes info and above (a run's end, its warnings
     // and errors); debug and trace lines stay in the ring, which keeps them all.
     if (line.startsWith('{"level":"debug"') || line.startsWith('{"level":"trace"')) return;
-    const text =
-      line.length > MAX_LINE
-        ? `${JSON.stringify({ cut: true, chars: line.length, head: line.slice(0, 4096) })}\n`
-        : line;
+    const text = line.length > MAX_LINE ? `${keptLine(line)}\n` : line;
     try {
       const n = writeSync(this.fd, text);
       // A short write (the disk full) would join this line to the next: the tail stops here.

@@ -24,7 +24,9 @@ writeFileSync(
     state: { dir: join(dir, "state") },
   }),
 );
-const watch = await Watch.open(Number(port), [`outpost/v1/${id}/telemetry`]);
+// Without mqtt-packet's number cache, as the agent's own clients go (src/mqtt/options.ts): the switch is global
+// to the process, and a watch that made the cache first would count it in the agent's heap.
+const watch = await Watch.open(Number(port), [`outpost/v1/${id}/telemetry`], { writeCache: false });
 let stop: (name: string) => void = () => {};
 const stopRequested = new Promise<string>((resolve) => {
   stop = resolve;

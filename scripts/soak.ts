@@ -1,10 +1,12 @@
 // npm run soak -- --minutes N: the built agent under load for N minutes, against mosquitto restarted every
-// --restart-every minutes, with telemetry every 100 ms (deadbands on, full samples every 5 s), /metrics scraped
-// every second, Home Assistant discovery on, and signed commands at --rate per second. Prints RSS,
-// heap and handles (the agent's own resources collector) after a warm-up and at the end, and writes
-// bench/soak.json. Growth is the end minus the warm sample; the goal is under 3 MiB of RSS over an hour.
+// --restart-every minutes, with telemetry every --telemetry (100 ms; deadbands on, full samples every 5 s),
+// /metrics scraped every --scrape seconds (1), Home Assistant discovery on, and signed commands at --rate per
+// second (ping and describe in turn, or --command only). `--mix budget` is issue 27's mix: 1 s telemetry, a
+// scrape every 5 s, a signed ping every 10 s, the broker restarted every 6 minutes. Prints RSS, heap and
+// handles (the agent's own resources collector) after a warm-up and at the end, and writes bench/soak.json
+// with a reading a minute. Growth is the end minus the warm sample; the goal is under 3 MiB of RSS over an hour.
 import { mkdirSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import { mergeReport } from "../src/core/merge.ts";
 import { AgentProcess, ROOT } from "../test/helpers/agent-process.ts";
@@ -21,13 +23,24 @@ const { values } = parseArgs({
     warmup: { type: "string", default: "30" },
     rate: { type: "string", default: "5" },
     "restart-every": { type: "string", default: "2" },
+    telemetry: { type: "string", default: "100ms" },
+    scrape: { type: "string", default: "1" },
+    command: { type: "string" },
+    mix: { type: "string" },
     bin: { type: "string" },
+    out: { type: "string" },
   },
 });
+const BUDGET_MIX = values.mix === "budget";
+if (values.mix !== undefined && !BUDGET_MIX) throw new Error(`--mix ${values.mix}: the only mix is budget`);
 const MINUTES = Number(values.minutes);
 const WARMUP = Math.min(Number(values.warmup), MINUTES / 2);
-const RATE = Number(values.rate);
-const RESTART_EVERY = Number(values["restart-every"]);
+const RATE = BUDGET_MIX ? 0.1 : Number(values.rate);
+const RESTART_EVERY = BUDGET_MIX ? 6 : Number(values["restart-every"]);
+const TELEMETRY = BUDGET_MIX ? "1s" : values.telemetry;
+const SCRAPE_S = BUDGET_MIX ? 5 : Number(values.scrape);
+const COMMAND = BUDGET_MIX ? "ping" : values.command;
+const OUT = values.out ?? join(ROOT, "bench", "soak.json");
 const BIN = values.bin ?? join(ROOT, "dist", "outpost-linux-x64");
 const ID = "soak";
 
@@ -54,7 +67,7 @@ async function main(): Promise<void> {
   const agent = AgentProcess.run([BIN], {
     device: { id: ID },
     mqtt: { url: broker.url, reconnectMin: "100ms", reconnectMax: "1s" },
-    telemetry: { interval: "100ms", fullInterval: "5s" },
+    telemetry: { interval: TELEMETRY, fullInterval: "5s" },
     resources: { interval: "5s" },
     http: { listen: `127.0.0.1:${httpPort}` },
     homeassistant: { discovery: true },
@@ -74,7 +87,7 @@ async function main(): Promise<void> {
     while (!stopping) {
       const t = performance.now();
       const call = operator
-        .call(ID, commands % 2 ? "ping" : "describe", undefined, { timeoutMs: 5000 })
+        .call(ID, COMMAND ?? (commands % 2 ? "ping" : "describe"), undefined, { timeoutMs: 5000 })
         .then((r) => (r.finals.length ? undefined : failures++))
         .catch(() => failures++);
       commands += 1;
@@ -83,7 +96,7 @@ async function main(): Promise<void> {
     }
   })();
 
-  // Prometheus's part: a scrape a second, whatever the broker is doing.
+  // Prometheus's part: a scrape every SCRAPE_S seconds, whatever the broker is doing.
   let scrapes = 0;
   const scraper = (async () => {
     while (!stopping) {
@@ -91,7 +104,7 @@ async function main(): Promise<void> {
         .then((r) => r.text())
         .then(() => scrapes++)
         .catch(() => {});
-      await sleep(1000);
+      await sleep(SCRAPE_S * 1000);
     }
   })();
 
@@ -130,7 +143,12 @@ async function main(): Promise<void> {
         await operator.close().catch(() => {});
         operator = await Operator.open(broker.port, key);
       }
-      if (Math.floor(minute()) !== Math.floor(readings.at(-1)?.minute ?? -1)) readings.push(read());
+      if (Math.floor(minute()) !== Math.floor(readings.at(-1)?.minute ?? -1)) {
+        const r = read();
+        readings.push(r);
+        // A line a minute: a long soak that dies still leaves its curve.
+        process.stdout.write(`minute ${JSON.stringify(r)}\n`);
+      }
     }
     const end = read();
     stopping = true;
@@ -147,10 +165,11 @@ async function main(): Promise<void> {
     process.stdout.write(
       `end   ${JSON.stringify(end)}\ngrowth ${JSON.stringify(growth)} (commands unanswered: ${failures}, scrapes: ${scrapes})\n`,
     );
-    mkdirSync(join(ROOT, "bench"), { recursive: true });
+    mkdirSync(dirname(OUT), { recursive: true });
+    const mix = { telemetry: TELEMETRY, scrapeS: SCRAPE_S, rate: RATE, command: COMMAND, restartEvery: RESTART_EVERY };
     writeFileSync(
-      join(ROOT, "bench", "soak.json"),
-      `${JSON.stringify({ date: new Date().toISOString(), minutes: MINUTES, rate: RATE, warm, end, growth, failures, readings }, null, 2)}\n`,
+      OUT,
+      `${JSON.stringify({ date: new Date().toISOString(), minutes: MINUTES, mix, warm, end, growth, failures, readings }, null, 2)}\n`,
     );
   } finally {
     stopping = true;

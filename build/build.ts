@@ -70,6 +70,31 @@ function git(args: string[]): string {
 }
 
 /**
+ * MQTT.js loads every transport at the first connect: WebSockets (ws) and SOCKS proxies (socks, ip-address,
+ * smart-buffer) among them, about 300 KiB of code compiled and kept. Outpost takes only mqtt:// and mqtts://
+ * URLs (the config schema and ctl refuse others), so both are left out of the bundle; a stub says so if it is
+ * ever reached.
+ */
+const mqttTransports: esbuild.Plugin = {
+  name: "mqtt-transports",
+  setup(b) {
+    b.onResolve({ filter: /^\.\/(ws|socks)$/ }, (args) =>
+      /mqtt[\\/]build[\\/]lib[\\/]connect$/.test(args.resolveDir)
+        ? { path: args.path.slice(2), namespace: "outpost-stub" }
+        : undefined,
+    );
+    b.onLoad({ filter: /.*/, namespace: "outpost-stub" }, (args) => {
+      const refuse = `() => { throw new Error("MQTT over ${args.path} is not built into outpost: use mqtt:// or mqtts://"); }`;
+      const contents =
+        args.path === "ws"
+          ? `exports.streamBuilder = ${refuse}; exports.browserStreamBuilder = ${refuse};`
+          : `module.exports = ${refuse};`;
+      return { contents, loader: "js" };
+    });
+  },
+};
+
+/**
  * The bundle's copy of onnxruntime-node takes its native binding from the global the task worker sets after
  * `process.dlopen` of the extracted file (src/tasks/worker.ts): inside the binary there is no file to require.
  */
@@ -115,6 +140,9 @@ async function bundle(
   });
   const text = readFileSync(outfile, "utf8");
   if (text.includes(root as string)) throw new Error(`bundle leaks the checkout path ${root}`);
+  // One character past ASCII and V8 holds the whole source two bytes a character (see minifyWhitespace).
+  const wide = /[\u0080-\uffff]/.exec(text);
+  if (wide) throw new Error(`bundle ${outfile} is not ASCII at ${wide.index}: V8 would keep it at twice the size`);
   const inputs = Object.keys(result.metafile.inputs).length;
   process.stdout.write(
     `bundle: ${relative(root, outfile)} ${(text.length / 1024).toFixed(0)} KiB from ${inputs} files\n`,
@@ -225,13 +253,18 @@ async function build(stage: string, started: number): Promise<void> {
     stage,
     TARGETS.map((name) => loadTarget(name) as Target),
   );
-  await bundle("src/main.ts", entry, {
-    __OUTPOST_COMMIT__: JSON.stringify(git(["rev-parse", "--short=12", "HEAD"])),
-    // Readable from the file without running it (src/version.ts, releaseMarker): the release host cannot run
-    // an arm64 binary.
-    __OUTPOST_RELEASE__: JSON.stringify(releaseMarkerText(version)),
-    __OUTPOST_SD_NOTIFY__: JSON.stringify(native),
-  });
+  await bundle(
+    "src/main.ts",
+    entry,
+    {
+      __OUTPOST_COMMIT__: JSON.stringify(git(["rev-parse", "--short=12", "HEAD"])),
+      // Readable from the file without running it (src/version.ts, releaseMarker): the release host cannot run
+      // an arm64 binary.
+      __OUTPOST_RELEASE__: JSON.stringify(releaseMarkerText(version)),
+      __OUTPOST_SD_NOTIFY__: JSON.stringify(native),
+    },
+    [mqttTransports],
+  );
   // The task worker is its own bundle, started from source (a worker cannot start from a file in the binary).
   const worker = join(stage, "task-worker.js");
   await bundle("src/tasks/worker.ts", worker, {}, [ortBinding]);

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -10,6 +10,7 @@ import { PREFIX } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { Watch } from "../helpers/mqtt-watch.ts";
 import { pinAgent } from "../helpers/pins.ts";
+import { makePki } from "../helpers/pki.ts";
 import { freePort } from "../helpers/ports.ts";
 import { run } from "../helpers/run.ts";
 
@@ -113,6 +114,48 @@ describe("built binaries", () => {
           assert.equal(retained.json.session, online.json.session);
         } finally {
           await agent.cleanup();
+        }
+      });
+
+      it("connects over mqtts with a CA and a client certificate (MQTT.js's transports as built: ws and SOCKS left out)", async () => {
+        const pki = join(dir, `pki-${target.name}`);
+        mkdirSync(pki);
+        makePki(pki);
+        const secure = await Mosquitto.start({
+          listener: (port) => [
+            `listener ${port} 127.0.0.1`,
+            "allow_anonymous true",
+            `cafile ${join(pki, "ca.pem")}`,
+            `certfile ${join(pki, "server.pem")}`,
+            `keyfile ${join(pki, "server.key")}`,
+            "require_certificate true",
+          ],
+        });
+        const tls = { ca: join(pki, "ca.pem"), cert: join(pki, "client.pem"), key: join(pki, "client.key") };
+        const seen = await Watch.open(secure.port, [`${PREFIX}/#`], {
+          protocol: "mqtts",
+          ca: readFileSync(tls.ca),
+          cert: readFileSync(tls.cert),
+          key: readFileSync(tls.key),
+        });
+        const id = `e2e-tls-${target.name}`;
+        const agent = AgentProcess.run(target.command, {
+          device: { id },
+          mqtt: { url: `mqtts://127.0.0.1:${secure.port}`, ...tls, reconnectMin: "100ms", reconnectMax: "1s" },
+          telemetry: { interval: "500ms", fullInterval: "50ms", collectorTimeout: "5s" },
+        });
+        try {
+          await seen.waitFor(
+            (m) => m.topic === `${PREFIX}/${id}/status` && m.json.state === "online",
+            target.timeout,
+            "online over TLS",
+          );
+          await seen.waitFor((m) => m.topic === `${PREFIX}/${id}/telemetry`, target.timeout, "telemetry over TLS");
+        } finally {
+          await agent.stop("SIGTERM").catch(() => {});
+          await agent.cleanup();
+          await seen.close();
+          await secure.stop();
         }
       });
 

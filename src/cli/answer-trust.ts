@@ -99,6 +99,11 @@ export class AnswerTrust {
     }
   }
 
+  /** The devices whose status was seen. */
+  statusDevices(): string[] {
+    return [...this.statuses.keys()];
+  }
+
   pinOf(device: string): Pin | undefined {
     return this.o.pins.find(this.brokers, this.o.prefix, device);
   }

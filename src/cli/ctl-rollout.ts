@@ -3,8 +3,10 @@
 import { randomBytes } from "node:crypto";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { errorMessage } from "../core/errors.ts";
-import { printable } from "./answer-trust.ts";
+import { errorMessage, OutpostError } from "../core/errors.ts";
+import { allDevices } from "../mqtt/topics.ts";
+import { type AnswerTrust, printable } from "./answer-trust.ts";
+import { type Dots, probeDots } from "./broker-probe.ts";
 import { DeviceCaller, withClient } from "./ctl-client.ts";
 import { BROKER_FLAGS, brokerOptions, type CtlSettings, ctlSettings, durationFlag } from "./ctl-settings.ts";
 import { answerTrust, knownDevices } from "./ctl-trust.ts";
@@ -100,6 +102,7 @@ async function createRollout(host: Host, positionals: string[], values: Values):
       .map((p) => p.device);
     devices = [...new Set(pinned)];
   }
+  await refuseSplitDots(o, devices);
   let policy: RolloutPolicy;
   try {
     policy = {
@@ -189,27 +192,71 @@ async function createRollout(host: Host, positionals: string[], values: Values):
 
 /**
  * A group's members, as a rollout freezes them: the devices whose pinned key signed an answer to a `ping` sent
- * to the group within `windowMs`. A member offline now is not among them (name it with --devices instead).
+ * to the group within `windowMs`, and the pinned devices whose last status, signed by that key and retained by
+ * the broker, names the group (offline now: they stay pending until they return). A member whose last words
+ * were its will (`lost`, unsigned) and that does not answer is not found: name it with --devices.
  */
 async function groupMembers(host: Host, settings: CtlSettings, group: string, windowMs: number): Promise<string[]> {
   const o = brokerOptions(settings);
   const trust = answerTrust(host, settings, o, false, true);
   const signer = signerOf(settings);
-  const result = await withClient(o, (client) =>
-    new DeviceCaller(client, o.prefix, signer, trust, o.commandForm).call({
+  const result = await withClient(o, async (client) => {
+    client.on("message", (topic, payload) => {
+      const device = deviceOfStatus(o.prefix, topic);
+      if (device !== undefined) trust.sawStatus(device, topic, payload.toString("utf8"));
+    });
+    await client.subscribeAsync(allDevices(o.prefix, "status"), { qos: 1 });
+    return new DeviceCaller(client, o.prefix, signer, trust, o.commandForm).call({
       command: "ping",
       group,
       timeoutMs: windowMs,
       validityMs: 60_000,
-    }),
-  );
-  const members = [...new Set(result.finals.map((r) => r.device))].sort();
+    });
+  });
+  const answered = new Set(result.finals.map((r) => r.device));
+  const known = trust
+    .statusDevices()
+    .filter((d) => !answered.has(d) && statusNamesGroup(trust.status(d), group))
+    .sort();
+  const members = [...new Set([...answered, ...known])].sort();
   const unverified = new Set(result.refused.map((r) => r.reply.device)).size;
   host.stderr.write(
-    `outpost: group ${group}: ${members.length} members answered, signed by their pinned keys, within ${windowMs / 1000}s${unverified > 0 ? `; ${unverified} answers not counted (unpinned, unsigned or forged)` : ""}\n`,
+    `outpost: group ${group}: ${answered.size} members answered, signed by their pinned keys, within ${windowMs / 1000}s${known.length > 0 ? `; ${known.length} more named it in their last signed status (${known.slice(0, 5).join(" ")}${known.length > 5 ? " ..." : ""}): pending until they return` : ""}${unverified > 0 ? `; ${unverified} answers not counted (unpinned, unsigned or forged)` : ""}\n`,
   );
   if (members.length === 0) throw new UsageError(`ctl rollout: no pinned member of group ${group} answered`);
   return members;
+}
+
+/**
+ * On a broker that turns `.` into a level separator (RabbitMQ), a device id with a dot cannot be told apart from
+ * the levels it makes: its request would never arrive and its answers never be read. Such a rollout is refused
+ * before anything is frozen, as `ctl call` refuses such a device.
+ */
+async function refuseSplitDots(o: ReturnType<typeof brokerOptions>, devices: string[]): Promise<void> {
+  const dotted = devices.filter((d) => d.includes("."));
+  if (dotted.length === 0 || o.commandForm === "dotted") return;
+  const dots =
+    o.commandForm === "flat"
+      ? "split"
+      : await withClient(o, (client) => probeDots(client, o.prefix)).catch((): Dots => "unknown");
+  if (dots !== "split") return;
+  throw new OutpostError(
+    "BROKER_SPLITS_DOTS",
+    `${dotted.length === 1 ? "device" : "devices"} ${dotted.slice(0, 5).join(" ")}${dotted.length > 5 ? " ..." : ""} ${dotted.length === 1 ? "has" : "have"} a dot, which this broker turns into a topic level separator (as RabbitMQ does): their topics cannot be told apart there; give them names without dots (docs/broker.md)`,
+  );
+}
+
+/** Whether a retained status, signed by the device's pinned key, lists `group` among the device's groups. */
+function statusNamesGroup(s: ReturnType<AnswerTrust["status"]>, group: string): boolean {
+  if (s?.verdict.trust !== "verified") return false;
+  const groups = s.body.groups;
+  return Array.isArray(groups) && groups.includes(group);
+}
+
+/** The device of a `P/D/status` topic under `prefix`. */
+function deviceOfStatus(prefix: string, topic: string): string | undefined {
+  const m = topic.startsWith(`${prefix}/`) ? topic.slice(prefix.length + 1).split("/") : [];
+  return m.length === 2 && m[1] === "status" && m[0] ? m[0] : undefined;
 }
 
 const VERBS = new Set(["status", "list", "pause", "resume", "approve", "abort"]);

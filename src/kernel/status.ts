@@ -77,6 +77,8 @@ export function statusMessage(state: "online" | "offline" | "lost", s: StatusInp
       mono: Math.round(s.clock.mono()),
       clockSynced: s.clockSynced(),
       device: s.config.config.device.id,
+      // Signed with the rest: a rollout to a group counts a member that is offline now from its last status.
+      groups: s.config.config.device.groups,
       arch: process.arch,
       protocolVersion: s.protocolVersion,
       configVersion: s.config.version,

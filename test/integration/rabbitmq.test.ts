@@ -138,6 +138,15 @@ describe("a RabbitMQ 3.10 cluster of two nodes: devices on one, the operator on 
     const r = await ctl(["call", "cam.9", "ping", "--wait", "--timeout", "2s"]);
     assert.equal(r.code, 1);
     assert.match(r.err, /device cam\.9 has a dot, which this broker turns into a topic level separator/);
+    // A rollout to it is refused too, before anything is frozen: its request would never arrive.
+    const file = join(dir, "r0.bin");
+    writeFileSync(file, fakeAgent("9.9.8", process.arch === "arm64" ? "arm64" : "x64", 64 * 1024));
+    const release = join(dir, "r0");
+    makeRelease({ file, privateKey: parsePrivateKey(releaseKey.privatePem), out: release, kind: "agent", now: 1 });
+    const rollout = await ctl(["rollout", release, "--devices", "cam.9,line-a", "--dry-run"]);
+    assert.equal(rollout.code, 1, rollout.out);
+    assert.match(rollout.err, /device cam\.9 has a dot, which this broker turns into a topic level separator/);
+    assert.doesNotMatch(rollout.out, /wave 1/);
   });
 
   it("ctl update stages a release on the group: its chunks go over MQTT from one node to the other", async () => {

@@ -142,6 +142,26 @@ describe("a rollout in waves through a simulated fleet", () => {
     fleet.device(failing).outcome = "rollback";
     const offline = plan[3]?.[0] as string;
     await fleet.device(offline).stop();
+    // A member offline now is still one: its last status, signed by its pinned key, names the group.
+    const without = await runCli([
+      "ctl",
+      "rollout",
+      a.dir,
+      "--group",
+      "sim",
+      "--discover",
+      "5s",
+      "--dry-run",
+      ...flags(),
+    ]);
+    assert.equal(without.code, 0, without.err);
+    assert.match(without.out, new RegExp(`to ${N} devices`));
+    assert.match(
+      without.err,
+      new RegExp(
+        `group sim: ${N - 1} members answered.*; 1 more named it in their last signed status \\(${offline}\\)`,
+      ),
+    );
     const run = driver([
       a.dir,
       "--devices",

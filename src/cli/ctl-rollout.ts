@@ -281,8 +281,11 @@ async function rolloutVerb(host: Host, verb: string, rest: string[], values: Val
           committed: 0,
         });
         const what = s.releases.map((x) => `${x.version} (${x.arch})`).join(", ");
+        // Who changed it last (a pause, a resume, an approval, an abort), when anyone did after making it.
+        const last = s.events.filter((e) => e.by !== "driver" && !e.what.startsWith("created")).at(-1);
+        const changed = last ? `; last ${printable(last.what, 80)} by ${printable(last.by, 64)} at ${last.at}` : "";
         host.stdout.write(
-          `${r.id}  ${r.state.padEnd(9)}  ${c.committed}/${c.total} committed  ${what}  made ${s.created} by ${r.by}\n`,
+          `${r.id}  ${r.state.padEnd(9)}  ${c.committed}/${c.total} committed  ${what}  made ${s.created} by ${r.by}${changed}\n`,
         );
       }
       return EXIT.OK;

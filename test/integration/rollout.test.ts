@@ -6,12 +6,15 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { readManifest } from "../../src/cli/ctl-update.ts";
 import { parseWaves, planWaves } from "../../src/cli/rollout-plan.ts";
 import { generateKeys } from "../../src/commands/keys.ts";
 import { MAIN } from "../helpers/agent-process.ts";
 import { runCli } from "../helpers/cli.ts";
+import { PREFIX } from "../helpers/commands.ts";
 import { Fleet, fleetRelease } from "../helpers/fleet.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
+import { Watch } from "../helpers/mqtt-watch.ts";
 import { pinKey } from "../helpers/pins.ts";
 import { tempDir } from "../helpers/temp.ts";
 import { waitUntil } from "../helpers/wait.ts";
@@ -99,6 +102,21 @@ describe("a rollout in waves through a simulated fleet", () => {
       .at(-1);
     // "" when the journal has none yet.
     return id ?? "";
+  }
+
+  /** Whether the driver answers a chunk request published as `device` within 3 s. */
+  async function chunkAnswered(device: string, release: string): Promise<boolean> {
+    const watch = await Watch.open(broker.port, [`${PREFIX}/${device}/update/data`]);
+    try {
+      const request = { id: `probe-${device}`, release, file: "artifact", offset: 0, size: 1024 };
+      await watch.client.publishAsync(`${PREFIX}/${device}/update/get`, JSON.stringify(request), { qos: 1 });
+      return await watch
+        .waitFor((m) => m.text.startsWith(`{"id":"probe-${device}"`), 3000, "a chunk answer")
+        .then(() => true)
+        .catch(() => false);
+    } finally {
+      await watch.close();
+    }
   }
 
   before(async () => {
@@ -217,10 +235,29 @@ describe("a rollout in waves through a simulated fleet", () => {
     }
     assert.ok(s, "the rollout waits for approval");
     assert.equal(s.waves[1]?.started, null, "wave 2 did not start without approval");
+    // Paused from another shell: the driver ends, and the list says who paused it.
+    const pause = await runCli(["ctl", "rollout", "pause", s.id, "--reason", "lunch", ...flags()]);
+    assert.equal(pause.code, 0, pause.err);
+    assert.equal(await run.exited, 1);
+    assert.equal((await status(s.id)).state, "paused");
+    const listed = await runCli(["ctl", "rollout", "list", ...flags()]);
+    const fingerprint = /SHA256:[A-Za-z0-9+/]{43}/.exec(listed.out)?.[0] ?? "no key fingerprint listed";
+    assert.match(
+      listed.out,
+      new RegExp(`${s.id}  paused .*; last paused: lunch by ${fingerprint.replace(/[+/]/g, "\\$&")} at `),
+    );
+    // Resumed, it waits for approval again; aborted from another shell, the driver ends.
+    const resumed = driver(["resume", s.id]);
+    let again = "";
+    for (const until = Date.now() + 30_000; again !== "running" && Date.now() < until; ) {
+      await new Promise((r) => setTimeout(r, 200));
+      again = (await status(s.id)).state;
+    }
+    assert.equal(again, "running", "running again after resume");
     const abort = await runCli(["ctl", "rollout", "abort", s.id, "--reason", "not today", ...flags()]);
     assert.equal(abort.code, 0, abort.err);
-    assert.equal(await run.exited, 1);
-    assert.match(run.err(), /aborted: not today/);
+    assert.equal(await resumed.exited, 1);
+    assert.match(resumed.err(), /aborted: not today/);
     assert.equal((await status(s.id)).state, "aborted");
   });
 
@@ -337,10 +374,19 @@ describe("a rollout in waves through a simulated fleet", () => {
       ended = true;
     });
     const approved = new Set<string>();
+    // Chunks go only to a device in flight: asked as the slow device while it updates, and as a device of a
+    // later wave (pending), the same request is answered once.
+    const sha = readManifest(c.dir).manifest.sha256;
+    const later = five[4] as string;
+    let served: { inFlight: boolean; pending: boolean } | undefined;
     while (!ended) {
-      const r = await runCli(["ctl", "rollout", "status", id as string, "--json", ...flags()]);
+      const r = await runCli(["ctl", "rollout", "status", id as string, "--json", "--all", ...flags()]);
       const now = JSON.parse(r.out) as Status & { waiting: string | null };
       most = Math.max(most, ...now.waves.map((w) => w.inFlight));
+      const stateOf = (d: string) => now.devices.find((x) => x.device === d)?.state;
+      if (!served && stateOf(slow) === "updating" && stateOf(later) === "pending") {
+        served = { inFlight: await chunkAnswered(slow, sha), pending: await chunkAnswered(later, sha) };
+      }
       // --approve: each wave after the first waits for an operator, in another process.
       const waits = /^wave (\d+) waits for approval/.exec(now.state === "running" ? (now.waiting ?? "") : "");
       if (waits?.[1] && !approved.has(waits[1])) {
@@ -351,6 +397,7 @@ describe("a rollout in waves through a simulated fleet", () => {
       await new Promise((r) => setTimeout(r, 100));
     }
     assert.equal(most, 1, "one device in flight at most");
+    assert.deepEqual(served, { inFlight: true, pending: false }, "chunks served to the device in flight only");
     assert.deepEqual([...approved], ["2", "3"], "waves 2 and 3 approved, each once");
     const code = await run.exited;
     assert.equal(code, 0, `${run.out()}\n${run.err()}`);

@@ -3,8 +3,13 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import type { MqttClient } from "mqtt";
+import type { AnswerTrust } from "../../src/cli/answer-trust.ts";
+import type { Signer } from "../../src/cli/ctl-client.ts";
+import { driveRollout } from "../../src/cli/rollout-driver.ts";
 import { JOURNAL_VERSION, RolloutJournal, requestIdOf } from "../../src/cli/rollout-journal.ts";
 import { DEFAULT_POLICY } from "../../src/cli/rollout-plan.ts";
+import { LeaseRefused } from "../../src/cli/rollout-wire.ts";
 import { tempDir } from "../helpers/temp.ts";
 
 describe("rollout journal", () => {
@@ -34,6 +39,35 @@ describe("rollout journal", () => {
     const before = readFileSync(path);
     assert.throws(() => new RolloutJournal(path), /version 2, written by a newer ctl \(this one knows up to 1\)/);
     assert.deepEqual(readFileSync(path), before);
+  });
+
+  it("a rollout is driven only on the machine where it was made: another's driver is refused before it touches anything", async () => {
+    const j = open();
+    try {
+      j.create({ id: "ro-m", created: 1, by: "SHA256:op", machine: "m1", broker: "b:1883", prefix: "p" }, plan);
+      const before = JSON.stringify([j.rollout("ro-m"), j.devices("ro-m")]);
+      // The machine is checked first: a client that is touched at all would throw something else.
+      const client = new Proxy({}, { get: () => assert.fail("the broker was used") }) as MqttClient;
+      await assert.rejects(
+        driveRollout({
+          journal: j,
+          id: "ro-m",
+          client,
+          trust: {} as AnswerTrust,
+          signer: {} as Signer,
+          me: me("x", 1, "m2"),
+          alive: () => true,
+          signal: new AbortController().signal,
+          onEvent: () => {},
+        }),
+        (err: Error) =>
+          err instanceof LeaseRefused &&
+          /bound to the operator machine m1, where it was made: drive it there/.test(err.message),
+      );
+      assert.equal(JSON.stringify([j.rollout("ro-m"), j.devices("ro-m")]), before);
+    } finally {
+      j.close();
+    }
   });
 
   it("one driver at a time: refused while the holder lives on this machine, or its lease runs elsewhere", () => {

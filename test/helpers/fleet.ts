@@ -5,9 +5,11 @@
 // records and "restarts the service" by stopping the device's kernel and starting a new one as the release
 // it switched to; its outcome is set per device. Not real: one process's memory, event loop and CPU are shared
 // by all devices (a slow device slows the others); the binary is never executed; the board tree is this
-// machine's unless a test names one; the status's `version` is this checkout's (the OTA module's is the
-// simulated release's).
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+// machine's unless the fleet is given board fixtures (each device then reads its own copy); every device says
+// it is x64 (the status's `arch` is this process's); the status's `version` is this checkout's (the OTA
+// module's is the simulated release's). A crash is simulated by cutting the device's connection without a
+// farewell and dropping its kernel: its files stay, as a killed process's do.
+import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import pino from "pino";
 import { stringify } from "yaml";
@@ -18,13 +20,19 @@ import type { Kernel } from "../../src/kernel/kernel.ts";
 import { MODULES } from "../../src/modules.ts";
 import { otaModuleFor } from "../../src/ota/module.ts";
 import { makeRelease } from "../../src/ota/release.ts";
+import { rolloutsFile } from "../../src/ota/rollouts.ts";
 import type { RunningRelease } from "../../src/ota/running.ts";
 import { openConfigStore } from "../../src/schema.ts";
 import { releaseName } from "../../src/version.ts";
 import { fakeAgent } from "./releases.ts";
 
-/** What the simulated installer does with a staged release. */
-export type Outcome = "commit" | "rollback" | "hang" | "slow";
+/**
+ * What happens to a device given a release: root's installer commits it, rolls it back (the new release fails
+ * at its start), never answers (hang), or takes `slowMs` first; or the agent crashes once it took the
+ * rollout's request (killed, as the OOM killer or a power cut would: no offline status, so the broker publishes
+ * its will) and is started again `crashRestartMs` later, then commits.
+ */
+export type Outcome = "commit" | "rollback" | "hang" | "slow" | "crash";
 
 export interface FleetOptions {
   dir: string;
@@ -37,9 +45,15 @@ export interface FleetOptions {
   running: { version: string; sha256: string };
   /** Extra configuration for every device. */
   config?: Record<string, unknown>;
+  /**
+   * Board fixtures (test/fixtures/boards: pi4, pi5, jetson-orin-nano, x86), handed out in turn: each device gets
+   * its own copy of its tree and reads its telemetry and board from it. None: this machine's board, shared.
+   */
+  boards?: readonly string[];
 }
 
 const ROOT_WAIT_MS = 150;
+const BOARDS = join(import.meta.dirname, "..", "fixtures", "boards");
 
 export class SimDevice {
   readonly id: string;
@@ -49,6 +63,12 @@ export class SimDevice {
   outcome: Outcome = "commit";
   /** With "slow": how long root's installer takes before it commits like "commit". */
   slowMs = 6000;
+  /** With "crash": how long the device stays down. */
+  crashRestartMs = 1000;
+  /** Crashes so far. */
+  crashes = 0;
+  /** With "crash": the rollout record's mtime when the outcome was first seen. */
+  private crashArmed: number | undefined;
   /** The release it runs (`<version>-<sha12>`) and its version. */
   release: { name: string; version: string };
   /** Each install root performed, by release name: a device must never install a rollout's release twice. */
@@ -57,19 +77,26 @@ export class SimDevice {
   private installer: Promise<void> | undefined;
   private stopped = false;
 
-  constructor(id: string, o: FleetOptions) {
+  constructor(id: string, o: FleetOptions, index = 0) {
     this.id = id;
     this.dir = join(o.dir, id);
     this.stateDir = join(this.dir, "state");
     this.records = join(this.dir, "records");
     mkdirSync(this.records, { recursive: true });
     this.release = { name: releaseName(o.running.version, o.running.sha256), version: o.running.version };
+    const board = o.boards?.length ? o.boards[index % o.boards.length] : undefined;
+    let roots = {};
+    if (board !== undefined) {
+      const tree = join(this.dir, "board");
+      cpSync(join(BOARDS, board), tree, { recursive: true });
+      roots = { procRoot: join(tree, "proc"), sysRoot: join(tree, "sys"), hostRoot: join(tree, "host") };
+    }
     writeFileSync(
       join(this.dir, "config.yaml"),
       stringify({
         device: { id, groups: ["sim"] },
         mqtt: { url: o.brokerUrl, reconnectMin: "100ms", reconnectMax: "2s" },
-        telemetry: { interval: "1h", fullInterval: "1h" },
+        telemetry: { interval: "1h", fullInterval: "1h", ...roots },
         state: { dir: this.stateDir },
         commands: { trustedKeys: [{ name: "ops", key: o.operatorKey, allow: ["*"] }] },
         update: { trustedKeys: [o.releaseKey], progressInterval: "1s", rangeTimeout: "3s", trialTimeout: "2m" },
@@ -134,6 +161,16 @@ export class SimDevice {
     while (!this.stopped) {
       await new Promise((r) => setTimeout(r, ROOT_WAIT_MS));
       try {
+        // Armed when first seen: the crash comes once a rollout's request is recorded after that.
+        if (this.outcome === "crash" && this.kernel) {
+          const recorded = mtimeOf(rolloutsFile(this.stateDir));
+          this.crashArmed ??= recorded;
+          if (recorded > this.crashArmed) {
+            this.crashArmed = undefined;
+            await this.crash();
+            continue;
+          }
+        }
         if (existsSync(join(update, "commit.request"))) this.commit(update);
         if (existsSync(join(update, "rollback.request"))) await this.rollback(update);
         if (existsSync(join(update, "install.json")) && this.kernel) await this.install(update);
@@ -141,6 +178,26 @@ export class SimDevice {
         // A half-written request: read again at the next turn, as root's unit would run again.
       }
     }
+  }
+
+  /**
+   * The agent dies between two of its own steps: its connection is cut without a farewell (the broker publishes
+   * the will), and what it had in memory is gone; its files stay. systemd starts it again.
+   */
+  private async crash(): Promise<void> {
+    const kernel = this.kernel;
+    this.kernel = undefined;
+    this.crashes += 1;
+    this.outcome = "commit";
+    // The link's socket is private to it: a test reaches in, as a kill would, to cut it without a word.
+    const link = kernel?.link as unknown as { client?: { stream?: { destroy(): void } } } | undefined;
+    link?.client?.stream?.destroy();
+    for (const until = Date.now() + 2000; kernel?.link.connected && Date.now() < until; ) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    await kernel?.stop(100);
+    await new Promise((r) => setTimeout(r, this.crashRestartMs));
+    if (!this.stopped) await this.start();
   }
 
   private commit(update: string): void {
@@ -205,6 +262,11 @@ export class SimDevice {
   }
 }
 
+/** A file's mtime in ms, 0 when there is none. */
+function mtimeOf(path: string): number {
+  return statSync(path, { throwIfNoEntry: false })?.mtimeMs ?? 0;
+}
+
 /** A release of a fake x64 agent of `version` (96 KiB) in `dir/rel-<version>`, signed with `privatePem`. */
 export function fleetRelease(dir: string, version: string, privatePem: string): { dir: string; name: string } {
   const file = join(dir, `agent-${version}`);
@@ -218,7 +280,7 @@ export class Fleet {
   readonly devices: SimDevice[];
 
   constructor(ids: string[], o: FleetOptions) {
-    this.devices = ids.map((id) => new SimDevice(id, o));
+    this.devices = ids.map((id, i) => new SimDevice(id, o, i));
   }
 
   device(id: string): SimDevice {

@@ -22,6 +22,13 @@ import { waitUntil } from "../helpers/wait.ts";
 const N = 30;
 const IDS = Array.from({ length: N }, (_, i) => `sim-${String(i).padStart(2, "0")}`);
 const SEED = "s1";
+/** The board fixtures the simulated devices get, in turn, and the kind each reports. */
+const BOARDS = [
+  { fixture: "pi4", kind: "raspberry-pi" },
+  { fixture: "jetson-orin-nano", kind: "jetson" },
+  { fixture: "x86", kind: "x86" },
+  { fixture: "pi5", kind: "raspberry-pi" },
+];
 const WAVES = "1,10%,50%,100%";
 
 interface Status {
@@ -128,6 +135,7 @@ describe("a rollout in waves through a simulated fleet", () => {
       operatorKey: ops.publicText,
       releaseKey: rel.publicText,
       running: { version: "1.0.0", sha256: "a".repeat(64) },
+      boards: BOARDS.map((b) => b.fixture),
     });
     await fleet.start();
     for (const d of fleet.devices) await pinKey(pins, broker.url, d.id, d.publicKeyFile);
@@ -136,6 +144,19 @@ describe("a rollout in waves through a simulated fleet", () => {
     for (const c of children) c.kill("SIGKILL");
     await fleet?.stop();
     await broker?.stop();
+  });
+
+  it("each simulated device reads its own board tree: its status names that board", async () => {
+    const watch = await Watch.open(broker.port, [`${PREFIX}/+/status`]);
+    try {
+      for (const [i, id] of IDS.entries()) {
+        const want = BOARDS[i % BOARDS.length]?.kind;
+        const got = await watch.waitFor((m) => m.topic === `${PREFIX}/${id}/status`, 10_000, `${id}'s status`);
+        assert.equal((got.json.board as { kind?: string } | undefined)?.kind, want, id);
+      }
+    } finally {
+      await watch.close();
+    }
   });
 
   it("pauses in the wave where the failures cross the threshold, every count right; resumed, the failure accepted is judged no more", async () => {
@@ -274,6 +295,10 @@ describe("a rollout in waves through a simulated fleet", () => {
     await dev.start();
     const offline = later[7] as string;
     await fleet.device(offline).stop();
+    // Two devices whose agent is killed once it took the request (no offline: the broker says lost), then
+    // started again: each must still commit, and install once.
+    const crashing = [plan[2]?.[1] as string, later[3] as string].map((d) => fleet.device(d));
+    for (const d of crashing) d.outcome = "crash";
     const args = [b.dir, "--devices", IDS.join(","), "--seed", SEED, "--waves", WAVES, "--soak", "1s"];
     const policy = ["--deadline", "90s", "--failure", "50%"];
     // A seeded sequence of kill points: the same run each time.
@@ -308,6 +333,11 @@ describe("a rollout in waves through a simulated fleet", () => {
       [N - 2, 1, 0, 0, 1],
     );
     assert.equal(dev.installs.get(b.name) ?? 0, 0, "the device already on the release installed nothing");
+    for (const d of crashing) {
+      assert.equal(d.crashes, 1, `${d.id} crashed once`);
+      assert.equal(d.installs.get(b.name), 1, `${d.id} installed once after its crash`);
+      assert.equal(s.devices.find((x) => x.device === d.id)?.state, "committed", `${d.id} committed after its crash`);
+    }
     for (const d of fleet.devices)
       assert.ok((d.installs.get(b.name) ?? 0) <= 1, `${d.id} installed 1.2.0 once at most`);
     // Each device recorded the rollout before it acted, and how it ended.

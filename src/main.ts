@@ -7,6 +7,12 @@ import type { Host } from "./cli/host.ts";
 // queue, /tmp/mat-debug-<pid>.log). Off for the whole process before any worker loads the binding: the native
 // library reads the process's own environment, which only the main thread sets (a worker's is a copy).
 process.env.ORT_DISABLE_TELEMETRY = "1";
+// MQTT.js would send every connection through a SOCKS proxy named here; the binary is built without that
+// transport (build/build.ts), and a proxy the configuration does not name is not one to take silently.
+if (process.env.MQTTJS_SOCKS_PROXY !== undefined) {
+  process.stderr.write("outpost: MQTTJS_SOCKS_PROXY is ignored: Outpost connects to its brokers directly\n");
+  delete process.env.MQTTJS_SOCKS_PROXY;
+}
 
 let firstSignal: ((name: string) => void) | undefined;
 const stopRequested = new Promise<string>((resolve) => {

@@ -4,8 +4,7 @@ import { randomBytes } from "node:crypto";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { errorMessage, OutpostError } from "../core/errors.ts";
-import { allDevices } from "../mqtt/topics.ts";
-import { type AnswerTrust, printable } from "./answer-trust.ts";
+import { printable } from "./answer-trust.ts";
 import { type Dots, probeDots } from "./broker-probe.ts";
 import { DeviceCaller, withClient } from "./ctl-client.ts";
 import { BROKER_FLAGS, brokerOptions, type CtlSettings, ctlSettings, durationFlag } from "./ctl-settings.ts";
@@ -14,6 +13,7 @@ import { readManifest } from "./ctl-update.ts";
 import { EXIT, type Host, UsageError } from "./host.ts";
 import { brokerId, brokerIds } from "./known-devices.ts";
 import { machineId, newRolloutId } from "./rollout-journal.ts";
+import { membersFromStatuses } from "./rollout-members.ts";
 import { DEFAULT_POLICY, DEFAULT_WAVES, parseWaves, planWaves, type RolloutPolicy } from "./rollout-plan.ts";
 import { drive, openJournal, signerOf } from "./rollout-run.ts";
 import { rolloutStatus, statusText } from "./rollout-view.ts";
@@ -89,8 +89,11 @@ async function createRollout(host: Host, positionals: string[], values: Values):
   const targets = [values.devices, values["all-pinned"], values.group].filter((v) => v !== undefined).length;
   if (targets !== 1)
     throw new UsageError("ctl rollout: the target is one of --devices A,B,..., --all-pinned, --group G");
+  let last: string[] = [];
   if (values.group !== undefined) {
-    devices = await groupMembers(host, settings, values.group, durationFlag("discover", values.discover, 5000));
+    const found = await groupMembers(host, settings, values.group, durationFlag("discover", values.discover, 5000));
+    devices = found.members;
+    last = found.offline;
   } else if (values.devices !== undefined) {
     devices = values.devices.split(",").map((d) => d.trim());
     if (devices.some((d) => d === "")) throw new UsageError("--devices: expected A,B,...");
@@ -124,7 +127,7 @@ async function createRollout(host: Host, positionals: string[], values: Values):
   }
   let plan: ReturnType<typeof planWaves>;
   try {
-    plan = planWaves(devices, policy);
+    plan = planWaves(devices, policy, last);
   } catch (err) {
     throw new UsageError(`ctl rollout: ${errorMessage(err)}`);
   }
@@ -192,39 +195,37 @@ async function createRollout(host: Host, positionals: string[], values: Values):
 
 /**
  * A group's members, as a rollout freezes them: the devices whose pinned key signed an answer to a `ping` sent
- * to the group within `windowMs`, and the pinned devices whose last status, signed by that key and retained by
- * the broker, names the group (offline now: they stay pending until they return). A member whose last words
- * were its will (`lost`, unsigned) and that does not answer is not found: name it with --devices.
+ * to the group within `windowMs`, and those offline now whose recent signed status names the group
+ * (rollout-members.ts). The second come last in the plan, never among the first wave's, so that a member that
+ * does not return cannot hold up the canary wave. A member whose last word was its will (`lost`, unsigned), or
+ * whose clock was not synced, is found only if it answers: name it with --devices.
  */
-async function groupMembers(host: Host, settings: CtlSettings, group: string, windowMs: number): Promise<string[]> {
+async function groupMembers(
+  host: Host,
+  settings: CtlSettings,
+  group: string,
+  windowMs: number,
+): Promise<{ members: string[]; offline: string[] }> {
   const o = brokerOptions(settings);
   const trust = answerTrust(host, settings, o, false, true);
   const signer = signerOf(settings);
-  const result = await withClient(o, async (client) => {
-    client.on("message", (topic, payload) => {
-      const device = deviceOfStatus(o.prefix, topic);
-      if (device !== undefined) trust.sawStatus(device, topic, payload.toString("utf8"));
-    });
-    await client.subscribeAsync(allDevices(o.prefix, "status"), { qos: 1 });
-    return new DeviceCaller(client, o.prefix, signer, trust, o.commandForm).call({
+  // The call reads the devices' retained statuses (their keys, and here their groups) before any answer.
+  const result = await withClient(o, (client) =>
+    new DeviceCaller(client, o.prefix, signer, trust, o.commandForm).call({
       command: "ping",
       group,
       timeoutMs: windowMs,
       validityMs: 60_000,
-    });
-  });
+    }),
+  );
   const answered = new Set(result.finals.map((r) => r.device));
-  const known = trust
-    .statusDevices()
-    .filter((d) => !answered.has(d) && statusNamesGroup(trust.status(d), group))
-    .sort();
-  const members = [...new Set([...answered, ...known])].sort();
+  const offline = membersFromStatuses(trust, group, answered, Date.now());
   const unverified = new Set(result.refused.map((r) => r.reply.device)).size;
   host.stderr.write(
-    `outpost: group ${group}: ${answered.size} members answered, signed by their pinned keys, within ${windowMs / 1000}s${known.length > 0 ? `; ${known.length} more named it in their last signed status (${known.slice(0, 5).join(" ")}${known.length > 5 ? " ..." : ""}): pending until they return` : ""}${unverified > 0 ? `; ${unverified} answers not counted (unpinned, unsigned or forged)` : ""}\n`,
+    `outpost: group ${group}: ${answered.size} members answered, signed by their pinned keys, within ${windowMs / 1000}s${offline.length > 0 ? `; ${offline.length} more named it in their last signed status (${offline.slice(0, 5).join(" ")}${offline.length > 5 ? " ..." : ""}): pending until they return, after the others` : ""}${unverified > 0 ? `; ${unverified} answers not counted (unpinned, unsigned or forged)` : ""}\n`,
   );
-  if (members.length === 0) throw new UsageError(`ctl rollout: no pinned member of group ${group} answered`);
-  return members;
+  if (answered.size === 0) throw new UsageError(`ctl rollout: no pinned member of group ${group} answered`);
+  return { members: [...answered, ...offline].sort(), offline };
 }
 
 /**
@@ -234,29 +235,14 @@ async function groupMembers(host: Host, settings: CtlSettings, group: string, wi
  */
 async function refuseSplitDots(o: ReturnType<typeof brokerOptions>, devices: string[]): Promise<void> {
   const dotted = devices.filter((d) => d.includes("."));
-  if (dotted.length === 0 || o.commandForm === "dotted") return;
-  const dots =
-    o.commandForm === "flat"
-      ? "split"
-      : await withClient(o, (client) => probeDots(client, o.prefix)).catch((): Dots => "unknown");
+  // As ctl call: only `auto` asks the broker; a form named by the operator is taken as it is.
+  if (dotted.length === 0 || o.commandForm !== "auto") return;
+  const dots = await withClient(o, (client) => probeDots(client, o.prefix)).catch((): Dots => "unknown");
   if (dots !== "split") return;
   throw new OutpostError(
     "BROKER_SPLITS_DOTS",
     `${dotted.length === 1 ? "device" : "devices"} ${dotted.slice(0, 5).join(" ")}${dotted.length > 5 ? " ..." : ""} ${dotted.length === 1 ? "has" : "have"} a dot, which this broker turns into a topic level separator (as RabbitMQ does): their topics cannot be told apart there; give them names without dots (docs/broker.md)`,
   );
-}
-
-/** Whether a retained status, signed by the device's pinned key, lists `group` among the device's groups. */
-function statusNamesGroup(s: ReturnType<AnswerTrust["status"]>, group: string): boolean {
-  if (s?.verdict.trust !== "verified") return false;
-  const groups = s.body.groups;
-  return Array.isArray(groups) && groups.includes(group);
-}
-
-/** The device of a `P/D/status` topic under `prefix`. */
-function deviceOfStatus(prefix: string, topic: string): string | undefined {
-  const m = topic.startsWith(`${prefix}/`) ? topic.slice(prefix.length + 1).split("/") : [];
-  return m.length === 2 && m[1] === "status" && m[0] ? m[0] : undefined;
 }
 
 const VERBS = new Set(["status", "list", "pause", "resume", "approve", "abort"]);

@@ -104,7 +104,14 @@ export async function demoCommand(host: Host, options: DemoOptions): Promise<num
   ];
   if (!tty) host.stdout.write(`${header.join("\n")}\n`);
 
-  const viewer = mqtt.connect({ host: "127.0.0.1", port, protocolVersion: 4, reconnectPeriod: 1000 });
+  // Without mqtt-packet's number cache, as every client of ours (mqtt/options.ts): the first packet would make it.
+  const viewer = mqtt.connect({
+    host: "127.0.0.1",
+    port,
+    protocolVersion: 4,
+    reconnectPeriod: 1000,
+    writeCache: false,
+  });
   viewer.on("error", (err) => logger.warn({ err: errorMessage(err) }, "demo viewer error"));
   viewer.on("connect", () => {
     viewer.subscribe(

@@ -59,17 +59,28 @@ export function parseWaves(text: string): WaveSize[] {
  * The order of the devices: canaries first as named, then the rest by sha256(seed, id), so that the same seed
  * gives the same order whatever order the target was listed in.
  */
-export function orderDevices(devices: readonly string[], seed: string, canaries: readonly string[]): string[] {
+export function orderDevices(
+  devices: readonly string[],
+  seed: string,
+  canaries: readonly string[],
+  last: readonly string[] = [],
+): string[] {
   const unique = [...new Set(devices)];
   const missing = canaries.filter((c) => !unique.includes(c));
   if (missing.length > 0) throw new Error(`canaries not in the target: ${missing.join(", ")}`);
   const rank = (id: string) => createHash("sha256").update(`${seed}\n${id}`).digest("hex");
-  const rest = unique
-    .filter((d) => !canaries.includes(d))
-    .map((d) => ({ d, r: rank(d) }))
-    .sort((a, b) => (a.r < b.r ? -1 : a.r > b.r ? 1 : a.d < b.d ? -1 : 1))
-    .map(({ d }) => d);
-  return [...new Set(canaries), ...rest];
+  const ordered = (ids: string[]) =>
+    ids
+      .map((d) => ({ d, r: rank(d) }))
+      .sort((a, b) => (a.r < b.r ? -1 : a.r > b.r ? 1 : a.d < b.d ? -1 : 1))
+      .map(({ d }) => d);
+  const rest = unique.filter((d) => !canaries.includes(d));
+  // `last` (a group's members known only from their statuses) after every other, in the seed's order too.
+  return [
+    ...new Set(canaries),
+    ...ordered(rest.filter((d) => !last.includes(d))),
+    ...ordered(rest.filter((d) => last.includes(d))),
+  ];
 }
 
 /**
@@ -77,8 +88,12 @@ export function orderDevices(devices: readonly string[], seed: string, canaries:
  * before adds no wave (never an empty wave), and the canaries all go in the first wave. What the last size
  * leaves out (`1,10%` of 300) is not in the rollout.
  */
-export function planWaves(devices: readonly string[], policy: Pick<RolloutPolicy, "waves" | "seed" | "canaries">) {
-  const order = orderDevices(devices, policy.seed, policy.canaries);
+export function planWaves(
+  devices: readonly string[],
+  policy: Pick<RolloutPolicy, "waves" | "seed" | "canaries">,
+  last: readonly string[] = [],
+) {
+  const order = orderDevices(devices, policy.seed, policy.canaries, last);
   const total = order.length;
   const waves: string[][] = [];
   let done = 0;

@@ -98,7 +98,7 @@ export class Kernel {
     this.identity = deviceIdentity(config.state.dir, logger.child({ component: "identity" }));
     this.health = new Health(() => clock.mono());
     const clockSynced = options.clockSynced ?? clockSyncProbe();
-    // What the device says that an operator acts on is signed with its own key (status.ts, answerSigner).
+    // Answers are signed with the device's own key (status.ts); groups: those subscribed at start (restart-only).
     const sign = answerSigner(this.identity.privateKey, config.device.id, this.topics, this.session);
     const status = (state: "online" | "offline" | "lost") =>
       signedStatus(sign, state, {
@@ -107,12 +107,12 @@ export class Kernel {
         clock,
         clockSynced,
         config: configStore.current(),
+        groups: config.device.groups,
         protocolVersion: this.link.protocolVersion,
         replayStore: this.replay.durable,
         identity: this.identity,
         extra: () => this.statusExtras(),
       });
-
     this.link = new MqttLink({
       ...linkOptions(typed),
       will: () => status("lost"),

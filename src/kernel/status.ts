@@ -14,6 +14,8 @@ export interface StatusInputs {
   clock: Clock;
   clockSynced: () => boolean;
   config: Snapshot;
+  /** The groups whose commands it takes. */
+  groups: readonly string[];
   protocolVersion: ProtocolVersion;
   /** Whether command replay records can be stored. */
   replayStore: boolean;
@@ -78,7 +80,7 @@ export function statusMessage(state: "online" | "offline" | "lost", s: StatusInp
       clockSynced: s.clockSynced(),
       device: s.config.config.device.id,
       // Signed with the rest: a rollout to a group counts a member that is offline now from its last status.
-      groups: s.config.config.device.groups,
+      groups: s.groups,
       arch: process.arch,
       protocolVersion: s.protocolVersion,
       configVersion: s.config.version,

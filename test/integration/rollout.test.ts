@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { readManifest } from "../../src/cli/ctl-update.ts";
 import { parseWaves, planWaves } from "../../src/cli/rollout-plan.ts";
-import { generateKeys } from "../../src/commands/keys.ts";
+import { fingerprintOf, generateKeys } from "../../src/commands/keys.ts";
 import { MAIN } from "../helpers/agent-process.ts";
 import { runCli } from "../helpers/cli.ts";
 import { PREFIX } from "../helpers/commands.ts";
@@ -257,16 +257,19 @@ describe("a rollout in waves through a simulated fleet", () => {
     assert.ok(s, "the rollout waits for approval");
     assert.equal(s.waves[1]?.started, null, "wave 2 did not start without approval");
     // Paused from another shell: the driver ends, and the list says who paused it.
-    const pause = await runCli(["ctl", "rollout", "pause", s.id, "--reason", "lunch", ...flags()]);
+    // By another operator, with a key of their own: the list names theirs, not the maker's.
+    const other = generateKeys();
+    const otherKey = join(dir, "ops-2.key");
+    writeFileSync(otherKey, other.privatePem, { mode: 0o600 });
+    const byOther = flags().map((f) => (f === keyFile ? otherKey : f));
+    const pause = await runCli(["ctl", "rollout", "pause", s.id, "--reason", "lunch", ...byOther]);
     assert.equal(pause.code, 0, pause.err);
     assert.equal(await run.exited, 1);
     assert.equal((await status(s.id)).state, "paused");
     const listed = await runCli(["ctl", "rollout", "list", ...flags()]);
-    const fingerprint = /SHA256:[A-Za-z0-9+/]{43}/.exec(listed.out)?.[0] ?? "no key fingerprint listed";
-    assert.match(
-      listed.out,
-      new RegExp(`${s.id}  paused .*; last paused: lunch by ${fingerprint.replace(/[+/]/g, "\\$&")} at `),
-    );
+    const line = listed.out.split("\n").find((l) => l.startsWith(`${s.id}  paused `)) ?? listed.out;
+    const [maker, pauser] = [ops.publicText, other.publicText].map(fingerprintOf);
+    assert.ok(line.includes(`by ${maker}; last paused: lunch by ${pauser} at `), line);
     // Resumed, it waits for approval again; aborted from another shell, the driver ends.
     const resumed = driver(["resume", s.id]);
     let again = "";
@@ -299,6 +302,10 @@ describe("a rollout in waves through a simulated fleet", () => {
     // started again: each must still commit, and install once.
     const crashing = [plan[2]?.[1] as string, later[3] as string].map((d) => fleet.device(d));
     for (const d of crashing) d.outcome = "crash";
+    const wills = await Watch.open(
+      broker.port,
+      crashing.map((d) => `${PREFIX}/${d.id}/status`),
+    );
     const args = [b.dir, "--devices", IDS.join(","), "--seed", SEED, "--waves", WAVES, "--soak", "1s"];
     const policy = ["--deadline", "90s", "--failure", "50%"];
     // A seeded sequence of kill points: the same run each time.
@@ -334,10 +341,16 @@ describe("a rollout in waves through a simulated fleet", () => {
     );
     assert.equal(dev.installs.get(b.name) ?? 0, 0, "the device already on the release installed nothing");
     for (const d of crashing) {
+      // Cut without a farewell: the broker published the will.
+      assert.ok(
+        wills.items.some((m) => m.topic === `${PREFIX}/${d.id}/status` && m.json.state === "lost" && !m.retain),
+        `${d.id}'s will (lost) was published`,
+      );
       assert.equal(d.crashes, 1, `${d.id} crashed once`);
       assert.equal(d.installs.get(b.name), 1, `${d.id} installed once after its crash`);
       assert.equal(s.devices.find((x) => x.device === d.id)?.state, "committed", `${d.id} committed after its crash`);
     }
+    await wills.close();
     for (const d of fleet.devices)
       assert.ok((d.installs.get(b.name) ?? 0) <= 1, `${d.id} installed 1.2.0 once at most`);
     // Each device recorded the rollout before it acted, and how it ended.

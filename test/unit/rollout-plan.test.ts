@@ -52,6 +52,20 @@ describe("rollout plan", () => {
     assert.deepEqual([...a].sort(), devices);
   });
 
+  it("members known only from their statuses (offline now) come after every other, never in the first wave", () => {
+    const all = fleet(12);
+    const last = ["pi-0003", "pi-0010"];
+    const plan = planWaves(all, { waves: parseWaves(DEFAULT_WAVES), seed: "s", canaries: [] }, last);
+    assert.deepEqual(plan.waves.flat().slice(-2).sort(), last);
+    assert.ok(!plan.waves[0]?.some((d) => last.includes(d)));
+    // The others keep the order the same seed gives them without those two.
+    const without = planWaves(
+      all.filter((d) => !last.includes(d)),
+      { waves: parseWaves("100%"), seed: "s", canaries: [] },
+    );
+    assert.deepEqual(plan.waves.flat().slice(0, -2), without.waves.flat());
+  });
+
   it("named canaries go first, all in the first wave, even past its size", () => {
     const plan = planWaves(fleet(100), {
       waves: parseWaves(DEFAULT_WAVES),

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { defineCommand } from "../commands/commands.ts";
 import { formatDuration } from "../config/duration.ts";
 import { sleep } from "../core/clock.ts";
-import { errorMessage, isOutpostError, OutpostError } from "../core/errors.ts";
+import { errorMessage, OutpostError } from "../core/errors.ts";
 import { writeFileAtomically } from "../core/files.ts";
 import { loopComponent } from "../core/lifecycle.ts";
 import type { Module } from "../kernel/module.ts";
@@ -19,7 +19,7 @@ import { chunkIndex, releaseSources, updateParams } from "./release-source.ts";
 import { rolloutGuard } from "./rollouts.ts";
 import { readRootRecords } from "./root-record.ts";
 import { type RunningRelease, runningRelease } from "./running.ts";
-import { readInstall, removeStaged, STAGED, sweepStaging } from "./staging.ts";
+import { downloadFailure, readInstall, removeStaged, STAGED, sweepStaging } from "./staging.ts";
 
 /** An update's request carries the manifest and its source; its index may be 150 KB beside it. */
 const MAX_UPDATE_REQUEST = 256 * 1024;
@@ -356,12 +356,12 @@ export function otaModuleFor(running: () => RunningRelease): Module<typeof updat
                 ctx.logger.info(done, "update staged: waiting for the installer");
                 return done;
               } catch (err) {
-                const code = isOutpostError(err) ? err.code : "OTA_DOWNLOAD_FAILED";
+                const failure = downloadFailure(err, context.signal.aborted);
                 if (manifest) {
                   const f = files();
                   // A transfer that stopped (the server gone, a timeout) keeps what arrived for a retry; anything
                   // else (a refusal, corrupt or mismatching bytes) leaves nothing behind.
-                  if (code !== "OTA_DOWNLOAD_FAILED" && code !== "TASK_ABORTED")
+                  if (failure.code !== "OTA_DOWNLOAD_FAILED" && failure.code !== "TASK_ABORTED")
                     rmSync(f.partial(manifest.sha256), { force: true });
                   rmSync(f.ready(manifest.sha256), { force: true });
                 }
@@ -369,12 +369,12 @@ export function otaModuleFor(running: () => RunningRelease): Module<typeof updat
                   {
                     state: "failed",
                     ...(manifest ? { version: manifest.version } : {}),
-                    code,
+                    code: failure.code,
                     reason: errorMessage(err),
                   },
                   context.id,
                 );
-                throw err;
+                throw failure;
               } finally {
                 // Staged for the installer: waiting for it now. Anything else: the command is over.
                 if (current().name === "downloading") go({ type: "done" });

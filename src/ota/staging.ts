@@ -1,5 +1,6 @@
 import { readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
+import { errorMessage, isOutpostError, OutpostError } from "../core/errors.ts";
 
 // The agent's update directory (`state.dir/update/`): downloads, the staged release and the install request.
 
@@ -53,4 +54,17 @@ export function sweepStaging(dir: string, keepReady: string | undefined, now: nu
     if ((kind === "ready" && n !== keepReady) || (kind === "partial" && n !== keep))
       rmSync(join(dir, n), { force: true });
   }
+}
+
+/**
+ * What an update that did not reach the installer failed with, as an error with a code (the reply and the
+ * update state say the same). Cut off by the agent's own stop (a restart, a shutdown), nothing was installed:
+ * TASK_ABORTED, as after a crash, so that a rollout's driver asks again; a transfer that failed otherwise is
+ * OTA_DOWNLOAD_FAILED (asked again too). Before, an abort went out as COMMAND_FAILED, which a driver took for
+ * a final failure.
+ */
+export function downloadFailure(err: unknown, aborted: boolean): OutpostError {
+  const transfer = !isOutpostError(err) || err.code === "OTA_DOWNLOAD_FAILED";
+  if (aborted && transfer) return new OutpostError("TASK_ABORTED", errorMessage(err), { cause: err });
+  return isOutpostError(err) ? err : new OutpostError("OTA_DOWNLOAD_FAILED", errorMessage(err), { cause: err });
 }

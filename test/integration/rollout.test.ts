@@ -3,7 +3,7 @@
 // rollout` in its own process, so that it can be killed anywhere and started again.
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { readManifest } from "../../src/cli/ctl-update.ts";
@@ -22,6 +22,22 @@ import { waitUntil } from "../helpers/wait.ts";
 const N = 30;
 const IDS = Array.from({ length: N }, (_, i) => `sim-${String(i).padStart(2, "0")}`);
 const SEED = "s1";
+/** What a simulated device keeps of its updates (its update directory and root's records), for a failure's message. */
+const filesOf = (dir: string): string => {
+  const out: string[] = [];
+  const walk = (p: string) => {
+    for (const e of readdirSync(p, { withFileTypes: true })) {
+      const f = join(p, e.name);
+      if (e.isDirectory()) walk(f);
+      else if (e.name.endsWith(".json") || e.name.endsWith(".request"))
+        out.push(`${f}: ${readFileSync(f, "utf8").slice(0, 600)}`);
+      else out.push(f);
+    }
+  };
+  walk(join(dir, "update"));
+  walk(join(dir, "..", "records"));
+  return out.join("\n");
+};
 /** The board fixtures the simulated devices get, in turn, and the kind each reports. */
 const BOARDS = [
   { fixture: "pi4", kind: "raspberry-pi" },
@@ -335,9 +351,11 @@ describe("a rollout in waves through a simulated fleet", () => {
     assert.equal(s.state, "completed");
     const sum = (k: "committed" | "rolledBack" | "failed" | "timedOut" | "offline") =>
       s.waves.reduce((n, w) => n + w[k], 0);
+    const notCommitted = s.devices.filter((d) => d.state !== "committed");
     assert.deepEqual(
       [sum("committed"), sum("rolledBack"), sum("failed"), sum("timedOut"), sum("offline")],
       [N - 2, 1, 0, 0, 1],
+      `devices not committed: ${JSON.stringify(notCommitted)}; crashing: ${crashing.map((d) => `${d.id} ${filesOf(d.stateDir)}`).join(" ")}`,
     );
     assert.equal(dev.installs.get(b.name) ?? 0, 0, "the device already on the release installed nothing");
     for (const d of crashing) {

@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 import { generateKeyPairSync } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { type AddressInfo, createServer, type Socket } from "node:net";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { homeassistantModule } from "../../src/homeassistant/module.ts";
@@ -328,6 +329,33 @@ describe("modules against a fake context", () => {
           assert.deepEqual([state()?.state, state()?.code], ["failed", "TASK_ABORTED"]);
           assert.equal(rolloutRecord(fake).entries[0]?.outcome?.code, "TASK_ABORTED", "kept with the rollout's entry");
         });
+      });
+
+      it("stopped mid-download (a restart, a shutdown): the reply and the state say TASK_ABORTED, so its driver asks again", async () => {
+        // A server that takes the connection and never answers: the download is under way when the stop comes.
+        const held = new Set<Socket>();
+        const silent = createServer((socket) => held.add(socket));
+        await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+        const port = (silent.address() as AddressInfo).port;
+        try {
+          await afterActing(async (fake) => {
+            await waitUntil(() => described(fake).phase === "idle", 5000, "idle");
+            const stopping = new AbortController();
+            const run = fake.command(
+              "update",
+              { ...params, source: { http: `http://127.0.0.1:${port}/` } },
+              { id: "req-10", signal: stopping.signal },
+            );
+            await waitUntil(() => described(fake).phase === "downloading", 5000, "downloading");
+            stopping.abort();
+            await assert.rejects(run, (err: { code?: string }) => err.code === "TASK_ABORTED");
+            const state = fake.retained.get(fake.ctx.topics.update);
+            assert.deepEqual([state?.id, state?.state, state?.code], ["req-10", "failed", "TASK_ABORTED"]);
+          });
+        } finally {
+          for (const socket of held) socket.destroy();
+          silent.close();
+        }
       });
 
       it("on trial of the release: answers where this rollout's update stands, never current", async () => {

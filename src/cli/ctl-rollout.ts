@@ -198,7 +198,7 @@ async function createRollout(host: Host, positionals: string[], values: Values):
  * to the group within `windowMs`, and those offline now whose recent signed status names the group
  * (rollout-members.ts). The second come last in the plan, never among the first wave's, so that a member that
  * does not return cannot hold up the canary wave. A member whose last word was its will (`lost`, unsigned), or
- * whose clock was not synced, is found only if it answers: name it with --devices.
+ * whose status is over 7 days old by ctl's clock, is found only if it answers: name it with --devices.
  */
 async function groupMembers(
   host: Host,

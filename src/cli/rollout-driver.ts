@@ -383,7 +383,9 @@ export async function driveRollout(o: DriverOptions): Promise<RolloutRow["state"
     for (;;) {
       const end = turn();
       if (end) return end;
+      // sleep() resolves at once when stopped: without this check the loop spun without ever yielding.
       await sleep(o.tickMs ?? 500, o.signal);
+      if (o.signal.aborted) throw o.signal.reason;
     }
   } finally {
     client.off("message", onMessage);

@@ -1,15 +1,20 @@
 // Issue 26: the rollout journal's lease (one driver per rollout) and what it keeps across a driver's death.
 import assert from "node:assert/strict";
+import { generateKeyPairSync } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import type { MqttClient } from "mqtt";
-import type { AnswerTrust } from "../../src/cli/answer-trust.ts";
+import { AnswerTrust } from "../../src/cli/answer-trust.ts";
 import type { Signer } from "../../src/cli/ctl-client.ts";
+import { readManifest } from "../../src/cli/ctl-update.ts";
+import { KnownDevices } from "../../src/cli/known-devices.ts";
 import { driveRollout } from "../../src/cli/rollout-driver.ts";
 import { JOURNAL_VERSION, RolloutJournal, requestIdOf } from "../../src/cli/rollout-journal.ts";
 import { DEFAULT_POLICY } from "../../src/cli/rollout-plan.ts";
-import { LeaseRefused } from "../../src/cli/rollout-wire.ts";
+import { LeaseRefused, SETTLE_MS } from "../../src/cli/rollout-wire.ts";
+import { generateKeys, publicKeyText } from "../../src/commands/keys.ts";
+import { fleetRelease } from "../helpers/fleet.ts";
 import { tempDir } from "../helpers/temp.ts";
 
 describe("rollout journal", () => {
@@ -65,6 +70,57 @@ describe("rollout journal", () => {
           /bound to the operator machine m1, where it was made: drive it there/.test(err.message),
       );
       assert.equal(JSON.stringify([j.rollout("ro-m"), j.devices("ro-m")]), before);
+    } finally {
+      j.close();
+    }
+  });
+
+  it("stopped (Ctrl-C, SIGTERM) while it drives: the driver ends, it does not spin", async () => {
+    const j = open();
+    try {
+      // A real signed release: the driver opens it and serves its chunks.
+      const release = fleetRelease(dir, "1.1.0", generateKeys().privatePem);
+      const { manifest, signed } = readManifest(release.dir);
+      const releases = [
+        { arch: "x64", kind: "agent", version: "1.1.0", sha256: manifest.sha256, dir: release.dir, signed },
+      ];
+      j.create(
+        { id: "ro-s", created: 1, by: "SHA256:op", machine: "m1", broker: "b:1883", prefix: "p" },
+        { ...plan, releases },
+      );
+      const client = {
+        on: () => client,
+        off: () => client,
+        subscribeAsync: async () => [],
+        publish: () => client,
+      } as unknown as MqttClient;
+      const { privateKey, publicKey } = generateKeyPairSync("ed25519");
+      const stop = new AbortController();
+      // Each turn reads the clock: a driver that goes on turning once stopped is caught here, not left to spin
+      // (a spinning driver never yields, so no timer of this test could fire).
+      let turnsAfterStop = 0;
+      const now = () => {
+        if (stop.signal.aborted && ++turnsAfterStop > 1000) throw new Error("still turning after the stop");
+        return Date.now();
+      };
+      const driving = driveRollout({
+        journal: j,
+        id: "ro-s",
+        client,
+        trust: new AnswerTrust({ pins: KnownDevices.none(), broker: "mqtt://b:1883", prefix: "p", acceptNew: false }),
+        signer: { privateKey, publicText: publicKeyText(publicKey) },
+        me: me("x", 1),
+        alive: () => true,
+        now,
+        tickMs: 20,
+        signal: stop.signal,
+        onEvent: () => {},
+      });
+      // Past the driver's first wait for retained states (SETTLE_MS), into its turns.
+      await new Promise((r) => setTimeout(r, SETTLE_MS + 300));
+      stop.abort(new Error("stopped by the operator"));
+      await assert.rejects(driving, /stopped by the operator/);
+      assert.ok(turnsAfterStop <= 2, `${turnsAfterStop} turns after the stop`);
     } finally {
       j.close();
     }

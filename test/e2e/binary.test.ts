@@ -10,7 +10,7 @@ import { PREFIX } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { Watch } from "../helpers/mqtt-watch.ts";
 import { pinAgent } from "../helpers/pins.ts";
-import { makePki } from "../helpers/pki.ts";
+import { clientCertListener, clientFiles, clientTlsOptions, makePki } from "../helpers/pki.ts";
 import { freePort } from "../helpers/ports.ts";
 import { run } from "../helpers/run.ts";
 
@@ -121,23 +121,9 @@ describe("built binaries", () => {
         const pki = join(dir, `pki-${target.name}`);
         mkdirSync(pki);
         makePki(pki);
-        const secure = await Mosquitto.start({
-          listener: (port) => [
-            `listener ${port} 127.0.0.1`,
-            "allow_anonymous true",
-            `cafile ${join(pki, "ca.pem")}`,
-            `certfile ${join(pki, "server.pem")}`,
-            `keyfile ${join(pki, "server.key")}`,
-            "require_certificate true",
-          ],
-        });
-        const tls = { ca: join(pki, "ca.pem"), cert: join(pki, "client.pem"), key: join(pki, "client.key") };
-        const seen = await Watch.open(secure.port, [`${PREFIX}/#`], {
-          protocol: "mqtts",
-          ca: readFileSync(tls.ca),
-          cert: readFileSync(tls.cert),
-          key: readFileSync(tls.key),
-        });
+        const secure = await Mosquitto.start({ listener: clientCertListener(pki) });
+        const tls = clientFiles(pki);
+        const seen = await Watch.open(secure.port, [`${PREFIX}/#`], clientTlsOptions(pki));
         const id = `e2e-tls-${target.name}`;
         const agent = AgentProcess.run(target.command, {
           device: { id },

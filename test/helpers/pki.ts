@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
 function openssl(dir: string, args: string[]): void {
@@ -50,4 +50,27 @@ export function makePki(dir: string, { names = [] as string[], clientCn = "dev-t
       `${name}.pem`,
     ]);
   }
+}
+
+/** makePki's client side in `dir`: the files an agent names in mqtt.ca, mqtt.cert and mqtt.key. */
+export function clientFiles(dir: string): { ca: string; cert: string; key: string } {
+  return { ca: join(dir, "ca.pem"), cert: join(dir, "client.pem"), key: join(dir, "client.key") };
+}
+
+/** A mosquitto listener on 127.0.0.1 with makePki's server certificate, requiring a client certificate of its CA. */
+export function clientCertListener(dir: string): (port: number) => string[] {
+  return (port) => [
+    `listener ${port} 127.0.0.1`,
+    "allow_anonymous true",
+    `cafile ${join(dir, "ca.pem")}`,
+    `certfile ${join(dir, "server.pem")}`,
+    `keyfile ${join(dir, "server.key")}`,
+    "require_certificate true",
+  ];
+}
+
+/** MQTT.js options that connect to such a listener with makePki's client certificate. */
+export function clientTlsOptions(dir: string): { protocol: "mqtts"; ca: Buffer; cert: Buffer; key: Buffer } {
+  const f = clientFiles(dir);
+  return { protocol: "mqtts", ca: readFileSync(f.ca), cert: readFileSync(f.cert), key: readFileSync(f.key) };
 }

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -10,7 +10,7 @@ import { AgentProcess, sourceCommand } from "../helpers/agent-process.ts";
 import { PREFIX } from "../helpers/commands.ts";
 import { Mosquitto } from "../helpers/mosquitto.ts";
 import { Watch } from "../helpers/mqtt-watch.ts";
-import { makePki } from "../helpers/pki.ts";
+import { clientCertListener, clientFiles, clientTlsOptions, makePki } from "../helpers/pki.ts";
 import { freePort } from "../helpers/ports.ts";
 
 const base = { reconnectMin: "50ms", reconnectMax: "500ms", keepalive: "5s" };
@@ -24,23 +24,9 @@ describe("secured links", () => {
   after(() => rmSync(pki, { recursive: true, force: true }));
 
   it("connects over TLS with a CA and a client certificate, and refuses a server it cannot verify", async () => {
-    const broker = await Mosquitto.start({
-      listener: (port) => [
-        `listener ${port} 127.0.0.1`,
-        "allow_anonymous true",
-        `cafile ${join(pki, "ca.pem")}`,
-        `certfile ${join(pki, "server.pem")}`,
-        `keyfile ${join(pki, "server.key")}`,
-        "require_certificate true",
-      ],
-    });
-    const tls = { ca: join(pki, "ca.pem"), cert: join(pki, "client.pem"), key: join(pki, "client.key") };
-    const watch = await Watch.open(broker.port, [`${PREFIX}/#`], {
-      protocol: "mqtts",
-      ca: readFileSync(tls.ca),
-      cert: readFileSync(tls.cert),
-      key: readFileSync(tls.key),
-    });
+    const broker = await Mosquitto.start({ listener: clientCertListener(pki) });
+    const tls = clientFiles(pki);
+    const watch = await Watch.open(broker.port, [`${PREFIX}/#`], clientTlsOptions(pki));
     const good = AgentProcess.run(sourceCommand(), {
       device: { id: "dev-tls" },
       mqtt: { url: `mqtts://127.0.0.1:${broker.port}`, ...tls, ...base },

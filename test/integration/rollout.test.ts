@@ -178,17 +178,9 @@ describe("a rollout in waves through a simulated fleet", () => {
   it("pauses in the wave where the failures cross the threshold, every count right; resumed, the failure accepted is judged no more", async () => {
     const a = release("1.1.0");
     // A group's members are the devices that answer a signed ping to it, with their pinned keys.
-    const group = await runCli([
-      "ctl",
-      "rollout",
-      a.dir,
-      "--group",
-      "sim",
-      "--discover",
-      "8s",
-      "--dry-run",
-      ...flags(),
-    ]);
+    const groupPlan = (discover: string) =>
+      runCli(["ctl", "rollout", a.dir, "--group", "sim", "--discover", discover, "--dry-run", ...flags()]);
+    const group = await groupPlan("8s");
     assert.equal(group.code, 0, group.err);
     assert.match(group.out, new RegExp(`to ${N} devices`));
     assert.match(group.err, new RegExp(`group sim: ${N} members answered, signed by their pinned keys`));
@@ -198,17 +190,7 @@ describe("a rollout in waves through a simulated fleet", () => {
     const offline = plan[3]?.[0] as string;
     await fleet.device(offline).stop();
     // A member offline now is still one: its last status, signed by its pinned key, names the group.
-    const without = await runCli([
-      "ctl",
-      "rollout",
-      a.dir,
-      "--group",
-      "sim",
-      "--discover",
-      "5s",
-      "--dry-run",
-      ...flags(),
-    ]);
+    const without = await groupPlan("5s");
     assert.equal(without.code, 0, without.err);
     assert.match(without.out, new RegExp(`to ${N} devices`));
     assert.match(

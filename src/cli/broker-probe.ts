@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import type { MqttClient } from "mqtt";
+import { OutpostError } from "../core/errors.ts";
 import { withDeadline } from "../core/lifecycle.ts";
 import { groupCommandPrefix } from "../mqtt/topics.ts";
 
@@ -91,4 +92,15 @@ export async function probeRetainedWildcard(
   // messages for us at all (or the ACL stopped the probe): unknown.
   const exact = await echo(client, prefix, "r", { retain: true, subscribeAfter: true, filter: (b) => `${b}r` }, waitMs);
   return exact.seen.some((s) => s.retain) ? false : undefined;
+}
+
+/**
+ * The refusal of names with a dot on a broker that turns `.` into a level separator (`ctl call`, `ctl rollout`):
+ * `what` is "device cam.9", "group line.3", or "devices cam.9 cam.10".
+ */
+export function splitDotsError(what: string, one: boolean): OutpostError {
+  return new OutpostError(
+    "BROKER_SPLITS_DOTS",
+    `${what} ${one ? "has" : "have"} a dot, which this broker turns into a topic level separator (as RabbitMQ does): ${one ? "its" : "their"} topics cannot be told apart there; give ${one ? "it a name" : "them names"} without dots (docs/broker.md)`,
+  );
 }

@@ -9,7 +9,7 @@ import { redactUrl } from "../core/patterns.ts";
 import { type BrokerEndpoint, endpointOptions, refusedMqtt5 } from "../mqtt/options.ts";
 import { type CommandWire, deviceReplyTopic, deviceTopics, groupCommandPrefix, wireName } from "../mqtt/topics.ts";
 import { type AnswerTrust, isRefusal, type Refusal, type Verdict } from "./answer-trust.ts";
-import { type Dots, probeDots } from "./broker-probe.ts";
+import { type Dots, probeDots, splitDotsError } from "./broker-probe.ts";
 
 /** How ctl writes command names in topics: found out from the broker (`auto`), or as told. */
 export type CommandForm = "auto" | CommandWire;
@@ -270,12 +270,7 @@ export class DeviceCaller {
     this.dots ??= probeDots(this.client, this.prefix).catch((): Dots => "unknown");
     if ((await this.dots) !== "split") return "dotted";
     const name = o.device ?? o.group ?? "";
-    if (name.includes(".")) {
-      throw new OutpostError(
-        "BROKER_SPLITS_DOTS",
-        `${o.device === undefined ? "group" : "device"} ${name} has a dot, which this broker turns into a topic level separator (as RabbitMQ does): its topics cannot be told apart there; give it a name without dots (docs/broker.md)`,
-      );
-    }
+    if (name.includes(".")) throw splitDotsError(`${o.device === undefined ? "group" : "device"} ${name}`, true);
     return "flat";
   }
 

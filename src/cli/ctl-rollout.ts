@@ -3,9 +3,9 @@
 import { randomBytes } from "node:crypto";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { errorMessage, OutpostError } from "../core/errors.ts";
+import { errorMessage } from "../core/errors.ts";
 import { printable } from "./answer-trust.ts";
-import { type Dots, probeDots } from "./broker-probe.ts";
+import { type Dots, probeDots, splitDotsError } from "./broker-probe.ts";
 import { DeviceCaller, withClient } from "./ctl-client.ts";
 import { BROKER_FLAGS, brokerOptions, type CtlSettings, ctlSettings, durationFlag } from "./ctl-settings.ts";
 import { answerTrust, knownDevices } from "./ctl-trust.ts";
@@ -239,9 +239,10 @@ async function refuseSplitDots(o: ReturnType<typeof brokerOptions>, devices: str
   if (dotted.length === 0 || o.commandForm !== "auto") return;
   const dots = await withClient(o, (client) => probeDots(client, o.prefix)).catch((): Dots => "unknown");
   if (dots !== "split") return;
-  throw new OutpostError(
-    "BROKER_SPLITS_DOTS",
-    `${dotted.length === 1 ? "device" : "devices"} ${dotted.slice(0, 5).join(" ")}${dotted.length > 5 ? " ..." : ""} ${dotted.length === 1 ? "has" : "have"} a dot, which this broker turns into a topic level separator (as RabbitMQ does): their topics cannot be told apart there; give them names without dots (docs/broker.md)`,
+  const one = dotted.length === 1;
+  throw splitDotsError(
+    `${one ? "device" : "devices"} ${dotted.slice(0, 5).join(" ")}${dotted.length > 5 ? " ..." : ""}`,
+    one,
   );
 }
 

@@ -13,7 +13,6 @@ import {
   statSync,
   writeFileSync,
 } from "node:fs";
-import type { Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs, promisify } from "node:util";
@@ -473,6 +472,22 @@ function percentile(xs: number[], p: number): number {
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? Number.NaN;
 }
 
+/** A bare MQTT.js responder: each request echoed on its response topic, unsigned; "ready" once subscribed. */
+const ECHO = `
+import mqtt from "mqtt";
+const echo = await mqtt.connectAsync({ host: "127.0.0.1", port: Number(process.argv[1]), protocolVersion: 5 });
+echo.stream.setNoDelay?.(true);
+echo.on("message", (_topic, payload, packet) => {
+  const p = packet.properties;
+  if (!p?.responseTopic) return;
+  const id = JSON.parse(JSON.parse(payload.toString()).payload).id;
+  const body = JSON.stringify({ id, device: "bench-echo", command: "ping", state: "succeeded", result: { pong: true } });
+  echo.publish(p.responseTopic, body, { qos: 1, properties: { correlationData: p.correlationData } });
+});
+await echo.subscribeAsync("outpost/v1/bench-echo/cmd/+", { qos: 1 });
+process.stdout.write("ready\\n");
+`;
+
 /**
  * Command round trip through mosquitto: the built agent answering signed pings from an in-process operator,
  * against a bare MQTT.js responder that echoes each request on its response topic (no signature, no outbox,
@@ -487,8 +502,12 @@ async function commandRows(broker: Mosquitto, watch: Watch): Promise<void> {
     log: { level: "warn" },
     commands: { trustedKeys: [{ name: "bench", key: operator.key.publicText, allow: ["*"] }] },
   });
-  const echo = await mqtt.connectAsync({ host: "127.0.0.1", port: broker.port, protocolVersion: 5 });
-  (echo.stream as Partial<Socket>).setNoDelay?.(true);
+  // The bare echo runs in a process of its own, as the agent does: three processes (caller, broker, answerer)
+  // share this machine's cores in both rows. In the caller's process, it measured a round trip with one hop less.
+  const echo = spawn(process.execPath, ["--input-type=module", "-e", ECHO, String(broker.port)], {
+    cwd: ROOT,
+    stdio: ["ignore", "pipe", "inherit"],
+  });
   try {
     await watch.waitFor(
       (m) => m.topic === "outpost/v1/bench-cmd/status" && m.json.state === "online",
@@ -518,21 +537,10 @@ async function commandRows(broker: Mosquitto, watch: Watch): Promise<void> {
       return ms;
     };
     const agentMs = await pings("bench-cmd");
-    echo.on("message", (_topic, payload, packet) => {
-      const p = packet.properties;
-      if (!p?.responseTopic) return;
-      const envelope = JSON.parse(payload.toString()) as { payload: string };
-      const id = (JSON.parse(envelope.payload) as { id: string }).id;
-      const body = JSON.stringify({
-        id,
-        device: "bench-echo",
-        command: "ping",
-        state: "succeeded",
-        result: { pong: true },
-      });
-      echo.publish(p.responseTopic, body, { qos: 1, properties: { correlationData: p.correlationData } });
+    await new Promise<void>((resolve, reject) => {
+      echo.stdout?.once("data", () => resolve());
+      echo.once("exit", (code) => reject(new Error(`the bare echo exited (${code})`)));
     });
-    await echo.subscribeAsync("outpost/v1/bench-echo/cmd/+", { qos: 1 });
     const bareMs = await pings("bench-echo");
     // A change each time (10 s, then 11 s, ...): written to the config file, and its replay record kept on disk.
     const setMs = await pings("bench-cmd", "config.set", (i) => ({
@@ -545,7 +553,7 @@ async function commandRows(broker: Mosquitto, watch: Watch): Promise<void> {
         outpost: percentile(agentMs, p),
         bare: percentile(bareMs, p),
         unit: "ms",
-        note: "signed request, signed accepted + succeeded replies via the outbox, checked as ctl does; bare = MQTT.js echo",
+        note: "signed request, signed accepted + succeeded replies via the outbox, checked as ctl does; bare = an MQTT.js echo in its own process",
       });
     }
     for (const p of [50, 99]) {
@@ -558,7 +566,7 @@ async function commandRows(broker: Mosquitto, watch: Watch): Promise<void> {
       });
     }
   } finally {
-    await echo.endAsync(true);
+    echo.kill();
     await agent.cleanup();
     await operator.close();
   }

@@ -16,10 +16,15 @@ interface Route {
 export class Verifier {
   private readonly deviceId: string;
   private readonly groups: readonly string[];
-  private keyCache: { keys: readonly TrustedKey[]; parsed: Map<string, { entry: TrustedKey; raw: string }> } = {
-    keys: [],
-    parsed: new Map(),
-  };
+  /**
+   * For the trusted keys in force: each entry's raw key, and each key text a request offered that matched one
+   * (so that a command parses no key). Only matches are kept, and at most 64: an attacker's texts never are.
+   */
+  private keyCache: {
+    keys: readonly TrustedKey[];
+    parsed: Map<string, { entry: TrustedKey; raw: string }>;
+    offered: Map<string, { entry: TrustedKey; publicKey: KeyObject }>;
+  } = { keys: [], parsed: new Map(), offered: new Map() };
 
   constructor(deviceId: string, groups: readonly string[]) {
     this.deviceId = deviceId;
@@ -83,7 +88,11 @@ export class Verifier {
   }
 
   private trustedKey(text: string, policy: CommandPolicy): { entry: TrustedKey; publicKey: KeyObject } | undefined {
-    if (this.keyCache.keys !== policy.trustedKeys) this.keyCache = { keys: policy.trustedKeys, parsed: new Map() };
+    if (this.keyCache.keys !== policy.trustedKeys) {
+      this.keyCache = { keys: policy.trustedKeys, parsed: new Map(), offered: new Map() };
+    }
+    const matched = this.keyCache.offered.get(text);
+    if (matched) return matched;
     let offered: KeyObject;
     try {
       offered = parsePublicKey(text);
@@ -101,7 +110,11 @@ export class Verifier {
         }
         this.keyCache.parsed.set(entry.key, known);
       }
-      if (known.raw === raw) return { entry, publicKey: offered };
+      if (known.raw === raw) {
+        const found = { entry, publicKey: offered };
+        if (this.keyCache.offered.size < 64) this.keyCache.offered.set(text, found);
+        return found;
+      }
     }
     return undefined;
   }

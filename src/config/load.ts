@@ -1,11 +1,11 @@
 import { createHash } from "node:crypto";
-import { accessSync, constants, readFileSync, statSync } from "node:fs";
-import { parseDocument } from "yaml";
+import { accessSync, constants } from "node:fs";
 import type { z } from "zod";
 import { errorMessage, OutpostError } from "../core/errors.ts";
 import { isObject, valueAt } from "../core/merge.ts";
 import { readPasswordFile } from "../mqtt/options.ts";
 import type { Config } from "../schema.ts";
+import { MAX_CONFIG_BYTES, parseYaml, readText } from "./config-file.ts";
 import type { ConfigModel } from "./model.ts";
 import { dottedPath, leafPaths, leaves, mergePatch } from "./paths.ts";
 import { redact } from "./redact.ts";
@@ -13,9 +13,9 @@ import { childOf, coerce, knownKeys, type SchemaNode, type Typed, typedView } fr
 
 export { dottedPath, leafPaths, leaves, mergePatch, originOf } from "./paths.ts";
 
-export { redact };
+export { MAX_CONFIG_BYTES, redact };
 
-import { type ConfigProblem, errorLine, expectation, formatProblems, render } from "./problems.ts";
+import { type ConfigProblem, expectation, formatProblems, render } from "./problems.ts";
 
 export { type ConfigProblem, formatProblems };
 
@@ -50,8 +50,6 @@ export interface LoadedConfig {
 }
 
 export const ENV_PREFIX = "OUTPOST_";
-/** A config file is a few KiB; a cap keeps a huge one from freezing the agent before validation can say so. */
-export const MAX_CONFIG_BYTES = 1024 * 1024;
 /** Variables of the project's own tools, not config keys. */
 const OWN_VARIABLES = [/^OUTPOST_NODE$/, /^OUTPOST_CTL_/];
 
@@ -158,60 +156,6 @@ function invalid(problems: ConfigProblem[]): OutpostError {
   return new OutpostError("CONFIG_INVALID", `invalid configuration:\n${formatProblems(problems).join("\n")}`, {
     details: problems,
   });
-}
-
-function readText(path: string, required: boolean, problems: ConfigProblem[]): string | undefined {
-  try {
-    const { size } = statSync(path);
-    if (size > MAX_CONFIG_BYTES) {
-      problems.push({
-        path: "(file)",
-        expected: "expected a config file of at most 1 MiB",
-        found: `${(size / 1024 / 1024).toFixed(1)} MiB in ${path}`,
-      });
-      return undefined;
-    }
-    return readFileSync(path, "utf8");
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === "ENOENT" && !required) return undefined;
-    problems.push({
-      path: "(file)",
-      expected: "expected a readable config file",
-      found: `${code ?? "an error"} for ${path}`,
-    });
-    return undefined;
-  }
-}
-
-function parseYaml(text: string, path: string, problems: ConfigProblem[]): Record<string, unknown> | undefined {
-  // YAML 1.2 is a superset of JSON, so one parser takes both formats.
-  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
-  if (doc.errors.length > 0) {
-    for (const e of doc.errors) {
-      const at = errorLine(text, e.pos[0], e.message) ?? e.linePos?.[0];
-      const what = e.message.split(/ at line \d+/)[0]?.split("\n")[0] ?? e.code;
-      problems.push({
-        path: "(file)",
-        expected: "expected valid YAML or JSON",
-        found: `${what}${at ? ` at line ${at.line} column ${at.col}` : ""}`,
-        source: `in ${path}`,
-      });
-    }
-    return undefined;
-  }
-  const value: unknown = doc.toJS();
-  if (value === null || value === undefined) return {};
-  if (typeof value !== "object" || Array.isArray(value)) {
-    problems.push({
-      path: "(file)",
-      expected: "expected a mapping of sections",
-      found: render(value),
-      source: `in ${path}`,
-    });
-    return undefined;
-  }
-  return value as Record<string, unknown>;
 }
 
 function snakeToCamel(segment: string): string {

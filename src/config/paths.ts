@@ -64,20 +64,29 @@ export function pathPatch(path: string): Record<string, unknown> {
   return keys.reduceRight<Record<string, unknown>>((inner, key) => ({ [key]: inner }), { [last]: null });
 }
 
+/** Each configuration's leaves once: a `config.set` compares the new one against the current and the booted. */
+const flats = new WeakMap<Config, Map<string, string>>();
+
+/** The leaves of a configuration (redacted) by dotted path, each as its JSON; arrays are leaves. */
+function flat(config: Config): Map<string, string> {
+  const known = flats.get(config);
+  if (known) return known;
+  const out = new Map<string, string>();
+  const walk = (node: unknown, path: string) => {
+    if (node !== null && typeof node === "object" && !Array.isArray(node)) {
+      for (const [k, v] of Object.entries(node)) walk(v, path ? `${path}.${k}` : k);
+    } else if (node !== undefined) {
+      out.set(path, JSON.stringify(node));
+    }
+  };
+  walk(redact(config), "");
+  // Only a frozen configuration (a snapshot's) cannot change under the cached leaves.
+  if (Object.isFrozen(config)) flats.set(config, out);
+  return out;
+}
+
 /** Dotted paths whose values differ (secrets compared redacted, arrays as whole values). */
 export function diffPaths(a: Config, b: Config): string[] {
-  const flat = (c: Config) => {
-    const out = new Map<string, string>();
-    const walk = (node: unknown, path: string) => {
-      if (node !== null && typeof node === "object" && !Array.isArray(node)) {
-        for (const [k, v] of Object.entries(node)) walk(v, path ? `${path}.${k}` : k);
-      } else if (node !== undefined) {
-        out.set(path, JSON.stringify(node));
-      }
-    };
-    walk(redact(c), "");
-    return out;
-  };
   const fa = flat(a);
   const fb = flat(b);
   const keys = new Set([...fa.keys(), ...fb.keys()]);

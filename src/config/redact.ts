@@ -6,20 +6,29 @@ import { SECRET_PATHS } from "./schema.ts";
  * not by key name: a deadband or a task that happens to be called "password" is configuration, not a secret.
  */
 export function redact<T>(value: T, path: readonly string[] = []): T {
+  return redactAt(value, path.join(".")) as T;
+}
+
+/** SECRET_PATHS as dotted strings: a `config.set` redacts the configuration several times, so the test is a lookup. */
+const SECRET_DOTTED = new Set(SECRET_PATHS.map((p) => p.join(".")));
+
+/** `at`: the dotted path of `value` ("" at the root; "[]" for an array's items). */
+function redactAt(value: unknown, at: string): unknown {
   // A broker URL's password (mqtt.url, mqtt.failover): the configuration's hash is published, and would let it
   // be guessed offline.
-  if (typeof value === "string" && path[0] === "mqtt" && (path[1] === "url" || path[1] === "failover")) {
-    return redactUrlPasswords(value) as T;
+  if (typeof value === "string") {
+    return at === "mqtt.url" || at.startsWith("mqtt.failover") ? redactUrlPasswords(value) : value;
   }
-  if (Array.isArray(value)) return value.map((v) => redact(v, [...path, "[]"])) as T;
+  if (Array.isArray(value)) return value.map((v) => redactAt(v, `${at}.[]`));
   if (value !== null && typeof value === "object") {
     const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) {
-      const at = [...path, k];
-      const secret = SECRET_PATHS.some((p) => p.length === at.length && p.every((s, i) => s === at[i]));
-      out[k] = secret && v !== undefined ? "<redacted>" : redact(v, at);
+    for (const k in value) {
+      if (!Object.hasOwn(value, k)) continue;
+      const v = (value as Record<string, unknown>)[k];
+      const path = at === "" ? k : `${at}.${k}`;
+      out[k] = v !== undefined && SECRET_DOTTED.has(path) ? "<redacted>" : redactAt(v, path);
     }
-    return out as T;
+    return out;
   }
   return value;
 }

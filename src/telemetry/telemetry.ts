@@ -37,7 +37,7 @@ export class Telemetry implements Component {
   private loop: Promise<void> | undefined;
   private cycles = 0;
   private lastSampleAt: number | undefined;
-  /** Aborted to cut the current wait short: a stop, or a new interval that must apply now. */
+  /** Aborted to cut the current wait short: a stop, or a new interval (the wait is timed again). */
   private nap = new AbortController();
 
   constructor(options: TelemetryOptions) {
@@ -68,7 +68,7 @@ export class Telemetry implements Component {
     await this.loop;
   });
 
-  /** Ends the current wait, so that a changed interval takes effect at once rather than after the old one. */
+  /** Times the current wait again: a changed interval counts from the last sample, not after the old one. */
   wake(): void {
     this.nap.abort();
   }
@@ -124,10 +124,15 @@ export class Telemetry implements Component {
       } catch (err) {
         this.options.logger.error({ err }, "telemetry cycle failed");
       }
-      const elapsed = this.now() - started;
-      if (signal.aborted) break;
-      this.nap = new AbortController();
-      await sleep(Math.max(0, this.options.intervalMs() - elapsed), this.nap.signal);
+      // A new interval (wake) counts from this sample's start: sooner when shorter, later when longer, and
+      // never a sample of its own (on a metered link, each change of the pace would cost one).
+      while (!signal.aborted) {
+        const wait = started + this.options.intervalMs() - this.now();
+        if (wait <= 0) break;
+        this.nap = new AbortController();
+        await sleep(wait, this.nap.signal);
+        if (!this.nap.signal.aborted) break;
+      }
     }
   }
 }

@@ -50,6 +50,23 @@ describe("config loading", () => {
     assert.match(hash, /^[0-9a-f]{64}$/);
   });
 
+  it("parses an unchanged file once, and what a load merges into it never reaches the next load", () => {
+    const path = file("same.yaml", "device:\n  id: pi-1\ntelemetry:\n  interval: 5s\n");
+    const withEnv = loadAgentConfig({ hostname: "h", path, env: { OUTPOST_TELEMETRY__INTERVAL: "1s" } });
+    assert.equal(withEnv.config.telemetry.interval, "1s");
+    const overridden = loadAgentConfig({
+      hostname: "h",
+      path,
+      overrides: { values: { device: { id: "pi-2" } }, source: "o.json" },
+    });
+    assert.equal(overridden.config.device.id, "pi-2");
+    const plain = loadAgentConfig({ hostname: "h", path });
+    assert.equal(plain.config.telemetry.interval, "5s", "the variable of an earlier load is gone");
+    assert.equal(plain.config.device.id, "pi-1", "so is the override");
+    writeFileSync(path, "device:\n  id: pi-3\n");
+    assert.equal(loadAgentConfig({ hostname: "h", path }).config.device.id, "pi-3", "a changed file is parsed again");
+  });
+
   it("makes an unusable hostname into a topic-safe id", () => {
     assert.equal(loadAgentConfig({ hostname: "my host/#1" }).config.device.id, "my-host--1");
   });

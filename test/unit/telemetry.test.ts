@@ -4,6 +4,7 @@ import { pino } from "pino";
 import type { Collector } from "../../src/telemetry/collectors.ts";
 import { systemCollectors } from "../../src/telemetry/collectors.ts";
 import { type Sample, Telemetry } from "../../src/telemetry/telemetry.ts";
+import { waitUntil } from "../helpers/wait.ts";
 
 const logger = pino({ level: "silent" });
 
@@ -106,6 +107,36 @@ describe("telemetry sampling", () => {
       [{ n: 0 }, { n: 1 }, { n: 2 }],
     );
     assert.equal(t.count, count);
+  });
+
+  it("times a changed interval from the last sample: no sample of its own for a change of pace", async () => {
+    let intervalMs = 60_000;
+    let samples = 0;
+    const t = new Telemetry({
+      collectors: [{ name: "n", collect: async () => ({ n: 1 }) }],
+      intervalMs: () => intervalMs,
+      timeoutMs: () => 100,
+      publish: () => {
+        samples += 1;
+      },
+      logger,
+    });
+    const controller = new AbortController();
+    await t.start(controller.signal);
+    try {
+      await waitUntil(() => samples === 1, 5000, "the first sample");
+      // Shorter, but not yet due: the loop waits out the rest of it. The old loop sampled at once.
+      intervalMs = 30_000;
+      t.wake();
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(samples, 1, "a change of pace is not a sample");
+      // Due already (the first sample is older than 50 ms): the next one comes now.
+      intervalMs = 50;
+      t.wake();
+      await waitUntil(() => samples >= 2, 5000, "a sample at the new pace");
+    } finally {
+      await t.stop();
+    }
   });
 
   it("collects real metrics from this machine", async () => {

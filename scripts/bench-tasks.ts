@@ -190,7 +190,7 @@ async function binary(rows: BenchRow[], o: { bin: string; broker: Mosquitto; wat
   const operator = await Operator.open(o.broker.port, ops);
   const home = mkdtempSync(join(tmpdir(), "outpost-bench-tasks-"));
   const heavy = existsSync(HEAVY);
-  const start = (id: string, runtime: string, workers = 1) =>
+  const start = (id: string, runtime: string, workers = 1, idleRelease = "5m") =>
     AgentProcess.run([o.bin], {
       device: { id },
       mqtt: { url: o.broker.url },
@@ -198,6 +198,7 @@ async function binary(rows: BenchRow[], o: { bin: string; broker: Mosquitto; wat
       tasks: {
         workers,
         runtime,
+        idleRelease,
         runtimeDir: join(home, "runtime"),
         define: { ...demoTasks(), ...(heavy ? { heavy: { type: "onnx", model: HEAVY } } : {}) },
       },
@@ -252,6 +253,61 @@ async function binary(rows: BenchRow[], o: { bin: string; broker: Mosquitto; wat
       unit: "MiB",
       note: `0 workers ${none.toFixed(1)}, 1 worker ${oneWorker.toFixed(1)}, 2 workers ${twoWorkers.toFixed(1)}; binary, native`,
     });
+    // A worker released when idle (tasks.idleRelease): what the agent gives back, and what the next task pays.
+    {
+      const id = "bench-release";
+      const agent = start(id, "native", 1, "3s");
+      await online(id);
+      await settle();
+      const pid = agent.child.pid ?? 0;
+      const idle = processMemory(pid);
+      await run(id);
+      await settle();
+      const holding = processMemory(pid);
+      const released = async () => {
+        const list = await operator.call(id, "task.list", undefined, { timeoutMs: 10_000 });
+        return (list.finals[0]?.result as { pool?: { released?: number } } | undefined)?.pool?.released ?? 0;
+      };
+      // Three rounds of release and reload: the anonymous memory after each release says whether one leaks.
+      const afterRelease: number[] = [];
+      let after = holding;
+      let again = holding;
+      let reloadMs = 0;
+      let warmMs = 0;
+      for (let round = 1; round <= 3; round++) {
+        const t0 = performance.now();
+        while ((await released()) < round) {
+          if (performance.now() - t0 > 30_000) throw new Error("the idle worker was not released");
+          await new Promise((r) => setTimeout(r, 500));
+        }
+        await settle();
+        after = processMemory(pid);
+        afterRelease.push(after.anon);
+        const t = performance.now();
+        await run(id);
+        reloadMs = Math.max(reloadMs, performance.now() - t);
+        const t2 = performance.now();
+        await run(id);
+        warmMs = Math.max(warmMs, performance.now() - t2);
+        await settle();
+        again = processMemory(pid);
+      }
+      await agent.cleanup();
+      rows.push({
+        metric: "RSS / anonymous: idle, one worker holding the model, that worker released when idle",
+        outpost: after.rss,
+        bare: holding.rss,
+        unit: "MiB",
+        note: `idle ${idle.rss.toFixed(1)} / ${idle.anon.toFixed(1)}, holding ${holding.rss.toFixed(1)} / ${holding.anon.toFixed(1)}, released ${after.rss.toFixed(1)} / ${after.anon.toFixed(1)}, a worker again ${again.rss.toFixed(1)} / ${again.anon.toFixed(1)}; anonymous after each of 3 releases ${afterRelease.map((a) => a.toFixed(1)).join(", ")}; binary, native`,
+      });
+      rows.push({
+        metric: "task.run round trip: the first after a release (a new worker loads) / the next, slowest of 3",
+        outpost: reloadMs,
+        bare: warmMs,
+        unit: "ms",
+        note: "binary, native, the shipped model",
+      });
+    }
     for (const [target, before] of Object.entries(BEFORE)) {
       const path = join(ROOT, "dist", `outpost-${target}`);
       if (!existsSync(path)) continue;

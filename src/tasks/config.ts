@@ -121,6 +121,13 @@ export const tasksSection = configSection({
        * first task compiles WebAssembly or creates a session: seconds on a small board).
        */
       loadTimeout: duration("2m", 1000, 1_800_000),
+      /**
+       * How long a worker may wait for a task before it is released (terminated); the next task starts a new
+       * one and loads again. "0s", the default: kept for good. Off by default because, measured, it gives
+       * little back: with the native runtime the process's allocator keeps most of what a worker freed, and
+       * after three releases the agent holds as much as with the worker kept (docs/tasks.md).
+       */
+      idleRelease: duration("0s", 0, 86_400_000),
       /** Each worker's JavaScript heap cap (MiB); native memory is not counted (docs/tasks.md). */
       workerHeapMb: z.number().int().min(16).max(4096).default(128),
       breaker: z

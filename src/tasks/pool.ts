@@ -1,75 +1,17 @@
-import { type ResourceLimits, Worker } from "node:worker_threads";
+import { Worker } from "node:worker_threads";
 import type { Code } from "../core/codes.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
-import type { Logger } from "../core/logger.ts";
 import type { ProfileKind } from "../core/profile.ts";
 import { countWorker } from "../core/threads.ts";
+import type { PoolOptions, PoolResult, PoolRunOptions, TaskReply, TaskRequest } from "./pool-types.ts";
 import { profileWorker } from "./worker-profile.ts";
 
-/**
- * What a worker receives and answers. The worker's source (a bundle, run with `eval: true` as inside the single
- * executable, where a worker cannot be started from a file) handles `{ id, type, input }` and posts back
- * `{ id, ok: true, value }` or `{ id, ok: false, error: { message, code? } }`.
- */
-export interface TaskRequest {
-  id: number;
-  type: string;
-  input: unknown;
-}
-export type TaskReply =
-  | { id: number; ok: true; value: unknown; state?: unknown }
-  | { id: number; ok: false; error: { message: string; code?: string }; state?: unknown }
-  /** The worker has what the task needs loaded (a runtime, a model) and starts the work itself. */
-  | { id: number; ready: true }
-  /** The answer to a broadcast `{ control }`: what the worker holds now (shown in `stats().states`). */
-  | { control: true; state: unknown };
+export type { PoolOptions, PoolResult, PoolRunOptions, TaskReply, TaskRequest };
 
 /** Codes a worker may answer with that reach the caller as they are; any other failure is `TASK_FAILED`. */
 const WORKER_CODES = new Map<string, Code>(
   (["TASK_INPUT_INVALID", "TASK_MODEL_INVALID", "TASK_RUNTIME_UNAVAILABLE", "TASK_FAILED"] as const).map((c) => [c, c]),
 );
-
-export interface PoolOptions {
-  source: string;
-  /** Handed to every worker as `workerData`. */
-  workerData?: unknown;
-  /** Workers at most; created on demand, so a pool that never runs a task starts none. */
-  size: number;
-  /** Tasks waiting for a worker at most; beyond, `QUEUE_FULL` at once. */
-  maxQueue: number;
-  resourceLimits?: ResourceLimits;
-  /** Consecutive failures of one task type that open its breaker, and how long it stays open. */
-  breaker: { failures: number; openMs: number };
-  /** How long a worker being replaced may take to terminate before it is abandoned (a hang in native code). */
-  terminateGraceMs?: number;
-  /**
-   * How long a task cancelled while it runs may go on, its result dropped, before its worker is replaced
-   * (default 1 s). An inference takes milliseconds; a new worker loads the runtime and the model again, which
-   * a check group that cancels its other checks on every failed part paid each time.
-   */
-  cancelGraceMs?: number;
-  now?: () => number;
-  logger: Logger;
-}
-
-export interface PoolRunOptions {
-  timeoutMs: number;
-  /**
-   * How long the worker may take to get ready (load a runtime, compile WebAssembly, create a session) before
-   * the timeout starts; a worker that says `ready` then has `timeoutMs`. Without it, `timeoutMs` covers all.
-   */
-  loadTimeoutMs?: number;
-  signal?: AbortSignal;
-  /** Put on the pool's log lines about this task (the trace id of its result). */
-  trace?: string;
-}
-
-export interface PoolResult {
-  value: unknown;
-  /** Time in the queue, then in a worker. */
-  queueMs: number;
-  runMs: number;
-}
 
 interface Job {
   id: number;
@@ -95,6 +37,8 @@ interface Slot {
   gone: boolean;
   /** What the worker last said it holds (its replies' `state`). */
   state: unknown;
+  /** Armed while the worker waits for a task: it is released when it fires (idleReleaseMs). */
+  idle: NodeJS.Timeout | undefined;
 }
 
 interface Breaker {
@@ -117,12 +61,18 @@ export class WorkerPool {
   private readonly breakers = new Map<string, Breaker>();
   private nextId = 1;
   private closed = false;
-  private counts = { completed: 0, failed: 0, replaced: 0, abandoned: 0, refused: 0 };
+  private counts = { completed: 0, failed: 0, replaced: 0, abandoned: 0, refused: 0, released: 0 };
   /** The last broadcast: a worker started later gets it first. */
   private control: unknown;
 
   constructor(options: PoolOptions) {
-    this.o = { terminateGraceMs: 2000, cancelGraceMs: 1000, now: () => performance.now(), ...options };
+    this.o = {
+      terminateGraceMs: 2000,
+      cancelGraceMs: 1000,
+      idleReleaseMs: 0,
+      now: () => performance.now(),
+      ...options,
+    };
   }
 
   /** Runs a task; rejects at once with `QUEUE_FULL`, `CIRCUIT_OPEN` or `POOL_CLOSED` when it cannot be taken. */
@@ -244,6 +194,8 @@ export class WorkerPool {
       if (!slot && this.slots.size < this.o.size) slot = this.spawn();
       if (!slot) return;
       const job = this.queue.shift() as Job;
+      clearTimeout(slot.idle);
+      slot.idle = undefined;
       slot.job = job;
       slot.startedAt = this.o.now();
       const load = job.options.loadTimeoutMs;
@@ -251,7 +203,26 @@ export class WorkerPool {
       const request: TaskRequest = { id: job.id, type: job.type, input: job.input };
       slot.worker.postMessage(request);
     }
+    this.armIdle();
     for (const waiter of this.idleWaiters) waiter();
+  }
+
+  /** Every worker without a task is released after idleReleaseMs of waiting, unless a task comes first. */
+  private armIdle(): void {
+    const ms = this.o.idleReleaseMs;
+    if (ms <= 0 || this.closed) return;
+    for (const slot of this.slots) {
+      if (slot.job || slot.gone || slot.idle) continue;
+      slot.idle = setTimeout(() => {
+        slot.idle = undefined;
+        if (slot.job || slot.gone || this.closed) return;
+        this.counts.released += 1;
+        this.o.logger.info({ idleMs: ms, workers: this.slots.size - 1 }, "released an idle task worker");
+        void this.retire(slot, false);
+      }, ms);
+      // Waiting to release a worker is no reason for the process to stay.
+      slot.idle.unref();
+    }
   }
 
   private spawn(): Slot {
@@ -268,7 +239,15 @@ export class WorkerPool {
     worker.stderr.on("data", (chunk: Buffer) => {
       this.o.logger.warn({ output: chunk.toString().slice(0, 500) }, "a task worker wrote to stderr");
     });
-    const slot: Slot = { worker, job: undefined, startedAt: 0, timer: undefined, gone: false, state: undefined };
+    const slot: Slot = {
+      worker,
+      job: undefined,
+      startedAt: 0,
+      timer: undefined,
+      gone: false,
+      state: undefined,
+      idle: undefined,
+    };
     if (this.control !== undefined) worker.postMessage({ control: this.control });
     worker.on("message", (reply: TaskReply) => this.reply(slot, reply));
     worker.on("error", (err: Error & { code?: string }) => {
@@ -381,6 +360,7 @@ export class WorkerPool {
   private async retire(slot: Slot, replaced: boolean): Promise<void> {
     if (slot.gone) return;
     slot.gone = true;
+    clearTimeout(slot.idle);
     this.slots.delete(slot);
     if (replaced) this.counts.replaced += 1;
     let timer: NodeJS.Timeout | undefined;

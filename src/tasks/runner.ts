@@ -1,5 +1,6 @@
 import { createHash, randomUUID } from "node:crypto";
 import { join } from "node:path";
+import { formatDuration } from "../config/duration.ts";
 import type { Code } from "../core/codes.ts";
 import { errorMessage, isOutpostError, OutpostError } from "../core/errors.ts";
 import type { Logger } from "../core/logger.ts";
@@ -141,6 +142,7 @@ export class TaskRunner {
         maxQueue: this.o.config.queue,
         resourceLimits: { maxOldGenerationSizeMb: this.o.config.workerHeapMb },
         breaker: { failures: this.o.config.breaker.failures, openMs: this.o.config.breaker.open },
+        idleReleaseMs: this.o.config.idleRelease,
         logger: this.o.logger,
         now: this.o.now,
       });
@@ -333,6 +335,7 @@ export class TaskRunner {
             started: true,
             size: this.workers(),
             sizeFrom: this.sizeReason(),
+            idleRelease: this.idleRelease(),
             ...stats,
             breakers: undefined,
             states: undefined,
@@ -341,7 +344,7 @@ export class TaskRunner {
             numbered:
               "workers are 1, 2, ... in the order they started, as sessions lists them (ctl profile --worker N)",
           }
-        : { started: false, size: this.workers(), sizeFrom: this.sizeReason() },
+        : { started: false, size: this.workers(), sizeFrom: this.sizeReason(), idleRelease: this.idleRelease() },
       tasks: Object.fromEntries(
         Object.entries(this.o.config.define).map(([name, def]) => [
           name,
@@ -361,6 +364,12 @@ export class TaskRunner {
         ]),
       ),
     };
+  }
+
+  /** What `task.list` says of idle workers: `released` counts those let go. */
+  private idleRelease(): string {
+    const ms = this.o.config.idleRelease;
+    return ms > 0 ? `a worker idle for ${formatDuration(ms)} is released; the next task starts one` : "never";
   }
 
   /** A worker abandoned in native code makes the module unhealthy (an update in trial then rolls back). */

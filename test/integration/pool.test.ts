@@ -276,6 +276,29 @@ describe("worker pool", () => {
     await p.close(AbortSignal.timeout(5000));
   });
 
+  it("a worker idle for idleReleaseMs is released (its thread ends); a running task never is; the next task starts one", async () => {
+    const p = pool({ idleReleaseMs: 1000 });
+    try {
+      const before = workerThreads();
+      // Longer than the idle time: a busy worker is not idle.
+      assert.equal((await p.run("sleep", 1500, { timeoutMs: 10_000 })).value, 1500);
+      assert.equal(p.stats().released, 0, "not released while it ran");
+      await waitUntil(() => p.stats().workers === 0, 10_000, "the idle worker released");
+      assert.equal(p.stats().released, 1);
+      await waitUntil(() => workerThreads() === before, 10_000, "its thread ended");
+      // Work that keeps coming keeps the worker: each task is sooner than the idle time.
+      const first = await p.run("thread", null, { timeoutMs: 10_000 });
+      for (let i = 0; i < 5; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        assert.equal((await p.run("thread", null, { timeoutMs: 10_000 })).value, first.value, "the same worker");
+      }
+      assert.equal(p.stats().released, 1);
+      await waitUntil(() => p.stats().released === 2 && p.stats().workers === 0, 10_000, "released again");
+    } finally {
+      await p.close(AbortSignal.timeout(5000));
+    }
+  });
+
   it("close: takes nothing new, lets work finish within the deadline, then fails the rest with POOL_CLOSED", async () => {
     const p = pool({ size: 1 });
     const quick = p.run("sleep", 100, { timeoutMs: 5000 });

@@ -87,9 +87,13 @@ describe("tasks: inference in worker threads", () => {
   it("task.list names every task", async () => {
     const reply = await operator.final(ID, "task.list");
     assert.equal(reply.state, "succeeded");
-    const list = reply.result as { tasks: Record<string, { type: string }>; pool: { size: number; sizeFrom: string } };
-    // Issue 27: which rule set the pool's size (here tasks.workers; by default cores and memory).
-    assert.deepEqual([list.pool.size, list.pool.sizeFrom], [1, "tasks.workers"]);
+    const list = reply.result as {
+      tasks: Record<string, { type: string }>;
+      pool: { size: number; sizeFrom: string; idleRelease: string };
+    };
+    // Issue 27: which rule set the pool's size (here tasks.workers; by default cores and memory), and whether
+    // an idle worker is released (off by default).
+    assert.deepEqual([list.pool.size, list.pool.sizeFrom, list.pool.idleRelease], [1, "tasks.workers", "never"]);
     assert.deepEqual(Object.keys(list.tasks).sort(), [
       "both",
       "garbage",

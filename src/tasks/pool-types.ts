@@ -1,0 +1,67 @@
+import type { ResourceLimits } from "node:worker_threads";
+import type { Logger } from "../core/logger.ts";
+
+/**
+ * What a worker receives and answers. The worker's source (a bundle, run with `eval: true` as inside the single
+ * executable, where a worker cannot be started from a file) handles `{ id, type, input }` and posts back
+ * `{ id, ok: true, value }` or `{ id, ok: false, error: { message, code? } }`.
+ */
+export interface TaskRequest {
+  id: number;
+  type: string;
+  input: unknown;
+}
+export type TaskReply =
+  | { id: number; ok: true; value: unknown; state?: unknown }
+  | { id: number; ok: false; error: { message: string; code?: string }; state?: unknown }
+  /** The worker has what the task needs loaded (a runtime, a model) and starts the work itself. */
+  | { id: number; ready: true }
+  /** The answer to a broadcast `{ control }`: what the worker holds now (shown in `stats().states`). */
+  | { control: true; state: unknown };
+
+export interface PoolOptions {
+  source: string;
+  /** Handed to every worker as `workerData`. */
+  workerData?: unknown;
+  /** Workers at most; created on demand, so a pool that never runs a task starts none. */
+  size: number;
+  /** Tasks waiting for a worker at most; beyond, `QUEUE_FULL` at once. */
+  maxQueue: number;
+  resourceLimits?: ResourceLimits;
+  /** Consecutive failures of one task type that open its breaker, and how long it stays open. */
+  breaker: { failures: number; openMs: number };
+  /** How long a worker being replaced may take to terminate before it is abandoned (a hang in native code). */
+  terminateGraceMs?: number;
+  /**
+   * How long a task cancelled while it runs may go on, its result dropped, before its worker is replaced
+   * (default 1 s). An inference takes milliseconds; a new worker loads the runtime and the model again, which
+   * a check group that cancels its other checks on every failed part paid each time.
+   */
+  cancelGraceMs?: number;
+  /**
+   * How long a worker may wait for a task before it is released (terminated: its isolate, runtime arenas and
+   * sessions given back; the next task starts a new one and loads again). 0 or absent: kept for good.
+   */
+  idleReleaseMs?: number;
+  now?: () => number;
+  logger: Logger;
+}
+
+export interface PoolRunOptions {
+  timeoutMs: number;
+  /**
+   * How long the worker may take to get ready (load a runtime, compile WebAssembly, create a session) before
+   * the timeout starts; a worker that says `ready` then has `timeoutMs`. Without it, `timeoutMs` covers all.
+   */
+  loadTimeoutMs?: number;
+  signal?: AbortSignal;
+  /** Put on the pool's log lines about this task (the trace id of its result). */
+  trace?: string;
+}
+
+export interface PoolResult {
+  value: unknown;
+  /** Time in the queue, then in a worker. */
+  queueMs: number;
+  runMs: number;
+}

@@ -18,7 +18,7 @@ export class Verifier {
   private readonly groups: readonly string[];
   /**
    * For the trusted keys in force: each entry's raw key, and each key text a request offered that matched one
-   * (so that a command parses no key). Only matches are kept, and at most 64: an attacker's texts never are.
+   * (so that a command parses no key). Only texts that signed a request are kept, and at most 64.
    */
   private keyCache: {
     keys: readonly TrustedKey[];
@@ -56,6 +56,10 @@ export class Verifier {
     if (!verifyEnvelope(envelope.data, trusted.publicKey)) {
       throw new Refused("SIGNATURE_INVALID", "the signature does not match the payload and key", claimedId);
     }
+    // Kept only once it signed: spellings of a trusted key (spaces, the prefix) sent with a bad signature must
+    // not fill the cache.
+    const offered = this.keyCache.offered;
+    if (offered.size < 64 && !offered.has(envelope.data.key)) offered.set(envelope.data.key, trusted);
     authenticated();
     if (parseError) throw new Refused("BAD_REQUEST", "the signed payload is not JSON", claimedId);
     const parsed = requestSchema.safeParse(body);
@@ -110,11 +114,7 @@ export class Verifier {
         }
         this.keyCache.parsed.set(entry.key, known);
       }
-      if (known.raw === raw) {
-        const found = { entry, publicKey: offered };
-        if (this.keyCache.offered.size < 64) this.keyCache.offered.set(text, found);
-        return found;
-      }
+      if (known.raw === raw) return { entry, publicKey: offered };
     }
     return undefined;
   }

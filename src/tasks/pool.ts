@@ -138,7 +138,14 @@ export class WorkerPool {
     const live = [...this.slots].filter((s) => !s.gone);
     const slot = live[n - 1];
     if (!slot) return Promise.reject(new OutpostError("DIAG_NO_WORKER", `no worker ${n}: ${live.length} running`));
-    return profileWorker(slot.worker, { n, id: this.nextId++, kind, ms, ...(signal ? { signal } : {}) });
+    // Not released while it is profiled: a profile of an idle worker is the usual case.
+    clearTimeout(slot.idle);
+    slot.idle = undefined;
+    this.profiling.add(slot);
+    return profileWorker(slot.worker, { n, id: this.nextId++, kind, ms, ...(signal ? { signal } : {}) }).finally(() => {
+      this.profiling.delete(slot);
+      this.armIdle();
+    });
   }
 
   /**
@@ -173,6 +180,7 @@ export class WorkerPool {
   }
 
   private readonly idleWaiters = new Set<() => void>();
+  private readonly profiling = new Set<Slot>();
 
   private refuse(code: Code, message: string): Promise<never> {
     this.counts.refused += 1;
@@ -212,10 +220,10 @@ export class WorkerPool {
     const ms = this.o.idleReleaseMs;
     if (ms <= 0 || this.closed) return;
     for (const slot of this.slots) {
-      if (slot.job || slot.gone || slot.idle) continue;
+      if (slot.job || slot.gone || slot.idle || this.profiling.has(slot)) continue;
       slot.idle = setTimeout(() => {
         slot.idle = undefined;
-        if (slot.job || slot.gone || this.closed) return;
+        if (slot.job || slot.gone || this.closed || this.profiling.has(slot)) return;
         this.counts.released += 1;
         this.o.logger.info({ idleMs: ms, workers: this.slots.size - 1 }, "released an idle task worker");
         void this.retire(slot, false);

@@ -203,7 +203,7 @@ export const telemetryModule: Module<typeof telemetrySection> = {
       },
       onConfigChange: (next, previous) => {
         const [a, b] = [previous, next];
-        // Ends the current wait, so that a new interval applies at once rather than after the old one.
+        // Times the current wait again: the new interval counts from the last sample, not after the old wait.
         if (b.interval !== a.interval) telemetry.wake();
         // New deadbands or a new full interval start from a full sample.
         if (

@@ -128,10 +128,10 @@ export class Telemetry implements Component {
       // never a sample of its own (on a metered link, each change of the pace would cost one).
       while (!signal.aborted) {
         const wait = started + this.options.intervalMs() - this.now();
-        if (wait <= 0) break;
         this.nap = new AbortController();
-        await sleep(wait, this.nap.signal);
-        if (!this.nap.signal.aborted) break;
+        // A cycle that overran still yields (sleep(0)): timers, I/O and a stop get their turn between cycles.
+        await sleep(Math.max(0, wait), this.nap.signal);
+        if (wait <= 0 || !this.nap.signal.aborted) break;
       }
     }
   }

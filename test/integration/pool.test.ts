@@ -34,7 +34,14 @@ const handlers = {
     return "done";
   },
 };
-parentPort.on("message", async ({ id, type, input }) => {
+parentPort.on("message", async (message) => {
+  // A profile (worker-profile.ts) answered after its length, as worker.ts does.
+  if (message.profile) {
+    const { id, ms } = message.profile;
+    setTimeout(() => parentPort.postMessage({ profiled: id, ok: true, value: "profiled" }), ms);
+    return;
+  }
+  const { id, type, input } = message;
   try {
     parentPort.postMessage({ id, ok: true, value: await handlers[type](input, id) });
   } catch (e) {
@@ -294,6 +301,11 @@ describe("worker pool", () => {
       }
       assert.equal(p.stats().released, 1);
       await waitUntil(() => p.stats().released === 2 && p.stats().workers === 0, 10_000, "released again");
+      // A profile of an idle worker, longer than the idle time: the worker stays for it, and goes after.
+      await p.run("echo", 1, { timeoutMs: 10_000 });
+      assert.equal(await p.profile(1, "cpu", 1500), "profiled");
+      assert.equal(p.stats().released, 2, "not released while profiled");
+      await waitUntil(() => p.stats().released === 3 && p.stats().workers === 0, 10_000, "released after it");
     } finally {
       await p.close(AbortSignal.timeout(5000));
     }

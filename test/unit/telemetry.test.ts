@@ -139,6 +139,45 @@ describe("telemetry sampling", () => {
     }
   });
 
+  it("a cycle that overruns its interval still yields: a timer runs between cycles, not after dozens", async () => {
+    let samples = 0;
+    let calls = 0;
+    const t = new Telemetry({
+      // Synchronous work longer than the interval: nothing in the cycle itself waits for a macrotask.
+      // After 12 calls it waits for a timer itself, so that a loop that never yields ends up failing, not hanging.
+      collectors: [
+        {
+          name: "busy",
+          collect: async () => {
+            calls += 1;
+            if (calls > 12) await new Promise((r) => setTimeout(r, 1));
+            const end = performance.now() + 30;
+            while (performance.now() < end);
+            return { n: 1 };
+          },
+        },
+      ],
+      intervalMs: () => 20,
+      timeoutMs: () => 1000,
+      publish: () => {
+        samples += 1;
+      },
+      logger,
+    });
+    await t.start(new AbortController().signal);
+    try {
+      await waitUntil(() => samples >= 1, 5000, "the first sample");
+      let ranAfter: number | undefined;
+      setTimeout(() => {
+        ranAfter = samples;
+      }, 0);
+      await waitUntil(() => ranAfter !== undefined, 10_000, "the timer's turn");
+      assert.ok((ranAfter ?? 0) <= samples && (ranAfter ?? 0) <= 4, `the timer waited for ${ranAfter} samples`);
+    } finally {
+      await t.stop();
+    }
+  });
+
   it("collects real metrics from this machine", async () => {
     const t = telemetry(systemCollectors(), 5000);
     await t.sample();

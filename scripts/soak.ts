@@ -5,17 +5,23 @@
 // scrape every 5 s, a signed ping every 10 s, the broker restarted every 6 minutes. Prints RSS, heap and
 // handles (the agent's own resources collector) after a warm-up and at the end, and writes bench/soak.json
 // with a reading a minute. Growth is the end minus the warm sample; the goal is under 3 MiB of RSS over an hour.
-import { mkdirSync, writeFileSync } from "node:fs";
+// `--heap-snapshots DIR` writes a heap snapshot of the agent (ctl profile --heap-snapshot) after the warm-up and
+// at the end, to compare what grew (Chrome DevTools' comparison view). Writing one costs the agent about 90 MiB
+// of memory it keeps, so the memory curve after the first snapshot is not comparable with a run without.
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import { mergeReport } from "../src/core/merge.ts";
 import { AgentProcess, ROOT } from "../test/helpers/agent-process.ts";
+import { runCli } from "../test/helpers/cli.ts";
 import { operatorKey } from "../test/helpers/commands.ts";
 import { processMemory } from "../test/helpers/memory.ts";
 import { Mosquitto } from "../test/helpers/mosquitto.ts";
 import { Watch } from "../test/helpers/mqtt-watch.ts";
 import { Operator } from "../test/helpers/operator.ts";
+import { pinAgent } from "../test/helpers/pins.ts";
 import { freePort } from "../test/helpers/ports.ts";
+import { tempDir } from "../test/helpers/temp.ts";
 
 const { values } = parseArgs({
   options: {
@@ -29,6 +35,7 @@ const { values } = parseArgs({
     mix: { type: "string" },
     bin: { type: "string" },
     out: { type: "string" },
+    "heap-snapshots": { type: "string" },
   },
 });
 const BUDGET_MIX = values.mix === "budget";
@@ -43,6 +50,7 @@ const COMMAND = BUDGET_MIX ? "ping" : values.command;
 const OUT = values.out ?? join(ROOT, "bench", "soak.json");
 const BIN = values.bin ?? join(ROOT, "dist", "outpost-linux-x64");
 const ID = "soak";
+const SNAPSHOTS = values["heap-snapshots"];
 
 interface Reading {
   minute: number;
@@ -71,10 +79,24 @@ async function main(): Promise<void> {
     resources: { interval: "5s" },
     http: { listen: `127.0.0.1:${httpPort}` },
     homeassistant: { discovery: true },
-    commands: { trustedKeys: [{ name: "ops", key: key.publicText, allow: ["*"] }] },
+    commands: { trustedKeys: [{ name: "ops", key: key.publicText, allow: ["*", "debug.heap-snapshot"] }] },
     log: { level: "warn" },
   });
   let operator = await Operator.open(broker.port, key);
+  // For ctl: the operator's key as a file, and the device's key pinned once it has written it.
+  const ctlDir = tempDir("outpost-soak-ctl-");
+  const keyFile = join(ctlDir, "ops.key");
+  writeFileSync(keyFile, key.privatePem, { mode: 0o600 });
+  const pins = join(ctlDir, "known_devices");
+  const snapshot = async (label: string) => {
+    if (SNAPSHOTS === undefined) return;
+    mkdirSync(SNAPSHOTS, { recursive: true });
+    await pinAgent(pins, broker.url, ID, agent);
+    const out = join(SNAPSHOTS, `${label}.heapsnapshot`);
+    const flags = ["--broker", broker.url, "--key", keyFile, "--known-devices", pins, "--out", out];
+    const r = await runCli(["ctl", "profile", ID, "--heap-snapshot", ...flags]);
+    process.stdout.write(`snapshot ${label}: ${r.code === 0 ? out : r.err.trim()}\n`);
+  };
   const started = performance.now();
   const minute = () => (performance.now() - started) / 60_000;
   let commands = 0;
@@ -134,6 +156,7 @@ async function main(): Promise<void> {
       if (!warm && minute() >= WARMUP) {
         warm = read();
         process.stdout.write(`warm  ${JSON.stringify(warm)}\n`);
+        await snapshot("warm");
       }
       if (minute() >= nextRestart) {
         nextRestart += RESTART_EVERY;
@@ -151,6 +174,7 @@ async function main(): Promise<void> {
       }
     }
     const end = read();
+    await snapshot("end");
     stopping = true;
     await caller;
     await scraper;
@@ -178,6 +202,7 @@ async function main(): Promise<void> {
     await operator.close().catch(() => {});
     await watch.close();
     await broker.stop();
+    rmSync(ctlDir, { recursive: true, force: true });
   }
 }
 

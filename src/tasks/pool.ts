@@ -141,9 +141,11 @@ export class WorkerPool {
     // Not released while it is profiled: a profile of an idle worker is the usual case.
     clearTimeout(slot.idle);
     slot.idle = undefined;
-    this.profiling.add(slot);
+    this.profiling.set(slot, (this.profiling.get(slot) ?? 0) + 1);
     return profileWorker(slot.worker, { n, id: this.nextId++, kind, ms, ...(signal ? { signal } : {}) }).finally(() => {
-      this.profiling.delete(slot);
+      const left = (this.profiling.get(slot) ?? 1) - 1;
+      if (left > 0) this.profiling.set(slot, left);
+      else this.profiling.delete(slot);
       this.armIdle();
     });
   }
@@ -180,7 +182,8 @@ export class WorkerPool {
   }
 
   private readonly idleWaiters = new Set<() => void>();
-  private readonly profiling = new Set<Slot>();
+  /** Profiles under way, by worker: one being profiled is not released. */
+  private readonly profiling = new Map<Slot, number>();
 
   private refuse(code: Code, message: string): Promise<never> {
     this.counts.refused += 1;

@@ -5,8 +5,8 @@ import { SECRET_PATHS } from "./schema.ts";
  * A deep copy of a configuration with every secret (SECRET_PATHS) replaced, safe to print or publish. By path,
  * not by key name: a deadband or a task that happens to be called "password" is configuration, not a secret.
  */
-export function redact<T>(value: T, path: readonly string[] = []): T {
-  return redactAt(value, path.join(".")) as T;
+export function redact<T>(value: T): T {
+  return redactAt(value, "") as T;
 }
 
 /** SECRET_PATHS as dotted strings: a `config.set` redacts the configuration several times, so the test is a lookup. */

@@ -257,13 +257,16 @@ export class ConfigStore extends EventEmitter<{
     }
   }
 
+  /** Frozen as it is loaded: what a patch is checked against becomes the snapshot, and its leaves are walked once. */
   private load(overrides: Record<string, unknown>, patch?: LoadOptions["patch"]): LoadedConfig {
     const keys = Object.keys(overrides);
-    return loadConfig({
+    const loaded = loadConfig({
       ...this.options,
       ...(keys.length > 0 ? { overrides: { values: overrides, source: this.overridesPath } } : {}),
       ...(patch ? { patch } : {}),
     });
+    freeze(loaded.config);
+    return loaded;
   }
 
   /**

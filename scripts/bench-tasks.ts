@@ -43,6 +43,8 @@ async function pool(size: number, runtime: "native" | "wasm"): Promise<WorkerPoo
     size,
     maxQueue: 1000,
     breaker: { failures: 1000, openMs: 1000 },
+    // As the agent's runner: a busy worker is sent its next task ahead.
+    prefetch: 1,
     logger: pino({ level: "silent" }),
   });
 }

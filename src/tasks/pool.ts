@@ -3,7 +3,8 @@ import type { Code } from "../core/codes.ts";
 import { errorMessage, OutpostError } from "../core/errors.ts";
 import type { ProfileKind } from "../core/profile.ts";
 import { countWorker } from "../core/threads.ts";
-import type { PoolOptions, PoolResult, PoolRunOptions, TaskReply, TaskRequest } from "./pool-types.ts";
+import { Breakers } from "./pool-breaker.ts";
+import type { Job, PoolOptions, PoolResult, PoolRunOptions, Slot, TaskReply, TaskRequest } from "./pool-types.ts";
 import { profileWorker } from "./worker-profile.ts";
 
 export type { PoolOptions, PoolResult, PoolRunOptions, TaskReply, TaskRequest };
@@ -12,40 +13,6 @@ export type { PoolOptions, PoolResult, PoolRunOptions, TaskReply, TaskRequest };
 const WORKER_CODES = new Map<string, Code>(
   (["TASK_INPUT_INVALID", "TASK_MODEL_INVALID", "TASK_RUNTIME_UNAVAILABLE", "TASK_FAILED"] as const).map((c) => [c, c]),
 );
-
-interface Job {
-  id: number;
-  type: string;
-  input: unknown;
-  options: PoolRunOptions;
-  queuedAt: number;
-  resolve(result: PoolResult): void;
-  reject(err: OutpostError): void;
-  onAbort?: () => void;
-  /** Cancelled while it ran: already settled; its worker's answer is dropped. */
-  cancelled?: boolean;
-  /** Its worker said it has what the task needs loaded. */
-  ready?: boolean;
-}
-
-interface Slot {
-  worker: Worker;
-  job: Job | undefined;
-  startedAt: number;
-  timer: NodeJS.Timeout | undefined;
-  /** Set once the slot is being replaced: later events of its worker are ignored. */
-  gone: boolean;
-  /** What the worker last said it holds (its replies' `state`). */
-  state: unknown;
-  /** Armed while the worker waits for a task: it is released when it fires (idleReleaseMs). */
-  idle: NodeJS.Timeout | undefined;
-}
-
-interface Breaker {
-  failures: number;
-  openUntil: number | undefined;
-  probing: boolean;
-}
 
 /**
  * A fixed-size pool of worker threads with a bounded queue. A worker that crashes, exits, passes its heap limit
@@ -58,7 +25,7 @@ export class WorkerPool {
     Pick<PoolOptions, "resourceLimits" | "workerData">;
   private readonly slots = new Set<Slot>();
   private readonly queue: Job[] = [];
-  private readonly breakers = new Map<string, Breaker>();
+  private readonly breakers: Breakers;
   private nextId = 1;
   private closed = false;
   private counts = { completed: 0, failed: 0, replaced: 0, abandoned: 0, refused: 0, released: 0 };
@@ -70,26 +37,23 @@ export class WorkerPool {
       terminateGraceMs: 2000,
       cancelGraceMs: 1000,
       idleReleaseMs: 0,
+      prefetch: 0,
       now: () => performance.now(),
       ...options,
     };
+    this.breakers = new Breakers(this.o.breaker, () => this.o.now());
   }
 
   /** Runs a task; rejects at once with `QUEUE_FULL`, `CIRCUIT_OPEN` or `POOL_CLOSED` when it cannot be taken. */
   run(type: string, input: unknown, options: PoolRunOptions): Promise<PoolResult> {
     if (this.closed) return this.refuse("POOL_CLOSED", "the pool is closing");
     if (options.signal?.aborted) return this.refuse("TASK_ABORTED", "cancelled before it was queued");
-    const breaker = this.breakerOf(type);
-    if (breaker.openUntil !== undefined) {
-      if (this.o.now() < breaker.openUntil || breaker.probing) {
-        return this.refuse("CIRCUIT_OPEN", `${type} failed ${breaker.failures} times in a row`);
-      }
-      breaker.probing = true; // half-open: this one task decides
-    }
-    const busy = [...this.slots].filter((s) => s.job).length;
-    if (busy >= this.o.size && this.queue.length >= this.o.maxQueue) {
-      if (breaker.probing) breaker.probing = false;
-      return this.refuse("QUEUE_FULL", `${this.queue.length} tasks waiting`);
+    const open = this.breakers.admit(type);
+    if (open !== undefined) return this.refuse("CIRCUIT_OPEN", open);
+    const busy = [...this.slots].filter((s) => s.jobs.length).length;
+    if (busy >= this.o.size && this.waiting() >= this.o.maxQueue) {
+      this.breakers.notTaken(type);
+      return this.refuse("QUEUE_FULL", `${this.waiting()} tasks waiting`);
     }
     return new Promise((resolve, reject) => {
       const job: Job = { id: this.nextId++, type, input, options, queuedAt: this.o.now(), resolve, reject };
@@ -103,8 +67,9 @@ export class WorkerPool {
   }
 
   /**
-   * Tells every worker (and every worker started later) `message`, as `{ control: message }`, in order with its
-   * tasks; each answers with its state.
+   * Tells every worker (and every worker started later) `message`, as `{ control: message }`; each answers with
+   * its state. It comes after every task already given to the worker, and worker.ts applies it on arrival: a task
+   * sent ahead and not yet started sees it first, as it would have from the pool's queue.
    */
   broadcast(message: unknown): void {
     this.control = message;
@@ -113,18 +78,12 @@ export class WorkerPool {
 
   stats() {
     const slots = [...this.slots];
-    const breakers = Object.fromEntries(
-      [...this.breakers].map(([type, b]) => [
-        type,
-        b.openUntil === undefined ? "closed" : b.probing || this.o.now() >= b.openUntil ? "half-open" : "open",
-      ]),
-    );
     return {
       workers: slots.length,
-      busy: slots.filter((s) => s.job).length,
-      queued: this.queue.length,
+      busy: slots.filter((s) => s.jobs.length).length,
+      queued: this.waiting(),
       ...this.counts,
-      breakers,
+      breakers: this.breakers.states(),
       /** Each live worker's last reported state, in start order. */
       states: slots.filter((s) => !s.gone).map((s) => s.state),
     };
@@ -158,7 +117,7 @@ export class WorkerPool {
     this.closed = true;
     await new Promise<void>((resolve) => {
       const check = () => {
-        if (this.queue.length === 0 && ![...this.slots].some((s) => s.job)) finish();
+        if (this.queue.length === 0 && ![...this.slots].some((s) => s.jobs.length)) finish();
       };
       const finish = () => {
         signal.removeEventListener("abort", finish);
@@ -173,8 +132,9 @@ export class WorkerPool {
     for (const job of this.queue.splice(0)) this.settle(job, new OutpostError("POOL_CLOSED", "the agent stopped"));
     await Promise.all(
       [...this.slots].map((slot) => {
-        if (slot.job && !slot.job.cancelled) {
-          this.settle(slot.job, new OutpostError("POOL_CLOSED", "the agent stopped while it ran"));
+        for (const [i, job] of slot.jobs.entries()) {
+          if (job.cancelled) continue;
+          this.settle(job, new OutpostError("POOL_CLOSED", i ? "the agent stopped" : "the agent stopped while it ran"));
         }
         return this.retire(slot, false);
       }),
@@ -190,27 +150,24 @@ export class WorkerPool {
     return Promise.reject(new OutpostError(code, message));
   }
 
-  private breakerOf(type: string): Breaker {
-    let b = this.breakers.get(type);
-    if (!b) {
-      b = { failures: 0, openUntil: undefined, probing: false };
-      this.breakers.set(type, b);
-    }
-    return b;
+  /** Tasks not yet started: in the queue, and sent ahead to a worker busy with another. */
+  private waiting(): number {
+    let n = this.queue.length;
+    for (const slot of this.slots) for (const job of slot.jobs.slice(1)) if (!job.cancelled) n += 1;
+    return n;
   }
 
   private dispatch(): void {
     while (this.queue.length > 0) {
-      let slot = [...this.slots].find((s) => !s.job && !s.gone);
+      let slot = [...this.slots].find((s) => !s.jobs.length && !s.gone);
       if (!slot && this.slots.size < this.o.size) slot = this.spawn();
+      slot ??= this.aheadSlot();
       if (!slot) return;
       const job = this.queue.shift() as Job;
       clearTimeout(slot.idle);
       slot.idle = undefined;
-      slot.job = job;
-      slot.startedAt = this.o.now();
-      const load = job.options.loadTimeoutMs;
-      this.arm(slot, load === undefined ? job.options.timeoutMs : load + job.options.timeoutMs, "ran past");
+      slot.jobs.push(job);
+      if (slot.jobs.length === 1) this.begin(slot);
       const request: TaskRequest = { id: job.id, type: job.type, input: job.input };
       slot.worker.postMessage(request);
     }
@@ -218,15 +175,56 @@ export class WorkerPool {
     for (const waiter of this.idleWaiters) waiter();
   }
 
+  /**
+   * Every worker is busy: the one with the fewest tasks sent ahead, if it may take one more, and of those the one
+   * whose task started first. Not a worker that has not finished loading once (its first load takes seconds:
+   * the task waits here for whichever worker frees first), nor one whose task was cancelled (it may be replaced
+   * when its grace ends).
+   */
+  private aheadSlot(): Slot | undefined {
+    let best: Slot | undefined;
+    for (const s of this.slots) {
+      if (s.gone || !s.warm || s.jobs.length > this.o.prefetch || s.jobs[0]?.cancelled) continue;
+      const fewer = best && s.jobs.length - best.jobs.length;
+      if (
+        !best ||
+        (fewer as number) < 0 ||
+        (fewer === 0 && (s.jobs[0]?.startedAt ?? 0) < (best.jobs[0]?.startedAt ?? 0))
+      ) {
+        best = s;
+      }
+    }
+    return best;
+  }
+
+  /** The slot's first task starts now (the worker runs its tasks in order): its time starts. */
+  private begin(slot: Slot): void {
+    const job = slot.jobs[0];
+    if (!job) return;
+    job.startedAt = this.o.now();
+    const load = job.options.loadTimeoutMs;
+    // Cancelled after it was sent ahead, too late to be skipped: as a running task cancelled (abort), its grace,
+    // unless it may be loading, which it finishes within its bound (a new worker would only start over).
+    if (job.cancelled && load === undefined) this.arm(slot, this.o.cancelGraceMs, "cancelled, and still running after");
+    else this.arm(slot, load === undefined ? job.options.timeoutMs : load + job.options.timeoutMs, "ran past");
+  }
+
+  /** The slot's first task is over: the next one sent ahead starts. */
+  private next(slot: Slot): void {
+    clearTimeout(slot.timer);
+    slot.jobs.shift();
+    this.begin(slot);
+  }
+
   /** Every worker without a task is released after idleReleaseMs of waiting, unless a task comes first. */
   private armIdle(): void {
     const ms = this.o.idleReleaseMs;
     if (ms <= 0 || this.closed) return;
     for (const slot of this.slots) {
-      if (slot.job || slot.gone || slot.idle || this.profiling.has(slot)) continue;
+      if (slot.jobs.length || slot.gone || slot.idle || this.profiling.has(slot)) continue;
       slot.idle = setTimeout(() => {
         slot.idle = undefined;
-        if (slot.job || slot.gone || this.closed || this.profiling.has(slot)) return;
+        if (slot.jobs.length || slot.gone || this.closed || this.profiling.has(slot)) return;
         this.counts.released += 1;
         this.o.logger.info({ idleMs: ms, workers: this.slots.size - 1 }, "released an idle task worker");
         void this.retire(slot, false);
@@ -252,8 +250,9 @@ export class WorkerPool {
     });
     const slot: Slot = {
       worker,
-      job: undefined,
-      startedAt: 0,
+      jobs: [],
+      warm: false,
+      crashed: undefined,
       timer: undefined,
       gone: false,
       state: undefined,
@@ -261,11 +260,16 @@ export class WorkerPool {
     };
     if (this.control !== undefined) worker.postMessage({ control: this.control });
     worker.on("message", (reply: TaskReply) => this.reply(slot, reply));
+    // The error is the task's, but it may reach us before an answer the worker posted earlier (an uncaught error
+    // travels on Node's internal port): the worker fails at its exit, after every message it sent.
     worker.on("error", (err: Error & { code?: string }) => {
       const oom = err.code === "ERR_WORKER_OUT_OF_MEMORY";
-      this.fail(slot, oom ? "TASK_OUT_OF_MEMORY" : "TASK_CRASHED", errorMessage(err));
+      slot.crashed ??= { code: oom ? "TASK_OUT_OF_MEMORY" : "TASK_CRASHED", message: errorMessage(err) };
     });
-    worker.on("exit", (code) => this.fail(slot, "TASK_EXITED", `worker exited with code ${code}`));
+    worker.on("exit", (code) => {
+      const { crashed } = slot;
+      this.fail(slot, crashed?.code ?? "TASK_EXITED", crashed?.message ?? `worker exited with code ${code}`);
+    });
     this.slots.add(slot);
     return slot;
   }
@@ -279,7 +283,7 @@ export class WorkerPool {
   private reply(slot: Slot, reply: TaskReply): void {
     if ("state" in reply && reply.state !== undefined) slot.state = reply.state;
     if ("control" in reply) return;
-    const job = slot.job;
+    const job = slot.jobs[0];
     if (slot.gone || !job || reply.id !== job.id) return;
     if (job.cancelled) {
       // A worker that was loading when its task was cancelled finished the load: the run gets its grace now.
@@ -287,27 +291,26 @@ export class WorkerPool {
         this.arm(slot, this.o.cancelGraceMs, "cancelled, and still running after");
         return;
       }
-      clearTimeout(slot.timer);
-      slot.job = undefined;
+      this.next(slot);
       this.dispatch();
       return;
     }
+    slot.warm = true;
     if ("ready" in reply) {
       job.ready = true;
       if (job.options.loadTimeoutMs !== undefined) this.arm(slot, job.options.timeoutMs, "ran past");
       return;
     }
-    clearTimeout(slot.timer);
-    slot.job = undefined;
-    if (reply.ok) {
+    this.next(slot);
+    if ("skipped" in reply) {
+      // Only a task the pool cancelled is skipped; a worker that skips another is not keeping the protocol.
+      this.settle(job, new OutpostError("TASK_FAILED", "the worker skipped a task it was not told to cancel"));
+    } else if (reply.ok) {
       this.counts.completed += 1;
-      const b = this.breakerOf(job.type);
-      b.failures = 0;
-      b.openUntil = undefined;
-      b.probing = false;
+      this.breakers.succeeded(job.type);
       job.options.signal?.removeEventListener("abort", job.onAbort ?? (() => {}));
-      const now = this.o.now();
-      job.resolve({ value: reply.value, queueMs: slot.startedAt - job.queuedAt, runMs: now - slot.startedAt });
+      const { queuedAt, startedAt = queuedAt } = job;
+      job.resolve({ value: reply.value, queueMs: startedAt - queuedAt, runMs: this.o.now() - startedAt });
     } else {
       const own = WORKER_CODES.get(reply.error.code ?? "");
       const err = own
@@ -322,10 +325,12 @@ export class WorkerPool {
   /** The worker failed under its task (or idle): the task fails with `code`, the worker is replaced. */
   private fail(slot: Slot, code: Code, message: string): void {
     if (slot.gone) return;
-    const job = slot.job;
+    const [job, ...ahead] = slot.jobs;
     clearTimeout(slot.timer);
-    slot.job = undefined;
+    slot.jobs = [];
     if (job && !job.cancelled) this.settle(job, new OutpostError(code, message));
+    // Sent ahead, not started (the worker runs them in order): back to the front of the queue, for another.
+    this.queue.unshift(...ahead.filter((j) => !j.cancelled));
     if (!this.closed) {
       this.o.logger.warn({ code, message, task: job?.type, trace: job?.options.trace }, "task worker replaced");
     }
@@ -341,7 +346,14 @@ export class WorkerPool {
       this.dispatch();
       return;
     }
-    const slot = [...this.slots].find((s) => s.job === job);
+    const slot = [...this.slots].find((s) => s.jobs.includes(job));
+    if (slot && slot.jobs[0] !== job && !job.cancelled) {
+      // Sent ahead and not started: the worker is told to skip it (it says `skipped`, or ran it already).
+      job.cancelled = true;
+      this.settle(job, new OutpostError("TASK_ABORTED", "cancelled while queued"), false);
+      slot.worker.postMessage({ cancel: job.id });
+      return;
+    }
     if (slot && !job.cancelled) {
       // The caller hears now. Only terminating stops code that is running, and a new worker loads everything
       // again: the run gets a grace to end on its own (the slot stays busy), then its worker is replaced.
@@ -356,14 +368,8 @@ export class WorkerPool {
   /** Rejects a task; a failure counts against its type's breaker (a cancellation or a stop does not). */
   private settle(job: Job, err: OutpostError, counts = err.code !== "POOL_CLOSED"): void {
     job.options.signal?.removeEventListener("abort", job.onAbort ?? (() => {}));
-    const b = this.breakerOf(job.type);
-    // A probe that ends without a verdict (cancelled, a bad input) lets the next task probe instead.
-    b.probing = false;
-    if (counts) {
-      this.counts.failed += 1;
-      b.failures += 1;
-      if (b.failures >= this.o.breaker.failures) b.openUntil = this.o.now() + this.o.breaker.openMs;
-    }
+    this.breakers.ended(job.type, counts);
+    if (counts) this.counts.failed += 1;
     job.reject(err);
   }
 

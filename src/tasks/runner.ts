@@ -143,6 +143,8 @@ export class TaskRunner {
         resourceLimits: { maxOldGenerationSizeMb: this.o.config.workerHeapMb },
         breaker: { failures: this.o.config.breaker.failures, openMs: this.o.config.breaker.open },
         idleReleaseMs: this.o.config.idleRelease,
+        // worker.ts runs its tasks in order, so a busy worker can be handed its next one (pool-types.ts).
+        prefetch: 1,
         logger: this.o.logger,
         now: this.o.now,
       });

@@ -234,8 +234,37 @@ export interface WorkerControl {
 
 type Message =
   | { id: number; input: WorkerInput }
+  | { cancel: number }
   | { control: WorkerControl }
   | { profile: { id: number; kind: ProfileKind; ms: number } };
+
+/**
+ * Tasks run one at a time, in the order they came: the pool sends a busy worker its next task ahead
+ * (PoolOptions.prefetch). `waiting` holds those not started; a cancel of one of them makes it `skipped`.
+ */
+let chain: Promise<void> = Promise.resolve();
+const waiting = new Set<number>();
+const cancelled = new Set<number>();
+
+async function runTask(id: number, input: WorkerInput): Promise<void> {
+  waiting.delete(id);
+  if (cancelled.delete(id)) {
+    parentPort?.postMessage({ id, skipped: true });
+    return;
+  }
+  try {
+    const ready = () => parentPort?.postMessage({ id, ready: true });
+    const value = await handle(input, ready);
+    parentPort?.postMessage({ id, ok: true, value, state: state() });
+  } catch (err) {
+    parentPort?.postMessage({
+      id,
+      ok: false,
+      error: { message: errorMessage(err), code: isOutpostError(err) ? err.code : undefined },
+      state: state(),
+    });
+  }
+}
 
 parentPort?.on("message", async (message: Message) => {
   if ("profile" in message) {
@@ -253,17 +282,13 @@ parentPort?.on("message", async (message: Message) => {
     parentPort?.postMessage({ control: true, state: state() });
     return;
   }
-  const { id, input } = message;
-  try {
-    const ready = () => parentPort?.postMessage({ id, ready: true });
-    const value = await handle(input, ready);
-    parentPort?.postMessage({ id, ok: true, value, state: state() });
-  } catch (err) {
-    parentPort?.postMessage({
-      id,
-      ok: false,
-      error: { message: errorMessage(err), code: isOutpostError(err) ? err.code : undefined },
-      state: state(),
-    });
+  if ("cancel" in message) {
+    // One already started (or over) is not stopped here: the pool gives it its grace, or drops its answer.
+    if (waiting.has(message.cancel)) cancelled.add(message.cancel);
+    return;
   }
+  const { id, input } = message;
+  waiting.add(id);
+  // runTask answers every failure itself; should a post throw, the tasks after it must still run.
+  chain = chain.then(() => runTask(id, input)).catch(() => {});
 });

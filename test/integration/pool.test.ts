@@ -34,19 +34,40 @@ const handlers = {
     return "done";
   },
 };
-parentPort.on("message", async (message) => {
+// As worker.ts: tasks run one at a time in the order they came (a busy worker may be sent its next one ahead),
+// and one not started is skipped when the pool cancels it.
+let chain = Promise.resolve();
+const waiting = new Set();
+const cancelled = new Set();
+let started = 0;
+handlers.started = () => started;
+// Throws outside the task as soon as it starts: the worker dies right after answering the task before it.
+handlers.crashNow = () => { queueMicrotask(() => { throw new Error("crashed at once"); }); return new Promise(() => {}); };
+// Sleeps, then says how many tasks this worker holds that it has not started (sent ahead to it meanwhile).
+handlers.held = async (ms) => { await new Promise((r) => setTimeout(r, ms)); return waiting.size; };
+parentPort.on("message", (message) => {
   // A profile (worker-profile.ts) answered after its length, as worker.ts does.
   if (message.profile) {
     const { id, ms } = message.profile;
     setTimeout(() => parentPort.postMessage({ profiled: id, ok: true, value: "profiled" }), ms);
     return;
   }
-  const { id, type, input } = message;
-  try {
-    parentPort.postMessage({ id, ok: true, value: await handlers[type](input, id) });
-  } catch (e) {
-    parentPort.postMessage({ id, ok: false, error: { message: String(e && e.message), code: e && e.code } });
+  if (message.cancel !== undefined) {
+    if (waiting.has(message.cancel)) cancelled.add(message.cancel);
+    return;
   }
+  const { id, type, input } = message;
+  waiting.add(id);
+  chain = chain.then(async () => {
+    waiting.delete(id);
+    if (cancelled.delete(id)) return parentPort.postMessage({ id, skipped: true });
+    started += 1;
+    try {
+      parentPort.postMessage({ id, ok: true, value: await handlers[type](input, id) });
+    } catch (e) {
+      parentPort.postMessage({ id, ok: false, error: { message: String(e && e.message), code: e && e.code } });
+    }
+  });
 });
 `;
 
@@ -307,6 +328,111 @@ describe("worker pool", () => {
       assert.equal(await p.profile(1, "cpu", 1500), "profiled");
       assert.equal(p.stats().released, 2, "not released while profiled");
       await waitUntil(() => p.stats().released === 3 && p.stats().workers === 0, 10_000, "released after it");
+    } finally {
+      await p.close(AbortSignal.timeout(5000));
+    }
+  });
+
+  it("prefetch: a busy worker is sent its next task ahead; it counts as queued and its time starts when it starts", async () => {
+    const p = pool({ size: 1, maxQueue: 2, prefetch: 1 });
+    try {
+      const first = (await p.run("thread", null, { timeoutMs: 5000 })).value;
+      const order: string[] = [];
+      const times: Record<string, { queueMs: number; runMs: number }> = {};
+      const track = (name: string, task: Promise<{ value: unknown; queueMs: number; runMs: number }>) =>
+        task.then((r) => {
+          order.push(name);
+          times[name] = { queueMs: r.queueMs, runMs: r.runMs };
+          return r.value;
+        });
+      const a = track("a", p.run("held", 600, { timeoutMs: 5000 }));
+      // Its own 300 ms start when it does: sent ahead at once, it waits 600 ms behind `a` in the worker.
+      const b = track("b", p.run("sleep", 50, { timeoutMs: 300 }));
+      const c = track("c", p.run("thread", null, { timeoutMs: 5000 }));
+      assert.deepEqual([p.stats().busy, p.stats().queued], [1, 2], "b (sent ahead) and c (in the queue) wait");
+      assert.equal(await code(p.run("echo", 1, { timeoutMs: 5000 })), "QUEUE_FULL", "b counts against maxQueue");
+      assert.deepEqual(await Promise.all([a, b, c]), [1, 50, first], "b reached the worker while a ran");
+      assert.deepEqual(order, ["a", "b", "c"]);
+      // Each task's times are its own: `a` ran 600 ms; `b` waited behind it, then ran 50.
+      assert.ok((times.a?.runMs ?? 0) >= 550 && (times.a?.queueMs ?? 1e9) < 300, JSON.stringify(times.a));
+      assert.ok((times.b?.queueMs ?? 0) >= 550 && (times.b?.runMs ?? 1e9) < 300, JSON.stringify(times.b));
+      assert.deepEqual([p.stats().workers, p.stats().replaced], [1, 0]);
+    } finally {
+      await p.close(AbortSignal.timeout(5000));
+    }
+  });
+
+  it("prefetch: a task sent ahead and cancelled never runs and its worker stays; one whose worker fails runs on the next", async () => {
+    const p = pool({ size: 1, prefetch: 1 });
+    try {
+      const first = (await p.run("thread", null, { timeoutMs: 5000 })).value;
+      for (let round = 0; round < 3; round++) {
+        const before = (await p.run("started", null, { timeoutMs: 5000 })).value as number;
+        const running = p.run("held", 300, { timeoutMs: 5000 });
+        const cancel = new AbortController();
+        const ahead = p.run("sleep", 5000, { timeoutMs: 60_000, signal: cancel.signal });
+        cancel.abort();
+        assert.equal(await code(ahead), "TASK_ABORTED", "the caller hears at once");
+        assert.equal((await running).value, 1, "the cancelled task had been sent ahead");
+        // `started` itself is the one more: the cancelled task was skipped, not run.
+        assert.equal((await p.run("started", null, { timeoutMs: 5000 })).value, before + 2);
+        assert.equal((await p.run("thread", null, { timeoutMs: 5000 })).value, first, "the same worker");
+      }
+      assert.deepEqual([p.stats().replaced, p.stats().failed], [0, 0]);
+      // The worker dies or is replaced under its task: the one sent ahead never started and is not its fault.
+      for (const [type, timeoutMs, expected] of [
+        ["exit", 5000, "TASK_EXITED"],
+        ["crash", 5000, "TASK_CRASHED"],
+        ["loop", 300, "TASK_TIMEOUT"],
+      ] as const) {
+        const failingWorker = (await p.run("thread", null, { timeoutMs: 5000 })).value;
+        const failing = code(p.run(type, null, { timeoutMs }));
+        const ahead = p.run("thread", null, { timeoutMs: 5000 });
+        assert.equal(await failing, expected);
+        assert.notEqual((await ahead).value, failingWorker, `${type}: the task sent ahead ran on the new worker`);
+      }
+      assert.deepEqual([p.stats().replaced, p.stats().failed], [3, 3]);
+      // A crash right after the worker answered the task before: that answer counts, the crash is the next
+      // task's. (A worker's uncaught error can reach the pool before messages it posted earlier.)
+      for (let round = 0; round < 30; round++) {
+        await p.run("echo", round, { timeoutMs: 5000 }); // a new worker is sent nothing ahead before it answers
+        const [answered, crashed] = await Promise.all([
+          code(p.run("echo", round, { timeoutMs: 5000 })),
+          code(p.run("crashNow", null, { timeoutMs: 5000 })),
+        ]);
+        assert.deepEqual([answered, crashed], ["ok", "TASK_CRASHED"], `round ${round}`);
+      }
+      assert.deepEqual([p.stats().replaced, p.stats().failed], [33, 33], "one worker per crash");
+      // Closing with a task sent ahead: it fails with POOL_CLOSED, as a queued one does.
+      const hung = code(p.run("loop", null, { timeoutMs: 60_000 }));
+      const ahead = code(p.run("echo", 1, { timeoutMs: 60_000 }));
+      await p.close(AbortSignal.timeout(300));
+      assert.deepEqual([await hung, await ahead], ["POOL_CLOSED", "POOL_CLOSED"]);
+    } finally {
+      await p.close(AbortSignal.timeout(5000));
+    }
+  });
+
+  it("prefetch: a task sent ahead, cancelled after its worker started loading for it, keeps the load's bound", async () => {
+    const p = pool({ size: 1, prefetch: 1, cancelGraceMs: 200 });
+    try {
+      for (let round = 0; round < 3; round++) {
+        const worker = (await p.run("thread", null, { timeoutMs: 5000 })).value;
+        const first = code(p.run("sleep", 20, { timeoutMs: 5000 }));
+        const cancel = new AbortController();
+        const loading = code(
+          p.run("staged", { loadMs: 600, runMs: 10 }, { timeoutMs: 5000, loadTimeoutMs: 5000, signal: cancel.signal }),
+        );
+        // The main thread busy: the worker answers `first` and starts loading for the next before the pool
+        // hears, so the cancel reaches a task already started.
+        const until = performance.now() + 300;
+        while (performance.now() < until);
+        cancel.abort();
+        assert.deepEqual([await first, await loading], ["ok", "TASK_ABORTED"]);
+        // Past the load (600 ms) and the grace (200): the worker finished the load, then the run, and stays.
+        assert.equal((await p.run("thread", null, { timeoutMs: 5000 })).value, worker, `round ${round}`);
+      }
+      assert.equal(p.stats().replaced, 0);
     } finally {
       await p.close(AbortSignal.timeout(5000));
     }

@@ -16,7 +16,11 @@ export interface TaskRequest {
 export type TaskReply =
   | { id: number; ok: true; value: unknown; state?: unknown }
   | { id: number; ok: false; error: { message: string; code?: string }; state?: unknown }
-  /** The worker has what the task needs loaded (a runtime, a model) and starts the work itself. */
+  /**
+   * The task needs a load first (a runtime, a model): its load bound applies until `ready`, when the worker has
+   * what the task needs and starts the work itself. A worker says neither for a task that needs no load.
+   */
+  | { id: number; loading: true }
   | { id: number; ready: true }
   /** A task sent ahead that the pool then cancelled (`{ cancel: id }`), not started. */
   | { id: number; skipped: true }
@@ -64,7 +68,8 @@ export interface PoolRunOptions {
   timeoutMs: number;
   /**
    * How long the worker may take to get ready (load a runtime, compile WebAssembly, create a session) before
-   * the timeout starts; a worker that says `ready` then has `timeoutMs`. Without it, `timeoutMs` covers all.
+   * the timeout starts. It applies to a worker's first task until the worker says `ready`, and to any later one
+   * from when the worker says `loading` until `ready`; then `timeoutMs`. Without it, `timeoutMs` covers all.
    */
   loadTimeoutMs?: number;
   signal?: AbortSignal;
@@ -93,8 +98,8 @@ export interface Job {
   onAbort?: () => void;
   /** Cancelled once given to a worker (running or sent ahead): already settled; its worker's answer is dropped. */
   cancelled?: boolean;
-  /** Its worker said it has what the task needs loaded. */
-  ready?: boolean;
+  /** Its worker loads what it needs (its first task, or it said `loading`) and has not said `ready` yet. */
+  loading?: boolean;
 }
 
 /** A worker and what the pool knows of it. */

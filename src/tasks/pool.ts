@@ -177,14 +177,15 @@ export class WorkerPool {
 
   /**
    * Every worker is busy: the one with the fewest tasks sent ahead, if it may take one more, and of those the one
-   * whose task started first. Not a worker that has not finished loading once (its first load takes seconds:
-   * the task waits here for whichever worker frees first), nor one whose task was cancelled (it may be replaced
-   * when its grace ends).
+   * whose task started first. Not a worker that has not answered a task yet or is loading for its task (a load
+   * takes seconds: the task waits here for whichever worker frees first), nor one whose task was cancelled (it
+   * may be replaced when its grace ends).
    */
   private aheadSlot(): Slot | undefined {
     let best: Slot | undefined;
     for (const s of this.slots) {
-      if (s.gone || !s.warm || s.jobs.length > this.o.prefetch || s.jobs[0]?.cancelled) continue;
+      const head = s.jobs[0];
+      if (s.gone || !s.warm || s.jobs.length > this.o.prefetch || head?.cancelled || head?.loading) continue;
       const fewer = best && s.jobs.length - best.jobs.length;
       if (
         !best ||
@@ -202,11 +203,22 @@ export class WorkerPool {
     const job = slot.jobs[0];
     if (!job) return;
     job.startedAt = this.o.now();
-    const load = job.options.loadTimeoutMs;
-    // Cancelled after it was sent ahead, too late to be skipped: as a running task cancelled (abort), its grace,
-    // unless it may be loading, which it finishes within its bound (a new worker would only start over).
-    if (job.cancelled && load === undefined) this.arm(slot, this.o.cancelGraceMs, "cancelled, and still running after");
-    else this.arm(slot, load === undefined ? job.options.timeoutMs : load + job.options.timeoutMs, "ran past");
+    // A worker that has not answered a task yet loads its runtime first; one that has says `loading` when a task
+    // needs a load (a model it does not hold), and nothing otherwise: a message less per task.
+    job.loading = job.options.loadTimeoutMs !== undefined && !slot.warm;
+    this.armFor(slot, job);
+  }
+
+  /**
+   * The slot's timer for its first task: its load bound while it loads (cancelled or not: a new worker would
+   * only start the load over), then its timeout, or its grace once cancelled (as a running task cancelled,
+   * when it was sent ahead and cancelled too late to be skipped).
+   */
+  private armFor(slot: Slot, job: Job): void {
+    const { loadTimeoutMs = 0, timeoutMs } = job.options;
+    if (job.loading) this.arm(slot, loadTimeoutMs + timeoutMs, "ran past");
+    else if (job.cancelled) this.arm(slot, this.o.cancelGraceMs, "cancelled, and still running after");
+    else this.arm(slot, timeoutMs, "ran past");
   }
 
   /** The slot's first task is over: the next one sent ahead starts. */
@@ -285,23 +297,21 @@ export class WorkerPool {
     if ("control" in reply) return;
     const job = slot.jobs[0];
     if (slot.gone || !job || reply.id !== job.id) return;
-    if (job.cancelled) {
-      // A worker that was loading when its task was cancelled finished the load: the run gets its grace now.
-      if ("ready" in reply) {
-        this.arm(slot, this.o.cancelGraceMs, "cancelled, and still running after");
-        return;
+    // Without a load bound, the timeout covers the load too.
+    if ("loading" in reply || "ready" in reply) {
+      const loading = "loading" in reply && job.options.loadTimeoutMs !== undefined;
+      if (loading !== Boolean(job.loading)) {
+        job.loading = loading;
+        this.armFor(slot, job);
       }
-      this.next(slot);
-      this.dispatch();
       return;
     }
     slot.warm = true;
-    if ("ready" in reply) {
-      job.ready = true;
-      if (job.options.loadTimeoutMs !== undefined) this.arm(slot, job.options.timeoutMs, "ran past");
+    this.next(slot);
+    if (job.cancelled) {
+      this.dispatch();
       return;
     }
-    this.next(slot);
     if ("skipped" in reply) {
       // Only a task the pool cancelled is skipped; a worker that skips another is not keeping the protocol.
       this.settle(job, new OutpostError("TASK_FAILED", "the worker skipped a task it was not told to cancel"));
@@ -360,8 +370,7 @@ export class WorkerPool {
       job.cancelled = true;
       this.settle(job, new OutpostError("TASK_ABORTED", "cancelled while running"), false);
       // A worker still loading (a runtime, a model) keeps its load bound: a new one would only start over.
-      const loading = job.options.loadTimeoutMs !== undefined && !job.ready;
-      if (!loading) this.arm(slot, this.o.cancelGraceMs, "cancelled, and still running after");
+      this.armFor(slot, job);
     }
   }
 

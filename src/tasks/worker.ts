@@ -48,10 +48,13 @@ type Ort = typeof import("onnxruntime-node");
 
 const setup = (workerData ?? { runtime: "native", intraOpThreads: 1 }) as WorkerSetup;
 let ort: Promise<Ort> | undefined;
+let runtimeLoaded = false;
 interface Entry {
   loaded: Promise<{ session: InferenceSession; info: ModelInfo }>;
   /** Tasks using the session now: it is released only once none is. */
   users: number;
+  /** The session is created. */
+  settled?: boolean;
 }
 const sessions = new Map<string, Entry>();
 /** The model files the runner still uses (current and candidate models); undefined until it says. */
@@ -93,14 +96,20 @@ async function wasmRuntime(): Promise<Ort> {
 function runtime(): Promise<Ort> {
   ort ??= (async () => {
     try {
-      if (setup.runtime === "wasm") return await wasmRuntime();
+      if (setup.runtime === "wasm") {
+        const web = await wasmRuntime();
+        runtimeLoaded = true;
+        return web;
+      }
       if (setup.binding) {
         // The bundle's copy of onnxruntime-node takes its binding from here (build/build.ts rewrites its require).
         const binding = { exports: {} as unknown };
         process.dlopen(binding, setup.binding);
         (globalThis as { __outpostOrtBinding?: unknown }).__outpostOrtBinding = binding.exports;
       }
-      return await import("onnxruntime-node");
+      const native = await import("onnxruntime-node");
+      runtimeLoaded = true;
+      return native;
     } catch (err) {
       const which = setup.runtime === "wasm" ? "onnxruntime-web (wasm)" : "onnxruntime-node";
       throw new OutpostError("TASK_RUNTIME_UNAVAILABLE", `${which} does not load: ${errorMessage(err)}`, {
@@ -159,6 +168,12 @@ function load(model: ModelRef): Promise<{ session: InferenceSession; info: Model
     const created: Entry = { loaded, users: 0 };
     entry = created;
     sessions.set(model.path, created);
+    loaded.then(
+      () => {
+        created.settled = true;
+      },
+      () => {},
+    );
     // A failed load is not kept: the file may be fixed (or the model updated) before the next task.
     loaded.catch(() => {
       if (sessions.get(model.path) === created) sessions.delete(model.path);
@@ -180,11 +195,23 @@ async function using<T>(model: ModelRef, fn: () => Promise<T>): Promise<T> {
   }
 }
 
+/**
+ * What a task tells the pool of its loads: `loading` when it needs one (the runtime, a model's session not yet
+ * held), then `ready` once it has what it needs. A task that needs no load says neither: a message less.
+ */
+interface Phases {
+  loading(): void;
+  ready(): void;
+}
+
+/** Loaded already: the runtime, and the model's session. */
+const holds = (model: ModelRef) => runtimeLoaded && sessions.get(model.path)?.settled === true;
+
 async function infer(
   model: ModelRef,
   feeds: Record<string, Tensor>,
   outputs: string[] | undefined,
-  ready: () => void,
+  phases: Phases,
 ): Promise<InferOutput> {
   const ortModule = await runtime();
   const { session, info } = await load(model);
@@ -195,7 +222,7 @@ async function infer(
   }
   // Runtime and session are loaded (compiling WebAssembly under emulation takes seconds): the task's own
   // timeout starts now.
-  ready();
+  phases.ready();
   const started = performance.now();
   let result: InferenceSession.ReturnType;
   try {
@@ -211,18 +238,19 @@ async function infer(
   return { model: info, outputs: out, inferMs };
 }
 
-async function handle(input: WorkerInput, ready: () => void): Promise<unknown> {
+async function handle(input: WorkerInput, phases: Phases): Promise<unknown> {
+  if (!holds(input.model)) phases.loading();
   switch (input.op) {
     case "describe":
       return using(input.model, async () => (await load(input.model)).info);
     case "infer":
-      return using(input.model, () => infer(input.model, input.feeds, input.outputs, ready));
+      return using(input.model, () => infer(input.model, input.feeds, input.outputs, phases));
     case "classify":
       return using(input.model, async () => {
         const { info } = await load(input.model);
         const name = input.inputName ?? info.inputs[0]?.name;
         if (name === undefined) throw new OutpostError("TASK_MODEL_INVALID", "the model has no input");
-        return infer(input.model, { [name]: await imageTensor(input.image, input.input) }, undefined, ready);
+        return infer(input.model, { [name]: await imageTensor(input.image, input.input) }, undefined, phases);
       });
   }
 }
@@ -253,8 +281,18 @@ async function runTask(id: number, input: WorkerInput): Promise<void> {
     return;
   }
   try {
-    const ready = () => parentPort?.postMessage({ id, ready: true });
-    const value = await handle(input, ready);
+    let loading = false;
+    const phases: Phases = {
+      loading: () => {
+        if (!loading) parentPort?.postMessage({ id, loading: true });
+        loading = true;
+      },
+      ready: () => {
+        if (loading) parentPort?.postMessage({ id, ready: true });
+        loading = false;
+      },
+    };
+    const value = await handle(input, phases);
     parentPort?.postMessage({ id, ok: true, value, state: state() });
   } catch (err) {
     parentPort?.postMessage({

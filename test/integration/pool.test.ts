@@ -26,8 +26,9 @@ const handlers = {
   exit: () => process.exit(3),
   crash: () => { setImmediate(() => { throw new Error("thrown outside the task"); }); return new Promise(() => {}); },
   native: ({ addon, seconds }) => { require(addon).block(seconds); return "woke"; },
-  // Loads for loadMs (a runtime, a model), says it is ready, then works for runMs.
+  // Says it loads, loads for loadMs (a runtime, a model), says it is ready, then works for runMs.
   staged: async ({ loadMs, runMs }, id) => {
+    parentPort.postMessage({ id, loading: true });
     await new Promise((r) => setTimeout(r, loadMs));
     parentPort.postMessage({ id, ready: true });
     await new Promise((r) => setTimeout(r, runMs));
@@ -162,6 +163,16 @@ describe("worker pool", () => {
       assert.equal(await staged(3000, 20, 500), "TASK_TIMEOUT", "never ready within loadTimeoutMs + timeoutMs");
     }
     await p.close(AbortSignal.timeout(5000));
+    // A worker that has answered a task says `loading` when a task needs a load; one that says nothing has its
+    // timeout alone, load bound or not.
+    const one = pool({ size: 1 });
+    await one.run("echo", 1, { timeoutMs: 5000 });
+    assert.equal(
+      await code(one.run("sleep", 400, { timeoutMs: 150, loadTimeoutMs: 2000 })),
+      "TASK_TIMEOUT",
+      "no load said: the timeout alone",
+    );
+    await one.close(AbortSignal.timeout(5000));
   });
 
   it("a task stuck in native code cannot be terminated: its worker is abandoned and counted, a new one serves", async () => {

@@ -107,7 +107,10 @@ export interface Slot {
   worker: Worker;
   /** The task it runs, then those sent ahead to wait in the worker (PoolOptions.prefetch), in order. */
   jobs: Job[];
-  /** It has answered once (loaded what a task needed): only then is a task sent ahead to it. */
+  /**
+   * It has answered a task (its runtime loaded, or failed to: either way a later load is said with `loading`):
+   * only then is a task sent ahead to it.
+   */
   warm: boolean;
   /** Its uncaught error or heap overflow, kept until it exits. */
   crashed: { code: Code; message: string } | undefined;

@@ -159,7 +159,8 @@ export class WorkerPool {
 
   private dispatch(): void {
     while (this.queue.length > 0) {
-      let slot = [...this.slots].find((s) => !s.jobs.length && !s.gone);
+      // Not a worker whose error came (it exits): a task given to it would fail for nothing.
+      let slot = [...this.slots].find((s) => !s.jobs.length && !s.gone && !s.crashed);
       if (!slot && this.slots.size < this.o.size) slot = this.spawn();
       slot ??= this.aheadSlot();
       if (!slot) return;
@@ -185,7 +186,9 @@ export class WorkerPool {
     let best: Slot | undefined;
     for (const s of this.slots) {
       const head = s.jobs[0];
-      if (s.gone || !s.warm || s.jobs.length > this.o.prefetch || head?.cancelled || head?.loading) continue;
+      if (s.gone || s.crashed || !s.warm || s.jobs.length > this.o.prefetch || head?.cancelled || head?.loading) {
+        continue;
+      }
       const fewer = best && s.jobs.length - best.jobs.length;
       if (
         !best ||
@@ -369,8 +372,8 @@ export class WorkerPool {
       // again: the run gets a grace to end on its own (the slot stays busy), then its worker is replaced.
       job.cancelled = true;
       this.settle(job, new OutpostError("TASK_ABORTED", "cancelled while running"), false);
-      // A worker still loading (a runtime, a model) keeps its load bound: a new one would only start over.
-      this.armFor(slot, job);
+      // A worker still loading (a runtime, a model) keeps the load bound it has: a new one would only start over.
+      if (!job.loading) this.armFor(slot, job);
     }
   }
 
@@ -387,6 +390,7 @@ export class WorkerPool {
     if (slot.gone) return;
     slot.gone = true;
     clearTimeout(slot.idle);
+    clearTimeout(slot.timer);
     this.slots.delete(slot);
     if (replaced) this.counts.replaced += 1;
     let timer: NodeJS.Timeout | undefined;

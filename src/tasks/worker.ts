@@ -197,7 +197,9 @@ async function using<T>(model: ModelRef, fn: () => Promise<T>): Promise<T> {
 
 /**
  * What a task tells the pool of its loads: `loading` when it needs one (the runtime, a model's session not yet
- * held), then `ready` once it has what it needs. A task that needs no load says neither: a message less.
+ * held), then `ready` once it has what it needs and starts the work (infer, classify; a `describe` is all load
+ * and says nothing more). A task that needs no load says neither: a message less. A `classify` that loads
+ * decodes its image inside the load bound, as before.
  */
 interface Phases {
   loading(): void;

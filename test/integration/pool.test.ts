@@ -6,6 +6,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import type { Worker } from "node:worker_threads";
 import { pino } from "pino";
 import { isOutpostError } from "../../src/core/errors.ts";
 import { workerThreads } from "../../src/core/threads.ts";
@@ -42,6 +43,8 @@ const waiting = new Set();
 const cancelled = new Set();
 let started = 0;
 handlers.started = () => started;
+// Answers, then throws outside any task: the worker dies between tasks.
+handlers.answerThenCrash = (x) => { setImmediate(() => { throw new Error("crashed after answering"); }); return x; };
 // Throws outside the task as soon as it starts: the worker dies right after answering the task before it.
 handlers.crashNow = () => { queueMicrotask(() => { throw new Error("crashed at once"); }); return new Promise(() => {}); };
 // Sleeps, then says how many tasks this worker holds that it has not started (sent ahead to it meanwhile).
@@ -172,6 +175,26 @@ describe("worker pool", () => {
       "TASK_TIMEOUT",
       "no load said: the timeout alone",
     );
+    await one.run("echo", 1, { timeoutMs: 5000 });
+    assert.equal(
+      await code(one.run("staged", { loadMs: 400, runMs: 20 }, { timeoutMs: 150, loadTimeoutMs: 2000 })),
+      "ok",
+      "a worker that has answered before says it loads: the load bound",
+    );
+    // Cancelled while it loads: the load keeps the bound it had (1.15 s from its start), not a new one from the
+    // cancel, and the worker is replaced when it passes it.
+    const cancel = new AbortController();
+    const hung = one.run(
+      "staged",
+      { loadMs: 5000, runMs: 20 },
+      { timeoutMs: 150, loadTimeoutMs: 1000, signal: cancel.signal },
+    );
+    const t = performance.now();
+    await new Promise((r) => setTimeout(r, 900));
+    cancel.abort();
+    assert.equal(await code(hung), "TASK_ABORTED");
+    await waitUntil(() => one.stats().replaced === 2, 10_000, "the hung load's worker replaced");
+    assert.ok(performance.now() - t < 1900, `replaced after ${Math.round(performance.now() - t)} ms`);
     await one.close(AbortSignal.timeout(5000));
   });
 
@@ -414,6 +437,7 @@ describe("worker pool", () => {
         assert.deepEqual([answered, crashed], ["ok", "TASK_CRASHED"], `round ${round}`);
       }
       assert.deepEqual([p.stats().replaced, p.stats().failed], [33, 33], "one worker per crash");
+
       // Closing with a task sent ahead: it fails with POOL_CLOSED, as a queued one does.
       const hung = code(p.run("loop", null, { timeoutMs: 60_000 }));
       const ahead = code(p.run("echo", 1, { timeoutMs: 60_000 }));
@@ -427,8 +451,10 @@ describe("worker pool", () => {
   it("prefetch: a task sent ahead, cancelled after its worker started loading for it, keeps the load's bound", async () => {
     const p = pool({ size: 1, prefetch: 1, cancelGraceMs: 200 });
     try {
+      let late = 0;
       for (let round = 0; round < 3; round++) {
         const worker = (await p.run("thread", null, { timeoutMs: 5000 })).value;
+        const before = (await p.run("started", null, { timeoutMs: 5000 })).value as number;
         const first = code(p.run("sleep", 20, { timeoutMs: 5000 }));
         const cancel = new AbortController();
         const loading = code(
@@ -436,16 +462,44 @@ describe("worker pool", () => {
         );
         // The main thread busy: the worker answers `first` and starts loading for the next before the pool
         // hears, so the cancel reaches a task already started.
-        const until = performance.now() + 300;
+        const until = performance.now() + 500;
         while (performance.now() < until);
         cancel.abort();
         assert.deepEqual([await first, await loading], ["ok", "TASK_ABORTED"]);
         // Past the load (600 ms) and the grace (200): the worker finished the load, then the run, and stays.
         assert.equal((await p.run("thread", null, { timeoutMs: 5000 })).value, worker, `round ${round}`);
+        // `sleep`, `thread` and this one, and `staged` if the cancel came too late to skip it.
+        const after = (await p.run("started", null, { timeoutMs: 5000 })).value as number;
+        if (after - before === 4) late += 1;
       }
       assert.equal(p.stats().replaced, 0);
+      // A machine too slow for the worker to start it within 500 ms would skip it every round instead.
+      assert.ok(late >= 1, "the cancel reached a task already started at least once");
     } finally {
       await p.close(AbortSignal.timeout(5000));
+    }
+  });
+
+  it("a worker whose error came before the answer it posted first is given no task after that answer", async () => {
+    // Node delivers a worker's uncaught error on its internal port, which can overtake the answers it posted
+    // before. Holding the main thread in the worker's 'online' event (an internal message too) lets the worker
+    // answer and crash meanwhile, and makes the error come first: the only way to force this order from outside.
+    for (let round = 0; round < 5; round++) {
+      const p = pool({ size: 1, prefetch: 1 });
+      try {
+        const answered = code(p.run("answerThenCrash", round, { timeoutMs: 5000 }));
+        const queued = code(p.run("echo", round, { timeoutMs: 5000 }));
+        const slots = (p as unknown as { slots: Set<{ worker: Worker }> }).slots;
+        for (const { worker } of slots) {
+          worker.once("online", () => {
+            const until = performance.now() + 300;
+            while (performance.now() < until);
+          });
+        }
+        assert.deepEqual([await answered, await queued], ["ok", "ok"], `round ${round}`);
+      } finally {
+        await p.close(AbortSignal.timeout(5000));
+      }
     }
   });
 

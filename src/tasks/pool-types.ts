@@ -113,12 +113,17 @@ export interface Slot {
    */
   warm: boolean;
   /** Its uncaught error or heap overflow, kept until it exits. */
-  crashed: { code: Code; message: string } | undefined;
-  timer: NodeJS.Timeout | undefined;
+  crashed?: { code: Code; message: string } | undefined;
+  timer?: NodeJS.Timeout | undefined;
   /** Set once the slot is being replaced: later events of its worker are ignored. */
   gone: boolean;
   /** What the worker last said it holds (its replies' `state`). */
-  state: unknown;
+  state?: unknown;
   /** Armed while the worker waits for a task: it is released when it fires (idleReleaseMs). */
-  idle: NodeJS.Timeout | undefined;
+  idle?: NodeJS.Timeout | undefined;
 }
+
+/** Codes a worker may answer with that reach the caller as they are; any other failure is `TASK_FAILED`. */
+export const WORKER_CODES = new Map<string, Code>(
+  (["TASK_INPUT_INVALID", "TASK_MODEL_INVALID", "TASK_RUNTIME_UNAVAILABLE", "TASK_FAILED"] as const).map((c) => [c, c]),
+);

@@ -5,14 +5,10 @@ import type { ProfileKind } from "../core/profile.ts";
 import { countWorker } from "../core/threads.ts";
 import { Breakers } from "./pool-breaker.ts";
 import type { Job, PoolOptions, PoolResult, PoolRunOptions, Slot, TaskReply, TaskRequest } from "./pool-types.ts";
+import { WORKER_CODES } from "./pool-types.ts";
 import { profileWorker } from "./worker-profile.ts";
 
 export type { PoolOptions, PoolResult, PoolRunOptions, TaskReply, TaskRequest };
-
-/** Codes a worker may answer with that reach the caller as they are; any other failure is `TASK_FAILED`. */
-const WORKER_CODES = new Map<string, Code>(
-  (["TASK_INPUT_INVALID", "TASK_MODEL_INVALID", "TASK_RUNTIME_UNAVAILABLE", "TASK_FAILED"] as const).map((c) => [c, c]),
-);
 
 /**
  * A fixed-size pool of worker threads with a bounded queue. A worker that crashes, exits, passes its heap limit
@@ -263,16 +259,7 @@ export class WorkerPool {
     worker.stderr.on("data", (chunk: Buffer) => {
       this.o.logger.warn({ output: chunk.toString().slice(0, 500) }, "a task worker wrote to stderr");
     });
-    const slot: Slot = {
-      worker,
-      jobs: [],
-      warm: false,
-      crashed: undefined,
-      timer: undefined,
-      gone: false,
-      state: undefined,
-      idle: undefined,
-    };
+    const slot: Slot = { worker, jobs: [], warm: false, gone: false };
     if (this.control !== undefined) worker.postMessage({ control: this.control });
     worker.on("message", (reply: TaskReply) => this.reply(slot, reply));
     // The error is the task's, but it may reach us before an answer the worker posted earlier (an uncaught error

@@ -185,14 +185,8 @@ export class WorkerPool {
       if (s.gone || s.crashed || !s.warm || s.jobs.length > this.o.prefetch || head?.cancelled || head?.loading) {
         continue;
       }
-      const fewer = best && s.jobs.length - best.jobs.length;
-      if (
-        !best ||
-        (fewer as number) < 0 ||
-        (fewer === 0 && (s.jobs[0]?.startedAt ?? 0) < (best.jobs[0]?.startedAt ?? 0))
-      ) {
-        best = s;
-      }
+      const fewer = best ? s.jobs.length - best.jobs.length : -1;
+      if (fewer < 0 || (fewer === 0 && (head?.startedAt ?? 0) < (best?.jobs[0]?.startedAt ?? 0))) best = s;
     }
     return best;
   }

@@ -94,22 +94,17 @@ async function wasmRuntime(): Promise<Ort> {
 }
 
 function runtime(): Promise<Ort> {
-  ort ??= (async () => {
+  if (ort !== undefined) return ort;
+  ort = (async () => {
     try {
-      if (setup.runtime === "wasm") {
-        const web = await wasmRuntime();
-        runtimeLoaded = true;
-        return web;
-      }
+      if (setup.runtime === "wasm") return await wasmRuntime();
       if (setup.binding) {
         // The bundle's copy of onnxruntime-node takes its binding from here (build/build.ts rewrites its require).
         const binding = { exports: {} as unknown };
         process.dlopen(binding, setup.binding);
         (globalThis as { __outpostOrtBinding?: unknown }).__outpostOrtBinding = binding.exports;
       }
-      const native = await import("onnxruntime-node");
-      runtimeLoaded = true;
-      return native;
+      return await import("onnxruntime-node");
     } catch (err) {
       const which = setup.runtime === "wasm" ? "onnxruntime-web (wasm)" : "onnxruntime-node";
       throw new OutpostError("TASK_RUNTIME_UNAVAILABLE", `${which} does not load: ${errorMessage(err)}`, {
@@ -117,6 +112,12 @@ function runtime(): Promise<Ort> {
       });
     }
   })();
+  ort.then(
+    () => {
+      runtimeLoaded = true;
+    },
+    () => {},
+  );
   return ort;
 }
 
@@ -172,12 +173,11 @@ function load(model: ModelRef): Promise<{ session: InferenceSession; info: Model
       () => {
         created.settled = true;
       },
-      () => {},
+      // A failed load is not kept: the file may be fixed (or the model updated) before the next task.
+      () => {
+        if (sessions.get(model.path) === created) sessions.delete(model.path);
+      },
     );
-    // A failed load is not kept: the file may be fixed (or the model updated) before the next task.
-    loaded.catch(() => {
-      if (sessions.get(model.path) === created) sessions.delete(model.path);
-    });
   }
   return entry.loaded;
 }

@@ -11,7 +11,7 @@ import { ROOT } from "../test/helpers/agent-process.ts";
 import type { BenchRow } from "./bench-board.ts";
 
 /** The other runtime for the runtime-change case, and its npm integrity (pinned like targets/). */
-const OTHER_NODE = {
+export const OTHER_NODE = {
   version: "24.20.0",
   integrity: "sha512-tkBwUleGts0UUnK+6HKJkEsOMFb9bkG/YvXw8/alFTaDSUbneVeAFVqu6ELHXuyvVYP4vo1hNAAEfN9zl0Cm3g==",
 };
@@ -20,7 +20,7 @@ const MiB = 1024 * 1024;
 const zstd = (b: Uint8Array) => zstdCompressSync(b, { params: { [constants.ZSTD_c_compressionLevel]: 19 } }).length;
 
 /** Builds `rev` for linux-x64 in a clone (node_modules and caches copied), optionally on another Node. */
-function buildAt(rev: string, node?: typeof OTHER_NODE): Buffer {
+export function buildAt(rev: string, node?: typeof OTHER_NODE): Buffer {
   const dir = mkdtempSync(join(tmpdir(), "outpost-delta-"));
   try {
     const checkout = join(dir, "outpost");

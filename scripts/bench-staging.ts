@@ -16,6 +16,7 @@ import { pinAgent } from "../test/helpers/pins.ts";
 import { RangeServer } from "../test/helpers/range-server.ts";
 import { buildVersion } from "../test/helpers/releases.ts";
 import type { BenchRow } from "./bench-board.ts";
+import { buildAt, OTHER_NODE } from "./bench-delta.ts";
 
 const DEVICE = "bench-staging";
 
@@ -58,16 +59,24 @@ export async function stagingRows(rows: BenchRow[], o: { bin: string; broker: Mo
     const idle: number[] = [];
     const peaks: number[] = [];
     const rssPeaks: number[] = [];
-    const onWire: { wire: number; raw: number }[] = [];
+    /** Bytes on the wire by case: `update/data` over MQTT, response bodies over HTTP (raw: the chunks' bytes). */
+    const carriedBy = new Map<string, { wire: number; raw: number }>();
     const server = await RangeServer.start(dir);
-    let httpSent = 0;
-    for (let run = 0; run <= o.runs + 1; run++) {
-      // The last two runs are first installs, over MQTT then over HTTP: the agent from source runs no binary,
-      // so every chunk is fetched.
-      const first = run >= o.runs;
-      const http = run === o.runs + 1;
+    // This checkout's code built on the other Node runtime (the delta section's): sent this release, a device
+    // running it gets a runtime change.
+    const otherNode = join(dir, "outpost-other-node");
+    writeFileSync(otherNode, buildAt("HEAD", OTHER_NODE), { mode: 0o755 });
+    const cases = [
+      ...Array.from({ length: o.runs }, () => ({ name: "app", cmd: [o.bin], http: false })),
+      // First installs: the agent from source runs no binary, so every chunk is fetched.
+      { name: "install", cmd: sourceCommand(), http: false },
+      { name: "install-http", cmd: sourceCommand(), http: true },
+      { name: "runtime", cmd: [otherNode], http: false },
+      { name: "runtime-http", cmd: [otherNode], http: true },
+    ];
+    for (const c of cases) {
       const from = o.watch.items.length;
-      const agent = AgentProcess.run(first ? sourceCommand() : [o.bin], {
+      const agent = AgentProcess.run(c.cmd, {
         device: { id: DEVICE },
         mqtt: { url: o.broker.url },
         telemetry: { interval: "10s" },
@@ -93,6 +102,7 @@ export async function stagingRows(rows: BenchRow[], o: { bin: string; broker: Mo
           rssPeak = Math.max(rssPeak, m.rss);
         }, 20);
         let r: Awaited<ReturnType<typeof runCli>> | undefined;
+        const sentBefore = server.sent;
         const carried = await wire(o, async () => {
           r = await runCli([
             "ctl",
@@ -101,7 +111,7 @@ export async function stagingRows(rows: BenchRow[], o: { bin: string; broker: Mo
             join(dir, "v2"),
             "--until",
             "staged",
-            ...(http ? ["--http", server.url("v2/")] : []),
+            ...(c.http ? ["--http", server.url("v2/")] : []),
             "--broker",
             o.broker.url,
             "--key",
@@ -111,9 +121,12 @@ export async function stagingRows(rows: BenchRow[], o: { bin: string; broker: Mo
           ]);
         }).finally(() => clearInterval(sampler));
         if (r?.code !== 0) throw new Error(`ctl update --until staged: ${r?.code}\n${r?.out}\n${r?.err}`);
-        if (http) httpSent = server.sent;
-        else onWire.push(carried);
-        if (first) continue;
+        if (!carriedBy.has(c.name)) {
+          // Over HTTP the spy sees nothing; the chunks fetched are those the same case fetched over MQTT.
+          const raw = carriedBy.get(c.name.replace("-http", ""))?.raw ?? Number.NaN;
+          carriedBy.set(c.name, c.http ? { wire: server.sent - sentBefore, raw } : carried);
+        }
+        if (c.name !== "app") continue;
         idle.push(before);
         peaks.push(peak);
         rssPeaks.push(rssPeak);
@@ -133,8 +146,9 @@ export async function stagingRows(rows: BenchRow[], o: { bin: string; broker: Mo
       note: `${(release.manifest.size / 1024 / 1024).toFixed(1)} MiB app-only change over MQTT (ctl update --until staged), sampled every 20 ms; bare = the same agent idle just before; runs: ${all(peaks)} (idle ${all(idle)}); goal: idle + 32`,
     });
     const mib = (n: number) => n / 1024 / 1024;
-    const app = onWire[0] ?? { wire: 0, raw: 0 };
-    const install = onWire.at(-1) ?? { wire: 0, raw: 0 };
+    const none = { wire: Number.NaN, raw: Number.NaN };
+    const app = carriedBy.get("app") ?? none;
+    const install = carriedBy.get("install") ?? none;
     rows.push({
       metric: "bytes on the wire, app-only change over MQTT",
       outpost: mib(app.wire),
@@ -151,10 +165,25 @@ export async function stagingRows(rows: BenchRow[], o: { bin: string; broker: Mo
     });
     rows.push({
       metric: "bytes on the wire, first install over HTTP",
-      outpost: mib(httpSent),
+      outpost: mib(carriedBy.get("install-http")?.wire ?? Number.NaN),
       bare: mib(release.manifest.size),
       unit: "MiB",
       note: "response bodies from a static server: chunks/<sha256>.zst, each chunk compressed alone (level 6)",
+    });
+    const runtime = carriedBy.get("runtime") ?? none;
+    rows.push({
+      metric: "bytes on the wire, Node runtime change over MQTT",
+      outpost: mib(runtime.wire),
+      bare: mib(runtime.raw),
+      unit: "MiB",
+      note: `this code built on Node ${OTHER_NODE.version} stages it built on the pinned Node; bare = the same ranges raw; goal <= 25`,
+    });
+    rows.push({
+      metric: "bytes on the wire, Node runtime change over HTTP",
+      outpost: mib(carriedBy.get("runtime-http")?.wire ?? Number.NaN),
+      bare: mib(runtime.raw),
+      unit: "MiB",
+      note: "response bodies from a static server, as the first install over HTTP; bare = the chunks fetched, raw",
     });
     rows.push({
       metric: "  RSS peak while staging",

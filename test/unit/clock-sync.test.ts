@@ -36,3 +36,11 @@ test("an unsynchronised clock is looked at again after each second, not only onc
   writeFileSync(join(run, "systemd", "timesync", "synchronized"), "");
   assert.equal(synced(), true);
 });
+
+test("a board already synchronised says so from its first message, at any monotonic time", () => {
+  const run = tempDir("outpost-clock-sync-");
+  mkdirSync(join(run, "systemd", "timesync"), { recursive: true });
+  writeFileSync(join(run, "systemd", "timesync", "synchronized"), "");
+  // performance.now() starts near 0: a first look must not wait for a second to pass.
+  assert.equal(clockSyncProbe(run, () => 0)(), true);
+});

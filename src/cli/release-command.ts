@@ -10,10 +10,11 @@ export const RELEASE_HELP = `Usage: outpost release --binary FILE --key FILE --o
        outpost release --model FILE --version V --key FILE --out DIR [--zstd-level N]
 
 Writes a signed release into DIR: the artifact, its chunk index (devices fetch only the chunks they do not
-already have), chunks/ (each chunk compressed with zstd at --zstd-level, default ${RELEASE_ZSTD_LEVEL}: a full binary in
-about 20 s; 6 in about a second, 3 MiB larger; 0 none: what devices fetch over HTTP) and manifest.json, signed with the ed25519 key (outpost keygen). An agent's version is read
-from the binary (npm run build -- --set-version X stamps another) and its arch from the ELF header, so an arm64
-release can be made on any host. Devices trust release keys in update.trustedKeys.`;
+already have), chunks/ (what devices fetch over HTTP: each chunk compressed with zstd at --zstd-level, default
+${RELEASE_ZSTD_LEVEL}, about 20 s for a full binary; 6 takes about a second and is 3 MiB larger; 0 writes none) and
+manifest.json, signed with the ed25519 key (outpost keygen). An agent's version is read from the binary (npm
+run build -- --set-version X stamps another) and its arch from the ELF header, so an arm64 release can be made
+on any host. Devices trust release keys in update.trustedKeys.`;
 
 export function releaseCommand(host: Host, args: string[]): number {
   const { values } = parseArgs({

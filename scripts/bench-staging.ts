@@ -72,14 +72,16 @@ export async function stagingRows(rows: BenchRow[], o: { bin: string; broker: Mo
     let runtimeNote = `the last commit built on Node ${OTHER_NODE.version} stages this checkout built on the pinned Node`;
     try {
       writeFileSync(otherNode, buildAt("HEAD", OTHER_NODE), { mode: 0o755 });
-      // The release is built from the working tree, the device from the last commit: uncommitted code counts too.
-      const dirty = execFileSync("git", ["status", "--porcelain", "--", "src", "build", "package.json"], {
-        cwd: ROOT,
-        encoding: "utf8",
-      });
-      if (dirty.trim() !== "") runtimeNote += " (uncommitted changes: an app change is in the figure too)";
     } catch (err) {
       runtimeNote = `not measured: the build on Node ${OTHER_NODE.version} failed: ${errorMessage(err).slice(0, 80)}`;
+    }
+    // The release is built from the working tree, the device from the last commit: uncommitted code counts too.
+    const dirty = execFileSync("git", ["status", "--porcelain", "--", "src", "build", "package.json"], {
+      cwd: ROOT,
+      encoding: "utf8",
+    });
+    if (existsSync(otherNode) && dirty.trim() !== "") {
+      runtimeNote += " (uncommitted changes: an app change is in the figure too)";
     }
     const server = await RangeServer.start(dir);
     const cases = [
